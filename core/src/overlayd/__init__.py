@@ -1,0 +1,5 @@
+"""overlayd: the overlay network plane engine."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
