@@ -1,0 +1,222 @@
+"""Configuration: the engine's settings and the daemon's TOML file.
+
+The file has top-level keys ``socket``, ``data_dir``, ``drivers``,
+``socket_group``, ``allowed_uids``, ``allowed_gids``, ``log_format`` and the
+tables ``[dns]``, ``[ipam]``, ``[engine]`` and ``[drivers.<name>]``.
+
+NOTE: TOML cannot hold both ``drivers = ["a", "b"]`` and a table
+``[drivers.a]`` (the key would be defined twice). So ``drivers`` is either the
+ordered list of driver names, or a table whose ``enabled`` key is that list and
+whose sub-tables are the per-driver options::
+
+    [drivers]
+    enabled = ["linux_bridge", "wireguard"]
+
+    [drivers.wireguard]
+    backend = "userspace"
+
+Unknown keys anywhere are an error naming the key and the file.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from typing import Literal
+
+from pydantic import BaseModel
+from pydantic import ConfigDict
+from pydantic import Field
+from pydantic import ValidationError
+from pydantic import field_validator
+
+from overlayd.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_SOCKET",
+    "DaemonConfig",
+    "DnsSettings",
+    "EngineConfig",
+    "EngineSettings",
+    "IpamSettings",
+    "load_config",
+]
+
+DEFAULT_SOCKET = "/var/run/zlayer-overlayd.sock"
+
+
+class _Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DnsSettings(_Settings):
+    """The ``[dns]`` table: the built-in DNS server."""
+
+    #: Run the built-in DNS server at all.
+    enabled: bool = True
+    #: Overlay zone; default ``<deployment>.local.`` once the global overlay is set up.
+    zone: str | None = None
+    #: TTL of answers in seconds (short, so moves propagate).
+    ttl: int = Field(default=5, ge=0, le=86400)
+    #: Forward queries outside the zone to the upstreams.
+    forward: bool = True
+    #: Upstream resolvers (``ip`` or ``ip:port``); default: the host's resolv.conf
+    #: without loopback stubs.
+    upstreams: list[str] = Field(default_factory=list)
+    #: Extra listen addresses (``127.0.0.1:5353``, ``[::1]:53``), e.g. for the host.
+    listen: list[str] = Field(default_factory=list)
+    #: Also listen on every service bridge's gateway address.
+    listen_on_gateways: bool = True
+    #: Port used on the gateways.
+    gateway_port: int = Field(default=53, gt=0, lt=65536)
+
+
+class IpamSettings(_Settings):
+    """The ``[ipam]`` table: how the node slice is divided.
+
+    The node slice (``slice_cidr`` of ``setup_global_overlay``, else the whole
+    cluster CIDR) holds the node's own address, the node pool (addresses of
+    ``join_global`` containers) and the service subnets, so one AllowedIPs entry
+    per node covers everything it hosts. ZLayer gives each service a /28 per
+    node (13 containers); overlayd defaults to /22 (1,021 containers), and
+    shrinks the blocks when the slice is too small to hold at least four of them.
+    """
+
+    #: Prefix length of a service subnet (IPv4).
+    service_prefix_v4: int = Field(default=22, ge=8, le=30)
+    #: Prefix length of a service subnet (IPv6).
+    service_prefix_v6: int = Field(default=112, ge=64, le=126)
+
+
+class EngineSettings(_Settings):
+    """The ``[engine]`` table."""
+
+    #: MTU of overlay devices and container interfaces (WireGuard overhead: 80).
+    mtu: int = Field(default=1420, ge=576, le=65535)
+    #: A peer without a handshake for this long (while traffic is expected) is unhealthy.
+    peer_stale_secs: int = Field(default=180, ge=1)
+    #: How often peer health is checked; 0 disables the checker.
+    health_interval_secs: float = Field(default=30.0, ge=0)
+    #: How often the periodic reconcile runs; 0 disables it.
+    reconcile_interval_secs: float = Field(default=0.0, ge=0)
+    #: Worker threads for hook calls.
+    workers: int = Field(default=16, ge=1, le=256)
+
+
+class EngineConfig(_Settings):
+    """Everything the engine needs; embedders build this directly."""
+
+    #: Directory for durable state; ``None`` keeps state in memory only.
+    data_dir: Path | None = None
+    #: Driver entry-point names, in call order.
+    drivers: list[str] = Field(default_factory=lambda: ["fake"])
+    #: ``[drivers.<name>]`` tables.
+    driver_settings: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    dns: DnsSettings = Field(default_factory=DnsSettings)
+    ipam: IpamSettings = Field(default_factory=IpamSettings)
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+
+    def driver_options(self, name: str) -> Mapping[str, Any]:
+        """The ``[drivers.<name>]`` table (empty when absent)."""
+        return self.driver_settings.get(name, {})
+
+    @field_validator("drivers")
+    @classmethod
+    def _unique(cls, value: list[str]) -> list[str]:
+        seen: set[str] = set()
+        for name in value:
+            if name in seen:
+                raise ValueError(f"driver {name!r} is listed twice")
+            seen.add(name)
+        return value
+
+
+class DaemonConfig(EngineConfig):
+    """The daemon's configuration: the engine's plus the socket and logging."""
+
+    socket: Path = Path(DEFAULT_SOCKET)
+    #: Group owning the socket (mode 0660); default ``zlayer`` when that group exists.
+    socket_group: str | None = None
+    #: Peers (SO_PEERCRED) allowed besides root.
+    allowed_uids: list[int] = Field(default_factory=list)
+    allowed_gids: list[int] = Field(default_factory=list)
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+_TOP_KEYS = {
+    "socket",
+    "data_dir",
+    "drivers",
+    "socket_group",
+    "allowed_uids",
+    "allowed_gids",
+    "log_format",
+    "log_level",
+    "dns",
+    "ipam",
+    "engine",
+}
+
+
+def _split_drivers(raw: Any, path: Path) -> tuple[list[str] | None, dict[str, dict[str, Any]]]:
+    if raw is None:
+        return None, {}
+    if isinstance(raw, list):
+        return [str(x) for x in raw], {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: `drivers` must be a list of names or a table")
+    enabled = raw.get("enabled")
+    tables: dict[str, dict[str, Any]] = {}
+    for key, value in raw.items():
+        if key == "enabled":
+            continue
+        if not isinstance(value, dict):
+            raise ConfigError(
+                f"{path}: unknown key `drivers.{key}` (expected `enabled` or a "
+                f"[drivers.<name>] table)"
+            )
+        tables[key] = value
+    if enabled is not None and not isinstance(enabled, list):
+        raise ConfigError(f"{path}: `drivers.enabled` must be a list of driver names")
+    return ([str(x) for x in enabled] if enabled is not None else None), tables
+
+
+def load_config(path: Path | None, **overrides: Any) -> DaemonConfig:
+    """Read the TOML file at ``path`` (if any) and apply command-line ``overrides``.
+
+    ``overrides`` with value ``None`` are ignored, so callers can pass every
+    flag unconditionally. Flags win over the file.
+    """
+    data: dict[str, Any] = {}
+    where = path or Path("<command line>")
+    if path is not None:
+        try:
+            with path.open("rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"configuration file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read configuration file {path}: {exc}") from None
+    for key in data:
+        if key not in _TOP_KEYS:
+            raise ConfigError(f"{where}: unknown key `{key}`")
+    names, tables = _split_drivers(data.pop("drivers", None), where)
+    if names is not None:
+        data["drivers"] = names
+    data["driver_settings"] = tables
+    for key, value in overrides.items():
+        if value is not None:
+            data[key] = value
+    try:
+        return DaemonConfig.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        if first["type"] == "extra_forbidden":
+            raise ConfigError(f"{where}: unknown key `{loc}`") from None
+        raise ConfigError(f"{where}: `{loc}`: {first['msg']}") from None

@@ -1,0 +1,568 @@
+"""The extension points of overlayd: every hook a driver may implement.
+
+Each docstring is the contract a driver author writes against. Hooks are plain
+synchronous functions; the engine calls them from a worker thread, serialised
+per resource, so a hook may block on netlink, a socket or a Windows API.
+
+Conventions that hold for every hook:
+
+* Call-by-keyword only; a driver may accept fewer arguments than the spec lists
+  (pluggy's opt-in arguments), which is how new arguments stay compatible.
+* *Dispatching* hooks are ``firstresult``: the driver that owns the kind (device
+  kind, handle platform, pool, the ``driver`` stamped on an object) answers and
+  the others return ``None``. If every driver returns ``None`` the engine raises
+  :class:`~overlayd.errors.NoDriverError` (or, where documented, skips the step).
+* Results are stamped with the driver's entry-point name (``Device.driver``,
+  ``Attachment.driver``); delete and detach hooks return ``None`` for objects
+  another driver owns.
+* A driver raises :class:`~overlayd.errors.DriverError` subclasses for failures
+  of its mechanism; anything else is wrapped by the engine with the cause kept.
+  A hook that raises must first undo what it half-created.
+
+Hook names are ``overlayd_<area>_<verb>``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from overlayd.config import EngineConfig
+    from overlayd.model import Attachment
+    from overlayd.model import AttachRequest
+    from overlayd.model import Device
+    from overlayd.model import DeviceSpec
+    from overlayd.model import DnsRecord
+    from overlayd.model import DriverInfo
+    from overlayd.model import IPAddress
+    from overlayd.model import Lease
+    from overlayd.model import MasqueradeRule
+    from overlayd.model import NatCandidate
+    from overlayd.model import PeerChange
+    from overlayd.model import PeerStatus
+    from overlayd.model import Pool
+    from overlayd.model import PortMapping
+    from overlayd.model import ReconcileReport
+    from overlayd.model import ReconcileRequest
+    from overlayd.plugins import DriverContext
+
+PROJECT = "overlayd"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+# ---------------------------------------------------------------------------
+# lifecycle
+# ---------------------------------------------------------------------------
+
+
+@hookspec
+def overlayd_describe() -> DriverInfo:
+    """Describe the driver: name, driver API version, platforms and capabilities.
+
+    Every driver implements this. The engine refuses a driver whose
+    ``api`` major version differs from :data:`overlayd.DRIVER_API`, and the
+    conformance kit derives its skips from ``capabilities``.
+
+    :returns: A :class:`~overlayd.model.DriverInfo` whose ``name`` is the
+        driver's entry-point name.
+
+    Idempotent: yes, and side-effect free.
+    Blocking: no.
+    Raising: never; a driver that cannot run on this host says so in
+        ``overlayd_startup``, not here.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec(historic=True)
+def overlayd_configure(config: EngineConfig) -> None:
+    """Receive the engine configuration before anything else is called.
+
+    A driver reads its own section with ``config.driver_options(<name>)`` (the
+    ``[drivers.<name>]`` table of the configuration file) and validates it.
+    Historic: a driver registered later receives this call at registration time.
+
+    :param config: The validated engine configuration.
+
+    Idempotent: must tolerate being called once per engine; it is never called twice.
+    Blocking: no I/O expected; validate only.
+    Raising: :class:`~overlayd.errors.ConfigError` naming the bad key; the engine
+        refuses to start.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec(historic=True)
+def overlayd_startup(context: DriverContext) -> None:
+    """Start the driver's mechanism (sockets, helper processes, DLLs).
+
+    Called once when the engine starts, after ``overlayd_configure`` and before
+    any operation. ``context`` gives the data directory, the secret store and
+    ``context.emit(event)`` to push events (peer health, NAT endpoint changes).
+    Historic: a driver registered later receives this call at registration time.
+
+    :param context: Services the engine offers drivers.
+
+    Idempotent: called once per engine.
+    Blocking: yes; may load libraries or probe the kernel.
+    Raising: :class:`~overlayd.errors.NotSupported` when this host cannot run
+        the driver (e.g. the native HCN backend off Windows); the engine refuses
+        to start and reports the message.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def overlayd_shutdown() -> None:
+    """Stop the driver's mechanism; leave the data plane running.
+
+    Host objects (devices, attachments, NAT rules) must survive a daemon
+    restart: shutdown stops helpers the driver can restart later, it does not
+    tear the overlay down. Called in the configured driver order.
+
+    Idempotent: yes.
+    Blocking: yes, bounded (a few seconds at most).
+    Raising: logged by the engine; shutdown of the other drivers continues.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def overlayd_reconcile(request: ReconcileRequest) -> ReconcileReport | None:
+    """Compare what the engine recorded with what the host really has, and repair.
+
+    ``request`` lists every recorded device and attachment (all drivers'); a
+    driver looks only at objects stamped with its own name. For each it owns:
+    adopt what exists, recreate what is recorded but missing (devices, with
+    their recorded keys and ports), report in ``gone`` the attachments whose
+    workload no longer exists (the engine releases their leases), and remove
+    host objects that are unmistakably its own (name prefix and ownership
+    tag) but not recorded. It never touches anything it did not create.
+
+    :param request: Recorded devices, attachments and NAT rules.
+    :returns: A :class:`~overlayd.model.ReconcileReport`, or ``None`` if the
+        driver keeps no host state.
+
+    Idempotent: yes; running it twice in a row finds nothing to do the second time.
+    Blocking: yes; called on startup, periodically and on demand (``reconcile`` op).
+    Raising: record per-object failures in ``report.errors`` and continue; raise
+        only when the host cannot be inspected at all.
+
+    .. versionadded:: 0.1
+    """
+
+
+# ---------------------------------------------------------------------------
+# device
+# ---------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def overlayd_device_create(spec: DeviceSpec) -> Device | None:
+    """Create (or adopt) the device described by ``spec`` and return it.
+
+    Return ``None`` when ``spec.kind`` is a kind this driver does not create.
+    Stops at the first non-None result; if every driver returns ``None`` the
+    engine raises :class:`~overlayd.errors.NoDriverError`.
+
+    :param spec: Kind, interface name, owner, addresses, MTU and for WireGuard
+        the listen port and private key.
+    :returns: The device; ``device.driver`` is this driver's name and
+        ``device.public_key`` is set for WireGuard devices.
+
+    Idempotent: a device that already exists with the requested configuration
+        is adopted and returned unchanged (never deleted and recreated: traffic
+        on it must not be disturbed); one that exists with a different
+        configuration is brought to the requested one.
+    Blocking: yes.
+    Raising: :class:`~overlayd.errors.DeviceError` after removing anything
+        half-created.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec(firstresult=True)
+def overlayd_device_delete(device: Device) -> bool | None:
+    """Delete ``device`` from the host.
+
+    Return ``None`` when ``device.driver`` is not this driver.
+
+    :param device: A device previously returned by ``overlayd_device_create``.
+    :returns: ``True`` if it existed and was deleted, ``False`` if it was already gone.
+
+    Idempotent: yes; deleting an absent device returns ``False``.
+    Blocking: yes.
+    Raising: :class:`~overlayd.errors.DeviceError` only when the device exists
+        and could not be removed.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def overlayd_device_list(kind: str) -> list[Device]:
+    """List the devices of ``kind`` that this driver owns on the host.
+
+    Every driver is called; the engine concatenates the lists. A driver that
+    does not create ``kind`` returns an empty list.
+
+    :param kind: A device kind (:class:`~overlayd.model.DeviceKind` value).
+    :returns: Devices stamped with this driver's name.
+
+    Idempotent: yes, read-only.
+    Blocking: yes.
+    Raising: :class:`~overlayd.errors.DeviceError` when the host cannot be read.
+
+    .. versionadded:: 0.1
+    """
+
+
+# ---------------------------------------------------------------------------
+# peer
+# ---------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def overlayd_peer_apply(device: Device, changes: Sequence[PeerChange]) -> bool | None:
+    """Apply a batch of peer changes to a WireGuard ``device`` in one transaction.
+
+    Return ``None`` when ``device.driver`` is not this driver. Changes apply as
+    differences: unchanged peers are not re-sent, allowed IPs are replaced only
+    when ``change.allowed_ips`` is given. Endpoints may be ``host:port`` with a
+    host name; the driver resolves it (and re-resolves on failure).
+
+    :param device: The target WireGuard device.
+    :param changes: Ordered changes; a later change to the same key wins.
+    :returns: ``True`` once applied.
+
+    Idempotent: yes; re-applying a batch leaves the device as the first application did.
+        Removing an absent peer is not an error.
+    Blocking: yes.
+    Raising: :class:`~overlayd.errors.PeerError`; the batch is all-or-nothing
+        where the mechanism allows it (UAPI ``set`` is one transaction).
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec(firstresult=True)
+def overlayd_peer_status(device: Device) -> list[PeerStatus] | None:
+    """Read the peers of ``device`` as the device reports them.
+
+    Return ``None`` when ``device.driver`` is not this driver.
+
+    :param device: A WireGuard device.
+    :returns: Every peer with endpoint, allowed IPs, last handshake (Unix
+        seconds, 0 = never) and transfer counters.
+
+    Idempotent: yes, read-only.
+    Blocking: yes.
+    Raising: :class:`~overlayd.errors.PeerError` when the device cannot be read.
+
+    .. versionadded:: 0.1
+    """
+
+
+# ---------------------------------------------------------------------------
+# ipam
+# ---------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def overlayd_ipam_pool_create(pool: Pool, leases: Sequence[Lease]) -> bool | None:
+    """Start managing ``pool``, rehydrated with the ``leases`` the engine recorded.
+
+    The built-in allocator answers for every pool (``trylast``); a driver that
+    takes over a pool (e.g. HCN-managed addressing) answers first for the
+    pools it wants and must then answer the other IPAM hooks for them.
+
+    :param pool: The pool: name, CIDR and reserved addresses.
+    :param leases: Leases already held in this pool (from the state store).
+    :returns: ``True`` when this plugin manages the pool.
+
+    Idempotent: creating an existing pool with the same CIDR is a no-op; a
+        different CIDR is an :class:`~overlayd.errors.InvalidRequest`.
+    Blocking: no (in-memory) for the built-in allocator.
+    Raising: :class:`~overlayd.errors.InvalidRequest` for an invalid pool.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec(firstresult=True)
+def overlayd_ipam_pool_delete(pool: Pool) -> bool | None:
+    """Stop managing ``pool`` and forget its leases.
+
+    :param pool: A pool previously created.
+    :returns: ``True`` if it existed, ``False`` if not; ``None`` if not ours.
+
+    Idempotent: yes.
+    Blocking: no.
+    Raising: never for an unknown pool.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec(firstresult=True)
+def overlayd_ipam_allocate(pool: Pool, owner: str) -> Lease | None:
+    """Lease a free address from ``pool`` to ``owner``.
+
+    Never hands out the network, broadcast (IPv4), reserved or already
+    leased addresses. The built-in allocator prefers never-used addresses and
+    reuses released ones least-recently-released first, so a stale ARP, DNS
+    or conntrack entry for a released address has the longest time to expire.
+
+    :param pool: The pool to allocate from.
+    :param owner: Who holds the lease (``handle:<key>`` or ``manual``).
+    :returns: The new lease.
+
+    Idempotent: no; each call leases another address (the engine makes attach
+        idempotent per handle).
+    Blocking: no; O(1) amortised for the built-in allocator.
+    Raising: :class:`~overlayd.errors.PoolExhausted` when no address is free;
+        :class:`~overlayd.errors.NotFound` for an unknown pool.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec(firstresult=True)
+def overlayd_ipam_reserve(pool: Pool, ip: IPAddress, owner: str) -> Lease | None:
+    """Lease the specific address ``ip`` from ``pool`` to ``owner``.
+
+    :param pool: The pool holding ``ip``.
+    :param ip: The requested address.
+    :param owner: Who holds the lease.
+    :returns: The lease.
+
+    Idempotent: reserving an address already leased to the same owner returns
+        that lease.
+    Blocking: no.
+    Raising: :class:`~overlayd.errors.AllocationError` when ``ip`` is outside the
+        pool, reserved, or leased to another owner.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec(firstresult=True)
+def overlayd_ipam_release(pool: Pool, ip: IPAddress) -> bool | None:
+    """Return ``ip`` to ``pool``.
+
+    :param pool: The pool holding ``ip``.
+    :param ip: A leased address.
+    :returns: ``True`` if it was leased, ``False`` if it was free already.
+
+    Idempotent: yes.
+    Blocking: no.
+    Raising: :class:`~overlayd.errors.AllocationError` when ``ip`` is outside the pool.
+
+    .. versionadded:: 0.1
+    """
+
+
+# ---------------------------------------------------------------------------
+# dns
+# ---------------------------------------------------------------------------
+
+
+@hookspec
+def overlayd_dns_records_changed(
+    added: Sequence[DnsRecord], removed: Sequence[DnsRecord]
+) -> None:
+    """Observe DNS record changes (the built-in DNS server serves them).
+
+    Every plugin is called. ``removed`` is applied before ``added``.
+
+    :param added: Records that now exist.
+    :param removed: Records that no longer exist.
+
+    Idempotent: yes; adding an existing record or removing an absent one is a no-op.
+    Blocking: must be fast (in-memory update); never tear down sockets here.
+    Raising: :class:`~overlayd.errors.DnsError`; the engine rolls the operation back.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def overlayd_dns_serve(zone: str, addresses: Sequence[str]) -> None:
+    """Set the zone the DNS server is authoritative for and the addresses it listens on.
+
+    Called whenever either changes (the global overlay was set up, a service
+    bridge came up or went away). The server opens sockets for new addresses
+    and closes removed ones; it never closes an address that stays in the list,
+    so no query is dropped.
+
+    :param zone: Absolute zone name, e.g. ``prod.local.``; record names are relative to it.
+    :param addresses: ``ip:port`` / ``[ipv6]:port`` strings, the desired set.
+
+    Idempotent: yes; level-triggered (the full desired set each time).
+    Blocking: briefly (binding sockets).
+    Raising: :class:`~overlayd.errors.DnsError` when an address cannot be bound;
+        the engine logs it and keeps serving on the others.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec(firstresult=True)
+def overlayd_dns_endpoint_configure(
+    attachment: Attachment, servers: Sequence[IPAddress], domain: str | None
+) -> bool | None:
+    """Point an attached workload's resolver at ``servers`` with search ``domain``.
+
+    Return ``None`` when ``attachment.driver`` is not this driver or the
+    driver has no way to configure the workload's resolver (the engine then
+    leaves resolver configuration to the orchestrator).
+
+    :param attachment: The attached workload.
+    :param servers: Resolver addresses, usually the service gateway.
+    :param domain: Search domain, e.g. ``prod.local``.
+    :returns: ``True`` once configured.
+
+    Idempotent: yes.
+    Blocking: yes.
+    Raising: :class:`~overlayd.errors.DnsError`.
+
+    .. versionadded:: 0.1
+    """
+
+
+# ---------------------------------------------------------------------------
+# nat
+# ---------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def overlayd_nat_masquerade(rule: MasqueradeRule, enable: bool) -> bool | None:
+    """Enable or disable outbound NAT (masquerade) for ``rule.subnet``.
+
+    Traffic from the subnet leaving the node is source-NATed, except towards
+    ``rule.exempt`` (the cluster CIDR: overlay traffic keeps its addresses).
+
+    :param rule: Subnet, exempt destinations, optional uplink.
+    :param enable: ``True`` to add, ``False`` to remove.
+    :returns: ``True`` once applied; ``None`` if this driver does no NAT.
+
+    Idempotent: yes in both directions.
+    Blocking: yes (one firewall transaction).
+    Raising: :class:`~overlayd.errors.NatError`.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec(firstresult=True)
+def overlayd_nat_port_mapping(mapping: PortMapping, enable: bool) -> bool | None:
+    """Add or remove a host port forwarded to a container (DNAT with hairpin).
+
+    :param mapping: Protocol, host port (and optional host address), container address and port.
+    :param enable: ``True`` to add, ``False`` to remove.
+    :returns: ``True`` once applied; ``None`` if this driver does no NAT.
+
+    Idempotent: yes in both directions.
+    Blocking: yes.
+    Raising: :class:`~overlayd.errors.NatError`; a host port already mapped to
+        another container is an error.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec(firstresult=True)
+def overlayd_nat_candidates(device: Device) -> list[NatCandidate] | None:
+    """Gather NAT-traversal candidates (host, reflexive, relay) for ``device``.
+
+    Called on ``nat_tick`` when NAT traversal is enabled. Return ``None`` when
+    ``device.driver`` is not this driver or traversal is not supported.
+
+    :param device: A WireGuard device.
+    :returns: Candidate endpoints, best first.
+
+    Idempotent: yes.
+    Blocking: yes, bounded by the driver's timeout.
+    Raising: :class:`~overlayd.errors.NatError`.
+
+    .. versionadded:: 0.1
+    """
+
+
+# ---------------------------------------------------------------------------
+# attach
+# ---------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def overlayd_attach(request: AttachRequest) -> Attachment | None:
+    """Connect a workload to its service segment and return the attachment.
+
+    Return ``None`` when ``request.handle.platform`` is a kind this driver does
+    not attach, or ``request.segment.driver`` is another driver. The engine has
+    already leased ``request.address`` (and ``request.global_address``).
+
+    For ``guest_managed`` handles the driver generates the guest's keypair and
+    returns it in ``attachment.guest``; the engine registers the guest as a
+    peer of the node's device.
+
+    :param request: Handle, service, segment, addresses, gateway, DNS, MTU.
+    :returns: The attachment; ``attachment.driver`` is this driver's name and
+        ``attachment.interfaces`` lists every host object detach must remove.
+
+    Idempotent: the engine never attaches a handle twice; a driver must still
+        tolerate leftovers of an earlier crashed attempt with the same names.
+    Blocking: yes (netlink, HCN).
+    Raising: :class:`~overlayd.errors.AttachError` after removing anything
+        half-created; the engine then releases the leases it took.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec(firstresult=True)
+def overlayd_detach(attachment: Attachment) -> bool | None:
+    """Remove everything the attach of ``attachment`` created on the host.
+
+    Return ``None`` when ``attachment.driver`` is not this driver.
+
+    :param attachment: The recorded attachment.
+    :returns: ``True`` when host objects were removed, ``False`` when they were
+        already gone (the workload or its namespace died first).
+
+    Idempotent: yes; detaching twice, or after the workload is gone, succeeds.
+    Blocking: yes; drivers may defer slow kernel work (e.g. batched link
+        deletion) as long as the names are free for an immediate re-attach.
+    Raising: :class:`~overlayd.errors.AttachError` only when an object exists
+        and cannot be removed; the engine keeps the record so a retry can finish.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec(firstresult=True)
+def overlayd_attachment_alive(attachment: Attachment) -> bool | None:
+    """Tell whether the workload behind ``attachment`` still exists.
+
+    Used by garbage collection and reconcile (a ``linux_pid`` whose process is
+    gone, an HCN endpoint deleted behind our back).
+
+    :param attachment: A recorded attachment.
+    :returns: ``True``/``False``; ``None`` when this driver does not own it.
+
+    Idempotent: yes, read-only.
+    Blocking: briefly.
+    Raising: never; return ``True`` when unsure (GC must not release live addresses).
+
+    .. versionadded:: 0.1
+    """

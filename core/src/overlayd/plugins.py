@@ -1,0 +1,345 @@
+"""Driver discovery (stevedore) and dispatch (pluggy), and the typed hook facade.
+
+stevedore decides *which* drivers load: only those the configuration names, in
+that order, failing fast. pluggy decides *how* they are called. :class:`Hooks`
+is the only code that calls ``pm.hook``.
+
+Escape hatches: ``OVERLAYD_DISABLE_DRIVERS=a,b`` blocks drivers by name, and
+``OVERLAYD_TRACE_HOOKS=1`` logs every hook call with its result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import logging
+import os
+from collections.abc import Callable
+from collections.abc import Iterator
+from collections.abc import Sequence
+from dataclasses import dataclass
+from dataclasses import field
+from pathlib import Path
+from typing import Any
+from typing import Final
+from typing import TypeVar
+from typing import cast
+
+import pluggy
+
+from overlayd import hookspecs
+from overlayd.errors import ConfigError
+from overlayd.errors import DriverError
+from overlayd.errors import NoDriverError
+from overlayd.errors import OverlaydError
+from overlayd.model import DRIVER_API
+from overlayd.model import Attachment
+from overlayd.model import AttachRequest
+from overlayd.model import Device
+from overlayd.model import DeviceSpec
+from overlayd.model import DnsRecord
+from overlayd.model import DriverInfo
+from overlayd.model import Event
+from overlayd.model import IPAddress
+from overlayd.model import Lease
+from overlayd.model import MasqueradeRule
+from overlayd.model import NatCandidate
+from overlayd.model import PeerChange
+from overlayd.model import PeerStatus
+from overlayd.model import Pool
+from overlayd.model import PortMapping
+from overlayd.model import ReconcileReport
+from overlayd.model import ReconcileRequest
+
+__all__ = [
+    "DRIVER_NAMESPACE",
+    "DriverContext",
+    "Hooks",
+    "driver_name",
+    "installed_drivers",
+    "load_drivers",
+    "make_plugin_manager",
+]
+
+log = logging.getLogger(__name__)
+
+DRIVER_NAMESPACE: Final = "overlayd.drivers"
+
+T = TypeVar("T")
+
+
+@dataclass
+class DriverContext:
+    """Services the engine offers drivers through ``overlayd_startup``."""
+
+    #: The data directory, or ``None`` for an in-memory engine.
+    data_dir: Path | None
+    #: Push an event to listening clients; thread-safe.
+    emit: Callable[[Event], None]
+    #: Read and write private keys (mode 0600 files); ``None`` when in memory.
+    secrets: Any = None
+    #: Free-form extras for embedders.
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def driver_name(driver: object) -> str:
+    """The name a driver instance is registered under (its ``name`` attribute)."""
+    name = getattr(driver, "name", None)
+    if isinstance(name, str) and name:
+        return name
+    return type(driver).__name__
+
+
+def make_plugin_manager(*, include_core_defaults: bool = True) -> pluggy.PluginManager:
+    """A plugin manager with overlayd's hookspecs and, by default, the built-in plugins."""
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    if include_core_defaults:
+        from overlayd.ipam import BuiltinIpam
+
+        pm.register(BuiltinIpam(), name="builtin_ipam")
+    blocked = os.environ.get("OVERLAYD_DISABLE_DRIVERS", "")
+    for name in filter(None, (n.strip() for n in blocked.split(","))):
+        pm.set_blocked(name)
+    if os.environ.get("OVERLAYD_TRACE_HOOKS") == "1":
+        _trace(pm)
+    return pm
+
+
+def _trace(pm: pluggy.PluginManager) -> None:
+    def before(name: str, impls: Sequence[Any], kwargs: dict[str, Any]) -> None:
+        log.debug(
+            "hook %s -> %s", name, [i.plugin_name for i in impls]
+        )
+
+    def after(outcome: Any, name: str, impls: Sequence[Any], kwargs: dict[str, Any]) -> None:
+        exc = outcome.exception
+        log.debug("hook %s <- %s", name, exc if exc else type(outcome.get_result()).__name__)
+
+    pm.add_hookcall_monitoring(before, after)
+
+
+def installed_drivers() -> list[str]:
+    """Names of every driver installed under the ``overlayd.drivers`` entry-point group."""
+    eps = importlib.metadata.entry_points(group=DRIVER_NAMESPACE)
+    return sorted({ep.name for ep in eps})
+
+
+def load_drivers(pm: pluggy.PluginManager, names: Sequence[str]) -> list[object]:
+    """Import, instantiate and register the named drivers in order, failing fast.
+
+    Unknown names raise :class:`ConfigError` listing the installed drivers; an
+    import failure names the driver and the missing module.
+    """
+    if not names:
+        return []
+    from stevedore import NamedExtensionManager
+
+    def on_missing(missing: Any) -> None:
+        have = ", ".join(installed_drivers()) or "none"
+        raise ConfigError(
+            f"unknown driver(s) {', '.join(sorted(missing))}; installed drivers: {have}"
+        )
+
+    def on_failure(manager: Any, entrypoint: Any, exc: BaseException) -> None:
+        if isinstance(exc, ModuleNotFoundError):
+            raise ConfigError(
+                f"driver {entrypoint.name!r} cannot be loaded: it needs the Python "
+                f"module {exc.name!r}, which is not installed ({exc})"
+            ) from exc
+        raise ConfigError(f"driver {entrypoint.name!r} failed to load: {exc}") from exc
+
+    manager = NamedExtensionManager(
+        DRIVER_NAMESPACE,
+        names=list(names),
+        name_order=True,
+        invoke_on_load=True,
+        on_load_failure_callback=on_failure,
+        on_missing_entrypoints_callback=on_missing,
+        propagate_map_exceptions=True,
+    )
+    drivers = [ext.obj for ext in manager]
+    register_drivers(pm, drivers, names=list(names))
+    return drivers
+
+
+def register_drivers(
+    pm: pluggy.PluginManager, drivers: Sequence[object], names: Sequence[str] | None = None
+) -> None:
+    """Register driver instances so that the first listed is called first.
+
+    pluggy calls the most recently registered plugin first, so register in
+    reverse. Each driver's ``overlayd_describe`` is checked for API compatibility.
+    """
+    for index in reversed(range(len(drivers))):
+        driver = drivers[index]
+        name = names[index] if names else driver_name(driver)
+        if pm.is_blocked(name):
+            log.warning("driver %s is disabled by OVERLAYD_DISABLE_DRIVERS", name)
+            continue
+        pm.register(driver, name=name)
+        describe = getattr(driver, "overlayd_describe", None)
+        if describe is not None:
+            info = describe()
+            if info.api != DRIVER_API:
+                pm.unregister(driver)
+                raise ConfigError(
+                    f"driver {name!r} implements driver API {info.api}, "
+                    f"this overlayd provides API {DRIVER_API}"
+                )
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise ConfigError(f"a driver implements an unknown hook: {exc}") from exc
+
+
+@contextlib.contextmanager
+def driver_errors(op: str) -> Iterator[None]:
+    """Wrap anything a driver raises that is not an OverlaydError, keeping the cause."""
+    try:
+        yield
+    except OverlaydError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the one boundary between drivers and engine
+        log.error("driver failed in %s: %r", op, exc, exc_info=True)
+        raise DriverError(f"{op} failed in a driver: {type(exc).__name__}: {exc}", op=op) from exc
+
+
+class Hooks:
+    """Typed, keyword-only calls into the drivers. Nothing else touches ``pm.hook``."""
+
+    def __init__(self, pm: pluggy.PluginManager) -> None:
+        self.pm = pm
+        self._hook = pm.hook
+
+    def _first(self, op: str, kind: str, result: T | None) -> T:
+        if result is None:
+            raise NoDriverError(op=op, kind=kind)
+        return result
+
+    # lifecycle
+    def describe(self) -> list[DriverInfo]:
+        with driver_errors("describe"):
+            return list(self._hook.overlayd_describe())
+
+    def configure(self, config: Any) -> None:
+        with driver_errors("configure"):
+            self._hook.overlayd_configure.call_historic(kwargs={"config": config})
+
+    def startup(self, context: DriverContext) -> None:
+        with driver_errors("startup"):
+            self._hook.overlayd_startup.call_historic(kwargs={"context": context})
+
+    def shutdown(self) -> None:
+        with driver_errors("shutdown"):
+            self._hook.overlayd_shutdown()
+
+    def reconcile(self, request: ReconcileRequest) -> list[ReconcileReport]:
+        with driver_errors("reconcile"):
+            return list(self._hook.overlayd_reconcile(request=request))
+
+    # device
+    def device_create(self, spec: DeviceSpec) -> Device:
+        with driver_errors("device_create"):
+            result = self._hook.overlayd_device_create(spec=spec)
+        return cast(Device, self._first("device_create", spec.kind, result))
+
+    def device_delete(self, device: Device) -> bool:
+        with driver_errors("device_delete"):
+            result = self._hook.overlayd_device_delete(device=device)
+        return bool(self._first("device_delete", device.driver, result))
+
+    def device_list(self, kind: str) -> list[Device]:
+        with driver_errors("device_list"):
+            lists = self._hook.overlayd_device_list(kind=kind)
+        return [d for sub in lists for d in sub]
+
+    # peer
+    def peer_apply(self, device: Device, changes: Sequence[PeerChange]) -> None:
+        with driver_errors("peer_apply"):
+            result = self._hook.overlayd_peer_apply(device=device, changes=list(changes))
+        self._first("peer_apply", device.driver, result)
+
+    def peer_status(self, device: Device) -> list[PeerStatus]:
+        with driver_errors("peer_status"):
+            result = self._hook.overlayd_peer_status(device=device)
+        return cast(list[PeerStatus], self._first("peer_status", device.driver, result))
+
+    # ipam
+    def ipam_pool_create(self, pool: Pool, leases: Sequence[Lease]) -> None:
+        with driver_errors("ipam_pool_create"):
+            result = self._hook.overlayd_ipam_pool_create(pool=pool, leases=list(leases))
+        self._first("ipam_pool_create", pool.name, result)
+
+    def ipam_pool_delete(self, pool: Pool) -> bool:
+        with driver_errors("ipam_pool_delete"):
+            return bool(self._hook.overlayd_ipam_pool_delete(pool=pool))
+
+    def ipam_allocate(self, pool: Pool, owner: str) -> Lease:
+        with driver_errors("ipam_allocate"):
+            result = self._hook.overlayd_ipam_allocate(pool=pool, owner=owner)
+        return cast(Lease, self._first("ipam_allocate", pool.name, result))
+
+    def ipam_reserve(self, pool: Pool, ip: IPAddress, owner: str) -> Lease:
+        with driver_errors("ipam_reserve"):
+            result = self._hook.overlayd_ipam_reserve(pool=pool, ip=ip, owner=owner)
+        return cast(Lease, self._first("ipam_reserve", pool.name, result))
+
+    def ipam_release(self, pool: Pool, ip: IPAddress) -> bool:
+        with driver_errors("ipam_release"):
+            result = self._hook.overlayd_ipam_release(pool=pool, ip=ip)
+        return bool(self._first("ipam_release", pool.name, result))
+
+    # dns
+    def dns_records_changed(
+        self, added: Sequence[DnsRecord], removed: Sequence[DnsRecord]
+    ) -> None:
+        if not added and not removed:
+            return
+        with driver_errors("dns_records_changed"):
+            self._hook.overlayd_dns_records_changed(added=list(added), removed=list(removed))
+
+    def dns_serve(self, zone: str, addresses: Sequence[str]) -> None:
+        with driver_errors("dns_serve"):
+            self._hook.overlayd_dns_serve(zone=zone, addresses=list(addresses))
+
+    def dns_endpoint_configure(
+        self, attachment: Attachment, servers: Sequence[IPAddress], domain: str | None
+    ) -> bool:
+        with driver_errors("dns_endpoint_configure"):
+            result = self._hook.overlayd_dns_endpoint_configure(
+                attachment=attachment, servers=list(servers), domain=domain
+            )
+        return bool(result)
+
+    # nat
+    def nat_masquerade(self, rule: MasqueradeRule, enable: bool) -> bool:
+        """Returns False when no loaded driver does NAT."""
+        with driver_errors("nat_masquerade"):
+            return bool(self._hook.overlayd_nat_masquerade(rule=rule, enable=enable))
+
+    def nat_port_mapping(self, mapping: PortMapping, enable: bool) -> None:
+        with driver_errors("nat_port_mapping"):
+            result = self._hook.overlayd_nat_port_mapping(mapping=mapping, enable=enable)
+        self._first("nat_port_mapping", "port mappings", result)
+
+    def nat_candidates(self, device: Device) -> list[NatCandidate]:
+        with driver_errors("nat_candidates"):
+            result = self._hook.overlayd_nat_candidates(device=device)
+        return list(result or [])
+
+    # attach
+    def attach(self, request: AttachRequest) -> Attachment:
+        with driver_errors("attach"):
+            result = self._hook.overlayd_attach(request=request)
+        return cast(Attachment, self._first("attach", request.handle.platform, result))
+
+    def detach(self, attachment: Attachment) -> bool:
+        with driver_errors("detach"):
+            result = self._hook.overlayd_detach(attachment=attachment)
+        return bool(self._first("detach", attachment.driver, result))
+
+    def attachment_alive(self, attachment: Attachment) -> bool:
+        with driver_errors("attachment_alive"):
+            result = self._hook.overlayd_attachment_alive(attachment=attachment)
+        return True if result is None else bool(result)

@@ -1,0 +1,603 @@
+"""The fake driver: every hook, in memory, behaving like the real thing.
+
+It models the kernel's rules rather than only the happy path: interface names
+are at most 15 bytes, creating a device whose name is taken by another kind
+fails like ``EEXIST``, peers are per device, a handle holds at most one set of
+interfaces, and a workload can die (``kill``) so reconcile and GC have
+something to find. Every hook call is recorded in ``calls``, and faults can be
+injected (``fail_next``, ``fail_when``, ``latency``) to test the engine's
+rollback and concurrency without privileges.
+
+With ``[drivers.fake] state_file = "..."`` the fake host survives a daemon
+restart (written atomically after each change), as real host objects do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from collections.abc import Sequence
+from dataclasses import dataclass
+from dataclasses import field
+from pathlib import Path
+from typing import Any
+from typing import Final
+
+from overlayd import DRIVER_API
+from overlayd import hookimpl
+from overlayd.errors import AttachError
+from overlayd.errors import ConfigError
+from overlayd.errors import DeviceError
+from overlayd.errors import NatError
+from overlayd.errors import PeerError
+from overlayd.keys import generate_private_key
+from overlayd.keys import public_key
+from overlayd.model import Attachment
+from overlayd.model import AttachRequest
+from overlayd.model import Capability
+from overlayd.model import Device
+from overlayd.model import DeviceKind
+from overlayd.model import DeviceSpec
+from overlayd.model import DriverInfo
+from overlayd.model import GuestConfig
+from overlayd.model import GuestManagedHandle
+from overlayd.model import MasqueradeRule
+from overlayd.model import NatCandidate
+from overlayd.model import PeerChange
+from overlayd.model import PeerConfig
+from overlayd.model import PeerStatus
+from overlayd.model import PortMapping
+from overlayd.model import ReconcileReport
+from overlayd.model import ReconcileRequest
+from overlayd.model import WindowsContainerHandle
+from overlayd.model import handle_key
+
+__all__ = ["Call", "FakeDriver", "FakeHost"]
+
+IFNAMSIZ: Final = 15
+
+
+@dataclass(frozen=True)
+class Call:
+    """One recorded hook call."""
+
+    name: str
+    kwargs: dict[str, Any]
+
+
+@dataclass
+class _Fault:
+    hook: str
+    exc: BaseException
+    predicate: Callable[[dict[str, Any]], bool] | None = None
+    once: bool = True
+
+
+@dataclass
+class FakeHost:
+    """The fake host's objects: what a real host would have in the kernel."""
+
+    devices: dict[str, Device] = field(default_factory=dict)
+    #: device name -> public key -> peer
+    peers: dict[str, dict[str, PeerStatus]] = field(default_factory=dict)
+    #: handle key -> interfaces the attach created
+    attachments: dict[str, Attachment] = field(default_factory=dict)
+    #: handle keys whose workload has died
+    dead: set[str] = field(default_factory=set)
+    masquerades: dict[str, MasqueradeRule] = field(default_factory=dict)
+    port_mappings: dict[str, PortMapping] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "devices": {k: v.model_dump(mode="json") for k, v in self.devices.items()},
+            "peers": {
+                d: {k: p.model_dump(mode="json") for k, p in ps.items()}
+                for d, ps in self.peers.items()
+            },
+            "attachments": {k: v.model_dump(mode="json") for k, v in self.attachments.items()},
+            "dead": sorted(self.dead),
+            "masquerades": {k: v.model_dump(mode="json") for k, v in self.masquerades.items()},
+            "port_mappings": {
+                k: v.model_dump(mode="json") for k, v in self.port_mappings.items()
+            },
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> FakeHost:
+        return cls(
+            devices={k: Device.model_validate(v) for k, v in data.get("devices", {}).items()},
+            peers={
+                d: {k: PeerStatus.model_validate(p) for k, p in ps.items()}
+                for d, ps in data.get("peers", {}).items()
+            },
+            attachments={
+                k: Attachment.model_validate(v) for k, v in data.get("attachments", {}).items()
+            },
+            dead=set(data.get("dead", [])),
+            masquerades={
+                k: MasqueradeRule.model_validate(v)
+                for k, v in data.get("masquerades", {}).items()
+            },
+            port_mappings={
+                k: PortMapping.model_validate(v) for k, v in data.get("port_mappings", {}).items()
+            },
+        )
+
+
+def _ifname_ok(name: str) -> None:
+    if not name or len(name.encode()) > IFNAMSIZ or "/" in name or name.strip() != name:
+        raise DeviceError(
+            f"invalid interface name {name!r}: at most {IFNAMSIZ} bytes, no '/' or spaces "
+            "(the kernel answers EINVAL)",
+            op="device_create",
+            driver="fake",
+        )
+
+
+def _veth_name(key: str, index: int) -> str:
+    digest = hashlib.sha256(key.encode()).hexdigest()[:10]
+    return f"fv{digest}{index}"
+
+
+class FakeDriver:
+    """In-memory implementation of every overlayd hook."""
+
+    name: Final = "fake"
+
+    def __init__(self, state_file: Path | str | None = None) -> None:
+        self.host = FakeHost()
+        self.calls: list[Call] = []
+        self.latency: dict[str, float] = {}
+        self._faults: list[_Fault] = []
+        self._lock = threading.RLock()
+        self._state_file = Path(state_file) if state_file else None
+        self.started = False
+        self.emit: Callable[[Any], None] | None = None
+        if self._state_file is not None:
+            self._load()
+
+    # -- test controls ------------------------------------------------------
+
+    def fail_next(self, hook: str, exc: BaseException) -> None:
+        """Make the next call to ``hook`` raise ``exc``."""
+        self._faults.append(_Fault(hook, exc))
+
+    def fail_when(
+        self,
+        hook: str,
+        predicate: Callable[[dict[str, Any]], bool],
+        exc: BaseException,
+        *,
+        once: bool = False,
+    ) -> None:
+        """Make calls to ``hook`` whose kwargs match ``predicate`` raise ``exc``."""
+        self._faults.append(_Fault(hook, exc, predicate, once))
+
+    def clear_faults(self) -> None:
+        self._faults.clear()
+
+    def set_latency(self, hook: str, seconds: float) -> None:
+        """Make every call to ``hook`` block for ``seconds`` (like a slow netlink call)."""
+        self.latency[hook] = seconds
+
+    def kill(self, handle_or_key: Any) -> None:
+        """Simulate the death of an attached workload (its process or VM is gone)."""
+        key = handle_or_key if isinstance(handle_or_key, str) else handle_key(handle_or_key)
+        with self._lock:
+            self.host.dead.add(key)
+            self._save()
+
+    def set_handshake(
+        self, device: str, public_key: str, when: int, *, tx_bytes: int | None = None,
+        endpoint: str | None = None,
+    ) -> None:
+        """Set a peer's last handshake (and counters/endpoint) as the device would report."""
+        with self._lock:
+            peer = self.host.peers[device][public_key]
+            update: dict[str, Any] = {"last_handshake_unix_secs": when}
+            if tx_bytes is not None:
+                update["tx_bytes"] = tx_bytes
+            if endpoint is not None:
+                update["endpoint"] = endpoint
+            self.host.peers[device][public_key] = peer.model_copy(update=update)
+
+    def calls_to(self, hook: str) -> list[Call]:
+        return [c for c in self.calls if c.name == hook]
+
+    def _enter(self, hook: str, **kwargs: Any) -> None:
+        self.calls.append(Call(hook, kwargs))
+        delay = self.latency.get(hook)
+        if delay:
+            time.sleep(delay)
+        for fault in list(self._faults):
+            if fault.hook != hook:
+                continue
+            if fault.predicate is not None and not fault.predicate(kwargs):
+                continue
+            if fault.once:
+                self._faults.remove(fault)
+            raise fault.exc
+
+    # -- persistence --------------------------------------------------------
+
+    def _load(self) -> None:
+        assert self._state_file is not None
+        try:
+            data = json.loads(self._state_file.read_text())
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"fake driver state file {self._state_file} is unreadable: {exc}")
+        self.host = FakeHost.from_json(data)
+
+    def _save(self) -> None:
+        if self._state_file is None:
+            return
+        path = self._state_file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".fake-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as fh:
+                json.dump(self.host.to_json(), fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    # -- lifecycle ----------------------------------------------------------
+
+    @hookimpl
+    def overlayd_describe(self) -> DriverInfo:
+        return DriverInfo(
+            name=self.name,
+            api=DRIVER_API,
+            device_kinds=frozenset({DeviceKind.BRIDGE, DeviceKind.WIREGUARD, DeviceKind.HCN_NETWORK}),
+            attach_kinds=frozenset(
+                {"linux_pid", "windows_container", "guest_managed", "netns"}
+            ),
+            capabilities=frozenset(
+                {
+                    Capability.DEVICES,
+                    Capability.PEERS,
+                    Capability.NAT,
+                    Capability.ATTACH,
+                    Capability.RECONCILE,
+                }
+            ),
+            version="0.1.0",
+        )
+
+    @hookimpl
+    def overlayd_configure(self, config: Any) -> None:
+        options = dict(config.driver_options(self.name))
+        state_file = options.pop("state_file", None)
+        if options:
+            raise ConfigError(
+                f"unknown key(s) in [drivers.fake]: {', '.join(sorted(options))} "
+                "(known: state_file)"
+            )
+        if state_file and self._state_file is None:
+            self._state_file = Path(state_file)
+            self._load()
+
+    @hookimpl
+    def overlayd_startup(self, context: Any) -> None:
+        self.started = True
+        self.emit = context.emit
+        self._enter("overlayd_startup")
+
+    @hookimpl
+    def overlayd_shutdown(self) -> None:
+        self._enter("overlayd_shutdown")
+        self.started = False
+
+    @hookimpl
+    def overlayd_reconcile(self, request: ReconcileRequest) -> ReconcileReport | None:
+        self._enter("overlayd_reconcile", request=request)
+        with self._lock:
+            adopted: list[str] = []
+            removed: list[str] = []
+            gone: list[str] = []
+            recorded = {d.name for d in request.devices if d.driver == self.name}
+            for name in recorded:
+                if name in self.host.devices:
+                    adopted.append(name)
+            for name in list(self.host.devices):
+                if name not in recorded and name.startswith("zl-"):
+                    del self.host.devices[name]
+                    self.host.peers.pop(name, None)
+                    removed.append(name)
+            recorded_atts = {a.key for a in request.attachments if a.driver == self.name}
+            for att in request.attachments:
+                if att.driver != self.name:
+                    continue
+                if att.key in self.host.dead or att.key not in self.host.attachments:
+                    gone.append(att.key)
+                else:
+                    adopted.append(att.key)
+            for key in list(self.host.attachments):
+                if key not in recorded_atts:
+                    del self.host.attachments[key]
+                    removed.append(key)
+            self._save()
+        return ReconcileReport(
+            driver=self.name, adopted=tuple(adopted), removed=tuple(removed), gone=tuple(gone)
+        )
+
+    # -- devices ------------------------------------------------------------
+
+    @hookimpl
+    def overlayd_device_create(self, spec: DeviceSpec) -> Device | None:
+        if spec.kind not in (DeviceKind.BRIDGE, DeviceKind.WIREGUARD, DeviceKind.HCN_NETWORK):
+            return None
+        self._enter("overlayd_device_create", spec=spec)
+        if spec.kind != DeviceKind.HCN_NETWORK:
+            _ifname_ok(spec.name)
+        with self._lock:
+            existing = self.host.devices.get(spec.name)
+            if existing is not None and existing.kind != spec.kind:
+                raise DeviceError(
+                    f"cannot create {spec.kind} {spec.name}: a {existing.kind} device "
+                    "with that name exists (EEXIST)",
+                    op="device_create",
+                    driver=self.name,
+                )
+            pub = None
+            if spec.kind == DeviceKind.WIREGUARD:
+                if spec.listen_port is None:
+                    raise DeviceError(
+                        f"WireGuard device {spec.name} needs a listen port",
+                        op="device_create", driver=self.name,
+                    )
+                for other in self.host.devices.values():
+                    if (
+                        other.name != spec.name
+                        and other.kind == DeviceKind.WIREGUARD
+                        and other.listen_port == spec.listen_port
+                    ):
+                        raise DeviceError(
+                            f"UDP port {spec.listen_port} is already used by {other.name} "
+                            "(EADDRINUSE)",
+                            op="device_create", driver=self.name,
+                        )
+                pub = public_key(spec.private_key or generate_private_key())
+            device = Device(
+                kind=spec.kind,
+                name=spec.name,
+                owner=spec.owner,
+                driver=self.name,
+                addresses=spec.addresses,
+                mtu=spec.mtu,
+                listen_port=spec.listen_port,
+                public_key=pub,
+                subnet=spec.subnet,
+                id=spec.name if spec.kind != DeviceKind.HCN_NETWORK else _guid(spec.name),
+                options=dict(spec.options),
+            )
+            self.host.devices[spec.name] = device
+            if spec.kind == DeviceKind.WIREGUARD:
+                self.host.peers.setdefault(spec.name, {})
+            self._save()
+        return device
+
+    @hookimpl
+    def overlayd_device_delete(self, device: Device) -> bool | None:
+        if device.driver != self.name:
+            return None
+        self._enter("overlayd_device_delete", device=device)
+        with self._lock:
+            existed = self.host.devices.pop(device.name, None) is not None
+            self.host.peers.pop(device.name, None)
+            self._save()
+        return existed
+
+    @hookimpl
+    def overlayd_device_list(self, kind: str) -> list[Device]:
+        with self._lock:
+            return [d for d in self.host.devices.values() if d.kind == kind]
+
+    # -- peers --------------------------------------------------------------
+
+    def _device_peers(self, device: Device, op: str) -> dict[str, PeerStatus]:
+        peers = self.host.peers.get(device.name)
+        if peers is None or device.name not in self.host.devices:
+            raise PeerError(
+                f"WireGuard device {device.name} does not exist (ENODEV)", op=op, driver=self.name
+            )
+        return peers
+
+    @hookimpl
+    def overlayd_peer_apply(self, device: Device, changes: Sequence[PeerChange]) -> bool | None:
+        if device.driver != self.name:
+            return None
+        self._enter("overlayd_peer_apply", device=device, changes=list(changes))
+        with self._lock:
+            current = dict(self._device_peers(device, "peer_apply"))
+            for ch in changes:
+                if ch.remove:
+                    current.pop(ch.public_key, None)
+                    continue
+                old = current.get(ch.public_key) or PeerStatus(public_key=ch.public_key)
+                ips = list(ch.allowed_ips if ch.allowed_ips is not None else old.allowed_ips)
+                ips += [n for n in ch.add_allowed_ips if n not in ips]
+                ips = [n for n in ips if n not in ch.remove_allowed_ips]
+                endpoint = ch.endpoint if ch.endpoint is not None else old.endpoint
+                if endpoint is not None and ":" not in endpoint:
+                    raise PeerError(
+                        f"endpoint {endpoint!r} is not host:port", op="peer_apply", driver=self.name
+                    )
+                current[ch.public_key] = old.model_copy(
+                    update={
+                        "endpoint": endpoint,
+                        "allowed_ips": tuple(ips),
+                        "persistent_keepalive_secs": (
+                            ch.persistent_keepalive_secs
+                            if ch.persistent_keepalive_secs is not None
+                            else old.persistent_keepalive_secs
+                        ),
+                    }
+                )
+            # WireGuard routes an allowed IP to exactly one peer: the last one set wins.
+            owner: dict[str, str] = {}
+            for pub, peer in current.items():
+                for net in peer.allowed_ips:
+                    owner[str(net)] = pub
+            for pub, peer in list(current.items()):
+                kept = tuple(n for n in peer.allowed_ips if owner[str(n)] == pub)
+                if kept != peer.allowed_ips:
+                    current[pub] = peer.model_copy(update={"allowed_ips": kept})
+            self.host.peers[device.name] = current
+            self._save()
+        return True
+
+    @hookimpl
+    def overlayd_peer_status(self, device: Device) -> list[PeerStatus] | None:
+        if device.driver != self.name:
+            return None
+        self._enter("overlayd_peer_status", device=device)
+        with self._lock:
+            return list(self._device_peers(device, "peer_status").values())
+
+    # -- NAT ----------------------------------------------------------------
+
+    @hookimpl
+    def overlayd_nat_masquerade(self, rule: MasqueradeRule, enable: bool) -> bool | None:
+        self._enter("overlayd_nat_masquerade", rule=rule, enable=enable)
+        with self._lock:
+            if enable:
+                self.host.masquerades[str(rule.subnet)] = rule
+            else:
+                self.host.masquerades.pop(str(rule.subnet), None)
+            self._save()
+        return True
+
+    @hookimpl
+    def overlayd_nat_port_mapping(self, mapping: PortMapping, enable: bool) -> bool | None:
+        self._enter("overlayd_nat_port_mapping", mapping=mapping, enable=enable)
+        key = f"{mapping.protocol}/{mapping.host_ip or '*'}/{mapping.host_port}"
+        with self._lock:
+            existing = self.host.port_mappings.get(key)
+            if enable:
+                if existing is not None and existing != mapping:
+                    raise NatError(
+                        f"host port {key} is already mapped", op="nat_port_mapping",
+                        driver=self.name,
+                    )
+                self.host.port_mappings[key] = mapping
+            else:
+                self.host.port_mappings.pop(key, None)
+            self._save()
+        return True
+
+    @hookimpl
+    def overlayd_nat_candidates(self, device: Device) -> list[NatCandidate] | None:
+        if device.driver != self.name:
+            return None
+        self._enter("overlayd_nat_candidates", device=device)
+        port = device.listen_port or 51820
+        return [NatCandidate(kind="host", endpoint=f"127.0.0.1:{port}")]
+
+    # -- attach -------------------------------------------------------------
+
+    @hookimpl
+    def overlayd_attach(self, request: AttachRequest) -> Attachment | None:
+        if request.segment.driver != self.name:
+            return None
+        self._enter("overlayd_attach", request=request)
+        key = handle_key(request.handle)
+        with self._lock:
+            if request.segment.name not in self.host.devices:
+                raise AttachError(
+                    f"segment {request.segment.name} does not exist (ENODEV)",
+                    op="attach", driver=self.name,
+                )
+            if key in self.host.attachments and key not in self.host.dead:
+                # One address per handle: a second attach of a live handle would
+                # collide on interface names, as it does in the kernel.
+                raise AttachError(
+                    f"{key} already has interfaces on this host (EEXIST)",
+                    op="attach", driver=self.name,
+                )
+            self.host.dead.discard(key)
+            guest = None
+            interfaces: tuple[str, ...] = ()
+            namespace_guid = None
+            endpoint_id = None
+            if isinstance(request.handle, GuestManagedHandle):
+                node = request.node
+                if node is None or node.public_key is None:
+                    raise AttachError(
+                        "a guest needs the node's WireGuard device", op="attach", driver=self.name
+                    )
+                priv = generate_private_key()
+                guest = GuestConfig(
+                    overlay_ip=request.address.ip,
+                    prefix_len=request.address.network.prefixlen,
+                    private_key=priv,
+                    public_key=public_key(priv),
+                    listen_port=node.listen_port,
+                    peers=(
+                        PeerConfig(
+                            public_key=node.public_key,
+                            endpoint=None,
+                            allowed_ips=(node.cluster_cidr,),
+                            persistent_keepalive_secs=25,
+                        ),
+                    ),
+                    dns_server=request.dns_server,
+                    dns_domain=request.dns_domain,
+                )
+            elif isinstance(request.handle, WindowsContainerHandle):
+                namespace_guid = _guid(f"ns:{key}")
+                endpoint_id = _guid(f"ep:{key}")
+                interfaces = (endpoint_id,)
+            else:
+                interfaces = (_veth_name(key, 0),)
+                if request.global_address is not None:
+                    interfaces += (_veth_name(key, 1),)
+            att = Attachment(
+                handle=request.handle,
+                service=request.service,
+                driver=self.name,
+                ip=request.address.ip,
+                global_ip=request.global_address.ip if request.global_address else None,
+                interfaces=interfaces,
+                namespace_guid=namespace_guid,
+                endpoint_id=endpoint_id,
+                guest=guest,
+            )
+            self.host.attachments[key] = att
+            self._save()
+        return att
+
+    @hookimpl
+    def overlayd_detach(self, attachment: Attachment) -> bool | None:
+        if attachment.driver != self.name:
+            return None
+        self._enter("overlayd_detach", attachment=attachment)
+        with self._lock:
+            existed = self.host.attachments.pop(attachment.key, None) is not None
+            self.host.dead.discard(attachment.key)
+            self._save()
+        return existed
+
+    @hookimpl
+    def overlayd_attachment_alive(self, attachment: Attachment) -> bool | None:
+        if attachment.driver != self.name:
+            return None
+        with self._lock:
+            return attachment.key in self.host.attachments and attachment.key not in self.host.dead
+
+
+def _guid(seed: str) -> str:
+    raw = hashlib.sha256(seed.encode()).digest()[:16]
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
+
