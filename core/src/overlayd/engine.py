@@ -302,9 +302,9 @@ class Engine:
 
             self._store = open_store(self.config.data_dir)
         if self.config.data_dir is not None:
-            from overlayd.state import SecretStore
+            from overlayd.state import open_secrets
 
-            self._secrets = SecretStore(self.config.data_dir / "keys")
+            self._secrets = open_secrets(self.config.data_dir)
         else:
             self._secrets = _MemorySecrets()
         context = DriverContext(

@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import AsyncIterator
+from collections.abc import Callable
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
+
+if sys.platform == "linux":
+    # pyroute2's netns fixtures (nsname, setns_context, ...) for driver suites.
+    pytest_plugins = ["pyroute2.fixtures.iproute"]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -64,3 +73,133 @@ def pytest_collection_modifyitems(
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if ("overlayd_missing_capability", True) in item.user_properties:
         pytest.fail("--run-privileged given but this process lacks CAP_NET_ADMIN")
+
+
+# ---------------------------------------------------------------------------
+# fixtures
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def engine_config(tmp_path: Any) -> Any:
+    """An engine configuration for tests.
+
+    * Name: ``engine_config``
+    * Scope: function
+    * Depends: ``tmp_path``
+
+    In-memory state, no DNS gateway listeners, no periodic tasks; override in
+    your conftest to change it.
+    """
+    from overlayd.config import DnsSettings
+    from overlayd.config import EngineConfig
+    from overlayd.config import EngineSettings
+
+    return EngineConfig(
+        drivers=[],
+        dns=DnsSettings(enabled=False, listen_on_gateways=False),
+        engine=EngineSettings(health_interval_secs=0, reconcile_interval_secs=0),
+    )
+
+
+@pytest.fixture
+def fake_driver() -> Any:
+    """A fresh :class:`overlayd_fake.driver.FakeDriver` (needs ``overlayd-fake``).
+
+    * Name: ``fake_driver``
+    * Scope: function
+    * Depends: nothing
+    """
+    fake = pytest.importorskip("overlayd_fake.driver", reason="needs overlayd-fake")
+    return fake.FakeDriver()
+
+
+@pytest.fixture
+async def fake_engine(engine_config: Any, fake_driver: Any) -> AsyncIterator[Any]:
+    """A started :class:`overlayd.engine.Engine` over the fake driver.
+
+    * Name: ``fake_engine``
+    * Scope: function
+    * Depends: ``engine_config``, ``fake_driver``
+    """
+    from overlayd.engine import Engine
+
+    engine = Engine(engine_config, drivers=[fake_driver])
+    await engine.start()
+    try:
+        yield engine
+    finally:
+        await engine.stop()
+
+
+@dataclass(frozen=True)
+class RecordedCall:
+    """One hook call seen by :class:`HookRecorder`."""
+
+    name: str
+    kwargs: dict[str, Any]
+
+
+class HookRecorder:
+    """Records every hook call of a plugin manager (pytest ``HookRecorder`` style)."""
+
+    def __init__(self) -> None:
+        self.calls: list[RecordedCall] = []
+        self._undo: Callable[[], None] | None = None
+
+    def attach(self, pm: Any) -> None:
+        def before(name: str, impls: Any, kwargs: dict[str, Any]) -> None:
+            self.calls.append(RecordedCall(name, dict(kwargs)))
+
+        def after(outcome: Any, name: str, impls: Any, kwargs: dict[str, Any]) -> None:
+            return None
+
+        self._undo = pm.add_hookcall_monitoring(before, after)
+
+    def names(self) -> list[str]:
+        return [c.name for c in self.calls]
+
+    def getcalls(self, name: str) -> list[RecordedCall]:
+        return [c for c in self.calls if c.name == name]
+
+    def close(self) -> None:
+        if self._undo is not None:
+            self._undo()
+            self._undo = None
+
+
+@pytest.fixture
+def hook_recorder() -> Iterator[HookRecorder]:
+    """A :class:`HookRecorder`; call ``hook_recorder.attach(engine.pm)``.
+
+    * Name: ``hook_recorder``
+    * Scope: function
+    * Depends: nothing
+    """
+    recorder = HookRecorder()
+    yield recorder
+    recorder.close()
+
+
+@pytest.fixture
+def make_hooks(engine_config: Any) -> Callable[..., Any]:
+    """Build a :class:`overlayd.plugins.Hooks` over the given driver instances.
+
+    * Name: ``make_hooks``
+    * Scope: function
+    * Depends: ``engine_config``
+    """
+    from overlayd.plugins import DriverContext
+    from overlayd.plugins import Hooks
+    from overlayd.plugins import make_plugin_manager
+    from overlayd.plugins import register_drivers
+
+    def build(*drivers: object) -> Hooks:
+        pm = make_plugin_manager()
+        register_drivers(pm, list(drivers))
+        hooks = Hooks(pm)
+        hooks.configure(engine_config)
+        hooks.startup(DriverContext(data_dir=None, emit=lambda e: None))
+        return hooks
+
+    return build

@@ -1,0 +1,560 @@
+"""The driver conformance kit: behaviour every overlayd driver must have.
+
+Subclass the mixins for the areas your driver implements and override the
+``driver`` fixture::
+
+    from overlayd.testing.conformance import DeviceConformance, AttachConformance
+
+    class TestMyDriver(DeviceConformance, AttachConformance):
+        @pytest.fixture
+        def driver(self):
+            return MyDriver()
+
+Fixtures a subclass **must** override:
+
+* ``driver`` — a fresh driver instance (set up inside whatever sandbox it
+  needs, e.g. a network namespace).
+
+Fixtures a subclass **may** override:
+
+* ``capabilities`` — default: what ``overlayd_describe()`` declares; tests of an
+  undeclared capability are skipped, never failed;
+* ``bridge_spec`` / ``wireguard_spec`` — the devices the kit creates;
+* ``attach_handle`` — the workload handle used by attach tests (default: a
+  ``netns`` handle for drivers declaring it, else the first declared kind);
+* ``engine_config`` — the configuration handed to ``overlayd_configure``.
+
+Every test creates what it needs and the ``hooks`` fixture removes what is
+left, in reverse order, even when the test fails.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from overlayd.config import EngineConfig
+from overlayd.model import DRIVER_API
+from overlayd.model import Attachment
+from overlayd.model import AttachRequest
+from overlayd.model import Capability
+from overlayd.model import Device
+from overlayd.model import DeviceKind
+from overlayd.model import DeviceSpec
+from overlayd.model import DriverInfo
+from overlayd.model import GuestManagedHandle
+from overlayd.model import LinuxPidHandle
+from overlayd.model import MasqueradeRule
+from overlayd.model import NetnsHandle
+from overlayd.model import NodeInfo
+from overlayd.model import PeerChange
+from overlayd.model import PortMapping
+from overlayd.model import ReconcileRequest
+from overlayd.model import WindowsContainerHandle
+from overlayd.plugins import DriverContext
+from overlayd.plugins import Hooks
+from overlayd.plugins import driver_name
+from overlayd.plugins import make_plugin_manager
+from overlayd.plugins import register_drivers
+
+__all__ = [
+    "AttachConformance",
+    "DeviceConformance",
+    "DriverConformance",
+    "IpamConformance",
+    "LifecycleConformance",
+    "NatConformance",
+    "PeerConformance",
+    "check_driver",
+]
+
+#: Keys used by the kit (valid X25519 points are not needed: drivers must not care).
+PEER_KEYS = [
+    "aDlk2hH3mTqJq8DVRk9f0lZ0n3Hk0Jm0bZ4rK1d3CUk=",
+    "cHZ7Fq1vJdNq1PkE3XtKx8U1lWkqH4Qm2D6b1tWYn2w=",
+    "eN8yQz5s0kP2ZcV4mW9bX1rT7uJ3hG6fD2aS8lK0pHE=",
+]
+DEVICE_KEY = "YOnqvqXWSCdqVaX4tsnUpZ2zxJ0I+dJcuZ7Lj1gRe3Y="
+
+
+class _Tracker:
+    """Remembers what a test created so the fixture can remove it."""
+
+    def __init__(self, hooks: Hooks) -> None:
+        self.hooks = hooks
+        self.devices: list[Device] = []
+        self.attachments: list[Attachment] = []
+
+    def cleanup(self) -> list[BaseException]:
+        errors: list[BaseException] = []
+        for att in reversed(self.attachments):
+            try:
+                self.hooks.detach(att)
+            except Exception as exc:  # noqa: BLE001 - cleanup tries everything
+                errors.append(exc)
+        for dev in reversed(self.devices):
+            try:
+                self.hooks.device_delete(dev)
+            except Exception as exc:  # noqa: BLE001
+                errors.append(exc)
+        return errors
+
+
+class DriverConformance:
+    """Core invariants: description, API version, ownership stamping."""
+
+    @pytest.fixture
+    def driver(self) -> object:
+        raise NotImplementedError("override the `driver` fixture with a fresh driver instance")
+
+    @pytest.fixture
+    def engine_config(self) -> EngineConfig:
+        return EngineConfig(drivers=[])
+
+    @pytest.fixture
+    def info(self, driver: object) -> DriverInfo:
+        describe = getattr(driver, "overlayd_describe", None)
+        assert describe is not None, "every driver must implement overlayd_describe"
+        result = describe()
+        assert isinstance(result, DriverInfo)
+        return result
+
+    @pytest.fixture
+    def capabilities(self, info: DriverInfo) -> frozenset[Capability]:
+        return info.capabilities
+
+    @pytest.fixture
+    def hooks(self, driver: object, engine_config: EngineConfig) -> Iterator[Hooks]:
+        pm = make_plugin_manager(include_core_defaults=True)
+        register_drivers(pm, [driver])
+        hooks = Hooks(pm)
+        hooks.configure(engine_config)
+        events: list[Any] = []
+        hooks.startup(DriverContext(data_dir=None, emit=events.append))
+        yield hooks
+        try:
+            hooks.shutdown()
+        finally:
+            pm.unregister(driver)
+
+    @pytest.fixture
+    def created(self, hooks: Hooks) -> Iterator[_Tracker]:
+        tracker = _Tracker(hooks)
+        yield tracker
+        errors = tracker.cleanup()
+        assert not errors, f"cleanup failed: {errors}"
+
+    def test_describe_declares_compatible_api(self, info: DriverInfo, driver: object) -> None:
+        assert info.api == DRIVER_API
+        assert info.name == driver_name(driver)
+
+    def test_describe_is_stable(self, driver: object, info: DriverInfo) -> None:
+        assert driver.overlayd_describe() == info  # type: ignore[attr-defined]
+
+    def test_declared_kinds_are_known_strings(self, info: DriverInfo) -> None:
+        for kind in info.attach_kinds:
+            assert kind in {"linux_pid", "windows_container", "guest_managed", "netns"}
+        for kind in info.device_kinds:
+            assert isinstance(kind, str) and kind
+
+
+def _require(capabilities: frozenset[Capability], cap: Capability) -> None:
+    if cap not in capabilities:
+        pytest.skip(f"driver declares no {cap.value} capability")
+
+
+class DeviceConformance(DriverConformance):
+    """create / delete / list devices of the kinds the driver declares."""
+
+    @pytest.fixture
+    def bridge_spec(self) -> DeviceSpec:
+        return DeviceSpec(
+            kind=DeviceKind.BRIDGE,
+            name="zl-conf-b",
+            owner="service:conf",
+            addresses=(ipaddress.ip_interface("10.251.0.1/24"),),
+            mtu=1420,
+            subnet=ipaddress.ip_network("10.251.0.0/24"),
+        )
+
+    @pytest.fixture
+    def wireguard_spec(self) -> DeviceSpec:
+        return DeviceSpec(
+            kind=DeviceKind.WIREGUARD,
+            name="zl-conf-g",
+            owner="base",
+            addresses=(ipaddress.ip_interface("10.252.0.1/16"),),
+            mtu=1420,
+            listen_port=51999,
+            private_key=DEVICE_KEY,
+            subnet=ipaddress.ip_network("10.252.0.0/16"),
+        )
+
+    @pytest.fixture
+    def device_spec(
+        self, info: DriverInfo, bridge_spec: DeviceSpec, wireguard_spec: DeviceSpec
+    ) -> DeviceSpec:
+        if DeviceKind.BRIDGE in info.device_kinds:
+            return bridge_spec
+        if DeviceKind.WIREGUARD in info.device_kinds:
+            return wireguard_spec
+        pytest.skip("driver declares no bridge or wireguard device kind")
+
+    def test_create_returns_stamped_device(
+        self, capabilities: frozenset[Capability], hooks: Hooks, created: _Tracker,
+        device_spec: DeviceSpec, info: DriverInfo,
+    ) -> None:
+        _require(capabilities, Capability.DEVICES)
+        device = hooks.device_create(device_spec)
+        created.devices.append(device)
+        assert device.driver == info.name
+        assert device.name == device_spec.name
+        assert device.kind == device_spec.kind
+        assert set(device.addresses) == set(device_spec.addresses)
+
+    def test_create_is_idempotent(
+        self, capabilities: frozenset[Capability], hooks: Hooks, created: _Tracker,
+        device_spec: DeviceSpec,
+    ) -> None:
+        _require(capabilities, Capability.DEVICES)
+        first = hooks.device_create(device_spec)
+        created.devices.append(first)
+        second = hooks.device_create(device_spec)
+        assert second.name == first.name
+        assert second.public_key == first.public_key
+        listed = [d.name for d in hooks.device_list(device_spec.kind)]
+        assert listed.count(device_spec.name) == 1
+
+    def test_created_device_is_listed_and_delete_is_idempotent(
+        self, capabilities: frozenset[Capability], hooks: Hooks, device_spec: DeviceSpec,
+    ) -> None:
+        _require(capabilities, Capability.DEVICES)
+        device = hooks.device_create(device_spec)
+        assert device_spec.name in [d.name for d in hooks.device_list(device_spec.kind)]
+        assert hooks.device_delete(device) is True
+        assert device_spec.name not in [d.name for d in hooks.device_list(device_spec.kind)]
+        assert hooks.device_delete(device) is False
+
+    def test_wireguard_device_reports_public_key_of_given_private_key(
+        self, capabilities: frozenset[Capability], info: DriverInfo, hooks: Hooks,
+        created: _Tracker, wireguard_spec: DeviceSpec,
+    ) -> None:
+        _require(capabilities, Capability.DEVICES)
+        if DeviceKind.WIREGUARD not in info.device_kinds:
+            pytest.skip("driver creates no WireGuard devices")
+        from overlayd.keys import public_key
+
+        device = hooks.device_create(wireguard_spec)
+        created.devices.append(device)
+        assert device.public_key == public_key(DEVICE_KEY)
+        assert device.listen_port == wireguard_spec.listen_port
+
+    def test_ignores_devices_owned_by_another_driver(
+        self, capabilities: frozenset[Capability], hooks: Hooks, device_spec: DeviceSpec,
+    ) -> None:
+        _require(capabilities, Capability.DEVICES)
+        foreign = Device(
+            kind=device_spec.kind, name=device_spec.name, owner="base", driver="someone-else"
+        )
+        assert hooks.pm.hook.overlayd_device_delete(device=foreign) is None
+
+
+class PeerConformance(DeviceConformance):
+    """Batched peer changes and peer status on a WireGuard device."""
+
+    @pytest.fixture
+    def wg_device(
+        self, capabilities: frozenset[Capability], info: DriverInfo, hooks: Hooks,
+        created: _Tracker, wireguard_spec: DeviceSpec,
+    ) -> Device:
+        _require(capabilities, Capability.PEERS)
+        if DeviceKind.WIREGUARD not in info.device_kinds:
+            pytest.skip("driver creates no WireGuard devices")
+        device = hooks.device_create(wireguard_spec)
+        created.devices.append(device)
+        return device
+
+    @staticmethod
+    def _peers(hooks: Hooks, device: Device) -> dict[str, Any]:
+        return {p.public_key: p for p in hooks.peer_status(device)}
+
+    def test_batch_add_then_status(self, hooks: Hooks, wg_device: Device) -> None:
+        nets = [ipaddress.ip_network(f"10.252.{i + 1}.0/24") for i in range(2)]
+        hooks.peer_apply(
+            wg_device,
+            [
+                PeerChange(public_key=PEER_KEYS[0], endpoint="127.0.0.1:51001",
+                           allowed_ips=(nets[0],), persistent_keepalive_secs=25),
+                PeerChange(public_key=PEER_KEYS[1], endpoint="127.0.0.1:51002",
+                           allowed_ips=(nets[1],)),
+            ],
+        )
+        peers = self._peers(hooks, wg_device)
+        assert set(peers) == {PEER_KEYS[0], PEER_KEYS[1]}
+        assert peers[PEER_KEYS[0]].allowed_ips == (nets[0],)
+        assert peers[PEER_KEYS[0]].persistent_keepalive_secs == 25
+        assert peers[PEER_KEYS[0]].endpoint == "127.0.0.1:51001"
+        assert peers[PEER_KEYS[1]].last_handshake_unix_secs == 0
+
+    def test_multi_cidr_allowed_ips_and_edits(self, hooks: Hooks, wg_device: Device) -> None:
+        a, b, c = (ipaddress.ip_network(f"10.252.{i}.0/24") for i in (10, 11, 12))
+        hooks.peer_apply(wg_device, [PeerChange(public_key=PEER_KEYS[0], allowed_ips=(a, b))])
+        hooks.peer_apply(wg_device, [PeerChange(public_key=PEER_KEYS[0], add_allowed_ips=(c,))])
+        assert set(self._peers(hooks, wg_device)[PEER_KEYS[0]].allowed_ips) == {a, b, c}
+        hooks.peer_apply(wg_device, [PeerChange(public_key=PEER_KEYS[0], remove_allowed_ips=(a,))])
+        assert set(self._peers(hooks, wg_device)[PEER_KEYS[0]].allowed_ips) == {b, c}
+
+    def test_apply_is_idempotent(self, hooks: Hooks, wg_device: Device) -> None:
+        change = PeerChange(
+            public_key=PEER_KEYS[2], endpoint="127.0.0.1:51003",
+            allowed_ips=(ipaddress.ip_network("10.252.20.0/24"),),
+        )
+        hooks.peer_apply(wg_device, [change])
+        first = self._peers(hooks, wg_device)
+        hooks.peer_apply(wg_device, [change])
+        assert self._peers(hooks, wg_device) == first
+
+    def test_remove_and_remove_absent(self, hooks: Hooks, wg_device: Device) -> None:
+        hooks.peer_apply(wg_device, [PeerChange(public_key=PEER_KEYS[0])])
+        hooks.peer_apply(wg_device, [PeerChange(public_key=PEER_KEYS[0], remove=True)])
+        assert PEER_KEYS[0] not in self._peers(hooks, wg_device)
+        hooks.peer_apply(wg_device, [PeerChange(public_key=PEER_KEYS[0], remove=True)])
+        assert PEER_KEYS[0] not in self._peers(hooks, wg_device)
+
+    def test_ignores_foreign_device(self, hooks: Hooks, wg_device: Device) -> None:
+        foreign = wg_device.model_copy(update={"driver": "someone-else"})
+        assert hooks.pm.hook.overlayd_peer_apply(device=foreign, changes=[]) is None
+        assert hooks.pm.hook.overlayd_peer_status(device=foreign) is None
+
+
+class IpamConformance(DriverConformance):
+    """Address pools: never a duplicate, reserved, network or broadcast address."""
+
+    @pytest.fixture
+    def pool(self) -> Any:
+        from overlayd.model import Pool
+
+        return Pool(
+            name="service:conf",
+            cidr=ipaddress.ip_network("10.253.0.0/29"),
+            reserved=(ipaddress.ip_address("10.253.0.1"),),
+        )
+
+    def test_allocates_every_usable_address_once_then_exhausts(
+        self, hooks: Hooks, pool: Any
+    ) -> None:
+        from overlayd.errors import PoolExhausted
+
+        hooks.ipam_pool_create(pool, [])
+        got = [hooks.ipam_allocate(pool, f"o{i}").ip for i in range(5)]
+        assert len(set(got)) == 5
+        assert ipaddress.ip_address("10.253.0.0") not in got
+        assert ipaddress.ip_address("10.253.0.7") not in got
+        assert ipaddress.ip_address("10.253.0.1") not in got
+        with pytest.raises(PoolExhausted):
+            hooks.ipam_allocate(pool, "late")
+        hooks.ipam_pool_delete(pool)
+
+    def test_release_is_idempotent_and_outside_is_an_error(self, hooks: Hooks, pool: Any) -> None:
+        from overlayd.errors import AllocationError
+
+        hooks.ipam_pool_create(pool, [])
+        lease = hooks.ipam_allocate(pool, "o")
+        assert hooks.ipam_release(pool, lease.ip) is True
+        assert hooks.ipam_release(pool, lease.ip) is False
+        with pytest.raises(AllocationError):
+            hooks.ipam_release(pool, ipaddress.ip_address("10.99.0.1"))
+        hooks.ipam_pool_delete(pool)
+
+    def test_reserve_specific_address(self, hooks: Hooks, pool: Any) -> None:
+        from overlayd.errors import AllocationError
+
+        hooks.ipam_pool_create(pool, [])
+        ip = ipaddress.ip_address("10.253.0.5")
+        assert hooks.ipam_reserve(pool, ip, "a").ip == ip
+        assert hooks.ipam_reserve(pool, ip, "a").ip == ip
+        with pytest.raises(AllocationError):
+            hooks.ipam_reserve(pool, ip, "b")
+        with pytest.raises(AllocationError):
+            hooks.ipam_reserve(pool, ipaddress.ip_address("10.253.0.1"), "a")
+        assert all(hooks.ipam_allocate(pool, "x").ip != ip for _ in range(4))
+        hooks.ipam_pool_delete(pool)
+
+
+class AttachConformance(DeviceConformance):
+    """attach / detach of the handle kinds the driver declares."""
+
+    @pytest.fixture
+    def attach_handle(self, info: DriverInfo) -> Any:
+        kinds = info.attach_kinds
+        if "netns" in kinds:
+            return NetnsHandle(path="/run/netns/overlayd-conformance")
+        if "linux_pid" in kinds:
+            return LinuxPidHandle(pid=1)
+        if "windows_container" in kinds:
+            return WindowsContainerHandle(container_id="conformance-1")
+        if "guest_managed" in kinds:
+            return GuestManagedHandle(id="conformance-guest")
+        pytest.skip("driver declares no attach kind")
+
+    @pytest.fixture
+    def segment(
+        self, capabilities: frozenset[Capability], hooks: Hooks, created: _Tracker,
+        device_spec: DeviceSpec,
+    ) -> Device:
+        _require(capabilities, Capability.ATTACH)
+        device = hooks.device_create(device_spec)
+        created.devices.append(device)
+        return device
+
+    @pytest.fixture
+    def attach_request(self, attach_handle: Any, segment: Device) -> AttachRequest:
+        assert segment.subnet is not None
+        net = segment.subnet
+        return AttachRequest(
+            handle=attach_handle,
+            service="conf",
+            segment=segment,
+            address=ipaddress.ip_interface(f"{net.network_address + 2}/{net.prefixlen}"),
+            gateway=net.network_address + 1,
+            node=NodeInfo(
+                interface="zl-conf-g", public_key=PEER_KEYS[2],
+                node_ip=ipaddress.ip_address("10.252.0.1"),
+                cluster_cidr=ipaddress.ip_network("10.252.0.0/16"),
+                slice_cidr=ipaddress.ip_network("10.252.0.0/20"), listen_port=51999,
+            ),
+            mtu=1420,
+        )
+
+    def test_attach_returns_stamped_attachment(
+        self, hooks: Hooks, created: _Tracker, attach_request: AttachRequest, info: DriverInfo,
+    ) -> None:
+        att = hooks.attach(attach_request)
+        created.attachments.append(att)
+        assert att.driver == info.name
+        assert att.ip == attach_request.address.ip
+        assert att.service == attach_request.service
+        assert att.interfaces or att.guest is not None or att.namespace_guid
+
+    def test_detach_is_idempotent(self, hooks: Hooks, attach_request: AttachRequest) -> None:
+        att = hooks.attach(attach_request)
+        assert hooks.attachment_alive(att) is True
+        assert hooks.detach(att) is True
+        assert hooks.detach(att) is False
+
+    def test_reattach_after_detach_works(
+        self, hooks: Hooks, created: _Tracker, attach_request: AttachRequest
+    ) -> None:
+        first = hooks.attach(attach_request)
+        hooks.detach(first)
+        second = hooks.attach(attach_request)
+        created.attachments.append(second)
+        assert second.ip == first.ip
+
+    def test_ignores_foreign_attachment(
+        self, hooks: Hooks, created: _Tracker, attach_request: AttachRequest
+    ) -> None:
+        att = hooks.attach(attach_request)
+        created.attachments.append(att)
+        foreign = att.model_copy(update={"driver": "someone-else"})
+        assert hooks.pm.hook.overlayd_detach(attachment=foreign) is None
+
+
+class NatConformance(DriverConformance):
+    """Masquerade and port mappings, idempotent both ways."""
+
+    def test_masquerade_enable_disable_idempotent(
+        self, capabilities: frozenset[Capability], hooks: Hooks
+    ) -> None:
+        _require(capabilities, Capability.NAT)
+        rule = MasqueradeRule(
+            subnet=ipaddress.ip_network("10.254.0.0/24"),
+            exempt=(ipaddress.ip_network("10.254.0.0/16"),),
+        )
+        assert hooks.nat_masquerade(rule, True) is True
+        assert hooks.nat_masquerade(rule, True) is True
+        assert hooks.nat_masquerade(rule, False) is True
+        assert hooks.nat_masquerade(rule, False) is True
+
+    def test_port_mapping_enable_disable_idempotent(
+        self, capabilities: frozenset[Capability], hooks: Hooks
+    ) -> None:
+        _require(capabilities, Capability.NAT)
+        mapping = PortMapping(
+            protocol="tcp", host_port=18080,
+            container_ip=ipaddress.ip_address("10.254.0.2"), container_port=80,
+        )
+        hooks.nat_port_mapping(mapping, True)
+        hooks.nat_port_mapping(mapping, True)
+        hooks.nat_port_mapping(mapping, False)
+        hooks.nat_port_mapping(mapping, False)
+
+
+class LifecycleConformance(DeviceConformance):
+    """Reconcile adopts what is recorded and removes only its own unrecorded objects."""
+
+    def test_reconcile_adopts_recorded_device(
+        self, capabilities: frozenset[Capability], hooks: Hooks, created: _Tracker,
+        device_spec: DeviceSpec,
+    ) -> None:
+        _require(capabilities, Capability.RECONCILE)
+        device = hooks.device_create(device_spec)
+        created.devices.append(device)
+        reports = hooks.reconcile(ReconcileRequest(devices=(device,)))
+        mine = [r for r in reports if r.driver == device.driver]
+        assert mine and device.name in mine[0].adopted
+        assert device.name in [d.name for d in hooks.device_list(device.kind)]
+
+    def test_reconcile_removes_own_unrecorded_device(
+        self, capabilities: frozenset[Capability], hooks: Hooks, device_spec: DeviceSpec,
+    ) -> None:
+        _require(capabilities, Capability.RECONCILE)
+        device = hooks.device_create(device_spec)
+        reports = hooks.reconcile(ReconcileRequest())
+        mine = [r for r in reports if r.driver == device.driver]
+        assert mine and device.name in mine[0].removed
+        assert device.name not in [d.name for d in hooks.device_list(device.kind)]
+
+    def test_reconcile_twice_finds_nothing_new(
+        self, capabilities: frozenset[Capability], hooks: Hooks
+    ) -> None:
+        _require(capabilities, Capability.RECONCILE)
+        hooks.reconcile(ReconcileRequest())
+        second = hooks.reconcile(ReconcileRequest())
+        assert all(not r.removed and not r.recreated for r in second)
+
+
+def check_driver(driver: object) -> list[str]:
+    """Run the core invariants without pytest; return a list of problems (empty = pass).
+
+    Usable from a REPL or a smoke script on a host without pytest.
+    """
+    problems: list[str] = []
+    describe = getattr(driver, "overlayd_describe", None)
+    if describe is None:
+        return ["driver does not implement overlayd_describe"]
+    info = describe()
+    if info.api != DRIVER_API:
+        problems.append(f"driver API {info.api} != {DRIVER_API}")
+    if info.name != driver_name(driver):
+        problems.append(f"describe() name {info.name!r} != registered name {driver_name(driver)!r}")
+    pm = make_plugin_manager()
+    try:
+        register_drivers(pm, [driver])
+    except Exception as exc:  # noqa: BLE001 - report, do not raise
+        return [*problems, f"registration failed: {exc}"]
+    hooks = Hooks(pm)
+    foreign = Device(kind="bridge", name="zl-x-b", owner="base", driver="someone-else")
+    if pm.hook.overlayd_device_delete(device=foreign) is not None:
+        problems.append("overlayd_device_delete answered for another driver's device")
+    if Capability.DEVICES in info.capabilities:
+        for kind in info.device_kinds:
+            try:
+                hooks.device_list(kind)
+            except Exception as exc:  # noqa: BLE001
+                problems.append(f"device_list({kind}) failed: {exc}")
+    pm.unregister(driver)
+    return problems

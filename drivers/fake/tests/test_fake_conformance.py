@@ -1,0 +1,20 @@
+"""The fake driver passes the whole conformance kit."""
+
+from __future__ import annotations
+
+import pytest
+from overlayd_fake.driver import FakeDriver
+
+from overlayd.testing.conformance import AttachConformance
+from overlayd.testing.conformance import IpamConformance
+from overlayd.testing.conformance import LifecycleConformance
+from overlayd.testing.conformance import NatConformance
+from overlayd.testing.conformance import PeerConformance
+
+
+class TestFakeDriver(
+    PeerConformance, AttachConformance, IpamConformance, NatConformance, LifecycleConformance
+):
+    @pytest.fixture
+    def driver(self) -> FakeDriver:
+        return FakeDriver()
