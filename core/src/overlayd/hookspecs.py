@@ -74,7 +74,7 @@ def overlayd_describe() -> DriverInfo:
     Idempotent: yes, and side-effect free.
     Blocking: no.
     Raising: never; a driver that cannot run on this host says so in
-        ``overlayd_startup``, not here.
+    ``overlayd_startup``, not here.
 
     .. versionadded:: 0.1
     """
@@ -93,7 +93,7 @@ def overlayd_configure(config: EngineConfig) -> None:
     Idempotent: must tolerate being called once per engine; it is never called twice.
     Blocking: no I/O expected; validate only.
     Raising: :class:`~overlayd.errors.ConfigError` naming the bad key; the engine
-        refuses to start.
+    refuses to start.
 
     .. versionadded:: 0.1
     """
@@ -113,8 +113,8 @@ def overlayd_startup(context: DriverContext) -> None:
     Idempotent: called once per engine.
     Blocking: yes; may load libraries or probe the kernel.
     Raising: :class:`~overlayd.errors.NotSupported` when this host cannot run
-        the driver (e.g. the native HCN backend off Windows); the engine refuses
-        to start and reports the message.
+    the driver (e.g. the native HCN backend off Windows); the engine refuses
+    to start and reports the message.
 
     .. versionadded:: 0.1
     """
@@ -155,7 +155,7 @@ def overlayd_reconcile(request: ReconcileRequest) -> ReconcileReport | None:
     Idempotent: yes; running it twice in a row finds nothing to do the second time.
     Blocking: yes; called on startup, periodically and on demand (``reconcile`` op).
     Raising: record per-object failures in ``report.errors`` and continue; raise
-        only when the host cannot be inspected at all.
+    only when the host cannot be inspected at all.
 
     .. versionadded:: 0.1
     """
@@ -180,12 +180,12 @@ def overlayd_device_create(spec: DeviceSpec) -> Device | None:
         ``device.public_key`` is set for WireGuard devices.
 
     Idempotent: a device that already exists with the requested configuration
-        is adopted and returned unchanged (never deleted and recreated: traffic
-        on it must not be disturbed); one that exists with a different
-        configuration is brought to the requested one.
+    is adopted and returned unchanged (never deleted and recreated: traffic
+    on it must not be disturbed); one that exists with a different
+    configuration is brought to the requested one.
     Blocking: yes.
     Raising: :class:`~overlayd.errors.DeviceError` after removing anything
-        half-created.
+    half-created.
 
     .. versionadded:: 0.1
     """
@@ -203,7 +203,7 @@ def overlayd_device_delete(device: Device) -> bool | None:
     Idempotent: yes; deleting an absent device returns ``False``.
     Blocking: yes.
     Raising: :class:`~overlayd.errors.DeviceError` only when the device exists
-        and could not be removed.
+    and could not be removed.
 
     .. versionadded:: 0.1
     """
@@ -246,10 +246,10 @@ def overlayd_peer_apply(device: Device, changes: Sequence[PeerChange]) -> bool |
     :returns: ``True`` once applied.
 
     Idempotent: yes; re-applying a batch leaves the device as the first application did.
-        Removing an absent peer is not an error.
+    Removing an absent peer is not an error.
     Blocking: yes.
     Raising: :class:`~overlayd.errors.PeerError`; the batch is all-or-nothing
-        where the mechanism allows it (UAPI ``set`` is one transaction).
+    where the mechanism allows it (UAPI ``set`` is one transaction).
 
     .. versionadded:: 0.1
     """
@@ -285,13 +285,15 @@ def overlayd_ipam_pool_create(pool: Pool, leases: Sequence[Lease]) -> bool | Non
     The built-in allocator answers for every pool (``trylast``); a driver that
     takes over a pool (e.g. HCN-managed addressing) answers first for the
     pools it wants and must then answer the other IPAM hooks for them.
+    Return ``None`` for pools this plugin does not manage (``pool.driver`` set
+    to another plugin's name).
 
     :param pool: The pool: name, CIDR and reserved addresses.
     :param leases: Leases already held in this pool (from the state store).
     :returns: ``True`` when this plugin manages the pool.
 
     Idempotent: creating an existing pool with the same CIDR is a no-op; a
-        different CIDR is an :class:`~overlayd.errors.InvalidRequest`.
+    different CIDR is an :class:`~overlayd.errors.InvalidRequest`.
     Blocking: no (in-memory) for the built-in allocator.
     Raising: :class:`~overlayd.errors.InvalidRequest` for an invalid pool.
 
@@ -302,6 +304,9 @@ def overlayd_ipam_pool_create(pool: Pool, leases: Sequence[Lease]) -> bool | Non
 @hookspec(firstresult=True)
 def overlayd_ipam_pool_delete(pool: Pool) -> bool | None:
     """Stop managing ``pool`` and forget its leases.
+
+    Return ``None`` when ``pool.driver`` names another plugin; the built-in
+    allocator answers last (``trylast``) for every pool no driver took over.
 
     :param pool: A pool previously created.
     :returns: ``True`` if it existed, ``False`` if not; ``None`` if not ours.
@@ -318,6 +323,9 @@ def overlayd_ipam_pool_delete(pool: Pool) -> bool | None:
 def overlayd_ipam_allocate(pool: Pool, owner: str) -> Lease | None:
     """Lease a free address from ``pool`` to ``owner``.
 
+    Return ``None`` when ``pool.driver`` names another plugin; the built-in
+    allocator answers last (``trylast``) for every pool no driver took over.
+
     Never hands out the network, broadcast (IPv4), reserved or already
     leased addresses. The built-in allocator prefers never-used addresses and
     reuses released ones least-recently-released first, so a stale ARP, DNS
@@ -328,10 +336,10 @@ def overlayd_ipam_allocate(pool: Pool, owner: str) -> Lease | None:
     :returns: The new lease.
 
     Idempotent: no; each call leases another address (the engine makes attach
-        idempotent per handle).
+    idempotent per handle).
     Blocking: no; O(1) amortised for the built-in allocator.
     Raising: :class:`~overlayd.errors.PoolExhausted` when no address is free;
-        :class:`~overlayd.errors.NotFound` for an unknown pool.
+    :class:`~overlayd.errors.NotFound` for an unknown pool.
 
     .. versionadded:: 0.1
     """
@@ -341,16 +349,19 @@ def overlayd_ipam_allocate(pool: Pool, owner: str) -> Lease | None:
 def overlayd_ipam_reserve(pool: Pool, ip: IPAddress, owner: str) -> Lease | None:
     """Lease the specific address ``ip`` from ``pool`` to ``owner``.
 
+    Return ``None`` when ``pool.driver`` names another plugin; the built-in
+    allocator answers last (``trylast``) for every pool no driver took over.
+
     :param pool: The pool holding ``ip``.
     :param ip: The requested address.
     :param owner: Who holds the lease.
     :returns: The lease.
 
     Idempotent: reserving an address already leased to the same owner returns
-        that lease.
+    that lease.
     Blocking: no.
     Raising: :class:`~overlayd.errors.AllocationError` when ``ip`` is outside the
-        pool, reserved, or leased to another owner.
+    pool, reserved, or leased to another owner.
 
     .. versionadded:: 0.1
     """
@@ -359,6 +370,9 @@ def overlayd_ipam_reserve(pool: Pool, ip: IPAddress, owner: str) -> Lease | None
 @hookspec(firstresult=True)
 def overlayd_ipam_release(pool: Pool, ip: IPAddress) -> bool | None:
     """Return ``ip`` to ``pool``.
+
+    Return ``None`` when ``pool.driver`` names another plugin; the built-in
+    allocator answers last (``trylast``) for every pool no driver took over.
 
     :param pool: The pool holding ``ip``.
     :param ip: A leased address.
@@ -411,7 +425,7 @@ def overlayd_dns_serve(zone: str, addresses: Sequence[str]) -> None:
     Idempotent: yes; level-triggered (the full desired set each time).
     Blocking: briefly (binding sockets).
     Raising: :class:`~overlayd.errors.DnsError` when an address cannot be bound;
-        the engine logs it and keeps serving on the others.
+    the engine logs it and keeps serving on the others.
 
     .. versionadded:: 0.1
     """
@@ -475,7 +489,7 @@ def overlayd_nat_port_mapping(mapping: PortMapping, enable: bool) -> bool | None
     Idempotent: yes in both directions.
     Blocking: yes.
     Raising: :class:`~overlayd.errors.NatError`; a host port already mapped to
-        another container is an error.
+    another container is an error.
 
     .. versionadded:: 0.1
     """
@@ -521,10 +535,10 @@ def overlayd_attach(request: AttachRequest) -> Attachment | None:
         ``attachment.interfaces`` lists every host object detach must remove.
 
     Idempotent: the engine never attaches a handle twice; a driver must still
-        tolerate leftovers of an earlier crashed attempt with the same names.
+    tolerate leftovers of an earlier crashed attempt with the same names.
     Blocking: yes (netlink, HCN).
     Raising: :class:`~overlayd.errors.AttachError` after removing anything
-        half-created; the engine then releases the leases it took.
+    half-created; the engine then releases the leases it took.
 
     .. versionadded:: 0.1
     """
@@ -542,9 +556,9 @@ def overlayd_detach(attachment: Attachment) -> bool | None:
 
     Idempotent: yes; detaching twice, or after the workload is gone, succeeds.
     Blocking: yes; drivers may defer slow kernel work (e.g. batched link
-        deletion) as long as the names are free for an immediate re-attach.
+    deletion) as long as the names are free for an immediate re-attach.
     Raising: :class:`~overlayd.errors.AttachError` only when an object exists
-        and cannot be removed; the engine keeps the record so a retry can finish.
+    and cannot be removed; the engine keeps the record so a retry can finish.
 
     .. versionadded:: 0.1
     """

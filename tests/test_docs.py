@@ -1,0 +1,54 @@
+"""Documentation that tests keep honest: every hookspec follows the contract template."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import pytest
+
+from overlayd import hookspecs
+from overlayd.plugins import make_plugin_manager
+
+ROOT = Path(__file__).resolve().parent.parent
+SPECS = sorted(
+    name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction)
+    if name.startswith("overlayd_")
+)
+
+
+def test_every_hookspec_is_registered() -> None:
+    pm = make_plugin_manager(include_core_defaults=False)
+    assert {h for h in dir(pm.hook) if h.startswith("overlayd_")} == set(SPECS)
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_hookspec_docstring_follows_template(name: str) -> None:
+    fn = getattr(hookspecs, name)
+    doc = inspect.getdoc(fn)
+    assert doc, f"{name} has no docstring"
+    for param in inspect.signature(fn).parameters:
+        assert f":param {param}:" in doc, f"{name}: `:param {param}:` missing"
+    for part in ("Idempotent:", "Blocking:", "Raising:", ".. versionadded::"):
+        assert part in doc, f"{name}: `{part}` missing"
+    sig = inspect.signature(fn)
+    if sig.return_annotation not in ("None", None):
+        assert ":returns:" in doc, f"{name}: `:returns:` missing"
+    spec = make_plugin_manager(include_core_defaults=False).hook.__dict__[name].spec
+    if spec.opts.get("firstresult"):
+        assert "None" in doc, f"{name}: a firstresult hook must say what None means"
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_hook_is_in_the_reference(name: str) -> None:
+    text = (ROOT / "docs" / "hooks.rst").read_text()
+    args = ", ".join(inspect.signature(getattr(hookspecs, name)).parameters)
+    assert f"``{name}({args})``" in text
+    assert f".. autofunction:: overlayd.hookspecs.{name}" in text
+
+
+def test_writing_a_driver_includes_tested_example() -> None:
+    text = (ROOT / "docs" / "writing-a-driver.rst").read_text()
+    for include in text.split(".. literalinclude:: ")[1:]:
+        target = (ROOT / "docs" / include.split()[0]).resolve()
+        assert target.is_file(), target
