@@ -4,7 +4,7 @@ from __future__ import annotations
 
 project = "overlayd"
 author = "the overlayd developers"
-copyright = "2026, the overlayd developers"  # noqa: A001
+copyright = "2026, the overlayd developers"
 extensions = ["sphinx.ext.autodoc", "sphinx.ext.intersphinx"]
 intersphinx_mapping: dict[str, tuple[str, None]] = {}
 autodoc_member_order = "bysource"

@@ -12,7 +12,8 @@ from overlayd.plugins import make_plugin_manager
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = sorted(
-    name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction)
+    name
+    for name, fn in inspect.getmembers(hookspecs, inspect.isfunction)
     if name.startswith("overlayd_")
 )
 

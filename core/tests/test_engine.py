@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from overlayd_fake.driver import FakeDriver
 
 from overlayd import hookimpl
 from overlayd.config import DnsSettings
@@ -33,6 +32,7 @@ from overlayd.model import DnsRecord
 from overlayd.model import LinuxPidHandle
 from overlayd.model import PeerScope
 from overlayd.state import MemoryStore
+from overlayd_fake.driver import FakeDriver
 
 KEY1 = "aDlk2hH3mTqJq8DVRk9f0lZ0n3Hk0Jm0bZ4rK1d3CUk="
 KEY2 = "cHZ7Fq1vJdNq1PkE3XtKx8U1lWkqH4Qm2D6b1tWYn2w="
@@ -116,8 +116,12 @@ async def engine(
 
 async def setup_global(engine: Engine, nat: bool = False) -> str:
     return await engine.setup_global_overlay(
-        deployment="prod", instance_id="n1", cluster_cidr="10.200.0.0/16",
-        slice_cidr="10.200.0.0/20", wg_port=51820, nat_enabled=nat,
+        deployment="prod",
+        instance_id="n1",
+        cluster_cidr="10.200.0.0/16",
+        slice_cidr="10.200.0.0/20",
+        wg_port=51820,
+        nat_enabled=nat,
     )
 
 
@@ -150,14 +154,18 @@ async def test_global_setup_is_idempotent_and_names_like_zlayer(engine: Engine) 
     status = await engine.status()
     assert status.node_ip == ipaddress.ip_address("10.200.0.1")
     assert status.overlay_cidr == ipaddress.ip_network("10.200.0.0/16")
-    assert status.public_key is not None and len(status.public_key) == 44
+    assert status.public_key is not None
+    assert len(status.public_key) == 44
 
 
 async def test_global_setup_with_different_cidr_conflicts(engine: Engine) -> None:
     await setup_global(engine)
     with pytest.raises(Conflict, match="already set up"):
         await engine.setup_global_overlay(
-            deployment="prod", instance_id="n1", cluster_cidr="10.201.0.0/16", wg_port=51820
+            deployment="prod",
+            instance_id="n1",
+            cluster_cidr="10.201.0.0/16",
+            wg_port=51820,
         )
 
 
@@ -235,14 +243,17 @@ async def test_windows_requested_ip_is_validated_and_used(engine: Engine) -> Non
     att = await engine.attach(
         {"platform": "windows_container", "container_id": "c1", "ip": str(want)}, "web"
     )
-    assert att.ip == want and att.namespace_guid
+    assert att.ip == want
+    assert att.namespace_guid
     with pytest.raises(InvalidRequest, match="outside service"):
         await engine.attach(
-            {"platform": "windows_container", "container_id": "c2", "ip": "10.99.0.1"}, "web"
+            {"platform": "windows_container", "container_id": "c2", "ip": "10.99.0.1"},
+            "web",
         )
     with pytest.raises(AllocationError, match="already leased"):
         await engine.attach(
-            {"platform": "windows_container", "container_id": "c3", "ip": str(want)}, "web"
+            {"platform": "windows_container", "container_id": "c3", "ip": str(want)},
+            "web",
         )
 
 
@@ -255,8 +266,15 @@ async def test_dedicated_service_has_own_device_key_and_port(
     assert svc.dedicated.listen_port == 51821
     assert svc.dedicated.public_key != engine.node_public_key()
     other = await engine.setup_service_overlay("cache", "dedicated")
-    assert other.dedicated is not None and other.dedicated.listen_port == 51822
-    await engine.add_peer(KEY1, "127.0.0.1:1", "10.200.64.0/22", 0, PeerScope(scope="service", service="db"))
+    assert other.dedicated is not None
+    assert other.dedicated.listen_port == 51822
+    await engine.add_peer(
+        KEY1,
+        "127.0.0.1:1",
+        "10.200.64.0/22",
+        0,
+        PeerScope(scope="service", service="db"),
+    )
     assert KEY1 in fake.host.peers[svc.dedicated.name]
     assert KEY1 not in fake.host.peers["zl-prod-n1-g"]
     with pytest.raises(Conflict, match="dedicated mode"):
@@ -281,9 +299,7 @@ async def test_peers_multi_cidr_and_allowed_ip_edits(engine: Engine, fake: FakeD
     assert KEY1 not in fake.host.peers[name]
 
 
-async def test_teardown_service_detaches_and_frees_subnet(
-    engine: Engine, fake: FakeDriver
-) -> None:
+async def test_teardown_service_detaches_and_frees_subnet(engine: Engine, fake: FakeDriver) -> None:
     await setup_global(engine)
     web = await engine.setup_service_overlay("web", "shared")
     await engine.attach(PID, "web")
@@ -347,7 +363,9 @@ async def test_reconcile_releases_dead_workloads_and_removes_orphans(
     fake.kill(LinuxPidHandle(pid=4242))
     from overlayd.model import Device
 
-    fake.host.devices["zl-stray-b"] = Device(kind="bridge", name="zl-stray-b", owner="x", driver="fake")
+    fake.host.devices["zl-stray-b"] = Device(
+        kind="bridge", name="zl-stray-b", owner="x", driver="fake"
+    )
     summary = await engine.reconcile()
     assert summary.released == 1
     assert engine.list_attachments() == []
@@ -441,8 +459,11 @@ async def test_attach_rollback_when_pool_exhausted_midway(
     await eng.start()
     try:
         await eng.setup_global_overlay(
-            deployment="p", instance_id="n", cluster_cidr="10.210.0.0/16",
-            slice_cidr="10.210.0.0/28", wg_port=51820,
+            deployment="p",
+            instance_id="n",
+            cluster_cidr="10.210.0.0/16",
+            slice_cidr="10.210.0.0/28",
+            wg_port=51820,
         )
         # /28 slice -> /30 blocks: node pool 10.210.0.0/30 holds one usable
         # address besides the node's own.
@@ -472,7 +493,11 @@ async def test_attach_rollback_when_pool_exhausted_midway(
     ids=["device", "nat", "commit"],
 )
 async def test_global_setup_rollback_at_every_step(
-    engine: Engine, fake: FakeDriver, store: FlakyStore, dns: DnsProbe, hook: str,
+    engine: Engine,
+    fake: FakeDriver,
+    store: FlakyStore,
+    dns: DnsProbe,
+    hook: str,
     exc: Exception,
 ) -> None:
     before = snapshot(engine, fake, store, dns)
@@ -497,19 +522,28 @@ async def test_global_setup_rollback_at_every_step(
     ],
 )
 async def test_service_setup_rollback_at_every_step(
-    engine: Engine, fake: FakeDriver, store: FlakyStore, dns: DnsProbe, step: str, mode: str
+    engine: Engine,
+    fake: FakeDriver,
+    store: FlakyStore,
+    dns: DnsProbe,
+    step: str,
+    mode: str,
 ) -> None:
     await setup_global(engine, nat=True)
     before = snapshot(engine, fake, store, dns)
     if step == "bridge":
         fake.fail_when(
-            "overlayd_device_create", lambda kw: kw["spec"].kind == "bridge",
-            DeviceError("bridge failed (injected)"), once=True,
+            "overlayd_device_create",
+            lambda kw: kw["spec"].kind == "bridge",
+            DeviceError("bridge failed (injected)"),
+            once=True,
         )
     elif step == "dedicated":
         fake.fail_when(
-            "overlayd_device_create", lambda kw: kw["spec"].kind == "wireguard",
-            DeviceError("wg failed (injected)"), once=True,
+            "overlayd_device_create",
+            lambda kw: kw["spec"].kind == "wireguard",
+            DeviceError("wg failed (injected)"),
+            once=True,
         )
     elif step == "nat":
         fake.fail_next("overlayd_nat_masquerade", NatError("nft failed (injected)"))
@@ -574,12 +608,19 @@ async def test_detach_keeps_record_when_driver_cannot_remove(
     ],
 )
 async def test_bad_global_input_is_rejected_without_change(
-    engine: Engine, fake: FakeDriver, store: FlakyStore, dns: DnsProbe,
-    kwargs: dict[str, Any], message: str,
+    engine: Engine,
+    fake: FakeDriver,
+    store: FlakyStore,
+    dns: DnsProbe,
+    kwargs: dict[str, Any],
+    message: str,
 ) -> None:
     args: dict[str, Any] = {
-        "deployment": "prod", "instance_id": "n1", "cluster_cidr": "10.200.0.0/16",
-        "slice_cidr": None, "wg_port": 51820,
+        "deployment": "prod",
+        "instance_id": "n1",
+        "cluster_cidr": "10.200.0.0/16",
+        "slice_cidr": None,
+        "wg_port": 51820,
     }
     args.update(kwargs)
     before = snapshot(engine, fake, store, dns)
@@ -588,7 +629,9 @@ async def test_bad_global_input_is_rejected_without_change(
     assert snapshot(engine, fake, store, dns) == before
 
 
-async def test_unknown_service_and_missing_global_are_clear_errors(engine: Engine) -> None:
+async def test_unknown_service_and_missing_global_are_clear_errors(
+    engine: Engine,
+) -> None:
     with pytest.raises(InvalidRequest, match="call setup_global_overlay first"):
         await engine.setup_service_overlay("web", "shared")
     await setup_global(engine)
@@ -725,7 +768,8 @@ async def test_status_never_waits_behind_a_slow_attach(
         await asyncio.get_running_loop().run_in_executor(None, hold.entered.wait, 5)
         status = await asyncio.wait_for(eng.status(), 2)
         other = await asyncio.wait_for(eng.register_dns("x", "10.200.4.99"), 2)
-        assert status.service_count == 1 and other is None
+        assert status.service_count == 1
+        assert other is None
         assert not slow.done()
         hold.release.set()
         await slow
@@ -746,7 +790,9 @@ async def test_same_handle_concurrent_attach_allocates_once(
 async def test_records_roundtrip_through_durable_store(tmp_path: Any, fake: FakeDriver) -> None:
     """A restart on the same data_dir keeps key, addresses, peers and records."""
     cfg = EngineConfig(
-        data_dir=tmp_path, drivers=[], dns=DnsSettings(enabled=False),
+        data_dir=tmp_path,
+        drivers=[],
+        dns=DnsSettings(enabled=False),
         engine=EngineSettings(health_interval_secs=0),
     )
     async with Engine(cfg, drivers=[fake]) as eng:

@@ -37,7 +37,8 @@ def test_unknown_driver_names_installed_ones() -> None:
         load_drivers(make_plugin_manager(), ["fake", "nosuch"])
     message = str(info.value)
     assert "unknown driver(s) nosuch" in message
-    assert "example" in message and "fake" in message
+    assert "example" in message
+    assert "fake" in message
 
 
 def test_import_error_names_driver_and_missing_module() -> None:

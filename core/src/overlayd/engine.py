@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import logging
 import re
@@ -34,6 +35,7 @@ from dataclasses import dataclass
 from dataclasses import field
 from typing import Any
 from typing import TypeVar
+from typing import cast
 
 import pluggy
 from pydantic import BaseModel
@@ -193,7 +195,7 @@ class _Tx:
 
     puts: dict[tuple[str, str], Any] = field(default_factory=dict)
     deletes: set[tuple[str, str]] = field(default_factory=set)
-    after: list[Callable[[], None]] = field(default_factory=list)
+    after: list[Callable[[], object]] = field(default_factory=list)
 
     def put(self, kind: str, key: str, value: BaseModel | dict[str, Any]) -> None:
         data = value.model_dump(mode="json") if isinstance(value, BaseModel) else value
@@ -412,7 +414,7 @@ class Engine:
                 self._store.commit(tx.puts, tx.deletes)
             except OverlaydError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - store boundary
+            except Exception as exc:
                 raise StateError(f"could not write the state store: {exc}") from exc
         with self._mem:
             for fn in tx.after:
@@ -484,7 +486,7 @@ class Engine:
 
     def _init_carving(self, g: GlobalOverlay) -> None:
         prefix = self._block_prefix(g.slice_cidr)
-        node_block = next(g.slice_cidr.subnets(new_prefix=prefix))
+        node_block = cast(IPNetwork, next(iter(g.slice_cidr.subnets(new_prefix=prefix))))
         self._carver = SubnetCarver(g.slice_cidr, prefix, exclude=[node_block])
         self._ports = PortBand(g.wg_port)
 
@@ -525,7 +527,7 @@ class Engine:
     # -- validation ---------------------------------------------------------
 
     @staticmethod
-    def _check_name(what: str, value: str) -> str:
+    def _check_name(what: str, value: object) -> str:
         if not isinstance(value, str) or not _NAME_RE.match(value):
             raise InvalidRequest(
                 f"invalid {what} {value!r}: use 1-63 letters, digits, '-', '_' or '.', "
@@ -634,7 +636,13 @@ class Engine:
                     )
                 return existing.device.name
             return await self._run(
-                self._setup_global, deployment, instance_id, cluster, slice_net, wg_port, nat_enabled
+                self._setup_global,
+                deployment,
+                instance_id,
+                cluster,
+                slice_net,
+                wg_port,
+                nat_enabled,
             )
 
     def _identity_key(self, name: str) -> str:
@@ -744,7 +752,7 @@ class Engine:
                 try:
                     self.hooks.nat_masquerade(rule, False)
                     tx.delete("masquerade", key)
-                    tx.after.append(lambda k=key: self.masquerades.pop(k, None))  # type: ignore[misc]
+                    tx.after.append(functools.partial(self.masquerades.pop, key, None))
                 except OverlaydError as exc:
                     errors.append(exc)
         try:
@@ -757,7 +765,7 @@ class Engine:
             if lease.pool == NODE_POOL:
                 tx.delete("lease", f"{lease.pool}|{lease.ip}")
                 tx.after.append(
-                    lambda k=f"{lease.pool}|{lease.ip}": self.manual_leases.pop(k, None)  # type: ignore[misc]
+                    functools.partial(self.manual_leases.pop, f"{lease.pool}|{lease.ip}", None)
                 )
         for pub in list(self.peers.get(g.device.name, {})):
             tx.delete("peer", f"{g.device.name}|{pub}")
@@ -777,9 +785,7 @@ class Engine:
 
     # -- service overlays ---------------------------------------------------
 
-    async def setup_service_overlay(
-        self, service: str, mode: OverlayMode | str
-    ) -> ServiceOverlay:
+    async def setup_service_overlay(self, service: str, mode: OverlayMode | str) -> ServiceOverlay:
         """Create (or return) a service's bridge, subnet and, in dedicated mode, its device."""
         self._require_started()
         self._check_name("service name", service)
@@ -803,12 +809,16 @@ class Engine:
 
     def _setup_service(self, service: str, mode: OverlayMode) -> ServiceOverlay:
         g = self._global()
-        assert self._carver is not None and self._ports is not None
+        assert self._carver is not None
+        assert self._ports is not None
         undo = _Undo()
         try:
             with self._mem:
                 subnet = self._carver.allocate()
-            undo.push("release subnet", lambda: self._carver.release(subnet) if self._carver else None)
+            undo.push(
+                "release subnet",
+                lambda: self._carver.release(subnet) if self._carver else None,
+            )
             first, _ = usable_range(subnet)
             gateway = ipaddress.ip_address(int(subnet.network_address) + first)
             overlay_ip = (
@@ -832,7 +842,10 @@ class Engine:
                 assert overlay_ip is not None
                 with self._mem:
                     port = self._ports.allocate()
-                undo.push("release port", lambda: self._ports.release(port) if self._ports else None)
+                undo.push(
+                    "release port",
+                    lambda: self._ports.release(port) if self._ports else None,
+                )
                 host_bits = 32 if overlay_ip.version == 4 else 128
                 dedicated = self.hooks.device_create(
                     DeviceSpec(
@@ -864,7 +877,10 @@ class Engine:
             if g.nat_enabled:
                 rule = MasqueradeRule(subnet=subnet, exempt=(g.cluster_cidr,))
                 if self.hooks.nat_masquerade(rule, True):
-                    undo.push("remove masquerade", lambda: self.hooks.nat_masquerade(rule, False))
+                    undo.push(
+                        "remove masquerade",
+                        lambda: self.hooks.nat_masquerade(rule, False),
+                    )
                     tx.put("masquerade", str(subnet), rule)
                     tx.after.append(lambda: self.masquerades.__setitem__(str(subnet), rule))
             tx.put("service", service, svc)
@@ -900,7 +916,7 @@ class Engine:
             try:
                 self.hooks.nat_masquerade(rule, False)
                 tx.delete("masquerade", str(svc.subnet))
-                tx.after.append(lambda: self.masquerades.pop(str(svc.subnet), None) and None)
+                tx.after.append(lambda: self.masquerades.pop(str(svc.subnet), None))
             except OverlaydError as exc:
                 errors.append(exc)
         for device in (svc.dedicated, svc.bridge):
@@ -918,7 +934,7 @@ class Engine:
         for key, lease in list(self.manual_leases.items()):
             if lease.pool == pool.name:
                 tx.delete("lease", key)
-                tx.after.append(lambda k=key: self.manual_leases.pop(k, None) and None)  # type: ignore[misc]
+                tx.after.append(functools.partial(self.manual_leases.pop, key, None))
         if svc.dedicated is not None:
             for pub in list(self.peers.get(svc.dedicated.name, {})):
                 tx.delete("peer", f"{svc.dedicated.name}|{pub}")
@@ -998,7 +1014,7 @@ class Engine:
     def _release_manual(self, pool: Pool, addr: IPAddress, key: str) -> None:
         tx = _Tx()
         tx.delete("lease", key)
-        tx.after.append(lambda: self.manual_leases.pop(key, None) and None)
+        tx.after.append(lambda: self.manual_leases.pop(key, None))
         self._commit(tx)
         self.hooks.ipam_release(pool, addr)
 
@@ -1038,9 +1054,7 @@ class Engine:
                 return existing
             self._global()
             svc = self._service(service)
-            return await self._run(
-                self._attach, handle, svc, join_global, dns_ip, dns_domain
-            )
+            return await self._run(self._attach, handle, svc, join_global, dns_ip, dns_domain)
 
     def _attach(
         self,
@@ -1071,7 +1085,10 @@ class Engine:
                 node_pool = self._node_pool()
                 gl = self.hooks.ipam_allocate(node_pool, owner)
                 global_lease = gl
-                undo.push("release global address", lambda: self.hooks.ipam_release(node_pool, gl.ip))
+                undo.push(
+                    "release global address",
+                    lambda: self.hooks.ipam_release(node_pool, gl.ip),
+                )
             request = AttachRequest(
                 handle=handle,
                 service=svc.service,
@@ -1113,15 +1130,24 @@ class Engine:
                 )
             records = [
                 DnsRecord(name=svc.service, ip=lease.ip, source=owner),
-                DnsRecord(name=f"{_short_name(handle)}.{svc.service}", ip=lease.ip, source=owner),
+                DnsRecord(
+                    name=f"{_short_name(handle)}.{svc.service}",
+                    ip=lease.ip,
+                    source=owner,
+                ),
             ]
             self.hooks.dns_records_changed(records, [])
-            undo.push("remove DNS records", lambda: self.hooks.dns_records_changed([], records))
+            undo.push(
+                "remove DNS records",
+                lambda: self.hooks.dns_records_changed([], records),
+            )
             if dns_server is not None:
                 self.hooks.dns_endpoint_configure(att, [dns_server], dns_domain)
             for rec in records:
                 tx.put("dns", f"{rec.name.lower()}|{rec.ip}", rec)
-                tx.after.append(lambda r=rec: self.dns.__setitem__((r.name.lower(), str(r.ip)), r))  # type: ignore[misc]
+                tx.after.append(
+                    functools.partial(self.dns.__setitem__, (rec.name.lower(), str(rec.ip)), rec)
+                )
             tx.put("lease", f"{lease.pool}|{lease.ip}", lease)
             if global_lease is not None:
                 tx.put("lease", f"{global_lease.pool}|{global_lease.ip}", global_lease)
@@ -1162,7 +1188,9 @@ class Engine:
         if att is None:
             return False
         async with self._locks.hold(
-            ("global", False), (f"service:{att.service}", False), (f"handle:{key}", True)
+            ("global", False),
+            (f"service:{att.service}", False),
+            (f"handle:{key}", True),
         ):
             if key not in self.attachments:
                 return False
@@ -1184,7 +1212,7 @@ class Engine:
             errors.append(exc)
         for rec in records:
             tx.delete("dns", f"{rec.name.lower()}|{rec.ip}")
-            tx.after.append(lambda r=rec: self.dns.pop((r.name.lower(), str(r.ip)), None) and None)  # type: ignore[misc]
+            tx.after.append(functools.partial(self.dns.pop, (rec.name.lower(), str(rec.ip)), None))
         if att.guest is not None:
             svc = self.services.get(att.service)
             g = self.global_
@@ -1196,7 +1224,7 @@ class Engine:
                 except OverlaydError as exc:
                     errors.append(exc)
                 tx.delete("peer", f"{device.name}|{pub}")
-                tx.after.append(lambda: self.peers.get(device.name, {}).pop(pub, None) and None)
+                tx.after.append(lambda: self.peers.get(device.name, {}).pop(pub, None))
         svc = self.services.get(att.service)
         releases: list[tuple[Pool, IPAddress]] = []
         if svc is not None:
@@ -1206,7 +1234,7 @@ class Engine:
         for pool, ip in releases:
             tx.delete("lease", f"{pool.name}|{ip}")
         tx.delete("attachment", key)
-        tx.after.append(lambda: self.attachments.pop(key, None) and None)
+        tx.after.append(lambda: self.attachments.pop(key, None))
         self._commit(tx)
         for pool, ip in releases:
             try:
@@ -1252,12 +1280,12 @@ class Engine:
                 current.pop(change.public_key, None)
                 continue
             if peer is None:
-                if change.add_allowed_ips or change.remove_allowed_ips:
-                    if change.endpoint is None and change.allowed_ips is None:
-                        raise NotFound(
-                            f"peer {change.public_key} is not on device {device.name}; "
-                            "add it with add_peer first"
-                        )
+                edits_only = change.endpoint is None and change.allowed_ips is None
+                if edits_only and (change.add_allowed_ips or change.remove_allowed_ips):
+                    raise NotFound(
+                        f"peer {change.public_key} is not on device {device.name}; "
+                        "add it with add_peer first"
+                    )
                 peer = PeerConfig(public_key=change.public_key)
             ips = list(change.allowed_ips if change.allowed_ips is not None else peer.allowed_ips)
             for net in change.add_allowed_ips:
@@ -1338,7 +1366,7 @@ class Engine:
 
     # -- DNS ----------------------------------------------------------------
 
-    async def register_dns(self, name: str, ip: str | IPAddress) -> None:
+    async def register_dns(self, name: object, ip: str | IPAddress) -> None:
         """Add ``ip`` to ``name`` in the overlay zone (several addresses per name rotate)."""
         self._require_started()
         if not isinstance(name, str) or not _DNS_NAME_RE.match(name):
@@ -1350,16 +1378,14 @@ class Engine:
                 return
             await self._run(self._dns_change, [rec], [])
 
-    async def unregister_dns(self, name: str) -> None:
+    async def unregister_dns(self, name: object) -> None:
         """Remove every address registered for ``name`` with ``register_dns``."""
         self._require_started()
         if not isinstance(name, str) or not _DNS_NAME_RE.match(name):
             raise InvalidRequest(f"invalid DNS name {name!r}")
         async with self._locks.hold((f"dns:{name.lower()}", True)):
             lname = name.lower()
-            removed = [
-                r for (n, _), r in self.dns.items() if n == lname and r.source == "manual"
-            ]
+            removed = [r for (n, _), r in self.dns.items() if n == lname and r.source == "manual"]
             if removed:
                 await self._run(self._dns_change, [], removed)
 
@@ -1368,10 +1394,12 @@ class Engine:
         tx = _Tx()
         for rec in removed:
             tx.delete("dns", f"{rec.name.lower()}|{rec.ip}")
-            tx.after.append(lambda r=rec: self.dns.pop((r.name.lower(), str(r.ip)), None) and None)  # type: ignore[misc]
+            tx.after.append(functools.partial(self.dns.pop, (rec.name.lower(), str(rec.ip)), None))
         for rec in added:
             tx.put("dns", f"{rec.name.lower()}|{rec.ip}", rec)
-            tx.after.append(lambda r=rec: self.dns.__setitem__((r.name.lower(), str(r.ip)), r))  # type: ignore[misc]
+            tx.after.append(
+                functools.partial(self.dns.__setitem__, (rec.name.lower(), str(rec.ip)), rec)
+            )
         try:
             self._commit(tx)
         except StateError:
@@ -1409,7 +1437,7 @@ class Engine:
             tx.after.append(lambda: self.port_mappings.__setitem__(key, mapping))
         else:
             tx.delete("portmap", key)
-            tx.after.append(lambda: self.port_mappings.pop(key, None) and None)
+            tx.after.append(lambda: self.port_mappings.pop(key, None))
         try:
             self._commit(tx)
         except StateError:
@@ -1493,7 +1521,11 @@ class Engine:
                 healthy = not (expected and age > stale)
                 if self._health.get(key, True) != healthy:
                     events.append(
-                        Event(event="peer_health_changed", pubkey=peer.public_key, healthy=healthy)
+                        Event(
+                            event="peer_health_changed",
+                            pubkey=peer.public_key,
+                            healthy=healthy,
+                        )
                     )
                 self._health[key] = healthy
         for event in events:
@@ -1538,9 +1570,7 @@ class Engine:
 
     def list_attachments(self, service: str | None = None) -> list[Attachment]:
         with self._mem:
-            return [
-                a for a in self.attachments.values() if service is None or a.service == service
-            ]
+            return [a for a in self.attachments.values() if service is None or a.service == service]
 
     def list_leases(self, pool: str | None = None) -> list[Lease]:
         """Every lease (manual and attachment) recorded, optionally of one pool."""
@@ -1552,13 +1582,21 @@ class Engine:
             svc = services.get(att.service)
             if svc is not None:
                 leases.append(
-                    Lease(ip=att.ip, pool=_service_pool(att.service), owner=_owner(att.key),
-                          created_unix_secs=att.created_unix_secs)
+                    Lease(
+                        ip=att.ip,
+                        pool=_service_pool(att.service),
+                        owner=_owner(att.key),
+                        created_unix_secs=att.created_unix_secs,
+                    )
                 )
             if att.global_ip is not None:
                 leases.append(
-                    Lease(ip=att.global_ip, pool=NODE_POOL, owner=_owner(att.key),
-                          created_unix_secs=att.created_unix_secs)
+                    Lease(
+                        ip=att.global_ip,
+                        pool=NODE_POOL,
+                        owner=_owner(att.key),
+                        created_unix_secs=att.created_unix_secs,
+                    )
                 )
         return [lease for lease in leases if pool is None or lease.pool == pool]
 
@@ -1581,14 +1619,13 @@ class Engine:
             live_keys.add(handle_key(handle))
         started = int(time.time())
         candidates = [
-            a for a in self.list_attachments()
+            a
+            for a in self.list_attachments()
             if a.key not in live_keys and a.created_unix_secs <= started
         ]
         released: list[AnyHandle] = []
         for att in candidates:
-            if dry_run:
-                released.append(att.handle)
-            elif await self.detach(att.handle):
+            if dry_run or await self.detach(att.handle):
                 released.append(att.handle)
         return GcReport(released=tuple(released), kept=len(self.attachments))
 
@@ -1647,10 +1684,16 @@ class Engine:
             specs.append((svc.bridge, self._spec_of(svc.bridge, None)))
             if svc.dedicated is not None:
                 specs.append(
-                    (svc.dedicated, self._spec_of(svc.dedicated, f"wg-service-{svc.service}"))
+                    (
+                        svc.dedicated,
+                        self._spec_of(svc.dedicated, f"wg-service-{svc.service}"),
+                    )
                 )
-        present = {(d.kind, d.name) for kind in {s.kind for _, s in specs}
-                   for d in self.hooks.device_list(kind)}
+        present = {
+            (d.kind, d.name)
+            for kind in {s.kind for _, s in specs}
+            for d in self.hooks.device_list(kind)
+        }
         for recorded, spec in specs:
             try:
                 if (spec.kind, spec.name) not in present:

@@ -1,3 +1,5 @@
+# mypy: disable-error-code="empty-body"
+# (hookspecs are signatures with docstrings; pluggy never calls their bodies)
 """The extension points of overlayd: every hook a driver may implement.
 
 Each docstring is the contract a driver author writes against. Hooks are plain
@@ -392,9 +394,7 @@ def overlayd_ipam_release(pool: Pool, ip: IPAddress) -> bool | None:
 
 
 @hookspec
-def overlayd_dns_records_changed(
-    added: Sequence[DnsRecord], removed: Sequence[DnsRecord]
-) -> None:
+def overlayd_dns_records_changed(added: Sequence[DnsRecord], removed: Sequence[DnsRecord]) -> None:
     """Observe DNS record changes (the built-in DNS server serves them).
 
     Every plugin is called. ``removed`` is applied before ``added``.

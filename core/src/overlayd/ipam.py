@@ -93,8 +93,11 @@ class PoolAllocator:
 
     @property
     def capacity(self) -> int:
-        return self._last - self._first + 1 - len(
-            [r for r in self._reserved if self._first <= r <= self._last]
+        return (
+            self._last
+            - self._first
+            + 1
+            - len([r for r in self._reserved if self._first <= r <= self._last])
         )
 
     def allocate(self, owner: str) -> Lease:
@@ -114,7 +117,9 @@ class PoolAllocator:
 
     def _take(self, off: int, owner: str) -> Lease:
         lease = Lease(
-            ip=self._address(off), pool=self.pool.name, owner=owner,
+            ip=self._address(off),
+            pool=self.pool.name,
+            owner=owner,
             created_unix_secs=int(time.time()),
         )
         self.leases[off] = lease
@@ -223,9 +228,7 @@ class SubnetCarver:
     (subnets are few; deterministic placement makes them predictable).
     """
 
-    def __init__(
-        self, parent: IPNetwork, prefix: int, exclude: Iterable[IPNetwork] = ()
-    ) -> None:
+    def __init__(self, parent: IPNetwork, prefix: int, exclude: Iterable[IPNetwork] = ()) -> None:
         if prefix < parent.prefixlen:
             raise InvalidRequest(
                 f"cannot carve /{prefix} subnets from {parent}: the prefix is shorter"

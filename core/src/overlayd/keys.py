@@ -21,9 +21,7 @@ __all__ = ["generate_private_key", "public_key"]
 
 def generate_private_key() -> str:
     """A new private key, standard base64 (44 characters)."""
-    raw = X25519PrivateKey.generate().private_bytes(
-        Encoding.Raw, PrivateFormat.Raw, NoEncryption()
-    )
+    raw = X25519PrivateKey.generate().private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
     return base64.b64encode(raw).decode("ascii")
 
 

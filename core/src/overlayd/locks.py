@@ -39,9 +39,7 @@ class RWLock:
                     self._writers_waiting -= 1
                 self._writer = True
             else:
-                await self._cond.wait_for(
-                    lambda: not self._writer and self._writers_waiting == 0
-                )
+                await self._cond.wait_for(lambda: not self._writer and self._writers_waiting == 0)
                 self._readers += 1
 
     async def release(self, exclusive: bool) -> None:

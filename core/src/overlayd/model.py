@@ -82,7 +82,7 @@ class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-def validate_wg_key(value: str) -> str:
+def validate_wg_key(value: object) -> str:
     """Return ``value`` if it is standard base64 of exactly 32 bytes, else raise ValueError."""
     if not isinstance(value, str) or len(value) != 44:
         raise ValueError(
@@ -355,9 +355,7 @@ class NetnsHandle(_Model):
     path: str = Field(min_length=1, max_length=4096)
 
 
-AnyHandle: TypeAlias = (
-    LinuxPidHandle | WindowsContainerHandle | GuestManagedHandle | NetnsHandle
-)
+AnyHandle: TypeAlias = LinuxPidHandle | WindowsContainerHandle | GuestManagedHandle | NetnsHandle
 Handle = Annotated[AnyHandle, Field(discriminator="platform")]
 
 

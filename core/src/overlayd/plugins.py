@@ -16,6 +16,7 @@ import logging
 import os
 from collections.abc import Callable
 from collections.abc import Iterator
+from collections.abc import Mapping
 from collections.abc import Sequence
 from dataclasses import dataclass
 from dataclasses import field
@@ -107,12 +108,15 @@ def make_plugin_manager(*, include_core_defaults: bool = True) -> pluggy.PluginM
 
 
 def _trace(pm: pluggy.PluginManager) -> None:
-    def before(name: str, impls: Sequence[Any], kwargs: dict[str, Any]) -> None:
-        log.debug(
-            "hook %s -> %s", name, [i.plugin_name for i in impls]
-        )
+    def before(name: str, impls: Sequence[pluggy.HookImpl], kwargs: Mapping[str, Any]) -> None:
+        log.debug("hook %s -> %s", name, [i.plugin_name for i in impls])
 
-    def after(outcome: Any, name: str, impls: Sequence[Any], kwargs: dict[str, Any]) -> None:
+    def after(
+        outcome: pluggy.Result[Any],
+        name: str,
+        impls: Sequence[pluggy.HookImpl],
+        kwargs: Mapping[str, Any],
+    ) -> None:
         exc = outcome.exception
         log.debug("hook %s <- %s", name, exc if exc else type(outcome.get_result()).__name__)
 
@@ -164,7 +168,9 @@ def load_drivers(pm: pluggy.PluginManager, names: Sequence[str]) -> list[object]
 
 
 def register_drivers(
-    pm: pluggy.PluginManager, drivers: Sequence[object], names: Sequence[str] | None = None
+    pm: pluggy.PluginManager,
+    drivers: Sequence[object],
+    names: Sequence[str] | None = None,
 ) -> None:
     """Register driver instances so that the first listed is called first.
 
@@ -200,8 +206,8 @@ def driver_errors(op: str) -> Iterator[None]:
         yield
     except OverlaydError:
         raise
-    except Exception as exc:  # noqa: BLE001 - the one boundary between drivers and engine
-        log.error("driver failed in %s: %r", op, exc, exc_info=True)
+    except Exception as exc:
+        log.exception("driver failed in %s: %r", op, exc)
         raise DriverError(f"{op} failed in a driver: {type(exc).__name__}: {exc}", op=op) from exc
 
 
@@ -291,9 +297,7 @@ class Hooks:
         return bool(self._first("ipam_release", pool.name, result))
 
     # dns
-    def dns_records_changed(
-        self, added: Sequence[DnsRecord], removed: Sequence[DnsRecord]
-    ) -> None:
+    def dns_records_changed(self, added: Sequence[DnsRecord], removed: Sequence[DnsRecord]) -> None:
         if not added and not removed:
             return
         with driver_errors("dns_records_changed"):

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import pytest
-from overlayd_fake.driver import FakeDriver
 
 from overlayd.testing.conformance import AttachConformance
 from overlayd.testing.conformance import IpamConformance
 from overlayd.testing.conformance import LifecycleConformance
 from overlayd.testing.conformance import NatConformance
 from overlayd.testing.conformance import PeerConformance
+from overlayd_fake.driver import FakeDriver
 
 
 class TestFakeDriver(
-    PeerConformance, AttachConformance, IpamConformance, NatConformance, LifecycleConformance
+    PeerConformance,
+    AttachConformance,
+    IpamConformance,
+    NatConformance,
+    LifecycleConformance,
 ):
     @pytest.fixture
     def driver(self) -> FakeDriver:

@@ -158,7 +158,8 @@ class DriverConformance:
         for kind in info.attach_kinds:
             assert kind in {"linux_pid", "windows_container", "guest_managed", "netns"}
         for kind in info.device_kinds:
-            assert isinstance(kind, str) and kind
+            assert isinstance(kind, str)
+            assert kind
 
 
 def _require(capabilities: frozenset[Capability], cap: Capability) -> None:
@@ -204,8 +205,12 @@ class DeviceConformance(DriverConformance):
         pytest.skip("driver declares no bridge or wireguard device kind")
 
     def test_create_returns_stamped_device(
-        self, capabilities: frozenset[Capability], hooks: Hooks, created: _Tracker,
-        device_spec: DeviceSpec, info: DriverInfo,
+        self,
+        capabilities: frozenset[Capability],
+        hooks: Hooks,
+        created: _Tracker,
+        device_spec: DeviceSpec,
+        info: DriverInfo,
     ) -> None:
         _require(capabilities, Capability.DEVICES)
         device = hooks.device_create(device_spec)
@@ -216,7 +221,10 @@ class DeviceConformance(DriverConformance):
         assert set(device.addresses) == set(device_spec.addresses)
 
     def test_create_is_idempotent(
-        self, capabilities: frozenset[Capability], hooks: Hooks, created: _Tracker,
+        self,
+        capabilities: frozenset[Capability],
+        hooks: Hooks,
+        created: _Tracker,
         device_spec: DeviceSpec,
     ) -> None:
         _require(capabilities, Capability.DEVICES)
@@ -229,7 +237,10 @@ class DeviceConformance(DriverConformance):
         assert listed.count(device_spec.name) == 1
 
     def test_created_device_is_listed_and_delete_is_idempotent(
-        self, capabilities: frozenset[Capability], hooks: Hooks, device_spec: DeviceSpec,
+        self,
+        capabilities: frozenset[Capability],
+        hooks: Hooks,
+        device_spec: DeviceSpec,
     ) -> None:
         _require(capabilities, Capability.DEVICES)
         device = hooks.device_create(device_spec)
@@ -239,8 +250,12 @@ class DeviceConformance(DriverConformance):
         assert hooks.device_delete(device) is False
 
     def test_wireguard_device_reports_public_key_of_given_private_key(
-        self, capabilities: frozenset[Capability], info: DriverInfo, hooks: Hooks,
-        created: _Tracker, wireguard_spec: DeviceSpec,
+        self,
+        capabilities: frozenset[Capability],
+        info: DriverInfo,
+        hooks: Hooks,
+        created: _Tracker,
+        wireguard_spec: DeviceSpec,
     ) -> None:
         _require(capabilities, Capability.DEVICES)
         if DeviceKind.WIREGUARD not in info.device_kinds:
@@ -253,11 +268,17 @@ class DeviceConformance(DriverConformance):
         assert device.listen_port == wireguard_spec.listen_port
 
     def test_ignores_devices_owned_by_another_driver(
-        self, capabilities: frozenset[Capability], hooks: Hooks, device_spec: DeviceSpec,
+        self,
+        capabilities: frozenset[Capability],
+        hooks: Hooks,
+        device_spec: DeviceSpec,
     ) -> None:
         _require(capabilities, Capability.DEVICES)
         foreign = Device(
-            kind=device_spec.kind, name=device_spec.name, owner="base", driver="someone-else"
+            kind=device_spec.kind,
+            name=device_spec.name,
+            owner="base",
+            driver="someone-else",
         )
         assert hooks.pm.hook.overlayd_device_delete(device=foreign) is None
 
@@ -267,8 +288,12 @@ class PeerConformance(DeviceConformance):
 
     @pytest.fixture
     def wg_device(
-        self, capabilities: frozenset[Capability], info: DriverInfo, hooks: Hooks,
-        created: _Tracker, wireguard_spec: DeviceSpec,
+        self,
+        capabilities: frozenset[Capability],
+        info: DriverInfo,
+        hooks: Hooks,
+        created: _Tracker,
+        wireguard_spec: DeviceSpec,
     ) -> Device:
         _require(capabilities, Capability.PEERS)
         if DeviceKind.WIREGUARD not in info.device_kinds:
@@ -286,10 +311,17 @@ class PeerConformance(DeviceConformance):
         hooks.peer_apply(
             wg_device,
             [
-                PeerChange(public_key=PEER_KEYS[0], endpoint="127.0.0.1:51001",
-                           allowed_ips=(nets[0],), persistent_keepalive_secs=25),
-                PeerChange(public_key=PEER_KEYS[1], endpoint="127.0.0.1:51002",
-                           allowed_ips=(nets[1],)),
+                PeerChange(
+                    public_key=PEER_KEYS[0],
+                    endpoint="127.0.0.1:51001",
+                    allowed_ips=(nets[0],),
+                    persistent_keepalive_secs=25,
+                ),
+                PeerChange(
+                    public_key=PEER_KEYS[1],
+                    endpoint="127.0.0.1:51002",
+                    allowed_ips=(nets[1],),
+                ),
             ],
         )
         peers = self._peers(hooks, wg_device)
@@ -309,7 +341,8 @@ class PeerConformance(DeviceConformance):
 
     def test_apply_is_idempotent(self, hooks: Hooks, wg_device: Device) -> None:
         change = PeerChange(
-            public_key=PEER_KEYS[2], endpoint="127.0.0.1:51003",
+            public_key=PEER_KEYS[2],
+            endpoint="127.0.0.1:51003",
             allowed_ips=(ipaddress.ip_network("10.252.20.0/24"),),
         )
         hooks.peer_apply(wg_device, [change])
@@ -402,7 +435,10 @@ class AttachConformance(DeviceConformance):
 
     @pytest.fixture
     def segment(
-        self, capabilities: frozenset[Capability], hooks: Hooks, created: _Tracker,
+        self,
+        capabilities: frozenset[Capability],
+        hooks: Hooks,
+        created: _Tracker,
         device_spec: DeviceSpec,
     ) -> Device:
         _require(capabilities, Capability.ATTACH)
@@ -421,16 +457,22 @@ class AttachConformance(DeviceConformance):
             address=ipaddress.ip_interface(f"{net.network_address + 2}/{net.prefixlen}"),
             gateway=net.network_address + 1,
             node=NodeInfo(
-                interface="zl-conf-g", public_key=PEER_KEYS[2],
+                interface="zl-conf-g",
+                public_key=PEER_KEYS[2],
                 node_ip=ipaddress.ip_address("10.252.0.1"),
                 cluster_cidr=ipaddress.ip_network("10.252.0.0/16"),
-                slice_cidr=ipaddress.ip_network("10.252.0.0/20"), listen_port=51999,
+                slice_cidr=ipaddress.ip_network("10.252.0.0/20"),
+                listen_port=51999,
             ),
             mtu=1420,
         )
 
     def test_attach_returns_stamped_attachment(
-        self, hooks: Hooks, created: _Tracker, attach_request: AttachRequest, info: DriverInfo,
+        self,
+        hooks: Hooks,
+        created: _Tracker,
+        attach_request: AttachRequest,
+        info: DriverInfo,
     ) -> None:
         att = hooks.attach(attach_request)
         created.attachments.append(att)
@@ -484,8 +526,10 @@ class NatConformance(DriverConformance):
     ) -> None:
         _require(capabilities, Capability.NAT)
         mapping = PortMapping(
-            protocol="tcp", host_port=18080,
-            container_ip=ipaddress.ip_address("10.254.0.2"), container_port=80,
+            protocol="tcp",
+            host_port=18080,
+            container_ip=ipaddress.ip_address("10.254.0.2"),
+            container_port=80,
         )
         hooks.nat_port_mapping(mapping, True)
         hooks.nat_port_mapping(mapping, True)
@@ -497,7 +541,10 @@ class LifecycleConformance(DeviceConformance):
     """Reconcile adopts what is recorded and removes only its own unrecorded objects."""
 
     def test_reconcile_adopts_recorded_device(
-        self, capabilities: frozenset[Capability], hooks: Hooks, created: _Tracker,
+        self,
+        capabilities: frozenset[Capability],
+        hooks: Hooks,
+        created: _Tracker,
         device_spec: DeviceSpec,
     ) -> None:
         _require(capabilities, Capability.RECONCILE)
@@ -505,17 +552,22 @@ class LifecycleConformance(DeviceConformance):
         created.devices.append(device)
         reports = hooks.reconcile(ReconcileRequest(devices=(device,)))
         mine = [r for r in reports if r.driver == device.driver]
-        assert mine and device.name in mine[0].adopted
+        assert mine
+        assert device.name in mine[0].adopted
         assert device.name in [d.name for d in hooks.device_list(device.kind)]
 
     def test_reconcile_removes_own_unrecorded_device(
-        self, capabilities: frozenset[Capability], hooks: Hooks, device_spec: DeviceSpec,
+        self,
+        capabilities: frozenset[Capability],
+        hooks: Hooks,
+        device_spec: DeviceSpec,
     ) -> None:
         _require(capabilities, Capability.RECONCILE)
         device = hooks.device_create(device_spec)
         reports = hooks.reconcile(ReconcileRequest())
         mine = [r for r in reports if r.driver == device.driver]
-        assert mine and device.name in mine[0].removed
+        assert mine
+        assert device.name in mine[0].removed
         assert device.name not in [d.name for d in hooks.device_list(device.kind)]
 
     def test_reconcile_twice_finds_nothing_new(

@@ -50,9 +50,7 @@ def _has_net_admin() -> bool:
     return os.geteuid() == 0
 
 
-def pytest_collection_modifyitems(
-    config: pytest.Config, items: list[pytest.Item]
-) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     run_privileged = config.getoption("--run-privileged")
     capable = _has_net_admin()
     for item in items:
@@ -61,9 +59,7 @@ def pytest_collection_modifyitems(
         if "privileged" not in item.keywords:
             continue
         if not run_privileged:
-            item.add_marker(
-                pytest.mark.skip(reason="privileged test: pass --run-privileged")
-            )
+            item.add_marker(pytest.mark.skip(reason="privileged test: pass --run-privileged"))
         elif not capable:
             # With the flag but without the capability, fail loudly: CI must not
             # go green by skipping everything that matters.

@@ -102,9 +102,7 @@ class FakeHost:
             "attachments": {k: v.model_dump(mode="json") for k, v in self.attachments.items()},
             "dead": sorted(self.dead),
             "masquerades": {k: v.model_dump(mode="json") for k, v in self.masquerades.items()},
-            "port_mappings": {
-                k: v.model_dump(mode="json") for k, v in self.port_mappings.items()
-            },
+            "port_mappings": {k: v.model_dump(mode="json") for k, v in self.port_mappings.items()},
         }
 
     @classmethod
@@ -120,8 +118,7 @@ class FakeHost:
             },
             dead=set(data.get("dead", [])),
             masquerades={
-                k: MasqueradeRule.model_validate(v)
-                for k, v in data.get("masquerades", {}).items()
+                k: MasqueradeRule.model_validate(v) for k, v in data.get("masquerades", {}).items()
             },
             port_mappings={
                 k: PortMapping.model_validate(v) for k, v in data.get("port_mappings", {}).items()
@@ -193,7 +190,12 @@ class FakeDriver:
             self._save()
 
     def set_handshake(
-        self, device: str, public_key: str, when: int, *, tx_bytes: int | None = None,
+        self,
+        device: str,
+        public_key: str,
+        when: int,
+        *,
+        tx_bytes: int | None = None,
         endpoint: str | None = None,
     ) -> None:
         """Set a peer's last handshake (and counters/endpoint) as the device would report."""
@@ -232,7 +234,9 @@ class FakeDriver:
         except FileNotFoundError:
             return
         except (OSError, ValueError) as exc:
-            raise ConfigError(f"fake driver state file {self._state_file} is unreadable: {exc}")
+            raise ConfigError(
+                f"fake driver state file {self._state_file} is unreadable: {exc}"
+            ) from exc
         self.host = FakeHost.from_json(data)
 
     def _save(self) -> None:
@@ -258,10 +262,10 @@ class FakeDriver:
         return DriverInfo(
             name=self.name,
             api=DRIVER_API,
-            device_kinds=frozenset({DeviceKind.BRIDGE, DeviceKind.WIREGUARD, DeviceKind.HCN_NETWORK}),
-            attach_kinds=frozenset(
-                {"linux_pid", "windows_container", "guest_managed", "netns"}
+            device_kinds=frozenset(
+                {DeviceKind.BRIDGE, DeviceKind.WIREGUARD, DeviceKind.HCN_NETWORK}
             ),
+            attach_kinds=frozenset({"linux_pid", "windows_container", "guest_managed", "netns"}),
             capabilities=frozenset(
                 {
                     Capability.DEVICES,
@@ -328,14 +332,21 @@ class FakeDriver:
                     removed.append(key)
             self._save()
         return ReconcileReport(
-            driver=self.name, adopted=tuple(adopted), removed=tuple(removed), gone=tuple(gone)
+            driver=self.name,
+            adopted=tuple(adopted),
+            removed=tuple(removed),
+            gone=tuple(gone),
         )
 
     # -- devices ------------------------------------------------------------
 
     @hookimpl
     def overlayd_device_create(self, spec: DeviceSpec) -> Device | None:
-        if spec.kind not in (DeviceKind.BRIDGE, DeviceKind.WIREGUARD, DeviceKind.HCN_NETWORK):
+        if spec.kind not in (
+            DeviceKind.BRIDGE,
+            DeviceKind.WIREGUARD,
+            DeviceKind.HCN_NETWORK,
+        ):
             return None
         self._enter("overlayd_device_create", spec=spec)
         if spec.kind != DeviceKind.HCN_NETWORK:
@@ -354,7 +365,8 @@ class FakeDriver:
                 if spec.listen_port is None:
                     raise DeviceError(
                         f"WireGuard device {spec.name} needs a listen port",
-                        op="device_create", driver=self.name,
+                        op="device_create",
+                        driver=self.name,
                     )
                 for other in self.host.devices.values():
                     if (
@@ -365,7 +377,8 @@ class FakeDriver:
                         raise DeviceError(
                             f"UDP port {spec.listen_port} is already used by {other.name} "
                             "(EADDRINUSE)",
-                            op="device_create", driver=self.name,
+                            op="device_create",
+                            driver=self.name,
                         )
                 pub = public_key(spec.private_key or generate_private_key())
             device = Device(
@@ -409,7 +422,9 @@ class FakeDriver:
         peers = self.host.peers.get(device.name)
         if peers is None or device.name not in self.host.devices:
             raise PeerError(
-                f"WireGuard device {device.name} does not exist (ENODEV)", op=op, driver=self.name
+                f"WireGuard device {device.name} does not exist (ENODEV)",
+                op=op,
+                driver=self.name,
             )
         return peers
 
@@ -431,7 +446,9 @@ class FakeDriver:
                 endpoint = ch.endpoint if ch.endpoint is not None else old.endpoint
                 if endpoint is not None and ":" not in endpoint:
                     raise PeerError(
-                        f"endpoint {endpoint!r} is not host:port", op="peer_apply", driver=self.name
+                        f"endpoint {endpoint!r} is not host:port",
+                        op="peer_apply",
+                        driver=self.name,
                     )
                 current[ch.public_key] = old.model_copy(
                     update={
@@ -487,7 +504,8 @@ class FakeDriver:
             if enable:
                 if existing is not None and existing != mapping:
                     raise NatError(
-                        f"host port {key} is already mapped", op="nat_port_mapping",
+                        f"host port {key} is already mapped",
+                        op="nat_port_mapping",
                         driver=self.name,
                     )
                 self.host.port_mappings[key] = mapping
@@ -516,14 +534,16 @@ class FakeDriver:
             if request.segment.name not in self.host.devices:
                 raise AttachError(
                     f"segment {request.segment.name} does not exist (ENODEV)",
-                    op="attach", driver=self.name,
+                    op="attach",
+                    driver=self.name,
                 )
             if key in self.host.attachments and key not in self.host.dead:
                 # One address per handle: a second attach of a live handle would
                 # collide on interface names, as it does in the kernel.
                 raise AttachError(
                     f"{key} already has interfaces on this host (EEXIST)",
-                    op="attach", driver=self.name,
+                    op="attach",
+                    driver=self.name,
                 )
             self.host.dead.discard(key)
             guest = None
@@ -534,7 +554,9 @@ class FakeDriver:
                 node = request.node
                 if node is None or node.public_key is None:
                     raise AttachError(
-                        "a guest needs the node's WireGuard device", op="attach", driver=self.name
+                        "a guest needs the node's WireGuard device",
+                        op="attach",
+                        driver=self.name,
                     )
                 priv = generate_private_key()
                 guest = GuestConfig(
@@ -600,4 +622,3 @@ def _guid(seed: str) -> str:
     raw = hashlib.sha256(seed.encode()).digest()[:16]
     h = raw.hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
-

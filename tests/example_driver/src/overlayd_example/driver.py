@@ -38,9 +38,7 @@ class ExampleDriver:
             api=DRIVER_API,
             device_kinds=frozenset({"bridge"}),
             attach_kinds=frozenset({"netns"}),
-            capabilities=frozenset(
-                {Capability.DEVICES, Capability.ATTACH, Capability.RECONCILE}
-            ),
+            capabilities=frozenset({Capability.DEVICES, Capability.ATTACH, Capability.RECONCILE}),
         )
 
     @hookimpl
