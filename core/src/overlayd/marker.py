@@ -220,9 +220,7 @@ def load(path: Path) -> NetworkMarker:
                 path,
                 problems,
             )
-    extra: dict[str, Any] = {
-        k: v for k, v in doc.items() if k not in ("version", "networks")
-    }
+    extra: dict[str, Any] = {k: v for k, v in doc.items() if k not in ("version", "networks")}
     return NetworkMarker(version=version, networks=networks, **extra)
 
 

@@ -128,14 +128,10 @@ def _encode(kind: object, key: object, value: Any) -> str:
         ) from exc
 
 
-def _check_disjoint(
-    puts: Mapping[tuple[str, str], Any], deletes: list[tuple[str, str]]
-) -> None:
+def _check_disjoint(puts: Mapping[tuple[str, str], Any], deletes: list[tuple[str, str]]) -> None:
     both = set(puts).intersection(deletes)
     if both:
-        raise ValueError(
-            f"records {sorted(both)!r} are both put and deleted in one commit"
-        )
+        raise ValueError(f"records {sorted(both)!r} are both put and deleted in one commit")
 
 
 def ensure_private_dir(path: Path, *, tighten: bool = True) -> None:
@@ -269,9 +265,7 @@ class MemoryStore:
         deletes = list(deletes)
         _check_disjoint(puts, deletes)
         # Encoding every value before touching the dict is what makes this atomic.
-        encoded = [
-            (kind, key, _encode(kind, key, v)) for (kind, key), v in puts.items()
-        ]
+        encoded = [(kind, key, _encode(kind, key, v)) for (kind, key), v in puts.items()]
         with self._lock:
             self._check_open()
             for kind, key in deletes:
@@ -323,9 +317,7 @@ def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
         "value TEXT NOT NULL CHECK (json_valid(value)), "
         "PRIMARY KEY (kind, key)) WITHOUT ROWID"
     )
-    conn.execute(
-        "INSERT INTO records_v2 (kind, key, value) SELECT kind, key, value FROM records"
-    )
+    conn.execute("INSERT INTO records_v2 (kind, key, value) SELECT kind, key, value FROM records")
     conn.execute("DROP TABLE records")
     conn.execute("ALTER TABLE records_v2 RENAME TO records")
 
@@ -420,9 +412,7 @@ class SqliteStore:
         if not self.path.parent.exists():
             ensure_private_dir(self.path.parent)
         try:
-            fd = os.open(
-                self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o600
-            )
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o600)
         except FileExistsError:
             self._check_mode()
             return
@@ -493,8 +483,7 @@ class SqliteStore:
                 MIGRATIONS[step](conn)
             if version != SCHEMA_VERSION:
                 conn.execute(
-                    "INSERT OR REPLACE INTO meta (key, value) "
-                    "VALUES ('schema_version', ?)",
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
                     (str(SCHEMA_VERSION),),
                 )
             conn.execute("COMMIT")
@@ -517,17 +506,13 @@ class SqliteStore:
                     "the file is an SQLite database without overlayd's meta table"
                 )
             return 0
-        row = conn.execute(
-            "SELECT value FROM meta WHERE key='schema_version'"
-        ).fetchone()
+        row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         if row is None:
             raise sqlite3.DatabaseError("the meta table has no schema_version")
         try:
             return int(row[0])
         except ValueError as exc:
-            raise sqlite3.DatabaseError(
-                f"the schema_version {row[0]!r} is not a number"
-            ) from exc
+            raise sqlite3.DatabaseError(f"the schema_version {row[0]!r} is not a number") from exc
 
     @property
     def schema_version(self) -> int:
@@ -575,12 +560,9 @@ class SqliteStore:
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 if deletes:
-                    conn.executemany(
-                        "DELETE FROM records WHERE kind = ? AND key = ?", deletes
-                    )
+                    conn.executemany("DELETE FROM records WHERE kind = ? AND key = ?", deletes)
                 conn.executemany(
-                    "INSERT OR REPLACE INTO records (kind, key, value) "
-                    "VALUES (?, ?, ?)",
+                    "INSERT OR REPLACE INTO records (kind, key, value) VALUES (?, ?, ?)",
                     rows,
                 )
                 conn.execute("COMMIT")
@@ -705,9 +687,7 @@ class SecretStore:
             if not _IS_WINDOWS:
                 mode = stat.S_IMODE(os.fstat(fd).st_mode)
                 if mode & 0o077:
-                    log.warning(
-                        "Secret file %s had mode %o; setting it to 0600.", path, mode
-                    )
+                    log.warning("Secret file %s had mode %o; setting it to 0600.", path, mode)
                     os.fchmod(fd, 0o600)
             chunks: list[bytes] = []
             while chunk := os.read(fd, 65536):
@@ -754,8 +734,7 @@ class SecretStore:
             return
         except OSError as exc:
             raise StateError(
-                f"cannot delete secret {name!r} from {self.directory}: "
-                f"{exc.strerror or exc}."
+                f"cannot delete secret {name!r} from {self.directory}: {exc.strerror or exc}."
             ) from exc
         try:
             _fsync_dir(self.directory)
@@ -770,9 +749,7 @@ class SecretStore:
         try:
             entries = os.listdir(self.directory)
         except OSError as exc:
-            raise StateError(
-                f"cannot list {self.directory}: {exc.strerror or exc}."
-            ) from exc
+            raise StateError(f"cannot list {self.directory}: {exc.strerror or exc}.") from exc
         out = []
         for entry in entries:
             if entry.startswith(".") or not entry.endswith(_KEY_FILE_SUFFIX):
