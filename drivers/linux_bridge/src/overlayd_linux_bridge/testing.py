@@ -1,0 +1,144 @@
+"""Test helpers for privileged tests: throwaway namespaces and traffic probes.
+
+Shipped in the package (like :mod:`overlayd_linux_bridge.fakenetlink`) so that
+the driver's and third parties' functional suites can reuse them. Nothing here
+touches the caller's own namespace: namespaces are created with unique names,
+sockets are opened inside them, and :func:`throwaway_netns` removes what it
+made even when the block fails.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import select
+import socket
+import struct
+import subprocess
+from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from overlayd_linux_bridge.netns import run_in_netns
+
+__all__ = ["NETNS_DIR", "Netns", "ping", "throwaway_netns", "udp_probe"]
+
+NETNS_DIR = "/run/netns"
+
+
+@dataclass
+class Netns:
+    """A throwaway named namespace with a pinned descriptor."""
+
+    name: str
+    path: str
+    fd: int
+
+    def ip(self, *args: str) -> str:
+        """Run ``ip -n <ns> ...`` and return its output (for assertions)."""
+        proc = subprocess.run(  # noqa: S603
+            ["ip", "-n", self.name, *args],  # noqa: S607
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return proc.stdout
+
+    def socket(self, family: int, kind: int, proto: int = 0) -> socket.socket:
+        """A socket that lives in this namespace."""
+        return run_in_netns(self.fd, lambda: socket.socket(family, kind, proto))
+
+
+@contextmanager
+def throwaway_netns() -> Iterator[Callable[[str], Netns]]:
+    """Yield a factory of uniquely named namespaces; remove them all on exit."""
+    made: list[Netns] = []
+
+    def make(role: str) -> Netns:
+        name = f"ovt-{role}-{secrets.token_hex(4)}"
+        subprocess.run(["ip", "netns", "add", name], check=True)  # noqa: S603, S607
+        path = f"{NETNS_DIR}/{name}"
+        ns = Netns(name, path, os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+        made.append(ns)
+        return ns
+
+    try:
+        yield make
+    finally:
+        for ns in reversed(made):
+            os.close(ns.fd)
+            subprocess.run(  # noqa: S603
+                ["ip", "netns", "del", ns.name],  # noqa: S607
+                check=False,
+            )
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = int(sum(struct.unpack(f"!{len(data) // 2}H", data)))
+    total = (total >> 16) + (total & 0xFFFF)
+    total += total >> 16
+    return ~total & 0xFFFF
+
+
+def ping(ns: Netns, dst: str, timeout: float = 2.0) -> bool:
+    """Send one ICMP(v6) echo request from ``ns`` and wait for the reply.
+
+    Uses a raw socket created inside ``ns``, so no ``ping`` binary is needed.
+    """
+    v6 = ":" in dst
+    family = socket.AF_INET6 if v6 else socket.AF_INET
+    proto = socket.IPPROTO_ICMPV6 if v6 else socket.IPPROTO_ICMP
+    ident = secrets.randbits(16)
+    payload = secrets.token_bytes(16)
+    req_type, reply_type = (128, 129) if v6 else (8, 0)
+    header = struct.pack("!BBHHH", req_type, 0, 0, ident, 1)
+    # The kernel fills the ICMPv6 checksum of raw sockets itself.
+    csum = 0 if v6 else _checksum(header + payload)
+    packet = struct.pack("!BBHHH", req_type, 0, csum, ident, 1) + payload
+    with ns.socket(family, socket.SOCK_RAW, proto) as sock:
+        sock.sendto(packet, (dst, 0))
+        while True:
+            ready, _, _ = select.select([sock], [], [], timeout)
+            if not ready:
+                return False
+            data, _ = sock.recvfrom(2048)
+            if not v6:
+                data = data[(data[0] & 0x0F) * 4 :]  # strip the IPv4 header
+            rtype, _, _, rid, _ = struct.unpack("!BBHHH", data[:8])
+            if rtype == reply_type and rid == ident and data[8:] == payload:
+                return True
+
+
+def udp_probe(
+    sender: Netns,
+    dst: str,
+    dst_port: int,
+    receiver: Netns,
+    listen_port: int,
+    timeout: float = 2.0,
+) -> str | None:
+    """Send one UDP datagram from ``sender`` to ``dst:dst_port``.
+
+    Return the source address the datagram shows when it arrives on
+    ``listen_port`` in ``receiver`` (after any NAT on the way), or ``None``
+    when nothing arrives.
+    """
+    family = socket.AF_INET6 if ":" in dst else socket.AF_INET
+    wildcard = "::" if family == socket.AF_INET6 else "0.0.0.0"
+    token = secrets.token_bytes(12)
+    with (
+        receiver.socket(family, socket.SOCK_DGRAM) as rx,
+        sender.socket(family, socket.SOCK_DGRAM) as tx,
+    ):
+        rx.bind((wildcard, listen_port))
+        tx.sendto(token, (dst, dst_port))
+        while True:
+            ready, _, _ = select.select([rx], [], [], timeout)
+            if not ready:
+                return None
+            data, addr = rx.recvfrom(2048)
+            if data == token:
+                return str(addr[0])

@@ -1,0 +1,265 @@
+"""The pyroute2 adapter against the real kernel, inside throwaway namespaces."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from ipaddress import ip_address
+from ipaddress import ip_interface
+from ipaddress import ip_network
+from pathlib import Path
+
+import pytest
+
+from overlayd.errors import AttachError
+from overlayd.errors import DeviceError
+from overlayd.names import is_tombstone
+from overlayd.names import veth_host_name
+from overlayd_linux_bridge.netlink import TOMBSTONE_GROUP
+from overlayd_linux_bridge.netlink import LinkExistsError
+from overlayd_linux_bridge.netlink import Netlink
+from overlayd_linux_bridge.netlink import PyrouteNetlink
+from overlayd_linux_bridge.netlink import RouteSpec
+from overlayd_linux_bridge.testing import Netns
+from overlayd_linux_bridge.testing import ping
+
+pytestmark = pytest.mark.privileged
+
+BRIDGE = "zl-test-b"
+GW4 = ip_interface("10.77.0.1/24")
+GW6 = ip_interface("fd77::1/64")
+
+
+def _attach(nl: Netlink, ns: Netns, n: int, *, bridge: str = BRIDGE, ifname: str = "eth0") -> str:
+    host = veth_host_name(f"test:{ns.name}", 0 if ifname == "eth0" else 1)
+    nl.create_veth_into_netns(
+        host_name=host,
+        netns_fd=ns.fd,
+        container_ifname=ifname,
+        addresses=[ip_interface(f"10.77.0.{n}/24"), ip_interface(f"fd77::{n}/64")],
+        gateways=[GW4.ip, GW6.ip],
+        mtu=1400,
+        bridge=bridge,
+    )
+    return host
+
+
+def test_adapter_satisfies_protocol(netlink: PyrouteNetlink) -> None:
+    adapter: Netlink = netlink
+    assert adapter.link_exists("lo")
+
+
+def test_ensure_bridge_creates_and_is_idempotent(netlink: PyrouteNetlink, host_ns: Netns) -> None:
+    index = netlink.ensure_bridge(BRIDGE, [GW4, GW6], mtu=1400)
+    again = netlink.ensure_bridge(BRIDGE, [GW4, GW6], mtu=1400)
+    assert again == index
+    details = host_ns.ip("-d", "addr", "show", "dev", BRIDGE)
+    assert details.count("inet 10.77.0.1/24") == 1
+    assert details.count("inet6 fd77::1/64") == 1
+    assert "stp_state 0" in details
+    assert "mtu 1400" in details
+    assert ",UP" in details
+
+
+def test_ensure_bridge_adds_missing_address_without_recreating(
+    netlink: PyrouteNetlink, host_ns: Netns
+) -> None:
+    index = netlink.ensure_bridge(BRIDGE, [GW4])
+    assert netlink.ensure_bridge(BRIDGE, [GW4, GW6]) == index
+    assert "fd77::1/64" in host_ns.ip("addr", "show", "dev", BRIDGE)
+
+
+def test_ensure_bridge_refuses_non_bridge(netlink: PyrouteNetlink, host_ns: Netns) -> None:
+    host_ns.ip("tuntap", "add", "zl-dummy-b", "mode", "tun")  # no dummy module here
+    with pytest.raises(DeviceError, match="not a bridge"):
+        netlink.ensure_bridge("zl-dummy-b", [GW4])
+
+
+def test_two_containers_reach_each_other_and_gateway(
+    netlink: PyrouteNetlink, make_netns: Callable[[str], Netns]
+) -> None:
+    netlink.ensure_bridge(BRIDGE, [GW4, GW6])
+    c1, c2 = make_netns("c1"), make_netns("c2")
+    _attach(netlink, c1, 10)
+    _attach(netlink, c2, 11)
+    assert ping(c1, "10.77.0.11")
+    assert ping(c2, "10.77.0.10")
+    assert ping(c1, "10.77.0.1")
+    assert ping(c2, "fd77::10")
+    assert ping(c1, "fd77::1")
+    routes = c1.ip("route")
+    assert "default via 10.77.0.1 dev eth0" in routes
+    assert "default via fd77::1 dev eth0" in c1.ip("-6", "route")
+    assert "mtu 1400" in c1.ip("link", "show", "eth0")
+    assert "UP" in c1.ip("link", "show", "lo")
+
+
+def test_join_global_second_interface_gets_host_route(
+    netlink: PyrouteNetlink, make_netns: Callable[[str], Netns], host_ns: Netns
+) -> None:
+    netlink.ensure_bridge(BRIDGE, [GW4])
+    netlink.ensure_bridge("zl-glob-g", [ip_interface("10.78.0.1/24")])
+    c1 = make_netns("c1")
+    _attach(netlink, c1, 10)
+    netlink.create_veth_into_netns(
+        host_name=veth_host_name(f"test:{c1.name}", 1),
+        netns_fd=c1.fd,
+        container_ifname="eth1",
+        addresses=[ip_interface("10.78.0.10/32")],
+        routes=[
+            RouteSpec(ip_network("10.78.0.1/32")),
+            RouteSpec(ip_network("10.78.0.0/16"), ip_address("10.78.0.1")),
+        ],
+        bridge="zl-glob-g",
+    )
+    routes = c1.ip("route")
+    host_route = next(r for r in routes.splitlines() if r.startswith("10.78.0.1 "))
+    assert "dev eth1" in host_route
+    assert "scope link" in host_route
+    assert "10.78.0.0/16 via 10.78.0.1 dev eth1" in routes
+    assert "default via 10.77.0.1 dev eth0" in routes
+    assert ping(c1, "10.78.0.1")
+
+
+def test_existing_host_name_raises_and_changes_nothing(
+    netlink: PyrouteNetlink, make_netns: Callable[[str], Netns]
+) -> None:
+    netlink.ensure_bridge(BRIDGE, [GW4])
+    c1, c2 = make_netns("c1"), make_netns("c2")
+    host = _attach(netlink, c1, 10)
+    with pytest.raises(LinkExistsError, match=host):
+        netlink.create_veth_into_netns(
+            host_name=host,
+            netns_fd=c2.fd,
+            container_ifname="eth0",
+            addresses=[ip_interface("10.77.0.11/24")],
+        )
+    assert "eth0" not in c2.ip("link")
+
+
+def test_failed_configuration_rolls_back_the_pair(
+    netlink: PyrouteNetlink, make_netns: Callable[[str], Netns]
+) -> None:
+    netlink.ensure_bridge(BRIDGE, [GW4])
+    c1 = make_netns("c1")
+    host = veth_host_name("test:rollback", 0)
+    with pytest.raises(AttachError, match="unreachable"):
+        netlink.create_veth_into_netns(
+            host_name=host,
+            netns_fd=c1.fd,
+            container_ifname="eth0",
+            addresses=[ip_interface("10.77.0.10/24")],
+            gateways=[ip_address("10.99.0.1")],  # not on-link: ENETUNREACH
+            bridge=BRIDGE,
+        )
+    assert not netlink.link_exists(host)
+    assert "eth0" not in c1.ip("link")
+
+
+def test_missing_bridge_is_reported(
+    netlink: PyrouteNetlink, make_netns: Callable[[str], Netns]
+) -> None:
+    c1 = make_netns("c1")
+    with pytest.raises(AttachError, match="Bridge zl-none-b does not exist"):
+        _attach(netlink, c1, 10, bridge="zl-none-b")
+
+
+def test_delete_link_reports_absence(netlink: PyrouteNetlink) -> None:
+    netlink.ensure_bridge(BRIDGE, [GW4])
+    assert netlink.delete_link(BRIDGE) is True
+    assert netlink.delete_link(BRIDGE) is False
+    assert not netlink.link_exists(BRIDGE)
+
+
+def test_batched_delete_frees_names_immediately(
+    netlink: PyrouteNetlink, make_netns: Callable[[str], Netns], host_ns: Netns
+) -> None:
+    netlink.ensure_bridge(BRIDGE, [GW4, GW6])
+    containers = [make_netns(f"c{i}") for i in range(4)]
+    hosts = [_attach(netlink, c, 10 + i) for i, c in enumerate(containers)]
+    assert netlink.delete_links_batch([*hosts, "zvnotthere00000"]) == len(hosts)
+    # Names are free at once, before the background deletion ran...
+    assert not any(netlink.link_exists(h) for h in hosts)
+    # ...so the same workload can be re-attached with the same names, even
+    # into the same namespace (the old eth0 is flushed on demand).
+    _attach(netlink, containers[0], 10)
+    assert netlink.link_exists(hosts[0])
+    netlink.flush_deletions()
+    links = netlink.list_links()
+    assert not [lk for lk in links if is_tombstone(lk.name)]
+    assert not [lk for lk in links if lk.group == TOMBSTONE_GROUP]
+    assert all("eth0" not in c.ip("link") for c in containers[1:])
+    assert ping(containers[0], "10.77.0.1")
+
+
+def test_batched_delete_uses_few_kernel_batches(
+    host_ns: Netns, make_netns: Callable[[str], Netns]
+) -> None:
+    # A long linger so that the assertion does not depend on machine speed.
+    netlink = PyrouteNetlink(host_ns.path, linger=0.5)
+    try:
+        netlink.ensure_bridge(BRIDGE, [GW4])
+        containers = [make_netns(f"c{i}") for i in range(6)]
+        hosts = [_attach(netlink, c, 10 + i) for i, c in enumerate(containers)]
+        for h in hosts:  # six separate detaches in quick succession
+            netlink.delete_links_batch([h])
+        netlink.flush_deletions()
+        assert 1 <= netlink.deleter_batches < len(hosts)
+        assert not [lk for lk in netlink.list_links() if lk.group == TOMBSTONE_GROUP]
+    finally:
+        netlink.close()
+
+
+def test_sweep_tombstones_deletes_leftovers(netlink: PyrouteNetlink, host_ns: Netns) -> None:
+    host_ns.ip("tuntap", "add", "zx00000000000ab", "mode", "tun")
+    assert netlink.sweep_tombstones() == 1
+    netlink.flush_deletions()
+    assert not netlink.link_exists("zx00000000000ab")
+
+
+def test_list_links_filters_by_prefix(netlink: PyrouteNetlink) -> None:
+    netlink.ensure_bridge(BRIDGE, [GW4])
+    netlink.ensure_bridge("zl-other-b", [])
+    names = {lk.name for lk in netlink.list_links("zl-test")}
+    assert names == {BRIDGE}
+    (info,) = netlink.list_links(BRIDGE)
+    assert info.kind == "bridge"
+    assert info.up
+
+
+def test_enable_forwarding_only_in_own_namespace(netlink: PyrouteNetlink, host_ns: Netns) -> None:
+    real = Path("/proc/sys/net/ipv4/ip_forward").read_text()
+    changed = netlink.enable_forwarding(ipv4=True, ipv6=True)
+    assert changed == {
+        "/proc/sys/net/ipv4/ip_forward": "0",
+        "/proc/sys/net/ipv6/conf/all/forwarding": "0",
+    }
+    assert netlink.previous_sysctls == changed
+    # A second call writes nothing and keeps the first recorded values.
+    assert netlink.enable_forwarding(ipv4=True, ipv6=True) == {}
+    assert netlink.previous_sysctls == changed
+    assert "= 1" in _sysctl(host_ns, "net.ipv4.ip_forward")
+    assert Path("/proc/sys/net/ipv4/ip_forward").read_text() == real
+
+
+def _sysctl(ns: Netns, key: str) -> str:
+    return subprocess.run(
+        ["ip", "netns", "exec", ns.name, "sysctl", key],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+
+def test_veth_into_gone_namespace_fails_cleanly(
+    netlink: PyrouteNetlink, make_netns: Callable[[str], Netns]
+) -> None:
+    netlink.ensure_bridge(BRIDGE, [GW4])
+    with pytest.raises(AttachError):
+        netlink.create_veth_into_netns(
+            host_name="zvbadfd00000000",
+            netns_fd=987654,  # not an open descriptor
+            container_ifname="eth0",
+            addresses=[ip_interface("10.77.0.10/24")],
+        )
+    assert not netlink.link_exists("zvbadfd00000000")
