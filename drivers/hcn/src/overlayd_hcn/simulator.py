@@ -1,0 +1,994 @@
+"""An in-memory model of computenetwork.dll, for hosts without Windows.
+
+:class:`SimulatedService` implements the raw :class:`~overlayd_hcn.api.HcnFunctions`
+surface: JSON strings in, JSON strings out, handles as ints, and the same
+HRESULT-typed errors real HCN returns (HCN.md §3, simulator semantics §6).
+:class:`SimulatedHcn` is the :class:`~overlayd_hcn.api.HcnClient` over it, so the
+driver's documents go through exactly the serialization and parsing they get
+against the real service.
+
+What it models (source in HCN.md §6 unless said otherwise):
+
+* documents validated against :mod:`overlayd_hcn.schema`; not-JSON settings or
+  queries → ``HCN_E_INVALID_JSON``; missing ``SchemaVersion`` → ``E_INVALIDARG``;
+* networks: unknown ``Type`` → ``HCN_E_INVALID_NETWORK_TYPE``, duplicate name →
+  ``HCN_E_NETWORK_ALREADY_EXISTS``, duplicate GUID → ``ERROR_ALREADY_EXISTS``, bad
+  prefix → ``HCN_E_INVALID_PREFIX``, a subnet overlapping another network's →
+  ``HCN_E_INVALID_SUBNET`` (a choice: HCN.md names no dedicated overlap code);
+* endpoints: static IPs checked against the subnets (``HCN_E_INVALID_IP``) and
+  against reserved or used addresses (``HCN_E_ADDR_INVALID_OR_RESERVED``), also
+  during a configurable settle window after the network was created (ZL);
+  unknown policy type → ``HCN_E_INVALID_POLICY_TYPE``, malformed policy →
+  ``HCN_E_INVALID_POLICY``; duplicate port mapping → ``HCN_E_PORT_ALREADY_EXISTS``;
+* namespaces: ``HostDefault`` is a singleton that ignores the requested GUID (ZL);
+  attach/detach through ``ModifyNamespace`` with the §2 error codes;
+* not found: network ``0x803B0001``, endpoint ``0x803B0002``, namespace
+  ``0x80070490`` (or ``0x80070490`` for all with ``v1_not_found``);
+* objects persist in ``{state_dir}/hcn-simulator.json`` (atomic write) so they
+  outlive the process like real HCN objects; :meth:`SimulatedService.reboot`
+  drops what a reboot drops;
+* fault injection: :meth:`~SimulatedService.fail_next`,
+  :meth:`~SimulatedService.set_latency`, ``service_down`` and ``stopping``;
+* every call is recorded with its exact JSON document in ``calls``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from collections.abc import Iterable
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from typing import Final
+from typing import NoReturn
+from uuid import UUID
+
+from pydantic import TypeAdapter
+from pydantic import ValidationError
+
+from overlayd.errors import StateError
+from overlayd_hcn._hcn_ctypes import HCN_FUNCTIONS
+from overlayd_hcn.api import HcnClient
+from overlayd_hcn.errors import E_HANDLE
+from overlayd_hcn.errors import E_INVALIDARG
+from overlayd_hcn.errors import ERROR_ALREADY_EXISTS
+from overlayd_hcn.errors import ERROR_NOT_FOUND
+from overlayd_hcn.errors import HCN_E_ADDR_INVALID_OR_RESERVED
+from overlayd_hcn.errors import HCN_E_ENDPOINT_NAMESPACE_ALREADY_EXISTS
+from overlayd_hcn.errors import HCN_E_ENDPOINT_NOT_ATTACHED
+from overlayd_hcn.errors import HCN_E_ENDPOINT_NOT_FOUND
+from overlayd_hcn.errors import HCN_E_ENTITY_HAS_REFERENCES
+from overlayd_hcn.errors import HCN_E_INVALID_ENDPOINT
+from overlayd_hcn.errors import HCN_E_INVALID_IP
+from overlayd_hcn.errors import HCN_E_INVALID_JSON
+from overlayd_hcn.errors import HCN_E_INVALID_NETWORK
+from overlayd_hcn.errors import HCN_E_INVALID_NETWORK_TYPE
+from overlayd_hcn.errors import HCN_E_INVALID_POLICY
+from overlayd_hcn.errors import HCN_E_INVALID_POLICY_TYPE
+from overlayd_hcn.errors import HCN_E_INVALID_PREFIX
+from overlayd_hcn.errors import HCN_E_INVALID_SUBNET
+from overlayd_hcn.errors import HCN_E_MANAGER_STOPPED
+from overlayd_hcn.errors import HCN_E_NETWORK_ALREADY_EXISTS
+from overlayd_hcn.errors import HCN_E_NETWORK_NOT_FOUND
+from overlayd_hcn.errors import HCN_E_POLICY_ALREADY_EXISTS
+from overlayd_hcn.errors import HCN_E_PORT_ALREADY_EXISTS
+from overlayd_hcn.errors import RPC_S_SERVER_UNAVAILABLE
+from overlayd_hcn.errors import error_from_hresult
+from overlayd_hcn.errors import error_record
+from overlayd_hcn.schema import NAMESPACE_RESOURCE_TYPES
+from overlayd_hcn.schema import EndpointPolicy
+from overlayd_hcn.schema import EndpointPolicyType
+from overlayd_hcn.schema import HostComputeEndpoint
+from overlayd_hcn.schema import HostComputeNamespace
+from overlayd_hcn.schema import HostComputeNetwork
+from overlayd_hcn.schema import IpConfig
+from overlayd_hcn.schema import ModifyRequestType
+from overlayd_hcn.schema import NamespaceResource
+from overlayd_hcn.schema import NamespaceType
+from overlayd_hcn.schema import NetworkFlags
+from overlayd_hcn.schema import NetworkPolicy
+from overlayd_hcn.schema import NetworkPolicyType
+from overlayd_hcn.schema import NetworkType
+from overlayd_hcn.schema import PortMappingPolicy
+from overlayd_hcn.schema import canonical
+
+__all__ = ["STATE_FILE", "HcnCall", "SimulatedHcn", "SimulatedService"]
+
+#: File name of the simulator's persisted objects inside ``state_dir``.
+STATE_FILE: Final = "hcn-simulator.json"
+
+_HCN_E_REQUEST_UNSUPPORTED: Final = 0x803B0015
+_ZERO = UUID(int=0)
+_ENDPOINT_POLICIES: TypeAdapter[Any] = TypeAdapter(EndpointPolicy)
+_NETWORK_POLICIES: TypeAdapter[Any] = TypeAdapter(NetworkPolicy)
+_IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+_IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True)
+class HcnCall:
+    """One call into the simulated DLL, with the exact document sent."""
+
+    #: Export name (``HcnCreateNetwork``, ...).
+    function: str
+    #: The GUID argument, if the function takes one.
+    id: UUID | None = None
+    #: The handle argument, if the function takes one.
+    handle: int | None = None
+    #: The ``Settings`` or ``Query`` string exactly as passed.
+    document: str | None = None
+
+
+@dataclass
+class _Fault:
+    hresult: int
+    remaining: int
+    message: str | None
+
+
+def _get(data: Mapping[str, Any], key: str) -> Any:
+    """``data[key]`` matching the key case-insensitively (HCN.md §2)."""
+    lowered = key.lower()
+    for name, value in data.items():
+        if name.lower() == lowered:
+            return value
+    return None
+
+
+def _upper_guid(value: object) -> object:
+    return str(value).upper() if isinstance(value, str) else value
+
+
+class SimulatedService:
+    """The raw HCN surface in memory (see the module docstring for the semantics).
+
+    :param state_dir: where to persist objects; ``None`` keeps them in memory only.
+    :param settle_seconds: after a network is created, static-IP endpoint creates on
+        it fail with ``HCN_E_ADDR_INVALID_OR_RESERVED`` for this long (ZL).
+    :param strict_delete: deleting a network that still has endpoints fails with
+        ``HCN_E_ENTITY_HAS_REFERENCES`` instead of cascading (real behaviour unknown).
+    :param v1_not_found: answer ``0x80070490`` for every missing object.
+    """
+
+    def __init__(
+        self,
+        state_dir: Path | None = None,
+        *,
+        settle_seconds: float = 0.0,
+        strict_delete: bool = False,
+        v1_not_found: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.state_dir = state_dir
+        self.settle_seconds = settle_seconds
+        self.strict_delete = strict_delete
+        self.v1_not_found = v1_not_found
+        #: Every call made, in order.
+        self.calls: list[HcnCall] = []
+        #: Every call answers ``RPC_S_SERVER_UNAVAILABLE`` while set.
+        self.service_down = False
+        #: Every call answers ``HCN_E_MANAGER_STOPPED`` while set.
+        self.stopping = False
+        self._clock = clock
+        self._sleep = sleep
+        self._lock = threading.RLock()
+        self._faults: dict[str, list[_Fault]] = {}
+        self._latency: dict[str | None, float] = {}
+        self._networks: dict[UUID, HostComputeNetwork] = {}
+        self._endpoints: dict[UUID, HostComputeEndpoint] = {}
+        self._namespaces: dict[UUID, HostComputeNamespace] = {}
+        self._handles: dict[int, tuple[str, UUID]] = {}
+        self._settle_until: dict[UUID, float] = {}
+        self._next_handle = 0x1000
+        self._next_namespace_id = 1
+        self._mac_counter = 1
+        self._load()
+        if not any(ns.type == NamespaceType.HOST_DEFAULT for ns in self._namespaces.values()):
+            default_id = uuid.uuid4()
+            self._namespaces[default_id] = HostComputeNamespace(
+                id=default_id,
+                type=NamespaceType.HOST_DEFAULT,
+                namespace_id=0,
+                state=1,
+            )
+            self._save()
+
+    # -- test controls -------------------------------------------------------------
+
+    def fail_next(
+        self, function: str, hresult: int, *, times: int = 1, message: str | None = None
+    ) -> None:
+        """Make the next ``times`` calls of ``function`` fail with ``hresult``."""
+        if function not in HCN_FUNCTIONS:
+            raise ValueError(f"{function!r} is not an HCN export this simulator models.")
+        with self._lock:
+            self._faults.setdefault(function, []).append(_Fault(hresult, times, message))
+
+    def set_latency(self, seconds: float, function: str | None = None) -> None:
+        """Delay every call (or only ``function``) by ``seconds`` (ACN ``Delay``)."""
+        if function is not None and function not in HCN_FUNCTIONS:
+            raise ValueError(f"{function!r} is not an HCN export this simulator models.")
+        with self._lock:
+            self._latency[function] = seconds
+
+    def reboot(self) -> None:
+        """What a reboot does: drop non-persistent networks, endpoints and namespaces.
+
+        Networks created with ``Flags & 8`` (EnableNonPersistent) are dropped (ACN PR
+        #4460); every endpoint and every non-default namespace with them; handles die.
+        """
+        with self._lock:
+            self._networks = {
+                nid: net
+                for nid, net in self._networks.items()
+                if not (net.flags or 0) & NetworkFlags.ENABLE_NON_PERSISTENT
+            }
+            self._endpoints.clear()
+            self._namespaces = {
+                nsid: ns.model_copy(update={"resources": []})
+                for nsid, ns in self._namespaces.items()
+                if ns.type == NamespaceType.HOST_DEFAULT
+            }
+            self._handles.clear()
+            self._settle_until.clear()
+            self._save()
+
+    @property
+    def live_handles(self) -> dict[int, tuple[str, UUID]]:
+        """Handles opened and not yet closed: ``{handle: (kind, guid)}``."""
+        with self._lock:
+            return dict(self._handles)
+
+    def calls_of(self, function: str) -> list[HcnCall]:
+        """The recorded calls of one export."""
+        return [call for call in self.calls if call.function == function]
+
+    def host_default_namespace(self) -> UUID:
+        """The GUID of the singleton ``HostDefault`` namespace."""
+        with self._lock:
+            for nsid, ns in self._namespaces.items():
+                if ns.type == NamespaceType.HOST_DEFAULT:
+                    return nsid
+        raise AssertionError("the simulator lost its HostDefault namespace")
+
+    # -- plumbing ------------------------------------------------------------------
+
+    def _enter(
+        self,
+        function: str,
+        *,
+        id: UUID | None = None,
+        handle: int | None = None,
+        document: str | None = None,
+    ) -> None:
+        with self._lock:
+            self.calls.append(HcnCall(function, id, handle, document))
+            delay = self._latency.get(function, self._latency.get(None, 0.0))
+        if delay > 0:
+            self._sleep(delay)
+        with self._lock:
+            if self.service_down:
+                self._fail(function, RPC_S_SERVER_UNAVAILABLE)
+            if self.stopping:
+                self._fail(function, HCN_E_MANAGER_STOPPED)
+            faults = self._faults.get(function)
+            if faults:
+                fault = faults[0]
+                fault.remaining -= 1
+                if fault.remaining <= 0:
+                    faults.pop(0)
+                self._fail(function, fault.hresult, fault.message)
+
+    @staticmethod
+    def _fail(function: str, hresult: int, message: str | None = None) -> NoReturn:
+        raise error_from_hresult(function, hresult, error_record(hresult, message))
+
+    def _not_found(self, function: str, kind: str, id: UUID) -> NoReturn:
+        code = {
+            "network": HCN_E_NETWORK_NOT_FOUND,
+            "endpoint": HCN_E_ENDPOINT_NOT_FOUND,
+            "namespace": ERROR_NOT_FOUND,  # HCN.md §3: there is no NAMESPACE_NOT_FOUND
+        }[kind]
+        if self.v1_not_found:
+            code = ERROR_NOT_FOUND
+        self._fail(function, code, f"The {kind} {str(id).upper()} was not found.")
+
+    def _parse_object(self, function: str, text: str, *, empty_ok: bool = False) -> Any:
+        if empty_ok and not text.strip():
+            return {}
+        try:
+            parsed = json.loads(text)
+        except ValueError:
+            self._fail(function, HCN_E_INVALID_JSON)
+        if not isinstance(parsed, dict):
+            self._fail(function, HCN_E_INVALID_JSON, "The document is not a JSON object.")
+        return parsed
+
+    def _require_schema(self, function: str, raw: Mapping[str, Any]) -> None:
+        # Choice (HCN.md §6): "Schema version should be present in all objects" (MSDOC).
+        if _get(raw, "SchemaVersion") is None:
+            self._fail(function, E_INVALIDARG, "The SchemaVersion field is missing.")
+
+    def _check_policies(
+        self,
+        function: str,
+        policies: object,
+        kinds: Iterable[str],
+        adapter: TypeAdapter[Any],
+    ) -> None:
+        if policies is None:
+            return
+        if not isinstance(policies, list):
+            self._fail(function, HCN_E_INVALID_POLICY, "Policies is not a JSON array.")
+        known = set(kinds)
+        for policy in policies:
+            kind = (
+                canonical(_get(policy, "Type"), tuple(known)) if isinstance(policy, dict) else None
+            )
+            if kind not in known:
+                self._fail(
+                    function,
+                    HCN_E_INVALID_POLICY_TYPE,
+                    f"Invalid policy type {kind!r}.",
+                )
+            try:
+                adapter.validate_python(policy)
+            except ValidationError:
+                self._fail(function, HCN_E_INVALID_POLICY)
+
+    def _new_handle(self, kind: str, id: UUID) -> int:
+        handle = self._next_handle
+        self._next_handle += 8
+        self._handles[handle] = (kind, id)
+        return handle
+
+    def _store(self, kind: str) -> Mapping[UUID, object]:
+        stores: dict[str, Mapping[UUID, object]] = {
+            "network": self._networks,
+            "endpoint": self._endpoints,
+            "namespace": self._namespaces,
+        }
+        return stores[kind]
+
+    def _target(self, function: str, handle: int, kind: str) -> UUID:
+        """The GUID behind a live handle of ``kind``; the object must still exist."""
+        entry = self._handles.get(handle)
+        if entry is None or entry[0] != kind:
+            self._fail(function, E_HANDLE, f"0x{handle:X} is not an open {kind} handle.")
+        id = entry[1]
+        store = self._store(kind)
+        if id not in store:
+            self._not_found(function, kind, id)
+        return id
+
+    def _close(self, function: str, handle: int, kind: str) -> None:
+        self._enter(function, handle=handle)
+        with self._lock:
+            entry = self._handles.get(handle)
+            if entry is None or entry[0] != kind:
+                self._fail(function, E_HANDLE, f"0x{handle:X} is not an open {kind} handle.")
+            del self._handles[handle]
+
+    def _render(self, doc: HostComputeNetwork | HostComputeEndpoint | HostComputeNamespace) -> str:
+        """The document as the service returns it: GUIDs upper case (HCN.md §1)."""
+        data = doc.to_dict()
+        for key in ("ID", "HostComputeNetwork", "HostComputeNamespace"):
+            if key in data:
+                data[key] = _upper_guid(data[key])
+        for resource in data.get("Resources", []):
+            payload = resource.get("Data", {})
+            for key in list(payload):
+                if key.lower() == "id":
+                    payload[key] = _upper_guid(payload[key])
+        # hcsshim hcnnetwork.go: a NAT network's Type is omitted from the JSON blob.
+        if isinstance(doc, HostComputeNetwork) and data.get("Type") == NetworkType.NAT:
+            del data["Type"]
+        return json.dumps(data, separators=(",", ":"))
+
+    def _query(self, function: str, handle: int, query: str, kind: str) -> str:
+        self._enter(function, handle=handle, document=query)
+        with self._lock:
+            id = self._target(function, handle, kind)
+            self._parse_object(function, query, empty_ok=True)
+            doc: HostComputeNetwork | HostComputeEndpoint | HostComputeNamespace
+            if kind == "network":
+                doc = self._networks[id]
+            elif kind == "endpoint":
+                doc = self._endpoints[id]
+            else:
+                doc = self._namespaces[id]
+            return self._render(doc)
+
+    def _open(self, function: str, id: UUID, kind: str) -> int:
+        self._enter(function, id=id)
+        with self._lock:
+            store = self._store(kind)
+            if id not in store:
+                self._not_found(function, kind, id)
+            return self._new_handle(kind, id)
+
+    def _enumerate(self, function: str, query: str, kind: str) -> str:
+        self._enter(function, document=query)
+        with self._lock:
+            raw = self._parse_object(function, query, empty_ok=True)
+            filter_text = _get(raw, "Filter")
+            wanted: dict[str, Any] = {}
+            if filter_text not in (None, ""):
+                # HCN.md §2: Filter is a JSON document serialized into a string.
+                if not isinstance(filter_text, str):
+                    self._fail(function, HCN_E_INVALID_JSON, "Filter must be a JSON string.")
+                wanted = self._parse_object(function, filter_text)
+            docs: Mapping[UUID, HostComputeNetwork | HostComputeEndpoint | HostComputeNamespace]
+            if kind == "network":
+                docs = self._networks
+            elif kind == "endpoint":
+                docs = self._endpoints
+            else:
+                docs = self._namespaces
+            found = [str(id).upper() for id, doc in docs.items() if self._matches(doc, wanted)]
+            return json.dumps(found, separators=(",", ":"))
+
+    @staticmethod
+    def _matches(
+        doc: HostComputeNetwork | HostComputeEndpoint | HostComputeNamespace,
+        wanted: Mapping[str, Any],
+    ) -> bool:
+        for key, value in wanted.items():
+            lowered = key.lower()
+            if lowered == "id":
+                if str(value).strip("{}").lower() != str(doc.id).lower():
+                    return False
+            elif lowered == "name":
+                if doc.name != value:
+                    return False
+            elif lowered == "owner":
+                if doc.owner != value:
+                    return False
+            elif lowered in ("virtualnetwork", "hostcomputenetwork"):
+                if not isinstance(doc, HostComputeEndpoint):
+                    return False
+                if str(value).strip("{}").lower() != str(doc.host_compute_network).lower():
+                    return False
+            # other keys: ignored, as the service ignores unknown keys (HCN.md §6)
+        return True
+
+    # -- persistence ---------------------------------------------------------------
+
+    @property
+    def state_file(self) -> Path | None:
+        """Where objects are persisted, if anywhere."""
+        return self.state_dir / STATE_FILE if self.state_dir is not None else None
+
+    def _load(self) -> None:
+        path = self.state_file
+        if path is None or not path.exists():
+            return
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            self._networks = {
+                n.id: n
+                for n in (HostComputeNetwork.model_validate(d) for d in data["networks"])
+                if n.id is not None
+            }
+            self._endpoints = {
+                e.id: e
+                for e in (HostComputeEndpoint.model_validate(d) for d in data["endpoints"])
+                if e.id is not None
+            }
+            self._namespaces = {
+                n.id: n
+                for n in (HostComputeNamespace.model_validate(d) for d in data["namespaces"])
+                if n.id is not None
+            }
+            self._next_namespace_id = int(data["next_namespace_id"])
+            self._mac_counter = int(data["mac_counter"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise StateError(
+                f"The HCN simulator state file {path} cannot be read ({exc}); move it "
+                "away to start with an empty simulated host."
+            ) from exc
+
+    def _save(self) -> None:
+        path = self.state_file
+        if path is None:
+            return
+        payload = {
+            "version": 1,
+            "networks": [n.to_dict() for n in self._networks.values()],
+            "endpoints": [e.to_dict() for e in self._endpoints.values()],
+            "namespaces": [n.to_dict() for n in self._namespaces.values()],
+            "next_namespace_id": self._next_namespace_id,
+            "mac_counter": self._mac_counter,
+        }
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{STATE_FILE}.", dir=path.parent)
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                    json.dump(payload, handle, separators=(",", ":"))
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                Path(tmp).replace(path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+            dir_fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            raise StateError(
+                f"The HCN simulator could not write {path} ({exc}); check that the "
+                "directory exists and is writable."
+            ) from exc
+
+    # -- networks ------------------------------------------------------------------
+
+    def enumerate_networks(self, query: str) -> str:
+        """``HcnEnumerateNetworks``."""
+        return self._enumerate("HcnEnumerateNetworks", query, "network")
+
+    def create_network(self, id: UUID, settings: str) -> int:
+        """``HcnCreateNetwork``."""
+        fn = "HcnCreateNetwork"
+        self._enter(fn, id=id, document=settings)
+        with self._lock:
+            raw = self._parse_object(fn, settings)
+            self._require_schema(fn, raw)
+            kind = canonical(_get(raw, "Type") or NetworkType.NAT, NetworkType)
+            if kind not in set(NetworkType):
+                self._fail(fn, HCN_E_INVALID_NETWORK_TYPE, f"Invalid network type {kind!r}.")
+            self._check_policies(fn, _get(raw, "Policies"), NetworkPolicyType, _NETWORK_POLICIES)
+            try:
+                doc = HostComputeNetwork.model_validate(raw)
+            except ValidationError:
+                self._fail(fn, HCN_E_INVALID_NETWORK)
+            gid = id if id != _ZERO else uuid.uuid4()
+            if gid in self._networks:
+                self._fail(fn, ERROR_ALREADY_EXISTS, f"A network with ID {gid} exists.")
+            if doc.name is not None and any(n.name == doc.name for n in self._networks.values()):
+                self._fail(fn, HCN_E_NETWORK_ALREADY_EXISTS)
+            mine = self._prefixes(fn, doc)
+            for other in self._networks.values():
+                for theirs in self._prefixes(fn, other):
+                    for prefix in mine:
+                        if prefix.version == theirs.version and prefix.overlaps(theirs):
+                            self._fail(
+                                fn,
+                                HCN_E_INVALID_SUBNET,
+                                f"The subnet {prefix} overlaps subnet {theirs} of "
+                                f"network "
+                                f"{other.name or other.id}.",
+                            )
+            stored = doc.model_copy(update={"id": gid, "type": kind, "state": 1})
+            self._networks[gid] = stored
+            if self.settle_seconds > 0:
+                self._settle_until[gid] = self._clock() + self.settle_seconds
+            self._save()
+            return self._new_handle("network", gid)
+
+    def _prefixes(self, function: str, doc: HostComputeNetwork) -> list[_IpNetwork]:
+        prefixes: list[_IpNetwork] = []
+        for text in doc.subnet_prefixes():
+            try:
+                prefixes.append(ipaddress.ip_network(text, strict=True))
+            except ValueError:
+                self._fail(function, HCN_E_INVALID_PREFIX, f"The prefix {text!r} is invalid.")
+        for i, first in enumerate(prefixes):
+            for second in prefixes[i + 1 :]:
+                if first.version == second.version and first.overlaps(second):
+                    self._fail(function, HCN_E_INVALID_SUBNET, f"{first} overlaps {second}.")
+        return prefixes
+
+    def open_network(self, id: UUID) -> int:
+        """``HcnOpenNetwork``."""
+        return self._open("HcnOpenNetwork", id, "network")
+
+    def modify_network(self, handle: int, settings: str) -> None:
+        """``HcnModifyNetwork``: ``Policy`` Add/Remove/Update."""
+        fn = "HcnModifyNetwork"
+        self._enter(fn, handle=handle, document=settings)
+        with self._lock:
+            nid = self._target(fn, handle, "network")
+            net = self._networks[nid]
+            policies = self._modify_policies(
+                fn,
+                settings,
+                list(net.policies or []),
+                NetworkPolicyType,
+                _NETWORK_POLICIES,
+            )
+            self._networks[nid] = net.model_copy(update={"policies": policies})
+            self._save()
+
+    def _modify_policies(
+        self,
+        function: str,
+        settings: str,
+        current: list[Any],
+        kinds: Iterable[str],
+        adapter: TypeAdapter[Any],
+    ) -> list[Any]:
+        raw = self._parse_object(function, settings)
+        resource = _get(raw, "ResourceType")
+        request = canonical(_get(raw, "RequestType"), ModifyRequestType)
+        body = _get(raw, "Settings")
+        if not isinstance(body, dict):
+            self._fail(function, HCN_E_INVALID_JSON, "Settings must be a JSON object.")
+        if not isinstance(resource, str) or resource.lower() != "policy":
+            self._fail(function, _HCN_E_REQUEST_UNSUPPORTED)
+        new = _get(body, "Policies")
+        self._check_policies(function, new, kinds, adapter)
+        parsed = [adapter.validate_python(p) for p in new or []]
+        types = {p.type for p in parsed}
+        if request == ModifyRequestType.ADD:
+            if any(p.type in types for p in current):
+                self._fail(function, HCN_E_POLICY_ALREADY_EXISTS)
+            return current + parsed
+        if request == ModifyRequestType.REMOVE:
+            return [p for p in current if p.type not in types]
+        if request == ModifyRequestType.UPDATE:
+            return [p for p in current if p.type not in types] + parsed
+        self._fail(function, _HCN_E_REQUEST_UNSUPPORTED)
+
+    def query_network_properties(self, handle: int, query: str) -> str:
+        """``HcnQueryNetworkProperties``."""
+        return self._query("HcnQueryNetworkProperties", handle, query, "network")
+
+    def delete_network(self, id: UUID) -> None:
+        """``HcnDeleteNetwork``: cascades to its endpoints unless ``strict_delete``."""
+        fn = "HcnDeleteNetwork"
+        self._enter(fn, id=id)
+        with self._lock:
+            if id not in self._networks:
+                self._not_found(fn, "network", id)
+            endpoints = [eid for eid, e in self._endpoints.items() if e.host_compute_network == id]
+            if endpoints and self.strict_delete:
+                self._fail(fn, HCN_E_ENTITY_HAS_REFERENCES)
+            # HCN.md §6: endpoints go with the network; namespaces keep dangling refs.
+            for eid in endpoints:
+                del self._endpoints[eid]
+            del self._networks[id]
+            self._settle_until.pop(id, None)
+            self._save()
+
+    def close_network(self, handle: int) -> None:
+        """``HcnCloseNetwork``."""
+        self._close("HcnCloseNetwork", handle, "network")
+
+    # -- endpoints -----------------------------------------------------------------
+
+    def enumerate_endpoints(self, query: str) -> str:
+        """``HcnEnumerateEndpoints``."""
+        return self._enumerate("HcnEnumerateEndpoints", query, "endpoint")
+
+    def create_endpoint(self, network: int, id: UUID, settings: str) -> int:
+        """``HcnCreateEndpoint``."""
+        fn = "HcnCreateEndpoint"
+        self._enter(fn, id=id, handle=network, document=settings)
+        with self._lock:
+            nid = self._target(fn, network, "network")
+            raw = self._parse_object(fn, settings)
+            self._require_schema(fn, raw)
+            if _get(raw, "HostComputeNamespace") is not None:
+                self._fail(
+                    fn,
+                    HCN_E_INVALID_ENDPOINT,
+                    "HostComputeNamespace is read-only; attach with ModifyNamespace.",
+                )
+            self._check_policies(fn, _get(raw, "Policies"), EndpointPolicyType, _ENDPOINT_POLICIES)
+            try:
+                doc = HostComputeEndpoint.model_validate(raw)
+            except ValidationError:
+                self._fail(fn, HCN_E_INVALID_ENDPOINT)
+            if doc.host_compute_network is not None and doc.host_compute_network != nid:
+                self._fail(
+                    fn,
+                    HCN_E_INVALID_ENDPOINT,
+                    "HostComputeNetwork names another network.",
+                )
+            gid = id if id != _ZERO else uuid.uuid4()
+            if gid in self._endpoints:
+                self._fail(fn, ERROR_ALREADY_EXISTS, f"An endpoint with ID {gid} exists.")
+            net = self._networks[nid]
+            configs = self._assign_addresses(fn, nid, net, doc.ip_configurations or [])
+            self._check_port_mappings(fn, nid, doc)
+            mac = self._mac_counter
+            self._mac_counter += 1
+            stored = doc.model_copy(
+                update={
+                    "id": gid,
+                    "host_compute_network": nid,
+                    "ip_configurations": configs or None,
+                    "mac_address": doc.mac_address
+                    or f"00-15-5D-{(mac >> 16) & 0xFF:02X}-{(mac >> 8) & 0xFF:02X}-"
+                    f"{mac & 0xFF:02X}",
+                    "state": 1,
+                }
+            )
+            self._endpoints[gid] = stored
+            self._save()
+            return self._new_handle("endpoint", gid)
+
+    def _assign_addresses(
+        self, fn: str, nid: UUID, net: HostComputeNetwork, wanted: list[IpConfig]
+    ) -> list[IpConfig]:
+        subnets = self._prefixes(fn, net)
+        used = {
+            ipaddress.ip_address(c.ip_address)
+            for e in self._endpoints.values()
+            if e.host_compute_network == nid
+            for c in e.ip_configurations or []
+        }
+        reserved = self._reserved(net, subnets)
+        if not wanted:
+            # No IP requested: the service allocates the next free one.
+            for subnet in subnets:
+                for host in subnet.hosts():
+                    if host not in used and host not in reserved:
+                        return [IpConfig(ip_address=str(host), prefix_length=subnet.prefixlen)]
+            return []
+        if self._clock() < self._settle_until.get(nid, float("-inf")):
+            # ZL: static IPAM is not ready right after the network was created.
+            self._fail(fn, HCN_E_ADDR_INVALID_OR_RESERVED, "The network is still settling.")
+        for config in wanted:
+            try:
+                address: _IpAddress = ipaddress.ip_address(config.ip_address)
+            except ValueError:
+                self._fail(fn, HCN_E_INVALID_IP, f"{config.ip_address!r} is not an address.")
+            if not any(address in subnet for subnet in subnets):
+                self._fail(fn, HCN_E_INVALID_IP)
+            if address in reserved or address in used:
+                self._fail(
+                    fn,
+                    HCN_E_ADDR_INVALID_OR_RESERVED,
+                    f"{address} is reserved or used.",
+                )
+            used.add(address)
+        return wanted
+
+    @staticmethod
+    def _reserved(net: HostComputeNetwork, subnets: list[_IpNetwork]) -> set[_IpAddress]:
+        """Network and broadcast addresses and each subnet's gateway (next hops)."""
+        reserved: set[_IpAddress] = set()
+        hops: set[_IpAddress] = set()
+        for ipam in net.ipams or []:
+            for block in ipam.subnets or []:
+                for route in block.routes or []:
+                    if route.next_hop:
+                        try:
+                            hops.add(ipaddress.ip_address(route.next_hop))
+                        except ValueError:
+                            continue
+        for subnet in subnets:
+            reserved.add(subnet.network_address)
+            if subnet.version == 4:
+                reserved.add(subnet.broadcast_address)
+            gateways = {hop for hop in hops if hop in subnet}
+            reserved |= gateways or {subnet.network_address + 1}
+        return reserved
+
+    def _check_port_mappings(self, fn: str, nid: UUID, doc: HostComputeEndpoint) -> None:
+        def mappings(e: HostComputeEndpoint) -> set[tuple[int, int | None]]:
+            return {
+                (p.settings.protocol, p.settings.external_port)
+                for p in e.policies or []
+                if isinstance(p, PortMappingPolicy)
+            }
+
+        mine = mappings(doc)
+        for other in self._endpoints.values():
+            if other.host_compute_network == nid and mine & mappings(other):
+                self._fail(fn, HCN_E_PORT_ALREADY_EXISTS)
+
+    def open_endpoint(self, id: UUID) -> int:
+        """``HcnOpenEndpoint``."""
+        return self._open("HcnOpenEndpoint", id, "endpoint")
+
+    def modify_endpoint(self, handle: int, settings: str) -> None:
+        """``HcnModifyEndpoint``: ``Policy`` Add/Remove/Update."""
+        fn = "HcnModifyEndpoint"
+        self._enter(fn, handle=handle, document=settings)
+        with self._lock:
+            eid = self._target(fn, handle, "endpoint")
+            ep = self._endpoints[eid]
+            policies = self._modify_policies(
+                fn,
+                settings,
+                list(ep.policies or []),
+                EndpointPolicyType,
+                _ENDPOINT_POLICIES,
+            )
+            self._endpoints[eid] = ep.model_copy(update={"policies": policies})
+            self._save()
+
+    def query_endpoint_properties(self, handle: int, query: str) -> str:
+        """``HcnQueryEndpointProperties``."""
+        return self._query("HcnQueryEndpointProperties", handle, query, "endpoint")
+
+    def delete_endpoint(self, id: UUID) -> None:
+        """``HcnDeleteEndpoint``: detaches it from its namespace first (ZL)."""
+        fn = "HcnDeleteEndpoint"
+        self._enter(fn, id=id)
+        with self._lock:
+            ep = self._endpoints.get(id)
+            if ep is None:
+                self._not_found(fn, "endpoint", id)
+            if ep.host_compute_namespace is not None:
+                self._drop_resource(ep.host_compute_namespace, id)
+            del self._endpoints[id]
+            self._save()
+
+    def close_endpoint(self, handle: int) -> None:
+        """``HcnCloseEndpoint``."""
+        self._close("HcnCloseEndpoint", handle, "endpoint")
+
+    # -- namespaces ----------------------------------------------------------------
+
+    def enumerate_namespaces(self, query: str) -> str:
+        """``HcnEnumerateNamespaces``."""
+        return self._enumerate("HcnEnumerateNamespaces", query, "namespace")
+
+    def create_namespace(self, id: UUID, settings: str) -> int:
+        """``HcnCreateNamespace``; ``HostDefault`` returns the singleton (ZL)."""
+        fn = "HcnCreateNamespace"
+        self._enter(fn, id=id, document=settings)
+        with self._lock:
+            raw = self._parse_object(fn, settings)
+            self._require_schema(fn, raw)
+            kind = canonical(_get(raw, "Type") or NamespaceType.HOST, NamespaceType)
+            if kind not in set(NamespaceType):
+                self._fail(fn, E_INVALIDARG, f"Invalid namespace type {kind!r}.")
+            if kind == NamespaceType.HOST_DEFAULT:
+                return self._new_handle("namespace", self.host_default_namespace())
+            try:
+                doc = HostComputeNamespace.model_validate(raw)
+            except ValidationError:
+                self._fail(fn, E_INVALIDARG)
+            gid = id if id != _ZERO else uuid.uuid4()
+            if gid in self._namespaces:
+                self._fail(fn, ERROR_ALREADY_EXISTS, f"A namespace with ID {gid} exists.")
+            stored = doc.model_copy(
+                update={
+                    "id": gid,
+                    "type": kind,
+                    "namespace_id": self._next_namespace_id,
+                    "resources": [],
+                    "state": 1,
+                }
+            )
+            self._next_namespace_id += 1
+            self._namespaces[gid] = stored
+            self._save()
+            return self._new_handle("namespace", gid)
+
+    def open_namespace(self, id: UUID) -> int:
+        """``HcnOpenNamespace``."""
+        return self._open("HcnOpenNamespace", id, "namespace")
+
+    def modify_namespace(self, handle: int, settings: str) -> None:
+        """``HcnModifyNamespace``: Endpoint Add/Remove (HCN.md §2, §6)."""
+        fn = "HcnModifyNamespace"
+        self._enter(fn, handle=handle, document=settings)
+        with self._lock:
+            nsid = self._target(fn, handle, "namespace")
+            raw = self._parse_object(fn, settings)
+            resource = canonical(_get(raw, "ResourceType"), NAMESPACE_RESOURCE_TYPES)
+            request = canonical(_get(raw, "RequestType"), ModifyRequestType)
+            body = _get(raw, "Settings")
+            if not isinstance(body, dict):
+                # ZL: a Settings string is rejected ("ExpectedObject").
+                self._fail(fn, HCN_E_INVALID_JSON, "Settings must be a JSON object.")
+            if resource != "Endpoint":
+                self._fail(fn, _HCN_E_REQUEST_UNSUPPORTED)
+            try:
+                eid = UUID(str(_get(body, "EndpointId")).strip("{}"))
+            except ValueError:
+                self._fail(fn, E_INVALIDARG, "EndpointId is not a GUID.")
+            ep = self._endpoints.get(eid)
+            if ep is None:
+                self._not_found(fn, "endpoint", eid)
+            if request == ModifyRequestType.ADD:
+                if ep.host_compute_namespace is not None:
+                    self._fail(fn, HCN_E_ENDPOINT_NAMESPACE_ALREADY_EXISTS)
+                ns = self._namespaces[nsid]
+                self._namespaces[nsid] = ns.model_copy(
+                    update={
+                        "resources": [
+                            *(ns.resources or []),
+                            NamespaceResource.endpoint(eid),
+                        ]
+                    }
+                )
+                self._endpoints[eid] = ep.model_copy(update={"host_compute_namespace": nsid})
+            elif request == ModifyRequestType.REMOVE:
+                if ep.host_compute_namespace != nsid:
+                    self._fail(fn, HCN_E_ENDPOINT_NOT_ATTACHED)
+                self._drop_resource(nsid, eid)
+            else:
+                self._fail(fn, _HCN_E_REQUEST_UNSUPPORTED)
+            self._save()
+
+    def _drop_resource(self, nsid: UUID, eid: UUID) -> None:
+        ns = self._namespaces.get(nsid)
+        if ns is not None:
+            kept = [r for r in ns.resources or [] if r.endpoint_id != eid]
+            self._namespaces[nsid] = ns.model_copy(update={"resources": kept})
+        ep = self._endpoints.get(eid)
+        if ep is not None:
+            self._endpoints[eid] = ep.model_copy(update={"host_compute_namespace": None})
+
+    def query_namespace_properties(self, handle: int, query: str) -> str:
+        """``HcnQueryNamespaceProperties``."""
+        return self._query("HcnQueryNamespaceProperties", handle, query, "namespace")
+
+    def delete_namespace(self, id: UUID) -> None:
+        """``HcnDeleteNamespace``: detaches its endpoints (a choice, HCN.md §6)."""
+        fn = "HcnDeleteNamespace"
+        self._enter(fn, id=id)
+        with self._lock:
+            ns = self._namespaces.get(id)
+            if ns is None:
+                self._not_found(fn, "namespace", id)
+            if ns.type == NamespaceType.HOST_DEFAULT:
+                self._fail(fn, _HCN_E_REQUEST_UNSUPPORTED, "HostDefault cannot be deleted.")
+            for eid in ns.endpoint_ids():
+                self._drop_resource(id, eid)
+            del self._namespaces[id]
+            self._save()
+
+    def close_namespace(self, handle: int) -> None:
+        """``HcnCloseNamespace``."""
+        self._close("HcnCloseNamespace", handle, "namespace")
+
+
+class SimulatedHcn(HcnClient):
+    """:class:`~overlayd_hcn.api.HcnApi` over :class:`SimulatedService`.
+
+    Takes the service's options (``state_dir``, ``settle_seconds``, ...) or a
+    ready ``service``; ``call_timeout`` bounds each operation as for the native
+    backend.
+    """
+
+    def __init__(
+        self,
+        state_dir: Path | None = None,
+        *,
+        service: SimulatedService | None = None,
+        call_timeout: float | None = None,
+        settle_seconds: float = 0.0,
+        strict_delete: bool = False,
+        v1_not_found: bool = False,
+    ) -> None:
+        self.service = service or SimulatedService(
+            state_dir,
+            settle_seconds=settle_seconds,
+            strict_delete=strict_delete,
+            v1_not_found=v1_not_found,
+        )
+        super().__init__(self.service, call_timeout=call_timeout)
+
+    @property
+    def calls(self) -> list[HcnCall]:
+        """Every raw call made, with its exact JSON document."""
+        return self.service.calls
+
+    def fail_next(
+        self, function: str, hresult: int, *, times: int = 1, message: str | None = None
+    ) -> None:
+        """Make the next ``times`` calls of ``function`` fail with ``hresult``."""
+        self.service.fail_next(function, hresult, times=times, message=message)
+
+    def set_latency(self, seconds: float, function: str | None = None) -> None:
+        """Delay every call (or only ``function``) by ``seconds``."""
+        self.service.set_latency(seconds, function)
