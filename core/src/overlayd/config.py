@@ -101,6 +101,8 @@ class EngineSettings(_Settings):
     health_interval_secs: float = Field(default=30.0, ge=0)
     #: How often the periodic reconcile runs; 0 disables it.
     reconcile_interval_secs: float = Field(default=0.0, ge=0)
+    #: Device kind of a service's segment: ``bridge`` (Linux) or ``hcn-network`` (Windows).
+    segment_kind: str = "bridge"
     #: Worker threads for hook calls.
     workers: int = Field(default=16, ge=1, le=256)
 

@@ -828,12 +828,20 @@ class Engine:
             )
             bridge = self.hooks.device_create(
                 DeviceSpec(
-                    kind=DeviceKind.BRIDGE,
+                    kind=self.config.engine.segment_kind,
                     name=service_bridge_name(g.deployment, g.instance_id, service),
                     owner=f"service:{service}",
                     addresses=(ipaddress.ip_interface(f"{gateway}/{subnet.prefixlen}"),),
                     mtu=self.config.engine.mtu,
                     subnet=subnet,
+                    options={
+                        "mode": mode.value,
+                        "deployment": g.deployment,
+                        "instance_id": g.instance_id,
+                        "cluster_cidr": str(g.cluster_cidr),
+                        "slice_cidr": str(g.slice_cidr),
+                        "node_ip": str(g.node_ip),
+                    },
                 )
             )
             undo.push("delete bridge", lambda: self.hooks.device_delete(bridge))
@@ -1002,14 +1010,23 @@ class Engine:
             locks.append((f"service:{service}", False))
         async with self._locks.hold(*locks):
             key = f"{pool.name}|{addr}"
-            for att in self.attachments.values():
-                if addr in (att.ip, att.global_ip):
-                    raise Conflict(
-                        f"{addr} belongs to the attachment of {att.key}; detach it instead"
-                    )
             if key not in self.manual_leases:
+                holder = self._lease_owner(pool, addr)
+                if holder and holder.startswith("handle:"):
+                    raise Conflict(
+                        f"{addr} belongs to the attachment of {holder[7:]}; detach it instead"
+                    )
                 return
             await self._run(self._release_manual, pool, addr, key)
+
+    def _lease_owner(self, pool: Pool, addr: IPAddress) -> str | None:
+        """Who holds ``addr`` according to the built-in allocator (None if free or unknown)."""
+        builtin = self.pm.get_plugin("builtin_ipam")
+        alloc = builtin.pool(pool.name) if builtin is not None else None
+        if alloc is None:
+            return None
+        owner: str | None = alloc.owner_of(addr)
+        return owner
 
     def _release_manual(self, pool: Pool, addr: IPAddress, key: str) -> None:
         tx = _Tx()
@@ -1205,7 +1222,13 @@ class Engine:
         errors: list[BaseException] = []
         tx = _Tx()
         owner = _owner(key)
-        records = [r for r in self.dns.values() if r.source == owner]
+        # The records an attach creates are known: no scan of the whole zone.
+        names = (att.service, f"{_short_name(att.handle)}.{att.service}")
+        records = [
+            rec
+            for rec in (self.dns.get((n.lower(), str(att.ip))) for n in names)
+            if rec is not None and rec.source == owner
+        ]
         try:
             self.hooks.dns_records_changed([], records)
         except OverlaydError as exc:
