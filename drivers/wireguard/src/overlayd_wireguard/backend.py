@@ -1,0 +1,104 @@
+"""The WireGuard backend contract and backend selection.
+
+A backend owns the *mechanism* of a WireGuard device: creating it, programming
+keys and peers, reading it back, deleting it. Two implementations exist:
+
+* :class:`~overlayd_wireguard.kernel.KernelBackend` -- the Linux module over
+  generic netlink (pyroute2 ``WireGuard``);
+* :class:`~overlayd_wireguard.userspace.UserspaceBackend` -- ``wireguard-go``
+  processes programmed over UAPI, supervised and restarted.
+
+Both speak the same typed values (:class:`~overlayd_wireguard.uapi.SetRequest`,
+:class:`~overlayd_wireguard.uapi.DeviceState`), so the driver's policy code does
+not care which one runs.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from typing import Any
+from typing import Literal
+from typing import Protocol
+
+from overlayd.errors import ConfigError
+from overlayd.errors import NotSupported
+from overlayd_wireguard.keys import PrivateKey
+from overlayd_wireguard.uapi import DeviceState
+from overlayd_wireguard.uapi import SetRequest
+
+__all__ = ["BackendName", "WgBackend", "select_backend"]
+
+BackendName = Literal["auto", "kernel", "userspace"]
+
+
+class WgBackend(Protocol):
+    """Mechanism for one node's WireGuard devices."""
+
+    #: "kernel" or "userspace".
+    kind: str
+
+    def ensure_device(
+        self,
+        name: str,
+        *,
+        private_key: PrivateKey,
+        listen_port: int | None = None,
+        mtu: int = 1420,
+        addresses: Sequence[str] = (),
+        netns: str | None = None,
+        fwmark: int | None = None,
+    ) -> DeviceState:
+        """Create ``name`` if needed, set key/port/fwmark, MTU, exact addresses, up.
+
+        Idempotent; peers already on the device are kept. Returns the state read
+        back. Raises ``Conflict`` if ``name`` exists in another namespace.
+        """
+        ...
+
+    def delete_device(self, name: str) -> bool:
+        """Remove the device (and its process); return whether it existed."""
+        ...
+
+    def apply(self, name: str, request: SetRequest) -> None:
+        """Apply one batch of device settings and peer operations."""
+        ...
+
+    def get(self, name: str) -> DeviceState:
+        """Read the device's state."""
+        ...
+
+    def close(self) -> None:
+        """Release resources (sockets, supervisor thread); devices keep running."""
+        ...
+
+
+def select_backend(name: BackendName = "auto", **options: Any) -> WgBackend:
+    """Build the backend ``name``; ``auto`` prefers the kernel, then wireguard-go.
+
+    ``options`` go to the backend's constructor (e.g. ``command=`` for userspace).
+    """
+    from overlayd_wireguard import kernel
+    from overlayd_wireguard import userspace
+
+    if name == "kernel":
+        if not kernel.probe():
+            raise NotSupported(
+                "the kernel has no WireGuard support (no wireguard module); "
+                "configure backend = 'userspace' to use wireguard-go"
+            )
+        return kernel.KernelBackend(**options)
+    if name == "userspace":
+        return userspace.UserspaceBackend(**options)
+    if name == "auto":
+        if kernel.probe():
+            return kernel.KernelBackend(**options)
+        command = options.get("command", userspace.DEFAULT_COMMAND)
+        if shutil.which(command[0]) is None:
+            raise NotSupported(
+                "no WireGuard implementation is available: the kernel has no "
+                f"wireguard module and {command[0]!r} is not on PATH; install "
+                "wireguard-go or load the wireguard module"
+            )
+        return userspace.UserspaceBackend(**options)
+    raise ConfigError(f"unknown WireGuard backend {name!r}; use 'auto', 'kernel' or 'userspace'")

@@ -1,0 +1,201 @@
+"""Link mechanism for WireGuard devices: MTU, addresses, state, creation (pyroute2).
+
+Addresses and link state are set over rtnetlink with pyroute2, never by running
+``ip``. One ``IPRoute`` per call (STYLE.md §7); ``netns`` names a namespace under
+``/var/run/netns`` (pyroute2 enters it for the socket only).
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import time
+from collections.abc import Iterator
+from collections.abc import Sequence
+from contextlib import contextmanager
+from typing import Any
+from typing import Protocol
+
+from overlayd.errors import DeviceError
+from overlayd.errors import NotSupported
+
+__all__ = [
+    "NETLINK_ERRORS",
+    "LinkAdapter",
+    "PyRoute2Links",
+    "error_code",
+    "netlink_errors",
+]
+
+
+def _netlink_error_types() -> tuple[type[Exception], ...]:
+    # NOTE: pyroute2 0.9.7's NetlinkError derives from Exception, not OSError.
+    try:
+        from pyroute2 import NetlinkError
+    except ImportError:  # not Linux: only OSError can occur
+        return (OSError,)
+    return (OSError, NetlinkError)
+
+
+#: Exceptions a pyroute2 call raises for kernel/socket errors.
+NETLINK_ERRORS: tuple[type[Exception], ...] = _netlink_error_types()
+
+
+def error_code(exc: BaseException) -> int | None:
+    """The errno of a ``NetlinkError`` (``.code``) or ``OSError`` (``.errno``)."""
+    code = getattr(exc, "code", None)
+    if isinstance(code, int):
+        return code
+    return exc.errno if isinstance(exc, OSError) else None
+
+
+class LinkAdapter(Protocol):
+    """What the WireGuard backends need from rtnetlink."""
+
+    def wait_link(self, name: str, *, netns: str | None, timeout: float) -> None:
+        """Block until link ``name`` exists, or raise ``DeviceError``."""
+        ...
+
+    def configure(
+        self,
+        name: str,
+        *,
+        mtu: int,
+        addresses: Sequence[str],
+        netns: str | None,
+    ) -> None:
+        """Set MTU, make the addresses exactly ``addresses``, set the link up."""
+        ...
+
+    def ensure_wireguard_link(self, name: str, *, netns: str | None) -> None:
+        """Create a kernel ``wireguard`` link if absent (kernel backend only)."""
+        ...
+
+    def delete_link(self, name: str, *, netns: str | None) -> bool:
+        """Delete link ``name``; return whether it existed."""
+        ...
+
+
+@contextmanager
+def netlink_errors(action: str, name: str) -> Iterator[None]:
+    """Map pyroute2/OS errors to ``DeviceError`` keeping the cause."""
+    try:
+        yield
+    except NETLINK_ERRORS as exc:
+        raise DeviceError(
+            f"{action} for WireGuard device {name} failed: {exc}",
+            op=action,
+            driver="wireguard",
+        ) from exc
+
+
+def _iproute(netns: str | None) -> Any:
+    # Imported lazily: pyroute2 is Linux-only and this module must import anywhere.
+    from pyroute2 import IPRoute
+
+    return IPRoute(netns=netns) if netns else IPRoute()
+
+
+class PyRoute2Links:
+    """:class:`LinkAdapter` over pyroute2 ``IPRoute``."""
+
+    def _index(self, ipr: Any, name: str) -> int | None:
+        found = ipr.link_lookup(ifname=name)
+        return int(found[0]) if found else None
+
+    def wait_link(self, name: str, *, netns: str | None, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        delay = 0.01
+        with netlink_errors("looking up the link", name), _iproute(netns) as ipr:
+            while self._index(ipr, name) is None:
+                if time.monotonic() > deadline:
+                    raise DeviceError(
+                        f"link {name} did not appear in "
+                        f"{'netns ' + netns if netns else 'the host namespace'} "
+                        f"within {timeout} s",
+                        op="wait_link",
+                        driver="wireguard",
+                    )
+                time.sleep(delay)
+                delay = min(delay * 2, 0.2)
+
+    def configure(
+        self,
+        name: str,
+        *,
+        mtu: int,
+        addresses: Sequence[str],
+        netns: str | None,
+    ) -> None:
+        want = [ipaddress.ip_interface(a) for a in addresses]
+        with netlink_errors("configuring the link", name), _iproute(netns) as ipr:
+            idx = self._index(ipr, name)
+            if idx is None:
+                raise DeviceError(
+                    f"link {name} does not exist, so it cannot be configured; "
+                    "the WireGuard process may have exited",
+                    op="configure",
+                    driver="wireguard",
+                )
+            ipr.link("set", index=idx, mtu=mtu)
+            have = set()
+            for msg in ipr.get_addr(index=idx):
+                have.add(
+                    ipaddress.ip_interface(f"{msg.get_attr('IFA_ADDRESS')}/{msg['prefixlen']}")
+                )
+            for iface in have - set(want):
+                if iface.version == 6 and iface.ip.is_link_local:
+                    continue  # the kernel's own fe80:: address
+                ipr.addr(
+                    "del",
+                    index=idx,
+                    address=str(iface.ip),
+                    prefixlen=iface.network.prefixlen,
+                )
+            for iface in want:
+                if iface in have:
+                    continue
+                try:
+                    ipr.addr(
+                        "add",
+                        index=idx,
+                        address=str(iface.ip),
+                        prefixlen=iface.network.prefixlen,
+                    )
+                except NETLINK_ERRORS as exc:
+                    if error_code(exc) != errno.EEXIST:
+                        raise
+            ipr.link("set", index=idx, state="up")
+
+    def ensure_wireguard_link(self, name: str, *, netns: str | None) -> None:
+        with _iproute(netns) as ipr:
+            if self._index(ipr, name) is not None:
+                return
+            try:
+                ipr.link("add", ifname=name, kind="wireguard")
+            except NETLINK_ERRORS as exc:
+                if error_code(exc) == errno.EEXIST:
+                    return
+                if error_code(exc) in {errno.EOPNOTSUPP, errno.ENOENT}:
+                    raise NotSupported(
+                        "this kernel has no wireguard link type; use the userspace "
+                        "backend (wireguard-go)"
+                    ) from exc
+                raise DeviceError(
+                    f"creating kernel WireGuard link {name} failed: {exc}",
+                    op="ensure_device",
+                    driver="wireguard",
+                ) from exc
+
+    def delete_link(self, name: str, *, netns: str | None) -> bool:
+        with netlink_errors("deleting the link", name), _iproute(netns) as ipr:
+            idx = self._index(ipr, name)
+            if idx is None:
+                return False
+            try:
+                ipr.link("del", index=idx)
+            except NETLINK_ERRORS as exc:
+                if error_code(exc) != errno.ENODEV:
+                    raise
+                return False
+            return True

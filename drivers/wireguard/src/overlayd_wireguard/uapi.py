@@ -1,0 +1,780 @@
+"""overlayd's own client for the WireGuard cross-platform userspace API (UAPI).
+
+Protocol facts (WIREGUARD.md §1, https://www.wireguard.com/xplatform/): a unix
+stream socket ``<dir>/<ifname>.sock``; ``key=value`` lines; a request ends with an
+empty line and every answer ends with ``errno=N`` and an empty line. Keys are
+lowercase hex on the socket (base64 everywhere else in overlayd).
+
+Rules this client follows, each learnt the hard way (WIREGUARD.md §6):
+
+* one transaction per connection (wireguard-go drops pipelined requests and
+  boringtun answers one command per connection);
+* every value is validated *before* sending, because a rejected ``set`` is
+  partially applied (lines are applied as they are read);
+* any non-zero ``errno`` is a failure (wireguard-go sends it negative, boringtun
+  positive);
+* device keys come before the first ``public_key``.
+"""
+
+from __future__ import annotations
+
+import errno as errno_mod
+import ipaddress
+import logging
+import os
+import re
+import socket
+from collections.abc import Iterable
+from collections.abc import Sequence
+from dataclasses import dataclass
+from dataclasses import field
+from pathlib import Path
+from typing import Any
+from typing import Final
+from typing import cast
+
+from overlayd.errors import Conflict
+from overlayd.errors import DeviceError
+from overlayd.errors import InvalidRequest
+from overlayd.errors import PeerError
+from overlayd_wireguard.keys import PresharedKey
+from overlayd_wireguard.keys import PrivateKey
+from overlayd_wireguard.keys import b64_to_hex
+from overlayd_wireguard.keys import hex_to_b64
+from overlayd_wireguard.keys import validate_key
+
+__all__ = [
+    "DEFAULT_SOCKET_DIR",
+    "DeviceState",
+    "PeerConfig",
+    "PeerOp",
+    "PeerState",
+    "SetRequest",
+    "UapiClient",
+    "UapiDeviceError",
+    "UapiPeerError",
+    "UapiProtocolError",
+    "UapiUnavailableError",
+    "diff_peers",
+    "encode_set",
+    "normalize_allowed_ip",
+    "normalize_endpoint",
+    "parse_get",
+    "redact",
+    "validate_ifname",
+]
+
+log = logging.getLogger(__name__)
+
+#: Where wireguard-go and boringtun put their sockets (hard-coded in both).
+DEFAULT_SOCKET_DIR: Final = "/var/run/wireguard"
+_MAX_ANSWER: Final = 64 * 1024 * 1024
+_IFNAME_RE: Final = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+_U16: Final = 0xFFFF
+_U32: Final = 0xFFFFFFFF
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class UapiDeviceError(DeviceError):
+    """A UAPI transaction on a device failed; ``errno`` is the positive errno."""
+
+    def __init__(self, message: str, *, errno: int = 0, op: str = "") -> None:
+        self.errno = errno
+        super().__init__(message, op=op, driver="wireguard")
+
+
+class UapiPeerError(PeerError):
+    """A UAPI ``set`` touching peers failed; ``errno`` is the positive errno."""
+
+    def __init__(self, message: str, *, errno: int = 0, op: str = "") -> None:
+        self.errno = errno
+        super().__init__(message, op=op, driver="wireguard")
+
+
+class UapiUnavailableError(UapiDeviceError):
+    """No process answers on the device's UAPI socket (not running or stale)."""
+
+
+class UapiProtocolError(UapiDeviceError):
+    """The UAPI peer answered something that is not the protocol."""
+
+
+# --------------------------------------------------------------------------- values
+
+
+def validate_ifname(name: str) -> str:
+    """Return ``name`` if it is a usable interface name (1-15 safe characters)."""
+    value: object = name
+    if not isinstance(value, str) or not _IFNAME_RE.match(name) or name in {".", ".."}:
+        raise InvalidRequest(
+            f"interface name {name!r} is invalid: use 1 to 15 characters "
+            "from letters, digits, '_', '.', '-'"
+        )
+    return name
+
+
+def normalize_allowed_ip(text: str) -> str:
+    """Return the masked CIDR (``10.0.0.5/24`` -> ``10.0.0.0/24``) peers store."""
+    if not isinstance(cast("object", text), str) or "/" not in text:
+        raise InvalidRequest(f"allowed IP {text!r} must be a CIDR prefix such as 10.0.0.0/24")
+    try:
+        return str(ipaddress.ip_network(text.strip(), strict=False))
+    except ValueError as exc:
+        raise InvalidRequest(f"allowed IP {text!r} is not a valid CIDR prefix") from exc
+
+
+def normalize_endpoint(text: str) -> str:
+    """Return ``IP:port`` / ``[IPv6]:port`` in canonical form; names are refused."""
+    bad = InvalidRequest(
+        f"endpoint {text!r} must be a numeric IP:port or [IPv6]:port; "
+        "resolve host names before configuring a peer"
+    )
+    if not isinstance(text, str):
+        raise bad
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+        if not sep:
+            raise bad
+    else:
+        host, sep, port = text.rpartition(":")
+        if not sep or ":" in host:
+            raise bad
+    try:
+        addr = ipaddress.ip_address(host)
+        port_no = int(port, 10)
+    except ValueError as exc:
+        raise bad from exc
+    if not port.isdigit() or not 0 < port_no <= _U16:
+        raise bad
+    if isinstance(addr, ipaddress.IPv6Address):
+        return f"[{addr}]:{port_no}"
+    return f"{addr}:{port_no}"
+
+
+def _check_range(value: object, high: int, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= high:
+        raise InvalidRequest(f"{what} must be an integer from 0 to {high}, got {value!r}")
+    return value
+
+
+# --------------------------------------------------------------------------- state
+
+
+@dataclass(frozen=True)
+class PeerState:
+    """One peer as reported by ``get``."""
+
+    #: base64 public key.
+    public_key: str
+    #: None when the peer has no preshared key (all zeros on the socket).
+    preshared_key: PresharedKey | None = None
+    #: ``IP:port`` / ``[IPv6]:port``, None until known.
+    endpoint: str | None = None
+    #: Masked CIDRs in the order the implementation reported them.
+    allowed_ips: tuple[str, ...] = ()
+    #: Seconds; 0 = off.
+    persistent_keepalive_interval: int = 0
+    #: wireguard-go/kernel: Unix time of the last handshake; boringtun: elapsed
+    #: time since it (WIREGUARD.md §5). 0/0 = never.
+    last_handshake_time_sec: int = 0
+    last_handshake_time_nsec: int = 0
+    rx_bytes: int = 0
+    tx_bytes: int = 0
+    #: 1 from wireguard-go; None when not reported (boringtun).
+    protocol_version: int | None = None
+
+
+@dataclass(frozen=True)
+class DeviceState:
+    """A device as reported by ``get``."""
+
+    #: None if no key is set, or the implementation hides it (boringtun).
+    private_key: PrivateKey | None = None
+    #: base64; derived from the private key, or boringtun's ``own_public_key``.
+    public_key: str | None = None
+    #: None when the device listens nowhere (e.g. after a failed port change).
+    listen_port: int | None = None
+    fwmark: int = 0
+    peers: tuple[PeerState, ...] = ()
+
+    def peer(self, public_key: str) -> PeerState | None:
+        """The peer with this base64 public key, if present."""
+        for p in self.peers:
+            if p.public_key == public_key:
+                return p
+        return None
+
+    def peers_by_key(self) -> dict[str, PeerState]:
+        """Peers indexed by base64 public key."""
+        return {p.public_key: p for p in self.peers}
+
+
+# --------------------------------------------------------------------------- set
+
+
+@dataclass(frozen=True)
+class PeerOp:
+    """One peer section of a ``set`` request. Values are validated on creation."""
+
+    #: base64 public key.
+    public_key: str
+    #: Remove the peer; no other field may be set.
+    remove: bool = False
+    #: Only change an existing peer, never create it (not supported by boringtun).
+    update_only: bool = False
+    #: Set the preshared key; ``PresharedKey.none()`` removes it; None = leave.
+    preshared_key: PresharedKey | None = None
+    #: Numeric ``IP:port``; None = leave.
+    endpoint: str | None = None
+    #: Seconds (0 = off); None = leave.
+    persistent_keepalive_interval: int | None = None
+    #: Drop the peer's allowed IPs before adding ``allowed_ips``.
+    replace_allowed_ips: bool = False
+    #: Prefixes to add (masked on creation).
+    allowed_ips: tuple[str, ...] = ()
+    #: Must be 1 when given.
+    protocol_version: int | None = None
+
+    def __post_init__(self) -> None:
+        validate_key(self.public_key, "peer public key")
+        if self.remove and (
+            self.update_only
+            or self.preshared_key is not None
+            or self.endpoint is not None
+            or self.persistent_keepalive_interval is not None
+            or self.replace_allowed_ips
+            or self.allowed_ips
+            or self.protocol_version is not None
+        ):
+            raise InvalidRequest("a peer removal cannot carry other settings; send them separately")
+        if self.endpoint is not None:
+            object.__setattr__(self, "endpoint", normalize_endpoint(self.endpoint))
+        if self.persistent_keepalive_interval is not None:
+            _check_range(self.persistent_keepalive_interval, _U16, "persistent keepalive")
+        if isinstance(cast("object", self.allowed_ips), str):
+            raise InvalidRequest("allowed_ips must be a sequence of CIDRs, not a str")
+        object.__setattr__(
+            self,
+            "allowed_ips",
+            tuple(normalize_allowed_ip(a) for a in self.allowed_ips),
+        )
+        if self.protocol_version is not None and self.protocol_version != 1:
+            raise InvalidRequest(f"protocol_version must be 1, got {self.protocol_version!r}")
+
+
+@dataclass(frozen=True)
+class SetRequest:
+    """A whole ``set`` transaction: device settings then peer operations."""
+
+    #: New private key; ``PrivateKey(bytes(32))`` would be clamped, so removal
+    #: of the key is ``clear_private_key=True`` instead.
+    private_key: PrivateKey | None = None
+    clear_private_key: bool = False
+    #: 0 = random port.
+    listen_port: int | None = None
+    #: 0 = off.
+    fwmark: int | None = None
+    #: Remove every peer not named in ``peers`` (wireguard-go: before applying them).
+    replace_peers: bool = False
+    peers: tuple[PeerOp, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if self.private_key is not None and self.clear_private_key:
+            raise InvalidRequest("set a private key or clear it, not both")
+        if self.listen_port is not None:
+            _check_range(self.listen_port, _U16, "listen port")
+        if self.fwmark is not None:
+            _check_range(self.fwmark, _U32, "fwmark")
+        object.__setattr__(self, "peers", tuple(self.peers))
+        seen: set[str] = set()
+        for p in self.peers:
+            if p.public_key in seen:
+                raise InvalidRequest(f"peer {p.public_key} appears twice in one request; merge it")
+            seen.add(p.public_key)
+
+    def is_empty(self) -> bool:
+        """True when sending it would change nothing."""
+        return (
+            self.private_key is None
+            and not self.clear_private_key
+            and self.listen_port is None
+            and self.fwmark is None
+            and not self.replace_peers
+            and not self.peers
+        )
+
+    def describe(self) -> str:
+        """Human summary for error messages (never includes keys)."""
+        parts = []
+        if self.private_key is not None or self.clear_private_key:
+            parts.append("private key")
+        if self.listen_port is not None:
+            parts.append(f"listen port {self.listen_port}")
+        if self.fwmark is not None:
+            parts.append(f"fwmark {self.fwmark}")
+        if self.replace_peers:
+            parts.append("replace peers")
+        if self.peers:
+            removes = sum(1 for p in self.peers if p.remove)
+            parts.append(f"{len(self.peers) - removes} peer update(s)")
+            if removes:
+                parts.append(f"{removes} peer removal(s)")
+        return ", ".join(parts) or "nothing"
+
+
+def encode_set(request: SetRequest) -> str:
+    """Serialize ``request`` as one UAPI ``set`` transaction (with final blank line)."""
+    lines = ["set=1"]
+    if request.private_key is not None:
+        lines.append(f"private_key={request.private_key.to_hex()}")
+    elif request.clear_private_key:
+        lines.append(f"private_key={bytes(32).hex()}")
+    if request.listen_port is not None:
+        lines.append(f"listen_port={request.listen_port}")
+    if request.fwmark is not None:
+        lines.append(f"fwmark={request.fwmark}")
+    if request.replace_peers:
+        lines.append("replace_peers=true")
+    for p in request.peers:
+        lines.append(f"public_key={b64_to_hex(p.public_key)}")
+        if p.remove:
+            lines.append("remove=true")
+            continue
+        # update_only must directly follow public_key: wireguard-go creates the
+        # peer on the public_key line and drops it again on update_only.
+        if p.update_only:
+            lines.append("update_only=true")
+        if p.protocol_version is not None:
+            lines.append(f"protocol_version={p.protocol_version}")
+        if p.preshared_key is not None:
+            lines.append(f"preshared_key={p.preshared_key.to_hex()}")
+        if p.endpoint is not None:
+            lines.append(f"endpoint={p.endpoint}")
+        if p.persistent_keepalive_interval is not None:
+            lines.append(f"persistent_keepalive_interval={p.persistent_keepalive_interval}")
+        # replace_allowed_ips applies to the allowed_ip lines that follow it.
+        if p.replace_allowed_ips:
+            lines.append("replace_allowed_ips=true")
+        lines.extend(f"allowed_ip={a}" for a in p.allowed_ips)
+    return "\n".join(lines) + "\n\n"
+
+
+# --------------------------------------------------------------------------- get
+
+
+_SECRET_RE: Final = re.compile(r"^(private_key|preshared_key)=.*$", re.MULTILINE)
+
+
+def redact(text: str) -> str:
+    """Return UAPI text with private and preshared keys replaced, for logs."""
+    return _SECRET_RE.sub(r"\1=<redacted>", text)
+
+
+def _int(value: str, key: str) -> int:
+    try:
+        n = int(value, 10)
+    except ValueError as exc:
+        raise UapiProtocolError(
+            f"the UAPI answer has a non-numeric {key}={value!r}", op="get"
+        ) from exc
+    if n < 0:
+        raise UapiProtocolError(f"the UAPI answer has a negative {key}", op="get")
+    return n
+
+
+def _hex_key(value: str, key: str) -> str:
+    try:
+        return hex_to_b64(value, key)
+    except InvalidRequest as exc:
+        raise UapiProtocolError(f"the UAPI answer has a malformed {key}", op="get") from exc
+
+
+def parse_get(pairs: Sequence[tuple[str, str]]) -> DeviceState:
+    """Build a :class:`DeviceState` from the ``key=value`` pairs of a ``get`` answer.
+
+    ``pairs`` excludes the final ``errno``. Unknown keys are ignored, as wg(8) does.
+    """
+    private: PrivateKey | None = None
+    public: str | None = None
+    listen_port: int | None = None
+    fwmark = 0
+    peers: list[PeerState] = []
+    cur: dict[str, Any] | None = None
+    allowed: list[str] = []
+
+    def flush() -> None:
+        if cur is not None:
+            peers.append(PeerState(allowed_ips=tuple(allowed), **cur))
+
+    for key, value in pairs:
+        if key == "public_key":
+            flush()
+            cur = {"public_key": _hex_key(value, key)}
+            allowed = []
+            continue
+        if cur is None:
+            if key == "private_key":
+                try:
+                    private = PrivateKey.from_hex(value)
+                except InvalidRequest as exc:
+                    raise UapiProtocolError(
+                        "the UAPI answer has a malformed private_key", op="get"
+                    ) from exc
+                if private.is_zero():
+                    private = None
+            elif key == "own_public_key":  # boringtun
+                public = _hex_key(value, key)
+            elif key == "listen_port":
+                listen_port = _int(value, key) or None
+            elif key == "fwmark":
+                fwmark = _int(value, key)
+            else:
+                log.debug("ignoring unknown UAPI device key %r", key)
+            continue
+        if key == "preshared_key":
+            try:
+                psk = PresharedKey.from_hex(value)
+            except InvalidRequest as exc:
+                raise UapiProtocolError(
+                    "the UAPI answer has a malformed preshared_key", op="get"
+                ) from exc
+            cur[key] = None if psk.is_zero() else psk
+        elif key == "endpoint":
+            try:
+                cur[key] = normalize_endpoint(value)
+            except InvalidRequest as exc:
+                raise UapiProtocolError(
+                    f"the UAPI answer has a malformed endpoint {value!r}", op="get"
+                ) from exc
+        elif key == "allowed_ip":
+            try:
+                allowed.append(normalize_allowed_ip(value))
+            except InvalidRequest as exc:
+                raise UapiProtocolError(
+                    f"the UAPI answer has a malformed allowed_ip {value!r}", op="get"
+                ) from exc
+        elif key in {
+            "persistent_keepalive_interval",
+            "last_handshake_time_sec",
+            "last_handshake_time_nsec",
+            "rx_bytes",
+            "tx_bytes",
+            "protocol_version",
+        }:
+            cur[key] = _int(value, key)
+        else:
+            log.debug("ignoring unknown UAPI peer key %r", key)
+    flush()
+    if public is None and private is not None:
+        public = private.public_key()
+    return DeviceState(
+        private_key=private,
+        public_key=public,
+        listen_port=listen_port,
+        fwmark=fwmark,
+        peers=tuple(peers),
+    )
+
+
+def parse_answer(data: bytes) -> tuple[int, list[tuple[str, str]]]:
+    """Split a raw answer into ``(errno, pairs)``; errno is returned as sent."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UapiProtocolError("the UAPI answer is not UTF-8 text") from exc
+    pairs: list[tuple[str, str]] = []
+    for line in text.split("\n"):
+        if not line:
+            continue
+        key, sep, value = line.partition("=")
+        if not sep:
+            raise UapiProtocolError(f"the UAPI answer has a line without '=': {key!r}")
+        pairs.append((key, value))
+    if not pairs or pairs[-1][0] != "errno":
+        raise UapiProtocolError("the UAPI answer does not end with errno=N")
+    try:
+        err = int(pairs[-1][1], 10)
+    except ValueError as exc:
+        raise UapiProtocolError("the UAPI answer has a non-numeric errno") from exc
+    return err, pairs[:-1]
+
+
+# --------------------------------------------------------------------------- client
+
+
+def _strerror(err: int) -> str:
+    name = errno_mod.errorcode.get(err, f"E{err}")
+    return f"{name}: {os.strerror(err)}"
+
+
+class UapiClient:
+    """Synchronous UAPI client: one connection per transaction."""
+
+    def __init__(
+        self,
+        socket_dir: str | os.PathLike[str] = DEFAULT_SOCKET_DIR,
+        timeout: float = 5.0,
+    ) -> None:
+        self.socket_dir = Path(socket_dir)
+        self.timeout = timeout
+
+    def socket_path(self, ifname: str) -> Path:
+        """Path of the device's UAPI socket."""
+        return self.socket_dir / f"{validate_ifname(ifname)}.sock"
+
+    def alive(self, ifname: str, timeout: float | None = None) -> bool:
+        """True if a process answers ``get`` on the device's socket."""
+        try:
+            self._exchange(ifname, b"get=1\n\n", "get", timeout)
+        except (UapiUnavailableError, UapiProtocolError):
+            return False
+        return True
+
+    def transact(
+        self, ifname: str, request: str, op: str, timeout: float | None = None
+    ) -> tuple[int, list[tuple[str, str]]]:
+        """Send one request and return ``(errno, pairs)`` without judging errno."""
+        return parse_answer(self._exchange(ifname, request.encode(), op, timeout))
+
+    def get(self, ifname: str) -> DeviceState:
+        """Read the device's whole state."""
+        err, pairs = self.transact(ifname, "get=1\n\n", "get")
+        if err != 0:
+            n = abs(err)
+            raise UapiDeviceError(
+                f"reading WireGuard device {ifname} over UAPI failed with errno "
+                f"{n} ({_strerror(n)})",
+                errno=n,
+                op="get",
+            )
+        return parse_get(pairs)
+
+    def set(self, ifname: str, request: SetRequest) -> None:
+        """Apply ``request`` in one transaction; raise on any non-zero errno."""
+        if request.is_empty():
+            return
+        text = encode_set(request)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("UAPI set on %s:\n%s", ifname, redact(text))
+        err, _ = self.transact(ifname, text, "set")
+        if err == 0:
+            return
+        n = abs(err)
+        msg = (
+            f"configuring WireGuard device {ifname} over UAPI "
+            f"({request.describe()}) failed with errno {n} ({_strerror(n)}); "
+            "lines before the failing one may already be applied, so read the "
+            "device back and reconcile"
+        )
+        if n == errno_mod.EADDRINUSE:
+            raise UapiDeviceError(
+                msg + f"; the listen port {request.listen_port} is already in use",
+                errno=n,
+                op="set",
+            )
+        if request.peers:
+            raise UapiPeerError(msg, errno=n, op="set")
+        raise UapiDeviceError(msg, errno=n, op="set")
+
+    def _exchange(self, ifname: str, request: bytes, op: str, timeout: float | None) -> bytes:
+        path = self.socket_path(ifname)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout if timeout is None else timeout)
+        try:
+            try:
+                sock.connect(str(path))
+            except (FileNotFoundError, ConnectionRefusedError) as exc:
+                raise UapiUnavailableError(
+                    f"WireGuard device {ifname} is not running: nothing answers on "
+                    f"its UAPI socket {path} ({exc.strerror})",
+                    errno=exc.errno or 0,
+                    op=op,
+                ) from exc
+            try:
+                sock.sendall(request)
+                buf = bytearray()
+                while not _complete(buf):
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        break
+                    buf += chunk
+                    if len(buf) > _MAX_ANSWER:
+                        raise UapiProtocolError(
+                            f"the UAPI answer from {ifname} exceeds {_MAX_ANSWER} bytes",
+                            op=op,
+                        )
+            except TimeoutError as exc:
+                raise UapiDeviceError(
+                    f"WireGuard device {ifname} did not answer the UAPI {op} within "
+                    f"{sock.gettimeout()} s; the process may be hung",
+                    errno=errno_mod.ETIMEDOUT,
+                    op=op,
+                ) from exc
+            except OSError as exc:
+                raise UapiDeviceError(
+                    f"UAPI {op} on WireGuard device {ifname} failed: {exc}",
+                    errno=exc.errno or 0,
+                    op=op,
+                ) from exc
+        finally:
+            sock.close()
+        if not _complete(buf):
+            raise UapiProtocolError(
+                f"WireGuard device {ifname} closed the UAPI connection before "
+                f"answering the {op} request completely",
+                op=op,
+            )
+        return bytes(buf)
+
+
+def _complete(buf: bytearray) -> bool:
+    if not buf.endswith(b"\n\n"):
+        return False
+    # The answer is complete when its last line is errno=N.
+    last = bytes(buf[:-2]).rsplit(b"\n", 1)[-1]
+    return last.startswith(b"errno=")
+
+
+# --------------------------------------------------------------------------- diff
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    """The desired configuration of one peer (input of :func:`diff_peers`)."""
+
+    public_key: str
+    allowed_ips: tuple[str, ...] = ()
+    #: None = leave whatever the device has (UAPI cannot clear an endpoint).
+    endpoint: str | None = None
+    #: None = leave; 0 = off.
+    persistent_keepalive_interval: int | None = None
+    #: None = no preshared key.
+    preshared_key: PresharedKey | None = None
+
+    def __post_init__(self) -> None:
+        validate_key(self.public_key, "peer public key")
+        if isinstance(cast("object", self.allowed_ips), str):
+            raise InvalidRequest("allowed_ips must be a sequence of CIDRs, not a str")
+        norm: list[str] = []
+        for a in self.allowed_ips:
+            n = normalize_allowed_ip(a)
+            if n not in norm:
+                norm.append(n)
+        object.__setattr__(self, "allowed_ips", tuple(norm))
+        if self.endpoint is not None:
+            object.__setattr__(self, "endpoint", normalize_endpoint(self.endpoint))
+        if self.persistent_keepalive_interval is not None:
+            _check_range(self.persistent_keepalive_interval, _U16, "persistent keepalive")
+        if self.preshared_key is not None and self.preshared_key.is_zero():
+            object.__setattr__(self, "preshared_key", None)
+
+    @classmethod
+    def from_state(cls, state: PeerState) -> PeerConfig:
+        """The configuration reproducing ``state`` (to re-apply after a restart)."""
+        return cls(
+            public_key=state.public_key,
+            allowed_ips=state.allowed_ips,
+            endpoint=state.endpoint,
+            persistent_keepalive_interval=state.persistent_keepalive_interval,
+            preshared_key=state.preshared_key,
+        )
+
+    def create_op(self) -> PeerOp:
+        """The operation that creates (or fully overwrites) this peer."""
+        return PeerOp(
+            public_key=self.public_key,
+            preshared_key=self.preshared_key,
+            endpoint=self.endpoint,
+            persistent_keepalive_interval=self.persistent_keepalive_interval,
+            replace_allowed_ips=True,
+            allowed_ips=self.allowed_ips,
+        )
+
+
+def _check_desired(desired: Sequence[PeerConfig]) -> None:
+    keys: set[str] = set()
+    owners: dict[str, str] = {}
+    for p in desired:
+        if p.public_key in keys:
+            raise InvalidRequest(f"peer {p.public_key} is listed twice")
+        keys.add(p.public_key)
+        for a in p.allowed_ips:
+            other = owners.setdefault(a, p.public_key)
+            if other != p.public_key:
+                raise Conflict(
+                    f"allowed IP {a} is claimed by peers {other} and {p.public_key}; "
+                    "a prefix can route to one peer only"
+                )
+
+
+def diff_peers(
+    desired: Iterable[PeerConfig],
+    current: Iterable[PeerState],
+    *,
+    update_only: bool = True,
+) -> tuple[PeerOp, ...]:
+    """The minimal peer operations turning ``current`` into ``desired``.
+
+    Removals come first, then updates of existing peers (``update_only``), then new
+    peers. Unchanged peers produce nothing. A changed allowed-IP list is sent as an
+    append when only prefixes were added, else as ``replace_allowed_ips`` plus the
+    full list (single-prefix removal is not available on Debian 12, WIREGUARD.md §1).
+    Pass ``update_only=False`` for boringtun, which rejects that key.
+    """
+    want = list(desired)
+    _check_desired(want)
+    have = {p.public_key: p for p in current}
+    want_keys = {p.public_key for p in want}
+    removes = [PeerOp(public_key=k, remove=True) for k in sorted(have.keys() - want_keys)]
+    updates: list[PeerOp] = []
+    adds: list[PeerOp] = []
+    for p in want:
+        cur = have.get(p.public_key)
+        if cur is None:
+            op = p.create_op()
+            # A new peer has no allowed IPs to replace.
+            adds.append(
+                PeerOp(
+                    public_key=op.public_key,
+                    preshared_key=op.preshared_key,
+                    endpoint=op.endpoint,
+                    persistent_keepalive_interval=op.persistent_keepalive_interval,
+                    allowed_ips=op.allowed_ips,
+                )
+            )
+            continue
+        psk: PresharedKey | None = None
+        if p.preshared_key != cur.preshared_key:
+            psk = p.preshared_key or PresharedKey.none()
+        endpoint = p.endpoint if p.endpoint not in (None, cur.endpoint) else None
+        keepalive = (
+            p.persistent_keepalive_interval
+            if p.persistent_keepalive_interval not in (None, cur.persistent_keepalive_interval)
+            else None
+        )
+        cur_ips = set(cur.allowed_ips)
+        want_ips = set(p.allowed_ips)
+        replace = False
+        add_ips: tuple[str, ...] = ()
+        if want_ips != cur_ips:
+            if cur_ips <= want_ips:
+                add_ips = tuple(a for a in p.allowed_ips if a not in cur_ips)
+            else:
+                replace = True
+                add_ips = p.allowed_ips
+        if psk is None and endpoint is None and keepalive is None and not (replace or add_ips):
+            continue
+        updates.append(
+            PeerOp(
+                public_key=p.public_key,
+                update_only=update_only,
+                preshared_key=psk,
+                endpoint=endpoint,
+                persistent_keepalive_interval=keepalive,
+                replace_allowed_ips=replace,
+                allowed_ips=add_ips,
+            )
+        )
+    return (*removes, *updates, *adds)

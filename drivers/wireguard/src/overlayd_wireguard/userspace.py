@@ -1,0 +1,527 @@
+"""Userspace WireGuard backend: supervised ``wireguard-go`` processes over UAPI.
+
+Facts this relies on (WIREGUARD.md §2): ``wireguard-go -f IFNAME`` creates the
+TUN in the network namespace of the *process*, then listens on
+``/var/run/wireguard/IFNAME.sock`` (a directory shared by every namespace, so
+names are unique per host). It exits on SIGTERM, when its TUN is deleted, or
+when its socket file is deleted, unlinking the socket on the way out. A restart
+therefore means a new TUN: key, port, peers, MTU and addresses are re-applied.
+
+Each device's last known configuration is recorded after every successful call
+(peers are read back with ``get``), and a watcher thread restarts a process that
+died with exponential backoff and replays that configuration.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from collections.abc import Sequence
+from dataclasses import dataclass
+from dataclasses import field
+from pathlib import Path
+from typing import Final
+
+from overlayd.errors import Conflict
+from overlayd.errors import DeviceError
+from overlayd.errors import InvalidRequest
+from overlayd.errors import NotFound
+from overlayd_wireguard.keys import PrivateKey
+from overlayd_wireguard.links import LinkAdapter
+from overlayd_wireguard.links import PyRoute2Links
+from overlayd_wireguard.uapi import DEFAULT_SOCKET_DIR
+from overlayd_wireguard.uapi import DeviceState
+from overlayd_wireguard.uapi import PeerConfig
+from overlayd_wireguard.uapi import SetRequest
+from overlayd_wireguard.uapi import UapiClient
+from overlayd_wireguard.uapi import validate_ifname
+
+__all__ = ["DEFAULT_COMMAND", "UserspaceBackend"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_COMMAND: Final = ("wireguard-go",)
+NETNS_DIR: Final = Path("/var/run/netns")
+_CLONE_NEWNET: Final = 0x40000000
+_OUTPUT_LINES: Final = 20
+
+
+def _setns_function() -> Callable[[int], None]:
+    """Return ``setns(fd)`` for network namespaces (os.setns on 3.12+, else libc)."""
+    os_setns = getattr(os, "setns", None)
+    if os_setns is not None:
+
+        def enter(fd: int) -> None:
+            os_setns(fd, _CLONE_NEWNET)
+
+        return enter
+    # Load libc in the parent: the child runs this between fork and exec.
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc_setns = libc.setns
+    libc_setns.argtypes = [ctypes.c_int, ctypes.c_int]
+    libc_setns.restype = ctypes.c_int
+
+    def enter_libc(fd: int) -> None:
+        if libc_setns(fd, _CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns: {os.strerror(err)}")
+
+    return enter_libc
+
+
+@dataclass
+class _Device:
+    name: str
+    netns: str | None
+    private_key: PrivateKey
+    listen_port: int | None
+    fwmark: int | None
+    mtu: int
+    addresses: tuple[str, ...]
+    peers: tuple[PeerConfig, ...] = ()
+    proc: subprocess.Popen[bytes] | None = None
+    output: collections.deque[str] = field(
+        default_factory=lambda: collections.deque(maxlen=_OUTPUT_LINES)
+    )
+    restarts: int = 0
+    backoff: float = 0.0
+    next_restart: float = 0.0
+
+
+class UserspaceBackend:
+    """:class:`~overlayd_wireguard.backend.WgBackend` running ``wireguard-go``.
+
+    :param command: program and leading arguments; ``-f IFNAME`` is appended.
+    :param socket_dir: where the program puts ``IFNAME.sock`` (wireguard-go's
+        is fixed at ``/var/run/wireguard``; configurable for test doubles).
+    :param links: rtnetlink adapter (pyroute2 by default).
+    :param supervise: run the watcher thread that restarts dead processes.
+    :param on_restart: called with the device name after a successful restart
+        (outside the backend lock), e.g. to re-add routes over the new TUN.
+    """
+
+    kind = "userspace"
+
+    def __init__(
+        self,
+        *,
+        command: Sequence[str] = DEFAULT_COMMAND,
+        socket_dir: str | os.PathLike[str] = DEFAULT_SOCKET_DIR,
+        links: LinkAdapter | None = None,
+        uapi_timeout: float = 5.0,
+        start_timeout: float = 10.0,
+        stop_timeout: float = 5.0,
+        supervise: bool = True,
+        poll_interval: float = 0.2,
+        restart_backoff: tuple[float, float] = (0.5, 30.0),
+        log_level: str = "error",
+        on_restart: Callable[[str], None] | None = None,
+    ) -> None:
+        if not command:
+            raise InvalidRequest("the wireguard-go command must not be empty")
+        self.command = tuple(command)
+        self.uapi = UapiClient(socket_dir, timeout=uapi_timeout)
+        self.links: LinkAdapter = links if links is not None else PyRoute2Links()
+        self.start_timeout = start_timeout
+        self.stop_timeout = stop_timeout
+        self.supervise = supervise
+        self.poll_interval = poll_interval
+        self.restart_backoff = restart_backoff
+        self.log_level = log_level
+        self.on_restart = on_restart
+        self._devices: dict[str, _Device] = {}
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self._setns: Callable[[int], None] | None = None
+
+    # ------------------------------------------------------------------ public API
+
+    def ensure_device(
+        self,
+        name: str,
+        *,
+        private_key: PrivateKey,
+        listen_port: int | None = None,
+        mtu: int = 1420,
+        addresses: Sequence[str] = (),
+        netns: str | None = None,
+        fwmark: int | None = None,
+    ) -> DeviceState:
+        """Start (or adopt) ``wireguard-go`` for ``name`` and configure it."""
+        validate_ifname(name)
+        if netns is not None and not (NETNS_DIR / netns).exists():
+            raise NotFound(f"network namespace {netns!r} does not exist under {NETNS_DIR}")
+        with self._lock:
+            dev = self._devices.get(name)
+            if dev is not None and dev.netns != netns:
+                raise Conflict(
+                    f"WireGuard device {name} already runs in "
+                    f"{_ns_text(dev.netns)}, not in {_ns_text(netns)}; names are "
+                    "unique per host because the UAPI socket directory is shared"
+                )
+            created = dev is None
+            if dev is None:
+                dev = _Device(
+                    name=name,
+                    netns=netns,
+                    private_key=private_key,
+                    listen_port=listen_port,
+                    fwmark=fwmark,
+                    mtu=mtu,
+                    addresses=tuple(addresses),
+                )
+            else:
+                dev.private_key = private_key
+                dev.listen_port = listen_port
+                dev.fwmark = fwmark
+                dev.mtu = mtu
+                dev.addresses = tuple(addresses)
+            try:
+                if created and self.uapi.alive(name):
+                    # A process from an earlier overlayd run: adopt it. It has no
+                    # Popen handle; the watcher notices its exit by the socket.
+                    log.info("adopting running WireGuard process for %s", name)
+                    self._configure(dev, with_peers=False)
+                    dev.peers = self._read_peers(name)
+                elif created:
+                    self._start(dev)
+                    self._configure(dev, with_peers=False)
+                elif not self._running(dev):
+                    self._restart(dev)
+                else:
+                    self._configure(dev, with_peers=False)
+                state = self.uapi.get(name)
+            except BaseException:
+                if created and dev.proc is not None:
+                    self._kill(dev)  # roll back only what this call started
+                raise
+            self._devices[name] = dev
+            self._ensure_watcher()
+        return state
+
+    def delete_device(self, name: str) -> bool:
+        """Stop the process (SIGTERM, then SIGKILL) and remove its socket."""
+        validate_ifname(name)
+        with self._lock:
+            dev = self._devices.pop(name, None)
+            if dev is not None:
+                existed = self._running(dev)
+                self._kill(dev)
+                return existed
+            if self.uapi.alive(name):
+                # Not ours (or from an earlier run): wireguard-go exits when its
+                # socket file disappears (inotify watch, WIREGUARD.md §2).
+                self._stop_by_socket(name)
+                return True
+            with contextlib.suppress(FileNotFoundError):
+                self.uapi.socket_path(name).unlink()  # stale file
+            return False
+
+    def apply(self, name: str, request: SetRequest) -> None:
+        """Apply ``request`` over UAPI and record the resulting configuration."""
+        with self._lock:
+            dev = self._require(name)
+            if not self._running(dev):
+                self._restart(dev)
+            try:
+                self.uapi.set(name, request)
+            finally:
+                self._record(dev, request)
+
+    def get(self, name: str) -> DeviceState:
+        """Read the device over UAPI."""
+        return self.uapi.get(name)
+
+    def close(self) -> None:
+        """Stop supervising; the processes keep running (adopted on next start)."""
+        self._stop.set()
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.join(self.start_timeout + 5)
+
+    def delete_all(self) -> None:
+        """Delete every device this backend started or adopted."""
+        with self._lock:
+            names = list(self._devices)
+        for name in names:
+            self.delete_device(name)
+
+    def restarts(self, name: str) -> int:
+        """How often the supervisor restarted ``name``."""
+        with self._lock:
+            return self._require(name).restarts
+
+    def pid(self, name: str) -> int | None:
+        """The process id of ``name``'s wireguard-go, if this backend started it."""
+        with self._lock:
+            proc = self._require(name).proc
+            return proc.pid if proc is not None else None
+
+    # ------------------------------------------------------------------ internals
+
+    def _require(self, name: str) -> _Device:
+        dev = self._devices.get(name)
+        if dev is None:
+            raise NotFound(
+                f"WireGuard device {name} is not managed by this backend; call ensure_device first"
+            )
+        return dev
+
+    def _running(self, dev: _Device) -> bool:
+        if dev.proc is not None:
+            return dev.proc.poll() is None
+        return self.uapi.alive(dev.name)
+
+    def _start(self, dev: _Device) -> None:
+        argv = [*self.command, "-f", dev.name]
+        env = dict(os.environ)
+        env["WG_PROCESS_FOREGROUND"] = "1"
+        env["LOG_LEVEL"] = self.log_level
+        ns_fd: int | None = None
+        preexec: Callable[[], None] | None = None
+        if dev.netns is not None:
+            if self._setns is None:
+                self._setns = _setns_function()
+            setns = self._setns
+            try:
+                ns_fd = os.open(NETNS_DIR / dev.netns, os.O_RDONLY)
+            except OSError as exc:
+                raise DeviceError(
+                    f"cannot open network namespace {dev.netns!r} to start "
+                    f"WireGuard device {dev.name}: {exc.strerror}",
+                    op="ensure_device",
+                    driver="wireguard",
+                ) from exc
+            fd = ns_fd
+
+            def preexec() -> None:
+                setns(fd)
+
+        dev.output.clear()
+        try:
+            dev.proc = subprocess.Popen(  # noqa: S603 - argv from configuration
+                argv,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                preexec_fn=preexec,  # noqa: PLW1509 - setns must run in the child
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise DeviceError(
+                f"cannot start {argv[0]!r} for WireGuard device {dev.name}: {exc}; "
+                "check that wireguard-go is installed and the command is correct",
+                op="ensure_device",
+                driver="wireguard",
+            ) from exc
+        except subprocess.SubprocessError as exc:
+            raise DeviceError(
+                f"cannot start {argv[0]!r} for WireGuard device {dev.name} in "
+                f"{_ns_text(dev.netns)}: {exc}",
+                op="ensure_device",
+                driver="wireguard",
+            ) from exc
+        finally:
+            if ns_fd is not None:
+                os.close(ns_fd)
+        self._pump_output(dev, dev.proc)
+        self._wait_ready(dev, dev.proc)
+        log.info(
+            "started %s for %s (pid %d, %s)",
+            argv[0],
+            dev.name,
+            dev.proc.pid,
+            _ns_text(dev.netns),
+        )
+
+    def _pump_output(self, dev: _Device, proc: subprocess.Popen[bytes]) -> None:
+        stream = proc.stdout
+        if stream is None:
+            return
+
+        def pump() -> None:
+            with stream:
+                for raw in stream:
+                    line = raw.decode("utf-8", "replace").rstrip()
+                    dev.output.append(line)
+                    log.debug("%s[%d]: %s", dev.name, proc.pid, line)
+
+        threading.Thread(target=pump, name=f"wg-out-{dev.name}", daemon=True).start()
+
+    def _wait_ready(self, dev: _Device, proc: subprocess.Popen[bytes]) -> None:
+        deadline = time.monotonic() + self.start_timeout
+        delay = 0.01
+        while True:
+            rc = proc.poll()
+            if rc is not None:
+                time.sleep(0.05)  # let the pump read the last lines
+                raise DeviceError(
+                    f"{self.command[0]} for WireGuard device {dev.name} exited with "
+                    f"code {rc} during start-up: {_tail(dev)}",
+                    op="ensure_device",
+                    driver="wireguard",
+                )
+            if self.uapi.alive(dev.name, timeout=1.0):
+                return
+            if time.monotonic() > deadline:
+                self._kill(dev)
+                raise DeviceError(
+                    f"{self.command[0]} for WireGuard device {dev.name} did not "
+                    f"open {self.uapi.socket_path(dev.name)} within "
+                    f"{self.start_timeout} s: {_tail(dev)}",
+                    op="ensure_device",
+                    driver="wireguard",
+                )
+            time.sleep(delay)
+            delay = min(delay * 2, 0.25)
+
+    def _configure(self, dev: _Device, *, with_peers: bool) -> None:
+        """Push key/port/fwmark (and recorded peers), then link settings."""
+        request = SetRequest(
+            private_key=dev.private_key,
+            listen_port=dev.listen_port,
+            fwmark=dev.fwmark,
+            replace_peers=with_peers,
+            peers=tuple(p.create_op() for p in dev.peers) if with_peers else (),
+        )
+        self.uapi.set(dev.name, request)
+        self.links.configure(dev.name, mtu=dev.mtu, addresses=dev.addresses, netns=dev.netns)
+        if dev.listen_port:
+            port = self.uapi.get(dev.name).listen_port
+            if port != dev.listen_port:
+                raise DeviceError(
+                    f"WireGuard device {dev.name} listens on {port} instead of "
+                    f"{dev.listen_port}; another socket may hold the port",
+                    op="ensure_device",
+                    driver="wireguard",
+                )
+
+    def _read_peers(self, name: str) -> tuple[PeerConfig, ...]:
+        return tuple(PeerConfig.from_state(p) for p in self.uapi.get(name).peers)
+
+    def _record(self, dev: _Device, request: SetRequest) -> None:
+        if request.private_key is not None:
+            dev.private_key = request.private_key
+        if request.listen_port is not None:
+            dev.listen_port = request.listen_port
+        if request.fwmark is not None:
+            dev.fwmark = request.fwmark
+        try:
+            dev.peers = self._read_peers(dev.name)
+        except DeviceError as exc:
+            # Runs in a `finally`: never mask the error of the apply itself.
+            log.warning("could not re-read %s after apply: %s", dev.name, exc)
+
+    def _restart(self, dev: _Device) -> None:
+        self._kill(dev)
+        self._start(dev)
+        self._configure(dev, with_peers=True)
+        dev.restarts += 1
+
+    def _kill(self, dev: _Device) -> None:
+        proc, dev.proc = dev.proc, None
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(self.stop_timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("%s ignored SIGTERM; sending SIGKILL", dev.name)
+                proc.kill()
+                proc.wait(self.stop_timeout)
+        elif proc is None and self.uapi.alive(dev.name):
+            self._stop_by_socket(dev.name, dev.netns)
+        with contextlib.suppress(FileNotFoundError):
+            self.uapi.socket_path(dev.name).unlink()
+
+    def _stop_by_socket(self, name: str, netns: str | None = None) -> None:
+        # No pid for a process we did not start: wireguard-go exits when its
+        # socket file or its TUN disappears (WIREGUARD.md §2), so remove both.
+        with contextlib.suppress(FileNotFoundError):
+            self.uapi.socket_path(name).unlink()
+        try:
+            self.links.delete_link(name, netns=netns)
+        except DeviceError as exc:
+            log.warning("could not delete the TUN of %s: %s", name, exc)
+
+    # ------------------------------------------------------------------ watcher
+
+    def _ensure_watcher(self) -> None:
+        if not self.supervise or self._watcher is not None:
+            return
+        self._stop.clear()
+        self._watcher = threading.Thread(
+            target=self._watch, name="wg-userspace-supervisor", daemon=True
+        )
+        self._watcher.start()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.poll_interval):
+            restarted: list[str] = []
+            with self._lock:
+                for dev in list(self._devices.values()):
+                    if self._stop.is_set():
+                        break
+                    if self._running(dev):
+                        continue
+                    if self._try_restart(dev):
+                        restarted.append(dev.name)
+            if self.on_restart is not None:
+                for name in restarted:
+                    self._notify(name)
+
+    def _try_restart(self, dev: _Device) -> bool:
+        now = time.monotonic()
+        if now < dev.next_restart:
+            return False
+        rc = dev.proc.poll() if dev.proc is not None else None
+        log.warning(
+            "WireGuard process for %s is gone (exit code %s); restarting: %s",
+            dev.name,
+            rc,
+            _tail(dev),
+        )
+        try:
+            self._restart(dev)
+        except (DeviceError, InvalidRequest, OSError) as exc:
+            low, high = self.restart_backoff
+            dev.backoff = min(max(dev.backoff * 2, low), high)
+            dev.next_restart = time.monotonic() + dev.backoff
+            log.error(
+                "restarting WireGuard device %s failed (retry in %.1f s): %s",
+                dev.name,
+                dev.backoff,
+                exc,
+            )
+            return False
+        dev.backoff = 0.0
+        dev.next_restart = 0.0
+        log.info("restarted WireGuard device %s (restart #%d)", dev.name, dev.restarts)
+        return True
+
+    def _notify(self, name: str) -> None:
+        callback = self.on_restart
+        if callback is None:
+            return
+        try:
+            callback(name)
+        except Exception:
+            log.exception("on_restart callback for %s failed", name)
+
+
+def _ns_text(netns: str | None) -> str:
+    return f"netns {netns}" if netns else "the host namespace"
+
+
+def _tail(dev: _Device) -> str:
+    lines = [line for line in dev.output if line]
+    return " | ".join(lines[-5:]) if lines else "(no output)"
