@@ -812,3 +812,27 @@ async def test_records_roundtrip_through_durable_store(tmp_path: Any, fake: Fake
         nxt = await eng2.attach({"platform": "linux_pid", "pid": 7}, "db")
         assert nxt.ip != att.ip
         assert (await eng2.setup_service_overlay("db", "dedicated")).dedicated.listen_port == 51821  # type: ignore[union-attr]
+
+
+async def test_restart_recreates_devices_with_persisted_keys(tmp_path: Any) -> None:
+    """The host lost the devices (reboot): they come back with the same keys."""
+    cfg = EngineConfig(
+        data_dir=tmp_path, drivers=[], dns=DnsSettings(enabled=False),
+        engine=EngineSettings(health_interval_secs=0),
+    )
+    first = FakeDriver()
+    async with Engine(cfg, drivers=[first]) as eng:
+        await setup_global(eng)
+        svc = await eng.setup_service_overlay("db", "dedicated")
+        keys_before = {
+            n: d.public_key for n, d in first.host.devices.items() if d.kind == "wireguard"
+        }
+    rebooted = FakeDriver()  # an empty host
+    async with Engine(cfg, drivers=[rebooted]) as eng2:
+        summary = await eng2.reconcile()
+        assert not summary.errors
+        keys_after = {
+            n: d.public_key for n, d in rebooted.host.devices.items() if d.kind == "wireguard"
+        }
+        assert keys_after == keys_before
+        assert svc.bridge.name in rebooted.host.devices

@@ -650,7 +650,9 @@ class Engine:
         if key is None:
             key = keys.generate_private_key()
             self._secrets.put(name, key)
-        return str(key)
+        # SecretStore returns a redacting str subclass; hand drivers the plain value.
+        reveal = getattr(key, "reveal", None)
+        return str(reveal()) if callable(reveal) else str(key)
 
     def _setup_global(
         self,
@@ -1726,6 +1728,7 @@ class Engine:
                 if peers and recorded.kind == DeviceKind.WIREGUARD:
                     self.hooks.peer_apply(recorded, [_change_from(p) for p in peers.values()])
             except OverlaydError as exc:
+                log.warning("could not re-ensure recorded device %s: %s", spec.name, exc)
                 errors.append(f"{spec.name}: {exc}")
         for rule in self.masquerades.values():
             try:
