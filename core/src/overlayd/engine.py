@@ -310,7 +310,7 @@ class Engine:
         else:
             self._secrets = _MemorySecrets()
         context = DriverContext(
-            data_dir=self.config.data_dir, emit=self.emit, secrets=self._secrets
+            data_dir=self.config.data_dir, emit=self.emit, secrets=self._secrets, loop=self._loop
         )
         await self._run(self.hooks.configure, self.config)
         await self._run(self.hooks.startup, context)

@@ -79,6 +79,8 @@ class DriverContext:
     emit: Callable[[Event], None]
     #: Read and write private keys (mode 0600 files); ``None`` when in memory.
     secrets: Any = None
+    #: The engine's event loop (for plugins that run asyncio servers).
+    loop: Any = None
     #: Free-form extras for embedders.
     extra: dict[str, Any] = field(default_factory=dict)
 

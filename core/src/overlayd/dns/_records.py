@@ -1,0 +1,296 @@
+"""The record table: name → addresses, updated from any thread, read lock-free.
+
+Keys are *relative* names in lower-case wire form (length-prefixed labels, no
+final zero byte; the apex is ``b""``). A query parsed from the wire can then be
+looked up by slicing its lower-cased question name, without building a
+:class:`dns.name.Name`. Because keys are relative, changing the zone keeps every
+record.
+
+Concurrency: writers take ``_lock``; the event loop reads without a lock. Each
+name maps to an immutable :class:`_Entry` that a writer replaces whole, and a
+bulk ``replace_all`` swaps one :class:`_Tables` reference, so a reader always
+sees either the old or the new state of a name, never half of it. Single dict
+operations are atomic in CPython.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+import threading
+from collections.abc import Iterable
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final
+from typing import TypeAlias
+
+import dns.exception
+import dns.name
+
+from overlayd.errors import InvalidRequest
+
+__all__ = ["Address", "RecordStore", "ZoneInfo", "name_wire", "reverse_wire"]
+
+Address: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
+AddressLike: TypeAlias = str | Address
+
+_TYPE_A: Final = 1
+_TYPE_AAAA: Final = 28
+_CLASS_IN: Final = 1
+_V4_ARPA: Final = b"\x07in-addr\x04arpa\x00"
+_V6_ARPA: Final = b"\x03ip6\x04arpa\x00"
+_HEX: Final = b"0123456789abcdef"
+
+
+@dataclass(frozen=True, slots=True)
+class ZoneInfo:
+    """The zone in the forms the server needs."""
+
+    name: dns.name.Name
+    #: Lower-case absolute wire form, ending in the root's zero byte.
+    wire: bytes
+
+    @classmethod
+    def from_text(cls, zone: str) -> ZoneInfo:
+        name = dns.name.from_text(zone)
+        return cls(name=name, wire=name_wire(name.canonicalize()))
+
+
+class _Entry:
+    """The addresses of one name; replaced whole, never mutated (except turns)."""
+
+    __slots__ = ("a", "a_rr", "aaaa", "aaaa_rr", "turn_a", "turn_aaaa")
+
+    def __init__(
+        self,
+        a: tuple[ipaddress.IPv4Address, ...],
+        aaaa: tuple[ipaddress.IPv6Address, ...],
+        ttl: int,
+        turns: tuple[int, int] = (0, 0),
+    ) -> None:
+        self.a = a
+        self.aaaa = aaaa
+        # Answer RRs ready for the fast path: owner is a pointer to the question
+        # name at offset 12 (0xC00C), then type, class, TTL, rdlength, rdata.
+        self.a_rr = tuple(
+            b"\xc0\x0c" + struct.pack("!HHIH", _TYPE_A, _CLASS_IN, ttl, 4) + x.packed for x in a
+        )
+        self.aaaa_rr = tuple(
+            b"\xc0\x0c" + struct.pack("!HHIH", _TYPE_AAAA, _CLASS_IN, ttl, 16) + x.packed
+            for x in aaaa
+        )
+        # Round-robin positions, one per type so that alternating A and AAAA
+        # queries (getaddrinfo) still rotate both; a race only skips a turn.
+        self.turn_a, self.turn_aaaa = turns
+
+    def addresses(self) -> list[Address]:
+        return [*self.a, *self.aaaa]
+
+
+class _Tables:
+    __slots__ = ("ents", "names", "ptr")
+
+    def __init__(self) -> None:
+        #: relative key → entry
+        self.names: dict[bytes, _Entry] = {}
+        #: relative key of an empty non-terminal → number of names below it
+        self.ents: dict[bytes, int] = {}
+        #: lower-case absolute reverse name (wire) → relative keys, insertion-ordered
+        self.ptr: dict[bytes, dict[bytes, None]] = {}
+
+
+def name_wire(name: dns.name.Name) -> bytes:
+    """Uncompressed wire form of an absolute ``name``."""
+    wire = name.to_wire()
+    if wire is None:  # only when writing to a file, which we never do
+        raise TypeError("dnspython returned no wire form")
+    return wire
+
+
+def reverse_wire(addr: Address) -> bytes:
+    """Wire form of ``addr``'s ``in-addr.arpa`` / ``ip6.arpa`` name (lower case)."""
+    if addr.version == 4:
+        out = b"".join(bytes((len(s),)) + s for s in (str(b).encode() for b in addr.packed[::-1]))
+        return out + _V4_ARPA
+    nibbles = bytearray()
+    for byte in addr.packed[::-1]:
+        nibbles += bytes((1, _HEX[byte & 0xF], 1, _HEX[byte >> 4]))
+    return bytes(nibbles) + _V6_ARPA
+
+
+def _ancestors(key: bytes) -> list[bytes]:
+    """Proper ancestors of a relative key, apex excluded (``a.b`` → ``[b]``)."""
+    out = []
+    pos = key[0] + 1 if key else 0
+    while pos < len(key):
+        out.append(key[pos:])
+        pos += key[pos] + 1
+    return out
+
+
+class RecordStore:
+    """Thread-safe A/AAAA records of one zone, with reverse (PTR) and ENT indexes."""
+
+    def __init__(self, zone: str, ttl: int) -> None:
+        self._lock = threading.Lock()
+        self._ttl = ttl
+        self.zone = ZoneInfo.from_text(zone)
+        self.tables = _Tables()
+        #: SOA serial; bumped on every change.
+        self.serial = 1
+
+    @property
+    def ttl(self) -> int:
+        return self._ttl
+
+    # -- name handling -------------------------------------------------------------
+
+    def key(self, name: str) -> bytes:
+        """Relative lower-case wire key of ``name`` (relative, or absolute in zone)."""
+        text = name.strip()
+        if text in ("", "@"):
+            return b""
+        try:
+            parsed = dns.name.from_text(text, origin=None)
+        except dns.exception.DNSException as exc:
+            raise InvalidRequest(f"DNS name {name!r} is not valid: {exc}") from None
+        zone = self.zone.name
+        if parsed.is_absolute():
+            if not parsed.is_subdomain(zone):
+                raise InvalidRequest(
+                    f"DNS name {name!r} is outside the zone {zone}; "
+                    "give a name relative to the zone or ending in it."
+                )
+            parsed = parsed.relativize(zone)
+        key = b"".join(bytes((len(lb),)) + lb.lower() for lb in parsed.labels)
+        if len(key) + len(self.zone.wire) > 255:
+            raise InvalidRequest(
+                f"DNS name {name!r} is too long in zone {zone} (255 bytes at most)."
+            )
+        return key
+
+    def absolute(self, key: bytes) -> dns.name.Name:
+        """The absolute name of a relative ``key`` in the current zone."""
+        name, _ = dns.name.from_wire(key + self.zone.wire, 0)
+        return name
+
+    @staticmethod
+    def _addresses(ips: Iterable[AddressLike]) -> list[Address]:
+        out: list[Address] = []
+        for ip in ips:
+            try:
+                addr = ip if not isinstance(ip, str) else ipaddress.ip_address(ip)
+            except ValueError:
+                raise InvalidRequest(f"DNS record address {ip!r} is not an IP address.") from None
+            if addr not in out:
+                out.append(addr)
+        return out
+
+    # -- updates (any thread) ------------------------------------------------------
+
+    def set_zone(self, zone: str) -> None:
+        """Serve the same (relative) records under ``zone``."""
+        info = ZoneInfo.from_text(zone)
+        with self._lock:
+            self.zone = info
+            self.serial += 1
+
+    def set_records(self, name: str, ips: Iterable[AddressLike]) -> None:
+        """Make ``ips`` the complete address list of ``name`` (empty removes it)."""
+        key = self.key(name)
+        addrs = self._addresses(ips)
+        with self._lock:
+            self._apply(self.tables, key, addrs)
+            self.serial += 1
+
+    def add_record(self, name: str, ip: AddressLike) -> None:
+        """Add one address to ``name``; a no-op when present."""
+        key = self.key(name)
+        (addr,) = self._addresses([ip])
+        with self._lock:
+            entry = self.tables.names.get(key)
+            current = entry.addresses() if entry else []
+            if addr in current:
+                return
+            self._apply(self.tables, key, [*current, addr])
+            self.serial += 1
+
+    def remove_record(self, name: str, ip: AddressLike | None = None) -> None:
+        """Remove one address of ``name``, or the whole name when ``ip`` is None."""
+        key = self.key(name)
+        addr = None if ip is None else self._addresses([ip])[0]
+        with self._lock:
+            entry = self.tables.names.get(key)
+            if entry is None:
+                return
+            current = entry.addresses()
+            if addr is None:
+                remaining: list[Address] = []
+            elif addr in current:
+                remaining = [x for x in current if x != addr]
+            else:
+                return
+            self._apply(self.tables, key, remaining)
+            self.serial += 1
+
+    def replace_all(self, mapping: Mapping[str, Iterable[AddressLike]]) -> None:
+        """Replace every record with ``mapping`` (name → addresses) at once."""
+        staged = [(self.key(n), self._addresses(ips)) for n, ips in mapping.items()]
+        fresh = _Tables()
+        for key, addrs in staged:
+            entry = fresh.names.get(key)
+            merged = [*(entry.addresses() if entry else []), *addrs]
+            self._apply(fresh, key, list(dict.fromkeys(merged)))
+        with self._lock:
+            self.tables = fresh
+            self.serial += 1
+
+    def _apply(self, t: _Tables, key: bytes, addrs: list[Address]) -> None:
+        old = t.names.get(key)
+        old_addrs = set(old.addresses()) if old else set()
+        new_addrs = set(addrs)
+        if addrs:
+            a = tuple(x for x in addrs if isinstance(x, ipaddress.IPv4Address))
+            aaaa = tuple(x for x in addrs if isinstance(x, ipaddress.IPv6Address))
+            t.names[key] = _Entry(
+                a, aaaa, self._ttl, (old.turn_a, old.turn_aaaa) if old else (0, 0)
+            )
+            if old is None:
+                for anc in _ancestors(key):
+                    t.ents[anc] = t.ents.get(anc, 0) + 1
+        elif old is not None:
+            del t.names[key]
+            for anc in _ancestors(key):
+                left = t.ents.get(anc, 0) - 1
+                if left > 0:
+                    t.ents[anc] = left
+                else:
+                    t.ents.pop(anc, None)
+        for addr in old_addrs - new_addrs:
+            rev = reverse_wire(addr)
+            owners = t.ptr.get(rev)
+            if owners is not None:
+                owners.pop(key, None)
+                if not owners:
+                    del t.ptr[rev]
+        for addr in new_addrs - old_addrs:
+            t.ptr.setdefault(reverse_wire(addr), {})[key] = None
+
+    # -- reads ---------------------------------------------------------------------
+
+    def get(self, name: str) -> list[Address]:
+        """Addresses of ``name`` (A first, then AAAA); empty when unknown."""
+        entry = self.tables.names.get(self.key(name))
+        return entry.addresses() if entry else []
+
+    def snapshot(self) -> dict[str, list[Address]]:
+        """Every record as absolute name text → addresses."""
+        names = dict(self.tables.names)
+        return {self.absolute(k).to_text(): e.addresses() for k, e in names.items()}
+
+    def __len__(self) -> int:
+        return len(self.tables.names)
+
+    def exists(self, t: _Tables, key: bytes) -> bool:
+        """True when ``key`` is the apex, holds records or is an empty non-terminal."""
+        return key == b"" or key in t.names or key in t.ents

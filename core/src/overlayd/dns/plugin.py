@@ -1,0 +1,88 @@
+"""The built-in DNS server as an engine plugin on the ``dns`` hooks.
+
+The engine tells it which records exist (``overlayd_dns_records_changed``) and
+which zone and addresses to serve (``overlayd_dns_serve``); a driver that wants
+to take over DNS implements the same hooks and the daemon leaves this plugin
+out (``[dns] enabled = false``).
+
+Hooks run in the engine's worker threads; the server lives on the engine's
+event loop, so listener changes are handed over with ``call_threadsafe`` and
+record updates (thread-safe, in memory) are applied directly.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from overlayd.config import DnsSettings
+from overlayd.dns._config import DnsConfig
+from overlayd.dns._server import DnsServer
+from overlayd.errors import DnsError
+from overlayd.hookspecs import hookimpl
+from overlayd.model import DnsRecord
+
+__all__ = ["DnsPlugin"]
+
+log = logging.getLogger(__name__)
+
+
+class DnsPlugin:
+    """Serves the overlay zone from the engine's records."""
+
+    name = "dns"
+
+    def __init__(self, settings: DnsSettings | None = None) -> None:
+        self.settings = settings or DnsSettings()
+        extra: dict[str, Any] = {}
+        if self.settings.upstreams:
+            extra["upstreams"] = list(self.settings.upstreams)
+        self.server = DnsServer(
+            DnsConfig(
+                zone=self.settings.zone or "overlay.local.",
+                ttl=self.settings.ttl,
+                forward=self.settings.forward,
+                listen=[],
+                **extra,
+            )
+        )
+        self._started = False
+
+    @hookimpl
+    def overlayd_startup(self, context: Any) -> None:
+        loop = context.loop
+        if loop is None:
+            raise DnsError("the DNS plugin needs the engine's event loop", op="startup")
+        self._loop = loop
+        self._call(self.server.start())
+        self._started = True
+
+    def _call(self, coro: Any) -> Any:
+        import asyncio
+
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        return future.result(timeout=15)
+
+    @hookimpl
+    def overlayd_shutdown(self) -> None:
+        if self._started:
+            self._started = False
+            self._call(self.server.stop())
+
+    @hookimpl
+    def overlayd_dns_records_changed(
+        self, added: Sequence[DnsRecord], removed: Sequence[DnsRecord]
+    ) -> None:
+        for rec in removed:
+            self.server.remove_record(rec.name, rec.ip)
+        for rec in added:
+            self.server.add_record(rec.name, rec.ip)
+
+    @hookimpl
+    def overlayd_dns_serve(self, zone: str, addresses: Sequence[str]) -> None:
+        if not self.settings.zone:
+            self.server.set_zone(zone)
+        if not self._started:
+            return
+        self._call(self.server.set_listeners(list(addresses)))

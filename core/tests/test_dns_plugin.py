@@ -1,0 +1,81 @@
+"""The built-in DNS plugin serves what the engine records, over real DNS queries."""
+
+from __future__ import annotations
+
+import socket
+
+import dns.asyncquery
+import dns.message
+import dns.rcode
+import pytest
+from overlayd_fake.driver import FakeDriver
+
+from overlayd.config import DnsSettings
+from overlayd.config import EngineConfig
+from overlayd.config import EngineSettings
+from overlayd.dns.plugin import DnsPlugin
+from overlayd.engine import Engine
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def query(name: str, port: int, rdtype: str = "A") -> dns.message.Message:
+    msg = dns.message.make_query(name, rdtype)
+    return await dns.asyncquery.udp(msg, "127.0.0.1", port=port, timeout=2)
+
+
+async def test_engine_records_are_served_and_removed() -> None:
+    port = free_port()
+    settings = DnsSettings(
+        listen=[f"127.0.0.1:{port}"], listen_on_gateways=False, forward=False
+    )
+    cfg = EngineConfig(
+        drivers=[], dns=settings, engine=EngineSettings(health_interval_secs=0)
+    )
+    async with Engine(cfg, drivers=[FakeDriver()], plugins=[DnsPlugin(settings)]) as eng:
+        await eng.setup_global_overlay(
+            deployment="prod", instance_id="n1", cluster_cidr="10.200.0.0/16",
+            slice_cidr="10.200.0.0/20", wg_port=51820,
+        )
+        await eng.setup_service_overlay("web", "shared")
+        att = await eng.attach({"platform": "linux_pid", "pid": 77}, "web")
+        await eng.register_dns("db", "10.200.9.9")
+
+        answer = await query("web.prod.local.", port)
+        assert answer.rcode() == dns.rcode.NOERROR
+        assert {r.address for r in answer.answer[0]} == {str(att.ip)}
+        answer = await query("pid-77.web.prod.local.", port)
+        assert {r.address for r in answer.answer[0]} == {str(att.ip)}
+        answer = await query("db.prod.local.", port)
+        assert {r.address for r in answer.answer[0]} == {"10.200.9.9"}
+
+        await eng.detach({"platform": "linux_pid", "pid": 77})
+        await eng.unregister_dns("db")
+        for name in ("web.prod.local.", "db.prod.local."):
+            answer = await query(name, port)
+            assert answer.rcode() == dns.rcode.NXDOMAIN
+
+
+@pytest.mark.parametrize("restart", [True])
+async def test_records_survive_restart(tmp_path: object, restart: bool) -> None:
+    from pathlib import Path
+
+    port = free_port()
+    settings = DnsSettings(listen=[f"127.0.0.1:{port}"], listen_on_gateways=False, forward=False)
+    cfg = EngineConfig(
+        data_dir=Path(str(tmp_path)), drivers=[], dns=settings,
+        engine=EngineSettings(health_interval_secs=0),
+    )
+    fake = FakeDriver()
+    async with Engine(cfg, drivers=[fake], plugins=[DnsPlugin(settings)]) as eng:
+        await eng.setup_global_overlay(
+            deployment="prod", instance_id="n1", cluster_cidr="10.200.0.0/16", wg_port=51820
+        )
+        await eng.register_dns("db", "10.200.9.9")
+    async with Engine(cfg, drivers=[fake], plugins=[DnsPlugin(settings)]):
+        answer = await query("db.prod.local.", port)
+        assert {r.address for r in answer.answer[0]} == {"10.200.9.9"}
