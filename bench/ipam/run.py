@@ -18,7 +18,6 @@ import ipaddress
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -101,8 +100,9 @@ def host_local(prefill: int, samples: int) -> tuple[float, float] | None:
         base = int(CIDR.network_address) + 2
         for i in range(prefill):
             (net_dir / str(ipaddress.ip_address(base + i))).write_text(f"prefill{i}\neth0")
-        (net_dir / "last_reserved_ip.0").write_text(str(ipaddress.ip_address(base + prefill - 1))
-                                                    if prefill else "")
+        (net_dir / "last_reserved_ip.0").write_text(
+            str(ipaddress.ip_address(base + prefill - 1)) if prefill else ""
+        )
         conf = {
             "cniVersion": "1.0.0",
             "name": "benchnet",
@@ -125,8 +125,9 @@ def host_local(prefill: int, samples: int) -> tuple[float, float] | None:
             out = subprocess.run([str(HOST_LOCAL)], input=body, env=env, capture_output=True)
             times.append(time.perf_counter() - t0)
             if out.returncode != 0:
-                print("host-local failed:", out.stdout.decode(), out.stderr.decode(),
-                      file=sys.stderr)
+                print(
+                    "host-local failed:", out.stdout.decode(), out.stderr.decode(), file=sys.stderr
+                )
                 return None
         return pct(times, 0.5) * 1e3, pct(times, 0.99) * 1e3
     finally:
@@ -143,19 +144,25 @@ def main() -> int:
         o50, o99 = overlayd_allocate(prefill, args.samples)
         hl = host_local(prefill, min(args.samples, 200))
         rows.append((prefill, o50, o99, hl))
-    print(f"{'leases in pool':>15} | {'overlayd p50':>12} {'p99':>8} | "
-          f"{'host-local p50':>14} {'p99':>8} | {'ratio p50':>9}")
+    print(
+        f"{'leases in pool':>15} | {'overlayd p50':>12} {'p99':>8} | "
+        f"{'host-local p50':>14} {'p99':>8} | {'ratio p50':>9}"
+    )
     for prefill, o50, o99, hl in rows:
         if hl is None:
             print(f"{prefill:>15} | {o50:>10.3f}ms {o99:>6.3f}ms | {'not installed':>24} |")
         else:
-            print(f"{prefill:>15} | {o50:>10.3f}ms {o99:>6.3f}ms | {hl[0]:>12.3f}ms "
-                  f"{hl[1]:>6.3f}ms | {o50 / hl[0]:>8.3f}x")
+            print(
+                f"{prefill:>15} | {o50:>10.3f}ms {o99:>6.3f}ms | {hl[0]:>12.3f}ms "
+                f"{hl[1]:>6.3f}ms | {o50 / hl[0]:>8.3f}x"
+            )
     flat = rows[1][1] / rows[0][1]
     print(f"overlayd p50 at {args.big} leases / at 100 leases: {flat:.2f}x (flat = ~1)")
     read_ms, total_ms = overlayd_load(65_536)
-    print(f"load 65,536 leases at start: store read {read_ms:.0f} ms, "
-          f"read + validate + pool rebuild {total_ms:.0f} ms")
+    print(
+        f"load 65,536 leases at start: store read {read_ms:.0f} ms, "
+        f"read + validate + pool rebuild {total_ms:.0f} ms"
+    )
     return 0
 
 

@@ -8,13 +8,13 @@ import dns.asyncquery
 import dns.message
 import dns.rcode
 import pytest
-from overlayd_fake.driver import FakeDriver
 
 from overlayd.config import DnsSettings
 from overlayd.config import EngineConfig
 from overlayd.config import EngineSettings
 from overlayd.dns.plugin import DnsPlugin
 from overlayd.engine import Engine
+from overlayd_fake.driver import FakeDriver
 
 
 def free_port() -> int:
@@ -30,16 +30,15 @@ async def query(name: str, port: int, rdtype: str = "A") -> dns.message.Message:
 
 async def test_engine_records_are_served_and_removed() -> None:
     port = free_port()
-    settings = DnsSettings(
-        listen=[f"127.0.0.1:{port}"], listen_on_gateways=False, forward=False
-    )
-    cfg = EngineConfig(
-        drivers=[], dns=settings, engine=EngineSettings(health_interval_secs=0)
-    )
+    settings = DnsSettings(listen=[f"127.0.0.1:{port}"], listen_on_gateways=False, forward=False)
+    cfg = EngineConfig(drivers=[], dns=settings, engine=EngineSettings(health_interval_secs=0))
     async with Engine(cfg, drivers=[FakeDriver()], plugins=[DnsPlugin(settings)]) as eng:
         await eng.setup_global_overlay(
-            deployment="prod", instance_id="n1", cluster_cidr="10.200.0.0/16",
-            slice_cidr="10.200.0.0/20", wg_port=51820,
+            deployment="prod",
+            instance_id="n1",
+            cluster_cidr="10.200.0.0/16",
+            slice_cidr="10.200.0.0/20",
+            wg_port=51820,
         )
         await eng.setup_service_overlay("web", "shared")
         att = await eng.attach({"platform": "linux_pid", "pid": 77}, "web")
@@ -67,7 +66,9 @@ async def test_records_survive_restart(tmp_path: object, restart: bool) -> None:
     port = free_port()
     settings = DnsSettings(listen=[f"127.0.0.1:{port}"], listen_on_gateways=False, forward=False)
     cfg = EngineConfig(
-        data_dir=Path(str(tmp_path)), drivers=[], dns=settings,
+        data_dir=Path(str(tmp_path)),
+        drivers=[],
+        dns=settings,
         engine=EngineSettings(health_interval_secs=0),
     )
     fake = FakeDriver()

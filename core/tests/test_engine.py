@@ -817,7 +817,9 @@ async def test_records_roundtrip_through_durable_store(tmp_path: Any, fake: Fake
 async def test_restart_recreates_devices_with_persisted_keys(tmp_path: Any) -> None:
     """The host lost the devices (reboot): they come back with the same keys."""
     cfg = EngineConfig(
-        data_dir=tmp_path, drivers=[], dns=DnsSettings(enabled=False),
+        data_dir=tmp_path,
+        drivers=[],
+        dns=DnsSettings(enabled=False),
         engine=EngineSettings(health_interval_secs=0),
     )
     first = FakeDriver()

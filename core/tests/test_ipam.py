@@ -67,9 +67,9 @@ def test_reserve_rules() -> None:
         alloc.reserve(ipaddress.ip_address("10.0.0.7"), "o")
     with pytest.raises(AllocationError, match="reserved"):
         alloc.reserve(ipaddress.ip_address("10.0.0.1"), "o")
-    with pytest.raises(AllocationError, match="outside pool"):
+    with pytest.raises(AllocationError, match=r"outside pool"):
         alloc.reserve(ipaddress.ip_address("10.0.1.1"), "o")
-    with pytest.raises(AllocationError, match="outside pool"):
+    with pytest.raises(AllocationError, match=r"outside pool"):
         alloc.reserve(ipaddress.ip_address("fd00::1"), "o")
 
 
@@ -89,7 +89,7 @@ def test_subnet_carver_skips_excluded_and_reuses_released() -> None:
     carver.release(a)
     assert carver.allocate() == a
     carver.allocate()
-    with pytest.raises(PoolExhausted, match="raise ipam.service_prefix_v4"):
+    with pytest.raises(PoolExhausted, match=r"raise ipam\.service_prefix_v4"):
         carver.allocate()
     with pytest.raises(InvalidRequest):
         SubnetCarver(parent, 16)

@@ -36,7 +36,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from collections.abc import Iterator
 from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
@@ -189,7 +188,9 @@ class RealDemo:
 
             with IPRoute() as ipr:
                 ipr.link(
-                    "add", ifname="underlay0", kind="veth",
+                    "add",
+                    ifname="underlay0",
+                    kind="veth",
                     peer={"ifname": "underlay0", "net_ns_fd": f"/run/netns/{b.netns}"},
                 )
                 idx = ipr.link_lookup(ifname="underlay0")[0]
@@ -255,7 +256,7 @@ class RealDemo:
         name = f"{self.prefix}-{node.key}{index}"
         path = self._netns_create(name)
         cont = Container(name=name, netns=path, service=SERVICES[node.key])
-        cont.proc = subprocess.Popen(  # noqa: S603
+        cont.proc = subprocess.Popen(
             ["sleep", "infinity"],  # noqa: S607
             preexec_fn=lambda: _setns(path),  # noqa: PLW1509
         )
@@ -282,8 +283,12 @@ class RealDemo:
         say("setting up the global WireGuard overlay", step=True)
         for node in self.nodes.values():
             node.interface = node.client.setup_global_overlay(
-                deployment="demo", instance_id=node.key, cluster_cidr=CLUSTER,
-                slice_cidr=SLICES[node.key], wg_port=WG_PORT, nat_enabled=False,
+                deployment="demo",
+                instance_id=node.key,
+                cluster_cidr=CLUSTER,
+                slice_cidr=SLICES[node.key],
+                wg_port=WG_PORT,
+                nat_enabled=False,
             )
             node.public_key = node.client.status().public_key or ""
             say(f"node {node.key}: {node.interface} key {node.public_key} slice {SLICES[node.key]}")
@@ -357,9 +362,11 @@ class RealDemo:
         say("tearing everything down", step=True)
         for node in self.nodes.values():
             for cont in node.containers:
-                with contextlib.suppress(Exception):
-                    node.client.detach_container({"platform": "linux_pid", "pid": cont.proc.pid})
                 if cont.proc is not None:
+                    with contextlib.suppress(Exception):
+                        node.client.detach_container(
+                            {"platform": "linux_pid", "pid": cont.proc.pid}
+                        )
                     cont.proc.kill()
                     cont.proc.wait()
             if node.client is not None:
@@ -417,7 +424,7 @@ def _resolve(name: str, server: str) -> list[str]:
 def _checksum(data: bytes) -> int:
     if len(data) % 2:
         data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
     total = (total >> 16) + (total & 0xFFFF)
     total += total >> 16
     return ~total & 0xFFFF
@@ -487,15 +494,19 @@ async def fake_demo() -> int:
         keys: dict[str, str] = {}
         for key, eng in engines.items():
             name = await eng.setup_global_overlay(
-                deployment="demo", instance_id=key, cluster_cidr=CLUSTER,
-                slice_cidr=SLICES[key], wg_port=WG_PORT,
+                deployment="demo",
+                instance_id=key,
+                cluster_cidr=CLUSTER,
+                slice_cidr=SLICES[key],
+                wg_port=WG_PORT,
             )
             keys[key] = eng.node_public_key() or ""
             say(f"node {key}: {name} key {keys[key]} slice {SLICES[key]}")
         say("exchanging peers", step=True)
         for me, other in (("a", "b"), ("b", "a")):
-            await engines[me].add_peer(keys[other], f"node-{other}.invalid:{WG_PORT}",
-                                       SLICES[other], 25)
+            await engines[me].add_peer(
+                keys[other], f"node-{other}.invalid:{WG_PORT}", SLICES[other], 25
+            )
             say(f"node {me} peers with node {other}")
         say("service overlays and two containers per node", step=True)
         ips: dict[str, list[str]] = {}
@@ -515,8 +526,10 @@ async def fake_demo() -> int:
         say(f"api.demo.local -> {', '.join(got)}")
         status = await engines["a"].status()
         say("summary", step=True)
-        say(f"node a: {status.interface} {status.node_ip}, {status.peer_count} peer(s), "
-            f"{status.service_count} service(s)")
+        say(
+            f"node a: {status.interface} {status.node_ip}, {status.peer_count} peer(s), "
+            f"{status.service_count} service(s)"
+        )
         say("no ping on the fake driver: it models the host, it does not forward packets")
         return 0 if got == sorted(ips["b"]) else 1
     finally:
@@ -560,11 +573,6 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         demo.teardown()
         signal.signal(signal.SIGINT, previous)
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    yield
 
 
 if __name__ == "__main__":

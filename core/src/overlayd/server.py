@@ -1,0 +1,866 @@
+"""The IPC server: ZLayer-compatible frames over a Unix socket, into the engine.
+
+One task reads each connection; every request runs in its own task, so
+requests on one connection are in flight together and answered by ``id`` as
+they finish. Events from the engine are pushed to every connected client.
+
+A frame that is valid JSON but not a valid request gets ``err`` (with its
+``id`` when readable, else 0) and the connection stays open; a framing error
+(oversize length, truncated body) closes the connection. Nothing a client
+sends can stop the daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import grp
+import logging
+import os
+import signal
+import socket
+import stat
+import struct
+import time
+from collections.abc import Awaitable
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from overlayd import __version__
+from overlayd import protocol as p
+from overlayd.config import DaemonConfig
+from overlayd.engine import Engine
+from overlayd.errors import ConfigError
+from overlayd.errors import OverlaydError
+from overlayd.model import Event
+from overlayd.model import GuestManagedHandle
+from overlayd.model import LinuxPidHandle
+from overlayd.model import NetnsHandle
+from overlayd.model import OverlayMode
+from overlayd.model import PeerChange
+from overlayd.model import PeerScope
+from overlayd.model import WindowsContainerHandle
+from overlayd.model import parse_cidr_list
+from overlayd.transport import FramingError
+from overlayd.transport import read_frame
+from overlayd.transport import write_frame
+
+__all__ = ["Server", "SocketInUse", "run_daemon"]
+
+log = logging.getLogger(__name__)
+
+_UCRED = struct.Struct("3i")
+
+
+class SocketInUse(ConfigError):
+    """Another live daemon answers on the socket path."""
+
+
+def _cidrs(value: str | None) -> tuple[Any, ...]:
+    return tuple(parse_cidr_list(value)) if value else ()
+
+
+def _engine_handle(handle: p.AnyHandle) -> Any:
+    if isinstance(handle, p.LinuxPidHandle):
+        return LinuxPidHandle(pid=handle.pid)
+    if isinstance(handle, p.WindowsContainerHandle):
+        return WindowsContainerHandle.model_validate(handle.model_dump(exclude_none=True))
+    if isinstance(handle, p.GuestManagedHandle):
+        return GuestManagedHandle(id=handle.id)
+    return NetnsHandle(path=handle.path)
+
+
+def _wire_handle(handle: Any) -> dict[str, Any]:
+    return dict(handle.model_dump(mode="json", exclude_none=True))
+
+
+def _scope(scope: p.AnyScope) -> PeerScope:
+    if isinstance(scope, p.ServiceScope):
+        return PeerScope(scope="service", service=scope.service)
+    return PeerScope()
+
+
+def _endpoint(value: str | None) -> str | None:
+    return value or None
+
+
+class _Conn:
+    """One client connection: its streams and the request tasks in flight on it."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.peer = "?"
+
+    async def send(self, frame: p.Frame) -> None:
+        # One write() per frame never interleaves with another task's frame, and
+        # StreamWriter.drain() accepts concurrent waiters (Python >= 3.10), so no lock.
+        await write_frame(self.writer, p.encode_body(frame))
+
+
+class Server:
+    """Serve ``engine`` on ``config.socket``.
+
+    Lifecycle: :meth:`claim` (refuse a live daemon, replace a stale socket,
+    hold ``<socket>.lock``), :meth:`start` (listen), then
+    :meth:`serve_until_stopped`, which returns after :meth:`request_stop`
+    (signals, the ``shutdown`` op) and a graceful :meth:`close`.
+    """
+
+    #: Seconds a slow client may take to accept one pushed event before it is dropped.
+    EVENT_SEND_TIMEOUT: float = 5.0
+
+    def __init__(self, engine: Engine, config: DaemonConfig) -> None:
+        self.engine = engine
+        self.config = config
+        self.path = Path(config.socket)
+        self._server: asyncio.AbstractServer | None = None
+        self._conns: set[_Conn] = set()
+        self._closing = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._events_task: asyncio.Task[None] | None = None
+        self._allowed_gids = set(config.allowed_gids)
+        self._allowed_uids = {0, os.getuid(), *config.allowed_uids}
+        self._group_gid: int | None = None
+        self._lock_fd: int | None = None
+        self._listening = False
+        self.requests_served = 0
+
+    # -- socket -------------------------------------------------------------
+
+    @property
+    def lock_path(self) -> Path:
+        """``<socket>.lock``: held (flock) for the daemon's whole life."""
+        return self.path.with_name(self.path.name + ".lock")
+
+    def claim(self) -> None:
+        """Make the socket path ours, or raise :class:`SocketInUse`.
+
+        Two checks: an exclusive ``flock`` on ``<socket>.lock`` (closes the race
+        of two daemons starting at once) and a connect to an existing socket
+        file (a live daemon without the lock, e.g. ZLayer's own). A socket file
+        nobody answers on is stale and removed. Idempotent.
+        """
+        if self._lock_fd is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise SocketInUse(
+                f"another overlayd is serving on {self.path} (it holds {self.lock_path}); "
+                "stop it first or choose another --socket"
+            ) from None
+        except OSError:
+            os.close(fd)
+            raise
+        try:
+            self._claim_path()
+        except BaseException:
+            os.close(fd)
+            raise
+        self._lock_fd = fd
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _claim_path(self) -> None:
+        """Refuse a live daemon on the path; replace a stale socket file."""
+        if not (self.path.exists() or self.path.is_symlink()):
+            return
+        mode = self.path.lstat().st_mode
+        if not stat.S_ISSOCK(mode):
+            raise ConfigError(
+                f"{self.path} exists and is not a socket; refusing to replace it "
+                "(remove it or choose another --socket)"
+            )
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe.settimeout(1.0)
+        try:
+            probe.connect(str(self.path))
+        except (ConnectionRefusedError, FileNotFoundError):
+            log.info("removing stale socket %s", self.path, extra={"socket": str(self.path)})
+            self.path.unlink(missing_ok=True)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+                raise ConfigError(
+                    f"cannot probe the existing socket {self.path}: {exc}; "
+                    "remove it if no daemon uses it"
+                ) from exc
+            self.path.unlink(missing_ok=True)
+            return
+        finally:
+            probe.close()
+        raise SocketInUse(
+            f"another daemon is serving on {self.path}; stop it first or choose another --socket"
+        )
+
+    def _socket_group(self) -> int | None:
+        name = self.config.socket_group
+        try:
+            return grp.getgrnam(name or "zlayer").gr_gid
+        except KeyError:
+            if name:
+                raise ConfigError(
+                    f"socket_group {name!r} does not exist; create it or change socket_group"
+                ) from None
+            return None
+
+    async def start(self) -> None:
+        """Listen on the socket (mode 0660, group ``socket_group``/``zlayer``)."""
+        self.claim()
+        self._group_gid = self._socket_group()
+        if self._group_gid is not None:
+            self._allowed_gids.add(self._group_gid)
+        old = os.umask(0o117)
+        try:
+            self._server = await asyncio.start_unix_server(
+                self._on_connect, path=str(self.path), limit=2**16, backlog=256
+            )
+        finally:
+            os.umask(old)
+        os.chmod(self.path, 0o660)
+        if self._group_gid is not None:
+            try:
+                os.chown(self.path, -1, self._group_gid)
+            except PermissionError as exc:
+                log.warning("cannot give %s to group %d: %s", self.path, self._group_gid, exc)
+        self._listening = True
+        self._events_task = asyncio.create_task(self._pump_events(), name="overlayd-events")
+        log.info("serving on %s", self.path, extra={"socket": str(self.path)})
+
+    async def serve_until_stopped(self) -> None:
+        await self._closing.wait()
+        await self.close()
+
+    def request_stop(self) -> None:
+        """Begin a graceful shutdown (signal handlers and the ``shutdown`` op call this)."""
+        if not self._closing.is_set():
+            log.info("shutting down")
+        self._closing.set()
+
+    @property
+    def closing(self) -> bool:
+        return self._closing.is_set()
+
+    async def close(self, grace: float = 10.0) -> None:
+        """Stop accepting, answer every request already read, close everything.
+
+        Requests read after the stop began are answered ``err`` (retry later);
+        requests in flight get ``grace`` seconds to finish, then are cancelled
+        and answered ``err``. The socket file and the lock are removed last.
+        """
+        if self._stopped.is_set():
+            return
+        self._closing.set()
+        if self._server is not None:
+            self._server.close()
+        # Remove the path now: new clients get ENOENT/ECONNREFUSED at once.
+        if self._listening:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+        # Let readers pick up frames that were already sent before the stop.
+        await asyncio.sleep(0.05)
+        deadline = time.monotonic() + grace
+        while True:
+            pending = [t for c in self._conns for t in c.tasks]
+            if not pending:
+                break
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                log.warning(
+                    "cancelling %d request(s) still running after %.0fs", len(pending), grace
+                )
+                for task in pending:
+                    task.cancel()
+                await asyncio.wait(pending, timeout=2.0)
+                break
+            log.info("waiting for %d in-flight request(s)", len(pending))
+            await asyncio.wait(pending, timeout=remaining)
+        if self._events_task is not None:
+            self._events_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._events_task
+        for conn in list(self._conns):
+            conn.writer.close()
+        if self._server is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), 2)
+        self._release_lock()
+        self._stopped.set()
+
+    # -- connections --------------------------------------------------------
+
+    def _authorised(self, writer: asyncio.StreamWriter) -> tuple[bool, str]:
+        sock = writer.get_extra_info("socket")
+        try:
+            raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+        except OSError as exc:
+            return False, f"a peer whose credentials are unreadable ({exc})"
+        pid, uid, gid = _UCRED.unpack(raw)
+        who = f"pid {pid} uid {uid} gid {gid}"
+        if uid in self._allowed_uids or gid in self._allowed_gids:
+            return True, who
+        if not self._allowed_gids:
+            return False, who
+        try:
+            groups = set(os.getgrouplist(_user_name(uid), gid))
+        except (KeyError, OSError):
+            groups = set()
+        return bool(groups & self._allowed_gids), who
+
+    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = _Conn(reader, writer)
+        ok, who = self._authorised(writer)
+        conn.peer = who
+        if not ok:
+            log.warning(
+                "refused connection from %s: not root, the daemon's user, nor an allowed uid/gid",
+                who,
+                extra={"peer": who},
+            )
+            with contextlib.suppress(OSError, asyncio.TimeoutError):
+                await asyncio.wait_for(
+                    conn.send(
+                        p.ResponseFrame.err(
+                            0,
+                            f"permission denied: {who} may not use this overlayd; add the "
+                            "uid to allowed_uids or the user to the socket's group",
+                        )
+                    ),
+                    2.0,
+                )
+            writer.close()
+            return
+        if self._closing.is_set():
+            writer.close()
+            return
+        self._conns.add(conn)
+        log.debug("connection from %s", who)
+        try:
+            await self._read_loop(conn)
+        finally:
+            if conn.tasks:
+                await asyncio.wait(list(conn.tasks))
+            self._conns.discard(conn)
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+    async def _read_loop(self, conn: _Conn) -> None:
+        while True:
+            try:
+                body = await read_frame(conn.reader)
+            except FramingError as exc:
+                log.warning("closing connection from %s: %s", conn.peer, exc)
+                return
+            except OSError:
+                return
+            if body is None:
+                return
+            try:
+                frame = p.decode_frame(body)
+            except p.ProtocolError as exc:
+                await self._safe_send(conn, p.ResponseFrame.err(exc.request_id or 0, str(exc)))
+                continue
+            if not isinstance(frame, p.RequestFrame):
+                frame_id = frame.id if isinstance(frame, p.ResponseFrame) else 0
+                await self._safe_send(
+                    conn,
+                    p.ResponseFrame.err(
+                        frame_id,
+                        f"clients may only send request frames, not {frame.frame} frames",
+                    ),
+                )
+                continue
+            if self._closing.is_set():
+                await self._safe_send(
+                    conn,
+                    p.ResponseFrame.err(
+                        frame.id,
+                        f"overlayd is shutting down and did not run {frame.request.op}; "
+                        "retry once it is back",
+                    ),
+                )
+                continue
+            task = asyncio.create_task(self._answer(conn, frame))
+            conn.tasks.add(task)
+            task.add_done_callback(conn.tasks.discard)
+
+    async def _safe_send(self, conn: _Conn, frame: p.Frame) -> None:
+        try:
+            await conn.send(frame)
+        except (ConnectionError, OSError) as exc:
+            log.debug("could not answer %s: %s", conn.peer, exc)
+        except p.ProtocolError as exc:
+            # The answer itself cannot be encoded (e.g. over 8 MiB): say so instead.
+            if isinstance(frame, p.ResponseFrame):
+                with contextlib.suppress(ConnectionError, OSError):
+                    await conn.send(p.ResponseFrame.err(frame.id, str(exc)))
+
+    async def _answer(self, conn: _Conn, frame: p.RequestFrame) -> None:
+        request = frame.request
+        try:
+            response = await self.dispatch(request)
+        except OverlaydError as exc:
+            response = p.ErrResponse(message=str(exc))
+        except asyncio.CancelledError:
+            response = p.ErrResponse(
+                message=f"overlayd is shutting down and cancelled {request.op}; "
+                "it may have been partly applied, check with status and retry"
+            )
+        except Exception as exc:  # the daemon must survive any bug
+            log.exception("internal error in %s", request.op)
+            response = p.ErrResponse(
+                message=f"internal error in {request.op}: {type(exc).__name__}: {exc}; "
+                "this is a bug in overlayd, please report it with the daemon's log"
+            )
+        self.requests_served += 1
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s -> %s", request.op, response.result, extra={"peer": conn.peer})
+        await self._safe_send(conn, p.ResponseFrame(id=frame.id, response=response))
+        if isinstance(request, p.ShutdownRequest):
+            self.request_stop()
+
+    async def _send_event(self, conn: _Conn, frame: p.EventFrame) -> None:
+        try:
+            await asyncio.wait_for(conn.send(frame), self.EVENT_SEND_TIMEOUT)
+        except TimeoutError:
+            log.warning(
+                "dropping %s: it did not read events for %.0fs", conn.peer, self.EVENT_SEND_TIMEOUT
+            )
+            conn.writer.close()
+        except (ConnectionError, OSError) as exc:
+            log.debug("could not push an event to %s: %s", conn.peer, exc)
+
+    async def _pump_events(self) -> None:
+        queue = self.engine.subscribe()
+        try:
+            while True:
+                event = await queue.get()
+                frame = _event_frame(event)
+                if frame is None:
+                    continue
+                log.info(
+                    "event %s",
+                    event.event,
+                    extra={"pubkey": event.pubkey, "clients": len(self._conns)},
+                )
+                conns = list(self._conns)
+                if conns:
+                    await asyncio.gather(*(self._send_event(c, frame) for c in conns))
+        finally:
+            self.engine.unsubscribe(queue)
+
+    # -- dispatch -----------------------------------------------------------
+
+    async def dispatch(self, request: p.AnyRequest) -> p.AnyResponse:
+        handler = _HANDLERS.get(type(request))
+        if handler is None:
+            return p.ErrResponse(message=f"op {request.op!r} is not supported by this overlayd")
+        return await handler(self, request)
+
+
+def _user_name(uid: int) -> str:
+    import pwd
+
+    return pwd.getpwuid(uid).pw_name
+
+
+def _event_frame(event: Event) -> p.EventFrame | None:
+    if event.event == "peer_health_changed" and event.healthy is not None:
+        return p.EventFrame(
+            event=p.PeerHealthChangedEvent(pubkey=event.pubkey, healthy=event.healthy)
+        )
+    if event.event == "nat_endpoint_changed" and event.endpoint:
+        return p.EventFrame(
+            event=p.NatEndpointChangedEvent(pubkey=event.pubkey, endpoint=event.endpoint)
+        )
+    return None
+
+
+# ---------------------------------------------------------------------------
+# handlers: one per op, protocol model in, protocol model out
+# ---------------------------------------------------------------------------
+
+_Handler = Callable[[Server, Any], Awaitable[p.AnyResponse]]
+_HANDLERS: dict[type, _Handler] = {}
+
+
+def _handles(cls: type) -> Callable[[_Handler], _Handler]:
+    def register(fn: _Handler) -> _Handler:
+        _HANDLERS[cls] = fn
+        return fn
+
+    return register
+
+
+@_handles(p.SetLocalNodeIdRequest)
+async def _set_node_id(s: Server, r: p.SetLocalNodeIdRequest) -> p.AnyResponse:
+    await s.engine.set_local_node_id(r.node_id)
+    return p.OkResponse()
+
+
+@_handles(p.SetLocalWgPubkeyRequest)
+async def _set_pubkey(s: Server, r: p.SetLocalWgPubkeyRequest) -> p.AnyResponse:
+    await s.engine.set_local_wg_pubkey(r.pubkey)
+    return p.OkResponse()
+
+
+@_handles(p.SetupGlobalOverlayRequest)
+async def _setup_global(s: Server, r: p.SetupGlobalOverlayRequest) -> p.AnyResponse:
+    name = await s.engine.setup_global_overlay(
+        deployment=r.deployment,
+        instance_id=r.instance_id,
+        cluster_cidr=r.cluster_cidr,
+        slice_cidr=r.slice_cidr,
+        wg_port=r.wg_port,
+        nat_enabled=r.nat_enabled,
+    )
+    return p.BridgeNameResponse(name=name)
+
+
+@_handles(p.TeardownGlobalOverlayRequest)
+async def _teardown_global(s: Server, r: p.TeardownGlobalOverlayRequest) -> p.AnyResponse:
+    await s.engine.teardown_global_overlay()
+    return p.OkResponse()
+
+
+@_handles(p.SetupServiceOverlayRequest)
+async def _setup_service(s: Server, r: p.SetupServiceOverlayRequest) -> p.AnyResponse:
+    svc = await s.engine.setup_service_overlay(r.service, OverlayMode(r.mode))
+    ded = svc.dedicated
+    return p.ServiceOverlayResponse(
+        name=svc.bridge.name,
+        mode=svc.mode.value,
+        wg_public_key=ded.public_key if ded else None,
+        wg_port=ded.listen_port if ded else None,
+        overlay_ip=str(svc.overlay_ip) if ded and svc.overlay_ip else None,
+        subnet=str(svc.subnet) if ded else None,
+    )
+
+
+@_handles(p.TeardownServiceOverlayRequest)
+async def _teardown_service(s: Server, r: p.TeardownServiceOverlayRequest) -> p.AnyResponse:
+    await s.engine.teardown_service_overlay(r.service)
+    return p.OkResponse()
+
+
+@_handles(p.AllocateIpRequest)
+async def _allocate(s: Server, r: p.AllocateIpRequest) -> p.AnyResponse:
+    ip = await s.engine.allocate_ip(r.service, r.join_global)
+    return p.IpResponse(ip=str(ip))
+
+
+@_handles(p.ReleaseIpRequest)
+async def _release(s: Server, r: p.ReleaseIpRequest) -> p.AnyResponse:
+    await s.engine.release_ip(r.ip)
+    return p.OkResponse()
+
+
+@_handles(p.AttachContainerRequest)
+async def _attach(s: Server, r: p.AttachContainerRequest) -> p.AnyResponse:
+    att = await s.engine.attach(
+        _engine_handle(r.handle),
+        r.service,
+        join_global=r.join_global,
+        dns_server=r.dns_server,
+        dns_domain=r.dns_domain,
+    )
+    if att.guest is not None:
+        g = att.guest
+        return p.GuestConfigResponse(
+            overlay_ip=str(g.overlay_ip),
+            prefix_len=g.prefix_len,
+            private_key=g.private_key,
+            public_key=g.public_key,
+            listen_port=g.listen_port,
+            peers=[
+                p.PeerSpec(
+                    public_key=peer.public_key,
+                    endpoint=peer.endpoint or "",
+                    allowed_ips=",".join(str(n) for n in peer.allowed_ips),
+                    persistent_keepalive_secs=peer.persistent_keepalive_secs,
+                )
+                for peer in g.peers
+            ],
+            dns_server=str(g.dns_server) if g.dns_server else None,
+            dns_domain=g.dns_domain,
+        )
+    return p.AttachedResponse(ip=str(att.ip), namespace_guid=att.namespace_guid)
+
+
+@_handles(p.DetachContainerRequest)
+async def _detach(s: Server, r: p.DetachContainerRequest) -> p.AnyResponse:
+    await s.engine.detach(_engine_handle(r.handle))
+    return p.OkResponse()
+
+
+@_handles(p.AddPeerRequest)
+async def _add_peer(s: Server, r: p.AddPeerRequest) -> p.AnyResponse:
+    await s.engine.add_peer(
+        r.public_key,
+        _endpoint(r.endpoint),
+        r.allowed_ips,
+        int(r.persistent_keepalive_secs),
+        _scope(r.scope),
+    )
+    return p.OkResponse()
+
+
+@_handles(p.RemovePeerRequest)
+async def _remove_peer(s: Server, r: p.RemovePeerRequest) -> p.AnyResponse:
+    await s.engine.remove_peer(r.pubkey, _scope(r.scope))
+    return p.OkResponse()
+
+
+@_handles(p.AddAllowedIpRequest)
+async def _add_allowed(s: Server, r: p.AddAllowedIpRequest) -> p.AnyResponse:
+    await s.engine.add_allowed_ip(r.pubkey, r.cidr, _scope(r.scope))
+    return p.OkResponse()
+
+
+@_handles(p.RemoveAllowedIpRequest)
+async def _remove_allowed(s: Server, r: p.RemoveAllowedIpRequest) -> p.AnyResponse:
+    await s.engine.remove_allowed_ip(r.pubkey, r.cidr, _scope(r.scope))
+    return p.OkResponse()
+
+
+@_handles(p.RegisterDnsRequest)
+async def _register_dns(s: Server, r: p.RegisterDnsRequest) -> p.AnyResponse:
+    await s.engine.register_dns(r.name, r.ip)
+    return p.OkResponse()
+
+
+@_handles(p.UnregisterDnsRequest)
+async def _unregister_dns(s: Server, r: p.UnregisterDnsRequest) -> p.AnyResponse:
+    await s.engine.unregister_dns(r.name)
+    return p.OkResponse()
+
+
+@_handles(p.StatusRequest)
+async def _status(s: Server, r: p.StatusRequest) -> p.AnyResponse:
+    st = await s.engine.status()
+    return p.StatusResponse(
+        interface=st.interface,
+        node_ip=str(st.node_ip) if st.node_ip else None,
+        public_key=st.public_key,
+        overlay_cidr=str(st.overlay_cidr) if st.overlay_cidr else None,
+        slice_cidr=str(st.slice_cidr) if st.slice_cidr else None,
+        peer_count=st.peer_count,
+        service_count=st.service_count,
+        peers=[
+            p.PeerStatus(
+                public_key=peer.public_key,
+                endpoint=peer.endpoint or "",
+                allowed_ips=",".join(str(n) for n in peer.allowed_ips),
+                last_handshake_unix_secs=peer.last_handshake_unix_secs,
+            )
+            for peer in st.peers
+        ],
+        dedicated_services=[
+            p.DedicatedServiceStatus(
+                service=d.service,
+                interface=d.interface,
+                public_key=d.public_key,
+                listen_port=d.listen_port,
+                overlay_ip=str(d.overlay_ip),
+                subnet=str(d.subnet),
+                peer_count=d.peer_count,
+            )
+            for d in st.dedicated_services
+        ],
+    )
+
+
+@_handles(p.NatTickRequest)
+async def _nat_tick(s: Server, r: p.NatTickRequest) -> p.AnyResponse:
+    await s.engine.nat_tick()
+    return p.OkResponse()
+
+
+@_handles(p.ShutdownRequest)
+async def _shutdown(s: Server, r: p.ShutdownRequest) -> p.AnyResponse:
+    # Answer first; _answer then starts the graceful stop. The data plane stays up.
+    return p.OkResponse()
+
+
+@_handles(p.HelloRequest)
+async def _hello(s: Server, r: p.HelloRequest) -> p.AnyResponse:
+    drivers = [
+        p.DriverDescription(
+            name=info.name,
+            api=info.api,
+            platforms=sorted(info.platforms),
+            capabilities=sorted(c.value for c in info.capabilities),
+        )
+        for info in s.engine.describe_drivers()
+    ]
+    return p.HelloResponse(
+        protocol_version=p.PROTOCOL_VERSION,
+        server_version=__version__,
+        drivers=drivers,
+        ops=list(p.ALL_OPS),
+    )
+
+
+@_handles(p.ApplyPeersRequest)
+async def _apply_peers(s: Server, r: p.ApplyPeersRequest) -> p.AnyResponse:
+    from overlayd.engine import _build_change
+
+    changes: list[PeerChange] = []
+    for ch in r.changes:
+        kwargs: dict[str, Any] = {"public_key": ch.public_key, "remove": bool(ch.remove)}
+        if ch.endpoint:
+            kwargs["endpoint"] = ch.endpoint
+        if ch.persistent_keepalive_secs is not None:
+            kwargs["keepalive"] = ch.persistent_keepalive_secs
+        if ch.allowed_ips is not None:
+            kwargs["allowed_ips"] = ch.allowed_ips
+        kwargs["add_allowed_ips"] = _cidrs(ch.add_allowed_ips)
+        kwargs["remove_allowed_ips"] = _cidrs(ch.remove_allowed_ips)
+        changes.append(_build_change(**kwargs))
+    await s.engine.apply_peers(changes, _scope(r.scope))
+    return p.OkResponse()
+
+
+@_handles(p.ListAttachmentsRequest)
+async def _list_attachments(s: Server, r: p.ListAttachmentsRequest) -> p.AnyResponse:
+    return p.AttachmentsResponse(
+        attachments=[
+            p.AttachmentInfo.model_validate(
+                {
+                    "handle": _wire_handle(a.handle),
+                    "service": a.service,
+                    "ip": str(a.ip),
+                    "global_ip": str(a.global_ip) if a.global_ip else None,
+                    "namespace_guid": a.namespace_guid,
+                    "interfaces": list(a.interfaces),
+                    "driver": a.driver,
+                    "created_unix_secs": a.created_unix_secs,
+                }
+            )
+            for a in s.engine.list_attachments(r.service)
+        ]
+    )
+
+
+@_handles(p.ListLeasesRequest)
+async def _list_leases(s: Server, r: p.ListLeasesRequest) -> p.AnyResponse:
+    return p.LeasesResponse(
+        leases=[
+            p.LeaseInfo(
+                ip=str(lease.ip),
+                pool=lease.pool,
+                owner=lease.owner,
+                created_unix_secs=lease.created_unix_secs,
+            )
+            for lease in s.engine.list_leases(r.pool)
+        ]
+    )
+
+
+@_handles(p.GcRequest)
+async def _gc(s: Server, r: p.GcRequest) -> p.AnyResponse:
+    report = await s.engine.gc([_engine_handle(h) for h in r.live], dry_run=bool(r.dry_run))
+    return p.GcReportResponse.model_validate(
+        {"released": [_wire_handle(h) for h in report.released], "kept": report.kept}
+    )
+
+
+@_handles(p.ReconcileRequest)
+async def _reconcile(s: Server, r: p.ReconcileRequest) -> p.AnyResponse:
+    summary = await s.engine.reconcile()
+    return p.ReconcileReportResponse(
+        adopted=summary.adopted,
+        recreated=summary.recreated,
+        removed=summary.removed,
+        released=summary.released,
+        errors=list(summary.errors),
+    )
+
+
+# ---------------------------------------------------------------------------
+# the daemon
+# ---------------------------------------------------------------------------
+
+
+def _sd_notify(message: str) -> None:
+    """Tell systemd we are ready (Type=notify); a no-op outside systemd."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect(address)
+            sock.sendall(message.encode())
+        except OSError as exc:
+            log.warning("sd_notify failed: %s", exc)
+
+
+async def run_daemon(config: DaemonConfig, *, engine: Engine | None = None) -> int:
+    """Run overlayd until SIGTERM/SIGINT or a ``shutdown`` request. Returns the exit code.
+
+    :raises SocketInUse: another daemon serves on ``config.socket``.
+    :raises OverlaydError: the engine or a driver could not start.
+    """
+    if engine is None:
+        plugins: list[object] = []
+        if config.dns.enabled:
+            try:
+                from overlayd.dns.plugin import DnsPlugin  # type: ignore[import-not-found,unused-ignore]
+            except ImportError as exc:
+                raise ConfigError(
+                    f"the built-in DNS server is not available ({exc}); "
+                    "set `[dns] enabled = false` or run `overlayd serve --no-dns`"
+                ) from exc
+            plugins.append(DnsPlugin(config.dns))
+        engine = Engine(config, plugins=plugins)
+    server = Server(engine, config)
+    # Claim the socket before touching the host: a second daemon must not
+    # reconcile (and so disturb) what the first one owns.
+    server.claim()
+    try:
+        await engine.start()
+        try:
+            await server.start()
+        except BaseException:
+            await engine.stop()
+            raise
+    except BaseException:
+        server._release_lock()
+        raise
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, server.request_stop)
+    _sd_notify(f"READY=1\nSTATUS=serving on {config.socket}\nMAINPID={os.getpid()}")
+    log.info(
+        "overlayd %s ready (drivers: %s, data_dir: %s)",
+        __version__,
+        ", ".join(config.drivers) or "none",
+        config.data_dir or "in memory",
+        extra={"socket": str(config.socket), "pid": os.getpid()},
+    )
+    try:
+        await server.serve_until_stopped()
+    finally:
+        _sd_notify("STOPPING=1")
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        try:
+            await server.close()
+        finally:
+            await engine.stop()
+    log.info("overlayd stopped after %d request(s)", server.requests_served)
+    return 0
