@@ -838,3 +838,14 @@ async def test_restart_recreates_devices_with_persisted_keys(tmp_path: Any) -> N
         }
         assert keys_after == keys_before
         assert svc.bridge.name in rebooted.host.devices
+
+
+async def test_reconcile_removes_unrecorded_peers(engine: Engine, fake: FakeDriver) -> None:
+    """A peer on the device that the store does not know (crash after apply) is removed."""
+    name = await setup_global(engine)
+    await engine.add_peer(KEY1, "127.0.0.1:1", "10.200.16.0/20", 0)
+    from overlayd.model import PeerStatus
+
+    fake.host.peers[name][KEY2] = PeerStatus(public_key=KEY2)
+    await engine.reconcile()
+    assert set(fake.host.peers[name]) == {KEY1}

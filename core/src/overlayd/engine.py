@@ -1724,9 +1724,8 @@ class Engine:
                 if (spec.kind, spec.name) not in present:
                     recreated += 1
                     self.hooks.device_create(spec)
-                peers = self.peers.get(recorded.name, {})
-                if peers and recorded.kind == DeviceKind.WIREGUARD:
-                    self.hooks.peer_apply(recorded, [_change_from(p) for p in peers.values()])
+                if recorded.kind == DeviceKind.WIREGUARD:
+                    self._reconcile_peers(recorded)
             except OverlaydError as exc:
                 log.warning("could not re-ensure recorded device %s: %s", spec.name, exc)
                 errors.append(f"{spec.name}: {exc}")
@@ -1742,6 +1741,15 @@ class Engine:
                 errors.append(f"port mapping {mapping.host_port}: {exc}")
         self._sync_dns_serve()
         return recreated, errors
+
+    def _reconcile_peers(self, device: Device) -> None:
+        """Make the device's peers exactly the recorded ones (diffed by the driver)."""
+        peers = self.peers.get(device.name, {})
+        present = {p.public_key for p in self.hooks.peer_status(device)}
+        changes = [_change_from(p) for p in peers.values()]
+        changes += [PeerChange(public_key=k, remove=True) for k in sorted(present - peers.keys())]
+        if changes:
+            self.hooks.peer_apply(device, changes)
 
     def _spec_of(self, device: Device, key_name: str | None) -> DeviceSpec:
         return DeviceSpec(
