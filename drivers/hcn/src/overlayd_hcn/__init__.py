@@ -3,3 +3,8 @@
 from __future__ import annotations
 
 __version__ = "0.1.0"
+
+# After __version__: the driver module reads it while this package initialises.
+from overlayd_hcn.driver import HcnDriver
+
+__all__ = ["HcnDriver", "__version__"]
