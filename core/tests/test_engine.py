@@ -849,3 +849,42 @@ async def test_reconcile_removes_unrecorded_peers(engine: Engine, fake: FakeDriv
     fake.host.peers[name][KEY2] = PeerStatus(public_key=KEY2)
     await engine.reconcile()
     assert set(fake.host.peers[name]) == {KEY1}
+
+
+async def test_dedicated_identity_is_adopted_from_zlayer_marker(tmp_path: Any) -> None:
+    """A node moving from ZLayer's daemon keeps its dedicated key and port."""
+    from overlayd import keys
+    from overlayd import marker
+
+    priv = keys.generate_private_key()
+    doc = marker.NetworkMarker(
+        networks=[
+            marker.ManagedNetwork(
+                owner="service:db",
+                kind="wg-dedicated",
+                name="zl-prod-n1-db-d",
+                id="zl-prod-n1-db-d",
+                subnet="10.200.8.0/22",
+                wg_port=51830,
+                wg_private_key=priv,
+                wg_public_key=keys.public_key(priv),
+                interface="zl-prod-n1-db-d",
+            )
+        ]
+    )
+    tmp_path.mkdir(exist_ok=True)
+    marker.save(marker.marker_path(tmp_path), doc)
+    cfg = EngineConfig(
+        data_dir=tmp_path,
+        drivers=[],
+        dns=DnsSettings(enabled=False),
+        engine=EngineSettings(health_interval_secs=0),
+    )
+    async with Engine(cfg, drivers=[FakeDriver()]) as eng:
+        await setup_global(eng)
+        svc = await eng.setup_service_overlay("db", "dedicated")
+        assert svc.dedicated is not None
+        assert svc.dedicated.listen_port == 51830
+        assert svc.dedicated.public_key == keys.public_key(priv)
+        other = await eng.setup_service_overlay("cache", "dedicated")
+        assert other.dedicated is not None and other.dedicated.listen_port == 51821

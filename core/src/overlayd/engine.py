@@ -850,8 +850,13 @@ class Engine:
             dedicated: Device | None = None
             if mode is OverlayMode.DEDICATED:
                 assert overlay_ip is not None
+                imported = self._import_zlayer_identity(service)
                 with self._mem:
-                    port = self._ports.allocate()
+                    if imported is not None:
+                        port = imported
+                        self._ports.reserve(port)
+                    else:
+                        port = self._ports.allocate()
                 undo.push(
                     "release port",
                     lambda: self._ports.release(port) if self._ports else None,
@@ -901,6 +906,30 @@ class Engine:
             raise
         self._sync_dns_serve()
         return svc
+
+    def _import_zlayer_identity(self, service: str) -> int | None:
+        """Adopt a dedicated identity ZLayer's daemon left in ``agent_network.json``.
+
+        Returns the recorded listen port when the marker holds a complete
+        identity (key and port) and overlayd has no key of its own for the
+        service yet; the key is moved into the secret store. overlayd itself
+        keeps identities in its state store and secret files, and only the hcn
+        driver writes the marker (its networks, keeping these fields).
+        """
+        if self.config.data_dir is None:
+            return None
+        from overlayd import marker
+
+        entry = marker.load(marker.marker_path(self.config.data_dir)).get(
+            marker.owner_for_service(service)
+        )
+        if entry is None or not entry.wg_private_key or not entry.wg_port:
+            return None
+        name = f"wg-service-{service}"
+        if self._secrets.get(name) is None:
+            self._secrets.put(name, entry.wg_private_key)
+            log.info("adopted ZLayer's dedicated identity of %s (port %d)", service, entry.wg_port)
+        return int(entry.wg_port)
 
     async def teardown_service_overlay(self, service: str) -> None:
         """Detach the service's workloads and remove its devices and subnet. Idempotent."""

@@ -539,8 +539,22 @@ class HcnDriver:
         return created.id
 
     def _record(self, owner: str, kind: MarkerKind, name: str, id: UUID, subnet: IPNetwork) -> None:
+        # Keep a dedicated service's WireGuard identity (wg_* fields, written by
+        # ZLayer's daemon) in the same entry, as ZLayer stores both together.
+        previous = self._marker.get(owner)
+        keep = (
+            {
+                k: getattr(previous, k)
+                for k in ("wg_port", "wg_private_key", "wg_public_key", "interface")
+                if getattr(previous, k) is not None
+            }
+            if previous is not None
+            else {}
+        )
         self._marker.upsert(
-            ManagedNetwork(owner=owner, kind=kind, name=name, id=str(id), subnet=str(subnet))
+            ManagedNetwork(
+                owner=owner, kind=kind, name=name, id=str(id), subnet=str(subnet), **keep
+            )
         )
         self._save()
 
