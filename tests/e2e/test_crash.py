@@ -25,7 +25,6 @@ import time
 from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -36,7 +35,7 @@ pytestmark = pytest.mark.slow
 
 SERVICE = "web"
 KEYS = [
-    "%s=" % (chr(65 + i) * 43)  # noqa: UP031 - 44-char base64 keys AAAA...=, BBBB...=
+    "%s=" % (chr(65 + i) * 43)
     for i in range(8)
 ]
 
@@ -170,7 +169,7 @@ def test_sigkill_under_load_loses_nothing_answered(tmp_path: Path) -> None:
             client.setup_service_overlay(SERVICE, "shared")
         outcomes = [Outcome() for _ in range(4)]
         total = 0
-        for round_no in range(6):
+        for _round_no in range(6):
             stop = threading.Event()
             threads = [
                 threading.Thread(
