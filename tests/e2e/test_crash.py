@@ -18,6 +18,7 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -65,12 +66,19 @@ def start_daemon(tmp: Path) -> subprocess.Popen[bytes]:
         stdout=log,
         stderr=subprocess.STDOUT,
     )
+    # A killed daemon leaves its socket file behind: wait until the new one
+    # accepts connections, not merely until the path exists.
     deadline = time.monotonic() + 30
-    while not (tmp / "s.sock").exists():
+    while True:
         if proc.poll() is not None or time.monotonic() > deadline:
             raise AssertionError((tmp / "daemon.log").read_text()[-3000:])
-        time.sleep(0.02)
-    return proc
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(str(tmp / "s.sock"))
+            except OSError:
+                time.sleep(0.02)
+                continue
+        return proc
 
 
 @dataclass
