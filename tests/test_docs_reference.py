@@ -15,9 +15,13 @@ from overlayd.config import IpamSettings
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = (ROOT / "docs" / "configuration.rst").read_text()
 
-TOP = [k for k in DaemonConfig.model_fields if k not in {"driver_settings", "dns", "ipam", "engine"}]
+TOP = [
+    k for k in DaemonConfig.model_fields if k not in {"driver_settings", "dns", "ipam", "engine"}
+]
 TABLES: list[tuple[str, type[BaseModel]]] = [
-    ("dns", DnsSettings), ("ipam", IpamSettings), ("engine", EngineSettings)
+    ("dns", DnsSettings),
+    ("ipam", IpamSettings),
+    ("engine", EngineSettings),
 ]
 
 
