@@ -25,6 +25,7 @@ from overlayd.errors import ConfigError
 from overlayd.errors import NotSupported
 from overlayd_wireguard.keys import PrivateKey
 from overlayd_wireguard.uapi import DeviceState
+from overlayd_wireguard.uapi import PeerConfig
 from overlayd_wireguard.uapi import SetRequest
 
 __all__ = ["BackendName", "WgBackend", "select_backend"]
@@ -60,8 +61,19 @@ class WgBackend(Protocol):
         """Remove the device (and its process); return whether it existed."""
         ...
 
-    def apply(self, name: str, request: SetRequest) -> None:
-        """Apply one batch of device settings and peer operations."""
+    def apply(
+        self,
+        name: str,
+        request: SetRequest,
+        *,
+        peers: Sequence[PeerConfig] | None = None,
+    ) -> None:
+        """Apply one batch of device settings and peer operations.
+
+        ``peers``: the device's whole peer configuration after ``request``, when
+        the caller tracks it; a backend that records the configuration (to replay
+        it after a restart) then needs no read-back of the whole device.
+        """
         ...
 
     def get(self, name: str) -> DeviceState:

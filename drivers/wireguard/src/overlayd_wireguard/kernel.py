@@ -36,6 +36,7 @@ from overlayd_wireguard.links import LinkAdapter
 from overlayd_wireguard.links import PyRoute2Links
 from overlayd_wireguard.links import error_code
 from overlayd_wireguard.uapi import DeviceState
+from overlayd_wireguard.uapi import PeerConfig
 from overlayd_wireguard.uapi import PeerOp
 from overlayd_wireguard.uapi import PeerState
 from overlayd_wireguard.uapi import SetRequest
@@ -292,8 +293,18 @@ class KernelBackend:
         netns = self._netns.pop(name, None)
         return self.links.delete_link(name, netns=netns)
 
-    def apply(self, name: str, request: SetRequest) -> None:
-        """Send ``request`` as netlink messages (device first, then one per peer)."""
+    def apply(
+        self,
+        name: str,
+        request: SetRequest,
+        *,
+        peers: Sequence[PeerConfig] | None = None,
+    ) -> None:
+        """Send ``request`` as netlink messages (device first, then one per peer).
+
+        ``peers`` is accepted for the backend protocol; the kernel keeps the
+        configuration itself, so nothing is recorded here.
+        """
         if request.is_empty():
             return
         genl = self._genl_factory(self._netns.get(name))

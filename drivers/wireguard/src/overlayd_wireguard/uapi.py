@@ -19,6 +19,7 @@ Rules this client follows, each learnt the hard way (WIREGUARD.md §6):
 from __future__ import annotations
 
 import errno as errno_mod
+import functools
 import ipaddress
 import logging
 import os
@@ -115,6 +116,7 @@ def validate_ifname(name: str) -> str:
     return name
 
 
+@functools.lru_cache(maxsize=1 << 17)  # pure; a 10,000-peer get parses each once
 def normalize_allowed_ip(text: str) -> str:
     """Return the masked CIDR (``10.0.0.5/24`` -> ``10.0.0.0/24``) peers store."""
     if not isinstance(cast("object", text), str) or "/" not in text:
@@ -125,6 +127,7 @@ def normalize_allowed_ip(text: str) -> str:
         raise InvalidRequest(f"allowed IP {text!r} is not a valid CIDR prefix") from exc
 
 
+@functools.lru_cache(maxsize=1 << 17)
 def normalize_endpoint(text: str) -> str:
     """Return ``IP:port`` / ``[IPv6]:port`` in canonical form; names are refused."""
     bad = InvalidRequest(

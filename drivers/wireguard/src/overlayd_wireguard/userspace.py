@@ -226,16 +226,30 @@ class UserspaceBackend:
                 self.uapi.socket_path(name).unlink()  # stale file
             return False
 
-    def apply(self, name: str, request: SetRequest) -> None:
-        """Apply ``request`` over UAPI and record the resulting configuration."""
+    def apply(
+        self,
+        name: str,
+        request: SetRequest,
+        *,
+        peers: Sequence[PeerConfig] | None = None,
+    ) -> None:
+        """Apply ``request`` over UAPI and record the resulting configuration.
+
+        With ``peers`` (the whole peer configuration after ``request``) the
+        record is taken from the caller instead of a ``get`` of the whole
+        device, which keeps one-peer changes on large devices cheap. After a
+        failed ``set`` the device is always read back (it is partially applied).
+        """
         with self._lock:
             dev = self._require(name)
             if not self._running(dev):
                 self._restart(dev)
+            ok = False
             try:
                 self.uapi.set(name, request)
+                ok = True
             finally:
-                self._record(dev, request)
+                self._record(dev, request, peers if ok else None)
 
     def get(self, name: str) -> DeviceState:
         """Read the device over UAPI."""
@@ -387,13 +401,30 @@ class UserspaceBackend:
 
     def _configure(self, dev: _Device, *, with_peers: bool) -> None:
         """Push key/port/fwmark (and recorded peers), then link settings."""
-        request = SetRequest(
-            private_key=dev.private_key,
-            listen_port=dev.listen_port,
-            fwmark=dev.fwmark,
-            replace_peers=with_peers,
-            peers=tuple(p.create_op() for p in dev.peers) if with_peers else (),
-        )
+        if with_peers:
+            request = SetRequest(
+                private_key=dev.private_key,
+                listen_port=dev.listen_port,
+                fwmark=dev.fwmark,
+                replace_peers=True,
+                peers=tuple(p.create_op() for p in dev.peers),
+            )
+        else:
+            # Send only the device keys that differ: re-sending an unchanged
+            # listen_port makes wireguard-go close and rebind its UDP socket,
+            # which an adopted, working device must not suffer.
+            have = self.uapi.get(dev.name)
+            request = SetRequest(
+                private_key=(dev.private_key if have.private_key != dev.private_key else None),
+                listen_port=(
+                    dev.listen_port
+                    if dev.listen_port is not None
+                    and have.listen_port != dev.listen_port
+                    and not (dev.listen_port == 0 and have.listen_port)
+                    else None
+                ),
+                fwmark=dev.fwmark if dev.fwmark is not None and have.fwmark != dev.fwmark else None,
+            )
         self.uapi.set(dev.name, request)
         self.links.configure(dev.name, mtu=dev.mtu, addresses=dev.addresses, netns=dev.netns)
         if dev.listen_port:
@@ -409,13 +440,21 @@ class UserspaceBackend:
     def _read_peers(self, name: str) -> tuple[PeerConfig, ...]:
         return tuple(PeerConfig.from_state(p) for p in self.uapi.get(name).peers)
 
-    def _record(self, dev: _Device, request: SetRequest) -> None:
+    def _record(
+        self,
+        dev: _Device,
+        request: SetRequest,
+        peers: Sequence[PeerConfig] | None = None,
+    ) -> None:
         if request.private_key is not None:
             dev.private_key = request.private_key
         if request.listen_port is not None:
             dev.listen_port = request.listen_port
         if request.fwmark is not None:
             dev.fwmark = request.fwmark
+        if peers is not None:
+            dev.peers = tuple(peers)
+            return
         try:
             dev.peers = self._read_peers(dev.name)
         except DeviceError as exc:
