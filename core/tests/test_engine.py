@@ -888,3 +888,17 @@ async def test_dedicated_identity_is_adopted_from_zlayer_marker(tmp_path: Any) -
         assert svc.dedicated.public_key == keys.public_key(priv)
         other = await eng.setup_service_overlay("cache", "dedicated")
         assert other.dedicated is not None and other.dedicated.listen_port == 51821
+
+
+async def test_peer_receiving_bytes_stays_healthy_between_handshakes(
+    engine: Engine, fake: FakeDriver
+) -> None:
+    """WireGuard re-handshakes every ~2 min; received bytes prove the peer alive."""
+    name = await setup_global(engine)
+    await engine.add_peer(KEY1, "127.0.0.1:2", "10.200.16.0/20", 25)
+    fake.set_handshake(name, KEY1, 1)
+    peer = fake.host.peers[name][KEY1]
+    fake.host.peers[name][KEY1] = peer.model_copy(update={"rx_bytes": 100})
+    assert await engine.check_health() == []
+    events = await engine.check_health()  # no new bytes and a stale handshake
+    assert [e.healthy for e in events] == [False]

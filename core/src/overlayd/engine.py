@@ -279,7 +279,7 @@ class Engine:
         self._carver: SubnetCarver | None = None
         self._ports: PortBand | None = None
         self._health: dict[tuple[str, str], bool] = {}
-        self._tx_seen: dict[tuple[str, str], int] = {}
+        self._tx_seen: dict[tuple[str, str], tuple[int, int]] = {}
         self._endpoints: dict[tuple[str, str], str | None] = {}
 
     # -- lifecycle ----------------------------------------------------------
@@ -1566,13 +1566,17 @@ class Engine:
                 continue
             for peer in peers:
                 key = (device.name, peer.public_key)
-                sent = peer.tx_bytes > self._tx_seen.get(key, 0)
-                self._tx_seen[key] = peer.tx_bytes
+                prev_tx, prev_rx = self._tx_seen.get(key, (0, 0))
+                sent = peer.tx_bytes > prev_tx
+                received = peer.rx_bytes > prev_rx
+                self._tx_seen[key] = (peer.tx_bytes, peer.rx_bytes)
                 expected = (
                     peer.persistent_keepalive_secs > 0 or sent or peer.last_handshake_unix_secs > 0
                 )
                 age = now - peer.last_handshake_unix_secs
-                healthy = not (expected and age > stale)
+                # WireGuard re-handshakes only every ~2 minutes; bytes received
+                # since the last check prove the peer alive in between.
+                healthy = received or not (expected and age > stale)
                 if self._health.get(key, True) != healthy:
                     events.append(
                         Event(
@@ -1750,9 +1754,11 @@ class Engine:
         }
         for recorded, spec in specs:
             try:
+                # Always create-or-adopt: drivers learn the recorded key and port
+                # this way even when the device survived the restart.
                 if (spec.kind, spec.name) not in present:
                     recreated += 1
-                    self.hooks.device_create(spec)
+                self.hooks.device_create(spec)
                 if recorded.kind == DeviceKind.WIREGUARD:
                     self._reconcile_peers(recorded)
             except OverlaydError as exc:

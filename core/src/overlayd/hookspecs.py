@@ -523,12 +523,15 @@ def overlayd_attach(request: AttachRequest) -> Attachment | None:
     """Connect a workload to its service segment and return the attachment.
 
     Return ``None`` when ``request.handle.platform`` is a kind this driver does
-    not attach, or ``request.segment.driver`` is another driver. The engine has
-    already leased ``request.address`` (and ``request.global_address``).
+    not attach, or (for handles attached to the segment itself: ``linux_pid``,
+    ``netns``, ``windows_container``) ``request.segment.driver`` is another
+    driver. The engine has already leased ``request.address`` (and
+    ``request.global_address``).
 
-    For ``guest_managed`` handles the driver generates the guest's keypair and
-    returns it in ``attachment.guest``; the engine registers the guest as a
-    peer of the node's device.
+    A ``guest_managed`` handle does not touch the segment: the driver that
+    handles guests answers whatever driver owns the segment. It generates the
+    guest's keypair and returns it in ``attachment.guest``; the engine registers
+    the guest as a peer of the node's device.
 
     :param request: Handle, service, segment, addresses, gateway, DNS, MTU.
     :returns: The attachment; ``attachment.driver`` is this driver's name and
