@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable
 from collections.abc import Sequence
@@ -182,8 +183,16 @@ def _serve(args: argparse.Namespace) -> int:
     except OverlaydError as exc:
         _err(f"overlayd: cannot run: {exc}")
         return EXIT_ERR
+    except OSError as exc:
+        _err(f"overlayd: cannot run: {exc}")
+        return EXIT_ERR
     except KeyboardInterrupt:
         return EXIT_OK
+    finally:
+        # The daemon has stopped; a late SIGTERM/SIGINT must not turn a clean
+        # exit into death by signal while the interpreter winds down.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _drivers(args: argparse.Namespace) -> int:

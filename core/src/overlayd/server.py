@@ -809,6 +809,10 @@ def _sd_notify(message: str) -> None:
             log.warning("sd_notify failed: %s", exc)
 
 
+def _late_signal(sig: int) -> None:
+    log.info("%s received while already stopping", signal.Signals(sig).name)
+
+
 async def run_daemon(config: DaemonConfig, *, engine: Engine | None = None) -> int:
     """Run overlayd until SIGTERM/SIGINT or a ``shutdown`` request. Returns the exit code.
 
@@ -819,7 +823,7 @@ async def run_daemon(config: DaemonConfig, *, engine: Engine | None = None) -> i
         plugins: list[object] = []
         if config.dns.enabled:
             try:
-                from overlayd.dns.plugin import DnsPlugin  # type: ignore[import-not-found,unused-ignore]
+                from overlayd.dns.plugin import DnsPlugin
             except ImportError as exc:
                 raise ConfigError(
                     f"the built-in DNS server is not available ({exc}); "
@@ -856,11 +860,14 @@ async def run_daemon(config: DaemonConfig, *, engine: Engine | None = None) -> i
         await server.serve_until_stopped()
     finally:
         _sd_notify("STOPPING=1")
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
         try:
             await server.close()
         finally:
             await engine.stop()
+            # A further SIGTERM while the process winds down must not kill it with
+            # the default action (exit status -15): keep a handler installed; the
+            # loop's close() removes it.
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, _late_signal, sig)
     log.info("overlayd stopped after %d request(s)", server.requests_served)
     return 0

@@ -1,0 +1,187 @@
+"""The daemon's TOML configuration and how command-line flags override it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from overlayd.cli import build_overlayd_parser
+from overlayd.config import DEFAULT_SOCKET
+from overlayd.config import load_config
+from overlayd.errors import ConfigError
+
+FULL = """
+socket = "/run/od/od.sock"
+data_dir = "/var/lib/od"
+socket_group = "zlayer"
+allowed_uids = [1000, 1001]
+allowed_gids = [50]
+log_format = "json"
+log_level = "debug"
+
+[drivers]
+enabled = ["linux_bridge", "wireguard"]
+
+[drivers.wireguard]
+backend = "userspace"
+port_band = 256
+
+[dns]
+enabled = false
+ttl = 30
+listen = ["127.0.0.1:5353"]
+
+[ipam]
+service_prefix_v4 = 24
+
+[engine]
+mtu = 1380
+peer_stale_secs = 60
+health_interval_secs = 0.5
+"""
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "overlayd.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_without_a_file() -> None:
+    config = load_config(None)
+    assert config.socket == Path(DEFAULT_SOCKET)
+    assert config.drivers == ["fake"]
+    assert config.data_dir is None
+    assert config.log_format == "text"
+    assert config.dns.enabled is True
+
+
+def test_full_file(tmp_path: Path) -> None:
+    config = load_config(_write(tmp_path, FULL))
+    assert config.socket == Path("/run/od/od.sock")
+    assert config.data_dir == Path("/var/lib/od")
+    assert config.socket_group == "zlayer"
+    assert config.allowed_uids == [1000, 1001]
+    assert config.allowed_gids == [50]
+    assert config.log_format == "json"
+    assert config.log_level == "debug"
+    assert config.drivers == ["linux_bridge", "wireguard"]
+    assert config.driver_options("wireguard") == {"backend": "userspace", "port_band": 256}
+    assert config.driver_options("linux_bridge") == {}
+    assert config.dns.enabled is False
+    assert config.dns.ttl == 30
+    assert config.dns.listen == ["127.0.0.1:5353"]
+    assert config.ipam.service_prefix_v4 == 24
+    assert config.engine.mtu == 1380
+    assert config.engine.health_interval_secs == 0.5
+
+
+def test_drivers_as_a_plain_list(tmp_path: Path) -> None:
+    config = load_config(_write(tmp_path, 'drivers = ["wireguard", "linux_bridge"]\n'))
+    assert config.drivers == ["wireguard", "linux_bridge"]  # order kept
+    assert config.driver_settings == {}
+
+
+def test_drivers_table_without_enabled_keeps_default_list(tmp_path: Path) -> None:
+    config = load_config(_write(tmp_path, '[drivers.fake]\nstate_file = "/tmp/x.json"\n'))
+    assert config.drivers == ["fake"]
+    assert config.driver_options("fake") == {"state_file": "/tmp/x.json"}
+
+
+def test_list_and_table_together_is_a_toml_error(tmp_path: Path) -> None:
+    path = _write(tmp_path, 'drivers = ["fake"]\n[drivers.fake]\nstate_file = "x"\n')
+    with pytest.raises(ConfigError, match="invalid TOML") as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("colour = 1\n", "colour"),
+        ("[engine]\nmtu = 1400\nturbo = true\n", "engine.turbo"),
+        ("[dns]\nzonefile = 'x'\n", "dns.zonefile"),
+        ('[drivers]\nenabled = ["fake"]\nextra = 1\n', "drivers.extra"),
+    ],
+)
+def test_unknown_keys_name_the_key_and_the_file(tmp_path: Path, text: str, key: str) -> None:
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert f"unknown key `{key}`" in message
+    assert str(path) in message
+
+
+def test_bad_values_name_the_key(tmp_path: Path) -> None:
+    path = _write(tmp_path, 'log_format = "xml"\n')
+    with pytest.raises(ConfigError, match="`log_format`") as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+    with pytest.raises(ConfigError, match="listed twice"):
+        load_config(_write(tmp_path, 'drivers = ["fake", "fake"]\n'))
+
+
+def test_missing_and_broken_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.toml")
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        load_config(_write(tmp_path, "socket = \n"))
+
+
+def test_flags_override_the_file(tmp_path: Path) -> None:
+    path = _write(tmp_path, FULL)
+    args = build_overlayd_parser().parse_args(
+        [
+            "serve",
+            "--config",
+            str(path),
+            "--socket",
+            "/tmp/flag.sock",
+            "--data-dir",
+            "/tmp/flagdata",
+            "--driver",
+            "fake",
+            "--driver",
+            "example",
+            "--log-format",
+            "text",
+            "--allow-uid",
+            "7",
+        ]
+    )
+    config = load_config(
+        args.config,
+        socket=args.socket,
+        data_dir=args.data_dir,
+        drivers=args.drivers,
+        socket_group=args.socket_group,
+        allowed_uids=args.allowed_uids,
+        allowed_gids=args.allowed_gids,
+        log_format=args.log_format,
+        log_level=args.log_level,
+    )
+    assert config.socket == Path("/tmp/flag.sock")
+    assert config.data_dir == Path("/tmp/flagdata")
+    assert config.drivers == ["fake", "example"]  # repeated --driver, in order
+    assert config.log_format == "text"
+    assert config.allowed_uids == [7]
+    # Not given on the command line: the file's values stay.
+    assert config.log_level == "debug"
+    assert config.allowed_gids == [50]
+    assert config.socket_group == "zlayer"
+    assert config.driver_options("wireguard") == {"backend": "userspace", "port_band": 256}
+    assert config.dns.enabled is False
+
+
+def test_serve_reports_config_errors_with_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from overlayd.cli import overlayd_main
+
+    path = _write(tmp_path, "bogus = 1\n")
+    assert overlayd_main(["serve", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key `bogus`" in err
+    assert str(path) in err

@@ -1,0 +1,180 @@
+"""The IPC server in-process: socket claiming, error paths, events, logging."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import shutil
+import socket
+import tempfile
+from collections.abc import AsyncIterator
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from overlayd import protocol as p
+from overlayd.client import AsyncClient
+from overlayd.client import RemoteError
+from overlayd.config import DaemonConfig
+from overlayd.config import DnsSettings
+from overlayd.engine import Engine
+from overlayd.errors import ConfigError
+from overlayd.logging import configure_logging
+from overlayd.model import Event
+from overlayd.server import Server
+from overlayd.server import SocketInUse
+from overlayd_fake.driver import FakeDriver
+
+
+@pytest.fixture
+def root() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="osv-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _config(root: Path) -> DaemonConfig:
+    return DaemonConfig(socket=root / "s.sock", drivers=[], dns=DnsSettings(enabled=False))
+
+
+@pytest.fixture
+async def served(root: Path) -> AsyncIterator[tuple[Server, AsyncClient]]:
+    config = _config(root)
+    engine = Engine(config, drivers=[FakeDriver()])
+    await engine.start()
+    server = Server(engine, config)
+    await server.start()
+    client = AsyncClient(str(config.socket), timeout=5)
+    try:
+        yield server, client
+    finally:
+        await client.close()
+        await server.close()
+        await engine.stop()
+
+
+def test_claim_refuses_a_second_server_on_the_lock(root: Path) -> None:
+    config = _config(root)
+    first = Server(Engine(config, drivers=[FakeDriver()]), config)
+    first.claim()
+    try:
+        second = Server(Engine(config, drivers=[FakeDriver()]), config)
+        with pytest.raises(SocketInUse, match="another overlayd"):
+            second.claim()
+    finally:
+        first._release_lock()
+    # Released: a new server may claim it.
+    third = Server(Engine(config, drivers=[FakeDriver()]), config)
+    third.claim()
+    third._release_lock()
+
+
+def test_claim_refuses_a_non_socket_and_replaces_a_stale_socket(root: Path) -> None:
+    config = _config(root)
+    config.socket.write_text("data")
+    server = Server(Engine(config, drivers=[FakeDriver()]), config)
+    with pytest.raises(ConfigError, match="is not a socket"):
+        server.claim()
+    config.socket.unlink()
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(config.socket))
+    stale.close()
+    server.claim()
+    assert not config.socket.exists()
+    server._release_lock()
+
+
+async def test_engine_bugs_become_err_and_the_server_survives(
+    served: tuple[Server, AsyncClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, client = served
+
+    async def broken() -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(server.engine, "status", broken)
+    with pytest.raises(RemoteError, match=r"internal error in status: RuntimeError: boom"):
+        await client.status()
+    hello = await client.hello()
+    assert hello.server_version
+
+
+async def test_an_answer_too_large_to_send_becomes_err(
+    served: tuple[Server, AsyncClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, client = served
+
+    async def huge(request: p.AnyRequest) -> p.AnyResponse:
+        return p.ErrResponse(message="x" * (p.MAX_FRAME + 10))
+
+    monkeypatch.setattr(server, "dispatch", huge)
+    with pytest.raises(RemoteError, match="more than the 8388608-byte limit"):
+        await client.status()
+
+
+async def test_events_are_pushed_to_connected_clients(
+    served: tuple[Server, AsyncClient],
+) -> None:
+    server, client = served
+    key = "mVNGA3KRlsSVAukmk0+nBYbMx8QEySJH8MLMGAGyk0w="
+    events = client.events()
+    first = asyncio.ensure_future(anext(events))
+    await client.status()  # connected and registered
+    await asyncio.sleep(0.05)
+    server.engine.emit(Event(event="nat_endpoint_changed", pubkey=key, endpoint="10.9.0.2:4000"))
+    got = await asyncio.wait_for(first, 5)
+    assert got == p.NatEndpointChangedEvent(pubkey=key, endpoint="10.9.0.2:4000")
+    await events.aclose()
+
+
+async def test_requests_after_stop_began_get_err(served: tuple[Server, AsyncClient]) -> None:
+    server, client = served
+    await client.status()
+    server.request_stop()
+    with pytest.raises(RemoteError, match="shutting down"):
+        await client.status()
+
+
+async def test_shutdown_op_answers_then_stops(served: tuple[Server, AsyncClient]) -> None:
+    server, client = served
+    await client.shutdown()
+    await asyncio.wait_for(server.serve_until_stopped(), 15)
+    assert not server.path.exists()
+
+
+def test_json_logs_redact_secrets() -> None:
+    stream = io.StringIO()
+    handler = configure_logging("json", "info", stream)
+    try:
+        log = logging.getLogger("overlayd.test")
+        log.info("guest %s attached", "vm1", extra={"private_key": "c2VjcmV0", "ip": "10.0.0.2"})
+        log.debug("hidden")
+    finally:
+        logging.getLogger().removeHandler(handler)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 1
+    record = json.loads(lines[0])
+    assert record["msg"] == "guest vm1 attached"
+    assert record["level"] == "info"
+    assert record["logger"] == "overlayd.test"
+    assert record["ip"] == "10.0.0.2"
+    assert record["private_key"] == "<redacted>"
+    assert "c2VjcmV0" not in lines[0]
+    assert record["ts"].endswith("Z")
+
+
+def test_text_logs_show_extras() -> None:
+    stream = io.StringIO()
+    handler = configure_logging("text", "debug", stream)
+    try:
+        logging.getLogger("overlayd.test").warning("refused", extra={"peer": "uid 5"})
+    finally:
+        logging.getLogger().removeHandler(handler)
+    line = stream.getvalue().strip()
+    assert "WARNING" in line
+    assert line.endswith("overlayd.test: refused peer=uid 5")

@@ -1,0 +1,711 @@
+"""End to end: ``overlayd serve --driver fake`` as a subprocess, driven over its socket."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from overlayd import protocol as p
+from overlayd.client import Client
+from overlayd.client import RemoteError
+from overlayd.keys import generate_private_key
+from overlayd.keys import public_key
+
+_HDR = struct.Struct("<I")
+
+
+@dataclass
+class Daemon:
+    proc: subprocess.Popen[bytes]
+    socket: Path
+    data_dir: Path
+    log: Path
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, timeout: float = 15.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+            raise
+
+
+def _serve_cmd(sock: Path, data: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "overlayd",
+        "serve",
+        "--driver",
+        "fake",
+        "--socket",
+        str(sock),
+        "--data-dir",
+        str(data),
+        "--no-dns",
+        *extra,
+    ]
+
+
+def _wait_ready(sock: Path, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"overlayd exited {proc.returncode}:\n{log.read_text()}")
+        if sock.exists():
+            with socket.socket(socket.AF_UNIX) as s:
+                try:
+                    s.connect(str(sock))
+                    return
+                except OSError:
+                    pass
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError(f"overlayd did not listen on {sock}:\n{log.read_text()}")
+
+
+def start_daemon(root: Path, *extra: str, config: str | None = None) -> Daemon:
+    sock = root / "overlayd.sock"
+    data = root / "data"
+    log = root / "daemon.log"
+    args = list(extra)
+    if config is not None:
+        cfg = root / "overlayd.toml"
+        cfg.write_text(config)
+        args += ["--config", str(cfg)]
+    with log.open("ab") as out:
+        proc = subprocess.Popen(_serve_cmd(sock, data, *args), stdout=out, stderr=subprocess.STDOUT)
+    _wait_ready(sock, proc, log)
+    return Daemon(proc, sock, data, log)
+
+
+@pytest.fixture
+def root() -> Iterator[Path]:
+    # Short paths: a Unix socket path must fit in 108 bytes.
+    path = Path(tempfile.mkdtemp(prefix="od-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def daemon(root: Path) -> Iterator[Daemon]:
+    d = start_daemon(root)
+    try:
+        yield d
+    finally:
+        code = d.stop()
+        assert code == 0, d.log_text()
+
+
+def _key() -> str:
+    return public_key(generate_private_key())
+
+
+def _setup(c: Client) -> None:
+    name = c.setup_global_overlay(
+        deployment="e2e",
+        instance_id="n1",
+        cluster_cidr="10.200.0.0/16",
+        slice_cidr="10.200.1.0/24",
+        wg_port=51820,
+        nat_enabled=True,
+    )
+    assert name == "zl-e2e-n1-g"
+
+
+# -- raw socket helpers -------------------------------------------------------
+
+
+def _raw(sock: Path) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(10)
+    s.connect(str(sock))
+    return s
+
+
+def _send(s: socket.socket, body: bytes) -> None:
+    s.sendall(_HDR.pack(len(body)) + body)
+
+
+def _recv_exact(s: socket.socket, n: int) -> bytes | None:
+    buf = b""
+    while len(buf) < n:
+        try:
+            chunk = s.recv(n - len(buf))
+        except ConnectionResetError:
+            # A closed Unix socket with unread input reports ECONNRESET: also a close.
+            return None
+        if not chunk:
+            return None
+        buf += chunk
+    return buf
+
+
+def _recv(s: socket.socket) -> dict[str, object] | None:
+    head = _recv_exact(s, 4)
+    if head is None:
+        return None
+    (n,) = _HDR.unpack(head)
+    body = _recv_exact(s, n)
+    assert body is not None, "truncated frame from the daemon"
+    frame = p.decode_frame(body)  # every answer must be a well-formed frame
+    assert isinstance(frame, p.ResponseFrame | p.EventFrame)
+    data: dict[str, object] = json.loads(body)
+    return data
+
+
+def _request(id_: int, request: dict[str, object]) -> bytes:
+    return json.dumps({"frame": "request", "id": id_, "request": request}).encode()
+
+
+# -- every op -----------------------------------------------------------------
+
+
+def test_every_op_through_the_client(daemon: Daemon) -> None:
+    with Client(str(daemon.socket), timeout=10) as c:
+        hello = c.hello("e2e")
+        assert hello.protocol_version == 1
+        assert [d.name for d in hello.drivers] == ["fake"]
+        assert set(p.ALL_OPS) == set(hello.ops)
+
+        c.set_local_node_id(7)
+        node_key = _key()
+        c.set_local_wg_pubkey(node_key)
+        _setup(c)
+        # Idempotent: the second setup answers the same device.
+        _setup(c)
+
+        shared = c.setup_service_overlay("web", "auto")
+        assert shared.mode == "shared"
+        assert shared.name == "zl-e2e-n1-web-b"
+        ded = c.setup_service_overlay("db", "dedicated")
+        assert ded.mode == "dedicated"
+        assert ded.wg_public_key and ded.wg_port and ded.subnet
+
+        ip = c.allocate_ip("web")
+        assert ip.startswith("10.200.1.")
+        assert any(lease.ip == ip for lease in c.list_leases("service:web"))
+        c.release_ip(ip)
+        assert not any(lease.ip == ip for lease in c.list_leases())
+
+        attached = c.attach_container(p.LinuxPidHandle(pid=4242), "web", join_global=True)
+        assert isinstance(attached, p.AttachedResponse)
+        again = c.attach_container(p.LinuxPidHandle(pid=4242), "web", join_global=True)
+        assert isinstance(again, p.AttachedResponse)
+        assert again.ip == attached.ip  # idempotent per handle
+        netns = c.attach_container(p.NetnsHandle(path="/run/netns/x1"), "web")
+        assert isinstance(netns, p.AttachedResponse)
+        guest = c.attach_container(
+            p.GuestManagedHandle(id="vm-1"), "web", dns_server="10.200.1.1", dns_domain="e2e.local"
+        )
+        assert isinstance(guest, p.GuestConfigResponse)
+        assert guest.dns_domain == "e2e.local"
+        assert guest.peers and guest.peers[0].public_key == c.status().public_key
+
+        atts = c.list_attachments()
+        assert {a.handle.platform for a in atts} == {"linux_pid", "netns", "guest_managed"}
+        assert [a.ip for a in c.list_attachments("web") if a.handle == p.LinuxPidHandle(pid=4242)]
+        assert c.list_attachments("nosuch") == []
+
+        peer = _key()
+        c.add_peer(peer, "node2.example.internal:51820", "10.200.2.0/24,10.200.3.0/24", 25)
+        c.add_allowed_ip(peer, "10.200.4.0/24")
+        c.remove_allowed_ip(peer, "10.200.3.0/24")
+        st = c.status()
+        row = next(x for x in st.peers if x.public_key == peer)
+        assert row.allowed_ips.split(",") == ["10.200.2.0/24", "10.200.4.0/24"]
+        assert row.endpoint == "node2.example.internal:51820"
+        assert st.interface == "zl-e2e-n1-g"
+        assert st.node_ip == "10.200.1.1"
+        assert st.service_count == 2
+        assert [d.service for d in st.dedicated_services] == ["db"]
+
+        dpeer = _key()
+        c.add_peer(dpeer, "", "10.250.0.0/24", service="db")
+        assert c.status().dedicated_services[0].peer_count == 1
+        c.remove_peer(dpeer, service="db")
+
+        other = _key()
+        c.apply_peers(
+            [
+                p.PeerChange(
+                    public_key=other, endpoint="10.9.0.2:51820", allowed_ips="10.200.9.0/24"
+                ),
+                p.PeerChange(public_key=peer, remove=True),
+            ]
+        )
+        keys = {x.public_key for x in c.status().peers}
+        assert other in keys and peer not in keys
+        c.remove_peer(other)
+        assert c.status().peer_count == len(guest.peers) - 1 + 1  # only the guest remains
+
+        c.register_dns("api", "10.200.1.50")
+        c.unregister_dns("api")
+        c.nat_tick()
+
+        report = c.gc([p.LinuxPidHandle(pid=4242), p.GuestManagedHandle(id="vm-1")], dry_run=True)
+        assert report.released == [p.NetnsHandle(path="/run/netns/x1")]
+        assert len(c.list_attachments()) == 3
+        report = c.gc([p.LinuxPidHandle(pid=4242), p.GuestManagedHandle(id="vm-1")])
+        assert report.released == [p.NetnsHandle(path="/run/netns/x1")]
+        assert report.kept == 2
+
+        summary = c.reconcile()
+        assert summary.errors == []
+
+        c.detach_container(p.LinuxPidHandle(pid=4242))
+        c.detach_container(p.GuestManagedHandle(id="vm-1"))
+        assert c.list_attachments() == []
+        c.teardown_service_overlay("web")
+        c.teardown_service_overlay("db")
+        c.teardown_global_overlay()
+        assert c.status().interface is None
+
+        with pytest.raises(RemoteError, match=r"10\.77\.0\.1"):
+            c.release_ip("10.77.0.1")
+        with pytest.raises(RemoteError):
+            c.allocate_ip("nosuch")
+
+        c.shutdown()
+    assert daemon.proc.wait(15) == 0
+    assert not daemon.socket.exists()
+
+
+def test_state_survives_a_restart(root: Path) -> None:
+    fake_state = root / "fake-host.json"
+    config = f'[drivers]\nenabled = ["fake"]\n[drivers.fake]\nstate_file = "{fake_state}"\n'
+    d = start_daemon(root, config=config)
+    with Client(str(d.socket), timeout=10) as c:
+        _setup(c)
+        c.setup_service_overlay("web", "shared")
+        ip = c.attach_container(p.LinuxPidHandle(pid=99), "web", join_global=False)
+        assert isinstance(ip, p.AttachedResponse)
+        key = c.status().public_key
+    assert d.stop() == 0
+    d = start_daemon(root, config=config)
+    try:
+        with Client(str(d.socket), timeout=10) as c:
+            assert c.status().public_key == key
+            atts = c.list_attachments()
+            assert [(a.handle, a.ip) for a in atts] == [(p.LinuxPidHandle(pid=99), ip.ip)]
+    finally:
+        assert d.stop() == 0
+
+
+# -- malformed input ------------------------------------------------------------
+
+
+def test_bad_requests_get_err_and_the_connection_stays_open(daemon: Daemon) -> None:
+    with _raw(daemon.socket) as s:
+        _send(s, _request(5, {"op": "frobnicate"}))
+        answer = _recv(s)
+        assert answer is not None
+        assert answer["id"] == 5
+        assert answer["response"] == {
+            "result": "err",
+            "message": "request 5: unknown op 'frobnicate'",
+        }
+        _send(s, _request(6, {"op": "remove_peer", "pubkey": _key(), "scope": "global"}))
+        answer = _recv(s)
+        assert answer is not None
+        assert answer["id"] == 6
+        assert "scope must be an object" in str(answer["response"])
+        _send(s, _request(7, {"op": "setup_service_overlay", "service": "web"}))
+        answer = _recv(s)
+        assert answer is not None
+        assert answer["id"] == 7
+        assert "needs field 'mode'" in str(answer["response"])
+        _send(s, b"{not json")
+        answer = _recv(s)
+        assert answer is not None
+        assert answer["id"] == 0
+        assert "not valid JSON" in str(answer["response"])
+        _send(s, json.dumps({"frame": "response", "id": 9, "response": {"result": "ok"}}).encode())
+        answer = _recv(s)
+        assert answer is not None
+        assert answer["id"] == 9
+        assert "only send request frames" in str(answer["response"])
+        _send(s, _request(8, {"op": "status"}))
+        answer = _recv(s)
+        assert answer is not None
+        assert answer == {
+            "frame": "response",
+            "id": 8,
+            "response": {"result": "status", "peer_count": 0, "service_count": 0},
+        }
+
+
+def test_framing_errors_close_only_that_connection(daemon: Daemon) -> None:
+    with _raw(daemon.socket) as s:
+        s.sendall(_HDR.pack(p.MAX_FRAME + 1))
+        assert _recv(s) is None  # closed without an answer
+    with _raw(daemon.socket) as s:
+        s.sendall(_HDR.pack(100) + b'{"frame":')
+        s.shutdown(socket.SHUT_WR)
+        assert _recv(s) is None
+    with _raw(daemon.socket) as s:
+        s.sendall(b"\x01\x00")  # half a header
+        s.shutdown(socket.SHUT_WR)
+        assert _recv(s) is None
+    assert "closing connection" in daemon.log_text()
+    with Client(str(daemon.socket), timeout=10) as c:
+        assert c.status().peer_count == 0
+
+
+# -- concurrency ------------------------------------------------------------------
+
+
+def test_concurrent_clients(daemon: Daemon) -> None:
+    with Client(str(daemon.socket), timeout=10) as c:
+        _setup(c)
+        c.setup_service_overlay("web", "shared")
+    ips: list[str] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def worker(n: int) -> None:
+        try:
+            with Client(str(daemon.socket), timeout=20) as c:
+                for i in range(6):
+                    assert c.status().service_count == 1
+                    att = c.attach_container(p.LinuxPidHandle(pid=1000 + n * 100 + i), "web")
+                    assert isinstance(att, p.AttachedResponse)
+                    with lock:
+                        ips.append(att.ip)
+        except BaseException as exc:
+            with lock:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert len(ips) == 48
+    assert len(set(ips)) == 48  # no address handed out twice
+    with Client(str(daemon.socket), timeout=10) as c:
+        assert len(c.list_attachments("web")) == 48
+
+
+def test_pipelined_requests_answered_by_id(daemon: Daemon) -> None:
+    with Client(str(daemon.socket), timeout=10) as c:
+        _setup(c)
+        c.setup_service_overlay("web", "shared")
+    requests: list[bytes] = []
+    for i in range(1, 61):
+        if i % 3 == 0:
+            req: dict[str, object] = {"op": "allocate_ip", "service": "web", "join_global": False}
+        elif i % 3 == 1:
+            req = {"op": "status"}
+        else:
+            req = {"op": "hello"}
+        body = _request(i, req)
+        requests.append(_HDR.pack(len(body)) + body)
+    with _raw(daemon.socket) as s:
+        s.sendall(b"".join(requests))  # all 60 in flight at once
+        answers: dict[int, dict[str, object]] = {}
+        for _ in range(60):
+            frame = _recv(s)
+            assert frame is not None
+            fid, response = frame["id"], frame["response"]
+            assert isinstance(fid, int)
+            assert isinstance(response, dict)
+            answers[fid] = response
+    assert set(answers) == set(range(1, 61))
+    for i, response in answers.items():
+        expected = {0: "ip", 1: "status", 2: "hello"}[i % 3]
+        assert response["result"] == expected
+    ips = {r["ip"] for i, r in answers.items() if i % 3 == 0}
+    assert len(ips) == 20
+
+
+# -- events ----------------------------------------------------------------------------
+
+
+def test_health_events_reach_every_listening_client(root: Path) -> None:
+    config = "[engine]\nhealth_interval_secs = 0.2\npeer_stale_secs = 1\n"
+    d = start_daemon(root, config=config)
+    try:
+        received: dict[int, list[p.AnyEvent]] = {0: [], 1: []}
+        ready = threading.Barrier(3)
+
+        def listen(n: int) -> None:
+            with Client(str(d.socket), timeout=10) as c:
+                events = c.events()
+                c.status()  # the connection is registered before the barrier
+                ready.wait(10)
+                for event in events:
+                    received[n].append(event)
+                    break
+
+        threads = [threading.Thread(target=listen, args=(n,), daemon=True) for n in (0, 1)]
+        for t in threads:
+            t.start()
+        ready.wait(10)
+        key = _key()
+        with Client(str(d.socket), timeout=10) as c:
+            _setup(c)
+            # The fake reports no handshake ever; with a keepalive traffic is expected,
+            # so the checker marks the peer unhealthy after the stale window.
+            c.add_peer(key, "10.9.0.2:51820", "10.200.2.0/24", 25)
+        for t in threads:
+            t.join(15)
+        for n in (0, 1):
+            assert received[n] == [p.PeerHealthChangedEvent(pubkey=key, healthy=False)]
+    finally:
+        assert d.stop() == 0
+
+
+# -- security ----------------------------------------------------------------------------
+
+_AS_NOBODY = """
+import json, os, socket, struct, sys
+os.setgroups([])
+os.setgid(65534)
+os.setuid(65534)
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(10)
+s.connect(sys.argv[1])
+body = b'{"frame":"request","id":1,"request":{"op":"status"}}'
+try:
+    s.sendall(struct.pack("<I", len(body)) + body)
+except OSError:
+    pass
+head = s.recv(4, socket.MSG_WAITALL)
+n, = struct.unpack("<I", head)
+frame = json.loads(s.recv(n, socket.MSG_WAITALL))
+try:
+    rest = s.recv(1)
+except ConnectionResetError:
+    rest = b""
+print(json.dumps({"frame": frame, "eof": rest == b""}))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to uid 65534")
+def test_unauthorised_uid_is_refused(daemon: Daemon) -> None:
+    # Make the socket reachable so only SO_PEERCRED refuses.
+    os.chmod(daemon.socket.parent, 0o755)
+    os.chmod(daemon.socket, 0o666)
+    out = subprocess.run(
+        [sys.executable, "-c", _AS_NOBODY, str(daemon.socket)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    result = json.loads(out.stdout)
+    assert result["eof"] is True
+    assert result["frame"]["response"]["result"] == "err"
+    assert "permission denied" in result["frame"]["response"]["message"]
+    assert "uid 65534" in result["frame"]["response"]["message"]
+    assert "refused connection from" in daemon.log_text()
+    # root is still served
+    with Client(str(daemon.socket), timeout=10) as c:
+        assert c.status().service_count == 0
+
+
+def test_socket_mode_is_0660(daemon: Daemon) -> None:
+    mode = daemon.socket.stat().st_mode & 0o777
+    assert mode == 0o660
+
+
+# -- lifecycle ---------------------------------------------------------------------------
+
+
+def test_sigterm_during_load_answers_every_request(root: Path) -> None:
+    d = start_daemon(root)
+    with Client(str(d.socket), timeout=10) as c:
+        _setup(c)
+        c.setup_service_overlay("web", "shared")
+    stop_at: list[float] = []
+    results: list[tuple[int, int, float, bool]] = []  # client, id, sent at, answered
+    lock = threading.Lock()
+    go = threading.Event()
+
+    def client(n: int) -> None:
+        # Bursts of 4 pipelined requests (attach, status, list_leases, hello): at
+        # the SIGTERM some are running, some are queued, some unread.
+        s = _raw(d.socket)
+        try:
+            go.wait(10)
+            i = 0
+            while i < 20000:
+                burst = []
+                for op in ("attach_container", "status", "list_leases", "hello"):
+                    i += 1
+                    req: dict[str, object] = {"op": op}
+                    if op == "attach_container":
+                        req = {
+                            "op": op,
+                            "handle": {"platform": "linux_pid", "pid": n * 100000 + i},
+                            "service": "web",
+                            "join_global": False,
+                        }
+                    body = _request(i, req)
+                    burst.append((i, _HDR.pack(len(body)) + body))
+                sent = time.monotonic()
+                answered: set[object] = set()
+                try:
+                    s.sendall(b"".join(frame for _, frame in burst))
+                    while len(answered) < len(burst):
+                        frame = _recv(s)
+                        if frame is None:
+                            break
+                        answered.add(frame["id"])
+                except OSError:
+                    pass
+                with lock:
+                    results.extend((n, rid, sent, rid in answered) for rid, _ in burst)
+                if len(answered) < len(burst):
+                    return
+        finally:
+            s.close()
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    go.set()
+    time.sleep(1.0)
+    stop_at.append(time.monotonic())
+    d.proc.send_signal(signal.SIGTERM)
+    for t in threads:
+        t.join(30)
+    assert d.proc.wait(20) == 0
+    assert not d.socket.exists()
+    before = [r for r in results if r[2] < stop_at[0]]
+    assert len(before) > 50
+    lost = [r for r in before if not r[3]]
+    assert lost == [], f"requests sent before SIGTERM without an answer: {lost}"
+    assert "overlayd stopped after" in d.log_text()
+
+
+def test_second_daemon_refuses_a_live_socket(daemon: Daemon, root: Path) -> None:
+    out = subprocess.run(
+        _serve_cmd(daemon.socket, root / "data2"), capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 3
+    assert f"another overlayd is serving on {daemon.socket}" in out.stderr
+    # The first one is untouched.
+    with Client(str(daemon.socket), timeout=10) as c:
+        assert c.status().service_count == 0
+
+
+def test_a_foreign_live_listener_is_not_stolen(root: Path) -> None:
+    sock = root / "overlayd.sock"
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(sock))
+    listener.listen(1)
+    try:
+        out = subprocess.run(
+            _serve_cmd(sock, root / "data"), capture_output=True, text=True, timeout=60
+        )
+        assert out.returncode == 3
+        assert "another daemon is serving" in out.stderr
+        assert sock.exists()
+    finally:
+        listener.close()
+
+
+def test_stale_socket_file_is_replaced(root: Path) -> None:
+    sock = root / "overlayd.sock"
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(sock))
+    stale.close()  # the file stays, nobody listens
+    assert sock.exists()
+    d = start_daemon(root)
+    try:
+        with Client(str(d.socket), timeout=10) as c:
+            assert c.status().peer_count == 0
+        assert "removing stale socket" in d.log_text()
+    finally:
+        assert d.stop() == 0
+    assert not sock.exists()
+
+
+def test_a_regular_file_on_the_socket_path_is_refused(root: Path) -> None:
+    sock = root / "overlayd.sock"
+    sock.write_text("precious")
+    out = subprocess.run(
+        _serve_cmd(sock, root / "data"), capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 2
+    assert "is not a socket" in out.stderr
+    assert sock.read_text() == "precious"
+
+
+def test_json_logs(root: Path) -> None:
+    d = start_daemon(root, "--log-format", "json")
+    try:
+        with Client(str(d.socket), timeout=10) as c:
+            c.status()
+    finally:
+        assert d.stop() == 0
+    lines = [json.loads(line) for line in d.log_text().splitlines() if line.strip()]
+    assert any(x["msg"].startswith("serving on") and x["socket"] == str(d.socket) for x in lines)
+    assert all({"ts", "level", "logger", "msg"} <= set(x) for x in lines)
+
+
+def _free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def test_registered_names_are_served_by_the_daemon_dns(root: Path) -> None:
+    import dns.message
+    import dns.query
+    import dns.rcode
+
+    port = _free_udp_port()
+    config = (
+        f'[dns]\nenabled = true\nlisten = ["127.0.0.1:{port}"]\n'
+        "listen_on_gateways = false\nforward = false\n"
+    )
+    sock = root / "overlayd.sock"
+    log = root / "daemon.log"
+    cfg = root / "overlayd.toml"
+    cfg.write_text(config)
+    cmd = [c for c in _serve_cmd(sock, root / "data", "--config", str(cfg)) if c != "--no-dns"]
+    with log.open("ab") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    _wait_ready(sock, proc, log)
+    d = Daemon(proc, sock, root / "data", log)
+    try:
+        with Client(str(sock), timeout=10) as c:
+            _setup(c)  # zone: e2e.local.
+            c.register_dns("api", "10.200.1.50")
+
+            def ask() -> list[str]:
+                query = dns.message.make_query("api.e2e.local.", "A")
+                answer = dns.query.udp(query, "127.0.0.1", port=port, timeout=5)
+                return [r.address for rrset in answer.answer for r in rrset]
+
+            assert ask() == ["10.200.1.50"]
+            c.unregister_dns("api")
+            assert ask() == []
+    finally:
+        assert d.stop() == 0, d.log_text()
