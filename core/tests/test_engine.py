@@ -902,3 +902,16 @@ async def test_peer_receiving_bytes_stays_healthy_between_handshakes(
     assert await engine.check_health() == []
     events = await engine.check_health()  # no new bytes and a stale handshake
     assert [e.healthy for e in events] == [False]
+
+
+async def test_dns_absolute_names_in_zone_equal_relative_ones(
+    engine: Engine, dns: DnsProbe
+) -> None:
+    await setup_global(engine)
+    await engine.register_dns("api.prod.local.", "10.200.4.9")
+    await engine.register_dns("api", "10.200.4.9")
+    assert [r for r in dns.records if r[0].startswith("api")] == [("api", "10.200.4.9")]
+    with pytest.raises(InvalidRequest, match="outside the overlay zone"):
+        await engine.register_dns("api.", "10.200.4.9")
+    await engine.unregister_dns("api.prod.local.")
+    assert not [r for r in dns.records if r[0].startswith("api")]

@@ -355,7 +355,15 @@ class AsyncClient:
             return
         if isinstance(frame, ResponseFrame):
             future = conn.pending.pop(frame.id, None)
-            if future is None or future.done():
+            if (
+                future is None
+                and frame.id == 0
+                and isinstance(frame.response, ErrResponse)
+            ):
+                # The daemon answers id 0 when it cannot tell which request it
+                # refuses (e.g. permission denied at connect): every call fails.
+                conn.fail(RemoteError(frame.response.message))
+            elif future is None or future.done():
                 log.debug("ignoring a response to unknown request %d", frame.id)
             else:
                 future.set_result(frame.response)

@@ -352,6 +352,8 @@ class Engine:
                 await fn()
             except OverlaydError as exc:
                 log.warning("periodic %s failed: %s", getattr(fn, "__name__", fn), exc)
+            except Exception:  # noqa: BLE001 - a bug must not end the loop for good
+                log.exception("periodic %s crashed; it will run again", getattr(fn, "__name__", fn))
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run blocking work (hooks) off the event loop."""
@@ -1420,26 +1422,40 @@ class Engine:
 
     # -- DNS ----------------------------------------------------------------
 
+    def _dns_name(self, name: object) -> str:
+        """A record name relative to the overlay zone (absolute names must be inside it)."""
+        if not isinstance(name, str) or not _DNS_NAME_RE.match(name):
+            raise InvalidRequest(f"invalid DNS name {name!r}")
+        if not name.endswith("."):
+            return name
+        zone = self._zone().lower()
+        lower = name.lower()
+        if lower.endswith("." + zone):
+            return name[: -len(zone) - 1]
+        raise InvalidRequest(
+            f"DNS name {name!r} is outside the overlay zone {zone}; "
+            "give it relative to the zone (without a trailing dot)"
+        )
+
     async def register_dns(self, name: object, ip: str | IPAddress) -> None:
         """Add ``ip`` to ``name`` in the overlay zone (several addresses per name rotate)."""
         self._require_started()
-        if not isinstance(name, str) or not _DNS_NAME_RE.match(name):
-            raise InvalidRequest(f"invalid DNS name {name!r}")
+        clean = self._dns_name(name)
         addr = self._parse_ip("ip", ip)
-        rec = DnsRecord(name=name.rstrip(".") if not name.endswith(".") else name, ip=addr)
-        async with self._locks.hold((f"dns:{name.lower()}", True)):
-            if (rec.name.lower(), str(addr)) in self.dns:
+        rec = DnsRecord(name=clean, ip=addr)
+        async with self._locks.hold((f"dns:{clean.lower()}", True)):
+            if (clean.lower(), str(addr)) in self.dns:
                 return
             await self._run(self._dns_change, [rec], [])
 
     async def unregister_dns(self, name: object) -> None:
         """Remove every address registered for ``name`` with ``register_dns``."""
         self._require_started()
-        if not isinstance(name, str) or not _DNS_NAME_RE.match(name):
-            raise InvalidRequest(f"invalid DNS name {name!r}")
-        async with self._locks.hold((f"dns:{name.lower()}", True)):
-            lname = name.lower()
-            removed = [r for (n, _), r in self.dns.items() if n == lname and r.source == "manual"]
+        lname = self._dns_name(name).lower()
+        async with self._locks.hold((f"dns:{lname}", True)):
+            removed = [
+                r for (n, _), r in self.dns.items() if n == lname and r.source == "manual"
+            ]
             if removed:
                 await self._run(self._dns_change, [], removed)
 

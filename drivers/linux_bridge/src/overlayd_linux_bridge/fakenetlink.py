@@ -29,11 +29,13 @@ from overlayd.errors import AttachError
 from overlayd.errors import DeviceError
 from overlayd.errors import OverlaydError
 from overlayd.names import MAX_IFNAME
+from overlayd.names import is_tombstone
 from overlayd.names import tombstone_name
 from overlayd_linux_bridge.netlink import FORWARDING_SYSCTLS
 from overlayd_linux_bridge.netlink import TOMBSTONE_GROUP
 from overlayd_linux_bridge.netlink import IPAddress
 from overlayd_linux_bridge.netlink import IPInterface
+from overlayd_linux_bridge.netlink import IPNetwork
 from overlayd_linux_bridge.netlink import LinkExistsError
 from overlayd_linux_bridge.netlink import LinkInfo
 from overlayd_linux_bridge.netlink import RouteSpec
@@ -64,6 +66,12 @@ class FakeLink:
     addresses: list[IPInterface] = field(default_factory=list)
     #: For a veth: the namespace key (``None`` = host) and index of the peer.
     peer: tuple[int | None, int] | None = None
+    #: ``IFLA_IFALIAS``.
+    alias: str | None = None
+    #: Host-namespace routes pointing on-link at this link.
+    host_routes: list[IPNetwork] = field(default_factory=list)
+    #: IPv4 proxy ARP enabled.
+    proxy_arp: bool = False
 
 
 @dataclass
@@ -153,9 +161,13 @@ class FakeNetlink:
     # -- Netlink ------------------------------------------------------------------
 
     def ensure_bridge(
-        self, name: str, addresses: Sequence[IPInterface], mtu: int | None = None
+        self,
+        name: str,
+        addresses: Sequence[IPInterface],
+        mtu: int | None = None,
+        alias: str | None = None,
     ) -> int:
-        self._record("ensure_bridge", name=name, addresses=list(addresses), mtu=mtu)
+        self._record("ensure_bridge", name=name, addresses=list(addresses), mtu=mtu, alias=alias)
         _check_name(name)
         link = self.host.links.get(name)
         if link is None:
@@ -169,6 +181,8 @@ class FakeNetlink:
         link.up = True
         if mtu is not None:
             link.mtu = mtu
+        if alias is not None:
+            link.alias = alias
         for iface in addresses:
             if iface not in link.addresses:
                 link.addresses.append(iface)
@@ -206,6 +220,8 @@ class FakeNetlink:
         routes: Sequence[RouteSpec] = (),
         mtu: int | None = None,
         bridge: str | None = None,
+        host_routes: Sequence[IPNetwork] = (),
+        proxy_arp: bool = False,
     ) -> VethResult:
         self._record(
             "create_veth_into_netns",
@@ -217,6 +233,8 @@ class FakeNetlink:
             routes=list(routes),
             mtu=mtu,
             bridge=bridge,
+            host_routes=list(host_routes),
+            proxy_arp=proxy_arp,
         )
         _check_name(host_name)
         _check_name(container_ifname)
@@ -261,6 +279,8 @@ class FakeNetlink:
             up=True,
             master=master,
             peer=(netns_fd, c_index),
+            host_routes=list(host_routes),
+            proxy_arp=proxy_arp,
         )
         ns.links[container_ifname] = FakeLink(
             container_ifname,
@@ -304,10 +324,23 @@ class FakeNetlink:
     def list_links(self, prefix: str = "") -> list[LinkInfo]:
         self._record("list_links", prefix=prefix)
         return [
-            LinkInfo(lk.name, lk.index, lk.kind, lk.master, lk.group, lk.up, lk.mtu)
+            LinkInfo(lk.name, lk.index, lk.kind, lk.master, lk.group, lk.up, lk.mtu, lk.alias)
             for lk in sorted(self.host.links.values(), key=lambda lk: lk.index)
             if lk.name.startswith(prefix)
         ]
+
+    def sweep_tombstones(self) -> int:
+        self._record("sweep_tombstones")
+        doomed = [
+            lk
+            for lk in self.host.links.values()
+            if lk.group == TOMBSTONE_GROUP or is_tombstone(lk.name)
+        ]
+        for link in doomed:
+            link.group = TOMBSTONE_GROUP
+        if self.auto_flush:
+            self.flush_deletions()
+        return len(doomed)
 
     def link_exists(self, name: str) -> bool:
         return name in self.host.links

@@ -137,6 +137,8 @@ class LinkInfo:
     up: bool
     #: MTU in bytes.
     mtu: int
+    #: ``IFLA_IFALIAS`` (``ip link set ... alias``), the ownership tag of bridges.
+    alias: str | None = None
 
 
 @dataclass(frozen=True)
@@ -155,14 +157,19 @@ class Netlink(Protocol):
     """The netlink mechanisms the linux_bridge driver needs."""
 
     def ensure_bridge(
-        self, name: str, addresses: Sequence[IPInterface], mtu: int | None = None
+        self,
+        name: str,
+        addresses: Sequence[IPInterface],
+        mtu: int | None = None,
+        alias: str | None = None,
     ) -> int:
         """Create or adopt bridge ``name`` (STP off, up, ``addresses`` present).
 
         Idempotent: an existing bridge is kept (never deleted and recreated), the
-        missing addresses are added and foreign ones left alone. Returns the
-        ifindex. Raises :class:`DeviceError` when ``name`` exists but is not a
-        bridge, or the kernel refuses.
+        missing addresses are added and foreign ones left alone; ``alias`` (when
+        given) is set as ``IFLA_IFALIAS``. Returns the ifindex. Raises
+        :class:`DeviceError` when ``name`` exists but is not a bridge, or the
+        kernel refuses.
         """
         ...
 
@@ -181,14 +188,19 @@ class Netlink(Protocol):
         routes: Sequence[RouteSpec] = (),
         mtu: int | None = None,
         bridge: str | None = None,
+        host_routes: Sequence[IPNetwork] = (),
+        proxy_arp: bool = False,
     ) -> VethResult:
         """Create a veth whose peer lives in ``netns_fd`` as ``container_ifname``.
 
         Inside the namespace: the addresses, ``lo`` and the interface up, one
         default route per gateway, then ``routes``. On the host: the end is
-        enslaved to ``bridge`` (if given) and set up. All or nothing: on failure
-        the pair is deleted. Raises :class:`LinkExistsError` when ``host_name``
-        or ``container_ifname`` is taken, :class:`AttachError` otherwise.
+        enslaved to ``bridge`` (if given) and set up, ``host_routes`` point
+        on-link at it, and ``proxy_arp`` turns on IPv4 proxy ARP on it (a
+        routed, unbridged end answering ARP for the addresses it routes). All
+        or nothing: on failure the pair is deleted. Raises
+        :class:`LinkExistsError` when ``host_name`` or ``container_ifname`` is
+        taken, :class:`AttachError` otherwise.
         """
         ...
 
@@ -201,6 +213,10 @@ class Netlink(Protocol):
 
     def flush_deletions(self, timeout: float = 10.0) -> None:
         """Wait until every deferred deletion has been done."""
+        ...
+
+    def sweep_tombstones(self) -> int:
+        """Queue the deletion of tombstones a previous run left behind; return how many."""
         ...
 
     def list_links(self, prefix: str = "") -> list[LinkInfo]:
@@ -263,6 +279,7 @@ def _kind(msg: Any) -> str | None:
 
 def _link_info(msg: Any) -> LinkInfo:
     master = msg.get("IFLA_MASTER")
+    alias = msg.get("IFLA_IFALIAS")
     return LinkInfo(
         name=str(msg.get("IFLA_IFNAME")),
         index=int(msg["index"]),
@@ -271,6 +288,7 @@ def _link_info(msg: Any) -> LinkInfo:
         group=int(msg.get("IFLA_GROUP") or 0),
         up=bool(int(msg["flags"]) & 1),
         mtu=int(msg.get("IFLA_MTU") or 0),
+        alias=str(alias) if alias else None,
     )
 
 
@@ -443,7 +461,11 @@ class PyrouteNetlink:
             return True
 
     def ensure_bridge(
-        self, name: str, addresses: Sequence[IPInterface], mtu: int | None = None
+        self,
+        name: str,
+        addresses: Sequence[IPInterface],
+        mtu: int | None = None,
+        alias: str | None = None,
     ) -> int:
         with netlink_errors(f"create or adopt bridge {name}"), self._host_ipr() as ipr:
             found = ipr.link_lookup(ifname=name)
@@ -453,6 +475,8 @@ class PyrouteNetlink:
                 spec["br_stp_state"] = 0
                 if mtu is not None:
                     spec["mtu"] = mtu
+                if alias is not None:
+                    spec["ifalias"] = alias
                 try:
                     ipr.link("add", **spec)
                 except NetlinkError as exc:
@@ -476,6 +500,8 @@ class PyrouteNetlink:
                 changes["state"] = "up"
             if mtu is not None and int(msg.get("IFLA_MTU") or 0) != mtu:
                 changes["mtu"] = mtu
+            if alias is not None and msg.get("IFLA_IFALIAS") != alias:
+                changes["ifalias"] = alias
             if changes:
                 ipr.link("set", index=index, **changes)
             have = {
@@ -518,6 +544,8 @@ class PyrouteNetlink:
         routes: Sequence[RouteSpec] = (),
         mtu: int | None = None,
         bridge: str | None = None,
+        host_routes: Sequence[IPNetwork] = (),
+        proxy_arp: bool = False,
     ) -> VethResult:
         try:
             return self._create_veth(
@@ -529,6 +557,8 @@ class PyrouteNetlink:
                 routes=routes,
                 mtu=mtu,
                 bridge=bridge,
+                host_routes=host_routes,
+                proxy_arp=proxy_arp,
                 retry_after_flush=True,
             )
         except (NetlinkError, OSError) as exc:
@@ -547,6 +577,8 @@ class PyrouteNetlink:
         routes: Sequence[RouteSpec],
         mtu: int | None,
         bridge: str | None,
+        host_routes: Sequence[IPNetwork],
+        proxy_arp: bool,
         retry_after_flush: bool,
     ) -> VethResult:
         with self._host_ipr() as host:
@@ -594,6 +626,8 @@ class PyrouteNetlink:
                         routes=routes,
                         mtu=mtu,
                         bridge=bridge,
+                        host_routes=host_routes,
+                        proxy_arp=proxy_arp,
                         retry_after_flush=False,
                     )
                 raise LinkExistsError(
@@ -610,10 +644,31 @@ class PyrouteNetlink:
                 if bridge_index is not None:
                     changes["master"] = bridge_index
                 host.link("set", index=host_index, **changes)
+                if proxy_arp:
+                    self._set_proxy_arp(host_name)
+                for dst in host_routes:
+                    route: dict[str, Any] = {
+                        "dst": str(dst),
+                        "oif": host_index,
+                        "family": _family(dst),
+                    }
+                    if dst.version == 4:
+                        route["scope"] = _RT_SCOPE_LINK
+                    host.route("add", **route)
             except BaseException:
                 self._rollback_veth(host, host_name)
                 raise
         return VethResult(host_index, container_index, mac)
+
+    def _set_proxy_arp(self, ifname: str) -> None:
+        path = f"/proc/sys/net/ipv4/conf/{ifname}/proxy_arp"
+
+        def write() -> None:
+            with open(path, "w", encoding="ascii") as f:
+                f.write("1\n")
+
+        # /proc/sys/net resolves the namespace of the writing thread.
+        run_in_netns(self._host_fd, write)
 
     @staticmethod
     def _rollback_veth(host: Any, host_name: str) -> None:

@@ -470,6 +470,26 @@ class Nftables:
 
     # -- elements ----------------------------------------------------------------
 
+    def update_sets(self, *, remove: NatState | None = None, add: NatState | None = None) -> None:
+        """Delete then add masquerade/exempt elements in one transaction.
+
+        One transaction lets a subnet be replaced by one that overlaps it
+        (interval sets refuse overlapping elements), e.g. a service subnet
+        giving way to the node slice that contains it. Port mappings in the
+        arguments are ignored; use the port-mapping methods.
+        """
+        lines: list[str] = []
+        for verb, state in (("delete", remove), ("add", add)):
+            if state is None:
+                continue
+            for prefix, nets in (("masq", state.masquerade), ("exempt", state.exempt)):
+                for net in sorted(nets, key=lambda n: (n.version, n)):
+                    lines.append(
+                        f"{verb} element {_FAMILY} {TABLE} {prefix}{net.version} {{ {net} }}"
+                    )
+        if lines:
+            self.backend.run("\n".join(lines) + "\n")
+
     def _update(self, verb: str, name: str, element: str) -> bool:
         try:
             self.backend.run(f"{verb} element {_FAMILY} {TABLE} {name} {{ {element} }}\n")

@@ -1,0 +1,333 @@
+"""Attach/detach latency: overlayd (IPC) vs the CNI bridge plugin vs raw pyroute2.
+
+Run as root::
+
+    python bench/attach/run.py --n 1 50 200 1000
+
+For each N and each method, a fresh throwaway "host" namespace and N container
+namespaces are made (not timed), then N attaches and N detaches are timed one
+by one, sequentially:
+
+* ``overlayd``: the real daemon (``python -m overlayd serve``, drivers
+  ``linux_bridge`` + ``fake`` for the WireGuard device) inside the host
+  namespace, driven with :class:`overlayd.client.Client` over its socket,
+  ``netns`` handles. Detach uses the batched deleter (names freed at once,
+  kernel unregister in the background).
+* ``cni``/``cni+masq``: ``/usr/lib/cni/bridge`` with ``host-local`` IPAM,
+  ``CNI_COMMAND=ADD``/``DEL``, JSON config on stdin, run in the host namespace
+  (``ipMasq`` false / true).
+* ``pyroute2``: the floor; the same netlink requests overlayd's driver makes
+  (veth with its peer created in the container namespace, address, routes,
+  bridge port), in-process, no IPC, no state, synchronous deletion.
+
+Prints median and p90 per attach and per detach in milliseconds, and each
+method's ratio to the floor. Nothing outside the namespaces it creates is
+touched; everything is removed at the end, also on failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import ctypes.util
+import ipaddress
+import json
+import os
+import secrets
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from pyroute2 import IPRoute
+
+from overlayd.client import Client
+from overlayd.protocol import NetnsHandle
+from overlayd_linux_bridge.netns import run_in_netns
+
+CNI_DIR = "/usr/lib/cni"
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+
+@dataclass
+class Result:
+    method: str
+    n: int
+    attach_ms: list[float]
+    detach_ms: list[float]
+
+
+# -- namespaces ----------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def namespaces(prefix: str, count: int) -> Iterator[list[str]]:
+    """``count`` named namespaces (one ``ip -batch`` process); removed on exit."""
+    tag = secrets.token_hex(3)
+    names = [f"ovb-{prefix}-{tag}-{i}" for i in range(count)]
+    batch = "".join(f"netns add {n}\n" for n in names)
+    subprocess.run(["ip", "-batch", "-"], input=batch, text=True, check=True)
+    try:
+        yield names
+    finally:
+        batch = "".join(f"netns del {n}\n" for n in names)
+        subprocess.run(["ip", "-force", "-batch", "-"], input=batch, text=True, check=False)
+
+
+def _ip(ns: str, *args: str) -> None:
+    subprocess.run(["ip", "-n", ns, *args], check=True)
+
+
+def _timed(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) * 1000.0
+
+
+# -- overlayd through the daemon ----------------------------------------------------
+
+
+def bench_overlayd(n: int) -> Result:
+    with (
+        namespaces("host", 1) as (host,),
+        namespaces("ctr", n) as ctrs,
+        tempfile.TemporaryDirectory(prefix="ovb-") as tmp,
+    ):
+        _ip(host, "link", "set", "lo", "up")
+        work = Path(tmp)
+        sock = str(work / "s.sock")
+        (work / "overlayd.toml").write_text(
+            '[drivers]\nenabled = ["linux_bridge", "fake"]\n[engine]\nhealth_interval_secs = 0\n'
+        )
+        log = (work / "daemon.log").open("wb")
+        proc = subprocess.Popen(
+            [
+                *("ip", "netns", "exec", host, sys.executable, "-m", "overlayd", "serve"),
+                *("--config", str(work / "overlayd.toml"), "--socket", sock),
+                *("--data-dir", str(work / "data"), "--no-dns", "--log-level", "warning"),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 20
+            while not os.path.exists(sock):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError((work / "daemon.log").read_text())
+                time.sleep(0.05)
+            with Client(sock, timeout=60.0) as client:
+                client.setup_global_overlay(
+                    deployment="bench",
+                    instance_id="n1",
+                    cluster_cidr="10.240.0.0/16",
+                    slice_cidr="10.240.0.0/20",
+                    wg_port=51820,
+                    nat_enabled=False,
+                )
+                client.setup_service_overlay("web")
+                handles = [NetnsHandle(path=f"/run/netns/{c}") for c in ctrs]
+                attach = [_timed(partial(client.attach_container, h, "web")) for h in handles]
+                detach = [_timed(partial(client.detach_container, h)) for h in handles]
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            log.close()
+        return Result("overlayd", n, attach, detach)
+
+
+# -- CNI bridge plugin ------------------------------------------------------------
+
+
+def _enter(fd: int) -> Callable[[], None]:
+    def pre() -> None:
+        if _libc.setns(fd, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), "setns failed")
+
+    return pre
+
+
+def bench_cni(n: int, masq: bool) -> Result:
+    with (
+        namespaces("host", 1) as (host,),
+        namespaces("ctr", n) as ctrs,
+        tempfile.TemporaryDirectory(prefix="ovb-cni-") as tmp,
+    ):
+        _ip(host, "link", "set", "lo", "up")
+        conf = json.dumps(
+            {
+                "cniVersion": "1.0.0",
+                "name": "benchnet",
+                "type": "bridge",
+                "bridge": "cnibench0",
+                "isGateway": True,
+                "ipMasq": masq,
+                "mtu": 1420,
+                "ipam": {
+                    "type": "host-local",
+                    "subnet": "10.77.0.0/16",
+                    "dataDir": str(Path(tmp) / "ipam"),
+                },
+            }
+        )
+        host_fd = os.open(f"/run/netns/{host}", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+
+            def run(command: str, i: int) -> None:
+                env = {
+                    "CNI_COMMAND": command,
+                    "CNI_CONTAINERID": f"bench{i}",
+                    "CNI_NETNS": f"/run/netns/{ctrs[i]}",
+                    "CNI_IFNAME": "eth0",
+                    "CNI_PATH": CNI_DIR,
+                    "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+                }
+                proc = subprocess.run(
+                    [f"{CNI_DIR}/bridge"],
+                    input=conf,
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    preexec_fn=_enter(host_fd),
+                    check=False,
+                )
+                if proc.returncode != 0:
+                    raise RuntimeError(f"CNI {command} failed: {proc.stdout} {proc.stderr}")
+
+            attach = [_timed(partial(run, "ADD", i)) for i in range(n)]
+            detach = [_timed(partial(run, "DEL", i)) for i in range(n)]
+        finally:
+            os.close(host_fd)
+        return Result("cni+masq" if masq else "cni", n, attach, detach)
+
+
+# -- raw pyroute2 floor -------------------------------------------------------------
+
+
+def _ipr_in(fd: int) -> Any:
+    sock = run_in_netns(fd, lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 0))
+    return IPRoute(fileno=sock.detach())
+
+
+def bench_pyroute2(n: int) -> Result:
+    with namespaces("host", 1) as (host,), namespaces("ctr", n) as ctrs:
+        host_fd = os.open(f"/run/netns/{host}", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            with _ipr_in(host_fd) as ipr:
+                ipr.link("add", ifname="rawbr0", kind="bridge", br_stp_state=0)
+                br = ipr.link_lookup(ifname="rawbr0")[0]
+                ipr.addr("add", index=br, address="10.78.0.1", prefixlen=16)
+                ipr.link("set", index=br, state="up")
+                net = ipaddress.ip_network("10.78.0.0/16")
+
+                def attach_one(i: int) -> None:
+                    fd = os.open(f"/run/netns/{ctrs[i]}", os.O_RDONLY | os.O_CLOEXEC)
+                    try:
+                        name = f"rv{i:05d}"
+                        ipr.link(
+                            "add",
+                            ifname=name,
+                            kind="veth",
+                            mtu=1420,
+                            peer={"ifname": "eth0", "net_ns_fd": fd, "mtu": 1420},
+                        )
+                        idx = ipr.link_lookup(ifname=name)[0]
+                        with _ipr_in(fd) as ns:
+                            eth0 = ns.link_lookup(ifname="eth0")[0]
+                            ip = str(net.network_address + 2 + i)
+                            ns.addr("add", index=eth0, address=ip, prefixlen=16)
+                            ns.link("set", index=eth0, state="up")
+                            ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
+                            ns.route("add", dst="0.0.0.0/0", gateway="10.78.0.1", oif=eth0)
+                        ipr.link("set", index=idx, master=br, state="up")
+                    finally:
+                        os.close(fd)
+
+                def detach_one(i: int) -> None:
+                    ipr.link("del", index=ipr.link_lookup(ifname=f"rv{i:05d}")[0])
+
+                attach = [_timed(partial(attach_one, i)) for i in range(n)]
+                detach = [_timed(partial(detach_one, i)) for i in range(n)]
+        finally:
+            os.close(host_fd)
+        return Result("pyroute2", n, attach, detach)
+
+
+# -- report ------------------------------------------------------------------------
+
+
+def _stats(values: list[float]) -> tuple[float, float]:
+    if len(values) == 1:
+        return values[0], values[0]
+    return statistics.median(values), statistics.quantiles(values, n=10)[8]
+
+
+def report(results: list[Result]) -> str:
+    lines = [
+        f"{'method':<10} {'N':>5} {'attach med':>11} {'attach p90':>11} "
+        f"{'detach med':>11} {'detach p90':>11} {'att/floor':>10} {'det/floor':>10}"
+    ]
+    floors = {r.n: r for r in results if r.method == "pyroute2"}
+    for r in sorted(results, key=lambda r: (r.n, r.method)):
+        am, ap = _stats(r.attach_ms)
+        dm, dp = _stats(r.detach_ms)
+        floor = floors.get(r.n)
+        ra = rd = "-"
+        if floor is not None:
+            ra = f"{am / _stats(floor.attach_ms)[0]:.2f}x"
+            rd = f"{dm / _stats(floor.detach_ms)[0]:.2f}x"
+        lines.append(
+            f"{r.method:<10} {r.n:>5} {am:>9.2f}ms {ap:>9.2f}ms {dm:>9.2f}ms {dp:>9.2f}ms "
+            f"{ra:>10} {rd:>10}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, nargs="+", default=[1, 50, 200, 1000])
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=["pyroute2", "overlayd", "cni", "cni+masq"],
+        choices=["pyroute2", "overlayd", "cni", "cni+masq"],
+    )
+    parser.add_argument("--json", type=Path, help="also write the raw samples here")
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        print("run as root (network namespaces)", file=sys.stderr)
+        return 2
+    runners: dict[str, Callable[[int], Result]] = {
+        "pyroute2": bench_pyroute2,
+        "overlayd": bench_overlayd,
+        "cni": lambda n: bench_cni(n, masq=False),
+        "cni+masq": lambda n: bench_cni(n, masq=True),
+    }
+    results: list[Result] = []
+    for n in args.n:
+        for method in args.methods:
+            start = time.monotonic()
+            results.append(runners[method](n))
+            print(f"# {method} N={n} done in {time.monotonic() - start:.1f} s", flush=True)
+    print(report(results))
+    if args.json is not None:
+        args.json.write_text(json.dumps([r.__dict__ for r in results], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

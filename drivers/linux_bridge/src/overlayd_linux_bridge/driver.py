@@ -1,0 +1,801 @@
+"""The ``linux_bridge`` driver: per-service Linux bridges, veth attach and nftables NAT.
+
+Policy lives here; the mechanisms are injected (:class:`~.netlink.Netlink`,
+:class:`~.nft.Nftables`, :class:`NamespaceResolver`), so unit tests run the
+policy against :mod:`overlayd_linux_bridge.fakenetlink` without privileges.
+
+Ownership. overlayd recognises its host objects without any state of its own:
+
+* **bridges** carry the alias (``IFLA_IFALIAS``, ``ip link show`` prints it)
+  ``overlayd:<owner>`` (e.g. ``overlayd:service:web``), set when the bridge is
+  created or adopted. A bridge without that tag is never listed, removed or
+  swept, even when its name looks like ours (ZLayer's own ``zl-*-b`` bridges);
+* **veths**: the host end is named ``veth_host_name(handle_key, i)``
+  (``zv`` + 13 hex digits, :func:`overlayd.names.is_overlayd_veth`);
+* **tombstones** (``zx`` + 13 hex, link group ``TOMBSTONE_GROUP``) are links
+  waiting for the batched deleter.
+
+Attach. ``eth0`` gets the service address, a default route via the gateway
+and its host end on the service bridge. With a global address (``join_global``)
+``eth1`` gets the node-slice address with the *cluster* prefix: the kernel's
+connected route makes the whole cluster CIDR on-link through ``eth1``. Its host
+end is routed, not bridged: it has proxy ARP on (it answers ARP for every
+cluster address, so the container hands such packets to the host), and the
+host gets an on-link route ``<global ip>/32 dev <host end>`` for the way back.
+The host then forwards cluster traffic to the WireGuard device like its own.
+Proxy ARP is IPv4 only; an IPv6 ``eth1`` gets the address and host route but
+needs the orchestrator to add neighbour proxy entries (not done here).
+
+Resolver configuration (``overlayd_dns_endpoint_configure``) is declined
+(returns ``None``): the container's ``/etc/resolv.conf`` belongs to its runtime,
+which bind-mounts it; a file written into the mount namespace from outside
+would be replaced on the next container restart and race with the runtime.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import ipaddress
+import logging
+import os
+import sys
+import threading
+from collections.abc import Iterator
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+from typing import Any
+from typing import Final
+from typing import Protocol
+
+from overlayd import DRIVER_API
+from overlayd import hookimpl
+from overlayd.errors import AttachError
+from overlayd.errors import ConfigError
+from overlayd.errors import DeviceError
+from overlayd.errors import NatError
+from overlayd.errors import NotSupported
+from overlayd.errors import OverlaydError
+from overlayd.model import Attachment
+from overlayd.model import AttachRequest
+from overlayd.model import Capability
+from overlayd.model import Device
+from overlayd.model import DeviceKind
+from overlayd.model import DeviceSpec
+from overlayd.model import DriverInfo
+from overlayd.model import HandleKind
+from overlayd.model import LinuxPidHandle
+from overlayd.model import MasqueradeRule
+from overlayd.model import NetnsHandle
+from overlayd.model import PortMapping
+from overlayd.model import ReconcileReport
+from overlayd.model import ReconcileRequest
+from overlayd.model import handle_key
+from overlayd.names import is_overlayd_veth
+from overlayd.names import is_tombstone
+from overlayd.names import veth_host_name
+from overlayd_linux_bridge import __version__
+from overlayd_linux_bridge.nft import NatState
+from overlayd_linux_bridge.nft import Nftables
+from overlayd_linux_bridge.nft import NftBackend
+from overlayd_linux_bridge.nft import PortMapping as NftPortMapping
+
+if TYPE_CHECKING:
+    # netlink imports pyroute2 (Linux only); this module stays importable anywhere.
+    from overlayd_linux_bridge.netlink import LinkInfo
+    from overlayd_linux_bridge.netlink import Netlink
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+__all__ = ["ALIAS_PREFIX", "LinuxBridgeDriver", "NamespaceResolver", "PinnedNamespace"]
+
+log = logging.getLogger(__name__)
+
+#: Prefix of the ``IFLA_IFALIAS`` tag on every bridge overlayd owns.
+ALIAS_PREFIX: Final = "overlayd:"
+#: Interface names inside the workload.
+CONTAINER_IFNAMES: Final = ("eth0", "eth1")
+_NAT_BACKENDS: Final = ("auto", "library", "cli")
+_KNOWN_OPTIONS: Final = ("nat_backend", "host_netns")
+
+
+@dataclass(frozen=True)
+class PinnedNamespace:
+    """An open network namespace, pinned for the duration of one operation."""
+
+    #: Descriptor handed to the netlink adapter.
+    fd: int
+    #: Inode of the namespace (identifies it; a reused pid has another one).
+    inode: int
+
+
+class NamespaceResolver(Protocol):
+    """How the driver opens and identifies workload namespaces (a seam for tests)."""
+
+    def open(self, path: str) -> contextlib.AbstractContextManager[PinnedNamespace]:
+        """Open and pin ``path``; raise ``FileNotFoundError`` when it is gone."""
+        ...
+
+    def inode(self, path: str) -> int | None:
+        """Inode of the namespace at ``path``; ``None`` when it does not exist."""
+        ...
+
+
+class ProcNamespaceResolver:
+    """The real resolver: ``open(2)`` + ``fstat(2)`` on nsfs files."""
+
+    @contextlib.contextmanager
+    def open(self, path: str) -> Iterator[PinnedNamespace]:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ESRCH):
+                raise FileNotFoundError(
+                    exc.errno, f"network namespace {path} does not exist"
+                ) from exc
+            raise
+        try:
+            yield PinnedNamespace(fd, os.fstat(fd).st_ino)
+        finally:
+            os.close(fd)
+
+    def inode(self, path: str) -> int | None:
+        try:
+            return os.stat(path).st_ino
+        except (FileNotFoundError, ProcessLookupError):
+            return None
+
+
+def _namespace_path(handle: LinuxPidHandle | NetnsHandle) -> str:
+    if isinstance(handle, LinuxPidHandle):
+        return f"/proc/{handle.pid}/ns/net"
+    return handle.path
+
+
+def _host_route(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> IPNetwork:
+    return ipaddress.ip_network(f"{ip}/{ip.max_prefixlen}")
+
+
+class LinuxBridgeDriver:
+    """Per-service Linux bridges, veth attach (pid / netns) and nftables NAT (Linux only)."""
+
+    name: Final = "linux_bridge"
+
+    def __init__(
+        self,
+        netlink: Netlink | None = None,
+        nft: Nftables | None = None,
+        namespaces: NamespaceResolver | None = None,
+    ) -> None:
+        self._netlink = netlink
+        self._nft = nft
+        self._owns_netlink = False
+        self._owns_nft = False
+        self._namespaces: NamespaceResolver = namespaces or ProcNamespaceResolver()
+        self._nat_backend = "auto"
+        self._host_netns: str | None = None
+        self._nft_unavailable: str | None = None
+        #: IP versions whose forwarding sysctl this driver has turned on.
+        self._forwarding: set[int] = set()
+        #: Desired NAT state: masquerade rules by subnet, port mappings by key.
+        self._masq: dict[IPNetwork, MasqueradeRule] = {}
+        self._mappings: dict[tuple[Any, ...], PortMapping] = {}
+        #: What the table holds as far as this driver knows (``None``: not read yet).
+        self._pushed: NatState | None = None
+        #: Serialises NAT changes (the engine runs hooks from several threads).
+        self._nat_lock = threading.RLock()
+        self._netlink_lock = threading.Lock()
+
+    # -- helpers ----------------------------------------------------------------
+
+    def _nl(self) -> Netlink:
+        """The netlink adapter: injected, or created on first use (startup)."""
+        with self._netlink_lock:
+            return self._nl_locked()
+
+    def _nl_locked(self) -> Netlink:
+        if self._netlink is None:
+            if sys.platform != "linux":
+                raise NotSupported(
+                    f"The linux_bridge driver needs Linux; this host is {sys.platform}."
+                )
+            from overlayd_linux_bridge.netlink import PyrouteNetlink
+
+            self._netlink = PyrouteNetlink(self._host_netns)
+            self._owns_netlink = True
+        return self._netlink
+
+    def _table(self) -> Nftables:
+        """The nftables table manager."""
+        if self._nft is None:
+            raise NotSupported(
+                self._nft_unavailable
+                or "The linux_bridge driver is not started, so NAT is unavailable."
+            )
+        return self._nft
+
+    def _ensure_forwarding(self, version: int) -> None:
+        if version in self._forwarding:
+            return
+        changed = self._nl().enable_forwarding(ipv4=version == 4, ipv6=version == 6)
+        if changed:
+            log.info("enabled IP forwarding: %s", ", ".join(sorted(changed)))
+        self._forwarding.add(version)
+
+    # -- lifecycle --------------------------------------------------------------
+
+    @hookimpl
+    def overlayd_describe(self) -> DriverInfo:
+        return DriverInfo(
+            name=self.name,
+            api=DRIVER_API,
+            platforms=frozenset({"linux"}),
+            device_kinds=frozenset({DeviceKind.BRIDGE.value}),
+            attach_kinds=frozenset({HandleKind.LINUX_PID.value, HandleKind.NETNS.value}),
+            capabilities=frozenset(
+                {Capability.DEVICES, Capability.ATTACH, Capability.NAT, Capability.RECONCILE}
+            ),
+            version=__version__,
+        )
+
+    @hookimpl
+    def overlayd_configure(self, config: Any) -> None:
+        options: Mapping[str, Any] = config.driver_options(self.name)
+        unknown = sorted(set(options) - set(_KNOWN_OPTIONS))
+        if unknown:
+            raise ConfigError(
+                f"Unknown key(s) in [drivers.{self.name}]: {', '.join(unknown)} "
+                f"(known: {', '.join(_KNOWN_OPTIONS)})."
+            )
+        backend = options.get("nat_backend", "auto")
+        if backend not in _NAT_BACKENDS:
+            raise ConfigError(
+                f"[drivers.{self.name}] nat_backend = {backend!r} is invalid; "
+                f"use one of {', '.join(_NAT_BACKENDS)}."
+            )
+        self._nat_backend = str(backend)
+        host_netns = options.get("host_netns")
+        if host_netns is not None and not isinstance(host_netns, str):
+            raise ConfigError(
+                f"[drivers.{self.name}] host_netns must be a path such as /run/netns/x."
+            )
+        self._host_netns = host_netns
+
+    @hookimpl
+    def overlayd_startup(self, context: Any) -> None:
+        if sys.platform != "linux":
+            raise NotSupported(f"The linux_bridge driver needs Linux; this host is {sys.platform}.")
+        self._nl()
+        if self._nft is None:
+            try:
+                self._nft = Nftables(self._make_nft_backend())
+                self._owns_nft = True
+            except NotSupported as exc:
+                # Bridges and attach work without nftables; NAT hooks report this.
+                self._nft_unavailable = str(exc)
+                log.warning("NAT is unavailable: %s", exc)
+
+    def _make_nft_backend(self) -> NftBackend:
+        from overlayd_linux_bridge.nft import LibNftables
+        from overlayd_linux_bridge.nft import NftCli
+        from overlayd_linux_bridge.nft import default_backend
+
+        if self._nat_backend == "library":
+            return LibNftables(self._host_netns)
+        if self._nat_backend == "cli":
+            return NftCli(self._host_netns)
+        return default_backend(self._host_netns)
+
+    @hookimpl
+    def overlayd_shutdown(self) -> None:
+        netlink, self._netlink = self._netlink, None
+        nft, self._nft = self._nft, None
+        try:
+            if netlink is not None:
+                if self._owns_netlink:
+                    netlink.close()
+                else:
+                    netlink.flush_deletions()
+        finally:
+            if nft is not None and self._owns_nft:
+                nft.close()
+            if not self._owns_netlink:
+                self._netlink = netlink
+            if not self._owns_nft:
+                self._nft = nft
+            self._owns_netlink = self._owns_nft = False
+
+    # -- devices ----------------------------------------------------------------
+
+    @hookimpl
+    def overlayd_device_create(self, spec: DeviceSpec) -> Device | None:
+        if spec.kind != DeviceKind.BRIDGE:
+            return None
+        versions = {iface.version for iface in spec.addresses}
+        if spec.subnet is not None:
+            versions.add(spec.subnet.version)
+        for version in sorted(versions or {4}):
+            self._ensure_forwarding(version)
+        index = self._nl().ensure_bridge(
+            spec.name, spec.addresses, spec.mtu, alias=f"{ALIAS_PREFIX}{spec.owner}"
+        )
+        return Device(
+            kind=DeviceKind.BRIDGE,
+            name=spec.name,
+            owner=spec.owner,
+            driver=self.name,
+            addresses=spec.addresses,
+            mtu=spec.mtu,
+            subnet=spec.subnet,
+            id=str(index),
+            options=dict(spec.options),
+        )
+
+    def _our_bridges(self) -> dict[str, LinkInfo]:
+        return {
+            link.name: link
+            for link in self._nl().list_links()
+            if link.kind == "bridge" and (link.alias or "").startswith(ALIAS_PREFIX)
+        }
+
+    @hookimpl
+    def overlayd_device_delete(self, device: Device) -> bool | None:
+        if device.driver != self.name or device.kind != DeviceKind.BRIDGE:
+            return None
+        link = next(
+            (lk for lk in self._nl().list_links(device.name) if lk.name == device.name), None
+        )
+        if link is None:
+            return False
+        if link.kind != "bridge" or not (link.alias or "").startswith(ALIAS_PREFIX):
+            raise DeviceError(
+                f"Link {device.name} is not a bridge created by overlayd (no "
+                f"'{ALIAS_PREFIX}' alias); it was left in place.",
+                op="device_delete",
+                driver=self.name,
+            )
+        return self._nl().delete_link(device.name)
+
+    @hookimpl
+    def overlayd_device_list(self, kind: str) -> list[Device]:
+        if kind != DeviceKind.BRIDGE:
+            return []
+        return [
+            Device(
+                kind=DeviceKind.BRIDGE,
+                name=link.name,
+                owner=(link.alias or "")[len(ALIAS_PREFIX) :],
+                driver=self.name,
+                mtu=link.mtu or None,
+                id=str(link.index),
+            )
+            for link in self._our_bridges().values()
+        ]
+
+    # -- attach -----------------------------------------------------------------
+
+    @hookimpl
+    def overlayd_attach(self, request: AttachRequest) -> Attachment | None:
+        handle = request.handle
+        if not isinstance(handle, LinuxPidHandle | NetnsHandle):
+            return None
+        if request.segment.driver != self.name:
+            return None
+        path = _namespace_path(handle)
+        try:
+            with self._namespaces.open(path) as ns:
+                interfaces = self._plumb(request, ns, handle_key(handle))
+                inode = ns.inode
+        except FileNotFoundError as exc:
+            if isinstance(handle, LinuxPidHandle):
+                raise AttachError(
+                    f"process {handle.pid} does not exist (no {path}); it cannot be attached.",
+                    op="attach",
+                    driver=self.name,
+                ) from exc
+            raise AttachError(
+                f"network namespace {path} does not exist; it cannot be attached.",
+                op="attach",
+                driver=self.name,
+            ) from exc
+        except PermissionError as exc:
+            raise AttachError(
+                f"Could not open {path}: permission denied; the daemon needs "
+                "CAP_SYS_ADMIN and CAP_NET_ADMIN to attach workloads.",
+                op="attach",
+                driver=self.name,
+            ) from exc
+        extra: dict[str, Any] = {
+            "netns_inode": inode,
+            "address": str(request.address),
+            "gateway": str(request.gateway),
+            "bridge": request.segment.name,
+            "mtu": request.mtu,
+        }
+        if request.global_address is not None:
+            extra["global_address"] = str(request.global_address)
+        return Attachment(
+            handle=handle,
+            service=request.service,
+            driver=self.name,
+            ip=request.address.ip,
+            global_ip=request.global_address.ip if request.global_address else None,
+            interfaces=tuple(interfaces),
+            extra=extra,
+        )
+
+    def _plumb(self, request: AttachRequest, ns: PinnedNamespace, key: str) -> list[str]:
+        """Create eth0 (and eth1); on failure remove what was created, then raise."""
+        created: list[str] = []
+        try:
+            name = veth_host_name(key, 0)
+            self._create_veth(
+                host_name=name,
+                netns_fd=ns.fd,
+                container_ifname=CONTAINER_IFNAMES[0],
+                addresses=[request.address],
+                gateways=[request.gateway],
+                mtu=request.mtu,
+                bridge=request.segment.name,
+            )
+            created.append(name)
+            if request.global_address is not None:
+                gname = veth_host_name(key, 1)
+                self._create_veth(
+                    host_name=gname,
+                    netns_fd=ns.fd,
+                    container_ifname=CONTAINER_IFNAMES[1],
+                    addresses=[request.global_address],
+                    mtu=request.mtu,
+                    host_routes=[_host_route(request.global_address.ip)],
+                    proxy_arp=request.global_address.version == 4,
+                )
+                created.append(gname)
+        except BaseException:
+            if created:
+                try:
+                    self._nl().delete_links_batch(created)
+                except OverlaydError as undo:
+                    log.warning("attach rollback could not remove %s: %s", created, undo)
+            raise
+        return created
+
+    def _create_veth(self, **kwargs: Any) -> None:
+        """Create one veth; a leftover host end of a crashed attempt is replaced once."""
+        from overlayd_linux_bridge.netlink import LinkExistsError
+
+        try:
+            self._nl().create_veth_into_netns(**kwargs)
+        except LinkExistsError:
+            host_name = kwargs["host_name"]
+            if not self._nl().link_exists(host_name):
+                raise  # the container-side name is taken: not ours to remove
+            log.info("replacing leftover veth %s of an earlier attach", host_name)
+            self._nl().delete_links_batch([host_name])
+            self._nl().create_veth_into_netns(**kwargs)
+
+    @hookimpl
+    def overlayd_detach(self, attachment: Attachment) -> bool | None:
+        if attachment.driver != self.name:
+            return None
+        names = [n for n in attachment.interfaces if is_overlayd_veth(n)]
+        if not names:
+            return False
+        return self._nl().delete_links_batch(names) > 0
+
+    @hookimpl
+    def overlayd_attachment_alive(self, attachment: Attachment) -> bool | None:
+        if attachment.driver != self.name:
+            return None
+        handle = attachment.handle
+        if not isinstance(handle, LinuxPidHandle | NetnsHandle):
+            return True
+        try:
+            inode = self._namespaces.inode(_namespace_path(handle))
+        except OSError as exc:
+            log.warning("cannot tell whether %s is alive: %s", attachment.key, exc)
+            return True
+        if inode is None:
+            return False
+        recorded = attachment.extra.get("netns_inode")
+        return recorded is None or int(recorded) == inode
+
+    @hookimpl
+    def overlayd_dns_endpoint_configure(
+        self, attachment: Attachment, servers: Any, domain: str | None
+    ) -> bool | None:
+        # The runtime owns the container's resolv.conf (module docstring).
+        return None
+
+    # -- NAT --------------------------------------------------------------------
+
+    def _state(self) -> NatState:
+        """The desired table: overlapping subnets reduced to the widest (interval sets)."""
+        exempt: set[IPNetwork] = set()
+        for rule in self._masq.values():
+            exempt.update(rule.exempt)
+        return NatState(
+            masquerade=_cover(self._masq),
+            exempt=_cover(exempt),
+            port_mappings=frozenset(_nft_mapping(m) for m in self._mappings.values()),
+        )
+
+    def apply_nat(self) -> NatState:
+        """Rebuild table ``inet overlayd`` from the desired state, atomically.
+
+        The daemon calls this on demand (e.g. after a host firewall reload wiped
+        the table); reconcile calls it on startup. Returns the state applied.
+        """
+        with self._nat_lock:
+            state = self._state()
+            self._table().apply_table(state)
+            self._pushed = state
+            return state
+
+    def _sync_sets(self) -> None:
+        """Bring the masquerade/exempt sets to the desired state with one transaction."""
+        nft = self._table()
+        if not nft.table_exists():
+            self.apply_nat()
+            return
+        if self._pushed is None:
+            # First change since start: learn what a previous run left in the table.
+            self._pushed = nft.list_elements()
+        want = self._state()
+        old = self._pushed
+        nft.update_sets(
+            remove=NatState(old.masquerade - want.masquerade, old.exempt - want.exempt),
+            add=NatState(want.masquerade - old.masquerade, want.exempt - old.exempt),
+        )
+        self._pushed = NatState(want.masquerade, want.exempt, old.port_mappings)
+
+    def _check_uplink(self, rule: MasqueradeRule) -> None:
+        if rule.uplink is not None:
+            raise NotSupported(
+                f"Masquerade restricted to uplink {rule.uplink} is not supported by the "
+                "linux_bridge driver; leave the uplink unset (any non-overlay interface)."
+            )
+
+    @hookimpl
+    def overlayd_nat_masquerade(self, rule: MasqueradeRule, enable: bool) -> bool | None:
+        with self._nat_lock:
+            self._check_uplink(rule)
+            previous = self._masq.get(rule.subnet)
+            if enable:
+                self._masq[rule.subnet] = rule
+            else:
+                self._masq.pop(rule.subnet, None)
+            try:
+                self._sync_sets()
+            except OverlaydError:
+                if previous is None:
+                    self._masq.pop(rule.subnet, None)
+                else:
+                    self._masq[rule.subnet] = previous
+                self._pushed = None  # unknown after a failed transaction: re-read next time
+                raise
+            return True
+
+    @hookimpl
+    def overlayd_nat_port_mapping(self, mapping: PortMapping, enable: bool) -> bool | None:
+        with self._nat_lock:
+            key = _mapping_key(mapping)
+            nft = self._table()
+            if enable:
+                current = self._mappings.get(key)
+                if current is not None and current != mapping:
+                    raise NatError(
+                        f"Host port {mapping.protocol}/{mapping.host_port} is already mapped "
+                        f"to {current.container_ip}:{current.container_port}; remove that "
+                        "mapping first.",
+                        op="nat_port_mapping",
+                        driver=self.name,
+                    )
+                self._mappings[key] = mapping
+                if not nft.table_exists():
+                    self.apply_nat()
+                    return True
+                try:
+                    nft.add_port_mapping(
+                        mapping.protocol,
+                        mapping.host_port,
+                        mapping.container_ip,
+                        mapping.container_port,
+                        mapping.host_ip,
+                    )
+                except NatError:
+                    if current is None:
+                        self._mappings.pop(key, None)
+                    raise
+                return True
+            self._mappings.pop(key, None)
+            if not nft.table_exists():
+                self.apply_nat()
+                return True
+            nft.remove_port_mapping(
+                mapping.protocol, mapping.host_port, mapping.container_ip, mapping.host_ip
+            )
+            return True
+
+    # -- reconcile --------------------------------------------------------------
+
+    @hookimpl
+    def overlayd_reconcile(self, request: ReconcileRequest) -> ReconcileReport | None:
+        adopted: list[str] = []
+        recreated: list[str] = []
+        removed: list[str] = []
+        gone: list[str] = []
+        errors: list[str] = []
+        links = self._nl().list_links()
+        by_name = {link.name: link for link in links}
+        bridges = {
+            lk.name: lk
+            for lk in links
+            if lk.kind == "bridge" and (lk.alias or "").startswith(ALIAS_PREFIX)
+        }
+
+        recorded_devices = [
+            d for d in request.devices if d.driver == self.name and d.kind == DeviceKind.BRIDGE
+        ]
+        for device in recorded_devices:
+            try:
+                if device.name in bridges:
+                    adopted.append(device.name)
+                else:
+                    self.overlayd_device_create(
+                        DeviceSpec(
+                            kind=device.kind,
+                            name=device.name,
+                            owner=device.owner,
+                            addresses=device.addresses,
+                            mtu=device.mtu,
+                            subnet=device.subnet,
+                            options=device.options,
+                        )
+                    )
+                    recreated.append(device.name)
+            except OverlaydError as exc:
+                errors.append(f"bridge {device.name}: {exc}")
+
+        if recreated:
+            links = self._nl().list_links()
+            by_name = {link.name: link for link in links}
+            bridges = {
+                lk.name: lk
+                for lk in links
+                if lk.kind == "bridge" and (lk.alias or "").startswith(ALIAS_PREFIX)
+            }
+
+        recorded_ifaces: set[str] = set()
+        for att in request.attachments:
+            if att.driver != self.name:
+                continue
+            recorded_ifaces.update(att.interfaces)
+            if not self.overlayd_attachment_alive(att):
+                gone.append(att.key)
+                continue
+            missing = [n for n in att.interfaces if n not in by_name]
+            bridge = bridges.get(str(att.extra.get("bridge", "")))
+            first = by_name.get(att.interfaces[0]) if att.interfaces else None
+            detached = bridge is not None and first is not None and first.master != bridge.index
+            if not missing and not detached:
+                adopted.append(att.key)
+                continue
+            try:
+                self._replumb(att)
+                recreated.append(att.key)
+            except OverlaydError as exc:
+                errors.append(f"attachment {att.key}: {exc}")
+
+        stale = [
+            lk.name
+            for lk in links
+            if lk.kind == "veth" and is_overlayd_veth(lk.name) and lk.name not in recorded_ifaces
+        ]
+        if stale:
+            try:
+                self._nl().delete_links_batch(stale)
+                removed.extend(stale)
+            except OverlaydError as exc:
+                errors.append(f"removing unrecorded veths: {exc}")
+        recorded_names = {d.name for d in recorded_devices}
+        for name in sorted(set(bridges) - recorded_names):
+            try:
+                if self._nl().delete_link(name):
+                    removed.append(name)
+            except OverlaydError as exc:
+                errors.append(f"removing unrecorded bridge {name}: {exc}")
+        if any(is_tombstone(lk.name) for lk in links):
+            try:
+                self._nl().sweep_tombstones()
+            except OverlaydError as exc:
+                errors.append(f"sweeping tombstones: {exc}")
+
+        self._reconcile_nat(request, errors)
+        return ReconcileReport(
+            driver=self.name,
+            adopted=tuple(adopted),
+            recreated=tuple(recreated),
+            removed=tuple(removed),
+            gone=tuple(gone),
+            errors=tuple(errors),
+        )
+
+    def _reconcile_nat(self, request: ReconcileRequest, errors: list[str]) -> None:
+        """Make the table match what the engine recorded (startup / table wiped)."""
+        with self._nat_lock:
+            if self._nft is None:
+                if request.masquerades or request.port_mappings:
+                    errors.append(f"NAT: {self.nft_unavailable_reason()}")
+                return
+            wanted_masq = {r.subnet: r for r in request.masquerades if r.uplink is None}
+            wanted_maps = {_mapping_key(m): m for m in request.port_mappings}
+            try:
+                if (
+                    request.startup
+                    or wanted_masq != self._masq
+                    or wanted_maps != self._mappings
+                    or not self._nft.table_exists()
+                ):
+                    self._masq, self._mappings = wanted_masq, wanted_maps
+                    self.apply_nat()
+            except OverlaydError as exc:
+                errors.append(f"NAT table: {exc}")
+
+    def nft_unavailable_reason(self) -> str:
+        """Why NAT is unavailable (empty when it is available)."""
+        return "" if self._nft is not None else (self._nft_unavailable or "not started")
+
+    def _replumb(self, att: Attachment) -> None:
+        """Recreate the veths of a live attachment whose host ends vanished."""
+        extra = att.extra
+        if "address" not in extra or "bridge" not in extra:
+            raise AttachError(
+                "its veth is missing and the record lacks the address to recreate it; "
+                "detach and attach it again.",
+                op="reconcile",
+                driver=self.name,
+            )
+        handle = att.handle
+        assert isinstance(handle, LinuxPidHandle | NetnsHandle)
+        global_address = extra.get("global_address")
+        request = AttachRequest(
+            handle=handle,
+            service=att.service,
+            segment=Device(
+                kind=DeviceKind.BRIDGE, name=extra["bridge"], owner="", driver=self.name
+            ),
+            address=ipaddress.ip_interface(extra["address"]),
+            gateway=ipaddress.ip_address(extra["gateway"]),
+            global_address=ipaddress.ip_interface(global_address) if global_address else None,
+            mtu=extra.get("mtu"),
+        )
+        # Leftover halves (one of two veths) are removed first: names are per key.
+        self._nl().delete_links_batch(list(att.interfaces))
+        with self._namespaces.open(_namespace_path(handle)) as ns:
+            self._plumb(request, ns, att.key)
+
+
+def _cover(nets: Any) -> frozenset[IPNetwork]:
+    """``nets`` without those inside another one (same membership, no overlap)."""
+    items = set(nets)
+    return frozenset(
+        n
+        for n in items
+        if not any(m != n and m.version == n.version and n.subnet_of(m) for m in items)
+    )
+
+
+def _mapping_key(mapping: PortMapping) -> tuple[Any, ...]:
+    return (mapping.protocol, mapping.host_port, mapping.host_ip, mapping.container_ip.version)
+
+
+def _nft_mapping(mapping: PortMapping) -> NftPortMapping:
+    return NftPortMapping(
+        proto=mapping.protocol,
+        host_port=mapping.host_port,
+        container_ip=mapping.container_ip,
+        container_port=mapping.container_port,
+        host_ip=mapping.host_ip,
+    )
