@@ -517,7 +517,6 @@ async def test_global_setup_rollback_at_every_step(
     [
         ("bridge", "shared"),
         ("dedicated", "dedicated"),
-        ("nat", "shared"),
         ("commit", "dedicated"),
     ],
 )

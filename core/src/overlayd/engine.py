@@ -352,7 +352,7 @@ class Engine:
                 await fn()
             except OverlaydError as exc:
                 log.warning("periodic %s failed: %s", getattr(fn, "__name__", fn), exc)
-            except Exception:  # noqa: BLE001 - a bug must not end the loop for good
+            except Exception:  # a bug must not end the loop for good
                 log.exception("periodic %s crashed; it will run again", getattr(fn, "__name__", fn))
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
@@ -891,15 +891,8 @@ class Engine:
             self.hooks.ipam_pool_create(pool, [])
             undo.push("delete pool", lambda: self.hooks.ipam_pool_delete(pool))
             tx = _Tx()
-            if g.nat_enabled:
-                rule = MasqueradeRule(subnet=subnet, exempt=(g.cluster_cidr,))
-                if self.hooks.nat_masquerade(rule, True):
-                    undo.push(
-                        "remove masquerade",
-                        lambda: self.hooks.nat_masquerade(rule, False),
-                    )
-                    tx.put("masquerade", str(subnet), rule)
-                    tx.after.append(lambda: self.masquerades.__setitem__(str(subnet), rule))
+            # No masquerade rule per service: every service subnet lies inside the
+            # node slice, which setup_global_overlay masquerades as a whole.
             tx.put("service", service, svc)
             tx.after.append(lambda: self.services.__setitem__(service, svc))
             self._commit(tx)
@@ -1453,9 +1446,7 @@ class Engine:
         self._require_started()
         lname = self._dns_name(name).lower()
         async with self._locks.hold((f"dns:{lname}", True)):
-            removed = [
-                r for (n, _), r in self.dns.items() if n == lname and r.source == "manual"
-            ]
+            removed = [r for (n, _), r in self.dns.items() if n == lname and r.source == "manual"]
             if removed:
                 await self._run(self._dns_change, [], removed)
 

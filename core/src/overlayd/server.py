@@ -545,7 +545,7 @@ async def _setup_service(s: Server, r: p.SetupServiceOverlayRequest) -> p.AnyRes
         wg_public_key=ded.public_key if ded else None,
         wg_port=ded.listen_port if ded else None,
         overlay_ip=str(svc.overlay_ip) if ded and svc.overlay_ip else None,
-        subnet=str(svc.subnet) if ded else None,
+        subnet=str(svc.subnet),
     )
 
 
