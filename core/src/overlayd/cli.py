@@ -14,8 +14,11 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from collections.abc import Coroutine
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+from typing import Any
 from typing import Final
 from typing import TextIO
 
@@ -31,6 +34,9 @@ from overlayd.client import RequestTimeout
 from overlayd.errors import ConfigError
 from overlayd.errors import OverlaydError
 from overlayd.transport import DEFAULT_SOCKET
+
+if TYPE_CHECKING:
+    from overlayd.config import DaemonConfig
 
 __all__ = [
     "EXIT_CONNECT",
@@ -149,10 +155,23 @@ def build_overlayd_parser() -> argparse.ArgumentParser:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    if sys.platform == "win32":
+        _err("overlayd: serving on Windows (named pipe) is not supported yet")
+        return EXIT_USAGE
+    else:
+        from overlayd.server import SocketInUse
+        from overlayd.server import run_daemon
+
+        return _serve_posix(args, run_daemon, SocketInUse)
+
+
+def _serve_posix(
+    args: argparse.Namespace,
+    run_daemon: Callable[[DaemonConfig], Coroutine[Any, Any, int]],
+    SocketInUse: type[Exception],
+) -> int:
     from overlayd.config import load_config
     from overlayd.logging import configure_logging
-    from overlayd.server import SocketInUse
-    from overlayd.server import run_daemon
 
     try:
         config = load_config(

@@ -355,11 +355,7 @@ class AsyncClient:
             return
         if isinstance(frame, ResponseFrame):
             future = conn.pending.pop(frame.id, None)
-            if (
-                future is None
-                and frame.id == 0
-                and isinstance(frame.response, ErrResponse)
-            ):
+            if future is None and frame.id == 0 and isinstance(frame.response, ErrResponse):
                 # The daemon answers id 0 when it cannot tell which request it
                 # refuses (e.g. permission denied at connect): every call fails.
                 conn.fail(RemoteError(frame.response.message))

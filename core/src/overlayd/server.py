@@ -23,6 +23,7 @@ import signal
 import socket
 import stat
 import struct
+import sys
 import time
 from collections.abc import Awaitable
 from collections.abc import Callable
@@ -47,6 +48,10 @@ from overlayd.model import parse_cidr_list
 from overlayd.transport import FramingError
 from overlayd.transport import read_frame
 from overlayd.transport import write_frame
+
+# POSIX only: the daemon serves a Unix socket; serving the Windows named pipe is
+# not supported yet. (This assert also makes mypy --platform win32 skip the rest.)
+assert sys.platform != "win32", "overlayd serve is not supported on Windows yet"
 
 __all__ = ["Server", "SocketInUse", "run_daemon"]
 

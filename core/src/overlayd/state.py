@@ -188,7 +188,7 @@ def write_file_atomic(path: Path, data: bytes, *, mode: int = 0o600) -> None:
     )
     try:
         try:
-            if not _IS_WINDOWS:
+            if sys.platform != "win32":
                 # The umask may have cleared bits we asked for, or (a weird
                 # umask aside) the mode must be exact: set it on the open fd.
                 os.fchmod(fd, mode)
@@ -684,7 +684,7 @@ class SecretStore:
                 "check the owner and permissions of the keys directory."
             ) from exc
         try:
-            if not _IS_WINDOWS:
+            if sys.platform != "win32":
                 mode = stat.S_IMODE(os.fstat(fd).st_mode)
                 if mode & 0o077:
                     log.warning("Secret file %s had mode %o; setting it to 0600.", path, mode)

@@ -526,13 +526,13 @@ class FakeDriver:
 
     @hookimpl
     def overlayd_attach(self, request: AttachRequest) -> Attachment | None:
-        guest = isinstance(request.handle, GuestManagedHandle)
-        if request.segment.driver != self.name and not guest:
+        is_guest = isinstance(request.handle, GuestManagedHandle)
+        if request.segment.driver != self.name and not is_guest:
             return None
         self._enter("overlayd_attach", request=request)
         key = handle_key(request.handle)
         with self._lock:
-            if not guest and request.segment.name not in self.host.devices:
+            if not is_guest and request.segment.name not in self.host.devices:
                 raise AttachError(
                     f"segment {request.segment.name} does not exist (ENODEV)",
                     op="attach",
