@@ -118,9 +118,7 @@ def test_missing_version_and_networks_default(tmp_path: Path) -> None:
     assert marker.load(path) == NetworkMarker()
 
 
-def test_missing_file_is_empty(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_missing_file_is_empty(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING):
         m = marker.load(tmp_path / "nope.json")
     assert m.version == 1
@@ -248,9 +246,7 @@ def test_saved_file_is_private_and_atomic(tmp_path: Path) -> None:
     assert marker.load(path).networks == [_base()]
 
 
-def test_failed_save_keeps_previous_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_failed_save_keeps_previous_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "agent_network.json"
     marker.save(path, NetworkMarker(networks=[_base()]))
     before = path.read_bytes()

@@ -66,9 +66,7 @@ def test_migrates_v1_database_to_v2_keeping_records(tmp_path: Path) -> None:
         s.close()
     conn = sqlite3.connect(db)
     try:
-        sql = conn.execute(
-            "SELECT sql FROM sqlite_master WHERE name='records'"
-        ).fetchone()[0]
+        sql = conn.execute("SELECT sql FROM sqlite_master WHERE name='records'").fetchone()[0]
         assert "WITHOUT ROWID" in sql
         # v2 refuses text that is not JSON.
         with pytest.raises(sqlite3.IntegrityError):
@@ -87,14 +85,9 @@ def test_failed_migration_rolls_back_to_v1(tmp_path: Path) -> None:
     assert _version(db) == 1
     conn = sqlite3.connect(db)
     try:
-        rows = conn.execute(
-            "SELECT kind, key, value FROM records ORDER BY key"
-        ).fetchall()
+        rows = conn.execute("SELECT kind, key, value FROM records ORDER BY key").fetchall()
         assert rows == [("k", "bad", "{not json"), ("k", "good", "1")]
-        tables = {
-            r[0]
-            for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
-        }
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         assert tables == {"meta", "records"}
     finally:
         conn.close()

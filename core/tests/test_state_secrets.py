@@ -123,9 +123,7 @@ def test_bad_names_are_rejected(store: SecretStore, name: str) -> None:
         store.delete(name)
 
 
-def test_names_ignore_temp_and_foreign_files(
-    store: SecretStore, secrets_dir: Path
-) -> None:
+def test_names_ignore_temp_and_foreign_files(store: SecretStore, secrets_dir: Path) -> None:
     store.put("node", KEY)
     (secrets_dir / ".node.key.tmp-abc").write_text("partial")
     (secrets_dir / "README").write_text("x")

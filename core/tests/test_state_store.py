@@ -188,13 +188,9 @@ def test_sqlite_uses_wal_full_and_without_rowid(tmp_path: Path) -> None:
     conn = sqlite3.connect(tmp_path / DB_FILENAME)
     try:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        sql = conn.execute(
-            "SELECT sql FROM sqlite_master WHERE name='records'"
-        ).fetchone()[0]
+        sql = conn.execute("SELECT sql FROM sqlite_master WHERE name='records'").fetchone()[0]
         assert "WITHOUT ROWID" in sql
-        version = conn.execute(
-            "SELECT value FROM meta WHERE key='schema_version'"
-        ).fetchone()[0]
+        version = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
         assert int(version) == SCHEMA_VERSION
     finally:
         conn.close()
@@ -242,8 +238,7 @@ def test_load_many_records(tmp_path: Path) -> None:
     s = SqliteStore(tmp_path / DB_FILENAME)
     try:
         puts = {
-            ("lease", f"10.{i >> 8}.{i & 255}.1"): {"owner": f"c{i}", "n": i}
-            for i in range(65536)
+            ("lease", f"10.{i >> 8}.{i & 255}.1"): {"owner": f"c{i}", "n": i} for i in range(65536)
         }
         s.commit(puts)
         s.close()

@@ -35,10 +35,7 @@ from overlayd.client import RemoteError
 pytestmark = pytest.mark.slow
 
 SERVICE = "web"
-KEYS = [
-    "%s=" % (chr(65 + i) * 43)
-    for i in range(8)
-]
+KEYS = ["%s=" % (chr(65 + i) * 43) for i in range(8)]
 
 
 def start_daemon(tmp: Path) -> subprocess.Popen[bytes]:
@@ -92,8 +89,9 @@ class Outcome:
     answered: int = 0
 
 
-def worker(sock: Path, pids: list[int], keys: list[str], out: Outcome, stop: threading.Event,
-           seed: int) -> None:
+def worker(
+    sock: Path, pids: list[int], keys: list[str], out: Outcome, stop: threading.Event, seed: int
+) -> None:
     rng = random.Random(seed)
     try:
         client = Client(str(sock), timeout=10, connect_attempts=1)
@@ -171,8 +169,12 @@ def test_sigkill_under_load_loses_nothing_answered(tmp_path: Path) -> None:
     try:
         with Client(str(tmp_path / "s.sock")) as client:
             client.setup_global_overlay(
-                deployment="crash", instance_id="n1", cluster_cidr="10.200.0.0/16",
-                slice_cidr="10.200.0.0/20", wg_port=51820, nat_enabled=False,
+                deployment="crash",
+                instance_id="n1",
+                cluster_cidr="10.200.0.0/16",
+                slice_cidr="10.200.0.0/20",
+                wg_port=51820,
+                nat_enabled=False,
             )
             client.setup_service_overlay(SERVICE, "shared")
         outcomes = [Outcome() for _ in range(4)]
@@ -182,8 +184,14 @@ def test_sigkill_under_load_loses_nothing_answered(tmp_path: Path) -> None:
             threads = [
                 threading.Thread(
                     target=worker,
-                    args=(tmp_path / "s.sock", list(range(100 * i + 1, 100 * i + 16)),
-                          KEYS[2 * i : 2 * i + 2], outcomes[i], stop, rng.random()),
+                    args=(
+                        tmp_path / "s.sock",
+                        list(range(100 * i + 1, 100 * i + 16)),
+                        KEYS[2 * i : 2 * i + 2],
+                        outcomes[i],
+                        stop,
+                        rng.random(),
+                    ),
                 )
                 for i in range(4)
             ]
