@@ -1,0 +1,144 @@
+"""A container resolves overlay names through its gateway, with dig and getent.
+
+The daemon runs inside a throwaway "host" namespace with the linux_bridge
+driver (and the fake driver for the WireGuard device this kernel cannot
+create); a "container" namespace holds a sleeping process attached by pid.
+Its resolver is the service gateway, where overlayd's DNS server listens.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from overlayd.client import Client
+
+pytestmark = [
+    pytest.mark.privileged,
+    pytest.mark.skipif(shutil.which("dig") is None, reason="needs dig (dnsutils)"),
+]
+
+
+def ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True)
+
+
+def in_ns(ns: str, *cmd: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["ip", "netns", "exec", ns, *cmd], capture_output=True, text=True, timeout=20
+    )
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[dict[str, object]]:
+    tag = secrets.token_hex(3)
+    host, cont = f"ovt-dns-{tag}-h", f"ovt-dns-{tag}-c"
+    etc = Path("/etc/netns") / cont
+    procs: list[subprocess.Popen[bytes]] = []
+    ip("netns", "add", host)
+    ip("netns", "add", cont)
+    try:
+        ip("-n", host, "link", "set", "lo", "up")
+        sleeper = subprocess.Popen(["ip", "netns", "exec", cont, "sleep", "300"])
+        procs.append(sleeper)
+        sock = tmp_path / "s.sock"
+        daemon = subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                host,
+                sys.executable,
+                "-m",
+                "overlayd",
+                "serve",
+                "--driver",
+                "linux_bridge",
+                "--driver",
+                "fake",
+                "--socket",
+                str(sock),
+                "--data-dir",
+                str(tmp_path / "data"),
+            ],
+            stdout=(tmp_path / "daemon.log").open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        procs.append(daemon)
+        deadline = time.monotonic() + 30
+        while not sock.exists():
+            assert daemon.poll() is None, (tmp_path / "daemon.log").read_text()
+            assert time.monotonic() < deadline, "daemon did not start"
+            time.sleep(0.05)
+        # The sleeper's pid as seen from the root pid namespace (ip netns exec execs).
+        yield {
+            "host": host,
+            "cont": cont,
+            "sock": sock,
+            "pid": sleeper.pid,
+            "etc": etc,
+            "log": tmp_path / "daemon.log",
+        }
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        shutil.rmtree(etc, ignore_errors=True)
+        subprocess.run(["ip", "netns", "del", cont], capture_output=True)
+        subprocess.run(["ip", "netns", "del", host], capture_output=True)
+
+
+def test_container_resolves_overlay_names_via_gateway(world: dict[str, object]) -> None:
+    with Client(str(world["sock"])) as client:
+        client.setup_global_overlay(
+            deployment="prod",
+            instance_id="n1",
+            cluster_cidr="10.200.0.0/16",
+            slice_cidr="10.200.0.0/20",
+            wg_port=51820,
+            nat_enabled=False,
+        )
+        client.setup_service_overlay("web", "shared")
+        att = client.attach_container({"platform": "linux_pid", "pid": world["pid"]}, "web")
+        client.register_dns("db", "10.200.4.77")
+    gateway = "10.200.4.1"
+    cont = str(world["cont"])
+    # the server reconciles its listeners right after the bridge comes up
+    deadline = time.monotonic() + 10
+    while True:
+        out = in_ns(cont, "dig", "+short", "+time=1", "+tries=1", f"@{gateway}", "web.prod.local")
+        if out.stdout.strip() or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert out.stdout.split() == [att.ip], (
+        out.stdout,
+        out.stderr,
+        Path(str(world["log"])).read_text()[-2000:],
+    )
+    out = in_ns(cont, "dig", "+short", f"@{gateway}", "db.prod.local")
+    assert out.stdout.split() == ["10.200.4.77"]
+    out = in_ns(cont, "dig", f"@{gateway}", "nope.prod.local")
+    assert "status: NXDOMAIN" in out.stdout
+
+    # getent goes through the libc resolver: give the namespace a resolv.conf
+    etc = Path(str(world["etc"]))
+    etc.mkdir(parents=True, exist_ok=True)
+    (etc / "resolv.conf").write_text(f"nameserver {gateway}\nsearch prod.local\n")
+    out = in_ns(cont, "getent", "hosts", "db.prod.local")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[0] == "10.200.4.77"
+    out = in_ns(cont, "getent", "hosts", "web")  # via the search domain
+    assert out.stdout.split()[0] == att.ip
+    assert os.path.exists(f"/proc/{world['pid']}")
