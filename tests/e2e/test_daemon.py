@@ -709,3 +709,15 @@ def test_registered_names_are_served_by_the_daemon_dns(root: Path) -> None:
             assert ask() == []
     finally:
         assert d.stop() == 0, d.log_text()
+
+
+def test_port_mapping_ops_reach_the_driver(daemon: Daemon) -> None:
+    """The map_port / unmap_port extension ops program the NAT driver."""
+    with Client(str(daemon.socket)) as client:
+        client.map_port("tcp", 18080, "10.200.4.2", 80)
+        client.map_port("tcp", 18080, "10.200.4.2", 80)  # idempotent
+        with pytest.raises(RemoteError, match="already mapped"):
+            client.map_port("tcp", 18080, "10.200.4.3", 80)
+        client.unmap_port("tcp", 18080, "10.200.4.2", 80)
+        client.unmap_port("tcp", 18080, "10.200.4.2", 80)
+        client.map_port("tcp", 18080, "10.200.4.3", 80)

@@ -314,6 +314,38 @@ REQUESTS: list[tuple[str, p.Frame, str]] = [
         ),
     ),
     ("reconcile", req(31, p.ReconcileRequest()), rq(31, '{"op":"reconcile"}')),
+    (
+        "map_port",
+        req(
+            40,
+            p.MapPortRequest(
+                protocol="tcp", host_port=8080, container_ip="10.200.4.2", container_port=80
+            ),
+        ),
+        rq(
+            40,
+            '{"op":"map_port","protocol":"tcp","host_port":8080,'
+            '"container_ip":"10.200.4.2","container_port":80}',
+        ),
+    ),
+    (
+        "unmap_port",
+        req(
+            41,
+            p.UnmapPortRequest(
+                protocol="udp",
+                host_port=5353,
+                container_ip="fd00:200::5",
+                container_port=53,
+                host_ip="192.0.2.7",
+            ),
+        ),
+        rq(
+            41,
+            '{"op":"unmap_port","protocol":"udp","host_port":5353,'
+            '"container_ip":"fd00:200::5","container_port":53,"host_ip":"192.0.2.7"}',
+        ),
+    ),
 ]
 
 PEER_JSON = (
@@ -918,6 +950,17 @@ REQUEST_STRATEGIES: dict[str, st.SearchStrategy[p.Request]] = {
         dry_run=opt() | st.booleans(),
     ),
     "reconcile": st.builds(p.ReconcileRequest),
+    **{
+        op: st.builds(
+            cls,
+            protocol=st.sampled_from(["tcp", "udp"]),
+            host_port=st.integers(1, 65535),
+            container_ip=ips,
+            container_port=st.integers(1, 65535),
+            host_ip=opt() | ips,
+        )
+        for op, cls in (("map_port", p.MapPortRequest), ("unmap_port", p.UnmapPortRequest))
+    },
 }
 
 

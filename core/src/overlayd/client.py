@@ -63,6 +63,7 @@ from overlayd.protocol import LeaseInfo
 from overlayd.protocol import LeasesResponse
 from overlayd.protocol import ListAttachmentsRequest
 from overlayd.protocol import ListLeasesRequest
+from overlayd.protocol import MapPortRequest
 from overlayd.protocol import NatTickRequest
 from overlayd.protocol import OkResponse
 from overlayd.protocol import OverlayModeName
@@ -87,6 +88,7 @@ from overlayd.protocol import StatusRequest
 from overlayd.protocol import StatusResponse
 from overlayd.protocol import TeardownGlobalOverlayRequest
 from overlayd.protocol import TeardownServiceOverlayRequest
+from overlayd.protocol import UnmapPortRequest
 from overlayd.protocol import UnregisterDnsRequest
 from overlayd.protocol import decode_frame
 from overlayd.protocol import encode_body
@@ -603,6 +605,48 @@ class AsyncClient:
         request = GcRequest(live=list(live), dry_run=dry_run or None)
         return await self._expect(request, GcReportResponse)
 
+    async def map_port(
+        self,
+        protocol: str,
+        host_port: int,
+        container_ip: str,
+        container_port: int,
+        *,
+        host_ip: str | None = None,
+    ) -> None:
+        """Forward ``host_port`` to a container (overlayd extension ``map_port``)."""
+        request = MapPortRequest.model_validate(
+            {
+                "protocol": protocol,
+                "host_port": host_port,
+                "container_ip": container_ip,
+                "container_port": container_port,
+                "host_ip": host_ip,
+            }
+        )
+        await self._expect(request, OkResponse)
+
+    async def unmap_port(
+        self,
+        protocol: str,
+        host_port: int,
+        container_ip: str,
+        container_port: int,
+        *,
+        host_ip: str | None = None,
+    ) -> None:
+        """Remove a port mapping (overlayd extension ``unmap_port``)."""
+        request = UnmapPortRequest.model_validate(
+            {
+                "protocol": protocol,
+                "host_port": host_port,
+                "container_ip": container_ip,
+                "container_port": container_port,
+                "host_ip": host_ip,
+            }
+        )
+        await self._expect(request, OkResponse)
+
     async def reconcile(self) -> ReconcileReportResponse:
         return await self._expect(ReconcileRequest(), ReconcileReportResponse)
 
@@ -826,3 +870,31 @@ class Client:
 
     def reconcile(self) -> ReconcileReportResponse:
         return self._run(self._async.reconcile())
+
+    def map_port(
+        self,
+        protocol: str,
+        host_port: int,
+        container_ip: str,
+        container_port: int,
+        *,
+        host_ip: str | None = None,
+    ) -> None:
+        return self._run(
+            self._async.map_port(protocol, host_port, container_ip, container_port, host_ip=host_ip)
+        )
+
+    def unmap_port(
+        self,
+        protocol: str,
+        host_port: int,
+        container_ip: str,
+        container_port: int,
+        *,
+        host_ip: str | None = None,
+    ) -> None:
+        return self._run(
+            self._async.unmap_port(
+                protocol, host_port, container_ip, container_port, host_ip=host_ip
+            )
+        )

@@ -101,6 +101,7 @@ __all__ = [
     "LinuxPidHandle",
     "ListAttachmentsRequest",
     "ListLeasesRequest",
+    "MapPortRequest",
     "NatEndpointChangedEvent",
     "NatTickRequest",
     "NetnsHandle",
@@ -132,6 +133,7 @@ __all__ = [
     "StatusResponse",
     "TeardownGlobalOverlayRequest",
     "TeardownServiceOverlayRequest",
+    "UnmapPortRequest",
     "UnregisterDnsRequest",
     "WindowsContainerHandle",
     "decode_frame",
@@ -639,6 +641,28 @@ class ReconcileRequest(Request):
     op: Literal["reconcile"] = "reconcile"
 
 
+class MapPortRequest(Request):
+    """Forward ``host_port`` on the node to a container (DNAT with hairpin); ``ok``."""
+
+    op: Literal["map_port"] = "map_port"
+    protocol: Literal["tcp", "udp"]
+    host_port: Annotated[StrictInt, Field(ge=1, le=65535)]
+    container_ip: IpStr
+    container_port: Annotated[StrictInt, Field(ge=1, le=65535)]
+    host_ip: IpStr | None = None
+
+
+class UnmapPortRequest(Request):
+    """Remove a port mapping added with ``map_port``; ``ok`` also when absent."""
+
+    op: Literal["unmap_port"] = "unmap_port"
+    protocol: Literal["tcp", "udp"]
+    host_port: Annotated[StrictInt, Field(ge=1, le=65535)]
+    container_ip: IpStr
+    container_port: Annotated[StrictInt, Field(ge=1, le=65535)]
+    host_ip: IpStr | None = None
+
+
 AnyRequest: TypeAlias = (
     SetLocalNodeIdRequest
     | SetLocalWgPubkeyRequest
@@ -665,6 +689,8 @@ AnyRequest: TypeAlias = (
     | ListLeasesRequest
     | GcRequest
     | ReconcileRequest
+    | MapPortRequest
+    | UnmapPortRequest
 )
 
 # ---------------------------------------------------------------------------
@@ -913,6 +939,8 @@ _EXTENSION_REQUESTS: Final = _requests(
     ListLeasesRequest,
     GcRequest,
     ReconcileRequest,
+    MapPortRequest,
+    UnmapPortRequest,
 )
 #: The 19 ops of ZLayer's contract, in PROTOCOL.md order.
 ZLAYER_OPS: Final[tuple[str, ...]] = tuple(_ZLAYER_REQUESTS)

@@ -17,6 +17,7 @@ import contextlib
 import errno
 import fcntl
 import grp
+import ipaddress
 import logging
 import os
 import signal
@@ -43,6 +44,7 @@ from overlayd.model import NetnsHandle
 from overlayd.model import OverlayMode
 from overlayd.model import PeerChange
 from overlayd.model import PeerScope
+from overlayd.model import PortMapping
 from overlayd.model import WindowsContainerHandle
 from overlayd.model import parse_cidr_list
 from overlayd.transport import FramingError
@@ -792,6 +794,28 @@ async def _reconcile(s: Server, r: p.ReconcileRequest) -> p.AnyResponse:
         released=summary.released,
         errors=list(summary.errors),
     )
+
+
+def _port_mapping(r: p.MapPortRequest | p.UnmapPortRequest) -> PortMapping:
+    return PortMapping(
+        protocol=r.protocol,
+        host_port=r.host_port,
+        container_ip=ipaddress.ip_address(r.container_ip),
+        container_port=r.container_port,
+        host_ip=ipaddress.ip_address(r.host_ip) if r.host_ip else None,
+    )
+
+
+@_handles(p.MapPortRequest)
+async def _map_port(s: Server, r: p.MapPortRequest) -> p.AnyResponse:
+    await s.engine.add_port_mapping(_port_mapping(r))
+    return p.OkResponse()
+
+
+@_handles(p.UnmapPortRequest)
+async def _unmap_port(s: Server, r: p.UnmapPortRequest) -> p.AnyResponse:
+    await s.engine.remove_port_mapping(_port_mapping(r))
+    return p.OkResponse()
 
 
 # ---------------------------------------------------------------------------
