@@ -258,8 +258,13 @@ def _demo(args: argparse.Namespace) -> int:
 
 def overlayd_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``overlayd``; returns the exit code."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["demo"]:
+        # argparse.REMAINDER will not take options (``--keep``) as its first
+        # item, so the demo's own parser gets everything after ``demo``.
+        return _demo(argparse.Namespace(args=arguments[1:]))
     parser = build_overlayd_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(arguments)
     if args.command == "serve":
         return _serve(args)
     if args.command == "drivers":
