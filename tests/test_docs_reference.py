@@ -36,3 +36,38 @@ def test_top_level_key_documented(key: str) -> None:
 def test_table_key_documented(table: str, key: str) -> None:
     section = REFERENCE.split(f"``[{table}]``", 1)[1]
     assert f"``{key}``" in section.split("\n``[", 1)[0]
+
+
+DRIVERS = {
+    "fake": "overlayd_fake.driver:FakeDriver",
+    "linux_bridge": "overlayd_linux_bridge.driver:LinuxBridgeDriver",
+    "wireguard": "overlayd_wireguard.driver:WireGuardDriver",
+    "hcn": "overlayd_hcn.driver:HcnDriver",
+}
+
+
+def _known_keys(name: str) -> list[str]:
+    """The keys a driver accepts, from the error it gives for an unknown one."""
+    import importlib
+    import re
+
+    from overlayd.config import EngineConfig
+    from overlayd.errors import ConfigError
+
+    module, cls = DRIVERS[name].split(":")
+    driver = getattr(importlib.import_module(module), cls)()
+    config = EngineConfig(driver_settings={name: {"no_such_key_xyz": 1}})
+    with pytest.raises(ConfigError, match="no_such_key_xyz") as info:
+        driver.overlayd_configure(config=config)
+    match = re.search(r"known: ([\w, ]+)", str(info.value))
+    assert match, str(info.value)
+    return [k.strip() for k in match.group(1).split(",")]
+
+
+@pytest.mark.parametrize("name", sorted(DRIVERS))
+def test_driver_keys_documented(name: str) -> None:
+    keys = _known_keys(name)
+    assert keys
+    section = REFERENCE.split(f"``[drivers.{name}]``", 1)[1].split("\n``[", 1)[0]
+    for key in keys:
+        assert f"``{key}``" in section, f"[drivers.{name}] {key} is not documented"
