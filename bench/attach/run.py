@@ -294,6 +294,24 @@ def report(results: list[Result]) -> str:
             f"{r.method:<10} {r.n:>5} {am:>9.2f}ms {ap:>9.2f}ms {dm:>9.2f}ms {dp:>9.2f}ms "
             f"{ra:>10} {rd:>10}"
         )
+    lines.append("")
+    lines.append("targets: attach <= 0.5x cni and <= 1.3x pyroute2; detach <= 0.3x cni;")
+    lines.append("         N-th attach (median of the last 10) <= 1.2x the 10th (#5-#15)")
+    by_key = {(r.method, r.n): r for r in results}
+    for r in sorted(results, key=lambda r: (r.n, r.method)):
+        parts = []
+        cni = by_key.get(("cni", r.n))
+        if r.method == "overlayd" and cni is not None:
+            parts.append(
+                f"attach/cni {_stats(r.attach_ms)[0] / _stats(cni.attach_ms)[0]:.2f}x  "
+                f"detach/cni {_stats(r.detach_ms)[0] / _stats(cni.detach_ms)[0]:.2f}x"
+            )
+        if r.n >= 100:
+            tenth = statistics.median(r.attach_ms[5:15])
+            last = statistics.median(r.attach_ms[-10:])
+            parts.append(f"#{r.n}/#10 {last / tenth:.2f}x ({last:.2f} / {tenth:.2f} ms)")
+        if parts:
+            lines.append(f"{r.method:<10} {r.n:>5}  " + "  ".join(parts))
     return "\n".join(lines)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 
 import dns.asyncquery
+import dns.exception
 import dns.message
 import dns.rcode
 import pytest
@@ -25,7 +26,12 @@ def free_port() -> int:
 
 async def query(name: str, port: int, rdtype: str = "A") -> dns.message.Message:
     msg = dns.message.make_query(name, rdtype)
-    return await dns.asyncquery.udp(msg, "127.0.0.1", port=port, timeout=2)
+    for _ in range(2):  # a busy CI machine may delay one datagram past the timeout
+        try:
+            return await dns.asyncquery.udp(msg, "127.0.0.1", port=port, timeout=3)
+        except dns.exception.Timeout:
+            continue
+    return await dns.asyncquery.udp(msg, "127.0.0.1", port=port, timeout=5)
 
 
 async def test_engine_records_are_served_and_removed() -> None:

@@ -136,6 +136,26 @@ def test_call_drives_every_op(sock: Path) -> None:
         ({"op": "list_leases", "pool": "service:web"}, "leases"),
         ({"op": "gc", "live": [{"platform": "linux_pid", "pid": 77}]}, "gc_report"),
         ({"op": "reconcile"}, "reconcile_report"),
+        (
+            {
+                "op": "map_port",
+                "protocol": "tcp",
+                "host_port": 18080,
+                "container_ip": "10.200.4.2",
+                "container_port": 80,
+            },
+            "ok",
+        ),
+        (
+            {
+                "op": "unmap_port",
+                "protocol": "tcp",
+                "host_port": 18080,
+                "container_ip": "10.200.4.2",
+                "container_port": 80,
+            },
+            "ok",
+        ),
         ({"op": "remove_peer", "pubkey": peer}, "ok"),
         ({"op": "detach_container", "handle": {"platform": "linux_pid", "pid": 77}}, "ok"),
         ({"op": "teardown_service_overlay", "service": "web"}, "ok"),

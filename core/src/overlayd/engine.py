@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import ipaddress
 import logging
 import re
@@ -29,6 +30,7 @@ import time
 from collections.abc import AsyncIterator
 from collections.abc import Callable
 from collections.abc import Iterable
+from collections.abc import Iterator
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -108,6 +110,28 @@ _DNS_NAME_RE = re.compile(
     r"(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?$"
 )
 _HANDLE_ADAPTER: TypeAdapter[AnyHandle] = TypeAdapter(Handle)
+# Whole lists of stored records are validated in one pydantic-core call each.
+_LEASES_ADAPTER: TypeAdapter[list[Lease]] = TypeAdapter(list[Lease])
+_ATTACHMENTS_ADAPTER: TypeAdapter[list[Attachment]] = TypeAdapter(list[Attachment])
+_DNS_ADAPTER: TypeAdapter[list[DnsRecord]] = TypeAdapter(list[DnsRecord])
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a bulk of long-lived objects is built."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def leases_from_records(values: Iterable[Any]) -> list[Lease]:
+    """Validate stored lease records (the ``lease`` kind of :meth:`Store.load`) in one batch."""
+    return _LEASES_ADAPTER.validate_python(list(values))
+
 
 GLOBAL_KEY = "wg-global"
 NODE_POOL = "node"
@@ -226,6 +250,18 @@ class _MemorySecrets:
 # ---------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _PeerStatusCache:
+    """One read of a device's peers, and what it was read under."""
+
+    #: ``time.monotonic()`` before the read started.
+    read_at: float
+    device: Device
+    #: The recorded peer configurations of the device when the read started.
+    configs: tuple[PeerConfig, ...]
+    peers: list[PeerStatus]
+
+
 class Engine:
     """The overlay engine. Use as ``async with Engine(config) as engine: ...``.
 
@@ -237,6 +273,10 @@ class Engine:
         in memory when that is ``None``.
     :param plugins: Extra plugins to register (e.g. the built-in DNS server).
     """
+
+    #: How old (seconds) the peers ``status`` reports may be: traffic counters
+    #: and handshake times lag by at most this much; peer changes never do.
+    STATUS_PEERS_MAX_AGE: float = 1.0
 
     def __init__(
         self,
@@ -281,6 +321,8 @@ class Engine:
         self._health: dict[tuple[str, str], bool] = {}
         self._tx_seen: dict[tuple[str, str], tuple[int, int]] = {}
         self._endpoints: dict[tuple[str, str], str | None] = {}
+        #: Peers of the global device as ``status`` last read them (see _status_peers).
+        self._status_cache: _PeerStatusCache | None = None
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -431,6 +473,13 @@ class Engine:
 
     def _load(self) -> None:
         """Rebuild the in-memory view and IPAM pools from the store."""
+        # Tens of thousands of long-lived records are built here; left on, the
+        # cyclic GC rescans them again and again while they are created (about
+        # a third of the time of a 65,536-lease load).
+        with gc_paused():
+            self._load_records()
+
+    def _load_records(self) -> None:
         data = self._store.load()
         meta = data.get("meta", {})
         self.node_id = meta.get("node_id")
@@ -440,10 +489,11 @@ class Engine:
         self.services = {
             k: ServiceOverlay.model_validate(v) for k, v in data.get("service", {}).items()
         }
-        self.attachments = {
-            k: Attachment.model_validate(v) for k, v in data.get("attachment", {}).items()
-        }
-        leases = [Lease.model_validate(v) for v in data.get("lease", {}).values()]
+        records = data.get("attachment", {})
+        self.attachments = dict(
+            zip(records, _ATTACHMENTS_ADAPTER.validate_python(list(records.values())), strict=True)
+        )
+        leases = leases_from_records(data.get("lease", {}).values())
         self.manual_leases = {
             f"{lease.pool}|{lease.ip}": lease for lease in leases if lease.owner == "manual"
         }
@@ -452,10 +502,10 @@ class Engine:
             device, _, _ = key.partition("|")
             peer = PeerConfig.model_validate(value)
             self.peers.setdefault(device, {})[peer.public_key] = peer
-        self.dns = {}
-        for value in data.get("dns", {}).values():
-            rec = DnsRecord.model_validate(value)
-            self.dns[(rec.name.lower(), str(rec.ip))] = rec
+        self.dns = {
+            (rec.name.lower(), str(rec.ip)): rec
+            for rec in _DNS_ADAPTER.validate_python(list(data.get("dns", {}).values()))
+        }
         self.masquerades = {
             k: MasqueradeRule.model_validate(v) for k, v in data.get("masquerade", {}).items()
         }
@@ -1522,11 +1572,7 @@ class Engine:
             peer_counts = {name: len(p) for name, p in self.peers.items()}
         if g is None:
             return Status(service_count=len(services))
-        peers: list[PeerStatus] = []
-        try:
-            peers = await self._run(self.hooks.peer_status, g.device)
-        except OverlaydError as exc:
-            log.warning("could not read peers of %s: %s", g.device.name, exc)
+        peers = await self._status_peers(g.device)
         dedicated = tuple(
             DedicatedStatus(
                 service=s.service,
@@ -1551,6 +1597,34 @@ class Engine:
             peers=tuple(peers),
             dedicated_services=dedicated,
         )
+
+    async def _status_peers(self, device: Device) -> list[PeerStatus]:
+        """The device's peers for ``status``, read at most every ``STATUS_PEERS_MAX_AGE`` s.
+
+        Reading them costs a hop to a worker thread and a device query, which
+        was most of a ``status`` round trip. The cached answer is used only
+        while it is younger than the bound and the recorded peer set of the
+        device is the one it was read under (compared by value), so ``status``
+        right after any peer change reads the device again.
+        """
+        with self._mem:
+            configs = tuple(self.peers.get(device.name, {}).values())
+        cached = self._status_cache
+        now = time.monotonic()
+        if (
+            cached is not None
+            and now - cached.read_at < self.STATUS_PEERS_MAX_AGE
+            and cached.device == device
+            and cached.configs == configs
+        ):
+            return cached.peers
+        try:
+            peers = await self._run(self.hooks.peer_status, device)
+        except OverlaydError as exc:
+            log.warning("could not read peers of %s: %s", device.name, exc)
+            return []
+        self._status_cache = _PeerStatusCache(now, device, configs, peers)
+        return peers
 
     async def check_health(self) -> list[Event]:
         """Read every WireGuard device's peers and emit health transitions.
@@ -1692,7 +1766,8 @@ class Engine:
         for att in candidates:
             if dry_run or await self.detach(att.handle):
                 released.append(att.handle)
-        return GcReport(released=tuple(released), kept=len(self.attachments))
+        kept = len(self.attachments) - (len(released) if dry_run else 0)
+        return GcReport(released=tuple(released), kept=kept)
 
     async def reconcile(self, startup: bool = False) -> ReconcileSummary:
         """Re-ensure recorded devices and peers, then let drivers compare with the host."""
