@@ -181,6 +181,18 @@ def _cidrs(value: str | Iterable[str]) -> str:
     return value if isinstance(value, str) else ",".join(value)
 
 
+def _port_fields(
+    protocol: str, host_port: int, container_ip: str, container_port: int, host_ip: str | None
+) -> dict[str, object]:
+    return {
+        "protocol": protocol,
+        "host_port": host_port,
+        "container_ip": container_ip,
+        "container_port": container_port,
+        "host_ip": host_ip,
+    }
+
+
 def _push(queue: asyncio.Queue[object], item: object) -> None:
     """Queue ``item``, dropping the oldest entry when a slow reader filled the queue."""
     if queue.full():
@@ -615,16 +627,8 @@ class AsyncClient:
         host_ip: str | None = None,
     ) -> None:
         """Forward ``host_port`` to a container (overlayd extension ``map_port``)."""
-        request = MapPortRequest.model_validate(
-            {
-                "protocol": protocol,
-                "host_port": host_port,
-                "container_ip": container_ip,
-                "container_port": container_port,
-                "host_ip": host_ip,
-            }
-        )
-        await self._expect(request, OkResponse)
+        fields = _port_fields(protocol, host_port, container_ip, container_port, host_ip)
+        await self._expect(MapPortRequest.model_validate(fields), OkResponse)
 
     async def unmap_port(
         self,
@@ -636,16 +640,8 @@ class AsyncClient:
         host_ip: str | None = None,
     ) -> None:
         """Remove a port mapping (overlayd extension ``unmap_port``)."""
-        request = UnmapPortRequest.model_validate(
-            {
-                "protocol": protocol,
-                "host_port": host_port,
-                "container_ip": container_ip,
-                "container_port": container_port,
-                "host_ip": host_ip,
-            }
-        )
-        await self._expect(request, OkResponse)
+        fields = _port_fields(protocol, host_port, container_ip, container_port, host_ip)
+        await self._expect(UnmapPortRequest.model_validate(fields), OkResponse)
 
     async def reconcile(self) -> ReconcileReportResponse:
         return await self._expect(ReconcileRequest(), ReconcileReportResponse)

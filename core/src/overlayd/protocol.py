@@ -641,26 +641,26 @@ class ReconcileRequest(Request):
     op: Literal["reconcile"] = "reconcile"
 
 
-class MapPortRequest(Request):
+class _PortMapping(Request):
+    """Fields shared by ``map_port`` and ``unmap_port``."""
+
+    protocol: Literal["tcp", "udp"]
+    host_port: Annotated[StrictInt, Field(ge=1, le=65535)]
+    container_ip: IpStr
+    container_port: Annotated[StrictInt, Field(ge=1, le=65535)]
+    host_ip: IpStr | None = None
+
+
+class MapPortRequest(_PortMapping):
     """Forward ``host_port`` on the node to a container (DNAT with hairpin); ``ok``."""
 
     op: Literal["map_port"] = "map_port"
-    protocol: Literal["tcp", "udp"]
-    host_port: Annotated[StrictInt, Field(ge=1, le=65535)]
-    container_ip: IpStr
-    container_port: Annotated[StrictInt, Field(ge=1, le=65535)]
-    host_ip: IpStr | None = None
 
 
-class UnmapPortRequest(Request):
+class UnmapPortRequest(_PortMapping):
     """Remove a port mapping added with ``map_port``; ``ok`` also when absent."""
 
     op: Literal["unmap_port"] = "unmap_port"
-    protocol: Literal["tcp", "udp"]
-    host_port: Annotated[StrictInt, Field(ge=1, le=65535)]
-    container_ip: IpStr
-    container_port: Annotated[StrictInt, Field(ge=1, le=65535)]
-    host_ip: IpStr | None = None
 
 
 AnyRequest: TypeAlias = (
