@@ -77,13 +77,31 @@ def _describe(value: object) -> str:
     return f"a value of type {type(value).__name__}"
 
 
+#: Public keys already found valid (and their hex form): a 1,000-peer batch
+#: validates each key several times on its way to the UAPI socket.
+_VALID_KEYS: dict[str, str] = {}
+_VALID_KEYS_MAX: Final = 1 << 17
+
+
+def _remember(text: str, raw: bytes) -> str:
+    hexed = raw.hex()
+    if len(_VALID_KEYS) >= _VALID_KEYS_MAX:
+        _VALID_KEYS.clear()
+    _VALID_KEYS[text] = hexed
+    return hexed
+
+
 def validate_key(text: str, what: str = "public key") -> str:
     """Return ``text`` if it is base64 of 32 bytes, else raise ``InvalidRequest``."""
+    value: object = text  # callers pass untrusted input despite the annotation
+    if isinstance(value, str) and value in _VALID_KEYS:
+        return text
     raw = _decode_b64(text, what)
     # Canonical form: re-encode so that non-canonical padding bits are rejected.
     canonical = base64.b64encode(raw).decode("ascii")
     if canonical != text:
         raise InvalidRequest(f"the {what} is not canonical base64")
+    _remember(text, raw)
     return text
 
 
@@ -95,6 +113,11 @@ def validate_hex_key(text: str, what: str = "public key") -> str:
 
 def b64_to_hex(text: str, what: str = "key") -> str:
     """Convert a base64 key (overlayd form) to lowercase hex (UAPI form)."""
+    value: object = text
+    if isinstance(value, str):
+        hexed = _VALID_KEYS.get(value)
+        if hexed is not None:
+            return hexed
     return _decode_b64(text, what).hex()
 
 
