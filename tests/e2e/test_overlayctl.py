@@ -340,3 +340,17 @@ def test_overlayd_version_and_drivers() -> None:
     assert out.returncode == 0
     names = [d["name"] for d in json.loads(out.stdout)["drivers"]]
     assert "fake" in names
+
+
+def test_ports_map_and_unmap(sock: Path) -> None:
+    """`overlayctl ports` drives the map_port / unmap_port ops."""
+    out = ctl(sock, "ports", "map", "18080", "10.200.4.2:80")
+    assert out.returncode == 0, out.stderr
+    assert "tcp/18080 -> 10.200.4.2:80" in out.stdout
+    clash = ctl(sock, "ports", "map", "18080", "10.200.4.3:80")
+    assert clash.returncode == 1
+    assert "already mapped" in clash.stderr
+    bad = ctl(sock, "ports", "map", "18080", "10.200.4.3")
+    assert bad.returncode == 2
+    out = ctl(sock, "ports", "unmap", "18080", "10.200.4.2:80")
+    assert out.returncode == 0, out.stderr

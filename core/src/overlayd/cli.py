@@ -457,6 +457,15 @@ def build_overlayctl_parser() -> argparse.ArgumentParser:
     unreg = dns_sub.add_parser("unregister", help="remove NAME's registered addresses")
     unreg.add_argument("name")
 
+    ports = sub.add_parser("ports", help="map or unmap a node port to a container (NAT)")
+    ports_sub = ports.add_subparsers(dest="ports_command", metavar="ACTION", required=True)
+    for action, verb in (("map", "forward"), ("unmap", "stop forwarding")):
+        port = ports_sub.add_parser(action, help=f"{verb} HOST_PORT to CONTAINER_IP:PORT")
+        port.add_argument("host_port", type=int)
+        port.add_argument("container", help="CONTAINER_IP:PORT ([v6]:port for IPv6)")
+        port.add_argument("--protocol", choices=["tcp", "udp"], default="tcp")
+        port.add_argument("--host-ip", metavar="IP", help="only on this node address")
+
     sub.add_parser("drivers", help="daemon version, protocol and loaded drivers (hello)")
 
     state = sub.add_parser("state", help="attachments and address leases")
@@ -640,6 +649,18 @@ def _cmd_dns(c: Client, args: argparse.Namespace) -> int:
     return _ok(args, f"{args.name} unregistered")
 
 
+def _cmd_ports(c: Client, args: argparse.Namespace) -> int:
+    ip, sep, port = args.container.rpartition(":")
+    if not sep or not port.isdigit():
+        _err(f"overlayctl: {args.container!r} is not CONTAINER_IP:PORT")
+        return EXIT_USAGE
+    ip = ip.strip("[]")
+    call = c.map_port if args.ports_command == "map" else c.unmap_port
+    call(args.protocol, args.host_port, ip, int(port), host_ip=args.host_ip)
+    arrow = "->" if args.ports_command == "map" else "-/->"
+    return _ok(args, f"{args.protocol}/{args.host_port} {arrow} {ip}:{port}")
+
+
 def _cmd_drivers(c: Client, args: argparse.Namespace) -> int:
     hello = c.hello("overlayctl")
     if args.json:
@@ -762,6 +783,7 @@ _COMMANDS: Final[dict[str, Callable[[Client, argparse.Namespace], int]]] = {
     "detach": _cmd_detach,
     "peers": _cmd_peers,
     "dns": _cmd_dns,
+    "ports": _cmd_ports,
     "drivers": _cmd_drivers,
     "state": _cmd_state,
     "gc": _cmd_gc,
