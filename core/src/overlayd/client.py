@@ -181,18 +181,6 @@ def _cidrs(value: str | Iterable[str]) -> str:
     return value if isinstance(value, str) else ",".join(value)
 
 
-def _port_fields(
-    protocol: str, host_port: int, container_ip: str, container_port: int, host_ip: str | None
-) -> dict[str, object]:
-    return {
-        "protocol": protocol,
-        "host_port": host_port,
-        "container_ip": container_ip,
-        "container_port": container_port,
-        "host_ip": host_ip,
-    }
-
-
 def _push(queue: asyncio.Queue[object], item: object) -> None:
     """Queue ``item``, dropping the oldest entry when a slow reader filled the queue."""
     if queue.full():
@@ -627,8 +615,7 @@ class AsyncClient:
         host_ip: str | None = None,
     ) -> None:
         """Forward ``host_port`` to a container (overlayd extension ``map_port``)."""
-        fields = _port_fields(protocol, host_port, container_ip, container_port, host_ip)
-        await self._expect(MapPortRequest.model_validate(fields), OkResponse)
+        await self._port(MapPortRequest, protocol, host_port, container_ip, container_port, host_ip)
 
     async def unmap_port(
         self,
@@ -640,8 +627,27 @@ class AsyncClient:
         host_ip: str | None = None,
     ) -> None:
         """Remove a port mapping (overlayd extension ``unmap_port``)."""
-        fields = _port_fields(protocol, host_port, container_ip, container_port, host_ip)
-        await self._expect(UnmapPortRequest.model_validate(fields), OkResponse)
+        await self._port(
+            UnmapPortRequest, protocol, host_port, container_ip, container_port, host_ip
+        )
+
+    async def _port(
+        self,
+        request_type: type[MapPortRequest | UnmapPortRequest],
+        protocol: str,
+        host_port: int,
+        container_ip: str,
+        container_port: int,
+        host_ip: str | None,
+    ) -> None:
+        fields = {
+            "protocol": protocol,
+            "host_port": host_port,
+            "container_ip": container_ip,
+            "container_port": container_port,
+            "host_ip": host_ip,
+        }
+        await self._expect(request_type.model_validate(fields), OkResponse)
 
     async def reconcile(self) -> ReconcileReportResponse:
         return await self._expect(ReconcileRequest(), ReconcileReportResponse)

@@ -167,6 +167,23 @@ def _require(capabilities: frozenset[Capability], cap: Capability) -> None:
         pytest.skip(f"driver declares no {cap.value} capability")
 
 
+def _create_wireguard(
+    capabilities: frozenset[Capability],
+    needed: Capability,
+    info: DriverInfo,
+    hooks: Hooks,
+    created: _Tracker,
+    spec: DeviceSpec,
+) -> Device:
+    """Create the kit's WireGuard device (removed after the test), or skip."""
+    _require(capabilities, needed)
+    if DeviceKind.WIREGUARD not in info.device_kinds:
+        pytest.skip("driver creates no WireGuard devices")
+    device = hooks.device_create(spec)
+    created.devices.append(device)
+    return device
+
+
 class DeviceConformance(DriverConformance):
     """create / delete / list devices of the kinds the driver declares."""
 
@@ -257,13 +274,11 @@ class DeviceConformance(DriverConformance):
         created: _Tracker,
         wireguard_spec: DeviceSpec,
     ) -> None:
-        _require(capabilities, Capability.DEVICES)
-        if DeviceKind.WIREGUARD not in info.device_kinds:
-            pytest.skip("driver creates no WireGuard devices")
+        device = _create_wireguard(
+            capabilities, Capability.DEVICES, info, hooks, created, wireguard_spec
+        )
         from overlayd.keys import public_key
 
-        device = hooks.device_create(wireguard_spec)
-        created.devices.append(device)
         assert device.public_key == public_key(DEVICE_KEY)
         assert device.listen_port == wireguard_spec.listen_port
 
@@ -295,12 +310,9 @@ class PeerConformance(DeviceConformance):
         created: _Tracker,
         wireguard_spec: DeviceSpec,
     ) -> Device:
-        _require(capabilities, Capability.PEERS)
-        if DeviceKind.WIREGUARD not in info.device_kinds:
-            pytest.skip("driver creates no WireGuard devices")
-        device = hooks.device_create(wireguard_spec)
-        created.devices.append(device)
-        return device
+        return _create_wireguard(
+            capabilities, Capability.PEERS, info, hooks, created, wireguard_spec
+        )
 
     @staticmethod
     def _peers(hooks: Hooks, device: Device) -> dict[str, Any]:
