@@ -23,8 +23,14 @@ end is routed, not bridged: it has proxy ARP on (it answers ARP for every
 cluster address, so the container hands such packets to the host), and the
 host gets an on-link route ``<global ip>/32 dev <host end>`` for the way back.
 The host then forwards cluster traffic to the WireGuard device like its own.
-Proxy ARP is IPv4 only; an IPv6 ``eth1`` gets the address and host route but
-needs the orchestrator to add neighbour proxy entries (not done here).
+Linux has no proxy NDP for a whole prefix, so an IPv6 ``eth1`` gets its address
+as a /128 and a route for the cluster prefix via ``fe80::1``, which its host
+end holds; the host's way back is ``<global ip>/128 dev <host end>``.
+
+Quiet IPv6. Interfaces that carry no IPv6 address come up with IPv6 address
+generation off (no link-local address), so attaching an IPv4-only container
+floods no DAD, MLD or router solicitation through the bridge into every other
+container; see docs/design-notes.rst.
 
 Resolver configuration (``overlayd_dns_endpoint_configure``) is declined
 (returns ``None``): the container's ``/etc/resolv.conf`` belongs to its runtime,
@@ -96,6 +102,9 @@ log = logging.getLogger(__name__)
 ALIAS_PREFIX: Final = "overlayd:"
 #: Interface names inside the workload.
 CONTAINER_IFNAMES: Final = ("eth0", "eth1")
+#: Link-local address of every IPv6 ``eth1``'s host end: the next hop of the
+#: cluster prefix inside the workload (each host end is a link of its own).
+GLOBAL_NEXT_HOP6: Final = ipaddress.IPv6Interface("fe80::1/64")
 _NAT_BACKENDS: Final = ("auto", "library", "cli")
 _KNOWN_OPTIONS: Final = ("nat_backend", "host_netns")
 
@@ -155,6 +164,27 @@ def _namespace_path(handle: LinuxPidHandle | NetnsHandle) -> str:
 
 def _host_route(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> IPNetwork:
     return ipaddress.ip_network(f"{ip}/{ip.max_prefixlen}")
+
+
+def _global_plumbing(address: ipaddress.IPv4Interface | ipaddress.IPv6Interface) -> dict[str, Any]:
+    """How ``eth1`` reaches the cluster through its routed (unbridged) host end.
+
+    IPv4: the address carries the cluster prefix, so the whole cluster is
+    on-link through ``eth1``, and proxy ARP on the host end answers for all of
+    it. IPv6 has no proxy NDP for a whole prefix (Linux proxies listed
+    addresses only), so the address is a /128 and the cluster prefix is routed
+    via :data:`GLOBAL_NEXT_HOP6`, which the host end holds.
+    """
+    from overlayd_linux_bridge.netlink import RouteSpec
+
+    if address.version == 4:
+        return {"addresses": [address], "proxy_arp": True}
+    host_ip = ipaddress.ip_interface(f"{address.ip}/128")
+    return {
+        "addresses": [host_ip],
+        "routes": [RouteSpec(address.network, GLOBAL_NEXT_HOP6.ip)],
+        "host_addresses": [GLOBAL_NEXT_HOP6],
+    }
 
 
 class LinuxBridgeDriver:
@@ -442,14 +472,14 @@ class LinuxBridgeDriver:
             created.append(name)
             if request.global_address is not None:
                 gname = veth_host_name(key, 1)
+                self._ensure_forwarding(request.global_address.version)
                 self._create_veth(
                     host_name=gname,
                     netns_fd=ns.fd,
                     container_ifname=CONTAINER_IFNAMES[1],
-                    addresses=[request.global_address],
                     mtu=request.mtu,
                     host_routes=[_host_route(request.global_address.ip)],
-                    proxy_arp=request.global_address.version == 4,
+                    **_global_plumbing(request.global_address),
                 )
                 created.append(gname)
         except BaseException:

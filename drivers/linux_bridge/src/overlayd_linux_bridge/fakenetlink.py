@@ -222,6 +222,7 @@ class FakeNetlink:
         bridge: str | None = None,
         host_routes: Sequence[IPNetwork] = (),
         proxy_arp: bool = False,
+        host_addresses: Sequence[IPInterface] = (),
     ) -> VethResult:
         self._record(
             "create_veth_into_netns",
@@ -235,6 +236,7 @@ class FakeNetlink:
             bridge=bridge,
             host_routes=list(host_routes),
             proxy_arp=proxy_arp,
+            host_addresses=list(host_addresses),
         )
         _check_name(host_name)
         _check_name(container_ifname)
@@ -281,6 +283,7 @@ class FakeNetlink:
             peer=(netns_fd, c_index),
             host_routes=list(host_routes),
             proxy_arp=proxy_arp,
+            addresses=list(host_addresses),
         )
         ns.links[container_ifname] = FakeLink(
             container_ifname,

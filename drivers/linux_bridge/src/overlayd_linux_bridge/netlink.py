@@ -69,6 +69,7 @@ from overlayd_linux_bridge.netns import run_in_netns
 
 __all__ = [
     "FORWARDING_SYSCTLS",
+    "STATIC_IPV6_SYSCTLS",
     "TOMBSTONE_GROUP",
     "IPAddress",
     "IPInterface",
@@ -102,9 +103,26 @@ _IFA_F_NODAD: Final = 0x02
 # <linux/rtnetlink.h> RT_SCOPE_LINK: on-link route without a gateway (IPv4).
 _RT_SCOPE_LINK: Final = 253
 _NETLINK_ROUTE: Final = 0
+# IFLA_AF_SPEC/AF_INET6/IFLA_INET6_ADDR_GEN_MODE = IN6_ADDR_GEN_MODE_NONE
+# (<linux/if_link.h>): the link gets no IPv6 link-local address, so bringing it
+# up sends no DAD, MLD report or router solicitation. A bridge floods each of
+# those to every port, i.e. into every other container's namespace, which made
+# the N-th attach cost grow with N (see docs/design-notes.rst, "Quiet IPv6").
+_QUIET_IPV6: Final = {
+    "IFLA_AF_SPEC": {"attrs": [["AF_INET6", {"attrs": [["IFLA_INET6_ADDR_GEN_MODE", 1]]}]]}
+}
 _DEFAULT_LINGER: Final = 0.05
 #: ``SIOCGIFHWADDR`` from ``<linux/sockios.h>``: read a link's MAC address.
 _SIOCGIFHWADDR: Final = 0x8927
+
+
+#: Written under ``/proc/sys/net/ipv6/conf/<ifname>/`` for a workload interface
+#: with IPv6 addresses, before it comes up. Its addresses and routes are
+#: static, so it neither solicits nor accepts router advertisements (a rogue
+#: RA from another container could otherwise redirect its traffic), and its
+#: addresses are unique by allocation, so no duplicate address detection,
+#: whose probes the bridge would flood to every port.
+STATIC_IPV6_SYSCTLS: Final = {"accept_ra": "0", "router_solicitations": "0", "accept_dad": "0"}
 
 
 class LinkExistsError(AttachError):
@@ -194,14 +212,19 @@ class Netlink(Protocol):
         bridge: str | None = None,
         host_routes: Sequence[IPNetwork] = (),
         proxy_arp: bool = False,
+        host_addresses: Sequence[IPInterface] = (),
     ) -> VethResult:
         """Create a veth whose peer lives in ``netns_fd`` as ``container_ifname``.
 
         Inside the namespace: the addresses, ``lo`` and the interface up, one
         default route per gateway, then ``routes``. On the host: the end is
         enslaved to ``bridge`` (if given) and set up, ``host_routes`` point
-        on-link at it, and ``proxy_arp`` turns on IPv4 proxy ARP on it (a
-        routed, unbridged end answering ARP for the addresses it routes). All
+        on-link at it, ``proxy_arp`` turns on IPv4 proxy ARP on it (a
+        routed, unbridged end answering ARP for the addresses it routes) and
+        ``host_addresses`` are added to it (e.g. ``fe80::1/64``, a next hop
+        that routes inside the namespace can name). Interfaces without an
+        IPv6 address (the host end unless ``host_addresses`` has one) get no
+        IPv6 link-local address: nothing is flooded to other bridge ports. All
         or nothing: on failure the pair is deleted. Raises
         :class:`LinkExistsError` when ``host_name`` or ``container_ifname`` is
         taken, :class:`AttachError` otherwise.
@@ -281,6 +304,25 @@ def _kind(msg: Any) -> str | None:
     return str(kind) if kind is not None else None
 
 
+def _link_up(ipr: Any, index: int, *, quiet_ipv6: bool, **changes: Any) -> None:
+    """Set link ``index`` up (with ``changes``), optionally without IPv6 link-local.
+
+    The address generation mode travels in the same ``RTM_NEWLINK`` as the
+    state change; the kernel applies it before it configures IPv6 on the
+    link. A kernel without IPv6, or a link IPv6 cannot run on (MTU below
+    1280), refuses ``AF_INET6`` attributes with ``EAFNOSUPPORT``; the link is
+    then silent on IPv6 anyway and is set up without them.
+    """
+    if quiet_ipv6:
+        try:
+            ipr.link("set", index=index, state="up", **changes, **_QUIET_IPV6)
+            return
+        except NetlinkError as exc:
+            if exc.code != errno.EAFNOSUPPORT:
+                raise
+    ipr.link("set", index=index, state="up", **changes)
+
+
 def _link_info(msg: Any) -> LinkInfo:
     master = msg.get("IFLA_MASTER")
     alias = msg.get("IFLA_IFALIAS")
@@ -342,16 +384,34 @@ class _NetnsProbe:
     mac: str
 
 
-def _probe_netns(ifname: str) -> _NetnsProbe:
-    """Open a netlink socket and look up ``ifname`` and ``lo``; runs inside the namespace."""
+def _probe_netns(ifname: str, ipv6: bool) -> _NetnsProbe:
+    """Open a netlink socket and look up ``ifname`` and ``lo``; runs inside the namespace.
+
+    With ``ipv6`` the interface's :data:`STATIC_IPV6_SYSCTLS` are written too
+    (``/proc/sys/net`` is the namespace of the writing thread).
+    """
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_ROUTE)
     try:
         index = _if_index(ifname)
         mac = _if_mac(sock, ifname) if index is not None else ""
+        if ipv6 and index is not None:
+            _write_static_ipv6_sysctls(ifname)
         return _NetnsProbe(sock, index, _if_index("lo"), mac)
     except BaseException:
         sock.close()
         raise
+
+
+def _write_static_ipv6_sysctls(ifname: str) -> None:
+    for key, value in STATIC_IPV6_SYSCTLS.items():
+        path = f"/proc/sys/net/ipv6/conf/{ifname}/{key}"
+        try:
+            with open(path, "w", encoding="ascii") as f:
+                f.write(value)
+        except FileNotFoundError:
+            return  # no IPv6 in this namespace: nothing to quiet
+        except OSError as exc:  # e.g. /proc/sys mounted read-only
+            log.warning("could not set %s to %s: %s", path, value, exc)
 
 
 class _DeferredDeleter:
@@ -593,6 +653,7 @@ class PyrouteNetlink:
         bridge: str | None = None,
         host_routes: Sequence[IPNetwork] = (),
         proxy_arp: bool = False,
+        host_addresses: Sequence[IPInterface] = (),
     ) -> VethResult:
         try:
             return self._create_veth(
@@ -606,6 +667,7 @@ class PyrouteNetlink:
                 bridge=bridge,
                 host_routes=host_routes,
                 proxy_arp=proxy_arp,
+                host_addresses=host_addresses,
                 retry_after_flush=True,
             )
         except (NetlinkError, OSError) as exc:
@@ -626,6 +688,7 @@ class PyrouteNetlink:
         bridge: str | None,
         host_routes: Sequence[IPNetwork],
         proxy_arp: bool,
+        host_addresses: Sequence[IPInterface],
         retry_after_flush: bool,
     ) -> VethResult:
         with self._host_ipr() as host:
@@ -674,6 +737,7 @@ class PyrouteNetlink:
                         bridge=bridge,
                         host_routes=host_routes,
                         proxy_arp=proxy_arp,
+                        host_addresses=host_addresses,
                         retry_after_flush=False,
                     )
                 raise LinkExistsError(
@@ -691,10 +755,15 @@ class PyrouteNetlink:
                 container_index, mac = self._configure_container_end(
                     netns_fd, container_ifname, addresses, gateways, routes
                 )
-                changes: dict[str, Any] = {"state": "up"}
+                changes: dict[str, Any] = {}
                 if bridge_index is not None:
                     changes["master"] = bridge_index
-                host.link("set", index=host_index, **changes)
+                # The host end needs no IPv6 link-local of its own: the bridge
+                # (or a host route) carries the gateway addresses, and a next
+                # hop for the namespace comes in host_addresses.
+                _link_up(host, host_index, quiet_ipv6=True, **changes)
+                for iface in host_addresses:
+                    self._add_address(host, host_index, iface)
                 if proxy_arp:
                     self._set_proxy_arp(host_name)
                 for dst in host_routes:
@@ -749,7 +818,8 @@ class PyrouteNetlink:
     ) -> tuple[int, str]:
         # One thread in the namespace opens the socket and reads the indexes
         # and the MAC with ioctls: no RTM_GETLINK round trips.
-        probe = run_in_netns(netns_fd, lambda: _probe_netns(ifname))
+        ipv6 = any(a.version == 6 for a in addresses)
+        probe = run_in_netns(netns_fd, lambda: _probe_netns(ifname, ipv6))
         if probe.index is None:
             probe.sock.close()
             raise AttachError(
@@ -760,7 +830,9 @@ class PyrouteNetlink:
         with IPRoute(fileno=probe.sock.detach()) as ns:
             for iface in addresses:
                 PyrouteNetlink._add_address(ns, index, iface)
-            ns.link("set", index=index, state="up")
+            # An interface without IPv6 addresses gets no link-local one
+            # either (as Docker does on IPv4-only networks).
+            _link_up(ns, index, quiet_ipv6=not ipv6)
             if probe.loopback is not None:
                 ns.link("set", index=probe.loopback, state="up")
             for gw in gateways:

@@ -45,6 +45,15 @@ class Netns:
         )
         return proc.stdout
 
+    def sysctl(self, key: str) -> str:
+        """Read ``/proc/sys/<key>`` (e.g. ``net/ipv6/conf/eth0/accept_ra``) in this namespace."""
+
+        def read() -> str:
+            with open(f"/proc/sys/{key}", encoding="ascii") as f:
+                return f.read().strip()
+
+        return run_in_netns(self.fd, read)
+
     def socket(self, family: int, kind: int, proto: int = 0) -> socket.socket:
         """A socket that lives in this namespace."""
         return run_in_netns(self.fd, lambda: socket.socket(family, kind, proto))

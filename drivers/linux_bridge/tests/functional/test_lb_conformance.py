@@ -168,6 +168,30 @@ def test_global_address_reaches_node_address_through_eth1(
     assert ping(d, "10.200.0.9")
 
 
+def test_ipv6_global_address_is_routed_via_the_host_end(
+    started: LinuxBridgeDriver, host_ns: Netns, make_netns: Callable[[str], Netns]
+) -> None:
+    # IPv6 has no proxy NDP for a prefix: eth1 holds a /128 and routes the
+    # cluster prefix via fe80::1 on its host end.
+    host_ns.ip("link", "add", "wgstand", "type", "bridge")
+    host_ns.ip("addr", "add", "fd20::1/64", "dev", "wgstand", "nodad")
+    host_ns.ip("link", "set", "wgstand", "up")
+    bridge = _bridge(started, "zl-ft-web-b", "10.61.0.0/24", "service:web")
+    c, d = make_netns("c"), make_netns("d")
+    att = _attach(started, bridge, c, 2, global_address="fd20::9/64")
+    _attach(started, bridge, d, 3, global_address="fd20::a/64")
+    assert "inet6 fd20::9/128" in c.ip("-6", "addr", "show", "dev", "eth1")
+    assert "fd20::/64 via fe80::1 dev eth1" in c.ip("-6", "route")
+    assert "fe80::1/64" in host_ns.ip("-6", "addr", "show", "dev", att.interfaces[1])
+    assert f"fd20::9 dev {att.interfaces[1]}" in host_ns.ip("-6", "route")
+    assert ping(c, "fd20::1")
+    # Another local container's global address, routed by the host.
+    assert ping(c, "fd20::a")
+    assert ping(d, "fd20::9")
+    # eth0 stays IPv4 only and silent on IPv6.
+    assert "inet6" not in c.ip("-6", "addr", "show", "dev", "eth0")
+
+
 def test_detach_and_reconcile_remove_host_veths(
     started: LinuxBridgeDriver, host_ns: Netns, make_netns: Callable[[str], Netns]
 ) -> None:

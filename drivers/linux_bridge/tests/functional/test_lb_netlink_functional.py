@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
+import time
 from collections.abc import Callable
 from ipaddress import ip_address
 from ipaddress import ip_interface
@@ -15,6 +17,7 @@ from overlayd.errors import AttachError
 from overlayd.errors import DeviceError
 from overlayd.names import is_tombstone
 from overlayd.names import veth_host_name
+from overlayd_linux_bridge.netlink import STATIC_IPV6_SYSCTLS
 from overlayd_linux_bridge.netlink import TOMBSTONE_GROUP
 from overlayd_linux_bridge.netlink import LinkExistsError
 from overlayd_linux_bridge.netlink import Netlink
@@ -92,6 +95,75 @@ def test_two_containers_reach_each_other_and_gateway(
     assert "default via fd77::1 dev eth0" in c1.ip("-6", "route")
     assert "mtu 1400" in c1.ip("link", "show", "eth0")
     assert "UP" in c1.ip("link", "show", "lo")
+
+
+def _tx_packets(ns: Netns, ifname: str = "eth0") -> int:
+    [link] = json.loads(ns.ip("-s", "-j", "link", "show", ifname))
+    return int(link["stats64"]["tx"]["packets"])
+
+
+def _inet6(ns: Netns, ifname: str) -> str:
+    return ns.ip("-6", "addr", "show", "dev", ifname)
+
+
+def test_ipv4_only_interfaces_are_silent_on_ipv6_dual_stack_keeps_link_local(
+    netlink: PyrouteNetlink, make_netns: Callable[[str], Netns], host_ns: Netns
+) -> None:
+    """An IPv4-only container sends nothing when attached; a dual-stack one does.
+
+    A link-local address means DAD, MLD reports and router solicitations,
+    which the bridge floods into every attached namespace: that made the
+    N-th attach cost grow with N. The dual-stack half shows that the counter
+    would see such packets.
+    """
+    netlink.ensure_bridge(BRIDGE, [GW4, GW6])
+    quiet, dual = make_netns("q"), make_netns("d")
+    quiet_host = veth_host_name(f"test:{quiet.name}", 0)
+    netlink.create_veth_into_netns(
+        host_name=quiet_host,
+        netns_fd=quiet.fd,
+        container_ifname="eth0",
+        addresses=[ip_interface("10.77.0.11/24")],
+        gateways=[GW4.ip],
+        bridge=BRIDGE,
+    )
+    dual_host = _attach(netlink, dual, 12)
+    deadline = time.monotonic() + 5.0
+    while _tx_packets(dual) == 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _tx_packets(dual) > 0  # its MLD reports, at least
+    time.sleep(1.0)  # the quiet container had as long as the dual one, and 1 s more
+    assert _tx_packets(quiet) == 0
+    assert "inet6" not in _inet6(quiet, "eth0")
+    assert "addrgenmode none" in quiet.ip("-d", "link", "show", "eth0")
+    assert "fe80::" in _inet6(dual, "eth0")
+    for key, value in STATIC_IPV6_SYSCTLS.items():  # static config: no RA, RS or DAD
+        assert dual.sysctl(f"net/ipv6/conf/eth0/{key}") == value
+    for host_end in (quiet_host, dual_host):
+        assert "inet6" not in _inet6(host_ns, host_end)
+    assert ping(quiet, "10.77.0.12")
+    assert ping(dual, "fd77::1")
+
+
+def test_mtu_below_ipv6_minimum_still_attaches(
+    netlink: PyrouteNetlink, make_netns: Callable[[str], Netns]
+) -> None:
+    # Below 1280 bytes the kernel has no IPv6 on the link and refuses the
+    # "no link-local" attribute (EAFNOSUPPORT); the link comes up without it.
+    netlink.ensure_bridge(BRIDGE, [GW4], mtu=1200)
+    c1, c2 = make_netns("c1"), make_netns("c2")
+    for ns, n in ((c1, 10), (c2, 11)):
+        netlink.create_veth_into_netns(
+            host_name=veth_host_name(f"test:{ns.name}", 0),
+            netns_fd=ns.fd,
+            container_ifname="eth0",
+            addresses=[ip_interface(f"10.77.0.{n}/24")],
+            gateways=[GW4.ip],
+            mtu=1200,
+            bridge=BRIDGE,
+        )
+    assert "mtu 1200" in c1.ip("link", "show", "eth0")
+    assert ping(c1, "10.77.0.11")
 
 
 def test_join_global_second_interface_gets_host_route(

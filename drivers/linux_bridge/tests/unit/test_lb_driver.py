@@ -361,6 +361,27 @@ def test_attach_with_global_address_adds_routed_eth1(
     assert [r[0] for r in ns.routes] == ["eth0"]
 
 
+def test_ipv6_global_address_is_a_host_route_via_the_host_end(
+    driver: LinuxBridgeDriver, netlink: FakeNetlink, namespaces: FakeNamespaces, bridge: Device
+) -> None:
+    namespaces.add("/run/netns/c1")
+    handle = NetnsHandle(path="/run/netns/c1")
+    att = driver.overlayd_attach(request=make_request(bridge, handle, global_address="fd20::9/64"))
+    assert att is not None
+    assert att.global_ip == ipaddress.ip_address("fd20::9")
+    g = netlink.host.links[veth_host_name(handle_key(handle), 1)]
+    assert not g.proxy_arp
+    assert g.addresses == [ipaddress.ip_interface("fe80::1/64")]
+    assert g.host_routes == [ipaddress.ip_network("fd20::9/128")]
+    ns = ns_of(netlink, namespaces, "/run/netns/c1")
+    assert ns.links["eth1"].addresses == [ipaddress.ip_interface("fd20::9/128")]
+    assert (
+        "eth1",
+        RouteSpec(ipaddress.ip_network("fd20::/64"), ipaddress.ip_address("fe80::1")),
+    ) in ns.routes
+    assert netlink.sysctls["/proc/sys/net/ipv6/conf/all/forwarding"] == "1"
+
+
 def test_attach_linux_pid_opens_proc_namespace_once(
     driver: LinuxBridgeDriver, namespaces: FakeNamespaces, bridge: Device
 ) -> None:
