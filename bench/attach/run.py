@@ -29,6 +29,11 @@ by one, sequentially:
   bridge port, no IPv6 link-local on IPv4-only interfaces), in-process, no
   IPC, no state, synchronous deletion.
 
+Before each timed loop the bench waits until the machine has been at least
+90 % idle for 2 s in a row: the kernel tears down the previous method's
+namespaces (and sets up the new ones) in background workers, whose CPU time
+would otherwise be charged to the first attaches timed.
+
 Prints median and p90 per attach and per detach in milliseconds, each
 method's ratio to the floor, overlayd/cni and overlayd+nat/cni+masq. Nothing
 outside the namespaces it creates is touched; everything is removed at the end,
@@ -422,7 +427,6 @@ def main(argv: list[str] | None = None) -> int:
     results: list[Result] = []
     for n in args.n:
         for method in args.methods:
-            settle()
             start = time.monotonic()
             results.append(runners[method](n))
             print(f"# {method} N={n} done in {time.monotonic() - start:.1f} s", flush=True)

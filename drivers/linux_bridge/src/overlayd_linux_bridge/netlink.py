@@ -224,7 +224,8 @@ class Netlink(Protocol):
         ``host_addresses`` are added to it (e.g. ``fe80::1/64``, a next hop
         that routes inside the namespace can name). Interfaces without an
         IPv6 address (the host end unless ``host_addresses`` has one) get no
-        IPv6 link-local address: nothing is flooded to other bridge ports. All
+        IPv6 link-local address: nothing is flooded to other bridge ports; a
+        container end with IPv6 addresses gets :data:`STATIC_IPV6_SYSCTLS`. All
         or nothing: on failure the pair is deleted. Raises
         :class:`LinkExistsError` when ``host_name`` or ``container_ifname`` is
         taken, :class:`AttachError` otherwise.
