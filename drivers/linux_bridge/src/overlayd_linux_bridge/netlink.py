@@ -6,9 +6,14 @@ implementation is :class:`PyrouteNetlink` (pyroute2), the in-memory one is
 
 Rules this module follows (STYLE.md §5, §7):
 
-* one ``IPRoute`` per adapter call, closed when the call returns; no global
-  socket;
-* names are resolved once with ``link_lookup`` (empty list = absent);
+* the attach and detach hot path sends its requests through
+  :mod:`overlayd_linux_bridge.rtnl` (encoded here, ACK read back, no event
+  loop): host-namespace sockets are pooled per adapter, the workload
+  namespace's socket lives for one attach;
+* everything else (dumps, bridges, reconcile) opens one pyroute2 ``IPRoute``
+  per adapter call, closed when the call returns;
+* names are resolved once (``SIOCGIFINDEX`` in our own namespace, one
+  ``RTM_GETLINK`` elsewhere; absent = ``None``);
 * tolerated errnos are named where they are tolerated;
 * ``NetlinkError``/``OSError`` become :class:`overlayd.errors.DeviceError` or
   :class:`overlayd.errors.AttachError` with a sentence naming the object.
@@ -65,6 +70,7 @@ from overlayd.errors import DeviceError
 from overlayd.errors import DriverError
 from overlayd.names import is_tombstone
 from overlayd.names import tombstone_name
+from overlayd_linux_bridge import rtnl
 from overlayd_linux_bridge.netns import run_in_netns
 
 __all__ = [
@@ -100,16 +106,10 @@ FORWARDING_SYSCTLS: Final = {
 # <linux/if_addr.h>: skip duplicate address detection, so an IPv6 address is
 # usable at once (a fresh veth cannot have a duplicate we would detect).
 _IFA_F_NODAD: Final = 0x02
-# <linux/rtnetlink.h> RT_SCOPE_LINK: on-link route without a gateway (IPv4).
-_RT_SCOPE_LINK: Final = 253
 _NETLINK_ROUTE: Final = 0
-# IFLA_AF_SPEC/AF_INET6/IFLA_INET6_ADDR_GEN_MODE = IN6_ADDR_GEN_MODE_NONE
-# (<linux/if_link.h>): the link gets no IPv6 link-local address, so bringing it
-# up sends no DAD, MLD report or router solicitation. A bridge floods each of
-# those to every port, i.e. into every other container's namespace, which made
-# the N-th attach cost grow with N (see docs/design-notes.rst, "Quiet IPv6").
-_QUIET_IPV6: Final = {
-    "IFLA_AF_SPEC": {"attrs": [["AF_INET6", {"attrs": [["IFLA_INET6_ADDR_GEN_MODE", 1]]}]]}
+_DEFAULT_ROUTES: Final[dict[int, IPNetwork]] = {
+    4: IPv4Network("0.0.0.0/0"),
+    6: IPv6Network("::/0"),
 }
 _DEFAULT_LINGER: Final = 0.05
 #: ``SIOCGIFHWADDR`` from ``<linux/sockios.h>``: read a link's MAC address.
@@ -272,7 +272,9 @@ def _strerror(exc: BaseException) -> str:
     if not isinstance(code, int):
         code = getattr(exc, "errno", None)
     if isinstance(code, int) and code > 0:
-        return f"{os.strerror(code)} (errno {code})"
+        reason = f"{os.strerror(code)} (errno {code})"
+        extack = getattr(exc, "extack", None)
+        return f"{reason}: {extack}" if extack else reason
     return str(exc)
 
 
@@ -293,10 +295,6 @@ def netlink_errors(action: str, error: type[DriverError] = DeviceError) -> Itera
         raise error(f"Could not {action}: {_strerror(exc)}.") from exc
 
 
-def _family(ip: IPAddress | IPInterface | IPNetwork) -> int:
-    return socket.AF_INET if ip.version == 4 else socket.AF_INET6
-
-
 def _kind(msg: Any) -> str | None:
     info = msg.get("IFLA_LINKINFO")
     if info is None:
@@ -305,23 +303,45 @@ def _kind(msg: Any) -> str | None:
     return str(kind) if kind is not None else None
 
 
-def _link_up(ipr: Any, index: int, *, quiet_ipv6: bool, **changes: Any) -> None:
-    """Set link ``index`` up (with ``changes``), optionally without IPv6 link-local.
+def _link_up(
+    sock: rtnl.RtnlSocket, index: int, *, quiet_ipv6: bool, master: int | None = None
+) -> None:
+    """Set link ``index`` up (and on ``master``), optionally without IPv6 link-local.
 
+    Without a link-local address the link sends no DAD probe, MLD report or
+    router solicitation when it comes up; a bridge floods each of those to
+    every port, i.e. into every other container's namespace, which made the
+    N-th attach cost grow with N (docs/design-notes.rst, "Quiet IPv6").
     The address generation mode travels in the same ``RTM_NEWLINK`` as the
-    state change; the kernel applies it before it configures IPv6 on the
-    link. A kernel without IPv6, or a link IPv6 cannot run on (MTU below
-    1280), refuses ``AF_INET6`` attributes with ``EAFNOSUPPORT``; the link is
-    then silent on IPv6 anyway and is set up without them.
+    state change. A kernel without IPv6, or a link IPv6 cannot run on (MTU
+    below 1280), refuses ``AF_INET6`` attributes with ``EAFNOSUPPORT`` before
+    it changes anything; the link is then silent on IPv6 anyway and is set up
+    without them.
     """
     if quiet_ipv6:
         try:
-            ipr.link("set", index=index, state="up", **changes, **_QUIET_IPV6)
+            sock.request(
+                rtnl.RTM_NEWLINK, rtnl.link_change(index, up=True, master=master, quiet_ipv6=True)
+            )
             return
         except NetlinkError as exc:
             if exc.code != errno.EAFNOSUPPORT:
                 raise
-    ipr.link("set", index=index, state="up", **changes)
+    sock.request(rtnl.RTM_NEWLINK, rtnl.link_change(index, up=True, master=master))
+
+
+def _add_address(sock: rtnl.RtnlSocket, index: int, iface: IPInterface) -> None:
+    """Add ``iface`` to link ``index``; already present is fine."""
+    flags = _IFA_F_NODAD if iface.version == 6 else 0
+    try:
+        sock.create(rtnl.RTM_NEWADDR, rtnl.address(index, iface, flags))
+    except NetlinkError as exc:
+        if exc.code != errno.EEXIST:  # already there: the goal is reached
+            raise
+
+
+def _open_raw_socket() -> socket.socket:
+    return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_ROUTE)
 
 
 def _link_info(msg: Any) -> LinkInfo:
@@ -391,7 +411,7 @@ def _probe_netns(ifname: str, ipv6: bool) -> _NetnsProbe:
     With ``ipv6`` the interface's :data:`STATIC_IPV6_SYSCTLS` are written too
     (``/proc/sys/net`` is the namespace of the writing thread).
     """
-    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_ROUTE)
+    sock = _open_raw_socket()
     try:
         index = _if_index(ifname)
         mac = _if_mac(sock, ifname) if index is not None else ""
@@ -523,6 +543,8 @@ class PyrouteNetlink:
             self._host_fd = os.open(host_netns, os.O_RDONLY | os.O_CLOEXEC)
         self._group = tombstone_group
         self._deleter = _DeferredDeleter(self._host_ipr, tombstone_group, linger)
+        #: Raw netlink sockets of the host namespace for the hot path.
+        self._host_sockets = rtnl.SocketPool(self._open_host_socket)
         #: Previous values of the sysctls :meth:`enable_forwarding` changed.
         self.previous_sysctls: dict[str, str] = {}
 
@@ -534,10 +556,16 @@ class PyrouteNetlink:
     def _host_ipr(self) -> Any:
         return _open_iproute(self._host_fd)
 
+    def _open_host_socket(self) -> socket.socket:
+        if self._host_fd is None:
+            return _open_raw_socket()
+        return run_in_netns(self._host_fd, _open_raw_socket)
+
     def close(self, timeout: float = 10.0) -> None:
         try:
             self._deleter.close(timeout)
         finally:
+            self._host_sockets.close()
             if self._host_fd is not None:
                 os.close(self._host_fd)
                 self._host_fd = None
@@ -545,10 +573,8 @@ class PyrouteNetlink:
     # -- links -----------------------------------------------------------------
 
     def link_exists(self, name: str) -> bool:
-        if self._host_fd is None:
-            return _if_index(name) is not None
-        with netlink_errors(f"look up link {name}"), self._host_ipr() as ipr:
-            return bool(ipr.link_lookup(ifname=name))
+        with netlink_errors(f"look up link {name}"), self._host_sockets.socket() as host:
+            return self._host_index(host, name) is not None
 
     def list_links(self, prefix: str = "") -> list[LinkInfo]:
         with netlink_errors("list links"), self._host_ipr() as ipr:
@@ -556,12 +582,12 @@ class PyrouteNetlink:
         return [link for link in links if link.name.startswith(prefix)]
 
     def delete_link(self, name: str) -> bool:
-        with netlink_errors(f"delete link {name}"), self._host_ipr() as ipr:
-            found = ipr.link_lookup(ifname=name)
-            if not found:
+        with netlink_errors(f"delete link {name}"), self._host_sockets.socket() as host:
+            index = self._host_index(host, name)
+            if index is None:
                 return False
             try:
-                ipr.link("del", index=found[0])
+                host.request(rtnl.RTM_DELLINK, rtnl.link_change(index))
             except NetlinkError as exc:
                 if exc.code != errno.ENODEV:  # deleted meanwhile (e.g. peer netns died)
                     raise
@@ -615,29 +641,14 @@ class PyrouteNetlink:
             have = {
                 (str(a.get("IFA_ADDRESS")), int(a["prefixlen"])) for a in ipr.get_addr(index=index)
             }
-            for iface in addresses:
-                if (str(iface.ip), iface.network.prefixlen) in have:
-                    continue
-                self._add_address(ipr, index, iface)
+            missing = [
+                iface for iface in addresses if (str(iface.ip), iface.network.prefixlen) not in have
+            ]
+            if missing:
+                with self._host_sockets.socket() as host:
+                    for iface in missing:
+                        _add_address(host, index, iface)
             return index
-
-    @staticmethod
-    def _add_address(ipr: Any, index: int, iface: IPInterface) -> None:
-        extra: dict[str, Any] = {}
-        if iface.version == 6:
-            extra["flags"] = _IFA_F_NODAD
-        try:
-            ipr.addr(
-                "add",
-                index=index,
-                address=str(iface.ip),
-                prefixlen=iface.network.prefixlen,
-                family=_family(iface),
-                **extra,
-            )
-        except NetlinkError as exc:
-            if exc.code != errno.EEXIST:  # already there: the goal is reached
-                raise
 
     # -- veth ------------------------------------------------------------------
 
@@ -692,7 +703,7 @@ class PyrouteNetlink:
         host_addresses: Sequence[IPInterface],
         retry_after_flush: bool,
     ) -> VethResult:
-        with self._host_ipr() as host:
+        with self._host_sockets.socket() as host:
             if self._host_index(host, host_name) is not None:
                 raise LinkExistsError(
                     f"Host-side veth {host_name} already exists; detach the "
@@ -706,16 +717,14 @@ class PyrouteNetlink:
                         f"Bridge {bridge} does not exist; create the network "
                         "before attaching workloads to it."
                     )
-            peer: dict[str, Any] = {"ifname": container_ifname, "net_ns_fd": netns_fd}
-            spec: dict[str, Any] = {"ifname": host_name, "kind": "veth", "peer": peer}
-            if mtu is not None:
-                spec["mtu"] = mtu
-                peer["mtu"] = mtu
             try:
                 # The peer is created directly inside the workload namespace
                 # (IFLA_NET_NS_FD in VETH_INFO_PEER) under its final name: no
                 # temporary host-side name, no move, no rename.
-                host.link("add", **spec)
+                host.create(
+                    rtnl.RTM_NEWLINK,
+                    rtnl.veth_with_peer(host_name, container_ifname, netns_fd, mtu),
+                )
             except NetlinkError as exc:
                 if exc.code != errno.EEXIST:
                     raise
@@ -756,37 +765,26 @@ class PyrouteNetlink:
                 container_index, mac = self._configure_container_end(
                     netns_fd, container_ifname, addresses, gateways, routes
                 )
-                changes: dict[str, Any] = {}
-                if bridge_index is not None:
-                    changes["master"] = bridge_index
                 # The host end needs no IPv6 link-local of its own: the bridge
                 # (or a host route) carries the gateway addresses, and a next
                 # hop for the namespace comes in host_addresses.
-                _link_up(host, host_index, quiet_ipv6=True, **changes)
+                _link_up(host, host_index, quiet_ipv6=True, master=bridge_index)
                 for iface in host_addresses:
-                    self._add_address(host, host_index, iface)
+                    _add_address(host, host_index, iface)
                 if proxy_arp:
                     self._set_proxy_arp(host_name)
                 for dst in host_routes:
-                    route: dict[str, Any] = {
-                        "dst": str(dst),
-                        "oif": host_index,
-                        "family": _family(dst),
-                    }
-                    if dst.version == 4:
-                        route["scope"] = _RT_SCOPE_LINK
-                    host.route("add", **route)
+                    host.create(rtnl.RTM_NEWROUTE, rtnl.route(dst, host_index))
             except BaseException:
                 self._rollback_veth(host, host_name)
                 raise
         return VethResult(host_index, container_index, mac)
 
-    def _host_index(self, host: Any, name: str) -> int | None:
-        """Index of host link ``name``; ``host`` is an open ``IPRoute`` there."""
+    def _host_index(self, host: rtnl.RtnlSocket, name: str) -> int | None:
+        """Index of host link ``name``; ``host`` is a socket in the host namespace."""
         if self._host_fd is None:
             return _if_index(name)  # the host namespace is this thread's own
-        found = host.link_lookup(ifname=name)
-        return int(found[0]) if found else None
+        return host.link_index(name)
 
     def _set_proxy_arp(self, ifname: str) -> None:
         path = f"/proc/sys/net/ipv4/conf/{ifname}/proxy_arp"
@@ -798,13 +796,12 @@ class PyrouteNetlink:
         # /proc/sys/net resolves the namespace of the writing thread.
         run_in_netns(self._host_fd, write)
 
-    @staticmethod
-    def _rollback_veth(host: Any, host_name: str) -> None:
+    def _rollback_veth(self, host: rtnl.RtnlSocket, host_name: str) -> None:
         try:
-            found = host.link_lookup(ifname=host_name)
-            if found:
-                host.link("del", index=found[0])
-        except NetlinkError as exc:
+            index = self._host_index(host, host_name)
+            if index is not None:
+                host.request(rtnl.RTM_DELLINK, rtnl.link_change(index))
+        except (NetlinkError, OSError) as exc:
             # The original failure is what the caller needs to see; this one is
             # logged so that the leftover link can be found.
             log.warning("rollback: could not delete veth %s: %s", host_name, exc)
@@ -828,61 +825,51 @@ class PyrouteNetlink:
                 "namespace after veth creation."
             )
         index = probe.index
-        with IPRoute(fileno=probe.sock.detach()) as ns:
+        with rtnl.RtnlSocket(probe.sock) as ns:
             for iface in addresses:
-                PyrouteNetlink._add_address(ns, index, iface)
+                _add_address(ns, index, iface)
             # An interface without IPv6 addresses gets no link-local one
             # either (as Docker does on IPv4-only networks).
             _link_up(ns, index, quiet_ipv6=not ipv6)
             if probe.loopback is not None:
-                ns.link("set", index=probe.loopback, state="up")
+                ns.request(rtnl.RTM_NEWLINK, rtnl.link_change(probe.loopback, up=True))
             for gw in gateways:
-                default = "0.0.0.0/0" if gw.version == 4 else "::/0"
-                ns.route("add", dst=default, gateway=str(gw), oif=index, family=_family(gw))
-            for route in routes:
-                spec: dict[str, Any] = {
-                    "dst": str(route.dst),
-                    "oif": index,
-                    "family": _family(route.dst),
-                }
-                if route.gateway is not None:
-                    spec["gateway"] = str(route.gateway)
-                elif route.dst.version == 4:
-                    spec["scope"] = _RT_SCOPE_LINK
-                ns.route("add", **spec)
+                default = _DEFAULT_ROUTES[gw.version]
+                ns.create(rtnl.RTM_NEWROUTE, rtnl.route(default, index, gw))
+            for spec in routes:
+                ns.create(rtnl.RTM_NEWROUTE, rtnl.route(spec.dst, index, spec.gateway))
         return index, probe.mac
 
     # -- deferred deletion -----------------------------------------------------
 
     def delete_links_batch(self, names: Sequence[str]) -> int:
         count = 0
-        with netlink_errors("queue links for deletion"), self._host_ipr() as ipr:
+        with netlink_errors("queue links for deletion"), self._host_sockets.socket() as host:
             for name in names:
-                index = self._host_index(ipr, name)
+                index = self._host_index(host, name)
                 if index is None:
                     continue
-                if self._tombstone(ipr, index):
+                if self._tombstone(host, index):
                     count += 1
         if count:
             self._deleter.schedule(count)
         return count
 
-    def _tombstone(self, ipr: Any, index: int) -> bool:
+    def _tombstone(self, host: rtnl.RtnlSocket, index: int) -> bool:
         """Rename link ``index`` to a fresh tombstone in the tombstone group."""
         for _ in range(8):
-            fields = {
-                "ifname": tombstone_name(secrets.randbits(52)),
-                "group": self._group,
-            }
+            name = tombstone_name(secrets.randbits(52))
             try:
-                ipr.link("set", index=index, **fields)
+                host.request(
+                    rtnl.RTM_NEWLINK, rtnl.link_change(index, name=name, group=self._group)
+                )
                 return True
             except NetlinkError as exc:
                 if exc.code == errno.ENODEV:  # gone already (peer netns died)
                     return False
                 if exc.code == errno.EBUSY:
                     # Kernels before 6.2 refuse to rename an UP link.
-                    ipr.link("set", index=index, state="down")
+                    host.request(rtnl.RTM_NEWLINK, rtnl.link_change(index, up=False))
                 elif exc.code != errno.EEXIST:  # tombstone name collision: retry
                     raise
         raise DeviceError(f"Could not find a free tombstone name for link index {index}.")

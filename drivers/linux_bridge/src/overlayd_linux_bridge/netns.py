@@ -6,9 +6,9 @@ switches the daemon's own threads; it starts a short-lived thread, moves that
 thread into the target namespace, runs the work there and lets the thread end.
 Sockets keep the namespace they were created in, so a netlink socket opened by
 such a thread keeps operating on that namespace from any other thread: that is
-how :mod:`overlayd_linux_bridge.netlink` binds a pyroute2 ``IPRoute`` to a
-namespace without pyroute2's fork-based helper (0.4 ms instead of 8 ms,
-measured on the development machine).
+how :mod:`overlayd_linux_bridge.netlink` binds its raw netlink sockets and
+pyroute2 ``IPRoute`` objects to a namespace without pyroute2's fork-based
+helper (0.4 ms instead of 8 ms, measured on the development machine).
 
 Things that resolve the namespace per call rather than per socket must run in
 the thread itself: ``/proc/sys/net/*`` writes (sysctl uses the writer's

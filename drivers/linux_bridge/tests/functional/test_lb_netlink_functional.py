@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -23,6 +25,11 @@ from overlayd_linux_bridge.netlink import LinkExistsError
 from overlayd_linux_bridge.netlink import Netlink
 from overlayd_linux_bridge.netlink import PyrouteNetlink
 from overlayd_linux_bridge.netlink import RouteSpec
+from overlayd_linux_bridge.netns import run_in_netns
+from overlayd_linux_bridge.rtnl import RTM_NEWLINK
+from overlayd_linux_bridge.rtnl import RtnlError
+from overlayd_linux_bridge.rtnl import RtnlSocket
+from overlayd_linux_bridge.rtnl import link_change
 from overlayd_linux_bridge.testing import Netns
 from overlayd_linux_bridge.testing import ping
 
@@ -226,6 +233,22 @@ def test_failed_configuration_rolls_back_the_pair(
         )
     assert not netlink.link_exists(host)
     assert "eth0" not in c1.ip("link")
+
+
+def test_kernel_reason_reaches_the_error(host_ns: Netns) -> None:
+    """Extended ACKs: a refused request carries the kernel's own sentence."""
+    sock = run_in_netns(
+        host_ns.fd, lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+    )
+    with RtnlSocket(sock) as rtnl:
+        lo = rtnl.link_index("lo")
+        assert lo is not None
+        with pytest.raises(RtnlError) as caught:
+            # IFLA_IFNAME longer than IFNAMSIZ fails the attribute policy.
+            rtnl.request(RTM_NEWLINK, link_change(lo, name="x" * 20))
+    assert caught.value.code in (errno.ERANGE, errno.EINVAL)  # by kernel version
+    assert caught.value.extack
+    assert "lo" in host_ns.ip("link", "show", "lo")  # nothing renamed
 
 
 def test_missing_bridge_is_reported(
