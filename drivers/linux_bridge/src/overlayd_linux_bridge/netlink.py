@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import logging
 import os
 import secrets
@@ -344,6 +345,17 @@ def _open_raw_socket() -> socket.socket:
     return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_ROUTE)
 
 
+def bridge_mac(name: str) -> str:
+    """The MAC address overlayd gives bridge ``name``: stable, locally administered.
+
+    Derived from the name, so a bridge recreated after a reboot gets the same
+    address and containers' cached gateway entries stay valid.
+    """
+    digest = hashlib.sha256(b"overlayd-bridge:" + name.encode()).digest()
+    # 0x02: locally administered, unicast.
+    return ":".join(f"{b:02x}" for b in (0x02, *digest[:5]))
+
+
 def _link_info(msg: Any) -> LinkInfo:
     master = msg.get("IFLA_MASTER")
     alias = msg.get("IFLA_IFALIAS")
@@ -423,16 +435,25 @@ def _probe_netns(ifname: str, ipv6: bool) -> _NetnsProbe:
         raise
 
 
+def _write_sysctl(path: str, value: str, *, required: bool = False) -> None:
+    """Write ``value`` to ``path`` under ``/proc/sys`` (the calling thread's namespace).
+
+    A failed optional write is logged (none when the file does not exist:
+    no IPv6 in this namespace, nothing to quiet); a required one raises.
+    """
+    try:
+        with open(path, "w", encoding="ascii") as f:
+            f.write(value)
+    except OSError as exc:  # e.g. /proc/sys mounted read-only
+        if required:
+            raise
+        if not isinstance(exc, FileNotFoundError):
+            log.warning("could not set %s to %s: %s", path, value, exc)
+
+
 def _write_static_ipv6_sysctls(ifname: str) -> None:
     for key, value in STATIC_IPV6_SYSCTLS.items():
-        path = f"/proc/sys/net/ipv6/conf/{ifname}/{key}"
-        try:
-            with open(path, "w", encoding="ascii") as f:
-                f.write(value)
-        except FileNotFoundError:
-            return  # no IPv6 in this namespace: nothing to quiet
-        except OSError as exc:  # e.g. /proc/sys mounted read-only
-            log.warning("could not set %s to %s: %s", path, value, exc)
+        _write_sysctl(f"/proc/sys/net/ipv6/conf/{ifname}/{key}", value)
 
 
 class _DeferredDeleter:
@@ -607,6 +628,15 @@ class PyrouteNetlink:
                 spec: dict[str, Any] = {"ifname": name, "kind": "bridge"}
                 # IFLA_BR_STP_STATE: no spanning tree, ports forward at once.
                 spec["br_stp_state"] = 0
+                # No multicast snooping: without a querier on the segment the
+                # bridge floods all multicast anyway, and snooping costs a
+                # pass over every port (timers) on each port state change.
+                spec["br_mcast_snooping"] = 0
+                # A fixed MAC: the bridge keeps it whatever ports come and go
+                # (containers' ARP entries for the gateway stay right), and
+                # the kernel stops scanning all ports for the lowest MAC on
+                # each port added or removed.
+                spec["address"] = bridge_mac(name)
                 if mtu is not None:
                     spec["mtu"] = mtu
                 if alias is not None:
@@ -765,14 +795,14 @@ class PyrouteNetlink:
                 container_index, mac = self._configure_container_end(
                     netns_fd, container_ifname, addresses, gateways, routes
                 )
-                # The host end needs no IPv6 link-local of its own: the bridge
-                # (or a host route) carries the gateway addresses, and a next
-                # hop for the namespace comes in host_addresses.
+                # The host end needs no IPv6 of its own: the bridge (or a host
+                # route) carries the gateway addresses, and a next hop for the
+                # namespace comes in host_addresses.
+                ipv6 = any(iface.version == 6 for iface in host_addresses)
+                self._write_host_sysctls(host_name, proxy_arp=proxy_arp, ipv6=ipv6)
                 _link_up(host, host_index, quiet_ipv6=True, master=bridge_index)
                 for iface in host_addresses:
                     _add_address(host, host_index, iface)
-                if proxy_arp:
-                    self._set_proxy_arp(host_name)
                 for dst in host_routes:
                     host.create(rtnl.RTM_NEWROUTE, rtnl.route(dst, host_index))
             except BaseException:
@@ -786,12 +816,21 @@ class PyrouteNetlink:
             return _if_index(name)  # the host namespace is this thread's own
         return host.link_index(name)
 
-    def _set_proxy_arp(self, ifname: str) -> None:
-        path = f"/proc/sys/net/ipv4/conf/{ifname}/proxy_arp"
+    def _write_host_sysctls(self, ifname: str, *, proxy_arp: bool, ipv6: bool) -> None:
+        """Per-link sysctls of a host end, written before it comes up.
+
+        Without IPv6 addresses the end gets ``disable_ipv6``: besides the
+        link-local address, IPv6 would give every host end an ``ff00::/8``
+        route in the host's one IPv6 table and a pass over that table on
+        each carrier change, i.e. work growing with the number of attached
+        containers. ``proxy_arp`` is required where asked for.
+        """
 
         def write() -> None:
-            with open(path, "w", encoding="ascii") as f:
-                f.write("1\n")
+            if not ipv6:
+                _write_sysctl(f"/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6", "1")
+            if proxy_arp:
+                _write_sysctl(f"/proc/sys/net/ipv4/conf/{ifname}/proxy_arp", "1", required=True)
 
         # /proc/sys/net resolves the namespace of the writing thread.
         run_in_netns(self._host_fd, write)

@@ -311,8 +311,10 @@ class SocketPool:
     """Idle :class:`RtnlSocket` s of one namespace, reused across requests and threads.
 
     ``open_socket`` makes a raw netlink socket in the right namespace. A
-    socket whose I/O failed is closed instead of being returned to the pool;
-    one whose request the kernel refused is fine and is kept.
+    socket is closed instead of being returned to the pool when its I/O
+    failed (``OSError``) or the block was interrupted (``KeyboardInterrupt``
+    and the like); after a refusal by the kernel or any other error of the
+    caller's it is kept: answers left unread are skipped by sequence number.
     """
 
     def __init__(self, open_socket: Callable[[], socket.socket], keep: int = 8) -> None:
@@ -330,6 +332,12 @@ class SocketPool:
         try:
             yield rtnl
         except RtnlError:
+            self._release(rtnl)
+            raise
+        except OSError:
+            rtnl.close()
+            raise
+        except Exception:
             self._release(rtnl)
             raise
         except BaseException:

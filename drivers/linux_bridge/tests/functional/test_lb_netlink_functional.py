@@ -25,6 +25,7 @@ from overlayd_linux_bridge.netlink import LinkExistsError
 from overlayd_linux_bridge.netlink import Netlink
 from overlayd_linux_bridge.netlink import PyrouteNetlink
 from overlayd_linux_bridge.netlink import RouteSpec
+from overlayd_linux_bridge.netlink import bridge_mac
 from overlayd_linux_bridge.netns import run_in_netns
 from overlayd_linux_bridge.rtnl import RTM_NEWLINK
 from overlayd_linux_bridge.rtnl import RtnlError
@@ -69,6 +70,29 @@ def test_ensure_bridge_creates_and_is_idempotent(netlink: PyrouteNetlink, host_n
     assert "stp_state 0" in details
     assert "mtu 1400" in details
     assert ",UP" in details
+
+
+def test_bridge_has_a_fixed_mac_and_no_multicast_snooping(
+    netlink: PyrouteNetlink, host_ns: Netns, make_netns: Callable[[str], Netns]
+) -> None:
+    netlink.ensure_bridge(BRIDGE, [GW4])
+    info = json.loads(host_ns.ip("-d", "-j", "link", "show", "dev", BRIDGE))[0]
+    assert info["address"] == bridge_mac(BRIDGE)
+    assert info["linkinfo"]["info_data"]["mcast_snooping"] == 0
+    # Without a fixed address a bridge takes its lowest port MAC: ports
+    # coming and going would change the gateway's MAC under the containers.
+    c1 = make_netns("c1")
+    host = _attach(netlink, c1, 10)
+    host_ns.ip("link", "set", "dev", host, "address", "00:00:00:00:00:01")
+    info = json.loads(host_ns.ip("-j", "link", "show", "dev", BRIDGE))[0]
+    assert info["address"] == bridge_mac(BRIDGE)
+
+
+def test_bridge_mac_is_stable_and_locally_administered() -> None:
+    mac = bridge_mac(BRIDGE)
+    assert mac == bridge_mac(BRIDGE) != bridge_mac("zl-other-b")
+    first = int(mac.split(":")[0], 16)
+    assert first & 0x02 and not first & 0x01  # locally administered, unicast
 
 
 def test_ensure_bridge_adds_missing_address_without_recreating(
@@ -148,6 +172,10 @@ def test_ipv4_only_interfaces_are_silent_on_ipv6_dual_stack_keeps_link_local(
         assert dual.sysctl(f"net/ipv6/conf/eth0/{key}") == value
     for host_end in (quiet_host, dual_host):
         assert "inet6" not in _inet6(host_ns, host_end)
+        # No IPv6 at all on host ends: no ff00::/8 route per port in the
+        # host's IPv6 tables, nothing for the kernel to walk per attach.
+        assert host_ns.sysctl(f"net/ipv6/conf/{host_end}/disable_ipv6") == "1"
+        assert host_ns.ip("-6", "route", "show", "table", "all", "dev", host_end) == ""
     assert ping(quiet, "10.77.0.12")
     assert ping(dual, "fd77::1")
 

@@ -157,10 +157,10 @@ def test_pool_reuses_sockets_and_drops_broken_ones() -> None:
             seen.append(sock)
             sock.request(rtnl.RTM_NEWLINK, rtnl.link_change(UNUSED_INDEX, up=True))
 
-    def crashed() -> None:
+    def crashed(exc: BaseException) -> None:
         with pool.socket() as sock:
             seen.append(sock)
-            raise RuntimeError("the caller's own failure")
+            raise exc
 
     seen: list[rtnl.RtnlSocket] = []
     pool = rtnl.SocketPool(open_socket)
@@ -170,10 +170,13 @@ def test_pool_reuses_sockets_and_drops_broken_ones() -> None:
         with pytest.raises(NetlinkError):
             refused()
         with pytest.raises(RuntimeError):
-            crashed()
-        # Reused after success and after a refusal by the kernel...
+            crashed(RuntimeError("the caller's own failure"))
+        # Reused after success, a refusal by the kernel and the caller's errors...
         assert seen == [first, first]
-        # ...but closed after any other failure.
+        assert opened[0].fileno() != -1
+        # ...but closed after a socket error.
+        with pytest.raises(OSError, match="Bad file descriptor"):
+            crashed(OSError(9, "Bad file descriptor"))
         assert opened[0].fileno() == -1
         with pool.socket() as fresh:
             assert fresh is not first
