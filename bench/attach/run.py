@@ -24,10 +24,13 @@ by one, sequentially:
 * ``cni``/``cni+masq``: ``/usr/lib/cni/bridge`` with ``host-local`` IPAM,
   ``CNI_COMMAND=ADD``/``DEL``, JSON config on stdin, run in the host namespace
   (``ipMasq`` false / true).
-* ``pyroute2``: the floor; the same netlink requests overlayd's driver makes
-  (veth with its peer created in the container namespace, address, routes,
-  bridge port, no IPv6 link-local on IPv4-only interfaces), in-process, no
-  IPC, no state, synchronous deletion.
+* ``pyroute2``: the floor; the same kernel configuration overlayd's driver
+  makes, through pyroute2's ``IPRoute`` (one for the host namespace, reused;
+  one per container namespace): the bridge without multicast snooping and
+  with a fixed MAC, veth with its peer created in the container namespace,
+  address, routes, bridge port, no IPv6 link-local on IPv4-only interfaces and
+  ``disable_ipv6`` on the host end; in-process, run by a thread inside the
+  host namespace, no IPC, no state, synchronous deletion.
 
 Before each timed loop the bench waits until the machine has been at least
 90 % idle for 2 s in a row: the kernel tears down the previous method's
@@ -68,6 +71,7 @@ from pyroute2 import IPRoute
 
 from overlayd.client import Client
 from overlayd.protocol import NetnsHandle
+from overlayd_linux_bridge.netlink import bridge_mac
 from overlayd_linux_bridge.netns import run_in_netns
 
 CNI_DIR = "/usr/lib/cni"
@@ -307,45 +311,64 @@ def bench_pyroute2(n: int) -> Result:
     with namespaces("host", 1) as (host,), namespaces("ctr", n) as ctrs:
         host_fd = os.open(f"/run/netns/{host}", os.O_RDONLY | os.O_CLOEXEC)
         try:
-            with _ipr_in(host_fd) as ipr:
-                ipr.link("add", ifname="rawbr0", kind="bridge", br_stp_state=0)
-                br = ipr.link_lookup(ifname="rawbr0")[0]
-                ipr.addr("add", index=br, address="10.78.0.1", prefixlen=16)
-                ipr.link("set", index=br, state="up")
-                net = ipaddress.ip_network("10.78.0.0/16")
-
-                def attach_one(i: int) -> None:
-                    fd = os.open(f"/run/netns/{ctrs[i]}", os.O_RDONLY | os.O_CLOEXEC)
-                    try:
-                        name = f"rv{i:05d}"
-                        ipr.link(
-                            "add",
-                            ifname=name,
-                            kind="veth",
-                            mtu=1420,
-                            peer={"ifname": "eth0", "net_ns_fd": fd, "mtu": 1420},
-                        )
-                        idx = ipr.link_lookup(ifname=name)[0]
-                        with _ipr_in(fd) as ns:
-                            eth0 = ns.link_lookup(ifname="eth0")[0]
-                            ip = str(net.network_address + 2 + i)
-                            ns.addr("add", index=eth0, address=ip, prefixlen=16)
-                            ns.link("set", index=eth0, state="up", **QUIET_IPV6)
-                            ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
-                            ns.route("add", dst="0.0.0.0/0", gateway="10.78.0.1", oif=eth0)
-                        ipr.link("set", index=idx, master=br, state="up", **QUIET_IPV6)
-                    finally:
-                        os.close(fd)
-
-                def detach_one(i: int) -> None:
-                    ipr.link("del", index=ipr.link_lookup(ifname=f"rv{i:05d}")[0])
-
-                settle()
-                attach = [_timed(partial(attach_one, i)) for i in range(n)]
-                detach = [_timed(partial(detach_one, i)) for i in range(n)]
+            # The whole loop runs in a thread moved into the host namespace,
+            # as the daemon runs there: /proc/sys writes need no extra thread.
+            return run_in_netns(host_fd, partial(_pyroute2_loop, ctrs))
         finally:
             os.close(host_fd)
-        return Result("pyroute2", n, attach, detach)
+
+
+def _pyroute2_loop(ctrs: list[str]) -> Result:
+    n = len(ctrs)
+    with IPRoute() as ipr:
+        # The bridge as overlayd makes it: no STP, no multicast
+        # snooping, a fixed MAC.
+        ipr.link(
+            "add",
+            ifname="rawbr0",
+            kind="bridge",
+            br_stp_state=0,
+            br_mcast_snooping=0,
+            address=bridge_mac("rawbr0"),
+        )
+        br = ipr.link_lookup(ifname="rawbr0")[0]
+        ipr.addr("add", index=br, address="10.78.0.1", prefixlen=16)
+        ipr.link("set", index=br, state="up")
+        net = ipaddress.ip_network("10.78.0.0/16")
+
+        def attach_one(i: int) -> None:
+            fd = os.open(f"/run/netns/{ctrs[i]}", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                name = f"rv{i:05d}"
+                ipr.link(
+                    "add",
+                    ifname=name,
+                    kind="veth",
+                    mtu=1420,
+                    peer={"ifname": "eth0", "net_ns_fd": fd, "mtu": 1420},
+                )
+                idx = ipr.link_lookup(ifname=name)[0]
+                # No IPv6 on the host end, as overlayd does.
+                with open(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6", "w") as f:
+                    f.write("1")
+                with _ipr_in(fd) as ns:
+                    eth0 = ns.link_lookup(ifname="eth0")[0]
+                    ip = str(net.network_address + 2 + i)
+                    ns.addr("add", index=eth0, address=ip, prefixlen=16)
+                    ns.link("set", index=eth0, state="up", **QUIET_IPV6)
+                    ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
+                    ns.route("add", dst="0.0.0.0/0", gateway="10.78.0.1", oif=eth0)
+                ipr.link("set", index=idx, master=br, state="up", **QUIET_IPV6)
+            finally:
+                os.close(fd)
+
+        def detach_one(i: int) -> None:
+            ipr.link("del", index=ipr.link_lookup(ifname=f"rv{i:05d}")[0])
+
+        settle()
+        attach = [_timed(partial(attach_one, i)) for i in range(n)]
+        detach = [_timed(partial(detach_one, i)) for i in range(n)]
+    return Result("pyroute2", n, attach, detach)
 
 
 # -- report ------------------------------------------------------------------------
