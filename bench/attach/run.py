@@ -37,6 +37,14 @@ Before each timed loop the bench waits until the machine has been at least
 namespaces (and sets up the new ones) in background workers, whose CPU time
 would otherwise be charged to the first attaches timed.
 
+Each N starts with an untimed warm-up round (the floor's attaches and
+detaches for N containers, results discarded). On the development VM the
+first method run after a pause was about 2 ms per attach slower than the
+same method run again right after it (6.6 vs 4.2 ms for overlayd at N=1000),
+whichever method came first: the kernel's first allocations for a thousand
+namespaces and links are slower than reusing memory it has just freed.
+``--no-warmup`` skips it.
+
 Prints median and p90 per attach and per detach in milliseconds, each
 method's ratio to the floor, overlayd/cni and overlayd+nat/cni+masq. Nothing
 outside the namespaces it creates is touched; everything is removed at the end,
@@ -435,6 +443,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, nargs="+", default=[1, 50, 200, 1000])
     parser.add_argument("--methods", nargs="+", default=methods, choices=methods)
     parser.add_argument("--json", type=Path, help="also write the raw samples here")
+    parser.add_argument(
+        "--no-warmup", action="store_true", help="no untimed warm-up round before each N"
+    )
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("run as root (network namespaces)", file=sys.stderr)
@@ -449,6 +460,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     results: list[Result] = []
     for n in args.n:
+        if not args.no_warmup:
+            start = time.monotonic()
+            bench_pyroute2(n)
+            print(f"# warm-up N={n} done in {time.monotonic() - start:.1f} s", flush=True)
         for method in args.methods:
             start = time.monotonic()
             results.append(runners[method](n))

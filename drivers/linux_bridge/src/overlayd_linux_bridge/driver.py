@@ -30,7 +30,11 @@ end holds; the host's way back is ``<global ip>/128 dev <host end>``.
 Quiet IPv6. Interfaces that carry no IPv6 address come up with IPv6 address
 generation off (no link-local address), so attaching an IPv4-only container
 floods no DAD, MLD or router solicitation through the bridge into every other
-container; see docs/design-notes.rst.
+container; host ends without IPv6 addresses get ``disable_ipv6``. Bridges
+overlayd creates have STP and multicast snooping off and a fixed MAC derived
+from their name (:func:`~.netlink.bridge_mac`). With these the kernel's work
+per attach no longer grows with the number of ports already attached; see
+docs/design-notes.rst.
 
 Resolver configuration (``overlayd_dns_endpoint_configure``) is declined
 (returns ``None``): the container's ``/etc/resolv.conf`` belongs to its runtime,
