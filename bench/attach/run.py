@@ -388,6 +388,20 @@ def _stats(values: list[float]) -> tuple[float, float]:
     return statistics.median(values), statistics.quantiles(values, n=10)[8]
 
 
+def theil_sen(values: list[float]) -> tuple[float, float]:
+    """Robust line through ``(i, values[i])``: ``(intercept, slope)``.
+
+    The slope is the median of the slopes between all pairs of samples, so a
+    burst of slow samples (another tenant of the VM, a kernel worker) moves
+    it far less than it moves a median over a window of 20.
+    """
+    n = len(values)
+    slopes = [(values[j] - values[i]) / (j - i) for i in range(n) for j in range(i + 1, n)]
+    slope = statistics.median(slopes)
+    intercept = statistics.median(v - slope * i for i, v in enumerate(values))
+    return intercept, slope
+
+
 def report(results: list[Result]) -> str:
     lines = [
         f"{'method':<12} {'N':>5} {'attach med':>11} {'attach p90':>11} "
@@ -409,7 +423,10 @@ def report(results: list[Result]) -> str:
     lines.append("")
     lines.append("targets: attach <= 0.5x cni and <= 1.3x pyroute2; detach <= 0.3x cni;")
     lines.append("         overlayd+nat attach <= 0.3x cni+masq;")
-    lines.append("         N-th attach (median of the last 20) <= 1.2x the 10th (median of #5-#24)")
+    lines.append(
+        "         N-th attach (median of the last 20) <= 1.2x the 10th (median of #5-#24);"
+    )
+    lines.append("         'fit': the same ratio read off a Theil-Sen line through all attaches")
     by_key = {(r.method, r.n): r for r in results}
     for r in sorted(results, key=lambda r: (r.n, r.method)):
         parts = []
@@ -424,6 +441,9 @@ def report(results: list[Result]) -> str:
             tenth = statistics.median(r.attach_ms[4:24])
             last = statistics.median(r.attach_ms[-20:])
             parts.append(f"#{r.n}/#10 {last / tenth:.2f}x ({last:.2f} / {tenth:.2f} ms)")
+            intercept, slope = theil_sen(r.attach_ms)
+            at_10, at_n = intercept + 9 * slope, intercept + (r.n - 1) * slope
+            parts.append(f"fit {at_n / at_10:.2f}x ({at_n:.2f} / {at_10:.2f} ms)")
         if parts:
             lines.append(f"{r.method:<12} {r.n:>5}  " + "  ".join(parts))
     growth = [r for r in sorted(results, key=lambda r: (r.n, r.method)) if r.n >= 200]

@@ -825,6 +825,8 @@ class PyrouteNetlink:
         each carrier change, i.e. work growing with the number of attached
         containers. ``proxy_arp`` is required where asked for.
         """
+        if ipv6 and not proxy_arp:
+            return
 
         def write() -> None:
             if not ipv6:
