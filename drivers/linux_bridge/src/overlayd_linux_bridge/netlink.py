@@ -53,11 +53,7 @@ from collections.abc import Iterator
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from ipaddress import IPv4Address
-from ipaddress import IPv4Interface
 from ipaddress import IPv4Network
-from ipaddress import IPv6Address
-from ipaddress import IPv6Interface
 from ipaddress import IPv6Network
 from typing import Any
 from typing import Final
@@ -73,6 +69,9 @@ from overlayd.names import is_tombstone
 from overlayd.names import tombstone_name
 from overlayd_linux_bridge import rtnl
 from overlayd_linux_bridge.netns import run_in_netns
+from overlayd_linux_bridge.rtnl import IPAddress
+from overlayd_linux_bridge.rtnl import IPInterface
+from overlayd_linux_bridge.rtnl import IPNetwork
 
 __all__ = [
     "FORWARDING_SYSCTLS",
@@ -91,9 +90,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-IPInterface = IPv4Interface | IPv6Interface
-IPAddress = IPv4Address | IPv6Address
-IPNetwork = IPv4Network | IPv6Network
 
 #: Link group of links waiting for batched deletion ("ovld" in ASCII). Link
 #: groups are a u32 the kernel only uses for matching (``ip link ... group``).
