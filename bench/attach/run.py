@@ -70,6 +70,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -81,6 +82,7 @@ from overlayd.client import Client
 from overlayd.protocol import NetnsHandle
 from overlayd_linux_bridge.netlink import bridge_mac
 from overlayd_linux_bridge.netns import run_in_netns
+from overlayd_linux_bridge.netns import setns_current_thread
 
 CNI_DIR = "/usr/lib/cni"
 #: What overlayd's driver sends with "link up" for IPv4-only interfaces (no
@@ -98,6 +100,8 @@ class Result:
     n: int
     attach_ms: list[float]
     detach_ms: list[float]
+    #: ``paired`` only: the reference daemon's attach timed right after each attach.
+    ref_ms: list[float] | None = None
 
 
 # -- namespaces ----------------------------------------------------------------
@@ -185,60 +189,129 @@ def _check_masquerade(host: str) -> None:
         )
 
 
+@contextlib.contextmanager
+def daemon(host: str, work: Path, *, nat: bool = False, ipv6: bool = False) -> Iterator[Client]:
+    """The real daemon inside namespace ``host``, set up with service ``web``."""
+    _ip(host, "link", "set", "lo", "up")
+    work.mkdir(parents=True, exist_ok=True)
+    sock = str(work / "s.sock")
+    (work / "overlayd.toml").write_text(
+        '[drivers]\nenabled = ["linux_bridge", "fake"]\n[engine]\nhealth_interval_secs = 0\n'
+    )
+    log = (work / "daemon.log").open("wb")
+    proc = subprocess.Popen(
+        [
+            *("ip", "netns", "exec", host, sys.executable, "-m", "overlayd", "serve"),
+            *("--config", str(work / "overlayd.toml"), "--socket", sock),
+            *("--data-dir", str(work / "data"), "--no-dns", "--log-level", "warning"),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not os.path.exists(sock):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError((work / "daemon.log").read_text())
+            time.sleep(0.05)
+        with Client(sock, timeout=60.0) as client:
+            client.setup_global_overlay(
+                deployment="bench",
+                instance_id="n1",
+                cluster_cidr="fd00:240::/48" if ipv6 else "10.240.0.0/16",
+                slice_cidr="fd00:240::/64" if ipv6 else SLICE_CIDR,
+                wg_port=51820,
+                nat_enabled=nat,
+            )
+            if nat:
+                _check_masquerade(host)
+            client.setup_service_overlay("web")
+            yield client
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
 def bench_overlayd(n: int, nat: bool = False, ipv6: bool = False) -> Result:
     with (
         namespaces("host", 1) as (host,),
         namespaces("ctr", n) as ctrs,
         tempfile.TemporaryDirectory(prefix="ovb-") as tmp,
+        daemon(host, Path(tmp), nat=nat, ipv6=ipv6) as client,
     ):
-        _ip(host, "link", "set", "lo", "up")
-        work = Path(tmp)
-        sock = str(work / "s.sock")
-        (work / "overlayd.toml").write_text(
-            '[drivers]\nenabled = ["linux_bridge", "fake"]\n[engine]\nhealth_interval_secs = 0\n'
-        )
-        log = (work / "daemon.log").open("wb")
-        proc = subprocess.Popen(
-            [
-                *("ip", "netns", "exec", host, sys.executable, "-m", "overlayd", "serve"),
-                *("--config", str(work / "overlayd.toml"), "--socket", sock),
-                *("--data-dir", str(work / "data"), "--no-dns", "--log-level", "warning"),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        handles = [NetnsHandle(path=f"/run/netns/{c}") for c in ctrs]
+        settle()
+        attach = [_timed(partial(client.attach_container, h, "web")) for h in handles]
+        detach = [_timed(partial(client.detach_container, h)) for h in handles]
+    method = "overlayd6" if ipv6 else "overlayd+nat" if nat else "overlayd"
+    return Result(method, n, attach, detach)
+
+
+#: Containers kept on the reference daemon's bridge; each reference sample is
+#: the attach of one more, so every reference sample is a "10th attach".
+REF_PORTS = 9
+
+
+def bench_paired(n: int) -> Result:
+    """``overlayd`` growth with a reference measured at the same moments.
+
+    Two daemons in two throwaway host namespaces. Daemon A attaches ``n``
+    containers one by one, as ``overlayd`` does. Right after each of A's
+    attaches, daemon B, whose bridge always holds :data:`REF_PORTS`
+    containers, attaches one more (timed: the reference sample) and detaches
+    it again (untimed; the bench then waits until B's background deleter has
+    removed the veth, so that no deletion runs during A's next attach).
+
+    A's i-th attach divided by the reference sample taken next to it cancels
+    whatever slows the whole VM down or speeds it up during the run; what is
+    left is the cost that grows with A's size. The two namespaces share the
+    kernel, so a cost that grows with the number of links or namespaces on
+    the *machine* (not in one namespace) shows up in both and is cancelled
+    too: the report therefore also prints A's raw ratio and the reference's
+    own drift from start to end.
+    """
+    with (
+        namespaces("host", 2) as (host_a, host_b),
+        namespaces("ctr", n) as ctrs,
+        namespaces("ref", REF_PORTS + 1) as refs,
+        tempfile.TemporaryDirectory(prefix="ovb-") as tmp,
+        daemon(host_a, Path(tmp) / "a") as big,
+        daemon(host_b, Path(tmp) / "b") as small,
+    ):
+        for r in refs[:REF_PORTS]:
+            small.attach_container(NetnsHandle(path=f"/run/netns/{r}"), "web")
+        extra = NetnsHandle(path=f"/run/netns/{refs[REF_PORTS]}")
+        b_fd = os.open(f"/run/netns/{host_b}", os.O_RDONLY | os.O_CLOEXEC)
         try:
-            deadline = time.monotonic() + 20
-            while not os.path.exists(sock):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError((work / "daemon.log").read_text())
-                time.sleep(0.05)
-            with Client(sock, timeout=60.0) as client:
-                client.setup_global_overlay(
-                    deployment="bench",
-                    instance_id="n1",
-                    cluster_cidr="fd00:240::/48" if ipv6 else "10.240.0.0/16",
-                    slice_cidr="fd00:240::/64" if ipv6 else SLICE_CIDR,
-                    wg_port=51820,
-                    nat_enabled=nat,
-                )
-                if nat:
-                    _check_masquerade(host)
-                client.setup_service_overlay("web")
+            with _ipr_in(b_fd) as b_links:
+                baseline = len(b_links.get_links())
+
+                def reference() -> float:
+                    sample = _timed(partial(small.attach_container, extra, "web"))
+                    small.detach_container(extra)
+                    deadline = time.monotonic() + 10
+                    while len(b_links.get_links()) > baseline:
+                        if time.monotonic() > deadline:
+                            raise RuntimeError("the reference daemon did not delete its veth")
+                        time.sleep(0.005)
+                    return sample
+
                 handles = [NetnsHandle(path=f"/run/netns/{c}") for c in ctrs]
                 settle()
-                attach = [_timed(partial(client.attach_container, h, "web")) for h in handles]
-                detach = [_timed(partial(client.detach_container, h)) for h in handles]
+                attach: list[float] = []
+                ref: list[float] = []
+                for h in handles:
+                    attach.append(_timed(partial(big.attach_container, h, "web")))
+                    ref.append(reference())
+                detach = [_timed(partial(big.detach_container, h)) for h in handles]
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            log.close()
-        method = "overlayd6" if ipv6 else "overlayd+nat" if nat else "overlayd"
-        return Result(method, n, attach, detach)
+            os.close(b_fd)
+    return Result("paired", n, attach, detach, ref)
 
 
 # -- CNI bridge plugin ------------------------------------------------------------
@@ -315,68 +388,132 @@ def _ipr_in(fd: int) -> Any:
     return IPRoute(fileno=sock.detach())
 
 
-def bench_pyroute2(n: int) -> Result:
-    with namespaces("host", 1) as (host,), namespaces("ctr", n) as ctrs:
-        host_fd = os.open(f"/run/netns/{host}", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            # The whole loop runs in a thread moved into the host namespace,
-            # as the daemon runs there: /proc/sys writes need no extra thread.
-            return run_in_netns(host_fd, partial(_pyroute2_loop, ctrs))
-        finally:
-            os.close(host_fd)
+class Floor:
+    """The floor's attach and detach, for one host namespace.
 
+    Every method must be called from a thread inside that namespace (the
+    ``/proc/sys`` writes act on the writer's namespace, the ``IPRoute`` is
+    bound to it).
+    """
 
-def _pyroute2_loop(ctrs: list[str]) -> Result:
-    n = len(ctrs)
-    with IPRoute() as ipr:
-        # The bridge as overlayd makes it: no STP, no multicast
-        # snooping, a fixed MAC.
-        ipr.link(
+    def __init__(self, bridge: str, cidr: str) -> None:
+        self._ipr = IPRoute()
+        self._mac = bridge_mac(bridge)
+        # The bridge as overlayd makes it: no STP, no multicast snooping, a
+        # fixed MAC.
+        self._ipr.link(
             "add",
-            ifname="rawbr0",
+            ifname=bridge,
             kind="bridge",
             br_stp_state=0,
             br_mcast_snooping=0,
-            address=bridge_mac("rawbr0"),
+            address=self._mac,
         )
-        br = ipr.link_lookup(ifname="rawbr0")[0]
-        ipr.addr("add", index=br, address="10.78.0.1", prefixlen=16)
-        ipr.link("set", index=br, state="up")
-        net = ipaddress.ip_network("10.78.0.0/16")
+        self._br = self._ipr.link_lookup(ifname=bridge)[0]
+        self._net = ipaddress.ip_network(cidr)
+        self._gateway = str(self._net.network_address + 1)
+        self._ipr.addr("add", index=self._br, address=self._gateway, prefixlen=self._net.prefixlen)
+        self._ipr.link("set", index=self._br, state="up")
 
-        def attach_one(i: int) -> None:
-            fd = os.open(f"/run/netns/{ctrs[i]}", os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                name = f"rv{i:05d}"
-                ipr.link(
-                    "add",
-                    ifname=name,
-                    kind="veth",
-                    mtu=1420,
-                    peer={"ifname": "eth0", "net_ns_fd": fd, "mtu": 1420},
-                )
-                idx = ipr.link_lookup(ifname=name)[0]
-                # No IPv6 on the host end, as overlayd does.
-                with open(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6", "w") as f:
-                    f.write("1")
-                with _ipr_in(fd) as ns:
-                    eth0 = ns.link_lookup(ifname="eth0")[0]
-                    ip = str(net.network_address + 2 + i)
-                    ns.addr("add", index=eth0, address=ip, prefixlen=16)
-                    ns.link("set", index=eth0, state="up", **QUIET_IPV6)
-                    ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
-                    ns.route("add", dst="0.0.0.0/0", gateway="10.78.0.1", oif=eth0)
-                ipr.link("set", index=idx, master=br, state="up", **QUIET_IPV6)
-            finally:
-                os.close(fd)
+    def attach(self, i: int, netns: str) -> None:
+        ipr = self._ipr
+        fd = os.open(f"/run/netns/{netns}", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            name = f"rv{i:05d}"
+            ipr.link(
+                "add",
+                ifname=name,
+                kind="veth",
+                mtu=1420,
+                address=self._mac,  # the port shares the bridge's MAC, as in overlayd
+                peer={"ifname": "eth0", "net_ns_fd": fd, "mtu": 1420},
+            )
+            idx = ipr.link_lookup(ifname=name)[0]
+            # No IPv6 on the host end, as overlayd does.
+            with open(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6", "w") as f:
+                f.write("1")
+            with _ipr_in(fd) as ns:
+                eth0 = ns.link_lookup(ifname="eth0")[0]
+                ip = str(self._net.network_address + 2 + i)
+                ns.addr("add", index=eth0, address=ip, prefixlen=self._net.prefixlen)
+                ns.link("set", index=eth0, state="up", **QUIET_IPV6)
+                ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
+                ns.route("add", dst="0.0.0.0/0", gateway=self._gateway, oif=eth0)
+            ipr.link("set", index=idx, master=self._br, state="up", **QUIET_IPV6)
+        finally:
+            os.close(fd)
 
-        def detach_one(i: int) -> None:
-            ipr.link("del", index=ipr.link_lookup(ifname=f"rv{i:05d}")[0])
+    def detach(self, i: int) -> None:
+        self._ipr.link("del", index=self._ipr.link_lookup(ifname=f"rv{i:05d}")[0])
 
+    def close(self) -> None:
+        self._ipr.close()
+
+
+@contextlib.contextmanager
+def in_netns(name: str) -> Iterator[ThreadPoolExecutor]:
+    """One worker thread moved into namespace ``name`` for as long as the block runs."""
+    fd = os.open(f"/run/netns/{name}", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        with ThreadPoolExecutor(1, initializer=setns_current_thread, initargs=(fd,)) as pool:
+            yield pool
+    finally:
+        os.close(fd)
+
+
+def bench_pyroute2(n: int) -> Result:
+    with (
+        namespaces("host", 1) as (host,),
+        namespaces("ctr", n) as ctrs,
+        # The whole loop runs in a thread moved into the host namespace, as
+        # the daemon runs there: /proc/sys writes need no extra thread.
+        in_netns(host) as thread,
+    ):
+        return thread.submit(_pyroute2_loop, ctrs).result()
+
+
+def _pyroute2_loop(ctrs: list[str]) -> Result:
+    floor = Floor("rawbr0", "10.78.0.0/16")
+    try:
         settle()
-        attach = [_timed(partial(attach_one, i)) for i in range(n)]
-        detach = [_timed(partial(detach_one, i)) for i in range(n)]
-    return Result("pyroute2", n, attach, detach)
+        attach = [_timed(partial(floor.attach, i, c)) for i, c in enumerate(ctrs)]
+        detach = [_timed(partial(floor.detach, i)) for i in range(len(ctrs))]
+    finally:
+        floor.close()
+    return Result("pyroute2", len(ctrs), attach, detach)
+
+
+def bench_paired_floor(n: int) -> Result:
+    """:func:`bench_paired` for the floor: two host namespaces, one thread in each."""
+    with (
+        namespaces("host", 2) as (host_a, host_b),
+        namespaces("ctr", n) as ctrs,
+        namespaces("ref", REF_PORTS + 1) as refs,
+        in_netns(host_a) as in_a,
+        in_netns(host_b) as in_b,
+    ):
+        big = in_a.submit(Floor, "rawbr0", "10.78.0.0/16").result()
+        small = in_b.submit(Floor, "rawbr0", "10.79.0.0/16").result()
+        try:
+            for i, r in enumerate(refs[:REF_PORTS]):
+                in_b.submit(small.attach, i, r).result()
+
+            def reference() -> float:
+                sample = _timed(partial(small.attach, REF_PORTS, refs[REF_PORTS]))
+                small.detach(REF_PORTS)  # synchronous: done before the next sample
+                return sample
+
+            settle()
+            attach: list[float] = []
+            ref: list[float] = []
+            for i, c in enumerate(ctrs):
+                attach.append(in_a.submit(_timed, partial(big.attach, i, c)).result())
+                ref.append(in_b.submit(reference).result())
+            detach = [in_a.submit(_timed, partial(big.detach, i)).result() for i in range(n)]
+        finally:
+            in_a.submit(big.close).result()
+            in_b.submit(small.close).result()
+    return Result("paired-floor", n, attach, detach, ref)
 
 
 # -- report ------------------------------------------------------------------------
@@ -400,6 +537,19 @@ def theil_sen(values: list[float]) -> tuple[float, float]:
     slope = statistics.median(slopes)
     intercept = statistics.median(v - slope * i for i, v in enumerate(values))
     return intercept, slope
+
+
+def _growth(values: list[float], unit: str) -> list[str]:
+    """The last attach's cost over the 10th's: window medians, and a Theil-Sen fit."""
+    n = len(values)
+    tenth = statistics.median(values[4:24])
+    last = statistics.median(values[-20:])
+    intercept, slope = theil_sen(values)
+    at_10, at_n = intercept + 9 * slope, intercept + (n - 1) * slope
+    return [
+        f"#{n}/#10 {last / tenth:.2f}x ({last:.2f} / {tenth:.2f}{unit})",
+        f"fit {at_n / at_10:.2f}x ({at_n:.2f} / {at_10:.2f}{unit})",
+    ]
 
 
 def report(results: list[Result]) -> str:
@@ -426,7 +576,11 @@ def report(results: list[Result]) -> str:
     lines.append(
         "         N-th attach (median of the last 20) <= 1.2x the 10th (median of #5-#24);"
     )
-    lines.append("         'fit': the same ratio read off a Theil-Sen line through all attaches")
+    lines.append("         'fit': the same ratio read off a Theil-Sen line through all attaches;")
+    lines.append("         paired: 'A / ref' is each attach divided by the reference daemon's")
+    lines.append(
+        f"         attach of container #{REF_PORTS + 1} timed right after it (VM drift cancels)"
+    )
     by_key = {(r.method, r.n): r for r in results}
     for r in sorted(results, key=lambda r: (r.n, r.method)):
         parts = []
@@ -438,28 +592,41 @@ def report(results: list[Result]) -> str:
                 f"detach/{ref_name} {_stats(r.detach_ms)[0] / _stats(ref.detach_ms)[0]:.2f}x"
             )
         if r.n >= 100:
-            tenth = statistics.median(r.attach_ms[4:24])
-            last = statistics.median(r.attach_ms[-20:])
-            parts.append(f"#{r.n}/#10 {last / tenth:.2f}x ({last:.2f} / {tenth:.2f} ms)")
-            intercept, slope = theil_sen(r.attach_ms)
-            at_10, at_n = intercept + 9 * slope, intercept + (r.n - 1) * slope
-            parts.append(f"fit {at_n / at_10:.2f}x ({at_n:.2f} / {at_10:.2f} ms)")
+            parts.extend(_growth(r.attach_ms, "ms"))
         if parts:
             lines.append(f"{r.method:<12} {r.n:>5}  " + "  ".join(parts))
+        if r.ref_ms is not None and r.n >= 100:
+            paired = [a / b for a, b in zip(r.attach_ms, r.ref_ms, strict=True)]
+            lines.append(f"{'  reference':<12} {r.n:>5}  " + "  ".join(_growth(r.ref_ms, "ms")))
+            lines.append(f"{'  A / ref':<12} {r.n:>5}  " + "  ".join(_growth(paired, "")))
     growth = [r for r in sorted(results, key=lambda r: (r.n, r.method)) if r.n >= 200]
     if growth:
         lines.append("")
         lines.append("attach median per tenth of the run (ms), first to last:")
         for r in growth:
             step = r.n // 10
-            tenths = [statistics.median(r.attach_ms[i : i + step]) for i in range(0, r.n, step)]
-            lines.append(f"{r.method:<12} {r.n:>5}  " + " ".join(f"{m:6.2f}" for m in tenths))
+            series = [(r.method, r.attach_ms)]
+            if r.ref_ms is not None:
+                paired = [a / b for a, b in zip(r.attach_ms, r.ref_ms, strict=True)]
+                series += [("  reference", r.ref_ms), ("  A / ref", paired)]
+            for label, values in series:
+                tenths = [statistics.median(values[i : i + step]) for i in range(0, r.n, step)]
+                lines.append(f"{label:<12} {r.n:>5}  " + " ".join(f"{m:6.2f}" for m in tenths))
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    methods = ["pyroute2", "overlayd", "overlayd+nat", "overlayd6", "cni", "cni+masq"]
+    methods = [
+        "pyroute2",
+        "overlayd",
+        "overlayd+nat",
+        "overlayd6",
+        "cni",
+        "cni+masq",
+        "paired",
+        "paired-floor",
+    ]
     parser.add_argument("--n", type=int, nargs="+", default=[1, 50, 200, 1000])
     parser.add_argument("--methods", nargs="+", default=methods, choices=methods)
     parser.add_argument("--json", type=Path, help="also write the raw samples here")
@@ -477,6 +644,8 @@ def main(argv: list[str] | None = None) -> int:
         "overlayd6": lambda n: bench_overlayd(n, ipv6=True),
         "cni": lambda n: bench_cni(n, masq=False),
         "cni+masq": lambda n: bench_cni(n, masq=True),
+        "paired": bench_paired,
+        "paired-floor": bench_paired_floor,
     }
     results: list[Result] = []
     for n in args.n:
@@ -485,6 +654,8 @@ def main(argv: list[str] | None = None) -> int:
             bench_pyroute2(n)
             print(f"# warm-up N={n} done in {time.monotonic() - start:.1f} s", flush=True)
         for method in args.methods:
+            if method.startswith("paired") and n < 100:
+                continue  # a growth measurement: nothing to compare below 100
             start = time.monotonic()
             results.append(runners[method](n))
             print(f"# {method} N={n} done in {time.monotonic() - start:.1f} s", flush=True)

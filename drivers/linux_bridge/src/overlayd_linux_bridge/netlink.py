@@ -747,9 +747,18 @@ class PyrouteNetlink:
                 # The peer is created directly inside the workload namespace
                 # (IFLA_NET_NS_FD in VETH_INFO_PEER) under its final name: no
                 # temporary host-side name, no move, no rename.
+                # A bridge port's host end gets the bridge's own MAC: the
+                # kernel then keeps no local FDB entry per port, whose
+                # handling walks every port and every entry on each join.
                 host.create(
                     rtnl.RTM_NEWLINK,
-                    rtnl.veth_with_peer(host_name, container_ifname, netns_fd, mtu),
+                    rtnl.veth_with_peer(
+                        host_name,
+                        container_ifname,
+                        netns_fd,
+                        mtu,
+                        address=bridge_mac(bridge) if bridge is not None else None,
+                    ),
                 )
             except NetlinkError as exc:
                 if exc.code != errno.EEXIST:

@@ -71,6 +71,7 @@ RTA_OIF: Final = 4
 RTA_GATEWAY: Final = 5
 RTEXT_FILTER_SKIP_STATS: Final = 1 << 3
 # <linux/if_link.h>, <linux/veth.h>, <linux/if.h>
+IFLA_ADDRESS: Final = 1
 IFLA_IFNAME: Final = 3
 IFLA_MTU: Final = 4
 IFLA_MASTER: Final = 10
@@ -142,14 +143,26 @@ QUIET_IPV6: Final = _attr(
 )
 
 
-def veth_with_peer(name: str, peer: str, peer_netns_fd: int, mtu: int | None) -> bytes:
-    """``RTM_NEWLINK`` body: veth ``name`` whose peer ``peer`` is born in ``peer_netns_fd``."""
+def veth_with_peer(
+    name: str, peer: str, peer_netns_fd: int, mtu: int | None, address: str | None = None
+) -> bytes:
+    """``RTM_NEWLINK`` body: veth ``name`` whose peer ``peer`` is born in ``peer_netns_fd``.
+
+    ``address`` (``"02:00:…"``) is the MAC of ``name``; the peer's is random.
+    """
     mtu_attr = _u32(IFLA_MTU, mtu) if mtu is not None else b""
     peer_msg = _ifinfomsg() + _string(IFLA_IFNAME, peer) + _u32(IFLA_NET_NS_FD, peer_netns_fd)
     linkinfo = _string(IFLA_INFO_KIND, "veth") + _attr(
         IFLA_INFO_DATA, _attr(VETH_INFO_PEER, peer_msg + mtu_attr)
     )
-    return _ifinfomsg() + _string(IFLA_IFNAME, name) + mtu_attr + _attr(IFLA_LINKINFO, linkinfo)
+    mac_attr = _attr(IFLA_ADDRESS, bytes.fromhex(address.replace(":", ""))) if address else b""
+    return (
+        _ifinfomsg()
+        + _string(IFLA_IFNAME, name)
+        + mtu_attr
+        + mac_attr
+        + _attr(IFLA_LINKINFO, linkinfo)
+    )
 
 
 def link_change(

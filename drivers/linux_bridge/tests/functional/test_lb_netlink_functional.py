@@ -88,6 +88,32 @@ def test_bridge_has_a_fixed_mac_and_no_multicast_snooping(
     assert info["address"] == bridge_mac(BRIDGE)
 
 
+def test_bridge_ports_share_the_bridge_mac_and_add_no_fdb_entry(
+    netlink: PyrouteNetlink, host_ns: Netns, make_netns: Callable[[str], Netns]
+) -> None:
+    netlink.ensure_bridge(BRIDGE, [GW4, GW6])
+    c1, c2 = make_netns("c1"), make_netns("c2")
+    hosts = [_attach(netlink, c1, 10), _attach(netlink, c2, 11)]
+    for host in hosts:
+        info = json.loads(host_ns.ip("-j", "link", "show", "dev", host))[0]
+        assert info["address"] == bridge_mac(BRIDGE)
+    # Each port with its own MAC would add a permanent ("local") entry to the
+    # bridge's FDB; with the bridge's MAC they add none.
+    out = subprocess.run(
+        ["bridge", "-n", host_ns.name, "-j", "fdb", "show", "br", BRIDGE],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    local = [e for e in json.loads(out) if e.get("state") == "permanent" and "master" in e]
+    assert {e["ifname"] for e in local} == {BRIDGE}
+    # The containers' own MACs stay distinct, and traffic flows.
+    macs = {json.loads(c.ip("-j", "link", "show", "dev", "eth0"))[0]["address"] for c in (c1, c2)}
+    assert len(macs) == 2 and bridge_mac(BRIDGE) not in macs
+    assert ping(c1, "10.77.0.11")
+    assert ping(c2, "10.77.0.1")
+
+
 def test_bridge_mac_is_stable_and_locally_administered() -> None:
     mac = bridge_mac(BRIDGE)
     assert mac == bridge_mac(BRIDGE) != bridge_mac("zl-other-b")

@@ -47,6 +47,17 @@ def test_veth_with_peer_decodes_to_the_intended_link() -> None:
     assert peer.get("IFLA_IFNAME") == "eth0"
     assert peer.get("IFLA_NET_NS_FD") == 7
     assert peer.get("IFLA_MTU") == 1420
+    assert msg.get("IFLA_ADDRESS") is None  # random MAC unless one is given
+
+
+def test_veth_with_a_mac_sets_it_on_the_host_end_only() -> None:
+    body = rtnl.veth_with_peer("ve-abc", "eth0", 7, 1420, address="02:8b:bd:50:ab:ae")
+    msg = _decode(ifinfmsg, rtnl.RTM_NEWLINK, body)
+    assert msg.get("IFLA_ADDRESS") == "02:8b:bd:50:ab:ae"
+    assert msg.get("IFLA_IFNAME") == "ve-abc"
+    peer = msg.get("IFLA_LINKINFO").get("IFLA_INFO_DATA").get("VETH_INFO_PEER")
+    assert peer.get("IFLA_ADDRESS") is None
+    assert peer.get("IFLA_IFNAME") == "eth0"
 
 
 def test_veth_without_mtu_sends_none() -> None:
