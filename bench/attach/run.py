@@ -31,6 +31,15 @@ by one, sequentially:
   address, routes, bridge port, no IPv6 link-local on IPv4-only interfaces and
   ``disable_ipv6`` on the host end; in-process, run by a thread inside the
   host namespace, no IPC, no state, synchronous deletion.
+* ``paired`` (N >= 100 only): the growth measurement. Two daemons in two
+  host namespaces; after each of daemon A's N attaches, daemon B, whose
+  bridge always holds nine containers, attaches a tenth (timed: the
+  reference sample) and detaches it (untimed, waiting for its background
+  deletion). A's sample divided by the reference next to it cancels the
+  VM's speed drift, which on the development VM was larger than the growth
+  measured; A minus the reference is the cost A's size adds.
+* ``paired-floor`` (N >= 100 only): the same for the floor, one thread in
+  each host namespace.
 
 Before each timed loop the bench waits until the machine has been at least
 90 % idle for 2 s in a row: the kernel tears down the previous method's
@@ -46,7 +55,9 @@ namespaces and links are slower than reusing memory it has just freed.
 ``--no-warmup`` skips it.
 
 Prints median and p90 per attach and per detach in milliseconds, each
-method's ratio to the floor, overlayd/cni and overlayd+nat/cni+masq. Nothing
+method's ratio to the floor, overlayd/cni and overlayd+nat/cni+masq, and for
+N >= 100 the growth: the last attaches over the 10th, plain and (``paired``)
+against the reference. Nothing
 outside the namespaces it creates is touched; everything is removed at the end,
 also on failure.
 """
@@ -598,7 +609,14 @@ def report(results: list[Result]) -> str:
         if r.ref_ms is not None and r.n >= 100:
             paired = [a / b for a, b in zip(r.attach_ms, r.ref_ms, strict=True)]
             lines.append(f"{'  reference':<12} {r.n:>5}  " + "  ".join(_growth(r.ref_ms, "ms")))
+            diff = [a - b for a, b in zip(r.attach_ms, r.ref_ms, strict=True)]
+            added = statistics.median(diff[-20:]) - statistics.median(diff[4:24])
+            fit_added = theil_sen(diff)[1] * (r.n - 10)
             lines.append(f"{'  A / ref':<12} {r.n:>5}  " + "  ".join(_growth(paired, "")))
+            lines.append(
+                f"{'  A - ref':<12} {r.n:>5}  added per attach from #10 to #{r.n}: "
+                f"{added:+.2f} ms (windows), {fit_added:+.2f} ms (fit)"
+            )
     growth = [r for r in sorted(results, key=lambda r: (r.n, r.method)) if r.n >= 200]
     if growth:
         lines.append("")

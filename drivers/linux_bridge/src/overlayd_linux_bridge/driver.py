@@ -32,9 +32,12 @@ generation off (no link-local address), so attaching an IPv4-only container
 floods no DAD, MLD or router solicitation through the bridge into every other
 container; host ends without IPv6 addresses get ``disable_ipv6``. Bridges
 overlayd creates have STP and multicast snooping off and a fixed MAC derived
-from their name (:func:`~.netlink.bridge_mac`). With these the kernel's work
-per attach no longer grows with the number of ports already attached; see
-docs/design-notes.rst.
+from their name (:func:`~.netlink.bridge_mac`); the host end of every bridge
+port takes that same MAC, so the bridge keeps no local FDB entry per port.
+Each of these removed kernel work that grew with the number of ports already
+attached. What still grows is the bridge's own per-port bookkeeping when a
+port joins (about 1.3 ms per attach at 1,000 ports on the development VM,
+the same for the raw pyroute2 floor); see docs/design-notes.rst.
 
 Resolver configuration (``overlayd_dns_endpoint_configure``) is declined
 (returns ``None``): the container's ``/etc/resolv.conf`` belongs to its runtime,
