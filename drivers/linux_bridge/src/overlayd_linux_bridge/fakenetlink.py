@@ -40,6 +40,7 @@ from overlayd_linux_bridge.netlink import LinkExistsError
 from overlayd_linux_bridge.netlink import LinkInfo
 from overlayd_linux_bridge.netlink import RouteSpec
 from overlayd_linux_bridge.netlink import VethResult
+from overlayd_linux_bridge.nft import PORT_GROUP
 
 __all__ = ["FakeLink", "FakeNamespace", "FakeNetlink"]
 
@@ -280,6 +281,7 @@ class FakeNetlink:
             mtu=size,
             up=True,
             master=master,
+            group=PORT_GROUP if master is not None else 0,
             peer=(netns_fd, c_index),
             host_routes=list(host_routes),
             proxy_arp=proxy_arp,

@@ -69,6 +69,7 @@ from overlayd.names import is_tombstone
 from overlayd.names import tombstone_name
 from overlayd_linux_bridge import rtnl
 from overlayd_linux_bridge.netns import run_in_netns
+from overlayd_linux_bridge.nft import PORT_GROUP
 from overlayd_linux_bridge.rtnl import IPAddress
 from overlayd_linux_bridge.rtnl import IPInterface
 from overlayd_linux_bridge.rtnl import IPNetwork
@@ -750,6 +751,7 @@ class PyrouteNetlink:
                 # A bridge port's host end gets the bridge's own MAC: the
                 # kernel then keeps no local FDB entry per port, whose
                 # handling walks every port and every entry on each join.
+                # Its link group marks it for the MLD filter.
                 host.create(
                     rtnl.RTM_NEWLINK,
                     rtnl.veth_with_peer(
@@ -758,6 +760,7 @@ class PyrouteNetlink:
                         netns_fd,
                         mtu,
                         address=bridge_mac(bridge) if bridge is not None else None,
+                        group=PORT_GROUP if bridge is not None else None,
                     ),
                 )
             except NetlinkError as exc:

@@ -1,4 +1,5 @@
-"""NAT through nftables, in overlayd's own table ``inet overlayd`` only.
+"""NAT through nftables, in overlayd's own table ``inet overlayd``; an MLD filter
+in ``bridge overlayd``. No other table is touched.
 
 The table holds a fixed set of chains whose rules never change; everything
 that varies is an element of a named set or map, so adding or removing a
@@ -24,6 +25,21 @@ mapping from the host through ``127.0.0.1`` additionally needs the
 A host firewall reload (``nft flush ruleset``, firewalld restart) wipes the
 table; :meth:`Nftables.apply_table` rebuilds it from the desired state in one
 atomic transaction (``add table`` + ``delete table`` + definition).
+
+The MLD filter (:func:`mld_filter_ruleset`) is a second table of overlayd's,
+in the ``bridge`` family::
+
+    table bridge overlayd
+      chain prerouting     drops MLD reports and dones that arrive on a
+                           bridge port in overlayd's port link group
+
+Every IPv6 address a container gets makes its kernel send MLD reports for the
+address's solicited-node group. overlayd's bridges do no multicast snooping,
+so the reports served nobody, and the bridge flooded each one into every
+other container's namespace: on an IPv6 cluster the attach cost grew with
+the number of containers (docs/design-notes.rst). Without the reports a
+snooping bridge (one overlayd adopted) has no group entries, and floods
+multicast as it does without a querier: delivery is unchanged.
 
 Backends. :class:`LibNftables` calls ``libnftables.so.1`` through ctypes
 (in-process, no fork); :class:`NftCli` runs ``nft -f -`` and is the fallback
@@ -62,6 +78,7 @@ from overlayd.errors import NotSupported
 from overlayd_linux_bridge.netns import setns_current_thread
 
 __all__ = [
+    "PORT_GROUP",
     "TABLE",
     "LibNftables",
     "NatState",
@@ -71,11 +88,17 @@ __all__ = [
     "Nftables",
     "PortMapping",
     "default_backend",
+    "mld_filter_ruleset",
 ]
 
-#: The only table this module touches.
+#: The name of overlayd's tables (``inet overlayd`` for NAT, ``bridge overlayd``
+#: for the MLD filter); no other table is touched.
 TABLE: Final = "overlayd"
 _FAMILY: Final = "inet"
+_MLD_FAMILY: Final = "bridge"
+#: Link group of the host ends of bridge ports overlayd creates ("ovlp" in
+#: ASCII); the MLD filter matches on it.
+PORT_GROUP: Final = 0x6F766C70
 
 Proto = Literal["tcp", "udp", "sctp"]
 IPNetwork = IPv4Network | IPv6Network
@@ -395,6 +418,26 @@ def _ruleset(state: NatState) -> str:
     return "\n".join(lines) + "\n" + _CHAINS + "}\n"
 
 
+def mld_filter_ruleset(port_group: int) -> str:
+    """Commands (re)creating table ``bridge overlayd``, atomically.
+
+    Its one rule drops MLD reports and dones arriving on a bridge port in link
+    group ``port_group`` (the host ends overlayd creates).
+    """
+    t = f"{_MLD_FAMILY} {TABLE}"
+    return (
+        f"add table {t}\n"
+        f"delete table {t}\n"
+        f"table {t} {{\n"
+        "  chain prerouting {\n"
+        "    type filter hook prerouting priority -200; policy accept;\n"
+        f"    meta iifgroup {port_group:#x} icmpv6 type "
+        "{ mld-listener-report, mld-listener-done, mld2-listener-report } counter drop\n"
+        "  }\n"
+        "}\n"
+    )
+
+
 def _parse_net(elem: Any) -> IPNetwork:
     if isinstance(elem, str):
         return ip_network(elem)
@@ -418,6 +461,10 @@ class Nftables:
     def apply_table(self, state: NatState) -> None:
         """Make the table exactly ``state``, atomically (start, firewall reload)."""
         self.backend.run(_ruleset(state))
+
+    def apply_mld_filter(self, port_group: int) -> None:
+        """(Re)create table ``bridge overlayd`` (:func:`mld_filter_ruleset`)."""
+        self.backend.run(mld_filter_ruleset(port_group))
 
     def delete_table(self) -> bool:
         """Remove the table; ``False`` when it did not exist."""

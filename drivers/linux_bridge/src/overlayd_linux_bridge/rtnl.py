@@ -144,11 +144,17 @@ QUIET_IPV6: Final = _attr(
 
 
 def veth_with_peer(
-    name: str, peer: str, peer_netns_fd: int, mtu: int | None, address: str | None = None
+    name: str,
+    peer: str,
+    peer_netns_fd: int,
+    mtu: int | None,
+    address: str | None = None,
+    group: int | None = None,
 ) -> bytes:
     """``RTM_NEWLINK`` body: veth ``name`` whose peer ``peer`` is born in ``peer_netns_fd``.
 
-    ``address`` (``"02:00:…"``) is the MAC of ``name``; the peer's is random.
+    ``address`` (``"02:00:…"``) is the MAC of ``name`` and ``group`` its link
+    group; the peer gets a random MAC and group 0.
     """
     mtu_attr = _u32(IFLA_MTU, mtu) if mtu is not None else b""
     peer_msg = _ifinfomsg() + _string(IFLA_IFNAME, peer) + _u32(IFLA_NET_NS_FD, peer_netns_fd)
@@ -161,6 +167,7 @@ def veth_with_peer(
         + _string(IFLA_IFNAME, name)
         + mtu_attr
         + mac_attr
+        + (_u32(IFLA_GROUP, group) if group is not None else b"")
         + _attr(IFLA_LINKINFO, linkinfo)
     )
 

@@ -10,7 +10,9 @@ Topology (all namespaces are the test's own)::
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
+import time
 from collections.abc import Callable
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +24,7 @@ import pytest
 
 from overlayd.errors import NatError
 from overlayd_linux_bridge.netlink import PyrouteNetlink
+from overlayd_linux_bridge.nft import PORT_GROUP
 from overlayd_linux_bridge.nft import LibNftables
 from overlayd_linux_bridge.nft import NatState
 from overlayd_linux_bridge.nft import Nftables
@@ -29,6 +32,7 @@ from overlayd_linux_bridge.nft import NftBackend
 from overlayd_linux_bridge.nft import NftCli
 from overlayd_linux_bridge.nft import PortMapping
 from overlayd_linux_bridge.testing import Netns
+from overlayd_linux_bridge.testing import ping
 from overlayd_linux_bridge.testing import udp_probe
 
 pytestmark = pytest.mark.privileged
@@ -36,6 +40,7 @@ pytestmark = pytest.mark.privileged
 SUBNET = ip_network("10.88.0.0/24")
 UPLINK_HOST = "172.31.250.1"
 OUTSIDE = "172.31.250.2"
+ETH_P_ALL = 0x0003
 
 
 @dataclass
@@ -68,18 +73,30 @@ def topology(
     outside.ip("addr", "add", f"{OUTSIDE}/30", "dev", "up1")
     outside.ip("link", "set", "up1", "up")
     netlink.enable_forwarding(ipv4=True)
-    netlink.ensure_bridge("zl-nat-b", [ip_interface("10.88.0.1/24")])
+    c1, c2 = _two_containers(netlink, make_netns, "zl-nat-b", "10.88.0.{}/24")
+    return Topology(host_ns, c1, c2, outside)
+
+
+def _two_containers(
+    netlink: PyrouteNetlink, make_netns: Callable[[str], Netns], bridge: str, template: str
+) -> tuple[Netns, Netns]:
+    """Bridge ``bridge`` at ``template.format(1)``, containers c1 and c2 at 10 and 11.
+
+    The host ends are called ``zv<bridge's middle part><n>``.
+    """
+    gateway = ip_interface(template.format(1))
+    netlink.ensure_bridge(bridge, [gateway])
     c1, c2 = make_netns("c1"), make_netns("c2")
     for n, c in ((10, c1), (11, c2)):
         netlink.create_veth_into_netns(
-            host_name=f"zvnat{n}",
+            host_name=f"zv{bridge.split('-')[1]}{n}",
             netns_fd=c.fd,
             container_ifname="eth0",
-            addresses=[ip_interface(f"10.88.0.{n}/24")],
-            gateways=[ip_address("10.88.0.1")],
-            bridge="zl-nat-b",
+            addresses=[ip_interface(template.format(n))],
+            gateways=[gateway.ip],
+            bridge=bridge,
         )
-    return Topology(host_ns, c1, c2, outside)
+    return c1, c2
 
 
 @pytest.fixture(params=["libnftables", "nft-cli"])
@@ -208,3 +225,66 @@ def test_hairpin_to_own_node_port(topology: Topology, nft: Nftables) -> None:
     # c2 reaches c1 through the node's address: the reply must come back via
     # the node, so the source is masqueraded to the bridge address.
     assert udp_probe(t.c2, "10.88.0.1", 8082, t.c1, 82) == "10.88.0.1"
+
+
+# -- the MLD filter (table bridge overlayd) ---------------------------------------
+
+#: Destination MAC of MLDv2 reports (ff02::16).
+MLD2_REPORT_MAC = bytes.fromhex("333300000016")
+
+
+def _mld_reports_seen(sniffer: Netns, sender: Netns, address: str) -> int:
+    """MLDv2 reports ``sniffer``'s eth0 receives while ``sender`` adds ``address``.
+
+    A new IPv6 address makes the sender's kernel join its solicited-node group
+    and report that at once. Only reports from ``sender`` count (the bridge
+    reports its own groups for a while after it got its address).
+    """
+    mac = json.loads(sender.ip("-j", "link", "show", "dev", "eth0"))[0]["address"]
+    source = bytes.fromhex(mac.replace(":", ""))
+    sock = sniffer.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    try:
+        sock.bind(("eth0", 0))
+        sock.settimeout(0.2)
+        sender.ip("addr", "add", f"{address}/64", "dev", "eth0", "nodad")
+        seen = 0
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            try:
+                frame, (_, _, pkttype, _, _) = sock.recvfrom(2048)
+            except TimeoutError:
+                continue
+            # Only what arrives: the sniffer's own reports are captured too.
+            if pkttype != socket.PACKET_OUTGOING and frame[:12] == MLD2_REPORT_MAC + source:
+                seen += 1
+        return seen
+    finally:
+        sock.close()
+
+
+def test_mld_filter_stops_reports_between_ports_but_not_neighbour_discovery(
+    make_netns: Callable[[str], Netns], host_ns: Netns, netlink: PyrouteNetlink, nft: Nftables
+) -> None:
+    c1, c2 = _two_containers(netlink, make_netns, "zl-mld-b", "fd89::{}/64")
+    for host_end in ("zvmld10", "zvmld11"):
+        info = json.loads(host_ns.ip("-d", "-j", "link", "show", "dev", host_end))[0]
+        assert info["group"] == str(PORT_GROUP)
+    # Without the filter the bridge floods c1's report into c2.
+    assert _mld_reports_seen(c2, c1, "fd89::20") > 0
+    nft.apply_mld_filter(PORT_GROUP)
+    nft.apply_mld_filter(PORT_GROUP)  # idempotent: one table, one rule
+    assert _tables(host_ns) == ["bridge overlayd"]
+    assert _mld_reports_seen(c2, c1, "fd89::21") == 0
+    out = subprocess.run(
+        ["ip", "netns", "exec", host_ns.name, "nft", "-j", "list", "table", "bridge", "overlayd"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rules = [o["rule"] for o in json.loads(out)["nftables"] if "rule" in o]
+    assert len(rules) == 1
+    counter = next(e["counter"] for e in rules[0]["expr"] if "counter" in e)
+    assert counter["packets"] > 0
+    # Neighbour discovery is multicast too, and still flows: c1 reaches c2.
+    assert ping(c1, "fd89::11")
+    assert ping(c2, "fd89::1")

@@ -38,15 +38,18 @@ from overlayd_linux_bridge.fakenetlink import FakeNetlink
 from overlayd_linux_bridge.netlink import FORWARDING_SYSCTLS
 from overlayd_linux_bridge.netlink import TOMBSTONE_GROUP
 from overlayd_linux_bridge.netlink import RouteSpec
+from overlayd_linux_bridge.nft import PORT_GROUP
 from overlayd_linux_bridge.nft import Nftables
 from overlayd_linux_bridge.nft import NftCommandError
+from overlayd_linux_bridge.nft import mld_filter_ruleset
 
 NET = ipaddress.ip_network("10.50.0.0/24")
 GW = ipaddress.ip_interface("10.50.0.1/24")
 
 
 class FakeNft:
-    """nft backend modelling table ``inet overlayd``: existence, sets and map keys."""
+    """nft backend modelling table ``inet overlayd`` (existence, sets and map keys)
+    and table ``bridge overlayd`` (its last definition)."""
 
     name = "fake"
 
@@ -55,9 +58,18 @@ class FakeNft:
         self.elements: dict[str, dict[str, str]] = {}
         self.commands: list[str] = []
         self.full_applies = 0
+        #: The commands that last defined table ``bridge overlayd``.
+        self.bridge_table: str | None = None
+        #: Set to make the next ``bridge overlayd`` definition fail.
+        self.refuse_bridge_table = False
 
     def run(self, commands: str, *, json_output: bool = False) -> str:
         self.commands.append(commands)
+        if commands.startswith("add table bridge overlayd"):
+            if self.refuse_bridge_table:
+                raise NftCommandError("refused", nft_message="Operation not supported")
+            self.bridge_table = commands
+            return ""
         if commands.startswith("add table inet overlayd"):
             self.exists = True
             self.full_applies += 1
@@ -107,9 +119,10 @@ class FakeNft:
         return None
 
     def wipe(self) -> None:
-        """What ``nft flush ruleset`` (a firewall reload) does to our table."""
+        """What ``nft flush ruleset`` (a firewall reload) does to our tables."""
         self.exists = False
         self.elements = {}
+        self.bridge_table = None
 
 
 def _overlap(a: str, b: str) -> bool:
@@ -264,6 +277,53 @@ def test_device_create_tags_bridge_and_enables_forwarding_once(
     assert netlink.sysctls[FORWARDING_SYSCTLS[4]] == "1"
     assert netlink.sysctls[FORWARDING_SYSCTLS[6]] == "0"
     assert [c for c, _ in netlink.calls].count("enable_forwarding") == 1
+
+
+def test_first_bridge_creates_the_mld_filter_on_overlayds_port_group(
+    driver: LinuxBridgeDriver, backend: FakeNft
+) -> None:
+    assert backend.bridge_table is None
+    driver.overlayd_device_create(spec=bridge_spec())
+    assert backend.bridge_table == mld_filter_ruleset(PORT_GROUP)
+    assert f"meta iifgroup {PORT_GROUP:#x} icmpv6 type" in backend.bridge_table
+    assert "mld2-listener-report" in backend.bridge_table
+    count = len(backend.commands)
+    driver.overlayd_device_create(spec=bridge_spec("zl-t-db-b", "10.51.0.0/24"))
+    assert len(backend.commands) == count  # once per driver, not per bridge
+
+
+def test_refused_mld_filter_leaves_bridges_working(
+    driver: LinuxBridgeDriver, backend: FakeNft, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend.refuse_bridge_table = True
+    device = driver.overlayd_device_create(spec=bridge_spec())
+    assert device is not None and device.name == "zl-t-web-b"
+    assert "MLD reports stay flooded" in caplog.text
+
+
+def test_reconcile_after_firewall_reload_recreates_the_mld_filter(
+    driver: LinuxBridgeDriver, backend: FakeNft
+) -> None:
+    bridge = driver.overlayd_device_create(spec=bridge_spec())
+    assert bridge is not None
+    backend.wipe()
+    report = driver.overlayd_reconcile(request=ReconcileRequest(devices=(bridge,)))
+    assert report is not None and not report.errors
+    assert backend.bridge_table == mld_filter_ruleset(PORT_GROUP)
+
+
+def test_only_bridge_ports_join_the_port_group(
+    driver: LinuxBridgeDriver, netlink: FakeNetlink, namespaces: FakeNamespaces, bridge: Device
+) -> None:
+    namespaces.add("/run/netns/c1")
+    handle = NetnsHandle(path="/run/netns/c1")
+    att = driver.overlayd_attach(
+        request=make_request(bridge, handle, global_address="10.200.0.7/32")
+    )
+    assert att is not None
+    port, routed = (netlink.host.links[name] for name in att.interfaces)
+    assert port.master is not None and port.group == PORT_GROUP
+    assert routed.master is None and routed.group == 0
 
 
 def test_device_create_adopts_existing_bridge_without_recreating(
