@@ -38,6 +38,7 @@ by one, sequentially:
   deletion). A's sample divided by the reference next to it cancels the
   VM's speed drift, which on the development VM was larger than the growth
   measured; A minus the reference is the cost A's size adds.
+* ``paired6`` (N >= 100 only): ``paired`` on an IPv6 cluster, as ``overlayd6``.
 * ``paired-floor`` (N >= 100 only): the same for the floor, one thread in
   each host namespace.
 
@@ -268,7 +269,7 @@ def bench_overlayd(n: int, nat: bool = False, ipv6: bool = False) -> Result:
 REF_PORTS = 9
 
 
-def bench_paired(n: int) -> Result:
+def bench_paired(n: int, ipv6: bool = False) -> Result:
     """``overlayd`` growth with a reference measured at the same moments.
 
     Two daemons in two throwaway host namespaces. Daemon A attaches ``n``
@@ -291,8 +292,8 @@ def bench_paired(n: int) -> Result:
         namespaces("ctr", n) as ctrs,
         namespaces("ref", REF_PORTS + 1) as refs,
         tempfile.TemporaryDirectory(prefix="ovb-") as tmp,
-        daemon(host_a, Path(tmp) / "a") as big,
-        daemon(host_b, Path(tmp) / "b") as small,
+        daemon(host_a, Path(tmp) / "a", ipv6=ipv6) as big,
+        daemon(host_b, Path(tmp) / "b", ipv6=ipv6) as small,
     ):
         for r in refs[:REF_PORTS]:
             small.attach_container(NetnsHandle(path=f"/run/netns/{r}"), "web")
@@ -322,7 +323,7 @@ def bench_paired(n: int) -> Result:
                 detach = [_timed(partial(big.detach_container, h)) for h in handles]
         finally:
             os.close(b_fd)
-    return Result("paired", n, attach, detach, ref)
+    return Result("paired6" if ipv6 else "paired", n, attach, detach, ref)
 
 
 # -- CNI bridge plugin ------------------------------------------------------------
@@ -643,6 +644,7 @@ def main(argv: list[str] | None = None) -> int:
         "cni",
         "cni+masq",
         "paired",
+        "paired6",
         "paired-floor",
     ]
     parser.add_argument("--n", type=int, nargs="+", default=[1, 50, 200, 1000])
@@ -663,6 +665,7 @@ def main(argv: list[str] | None = None) -> int:
         "cni": lambda n: bench_cni(n, masq=False),
         "cni+masq": lambda n: bench_cni(n, masq=True),
         "paired": bench_paired,
+        "paired6": lambda n: bench_paired(n, ipv6=True),
         "paired-floor": bench_paired_floor,
     }
     results: list[Result] = []
