@@ -432,15 +432,21 @@ def _probe_netns(ifname: str, ipv6: bool) -> _NetnsProbe:
         raise
 
 
-def _write_sysctl(path: str, value: str, *, required: bool = False) -> None:
+def _write_sysctl(
+    path: str, value: str, *, required: bool = False, dir_fd: int | None = None
+) -> None:
     """Write ``value`` to ``path`` under ``/proc/sys`` (the calling thread's namespace).
 
-    A failed optional write is logged (none when the file does not exist:
-    no IPv6 in this namespace, nothing to quiet); a required one raises.
+    ``path`` is relative to ``dir_fd`` when given. A failed optional write is
+    logged (none when the file does not exist: no IPv6 in this namespace,
+    nothing to quiet); a required one raises.
     """
     try:
-        with open(path, "w", encoding="ascii") as f:
-            f.write(value)
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC, dir_fd=dir_fd)
+        try:
+            os.write(fd, value.encode("ascii"))
+        finally:
+            os.close(fd)
     except OSError as exc:  # e.g. /proc/sys mounted read-only
         if required:
             raise
@@ -449,8 +455,21 @@ def _write_sysctl(path: str, value: str, *, required: bool = False) -> None:
 
 
 def _write_static_ipv6_sysctls(ifname: str) -> None:
-    for key, value in STATIC_IPV6_SYSCTLS.items():
-        _write_sysctl(f"/proc/sys/net/ipv6/conf/{ifname}/{key}", value)
+    # The directory is looked up once, not once per key: the "conf" entries of
+    # all namespaces share one dentry hash chain, and each lookup of a path
+    # through it walks the entries of every namespace that has used it.
+    directory = f"/proc/sys/net/ipv6/conf/{ifname}"
+    try:
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        if not isinstance(exc, FileNotFoundError):  # no IPv6 here: nothing to quiet
+            log.warning("could not open %s: %s", directory, exc)
+        return
+    try:
+        for key, value in STATIC_IPV6_SYSCTLS.items():
+            _write_sysctl(key, value, dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 class _DeferredDeleter:
@@ -565,6 +584,9 @@ class PyrouteNetlink:
         self._host_sockets = rtnl.SocketPool(self._open_host_socket)
         #: Previous values of the sysctls :meth:`enable_forwarding` changed.
         self.previous_sysctls: dict[str, str] = {}
+        #: Open ``/proc/sys/net/ipv{4,6}/conf`` of the host namespace, by family.
+        self._conf_dirs: dict[str, int] = {}
+        self._conf_lock = threading.Lock()
 
     @property
     def deleter_batches(self) -> int:
@@ -584,6 +606,10 @@ class PyrouteNetlink:
             self._deleter.close(timeout)
         finally:
             self._host_sockets.close()
+            with self._conf_lock:
+                for fd in self._conf_dirs.values():
+                    os.close(fd)
+                self._conf_dirs.clear()
             if self._host_fd is not None:
                 os.close(self._host_fd)
                 self._host_fd = None
@@ -838,12 +864,42 @@ class PyrouteNetlink:
 
         def write() -> None:
             if not ipv6:
-                _write_sysctl(f"/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6", "1")
+                conf6 = self._conf_dir("ipv6")
+                if conf6 is not None:  # else no IPv6 on this host: nothing to turn off
+                    _write_sysctl(f"{ifname}/disable_ipv6", "1", dir_fd=conf6)
             if proxy_arp:
-                _write_sysctl(f"/proc/sys/net/ipv4/conf/{ifname}/proxy_arp", "1", required=True)
+                conf4 = self._conf_dir("ipv4")
+                path = (
+                    f"{ifname}/proxy_arp"
+                    if conf4 is not None
+                    else f"/proc/sys/net/ipv4/conf/{ifname}/proxy_arp"
+                )
+                _write_sysctl(path, "1", required=True, dir_fd=conf4)
 
         # /proc/sys/net resolves the namespace of the writing thread.
         run_in_netns(self._host_fd, write)
+
+    def _conf_dir(self, family: str) -> int | None:
+        """``/proc/sys/net/<family>/conf`` of the host namespace, kept open.
+
+        Called from a thread in the host namespace. The ``conf`` entries of
+        all namespaces share one dentry hash chain: once a thousand container
+        namespaces have looked at their IPv6 ``conf``, each lookup of the
+        path from ``/proc/sys`` walks them all (about 0.25 ms instead of 5 µs
+        on the development VM). Opening names relative to this descriptor
+        skips that step.
+        """
+        with self._conf_lock:
+            fd = self._conf_dirs.get(family)
+            if fd is None:
+                try:
+                    fd = os.open(
+                        f"/proc/sys/net/{family}/conf", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+                    )
+                except FileNotFoundError:
+                    return None
+                self._conf_dirs[family] = fd
+            return fd
 
     def _rollback_veth(self, host: rtnl.RtnlSocket, host_name: str) -> None:
         try:
