@@ -19,9 +19,23 @@ from overlayd_fake.driver import FakeDriver
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port free for both UDP and TCP on 127.0.0.1, as the DNS server needs.
+
+    Free for UDP alone is not enough: the same number may be the source port
+    of a TCP connection still open, and the server's TCP bind then fails.
+    """
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.bind(("127.0.0.1", 0))
+            port = int(u.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+                t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    t.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError("no port free for both UDP and TCP on 127.0.0.1")
 
 
 async def query(name: str, port: int, rdtype: str = "A") -> dns.message.Message:
