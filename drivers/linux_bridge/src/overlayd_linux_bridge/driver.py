@@ -33,10 +33,10 @@ floods no DAD, MLD or router solicitation through the bridge into every other
 container; host ends without IPv6 addresses get ``disable_ipv6``. Bridges
 overlayd creates have STP and multicast snooping off and a fixed MAC derived
 from their name (:func:`~.netlink.bridge_mac`); the host end of every bridge
-port takes that same MAC, so the bridge keeps no local FDB entry per port, and
-joins link group :data:`~.nft.PORT_GROUP`, on which table ``bridge overlayd``
-drops the MLD reports that IPv6 containers send (the bridge would flood them
-into every other container).
+port takes that same MAC, so the bridge keeps no local FDB entry per port; on
+a bridge without snooping it also joins link group :data:`~.nft.PORT_GROUP`, on
+which table ``bridge overlayd`` drops the MLD reports that IPv6 containers
+send (the bridge would flood them into every other container).
 Each of these removed kernel work that grew with the number of ports already
 attached. What still grows is the bridge's own per-port bookkeeping when a
 port joins (about 1.3 ms per attach at 1,000 ports on the development VM,

@@ -584,6 +584,9 @@ class PyrouteNetlink:
         self._host_sockets = rtnl.SocketPool(self._open_host_socket)
         #: Previous values of the sysctls :meth:`enable_forwarding` changed.
         self.previous_sysctls: dict[str, str] = {}
+        #: Bridges without multicast snooping: their ports join PORT_GROUP,
+        #: whose MLD reports the MLD filter drops (:func:`.nft.mld_filter_ruleset`).
+        self._quiet_bridges: set[str] = set()
         #: Open ``/proc/sys/net/ipv{4,6}/conf`` of the host namespace, by family.
         self._conf_dirs: dict[str, int] = {}
         self._conf_lock = threading.Lock()
@@ -682,6 +685,14 @@ class PyrouteNetlink:
                     f"Link {name} exists but is a {kind or 'plain device'}, "
                     "not a bridge; remove it or choose another name."
                 )
+            snooping = msg.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA", "IFLA_BR_MCAST_SNOOPING")
+            if snooping == 0:
+                self._quiet_bridges.add(name)
+            else:
+                # A snooping bridge with a querier on the segment would send
+                # IPv6 multicast (neighbour solicitations included) only to
+                # the ports that reported the group: its ports keep reporting.
+                self._quiet_bridges.discard(name)
             changes: dict[str, Any] = {}
             if not int(msg["flags"]) & 1:
                 changes["state"] = "up"
@@ -777,7 +788,8 @@ class PyrouteNetlink:
                 # A bridge port's host end gets the bridge's own MAC: the
                 # kernel then keeps no local FDB entry per port, whose
                 # handling walks every port and every entry on each join.
-                # Its link group marks it for the MLD filter.
+                # On a bridge without snooping its link group marks it for
+                # the MLD filter.
                 host.create(
                     rtnl.RTM_NEWLINK,
                     rtnl.veth_with_peer(
@@ -786,7 +798,7 @@ class PyrouteNetlink:
                         netns_fd,
                         mtu,
                         address=bridge_mac(bridge) if bridge is not None else None,
-                        group=PORT_GROUP if bridge is not None else None,
+                        group=PORT_GROUP if bridge in self._quiet_bridges else None,
                     ),
                 )
             except NetlinkError as exc:

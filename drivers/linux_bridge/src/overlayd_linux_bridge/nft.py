@@ -37,9 +37,11 @@ Every IPv6 address a container gets makes its kernel send MLD reports for the
 address's solicited-node group. overlayd's bridges do no multicast snooping,
 so the reports served nobody, and the bridge flooded each one into every
 other container's namespace: on an IPv6 cluster the attach cost grew with
-the number of containers (docs/design-notes.rst). Without the reports a
-snooping bridge (one overlayd adopted) has no group entries, and floods
-multicast as it does without a querier: delivery is unchanged.
+the number of containers (docs/design-notes.rst). Only ports of bridges
+without snooping (those overlayd creates) join the group: a snooping bridge
+(one overlayd adopted) needs its ports' reports once a querier is on the
+segment, or it sends IPv6 multicast, neighbour solicitations included, to
+router ports only.
 
 Backends. :class:`LibNftables` calls ``libnftables.so.1`` through ctypes
 (in-process, no fork); :class:`NftCli` runs ``nft -f -`` and is the fallback

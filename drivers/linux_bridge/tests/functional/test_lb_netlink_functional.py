@@ -27,6 +27,7 @@ from overlayd_linux_bridge.netlink import PyrouteNetlink
 from overlayd_linux_bridge.netlink import RouteSpec
 from overlayd_linux_bridge.netlink import bridge_mac
 from overlayd_linux_bridge.netns import run_in_netns
+from overlayd_linux_bridge.nft import PORT_GROUP
 from overlayd_linux_bridge.rtnl import RTM_NEWLINK
 from overlayd_linux_bridge.rtnl import RtnlError
 from overlayd_linux_bridge.rtnl import RtnlSocket
@@ -112,6 +113,24 @@ def test_bridge_ports_share_the_bridge_mac_and_add_no_fdb_entry(
     assert len(macs) == 2 and bridge_mac(BRIDGE) not in macs
     assert ping(c1, "10.77.0.11")
     assert ping(c2, "10.77.0.1")
+
+
+def test_only_ports_of_bridges_without_snooping_join_the_port_group(
+    netlink: PyrouteNetlink, host_ns: Netns, make_netns: Callable[[str], Netns]
+) -> None:
+    # An adopted bridge keeps multicast snooping on (the kernel's default):
+    # with a querier on the segment it needs its ports' MLD reports.
+    host_ns.ip("link", "add", "zl-snoop-b", "type", "bridge")
+    netlink.ensure_bridge("zl-snoop-b", [ip_interface("10.78.0.1/24")])
+    netlink.ensure_bridge(BRIDGE, [GW4])
+    adopted = _attach(netlink, make_netns("c1"), 10, bridge="zl-snoop-b")
+    ours = _attach(netlink, make_netns("c2"), 11)
+
+    def group(link: str) -> str:
+        return str(json.loads(host_ns.ip("-d", "-j", "link", "show", "dev", link))[0]["group"])
+
+    assert group(ours) == str(PORT_GROUP)
+    assert group(adopted) == "default"  # group 0
 
 
 def test_bridge_mac_is_stable_and_locally_administered() -> None:
