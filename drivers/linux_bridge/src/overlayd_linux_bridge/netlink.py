@@ -785,9 +785,10 @@ class PyrouteNetlink:
                 # The peer is created directly inside the workload namespace
                 # (IFLA_NET_NS_FD in VETH_INFO_PEER) under its final name: no
                 # temporary host-side name, no move, no rename.
-                # A bridge port's host end gets the bridge's own MAC: the
-                # kernel then keeps no local FDB entry per port, whose
-                # handling walks every port and every entry on each join.
+                # A bridge port's host end gets the MAC overlayd gives the
+                # bridge: the kernel then keeps no local FDB entry per port
+                # (one shared entry on an adopted bridge), whose handling
+                # walks every port and every entry on each join.
                 # On a bridge without snooping its link group marks it for
                 # the MLD filter.
                 host.create(
