@@ -69,6 +69,10 @@ from overlayd_wireguard.hostnet import PyRoute2HostNet
 from overlayd_wireguard.keys import PrivateKey
 from overlayd_wireguard.keys import generate_keypair
 from overlayd_wireguard.keys import validate_key
+from overlayd_wireguard.tuning import DEFAULT_TUNING
+from overlayd_wireguard.tuning import TUNING_OPTIONS
+from overlayd_wireguard.tuning import Tuning
+from overlayd_wireguard.tuning import tuning_from_options
 from overlayd_wireguard.uapi import DEFAULT_SOCKET_DIR
 from overlayd_wireguard.uapi import DeviceState
 from overlayd_wireguard.uapi import PeerConfig
@@ -94,8 +98,8 @@ RERESOLVE_AFTER_SECS: Final = 135
 RERESOLVE_EVERY_SECS: Final = 30
 #: Below this, a handshake "time" is boringtun's elapsed seconds, not a Unix time.
 _UNIX_TIME_FLOOR: Final = 1_000_000_000
-_KNOWN_OPTIONS: Final = frozenset(
-    {"backend", "userspace_command", "socket_dir", "netns", "endpoint"}
+_KNOWN_OPTIONS: Final = (
+    frozenset({"backend", "userspace_command", "socket_dir", "netns", "endpoint"}) | TUNING_OPTIONS
 )
 
 
@@ -106,6 +110,7 @@ class _Options:
     socket_dir: str = DEFAULT_SOCKET_DIR
     netns: str | None = None
     endpoint: str | None = None
+    tuning: Tuning = DEFAULT_TUNING
 
 
 @dataclass
@@ -232,6 +237,7 @@ def _parse_options(raw: Mapping[str, Any]) -> _Options:
         socket_dir=socket_dir,
         netns=netns,
         endpoint=endpoint,
+        tuning=tuning_from_options(raw),
     )
 
 
@@ -456,7 +462,10 @@ class WireGuardDriver:
                 "set [drivers.wireguard] userspace_command"
             )
         return select_backend(
-            "userspace", command=self.options.command, socket_dir=self.options.socket_dir
+            "userspace",
+            command=self.options.command,
+            socket_dir=self.options.socket_dir,
+            tuning=self.options.tuning,
         )
 
     @hookimpl

@@ -10,6 +10,10 @@ therefore means a new TUN: key, port, peers, MTU and addresses are re-applied.
 Each device's last known configuration is recorded after every successful call
 (peers are read back with ``get``), and a watcher thread restarts a process that
 died with exponential backoff and replays that configuration.
+
+Each process is tuned (:mod:`~overlayd_wireguard.tuning`: UDP socket buffers,
+nice value) after it starts, after its listen port changes, and whenever the
+watcher sees that it replaced its UDP sockets.
 """
 
 from __future__ import annotations
@@ -37,6 +41,12 @@ from overlayd.errors import NotFound
 from overlayd_wireguard.keys import PrivateKey
 from overlayd_wireguard.links import LinkAdapter
 from overlayd_wireguard.links import PyRoute2Links
+from overlayd_wireguard.tuning import DEFAULT_TUNING
+from overlayd_wireguard.tuning import LinuxProcessTuner
+from overlayd_wireguard.tuning import ProcessTuner
+from overlayd_wireguard.tuning import TuneReport
+from overlayd_wireguard.tuning import Tuning
+from overlayd_wireguard.tuning import socket_server_pid
 from overlayd_wireguard.uapi import DEFAULT_SOCKET_DIR
 from overlayd_wireguard.uapi import DeviceState
 from overlayd_wireguard.uapi import PeerConfig
@@ -94,6 +104,10 @@ class _Device:
     restarts: int = 0
     backoff: float = 0.0
     next_restart: float = 0.0
+    #: pid of an adopted process (no Popen handle), from the UAPI socket.
+    adopted_pid: int | None = None
+    tune_report: TuneReport | None = None
+    next_tune_check: float = 0.0
 
 
 class UserspaceBackend:
@@ -106,6 +120,11 @@ class UserspaceBackend:
     :param supervise: run the watcher thread that restarts dead processes.
     :param on_restart: called with the device name after a successful restart
         (outside the backend lock), e.g. to re-add routes over the new TUN.
+    :param tuning: socket buffers and nice value applied to every process
+        (:class:`~overlayd_wireguard.tuning.Tuning`; ``None``: none).
+    :param tuner: applies ``tuning`` (default: the Linux implementation).
+    :param retune_interval: how often the watcher checks that a process still
+        has the sockets it was tuned on.
     """
 
     kind = "userspace"
@@ -124,6 +143,9 @@ class UserspaceBackend:
         restart_backoff: tuple[float, float] = (0.5, 30.0),
         log_level: str = "error",
         on_restart: Callable[[str], None] | None = None,
+        tuning: Tuning | None = DEFAULT_TUNING,
+        tuner: ProcessTuner | None = None,
+        retune_interval: float = 5.0,
     ) -> None:
         if not command:
             raise InvalidRequest("the wireguard-go command must not be empty")
@@ -137,6 +159,9 @@ class UserspaceBackend:
         self.restart_backoff = restart_backoff
         self.log_level = log_level
         self.on_restart = on_restart
+        self.tuning = tuning if tuning is not None and tuning.enabled else None
+        self.tuner: ProcessTuner = tuner if tuner is not None else LinuxProcessTuner()
+        self.retune_interval = retune_interval
         self._devices: dict[str, _Device] = {}
         self._lock = threading.RLock()
         self._stop = threading.Event()
@@ -199,6 +224,7 @@ class UserspaceBackend:
                     self._restart(dev)
                 else:
                     self._configure(dev, with_peers=False)
+                self._tune(dev)
                 state = self.uapi.get(name)
             except BaseException:
                 if created and dev.proc is not None:
@@ -250,6 +276,8 @@ class UserspaceBackend:
                 ok = True
             finally:
                 self._record(dev, request, peers if ok else None)
+            if request.listen_port is not None:
+                self._tune(dev)  # a new port means new UDP sockets
 
     def get(self, name: str) -> DeviceState:
         """Read the device over UAPI."""
@@ -280,6 +308,11 @@ class UserspaceBackend:
             proc = self._require(name).proc
             return proc.pid if proc is not None else None
 
+    def tune_report(self, name: str) -> TuneReport | None:
+        """What the last tuning of ``name``'s process achieved (None: not tuned)."""
+        with self._lock:
+            return self._require(name).tune_report
+
     # ------------------------------------------------------------------ internals
 
     def _require(self, name: str) -> _Device:
@@ -302,6 +335,12 @@ class UserspaceBackend:
         env["LOG_LEVEL"] = self.log_level
         ns_fd: int | None = None
         preexec: Callable[[], None] | None = None
+        nice = self.tuning.nice if self.tuning is not None else None
+        if nice is not None:
+            # Threads inherit the nice value of the thread that creates them: set
+            # it before exec, so that all of wireguard-go's threads start with it.
+            # Failure (no CAP_SYS_NICE) is reported by the tuning after start.
+            preexec = _nice_function(nice)
         if dev.netns is not None:
             if self._setns is None:
                 self._setns = _setns_function()
@@ -316,9 +355,12 @@ class UserspaceBackend:
                     driver="wireguard",
                 ) from exc
             fd = ns_fd
+            then = preexec
 
             def preexec() -> None:
                 setns(fd)
+                if then is not None:
+                    then()
 
         dev.output.clear()
         try:
@@ -470,7 +512,59 @@ class UserspaceBackend:
         self._kill(dev)
         self._start(dev)
         self._configure(dev, with_peers=True)
+        self._tune(dev)
         dev.restarts += 1
+
+    def _process_id(self, dev: _Device) -> int | None:
+        if dev.proc is not None:
+            return dev.proc.pid
+        if dev.adopted_pid is None or not Path(f"/proc/{dev.adopted_pid}").exists():
+            dev.adopted_pid = socket_server_pid(self.uapi.socket_path(dev.name))
+        return dev.adopted_pid
+
+    def _tune(self, dev: _Device) -> None:
+        """Apply the tuning to ``dev``'s process; problems are logged, never raised."""
+        dev.next_tune_check = time.monotonic() + self.retune_interval
+        if self.tuning is None:
+            return
+        pid = self._process_id(dev)
+        if pid is None:
+            log.warning("cannot tune the WireGuard process of %s: its pid is unknown", dev.name)
+            return
+        report = self.tuner.tune(pid, self.tuning)
+        old = dev.tune_report
+        if report.problems and (old is None or old.problems != report.problems):
+            log.warning(
+                "tuning the WireGuard process of %s (pid %d) was incomplete: %s",
+                dev.name,
+                pid,
+                "; ".join(report.problems),
+            )
+        log.debug(
+            "tuned %s (pid %d): UDP buffers %s, nice %s",
+            dev.name,
+            pid,
+            [(s.port, s.rcvbuf, s.sndbuf) for s in report.sockets],
+            sorted(report.nice),
+        )
+        dev.tune_report = report
+
+    def _check_tuning(self, dev: _Device, now: float) -> None:
+        """Re-tune when the process no longer holds the sockets it was tuned on."""
+        if self.tuning is None or now < dev.next_tune_check:
+            return
+        dev.next_tune_check = now + self.retune_interval
+        pid = self._process_id(dev)
+        report = dev.tune_report
+        if (
+            pid is not None
+            and report is not None
+            and report.pid == pid
+            and report.sockets
+            and report.inodes <= self.tuner.socket_inodes(pid)
+        ):
+            return
+        self._tune(dev)
 
     def _kill(self, dev: _Device) -> None:
         proc, dev.proc = dev.proc, None
@@ -516,6 +610,7 @@ class UserspaceBackend:
                     if self._stop.is_set():
                         break
                     if self._running(dev):
+                        self._check_tuning(dev, time.monotonic())
                         continue
                     if self._try_restart(dev):
                         restarted.append(dev.name)
@@ -560,6 +655,14 @@ class UserspaceBackend:
             callback(name)
         except Exception:
             log.exception("on_restart callback for %s failed", name)
+
+
+def _nice_function(value: int) -> Callable[[], None]:
+    def set_nice() -> None:
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, 0, value)
+
+    return set_nice
 
 
 def _ns_text(netns: str | None) -> str:
