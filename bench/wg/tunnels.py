@@ -150,11 +150,13 @@ def nebula_config(
     peer_overlay: str,
     peer_underlay: str,
     socket_buffer: int | None,
+    cipher: str = "aes",
 ) -> str:
     """A Nebula host config: no lighthouse, the peer in ``static_host_map``.
 
     Everything else keeps Nebula's defaults (AES-256-GCM, MTU 1300, one
-    routine, the kernel's socket buffer sizes) unless ``socket_buffer`` is set.
+    routine, the kernel's socket buffer sizes) unless ``socket_buffer`` is set
+    or ``cipher`` is ``chachapoly``.
     """
     listen = f"  host: 0.0.0.0\n  port: {port}\n"
     if socket_buffer:
@@ -171,6 +173,7 @@ def nebula_config(
         "punchy:\n  punch: false\n"
         f"tun:\n  dev: {ifname}\n"
         "logging:\n  level: warning\n"
+        f"cipher: {cipher}\n"
         "firewall:\n"
         "  outbound:\n    - port: any\n      proto: any\n      host: any\n"
         "  inbound:\n    - port: any\n      proto: any\n      host: any\n"
@@ -187,6 +190,7 @@ def nebula_pair(
     port: int,
     ifprefix: str,
     socket_buffer: int | None,
+    cipher: str,
     start: Callable[[list[str]], subprocess.Popen[bytes]],
 ) -> list[int]:
     """Certificates (``nebula-cert`` into ``tmp``), configs, and a nebula per namespace.
@@ -217,6 +221,7 @@ def nebula_pair(
                 peer_overlay=overlay[1 - i],
                 peer_underlay=underlay[1 - i],
                 socket_buffer=socket_buffer,
+                cipher=cipher,
             )
         )
         # `ip netns exec` execs nebula itself, so the pid is nebula's.

@@ -20,9 +20,9 @@ wireguard-go closes and reopens its UDP sockets when its listen port changes
 or the device goes down and up, so the supervisor re-checks the sockets after
 such changes and periodically (:meth:`ProcessTuner.socket_inodes`).
 
-The scheduling priority (nice value) is set for every thread of the process:
-Linux keeps a nice value per thread, and new threads inherit the value of the
-thread that creates them.
+A nice value, when configured, is set for every thread of the process: Linux
+keeps a nice value per thread, and new threads inherit the value of the thread
+that creates them.
 
 See ``docs/design-notes.rst`` ("The userspace tunnel against Nebula") for the
 measurements behind the defaults.
@@ -68,8 +68,12 @@ log = logging.getLogger(__name__)
 DEFAULT_SOCKET_BUFFER: Final = 7 << 20
 #: Largest buffer request accepted from the configuration.
 MAX_SOCKET_BUFFER: Final = 1 << 30
-#: Nice value of every wireguard-go thread.
-DEFAULT_NICE: Final = -5
+#: Nice value of every wireguard-go thread: None leaves the one it inherits.
+#: A nice value orders processes within one scheduling group only (a cgroup
+#: with the CPU controller, or a session's autogroup), so under systemd it does
+#: not rank the tunnel above the workloads, which run in other cgroups; in
+#: ``bench/wg`` its gain was within the noise (design notes).
+DEFAULT_NICE: Final[int | None] = None
 
 #: pidfd_getfd(2): the same number on every architecture Linux gives new
 #: system calls a common number on (all but alpha).
@@ -117,7 +121,10 @@ TUNING_OPTIONS: Final = frozenset({"userspace_socket_buffer", "userspace_nice"})
 
 
 def tuning_from_options(raw: Mapping[str, Any]) -> Tuning:
-    """The :class:`Tuning` configured in ``[drivers.wireguard]`` (defaults if absent)."""
+    """The :class:`Tuning` configured in ``[drivers.wireguard]`` (defaults if absent).
+
+    ``userspace_nice`` absent leaves the nice value alone (TOML has no null).
+    """
     try:
         return Tuning(
             socket_buffer=raw.get("userspace_socket_buffer", DEFAULT_TUNING.socket_buffer),
