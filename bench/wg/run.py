@@ -360,6 +360,9 @@ def bench_iperf(
     ]
     if variants:
         configs.append((" + nice -5", {"userspace_nice": -5}))
+        # env(1) execs wireguard-go, so the supervised pid stays wireguard-go's
+        gomax = ["env", "GOMAXPROCS=1", "wireguard-go"]
+        configs.append((" + GOMAXPROCS=1", {"userspace_command": gomax}))
     found: list[Tunnel] = []
     drivers: list[WireGuardDriver] = []
     for i, (label, options) in enumerate(configs):
@@ -457,7 +460,8 @@ def main() -> int:
     parser.add_argument(
         "--variants",
         action="store_true",
-        help="also run overlayd with userspace_nice = -5, and Nebula with WireGuard's cipher",
+        help="also run overlayd with userspace_nice = -5 and with GOMAXPROCS=1, and Nebula "
+        "with WireGuard's cipher",
     )
     args = parser.parse_args()
     if os.geteuid() != 0:

@@ -2,7 +2,7 @@
 
 Debian 12's wireguard-go (0.0.20220316) leaves its UDP sockets at the kernel's
 default buffer size (``net.core.rmem_default``, 208 KiB), and that is too small:
-in ``bench/wg`` 13-16 % of the tunnel's datagrams were dropped at the receiving
+in ``bench/wg`` 12-17 % of the tunnel's datagrams were dropped at the receiving
 socket while the receiving process waited for a CPU, and TCP over the tunnel
 slowed down for each loss. wireguard-go itself asks for 7 MiB buffers only
 from release 0.0.20250515 on (``conn/controlfns.go``, ``socketBufferSize``).
