@@ -531,7 +531,10 @@ class UserspaceBackend:
         if pid is None:
             log.warning("cannot tune the WireGuard process of %s: its pid is unknown", dev.name)
             return
-        report = self.tuner.tune(pid, self.tuning)
+        try:
+            report = self.tuner.tune(pid, self.tuning)
+        except OSError as exc:  # the tuner reports what it can; this is a bug guard
+            report = TuneReport(pid=pid, problems=(f"tuning failed: {exc}",))
         old = dev.tune_report
         if report.problems and (old is None or old.problems != report.problems):
             log.warning(

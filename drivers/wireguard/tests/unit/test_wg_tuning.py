@@ -287,6 +287,27 @@ def test_problems_are_logged_once_and_the_device_still_works(
         b.delete_all()
 
 
+class FailingTuner(RecordingTuner):
+    def tune(self, pid: int, tuning: Tuning) -> TuneReport:
+        raise OSError(5, "Input/output error")
+
+
+def test_a_failing_tuner_does_not_fail_the_device(
+    sock_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    b = make_backend(sock_dir, FailingTuner(), supervise=False)
+    try:
+        with caplog.at_level(logging.WARNING, logger="overlayd_wireguard.userspace"):
+            state = b.ensure_device("wgt8", private_key=PrivateKey.generate(), listen_port=8)
+        assert state.listen_port == 8
+        report = b.tune_report("wgt8")
+        assert report is not None
+        assert report.problems == ("tuning failed: [Errno 5] Input/output error",)
+        assert any("Input/output error" in r.getMessage() for r in caplog.records)
+    finally:
+        b.delete_all()
+
+
 def test_no_tuning_means_no_tuner_calls(sock_dir: Path, tuner: RecordingTuner) -> None:
     b = make_backend(sock_dir, tuner, tuning=Tuning(socket_buffer=0, nice=None))
     try:
