@@ -64,6 +64,8 @@ from overlayd.protocol import LeasesResponse
 from overlayd.protocol import ListAttachmentsRequest
 from overlayd.protocol import ListLeasesRequest
 from overlayd.protocol import MapPortRequest
+from overlayd.protocol import NatCandidateInfo
+from overlayd.protocol import NatPeerCandidatesRequest
 from overlayd.protocol import NatTickRequest
 from overlayd.protocol import OkResponse
 from overlayd.protocol import OverlayModeName
@@ -581,6 +583,15 @@ class AsyncClient:
     async def nat_tick(self) -> None:
         await self._expect(NatTickRequest(), OkResponse)
 
+    async def nat_peer_candidates(
+        self, public_key: str, candidates: Iterable[NatCandidateInfo]
+    ) -> None:
+        """Pass a peer's NAT candidates (from its ``status.nat.candidates``)."""
+        await self._expect(
+            NatPeerCandidatesRequest(public_key=public_key, candidates=list(candidates)),
+            OkResponse,
+        )
+
     async def shutdown(self) -> None:
         """Ask the daemon to exit gracefully (it answers ``ok`` first)."""
         await self._expect(ShutdownRequest(), OkResponse)
@@ -854,6 +865,9 @@ class Client:
 
     def nat_tick(self) -> None:
         self._run(self._async.nat_tick())
+
+    def nat_peer_candidates(self, public_key: str, candidates: Iterable[NatCandidateInfo]) -> None:
+        self._run(self._async.nat_peer_candidates(public_key, list(candidates)))
 
     def shutdown(self) -> None:
         self._run(self._async.shutdown())

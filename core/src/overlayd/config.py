@@ -2,7 +2,7 @@
 
 The file has top-level keys ``socket``, ``data_dir``, ``drivers``,
 ``socket_group``, ``allowed_uids``, ``allowed_gids``, ``log_format`` and the
-tables ``[dns]``, ``[ipam]``, ``[engine]`` and ``[drivers.<name>]``.
+tables ``[dns]``, ``[ipam]``, ``[engine]``, ``[nat]`` and ``[drivers.<name>]``.
 
 NOTE: TOML cannot hold both ``drivers = ["a", "b"]`` and a table
 ``[drivers.a]`` (the key would be defined twice). So ``drivers`` is either the
@@ -33,6 +33,7 @@ from pydantic import ValidationError
 from pydantic import field_validator
 
 from overlayd.errors import ConfigError
+from overlayd.nat.config import NatSettings
 
 __all__ = [
     "DEFAULT_SOCKET",
@@ -41,6 +42,7 @@ __all__ = [
     "EngineConfig",
     "EngineSettings",
     "IpamSettings",
+    "NatSettings",
     "load_config",
 ]
 
@@ -119,6 +121,7 @@ class EngineConfig(_Settings):
     dns: DnsSettings = Field(default_factory=DnsSettings)
     ipam: IpamSettings = Field(default_factory=IpamSettings)
     engine: EngineSettings = Field(default_factory=EngineSettings)
+    nat: NatSettings = Field(default_factory=NatSettings)
 
     def driver_options(self, name: str) -> Mapping[str, Any]:
         """The ``[drivers.<name>]`` table (empty when absent)."""
@@ -160,6 +163,7 @@ _TOP_KEYS = {
     "dns",
     "ipam",
     "engine",
+    "nat",
 }
 
 

@@ -92,6 +92,10 @@ from overlayd.model import handle_key
 from overlayd.names import dedicated_device_name
 from overlayd.names import global_device_name
 from overlayd.names import service_bridge_name
+from overlayd.nat import host as nat_host
+from overlayd.nat.agent import NatAgent
+from overlayd.nat.candidates import CandidateExchange
+from overlayd.nat.candidates import IpcExchange
 from overlayd.plugins import DriverContext
 from overlayd.plugins import Hooks
 from overlayd.plugins import load_drivers
@@ -171,6 +175,8 @@ class Status(_Result):
     service_count: int = 0
     peers: tuple[PeerStatus, ...] = ()
     dedicated_services: tuple[DedicatedStatus, ...] = ()
+    #: NAT traversal (:class:`overlayd.nat.host.NatStatus`) when it runs.
+    nat: Any = None
 
 
 class GcReport(_Result):
@@ -323,6 +329,10 @@ class Engine:
         self._endpoints: dict[tuple[str, str], str | None] = {}
         #: Peers of the global device as ``status`` last read them (see _status_peers).
         self._status_cache: _PeerStatusCache | None = None
+        #: NAT traversal of the global device (overlayd.nat), when it runs.
+        self.nat: NatAgent | None = None
+        #: How NAT candidates travel between nodes (IPC unless a cluster store plugs in).
+        self.nat_exchange: CandidateExchange = IpcExchange()
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -359,6 +369,7 @@ class Engine:
         await self._run(self._load)
         self._started = True
         await self.reconcile(startup=True)
+        await nat_host.start_nat(self)
         interval = self.config.engine.health_interval_secs
         if interval > 0:
             self._tasks.append(asyncio.create_task(self._periodic(interval, self.check_health)))
@@ -377,6 +388,7 @@ class Engine:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        await nat_host.stop_nat(self)
         try:
             await self._run(self.hooks.shutdown)
         except OverlaydError as exc:
@@ -401,6 +413,9 @@ class Engine:
         """Run blocking work (hooks) off the event loop."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, lambda: fn(*args))
+
+    #: Run blocking work (hooks) on the engine's workers (for overlayd.nat).
+    run_blocking = _run
 
     def _require_started(self) -> None:
         if not self._started:
@@ -687,7 +702,7 @@ class Engine:
                         "tear it down before setting it up differently"
                     )
                 return existing.device.name
-            return await self._run(
+            name = await self._run(
                 self._setup_global,
                 deployment,
                 instance_id,
@@ -696,6 +711,8 @@ class Engine:
                 wg_port,
                 nat_enabled,
             )
+            await nat_host.start_nat(self)
+            return name
 
     def _identity_key(self, name: str) -> str:
         key = self._secrets.get(name)
@@ -705,6 +722,10 @@ class Engine:
         # SecretStore returns a redacting str subclass; hand drivers the plain value.
         reveal = getattr(key, "reveal", None)
         return str(reveal()) if callable(reveal) else str(key)
+
+    def identity_private_key(self) -> str:
+        """The global device's private key (base64), for NAT connectivity checks."""
+        return self._identity_key(GLOBAL_KEY)
 
     def _setup_global(
         self,
@@ -778,6 +799,7 @@ class Engine:
         """Tear down every service overlay, attachment and the global device."""
         self._require_started()
         async with self._locks.hold(("global", True)):
+            await nat_host.stop_nat(self)
             errors: list[BaseException] = []
             for service in sorted(self.services):
                 try:
@@ -1596,6 +1618,7 @@ class Engine:
             service_count=len(services),
             peers=tuple(peers),
             dedicated_services=dedicated,
+            nat=nat_host.nat_status(self),
         )
 
     async def _status_peers(self, device: Device) -> list[PeerStatus]:
@@ -1671,12 +1694,25 @@ class Engine:
             self.emit(event)
         return events
 
+    async def nat_peer_candidates(self, public_key: str, candidates: Sequence[Any]) -> None:
+        """Pass a peer's NAT candidates (from its ``status``) to this node."""
+        self._require_started()
+        await nat_host.set_peer_candidates(self, public_key, candidates)
+
     async def nat_tick(self) -> list[Event]:
-        """Refresh NAT traversal: gather candidates, notice peers whose endpoint moved."""
+        """Refresh NAT traversal: gather candidates, notice peers whose endpoint moved.
+
+        With the NAT agent running (:mod:`overlayd.nat`) this is a full refresh:
+        candidates gathered and published, every peer's path re-checked; the
+        agent emits its own events.
+        """
         self._require_started()
         events: list[Event] = []
         g = self.global_
         if g is None:
+            return events
+        if self.nat is not None:
+            await self.nat.tick()
             return events
         for device in self._wg_devices():
             if g.nat_enabled:

@@ -26,6 +26,7 @@ Hook names are ``overlayd_<area>_<verb>``.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -502,6 +503,13 @@ def overlayd_nat_candidates(device: Device) -> list[NatCandidate] | None:
     Called on ``nat_tick`` when NAT traversal is enabled. Return ``None`` when
     ``device.driver`` is not this driver or traversal is not supported.
 
+    Host candidates are the node's own addresses (IPv4 and IPv6, not
+    link-local, not on overlay devices, not inside ``device.subnet``) with
+    ``device.listen_port``. Reflexive and relayed candidates are gathered by
+    the engine (:mod:`overlayd.nat`) from the sockets
+    :func:`overlayd_nat_socket` opens; a driver may add candidates it knows
+    better (a port forwarded by the host's router, say).
+
     :param device: A WireGuard device.
     :returns: Candidate endpoints, best first.
 
@@ -510,6 +518,66 @@ def overlayd_nat_candidates(device: Device) -> list[NatCandidate] | None:
     Raising: :class:`~overlayd.errors.NatError`.
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.2
+       Host candidates are expected from the driver that owns the device.
+    """
+
+
+@hookspec(firstresult=True)
+def overlayd_nat_socket(device: Device, family: int, type: int, proto: int) -> socket.socket | None:
+    """Open a socket in the network namespace where ``device``'s UDP port lives.
+
+    NAT traversal sends STUN from the WireGuard port through raw sockets
+    (``SOCK_RAW``/``IPPROTO_UDP``), relays through loopback endpoints that
+    WireGuard sends to, and talks to TURN servers; all of these must live
+    where the device's UDP socket lives. A driver that keeps devices in the
+    daemon's own namespace returns ``socket.socket(family, type, proto)``.
+
+    Return ``None`` when ``device.driver`` is not this driver.
+
+    :param device: A WireGuard device.
+    :param family: ``AF_INET`` or ``AF_INET6``.
+    :param type: ``SOCK_RAW`` or ``SOCK_DGRAM``.
+    :param proto: ``IPPROTO_UDP`` for raw sockets, else 0.
+    :returns: A new socket owned by the caller.
+
+    Idempotent: each call opens a new socket.
+    Blocking: briefly (entering a namespace).
+    Raising: :class:`OSError` as ``socket.socket`` does (``EPERM`` without
+    ``CAP_NET_RAW``); :class:`~overlayd.errors.NatError` when the namespace
+    is gone.
+
+    .. versionadded:: 0.2
+    """
+
+
+@hookspec(firstresult=True)
+def overlayd_nat_set_endpoint(
+    device: Device, public_key: str, endpoint: str, keepalive: int
+) -> bool | None:
+    """Point a peer at ``endpoint`` and start a fresh WireGuard handshake there now.
+
+    NAT traversal calls this when it moves a peer to another path: the
+    peer's session is reset (its other settings kept) and a handshake
+    initiation goes out at once, so the engine can confirm the path by the
+    new handshake (``last_handshake_unix_secs`` turns non-zero). The peer's
+    persistent keepalive becomes ``keepalive`` seconds, short enough to keep
+    NAT mappings open. The endpoint the orchestrator recorded is unchanged.
+
+    Return ``None`` when ``device.driver`` is not this driver.
+
+    :param device: The WireGuard device.
+    :param public_key: The peer (base64); it must exist on the device.
+    :param endpoint: Numeric ``IP:port`` or ``[IPv6]:port``.
+    :param keepalive: Persistent keepalive in seconds (at least 1).
+    :returns: ``True`` once applied.
+
+    Idempotent: no; every call resets the session and handshakes again.
+    Blocking: yes (one or two device transactions).
+    Raising: :class:`~overlayd.errors.PeerError` when the peer is unknown
+    or the device rejects the change.
+
+    .. versionadded:: 0.2
     """
 
 

@@ -479,10 +479,20 @@ class PortMapping(_Model):
 
 
 class NatCandidate(_Model):
-    """A NAT-traversal candidate endpoint of this node (host, reflexive or relay)."""
+    """A NAT-traversal candidate endpoint of a node (host, reflexive or relay).
+
+    ``endpoint`` is a numeric ``IP:port`` (``[IPv6]:port``). ``priority``
+    orders candidates, higher first (RFC 8445 §5.1.2 formula, see
+    :func:`overlayd.nat.candidates.priority`); 0 means "not ranked yet".
+    ``guessed`` marks a reflexive candidate seen through a NAT whose mapping
+    depends on the destination (a symmetric NAT): the mapping the STUN server
+    saw does not predict the one towards a peer.
+    """
 
     kind: Literal["host", "reflexive", "relay"]
     endpoint: str
+    priority: int = Field(default=0, ge=0, lt=2**32)
+    guessed: bool = False
 
 
 # ---------------------------------------------------------------------------

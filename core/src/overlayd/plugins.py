@@ -14,6 +14,7 @@ import contextlib
 import importlib.metadata
 import logging
 import os
+import socket
 from collections.abc import Callable
 from collections.abc import Iterator
 from collections.abc import Mapping
@@ -333,6 +334,32 @@ class Hooks:
         with driver_errors("nat_candidates"):
             result = self._hook.overlayd_nat_candidates(device=device)
         return list(result or [])
+
+    def nat_socket(self, device: Device, family: int, type: int, proto: int) -> socket.socket:
+        """A socket in the device's namespace; plain ``socket.socket`` when no driver answers.
+
+        ``OSError`` (no ``CAP_NET_RAW``, say) passes through unwrapped.
+        """
+        try:
+            result = self._hook.overlayd_nat_socket(
+                device=device, family=family, type=type, proto=proto
+            )
+        except (OSError, OverlaydError):
+            raise
+        except Exception as exc:
+            raise DriverError(f"nat_socket failed in a driver: {exc}", op="nat_socket") from exc
+        if result is None:
+            return socket.socket(family, type, proto)
+        return cast(socket.socket, result)
+
+    def nat_set_endpoint(
+        self, device: Device, public_key: str, endpoint: str, keepalive: int
+    ) -> None:
+        with driver_errors("nat_set_endpoint"):
+            result = self._hook.overlayd_nat_set_endpoint(
+                device=device, public_key=public_key, endpoint=endpoint, keepalive=keepalive
+            )
+        self._first("nat_set_endpoint", device.driver, result)
 
     # attach
     def attach(self, request: AttachRequest) -> Attachment:

@@ -102,7 +102,11 @@ __all__ = [
     "ListAttachmentsRequest",
     "ListLeasesRequest",
     "MapPortRequest",
+    "NatCandidateInfo",
     "NatEndpointChangedEvent",
+    "NatPeerCandidatesRequest",
+    "NatPeerPathInfo",
+    "NatStatusInfo",
     "NatTickRequest",
     "NetnsHandle",
     "OkResponse",
@@ -455,6 +459,37 @@ class LeaseInfo(_Wire):
     created_unix_secs: I64
 
 
+class NatCandidateInfo(_Wire):
+    """A NAT-traversal candidate (overlayd extension): ``status.nat`` and ``nat_peer_candidates``.
+
+    ``endpoint`` is a numeric ``IP:port``; ``priority`` orders candidates
+    (higher first); ``guessed`` is true for a reflexive candidate behind a NAT
+    whose mapping depends on the destination (the peer's mapping may differ).
+    """
+
+    kind: Literal["host", "reflexive", "relay"]
+    endpoint: EndpointStr
+    priority: U32 | None = None
+    guessed: StrictBool | None = None
+
+
+class NatPeerPathInfo(_Wire):
+    """How a peer is reached: ``pending``, ``direct``, ``guessed`` or ``relayed``."""
+
+    public_key: WgKey
+    path: Literal["pending", "direct", "guessed", "relayed"]
+    endpoint: EndpointStr | None = None
+    candidates: list[NatCandidateInfo]
+
+
+class NatStatusInfo(_Wire):
+    """``status.nat`` (overlayd extension): this node's candidates and its peers' paths."""
+
+    candidates: list[NatCandidateInfo]
+    peers: list[NatPeerPathInfo]
+    warnings: list[StrictStr]
+
+
 # ---------------------------------------------------------------------------
 # Requests (PROTOCOL.md "Requests")
 # ---------------------------------------------------------------------------
@@ -663,6 +698,18 @@ class UnmapPortRequest(_PortMapping):
     op: Literal["unmap_port"] = "unmap_port"
 
 
+class NatPeerCandidatesRequest(Request):
+    """Pass a peer's NAT candidates (read from its ``status.nat``); answered ``ok``.
+
+    An empty list forgets them. The peer must already be a peer of the global
+    device (``add_peer``).
+    """
+
+    op: Literal["nat_peer_candidates"] = "nat_peer_candidates"
+    public_key: WgKey
+    candidates: list[NatCandidateInfo]
+
+
 AnyRequest: TypeAlias = (
     SetLocalNodeIdRequest
     | SetLocalWgPubkeyRequest
@@ -691,6 +738,7 @@ AnyRequest: TypeAlias = (
     | ReconcileRequest
     | MapPortRequest
     | UnmapPortRequest
+    | NatPeerCandidatesRequest
 )
 
 # ---------------------------------------------------------------------------
@@ -758,6 +806,8 @@ class StatusResponse(Response):
     service_count: U32
     peers: list[PeerStatus] = Field(default_factory=list)
     dedicated_services: list[DedicatedServiceStatus] = Field(default_factory=list)
+    #: overlayd extension, present while NAT traversal runs (ZLayer ignores it).
+    nat: NatStatusInfo | None = None
 
     _omit_empty: ClassVar[tuple[str, ...]] = ("peers", "dedicated_services")
 
@@ -941,6 +991,7 @@ _EXTENSION_REQUESTS: Final = _requests(
     ReconcileRequest,
     MapPortRequest,
     UnmapPortRequest,
+    NatPeerCandidatesRequest,
 )
 #: The 19 ops of ZLayer's contract, in PROTOCOL.md order.
 ZLAYER_OPS: Final[tuple[str, ...]] = tuple(_ZLAYER_REQUESTS)

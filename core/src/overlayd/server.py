@@ -40,6 +40,7 @@ from overlayd.errors import OverlaydError
 from overlayd.model import Event
 from overlayd.model import GuestManagedHandle
 from overlayd.model import LinuxPidHandle
+from overlayd.model import NatCandidate
 from overlayd.model import NetnsHandle
 from overlayd.model import OverlayMode
 from overlayd.model import PeerChange
@@ -686,7 +687,53 @@ async def _status(s: Server, r: p.StatusRequest) -> p.AnyResponse:
             )
             for d in st.dedicated_services
         ],
+        nat=_nat_status(st.nat),
     )
+
+
+def _nat_candidate_info(c: NatCandidate) -> p.NatCandidateInfo:
+    return p.NatCandidateInfo(
+        kind=c.kind,
+        endpoint=c.endpoint,
+        priority=c.priority or None,
+        guessed=True if c.guessed else None,
+    )
+
+
+def _nat_status(nat: Any) -> p.NatStatusInfo | None:
+    """``status.nat`` from :class:`overlayd.nat.host.NatStatus`."""
+    if nat is None:
+        return None
+    return p.NatStatusInfo(
+        candidates=[_nat_candidate_info(c) for c in nat.candidates],
+        peers=[
+            p.NatPeerPathInfo(
+                public_key=peer.public_key,
+                path=peer.path,
+                endpoint=peer.endpoint,
+                candidates=[_nat_candidate_info(c) for c in peer.candidates],
+            )
+            for peer in nat.peers
+        ],
+        warnings=list(nat.warnings),
+    )
+
+
+@_handles(p.NatPeerCandidatesRequest)
+async def _nat_peer_candidates(s: Server, r: p.NatPeerCandidatesRequest) -> p.AnyResponse:
+    await s.engine.nat_peer_candidates(
+        r.public_key,
+        [
+            NatCandidate(
+                kind=c.kind,
+                endpoint=c.endpoint,
+                priority=c.priority or 0,
+                guessed=bool(c.guessed),
+            )
+            for c in r.candidates
+        ],
+    )
+    return p.OkResponse()
 
 
 @_handles(p.NatTickRequest)

@@ -1,0 +1,588 @@
+"""Per-peer path selection: the NAT agent of one WireGuard device.
+
+Every ``refresh`` seconds (and on ``nat_tick``, and when a peer's candidates
+change) the agent
+
+1. gathers this node's candidates -- host addresses from the driver,
+   server-reflexive ones from the WireGuard port (:mod:`overlayd.nat.stun`),
+   a relayed one from the TURN allocation (:mod:`overlayd.nat.turn`) -- and
+   publishes them through the :class:`~overlayd.nat.candidates.CandidateExchange`;
+2. for each peer whose candidates it knows, checks the current path: a peer
+   that sent nothing for a whole refresh period (its keepalive is at most
+   that period) has lost its path, and a relayed peer is offered a direct
+   path again;
+3. selects a path where needed: connectivity checks to every direct candidate
+   at once (:mod:`overlayd.nat.checks`); the first that answers is confirmed
+   by a fresh WireGuard handshake on it; when none answers within
+   :data:`DIRECT_HEAD_START` and both nodes have a relay, the peer is relayed
+   at once while the checks go on for ``punch_timeout``, and moves to the
+   direct path as soon as one answers.
+
+When the endpoint a peer is reached at changes (including WireGuard roaming
+to a new mapping of the peer), ``nat_endpoint_changed`` is emitted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from collections.abc import Awaitable
+from collections.abc import Callable
+from collections.abc import Sequence
+from dataclasses import dataclass
+from dataclasses import field
+from typing import Any
+from typing import Final
+from typing import Literal
+from typing import Protocol
+
+from aioice import stun
+
+from overlayd.errors import OverlaydError
+from overlayd.model import Device
+from overlayd.model import Event
+from overlayd.model import NatCandidate
+from overlayd.model import PeerStatus
+from overlayd.nat.candidates import CandidateExchange
+from overlayd.nat.candidates import endpoint_of
+from overlayd.nat.candidates import parse_endpoint
+from overlayd.nat.candidates import rank
+from overlayd.nat.checks import CheckKeys
+from overlayd.nat.checks import answer
+from overlayd.nat.checks import check_request
+from overlayd.nat.checks import verify_answer
+from overlayd.nat.config import NatSettings
+from overlayd.nat.rawport import WgPort
+from overlayd.nat.stun import StunPort
+from overlayd.nat.stun import gather_reflexive
+from overlayd.nat.turn import TurnRelay
+
+__all__ = ["DIRECT_HEAD_START", "NatAgent", "NatHooks", "PathKind", "PeerPath"]
+
+log = logging.getLogger(__name__)
+
+#: How long direct checks run alone before a relayed path is set up beside them.
+DIRECT_HEAD_START: Final = 0.2
+#: Pace of connectivity checks towards each candidate (seconds).
+CHECK_INTERVAL: Final = 0.05
+#: Bound of one STUN gathering and one TURN control transaction (seconds).
+SERVER_TIMEOUT: Final = 2.0
+
+_SERVER_ERRORS: Final = (TimeoutError, OSError, ConnectionError, ValueError, stun.TransactionError)
+
+PathKind = Literal["pending", "direct", "guessed", "relayed"]
+Address = tuple[str, int]
+
+
+class NatHooks(Protocol):
+    """What the agent needs from the drivers (the engine's :class:`~overlayd.plugins.Hooks`)."""
+
+    def nat_candidates(self, device: Device) -> list[NatCandidate]: ...
+
+    def nat_socket(self, device: Device, family: int, type: int, proto: int) -> socket.socket: ...
+
+    def nat_set_endpoint(
+        self, device: Device, public_key: str, endpoint: str, keepalive: int
+    ) -> None: ...
+
+    def peer_status(self, device: Device) -> list[PeerStatus]: ...
+
+
+Runner = Callable[..., Awaitable[Any]]
+
+
+@dataclass
+class PeerPath:
+    """What the agent knows and decided about one peer."""
+
+    public_key: str
+    candidates: tuple[NatCandidate, ...] = ()
+    path: PathKind = "pending"
+    #: The peer's endpoint as the orchestrator sees it (the relayed address when relayed).
+    endpoint: str | None = None
+    #: What WireGuard is pointed at (the local relay endpoint when relayed).
+    wg_endpoint: str | None = None
+    #: Direct candidates that answered a check: endpoint -> monotonic time.
+    valid: dict[str, float] = field(default_factory=dict)
+    rx_bytes: int = -1
+    quiet_since: float | None = None
+    task: asyncio.Task[None] | None = None
+    #: Monotonic time of the last path change.
+    changed_at: float = 0.0
+    #: Check transactions in flight: transaction id -> candidate endpoint.
+    pending_checks: dict[bytes, str] = field(default_factory=dict)
+    success: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def direct_candidates(self) -> list[NatCandidate]:
+        return [c for c in self.candidates if c.kind != "relay"]
+
+    def relay_candidate(self) -> NatCandidate | None:
+        return next((c for c in self.candidates if c.kind == "relay"), None)
+
+
+class NatAgent:
+    """NAT traversal for one WireGuard device (the node's global device).
+
+    :param settings: The ``[nat]`` table.
+    :param device: The WireGuard device whose port is traversed.
+    :param hooks: Driver hooks (blocking; run through ``run``).
+    :param run: Runs a blocking callable off the event loop.
+    :param emit: Pushes an engine event.
+    :param exchange: Where candidates are published and read.
+    :param keys: This node's WireGuard key pair (for authenticated checks).
+    :param keepalive: Keepalive (seconds) given to each peer whose path the agent manages.
+    """
+
+    def __init__(
+        self,
+        settings: NatSettings,
+        device: Device,
+        hooks: NatHooks,
+        run: Runner,
+        emit: Callable[[Event], None],
+        exchange: CandidateExchange,
+        keys: CheckKeys,
+        keepalive: Callable[[str], int],
+    ) -> None:
+        self.settings = settings
+        self.device = device
+        self.hooks = hooks
+        self._run = run
+        self._emit = emit
+        self.exchange = exchange
+        self.keys = keys
+        self._keepalive = keepalive
+        self.port: StunPort | None = None
+        self.relay: TurnRelay | None = None
+        self.peers: dict[str, PeerPath] = {}
+        self.local: tuple[NatCandidate, ...] = ()
+        self.warnings: list[str] = []
+        self.mapping: dict[int, str] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._refresh_lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._closed = False
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the WireGuard port's raw sockets and start the refresh loop."""
+        self._loop = asyncio.get_running_loop()
+        self.exchange.on_change(self._candidates_changed)
+        port_no = self.device.listen_port
+        if port_no:
+            try:
+                wg_port = WgPort(port_no, self._opener)
+                await self._run(wg_port.open)
+            except (OSError, OverlaydError) as exc:
+                self._warn(
+                    f"cannot send or catch STUN on WireGuard port {port_no} ({exc}); "
+                    "only host and relayed candidates are offered and no connectivity "
+                    "checks run"
+                )
+            else:
+                self.port = StunPort(wg_port)
+                self.port.on_request = self._on_check
+                self.port.start(self._loop)
+        self._task = asyncio.create_task(self._loop_refresh(), name="overlayd-nat")
+
+    async def close(self) -> None:
+        self._closed = True
+        tasks = [t for t in (self._task, *(p.task for p in self.peers.values())) if t]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.port is not None:
+            self.port.close()
+            self.port = None
+        if self.relay is not None:
+            await self.relay.close()
+            self.relay = None
+
+    def _opener(self, family: int, type_: int, proto: int) -> socket.socket:
+        return self.hooks.nat_socket(self.device, family, type_, proto)
+
+    def _warn(self, message: str) -> None:
+        if message not in self.warnings:
+            log.warning("NAT traversal: %s", message)
+        self.warnings.append(message)
+
+    async def _loop_refresh(self) -> None:
+        while not self._closed:
+            try:
+                await self.refresh()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("NAT refresh failed; it runs again in %.0f s", self.settings.refresh)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.settings.refresh)
+
+    def _candidates_changed(self, public_key: str) -> None:
+        loop = self._loop
+        if loop is None or self._closed:
+            return
+        loop.call_soon_threadsafe(self._on_candidates, public_key)
+
+    def _on_candidates(self, public_key: str) -> None:
+        cands = self.exchange.peer_candidates(public_key)
+        if cands is None:
+            self.forget(public_key)
+            return
+        peer = self.peers.get(public_key)
+        if peer is None:
+            peer = self.peers[public_key] = PeerPath(public_key)
+        peer.candidates = tuple(cands)
+        peer.valid.clear()
+        self._start_selection(peer, reason="new candidates")
+
+    def forget(self, public_key: str) -> None:
+        peer = self.peers.pop(public_key, None)
+        if peer is None:
+            return
+        if peer.task is not None:
+            peer.task.cancel()
+        if self.relay is not None:
+            self.relay.remove_peer(public_key)
+
+    # -- refresh -------------------------------------------------------------
+
+    async def refresh(self) -> None:
+        """Gather and publish candidates, then re-check every peer's path."""
+        async with self._refresh_lock:
+            self.warnings = []
+            await self._gather()
+            try:
+                statuses = {
+                    s.public_key: s for s in await self._run(self.hooks.peer_status, self.device)
+                }
+            except OverlaydError as exc:
+                self._warn(f"cannot read the peers of {self.device.name}: {exc}")
+                return
+            for peer in list(self.peers.values()):
+                self._review(peer, statuses.get(peer.public_key))
+
+    async def _gather(self) -> None:
+        try:
+            host = await self._run(self.hooks.nat_candidates, self.device)
+        except OverlaydError as exc:
+            self._warn(f"host candidates of {self.device.name} are unknown: {exc}")
+            host = []
+        gathered: list[NatCandidate] = [c for c in host if c.kind == "host"]
+        if self.settings.stun_servers:
+            if self.port is None:
+                self._warn("STUN servers are configured but the WireGuard port cannot be probed")
+            else:
+                result = await gather_reflexive(
+                    self.port,
+                    self.settings.stun_servers,
+                    within=min(SERVER_TIMEOUT, self.settings.punch_timeout),
+                    local=[c.endpoint for c in gathered],
+                )
+                for warning in result.warnings:
+                    self._warn(warning)
+                if self.port.garbage:
+                    self._warn(
+                        f"{self.port.garbage} datagram(s) with the STUN cookie on port "
+                        f"{self.port.port.port} were not valid STUN; ignored"
+                    )
+                    self.port.garbage = 0
+                self.mapping = result.mapping
+                gathered.extend(result.candidates)
+        relayed = await self._ensure_relay()
+        if relayed is not None:
+            gathered.append(NatCandidate(kind="relay", endpoint=relayed))
+        self.local = tuple(rank(gathered))
+        self.exchange.publish(self.keys.public_key, self.local)
+
+    async def _ensure_relay(self) -> str | None:
+        relay = self.relay
+        if relay is not None and relay.alive and relay.relayed is not None:
+            return endpoint_of(*relay.relayed)
+        if relay is not None:
+            self._warn(f"the TURN allocation on {relay.server.url} was lost; allocating again")
+            await relay.close(delete=False)
+            self.relay = None
+            for peer in self.peers.values():
+                if peer.path == "relayed":
+                    self._start_selection(peer, reason="relay lost")
+        port_no = self.device.listen_port
+        if not port_no:
+            return None
+        for server in self.settings.turn_servers:
+            candidate = TurnRelay(server, self._opener, port_no)
+            try:
+                relayed = await candidate.start(SERVER_TIMEOUT)
+            except (*_SERVER_ERRORS, OverlaydError) as exc:
+                reason = str(exc) or type(exc).__name__
+                self._warn(f"TURN server {server.url} gave no allocation: {reason}")
+                continue
+            self.relay = candidate
+            log.info("TURN allocation on %s: relayed address %s", server.url, relayed)
+            return endpoint_of(*relayed)
+        return None
+
+    def _review(self, peer: PeerPath, status: PeerStatus | None) -> None:
+        """Once per refresh: is the peer's path alive, did WireGuard roam, can a relay go?"""
+        if status is None or (peer.task is not None and not peer.task.done()):
+            return
+        now = time.monotonic()
+        alive = peer.rx_bytes >= 0 and status.rx_bytes > peer.rx_bytes
+        peer.rx_bytes = status.rx_bytes
+        if status.endpoint and peer.wg_endpoint and status.endpoint != peer.wg_endpoint:
+            self._roamed(peer, status.endpoint)
+        if alive:
+            peer.quiet_since = None
+        elif peer.quiet_since is None:
+            peer.quiet_since = now
+        period = self.settings.refresh * 0.9
+        quiet = peer.quiet_since is not None and now - peer.quiet_since >= period
+        if peer.path == "pending" or quiet:
+            reason = "no path" if peer.path == "pending" else "path quiet"
+            self._start_selection(peer, reason=reason)
+        elif peer.path == "relayed" and peer.direct_candidates():
+            self._start_selection(peer, reason="relayed: trying direct again", upgrade=True)
+
+    def _roamed(self, peer: PeerPath, endpoint: str) -> None:
+        relay = self.relay.peer(peer.public_key) if self.relay else None
+        if relay is not None and endpoint == relay.local_endpoint:
+            self._set_path(peer, "relayed", endpoint_of(*relay.remote), endpoint)
+            return
+        kind: PathKind = "direct"
+        known = next((c for c in peer.candidates if c.endpoint == endpoint), None)
+        if known is not None and known.guessed:
+            kind = "guessed"
+        if relay is not None:
+            relay.inbound = False
+        self._set_path(peer, kind, endpoint, endpoint)
+
+    def _set_path(self, peer: PeerPath, kind: PathKind, endpoint: str, wg_endpoint: str) -> None:
+        changed = peer.endpoint != endpoint
+        peer.path = kind
+        peer.wg_endpoint = wg_endpoint
+        peer.changed_at = time.monotonic()
+        if changed:
+            peer.endpoint = endpoint
+            log.info("peer %s: %s path via %s", peer.public_key, kind, endpoint)
+            self._emit(
+                Event(event="nat_endpoint_changed", pubkey=peer.public_key, endpoint=endpoint)
+            )
+
+    # -- selection -----------------------------------------------------------
+
+    def _start_selection(self, peer: PeerPath, *, reason: str, upgrade: bool = False) -> None:
+        if self._closed or (peer.task is not None and not peer.task.done()):
+            return
+        log.debug("peer %s: selecting a path (%s)", peer.public_key, reason)
+        peer.task = asyncio.create_task(self._select(peer, upgrade=upgrade))
+
+    async def _select(self, peer: PeerPath, *, upgrade: bool) -> None:
+        try:
+            await self._select_inner(peer, upgrade=upgrade)
+        except asyncio.CancelledError:
+            raise
+        except OverlaydError as exc:
+            self._warn(f"path selection for peer {peer.public_key} failed: {exc}")
+        except Exception:
+            log.exception("path selection for peer %s crashed", peer.public_key)
+
+    async def _select_inner(self, peer: PeerPath, *, upgrade: bool) -> None:
+        direct = peer.direct_candidates()
+        peer.success.clear()
+        peer.valid.clear()
+        relay_task = asyncio.create_task(self._prepare_relay(peer))
+        checker = None
+        if direct and self.port is not None:
+            checker = asyncio.create_task(self._check_all(peer, direct))
+        try:
+            if checker is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(peer.success.wait(), DIRECT_HEAD_START)
+            if peer.success.is_set() and await self._go_direct(peer):
+                return
+            relay_ok = await relay_task
+            if relay_ok and peer.path != "relayed" and not upgrade:
+                await self._go_relayed(peer)
+            if checker is not None:
+                deadline = time.monotonic() + self.settings.punch_timeout - DIRECT_HEAD_START
+                while time.monotonic() < deadline:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(peer.success.wait(), deadline - time.monotonic())
+                    if not peer.success.is_set():
+                        continue
+                    if await self._go_direct(peer):
+                        return
+                    peer.success.clear()
+            if peer.path == "pending" and direct:
+                # Nothing answered: leave WireGuard on the best candidate, so a
+                # path that opens later (or a peer that punches) can still work.
+                best = direct[0]
+                await self._point(peer, best.endpoint)
+                peer.wg_endpoint = best.endpoint
+        finally:
+            for task in (checker, relay_task):
+                if task is not None and not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+
+    async def _prepare_relay(self, peer: PeerPath) -> bool:
+        """Bind a channel to the peer's relay (so its relayed packets reach us)."""
+        remote = peer.relay_candidate()
+        if remote is None or self.relay is None:
+            return False
+        try:
+            ip, port = parse_endpoint(remote.endpoint)
+            bound = await self.relay.add_peer(peer.public_key, (str(ip), port), SERVER_TIMEOUT)
+        except (*_SERVER_ERRORS, OverlaydError) as exc:
+            self._warn(f"cannot relay peer {peer.public_key} through {remote.endpoint}: {exc}")
+            return False
+        if peer.path in ("direct", "guessed"):
+            bound.inbound = False
+        return True
+
+    async def _check_all(self, peer: PeerPath, candidates: Sequence[NatCandidate]) -> None:
+        """Send checks to every candidate every CHECK_INTERVAL until cancelled."""
+        port = self.port
+        assert port is not None
+        addresses: list[tuple[str, Address]] = []
+        for cand in candidates:
+            try:
+                ip, port_no = parse_endpoint(cand.endpoint)
+            except ValueError:
+                continue
+            addresses.append((cand.endpoint, (str(ip), port_no)))
+        while True:
+            for endpoint, addr in addresses:
+                msg = check_request(self.keys, peer.public_key)
+                peer.pending_checks[msg.transaction_id] = endpoint
+                if len(peer.pending_checks) > 512:
+                    peer.pending_checks.pop(next(iter(peer.pending_checks)))
+                port.expect(msg.transaction_id, self._check_waiter(peer, msg.transaction_id))
+                port.send(msg, addr)
+            await asyncio.sleep(CHECK_INTERVAL)
+
+    def _check_waiter(
+        self, peer: PeerPath, tid: bytes
+    ) -> asyncio.Future[tuple[stun.Message, Address]]:
+        assert self._loop is not None
+        fut: asyncio.Future[tuple[stun.Message, Address]] = self._loop.create_future()
+
+        def done(f: asyncio.Future[tuple[stun.Message, Address]]) -> None:
+            if self.port is not None:
+                self.port.forget(tid)
+            endpoint = peer.pending_checks.pop(tid, None)
+            if f.cancelled() or endpoint is None:
+                return
+            reply, source = f.result()
+            if verify_answer(self.keys, peer.public_key, reply) is None:
+                return
+            if endpoint_of(*source) != endpoint:
+                return
+            peer.valid[endpoint] = time.monotonic()
+            peer.success.set()
+
+        fut.add_done_callback(done)
+        self._loop.call_later(max(self.settings.punch_timeout, 1.0), self._expire, tid, fut)
+        return fut
+
+    def _expire(self, tid: bytes, fut: asyncio.Future[Any]) -> None:
+        if not fut.done():
+            fut.cancel()
+
+    def _on_check(self, request: stun.Message, source: Address) -> None:
+        """A peer's check arrived on the WireGuard port: answer it, and check back."""
+        port = self.port
+        if port is None:
+            return
+        result = answer(self.keys, request, source, self.peers.keys())
+        if result is None:
+            return
+        sender, reply = result
+        port.send(reply, source)
+        peer = self.peers.get(sender)
+        if peer is None:
+            return
+        endpoint = endpoint_of(*source)
+        if endpoint not in peer.valid:
+            # A triggered check (RFC 8445 §7.3.1.4): the source may be a
+            # peer-reflexive address the peer could not know it had.
+            msg = check_request(self.keys, sender)
+            peer.pending_checks[msg.transaction_id] = endpoint
+            port.expect(msg.transaction_id, self._check_waiter(peer, msg.transaction_id))
+            port.send(msg, source)
+
+    async def _go_direct(self, peer: PeerPath) -> bool:
+        """Point WireGuard at the best answering candidate and confirm with a handshake."""
+        ranking = {c.endpoint: c for c in peer.candidates}
+        tried = bool(peer.valid)
+        for endpoint in sorted(
+            peer.valid, key=lambda e: ranking[e].priority if e in ranking else 0, reverse=True
+        ):
+            if await self._confirm(peer, endpoint):
+                cand = ranking.get(endpoint)
+                kind: PathKind = "guessed" if cand is not None and cand.guessed else "direct"
+                if self.relay is not None:
+                    self.relay.set_inbound(peer.public_key, False)
+                self._set_path(peer, kind, endpoint, endpoint)
+                return True
+            peer.valid.pop(endpoint, None)
+        if tried and peer.path == "relayed":
+            await self._go_relayed(peer)  # put the working relay back
+        return False
+
+    async def _go_relayed(self, peer: PeerPath) -> bool:
+        relay = self.relay.peer(peer.public_key) if self.relay else None
+        if relay is None:
+            return False
+        relay.inbound = True
+        local = relay.local_endpoint
+        if await self._confirm(peer, local):
+            self._set_path(peer, "relayed", endpoint_of(*relay.remote), local)
+            return True
+        return False
+
+    async def _point(self, peer: PeerPath, endpoint: str) -> None:
+        await self._run(
+            self.hooks.nat_set_endpoint,
+            self.device,
+            peer.public_key,
+            endpoint,
+            self._keepalive(peer.public_key),
+        )
+
+    async def _confirm(self, peer: PeerPath, endpoint: str) -> bool:
+        """Point WireGuard at ``endpoint`` with a fresh session; True once it handshakes."""
+        await self._point(peer, endpoint)
+        deadline = time.monotonic() + self.settings.punch_timeout
+        delay = 0.005
+        while time.monotonic() < deadline:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.1)
+            try:
+                statuses = await self._run(self.hooks.peer_status, self.device)
+            except OverlaydError:
+                continue
+            status = next((s for s in statuses if s.public_key == peer.public_key), None)
+            if status is not None and status.last_handshake_unix_secs > 0:
+                peer.rx_bytes = status.rx_bytes
+                peer.quiet_since = None
+                return True
+        log.info("peer %s: no handshake through %s", peer.public_key, endpoint)
+        return False
+
+    # -- reporting -------------------------------------------------------------
+
+    def snapshot(self) -> tuple[tuple[NatCandidate, ...], list[PeerPath], list[str]]:
+        return self.local, list(self.peers.values()), list(dict.fromkeys(self.warnings))
+
+    async def tick(self) -> None:
+        """``nat_tick``: refresh now."""
+        await self.refresh()

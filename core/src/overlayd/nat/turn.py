@@ -1,0 +1,353 @@
+"""A TURN allocation (RFC 8656) and the local UDP endpoints that relay WireGuard through it.
+
+When no direct path works, WireGuard is pointed at a local endpoint
+(``127.0.0.1:<port>``, one per relayed peer). What WireGuard sends there is
+wrapped in ChannelData and sent to the TURN server, which relays it from this
+node's relayed address to the peer's relayed address; what arrives on the
+channel is unwrapped and handed to WireGuard from the same local endpoint,
+so WireGuard sees one stable address per relayed peer.
+
+The control plane (Allocate with long-term credentials, Refresh,
+ChannelBind, which also installs the permission) is :mod:`aioice.turn`'s
+client, run on the event loop. The data plane is a thread of its own that
+moves datagrams between the sockets with ``recv_into``/``send`` on one
+preallocated buffer (the 4-byte ChannelData header is written in front of
+the payload in place), never touching the event loop: aioice's own
+``sendto`` starts a task per datagram, which a tunnel cannot afford.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import select
+import socket
+import struct
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+from typing import Final
+
+from aioice import stun
+from aioice import turn
+
+from overlayd.nat.candidates import endpoint_of
+from overlayd.nat.config import TurnServer
+from overlayd.nat.rawport import SocketOpener
+
+__all__ = ["RelayedPeer", "TurnRelay"]
+
+log = logging.getLogger(__name__)
+
+#: Allocation lifetime asked for (seconds); aioice refreshes at 5/6 of it.
+LIFETIME: Final = 600
+#: Channel bindings last 10 minutes (RFC 8656 §12); rebind well before.
+CHANNEL_REFRESH: Final = 240.0
+SOCKET_BUFFER: Final = 4 * 1024 * 1024
+_CHANNEL: Final = struct.Struct("!HH")
+
+Address = tuple[str, int]
+
+
+class _Shim:
+    """The transport aioice's client closes when its allocation is lost."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+
+class _Control(turn.TurnClientMixin):
+    """aioice's TURN client state machine, sending on our socket."""
+
+    def __init__(self, sock: socket.socket, server: Address, username: str, password: str) -> None:
+        super().__init__(
+            server,
+            username=username,
+            password=password,
+            lifetime=LIFETIME,
+            channel_refresh_time=int(CHANNEL_REFRESH),
+        )
+        self._sock = sock
+        self.transport: Any = _Shim()
+
+    def _send(self, data: bytes) -> None:
+        with contextlib.suppress(OSError):
+            self._sock.send(data)
+
+
+@dataclass
+class RelayedPeer:
+    """One peer relayed through the allocation."""
+
+    public_key: str
+    #: The peer's relayed address (where the channel points).
+    remote: Address
+    channel: int
+    #: The local endpoint WireGuard sends to.
+    sock: socket.socket
+    #: Deliver what arrives on the channel to WireGuard.
+    inbound: bool = True
+    bound_at: float = 0.0
+
+    @property
+    def local_endpoint(self) -> str:
+        host, port = self.sock.getsockname()[:2]
+        return endpoint_of(host, port)
+
+
+class TurnRelay:
+    """One allocation on ``server`` and the relayed peers that use it.
+
+    :param server: The TURN server and its long-term credentials.
+    :param opener: Opens sockets in the WireGuard port's namespace (the local
+        endpoints must be reachable by WireGuard on loopback there).
+    :param wg_port: The WireGuard listen port the local endpoints send to.
+    """
+
+    def __init__(self, server: TurnServer, opener: SocketOpener, wg_port: int) -> None:
+        self.server = server
+        self._opener = opener
+        self.wg_port = wg_port
+        self.relayed: Address | None = None
+        self.mapped: Address | None = None
+        self._sock: socket.socket | None = None
+        self._control: _Control | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._peers: dict[str, RelayedPeer] = {}
+        self._by_channel: dict[int, RelayedPeer] = {}
+        self._by_fd: dict[int, RelayedPeer] = {}
+        self._next_channel = 0x4000
+        self._thread: threading.Thread | None = None
+        self._epoll: Any = None
+        self._wake_r, self._wake_w = -1, -1
+        self._stop = False
+        #: Datagrams moved WireGuard -> TURN and TURN -> WireGuard.
+        self.sent = 0
+        self.received = 0
+
+    @property
+    def alive(self) -> bool:
+        return (
+            self._control is not None
+            and not self._control.transport.is_closing()
+            and self._thread is not None
+            and self._thread.is_alive()
+        )
+
+    async def start(self, within: float) -> Address:
+        """Allocate; returns the relayed address. Raises OSError/TimeoutError/ConnectionError."""
+        self._loop = asyncio.get_running_loop()
+        host, port = self.server.address()
+        infos = await self._loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+        if not infos:
+            raise OSError(f"TURN server {self.server.url}: {host!r} does not resolve")
+        family, _, _, _, sockaddr = infos[0]
+        address: Address = (str(sockaddr[0]), int(sockaddr[1]))
+        sock = self._opener(family, socket.SOCK_DGRAM, 0)
+        try:
+            sock.setblocking(False)
+            for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+            sock.connect(address)
+            self._sock = sock
+            self._control = _Control(sock, address, self.server.username, self.server.credential)
+            self._start_thread()
+            relayed = await asyncio.wait_for(self._control.connect(), within)
+        except BaseException:
+            await self.close(delete=False)
+            raise
+        self.relayed = (str(relayed[0]), int(relayed[1]))
+        mapped = self._control.mapped_address
+        self.mapped = (str(mapped[0]), int(mapped[1])) if mapped else None
+        return self.relayed
+
+    def _start_thread(self) -> None:
+        assert self._sock is not None
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        self._epoll = select.epoll()
+        self._epoll.register(self._sock.fileno(), select.EPOLLIN)
+        self._epoll.register(self._wake_r, select.EPOLLIN)
+        self._thread = threading.Thread(
+            target=self._forward, name=f"overlayd-turn-{self.server.url}", daemon=True
+        )
+        self._thread.start()
+
+    # -- peers ----------------------------------------------------------------
+
+    async def add_peer(self, public_key: str, remote: Address, within: float) -> RelayedPeer:
+        """Bind a channel to the peer's relayed address and open its local endpoint."""
+        control = self._control
+        if control is None or not self.alive:
+            raise ConnectionError(f"the TURN allocation on {self.server.url} is gone")
+        peer = self._peers.get(public_key)
+        if peer is not None and peer.remote == remote:
+            if time.monotonic() - peer.bound_at > CHANNEL_REFRESH:
+                await asyncio.wait_for(control.channel_bind(peer.channel, remote), within)
+                peer.bound_at = time.monotonic()
+            return peer
+        if peer is not None:
+            self.remove_peer(public_key)
+        if self._next_channel > turn.CHANNEL_NUMBER_MAX:
+            raise ConnectionError("no TURN channel number left on this allocation")
+        channel = self._next_channel
+        self._next_channel += 1
+        await asyncio.wait_for(control.channel_bind(channel, remote), within)
+        loopback = "::1" if ipaddress.ip_address(remote[0]).version == 6 else "127.0.0.1"
+        family = socket.AF_INET6 if loopback == "::1" else socket.AF_INET
+        local = self._opener(family, socket.SOCK_DGRAM, 0)
+        try:
+            local.setblocking(False)
+            for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+                with contextlib.suppress(OSError):
+                    local.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+            local.bind((loopback, 0))
+            local.connect((loopback, self.wg_port))
+        except BaseException:
+            local.close()
+            raise
+        peer = RelayedPeer(public_key, remote, channel, local, bound_at=time.monotonic())
+        self._peers[public_key] = peer
+        self._by_channel = {**self._by_channel, channel: peer}
+        self._by_fd = {**self._by_fd, local.fileno(): peer}
+        self._epoll.register(local.fileno(), select.EPOLLIN)
+        return peer
+
+    def peer(self, public_key: str) -> RelayedPeer | None:
+        return self._peers.get(public_key)
+
+    def set_inbound(self, public_key: str, inbound: bool) -> None:
+        peer = self._peers.get(public_key)
+        if peer is not None:
+            peer.inbound = inbound
+
+    def remove_peer(self, public_key: str) -> None:
+        peer = self._peers.pop(public_key, None)
+        if peer is None:
+            return
+        self._by_channel = {c: p for c, p in self._by_channel.items() if p is not peer}
+        fd = peer.sock.fileno()
+        self._by_fd = {f: p for f, p in self._by_fd.items() if p is not peer}
+        with contextlib.suppress(OSError, ValueError):
+            self._epoll.unregister(fd)
+        peer.sock.close()
+
+    def peers(self) -> list[RelayedPeer]:
+        return list(self._peers.values())
+
+    # -- data plane ------------------------------------------------------------
+
+    def _forward(self) -> None:
+        sock = self._sock
+        assert sock is not None
+        turn_fd = sock.fileno()
+        buf = bytearray(65536 + 4)
+        view = memoryview(buf)
+        payload = view[4:]
+        pack_into = _CHANNEL.pack_into
+        recv_into = sock.recv_into
+        send = sock.send
+        loop = self._loop
+        while not self._stop:
+            try:
+                events = self._epoll.poll(1.0)
+            except OSError:
+                return
+            for fd, _ in events:
+                if fd == turn_fd:
+                    while True:
+                        try:
+                            n = recv_into(buf)
+                        except (BlockingIOError, InterruptedError):
+                            break
+                        except OSError as exc:
+                            log.debug("TURN socket receive failed: %s", exc)
+                            break
+                        if n >= 4 and buf[0] & 0xC0 == 0x40:
+                            channel, length = _CHANNEL.unpack_from(buf)
+                            peer = self._by_channel.get(channel)
+                            if peer is None or not peer.inbound or length > n - 4:
+                                continue
+                            try:
+                                peer.sock.send(view[4 : 4 + length])
+                                self.received += 1
+                            except OSError:
+                                pass
+                        elif loop is not None and self._control is not None:
+                            with contextlib.suppress(RuntimeError):
+                                loop.call_soon_threadsafe(
+                                    self._control.datagram_received,
+                                    bytes(view[:n]),
+                                    self._control.server,
+                                )
+                elif fd == self._wake_r:
+                    with contextlib.suppress(OSError):
+                        os.read(self._wake_r, 512)
+                else:
+                    peer = self._by_fd.get(fd)
+                    if peer is None:
+                        continue
+                    local_recv = peer.sock.recv_into
+                    channel = peer.channel
+                    while True:
+                        try:
+                            n = local_recv(payload)
+                        except (BlockingIOError, InterruptedError):
+                            break
+                        except OSError:
+                            break
+                        pack_into(buf, 0, channel, n)
+                        try:
+                            send(view[: 4 + n])
+                            self.sent += 1
+                        except OSError:
+                            pass
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def close(self, *, delete: bool = True) -> None:
+        """Stop relaying; delete the allocation (bounded) unless ``delete`` is False."""
+        control = self._control
+        if delete and control is not None and not control.transport.is_closing():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(control.delete(), 2.0)
+        elif control is not None and control.refresh_task is not None:
+            control.refresh_task.cancel()
+        for key in list(self._peers):
+            self.remove_peer(key)
+        self._stop = True
+        if self._wake_w >= 0:
+            with contextlib.suppress(OSError):
+                os.write(self._wake_w, b"x")
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            await asyncio.get_running_loop().run_in_executor(None, thread.join, 3.0)
+        self._thread = None
+        if self._epoll is not None:
+            self._epoll.close()
+            self._epoll = None
+        for fd in (self._wake_r, self._wake_w):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._wake_r = self._wake_w = -1
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        self._control = None
+
+
+def is_stun(data: bytes) -> bool:
+    """Whether ``data`` looks like a STUN message (magic cookie in place)."""
+    return len(data) >= 20 and data[4:8] == struct.pack("!I", stun.COOKIE)
