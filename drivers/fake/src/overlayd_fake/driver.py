@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import tempfile
 import threading
 import time
@@ -521,6 +522,52 @@ class FakeDriver:
         self._enter("overlayd_nat_candidates", device=device)
         port = device.listen_port or 51820
         return [NatCandidate(kind="host", endpoint=f"127.0.0.1:{port}")]
+
+    @hookimpl
+    def overlayd_nat_socket(
+        self, device: Device, family: int, type: int, proto: int
+    ) -> socket.socket | None:
+        if device.driver != self.name:
+            return None
+        self._enter("overlayd_nat_socket", device=device)
+        raise NatError(
+            f"the fake driver's device {device.name} has no real UDP port; STUN and "
+            "connectivity checks need a real WireGuard driver",
+            op="nat_socket",
+            driver=self.name,
+        )
+
+    @hookimpl
+    def overlayd_nat_set_endpoint(
+        self, device: Device, public_key: str, endpoint: str, keepalive: int
+    ) -> bool | None:
+        if device.driver != self.name:
+            return None
+        self._enter(
+            "overlayd_nat_set_endpoint",
+            device=device,
+            public_key=public_key,
+            endpoint=endpoint,
+            keepalive=keepalive,
+        )
+        with self._lock:
+            peers = self._device_peers(device, "nat_set_endpoint")
+            old = peers.get(public_key)
+            if old is None:
+                raise PeerError(
+                    f"peer {public_key} is not on {device.name}",
+                    op="nat_set_endpoint",
+                    driver=self.name,
+                )
+            peers[public_key] = old.model_copy(
+                update={
+                    "endpoint": endpoint,
+                    "persistent_keepalive_secs": max(1, keepalive),
+                    "last_handshake_unix_secs": 0,
+                }
+            )
+            self._save()
+        return True
 
     # -- attach -------------------------------------------------------------
 

@@ -69,6 +69,7 @@ from overlayd_wireguard.hostnet import PyRoute2HostNet
 from overlayd_wireguard.keys import PrivateKey
 from overlayd_wireguard.keys import generate_keypair
 from overlayd_wireguard.keys import validate_key
+from overlayd_wireguard.nat import NatHooks
 from overlayd_wireguard.tuning import DEFAULT_TUNING
 from overlayd_wireguard.tuning import TUNING_OPTIONS
 from overlayd_wireguard.tuning import Tuning
@@ -402,7 +403,7 @@ def _handshake_unix(peer: PeerState, now: float) -> int:
     return sec
 
 
-class WireGuardDriver:
+class WireGuardDriver(NatHooks):
     """WireGuard devices (kernel or wireguard-go), peers and guest-managed attach.
 
     :param backend: inject a backend (tests); default: chosen at startup from
