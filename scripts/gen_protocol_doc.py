@@ -69,7 +69,12 @@ changes shape: ``hello`` (protocol version, server version, loaded drivers with
 their API versions and capabilities, supported ops), ``apply_peers`` (a batch
 of peer changes applied as one transaction), ``list_attachments``,
 ``list_leases``, ``gc`` (detach everything not in the caller's live set,
-race-safe) and ``reconcile``. Their frames are among the examples above.
+race-safe), ``reconcile``, ``map_port``/``unmap_port`` and
+``nat_peer_candidates`` (hand a peer's NAT-traversal candidates, read from its
+``status``, to this node; see :doc:`nat`). ``status`` carries a ``nat`` object
+(this node's candidates, each peer's path, warnings) while NAT traversal runs;
+ZLayer's frames never carry it and its decoder ignores it. Their frames are
+among the examples above.
 
 """
 

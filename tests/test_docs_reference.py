@@ -11,17 +11,21 @@ from overlayd.config import DaemonConfig
 from overlayd.config import DnsSettings
 from overlayd.config import EngineSettings
 from overlayd.config import IpamSettings
+from overlayd.config import NatSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = (ROOT / "docs" / "configuration.rst").read_text()
 
 TOP = [
-    k for k in DaemonConfig.model_fields if k not in {"driver_settings", "dns", "ipam", "engine"}
+    k
+    for k in DaemonConfig.model_fields
+    if k not in {"driver_settings", "dns", "ipam", "engine", "nat"}
 ]
 TABLES: list[tuple[str, type[BaseModel]]] = [
     ("dns", DnsSettings),
     ("ipam", IpamSettings),
     ("engine", EngineSettings),
+    ("nat", NatSettings),
 ]
 
 

@@ -329,6 +329,34 @@ REQUESTS: list[tuple[str, p.Frame, str]] = [
         ),
     ),
     (
+        "nat_peer_candidates",
+        req(
+            42,
+            p.NatPeerCandidatesRequest(
+                public_key=K1,
+                candidates=[
+                    p.NatCandidateInfo(
+                        kind="host", endpoint="192.168.1.7:51820", priority=2130706431
+                    ),
+                    p.NatCandidateInfo(
+                        kind="reflexive",
+                        endpoint="198.51.100.7:40312",
+                        priority=1526726399,
+                        guessed=True,
+                    ),
+                    p.NatCandidateInfo(kind="relay", endpoint="[2001:db8::3]:49160"),
+                ],
+            ),
+        ),
+        rq(
+            42,
+            f'{{"op":"nat_peer_candidates","public_key":"{K1}","candidates":['
+            '{"kind":"host","endpoint":"192.168.1.7:51820","priority":2130706431},'
+            '{"kind":"reflexive","endpoint":"198.51.100.7:40312","priority":1526726399,'
+            '"guessed":true},{"kind":"relay","endpoint":"[2001:db8::3]:49160"}]}',
+        ),
+    ),
+    (
         "unmap_port",
         req(
             41,
@@ -455,6 +483,73 @@ RESPONSES: list[tuple[str, p.Frame, str]] = [
             '"dedicated_services":[{"service":"db","interface":"zl-db-d",'
             f'"public_key":"{K1}","listen_port":51900,"overlay_ip":"10.200.0.33",'
             '"subnet":"10.200.0.32/28","peer_count":0}]}',
+        ),
+    ),
+    (
+        "status-nat",
+        resp(
+            9,
+            p.StatusResponse(
+                interface="zl-prod-42-g",
+                node_ip="10.200.0.1",
+                public_key=K1,
+                overlay_cidr="10.200.0.0/16",
+                slice_cidr="10.200.0.0/28",
+                peer_count=1,
+                service_count=0,
+                peers=[
+                    p.PeerStatus(
+                        public_key=K2,
+                        endpoint="127.0.0.1:40123",
+                        allowed_ips="10.200.0.16/28",
+                        last_handshake_unix_secs=1795392827,
+                    )
+                ],
+                nat=p.NatStatusInfo(
+                    candidates=[
+                        p.NatCandidateInfo(
+                            kind="host", endpoint="192.168.1.7:51820", priority=2130706431
+                        ),
+                        p.NatCandidateInfo(
+                            kind="relay", endpoint="192.0.2.3:49160", priority=16776959
+                        ),
+                    ],
+                    peers=[
+                        p.NatPeerPathInfo(
+                            public_key=K2,
+                            path="relayed",
+                            endpoint="192.0.2.3:49170",
+                            candidates=[
+                                p.NatCandidateInfo(
+                                    kind="reflexive",
+                                    endpoint="198.51.100.9:61002",
+                                    priority=1526726399,
+                                    guessed=True,
+                                ),
+                                p.NatCandidateInfo(
+                                    kind="relay", endpoint="192.0.2.3:49170", priority=16776959
+                                ),
+                            ],
+                        )
+                    ],
+                    warnings=["STUN server 192.0.2.3:3478 did not answer"],
+                ),
+            ),
+        ),
+        rs(
+            9,
+            '{"result":"status","interface":"zl-prod-42-g","node_ip":"10.200.0.1",'
+            f'"public_key":"{K1}","overlay_cidr":"10.200.0.0/16",'
+            '"slice_cidr":"10.200.0.0/28","peer_count":1,"service_count":0,'
+            f'"peers":[{{"public_key":"{K2}","endpoint":"127.0.0.1:40123",'
+            '"allowed_ips":"10.200.0.16/28","last_handshake_unix_secs":1795392827}],'
+            '"nat":{"candidates":[{"kind":"host","endpoint":"192.168.1.7:51820",'
+            '"priority":2130706431},{"kind":"relay","endpoint":"192.0.2.3:49160",'
+            f'"priority":16776959}}],"peers":[{{"public_key":"{K2}","path":"relayed",'
+            '"endpoint":"192.0.2.3:49170","candidates":[{"kind":"reflexive",'
+            '"endpoint":"198.51.100.9:61002","priority":1526726399,"guessed":true},'
+            '{"kind":"relay","endpoint":"192.0.2.3:49170","priority":16776959}]}],'
+            '"warnings":["STUN server 192.0.2.3:3478 did not answer"]}}',
         ),
     ),
     (
@@ -950,6 +1045,20 @@ REQUEST_STRATEGIES: dict[str, st.SearchStrategy[p.Request]] = {
         dry_run=opt() | st.booleans(),
     ),
     "reconcile": st.builds(p.ReconcileRequest),
+    "nat_peer_candidates": st.builds(
+        p.NatPeerCandidatesRequest,
+        public_key=keys,
+        candidates=st.lists(
+            st.builds(
+                p.NatCandidateInfo,
+                kind=st.sampled_from(["host", "reflexive", "relay"]),
+                endpoint=st.sampled_from(["10.0.0.1:51820", "[fd00::1]:3478"]),
+                priority=opt() | st.integers(0, 2**32 - 1),
+                guessed=opt() | st.booleans(),
+            ),
+            max_size=3,
+        ),
+    ),
     **{
         op: st.builds(
             cls,

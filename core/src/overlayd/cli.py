@@ -538,6 +538,11 @@ def _cmd_status(c: Client, args: argparse.Namespace) -> int:
                 for d in st.dedicated_services
             ],
         )
+    if st.nat is not None:
+        from overlayd.nat.report import render_nat
+
+        print()
+        print("\n".join(render_nat(st.nat)))
     return EXIT_OK
 
 
