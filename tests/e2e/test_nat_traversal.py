@@ -63,7 +63,9 @@ NAT_RULES = {
 }
 
 
-def run(*argv: str, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    *argv: str, check: bool = True, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         argv, check=check, capture_output=True, text=True, timeout=30, input=stdin
     )
@@ -258,7 +260,9 @@ class Lab:
         for index, (name, nat) in enumerate((("a", nat_a), ("b", nat_b)), start=1):
             node_ns = self._ns(f"n{name}")
             if nat is None:
-                self._wire(self.pub, f"sw{name}{self.sfx}", node_ns, "eth0", f"10.240.0.{20 + index}")
+                self._wire(
+                    self.pub, f"sw{name}{self.sfx}", node_ns, "eth0", f"10.240.0.{20 + index}"
+                )
                 run("ip", "-n", node_ns, "route", "add", "default", "dev", "eth0")
             else:
                 router = self._ns(f"r{name}")
@@ -407,8 +411,10 @@ def _bring_up(lab: Lab, nat_a: str | None, nat_b: str | None, **cfg: Any) -> tup
     # Candidates are gathered when the overlay comes up: wait for the relay.
     for node in (a, b):
         wait_until(
-            lambda n=node: (st := n.status()).nat is not None
-            and any(c.kind == "relay" for c in st.nat.candidates),
+            lambda n=node: (
+                (st := n.status()).nat is not None
+                and any(c.kind == "relay" for c in st.nat.candidates)
+            ),
             10,
             f"{node.name}'s candidates",
         )
@@ -463,7 +469,9 @@ def test_mapping_change_is_relearnt(lab: Lab) -> None:
     wait_until(lambda: _paths(a, b) == ("direct", "direct"), 10, "a direct path")
     router = lab.routers["a"]
     rules = router_rules("eim").replace(
-        NAT_RULES["eim"], "masquerade to :40000-40999 persistent"
+        f'oifname "wan" {NAT_RULES["eim"]}',
+        'oifname "wan" meta l4proto udp masquerade to :40000-40999 persistent\n'
+        f'    oifname "wan" {NAT_RULES["eim"]}',
     )
     run("ip", "netns", "exec", router, "nft", "flush", "ruleset")
     run("ip", "netns", "exec", router, "nft", "-f", "-", stdin=rules)
@@ -512,6 +520,9 @@ def test_unreachable_and_garbage_servers(lab: Lab) -> None:
         for node in (a, b):
             node.start(nat)
             node.setup()
+        wait_until(
+            lambda: (n := a.status().nat) is not None and len(n.warnings) >= 4, 15, "warnings"
+        )
         st = a.status()
         assert st.nat is not None
         warnings = " | ".join(st.nat.warnings)

@@ -160,6 +160,7 @@ class NatAgent:
         self.peers: dict[str, PeerPath] = {}
         self.local: tuple[NatCandidate, ...] = ()
         self.warnings: list[str] = []
+        self._gathering: list[str] = []
         self.mapping: dict[int, str] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
@@ -209,9 +210,11 @@ class NatAgent:
         return self.hooks.nat_socket(self.device, family, type_, proto)
 
     def _warn(self, message: str) -> None:
-        if message not in self.warnings:
+        if message not in self.warnings and message not in self._gathering:
             log.warning("NAT traversal: %s", message)
-        self.warnings.append(message)
+        self._gathering.append(message)
+        if not self._refresh_lock.locked():
+            self.warnings.append(message)
 
     async def _loop_refresh(self) -> None:
         while not self._closed:
@@ -257,8 +260,12 @@ class NatAgent:
     async def refresh(self) -> None:
         """Gather and publish candidates, then re-check every peer's path."""
         async with self._refresh_lock:
-            self.warnings = []
-            await self._gather()
+            self._gathering = []
+            try:
+                await self._gather()
+            finally:
+                # What status shows: the warnings of the last complete gathering.
+                self.warnings = self._gathering
             try:
                 statuses = {
                     s.public_key: s for s in await self._run(self.hooks.peer_status, self.device)
