@@ -161,6 +161,8 @@ class NatAgent:
         self.local: tuple[NatCandidate, ...] = ()
         self.warnings: list[str] = []
         self._gathering: list[str] = []
+        #: Warnings that hold until the agent stops (the port cannot be probed).
+        self._standing: list[str] = []
         self.mapping: dict[int, str] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
@@ -183,7 +185,8 @@ class NatAgent:
                 self._warn(
                     f"cannot send or catch STUN on WireGuard port {port_no} ({exc}); "
                     "only host and relayed candidates are offered and no connectivity "
-                    "checks run"
+                    "checks run",
+                    standing=True,
                 )
             else:
                 self.port = StunPort(wg_port)
@@ -209,7 +212,11 @@ class NatAgent:
     def _opener(self, family: int, type_: int, proto: int) -> socket.socket:
         return self.hooks.nat_socket(self.device, family, type_, proto)
 
-    def _warn(self, message: str) -> None:
+    def _warn(self, message: str, *, standing: bool = False) -> None:
+        if standing:
+            log.warning("NAT traversal: %s", message)
+            self._standing.append(message)
+            return
         if message not in self.warnings and message not in self._gathering:
             log.warning("NAT traversal: %s", message)
         self._gathering.append(message)
@@ -588,7 +595,8 @@ class NatAgent:
     # -- reporting -------------------------------------------------------------
 
     def snapshot(self) -> tuple[tuple[NatCandidate, ...], list[PeerPath], list[str]]:
-        return self.local, list(self.peers.values()), list(dict.fromkeys(self.warnings))
+        warnings = list(dict.fromkeys([*self._standing, *self.warnings]))
+        return self.local, list(self.peers.values()), warnings
 
     async def tick(self) -> None:
         """``nat_tick``: refresh now."""

@@ -128,6 +128,8 @@ async def set_peer_candidates(
             parse_endpoint(cand.endpoint)
         except ValueError as exc:
             raise InvalidRequest(str(exc)) from None
+    if not engine.config.nat.enabled:
+        raise InvalidRequest("NAT traversal is off on this node ([nat] enabled = false)")
     g = engine.global_
     if g is None:
         raise InvalidRequest("set up the global overlay before passing peer candidates")
