@@ -1703,19 +1703,21 @@ class Engine:
         """Refresh NAT traversal: gather candidates, notice peers whose endpoint moved.
 
         With the NAT agent running (:mod:`overlayd.nat`) this is a full refresh:
-        candidates gathered and published, every peer's path re-checked; the
-        agent emits its own events.
+        candidates gathered and published, every managed peer's path
+        re-checked (the agent emits their events); other peers are watched
+        for endpoint changes as before.
         """
         self._require_started()
         events: list[Event] = []
         g = self.global_
         if g is None:
             return events
+        managed: set[tuple[str, str]] = set()
         if self.nat is not None:
             await self.nat.tick()
-            return events
+            managed = {(self.nat.device.name, key) for key in self.nat.peers}
         for device in self._wg_devices():
-            if g.nat_enabled:
+            if g.nat_enabled and self.nat is None:
                 try:
                     await self._run(self.hooks.nat_candidates, device)
                 except OverlaydError as exc:
@@ -1727,6 +1729,8 @@ class Engine:
                 continue
             for peer in peers:
                 key = (device.name, peer.public_key)
+                if key in managed:
+                    continue  # the NAT agent reports its peers' paths itself
                 before = self._endpoints.get(key)
                 if key in self._endpoints and peer.endpoint and before != peer.endpoint:
                     events.append(
