@@ -1,0 +1,311 @@
+"""NAT traversal: overlayd against Nebula 1.6 in the same topology, in one run.
+
+Not a test: it prints figures side by side. Run as root on Debian with
+``coturn``, ``wireguard-go``, ``nebula`` and ``iperf3`` installed::
+
+    sudo .venv/bin/python bench/nat/run.py [--cases eim/eim,eim/sym,sym/sym] [--seconds 5]
+
+The topology is the lab of ``tests/e2e/test_nat_traversal.py`` (a "public"
+switch with coturn, two NAT routers, a node and a container behind each),
+built fresh for every case and removed afterwards. For each NAT case:
+
+* overlayd (``linux_bridge`` + ``wireguard``, wireguard-go, TURN on coturn):
+  time from the moment both nodes are told about each other (``add_peer`` and
+  ``nat_peer_candidates``; daemons already running, as they are in
+  production) to the first container-to-container ping, and the path chosen;
+* Nebula with a lighthouse on the switch (relays off), then with the
+  lighthouse as relay: time from starting both hosts' ``nebula`` (lighthouse
+  already running) to the first ping over the Nebula addresses;
+* throughput (iperf3, one TCP stream) over the path each found;
+* overlayd only: a relayed peer whose direct path becomes possible (router B
+  switches from symmetric to endpoint-independent mapping): seconds until it
+  is direct, with no traffic on the tunnel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _lab_module() -> Any:
+    spec = importlib.util.spec_from_file_location(
+        "nat_lab", ROOT / "tests" / "e2e" / "test_nat_traversal.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+lab_mod = _lab_module()
+run = lab_mod.run
+
+NEBULA_NET = "192.168.100.0/24"
+LIGHTHOUSE_IP = "192.168.100.1"
+
+
+def first_ping(ns: str, ip: str, limit: float) -> float | None:
+    start = time.monotonic()
+    while time.monotonic() - start < limit:
+        res = run("ip", "netns", "exec", ns, "ping", "-c", "1", "-W", "0.2", ip, check=False)
+        if res.returncode == 0:
+            return time.monotonic() - start
+    return None
+
+
+def iperf(client_ns: str, server_ns: str, ip: str, seconds: float) -> float | None:
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", server_ns, "iperf3", "-s", "-1", "-p", "5211"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(0.5)
+        res = subprocess.run(
+            ["ip", "netns", "exec", client_ns, "iperf3", "-c", ip, "-p", "5211",
+             "-t", str(seconds), "-J"],
+            capture_output=True, text=True, timeout=seconds + 30, check=False,
+        )  # fmt: skip
+        if res.returncode != 0:
+            return None
+        data = json.loads(res.stdout)
+        return float(data["end"]["sum_received"]["bits_per_second"]) / 1e9
+    finally:
+        server.kill()
+        server.wait(5)
+
+
+# -- overlayd ------------------------------------------------------------------
+
+
+def overlayd_case(nat_a: str, nat_b: str, seconds: float) -> dict[str, Any]:
+    lab = lab_mod.Lab()
+    try:
+        a, b = lab.build(nat_a, nat_b)
+        lab.start_coturn()
+        for node in (a, b):
+            node.start(lab.nat_config())
+            node.setup()
+        for node in (a, b):
+            lab_mod.wait_until(
+                lambda n=node: (
+                    (st := n.status()).nat is not None
+                    and any(c.kind == "relay" for c in st.nat.candidates)
+                ),
+                10,
+                "candidates",
+            )
+        t0 = time.monotonic()
+        lab.introduce(a, b)
+        lab.start_exchange(a, b)
+        took = first_ping(a.container_ns, b.container_ip, 15.0)
+        took = None if took is None else took + (time.monotonic() - t0 - took)
+        time.sleep(0.5)
+        path = a.path_of(b)
+        gbit = iperf(a.container_ns, b.container_ns, b.container_ip, seconds)
+        return {"first_ping_s": took, "path": path, "gbit_s": gbit}
+    finally:
+        lab.close()
+
+
+def overlayd_upgrade(seconds_limit: float = 30.0) -> dict[str, Any]:
+    """Relayed (EIM/sym), then router B becomes endpoint-independent: time until direct."""
+    lab = lab_mod.Lab()
+    try:
+        a, b = lab.build("eim", "sym")
+        lab.start_coturn()
+        for node in (a, b):
+            node.start(lab.nat_config())
+            node.setup()
+        lab_mod.wait_until(
+            lambda: all(
+                (st := n.status()).nat is not None
+                and any(c.kind == "relay" for c in st.nat.candidates)
+                for n in (a, b)
+            ),
+            10,
+            "candidates",
+        )
+        lab.introduce(a, b)
+        lab.start_exchange(a, b)
+        lab_mod.wait_until(lambda: a.path_of(b) == "relayed", 15, "a relayed path")
+        router = lab.routers["b"]
+        run("ip", "netns", "exec", router, "nft", "flush", "ruleset")
+        run("ip", "netns", "exec", router, "nft", "-f", "-", stdin=lab_mod.router_rules("eim"))
+        run("ip", "netns", "exec", router, "conntrack", "-F", check=False)
+        start = time.monotonic()
+        with contextlib.suppress(AssertionError):
+            lab_mod.wait_until(
+                lambda: a.path_of(b) == "direct" and b.path_of(a) == "direct",
+                seconds_limit,
+                "direct",
+                0.2,
+            )
+            return {"to_direct_s": time.monotonic() - start, "refresh_s": lab_mod.REFRESH}
+        return {"to_direct_s": None, "refresh_s": lab_mod.REFRESH}
+    finally:
+        lab.close()
+
+
+# -- Nebula --------------------------------------------------------------------
+
+
+def _nebula_config(
+    path: Path, cert: str, *, lighthouse: bool, relays: bool, listen_port: int
+) -> None:
+    d = path.parent
+    lines = [
+        f"pki:\n  ca: {d / 'ca.crt'}\n  cert: {d / (cert + '.crt')}\n  key: {d / (cert + '.key')}",
+        f'static_host_map:\n  "{LIGHTHOUSE_IP}": ["10.240.0.1:4242"]',
+        "lighthouse:",
+        f"  am_lighthouse: {'true' if lighthouse else 'false'}",
+        "  interval: 10",
+    ]
+    if not lighthouse:
+        lines.append(f'  hosts: ["{LIGHTHOUSE_IP}"]')
+    lines += [
+        f"listen:\n  host: 0.0.0.0\n  port: {listen_port}",
+        "punchy:\n  punch: true\n  respond: true",
+        "relay:",
+        f"  am_relay: {'true' if lighthouse and relays else 'false'}",
+        f"  use_relays: {'true' if relays else 'false'}",
+    ]
+    if relays and not lighthouse:
+        lines.append(f'  relays: ["{LIGHTHOUSE_IP}"]')
+    lines += [
+        "tun:\n  dev: nebula1\n  mtu: 1300",
+        "logging:\n  level: warning",
+        "firewall:\n  outbound:\n    - port: any\n      proto: any\n      host: any\n"
+        "  inbound:\n    - port: any\n      proto: any\n      host: any",
+    ]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def nebula_case(nat_a: str, nat_b: str, relays: bool, seconds: float) -> dict[str, Any]:
+    lab = lab_mod.Lab()
+    work = Path(tempfile.mkdtemp(prefix="onebula", dir="/tmp"))
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        a, b = lab.build(nat_a, nat_b)
+        run("nebula-cert", "ca", "-name", "bench", "-out-crt", str(work / "ca.crt"),
+            "-out-key", str(work / "ca.key"))  # fmt: skip
+        for name, ip in (("lh", "192.168.100.1"), ("a", "192.168.100.2"), ("b", "192.168.100.3")):
+            crt, key = str(work / f"{name}.crt"), str(work / f"{name}.key")
+            run("nebula-cert", "sign", "-ca-crt", str(work / "ca.crt"), "-ca-key",
+                str(work / "ca.key"), "-name", name, "-ip", f"{ip}/24",
+                "-out-crt", crt, "-out-key", key)  # fmt: skip
+        _nebula_config(work / "lh.yml", "lh", lighthouse=True, relays=relays, listen_port=4242)
+        for name in ("a", "b"):
+            _nebula_config(work / f"{name}.yml", name, lighthouse=False, relays=relays,
+                           listen_port=4242)  # fmt: skip
+        procs.append(
+            subprocess.Popen(
+                ["ip", "netns", "exec", lab.pub, "nebula", "-config", str(work / "lh.yml")],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        time.sleep(1.0)
+        t0 = time.monotonic()
+        for node, name in ((a, "a"), (b, "b")):
+            procs.append(
+                subprocess.Popen(
+                    [
+                        "ip",
+                        "netns",
+                        "exec",
+                        node.ns,
+                        "nebula",
+                        "-config",
+                        str(work / f"{name}.yml"),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        took = None
+        while time.monotonic() - t0 < 30:
+            res = run("ip", "netns", "exec", a.ns, "ping", "-c", "1", "-W", "0.2",
+                      "192.168.100.3", check=False)  # fmt: skip
+            if res.returncode == 0:
+                took = time.monotonic() - t0
+                break
+        gbit = iperf(a.ns, b.ns, "192.168.100.3", seconds) if took is not None else None
+        return {"first_ping_s": took, "gbit_s": gbit}
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait(5)
+        lab.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _fmt(value: Any, unit: str = "") -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, float):
+        return f"{value:.3f}{unit}"
+    return str(value)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--cases", default="eim/eim,eim/sym,sym/sym")
+    parser.add_argument("--seconds", type=float, default=5.0, help="iperf3 duration")
+    parser.add_argument("--no-nebula", action="store_true")
+    args = parser.parse_args()
+    for tool in ("turnserver", "wireguard-go", "iperf3"):
+        if shutil.which(tool) is None:
+            print(f"{tool} is not installed", file=sys.stderr)
+            return 2
+    nebula = not args.no_nebula and shutil.which("nebula") is not None
+    rows = []
+    for case in args.cases.split(","):
+        nat_a, nat_b = case.split("/")
+        row: dict[str, Any] = {"case": case, "overlayd": overlayd_case(nat_a, nat_b, args.seconds)}
+        if nebula:
+            row["nebula"] = nebula_case(nat_a, nat_b, False, args.seconds)
+            row["nebula_relay"] = nebula_case(nat_a, nat_b, True, args.seconds)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    upgrade = overlayd_upgrade()
+    print(json.dumps({"relayed_to_direct": upgrade}), flush=True)
+    print()
+    header = f"{'case':9} {'overlayd first ping':>20} {'path':>8} {'Gbit/s':>7}"
+    if nebula:
+        header += f" | {'nebula':>8} {'Gbit/s':>7} | {'nebula+relay':>12} {'Gbit/s':>7}"
+    print(header)
+    for row in rows:
+        o = row["overlayd"]
+        line = (
+            f"{row['case']:9} {_fmt(o['first_ping_s'], ' s'):>20} {_fmt(o['path']):>8} "
+            f"{_fmt(o['gbit_s']):>7}"
+        )
+        if nebula:
+            n, r = row["nebula"], row["nebula_relay"]
+            line += (
+                f" | {_fmt(n['first_ping_s'], ' s'):>8} {_fmt(n['gbit_s']):>7}"
+                f" | {_fmt(r['first_ping_s'], ' s'):>12} {_fmt(r['gbit_s']):>7}"
+            )
+        print(line)
+    print(
+        f"relayed -> direct once possible: {_fmt(upgrade['to_direct_s'], ' s')} "
+        f"(refresh {upgrade['refresh_s']} s, no traffic)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
