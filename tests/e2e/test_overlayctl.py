@@ -132,6 +132,14 @@ def test_call_drives_every_op(sock: Path) -> None:
         ({"op": "unregister_dns", "name": "db"}, "ok"),
         ({"op": "status"}, "status"),
         ({"op": "nat_tick"}, "ok"),
+        (
+            {
+                "op": "nat_peer_candidates",
+                "public_key": peer,
+                "candidates": [{"kind": "host", "endpoint": "10.9.0.3:51820"}],
+            },
+            "ok",
+        ),
         ({"op": "list_attachments"}, "attachments"),
         ({"op": "list_leases", "pool": "service:web"}, "leases"),
         ({"op": "gc", "live": [{"platform": "linux_pid", "pid": 77}]}, "gc_report"),
