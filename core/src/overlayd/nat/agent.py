@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import socket
 import time
 from collections.abc import Awaitable
@@ -68,6 +69,8 @@ log = logging.getLogger(__name__)
 DIRECT_HEAD_START: Final = 0.2
 #: Pace of connectivity checks towards each candidate (seconds).
 CHECK_INTERVAL: Final = 0.05
+#: Seconds after which an unconfirmed path gets a new initiation (see _confirm).
+RESEND: Final = 0.5
 #: Bound of one STUN gathering and one TURN control transaction (seconds).
 SERVER_TIMEOUT: Final = 2.0
 
@@ -250,6 +253,11 @@ class NatAgent:
         if peer is None:
             peer = self.peers[public_key] = PeerPath(public_key)
         peer.candidates = tuple(cands)
+        if peer.task is not None and not peer.task.done():
+            # A selection on the old candidates would wait out its timeouts
+            # before the new ones are tried: start over now.
+            peer.task.cancel()
+            peer.task = None
         peer.valid.clear()
         self._start_selection(peer, reason="new candidates")
 
@@ -345,7 +353,15 @@ class NatAgent:
 
     def _review(self, peer: PeerPath, status: PeerStatus | None) -> None:
         """Once per refresh: is the peer's path alive, did WireGuard roam, can a relay go?"""
-        if status is None or (peer.task is not None and not peer.task.done()):
+        if peer.task is not None and not peer.task.done():
+            return
+        if status is None:
+            # Removed from the device: drop its relay channel; its candidates
+            # stay known, so a peer added again gets a path at once.
+            if self.relay is not None:
+                self.relay.remove_peer(peer.public_key)
+            peer.path, peer.endpoint, peer.wg_endpoint = "pending", None, None
+            peer.rx_bytes = -1
             return
         now = time.monotonic()
         alive = peer.rx_bytes >= 0 and status.rx_bytes > peer.rx_bytes
@@ -573,13 +589,26 @@ class NatAgent:
         )
 
     async def _confirm(self, peer: PeerPath, endpoint: str) -> bool:
-        """Point WireGuard at ``endpoint`` with a fresh session; True once it handshakes."""
+        """Point WireGuard at ``endpoint`` with a fresh session; True once it handshakes.
+
+        Both nodes may re-create each other at the same moment, and an
+        initiation that arrives while the peer is being re-created is lost;
+        WireGuard itself would retry only after 5 s. So the re-creation (which
+        sends a new initiation at once) is repeated every :data:`RESEND`
+        seconds, after a few milliseconds of jitter, until a handshake shows.
+        """
+        await asyncio.sleep(secrets.randbelow(30) / 1000)
         await self._point(peer, endpoint)
-        deadline = time.monotonic() + self.settings.punch_timeout
+        start = time.monotonic()
+        deadline = start + self.settings.punch_timeout
+        resend = start + RESEND
         delay = 0.005
         while time.monotonic() < deadline:
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.1)
+            delay = min(delay * 2, 0.05)
+            if time.monotonic() >= resend:
+                await self._point(peer, endpoint)
+                resend = time.monotonic() + RESEND + secrets.randbelow(200) / 1000
             try:
                 statuses = await self._run(self.hooks.peer_status, self.device)
             except OverlaydError:

@@ -22,8 +22,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-import os
-import select
+import selectors
 import socket
 import struct
 import threading
@@ -128,8 +127,9 @@ class TurnRelay:
         self._by_fd: dict[int, RelayedPeer] = {}
         self._next_channel = 0x4000
         self._thread: threading.Thread | None = None
-        self._epoll: Any = None
-        self._wake_r, self._wake_w = -1, -1
+        self._selector: selectors.BaseSelector | None = None
+        self._wake_r: socket.socket | None = None
+        self._wake_w: socket.socket | None = None
         self._stop = False
         #: Datagrams moved WireGuard -> TURN and TURN -> WireGuard.
         self.sent = 0
@@ -174,11 +174,12 @@ class TurnRelay:
 
     def _start_thread(self) -> None:
         assert self._sock is not None
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        self._epoll = select.epoll()
-        self._epoll.register(self._sock.fileno(), select.EPOLLIN)
-        self._epoll.register(self._wake_r, select.EPOLLIN)
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        # DefaultSelector is epoll on Linux; the loop drains every ready socket.
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._sock.fileno(), selectors.EVENT_READ)
+        self._selector.register(self._wake_r.fileno(), selectors.EVENT_READ)
         self._thread = threading.Thread(
             target=self._forward, name=f"overlayd-turn-{self.server.url}", daemon=True
         )
@@ -221,7 +222,8 @@ class TurnRelay:
         self._peers[public_key] = peer
         self._by_channel = {**self._by_channel, channel: peer}
         self._by_fd = {**self._by_fd, local.fileno(): peer}
-        self._epoll.register(local.fileno(), select.EPOLLIN)
+        if self._selector is not None:
+            self._selector.register(local.fileno(), selectors.EVENT_READ)
         return peer
 
     def peer(self, public_key: str) -> RelayedPeer | None:
@@ -239,8 +241,9 @@ class TurnRelay:
         self._by_channel = {c: p for c, p in self._by_channel.items() if p is not peer}
         fd = peer.sock.fileno()
         self._by_fd = {f: p for f, p in self._by_fd.items() if p is not peer}
-        with contextlib.suppress(OSError, ValueError):
-            self._epoll.unregister(fd)
+        if self._selector is not None:
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                self._selector.unregister(fd)
         peer.sock.close()
 
     def peers(self) -> list[RelayedPeer]:
@@ -259,12 +262,16 @@ class TurnRelay:
         recv_into = sock.recv_into
         send = sock.send
         loop = self._loop
+        selector = self._selector
+        assert selector is not None and self._wake_r is not None
+        wake_fd = self._wake_r.fileno()
         while not self._stop:
             try:
-                events = self._epoll.poll(1.0)
-            except OSError:
+                ready = selector.select(1.0)
+            except (OSError, ValueError):
                 return
-            for fd, _ in events:
+            for key, _ in ready:
+                fd = key.fd
                 if fd == turn_fd:
                     while True:
                         try:
@@ -291,9 +298,9 @@ class TurnRelay:
                                     bytes(view[:n]),
                                     self._control.server,
                                 )
-                elif fd == self._wake_r:
+                elif fd == wake_fd:
                     with contextlib.suppress(OSError):
-                        os.read(self._wake_r, 512)
+                        self._wake_r.recv(512)
                 else:
                     peer = self._by_fd.get(fd)
                     if peer is None:
@@ -327,21 +334,20 @@ class TurnRelay:
         for key in list(self._peers):
             self.remove_peer(key)
         self._stop = True
-        if self._wake_w >= 0:
+        if self._wake_w is not None:
             with contextlib.suppress(OSError):
-                os.write(self._wake_w, b"x")
+                self._wake_w.send(b"x")
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             await asyncio.get_running_loop().run_in_executor(None, thread.join, 3.0)
         self._thread = None
-        if self._epoll is not None:
-            self._epoll.close()
-            self._epoll = None
-        for fd in (self._wake_r, self._wake_w):
-            if fd >= 0:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-        self._wake_r = self._wake_w = -1
+        if self._selector is not None:
+            self._selector.close()
+            self._selector = None
+        for wake in (self._wake_r, self._wake_w):
+            if wake is not None:
+                wake.close()
+        self._wake_r = self._wake_w = None
         if self._sock is not None:
             self._sock.close()
             self._sock = None
