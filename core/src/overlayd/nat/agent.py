@@ -252,6 +252,9 @@ class NatAgent:
         peer = self.peers.get(public_key)
         if peer is None:
             peer = self.peers[public_key] = PeerPath(public_key)
+        log.info(
+            "peer %s: candidates %s", public_key, ", ".join(c.endpoint for c in cands) or "none"
+        )
         peer.candidates = tuple(cands)
         if peer.task is not None and not peer.task.done():
             # A selection on the old candidates would wait out its timeouts
@@ -321,12 +324,19 @@ class NatAgent:
         relayed = await self._ensure_relay()
         if relayed is not None:
             gathered.append(NatCandidate(kind="relay", endpoint=relayed))
-        self.local = tuple(rank(gathered))
+        local = tuple(rank(gathered))
+        if local != self.local:
+            log.info("candidates of this node: %s", ", ".join(c.endpoint for c in local) or "none")
+        self.local = local
         self.exchange.publish(self.keys.public_key, self.local)
 
     async def _ensure_relay(self) -> str | None:
         relay = self.relay
-        if relay is not None and relay.alive and relay.relayed is not None:
+        if (
+            relay is not None
+            and relay.relayed is not None
+            and await relay.probe(min(SERVER_TIMEOUT, self.settings.punch_timeout))
+        ):
             return endpoint_of(*relay.relayed)
         if relay is not None:
             self._warn(f"the TURN allocation on {relay.server.url} was lost; allocating again")
@@ -565,6 +575,7 @@ class NatAgent:
                 return True
             peer.valid.pop(endpoint, None)
         if tried and peer.path == "relayed":
+            peer.success.clear()
             await self._go_relayed(peer)  # put the working relay back
         return False
 
@@ -574,7 +585,7 @@ class NatAgent:
             return False
         relay.inbound = True
         local = relay.local_endpoint
-        if await self._confirm(peer, local):
+        if await self._confirm(peer, local, interrupt=peer.success):
             self._set_path(peer, "relayed", endpoint_of(*relay.remote), local)
             return True
         return False
@@ -588,7 +599,9 @@ class NatAgent:
             self._keepalive(peer.public_key),
         )
 
-    async def _confirm(self, peer: PeerPath, endpoint: str) -> bool:
+    async def _confirm(
+        self, peer: PeerPath, endpoint: str, *, interrupt: asyncio.Event | None = None
+    ) -> bool:
         """Point WireGuard at ``endpoint`` with a fresh session; True once it handshakes.
 
         Both nodes may re-create each other at the same moment, and an
@@ -606,6 +619,8 @@ class NatAgent:
         while time.monotonic() < deadline:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.05)
+            if interrupt is not None and interrupt.is_set():
+                return False  # a direct path answered: try that first
             if time.monotonic() >= resend:
                 await self._point(peer, endpoint)
                 resend = time.monotonic() + RESEND + secrets.randbelow(200) / 1000

@@ -144,6 +144,24 @@ class TurnRelay:
             and self._thread.is_alive()
         )
 
+    async def probe(self, within: float) -> bool:
+        """Refresh the allocation now (RFC 8656 §7); False when the server no longer has it.
+
+        A NAT in front of this node that changed the client's mapping makes the
+        server see another 5-tuple, which owns no allocation (437).
+        """
+        control = self._control
+        if control is None or not self.alive:
+            return False
+        request = stun.Message(message_method=stun.Method.REFRESH, message_class=stun.Class.REQUEST)
+        request.attributes["LIFETIME"] = LIFETIME
+        try:
+            await asyncio.wait_for(control.request_with_retry(request), within)
+        except (TimeoutError, OSError, ConnectionError, stun.TransactionError) as exc:
+            log.info("TURN allocation %s is gone: %s", self.relayed, exc or type(exc).__name__)
+            return False
+        return True
+
     async def start(self, within: float) -> Address:
         """Allocate; returns the relayed address. Raises OSError/TimeoutError/ConnectionError."""
         self._loop = asyncio.get_running_loop()
