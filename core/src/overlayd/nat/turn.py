@@ -47,6 +47,38 @@ LIFETIME: Final = 600
 #: Channel bindings last 10 minutes (RFC 8656 §12); rebind well before.
 CHANNEL_REFRESH: Final = 240.0
 SOCKET_BUFFER: Final = 4 * 1024 * 1024
+# Linux values; Python 3.11 does not name them.
+_SO_SNDBUFFORCE: Final = 32
+_SO_RCVBUFFORCE: Final = 33
+_IP_MTU_DISCOVER: Final = 10
+_IPV6_MTU_DISCOVER: Final = 23
+_PMTUDISC_DONT: Final = 0
+
+
+def _tune(sock: socket.socket, family: int) -> None:
+    """Large buffers (a burst must not overflow them) and no DF bit.
+
+    WireGuard's datagrams fill the underlay MTU; ChannelData adds 4 bytes, so
+    the relayed datagram is a little larger than the path MTU. With path MTU
+    discovery on (the UDP default) the kernel refuses to send it
+    (``EMSGSIZE``); with it off the kernel fragments, which NATs and TURN
+    servers reassemble.
+    """
+    for force, plain in ((_SO_SNDBUFFORCE, socket.SO_SNDBUF), (_SO_RCVBUFFORCE, socket.SO_RCVBUF)):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER)
+        except OSError:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, plain, SOCKET_BUFFER)
+    level, name = (
+        (socket.IPPROTO_IPV6, _IPV6_MTU_DISCOVER)
+        if family == socket.AF_INET6
+        else (socket.IPPROTO_IP, _IP_MTU_DISCOVER)
+    )
+    with contextlib.suppress(OSError):
+        sock.setsockopt(level, name, _PMTUDISC_DONT)
+
+
 _CHANNEL: Final = struct.Struct("!HH")
 
 Address = tuple[str, int]
@@ -131,9 +163,10 @@ class TurnRelay:
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
         self._stop = False
-        #: Datagrams moved WireGuard -> TURN and TURN -> WireGuard.
+        #: Datagrams moved WireGuard -> TURN and TURN -> WireGuard, and dropped.
         self.sent = 0
         self.received = 0
+        self.dropped = 0
 
     @property
     def alive(self) -> bool:
@@ -174,9 +207,7 @@ class TurnRelay:
         sock = self._opener(family, socket.SOCK_DGRAM, 0)
         try:
             sock.setblocking(False)
-            for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+            _tune(sock, family)
             sock.connect(address)
             self._sock = sock
             self._control = _Control(sock, address, self.server.username, self.server.credential)
@@ -228,9 +259,7 @@ class TurnRelay:
         local = self._opener(family, socket.SOCK_DGRAM, 0)
         try:
             local.setblocking(False)
-            for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
-                with contextlib.suppress(OSError):
-                    local.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+            _tune(local, family)
             local.bind((loopback, 0))
             local.connect((loopback, self.wg_port))
         except BaseException:
@@ -308,7 +337,7 @@ class TurnRelay:
                                 peer.sock.send(view[4 : 4 + length])
                                 self.received += 1
                             except OSError:
-                                pass
+                                self.dropped += 1
                         elif loop is not None and self._control is not None:
                             with contextlib.suppress(RuntimeError):
                                 loop.call_soon_threadsafe(
@@ -337,7 +366,7 @@ class TurnRelay:
                             send(view[: 4 + n])
                             self.sent += 1
                         except OSError:
-                            pass
+                            self.dropped += 1
 
     # -- lifecycle -------------------------------------------------------------
 
