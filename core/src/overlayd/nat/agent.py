@@ -392,8 +392,13 @@ class NatAgent:
 
     def _roamed(self, peer: PeerPath, endpoint: str) -> None:
         relay = self.relay.peer(peer.public_key) if self.relay else None
-        if relay is not None and endpoint == relay.local_endpoint:
-            self._set_path(peer, "relayed", endpoint_of(*relay.remote), endpoint)
+        if relay is not None and endpoint == relay.local_endpoint and self.relay is not None:
+            assert self.relay.relayed is not None
+            self._set_path(peer, "relayed", endpoint_of(*self.relay.relayed), endpoint)
+            return
+        theirs = peer.relay_candidate()
+        if theirs is not None and endpoint == theirs.endpoint:
+            self._set_path(peer, "relayed", endpoint, endpoint)
             return
         kind: PathKind = "direct"
         known = next((c for c in peer.candidates if c.endpoint == endpoint), None)
@@ -473,16 +478,32 @@ class NatAgent:
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
 
+    def _relay_owner(self, peer: PeerPath) -> str | None:
+        """Whose allocation relays this pair: ``"own"``, ``"theirs"`` or None (no relay).
+
+        Both nodes compute the same answer: the node with the smaller public
+        key among those that offer a relayed candidate.
+        """
+        ours = self.relay is not None and self.relay.relayed is not None and self.relay.alive
+        theirs = peer.relay_candidate() is not None
+        if ours and (not theirs or self.keys.public_key < peer.public_key):
+            return "own"
+        return "theirs" if theirs else None
+
     async def _prepare_relay(self, peer: PeerPath) -> bool:
-        """Bind a channel to the peer's relay (so its relayed packets reach us)."""
-        remote = peer.relay_candidate()
-        if remote is None or self.relay is None:
-            return False
+        """Make the relayed path ready: permit the peer on our allocation when it is ours."""
+        owner = self._relay_owner(peer)
+        if owner != "own":
+            return owner == "theirs"
+        assert self.relay is not None
+        permit = []
+        for cand in peer.candidates:
+            with contextlib.suppress(ValueError):
+                permit.append(str(parse_endpoint(cand.endpoint)[0]))
         try:
-            ip, port = parse_endpoint(remote.endpoint)
-            bound = await self.relay.add_peer(peer.public_key, (str(ip), port), SERVER_TIMEOUT)
+            bound = await self.relay.add_peer(peer.public_key, permit, SERVER_TIMEOUT)
         except (*_SERVER_ERRORS, OverlaydError) as exc:
-            self._warn(f"cannot relay peer {peer.public_key} through {remote.endpoint}: {exc}")
+            self._warn(f"cannot relay peer {peer.public_key} through this node's allocation: {exc}")
             return False
         if peer.path in ("direct", "guessed"):
             bound.inbound = False
@@ -580,13 +601,22 @@ class NatAgent:
         return False
 
     async def _go_relayed(self, peer: PeerPath) -> bool:
-        relay = self.relay.peer(peer.public_key) if self.relay else None
-        if relay is None:
+        owner = self._relay_owner(peer)
+        if owner == "own":
+            relay = self.relay.peer(peer.public_key) if self.relay else None
+            if relay is None or self.relay is None or self.relay.relayed is None:
+                return False
+            relay.inbound = True
+            wg_endpoint = relay.local_endpoint
+            shown = endpoint_of(*self.relay.relayed)
+        elif owner == "theirs":
+            cand = peer.relay_candidate()
+            assert cand is not None
+            wg_endpoint = shown = cand.endpoint
+        else:
             return False
-        relay.inbound = True
-        local = relay.local_endpoint
-        if await self._confirm(peer, local, interrupt=peer.success):
-            self._set_path(peer, "relayed", endpoint_of(*relay.remote), local)
+        if await self._confirm(peer, wg_endpoint, interrupt=peer.success):
+            self._set_path(peer, "relayed", shown, wg_endpoint)
             return True
         return False
 

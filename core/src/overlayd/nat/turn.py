@@ -1,11 +1,20 @@
 """A TURN allocation (RFC 8656) and the local UDP endpoints that relay WireGuard through it.
 
-When no direct path works, WireGuard is pointed at a local endpoint
-(``127.0.0.1:<port>``, one per relayed peer). What WireGuard sends there is
-wrapped in ChannelData and sent to the TURN server, which relays it from this
-node's relayed address to the peer's relayed address; what arrives on the
-channel is unwrapped and handed to WireGuard from the same local endpoint,
-so WireGuard sees one stable address per relayed peer.
+When no direct path works, one of the two nodes (the *owner*: the one with
+the smaller public key among those with an allocation) relays through its
+allocation. On the owner, WireGuard is pointed at a local endpoint
+(``127.0.0.1:<port>``, one per relayed peer): what WireGuard sends there is
+wrapped in ChannelData (Send indications until the channel is bound) and
+relayed by the TURN server from the owner's relayed address to the peer;
+what the peer sends to the relayed address arrives as ChannelData or Data
+indications and is handed to WireGuard from the same local endpoint, so
+WireGuard sees one stable address per relayed peer. The other node points
+its WireGuard straight at the owner's relayed address: each packet crosses
+the TURN server once and one relay hop of Python, not two.
+
+The owner permits the peer's candidate IP addresses (RFC 8656 permissions
+are per IP) before the peer sends; the port the peer's NAT uses towards the
+relay is learnt from its first packet, and a channel is bound to it then.
 
 The control plane (Allocate with long-term credentials, Refresh,
 ChannelBind, which also installs the permission) is :mod:`aioice.turn`'s
@@ -27,6 +36,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from typing import Final
@@ -80,6 +90,8 @@ def _tune(sock: socket.socket, family: int) -> None:
 
 
 _CHANNEL: Final = struct.Struct("!HH")
+#: Low byte of the STUN message type of a Data indication (0x0017).
+_DATA_INDICATION: Final = 0x17
 
 Address = tuple[str, int]
 
@@ -118,17 +130,22 @@ class _Control(turn.TurnClientMixin):
 
 @dataclass
 class RelayedPeer:
-    """One peer relayed through the allocation."""
+    """One peer reached through this node's allocation."""
 
     public_key: str
-    #: The peer's relayed address (where the channel points).
-    remote: Address
-    channel: int
+    #: Addresses the peer may send from (permissions are per IP address).
+    permitted: frozenset[str]
     #: The local endpoint WireGuard sends to.
     sock: socket.socket
-    #: Deliver what arrives on the channel to WireGuard.
+    #: Where the peer's packets reach the relayed address from (learnt from them).
+    remote: Address | None = None
+    #: Channel bound to ``remote``; until then Send indications carry the data.
+    channel: int | None = None
+    #: Deliver what arrives from the peer to WireGuard.
     inbound: bool = True
+    permitted_at: float = 0.0
     bound_at: float = 0.0
+    binding: bool = False
 
     @property
     def local_endpoint(self) -> str:
@@ -157,6 +174,9 @@ class TurnRelay:
         self._peers: dict[str, RelayedPeer] = {}
         self._by_channel: dict[int, RelayedPeer] = {}
         self._by_fd: dict[int, RelayedPeer] = {}
+        self._by_ip: dict[str, RelayedPeer | None] = {}
+        #: Address family WireGuard is reached on through loopback.
+        self.wg_family = socket.AF_INET
         self._next_channel = 0x4000
         self._thread: threading.Thread | None = None
         self._selector: selectors.BaseSelector | None = None
@@ -191,7 +211,7 @@ class TurnRelay:
         try:
             await asyncio.wait_for(control.request_with_retry(request), within)
         except (TimeoutError, OSError, ConnectionError, stun.TransactionError) as exc:
-            log.info("TURN allocation %s is gone: %s", self.relayed, exc or type(exc).__name__)
+            log.info("TURN allocation %s is gone: %s", self.relayed, str(exc) or type(exc).__name__)
             return False
         return True
 
@@ -236,26 +256,33 @@ class TurnRelay:
 
     # -- peers ----------------------------------------------------------------
 
-    async def add_peer(self, public_key: str, remote: Address, within: float) -> RelayedPeer:
-        """Bind a channel to the peer's relayed address and open its local endpoint."""
+    async def add_peer(self, public_key: str, permit: Sequence[str], within: float) -> RelayedPeer:
+        """Permit the peer's addresses on the allocation and open its local endpoint."""
         control = self._control
         if control is None or not self.alive:
             raise ConnectionError(f"the TURN allocation on {self.server.url} is gone")
+        ips = frozenset(str(ipaddress.ip_address(ip)) for ip in permit)
+        if not ips:
+            raise ValueError("the peer offers no address to permit on the relay")
         peer = self._peers.get(public_key)
-        if peer is not None and peer.remote == remote:
-            if time.monotonic() - peer.bound_at > CHANNEL_REFRESH:
-                await asyncio.wait_for(control.channel_bind(peer.channel, remote), within)
+        now = time.monotonic()
+        if peer is None or peer.permitted != ips or now - peer.permitted_at > CHANNEL_REFRESH:
+            for ip in sorted(ips):
+                request = stun.Message(
+                    message_method=stun.Method.CREATE_PERMISSION,
+                    message_class=stun.Class.REQUEST,
+                )
+                request.attributes["XOR-PEER-ADDRESS"] = (ip, 0)
+                await asyncio.wait_for(control.request_with_retry(request), within)
+        if peer is not None:
+            peer.permitted, peer.permitted_at = ips, now
+            self._index()
+            if peer.channel is not None and peer.remote and now - peer.bound_at > CHANNEL_REFRESH:
+                await asyncio.wait_for(control.channel_bind(peer.channel, peer.remote), within)
                 peer.bound_at = time.monotonic()
             return peer
-        if peer is not None:
-            self.remove_peer(public_key)
-        if self._next_channel > turn.CHANNEL_NUMBER_MAX:
-            raise ConnectionError("no TURN channel number left on this allocation")
-        channel = self._next_channel
-        self._next_channel += 1
-        await asyncio.wait_for(control.channel_bind(channel, remote), within)
-        loopback = "::1" if ipaddress.ip_address(remote[0]).version == 6 else "127.0.0.1"
-        family = socket.AF_INET6 if loopback == "::1" else socket.AF_INET
+        family = socket.AF_INET6 if self.wg_family == socket.AF_INET6 else socket.AF_INET
+        loopback = "::1" if family == socket.AF_INET6 else "127.0.0.1"
         local = self._opener(family, socket.SOCK_DGRAM, 0)
         try:
             local.setblocking(False)
@@ -265,13 +292,49 @@ class TurnRelay:
         except BaseException:
             local.close()
             raise
-        peer = RelayedPeer(public_key, remote, channel, local, bound_at=time.monotonic())
+        peer = RelayedPeer(public_key, ips, local, permitted_at=now)
         self._peers[public_key] = peer
-        self._by_channel = {**self._by_channel, channel: peer}
-        self._by_fd = {**self._by_fd, local.fileno(): peer}
+        self._index()
         if self._selector is not None:
             self._selector.register(local.fileno(), selectors.EVENT_READ)
         return peer
+
+    def _index(self) -> None:
+        """Rebuild the lookup tables the forwarding thread reads (copied, never mutated)."""
+        by_ip: dict[str, RelayedPeer | None] = {}
+        for peer in self._peers.values():
+            for ip in peer.permitted:
+                by_ip[ip] = None if ip in by_ip else peer  # None: shared, ambiguous
+        self._by_ip = by_ip
+        self._by_channel = {p.channel: p for p in self._peers.values() if p.channel is not None}
+        self._by_fd = {p.sock.fileno(): p for p in self._peers.values()}
+
+    def _learnt(self, peer: RelayedPeer, remote: Address) -> None:
+        """(loop) The peer's packets come from ``remote``: bind a channel to it."""
+        if peer.remote != remote or peer.channel is not None or peer.binding:
+            return  # another address since, or bound or binding already
+        self._index()
+        if self._loop is not None and not peer.binding:
+            peer.binding = True
+            self._loop.create_task(self._bind(peer, remote))
+
+    async def _bind(self, peer: RelayedPeer, remote: Address) -> None:
+        control = self._control
+        try:
+            if control is None or self._next_channel > turn.CHANNEL_NUMBER_MAX:
+                return
+            channel = self._next_channel
+            self._next_channel += 1
+            try:
+                await asyncio.wait_for(control.channel_bind(channel, remote), 5.0)
+            except (TimeoutError, OSError, ConnectionError, stun.TransactionError) as exc:
+                log.info("binding a TURN channel to %s failed: %s", remote, exc)
+                return
+            if peer.remote == remote and self._peers.get(peer.public_key) is peer:
+                peer.channel, peer.bound_at = channel, time.monotonic()
+                self._index()
+        finally:
+            peer.binding = False
 
     def peer(self, public_key: str) -> RelayedPeer | None:
         return self._peers.get(public_key)
@@ -285,9 +348,8 @@ class TurnRelay:
         peer = self._peers.pop(public_key, None)
         if peer is None:
             return
-        self._by_channel = {c: p for c, p in self._by_channel.items() if p is not peer}
         fd = peer.sock.fileno()
-        self._by_fd = {f: p for f, p in self._by_fd.items() if p is not peer}
+        self._index()
         if self._selector is not None:
             with contextlib.suppress(OSError, ValueError, KeyError):
                 self._selector.unregister(fd)
@@ -308,7 +370,6 @@ class TurnRelay:
         pack_into = _CHANNEL.pack_into
         recv_into = sock.recv_into
         send = sock.send
-        loop = self._loop
         selector = self._selector
         assert selector is not None and self._wake_r is not None
         wake_fd = self._wake_r.fileno()
@@ -338,13 +399,10 @@ class TurnRelay:
                                 self.received += 1
                             except OSError:
                                 self.dropped += 1
-                        elif loop is not None and self._control is not None:
-                            with contextlib.suppress(RuntimeError):
-                                loop.call_soon_threadsafe(
-                                    self._control.datagram_received,
-                                    bytes(view[:n]),
-                                    self._control.server,
-                                )
+                        elif n >= 20 and buf[0] == 0x00 and buf[1] == _DATA_INDICATION:
+                            self._data_indication(bytes(view[:n]))
+                        else:
+                            self._to_control(bytes(view[:n]))
                 elif fd == wake_fd:
                     with contextlib.suppress(OSError):
                         self._wake_r.recv(512)
@@ -353,7 +411,6 @@ class TurnRelay:
                     if peer is None:
                         continue
                     local_recv = peer.sock.recv_into
-                    channel = peer.channel
                     while True:
                         try:
                             n = local_recv(payload)
@@ -361,12 +418,53 @@ class TurnRelay:
                             break
                         except OSError:
                             break
-                        pack_into(buf, 0, channel, n)
+                        channel = peer.channel
                         try:
-                            send(view[: 4 + n])
+                            if channel is not None:
+                                pack_into(buf, 0, channel, n)
+                                send(view[: 4 + n])
+                            elif peer.remote is not None:
+                                send(_send_indication(peer.remote, bytes(payload[:n])))
+                            else:
+                                self.dropped += 1
+                                continue
                             self.sent += 1
                         except OSError:
                             self.dropped += 1
+
+    def _to_control(self, data: bytes) -> None:
+        loop, control = self._loop, self._control
+        if loop is not None and control is not None:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(control.datagram_received, data, control.server)
+
+    def _data_indication(self, data: bytes) -> None:
+        """A peer sent before its channel is bound: deliver, and bind a channel to it."""
+        try:
+            message = stun.parse_message(data)
+        except ValueError:
+            return
+        peer_address = message.attributes.get("XOR-PEER-ADDRESS")
+        content = message.attributes.get("DATA")
+        if not isinstance(peer_address, tuple) or not isinstance(content, bytes):
+            return
+        remote: Address = (str(peer_address[0]), int(peer_address[1]))
+        peer = self._by_ip.get(remote[0])
+        if peer is None:
+            return  # unknown, or several relayed peers share that address
+        if peer.remote != remote:
+            # Set here, so WireGuard's answer to this very packet finds its way
+            # (as a Send indication); the loop then binds a channel.
+            peer.remote, peer.channel = remote, None
+            if self._loop is not None:
+                with contextlib.suppress(RuntimeError):
+                    self._loop.call_soon_threadsafe(self._learnt, peer, remote)
+        if peer.inbound:
+            try:
+                peer.sock.send(content)
+                self.received += 1
+            except OSError:
+                self.dropped += 1
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -399,6 +497,13 @@ class TurnRelay:
             self._sock.close()
             self._sock = None
         self._control = None
+
+
+def _send_indication(remote: Address, data: bytes) -> bytes:
+    message = stun.Message(message_method=stun.Method.SEND, message_class=stun.Class.INDICATION)
+    message.attributes["XOR-PEER-ADDRESS"] = remote
+    message.attributes["DATA"] = data
+    return bytes(message)
 
 
 def is_stun(data: bytes) -> bool:
