@@ -66,7 +66,17 @@ def first_ping(ns: str, ip: str, limit: float, start: float) -> float | None:
     return None
 
 
-def iperf(client_ns: str, server_ns: str, ip: str, seconds: float) -> float | None:
+def iperf_both(client_ns: str, server_ns: str, ip: str, seconds: float) -> dict[str, Any]:
+    """Gbit/s a->b and b->a (``-R``), one TCP stream each."""
+    return {
+        "a_to_b": iperf(client_ns, server_ns, ip, seconds),
+        "b_to_a": iperf(client_ns, server_ns, ip, seconds, reverse=True),
+    }
+
+
+def iperf(
+    client_ns: str, server_ns: str, ip: str, seconds: float, *, reverse: bool = False
+) -> float | None:
     server = subprocess.Popen(
         ["ip", "netns", "exec", server_ns, "iperf3", "-s", "-1", "-p", "5211"],
         stdout=subprocess.DEVNULL,
@@ -76,7 +86,7 @@ def iperf(client_ns: str, server_ns: str, ip: str, seconds: float) -> float | No
         time.sleep(0.5)
         res = subprocess.run(
             ["ip", "netns", "exec", client_ns, "iperf3", "-c", ip, "-p", "5211",
-             "-t", str(seconds), "-J"],
+             "-t", str(seconds), "-J", *(["-R"] if reverse else [])],
             capture_output=True, text=True, timeout=seconds + 30, check=False,
         )  # fmt: skip
         if res.returncode != 0:
@@ -114,7 +124,7 @@ def overlayd_case(nat_a: str, nat_b: str, seconds: float) -> dict[str, Any]:
         took = first_ping(a.container_ns, b.container_ip, 15.0, t0)
         time.sleep(0.5)
         path = a.path_of(b)
-        gbit = iperf(a.container_ns, b.container_ns, b.container_ip, seconds)
+        gbit = iperf_both(a.container_ns, b.container_ns, b.container_ip, seconds)
         return {"first_ping_s": took, "path": path, "gbit_s": gbit}
     finally:
         lab.close()
@@ -236,7 +246,7 @@ def nebula_case(nat_a: str, nat_b: str, relays: bool, seconds: float) -> dict[st
                 )
             )
         took = first_ping(a.ns, "192.168.100.3", 30.0, t0)
-        gbit = iperf(a.ns, b.ns, "192.168.100.3", seconds) if took is not None else None
+        gbit = iperf_both(a.ns, b.ns, "192.168.100.3", seconds) if took is not None else None
         return {"first_ping_s": took, "gbit_s": gbit}
     finally:
         for proc in procs:
@@ -249,6 +259,8 @@ def nebula_case(nat_a: str, nat_b: str, relays: bool, seconds: float) -> dict[st
 def _fmt(value: Any, unit: str = "") -> str:
     if value is None:
         return "none"
+    if isinstance(value, dict):
+        return "/".join(_fmt(v) for v in value.values())
     if isinstance(value, float):
         return f"{value:.3f}{unit}"
     return str(value)
@@ -277,21 +289,22 @@ def main() -> int:
     upgrade = overlayd_upgrade()
     print(json.dumps({"relayed_to_direct": upgrade}), flush=True)
     print()
-    header = f"{'case':9} {'overlayd first ping':>20} {'path':>8} {'Gbit/s':>7}"
+    print("Gbit/s columns: a->b/b->a")
+    header = f"{'case':9} {'overlayd first ping':>20} {'path':>8} {'Gbit/s':>13}"
     if nebula:
-        header += f" | {'nebula':>8} {'Gbit/s':>7} | {'nebula+relay':>12} {'Gbit/s':>7}"
+        header += f" | {'nebula':>8} {'Gbit/s':>13} | {'nebula+relay':>12} {'Gbit/s':>13}"
     print(header)
     for row in rows:
         o = row["overlayd"]
         line = (
             f"{row['case']:9} {_fmt(o['first_ping_s'], ' s'):>20} {_fmt(o['path']):>8} "
-            f"{_fmt(o['gbit_s']):>7}"
+            f"{_fmt(o['gbit_s']):>13}"
         )
         if nebula:
             n, r = row["nebula"], row["nebula_relay"]
             line += (
-                f" | {_fmt(n['first_ping_s'], ' s'):>8} {_fmt(n['gbit_s']):>7}"
-                f" | {_fmt(r['first_ping_s'], ' s'):>12} {_fmt(r['gbit_s']):>7}"
+                f" | {_fmt(n['first_ping_s'], ' s'):>8} {_fmt(n['gbit_s']):>13}"
+                f" | {_fmt(r['first_ping_s'], ' s'):>12} {_fmt(r['gbit_s']):>13}"
             )
         print(line)
     print(
