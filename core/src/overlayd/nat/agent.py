@@ -14,9 +14,10 @@ change) the agent
 3. selects a path where needed: connectivity checks to every direct candidate
    at once (:mod:`overlayd.nat.checks`); the first that answers is confirmed
    by a fresh WireGuard handshake on it; when none answers within
-   :data:`DIRECT_HEAD_START` and both nodes have a relay, the peer is relayed
-   at once while the checks go on for ``punch_timeout``, and moves to the
-   direct path as soon as one answers.
+   :data:`DIRECT_HEAD_START` and a relay is available, the peer is relayed
+   at once (through the allocation of the node with the smaller key, see
+   :mod:`overlayd.nat.turn`) while the checks go on for ``punch_timeout``,
+   and moves to the direct path as soon as one answers.
 
 When the endpoint a peer is reached at changes (including WireGuard roaming
 to a new mapping of the peer), ``nat_endpoint_changed`` is emitted.
@@ -69,6 +70,11 @@ log = logging.getLogger(__name__)
 DIRECT_HEAD_START: Final = 0.2
 #: Pace of connectivity checks towards each candidate (seconds).
 CHECK_INTERVAL: Final = 0.05
+#: A relayed peer is offered a direct path at every refresh with a short,
+#: slower burst of checks: the relay carries the traffic meanwhile, and the
+#: peer's own bursts keep the NAT entries on its side open for 30 s or more.
+UPGRADE_INTERVAL: Final = 0.2
+UPGRADE_WINDOW: Final = 1.0
 #: Seconds after which an unconfirmed path gets a new initiation (see _confirm).
 RESEND: Final = 0.5
 #: Bound of one STUN gathering and one TURN control transaction (seconds).
@@ -445,7 +451,8 @@ class NatAgent:
         relay_task = asyncio.create_task(self._prepare_relay(peer))
         checker = None
         if direct and self.port is not None:
-            checker = asyncio.create_task(self._check_all(peer, direct))
+            pace = UPGRADE_INTERVAL if upgrade else CHECK_INTERVAL
+            checker = asyncio.create_task(self._check_all(peer, direct, pace))
         try:
             if checker is not None:
                 with contextlib.suppress(TimeoutError):
@@ -456,7 +463,10 @@ class NatAgent:
             if relay_ok and peer.path != "relayed" and not upgrade:
                 await self._go_relayed(peer)
             if checker is not None:
-                deadline = time.monotonic() + self.settings.punch_timeout - DIRECT_HEAD_START
+                window = min(UPGRADE_WINDOW, self.settings.punch_timeout) if upgrade else None
+                deadline = time.monotonic() + (
+                    window or self.settings.punch_timeout - DIRECT_HEAD_START
+                )
                 while time.monotonic() < deadline:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(peer.success.wait(), deadline - time.monotonic())
@@ -509,8 +519,10 @@ class NatAgent:
             bound.inbound = False
         return True
 
-    async def _check_all(self, peer: PeerPath, candidates: Sequence[NatCandidate]) -> None:
-        """Send checks to every candidate every CHECK_INTERVAL until cancelled."""
+    async def _check_all(
+        self, peer: PeerPath, candidates: Sequence[NatCandidate], pace: float
+    ) -> None:
+        """Send checks to every candidate every ``pace`` seconds until cancelled."""
         port = self.port
         assert port is not None
         addresses: list[tuple[str, Address]] = []
@@ -528,7 +540,7 @@ class NatAgent:
                     peer.pending_checks.pop(next(iter(peer.pending_checks)))
                 port.expect(msg.transaction_id, self._check_waiter(peer, msg.transaction_id))
                 port.send(msg, addr)
-            await asyncio.sleep(CHECK_INTERVAL)
+            await asyncio.sleep(pace)
 
     def _check_waiter(
         self, peer: PeerPath, tid: bytes
