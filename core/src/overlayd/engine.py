@@ -1500,6 +1500,20 @@ class Engine:
             if removed:
                 await self._run(self._dns_change, [], removed)
 
+    async def serve_remote_dns(
+        self, added: Sequence[DnsRecord], removed: Sequence[DnsRecord]
+    ) -> None:
+        """Serve (or stop serving) records that live elsewhere, e.g. on other cluster nodes.
+
+        The records go to the DNS hooks only: they are not stored, not listed
+        among this node's names and not handed back to ``register_dns``'s
+        callers; the caller (cluster mode) owns them and re-sends them after a
+        restart. Give them a ``source`` other than ``manual``/``handle:...``.
+        """
+        self._require_started()
+        if added or removed:
+            await self._run(self.hooks.dns_records_changed, list(added), list(removed))
+
     def _dns_change(self, added: list[DnsRecord], removed: list[DnsRecord]) -> None:
         self.hooks.dns_records_changed(added, removed)
         tx = _Tx()
