@@ -1,4 +1,4 @@
-"""Helpers for cluster-mode tests: in-process nodes (engine + fake driver + agent) on a real etcd."""
+"""Cluster-mode test helpers: in-process nodes (engine, fake driver, agent) on a real etcd."""
 
 from __future__ import annotations
 

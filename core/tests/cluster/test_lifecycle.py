@@ -30,7 +30,7 @@ async def test_dead_node_is_dropped_and_returns_with_same_slice_and_key(
     assert set(a.peers()) == {b.agent.record.public_key}
 
     c2 = await make_node(etcd_server.url, "c", data_dir=data_dir, ttl=TTL)
-    await wait_for(lambda: c2.agent.joined.is_set(), 10, "c to join again")
+    await wait_for(c2.agent.joined.is_set, 10, "c to join again")
     assert c2.agent.record.public_key == key
     assert c2.agent.record.slices == slices
     await wait_for(lambda: key in a.peers() and key in b.peers(), 10, "c back on a and b")

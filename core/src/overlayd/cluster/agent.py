@@ -328,7 +328,10 @@ class ClusterAgent:
     # -- applying the store ---------------------------------------------------
 
     async def _load(self, kvs: list[KeyValue], lease: int) -> None:
-        self.membership.load((kv.key, kv.value, kv.lease) for kv in kvs)
+        # In revision order: of two records claiming one public key, the older wins,
+        # as it does when they arrive through the watch.
+        ordered = sorted(kvs, key=lambda kv: kv.mod_revision)
+        self.membership.load((kv.key, kv.value, kv.lease) for kv in ordered)
         await self._apply(None)
         dns = [(kv.key, kv.value) for kv in kvs if self.keys.kind(kv.key) == "dns"]
         added, removed = self.remote.load(dns)

@@ -44,7 +44,8 @@ def read_claims(store: EtcdStore, keys: Keys) -> dict[IPNetwork, str]:
         try:
             out[keys.slice_of_key(kv.key)] = parse_claim(kv.value)
         except BadRecord as exc:
-            log.warning("cluster: ignoring record %s: %s", kv.key, exc)
+            # Warned about once by the membership view; skipped here.
+            log.debug("cluster: skipping claim %s: %s", kv.key, exc)
     return out
 
 
