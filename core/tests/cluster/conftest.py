@@ -75,19 +75,30 @@ async def wait_for(pred: Callable[[], bool], timeout: float, what: str) -> None:
 async def make_node(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
     nodes: list[Node] = []
 
-    async def make(url: str, name: str, *, data_dir: Path | None = None, **kw: Any) -> Node:
+    async def make(
+        url: str, name: str, *, data_dir: Path | None = None, dns_port: int = 0, **kw: Any
+    ) -> Node:
         data_dir = data_dir or tmp_path / name
         from overlayd_fake.driver import FakeDriver
 
         driver = FakeDriver()
         local = LocalNames()
+        plugins: list[object] = [local]
+        dns = DnsSettings(enabled=False, listen_on_gateways=False)
+        if dns_port:
+            from overlayd.dns.plugin import DnsPlugin
+
+            dns = DnsSettings(
+                listen=[f"127.0.0.1:{dns_port}"], listen_on_gateways=False, forward=False
+            )
+            plugins.append(DnsPlugin(dns))
         config = EngineConfig(
             data_dir=data_dir,
             drivers=[],
-            dns=DnsSettings(enabled=False, listen_on_gateways=False),
+            dns=dns,
             engine=EngineSettings(health_interval_secs=0, reconcile_interval_secs=0),
         )
-        engine = Engine(config, drivers=[driver], plugins=[local])
+        engine = Engine(config, drivers=[driver], plugins=plugins)
         recorder = HookRecorder()
         recorder.attach(engine.pm)
         await engine.start()

@@ -158,6 +158,17 @@ class EtcdStore:
     def _client(self, url: str) -> Etcd3Client:
         parts = urlsplit(url)
         s = self.settings
+        # etcd3gw applies ca_cert/cert_* only to a session it makes itself, so
+        # our session carries them too.
+        session = _Session()
+        # Environment settings (REQUESTS_CA_BUNDLE, proxies) would override the
+        # configured CA (a known requests behaviour) and route etcd traffic
+        # through a proxy; the [cluster] table alone decides.
+        session.trust_env = False
+        if s.ca_file is not None:
+            session.verify = str(s.ca_file)
+        if s.cert_file is not None and s.key_file is not None:
+            session.cert = (str(s.cert_file), str(s.key_file))
         return Etcd3Client(
             host=parts.hostname or "localhost",
             port=parts.port or 2379,
@@ -169,7 +180,7 @@ class EtcdStore:
             # etcd 3.4+ serves the gateway under /v3/; naming it saves a
             # discovery request per client.
             api_path="/v3/",
-            session=_Session(),
+            session=session,
         )
 
     def _call(self, what: str, fn: Callable[[Etcd3Client], T]) -> T:

@@ -114,7 +114,16 @@ def make_tls(directory: Path, host: str = "127.0.0.1") -> TlsFiles:
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))
             .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            # etcd's HTTP gateway dials etcd's own gRPC port with the server
+            # certificate: with --client-cert-auth it must be a client one too.
+            .add_extension(
+                x509.ExtendedKeyUsage(
+                    [usage, ExtendedKeyUsageOID.CLIENT_AUTH]
+                    if usage == ExtendedKeyUsageOID.SERVER_AUTH
+                    else [usage]
+                ),
+                critical=False,
+            )
         )
         if usage == ExtendedKeyUsageOID.SERVER_AUTH:
             builder = builder.add_extension(
