@@ -63,6 +63,23 @@ def settings(url: str, name: str, **kw: Any) -> ClusterSettings:
     return ClusterSettings.model_validate(base)
 
 
+def dns_port() -> int:
+    """A port free for UDP and TCP on 127.0.0.1 (the DNS server binds both)."""
+    import socket
+
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.bind(("127.0.0.1", 0))
+            port = int(u.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+                try:
+                    t.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError("no port free for both UDP and TCP")
+
+
 async def wait_for(pred: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not pred():

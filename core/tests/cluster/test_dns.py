@@ -10,7 +10,7 @@ import dns.rcode
 
 from overlayd.model import LinuxPidHandle
 
-from ..test_dns_plugin import free_port
+from .conftest import dns_port as free_port
 from .conftest import wait_for
 
 TTL = 3
