@@ -78,3 +78,23 @@ async def test_etcd_killed_and_restarted_causes_no_churn(etcd_server: Any, make_
         )
     await asyncio.sleep(2 * TTL)
     assert [n.peer_calls for n in nodes] == calls
+
+
+async def test_etcd_that_lost_its_data_is_filled_again(etcd_server: Any, make_node: Any) -> None:
+    import shutil
+
+    nodes = [await make_node(etcd_server.url, f"w{i}", ttl=TTL) for i in range(2)]
+    for node in nodes:
+        await wait_for(lambda n=node: len(n.peers()) == 1, 10, f"{node.name}: 1 peer")
+    calls = [n.peer_calls for n in nodes]
+    etcd_server.kill()
+    shutil.rmtree(etcd_server.data_dir)  # a new, empty etcd at the same address
+    etcd_server.start()
+    for node in nodes:
+        await wait_for(lambda n=node: n.agent.connected, 15, f"{node.name} to reconnect")
+    await asyncio.sleep(2 * TTL)
+    # claims and records were written again, and nobody lost a peer
+    for node in nodes:
+        assert len(node.peers()) == 1
+        assert node.agent.membership.claims.get(node.agent.record.slices[0]) == node.name
+    assert [n.peer_calls for n in nodes] == calls

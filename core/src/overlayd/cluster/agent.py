@@ -22,6 +22,7 @@ from typing import Any
 from typing import TypeVar
 
 from overlayd.cluster.claim import claim_slice
+from overlayd.cluster.claim import ensure_claim
 from overlayd.cluster.config import ClusterSettings
 from overlayd.cluster.dns import LocalNames
 from overlayd.cluster.dns import RemoteNames
@@ -134,6 +135,9 @@ class ClusterAgent:
         self._dirty = False
         self._outage_logged = False
         self._last_local: set[tuple[str, str]] = set()
+        #: Peers a full pass wants removed, applied after ``_deferred_until``.
+        self._deferred: set[str] = set()
+        self._deferred_until = 0.0
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -206,6 +210,9 @@ class ClusterAgent:
         lease = await self._lease()
         if self.record is None:
             self.record = await self._join()
+        else:
+            for net in self.record.slices:  # etcd may have lost its data meanwhile
+                await self._io(ensure_claim, self.store, self.keys, net, self.name)
         record = self.record
         await self._io(self.store.put, self.keys.node(self.name), record.to_json(), lease)
         revision, kvs = await self._io(self.store.range_prefix, self.keys.root)
@@ -240,6 +247,9 @@ class ClusterAgent:
                 next_keepalive = time.monotonic() + interval
                 if self._dirty:
                     await self._apply(None)
+                if self._deferred and time.monotonic() >= self._deferred_until:
+                    deferred, self._deferred = self._deferred, set()
+                    await self._apply(deferred)
                 continue
             if item is _END:
                 raise StoreUnavailable("the etcd watch ended")
@@ -379,11 +389,18 @@ class ClusterAgent:
             await self._serve_remote(added, removed)
 
     async def _apply(self, touched: set[str] | None) -> None:
-        """Program the differences for ``touched`` peers (``None``: all of them)."""
+        """Program the differences for ``touched`` peers (``None``: all of them).
+
+        A full pass (after a read of the whole prefix) defers removals by
+        ``ttl`` seconds: a node missing from that read may only not have
+        re-registered yet (etcd restarted empty, or this node was cut off), and
+        removing then re-adding it would be churn. Watched deletions apply at once.
+        """
         g = self.engine.global_
         if g is None or self.record is None:
             return
         programmed = self.engine.peers.get(g.device.name, {})
+        full = touched is None
         if touched is None:
             own = self.record.slices
             cluster = self.settings.cluster_cidr
@@ -392,6 +409,12 @@ class ClusterAgent:
             self._dirty = False
         current = {k: programmed[k] for k in touched if k in programmed}
         changes = peer_changes(touched, self.membership, current)
+        if full:
+            deferred = {c.public_key for c in changes if c.remove}
+            if deferred:
+                self._deferred |= deferred
+                self._deferred_until = time.monotonic() + self.settings.ttl
+                changes = [c for c in changes if not c.remove]
         if not changes:
             return
         try:

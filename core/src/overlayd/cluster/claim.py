@@ -22,7 +22,7 @@ from overlayd.cluster.records import parse_claim
 from overlayd.cluster.store import EtcdStore
 from overlayd.model import IPNetwork
 
-__all__ = ["claim_slice", "read_claims", "slice_at"]
+__all__ = ["claim_slice", "ensure_claim", "read_claims", "slice_at"]
 
 log = logging.getLogger("overlayd.cluster")
 
@@ -113,3 +113,26 @@ def claim_slice(
         f"no free /{length} slice left in {cidr} after {tried} attempt(s); "
         "widen cluster_cidr or lengthen slice_prefix"
     )
+
+
+def ensure_claim(store: EtcdStore, keys: Keys, net: IPNetwork, name: str) -> None:
+    """Make sure the claim of ``net`` exists and names ``name`` (after etcd lost its data).
+
+    :raises ClusterConflict: another node holds it.
+    """
+    key = keys.slice(net)
+    if store.create(key, claim_value(name)):
+        log.warning("cluster: the claim of slice %s was missing; claimed it again", net)
+        return
+    kv = store.get(key)
+    holder = None
+    if kv is not None:
+        try:
+            holder = parse_claim(kv.value)
+        except BadRecord:
+            holder = None
+    if holder != name:
+        raise ClusterConflict(
+            f"this node's slice {net} is now held by {holder!r} in etcd; "
+            "the node keeps its data plane but cannot publish itself"
+        )
