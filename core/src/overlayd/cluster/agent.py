@@ -304,7 +304,7 @@ class ClusterAgent:
             )
         await self.engine.setup_global_overlay(
             deployment=s.deployment,
-            instance_id="",
+            instance_id=self.name,
             cluster_cidr=cidr,
             slice_cidr=slices[0],
             wg_port=s.wg_port,
