@@ -39,9 +39,10 @@ import pytest
 
 pytest.importorskip("etcd3gw", reason="cluster mode needs the `cluster` extra (etcd3gw)")
 
-from overlayd.client import Client  # noqa: E402
-from overlayd.testing.etcd import EtcdServer  # noqa: E402
-from overlayd.testing.etcd import etcd_binary  # noqa: E402
+from overlayd.client import Client
+from overlayd.names import global_device_name
+from overlayd.testing.etcd import EtcdServer
+from overlayd.testing.etcd import etcd_binary
 
 pytestmark = [pytest.mark.privileged, pytest.mark.slow, pytest.mark.timeout(420)]
 
@@ -182,6 +183,7 @@ def cluster() -> Iterator[Cluster]:
     nodes = [Node(f"n{i}", f"ocn-n{i}-{sfx}", f"{UNDERLAY}.{i}", root / f"n{i}") for i in (1, 2, 3)]
     created: list[str] = []
     etcd: EtcdServer | None = None
+    prefix = f"ocn{sfx}"
     try:
         for ns in [switch, *(n.ns for n in nodes)]:
             _run("ip", "netns", "add", ns)
@@ -199,7 +201,6 @@ def cluster() -> Iterator[Cluster]:
             _run("ip", "-n", n.ns, "link", "set", "eth0", "up")
         etcd = EtcdServer(root / "etcd", host=f"{UNDERLAY}.254", netns=switch)
         etcd.start()
-        prefix = f"ocn{sfx}"
         for n in nodes:
             n.start(etcd.host, prefix)
         yield Cluster(nodes, etcd, prefix)
@@ -223,6 +224,10 @@ def cluster() -> Iterator[Cluster]:
                 with contextlib.suppress(ProcessLookupError, ValueError):
                     os.kill(int(pid), signal.SIGKILL)
             _run("ip", "netns", "del", ns, check=False)
+        for n in nodes:
+            # wireguard-go unlinks its UAPI socket on SIGTERM, not on SIGKILL
+            with contextlib.suppress(FileNotFoundError):
+                Path(f"/var/run/wireguard/{global_device_name(prefix, n.name)}.sock").unlink()
         for log in sorted(root.glob("*/daemon.log")):
             print(f"--- {log.parent.name} ---\n{log.read_text(errors='replace')[-6000:]}")
         shutil.rmtree(root, ignore_errors=True)
