@@ -1373,6 +1373,9 @@ class Engine:
 
     def _apply_peers(self, device: Device, changes: list[PeerChange]) -> None:
         current = dict(self.peers.get(device.name, {}))
+        # Only these peers can differ: the records are compared for them alone,
+        # so one change costs the same with 10 or 10,000 peers on the device.
+        touched = {change.public_key for change in changes}
         for change in changes:
             peer = current.get(change.public_key)
             if change.remove:
@@ -1404,11 +1407,12 @@ class Engine:
         self.hooks.peer_apply(device, changes)
         before = self.peers.get(device.name, {})
         tx = _Tx()
-        for pub in before:
-            if pub not in current:
-                tx.delete("peer", f"{device.name}|{pub}")
-        for pub, peer in current.items():
-            if before.get(pub) != peer:
+        for pub in touched:
+            peer = current.get(pub)
+            if peer is None:
+                if pub in before:
+                    tx.delete("peer", f"{device.name}|{pub}")
+            elif before.get(pub) != peer:
                 tx.put("peer", f"{device.name}|{pub}", peer)
         tx.after.append(lambda: self.peers.__setitem__(device.name, current))
         try:
