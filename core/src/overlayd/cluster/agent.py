@@ -51,6 +51,7 @@ T = TypeVar("T")
 
 _END = object()
 _LOCAL_DNS = object()
+_LEASE_LOST = object()
 
 
 class _LeaseLost(ClusterError):
@@ -205,9 +206,33 @@ class ClusterAgent:
             await asyncio.sleep(backoff.next())
 
     async def _session(self, backoff: _Backoff) -> None:
-        s = self.settings
         self.stats.sessions += 1
         lease = await self._lease()
+        # The lease is refreshed by a task of its own from here on, so a long
+        # first read of a large cluster cannot let it expire.
+        keeper = asyncio.create_task(self._keep_lease(lease), name="overlayd-cluster-lease")
+        try:
+            await self._follow(backoff, lease)
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+
+    async def _keep_lease(self, lease: int) -> None:
+        interval = self.settings.ttl / 3
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                ttl = await self._io(self.store.keepalive, lease)
+            except StoreUnavailable as exc:
+                self._queue.put_nowait((_LEASE_LOST, exc))
+                return
+            if ttl <= 0:
+                self._queue.put_nowait((_LEASE_LOST, "the node's lease expired; registering again"))
+                return
+
+    async def _follow(self, backoff: _Backoff, lease: int) -> None:
+        s = self.settings
         if self.record is None:
             self.record = await self._join()
         else:
@@ -233,28 +258,24 @@ class ClusterAgent:
         backoff.reset()
         self.joined.set()
         interval = s.ttl / 3
-        next_keepalive = time.monotonic() + interval
         while True:
-            timeout = max(0.0, next_keepalive - time.monotonic())
             try:
-                item = await asyncio.wait_for(self._queue.get(), timeout)
+                item = await asyncio.wait_for(self._queue.get(), interval)
             except TimeoutError:
                 item = None
             if item is None:
-                ttl = await self._io(self.store.keepalive, lease)
-                if ttl <= 0:
-                    raise _LeaseLost("the node's lease expired; registering again")
-                next_keepalive = time.monotonic() + interval
                 if self._dirty:
                     await self._apply(None)
                 if self._deferred and time.monotonic() >= self._deferred_until:
                     deferred, self._deferred = self._deferred, set()
                     await self._apply(deferred)
                 continue
-            if item is _END:
-                raise StoreUnavailable("the etcd watch ended")
             if isinstance(item, tuple) and item[0] is _END:
                 raise StoreUnavailable(f"etcd watch: {item[1]}")
+            if isinstance(item, tuple) and item[0] is _LEASE_LOST:
+                if isinstance(item[1], StoreUnavailable):
+                    raise item[1]
+                raise _LeaseLost(str(item[1]))
             if item is _LOCAL_DNS:
                 self._drain_local_markers()
                 await self._publish_dns(lease)
@@ -341,7 +362,10 @@ class ClusterAgent:
         # In revision order: of two records claiming one public key, the older wins,
         # as it does when they arrive through the watch.
         ordered = sorted(kvs, key=lambda kv: kv.mod_revision)
-        self.membership.load((kv.key, kv.value, kv.lease) for kv in ordered)
+        # Checking 10,000 records takes a while: off the event loop, so the
+        # lease keeper and the IPC server keep running (nothing else touches
+        # the membership until this session follows the watch).
+        await self._io(self.membership.load, [(kv.key, kv.value, kv.lease) for kv in ordered])
         await self._apply(None)
         dns = [(kv.key, kv.value) for kv in kvs if self.keys.kind(kv.key) == "dns"]
         added, removed = self.remote.load(dns)
@@ -493,7 +517,7 @@ class ClusterAgent:
         keep = []
         while not self._queue.empty():
             item = self._queue.get_nowait()
-            if item is _LOCAL_DNS:
+            if item is _LOCAL_DNS or (isinstance(item, tuple) and item[0] is _LEASE_LOST):
                 keep.append(item)
         for item in keep:
             self._queue.put_nowait(item)
