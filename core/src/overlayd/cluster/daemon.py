@@ -67,4 +67,11 @@ class ClusterMode:
 def cluster_mode(config: Any) -> ClusterMode | None:
     """The cluster mode of a daemon configuration, ``None`` without ``[cluster]``."""
     settings: ClusterSettings | None = getattr(config, "cluster", None)
-    return ClusterMode(settings) if settings is not None else None
+    if settings is None:
+        return None
+    if getattr(config, "data_dir", None) is None:
+        log.warning(
+            "cluster mode without data_dir: this node gets a new WireGuard key on every "
+            "start (its slice is kept, by name)"
+        )
+    return ClusterMode(settings)
