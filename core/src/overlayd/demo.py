@@ -815,9 +815,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.cluster:  # cluster mode's demo lives in its own module
         if args.keep or args.cleanup:
             parser.error("--cluster takes only --fake")
-        from overlayd.demo_cluster import main as cluster_demo
+        if sys.platform == "win32":
+            say("overlayd demo --cluster is not supported on Windows")
+            return 2
+        else:
+            from overlayd.demo_cluster import main as cluster_demo
 
-        return cluster_demo(fake=args.fake)
+            return cluster_demo(fake=args.fake)
     if args.cleanup:
         if args.keep or args.fake:
             parser.error("--cleanup goes alone")

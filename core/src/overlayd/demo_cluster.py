@@ -34,6 +34,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+# POSIX only (mypy --platform win32 skips the rest).
+assert sys.platform != "win32", "overlayd demo --cluster runs on Linux only"
+
 __all__ = ["main", "missing_prerequisites"]
 
 CLUSTER = "10.210.0.0/16"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -337,6 +338,8 @@ class ClusterAgent:
             raise ClusterError("the global device has no public key; no WireGuard driver loaded?")
         if s.advertise is not None:
             advertise = s.advertise
+        elif sys.platform == "win32":
+            raise ClusterError("set `advertise` in [cluster]: no default is found on Windows")
         else:
             from overlayd.cluster.underlay import default_route_address
 

@@ -10,9 +10,13 @@ import fcntl
 import ipaddress
 import socket
 import struct
+import sys
 from pathlib import Path
 
 from overlayd.cluster.errors import ClusterError
+
+# POSIX only (mypy --platform win32 skips the rest).
+assert sys.platform != "win32", "finding the default route address reads Linux's /proc"
 
 __all__ = ["default_route_address"]
 

@@ -23,6 +23,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+# POSIX only (mypy --platform win32 skips the rest).
+assert sys.platform != "win32", "the etcd test server runs on Linux only"
+
 __all__ = ["EtcdServer", "TlsFiles", "etcd_binary", "free_port", "make_tls"]
 
 

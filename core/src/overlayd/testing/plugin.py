@@ -212,16 +212,19 @@ def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """
     import shutil
 
-    from overlayd.testing.etcd import EtcdServer
-    from overlayd.testing.etcd import etcd_binary
+    if sys.platform == "win32":
+        pytest.skip("the etcd test server runs on Linux only")
+    else:
+        from overlayd.testing.etcd import EtcdServer
+        from overlayd.testing.etcd import etcd_binary
 
-    if etcd_binary() is None:
-        pytest.skip("etcd is not installed (Debian package etcd-server)")
-    workdir = tmp_path_factory.mktemp("etcd")
-    server = EtcdServer(workdir)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
-        shutil.rmtree(workdir, ignore_errors=True)
+        if etcd_binary() is None:
+            pytest.skip("etcd is not installed (Debian package etcd-server)")
+        workdir = tmp_path_factory.mktemp("etcd")
+        server = EtcdServer(workdir)
+        server.start()
+        try:
+            yield server
+        finally:
+            server.kill()
+            shutil.rmtree(workdir, ignore_errors=True)
