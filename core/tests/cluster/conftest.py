@@ -93,12 +93,18 @@ async def make_node(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
     nodes: list[Node] = []
 
     async def make(
-        url: str, name: str, *, data_dir: Path | None = None, dns_port: int = 0, **kw: Any
+        url: str,
+        name: str,
+        *,
+        data_dir: Path | None = None,
+        dns_port: int = 0,
+        driver: Any = None,
+        **kw: Any,
     ) -> Node:
         data_dir = data_dir or tmp_path / name
         from overlayd_fake.driver import FakeDriver
 
-        driver = FakeDriver()
+        driver = driver or FakeDriver()
         local = LocalNames()
         plugins: list[object] = [local]
         dns = DnsSettings(enabled=False, listen_on_gateways=False)

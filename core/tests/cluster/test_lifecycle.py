@@ -98,3 +98,29 @@ async def test_etcd_that_lost_its_data_is_filled_again(etcd_server: Any, make_no
         assert len(node.peers()) == 1
         assert node.agent.membership.claims.get(node.agent.record.slices[0]) == node.name
     assert [n.peer_calls for n in nodes] == calls
+
+
+async def test_a_failed_peer_change_is_retried(etcd_server: Any, make_node: Any) -> None:
+    from overlayd.errors import PeerError
+    from overlayd.hookspecs import hookimpl
+    from overlayd_fake.driver import FakeDriver
+
+    class Flaky(FakeDriver):  # type: ignore[misc]
+        failures = 0
+
+        @hookimpl
+        def overlayd_peer_apply(self, device: Any, changes: Any) -> Any:
+            if self.failures > 0 and device.driver == self.name:
+                self.failures -= 1
+                raise PeerError("injected failure", op="peer_apply", driver=self.name)
+            return super().overlayd_peer_apply(device=device, changes=changes)
+
+    flaky = Flaky()
+    a = await make_node(etcd_server.url, "fa", ttl=TTL, driver=flaky)
+    await wait_for(a.agent.joined.is_set, 10, "a to join")
+    flaky.failures = 1
+    b = await make_node(etcd_server.url, "fb", ttl=TTL)
+    await wait_for(b.agent.joined.is_set, 10, "b to join")
+    # the first attempt fails; the agent retries within ttl/3 and succeeds
+    await wait_for(lambda: len(a.peers()) == 1, TTL + 5, "a to program b after a failure")
+    assert flaky.failures == 0

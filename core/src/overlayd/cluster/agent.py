@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import sys
 import time
@@ -53,6 +54,7 @@ T = TypeVar("T")
 _END = object()
 _LOCAL_DNS = object()
 _LEASE_LOST = object()
+_EVENT = object()
 
 
 class _LeaseLost(ClusterError):
@@ -140,6 +142,8 @@ class ClusterAgent:
         #: Peers a full pass wants removed, applied after ``_deferred_until``.
         self._deferred: set[str] = set()
         self._deferred_until = 0.0
+        self._generation = 0
+        self._retry_at = 0.0
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -244,12 +248,15 @@ class ClusterAgent:
         revision, kvs = await self._io(self.store.range_prefix, self.keys.root)
         self._drain_queue()
         await self._load(kvs, lease)
+        # Items of an earlier watch still in flight are told apart by generation.
+        self._generation += 1
+        gen = self._generation
         self._watch = await self._io(
             self.store.watch_prefix,
             self.keys.root,
             revision + 1,
-            self._on_watch_event,
-            self._on_watch_end,
+            functools.partial(self._on_watch_event, gen),
+            functools.partial(self._on_watch_end, gen),
         )
         if self.last_error is not None:
             log.info("cluster: connected again; peers resynchronised")
@@ -260,19 +267,24 @@ class ClusterAgent:
         self.joined.set()
         interval = s.ttl / 3
         while True:
+            # Retries and deferred removals are due also while events keep coming.
+            if self._dirty and time.monotonic() >= self._retry_at:
+                await self._apply(None)
+            if self._deferred and time.monotonic() >= self._deferred_until:
+                deferred, self._deferred = self._deferred, set()
+                await self._apply(deferred)
             try:
                 item = await asyncio.wait_for(self._queue.get(), interval)
             except TimeoutError:
-                item = None
-            if item is None:
-                if self._dirty:
-                    await self._apply(None)
-                if self._deferred and time.monotonic() >= self._deferred_until:
-                    deferred, self._deferred = self._deferred, set()
-                    await self._apply(deferred)
                 continue
+            if (
+                isinstance(item, tuple)
+                and item[0] in (_EVENT, _END)
+                and item[1] != self._generation
+            ):
+                continue  # from the watch of an earlier session: superseded
             if isinstance(item, tuple) and item[0] is _END:
-                raise StoreUnavailable(f"etcd watch: {item[1]}")
+                raise StoreUnavailable(f"etcd watch: {item[2]}")
             if isinstance(item, tuple) and item[0] is _LEASE_LOST:
                 if isinstance(item[1], StoreUnavailable):
                     raise item[1]
@@ -281,14 +293,14 @@ class ClusterAgent:
                 self._drain_local_markers()
                 await self._publish_dns(lease)
                 continue
-            batch = [item]
+            batch: list[WatchEvent] = [item[2]]
             while not self._queue.empty():
                 more = self._queue.get_nowait()
-                if not isinstance(more, WatchEvent):
-                    # Handle the marker after this batch.
+                if not (isinstance(more, tuple) and more[0] is _EVENT and more[1] == item[1]):
+                    # Handle anything else after this batch.
                     self._queue.put_nowait(more)
                     break
-                batch.append(more)
+                batch.append(more[2])
             await self._events(batch)
 
     async def _lease(self) -> int:
@@ -448,6 +460,7 @@ class ClusterAgent:
             await self.engine.apply_peers(changes)
         except OverlaydError as exc:
             self._dirty = True
+            self._retry_at = time.monotonic() + self.settings.ttl / 3
             log.error("cluster: could not program %d peer change(s): %s", len(changes), exc)
             return
         self.stats.peer_batches += 1
@@ -505,15 +518,15 @@ class ClusterAgent:
 
     # -- watch callbacks (watch thread) ---------------------------------------
 
-    def _on_watch_event(self, event: WatchEvent) -> None:
+    def _on_watch_event(self, gen: int, event: WatchEvent) -> None:
         loop = self._loop
         if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._queue.put_nowait, event)
+            loop.call_soon_threadsafe(self._queue.put_nowait, (_EVENT, gen, event))
 
-    def _on_watch_end(self, reason: str) -> None:
+    def _on_watch_end(self, gen: int, reason: str) -> None:
         loop = self._loop
         if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._queue.put_nowait, (_END, reason))
+            loop.call_soon_threadsafe(self._queue.put_nowait, (_END, gen, reason))
 
     def _drain_queue(self) -> None:
         """Drop events of an earlier watch (the full read supersedes them)."""
