@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
+from overlayd.cluster.config import ClusterSettings
 from overlayd.config import DaemonConfig
 from overlayd.config import DnsSettings
 from overlayd.config import EngineSettings
@@ -19,13 +20,14 @@ REFERENCE = (ROOT / "docs" / "configuration.rst").read_text()
 TOP = [
     k
     for k in DaemonConfig.model_fields
-    if k not in {"driver_settings", "dns", "ipam", "engine", "nat"}
+    if k not in {"driver_settings", "dns", "ipam", "engine", "nat", "cluster"}
 ]
 TABLES: list[tuple[str, type[BaseModel]]] = [
     ("dns", DnsSettings),
     ("ipam", IpamSettings),
     ("engine", EngineSettings),
     ("nat", NatSettings),
+    ("cluster", ClusterSettings),
 ]
 
 

@@ -374,6 +374,7 @@ REQUESTS: list[tuple[str, p.Frame, str]] = [
             '"container_ip":"fd00:200::5","container_port":53,"host_ip":"192.0.2.7"}',
         ),
     ),
+    ("cluster_status", req(42, p.ClusterStatusRequest()), rq(42, '{"op":"cluster_status"}')),
 ]
 
 PEER_JSON = (
@@ -679,6 +680,59 @@ RESPONSES: list[tuple[str, p.Frame, str]] = [
             17,
             '{"result":"reconcile_report","adopted":2,"recreated":1,"removed":0,'
             '"released":1,"errors":["zl-x missing"]}',
+        ),
+    ),
+    (
+        "cluster_status",
+        resp(
+            18,
+            p.ClusterStatusResponse(
+                name="n1",
+                prefix="/overlayd",
+                connected=True,
+                nodes=[
+                    p.ClusterNodeInfo(
+                        name="n1",
+                        slices=["10.200.3.0/24"],
+                        endpoint="192.0.2.1:51820",
+                        public_key=K1,
+                        node_ip="10.200.3.1",
+                        local=True,
+                        lease_ttl_secs=12,
+                    ),
+                    p.ClusterNodeInfo(
+                        name="n2",
+                        slices=["10.200.7.0/24"],
+                        endpoint="192.0.2.2:51820",
+                        public_key=K2,
+                        node_ip="10.200.7.1",
+                        local=False,
+                        last_handshake_unix_secs=1700000000,
+                        lease_ttl_secs=9,
+                    ),
+                ],
+                stats=p.ClusterStats(
+                    sessions=1,
+                    peer_batches=1,
+                    peers_added=1,
+                    peers_updated=0,
+                    peers_removed=0,
+                    events=2,
+                    bad_records=0,
+                    etcd_requests=9,
+                ),
+            ),
+        ),
+        rs(
+            18,
+            '{"result":"cluster_status","name":"n1","prefix":"/overlayd","connected":true,'
+            '"nodes":[{"name":"n1","slices":["10.200.3.0/24"],"endpoint":"192.0.2.1:51820",'
+            f'"public_key":"{K1}","node_ip":"10.200.3.1","local":true,"lease_ttl_secs":12}},'
+            '{"name":"n2","slices":["10.200.7.0/24"],"endpoint":"192.0.2.2:51820",'
+            f'"public_key":"{K2}","node_ip":"10.200.7.1","local":false,'
+            '"last_handshake_unix_secs":1700000000,"lease_ttl_secs":9}],'
+            '"stats":{"sessions":1,"peer_batches":1,"peers_added":1,"peers_updated":0,'
+            '"peers_removed":0,"events":2,"bad_records":0,"etcd_requests":9}}',
         ),
     ),
 ]
@@ -1059,6 +1113,7 @@ REQUEST_STRATEGIES: dict[str, st.SearchStrategy[p.Request]] = {
             max_size=3,
         ),
     ),
+    "cluster_status": st.builds(p.ClusterStatusRequest),
     **{
         op: st.builds(
             cls,

@@ -484,6 +484,7 @@ def build_overlayctl_parser() -> argparse.ArgumentParser:
     gc.add_argument("--dry-run", action="store_true", help="only report")
 
     sub.add_parser("reconcile", help="re-ensure recorded state against the host now")
+    sub.add_parser("cluster", help="cluster mode: the nodes this node sees through etcd")
     sub.add_parser("nat-tick", help="refresh NAT traversal now")
     sub.add_parser("shutdown", help="stop the daemon gracefully (the data plane stays up)")
 
@@ -756,6 +757,17 @@ def _cmd_reconcile(c: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_cluster(c: Client, args: argparse.Namespace) -> int:
+    from overlayd.cluster.view import print_cluster
+
+    resp = c.cluster_status()
+    if args.json:
+        _print_json(resp.to_wire())
+    else:
+        print_cluster(resp)
+    return EXIT_OK
+
+
 def _cmd_nat_tick(c: Client, args: argparse.Namespace) -> int:
     c.nat_tick()
     return _ok(args, "NAT refreshed")
@@ -793,6 +805,7 @@ _COMMANDS: Final[dict[str, Callable[[Client, argparse.Namespace], int]]] = {
     "state": _cmd_state,
     "gc": _cmd_gc,
     "reconcile": _cmd_reconcile,
+    "cluster": _cmd_cluster,
     "nat-tick": _cmd_nat_tick,
     "shutdown": _cmd_shutdown,
     "call": _cmd_call,

@@ -49,6 +49,8 @@ from overlayd.protocol import AttachedResponse
 from overlayd.protocol import AttachmentInfo
 from overlayd.protocol import AttachmentsResponse
 from overlayd.protocol import BridgeNameResponse
+from overlayd.protocol import ClusterStatusRequest
+from overlayd.protocol import ClusterStatusResponse
 from overlayd.protocol import DetachContainerRequest
 from overlayd.protocol import ErrResponse
 from overlayd.protocol import EventFrame
@@ -663,6 +665,10 @@ class AsyncClient:
     async def reconcile(self) -> ReconcileReportResponse:
         return await self._expect(ReconcileRequest(), ReconcileReportResponse)
 
+    async def cluster_status(self) -> ClusterStatusResponse:
+        """Cluster mode: the nodes this node sees (``err`` without ``[cluster]``)."""
+        return await self._expect(ClusterStatusRequest(), ClusterStatusResponse)
+
 
 class Client:
     """Blocking facade over :class:`AsyncClient` (same methods and arguments).
@@ -886,6 +892,9 @@ class Client:
 
     def reconcile(self) -> ReconcileReportResponse:
         return self._run(self._async.reconcile())
+
+    def cluster_status(self) -> ClusterStatusResponse:
+        return self._run(self._async.cluster_status())
 
     def map_port(
         self,

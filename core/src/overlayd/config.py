@@ -2,7 +2,8 @@
 
 The file has top-level keys ``socket``, ``data_dir``, ``drivers``,
 ``socket_group``, ``allowed_uids``, ``allowed_gids``, ``log_format`` and the
-tables ``[dns]``, ``[ipam]``, ``[engine]``, ``[nat]`` and ``[drivers.<name>]``.
+tables ``[dns]``, ``[ipam]``, ``[engine]``, ``[nat]``, ``[drivers.<name>]`` and
+``[cluster]`` (cluster mode, :mod:`overlayd.cluster.config`).
 
 NOTE: TOML cannot hold both ``drivers = ["a", "b"]`` and a table
 ``[drivers.a]`` (the key would be defined twice). So ``drivers`` is either the
@@ -32,6 +33,7 @@ from pydantic import Field
 from pydantic import ValidationError
 from pydantic import field_validator
 
+from overlayd.cluster.config import ClusterSettings
 from overlayd.errors import ConfigError
 from overlayd.nat.config import NatSettings
 
@@ -149,6 +151,8 @@ class DaemonConfig(EngineConfig):
     allowed_gids: list[int] = Field(default_factory=list)
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    #: ``[cluster]``: join a cluster through etcd (``None``: orchestrated mode).
+    cluster: ClusterSettings | None = None
 
 
 _TOP_KEYS = {
@@ -164,6 +168,7 @@ _TOP_KEYS = {
     "ipam",
     "engine",
     "nat",
+    "cluster",
 }
 
 

@@ -782,6 +782,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--fake", action="store_true", help="run on the fake driver (no root, no packets)"
     )
     parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="three nodes that form the mesh themselves through a real etcd (cluster mode)",
+    )
+    parser.add_argument(
         "--cleanup",
         metavar="PREFIX",
         help="remove what a --keep run left (the ovd-demo-xxxx prefix it printed) and exit",
@@ -807,6 +812,16 @@ def _check_interrupted() -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.cluster:  # cluster mode's demo lives in its own module
+        if args.keep or args.cleanup:
+            parser.error("--cluster takes only --fake")
+        if sys.platform == "win32":
+            say("overlayd demo --cluster is not supported on Windows")
+            return 2
+        else:
+            from overlayd.demo_cluster import main as cluster_demo
+
+            return cluster_demo(fake=args.fake)
     if args.cleanup:
         if args.keep or args.fake:
             parser.error("--cleanup goes alone")

@@ -1395,6 +1395,9 @@ class Engine:
 
     def _apply_peers(self, device: Device, changes: list[PeerChange]) -> None:
         current = dict(self.peers.get(device.name, {}))
+        # Only these peers can differ: the records are compared for them alone,
+        # so one change costs the same with 10 or 10,000 peers on the device.
+        touched = {change.public_key for change in changes}
         for change in changes:
             peer = current.get(change.public_key)
             if change.remove:
@@ -1426,11 +1429,12 @@ class Engine:
         self.hooks.peer_apply(device, changes)
         before = self.peers.get(device.name, {})
         tx = _Tx()
-        for pub in before:
-            if pub not in current:
-                tx.delete("peer", f"{device.name}|{pub}")
-        for pub, peer in current.items():
-            if before.get(pub) != peer:
+        for pub in touched:
+            peer = current.get(pub)
+            if peer is None:
+                if pub in before:
+                    tx.delete("peer", f"{device.name}|{pub}")
+            elif before.get(pub) != peer:
                 tx.put("peer", f"{device.name}|{pub}", peer)
         tx.after.append(lambda: self.peers.__setitem__(device.name, current))
         try:
@@ -1521,6 +1525,20 @@ class Engine:
             removed = [r for (n, _), r in self.dns.items() if n == lname and r.source == "manual"]
             if removed:
                 await self._run(self._dns_change, [], removed)
+
+    async def serve_remote_dns(
+        self, added: Sequence[DnsRecord], removed: Sequence[DnsRecord]
+    ) -> None:
+        """Serve (or stop serving) records that live elsewhere, e.g. on other cluster nodes.
+
+        The records go to the DNS hooks only: they are not stored, not listed
+        among this node's names and not handed back to ``register_dns``'s
+        callers; the caller (cluster mode) owns them and re-sends them after a
+        restart. Give them a ``source`` other than ``manual``/``handle:...``.
+        """
+        self._require_started()
+        if added or removed:
+            await self._run(self.hooks.dns_records_changed, list(added), list(removed))
 
     def _dns_change(self, added: list[DnsRecord], removed: list[DnsRecord]) -> None:
         self.hooks.dns_records_changed(added, removed)

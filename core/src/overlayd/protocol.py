@@ -81,6 +81,10 @@ __all__ = [
     "AttachmentInfo",
     "AttachmentsResponse",
     "BridgeNameResponse",
+    "ClusterNodeInfo",
+    "ClusterStats",
+    "ClusterStatusRequest",
+    "ClusterStatusResponse",
     "DedicatedServiceStatus",
     "DetachContainerRequest",
     "DriverDescription",
@@ -490,6 +494,37 @@ class NatStatusInfo(_Wire):
     warnings: list[StrictStr]
 
 
+class ClusterNodeInfo(_Wire):
+    """A node as ``cluster_status`` reports it (overlayd extension, cluster mode).
+
+    ``last_handshake_unix_secs`` is the last WireGuard handshake with that node
+    (0 = never; absent for the answering node itself); ``lease_ttl_secs`` the
+    seconds its etcd lease has left (absent when etcd could not be asked).
+    """
+
+    name: StrictStr
+    slices: list[CidrStr]
+    endpoint: EndpointStr
+    public_key: WgKey
+    node_ip: IpStr
+    local: StrictBool
+    last_handshake_unix_secs: I64 | None = None
+    lease_ttl_secs: I64 | None = None
+
+
+class ClusterStats(_Wire):
+    """Counters of the cluster agent since the daemon started."""
+
+    sessions: U64
+    peer_batches: U64
+    peers_added: U64
+    peers_updated: U64
+    peers_removed: U64
+    events: U64
+    bad_records: U64
+    etcd_requests: U64
+
+
 # ---------------------------------------------------------------------------
 # Requests (PROTOCOL.md "Requests")
 # ---------------------------------------------------------------------------
@@ -710,6 +745,12 @@ class NatPeerCandidatesRequest(Request):
     candidates: list[NatCandidateInfo]
 
 
+class ClusterStatusRequest(Request):
+    """Cluster mode: the nodes this node sees; answered with ``cluster_status``."""
+
+    op: Literal["cluster_status"] = "cluster_status"
+
+
 AnyRequest: TypeAlias = (
     SetLocalNodeIdRequest
     | SetLocalWgPubkeyRequest
@@ -739,6 +780,7 @@ AnyRequest: TypeAlias = (
     | MapPortRequest
     | UnmapPortRequest
     | NatPeerCandidatesRequest
+    | ClusterStatusRequest
 )
 
 # ---------------------------------------------------------------------------
@@ -866,6 +908,18 @@ class ReconcileReportResponse(Response):
     errors: list[StrictStr]
 
 
+class ClusterStatusResponse(Response):
+    """This node's view of the cluster: ``connected`` tells whether etcd answers now."""
+
+    result: Literal["cluster_status"] = "cluster_status"
+    name: StrictStr
+    prefix: StrictStr
+    connected: StrictBool
+    nodes: list[ClusterNodeInfo]
+    stats: ClusterStats
+    last_error: StrictStr | None = None
+
+
 AnyResponse: TypeAlias = (
     OkResponse
     | IpResponse
@@ -880,6 +934,7 @@ AnyResponse: TypeAlias = (
     | LeasesResponse
     | GcReportResponse
     | ReconcileReportResponse
+    | ClusterStatusResponse
 )
 
 # ---------------------------------------------------------------------------
@@ -992,6 +1047,7 @@ _EXTENSION_REQUESTS: Final = _requests(
     MapPortRequest,
     UnmapPortRequest,
     NatPeerCandidatesRequest,
+    ClusterStatusRequest,
 )
 #: The 19 ops of ZLayer's contract, in PROTOCOL.md order.
 ZLAYER_OPS: Final[tuple[str, ...]] = tuple(_ZLAYER_REQUESTS)
@@ -1019,6 +1075,7 @@ RESPONSE_TYPES: Final[Mapping[str, type[Response]]] = {
         LeasesResponse,
         GcReportResponse,
         ReconcileReportResponse,
+        ClusterStatusResponse,
     )
 }
 EVENT_TYPES: Final[Mapping[str, type[Event]]] = {
@@ -1039,6 +1096,7 @@ EXPECTED_RESULTS: Final[Mapping[str, tuple[str, ...]]] = {
     "list_leases": ("leases",),
     "gc": ("gc_report",),
     "reconcile": ("reconcile_report",),
+    "cluster_status": ("cluster_status",),
 }
 
 # ---------------------------------------------------------------------------

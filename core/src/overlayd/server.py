@@ -471,6 +471,9 @@ class Server:
 
     # -- dispatch -----------------------------------------------------------
 
+    #: Cluster mode of this daemon (``[cluster]``), set by :func:`run_daemon`.
+    cluster: Any = None
+
     async def dispatch(self, request: p.AnyRequest) -> p.AnyResponse:
         handler = _HANDLERS.get(type(request))
         if handler is None:
@@ -865,6 +868,17 @@ async def _unmap_port(s: Server, r: p.UnmapPortRequest) -> p.AnyResponse:
     return p.OkResponse()
 
 
+@_handles(p.ClusterStatusRequest)
+async def _cluster_status(s: Server, r: p.ClusterStatusRequest) -> p.AnyResponse:
+    if s.cluster is None:
+        return p.ErrResponse(
+            message="cluster mode is not enabled on this node "
+            "(its configuration has no [cluster] table)"
+        )
+    response: p.AnyResponse = await s.cluster.status()
+    return response
+
+
 # ---------------------------------------------------------------------------
 # the daemon
 # ---------------------------------------------------------------------------
@@ -895,8 +909,12 @@ async def run_daemon(config: DaemonConfig, *, engine: Engine | None = None) -> i
     :raises SocketInUse: another daemon serves on ``config.socket``.
     :raises OverlaydError: the engine or a driver could not start.
     """
+    # [cluster]: cluster mode (overlayd.cluster); None in orchestrated mode.
+    from overlayd.cluster.daemon import cluster_mode
+
+    cluster = cluster_mode(config)
     if engine is None:
-        plugins: list[object] = []
+        plugins: list[object] = list(cluster.plugins()) if cluster else []
         if config.dns.enabled:
             try:
                 from overlayd.dns.plugin import DnsPlugin
@@ -907,6 +925,9 @@ async def run_daemon(config: DaemonConfig, *, engine: Engine | None = None) -> i
                 ) from exc
             plugins.append(DnsPlugin(config.dns))
         engine = Engine(config, plugins=plugins)
+    elif cluster is not None:  # [cluster] with an engine built by the caller
+        for plugin in cluster.plugins():
+            engine.pm.register(plugin)
     server = Server(engine, config)
     # Claim the socket before touching the host: a second daemon must not
     # reconcile (and so disturb) what the first one owns.
@@ -914,8 +935,13 @@ async def run_daemon(config: DaemonConfig, *, engine: Engine | None = None) -> i
     try:
         await engine.start()
         try:
+            if cluster is not None:  # [cluster]: join in the background
+                await cluster.start(engine)
+                server.cluster = cluster
             await server.start()
         except BaseException:
+            if cluster is not None:
+                await cluster.stop()
             await engine.stop()
             raise
     except BaseException:
@@ -939,6 +965,8 @@ async def run_daemon(config: DaemonConfig, *, engine: Engine | None = None) -> i
         try:
             await server.close()
         finally:
+            if cluster is not None:  # [cluster]
+                await cluster.stop()
             await engine.stop()
             # A further SIGTERM while the process winds down must not kill it with
             # the default action (exit status -15): keep a handler installed; the

@@ -197,3 +197,34 @@ def make_hooks(engine_config: Any) -> Callable[..., Any]:
         return hooks
 
     return build
+
+
+@pytest.fixture
+def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real etcd on loopback, in a temporary directory, killed and removed at the end.
+
+    * Name: ``etcd_server``
+    * Scope: function
+    * Depends: ``tmp_path_factory``; the ``etcd`` program (Debian ``etcd-server``)
+
+    It is an :class:`overlayd.testing.etcd.EtcdServer`: ``.url`` for clients,
+    ``.stop()``/``.start()`` to simulate an outage (the data directory stays).
+    """
+    import shutil
+
+    if sys.platform == "win32":
+        pytest.skip("the etcd test server runs on Linux only")
+    else:
+        from overlayd.testing.etcd import EtcdServer
+        from overlayd.testing.etcd import etcd_binary
+
+        if etcd_binary() is None:
+            pytest.skip("etcd is not installed (Debian package etcd-server)")
+        workdir = tmp_path_factory.mktemp("etcd")
+        server = EtcdServer(workdir)
+        server.start()
+        try:
+            yield server
+        finally:
+            server.kill()
+            shutil.rmtree(workdir, ignore_errors=True)

@@ -1,0 +1,28 @@
+"""Nodes join through a real etcd and form the peer set (fake driver, in process)."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from .conftest import CLUSTER
+from .conftest import wait_for
+
+
+async def test_three_nodes_form_a_full_mesh(etcd_server: Any, make_node: Any) -> None:
+    nodes = [await make_node(etcd_server.url, f"n{i}") for i in range(3)]
+    for node in nodes:
+        await wait_for(lambda n=node: len(n.peers()) == 2, 10, f"{node.name} to see 2 peers")
+    slices = [n.agent.record.slices[0] for n in nodes]
+    assert len(set(slices)) == 3
+    for s in slices:
+        assert s.subnet_of(ipaddress.ip_network(CLUSTER)) and s.prefixlen == 24
+    for node in nodes:
+        peers = node.peers()
+        for other in nodes:
+            if other is node:
+                continue
+            peer = peers[other.agent.record.public_key]
+            assert peer.allowed_ips == other.agent.record.slices
+            assert peer.endpoint == "127.0.0.1:51820"
+        assert node.engine.global_.slice_cidr == node.agent.record.slices[0]
