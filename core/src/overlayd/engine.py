@@ -92,6 +92,9 @@ from overlayd.model import handle_key
 from overlayd.names import dedicated_device_name
 from overlayd.names import global_device_name
 from overlayd.names import service_bridge_name
+from overlayd.peers import Merge
+from overlayd.peers import PeerTable
+from overlayd.peers import change_from
 from overlayd.plugins import DriverContext
 from overlayd.plugins import Hooks
 from overlayd.plugins import load_drivers
@@ -312,7 +315,8 @@ class Engine:
         self.services: dict[str, ServiceOverlay] = {}
         self.attachments: dict[str, Attachment] = {}
         self.manual_leases: dict[str, Lease] = {}
-        self.peers: dict[str, dict[str, PeerConfig]] = {}
+        #: device name -> its peers as recorded (see overlayd.peers for the merge rules).
+        self.peers: dict[str, PeerTable] = {}
         self.dns: dict[tuple[str, str], DnsRecord] = {}
         self.masquerades: dict[str, MasqueradeRule] = {}
         self.port_mappings: dict[str, PortMapping] = {}
@@ -500,8 +504,7 @@ class Engine:
         self.peers = {}
         for key, value in data.get("peer", {}).items():
             device, _, _ = key.partition("|")
-            peer = PeerConfig.model_validate(value)
-            self.peers.setdefault(device, {})[peer.public_key] = peer
+            self._peer_table(device).put(PeerConfig.model_validate(value))
         self.dns = {
             (rec.name.lower(), str(rec.ip)): rec
             for rec in _DNS_ADAPTER.validate_python(list(data.get("dns", {}).values()))
@@ -756,9 +759,9 @@ class Engine:
                 undo.push("remove masquerade", lambda: self.hooks.nat_masquerade(rule, False))
                 tx.put("masquerade", str(slice_net), rule)
                 tx.after.append(lambda: self.masquerades.__setitem__(str(slice_net), rule))
-            recorded = self.peers.get(name, {})
+            recorded = self.peers.get(name)
             if recorded:
-                self.hooks.peer_apply(device, [_change_from(p) for p in recorded.values()])
+                self.hooks.peer_apply(device, [change_from(p) for p in recorded.values()])
             tx.put("global", "global", g)
 
             def apply() -> None:
@@ -1204,23 +1207,16 @@ class Engine:
             tx = _Tx()
             if att.guest is not None:
                 device = svc.dedicated or g.device
-                peer = PeerConfig(
+                guest = PeerChange(
                     public_key=att.guest.public_key,
                     allowed_ips=(ipaddress.ip_network(f"{lease.ip}/{lease.ip.max_prefixlen}"),),
                 )
-                self.hooks.peer_apply(device, [_change_from(peer)])
-                undo.push(
-                    "remove guest peer",
-                    lambda: self.hooks.peer_apply(
-                        device, [PeerChange(public_key=peer.public_key, remove=True)]
-                    ),
-                )
-                tx.put("peer", f"{device.name}|{peer.public_key}", peer)
-                tx.after.append(
-                    lambda: self.peers.setdefault(device.name, {}).__setitem__(
-                        peer.public_key, peer
-                    )
-                )
+                table = self._peer_table(device.name)
+                merged = table.preview([guest])
+                restore = table.undo_changes(merged)
+                self.hooks.peer_apply(device, [guest])
+                undo.push("remove guest peer", lambda: self.hooks.peer_apply(device, restore))
+                self._record_peers(tx, table, merged)
             records = [
                 DnsRecord(name=svc.service, ip=lease.ip, source=owner),
                 DnsRecord(
@@ -1317,13 +1313,13 @@ class Engine:
             g = self.global_
             device = svc.dedicated if svc and svc.dedicated else (g.device if g else None)
             if device is not None:
-                pub = att.guest.public_key
+                removal = [PeerChange(public_key=att.guest.public_key, remove=True)]
+                table = self._peer_table(device.name)
                 try:
-                    self.hooks.peer_apply(device, [PeerChange(public_key=pub, remove=True)])
+                    self.hooks.peer_apply(device, removal)
                 except OverlaydError as exc:
                     errors.append(exc)
-                tx.delete("peer", f"{device.name}|{pub}")
-                tx.after.append(lambda: self.peers.get(device.name, {}).pop(pub, None))
+                self._record_peers(tx, table, table.preview(removal))
         svc = self.services.get(att.service)
         releases: list[tuple[Pool, IPAddress]] = []
         if svc is not None:
@@ -1371,51 +1367,35 @@ class Engine:
             async with self._locks.hold((f"device:{device.name}", True)):
                 await self._run(self._apply_peers, device, list(changes))
 
+    def _peer_table(self, device: str) -> PeerTable:
+        table = self.peers.get(device)
+        if table is None:
+            table = self.peers[device] = PeerTable(device)
+        return table
+
+    def _record_peers(self, tx: _Tx, table: PeerTable, merged: Merge[IPNetwork]) -> None:
+        """Add the records a merge changes to ``tx``, and the table update after it."""
+        for pub, cfg in table.configs(merged).items():
+            if cfg is None:
+                tx.delete("peer", f"{table.name}|{pub}")
+            else:
+                tx.put("peer", f"{table.name}|{pub}", cfg)
+        tx.after.append(functools.partial(table.commit, merged))
+
     def _apply_peers(self, device: Device, changes: list[PeerChange]) -> None:
-        current = dict(self.peers.get(device.name, {}))
-        for change in changes:
-            peer = current.get(change.public_key)
-            if change.remove:
-                current.pop(change.public_key, None)
-                continue
-            if peer is None:
-                edits_only = change.endpoint is None and change.allowed_ips is None
-                if edits_only and (change.add_allowed_ips or change.remove_allowed_ips):
-                    raise NotFound(
-                        f"peer {change.public_key} is not on device {device.name}; "
-                        "add it with add_peer first"
-                    )
-                peer = PeerConfig(public_key=change.public_key)
-            ips = list(change.allowed_ips if change.allowed_ips is not None else peer.allowed_ips)
-            for net in change.add_allowed_ips:
-                if net not in ips:
-                    ips.append(net)
-            ips = [n for n in ips if n not in change.remove_allowed_ips]
-            current[change.public_key] = PeerConfig(
-                public_key=change.public_key,
-                endpoint=change.endpoint if change.endpoint is not None else peer.endpoint,
-                allowed_ips=tuple(ips),
-                persistent_keepalive_secs=(
-                    change.persistent_keepalive_secs
-                    if change.persistent_keepalive_secs is not None
-                    else peer.persistent_keepalive_secs
-                ),
-            )
+        # The same merge the drivers apply (overlayd.peers): what is recorded is
+        # what the device holds, including prefixes that moved between peers.
+        table = self._peer_table(device.name)
+        merged = table.preview(changes)
+        restore = table.undo_changes(merged)
         self.hooks.peer_apply(device, changes)
-        before = self.peers.get(device.name, {})
         tx = _Tx()
-        for pub in before:
-            if pub not in current:
-                tx.delete("peer", f"{device.name}|{pub}")
-        for pub, peer in current.items():
-            if before.get(pub) != peer:
-                tx.put("peer", f"{device.name}|{pub}", peer)
-        tx.after.append(lambda: self.peers.__setitem__(device.name, current))
+        self._record_peers(tx, table, merged)
         try:
             self._commit(tx)
         except StateError:
             # Put the device back as it was recorded.
-            self.hooks.peer_apply(device, _restore_changes(before, current))
+            self.hooks.peer_apply(device, restore)
             raise
 
     async def add_peer(
@@ -1458,7 +1438,7 @@ class Engine:
 
     def _require_peer(self, public_key: str, scope: PeerScope | None) -> None:
         device = self._device_for(scope or PeerScope())
-        if public_key not in self.peers.get(device.name, {}):
+        if public_key not in self.peers.get(device.name, ()):
             raise NotFound(
                 f"peer {public_key} is not on device {device.name}; add it with add_peer first"
             )
@@ -1861,10 +1841,10 @@ class Engine:
 
     def _reconcile_peers(self, device: Device) -> None:
         """Make the device's peers exactly the recorded ones (diffed by the driver)."""
-        peers = self.peers.get(device.name, {})
+        peers = self._peer_table(device.name)
         present = {p.public_key for p in self.hooks.peer_status(device)}
-        changes = [_change_from(p) for p in peers.values()]
-        changes += [PeerChange(public_key=k, remove=True) for k in sorted(present - peers.keys())]
+        changes = [PeerChange(public_key=k, remove=True) for k in sorted(present - peers.keys())]
+        changes += [change_from(p) for p in peers.values()]
         if changes:
             self.hooks.peer_apply(device, changes)
 
@@ -1916,23 +1896,6 @@ def _short_name(handle: AnyHandle) -> str:
     assert isinstance(handle, NetnsHandle)
     base = handle.path.rstrip("/").rsplit("/", 1)[-1]
     return re.sub(r"[^a-z0-9-]", "-", base.lower())[:32].strip("-") or "netns"
-
-
-def _change_from(peer: PeerConfig) -> PeerChange:
-    return PeerChange(
-        public_key=peer.public_key,
-        endpoint=peer.endpoint,
-        persistent_keepalive_secs=peer.persistent_keepalive_secs,
-        allowed_ips=peer.allowed_ips,
-    )
-
-
-def _restore_changes(
-    before: dict[str, PeerConfig], after: dict[str, PeerConfig]
-) -> list[PeerChange]:
-    out = [PeerChange(public_key=k, remove=True) for k in after if k not in before]
-    out += [_change_from(p) for k, p in before.items() if after.get(k) != p]
-    return out
 
 
 def _build_change(**kwargs: Any) -> PeerChange:

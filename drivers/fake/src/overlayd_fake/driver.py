@@ -46,6 +46,7 @@ from overlayd.model import DeviceSpec
 from overlayd.model import DriverInfo
 from overlayd.model import GuestConfig
 from overlayd.model import GuestManagedHandle
+from overlayd.model import IPNetwork
 from overlayd.model import MasqueradeRule
 from overlayd.model import NatCandidate
 from overlayd.model import PeerChange
@@ -56,6 +57,8 @@ from overlayd.model import ReconcileReport
 from overlayd.model import ReconcileRequest
 from overlayd.model import WindowsContainerHandle
 from overlayd.model import handle_key
+from overlayd.peers import Peer
+from overlayd.peers import merge
 
 __all__ = ["Call", "FakeDriver", "FakeHost"]
 
@@ -434,43 +437,43 @@ class FakeDriver:
             return None
         self._enter("overlayd_peer_apply", device=device, changes=list(changes))
         with self._lock:
-            current = dict(self._device_peers(device, "peer_apply"))
-            for ch in changes:
-                if ch.remove:
-                    current.pop(ch.public_key, None)
+            current = self._device_peers(device, "peer_apply")
+            owner = {net: pk for pk, peer in current.items() for net in peer.allowed_ips}
+
+            def peer_of(public_key: str) -> Peer[IPNetwork] | None:
+                status = current.get(public_key)
+                if status is None:
+                    return None
+                return Peer(
+                    public_key=public_key,
+                    endpoint=status.endpoint,
+                    allowed_ips=status.allowed_ips,
+                    persistent_keepalive_secs=status.persistent_keepalive_secs,
+                )
+
+            # The merge every overlayd component uses (overlayd.peers): a prefix
+            # given to a second peer moves to it, as in the kernel.
+            merged = merge(changes, peer_of, owner.get, _same, device=f"device {device.name}")
+            after = dict(current)
+            for pk, peer in merged.peers.items():
+                if peer is None:
+                    after.pop(pk, None)
                     continue
-                old = current.get(ch.public_key) or PeerStatus(public_key=ch.public_key)
-                ips = list(ch.allowed_ips if ch.allowed_ips is not None else old.allowed_ips)
-                ips += [n for n in ch.add_allowed_ips if n not in ips]
-                ips = [n for n in ips if n not in ch.remove_allowed_ips]
-                endpoint = ch.endpoint if ch.endpoint is not None else old.endpoint
-                if endpoint is not None and ":" not in endpoint:
+                if peer.endpoint is not None and ":" not in peer.endpoint:
                     raise PeerError(
-                        f"endpoint {endpoint!r} is not host:port",
+                        f"endpoint {peer.endpoint!r} is not host:port",
                         op="peer_apply",
                         driver=self.name,
                     )
-                current[ch.public_key] = old.model_copy(
+                old = current.get(pk) or PeerStatus(public_key=pk)
+                after[pk] = old.model_copy(
                     update={
-                        "endpoint": endpoint,
-                        "allowed_ips": tuple(ips),
-                        "persistent_keepalive_secs": (
-                            ch.persistent_keepalive_secs
-                            if ch.persistent_keepalive_secs is not None
-                            else old.persistent_keepalive_secs
-                        ),
+                        "endpoint": peer.endpoint,
+                        "allowed_ips": peer.allowed_ips,
+                        "persistent_keepalive_secs": peer.persistent_keepalive_secs,
                     }
                 )
-            # WireGuard routes an allowed IP to exactly one peer: the last one set wins.
-            owner: dict[str, str] = {}
-            for pub, peer in current.items():
-                for net in peer.allowed_ips:
-                    owner[str(net)] = pub
-            for pub, peer in list(current.items()):
-                kept = tuple(n for n in peer.allowed_ips if owner[str(n)] == pub)
-                if kept != peer.allowed_ips:
-                    current[pub] = peer.model_copy(update={"allowed_ips": kept})
-            self.host.peers[device.name] = current
+            self.host.peers[device.name] = after
             self._save()
         return True
 
@@ -617,6 +620,10 @@ class FakeDriver:
             return None
         with self._lock:
             return attachment.key in self.host.attachments and attachment.key not in self.host.dead
+
+
+def _same(net: IPNetwork) -> IPNetwork:
+    return net
 
 
 def _guid(seed: str) -> str:
