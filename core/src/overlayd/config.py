@@ -105,6 +105,9 @@ class EngineSettings(_Settings):
     segment_kind: str = "bridge"
     #: Worker threads for hook calls.
     workers: int = Field(default=16, ge=1, le=256)
+    #: At stop, how long work in flight (a periodic reconcile, a request) may
+    #: take to finish before the drivers shut down anyway; what is cut off is logged.
+    stop_timeout_secs: float = Field(default=15.0, ge=0)
 
 
 class EngineConfig(_Settings):

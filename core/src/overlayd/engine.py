@@ -32,7 +32,6 @@ from collections.abc import Callable
 from collections.abc import Iterable
 from collections.abc import Iterator
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from dataclasses import field
 from typing import Any
@@ -100,6 +99,8 @@ from overlayd.plugins import Hooks
 from overlayd.plugins import load_drivers
 from overlayd.plugins import make_plugin_manager
 from overlayd.plugins import register_drivers
+from overlayd.work import Undo
+from overlayd.work import WorkerPool
 
 __all__ = ["DedicatedStatus", "Engine", "GcReport", "ReconcileSummary", "Status"]
 
@@ -195,25 +196,7 @@ class ReconcileSummary(_Result):
 # ---------------------------------------------------------------------------
 
 
-class _Undo:
-    """Inverses of completed steps; run in reverse when a later step fails."""
-
-    def __init__(self) -> None:
-        self._steps: list[tuple[str, Callable[[], object]]] = []
-
-    def push(self, what: str, fn: Callable[[], object]) -> None:
-        self._steps.append((what, fn))
-
-    def run(self) -> list[BaseException]:
-        errors: list[BaseException] = []
-        for what, fn in reversed(self._steps):
-            try:
-                fn()
-            except Exception as exc:  # noqa: BLE001 - rollback must try every step
-                log.error("rollback step %r failed: %s", what, exc)
-                errors.append(exc)
-        self._steps.clear()
-        return errors
+_Undo = Undo
 
 
 @dataclass
@@ -303,7 +286,8 @@ class Engine:
         self._secrets: Any = None
         self._locks = LockTable()
         self._mem = threading.Lock()
-        self._executor: ThreadPoolExecutor | None = None
+        self._work = WorkerPool(self.config.engine.workers)
+        self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._subscribers: set[asyncio.Queue[Event]] = set()
         self._tasks: list[asyncio.Task[None]] = []
@@ -314,6 +298,8 @@ class Engine:
         self.global_: GlobalOverlay | None = None
         self.services: dict[str, ServiceOverlay] = {}
         self.attachments: dict[str, Attachment] = {}
+        #: Windows: namespace GUID -> attachment key (detach by namespace GUID).
+        self._by_namespace: dict[str, str] = {}
         self.manual_leases: dict[str, Lease] = {}
         #: device name -> its peers as recorded (see overlayd.peers for the merge rules).
         self.peers: dict[str, PeerTable] = {}
@@ -342,9 +328,8 @@ class Engine:
         if self._started:
             return
         self._loop = asyncio.get_running_loop()
-        self._executor = ThreadPoolExecutor(
-            max_workers=self.config.engine.workers, thread_name_prefix="overlayd-hook"
-        )
+        self._stopping = False
+        self._work.start()
         if self._store is None:
             from overlayd.state import open_store
 
@@ -371,25 +356,45 @@ class Engine:
             self._tasks.append(asyncio.create_task(self._periodic(interval, self.reconcile)))
 
     async def stop(self) -> None:
-        """Stop periodic work and the drivers; the data plane stays up."""
-        if not self._started:
+        """Stop periodic work and the drivers; the data plane stays up.
+
+        New operations are refused from here on. Work in flight (a periodic
+        reconcile, a request of an embedder) is drained first, for at most
+        ``engine.stop_timeout_secs``; what still runs then is logged by name
+        before the drivers shut down and the store closes under it.
+        """
+        if not self._started or self._stopping:
             return
-        self._started = False
+        self._stopping = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.engine.stop_timeout_secs
         for task in self._tasks:
             task.cancel()
+        if self._tasks:
+            # A cancelled periodic pass still waits for its worker (WorkerPool.run).
+            await asyncio.wait(self._tasks, timeout=max(0.0, deadline - loop.time()))
+        left = await self._work.drain(max(0.0, deadline - loop.time()))
+        if left:
+            log.error(
+                "stopping with %d operation(s) still running after %.0fs, cut off: %s",
+                len(left),
+                self.config.engine.stop_timeout_secs,
+                "; ".join(left),
+            )
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            if task.done() and not task.cancelled():
+                with contextlib.suppress(Exception):
+                    task.result()
         self._tasks.clear()
+        self._started = False
         try:
             await self._run(self.hooks.shutdown)
         except OverlaydError as exc:
             log.error("driver shutdown failed: %s", exc)
         if self._store is not None:
             self._store.close()
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+        self._work.shutdown(wait=not left)
+        self._stopping = False
 
     async def _periodic(self, interval: float, fn: Callable[[], Any]) -> None:
         while True:
@@ -402,11 +407,16 @@ class Engine:
                 log.exception("periodic %s crashed; it will run again", getattr(fn, "__name__", fn))
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run blocking work (hooks) off the event loop."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: fn(*args))
+        """Run blocking work (hooks) off the event loop.
+
+        Cancelling the caller does not release its locks before the worker has
+        finished (see :class:`overlayd.work.WorkerPool`).
+        """
+        return await self._work.run(fn, *args)
 
     def _require_started(self) -> None:
+        if self._stopping:
+            raise InvalidRequest("overlayd is stopping; retry once it is back")
         if not self._started:
             raise InvalidRequest("the engine is not started; use `async with Engine(...)`")
 
@@ -468,13 +478,6 @@ class Engine:
             for fn in tx.after:
                 fn()
 
-    def _commit_or_undo(self, tx: _Tx, undo: _Undo) -> None:
-        try:
-            self._commit(tx)
-        except StateError:
-            undo.run()
-            raise
-
     def _load(self) -> None:
         """Rebuild the in-memory view and IPAM pools from the store."""
         # Tens of thousands of long-lived records are built here; left on, the
@@ -497,6 +500,9 @@ class Engine:
         self.attachments = dict(
             zip(records, _ATTACHMENTS_ADAPTER.validate_python(list(records.values())), strict=True)
         )
+        self._by_namespace = {
+            a.namespace_guid.lower(): k for k, a in self.attachments.items() if a.namespace_guid
+        }
         leases = leases_from_records(data.get("lease", {}).values())
         self.manual_leases = {
             f"{lease.pool}|{lease.ip}": lease for lease in leases if lease.owner == "manual"
@@ -770,8 +776,8 @@ class Engine:
 
             tx.after.append(apply)
             self._commit(tx)
-        except BaseException:
-            undo.run()
+        except BaseException as exc:
+            undo.rollback(exc)
             raise
         self._sync_dns_serve()
         log.info("global overlay %s up: node %s, slice %s", name, node_ip, slice_net)
@@ -949,8 +955,8 @@ class Engine:
             tx.put("service", service, svc)
             tx.after.append(lambda: self.services.__setitem__(service, svc))
             self._commit(tx)
-        except BaseException:
-            undo.run()
+        except BaseException as exc:
+            undo.rollback(exc)
             raise
         self._sync_dns_serve()
         return svc
@@ -1242,9 +1248,12 @@ class Engine:
                 tx.put("lease", f"{global_lease.pool}|{global_lease.ip}", global_lease)
             tx.put("attachment", key, att)
             tx.after.append(lambda: self.attachments.__setitem__(key, att))
+            if att.namespace_guid:
+                guid = att.namespace_guid.lower()
+                tx.after.append(lambda: self._by_namespace.__setitem__(guid, key))
             self._commit(tx)
-        except BaseException:
-            undo.run()
+        except BaseException as exc:
+            undo.rollback(exc)
             raise
         return att
 
@@ -1272,19 +1281,40 @@ class Engine:
                 handle = _HANDLE_ADAPTER.validate_python(handle)
             except ValueError as exc:
                 raise InvalidRequest(f"invalid detach handle: {exc}") from None
-        key = handle_key(handle)
-        att = self.attachments.get(key)
-        if att is None:
-            return False
-        async with self._locks.hold(
-            ("global", False),
-            (f"service:{att.service}", False),
-            (f"handle:{key}", True),
-        ):
-            if key not in self.attachments:
+        key = self._attachment_key(handle)
+        while True:
+            att = self.attachments.get(key)
+            if att is None:
                 return False
-            await self._run(self._detach_locked, key)
-            return True
+            async with self._locks.hold(
+                ("global", False),
+                (f"service:{att.service}", False),
+                (f"handle:{key}", True),
+            ):
+                # Read the attachment again under its locks: while this call
+                # waited, the handle may have been detached and attached to
+                # another service, whose lock is the one to hold.
+                held = self.attachments.get(key)
+                if held is None:
+                    return False
+                if held.service != att.service:
+                    continue
+                await self._run(self._detach_locked, key)
+                return True
+
+    def _attachment_key(self, handle: AnyHandle) -> str:
+        """The key of the attachment ``handle`` names.
+
+        ZLayer's HCS runtime detaches a Windows container by the namespace GUID
+        the attach answered, passed as ``container_id``; such a handle finds the
+        attachment whose namespace it is.
+        """
+        key = handle_key(handle)
+        if key in self.attachments or not isinstance(handle, WindowsContainerHandle):
+            return key
+        guid = handle.container_id.strip().strip("{}").lower()
+        with self._mem:
+            return self._by_namespace.get(guid, key)
 
     def _detach_locked(self, key: str) -> None:
         att = self.attachments[key]
@@ -1330,6 +1360,10 @@ class Engine:
             tx.delete("lease", f"{pool.name}|{ip}")
         tx.delete("attachment", key)
         tx.after.append(lambda: self.attachments.pop(key, None))
+        if att.namespace_guid:
+            tx.after.append(
+                functools.partial(self._by_namespace.pop, att.namespace_guid.lower(), None)
+            )
         self._commit(tx)
         for pool, ip in releases:
             try:
