@@ -46,9 +46,10 @@ A frame is a 4-byte **unsigned little-endian** length followed by that many
 bytes of compact UTF-8 JSON; at most 8 MiB. The length is checked before the
 body is read. EOF at a frame boundary is a clean close; EOF inside a frame, or
 a length over the limit, closes the connection. Requests carry a client-chosen
-``id`` (u64) that the response echoes; events carry none and are pushed to
-every connection. Requests on one connection may be in flight together and are
-answered as they finish.
+``id`` (u64) that the response echoes; events carry none and are pushed only
+to connections that subscribed (``hello`` with ``events``, see "Events" below).
+Requests on one connection may be in flight together and are answered as they
+finish.
 
 A frame that is valid JSON but not a valid request is answered with ``err``
 naming the problem (with the request's ``id`` when it can be read, else 0), and
@@ -66,10 +67,31 @@ Extensions
 
 overlayd adds operations under new ``op`` names only; no ZLayer operation
 changes shape: ``hello`` (protocol version, server version, loaded drivers with
-their API versions and capabilities, supported ops), ``apply_peers`` (a batch
-of peer changes applied as one transaction), ``list_attachments``,
-``list_leases``, ``gc`` (detach everything not in the caller's live set,
-race-safe) and ``reconcile``. Their frames are among the examples above.
+their API versions and capabilities, supported ops, and the event
+subscription), ``apply_peers`` (a batch of peer changes applied as one
+transaction), ``list_attachments``, ``list_leases``, ``gc`` (detach everything
+not in the caller's live set, race-safe), ``reconcile``, ``map_port`` and
+``unmap_port``. Their frames are among the examples above.
+
+Event subscription
+~~~~~~~~~~~~~~~~~~
+
+A connection receives **no** event frame until it asks for them: ``hello``
+with ``events`` (a list of event kinds, ``peer_health_changed`` and
+``nat_endpoint_changed``) subscribes it to those kinds from then on; ``[]``
+stops them; a ``hello`` without ``events`` leaves the subscription as it is.
+The answer then carries ``events`` (the kinds now subscribed) and
+``events_dropped``. ZLayer's client never subscribes: it keeps one connection
+and reads only inside a request, so it must never find an event where it
+expects its answer (ZLayer's own daemon sends none).
+
+A subscriber that reads too slowly loses events, never its connection: each
+subscription queues at most 1,024 events, and when the queue is full the oldest
+queued event is dropped and counted in ``events_dropped``. The daemon logs the
+first drop of such an episode once, and its end (with the number lost) once.
+In the Python client, ``AsyncClient.subscribe(kinds)`` (or ``events()``)
+subscribes and returns an async iterator of events; the subscription is
+renewed after a reconnect.
 
 """
 

@@ -526,7 +526,7 @@ class ServiceOverlay(_Model):
 
 
 class Event(_Model):
-    """An event the engine pushes to listening clients."""
+    """An event the engine pushes to subscribed clients."""
 
     event: Literal["peer_health_changed", "nat_endpoint_changed"]
     pubkey: str
