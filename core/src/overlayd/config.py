@@ -78,16 +78,23 @@ class IpamSettings(_Settings):
 
     The node slice (``slice_cidr`` of ``setup_global_overlay``, else the whole
     cluster CIDR) holds the node's own address, the node pool (addresses of
-    ``join_global`` containers) and the service subnets, so one AllowedIPs entry
-    per node covers everything it hosts. ZLayer gives each service a /28 per
-    node (13 containers); overlayd defaults to /22 (1,021 containers), and
-    shrinks the blocks when the slice is too small to hold at least four of them.
+    ``join_global`` containers) and, in the ``carved`` layout, the service
+    subnets, so one AllowedIPs entry per node covers everything it hosts.
+    ZLayer gives each service a /28 per node (13 containers); overlayd defaults
+    to /22 (1,021 containers), and shrinks the blocks when the slice is too
+    small to hold at least four of them. Small slices and Windows use other
+    layouts (:mod:`overlayd.layout`).
     """
 
     #: Prefix length of a service subnet (IPv4).
     service_prefix_v4: int = Field(default=22, ge=8, le=30)
     #: Prefix length of a service subnet (IPv6).
     service_prefix_v6: int = Field(default=112, ge=64, le=126)
+    #: Prefix length of a service subnet carved from the cluster CIDR outside
+    #: the node slice (small slices; dedicated services on Windows): ZLayer's /28.
+    outside_prefix_v4: int = Field(default=28, ge=8, le=30)
+    #: The same for IPv6 (ZLayer's /120).
+    outside_prefix_v6: int = Field(default=120, ge=64, le=126)
 
 
 class EngineSettings(_Settings):

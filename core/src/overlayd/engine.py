@@ -36,7 +36,6 @@ from dataclasses import dataclass
 from dataclasses import field
 from typing import Any
 from typing import TypeVar
-from typing import cast
 
 import pluggy
 from pydantic import BaseModel
@@ -54,8 +53,10 @@ from overlayd.errors import OverlaydError
 from overlayd.errors import StateError
 from overlayd.errors import TeardownError
 from overlayd.ipam import PortBand
-from overlayd.ipam import SubnetCarver
 from overlayd.ipam import usable_range
+from overlayd.layout import SliceLayout
+from overlayd.layout import choose_layout
+from overlayd.layout import global_conflicts
 from overlayd.locks import LockTable
 from overlayd.model import AnyHandle
 from overlayd.model import Attachment
@@ -306,7 +307,10 @@ class Engine:
         self.dns: dict[tuple[str, str], DnsRecord] = {}
         self.masquerades: dict[str, MasqueradeRule] = {}
         self.port_mappings: dict[str, PortMapping] = {}
-        self._carver: SubnetCarver | None = None
+        #: The global overlay after ``teardown_global_overlay`` while services or
+        #: attachments still use its slice: a later set-up adopts it.
+        self._retired: GlobalOverlay | None = None
+        self._layout: SliceLayout | None = None
         self._ports: PortBand | None = None
         self._health: dict[tuple[str, str], bool] = {}
         self._tx_seen: dict[tuple[str, str], tuple[int, int]] = {}
@@ -493,6 +497,8 @@ class Engine:
         self.local_wg_pubkey = meta.get("local_wg_pubkey")
         g = data.get("global", {}).get("global")
         self.global_ = GlobalOverlay.model_validate(g) if g else None
+        retired = data.get("global", {}).get("retired")
+        self._retired = GlobalOverlay.model_validate(retired) if retired else None
         self.services = {
             k: ServiceOverlay.model_validate(v) for k, v in data.get("service", {}).items()
         }
@@ -524,12 +530,14 @@ class Engine:
         by_pool: dict[str, list[Lease]] = {}
         for lease in leases:
             by_pool.setdefault(lease.pool, []).append(lease)
-        if self.global_ is not None:
-            self._init_carving(self.global_)
+        addressing = self._addressing()
+        if addressing is not None:
+            self._init_layout(addressing)
             self.hooks.ipam_pool_create(self._node_pool(), by_pool.get(NODE_POOL, []))
         for svc in self.services.values():
-            assert self._carver is not None
-            self._carver.mark_used(svc.subnet)
+            assert self._layout is not None
+            if not self._layout.flat(svc.mode):
+                self._layout.mark_used(svc.subnet)
             if svc.dedicated is not None and svc.dedicated.listen_port and self._ports:
                 self._ports.reserve(svc.dedicated.listen_port)
             pool = self._pool_for(svc)
@@ -539,25 +547,32 @@ class Engine:
 
     # -- addressing helpers -------------------------------------------------
 
-    def _block_prefix(self, slice_cidr: IPNetwork) -> int:
-        ipam = self.config.ipam
-        want = ipam.service_prefix_v4 if slice_cidr.version == 4 else ipam.service_prefix_v6
-        # The slice must hold the node pool block plus at least three service blocks.
-        return max(want, slice_cidr.prefixlen + 2)
+    def _addressing(self) -> GlobalOverlay | None:
+        """The global overlay whose slice the node's addresses come from (up or retired)."""
+        return self.global_ or self._retired
 
-    def _init_carving(self, g: GlobalOverlay) -> None:
-        prefix = self._block_prefix(g.slice_cidr)
-        node_block = cast(IPNetwork, next(iter(g.slice_cidr.subnets(new_prefix=prefix))))
-        self._carver = SubnetCarver(g.slice_cidr, prefix, exclude=[node_block])
+    def _init_layout(self, g: GlobalOverlay) -> None:
+        self._layout = SliceLayout(
+            g.layout or "carved",
+            g.cluster_cidr,
+            g.slice_cidr,
+            self.config.ipam,
+            node_key=str(g.slice_cidr),
+        )
         self._ports = PortBand(g.wg_port)
 
     def _node_pool(self) -> Pool:
-        assert self.global_ is not None
-        g = self.global_
-        block = next(g.slice_cidr.subnets(new_prefix=self._block_prefix(g.slice_cidr)))
-        return Pool(name=NODE_POOL, cidr=block, reserved=(g.node_ip,))
+        g = self._addressing()
+        assert g is not None and self._layout is not None
+        return self._layout.node_pool(g.node_ip)
+
+    def _flat(self, svc: ServiceOverlay) -> bool:
+        """A service without a pool of its own: it uses the node pool (Windows, shared)."""
+        return self._layout is not None and self._layout.flat(svc.mode)
 
     def _pool_for(self, svc: ServiceOverlay) -> Pool:
+        if self._flat(svc):
+            return self._node_pool()
         reserved: tuple[IPAddress, ...] = (svc.gateway,)
         if svc.overlay_ip is not None:
             reserved += (svc.overlay_ip,)
@@ -566,7 +581,8 @@ class Engine:
     def _zone(self) -> str:
         zone = self.config.dns.zone
         if not zone:
-            deployment = self.global_.deployment if self.global_ else "overlay"
+            g = self._addressing()
+            deployment = g.deployment if g else "overlay"
             zone = f"{deployment}.local."
         return zone if zone.endswith(".") else zone + "."
 
@@ -576,7 +592,9 @@ class Engine:
         if dns.listen_on_gateways:
             for svc in sorted(self.services.values(), key=lambda s: s.service):
                 host = f"[{svc.gateway}]" if svc.gateway.version == 6 else str(svc.gateway)
-                out.append(f"{host}:{dns.gateway_port}")
+                address = f"{host}:{dns.gateway_port}"
+                if address not in out:  # services on the base network share a gateway
+                    out.append(address)
         return out
 
     def _sync_dns_serve(self) -> None:
@@ -664,13 +682,23 @@ class Engine:
         wg_port: int,
         nat_enabled: bool = False,
     ) -> str:
-        """Create (or return) the node's WireGuard device; returns its interface name."""
+        """Create (or adopt) the node's WireGuard device; returns its interface name.
+
+        ZLayer's agent sends this at every start with its own pid as
+        ``instance_id``. A request for the overlay already set up (or torn down
+        while services and attachments still use its slice) adopts it whatever
+        the ``instance_id``: the same device, key, slice, peers and attachments,
+        answered as a first set-up would be. An absent ``slice_cidr`` keeps the
+        recorded slice; ``nat_enabled`` is applied. A different deployment,
+        cluster CIDR, given slice or port is refused (see :func:`global_conflicts`).
+        """
         self._require_started()
         self._check_name("deployment", deployment)
         if instance_id:
             self._check_name("instance_id", instance_id)
         cluster = self._parse_net("cluster_cidr", cluster_cidr)
-        slice_net = self._parse_net("slice_cidr", slice_cidr) if slice_cidr else cluster
+        given = self._parse_net("slice_cidr", slice_cidr) if slice_cidr else None
+        slice_net = given or cluster
         if slice_net.version != cluster.version or not slice_net.subnet_of(cluster):  # type: ignore[arg-type]
             raise InvalidRequest(f"slice_cidr {slice_net} is not inside cluster_cidr {cluster}")
         if slice_net.max_prefixlen - slice_net.prefixlen < 4:
@@ -681,20 +709,36 @@ class Engine:
         if not 0 < wg_port < 65536 - 256:
             raise InvalidRequest(f"wg_port {wg_port} is not a usable UDP port")
         async with self._locks.hold(("global", True)):
-            existing = self.global_
+            existing = self._addressing()
             if existing is not None:
-                same = (
-                    existing.cluster_cidr == cluster
-                    and existing.slice_cidr == slice_net
-                    and existing.deployment == deployment
-                    and existing.instance_id == instance_id
+                conflicts = global_conflicts(
+                    existing, deployment=deployment, cluster=cluster, slice_net=given, port=wg_port
                 )
-                if not same:
+                if conflicts and self.global_ is None and not self._slice_in_use():
+                    # Torn down and nothing uses its slice any more: start afresh.
+                    await self._run(self._forget_retired)
+                    existing = None
+                elif conflicts:
+                    state = "is set up" if self.global_ is not None else "was set up"
                     raise Conflict(
-                        f"the global overlay is already set up (deployment {existing.deployment}, "
-                        f"cluster {existing.cluster_cidr}, slice {existing.slice_cidr}); "
-                        "tear it down before setting it up differently"
+                        f"the global overlay {state} differently: {'; '.join(conflicts)}. "
+                        + (
+                            "Tear it down before setting it up differently."
+                            if self.global_ is not None
+                            else "Services or attachments still use its slice; tear them "
+                            "down first, or set it up as it was."
+                        )
                     )
+            if existing is not None and self.global_ is existing:
+                if existing.instance_id != instance_id:
+                    log.info(
+                        "instance %s adopts the global overlay %s of instance %s",
+                        instance_id or "''",
+                        existing.device.name,
+                        existing.instance_id or "''",
+                    )
+                if existing.nat_enabled != nat_enabled:
+                    await self._run(self._set_global_nat, nat_enabled)
                 return existing.device.name
             return await self._run(
                 self._setup_global,
@@ -702,9 +746,17 @@ class Engine:
                 instance_id,
                 cluster,
                 slice_net,
+                given is not None,
                 wg_port,
                 nat_enabled,
             )
+
+    def _slice_in_use(self) -> bool:
+        return bool(
+            self.services
+            or self.attachments
+            or any(lease.pool == NODE_POOL for lease in self.manual_leases.values())
+        )
 
     def _identity_key(self, name: str) -> str:
         key = self._secrets.get(name)
@@ -721,11 +773,24 @@ class Engine:
         instance_id: str,
         cluster: IPNetwork,
         slice_net: IPNetwork,
+        slice_given: bool,
         wg_port: int,
         nat_enabled: bool,
     ) -> str:
-        first, _ = usable_range(slice_net)
-        node_ip = ipaddress.ip_address(int(slice_net.network_address) + first)
+        # A retired overlay (torn down, its slice still in use) comes back as it
+        # was: same names, node address and layout; only the device is new.
+        base = self._retired
+        if base is not None:
+            instance_id = base.instance_id
+            node_ip = base.node_ip
+            layout = base.layout
+            slice_given = base.reported_slice is not None
+        else:
+            first, _ = usable_range(slice_net)
+            node_ip = ipaddress.ip_address(int(slice_net.network_address) + first)
+            layout = choose_layout(
+                cluster, slice_net, self.config.ipam, self.config.engine.segment_kind
+            )
         name = global_device_name(deployment, instance_id)
         spec = DeviceSpec(
             kind=DeviceKind.WIREGUARD,
@@ -750,29 +815,41 @@ class Engine:
                 wg_port=wg_port,
                 nat_enabled=nat_enabled,
                 device=device,
+                slice_given=slice_given,
+                layout=layout,
             )
-            previous = self.global_
-            self.global_ = g  # needed by _node_pool; restored on failure
-            try:
-                pool = self._node_pool()
-            finally:
-                self.global_ = previous
-            self.hooks.ipam_pool_create(pool, [])
-            undo.push("delete node pool", lambda: self.hooks.ipam_pool_delete(pool))
+            if self._layout is None:
+                self._init_layout(g)
+                undo.push("forget the layout", lambda: setattr(self, "_layout", None))
+            assert self._layout is not None
+            pool = self._layout.node_pool(node_ip)
+            if base is None:
+                self.hooks.ipam_pool_create(pool, [])
+                undo.push("delete node pool", lambda: self.hooks.ipam_pool_delete(pool))
             tx = _Tx()
-            rule = MasqueradeRule(subnet=slice_net, exempt=(cluster,))
-            if nat_enabled and self.hooks.nat_masquerade(rule, True):
-                undo.push("remove masquerade", lambda: self.hooks.nat_masquerade(rule, False))
-                tx.put("masquerade", str(slice_net), rule)
-                tx.after.append(lambda: self.masquerades.__setitem__(str(slice_net), rule))
-            recorded = self.peers.get(name)
-            if recorded:
-                self.hooks.peer_apply(device, [change_from(p) for p in recorded.values()])
+            self._global_nat(tx, undo, g, nat_enabled)
+            table = self._peer_table(name)
+            changes = [change_from(p) for p in table.values()]
+            # Guests on the global device lost their peer with the old device.
+            for att in self.attachments.values():
+                svc = self.services.get(att.service)
+                on_global = svc is None or svc.dedicated is None
+                if att.guest is not None and on_global and att.guest.public_key not in table:
+                    guest = PeerChange(
+                        public_key=att.guest.public_key,
+                        allowed_ips=(ipaddress.ip_network(att.ip),),
+                    )
+                    changes.append(guest)
+            if changes:
+                merged = table.preview(changes)
+                self.hooks.peer_apply(device, changes)
+                self._record_peers(tx, table, merged)
             tx.put("global", "global", g)
+            tx.delete("global", "retired")
 
             def apply() -> None:
                 self.global_ = g
-                self._init_carving(g)
+                self._retired = None
 
             tx.after.append(apply)
             self._commit(tx)
@@ -780,36 +857,109 @@ class Engine:
             undo.rollback(exc)
             raise
         self._sync_dns_serve()
-        log.info("global overlay %s up: node %s, slice %s", name, node_ip, slice_net)
+        log.info(
+            "global overlay %s up: node %s, slice %s (%s layout)",
+            name,
+            node_ip,
+            slice_net,
+            layout,
+        )
         return device.name
 
+    def _global_nat(self, tx: _Tx, undo: _Undo, g: GlobalOverlay, enable: bool) -> None:
+        """Masquerade the node slice (and subnets outside it) leaving the node, or stop."""
+        subnets = [g.slice_cidr] + [
+            s.subnet
+            for s in self.services.values()
+            if not s.subnet.subnet_of(g.slice_cidr)  # type: ignore[arg-type]
+        ]
+        for subnet in subnets:
+            key = str(subnet)
+            rule = self.masquerades.get(key) or MasqueradeRule(
+                subnet=subnet, exempt=(g.cluster_cidr,)
+            )
+            if enable and key not in self.masquerades:
+                if self.hooks.nat_masquerade(rule, True):
+                    undo.push("remove masquerade", functools.partial(self._unmask, rule))
+                    tx.put("masquerade", key, rule)
+                    tx.after.append(functools.partial(self.masquerades.__setitem__, key, rule))
+            elif not enable and key in self.masquerades:
+                self.hooks.nat_masquerade(rule, False)
+                undo.push(
+                    "restore masquerade", functools.partial(self.hooks.nat_masquerade, rule, True)
+                )
+                tx.delete("masquerade", key)
+                tx.after.append(functools.partial(self.masquerades.pop, key, None))
+
+    def _unmask(self, rule: MasqueradeRule) -> None:
+        self.hooks.nat_masquerade(rule, False)
+
+    def _set_global_nat(self, enable: bool) -> None:
+        g = self._global()
+        undo = _Undo()
+        try:
+            tx = _Tx()
+            self._global_nat(tx, undo, g, enable)
+            updated = g.model_copy(update={"nat_enabled": enable})
+            tx.put("global", "global", updated)
+            tx.after.append(lambda: setattr(self, "global_", updated))
+            self._commit(tx)
+        except BaseException as exc:
+            undo.rollback(exc)
+            raise
+
     async def teardown_global_overlay(self) -> None:
-        """Tear down every service overlay, attachment and the global device."""
+        """Remove the global WireGuard device and its peers; nothing else.
+
+        ZLayer's agent sends this at every graceful shutdown: service segments,
+        their devices and attachments stay (containers keep their network), and
+        the next ``setup_global_overlay`` adopts the slice and re-creates the
+        device with the same name and key. They go with their own teardown,
+        detach or gc. Idempotent.
+        """
         self._require_started()
         async with self._locks.hold(("global", True)):
-            errors: list[BaseException] = []
-            for service in sorted(self.services):
-                try:
-                    await self._run(self._teardown_service, service)
-                except OverlaydError as exc:
-                    errors.append(exc)
-            for key in sorted(self.attachments):
-                try:
-                    await self._run(self._detach_locked, key)
-                except OverlaydError as exc:
-                    errors.append(exc)
             if self.global_ is not None:
-                try:
-                    await self._run(self._teardown_global)
-                except OverlaydError as exc:
-                    errors.append(exc)
-            if errors:
-                raise TeardownError("teardown of the global overlay", errors)
+                await self._run(self._teardown_global)
 
     def _teardown_global(self) -> None:
         g = self._global()
+        keep = self._slice_in_use()
         errors: list[BaseException] = []
         tx = _Tx()
+        try:
+            self.hooks.device_delete(g.device)
+        except OverlaydError as exc:
+            raise TeardownError("teardown of the global device", [exc]) from exc
+        for pub in list(self.peers.get(g.device.name, ())):
+            tx.delete("peer", f"{g.device.name}|{pub}")
+        tx.delete("global", "global")
+        if keep:
+            # Services and attachments keep using the slice (and its masquerade).
+            tx.put("global", "retired", g)
+        else:
+            errors += self._release_slice(tx, g)
+
+        def apply() -> None:
+            self.global_ = None
+            self.peers.pop(g.device.name, None)
+            if keep:
+                self._retired = g
+
+        tx.after.append(apply)
+        self._commit(tx)
+        self._sync_dns_serve()
+        log.info(
+            "global overlay %s down%s",
+            g.device.name,
+            "; services and attachments keep its slice" if keep else "",
+        )
+        if errors:
+            raise TeardownError("teardown of the global overlay", errors)
+
+    def _release_slice(self, tx: _Tx, g: GlobalOverlay) -> list[BaseException]:
+        """Give up the slice: its masquerade, node pool and manual node leases."""
+        errors: list[BaseException] = []
         for key, rule in list(self.masquerades.items()):
             if rule.subnet == g.slice_cidr:
                 try:
@@ -818,33 +968,32 @@ class Engine:
                     tx.after.append(functools.partial(self.masquerades.pop, key, None))
                 except OverlaydError as exc:
                     errors.append(exc)
-        try:
-            self.hooks.device_delete(g.device)
-        except OverlaydError as exc:
-            errors.append(exc)
-            raise TeardownError("teardown of the global device", errors) from exc
-        self.hooks.ipam_pool_delete(self._node_pool())
+        if self._layout is not None:
+            self.hooks.ipam_pool_delete(self._node_pool())
         for lease in list(self.manual_leases.values()):
             if lease.pool == NODE_POOL:
                 tx.delete("lease", f"{lease.pool}|{lease.ip}")
                 tx.after.append(
                     functools.partial(self.manual_leases.pop, f"{lease.pool}|{lease.ip}", None)
                 )
-        for pub in list(self.peers.get(g.device.name, {})):
-            tx.delete("peer", f"{g.device.name}|{pub}")
-        tx.delete("global", "global")
+        tx.delete("global", "retired")
 
         def apply() -> None:
-            self.global_ = None
-            self.peers.pop(g.device.name, None)
-            self._carver = None
+            self._retired = None
+            self._layout = None
             self._ports = None
 
         tx.after.append(apply)
+        return errors
+
+    def _forget_retired(self) -> None:
+        retired = self._retired
+        assert retired is not None
+        tx = _Tx()
+        errors = self._release_slice(tx, retired)
         self._commit(tx)
-        self._sync_dns_serve()
         if errors:
-            raise TeardownError("teardown of the global overlay", errors)
+            raise TeardownError("releasing the slice of the torn-down overlay", errors)
 
     # -- service overlays ---------------------------------------------------
 
@@ -872,18 +1021,22 @@ class Engine:
 
     def _setup_service(self, service: str, mode: OverlayMode) -> ServiceOverlay:
         g = self._global()
-        assert self._carver is not None
+        layout = self._layout
+        assert layout is not None
         assert self._ports is not None
+        flat = layout.flat(mode)
         undo = _Undo()
         try:
             with self._mem:
-                subnet = self._carver.allocate()
-            undo.push(
-                "release subnet",
-                lambda: self._carver.release(subnet) if self._carver else None,
-            )
+                in_use = [s.subnet for s in self.services.values()]
+                subnet = layout.allocate(service, mode, in_use)
+            if not flat:
+                undo.push("release subnet", functools.partial(layout.release, subnet))
             first, _ = usable_range(subnet)
-            gateway = ipaddress.ip_address(int(subnet.network_address) + first)
+            # On the base network the node address is every container's gateway.
+            gateway = (
+                g.node_ip if flat else ipaddress.ip_address(int(subnet.network_address) + first)
+            )
             overlay_ip = (
                 ipaddress.ip_address(int(subnet.network_address) + first + 1)
                 if mode is OverlayMode.DEDICATED
@@ -946,12 +1099,20 @@ class Engine:
                 dedicated=dedicated,
                 overlay_ip=overlay_ip,
             )
-            pool = self._pool_for(svc)
-            self.hooks.ipam_pool_create(pool, [])
-            undo.push("delete pool", lambda: self.hooks.ipam_pool_delete(pool))
             tx = _Tx()
-            # No masquerade rule per service: every service subnet lies inside the
-            # node slice, which setup_global_overlay masquerades as a whole.
+            if not flat:
+                pool = self._pool_for(svc)
+                self.hooks.ipam_pool_create(pool, [])
+                undo.push("delete pool", lambda: self.hooks.ipam_pool_delete(pool))
+            if g.nat_enabled and not subnet.subnet_of(g.slice_cidr):  # type: ignore[arg-type]
+                # The slice is masqueraded as a whole; a subnet outside it needs its own rule.
+                rule = MasqueradeRule(subnet=subnet, exempt=(g.cluster_cidr,))
+                if self.hooks.nat_masquerade(rule, True):
+                    undo.push("remove masquerade", functools.partial(self._unmask, rule))
+                    tx.put("masquerade", str(subnet), rule)
+                    tx.after.append(
+                        functools.partial(self.masquerades.__setitem__, str(subnet), rule)
+                    )
             tx.put("service", service, svc)
             tx.after.append(lambda: self.services.__setitem__(service, svc))
             self._commit(tx)
@@ -1022,21 +1183,24 @@ class Engine:
         if errors:
             # Keep the record: a retry of the teardown can finish the job.
             raise TeardownError(f"teardown of service {service}", errors)
-        pool = self._pool_for(svc)
-        self.hooks.ipam_pool_delete(pool)
-        for key, lease in list(self.manual_leases.items()):
-            if lease.pool == pool.name:
-                tx.delete("lease", key)
-                tx.after.append(functools.partial(self.manual_leases.pop, key, None))
+        if not self._flat(svc):  # a service on the base network shares the node pool
+            pool = self._pool_for(svc)
+            self.hooks.ipam_pool_delete(pool)
+            for key, lease in list(self.manual_leases.items()):
+                if lease.pool == pool.name:
+                    tx.delete("lease", key)
+                    tx.after.append(functools.partial(self.manual_leases.pop, key, None))
         if svc.dedicated is not None:
             for pub in list(self.peers.get(svc.dedicated.name, {})):
                 tx.delete("peer", f"{svc.dedicated.name}|{pub}")
         tx.delete("service", service)
 
+        flat = self._flat(svc)
+
         def apply() -> None:
             self.services.pop(service, None)
-            if self._carver is not None:
-                self._carver.release(svc.subnet)
+            if self._layout is not None and not flat:
+                self._layout.release(svc.subnet)
             if svc.dedicated is not None:
                 self.peers.pop(svc.dedicated.name, None)
                 if self._ports is not None and svc.dedicated.listen_port:
@@ -1073,7 +1237,7 @@ class Engine:
         return lease.ip
 
     def _pool_containing(self, ip: IPAddress) -> Pool | None:
-        if self.global_ is not None:
+        if self._layout is not None:
             node = self._node_pool()
             if ip in node.cidr:
                 return node
@@ -1173,11 +1337,16 @@ class Engine:
         undo = _Undo()
         try:
             if isinstance(handle, WindowsContainerHandle) and handle.ip is not None:
-                if handle.ip not in svc.subnet:
-                    raise InvalidRequest(
-                        f"requested address {handle.ip} is outside service "
-                        f"{svc.service}'s subnet {svc.subnet}"
+                # On the base network (Windows, shared) the pool is the whole node
+                # slice, where ZLayer's HCS runtime picks its addresses; the
+                # reservation makes sure no one else is ever given the address.
+                if handle.ip not in pool.cidr:
+                    where = (
+                        f"the node slice {pool.cidr}"
+                        if self._flat(svc)
+                        else f"service {svc.service}'s subnet {svc.subnet}"
                     )
+                    raise InvalidRequest(f"requested address {handle.ip} is outside {where}")
                 lease = self.hooks.ipam_reserve(pool, handle.ip, owner)
             else:
                 lease = self.hooks.ipam_allocate(pool, owner)
@@ -1354,7 +1523,7 @@ class Engine:
         releases: list[tuple[Pool, IPAddress]] = []
         if svc is not None:
             releases.append((self._pool_for(svc), att.ip))
-        if att.global_ip is not None and self.global_ is not None:
+        if att.global_ip is not None and self._layout is not None:
             releases.append((self._node_pool(), att.global_ip))
         for pool, ip in releases:
             tx.delete("lease", f"{pool.name}|{ip}")
@@ -1578,15 +1747,22 @@ class Engine:
         return out
 
     async def status(self) -> Status:
-        """The node's overlay status. Takes no lock: never waits behind an operation."""
+        """The node's overlay status. Takes no lock: never waits behind an operation.
+
+        ``slice_cidr`` is reported only when ``setup_global_overlay`` gave one
+        (ZLayer's agent caches what it reads here, and its leader registers it
+        as the node's slice). After ``teardown_global_overlay`` the addressing
+        (node address, cluster and slice) is still reported, without a device.
+        """
         self._require_started()
         with self._mem:
-            g = self.global_
+            up = self.global_
+            g = up or self._retired
             services = list(self.services.values())
             peer_counts = {name: len(p) for name, p in self.peers.items()}
         if g is None:
             return Status(service_count=len(services))
-        peers = await self._status_peers(g.device)
+        peers = await self._status_peers(up.device) if up is not None else []
         dedicated = tuple(
             DedicatedStatus(
                 service=s.service,
@@ -1601,12 +1777,12 @@ class Engine:
             if s.dedicated is not None
         )
         return Status(
-            interface=g.device.name,
+            interface=up.device.name if up is not None else None,
             node_ip=g.node_ip,
-            public_key=g.device.public_key,
+            public_key=up.device.public_key if up is not None else None,
             overlay_cidr=g.cluster_cidr,
-            slice_cidr=g.slice_cidr,
-            peer_count=len(peers) if peers else peer_counts.get(g.device.name, 0),
+            slice_cidr=g.reported_slice,
+            peer_count=len(peers) if peers else peer_counts.get(up.device.name, 0) if up else 0,
             service_count=len(services),
             peers=tuple(peers),
             dedicated_services=dedicated,
@@ -1737,7 +1913,7 @@ class Engine:
                 leases.append(
                     Lease(
                         ip=att.ip,
-                        pool=_service_pool(att.service),
+                        pool=self._pool_for(svc).name,
                         owner=_owner(att.key),
                         created_unix_secs=att.created_unix_secs,
                     )

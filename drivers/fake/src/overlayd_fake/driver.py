@@ -10,11 +10,15 @@ rollback and concurrency without privileges.
 
 With ``[drivers.fake] state_file = "..."`` the fake host survives a daemon
 restart (written atomically after each change), as real host objects do.
+``underlay_address`` is the fake host's underlay address (default
+``192.0.2.1``, a documentation address): guests are told to reach the node at
+``<underlay_address>:<listen port>``, as the wireguard driver tells them.
 """
 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import os
 import tempfile
@@ -63,6 +67,8 @@ from overlayd.peers import merge
 __all__ = ["Call", "FakeDriver", "FakeHost"]
 
 IFNAMSIZ: Final = 15
+#: The fake host's underlay address unless configured (TEST-NET-1, never routed).
+UNDERLAY_ADDRESS: Final = "192.0.2.1"
 
 
 @dataclass(frozen=True)
@@ -158,6 +164,7 @@ class FakeDriver:
         self._state_file = Path(state_file) if state_file else None
         self.started = False
         self.emit: Callable[[Any], None] | None = None
+        self.underlay_address = UNDERLAY_ADDRESS
         if self._state_file is not None:
             self._load()
 
@@ -285,11 +292,19 @@ class FakeDriver:
     def overlayd_configure(self, config: Any) -> None:
         options = dict(config.driver_options(self.name))
         state_file = options.pop("state_file", None)
+        underlay = options.pop("underlay_address", None)
         if options:
             raise ConfigError(
                 f"unknown key(s) in [drivers.fake]: {', '.join(sorted(options))} "
-                "(known: state_file)"
+                "(known: state_file, underlay_address)"
             )
+        if underlay is not None:
+            try:
+                self.underlay_address = str(ipaddress.ip_address(str(underlay)))
+            except ValueError:
+                raise ConfigError(
+                    f"[drivers.fake] underlay_address {underlay!r} is not an IP address"
+                ) from None
         if state_file and self._state_file is None:
             self._state_file = Path(state_file)
             self._load()
@@ -572,7 +587,7 @@ class FakeDriver:
                     peers=(
                         PeerConfig(
                             public_key=node.public_key,
-                            endpoint=None,
+                            endpoint=self._guest_endpoint(node.listen_port),
                             allowed_ips=(node.cluster_cidr,),
                             persistent_keepalive_secs=25,
                         ),
@@ -602,6 +617,10 @@ class FakeDriver:
             self.host.attachments[key] = att
             self._save()
         return att
+
+    def _guest_endpoint(self, port: int) -> str:
+        host = self.underlay_address
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     @hookimpl
     def overlayd_detach(self, attachment: Attachment) -> bool | None:

@@ -884,7 +884,7 @@ class WireGuardDriver:
             peers=(
                 ModelPeerConfig(
                     public_key=node.public_key,
-                    endpoint=self.options.endpoint,
+                    endpoint=self._guest_endpoint(node.listen_port),
                     allowed_ips=(node.cluster_cidr,),
                     persistent_keepalive_secs=GUEST_KEEPALIVE_SECS,
                 ),
@@ -903,6 +903,25 @@ class WireGuardDriver:
         with self._lock:
             self._guests.add(att.key)
         return att
+
+    def _guest_endpoint(self, port: int) -> str | None:
+        """Where a guest reaches the node: the ``endpoint`` option, else the underlay.
+
+        Without the option it is ``<underlay address>:<listen port>``, the
+        address found by :meth:`HostNet.underlay_address` in the driver's
+        namespace; ``None`` (and a warning) when the node has no such address.
+        """
+        if self.options.endpoint:
+            return self.options.endpoint
+        address = self.hostnet.underlay_address(netns=self.options.netns)
+        if address is None:
+            log.warning(
+                "no underlay address found for guests (no default route, no global "
+                "address); set [drivers.wireguard] endpoint"
+            )
+            return None
+        host = f"[{address}]" if ":" in address else address
+        return f"{host}:{port}"
 
     @hookimpl
     def overlayd_detach(self, attachment: Attachment) -> bool | None:
