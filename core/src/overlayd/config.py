@@ -68,9 +68,8 @@ def platform_drivers() -> list[str]:
     Linux: ``linux_bridge`` (bridges, veth, NAT) and ``wireguard``; Windows:
     ``hcn`` and ``wireguard``.
     """
-    if sys.platform == "win32":
-        return ["hcn", "wireguard"]
-    return ["linux_bridge", "wireguard"]
+    windows = sys.platform == "win32"
+    return ["hcn", "wireguard"] if windows else ["linux_bridge", "wireguard"]
 
 
 class _Settings(BaseModel):
