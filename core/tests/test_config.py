@@ -48,6 +48,17 @@ def _write(tmp_path: Path, text: str) -> Path:
     return path
 
 
+@pytest.fixture
+def platform_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pretend the platform's drivers are installed (this env may have only core)."""
+    import overlayd.plugins
+
+    monkeypatch.setattr(
+        overlayd.plugins, "installed_drivers", lambda: ["linux_bridge", "wireguard"]
+    )
+
+
+@pytest.mark.usefixtures("platform_installed")
 def test_defaults_without_a_file_are_the_real_drivers_and_durable_state() -> None:
     config = load_config(None)
     assert config.socket == Path(DEFAULT_SOCKET)
@@ -105,6 +116,7 @@ def test_drivers_as_a_plain_list(tmp_path: Path) -> None:
     assert config.driver_settings == {}
 
 
+@pytest.mark.usefixtures("platform_installed")
 def test_drivers_table_without_enabled_keeps_default_list(tmp_path: Path) -> None:
     config = load_config(_write(tmp_path, '[drivers.wireguard]\nbackend = "userspace"\n'))
     assert config.drivers == ["linux_bridge", "wireguard"]
