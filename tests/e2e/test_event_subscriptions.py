@@ -65,11 +65,15 @@ async def _health_rounds(inproc: InProcDaemon, device: str) -> list[Event]:
     try:
         for round_ in range(ROUNDS):
             while len(seen) < (round_ + 1) * PEERS:
-                seen.append(await asyncio.wait_for(queue.get(), 10))
+                seen.append(await asyncio.wait_for(queue.get(), 30))
+            if round_ == ROUNDS - 1:
+                break  # no more transitions: the events stop here
             # Flip: unhealthy peers get a fresh handshake, healthy ones lose it.
+            # Under the fake's lock, so a check running in a worker sees all or none.
             when = int(time.time()) if round_ % 2 == 0 else 0
-            for i in range(PEERS):
-                inproc.fake.set_handshake(device, _key(i), when)
+            with inproc.fake._lock:
+                for i in range(PEERS):
+                    inproc.fake.set_handshake(device, _key(i), when)
     finally:
         inproc.engine.unsubscribe(queue)
     return seen
