@@ -39,11 +39,20 @@ def _key(i: int) -> str:
     return base64.b64encode(i.to_bytes(32, "big")).decode()
 
 
-async def _start(inproc: InProcDaemon) -> tuple[AgentConnection, str]:
+async def _start(inproc: InProcDaemon) -> tuple[AgentConnection, str, asyncio.Queue[Event]]:
+    """The daemon, the agent's connection, the device, and the engine's events from
+    before the first of them (subscribed in-process, before the peers exist)."""
     inproc.configure(engine={"health_interval_secs": 1, "peer_stale_secs": 60})
     await inproc.start()
+    assert inproc.engine is not None
+    queue = inproc.engine.subscribe(maxsize=0)
     agent = await AgentConnection.connect(inproc.socket)
     device = (await agent.ok(GLOBAL))["name"]
+    return agent, device, queue
+
+
+async def _add_peers(agent: AgentConnection) -> None:
+    """A thousand peers with a keepalive and no handshake: the next check finds them stale."""
     changes = [
         {
             "public_key": _key(i),
@@ -54,14 +63,14 @@ async def _start(inproc: InProcDaemon) -> tuple[AgentConnection, str]:
         for i in range(PEERS)
     ]
     await agent.ok({"op": "apply_peers", "changes": changes})
-    return agent, device
 
 
-async def _health_rounds(inproc: InProcDaemon, device: str) -> list[Event]:
+async def _health_rounds(
+    inproc: InProcDaemon, device: str, queue: asyncio.Queue[Event]
+) -> list[Event]:
     """Let the checker flip every peer ``ROUNDS`` times; the events, as the engine emitted them."""
     assert inproc.engine is not None and inproc.fake is not None
     seen: list[Event] = []
-    queue = inproc.engine.subscribe(maxsize=0)
     try:
         for round_ in range(ROUNDS):
             while len(seen) < (round_ + 1) * PEERS:
@@ -91,8 +100,9 @@ def _frame(event: Event) -> dict[str, object]:
 async def test_an_idle_connection_that_never_subscribed_gets_no_event_and_stays_usable(
     inproc: InProcDaemon,
 ) -> None:
-    agent, device = await _start(inproc)
-    emitted = await _health_rounds(inproc, device)
+    agent, device, queue = await _start(inproc)
+    await _add_peers(agent)
+    emitted = await _health_rounds(inproc, device, queue)
     assert len(emitted) == PEERS * ROUNDS
     # The agent reads only inside requests: its next answer is the answer.
     status = await agent.ok({"op": "status"})
@@ -104,7 +114,7 @@ async def test_an_idle_connection_that_never_subscribed_gets_no_event_and_stays_
 async def test_subscribers_get_events_in_order_and_a_slow_one_loses_events_not_its_socket(
     inproc: InProcDaemon, caplog: pytest.LogCaptureFixture
 ) -> None:
-    agent, device = await _start(inproc)
+    agent, device, queue = await _start(inproc)
     # A subscriber that reads: every event, in order.
     client = AsyncClient(str(inproc.socket), timeout=10)
     stream = await client.subscribe(["peer_health_changed"])
@@ -119,8 +129,9 @@ async def test_subscribers_get_events_in_order_and_a_slow_one_loses_events_not_i
     slow = await AgentConnection.connect(inproc.socket)
     answer = await slow.ok({"op": "hello", "events": ["peer_health_changed"]})
     assert answer["events"] == ["peer_health_changed"] and answer["events_dropped"] == 0
+    await _add_peers(agent)  # both subscribed before the first event can exist
     with caplog.at_level(logging.INFO, logger="overlayd.subscriptions"):
-        emitted = await _health_rounds(inproc, device)
+        emitted = await _health_rounds(inproc, device, queue)
         while len(received) < len(emitted):
             await asyncio.sleep(0.05)
         assert [e.model_dump() for e in received] == [
