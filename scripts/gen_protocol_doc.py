@@ -46,9 +46,10 @@ A frame is a 4-byte **unsigned little-endian** length followed by that many
 bytes of compact UTF-8 JSON; at most 8 MiB. The length is checked before the
 body is read. EOF at a frame boundary is a clean close; EOF inside a frame, or
 a length over the limit, closes the connection. Requests carry a client-chosen
-``id`` (u64) that the response echoes; events carry none and are pushed to
-every connection. Requests on one connection may be in flight together and are
-answered as they finish.
+``id`` (u64) that the response echoes; events carry none and are pushed only
+to connections that subscribed (``hello`` with ``events``, see "Events" below).
+Requests on one connection may be in flight together and are answered as they
+finish.
 
 A frame that is valid JSON but not a valid request is answered with ``err``
 naming the problem (with the request's ``id`` when it can be read, else 0), and
@@ -66,15 +67,147 @@ Extensions
 
 overlayd adds operations under new ``op`` names only; no ZLayer operation
 changes shape: ``hello`` (protocol version, server version, loaded drivers with
-their API versions and capabilities, supported ops), ``apply_peers`` (a batch
-of peer changes applied as one transaction), ``list_attachments``,
-``list_leases``, ``gc`` (detach everything not in the caller's live set,
-race-safe), ``reconcile``, ``map_port``/``unmap_port`` and
-``nat_peer_candidates`` (hand a peer's NAT-traversal candidates, read from its
-``status``, to this node; see :doc:`nat`). ``status`` carries a ``nat`` object
-(this node's candidates, each peer's path, warnings) while NAT traversal runs;
-ZLayer's frames never carry it and its decoder ignores it. Their frames are
-among the examples above.
+their API versions and capabilities, supported ops, and the event
+subscription), ``apply_peers`` (a batch of peer changes applied as one
+transaction), ``list_attachments``, ``list_leases``, ``gc`` (detach everything
+not in the caller's live set, race-safe), ``reconcile``, ``map_port`` and
+``unmap_port``, ``nat_peer_candidates`` (hand a peer's NAT-traversal
+candidates, read from its ``status``, to this node; see :doc:`nat`) and
+``cluster_status`` (the nodes of the cluster, in cluster mode; see
+:doc:`cluster`). ``status`` carries a ``nat`` object (this node's candidates,
+each peer's path, warnings) while NAT traversal runs; ZLayer's frames never
+carry it and its decoder ignores it. Their frames are among the examples above.
+
+Event subscription
+~~~~~~~~~~~~~~~~~~
+
+A connection receives **no** event frame until it asks for them: ``hello``
+with ``events`` (a list of event kinds, ``peer_health_changed`` and
+``nat_endpoint_changed``) subscribes it to those kinds from then on; ``[]``
+stops them; a ``hello`` without ``events`` leaves the subscription as it is.
+The answer then carries ``events`` (the kinds now subscribed) and
+``events_dropped``. ZLayer's client never subscribes: it keeps one connection
+and reads only inside a request, so it must never find an event where it
+expects its answer (ZLayer's own daemon sends none).
+
+A subscriber that reads too slowly loses events, never its connection: each
+subscription queues at most 1,024 events, and when the queue is full the oldest
+queued event is dropped and counted in ``events_dropped``. The daemon logs the
+first drop of such an episode once, and its end (with the number lost) once.
+In the Python client, ``AsyncClient.subscribe(kinds)`` (or ``events()``)
+subscribes and returns an async iterator of events; the subscription is
+renewed after a reconnect.
+
+"""
+
+
+DIFFERENCES = """\
+Where overlayd differs from ZLayer's daemon
+-------------------------------------------
+
+The frames are the same; the behaviour behind some of them is not. Op by op,
+what ZLayer's ``zlayer-overlayd`` does, what overlayd does instead, and why.
+Everything overlayd records survives a restart of the daemon; ZLayer's daemon
+keeps all of it in memory (and makes a new node key at each start).
+
+.. list-table::
+   :header-rows: 1
+   :widths: 18 41 41
+
+   * - op
+     - ZLayer's daemon
+     - overlayd, and why
+   * - ``set_local_node_id``, ``set_local_wg_pubkey``
+     - kept in memory; the key is used to add each shared service's subnet to
+       the node's *own* key on the cluster device
+     - recorded durably. No subnet is added to the node's own key: a peer entry
+       for oneself routes nothing, and service subnets inside the slice are
+       covered by the node's slice on the other nodes
+   * - ``setup_global_overlay``
+     - reuses a running device whatever the arguments (but overwrites its
+       cached deployment, instance and CIDRs); a new key and node address at
+       every daemon start; the node address is the slice allocator's next free
+       one, so a set-up after a teardown moves it
+     - adopts the overlay set up before (also after a teardown, while its
+       services and attachments remain) whatever the ``instance_id``, ZLayer's
+       agent sending its pid at every start: same device name, key, node
+       address, slice, peers and attachments, answered as a first set-up.
+       ``nat_enabled`` is applied; an absent ``slice_cidr`` keeps the recorded
+       one. A different deployment, cluster CIDR, given slice or ``wg_port`` is
+       answered ``err`` naming the difference: it would need other addresses
+       for what exists. The node address is the slice's first, always
+   * - ``teardown_global_overlay``
+     - drops the global device (ZLayer's agent sends it at every graceful
+       shutdown)
+     - the same: the global device and its peers go; service segments, their
+       devices, attachments, addresses and DNS records stay, so containers keep
+       their network across an agent restart; the next set-up re-creates the
+       device with the same name and key, and guest peers with it
+   * - ``setup_service_overlay``
+     - a /28 (IPv6 /120) per service and node, placed by a hash over the whole
+       cluster CIDR
+     - a subnet of ``ipam.service_prefix_v4/v6`` (default /22) inside the node
+       slice, so one AllowedIPs entry per node routes it; a slice too small for
+       that, and a dedicated service on Windows (whose HCN network must not
+       overlap the base network), take ZLayer's size and hash placement from
+       outside the slice; shared services on Windows share the base network's
+       pool over the whole slice (:doc:`configuration`, ``[ipam]``). The answer
+       is ``service_overlay`` in both modes, with the subnet
+   * - ``teardown_service_overlay``
+     - deletes the bridge (or the dedicated device); containers' addresses are
+       forgotten with the allocator
+     - detaches every attachment of the service first (interfaces, addresses,
+       DNS records, guest peers), then removes the segment and the pool
+   * - ``allocate_ip``, ``release_ip``
+     - ``join_global`` is ignored; a release goes into whatever pool, silently
+     - ``join_global`` allocates from the node pool; the lease is durable; a
+       release outside every pool, or of an attachment's address, is ``err``
+   * - ``attach_container``
+     - a second attach of a handle allocates a second address; a VM guest is
+       told the node's *overlay* address as its endpoint; a Windows caller's
+       address is taken as given
+     - idempotent per handle (same answer, nothing allocated); a guest is told
+       ``<underlay address>:<port>`` (configurable), an address it can reach; a
+       Windows caller's address must lie in the pool it is reserved in (the
+       node slice for shared services) and is never handed out twice; on
+       failure every step is undone, and what could not be is named in ``err``
+   * - ``detach_container``
+     - Windows: releases the address only (keyed by namespace GUID); endpoint
+       and namespace leak
+     - removes everything the attach made (veths, HCN endpoint **and**
+       namespace, addresses, DNS records, guest peer); a Windows container is
+       found by the namespace GUID ZLayer's HCS runtime passes, or by its id
+   * - ``add_peer``, ``remove_peer``, ``add_allowed_ip``, ``remove_allowed_ip``
+     - one CIDR and numeric endpoints only; global peers kept in memory
+     - comma-separated CIDR lists and host-name endpoints; durable; an allowed
+       IP given to a second peer moves to it, in the records as on the device;
+       editing the allowed IPs of an unknown peer is ``err``
+   * - ``register_dns``, ``unregister_dns``
+     - stored, never served; one address per name
+     - served by overlayd's DNS server; several addresses per name rotate
+   * - ``status``
+     - peer keys in hex
+     - peer keys in base64, like every input; ``slice_cidr`` only when one was
+       given (as ZLayer: it reports the slice it was given), never the cluster
+       CIDR; after a teardown the node's addressing without a device (as ZLayer)
+   * - ``nat_tick``
+     - drives its NAT orchestrator
+     - a real refresh of NAT traversal (candidates gathered again, every
+       peer's path checked, relayed peers offered a direct path; see
+       :doc:`nat`); moved peer endpoints go out as ``nat_endpoint_changed``
+       events to subscribers
+   * - ``shutdown``
+     - answers ``ok`` and exits
+     - answers ``ok``, answers every request in flight, and exits; the data
+       plane stays up. SIGTERM does the same (ZLayer's daemon dies without
+       cleanup)
+   * - events
+     - declared, never sent
+     - sent, only to connections that subscribed (``hello`` ``events``); see
+       "Event subscription" above
+   * - any malformed frame
+     - closes the connection
+     - answered ``err`` naming the problem; the connection stays usable
 
 """
 
@@ -107,7 +240,7 @@ def render() -> str:
     for name, body, fid, message in golden.REJECTED:
         out += [f"``{name}``", "~" * (len(name) + 4), "", "::", "", "   " + body, ""]
         out += [f"answered ``err`` (id {fid}): *{message}* …", ""]
-    out += [EXTENSIONS]
+    out += [EXTENSIONS, DIFFERENCES]
     return "\n".join(out).rstrip() + "\n"
 
 

@@ -36,6 +36,10 @@ Handler = Callable[[p.AnyRequest], Awaitable[p.AnyResponse | None]]
 
 
 async def default_handler(request: p.AnyRequest) -> p.AnyResponse | None:
+    if isinstance(request, p.HelloRequest):
+        return p.HelloResponse(
+            protocol_version=1, server_version="t", drivers=[], ops=[], events=request.events
+        )
     if isinstance(request, p.StatusRequest):
         return p.StatusResponse(interface="zl-g", peer_count=2, service_count=1)
     if isinstance(request, p.AllocateIpRequest):
@@ -252,12 +256,52 @@ async def test_client_events_are_delivered(client: AsyncClient, server: FakeServ
                 return
 
     consumer = asyncio.create_task(consume())
-    await client.status()  # connected; the consumer is subscribed
-    await asyncio.sleep(0)
+    while not any(isinstance(r, p.HelloRequest) for r in server.requests):
+        await asyncio.sleep(0.01)
+    await client.status()  # the subscription was answered before this
     for event in sent:
         await server.push(event)
     await asyncio.wait_for(consumer, 2)
     assert received == sent
+    assert server.requests[0] == p.HelloRequest(
+        client=server.requests[0].client,  # type: ignore[union-attr]
+        protocol_version=1,
+        events=["nat_endpoint_changed", "peer_health_changed"],
+    )
+
+
+async def test_client_subscribe_is_in_place_when_it_returns_and_filters_kinds(
+    client: AsyncClient, server: FakeServer
+) -> None:
+    stream = await client.subscribe(["nat_endpoint_changed"])
+    assert isinstance(server.requests[-1], p.HelloRequest)
+    assert server.requests[-1].events == ["nat_endpoint_changed"]
+    await server.push(p.PeerHealthChangedEvent(pubkey=K1, healthy=False))
+    moved = p.NatEndpointChangedEvent(pubkey=K1, endpoint="10.1.2.3:40000")
+    await server.push(moved)
+    assert await asyncio.wait_for(anext(stream), 2) == moved
+    await stream.aclose()
+    # The last stream gone: the connection unsubscribes.
+    assert isinstance(server.requests[-1], p.HelloRequest)
+    assert server.requests[-1].events == []
+    with pytest.raises(ValueError, match="unknown event kind"):
+        await client.subscribe(["solar_flare"])
+
+
+async def test_client_resubscribes_after_reconnecting(
+    client: AsyncClient, server: FakeServer
+) -> None:
+    stream = await client.subscribe()
+    server.drop_clients()
+    waiting = asyncio.ensure_future(anext(stream))
+    while server.connections < 2 or len(server.requests) < 2:
+        await asyncio.sleep(0.01)
+    hellos = [r for r in server.requests if isinstance(r, p.HelloRequest)]
+    assert len(hellos) == 2
+    event = p.PeerHealthChangedEvent(pubkey=K1, healthy=True)
+    await server.push(event)
+    assert await asyncio.wait_for(waiting, 2) == event
+    await stream.aclose()
 
 
 async def test_client_events_end_when_client_closes(
@@ -363,7 +407,7 @@ def test_client_sync_events(
     event = p.PeerHealthChangedEvent(pubkey=K1, healthy=True)
     with Client(srv.path, timeout=2) as c:
         c.status()
-        events = c.events()
+        events = c.subscribe()
 
         def push_soon() -> None:
             asyncio.run_coroutine_threadsafe(srv.push(event), loop).result(5)

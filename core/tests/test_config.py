@@ -48,13 +48,46 @@ def _write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_defaults_without_a_file() -> None:
+@pytest.fixture
+def platform_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pretend the platform's drivers are installed (this env may have only core)."""
+    import overlayd.plugins
+
+    monkeypatch.setattr(
+        overlayd.plugins, "installed_drivers", lambda: ["linux_bridge", "wireguard"]
+    )
+
+
+@pytest.mark.usefixtures("platform_installed")
+def test_defaults_without_a_file_are_the_real_drivers_and_durable_state() -> None:
     config = load_config(None)
     assert config.socket == Path(DEFAULT_SOCKET)
-    assert config.drivers == ["fake"]
-    assert config.data_dir is None
+    assert config.drivers == ["linux_bridge", "wireguard"]  # not the fake
+    assert config.data_dir == Path("/var/lib/overlayd")  # not in memory
+    assert config.in_memory is False
     assert config.log_format == "text"
     assert config.dns.enabled is True
+
+
+def test_in_memory_and_fake_only_when_asked(tmp_path: Path) -> None:
+    config = load_config(None, in_memory=True, drivers=["fake"])
+    assert config.data_dir is None and config.drivers == ["fake"]
+    config = load_config(_write(tmp_path, 'in_memory = true\ndrivers = ["fake"]\n'))
+    assert config.data_dir is None
+    with pytest.raises(ConfigError, match="in_memory and data_dir exclude each other"):
+        load_config(None, in_memory=True, data_dir=tmp_path)
+
+
+def test_missing_platform_drivers_are_refused_with_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import overlayd.plugins
+
+    monkeypatch.setattr(overlayd.plugins, "installed_drivers", lambda: ["fake", "linux_bridge"])
+    with pytest.raises(ConfigError, match=r"wireguard is not installed .*overlayd-wireguard"):
+        load_config(None)
+    # Naming the drivers skips the platform default (and its check).
+    assert load_config(None, drivers=["fake"]).drivers == ["fake"]
 
 
 def test_full_file(tmp_path: Path) -> None:
@@ -83,10 +116,11 @@ def test_drivers_as_a_plain_list(tmp_path: Path) -> None:
     assert config.driver_settings == {}
 
 
+@pytest.mark.usefixtures("platform_installed")
 def test_drivers_table_without_enabled_keeps_default_list(tmp_path: Path) -> None:
-    config = load_config(_write(tmp_path, '[drivers.fake]\nstate_file = "/tmp/x.json"\n'))
-    assert config.drivers == ["fake"]
-    assert config.driver_options("fake") == {"state_file": "/tmp/x.json"}
+    config = load_config(_write(tmp_path, '[drivers.wireguard]\nbackend = "userspace"\n'))
+    assert config.drivers == ["linux_bridge", "wireguard"]
+    assert config.driver_options("wireguard") == {"backend": "userspace"}
 
 
 def test_list_and_table_together_is_a_toml_error(tmp_path: Path) -> None:

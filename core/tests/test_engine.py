@@ -160,7 +160,7 @@ async def test_global_setup_is_idempotent_and_names_like_zlayer(engine: Engine) 
 
 async def test_global_setup_with_different_cidr_conflicts(engine: Engine) -> None:
     await setup_global(engine)
-    with pytest.raises(Conflict, match="already set up"):
+    with pytest.raises(Conflict, match=r"set up differently: cluster_cidr 10\.200\.0\.0/16"):
         await engine.setup_global_overlay(
             deployment="prod",
             instance_id="n1",
@@ -465,15 +465,17 @@ async def test_attach_rollback_when_pool_exhausted_midway(
             slice_cidr="10.210.0.0/28",
             wg_port=51820,
         )
-        # /28 slice -> /30 blocks: node pool 10.210.0.0/30 holds one usable
-        # address besides the node's own.
+        # A /28 slice is the node pool as a whole (the "local" layout): 13
+        # addresses besides the node's own. Take all but one.
         await eng.setup_service_overlay("web", "shared")
+        for _ in range(12):
+            await eng.allocate_ip("web", join_global=True)
         await eng.attach({"platform": "linux_pid", "pid": 1}, "web", join_global=True)
         with pytest.raises(PoolExhausted):
-            await eng.allocate_ip("web")
-        before = snapshot(eng, fake, store, dns)
+            await eng.allocate_ip("web", join_global=True)
         await eng.detach({"platform": "linux_pid", "pid": 1})
         await eng.attach({"platform": "linux_pid", "pid": 1}, "web", join_global=True)
+        before = snapshot(eng, fake, store, dns)
         with pytest.raises(PoolExhausted):
             await eng.attach({"platform": "linux_pid", "pid": 2}, "web", join_global=True)
         after = snapshot(eng, fake, store, dns)

@@ -53,7 +53,11 @@ async def _raw(path: Path, body: bytes) -> p.Frame:
 
 async def _serve(root: Path, nat: NatSettings) -> tuple[Engine, Server, AsyncClient]:
     config = DaemonConfig(
-        socket=root / "s.sock", drivers=[], dns=DnsSettings(enabled=False), nat=nat
+        socket=root / "s.sock",
+        drivers=[],
+        in_memory=True,
+        dns=DnsSettings(enabled=False),
+        nat=nat,
     )
     engine = Engine(config, drivers=[FakeDriver()])
     await engine.start()

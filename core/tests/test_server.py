@@ -39,7 +39,9 @@ def root() -> Iterator[Path]:
 
 
 def _config(root: Path) -> DaemonConfig:
-    return DaemonConfig(socket=root / "s.sock", drivers=[], dns=DnsSettings(enabled=False))
+    return DaemonConfig(
+        socket=root / "s.sock", drivers=[], in_memory=True, dns=DnsSettings(enabled=False)
+    )
 
 
 @pytest.fixture

@@ -453,8 +453,7 @@ def test_health_events_reach_every_listening_client(root: Path) -> None:
 
         def listen(n: int) -> None:
             with Client(str(d.socket), timeout=10) as c:
-                events = c.events()
-                c.status()  # the connection is registered before the barrier
+                events = c.subscribe()  # subscribed before the barrier
                 ready.wait(10)
                 for event in events:
                     received[n].append(event)

@@ -266,8 +266,14 @@ async def test_restart_reuses_network_by_marker_guid_then_sweeps_and_purges(
     await client.attach_container(win("a1"), "api")
     assert list(daemon.networks()) == [base.id]
 
+    # The agent's graceful shutdown: only the global device goes; containers
+    # keep their endpoints. Their own teardown removes them.
     await client.teardown_global_overlay()
     assert list(daemon.networks()) == [base.id]
+    names = sorted(e["Name"] for e in daemon.endpoints().values())
+    assert names == ["overlayd-a1", "overlayd-keep", "zlayer-other"]
+    await client.teardown_service_overlay("api")
+    await client.teardown_service_overlay("web")
     assert sorted(e["Name"] for e in daemon.endpoints().values()) == ["zlayer-other"]
     await daemon.stop()
 

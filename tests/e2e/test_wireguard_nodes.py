@@ -141,10 +141,12 @@ class Node:
         client = Client(str(self.socket), timeout=None)
         client.connect()
         self._event_client = client
+        # Subscribed before the daemon can emit anything this test waits for.
+        stream = client.subscribe(["peer_health_changed"])
 
         def pump() -> None:
             with contextlib.suppress(Exception):
-                for ev in client.events():
+                for ev in stream:
                     if isinstance(ev, PeerHealthChangedEvent):
                         self.events.append((time.monotonic(), ev))
 

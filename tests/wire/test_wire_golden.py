@@ -265,6 +265,11 @@ REQUESTS: list[tuple[str, p.Frame, str]] = [
     ),
     ("hello-bare", req(26, p.HelloRequest()), rq(26, '{"op":"hello"}')),
     (
+        "hello-subscribe",
+        req(42, p.HelloRequest(events=["peer_health_changed", "nat_endpoint_changed"])),
+        rq(42, '{"op":"hello","events":["peer_health_changed","nat_endpoint_changed"]}'),
+    ),
+    (
         "apply_peers",
         req(
             27,
@@ -614,6 +619,25 @@ RESPONSES: list[tuple[str, p.Frame, str]] = [
         ),
     ),
     (
+        "hello-subscribed",
+        resp(
+            18,
+            p.HelloResponse(
+                protocol_version=1,
+                server_version="0.1.0",
+                drivers=[],
+                ops=["hello"],
+                events=["peer_health_changed"],
+                events_dropped=0,
+            ),
+        ),
+        rs(
+            18,
+            '{"result":"hello","protocol_version":1,"server_version":"0.1.0","drivers":[],'
+            '"ops":["hello"],"events":["peer_health_changed"],"events_dropped":0}',
+        ),
+    ),
+    (
         "attachments",
         resp(
             14,
@@ -949,6 +973,12 @@ REJECTED = [
         None,
         "event frame: unknown event 'solar_flare'",
     ),
+    (
+        "hello-unknown-event-kind",
+        '{"frame":"request","id":13,"request":{"op":"hello","events":["solar_flare"]}}',
+        13,
+        "unknown event kind 'solar_flare'; known: peer_health_changed, nat_endpoint_changed",
+    ),
 ]
 
 
@@ -1087,6 +1117,7 @@ REQUEST_STRATEGIES: dict[str, st.SearchStrategy[p.Request]] = {
         p.HelloRequest,
         client=opt() | text,
         protocol_version=opt() | st.integers(0, 1000),
+        events=opt() | st.lists(st.sampled_from(p.EVENT_KINDS), max_size=2),
     ),
     "apply_peers": st.builds(
         p.ApplyPeersRequest, changes=st.lists(changes, max_size=4), scope=scopes

@@ -117,13 +117,26 @@ def build_overlayd_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--config", type=Path, metavar="PATH", help="TOML configuration file")
     serve.add_argument("--socket", type=Path, metavar="PATH", help="Unix socket to serve on")
-    serve.add_argument("--data-dir", type=Path, metavar="DIR", help="durable state directory")
+    serve.add_argument(
+        "--data-dir",
+        type=Path,
+        metavar="DIR",
+        help="durable state directory (default /var/lib/overlayd)",
+    )
+    serve.add_argument(
+        "--in-memory",
+        action="store_const",
+        const=True,
+        default=None,
+        help="keep the state in memory only, lost at exit (tests, demos)",
+    )
     serve.add_argument(
         "--driver",
         action="append",
         metavar="NAME",
         dest="drivers",
-        help="driver to load; repeat for an ordered list (replaces the file's list)",
+        help="driver to load; repeat for an ordered list (replaces the file's list; "
+        "default: the platform's, linux_bridge and wireguard on Linux; fake only if named)",
     )
     serve.add_argument("--socket-group", metavar="GROUP", help="group owning the socket")
     serve.add_argument(
@@ -178,6 +191,7 @@ def _serve_posix(
             args.config,
             socket=args.socket,
             data_dir=args.data_dir,
+            in_memory=args.in_memory,
             drivers=args.drivers,
             socket_group=args.socket_group,
             allowed_uids=args.allowed_uids,

@@ -1,16 +1,22 @@
 """overlayd IPC client: :class:`AsyncClient` and the sync :class:`Client`.
 
 One connection carries every call; concurrent calls are matched to their
-responses by ``id`` and events pushed by the daemon are delivered to every
-:meth:`AsyncClient.events` iterator. The client connects lazily, retrying with
-exponential backoff while the daemon starts; when the connection breaks, calls
-in flight fail with :class:`ConnectionLost` (they are never re-sent, since an
-op may have taken effect) and the next call reconnects.
+responses by ``id``. The daemon pushes events only to connections that
+subscribed: :meth:`AsyncClient.subscribe` (or :meth:`AsyncClient.events`)
+subscribes this client's connection (``hello`` with ``events``) and returns an
+async iterator of the events; the subscription is renewed after a reconnect.
+The client connects lazily, retrying with exponential backoff while the daemon
+starts; when the connection breaks, calls in flight fail with
+:class:`ConnectionLost` (they are never re-sent, since an op may have taken
+effect) and the next call reconnects.
 
 ::
 
     async with AsyncClient("/var/run/zlayer-overlayd.sock") as client:
         print(await client.status())
+        async with await client.subscribe(["peer_health_changed"]) as events:
+            async for event in events:
+                print(event)
 
     with Client() as client:                  # same methods, blocking
         client.add_peer(key, "node2:51820", "10.200.1.0/28")
@@ -34,6 +40,10 @@ from typing import TypeVar
 
 from overlayd import __version__
 from overlayd.errors import OverlaydError
+from overlayd.eventstream import DISCONNECTED
+from overlayd.eventstream import EventStream
+from overlayd.eventstream import SyncEventStream
+from overlayd.eventstream import event_kinds
 from overlayd.protocol import PROTOCOL_VERSION
 from overlayd.protocol import AddAllowedIpRequest
 from overlayd.protocol import AddPeerRequest
@@ -108,8 +118,10 @@ __all__ = [
     "ClientClosed",
     "ConnectError",
     "ConnectionLost",
+    "EventStream",
     "RemoteError",
     "RequestTimeout",
+    "SyncEventStream",
     "UnexpectedResponse",
 ]
 
@@ -117,9 +129,6 @@ log = logging.getLogger(__name__)
 
 _R = TypeVar("_R", bound=AnyResponse)
 _T = TypeVar("_T")
-
-#: Events buffered per ``events()`` iterator before the oldest are dropped.
-EVENT_BUFFER: Final = 1024
 
 #: Connect errors that mean "the daemon is not there yet": retried with backoff.
 _RETRYABLE: Final = (FileNotFoundError, ConnectionError, BlockingIOError)
@@ -174,7 +183,6 @@ class _Unset:
 
 
 _UNSET: Final = _Unset()
-_DISCONNECTED: Final = object()
 
 
 def _scope(service: str | None) -> AnyScope:
@@ -183,14 +191,6 @@ def _scope(service: str | None) -> AnyScope:
 
 def _cidrs(value: str | Iterable[str]) -> str:
     return value if isinstance(value, str) else ",".join(value)
-
-
-def _push(queue: asyncio.Queue[object], item: object) -> None:
-    """Queue ``item``, dropping the oldest entry when a slow reader filled the queue."""
-    if queue.full():
-        queue.get_nowait()
-        log.warning("event buffer full (%d); dropped the oldest event", queue.maxsize)
-    queue.put_nowait(item)
 
 
 class _Connection:
@@ -202,6 +202,8 @@ class _Connection:
         self.pending: dict[int, asyncio.Future[AnyResponse]] = {}
         self.closed = False
         self.task: asyncio.Task[None] | None = None
+        #: The event kinds this connection is subscribed to.
+        self.subscribed: frozenset[str] = frozenset()
 
     def fail(self, exc: OverlaydError) -> None:
         """Mark closed, fail every pending call with ``exc`` and close the socket."""
@@ -243,7 +245,7 @@ class AsyncClient:
         self._ids = itertools.count(1)
         self._conn: _Connection | None = None
         self._connect_lock = asyncio.Lock()
-        self._subscribers: set[asyncio.Queue[object]] = set()
+        self._streams: set[EventStream] = set()
         self._closed = False
 
     # -- connection management ------------------------------------------------
@@ -265,6 +267,11 @@ class AsyncClient:
         """True while a connection is open."""
         return self._conn is not None and not self._conn.closed
 
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._closed
+
     async def connect(self) -> None:
         """Open the connection now (calls do it lazily)."""
         await self._ensure_connected()
@@ -281,8 +288,8 @@ class AsyncClient:
                     await conn.task
             with contextlib.suppress(OSError):
                 await conn.writer.wait_closed()
-        for queue in self._subscribers:
-            _push(queue, _DISCONNECTED)
+        for stream in list(self._streams):
+            stream._push(DISCONNECTED)
 
     async def _ensure_connected(self) -> _Connection:
         if self._closed:
@@ -346,8 +353,8 @@ class AsyncClient:
         finally:
             conn.fail(reason)
             if not self._closed:
-                for queue in self._subscribers:
-                    _push(queue, _DISCONNECTED)
+                for stream in list(self._streams):
+                    stream._push(DISCONNECTED)
 
     def _dispatch(self, conn: _Connection, body: bytes) -> None:
         try:
@@ -370,8 +377,9 @@ class AsyncClient:
             else:
                 future.set_result(frame.response)
         elif isinstance(frame, EventFrame):
-            for queue in self._subscribers:
-                _push(queue, frame.event)
+            for stream in list(self._streams):
+                if frame.event.event in stream.kinds:
+                    stream._push(frame.event)
         else:
             log.warning("ignoring request frame %d sent by the daemon", frame.id)
 
@@ -415,26 +423,46 @@ class AsyncClient:
             raise RemoteError(response.message, op=request.op, request_id=request_id)
         return response
 
-    async def events(self) -> AsyncGenerator[AnyEvent, None]:
-        """Yield events pushed by the daemon until the client is closed.
+    async def subscribe(self, events: Iterable[str] | None = None) -> EventStream:
+        """Subscribe to ``events`` (default: every kind) and return the stream of them.
 
-        After a lost connection the iterator reconnects (events sent while
-        disconnected are missed) and raises :class:`ConnectError` if it cannot.
+        The daemon pushes nothing to a connection that did not subscribe. When
+        this returns, the subscription is in place: every event emitted from
+        then on reaches the stream.
+
+        :raises ValueError: an unknown event kind.
         """
-        queue: asyncio.Queue[object] = asyncio.Queue(EVENT_BUFFER)
-        self._subscribers.add(queue)
+        stream = EventStream(self, event_kinds(events))
+        self._streams.add(stream)
         try:
-            await self._ensure_connected()
-            while True:
-                item = await queue.get()
-                if item is _DISCONNECTED:
-                    if self._closed:
-                        return
-                    await self._ensure_connected()
-                    continue
-                yield item  # type: ignore[misc]
+            await self._subscribe_connection()
+        except BaseException:
+            self._streams.discard(stream)
+            raise
+        return stream
+
+    async def _subscribe_connection(self) -> None:
+        """Subscribe the connection to the union of the open streams' kinds."""
+        conn = await self._ensure_connected()
+        wanted = frozenset().union(*(s.kinds for s in self._streams))
+        if conn.subscribed == wanted:
+            return
+        request = HelloRequest(
+            client=f"overlayd.client/{__version__}",
+            protocol_version=PROTOCOL_VERSION,
+            events=sorted(wanted),
+        )
+        await self._expect(request, HelloResponse)
+        conn.subscribed = wanted
+
+    async def events(self, events: Iterable[str] | None = None) -> AsyncGenerator[AnyEvent, None]:
+        """Subscribe (see :meth:`subscribe`) and yield events until the client is closed."""
+        stream = await self.subscribe(events)
+        try:
+            async for event in stream:
+                yield event
         finally:
-            self._subscribers.discard(queue)
+            await stream.aclose()
 
     async def _expect(self, request: AnyRequest, kind: type[_R]) -> _R:
         response = await self.call(request)
@@ -746,22 +774,17 @@ class Client:
     def call(self, request: AnyRequest, *, timeout: float | _Unset | None = _UNSET) -> AnyResponse:
         return self._run(self._async.call(request, timeout=timeout))
 
-    def events(self) -> Generator[AnyEvent, None, None]:
-        """Blocking iterator over pushed events (see :meth:`AsyncClient.events`)."""
-        agen = self._async.events()
+    def subscribe(self, events: Iterable[str] | None = None) -> SyncEventStream:
+        """Subscribe now; a blocking iterator of events (see :meth:`AsyncClient.subscribe`)."""
+        return SyncEventStream(self, self._run(self._async.subscribe(events)))
 
-        async def next_event() -> AnyEvent:
-            return await anext(agen)
-
+    def events(self, events: Iterable[str] | None = None) -> Generator[AnyEvent, None, None]:
+        """Blocking iterator over pushed events; subscribes when first advanced."""
+        stream = self.subscribe(events)
         try:
-            while True:
-                try:
-                    yield self._run(next_event())
-                except StopAsyncIteration:
-                    return
+            yield from stream
         finally:
-            if not self._loop.is_closed():
-                self._run(agen.aclose())
+            stream.close()
 
     def hello(self, client: str = "overlayd.client") -> HelloResponse:
         return self._run(self._async.hello(client))

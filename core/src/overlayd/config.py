@@ -1,9 +1,18 @@
 """Configuration: the engine's settings and the daemon's TOML file.
 
-The file has top-level keys ``socket``, ``data_dir``, ``drivers``,
-``socket_group``, ``allowed_uids``, ``allowed_gids``, ``log_format`` and the
-tables ``[dns]``, ``[ipam]``, ``[engine]``, ``[nat]``, ``[drivers.<name>]`` and
-``[cluster]`` (cluster mode, :mod:`overlayd.cluster.config`).
+The file has top-level keys ``socket``, ``data_dir``, ``in_memory``,
+``drivers``, ``socket_group``, ``allowed_uids``, ``allowed_gids``,
+``log_format`` and the tables ``[dns]``, ``[ipam]``, ``[engine]``, ``[nat]``,
+``[drivers.<name>]`` and ``[cluster]`` (cluster mode,
+:mod:`overlayd.cluster.config`).
+
+The daemon's defaults are a real data plane with durable state: without
+``drivers`` it loads the platform's drivers (:func:`platform_drivers`; it
+refuses to start, naming what to install, when they are missing), and
+without ``data_dir`` it keeps its state in ``/var/lib/overlayd``. The fake
+data plane runs only when ``drivers`` names ``fake``, and state stays in
+memory only with ``in_memory = true`` (``--in-memory``). An embedded
+:class:`EngineConfig` keeps the library defaults (the fake, in memory).
 
 NOTE: TOML cannot hold both ``drivers = ["a", "b"]`` and a table
 ``[drivers.a]`` (the key would be defined twice). So ``drivers`` is either the
@@ -21,6 +30,7 @@ Unknown keys anywhere are an error naming the key and the file.
 
 from __future__ import annotations
 
+import sys
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,12 +42,14 @@ from pydantic import ConfigDict
 from pydantic import Field
 from pydantic import ValidationError
 from pydantic import field_validator
+from pydantic import model_validator
 
 from overlayd.cluster.config import ClusterSettings
 from overlayd.errors import ConfigError
 from overlayd.nat.config import NatSettings
 
 __all__ = [
+    "DEFAULT_DATA_DIR",
     "DEFAULT_SOCKET",
     "DaemonConfig",
     "DnsSettings",
@@ -46,9 +58,22 @@ __all__ = [
     "IpamSettings",
     "NatSettings",
     "load_config",
+    "platform_drivers",
 ]
 
 DEFAULT_SOCKET = "/var/run/zlayer-overlayd.sock"
+#: Where ``overlayd serve`` keeps its state unless told otherwise.
+DEFAULT_DATA_DIR = "/var/lib/overlayd"
+
+
+def platform_drivers() -> list[str]:
+    """The drivers ``overlayd serve`` loads when the configuration names none.
+
+    Linux: ``linux_bridge`` (bridges, veth, NAT) and ``wireguard``; Windows:
+    ``hcn`` and ``wireguard``.
+    """
+    windows = sys.platform == "win32"
+    return ["hcn", "wireguard"] if windows else ["linux_bridge", "wireguard"]
 
 
 class _Settings(BaseModel):
@@ -82,16 +107,23 @@ class IpamSettings(_Settings):
 
     The node slice (``slice_cidr`` of ``setup_global_overlay``, else the whole
     cluster CIDR) holds the node's own address, the node pool (addresses of
-    ``join_global`` containers) and the service subnets, so one AllowedIPs entry
-    per node covers everything it hosts. ZLayer gives each service a /28 per
-    node (13 containers); overlayd defaults to /22 (1,021 containers), and
-    shrinks the blocks when the slice is too small to hold at least four of them.
+    ``join_global`` containers) and, in the ``carved`` layout, the service
+    subnets, so one AllowedIPs entry per node covers everything it hosts.
+    ZLayer gives each service a /28 per node (13 containers); overlayd defaults
+    to /22 (1,021 containers), and shrinks the blocks when the slice is too
+    small to hold at least four of them. Small slices and Windows use other
+    layouts (:mod:`overlayd.layout`).
     """
 
     #: Prefix length of a service subnet (IPv4).
     service_prefix_v4: int = Field(default=22, ge=8, le=30)
     #: Prefix length of a service subnet (IPv6).
     service_prefix_v6: int = Field(default=112, ge=64, le=126)
+    #: Prefix length of a service subnet carved from the cluster CIDR outside
+    #: the node slice (small slices; dedicated services on Windows): ZLayer's /28.
+    outside_prefix_v4: int = Field(default=28, ge=8, le=30)
+    #: The same for IPv6 (ZLayer's /120).
+    outside_prefix_v6: int = Field(default=120, ge=64, le=126)
 
 
 class EngineSettings(_Settings):
@@ -109,6 +141,9 @@ class EngineSettings(_Settings):
     segment_kind: str = "bridge"
     #: Worker threads for hook calls.
     workers: int = Field(default=16, ge=1, le=256)
+    #: At stop, how long work in flight (a periodic reconcile, a request) may
+    #: take to finish before the drivers shut down anyway; what is cut off is logged.
+    stop_timeout_secs: float = Field(default=15.0, ge=0)
 
 
 class EngineConfig(_Settings):
@@ -141,8 +176,17 @@ class EngineConfig(_Settings):
 
 
 class DaemonConfig(EngineConfig):
-    """The daemon's configuration: the engine's plus the socket and logging."""
+    """The daemon's configuration: the engine's plus the socket and logging.
 
+    Unlike an embedded engine's, the defaults are the platform's real drivers
+    and durable state in :data:`DEFAULT_DATA_DIR`; ``in_memory`` keeps the state
+    in memory (and excludes ``data_dir``).
+    """
+
+    drivers: list[str] = Field(default_factory=platform_drivers)
+    data_dir: Path | None = Path(DEFAULT_DATA_DIR)
+    #: Keep the state in memory only (lost at exit): tests and demos.
+    in_memory: bool = False
     socket: Path = Path(DEFAULT_SOCKET)
     #: Group owning the socket (mode 0660); default ``zlayer`` when that group exists.
     socket_group: str | None = None
@@ -154,10 +198,23 @@ class DaemonConfig(EngineConfig):
     #: ``[cluster]``: join a cluster through etcd (``None``: orchestrated mode).
     cluster: ClusterSettings | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _memory(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("in_memory"):
+            if data.get("data_dir") is not None:
+                raise ValueError(
+                    "in_memory and data_dir exclude each other: state is either in "
+                    "memory or under data_dir"
+                )
+            data = {**data, "data_dir": None}
+        return data
+
 
 _TOP_KEYS = {
     "socket",
     "data_dir",
+    "in_memory",
     "drivers",
     "socket_group",
     "allowed_uids",
@@ -224,10 +281,31 @@ def load_config(path: Path | None, **overrides: Any) -> DaemonConfig:
         if value is not None:
             data[key] = value
     try:
-        return DaemonConfig.model_validate(data)
+        config = DaemonConfig.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = ".".join(str(p) for p in first["loc"])
         if first["type"] == "extra_forbidden":
             raise ConfigError(f"{where}: unknown key `{loc}`") from None
+        if not loc:
+            raise ConfigError(f"{where}: {first['msg'].removeprefix('Value error, ')}") from None
         raise ConfigError(f"{where}: `{loc}`: {first['msg']}") from None
+    if "drivers" not in data:
+        _check_platform_drivers(config.drivers)
+    return config
+
+
+def _check_platform_drivers(names: list[str]) -> None:
+    """Refuse, naming what to install, when the default drivers are not installed."""
+    from overlayd.plugins import installed_drivers
+
+    installed = installed_drivers()
+    missing = [n for n in names if n not in installed]
+    if missing:
+        packages = ", ".join(f"overlayd-{n.replace('_', '-')}" for n in missing)
+        raise ConfigError(
+            f"no drivers are configured, so overlayd serves this platform's real data plane "
+            f"({', '.join(names)}), but {', '.join(missing)} is not installed (install "
+            f"{packages}); or name the drivers to use (`drivers` in the file, --driver; "
+            "`--driver fake` for an in-memory test data plane)"
+        )

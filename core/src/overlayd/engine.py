@@ -32,12 +32,10 @@ from collections.abc import Callable
 from collections.abc import Iterable
 from collections.abc import Iterator
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from dataclasses import field
 from typing import Any
 from typing import TypeVar
-from typing import cast
 
 import pluggy
 from pydantic import BaseModel
@@ -55,8 +53,10 @@ from overlayd.errors import OverlaydError
 from overlayd.errors import StateError
 from overlayd.errors import TeardownError
 from overlayd.ipam import PortBand
-from overlayd.ipam import SubnetCarver
 from overlayd.ipam import usable_range
+from overlayd.layout import SliceLayout
+from overlayd.layout import choose_layout
+from overlayd.layout import global_conflicts
 from overlayd.locks import LockTable
 from overlayd.model import AnyHandle
 from overlayd.model import Attachment
@@ -96,11 +96,16 @@ from overlayd.nat import host as nat_host
 from overlayd.nat.agent import NatAgent
 from overlayd.nat.candidates import CandidateExchange
 from overlayd.nat.candidates import IpcExchange
+from overlayd.peers import Merge
+from overlayd.peers import PeerTable
+from overlayd.peers import change_from
 from overlayd.plugins import DriverContext
 from overlayd.plugins import Hooks
 from overlayd.plugins import load_drivers
 from overlayd.plugins import make_plugin_manager
 from overlayd.plugins import register_drivers
+from overlayd.work import Undo
+from overlayd.work import WorkerPool
 
 __all__ = ["DedicatedStatus", "Engine", "GcReport", "ReconcileSummary", "Status"]
 
@@ -198,25 +203,7 @@ class ReconcileSummary(_Result):
 # ---------------------------------------------------------------------------
 
 
-class _Undo:
-    """Inverses of completed steps; run in reverse when a later step fails."""
-
-    def __init__(self) -> None:
-        self._steps: list[tuple[str, Callable[[], object]]] = []
-
-    def push(self, what: str, fn: Callable[[], object]) -> None:
-        self._steps.append((what, fn))
-
-    def run(self) -> list[BaseException]:
-        errors: list[BaseException] = []
-        for what, fn in reversed(self._steps):
-            try:
-                fn()
-            except Exception as exc:  # noqa: BLE001 - rollback must try every step
-                log.error("rollback step %r failed: %s", what, exc)
-                errors.append(exc)
-        self._steps.clear()
-        return errors
+_Undo = Undo
 
 
 @dataclass
@@ -306,7 +293,8 @@ class Engine:
         self._secrets: Any = None
         self._locks = LockTable()
         self._mem = threading.Lock()
-        self._executor: ThreadPoolExecutor | None = None
+        self._work = WorkerPool(self.config.engine.workers)
+        self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._subscribers: set[asyncio.Queue[Event]] = set()
         self._tasks: list[asyncio.Task[None]] = []
@@ -317,12 +305,18 @@ class Engine:
         self.global_: GlobalOverlay | None = None
         self.services: dict[str, ServiceOverlay] = {}
         self.attachments: dict[str, Attachment] = {}
+        #: Windows: namespace GUID -> attachment key (detach by namespace GUID).
+        self._by_namespace: dict[str, str] = {}
         self.manual_leases: dict[str, Lease] = {}
-        self.peers: dict[str, dict[str, PeerConfig]] = {}
+        #: device name -> its peers as recorded (see overlayd.peers for the merge rules).
+        self.peers: dict[str, PeerTable] = {}
         self.dns: dict[tuple[str, str], DnsRecord] = {}
         self.masquerades: dict[str, MasqueradeRule] = {}
         self.port_mappings: dict[str, PortMapping] = {}
-        self._carver: SubnetCarver | None = None
+        #: The global overlay after ``teardown_global_overlay`` while services or
+        #: attachments still use its slice: a later set-up adopts it.
+        self._retired: GlobalOverlay | None = None
+        self._layout: SliceLayout | None = None
         self._ports: PortBand | None = None
         self._health: dict[tuple[str, str], bool] = {}
         self._tx_seen: dict[tuple[str, str], tuple[int, int]] = {}
@@ -348,9 +342,8 @@ class Engine:
         if self._started:
             return
         self._loop = asyncio.get_running_loop()
-        self._executor = ThreadPoolExecutor(
-            max_workers=self.config.engine.workers, thread_name_prefix="overlayd-hook"
-        )
+        self._stopping = False
+        self._work.start()
         if self._store is None:
             from overlayd.state import open_store
 
@@ -378,26 +371,46 @@ class Engine:
             self._tasks.append(asyncio.create_task(self._periodic(interval, self.reconcile)))
 
     async def stop(self) -> None:
-        """Stop periodic work and the drivers; the data plane stays up."""
-        if not self._started:
+        """Stop periodic work and the drivers; the data plane stays up.
+
+        New operations are refused from here on. Work in flight (a periodic
+        reconcile, a request of an embedder) is drained first, for at most
+        ``engine.stop_timeout_secs``; what still runs then is logged by name
+        before the drivers shut down and the store closes under it.
+        """
+        if not self._started or self._stopping:
             return
-        self._started = False
+        self._stopping = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.engine.stop_timeout_secs
         for task in self._tasks:
             task.cancel()
+        if self._tasks:
+            # A cancelled periodic pass still waits for its worker (WorkerPool.run).
+            await asyncio.wait(self._tasks, timeout=max(0.0, deadline - loop.time()))
+        left = await self._work.drain(max(0.0, deadline - loop.time()))
+        if left:
+            log.error(
+                "stopping with %d operation(s) still running after %.0fs, cut off: %s",
+                len(left),
+                self.config.engine.stop_timeout_secs,
+                "; ".join(left),
+            )
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            if task.done() and not task.cancelled():
+                with contextlib.suppress(Exception):
+                    task.result()
         self._tasks.clear()
         await nat_host.stop_nat(self)
+        self._started = False
         try:
             await self._run(self.hooks.shutdown)
         except OverlaydError as exc:
             log.error("driver shutdown failed: %s", exc)
         if self._store is not None:
             self._store.close()
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+        self._work.shutdown(wait=not left)
+        self._stopping = False
 
     async def _periodic(self, interval: float, fn: Callable[[], Any]) -> None:
         while True:
@@ -410,14 +423,19 @@ class Engine:
                 log.exception("periodic %s crashed; it will run again", getattr(fn, "__name__", fn))
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run blocking work (hooks) off the event loop."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: fn(*args))
+        """Run blocking work (hooks) off the event loop.
+
+        Cancelling the caller does not release its locks before the worker has
+        finished (see :class:`overlayd.work.WorkerPool`).
+        """
+        return await self._work.run(fn, *args)
 
     #: Run blocking work (hooks) on the engine's workers (for overlayd.nat).
     run_blocking = _run
 
     def _require_started(self) -> None:
+        if self._stopping:
+            raise InvalidRequest("overlayd is stopping; retry once it is back")
         if not self._started:
             raise InvalidRequest("the engine is not started; use `async with Engine(...)`")
 
@@ -479,13 +497,6 @@ class Engine:
             for fn in tx.after:
                 fn()
 
-    def _commit_or_undo(self, tx: _Tx, undo: _Undo) -> None:
-        try:
-            self._commit(tx)
-        except StateError:
-            undo.run()
-            raise
-
     def _load(self) -> None:
         """Rebuild the in-memory view and IPAM pools from the store."""
         # Tens of thousands of long-lived records are built here; left on, the
@@ -501,6 +512,8 @@ class Engine:
         self.local_wg_pubkey = meta.get("local_wg_pubkey")
         g = data.get("global", {}).get("global")
         self.global_ = GlobalOverlay.model_validate(g) if g else None
+        retired = data.get("global", {}).get("retired")
+        self._retired = GlobalOverlay.model_validate(retired) if retired else None
         self.services = {
             k: ServiceOverlay.model_validate(v) for k, v in data.get("service", {}).items()
         }
@@ -508,6 +521,9 @@ class Engine:
         self.attachments = dict(
             zip(records, _ATTACHMENTS_ADAPTER.validate_python(list(records.values())), strict=True)
         )
+        self._by_namespace = {
+            a.namespace_guid.lower(): k for k, a in self.attachments.items() if a.namespace_guid
+        }
         leases = leases_from_records(data.get("lease", {}).values())
         self.manual_leases = {
             f"{lease.pool}|{lease.ip}": lease for lease in leases if lease.owner == "manual"
@@ -515,8 +531,7 @@ class Engine:
         self.peers = {}
         for key, value in data.get("peer", {}).items():
             device, _, _ = key.partition("|")
-            peer = PeerConfig.model_validate(value)
-            self.peers.setdefault(device, {})[peer.public_key] = peer
+            self._peer_table(device).put(PeerConfig.model_validate(value))
         self.dns = {
             (rec.name.lower(), str(rec.ip)): rec
             for rec in _DNS_ADAPTER.validate_python(list(data.get("dns", {}).values()))
@@ -530,12 +545,14 @@ class Engine:
         by_pool: dict[str, list[Lease]] = {}
         for lease in leases:
             by_pool.setdefault(lease.pool, []).append(lease)
-        if self.global_ is not None:
-            self._init_carving(self.global_)
+        addressing = self._addressing()
+        if addressing is not None:
+            self._init_layout(addressing)
             self.hooks.ipam_pool_create(self._node_pool(), by_pool.get(NODE_POOL, []))
         for svc in self.services.values():
-            assert self._carver is not None
-            self._carver.mark_used(svc.subnet)
+            assert self._layout is not None
+            if not self._layout.flat(svc.mode):
+                self._layout.mark_used(svc.subnet)
             if svc.dedicated is not None and svc.dedicated.listen_port and self._ports:
                 self._ports.reserve(svc.dedicated.listen_port)
             pool = self._pool_for(svc)
@@ -545,25 +562,32 @@ class Engine:
 
     # -- addressing helpers -------------------------------------------------
 
-    def _block_prefix(self, slice_cidr: IPNetwork) -> int:
-        ipam = self.config.ipam
-        want = ipam.service_prefix_v4 if slice_cidr.version == 4 else ipam.service_prefix_v6
-        # The slice must hold the node pool block plus at least three service blocks.
-        return max(want, slice_cidr.prefixlen + 2)
+    def _addressing(self) -> GlobalOverlay | None:
+        """The global overlay whose slice the node's addresses come from (up or retired)."""
+        return self.global_ or self._retired
 
-    def _init_carving(self, g: GlobalOverlay) -> None:
-        prefix = self._block_prefix(g.slice_cidr)
-        node_block = cast(IPNetwork, next(iter(g.slice_cidr.subnets(new_prefix=prefix))))
-        self._carver = SubnetCarver(g.slice_cidr, prefix, exclude=[node_block])
+    def _init_layout(self, g: GlobalOverlay) -> None:
+        self._layout = SliceLayout(
+            g.layout or "carved",
+            g.cluster_cidr,
+            g.slice_cidr,
+            self.config.ipam,
+            node_key=str(g.slice_cidr),
+        )
         self._ports = PortBand(g.wg_port)
 
     def _node_pool(self) -> Pool:
-        assert self.global_ is not None
-        g = self.global_
-        block = next(g.slice_cidr.subnets(new_prefix=self._block_prefix(g.slice_cidr)))
-        return Pool(name=NODE_POOL, cidr=block, reserved=(g.node_ip,))
+        g = self._addressing()
+        assert g is not None and self._layout is not None
+        return self._layout.node_pool(g.node_ip)
+
+    def _flat(self, svc: ServiceOverlay) -> bool:
+        """A service without a pool of its own: it uses the node pool (Windows, shared)."""
+        return self._layout is not None and self._layout.flat(svc.mode)
 
     def _pool_for(self, svc: ServiceOverlay) -> Pool:
+        if self._flat(svc):
+            return self._node_pool()
         reserved: tuple[IPAddress, ...] = (svc.gateway,)
         if svc.overlay_ip is not None:
             reserved += (svc.overlay_ip,)
@@ -572,7 +596,8 @@ class Engine:
     def _zone(self) -> str:
         zone = self.config.dns.zone
         if not zone:
-            deployment = self.global_.deployment if self.global_ else "overlay"
+            g = self._addressing()
+            deployment = g.deployment if g else "overlay"
             zone = f"{deployment}.local."
         return zone if zone.endswith(".") else zone + "."
 
@@ -582,7 +607,9 @@ class Engine:
         if dns.listen_on_gateways:
             for svc in sorted(self.services.values(), key=lambda s: s.service):
                 host = f"[{svc.gateway}]" if svc.gateway.version == 6 else str(svc.gateway)
-                out.append(f"{host}:{dns.gateway_port}")
+                address = f"{host}:{dns.gateway_port}"
+                if address not in out:  # services on the base network share a gateway
+                    out.append(address)
         return out
 
     def _sync_dns_serve(self) -> None:
@@ -670,13 +697,23 @@ class Engine:
         wg_port: int,
         nat_enabled: bool = False,
     ) -> str:
-        """Create (or return) the node's WireGuard device; returns its interface name."""
+        """Create (or adopt) the node's WireGuard device; returns its interface name.
+
+        ZLayer's agent sends this at every start with its own pid as
+        ``instance_id``. A request for the overlay already set up (or torn down
+        while services and attachments still use its slice) adopts it whatever
+        the ``instance_id``: the same device, key, slice, peers and attachments,
+        answered as a first set-up would be. An absent ``slice_cidr`` keeps the
+        recorded slice; ``nat_enabled`` is applied. A different deployment,
+        cluster CIDR, given slice or port is refused (see :func:`global_conflicts`).
+        """
         self._require_started()
         self._check_name("deployment", deployment)
         if instance_id:
             self._check_name("instance_id", instance_id)
         cluster = self._parse_net("cluster_cidr", cluster_cidr)
-        slice_net = self._parse_net("slice_cidr", slice_cidr) if slice_cidr else cluster
+        given = self._parse_net("slice_cidr", slice_cidr) if slice_cidr else None
+        slice_net = given or cluster
         if slice_net.version != cluster.version or not slice_net.subnet_of(cluster):  # type: ignore[arg-type]
             raise InvalidRequest(f"slice_cidr {slice_net} is not inside cluster_cidr {cluster}")
         if slice_net.max_prefixlen - slice_net.prefixlen < 4:
@@ -687,20 +724,36 @@ class Engine:
         if not 0 < wg_port < 65536 - 256:
             raise InvalidRequest(f"wg_port {wg_port} is not a usable UDP port")
         async with self._locks.hold(("global", True)):
-            existing = self.global_
+            existing = self._addressing()
             if existing is not None:
-                same = (
-                    existing.cluster_cidr == cluster
-                    and existing.slice_cidr == slice_net
-                    and existing.deployment == deployment
-                    and existing.instance_id == instance_id
+                conflicts = global_conflicts(
+                    existing, deployment=deployment, cluster=cluster, slice_net=given, port=wg_port
                 )
-                if not same:
+                if conflicts and self.global_ is None and not self._slice_in_use():
+                    # Torn down and nothing uses its slice any more: start afresh.
+                    await self._run(self._forget_retired)
+                    existing = None
+                elif conflicts:
+                    state = "is set up" if self.global_ is not None else "was set up"
                     raise Conflict(
-                        f"the global overlay is already set up (deployment {existing.deployment}, "
-                        f"cluster {existing.cluster_cidr}, slice {existing.slice_cidr}); "
-                        "tear it down before setting it up differently"
+                        f"the global overlay {state} differently: {'; '.join(conflicts)}. "
+                        + (
+                            "Tear it down before setting it up differently."
+                            if self.global_ is not None
+                            else "Services or attachments still use its slice; tear them "
+                            "down first, or set it up as it was."
+                        )
                     )
+            if existing is not None and self.global_ is existing:
+                if existing.instance_id != instance_id:
+                    log.info(
+                        "instance %s adopts the global overlay %s of instance %s",
+                        instance_id or "''",
+                        existing.device.name,
+                        existing.instance_id or "''",
+                    )
+                if existing.nat_enabled != nat_enabled:
+                    await self._run(self._set_global_nat, nat_enabled)
                 return existing.device.name
             name = await self._run(
                 self._setup_global,
@@ -708,11 +761,19 @@ class Engine:
                 instance_id,
                 cluster,
                 slice_net,
+                given is not None,
                 wg_port,
                 nat_enabled,
             )
             await nat_host.start_nat(self)
             return name
+
+    def _slice_in_use(self) -> bool:
+        return bool(
+            self.services
+            or self.attachments
+            or any(lease.pool == NODE_POOL for lease in self.manual_leases.values())
+        )
 
     def _identity_key(self, name: str) -> str:
         key = self._secrets.get(name)
@@ -733,11 +794,24 @@ class Engine:
         instance_id: str,
         cluster: IPNetwork,
         slice_net: IPNetwork,
+        slice_given: bool,
         wg_port: int,
         nat_enabled: bool,
     ) -> str:
-        first, _ = usable_range(slice_net)
-        node_ip = ipaddress.ip_address(int(slice_net.network_address) + first)
+        # A retired overlay (torn down, its slice still in use) comes back as it
+        # was: same names, node address and layout; only the device is new.
+        base = self._retired
+        if base is not None:
+            instance_id = base.instance_id
+            node_ip = base.node_ip
+            layout = base.layout
+            slice_given = base.reported_slice is not None
+        else:
+            first, _ = usable_range(slice_net)
+            node_ip = ipaddress.ip_address(int(slice_net.network_address) + first)
+            layout = choose_layout(
+                cluster, slice_net, self.config.ipam, self.config.engine.segment_kind
+            )
         name = global_device_name(deployment, instance_id)
         spec = DeviceSpec(
             kind=DeviceKind.WIREGUARD,
@@ -762,67 +836,152 @@ class Engine:
                 wg_port=wg_port,
                 nat_enabled=nat_enabled,
                 device=device,
+                slice_given=slice_given,
+                layout=layout,
             )
-            previous = self.global_
-            self.global_ = g  # needed by _node_pool; restored on failure
-            try:
-                pool = self._node_pool()
-            finally:
-                self.global_ = previous
-            self.hooks.ipam_pool_create(pool, [])
-            undo.push("delete node pool", lambda: self.hooks.ipam_pool_delete(pool))
+            if self._layout is None:
+                self._init_layout(g)
+                undo.push("forget the layout", lambda: setattr(self, "_layout", None))
+            assert self._layout is not None
+            pool = self._layout.node_pool(node_ip)
+            if base is None:
+                self.hooks.ipam_pool_create(pool, [])
+                undo.push("delete node pool", lambda: self.hooks.ipam_pool_delete(pool))
             tx = _Tx()
-            rule = MasqueradeRule(subnet=slice_net, exempt=(cluster,))
-            if nat_enabled and self.hooks.nat_masquerade(rule, True):
-                undo.push("remove masquerade", lambda: self.hooks.nat_masquerade(rule, False))
-                tx.put("masquerade", str(slice_net), rule)
-                tx.after.append(lambda: self.masquerades.__setitem__(str(slice_net), rule))
-            recorded = self.peers.get(name, {})
-            if recorded:
-                self.hooks.peer_apply(device, [_change_from(p) for p in recorded.values()])
+            self._global_nat(tx, undo, g, nat_enabled)
+            table = self._peer_table(name)
+            changes = [change_from(p) for p in table.values()]
+            # Guests on the global device lost their peer with the old device.
+            for att in self.attachments.values():
+                svc = self.services.get(att.service)
+                on_global = svc is None or svc.dedicated is None
+                if att.guest is not None and on_global and att.guest.public_key not in table:
+                    guest = PeerChange(
+                        public_key=att.guest.public_key,
+                        allowed_ips=(ipaddress.ip_network(att.ip),),
+                    )
+                    changes.append(guest)
+            if changes:
+                merged = table.preview(changes)
+                self.hooks.peer_apply(device, changes)
+                self._record_peers(tx, table, merged)
             tx.put("global", "global", g)
+            tx.delete("global", "retired")
 
             def apply() -> None:
                 self.global_ = g
-                self._init_carving(g)
+                self._retired = None
 
             tx.after.append(apply)
             self._commit(tx)
-        except BaseException:
-            undo.run()
+        except BaseException as exc:
+            undo.rollback(exc)
             raise
         self._sync_dns_serve()
-        log.info("global overlay %s up: node %s, slice %s", name, node_ip, slice_net)
+        log.info(
+            "global overlay %s up: node %s, slice %s (%s layout)",
+            name,
+            node_ip,
+            slice_net,
+            layout,
+        )
         return device.name
 
+    def _global_nat(self, tx: _Tx, undo: _Undo, g: GlobalOverlay, enable: bool) -> None:
+        """Masquerade the node slice (and subnets outside it) leaving the node, or stop."""
+        subnets = [g.slice_cidr] + [
+            s.subnet
+            for s in self.services.values()
+            if not s.subnet.subnet_of(g.slice_cidr)  # type: ignore[arg-type]
+        ]
+        for subnet in subnets:
+            key = str(subnet)
+            rule = self.masquerades.get(key) or MasqueradeRule(
+                subnet=subnet, exempt=(g.cluster_cidr,)
+            )
+            if enable and key not in self.masquerades:
+                if self.hooks.nat_masquerade(rule, True):
+                    undo.push("remove masquerade", functools.partial(self._unmask, rule))
+                    tx.put("masquerade", key, rule)
+                    tx.after.append(functools.partial(self.masquerades.__setitem__, key, rule))
+            elif not enable and key in self.masquerades:
+                self.hooks.nat_masquerade(rule, False)
+                undo.push(
+                    "restore masquerade", functools.partial(self.hooks.nat_masquerade, rule, True)
+                )
+                tx.delete("masquerade", key)
+                tx.after.append(functools.partial(self.masquerades.pop, key, None))
+
+    def _unmask(self, rule: MasqueradeRule) -> None:
+        self.hooks.nat_masquerade(rule, False)
+
+    def _set_global_nat(self, enable: bool) -> None:
+        g = self._global()
+        undo = _Undo()
+        try:
+            tx = _Tx()
+            self._global_nat(tx, undo, g, enable)
+            updated = g.model_copy(update={"nat_enabled": enable})
+            tx.put("global", "global", updated)
+            tx.after.append(lambda: setattr(self, "global_", updated))
+            self._commit(tx)
+        except BaseException as exc:
+            undo.rollback(exc)
+            raise
+
     async def teardown_global_overlay(self) -> None:
-        """Tear down every service overlay, attachment and the global device."""
+        """Remove the global WireGuard device and its peers; nothing else.
+
+        ZLayer's agent sends this at every graceful shutdown: service segments,
+        their devices and attachments stay (containers keep their network), and
+        the next ``setup_global_overlay`` adopts the slice and re-creates the
+        device with the same name and key. They go with their own teardown,
+        detach or gc. Idempotent.
+        """
         self._require_started()
         async with self._locks.hold(("global", True)):
             await nat_host.stop_nat(self)
-            errors: list[BaseException] = []
-            for service in sorted(self.services):
-                try:
-                    await self._run(self._teardown_service, service)
-                except OverlaydError as exc:
-                    errors.append(exc)
-            for key in sorted(self.attachments):
-                try:
-                    await self._run(self._detach_locked, key)
-                except OverlaydError as exc:
-                    errors.append(exc)
             if self.global_ is not None:
-                try:
-                    await self._run(self._teardown_global)
-                except OverlaydError as exc:
-                    errors.append(exc)
-            if errors:
-                raise TeardownError("teardown of the global overlay", errors)
+                await self._run(self._teardown_global)
 
     def _teardown_global(self) -> None:
         g = self._global()
+        keep = self._slice_in_use()
         errors: list[BaseException] = []
         tx = _Tx()
+        try:
+            self.hooks.device_delete(g.device)
+        except OverlaydError as exc:
+            raise TeardownError("teardown of the global device", [exc]) from exc
+        for pub in list(self.peers.get(g.device.name, ())):
+            tx.delete("peer", f"{g.device.name}|{pub}")
+        tx.delete("global", "global")
+        if keep:
+            # Services and attachments keep using the slice (and its masquerade).
+            tx.put("global", "retired", g)
+        else:
+            errors += self._release_slice(tx, g)
+
+        def apply() -> None:
+            self.global_ = None
+            self.peers.pop(g.device.name, None)
+            if keep:
+                self._retired = g
+
+        tx.after.append(apply)
+        self._commit(tx)
+        self._sync_dns_serve()
+        log.info(
+            "global overlay %s down%s",
+            g.device.name,
+            "; services and attachments keep its slice" if keep else "",
+        )
+        if errors:
+            raise TeardownError("teardown of the global overlay", errors)
+
+    def _release_slice(self, tx: _Tx, g: GlobalOverlay) -> list[BaseException]:
+        """Give up the slice: its masquerade, node pool and manual node leases."""
+        errors: list[BaseException] = []
         for key, rule in list(self.masquerades.items()):
             if rule.subnet == g.slice_cidr:
                 try:
@@ -831,33 +990,32 @@ class Engine:
                     tx.after.append(functools.partial(self.masquerades.pop, key, None))
                 except OverlaydError as exc:
                     errors.append(exc)
-        try:
-            self.hooks.device_delete(g.device)
-        except OverlaydError as exc:
-            errors.append(exc)
-            raise TeardownError("teardown of the global device", errors) from exc
-        self.hooks.ipam_pool_delete(self._node_pool())
+        if self._layout is not None:
+            self.hooks.ipam_pool_delete(self._node_pool())
         for lease in list(self.manual_leases.values()):
             if lease.pool == NODE_POOL:
                 tx.delete("lease", f"{lease.pool}|{lease.ip}")
                 tx.after.append(
                     functools.partial(self.manual_leases.pop, f"{lease.pool}|{lease.ip}", None)
                 )
-        for pub in list(self.peers.get(g.device.name, {})):
-            tx.delete("peer", f"{g.device.name}|{pub}")
-        tx.delete("global", "global")
+        tx.delete("global", "retired")
 
         def apply() -> None:
-            self.global_ = None
-            self.peers.pop(g.device.name, None)
-            self._carver = None
+            self._retired = None
+            self._layout = None
             self._ports = None
 
         tx.after.append(apply)
+        return errors
+
+    def _forget_retired(self) -> None:
+        retired = self._retired
+        assert retired is not None
+        tx = _Tx()
+        errors = self._release_slice(tx, retired)
         self._commit(tx)
-        self._sync_dns_serve()
         if errors:
-            raise TeardownError("teardown of the global overlay", errors)
+            raise TeardownError("releasing the slice of the torn-down overlay", errors)
 
     # -- service overlays ---------------------------------------------------
 
@@ -885,18 +1043,22 @@ class Engine:
 
     def _setup_service(self, service: str, mode: OverlayMode) -> ServiceOverlay:
         g = self._global()
-        assert self._carver is not None
+        layout = self._layout
+        assert layout is not None
         assert self._ports is not None
+        flat = layout.flat(mode)
         undo = _Undo()
         try:
             with self._mem:
-                subnet = self._carver.allocate()
-            undo.push(
-                "release subnet",
-                lambda: self._carver.release(subnet) if self._carver else None,
-            )
+                in_use = [s.subnet for s in self.services.values()]
+                subnet = layout.allocate(service, mode, in_use)
+            if not flat:
+                undo.push("release subnet", functools.partial(layout.release, subnet))
             first, _ = usable_range(subnet)
-            gateway = ipaddress.ip_address(int(subnet.network_address) + first)
+            # On the base network the node address is every container's gateway.
+            gateway = (
+                g.node_ip if flat else ipaddress.ip_address(int(subnet.network_address) + first)
+            )
             overlay_ip = (
                 ipaddress.ip_address(int(subnet.network_address) + first + 1)
                 if mode is OverlayMode.DEDICATED
@@ -959,17 +1121,25 @@ class Engine:
                 dedicated=dedicated,
                 overlay_ip=overlay_ip,
             )
-            pool = self._pool_for(svc)
-            self.hooks.ipam_pool_create(pool, [])
-            undo.push("delete pool", lambda: self.hooks.ipam_pool_delete(pool))
             tx = _Tx()
-            # No masquerade rule per service: every service subnet lies inside the
-            # node slice, which setup_global_overlay masquerades as a whole.
+            if not flat:
+                pool = self._pool_for(svc)
+                self.hooks.ipam_pool_create(pool, [])
+                undo.push("delete pool", lambda: self.hooks.ipam_pool_delete(pool))
+            if g.nat_enabled and not subnet.subnet_of(g.slice_cidr):  # type: ignore[arg-type]
+                # The slice is masqueraded as a whole; a subnet outside it needs its own rule.
+                rule = MasqueradeRule(subnet=subnet, exempt=(g.cluster_cidr,))
+                if self.hooks.nat_masquerade(rule, True):
+                    undo.push("remove masquerade", functools.partial(self._unmask, rule))
+                    tx.put("masquerade", str(subnet), rule)
+                    tx.after.append(
+                        functools.partial(self.masquerades.__setitem__, str(subnet), rule)
+                    )
             tx.put("service", service, svc)
             tx.after.append(lambda: self.services.__setitem__(service, svc))
             self._commit(tx)
-        except BaseException:
-            undo.run()
+        except BaseException as exc:
+            undo.rollback(exc)
             raise
         self._sync_dns_serve()
         return svc
@@ -1035,21 +1205,24 @@ class Engine:
         if errors:
             # Keep the record: a retry of the teardown can finish the job.
             raise TeardownError(f"teardown of service {service}", errors)
-        pool = self._pool_for(svc)
-        self.hooks.ipam_pool_delete(pool)
-        for key, lease in list(self.manual_leases.items()):
-            if lease.pool == pool.name:
-                tx.delete("lease", key)
-                tx.after.append(functools.partial(self.manual_leases.pop, key, None))
+        if not self._flat(svc):  # a service on the base network shares the node pool
+            pool = self._pool_for(svc)
+            self.hooks.ipam_pool_delete(pool)
+            for key, lease in list(self.manual_leases.items()):
+                if lease.pool == pool.name:
+                    tx.delete("lease", key)
+                    tx.after.append(functools.partial(self.manual_leases.pop, key, None))
         if svc.dedicated is not None:
             for pub in list(self.peers.get(svc.dedicated.name, {})):
                 tx.delete("peer", f"{svc.dedicated.name}|{pub}")
         tx.delete("service", service)
 
+        flat = self._flat(svc)
+
         def apply() -> None:
             self.services.pop(service, None)
-            if self._carver is not None:
-                self._carver.release(svc.subnet)
+            if self._layout is not None and not flat:
+                self._layout.release(svc.subnet)
             if svc.dedicated is not None:
                 self.peers.pop(svc.dedicated.name, None)
                 if self._ports is not None and svc.dedicated.listen_port:
@@ -1086,7 +1259,7 @@ class Engine:
         return lease.ip
 
     def _pool_containing(self, ip: IPAddress) -> Pool | None:
-        if self.global_ is not None:
+        if self._layout is not None:
             node = self._node_pool()
             if ip in node.cidr:
                 return node
@@ -1186,11 +1359,16 @@ class Engine:
         undo = _Undo()
         try:
             if isinstance(handle, WindowsContainerHandle) and handle.ip is not None:
-                if handle.ip not in svc.subnet:
-                    raise InvalidRequest(
-                        f"requested address {handle.ip} is outside service "
-                        f"{svc.service}'s subnet {svc.subnet}"
+                # On the base network (Windows, shared) the pool is the whole node
+                # slice, where ZLayer's HCS runtime picks its addresses; the
+                # reservation makes sure no one else is ever given the address.
+                if handle.ip not in pool.cidr:
+                    where = (
+                        f"the node slice {pool.cidr}"
+                        if self._flat(svc)
+                        else f"service {svc.service}'s subnet {svc.subnet}"
                     )
+                    raise InvalidRequest(f"requested address {handle.ip} is outside {where}")
                 lease = self.hooks.ipam_reserve(pool, handle.ip, owner)
             else:
                 lease = self.hooks.ipam_allocate(pool, owner)
@@ -1226,23 +1404,16 @@ class Engine:
             tx = _Tx()
             if att.guest is not None:
                 device = svc.dedicated or g.device
-                peer = PeerConfig(
+                guest = PeerChange(
                     public_key=att.guest.public_key,
                     allowed_ips=(ipaddress.ip_network(f"{lease.ip}/{lease.ip.max_prefixlen}"),),
                 )
-                self.hooks.peer_apply(device, [_change_from(peer)])
-                undo.push(
-                    "remove guest peer",
-                    lambda: self.hooks.peer_apply(
-                        device, [PeerChange(public_key=peer.public_key, remove=True)]
-                    ),
-                )
-                tx.put("peer", f"{device.name}|{peer.public_key}", peer)
-                tx.after.append(
-                    lambda: self.peers.setdefault(device.name, {}).__setitem__(
-                        peer.public_key, peer
-                    )
-                )
+                table = self._peer_table(device.name)
+                merged = table.preview([guest])
+                restore = table.undo_changes(merged)
+                self.hooks.peer_apply(device, [guest])
+                undo.push("remove guest peer", lambda: self.hooks.peer_apply(device, restore))
+                self._record_peers(tx, table, merged)
             records = [
                 DnsRecord(name=svc.service, ip=lease.ip, source=owner),
                 DnsRecord(
@@ -1268,9 +1439,12 @@ class Engine:
                 tx.put("lease", f"{global_lease.pool}|{global_lease.ip}", global_lease)
             tx.put("attachment", key, att)
             tx.after.append(lambda: self.attachments.__setitem__(key, att))
+            if att.namespace_guid:
+                guid = att.namespace_guid.lower()
+                tx.after.append(lambda: self._by_namespace.__setitem__(guid, key))
             self._commit(tx)
-        except BaseException:
-            undo.run()
+        except BaseException as exc:
+            undo.rollback(exc)
             raise
         return att
 
@@ -1298,19 +1472,40 @@ class Engine:
                 handle = _HANDLE_ADAPTER.validate_python(handle)
             except ValueError as exc:
                 raise InvalidRequest(f"invalid detach handle: {exc}") from None
-        key = handle_key(handle)
-        att = self.attachments.get(key)
-        if att is None:
-            return False
-        async with self._locks.hold(
-            ("global", False),
-            (f"service:{att.service}", False),
-            (f"handle:{key}", True),
-        ):
-            if key not in self.attachments:
+        key = self._attachment_key(handle)
+        while True:
+            att = self.attachments.get(key)
+            if att is None:
                 return False
-            await self._run(self._detach_locked, key)
-            return True
+            async with self._locks.hold(
+                ("global", False),
+                (f"service:{att.service}", False),
+                (f"handle:{key}", True),
+            ):
+                # Read the attachment again under its locks: while this call
+                # waited, the handle may have been detached and attached to
+                # another service, whose lock is the one to hold.
+                held = self.attachments.get(key)
+                if held is None:
+                    return False
+                if held.service != att.service:
+                    continue
+                await self._run(self._detach_locked, key)
+                return True
+
+    def _attachment_key(self, handle: AnyHandle) -> str:
+        """The key of the attachment ``handle`` names.
+
+        ZLayer's HCS runtime detaches a Windows container by the namespace GUID
+        the attach answered, passed as ``container_id``; such a handle finds the
+        attachment whose namespace it is.
+        """
+        key = handle_key(handle)
+        if key in self.attachments or not isinstance(handle, WindowsContainerHandle):
+            return key
+        guid = handle.container_id.strip().strip("{}").lower()
+        with self._mem:
+            return self._by_namespace.get(guid, key)
 
     def _detach_locked(self, key: str) -> None:
         att = self.attachments[key]
@@ -1339,23 +1534,27 @@ class Engine:
             g = self.global_
             device = svc.dedicated if svc and svc.dedicated else (g.device if g else None)
             if device is not None:
-                pub = att.guest.public_key
+                removal = [PeerChange(public_key=att.guest.public_key, remove=True)]
+                table = self._peer_table(device.name)
                 try:
-                    self.hooks.peer_apply(device, [PeerChange(public_key=pub, remove=True)])
+                    self.hooks.peer_apply(device, removal)
                 except OverlaydError as exc:
                     errors.append(exc)
-                tx.delete("peer", f"{device.name}|{pub}")
-                tx.after.append(lambda: self.peers.get(device.name, {}).pop(pub, None))
+                self._record_peers(tx, table, table.preview(removal))
         svc = self.services.get(att.service)
         releases: list[tuple[Pool, IPAddress]] = []
         if svc is not None:
             releases.append((self._pool_for(svc), att.ip))
-        if att.global_ip is not None and self.global_ is not None:
+        if att.global_ip is not None and self._layout is not None:
             releases.append((self._node_pool(), att.global_ip))
         for pool, ip in releases:
             tx.delete("lease", f"{pool.name}|{ip}")
         tx.delete("attachment", key)
         tx.after.append(lambda: self.attachments.pop(key, None))
+        if att.namespace_guid:
+            tx.after.append(
+                functools.partial(self._by_namespace.pop, att.namespace_guid.lower(), None)
+            )
         self._commit(tx)
         for pool, ip in releases:
             try:
@@ -1393,55 +1592,35 @@ class Engine:
             async with self._locks.hold((f"device:{device.name}", True)):
                 await self._run(self._apply_peers, device, list(changes))
 
+    def _peer_table(self, device: str) -> PeerTable:
+        table = self.peers.get(device)
+        if table is None:
+            table = self.peers[device] = PeerTable(device)
+        return table
+
+    def _record_peers(self, tx: _Tx, table: PeerTable, merged: Merge[IPNetwork]) -> None:
+        """Add the records a merge changes to ``tx``, and the table update after it."""
+        for pub, cfg in table.configs(merged).items():
+            if cfg is None:
+                tx.delete("peer", f"{table.name}|{pub}")
+            else:
+                tx.put("peer", f"{table.name}|{pub}", cfg)
+        tx.after.append(functools.partial(table.commit, merged))
+
     def _apply_peers(self, device: Device, changes: list[PeerChange]) -> None:
-        current = dict(self.peers.get(device.name, {}))
-        # Only these peers can differ: the records are compared for them alone,
-        # so one change costs the same with 10 or 10,000 peers on the device.
-        touched = {change.public_key for change in changes}
-        for change in changes:
-            peer = current.get(change.public_key)
-            if change.remove:
-                current.pop(change.public_key, None)
-                continue
-            if peer is None:
-                edits_only = change.endpoint is None and change.allowed_ips is None
-                if edits_only and (change.add_allowed_ips or change.remove_allowed_ips):
-                    raise NotFound(
-                        f"peer {change.public_key} is not on device {device.name}; "
-                        "add it with add_peer first"
-                    )
-                peer = PeerConfig(public_key=change.public_key)
-            ips = list(change.allowed_ips if change.allowed_ips is not None else peer.allowed_ips)
-            for net in change.add_allowed_ips:
-                if net not in ips:
-                    ips.append(net)
-            ips = [n for n in ips if n not in change.remove_allowed_ips]
-            current[change.public_key] = PeerConfig(
-                public_key=change.public_key,
-                endpoint=change.endpoint if change.endpoint is not None else peer.endpoint,
-                allowed_ips=tuple(ips),
-                persistent_keepalive_secs=(
-                    change.persistent_keepalive_secs
-                    if change.persistent_keepalive_secs is not None
-                    else peer.persistent_keepalive_secs
-                ),
-            )
+        # The same merge the drivers apply (overlayd.peers): what is recorded is
+        # what the device holds, including prefixes that moved between peers.
+        table = self._peer_table(device.name)
+        merged = table.preview(changes)
+        restore = table.undo_changes(merged)
         self.hooks.peer_apply(device, changes)
-        before = self.peers.get(device.name, {})
         tx = _Tx()
-        for pub in touched:
-            peer = current.get(pub)
-            if peer is None:
-                if pub in before:
-                    tx.delete("peer", f"{device.name}|{pub}")
-            elif before.get(pub) != peer:
-                tx.put("peer", f"{device.name}|{pub}", peer)
-        tx.after.append(lambda: self.peers.__setitem__(device.name, current))
+        self._record_peers(tx, table, merged)
         try:
             self._commit(tx)
         except StateError:
             # Put the device back as it was recorded.
-            self.hooks.peer_apply(device, _restore_changes(before, current))
+            self.hooks.peer_apply(device, restore)
             raise
 
     async def add_peer(
@@ -1484,7 +1663,7 @@ class Engine:
 
     def _require_peer(self, public_key: str, scope: PeerScope | None) -> None:
         device = self._device_for(scope or PeerScope())
-        if public_key not in self.peers.get(device.name, {}):
+        if public_key not in self.peers.get(device.name, ()):
             raise NotFound(
                 f"peer {public_key} is not on device {device.name}; add it with add_peer first"
             )
@@ -1604,15 +1783,22 @@ class Engine:
         return out
 
     async def status(self) -> Status:
-        """The node's overlay status. Takes no lock: never waits behind an operation."""
+        """The node's overlay status. Takes no lock: never waits behind an operation.
+
+        ``slice_cidr`` is reported only when ``setup_global_overlay`` gave one
+        (ZLayer's agent caches what it reads here, and its leader registers it
+        as the node's slice). After ``teardown_global_overlay`` the addressing
+        (node address, cluster and slice) is still reported, without a device.
+        """
         self._require_started()
         with self._mem:
-            g = self.global_
+            up = self.global_
+            g = up or self._retired
             services = list(self.services.values())
             peer_counts = {name: len(p) for name, p in self.peers.items()}
         if g is None:
             return Status(service_count=len(services))
-        peers = await self._status_peers(g.device)
+        peers = await self._status_peers(up.device) if up is not None else []
         dedicated = tuple(
             DedicatedStatus(
                 service=s.service,
@@ -1627,12 +1813,12 @@ class Engine:
             if s.dedicated is not None
         )
         return Status(
-            interface=g.device.name,
+            interface=up.device.name if up is not None else None,
             node_ip=g.node_ip,
-            public_key=g.device.public_key,
+            public_key=up.device.public_key if up is not None else None,
             overlay_cidr=g.cluster_cidr,
-            slice_cidr=g.slice_cidr,
-            peer_count=len(peers) if peers else peer_counts.get(g.device.name, 0),
+            slice_cidr=g.reported_slice,
+            peer_count=len(peers) if peers else peer_counts.get(up.device.name, 0) if up else 0,
             service_count=len(services),
             peers=tuple(peers),
             dedicated_services=dedicated,
@@ -1781,7 +1967,7 @@ class Engine:
                 leases.append(
                     Lease(
                         ip=att.ip,
-                        pool=_service_pool(att.service),
+                        pool=self._pool_for(svc).name,
                         owner=_owner(att.key),
                         created_unix_secs=att.created_unix_secs,
                     )
@@ -1919,10 +2105,10 @@ class Engine:
 
     def _reconcile_peers(self, device: Device) -> None:
         """Make the device's peers exactly the recorded ones (diffed by the driver)."""
-        peers = self.peers.get(device.name, {})
+        peers = self._peer_table(device.name)
         present = {p.public_key for p in self.hooks.peer_status(device)}
-        changes = [_change_from(p) for p in peers.values()]
-        changes += [PeerChange(public_key=k, remove=True) for k in sorted(present - peers.keys())]
+        changes = [PeerChange(public_key=k, remove=True) for k in sorted(present - peers.keys())]
+        changes += [change_from(p) for p in peers.values()]
         if changes:
             self.hooks.peer_apply(device, changes)
 
@@ -1974,23 +2160,6 @@ def _short_name(handle: AnyHandle) -> str:
     assert isinstance(handle, NetnsHandle)
     base = handle.path.rstrip("/").rsplit("/", 1)[-1]
     return re.sub(r"[^a-z0-9-]", "-", base.lower())[:32].strip("-") or "netns"
-
-
-def _change_from(peer: PeerConfig) -> PeerChange:
-    return PeerChange(
-        public_key=peer.public_key,
-        endpoint=peer.endpoint,
-        persistent_keepalive_secs=peer.persistent_keepalive_secs,
-        allowed_ips=peer.allowed_ips,
-    )
-
-
-def _restore_changes(
-    before: dict[str, PeerConfig], after: dict[str, PeerConfig]
-) -> list[PeerChange]:
-    out = [PeerChange(public_key=k, remove=True) for k in after if k not in before]
-    out += [_change_from(p) for k, p in before.items() if after.get(k) != p]
-    return out
 
 
 def _build_change(**kwargs: Any) -> PeerChange:

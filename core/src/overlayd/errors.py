@@ -50,10 +50,25 @@ __all__ = [
 
 
 class OverlaydError(Exception):
-    """Base class of every error overlayd raises on purpose."""
+    """Base class of every error overlayd raises on purpose.
+
+    When the failed operation could not undo every step it had already done,
+    ``rollback_failures`` names them (``"<step>: <error>"``) and ``str(exc)``
+    (the client's ``err`` message) ends with them: the host may hold leftovers.
+    """
 
     #: Short machine-readable code, sent to clients that asked for codes (``hello``).
     code = "error"
+    #: Steps whose undo failed while rolling this operation back.
+    rollback_failures: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        if self.rollback_failures:
+            text += "; rolling back also failed, so objects may be left behind: " + "; ".join(
+                self.rollback_failures
+            )
+        return text
 
 
 class InvalidRequest(OverlaydError):

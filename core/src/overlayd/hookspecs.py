@@ -244,6 +244,12 @@ def overlayd_peer_apply(device: Device, changes: Sequence[PeerChange]) -> bool |
     when ``change.allowed_ips`` is given. Endpoints may be ``host:port`` with a
     host name; the driver resolves it (and re-resolves on failure).
 
+    The resulting peer set must be the one :func:`overlayd.peers.merge` computes
+    (the engine records exactly that): in particular an allowed IP routes to one
+    peer only, the one that named it last, so a prefix given to a second peer is
+    taken from the first. Drivers that keep peers compute the batch with that
+    function instead of their own copy of the rules.
+
     :param device: The target WireGuard device.
     :param changes: Ordered changes; a later change to the same key wins.
     :returns: ``True`` once applied.

@@ -513,13 +513,29 @@ class GlobalOverlay(_Model):
     """The node's global overlay as set up by ``setup_global_overlay``."""
 
     deployment: str
+    #: The instance that first set it up; device and bridge names derive from it,
+    #: so a later instance (an agent restart) adopts them unchanged.
     instance_id: str
     cluster_cidr: IPNetwork
+    #: The node slice; the whole cluster CIDR when the request gave none.
     slice_cidr: IPNetwork
     node_ip: IPAddress
     wg_port: int
     nat_enabled: bool
     device: Device
+    #: Whether the request gave ``slice_cidr`` (``status`` reports only a given
+    #: slice). ``None`` in older records: given when it differs from the cluster.
+    slice_given: bool | None = None
+    #: The address layout (:mod:`overlayd.layout`); ``None`` in older records: ``carved``.
+    layout: Literal["carved", "local", "base-network"] | None = None
+
+    @property
+    def reported_slice(self) -> IPNetwork | None:
+        """The slice ``status`` reports: only one the request gave."""
+        given = self.slice_given
+        if given is None:
+            given = self.slice_cidr != self.cluster_cidr
+        return self.slice_cidr if given else None
 
 
 class ServiceOverlay(_Model):
@@ -536,7 +552,7 @@ class ServiceOverlay(_Model):
 
 
 class Event(_Model):
-    """An event the engine pushes to listening clients."""
+    """An event the engine pushes to subscribed clients."""
 
     event: Literal["peer_health_changed", "nat_endpoint_changed"]
     pubkey: str

@@ -76,7 +76,7 @@ class DriverContext:
 
     #: The data directory, or ``None`` for an in-memory engine.
     data_dir: Path | None
-    #: Push an event to listening clients; thread-safe.
+    #: Push an event to subscribed clients; thread-safe.
     emit: Callable[[Event], None]
     #: Read and write private keys (mode 0600 files); ``None`` when in memory.
     secrets: Any = None

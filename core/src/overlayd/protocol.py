@@ -62,6 +62,7 @@ from overlayd.errors import InvalidRequest
 
 __all__ = [
     "ALL_OPS",
+    "EVENT_KINDS",
     "EXPECTED_RESULTS",
     "EXTENSION_OPS",
     "MAX_FRAME",
@@ -272,12 +273,23 @@ def _check_guid(value: str) -> str:
     return value
 
 
+#: Event kinds a connection may subscribe to with ``hello`` ``events`` (an extension).
+EVENT_KINDS: Final[tuple[str, ...]] = ("peer_health_changed", "nat_endpoint_changed")
+
+
+def _check_event_kind(value: str) -> str:
+    if value not in EVENT_KINDS:
+        raise ValueError(f"unknown event kind {value!r}; known: {', '.join(EVENT_KINDS)}")
+    return value
+
+
 IpStr = Annotated[StrictStr, AfterValidator(_check_ip)]
 CidrStr = Annotated[StrictStr, AfterValidator(_check_cidr)]
 CidrListStr = Annotated[StrictStr, AfterValidator(_check_cidr_list)]
 EndpointStr = Annotated[StrictStr, AfterValidator(_check_endpoint)]
 WgKey = Annotated[StrictStr, AfterValidator(_check_key)]
 GuidStr = Annotated[StrictStr, AfterValidator(_check_guid)]
+EventKind = Annotated[StrictStr, AfterValidator(_check_event_kind)]
 NonEmptyStr = Annotated[StrictStr, Field(min_length=1)]
 U8Prefix = Annotated[StrictInt, Field(ge=0, le=128)]
 U16 = Annotated[StrictInt, Field(ge=0, le=65535)]
@@ -672,11 +684,18 @@ class ShutdownRequest(Request):
 
 
 class HelloRequest(Request):
-    """Version handshake; answered with ``hello``."""
+    """Version handshake; answered with ``hello``. Also subscribes to events.
+
+    A connection receives no event frame until it asks: ``events`` lists the
+    kinds it wants pushed from now on (``[]`` stops them); absent, the
+    subscription stays as it is. ZLayer never sends ``events``, so its
+    connections never see an event.
+    """
 
     op: Literal["hello"] = "hello"
     client: StrictStr | None = None
     protocol_version: StrictInt | None = None
+    events: list[EventKind] | None = None
 
 
 class ApplyPeersRequest(Request):
@@ -874,11 +893,17 @@ class ErrResponse(Response):
 
 
 class HelloResponse(Response):
+    """``events``: the kinds this connection now receives, present when the
+    request carried ``events``; ``events_dropped``: how many events the
+    connection lost so far because it did not read them fast enough."""
+
     result: Literal["hello"] = "hello"
     protocol_version: StrictInt
     server_version: StrictStr
     drivers: list[DriverDescription]
     ops: list[StrictStr]
+    events: list[StrictStr] | None = None
+    events_dropped: U64 | None = None
 
 
 class AttachmentsResponse(Response):
@@ -1082,6 +1107,7 @@ EVENT_TYPES: Final[Mapping[str, type[Event]]] = {
     "peer_health_changed": PeerHealthChangedEvent,
     "nat_endpoint_changed": NatEndpointChangedEvent,
 }
+assert tuple(EVENT_TYPES) == EVENT_KINDS
 #: The successful ``result`` kinds each op may be answered with (``err`` always may).
 #: ``setup_service_overlay`` also accepts ``bridge_name``: ZLayer's daemon answers so.
 EXPECTED_RESULTS: Final[Mapping[str, tuple[str, ...]]] = {

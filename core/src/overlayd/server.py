@@ -2,7 +2,8 @@
 
 One task reads each connection; every request runs in its own task, so
 requests on one connection are in flight together and answered by ``id`` as
-they finish. Events from the engine are pushed to every connected client.
+they finish. Events from the engine are pushed only to connections that
+subscribed (``hello`` with ``events``; see :mod:`overlayd.subscriptions`).
 
 A frame that is valid JSON but not a valid request gets ``err`` (with its
 ``id`` when readable, else 0) and the connection stays open; a framing error
@@ -48,6 +49,7 @@ from overlayd.model import PeerScope
 from overlayd.model import PortMapping
 from overlayd.model import WindowsContainerHandle
 from overlayd.model import parse_cidr_list
+from overlayd.subscriptions import Subscription
 from overlayd.transport import FramingError
 from overlayd.transport import read_frame
 from overlayd.transport import write_frame
@@ -103,6 +105,7 @@ class _Conn:
         self.writer = writer
         self.tasks: set[asyncio.Task[None]] = set()
         self.peer = "?"
+        self.subscription: Subscription | None = None
 
     async def send(self, frame: p.Frame) -> None:
         # One write() per frame never interleaves with another task's frame, and
@@ -118,9 +121,6 @@ class Server:
     :meth:`serve_until_stopped`, which returns after :meth:`request_stop`
     (signals, the ``shutdown`` op) and a graceful :meth:`close`.
     """
-
-    #: Seconds a slow client may take to accept one pushed event before it is dropped.
-    EVENT_SEND_TIMEOUT: float = 5.0
 
     def __init__(self, engine: Engine, config: DaemonConfig) -> None:
         self.engine = engine
@@ -360,6 +360,8 @@ class Server:
             if conn.tasks:
                 await asyncio.wait(list(conn.tasks))
             self._conns.discard(conn)
+            if conn.subscription is not None:
+                await conn.subscription.close()
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
@@ -432,6 +434,8 @@ class Server:
                 message=f"internal error in {request.op}: {type(exc).__name__}: {exc}; "
                 "this is a bug in overlayd, please report it with the daemon's log"
             )
+        if isinstance(request, p.HelloRequest) and isinstance(response, p.HelloResponse):
+            response = self._subscribe(conn, request, response)
         self.requests_served += 1
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s -> %s", request.op, response.result, extra={"peer": conn.peer})
@@ -439,19 +443,29 @@ class Server:
         if isinstance(request, p.ShutdownRequest):
             self.request_stop()
 
-    async def _send_event(self, conn: _Conn, frame: p.EventFrame) -> None:
-        try:
-            await asyncio.wait_for(conn.send(frame), self.EVENT_SEND_TIMEOUT)
-        except TimeoutError:
-            log.warning(
-                "dropping %s: it did not read events for %.0fs", conn.peer, self.EVENT_SEND_TIMEOUT
-            )
-            conn.writer.close()
-        except (ConnectionError, OSError) as exc:
-            log.debug("could not push an event to %s: %s", conn.peer, exc)
+    def _subscribe(
+        self, conn: _Conn, request: p.HelloRequest, response: p.HelloResponse
+    ) -> p.HelloResponse:
+        """Apply ``hello``'s ``events`` to the connection; report its subscription."""
+        if request.events is not None:
+            if conn.subscription is None and request.events:
+                conn.subscription = Subscription(conn.peer, conn.send)
+                conn.subscription.start()
+            if conn.subscription is not None:
+                conn.subscription.kinds = frozenset(request.events)
+        sub = conn.subscription
+        if request.events is None and sub is None:
+            return response
+        return response.model_copy(
+            update={
+                "events": sorted(sub.kinds) if sub is not None else [],
+                "events_dropped": sub.dropped if sub is not None else 0,
+            }
+        )
 
     async def _pump_events(self) -> None:
-        queue = self.engine.subscribe()
+        # Unbounded: this pump never waits for a client, it only hands events on.
+        queue = self.engine.subscribe(maxsize=0)
         try:
             while True:
                 event = await queue.get()
@@ -463,9 +477,11 @@ class Server:
                     event.event,
                     extra={"pubkey": event.pubkey, "clients": len(self._conns)},
                 )
-                conns = list(self._conns)
-                if conns:
-                    await asyncio.gather(*(self._send_event(c, frame) for c in conns))
+                # Offer, never wait: a subscriber that does not read loses
+                # events, not its connection, and holds up no one else.
+                for conn in list(self._conns):
+                    if conn.subscription is not None:
+                        conn.subscription.offer(frame)
         finally:
             self.engine.unsubscribe(queue)
 

@@ -60,7 +60,8 @@ def _keepalive(engine: Engine, public_key: str) -> int:
     """The peer's recorded keepalive, at most the refresh period (NAT mappings time out)."""
     refresh = max(1, int(engine.config.nat.refresh))
     g = engine.global_
-    recorded = engine.peers.get(g.device.name, {}).get(public_key) if g else None
+    table = engine.peers.get(g.device.name) if g else None
+    recorded = table.get(public_key) if table is not None else None
     wanted = recorded.persistent_keepalive_secs if recorded else 0
     return min(wanted, refresh) if wanted > 0 else refresh
 
@@ -133,7 +134,7 @@ async def set_peer_candidates(
     g = engine.global_
     if g is None:
         raise InvalidRequest("set up the global overlay before passing peer candidates")
-    if candidates and public_key not in engine.peers.get(g.device.name, {}):
+    if candidates and public_key not in engine.peers.get(g.device.name, ()):
         raise NotFound(f"peer {public_key} is not a peer of {g.device.name}; add_peer it first")
     exchange = engine.nat_exchange
     if not isinstance(exchange, IpcExchange):

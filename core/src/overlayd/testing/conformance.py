@@ -31,6 +31,7 @@ left, in reverse order, even when the test fails.
 from __future__ import annotations
 
 import ipaddress
+import random
 from collections.abc import Iterator
 from typing import Any
 
@@ -54,6 +55,7 @@ from overlayd.model import PeerChange
 from overlayd.model import PortMapping
 from overlayd.model import ReconcileRequest
 from overlayd.model import WindowsContainerHandle
+from overlayd.peers import PeerTable
 from overlayd.plugins import DriverContext
 from overlayd.plugins import Hooks
 from overlayd.plugins import driver_name
@@ -368,6 +370,73 @@ class PeerConformance(DeviceConformance):
         assert PEER_KEYS[0] not in self._peers(hooks, wg_device)
         hooks.peer_apply(wg_device, [PeerChange(public_key=PEER_KEYS[0], remove=True)])
         assert PEER_KEYS[0] not in self._peers(hooks, wg_device)
+
+    def test_prefix_moves_to_the_peer_named_last(self, hooks: Hooks, wg_device: Device) -> None:
+        shared, own = (ipaddress.ip_network(f"10.252.{i}.0/24") for i in (30, 31))
+        a, b = PEER_KEYS[0], PEER_KEYS[1]
+        hooks.peer_apply(wg_device, [PeerChange(public_key=a, allowed_ips=(shared, own))])
+        hooks.peer_apply(wg_device, [PeerChange(public_key=b, allowed_ips=(shared,))])
+        peers = self._peers(hooks, wg_device)
+        assert peers[a].allowed_ips == (own,)
+        assert peers[b].allowed_ips == (shared,)
+        # In one batch: the later change wins too.
+        hooks.peer_apply(
+            wg_device,
+            [
+                PeerChange(public_key=b, add_allowed_ips=(own,)),
+                PeerChange(public_key=a, add_allowed_ips=(shared,)),
+            ],
+        )
+        peers = self._peers(hooks, wg_device)
+        assert peers[a].allowed_ips == (shared,)
+        assert peers[b].allowed_ips == (own,)
+
+    def test_device_holds_what_the_core_merge_records(
+        self, hooks: Hooks, wg_device: Device
+    ) -> None:
+        """After every batch the device equals :class:`overlayd.peers.PeerTable`."""
+        table = PeerTable(wg_device.name)
+        nets = [ipaddress.ip_network(f"10.252.{40 + i}.0/24") for i in range(5)]
+        rng = random.Random(1515)  # noqa: S311 - a reproducible test sequence
+        for round_ in range(25):
+            batch: list[PeerChange] = []
+            alive = set(table)
+            for _ in range(rng.randint(1, 4)):
+                key = rng.choice(PEER_KEYS)
+                roll = rng.random()
+                if roll < 0.15:
+                    batch.append(PeerChange(public_key=key, remove=True))
+                    alive.discard(key)
+                elif roll < 0.55 or key not in alive:
+                    alive.add(key)
+                    batch.append(
+                        PeerChange(
+                            public_key=key,
+                            endpoint=f"127.0.0.1:{51100 + round_}",
+                            allowed_ips=tuple(rng.sample(nets, rng.randint(0, 3))),
+                            persistent_keepalive_secs=rng.choice((0, 25)),
+                        )
+                    )
+                else:
+                    batch.append(
+                        PeerChange(
+                            public_key=key,
+                            add_allowed_ips=tuple(rng.sample(nets, rng.randint(0, 2))),
+                            remove_allowed_ips=tuple(rng.sample(nets, rng.randint(0, 1))),
+                        )
+                    )
+            merged = table.preview(batch)
+            hooks.peer_apply(wg_device, batch)
+            table.commit(merged)
+            device = {
+                k: (set(p.allowed_ips), p.endpoint, p.persistent_keepalive_secs)
+                for k, p in self._peers(hooks, wg_device).items()
+            }
+            recorded = {
+                k: (set(p.allowed_ips), p.endpoint, p.persistent_keepalive_secs)
+                for k, p in table.items()
+            }
+            assert device == recorded, f"after batch {round_}: {batch}"
 
     def test_ignores_foreign_device(self, hooks: Hooks, wg_device: Device) -> None:
         foreign = wg_device.model_copy(update={"driver": "someone-else"})

@@ -10,11 +10,15 @@ rollback and concurrency without privileges.
 
 With ``[drivers.fake] state_file = "..."`` the fake host survives a daemon
 restart (written atomically after each change), as real host objects do.
+``underlay_address`` is the fake host's underlay address (default
+``192.0.2.1``, a documentation address): guests are told to reach the node at
+``<underlay_address>:<listen port>``, as the wireguard driver tells them.
 """
 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import os
 import socket
@@ -47,6 +51,7 @@ from overlayd.model import DeviceSpec
 from overlayd.model import DriverInfo
 from overlayd.model import GuestConfig
 from overlayd.model import GuestManagedHandle
+from overlayd.model import IPNetwork
 from overlayd.model import MasqueradeRule
 from overlayd.model import NatCandidate
 from overlayd.model import PeerChange
@@ -57,10 +62,14 @@ from overlayd.model import ReconcileReport
 from overlayd.model import ReconcileRequest
 from overlayd.model import WindowsContainerHandle
 from overlayd.model import handle_key
+from overlayd.peers import Peer
+from overlayd.peers import merge
 
 __all__ = ["Call", "FakeDriver", "FakeHost"]
 
 IFNAMSIZ: Final = 15
+#: The fake host's underlay address unless configured (TEST-NET-1, never routed).
+UNDERLAY_ADDRESS: Final = "192.0.2.1"
 
 
 @dataclass(frozen=True)
@@ -156,6 +165,7 @@ class FakeDriver:
         self._state_file = Path(state_file) if state_file else None
         self.started = False
         self.emit: Callable[[Any], None] | None = None
+        self.underlay_address = UNDERLAY_ADDRESS
         if self._state_file is not None:
             self._load()
 
@@ -283,11 +293,19 @@ class FakeDriver:
     def overlayd_configure(self, config: Any) -> None:
         options = dict(config.driver_options(self.name))
         state_file = options.pop("state_file", None)
+        underlay = options.pop("underlay_address", None)
         if options:
             raise ConfigError(
                 f"unknown key(s) in [drivers.fake]: {', '.join(sorted(options))} "
-                "(known: state_file)"
+                "(known: state_file, underlay_address)"
             )
+        if underlay is not None:
+            try:
+                self.underlay_address = str(ipaddress.ip_address(str(underlay)))
+            except ValueError:
+                raise ConfigError(
+                    f"[drivers.fake] underlay_address {underlay!r} is not an IP address"
+                ) from None
         if state_file and self._state_file is None:
             self._state_file = Path(state_file)
             self._load()
@@ -435,43 +453,43 @@ class FakeDriver:
             return None
         self._enter("overlayd_peer_apply", device=device, changes=list(changes))
         with self._lock:
-            current = dict(self._device_peers(device, "peer_apply"))
-            for ch in changes:
-                if ch.remove:
-                    current.pop(ch.public_key, None)
+            current = self._device_peers(device, "peer_apply")
+            owner = {net: pk for pk, peer in current.items() for net in peer.allowed_ips}
+
+            def peer_of(public_key: str) -> Peer[IPNetwork] | None:
+                status = current.get(public_key)
+                if status is None:
+                    return None
+                return Peer(
+                    public_key=public_key,
+                    endpoint=status.endpoint,
+                    allowed_ips=status.allowed_ips,
+                    persistent_keepalive_secs=status.persistent_keepalive_secs,
+                )
+
+            # The merge every overlayd component uses (overlayd.peers): a prefix
+            # given to a second peer moves to it, as in the kernel.
+            merged = merge(changes, peer_of, owner.get, _same, device=f"device {device.name}")
+            after = dict(current)
+            for pk, peer in merged.peers.items():
+                if peer is None:
+                    after.pop(pk, None)
                     continue
-                old = current.get(ch.public_key) or PeerStatus(public_key=ch.public_key)
-                ips = list(ch.allowed_ips if ch.allowed_ips is not None else old.allowed_ips)
-                ips += [n for n in ch.add_allowed_ips if n not in ips]
-                ips = [n for n in ips if n not in ch.remove_allowed_ips]
-                endpoint = ch.endpoint if ch.endpoint is not None else old.endpoint
-                if endpoint is not None and ":" not in endpoint:
+                if peer.endpoint is not None and ":" not in peer.endpoint:
                     raise PeerError(
-                        f"endpoint {endpoint!r} is not host:port",
+                        f"endpoint {peer.endpoint!r} is not host:port",
                         op="peer_apply",
                         driver=self.name,
                     )
-                current[ch.public_key] = old.model_copy(
+                old = current.get(pk) or PeerStatus(public_key=pk)
+                after[pk] = old.model_copy(
                     update={
-                        "endpoint": endpoint,
-                        "allowed_ips": tuple(ips),
-                        "persistent_keepalive_secs": (
-                            ch.persistent_keepalive_secs
-                            if ch.persistent_keepalive_secs is not None
-                            else old.persistent_keepalive_secs
-                        ),
+                        "endpoint": peer.endpoint,
+                        "allowed_ips": peer.allowed_ips,
+                        "persistent_keepalive_secs": peer.persistent_keepalive_secs,
                     }
                 )
-            # WireGuard routes an allowed IP to exactly one peer: the last one set wins.
-            owner: dict[str, str] = {}
-            for pub, peer in current.items():
-                for net in peer.allowed_ips:
-                    owner[str(net)] = pub
-            for pub, peer in list(current.items()):
-                kept = tuple(n for n in peer.allowed_ips if owner[str(n)] == pub)
-                if kept != peer.allowed_ips:
-                    current[pub] = peer.model_copy(update={"allowed_ips": kept})
-            self.host.peers[device.name] = current
+            self.host.peers[device.name] = after
             self._save()
         return True
 
@@ -616,7 +634,7 @@ class FakeDriver:
                     peers=(
                         PeerConfig(
                             public_key=node.public_key,
-                            endpoint=None,
+                            endpoint=self._guest_endpoint(node.listen_port),
                             allowed_ips=(node.cluster_cidr,),
                             persistent_keepalive_secs=25,
                         ),
@@ -647,6 +665,10 @@ class FakeDriver:
             self._save()
         return att
 
+    def _guest_endpoint(self, port: int) -> str:
+        host = self.underlay_address
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
     @hookimpl
     def overlayd_detach(self, attachment: Attachment) -> bool | None:
         if attachment.driver != self.name:
@@ -664,6 +686,10 @@ class FakeDriver:
             return None
         with self._lock:
             return attachment.key in self.host.attachments and attachment.key not in self.host.dead
+
+
+def _same(net: IPNetwork) -> IPNetwork:
+    return net
 
 
 def _guid(seed: str) -> str:

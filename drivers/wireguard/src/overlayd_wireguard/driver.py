@@ -17,7 +17,6 @@ to the device's peer count runs on that path, so changing one peer of a
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import functools
 import ipaddress
@@ -60,6 +59,8 @@ from overlayd.model import PeerConfig as ModelPeerConfig
 from overlayd.model import PeerStatus
 from overlayd.model import ReconcileReport
 from overlayd.model import ReconcileRequest
+from overlayd.peers import Peer
+from overlayd.peers import merge
 from overlayd_wireguard import __version__
 from overlayd_wireguard import kernel
 from overlayd_wireguard.backend import WgBackend
@@ -81,6 +82,7 @@ from overlayd_wireguard.uapi import PeerState
 from overlayd_wireguard.uapi import SetRequest
 from overlayd_wireguard.uapi import UapiClient
 from overlayd_wireguard.uapi import diff_peers
+from overlayd_wireguard.uapi import normalize_allowed_ip
 from overlayd_wireguard.uapi import normalize_endpoint
 from overlayd_wireguard.userspace import UserspaceBackend
 
@@ -302,8 +304,9 @@ def _numeric_endpoint(endpoint: str) -> str | None:
     return normalize_endpoint(endpoint) if _is_ip(host) else None
 
 
-#: Defaults of a peer the device does not have yet (what ``PeerConfig(public_key=k)`` holds).
-_NEW_PEER: Final = PeerConfig(public_key=base64.b64encode(bytes(32)).decode("ascii"))
+def _allowed_ip(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> str:
+    """A change's allowed IP as this driver spells it (the UAPI normal form)."""
+    return normalize_allowed_ip(str(net))
 
 
 def _state_of(cfg: PeerConfig) -> PeerState:
@@ -691,47 +694,57 @@ class WireGuardDriver(NatHooks):
         return True
 
     def _apply(self, dev: _DevState, changes: Sequence[PeerChange]) -> None:
+        for ch in changes:
+            if not ch.remove and ch.public_key not in dev.peers:
+                validate_key(ch.public_key, "peer public key")
+
+        def current(pk: str) -> Peer[str] | None:
+            cfg = dev.peers.get(pk)
+            if cfg is None:
+                return None
+            return Peer(
+                public_key=pk,
+                endpoint=dev.hostnames.get(pk) or cfg.endpoint,
+                allowed_ips=cfg.allowed_ips,
+                persistent_keepalive_secs=cfg.persistent_keepalive_interval or 0,
+            )
+
+        # The merge every overlayd component uses (overlayd.peers), so the
+        # engine's records and this cache agree with the device on every prefix.
+        merged = merge(
+            changes, current, dev.owner.get, _allowed_ip, device=f"device {dev.device.name}"
+        )
+        given: dict[str, str] = {}
+        for ch in changes:
+            if ch.remove:
+                given.pop(ch.public_key, None)
+            elif ch.endpoint is not None:
+                given[ch.public_key] = ch.endpoint
         touched: dict[str, PeerConfig | None] = {}
         hostnames: dict[str, str | None] = {}
-        for ch in changes:
-            pk = ch.public_key
-            old = touched[pk] if pk in touched else dev.peers.get(pk)
-            if ch.remove:
+        for pk, peer in merged.peers.items():
+            if peer is None:
                 touched[pk] = None
                 hostnames[pk] = None
                 continue
-            if old is None:
-                validate_key(pk, "peer public key")  # raises as PeerConfig(public_key=pk) would
-                old = _NEW_PEER
-            ips = (
-                list(str(n) for n in ch.allowed_ips)
-                if ch.allowed_ips is not None
-                else list(old.allowed_ips)
-            )
-            for net in ch.add_allowed_ips:
-                if str(net) not in ips:
-                    ips.append(str(net))
-            removed = {str(n) for n in ch.remove_allowed_ips}
-            endpoint = old.endpoint
-            if ch.endpoint is not None:
-                numeric = _numeric_endpoint(ch.endpoint)
+            old = dev.peers.get(pk)
+            endpoint = old.endpoint if old is not None and peer.endpoint is not None else None
+            if pk in given:
+                numeric = _numeric_endpoint(given[pk])
                 if numeric is not None:
                     endpoint = numeric
                     hostnames[pk] = None
                 else:
-                    endpoint = _resolve(ch.endpoint)
-                    hostnames[pk] = ch.endpoint
+                    endpoint = _resolve(given[pk])
+                    hostnames[pk] = given[pk]
             try:
                 touched[pk] = PeerConfig(
                     public_key=pk,
-                    allowed_ips=tuple(a for a in ips if a not in removed),
+                    allowed_ips=peer.allowed_ips,
                     endpoint=endpoint,
-                    persistent_keepalive_interval=(
-                        ch.persistent_keepalive_secs
-                        if ch.persistent_keepalive_secs is not None
-                        else old.persistent_keepalive_interval
-                    ),
-                    preshared_key=old.preshared_key,  # PeerChange has none: carry it
+                    persistent_keepalive_interval=peer.persistent_keepalive_secs,
+                    # PeerChange has no preshared key: carry the device's.
+                    preshared_key=old.preshared_key if old is not None else None,
                 )
             except InvalidRequest as exc:
                 raise PeerError(
@@ -740,9 +753,9 @@ class WireGuardDriver(NatHooks):
                     driver=self.name,
                 ) from exc
         desired = [p for p in touched.values() if p is not None]
-        current = [_state_of(dev.peers[k]) for k in touched if k in dev.peers]
+        current_states = [_state_of(dev.peers[k]) for k in touched if k in dev.peers]
         try:
-            ops = diff_peers(desired, current)
+            ops = diff_peers(desired, current_states)
         except InvalidRequest as exc:
             raise PeerError(
                 f"peer batch for {dev.device.name} is inconsistent: {exc}",
@@ -751,38 +764,19 @@ class WireGuardDriver(NatHooks):
             ) from exc
         # The device state after the batch, computed on the touched keys only.
         after = dict(dev.peers)
-        owner = dict(dev.owner) if ops else dev.owner
-        gained: set[str] = set()
-        lost: set[str] = set()
-        for pk, cfg in touched.items():
-            before = after.pop(pk, None)
-            old_ips = set(before.allowed_ips) if before else set()
-            new_ips = set(cfg.allowed_ips) if cfg else set()
-            for a in old_ips - new_ips:
-                if owner.get(a) == pk:
-                    del owner[a]
-                    lost.add(a)
-            if cfg is not None:
-                after[pk] = cfg
         for pk, cfg in touched.items():
             if cfg is None:
-                continue
-            for a in cfg.allowed_ips:
-                prev = owner.get(a)
-                if prev is not None and prev != pk and prev not in touched:
-                    # WireGuard moves a prefix to the peer that names it last.
-                    holder = after[prev]
-                    after[prev] = PeerConfig(
-                        public_key=prev,
-                        allowed_ips=tuple(x for x in holder.allowed_ips if x != a),
-                        endpoint=holder.endpoint,
-                        persistent_keepalive_interval=holder.persistent_keepalive_interval,
-                        preshared_key=holder.preshared_key,
-                    )
-                if prev is None:
-                    gained.add(a)
-                owner[a] = pk
-        lost = {a for a in lost if a not in owner}
+                after.pop(pk, None)
+            else:
+                after[pk] = cfg
+        owner = dev.owner
+        if merged.owners:
+            owner = dict(dev.owner)
+            for prefix, holder in merged.owners.items():
+                if holder is None:
+                    owner.pop(prefix, None)
+                else:
+                    owner[prefix] = holder
         if ops:
             try:
                 self._backend().apply(
@@ -799,8 +793,8 @@ class WireGuardDriver(NatHooks):
             else:
                 dev.hostnames[pk] = hn
                 dev.resolved_at[pk] = time.monotonic()
-        if gained or lost:
-            want = (dev.routes - lost) | self._routed(dev, gained)
+        if merged.gained or merged.lost:
+            want = (dev.routes - merged.lost) | self._routed(dev, merged.gained)
             self._sync_routes(dev, want)
 
     def _reload(self, dev: _DevState) -> None:
@@ -900,7 +894,7 @@ class WireGuardDriver(NatHooks):
             peers=(
                 ModelPeerConfig(
                     public_key=node.public_key,
-                    endpoint=self.options.endpoint,
+                    endpoint=self._guest_endpoint(node.listen_port),
                     allowed_ips=(node.cluster_cidr,),
                     persistent_keepalive_secs=GUEST_KEEPALIVE_SECS,
                 ),
@@ -919,6 +913,25 @@ class WireGuardDriver(NatHooks):
         with self._lock:
             self._guests.add(att.key)
         return att
+
+    def _guest_endpoint(self, port: int) -> str | None:
+        """Where a guest reaches the node: the ``endpoint`` option, else the underlay.
+
+        Without the option it is ``<underlay address>:<listen port>``, the
+        address found by :meth:`HostNet.underlay_address` in the driver's
+        namespace; ``None`` (and a warning) when the node has no such address.
+        """
+        if self.options.endpoint:
+            return self.options.endpoint
+        address = self.hostnet.underlay_address(netns=self.options.netns)
+        if address is None:
+            log.warning(
+                "no underlay address found for guests (no default route, no global "
+                "address); set [drivers.wireguard] endpoint"
+            )
+            return None
+        host = f"[{address}]" if ":" in address else address
+        return f"{host}:{port}"
 
     @hookimpl
     def overlayd_detach(self, attachment: Attachment) -> bool | None:

@@ -1,6 +1,6 @@
 """Host networking the WireGuard driver needs besides the device itself (pyroute2).
 
-Two things, both scoped to the driver's network namespace:
+Three things, all scoped to the driver's network namespace:
 
 * routes for peers' allowed IPs that the device's own (connected) prefixes do
   not cover, as wg-quick adds them -- needed for dedicated devices, whose
@@ -8,7 +8,9 @@ Two things, both scoped to the driver's network namespace:
 * a listing of the WireGuard links in the namespace (``tun`` links of
   userspace implementations, ``wireguard`` links of the kernel), so that
   reconcile only ever looks at devices that are really in *this* node's
-  namespace (``/var/run/wireguard`` is shared by every namespace of the host).
+  namespace (``/var/run/wireguard`` is shared by every namespace of the host);
+* the node's underlay address (:meth:`HostNet.underlay_address`), which a
+  guest-managed workload is told to reach the node at.
 
 One ``IPRoute`` per call (STYLE.md §7).
 """
@@ -44,6 +46,16 @@ class HostNet(Protocol):
 
     def wireguard_links(self, *, netns: str | None) -> dict[str, str]:
         """Every ``tun``/``wireguard`` link of the namespace: name -> kind."""
+        ...
+
+    def underlay_address(self, *, netns: str | None) -> str | None:
+        """The address the node is reached at on its underlay, or ``None``.
+
+        The preferred source of the IPv4 default route (else the first global
+        address of its interface), then the same for IPv6; without a default
+        route, the first global address of an up link that is not loopback, not
+        WireGuard and not overlayd's (``zl-``).
+        """
         ...
 
 
@@ -137,3 +149,62 @@ class PyRoute2HostNet:
                 driver="wireguard",
             ) from exc
         return out
+
+    def underlay_address(self, *, netns: str | None) -> str | None:
+        try:
+            with _iproute(netns) as ipr:
+                return _underlay(ipr)
+        except NETLINK_ERRORS:
+            return None
+
+
+_SCOPE_UNIVERSE = 0
+_IFF_UP = 0x1
+_IFF_LOOPBACK = 0x8
+
+
+def _global_addresses(ipr: Any, family: int, index: int | None = None) -> list[str]:
+    out: list[str] = []
+    for msg in ipr.get_addr(family=family):
+        if msg.get("scope") != _SCOPE_UNIVERSE:
+            continue
+        if index is not None and msg.get("index") != index:
+            continue
+        addr = msg.get_attr("IFA_ADDRESS")
+        if isinstance(addr, str):
+            out.append(addr)
+    return out
+
+
+def _underlay(ipr: Any) -> str | None:
+    for family in (2, 10):
+        for route in ipr.get_routes(family=family, table=254):
+            if route.get("dst_len") != 0 or route.get_attr("RTA_DST") is not None:
+                continue
+            source = route.get_attr("RTA_PREFSRC")
+            if isinstance(source, str):
+                return source
+            oif = route.get_attr("RTA_OIF")
+            found = _global_addresses(ipr, family, oif) if oif is not None else []
+            if found:
+                return found[0]
+    usable: set[int] = set()
+    for link in ipr.get_links():
+        name = link.get_attr("IFLA_IFNAME") or ""
+        info = link.get_attr("IFLA_LINKINFO")
+        kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
+        flags = int(link.get("flags") or 0)
+        if (
+            flags & _IFF_UP
+            and not flags & _IFF_LOOPBACK
+            and kind not in WG_LINK_KINDS
+            and not str(name).startswith("zl-")
+        ):
+            usable.add(int(link.get("index")))
+    for family in (2, 10):
+        for msg in ipr.get_addr(family=family):
+            if msg.get("scope") == _SCOPE_UNIVERSE and msg.get("index") in usable:
+                addr = msg.get_attr("IFA_ADDRESS")
+                if isinstance(addr, str):
+                    return addr
+    return None

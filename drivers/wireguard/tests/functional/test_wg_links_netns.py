@@ -74,3 +74,28 @@ def test_configure_missing_link_and_wait_timeout(ns: str) -> None:
 def test_kernel_backend_without_module_is_not_supported(ns: str) -> None:
     with pytest.raises(NotSupported, match="no wireguard link type"):
         KernelBackend().ensure_device("owgk0", private_key=PrivateKey.generate(), netns=ns)
+
+
+def test_underlay_address_is_the_default_route_source_then_a_global_address(ns: str) -> None:
+    from pyroute2 import IPRoute
+
+    from overlayd_wireguard.hostnet import PyRoute2HostNet
+
+    hostnet = PyRoute2HostNet()
+    assert hostnet.underlay_address(netns=ns) is None  # only lo
+    with IPRoute(netns=ns) as ipr:
+        ipr.link("add", ifname="owgup0", kind="veth", peer={"ifname": "owgup1"})
+        up0, up1 = ipr.link_lookup(ifname="owgup0")[0], ipr.link_lookup(ifname="owgup1")[0]
+        ipr.link("set", index=up0, state="up")
+        ipr.link("set", index=up1, state="up")
+        ipr.addr("add", index=up0, address="10.97.0.2", prefixlen=24)
+        ipr.addr("add", index=up1, address="10.97.1.2", prefixlen=24)
+    # No default route: a global address of an up link (not loopback).
+    assert hostnet.underlay_address(netns=ns) in {"10.97.0.2", "10.97.1.2"}
+    with IPRoute(netns=ns) as ipr:
+        ipr.route("add", dst="0.0.0.0", dst_len=0, gateway="10.97.1.1", oif=up1)
+    assert hostnet.underlay_address(netns=ns) == "10.97.1.2"
+    with IPRoute(netns=ns) as ipr:
+        ipr.route("replace", dst="0.0.0.0", dst_len=0, gateway="10.97.1.1", oif=up1,
+                  prefsrc="10.97.0.2")  # fmt: skip
+    assert hostnet.underlay_address(netns=ns) == "10.97.0.2"

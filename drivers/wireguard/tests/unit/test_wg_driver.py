@@ -79,6 +79,11 @@ class FakeHostNet:
         client = UapiClient(self.sock_dir, timeout=1.0)
         return {p.stem: "tun" for p in self.sock_dir.glob("*.sock") if client.alive(p.stem)}
 
+    def underlay_address(self, *, netns: str | None) -> str | None:
+        return self.underlay
+
+    underlay: str | None = None
+
 
 def make_driver(sock_dir: Path) -> tuple[WireGuardDriver, UserspaceBackend, FakeHostNet]:
     backend = UserspaceBackend(
@@ -423,6 +428,47 @@ def test_guest_attach_config(
     assert g.dns_domain == "prod.local"
     assert drv.overlayd_detach(attachment=att) is True
     assert drv.overlayd_detach(attachment=att) is False
+
+
+def test_guest_endpoint_defaults_to_the_underlay_address(sock_dir: Path) -> None:
+    from overlayd.model import AttachRequest
+    from overlayd.model import NodeInfo
+
+    drv, backend, hostnet = make_driver(sock_dir)
+    drv.overlayd_configure(configured(sock_dir))
+    drv.overlayd_startup(DriverContext(data_dir=None, emit=lambda e: None))
+    (node_key,) = keys(1)
+
+    def endpoint() -> str | None:
+        request = AttachRequest(
+            handle=GuestManagedHandle(id="vm-1"),
+            service="vm",
+            segment=Device(kind="bridge", name="zl-t-b", owner="service:vm", driver="x"),
+            address=ipaddress.ip_interface("10.60.16.5/22"),
+            gateway=ipaddress.ip_address("10.60.16.1"),
+            node=NodeInfo(
+                interface="zl-t-g",
+                public_key=node_key,
+                node_ip=ipaddress.ip_address("10.60.0.1"),
+                cluster_cidr=ipaddress.ip_network("10.60.0.0/16"),
+                slice_cidr=ipaddress.ip_network("10.60.0.0/18"),
+                listen_port=51900,
+            ),
+        )
+        att = drv.overlayd_attach(request=request)
+        assert att is not None and att.guest is not None
+        return att.guest.peers[0].endpoint
+
+    try:
+        hostnet.underlay = "10.0.9.10"
+        assert endpoint() == "10.0.9.10:51900"
+        hostnet.underlay = "fd00:9::10"
+        assert endpoint() == "[fd00:9::10]:51900"
+        hostnet.underlay = None
+        assert endpoint() is None
+    finally:
+        backend.close()
+        backend.delete_all()
 
 
 def test_reconcile_never_touches_foreign_devices(
