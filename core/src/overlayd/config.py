@@ -1,8 +1,9 @@
 """Configuration: the engine's settings and the daemon's TOML file.
 
 The file has top-level keys ``socket``, ``data_dir``, ``drivers``,
-``socket_group``, ``allowed_uids``, ``allowed_gids``, ``log_format`` and the
-tables ``[dns]``, ``[ipam]``, ``[engine]`` and ``[drivers.<name>]``.
+``socket_group``, ``allowed_uids``, ``allowed_gids``, ``max_connections``,
+``log_format``, ``log_level`` and the tables ``[dns]``, ``[ipam]``,
+``[engine]`` and ``[drivers.<name>]``.
 
 NOTE: TOML cannot hold both ``drivers = ["a", "b"]`` and a table
 ``[drivers.a]`` (the key would be defined twice). So ``drivers`` is either the
@@ -144,6 +145,9 @@ class DaemonConfig(EngineConfig):
     #: Peers (SO_PEERCRED) allowed besides root.
     allowed_uids: list[int] = Field(default_factory=list)
     allowed_gids: list[int] = Field(default_factory=list)
+    #: Client connections served at once; ``None``: derived from RLIMIT_NOFILE
+    #: (see :func:`overlayd.connections.default_max_connections`).
+    max_connections: int | None = Field(default=None, ge=1)
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -155,6 +159,7 @@ _TOP_KEYS = {
     "socket_group",
     "allowed_uids",
     "allowed_gids",
+    "max_connections",
     "log_format",
     "log_level",
     "dns",

@@ -45,6 +45,9 @@ from pydantic import ConfigDict
 from pydantic import TypeAdapter
 
 from overlayd import keys
+from overlayd.checks import check_dns_name_fits
+from overlayd.checks import check_peer_changes
+from overlayd.checks import check_port_target
 from overlayd.config import EngineConfig
 from overlayd.errors import AllocationError
 from overlayd.errors import Conflict
@@ -54,6 +57,7 @@ from overlayd.errors import NotSupported
 from overlayd.errors import OverlaydError
 from overlayd.errors import StateError
 from overlayd.errors import TeardownError
+from overlayd.errors import quote
 from overlayd.ipam import PortBand
 from overlayd.ipam import SubnetCarver
 from overlayd.ipam import usable_range
@@ -135,6 +139,8 @@ def leases_from_records(values: Iterable[Any]) -> list[Lease]:
 
 GLOBAL_KEY = "wg-global"
 NODE_POOL = "node"
+#: Store kind of a detach under way (keyed by handle key), written before the host changes.
+DETACH_INTENT = "detaching"
 
 
 def _service_pool(service: str) -> str:
@@ -311,6 +317,8 @@ class Engine:
         self.global_: GlobalOverlay | None = None
         self.services: dict[str, ServiceOverlay] = {}
         self.attachments: dict[str, Attachment] = {}
+        #: Keys of attachments whose detach is recorded as under way (DETACH_INTENT).
+        self.detaching: set[str] = set()
         self.manual_leases: dict[str, Lease] = {}
         self.peers: dict[str, dict[str, PeerConfig]] = {}
         self.dns: dict[tuple[str, str], DnsRecord] = {}
@@ -464,6 +472,15 @@ class Engine:
             for fn in tx.after:
                 fn()
 
+    def _scrub_store(self) -> None:
+        """Ask the store to drop copies of deleted records (a secret was deleted)."""
+        scrub = getattr(self._store, "scrub", None)
+        if callable(scrub):
+            try:
+                scrub()
+            except OverlaydError as exc:
+                log.warning("deleted records may linger in the state store: %s", exc)
+
     def _commit_or_undo(self, tx: _Tx, undo: _Undo) -> None:
         try:
             self._commit(tx)
@@ -493,6 +510,7 @@ class Engine:
         self.attachments = dict(
             zip(records, _ATTACHMENTS_ADAPTER.validate_python(list(records.values())), strict=True)
         )
+        self.detaching = set(data.get(DETACH_INTENT, {})) & self.attachments.keys()
         leases = leases_from_records(data.get("lease", {}).values())
         self.manual_leases = {
             f"{lease.pool}|{lease.ip}": lease for lease in leases if lease.owner == "manual"
@@ -1134,6 +1152,9 @@ class Engine:
         if dns_domain is not None and not _DNS_NAME_RE.match(dns_domain):
             raise InvalidRequest(f"invalid dns_domain {dns_domain!r}")
         key = handle_key(handle)
+        if key in self.detaching:
+            # Its detach is recorded as under way: finish it, then attach anew.
+            await self.detach(handle)
         async with self._locks.hold(
             ("global", False), (f"service:{service}", False), (f"handle:{key}", True)
         ):
@@ -1292,8 +1313,19 @@ class Engine:
 
     def _detach_locked(self, key: str) -> None:
         att = self.attachments[key]
-        # The driver step first: if the host objects cannot be removed, keep the
-        # record (and the addresses) so a retry can finish.
+        if key not in self.detaching:
+            # The intent is durable before the host changes: whatever happens
+            # next (a crash, a driver error, a store that stops accepting
+            # writes), the record says the detach is under way, and the next
+            # detach, reconcile or start finishes it. If even this write fails,
+            # nothing was touched.
+            intent = _Tx()
+            intent.put(DETACH_INTENT, key, {"since_unix_secs": int(time.time())})
+            intent.after.append(functools.partial(self.detaching.add, key))
+            try:
+                self._commit(intent)
+            except StateError as exc:
+                raise StateError(f"detach of {key} changed nothing: {exc}") from exc
         self.hooks.detach(att)
         errors: list[BaseException] = []
         tx = _Tx()
@@ -1333,8 +1365,21 @@ class Engine:
         for pool, ip in releases:
             tx.delete("lease", f"{pool.name}|{ip}")
         tx.delete("attachment", key)
+        tx.delete(DETACH_INTENT, key)
         tx.after.append(lambda: self.attachments.pop(key, None))
-        self._commit(tx)
+        tx.after.append(functools.partial(self.detaching.discard, key))
+        try:
+            self._commit(tx)
+        except StateError as exc:
+            raise StateError(
+                f"detach of {key}: the host side is removed, but the store could not "
+                f"record it ({exc}); the attachment stays recorded as detaching and its "
+                "addresses stay reserved until the next detach, reconcile or start finishes it"
+            ) from exc
+        if att.guest is not None:
+            # The guest's private key was in the attachment record: do not leave
+            # it in the database's free pages or its write-ahead log.
+            self._scrub_store()
         for pool, ip in releases:
             try:
                 self.hooks.ipam_release(pool, ip)
@@ -1368,8 +1413,20 @@ class Engine:
             locks.append((f"service:{scope.service}", False))
         async with self._locks.hold(*locks):
             device = self._device_for(scope)
+            check_peer_changes(
+                changes,
+                own_keys=self._own_keys(),
+                slice_cidr=self.global_.slice_cidr if self.global_ else None,
+            )
             async with self._locks.hold((f"device:{device.name}", True)):
                 await self._run(self._apply_peers, device, list(changes))
+
+    def _own_keys(self) -> dict[str, str]:
+        """Public keys of this node's own WireGuard devices (and the one ZLayer set)."""
+        out = {d.public_key: d.name for d in self._wg_devices() if d.public_key}
+        if self.local_wg_pubkey:
+            out.setdefault(self.local_wg_pubkey, "set with set_local_wg_pubkey")
+        return out
 
     def _apply_peers(self, device: Device, changes: list[PeerChange]) -> None:
         current = dict(self.peers.get(device.name, {}))
@@ -1468,8 +1525,9 @@ class Engine:
     def _dns_name(self, name: object) -> str:
         """A record name relative to the overlay zone (absolute names must be inside it)."""
         if not isinstance(name, str) or not _DNS_NAME_RE.match(name):
-            raise InvalidRequest(f"invalid DNS name {name!r}")
+            raise InvalidRequest(f"invalid DNS name {quote(name)}")
         if not name.endswith("."):
+            check_dns_name_fits(name, self._zone())
             return name
         zone = self._zone().lower()
         lower = name.lower()
@@ -1521,6 +1579,7 @@ class Engine:
 
     async def add_port_mapping(self, mapping: PortMapping) -> None:
         self._require_started()
+        check_port_target(mapping.container_ip, self.global_.cluster_cidr if self.global_ else None)
         key = f"{mapping.protocol}/{mapping.host_ip or '*'}/{mapping.host_port}"
         async with self._locks.hold((f"portmap:{key}", True)):
             existing = self.port_mappings.get(key)
@@ -1770,32 +1829,37 @@ class Engine:
         return GcReport(released=tuple(released), kept=kept)
 
     async def reconcile(self, startup: bool = False) -> ReconcileSummary:
-        """Re-ensure recorded devices and peers, then let drivers compare with the host."""
+        """Finish recorded detaches, re-ensure recorded devices and peers, then let
+        drivers compare with the host. At start, a summary is logged."""
         self._require_started()
+        # Detaches recorded as under way (a crash or a failed write cut them
+        # short) are finished first, so that no driver repairs them.
+        finished, errors = await self._detach_keys(
+            sorted(self.detaching), "finishing the detach of"
+        )
         async with self._locks.hold(("global", True)):
-            recreated, errors = await self._run(self._ensure_recorded)
+            recreated, ensure_errors = await self._run(self._ensure_recorded)
+            errors.extend(ensure_errors)
             with self._mem:
+                # A detach under way is finished, not repaired: its interfaces
+                # are left for the drivers to sweep as unrecorded.
                 request = ReconcileRequest(
                     devices=tuple(self._recorded_devices()),
-                    attachments=tuple(self.attachments.values()),
+                    attachments=tuple(
+                        a for k, a in self.attachments.items() if k not in self.detaching
+                    ),
                     masquerades=tuple(self.masquerades.values()),
                     port_mappings=tuple(self.port_mappings.values()),
                     startup=startup,
                 )
             reports = await self._run(self.hooks.reconcile, request)
-        released = 0
+        released = finished
         for report in reports:
             errors.extend(report.errors)
-            for key in report.gone:
-                att = self.attachments.get(key)
-                if att is None:
-                    continue
-                try:
-                    if await self.detach(att.handle):
-                        released += 1
-                except OverlaydError as exc:
-                    errors.append(f"releasing {key}: {exc}")
-        return ReconcileSummary(
+            count, failed = await self._detach_keys(report.gone, "releasing")
+            released += count
+            errors.extend(failed)
+        summary = ReconcileSummary(
             adopted=sum(len(r.adopted) for r in reports),
             recreated=recreated + sum(len(r.recreated) for r in reports),
             removed=sum(len(r.removed) for r in reports),
@@ -1803,6 +1867,24 @@ class Engine:
             errors=tuple(errors),
             reports=tuple(reports),
         )
+        if startup or summary.errors or summary.recreated or summary.removed or released:
+            _log_reconcile(summary, "startup" if startup else "reconcile")
+        return summary
+
+    async def _detach_keys(self, keys: Iterable[str], what: str) -> tuple[int, list[str]]:
+        """Detach the attachments of ``keys``; how many went, and what failed."""
+        done = 0
+        errors: list[str] = []
+        for key in keys:
+            att = self.attachments.get(key)
+            if att is None:
+                continue
+            try:
+                if await self.detach(att.handle):
+                    done += 1
+            except OverlaydError as exc:
+                errors.append(f"{what} {key}: {exc}")
+        return done, errors
 
     def _recorded_devices(self) -> list[Device]:
         out = [self.global_.device] if self.global_ else []
@@ -1905,6 +1987,22 @@ class Engine:
 # ---------------------------------------------------------------------------
 
 
+def _log_reconcile(summary: ReconcileSummary, what: str) -> None:
+    """One line saying what a reconcile pass did; a warning when something failed."""
+    level = logging.WARNING if summary.errors else logging.INFO
+    log.log(
+        level,
+        "%s reconcile: %d adopted, %d recreated, %d removed, %d released, %d error(s)%s",
+        what,
+        summary.adopted,
+        summary.recreated,
+        summary.removed,
+        summary.released,
+        len(summary.errors),
+        "".join(f"\n  {e}" for e in summary.errors[:20]),
+    )
+
+
 def _short_name(handle: AnyHandle) -> str:
     """The per-container DNS label of a handle."""
     if isinstance(handle, LinuxPidHandle):
@@ -1963,8 +2061,8 @@ def _as_cidr_strings(value: Any) -> str | list[str]:
 
 def _check_endpoint(endpoint: str) -> None:
     host, sep, port = endpoint.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"endpoint {endpoint!r} must be host:port (port 1-65535)")
+    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
+        raise ValueError(f"endpoint {quote(endpoint)} must be host:port (port 1-65535)")
     if host.startswith("[") and host.endswith("]"):
         ipaddress.IPv6Address(host[1:-1])
 

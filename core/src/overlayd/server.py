@@ -7,7 +7,9 @@ they finish. Events from the engine are pushed to every connected client.
 A frame that is valid JSON but not a valid request gets ``err`` (with its
 ``id`` when readable, else 0) and the connection stays open; a framing error
 (oversize length, truncated body) closes the connection. Nothing a client
-sends can stop the daemon.
+sends can stop the daemon. How connections are accepted, bounded and read
+(the connection cap, back-pressure, large frames off the event loop) is in
+:mod:`overlayd.connections`.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ import os
 import signal
 import socket
 import stat
-import struct
 import sys
 import time
 from collections.abc import Awaitable
@@ -31,11 +32,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from overlayd import __version__
 from overlayd import protocol as p
 from overlayd.config import DaemonConfig
+from overlayd.connections import Connection
+from overlayd.connections import Limits
+from overlayd.connections import RateLimitedLog
+from overlayd.connections import accept_connections
+from overlayd.connections import default_max_connections
+from overlayd.connections import file_limit
+from overlayd.connections import peer_credentials
+from overlayd.connections import refuse_socket
 from overlayd.engine import Engine
 from overlayd.errors import ConfigError
+from overlayd.errors import InvalidRequest
 from overlayd.errors import OverlaydError
 from overlayd.model import Event
 from overlayd.model import GuestManagedHandle
@@ -47,9 +59,6 @@ from overlayd.model import PeerScope
 from overlayd.model import PortMapping
 from overlayd.model import WindowsContainerHandle
 from overlayd.model import parse_cidr_list
-from overlayd.transport import FramingError
-from overlayd.transport import read_frame
-from overlayd.transport import write_frame
 
 # POSIX only: the daemon serves a Unix socket; serving the Windows named pipe is
 # not supported yet. (This assert also makes mypy --platform win32 skip the rest.)
@@ -59,7 +68,10 @@ __all__ = ["Server", "SocketInUse", "run_daemon"]
 
 log = logging.getLogger(__name__)
 
-_UCRED = struct.Struct("3i")
+#: Longest ``err`` message made from an exception; longer ones are cut.
+MAX_ERR_MESSAGE = 8192
+#: Mode of a socket directory the daemon creates (group members may reach the socket).
+SOCKET_DIR_MODE = 0o750
 
 
 class SocketInUse(ConfigError):
@@ -71,13 +83,33 @@ def _cidrs(value: str | None) -> tuple[Any, ...]:
 
 
 def _engine_handle(handle: p.AnyHandle) -> Any:
+    """The engine's handle for a wire handle; values the wire allows but no
+    workload can have (a pid of 2^22 or more, an empty id) are bad input."""
+    try:
+        if isinstance(handle, p.LinuxPidHandle):
+            return LinuxPidHandle(pid=handle.pid)
+        if isinstance(handle, p.WindowsContainerHandle):
+            return WindowsContainerHandle.model_validate(handle.model_dump(exclude_none=True))
+        if isinstance(handle, p.GuestManagedHandle):
+            return GuestManagedHandle(id=handle.id)
+        return NetnsHandle(path=handle.path)
+    except ValidationError as exc:
+        raise InvalidRequest(_handle_problem(handle, exc)) from None
+
+
+def _handle_problem(handle: p.AnyHandle, exc: ValidationError) -> str:
+    error = exc.errors(include_url=False)[0]
+    field = ".".join(str(part) for part in error["loc"]) or "handle"
     if isinstance(handle, p.LinuxPidHandle):
-        return LinuxPidHandle(pid=handle.pid)
-    if isinstance(handle, p.WindowsContainerHandle):
-        return WindowsContainerHandle.model_validate(handle.model_dump(exclude_none=True))
-    if isinstance(handle, p.GuestManagedHandle):
-        return GuestManagedHandle(id=handle.id)
-    return NetnsHandle(path=handle.path)
+        what = f"pid {handle.pid} is not a Linux process id (1 to {2**22 - 1})"
+    elif error["type"] == "string_too_short":
+        what = f"'{field}' is empty"
+    elif error["type"] == "string_too_long":
+        limit = (error.get("ctx") or {}).get("max_length")
+        what = f"'{field}' is longer than {limit} characters"
+    else:
+        what = f"'{field}': {error['msg']}"
+    return f"invalid {handle.platform} handle: {what}"
 
 
 def _wire_handle(handle: Any) -> dict[str, Any]:
@@ -92,21 +124,6 @@ def _scope(scope: p.AnyScope) -> PeerScope:
 
 def _endpoint(value: str | None) -> str | None:
     return value or None
-
-
-class _Conn:
-    """One client connection: its streams and the request tasks in flight on it."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.tasks: set[asyncio.Task[None]] = set()
-        self.peer = "?"
-
-    async def send(self, frame: p.Frame) -> None:
-        # One write() per frame never interleaves with another task's frame, and
-        # StreamWriter.drain() accepts concurrent waiters (Python >= 3.10), so no lock.
-        await write_frame(self.writer, p.encode_body(frame))
 
 
 class Server:
@@ -125,8 +142,14 @@ class Server:
         self.engine = engine
         self.config = config
         self.path = Path(config.socket)
-        self._server: asyncio.AbstractServer | None = None
-        self._conns: set[_Conn] = set()
+        self.limits = Limits(max_connections=_max_connections(config))
+        self._listener: socket.socket | None = None
+        self._accept_task: asyncio.Task[None] | None = None
+        #: One task per accepted client (authorising, serving or refusing it).
+        self._clients: set[asyncio.Task[None]] = set()
+        self._conns: set[Connection] = set()
+        self._offload = asyncio.Semaphore(self.limits.offload_threads)
+        self._limited_log = RateLimitedLog(log)
         self._closing = asyncio.Event()
         self._stopped = asyncio.Event()
         self._events_task: asyncio.Task[None] | None = None
@@ -154,7 +177,7 @@ class Server:
         """
         if self._lock_fd is not None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._make_socket_dir(self.path.parent)
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -173,6 +196,32 @@ class Server:
             os.close(fd)
             raise
         self._lock_fd = fd
+
+    def _make_socket_dir(self, directory: Path) -> None:
+        """Create the socket's directory (and missing parents) mode 0750, in the socket group.
+
+        Mode 0750 whatever the umask (0777 under umask 000 would let any user
+        replace the socket), and the socket group owns it so that its members
+        can reach the socket. Directories that exist are left as they are.
+        """
+        missing: list[Path] = []
+        while not directory.exists():
+            missing.append(directory)
+            directory = directory.parent
+        if not missing:
+            return
+        gid = self._socket_group()
+        for path in reversed(missing):
+            try:
+                path.mkdir(mode=SOCKET_DIR_MODE)
+            except FileExistsError:
+                continue
+            os.chmod(path, SOCKET_DIR_MODE)
+            if gid is not None:
+                try:
+                    os.chown(path, -1, gid)
+                except PermissionError as exc:
+                    log.warning("cannot give %s to group %d: %s", path, gid, exc)
 
     def _release_lock(self) -> None:
         if self._lock_fd is not None:
@@ -228,13 +277,18 @@ class Server:
         self._group_gid = self._socket_group()
         if self._group_gid is not None:
             self._allowed_gids.add(self._group_gid)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o117)
         try:
-            self._server = await asyncio.start_unix_server(
-                self._on_connect, path=str(self.path), limit=2**16, backlog=256
-            )
+            listener.bind(str(self.path))
+            listener.listen(256)
+            listener.setblocking(False)
+        except BaseException:
+            listener.close()
+            raise
         finally:
             os.umask(old)
+        self._listener = listener
         os.chmod(self.path, 0o660)
         if self._group_gid is not None:
             try:
@@ -242,8 +296,14 @@ class Server:
             except PermissionError as exc:
                 log.warning("cannot give %s to group %d: %s", self.path, self._group_gid, exc)
         self._listening = True
+        self._accept_task = asyncio.create_task(self._accept_loop(), name="overlayd-accept")
         self._events_task = asyncio.create_task(self._pump_events(), name="overlayd-events")
-        log.info("serving on %s", self.path, extra={"socket": str(self.path)})
+        log.info(
+            "serving on %s (at most %d connections)",
+            self.path,
+            self.limits.max_connections,
+            extra={"socket": str(self.path)},
+        )
 
     async def serve_until_stopped(self) -> None:
         await self._closing.wait()
@@ -269,8 +329,12 @@ class Server:
         if self._stopped.is_set():
             return
         self._closing.set()
-        if self._server is not None:
-            self._server.close()
+        if self._accept_task is not None:
+            self._accept_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._accept_task
+        if self._listener is not None:
+            self._listener.close()
         # Remove the path now: new clients get ENOENT/ECONNREFUSED at once.
         if self._listening:
             with contextlib.suppress(FileNotFoundError):
@@ -299,127 +363,104 @@ class Server:
                 await self._events_task
         for conn in list(self._conns):
             conn.writer.close()
-        if self._server is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._server.wait_closed(), 2)
+        if self._clients:
+            await asyncio.wait(list(self._clients), timeout=2)
         self._release_lock()
         self._stopped.set()
 
     # -- connections --------------------------------------------------------
 
-    def _authorised(self, writer: asyncio.StreamWriter) -> tuple[bool, str]:
-        sock = writer.get_extra_info("socket")
+    def _authorised(self, sock: socket.socket) -> tuple[bool, str]:
+        """Whether the peer may use the daemon, and who it is (for logs)."""
         try:
-            raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+            creds = peer_credentials(sock)
         except OSError as exc:
             return False, f"a peer whose credentials are unreadable ({exc})"
-        pid, uid, gid = _UCRED.unpack(raw)
-        who = f"pid {pid} uid {uid} gid {gid}"
-        if uid in self._allowed_uids or gid in self._allowed_gids:
+        who = str(creds)
+        if creds.uid in self._allowed_uids or creds.gid in self._allowed_gids:
             return True, who
         if not self._allowed_gids:
             return False, who
-        try:
-            groups = set(os.getgrouplist(_user_name(uid), gid))
-        except (KeyError, OSError):
-            groups = set()
+        groups = creds.groups
+        if groups is None:
+            # Neither SO_PEERGROUPS nor /proc answered: what /etc/group says.
+            try:
+                groups = frozenset(os.getgrouplist(_user_name(creds.uid), creds.gid))
+            except (KeyError, OSError):
+                groups = frozenset()
         return bool(groups & self._allowed_gids), who
 
-    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = _Conn(reader, writer)
-        ok, who = self._authorised(writer)
-        conn.peer = who
+    async def _accept_loop(self) -> None:
+        assert self._listener is not None
+        async for sock in accept_connections(self._listener, self._limited_log):
+            if self._closing.is_set():
+                sock.close()
+                continue
+            cap = self.limits.max_connections
+            if len(self._clients) >= cap:
+                self._limited_log.warning(
+                    "cap",
+                    "refusing a connection: %d clients are connected (max_connections = %d)",
+                    len(self._clients),
+                    cap,
+                )
+                refuse_socket(
+                    sock,
+                    f"overlayd serves at most {cap} connections at once and all are in "
+                    "use; close idle connections or raise max_connections, then retry",
+                )
+                continue
+            task = asyncio.create_task(self._serve(sock))
+            self._clients.add(task)
+            task.add_done_callback(self._clients.discard)
+
+    async def _serve(self, sock: socket.socket) -> None:
+        ok, who = self._authorised(sock)
         if not ok:
-            log.warning(
+            self._limited_log.warning(
+                f"refused {who}",
                 "refused connection from %s: not root, the daemon's user, nor an allowed uid/gid",
                 who,
-                extra={"peer": who},
+                peer=who,
             )
-            with contextlib.suppress(OSError, asyncio.TimeoutError):
-                await asyncio.wait_for(
-                    conn.send(
-                        p.ResponseFrame.err(
-                            0,
-                            f"permission denied: {who} may not use this overlayd; add the "
-                            "uid to allowed_uids or the user to the socket's group",
-                        )
-                    ),
-                    2.0,
-                )
-            writer.close()
+            refuse_socket(
+                sock,
+                f"permission denied: {who} may not use this overlayd; add the "
+                "uid to allowed_uids or the user to the socket's group",
+            )
             return
-        if self._closing.is_set():
-            writer.close()
+        try:
+            conn = await Connection.from_socket(sock, who, self.limits, self._offload)
+        except OSError as exc:
+            log.debug("connection from %s failed at once: %s", who, exc)
+            sock.close()
             return
         self._conns.add(conn)
         log.debug("connection from %s", who)
         try:
-            await self._read_loop(conn)
+            async for frame, size in conn.requests():
+                if self._closing.is_set():
+                    await conn.send_quietly(
+                        p.ResponseFrame.err(
+                            frame.id,
+                            f"overlayd is shutting down and did not run {frame.request.op}; "
+                            "retry once it is back",
+                        )
+                    )
+                    continue
+                conn.spawn(self._answer(conn, frame), size)
         finally:
             if conn.tasks:
                 await asyncio.wait(list(conn.tasks))
             self._conns.discard(conn)
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
+            await conn.close()
 
-    async def _read_loop(self, conn: _Conn) -> None:
-        while True:
-            try:
-                body = await read_frame(conn.reader)
-            except FramingError as exc:
-                log.warning("closing connection from %s: %s", conn.peer, exc)
-                return
-            except OSError:
-                return
-            if body is None:
-                return
-            try:
-                frame = p.decode_frame(body)
-            except p.ProtocolError as exc:
-                await self._safe_send(conn, p.ResponseFrame.err(exc.request_id or 0, str(exc)))
-                continue
-            if not isinstance(frame, p.RequestFrame):
-                frame_id = frame.id if isinstance(frame, p.ResponseFrame) else 0
-                await self._safe_send(
-                    conn,
-                    p.ResponseFrame.err(
-                        frame_id,
-                        f"clients may only send request frames, not {frame.frame} frames",
-                    ),
-                )
-                continue
-            if self._closing.is_set():
-                await self._safe_send(
-                    conn,
-                    p.ResponseFrame.err(
-                        frame.id,
-                        f"overlayd is shutting down and did not run {frame.request.op}; "
-                        "retry once it is back",
-                    ),
-                )
-                continue
-            task = asyncio.create_task(self._answer(conn, frame))
-            conn.tasks.add(task)
-            task.add_done_callback(conn.tasks.discard)
-
-    async def _safe_send(self, conn: _Conn, frame: p.Frame) -> None:
-        try:
-            await conn.send(frame)
-        except (ConnectionError, OSError) as exc:
-            log.debug("could not answer %s: %s", conn.peer, exc)
-        except p.ProtocolError as exc:
-            # The answer itself cannot be encoded (e.g. over 8 MiB): say so instead.
-            if isinstance(frame, p.ResponseFrame):
-                with contextlib.suppress(ConnectionError, OSError):
-                    await conn.send(p.ResponseFrame.err(frame.id, str(exc)))
-
-    async def _answer(self, conn: _Conn, frame: p.RequestFrame) -> None:
+    async def _answer(self, conn: Connection, frame: p.RequestFrame) -> None:
         request = frame.request
         try:
             response = await self.dispatch(request)
         except OverlaydError as exc:
-            response = p.ErrResponse(message=str(exc))
+            response = p.ErrResponse(message=_clip_message(str(exc)))
         except asyncio.CancelledError:
             response = p.ErrResponse(
                 message=f"overlayd is shutting down and cancelled {request.op}; "
@@ -428,17 +469,19 @@ class Server:
         except Exception as exc:  # the daemon must survive any bug
             log.exception("internal error in %s", request.op)
             response = p.ErrResponse(
-                message=f"internal error in {request.op}: {type(exc).__name__}: {exc}; "
-                "this is a bug in overlayd, please report it with the daemon's log"
+                message=_clip_message(
+                    f"internal error in {request.op}: {type(exc).__name__}: {exc}; "
+                    "this is a bug in overlayd, please report it with the daemon's log"
+                )
             )
         self.requests_served += 1
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s -> %s", request.op, response.result, extra={"peer": conn.peer})
-        await self._safe_send(conn, p.ResponseFrame(id=frame.id, response=response))
+        await conn.send_quietly(p.ResponseFrame(id=frame.id, response=response))
         if isinstance(request, p.ShutdownRequest):
             self.request_stop()
 
-    async def _send_event(self, conn: _Conn, frame: p.EventFrame) -> None:
+    async def _send_event(self, conn: Connection, frame: p.EventFrame) -> None:
         try:
             await asyncio.wait_for(conn.send(frame), self.EVENT_SEND_TIMEOUT)
         except TimeoutError:
@@ -475,6 +518,26 @@ class Server:
         if handler is None:
             return p.ErrResponse(message=f"op {request.op!r} is not supported by this overlayd")
         return await handler(self, request)
+
+
+def _clip_message(message: str) -> str:
+    if len(message) <= MAX_ERR_MESSAGE:
+        return message
+    return message[:MAX_ERR_MESSAGE] + f"... (message cut, {len(message)} characters)"
+
+
+def _max_connections(config: DaemonConfig) -> int:
+    """The configured connection cap, or the default for this process's file limit."""
+    nofile = file_limit()
+    if config.max_connections is None:
+        return default_max_connections(nofile)
+    if nofile is not None and config.max_connections > nofile - 32:
+        raise ConfigError(
+            f"max_connections = {config.max_connections} needs more open files than this "
+            f"process may have (RLIMIT_NOFILE {nofile}, of which overlayd keeps some for "
+            "itself); raise the limit (systemd: LimitNOFILE=) or lower max_connections"
+        )
+    return config.max_connections
 
 
 def _user_name(uid: int) -> str:

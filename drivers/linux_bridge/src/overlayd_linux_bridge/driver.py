@@ -51,7 +51,6 @@ would be replaced on the next container restart and race with the runtime.
 from __future__ import annotations
 
 import contextlib
-import errno
 import ipaddress
 import logging
 import os
@@ -70,9 +69,11 @@ from overlayd import hookimpl
 from overlayd.errors import AttachError
 from overlayd.errors import ConfigError
 from overlayd.errors import DeviceError
+from overlayd.errors import InvalidRequest
 from overlayd.errors import NatError
 from overlayd.errors import NotSupported
 from overlayd.errors import OverlaydError
+from overlayd.errors import quote
 from overlayd.model import Attachment
 from overlayd.model import AttachRequest
 from overlayd.model import Capability
@@ -93,6 +94,7 @@ from overlayd.names import is_tombstone
 from overlayd.names import veth_host_name
 from overlayd_linux_bridge import __version__
 from overlayd_linux_bridge.nft import PORT_GROUP
+from overlayd_linux_bridge.nft import TABLE as NFT_TABLE
 from overlayd_linux_bridge.nft import NatState
 from overlayd_linux_bridge.nft import Nftables
 from overlayd_linux_bridge.nft import NftBackend
@@ -143,20 +145,63 @@ class NamespaceResolver(Protocol):
 
 
 class ProcNamespaceResolver:
-    """The real resolver: ``open(2)`` + ``fstat(2)`` on nsfs files."""
+    """The real resolver: nsfs files, opened without blocking, never the host's.
+
+    Besides what :func:`~overlayd_linux_bridge.netns.open_network_namespace`
+    refuses (anything that is not a network namespace file), it refuses the
+    namespaces whose interfaces are the host's: the daemon's own, pid 1's and
+    the one configured as ``host_netns``. Attaching one of them would put
+    ``eth0`` and a default route into the host. Whether a path names one of
+    them is decided on the opened descriptor (device and inode), so a symlink,
+    a bind mount or another pid in the host namespace is refused as well.
+    """
+
+    #: The host's own network namespace: that of init. (Where the daemon may
+    #: not even read it, e.g. without CAP_SYS_PTRACE over pid 1, it cannot
+    #: open it either, and attaching it fails with "permission denied".)
+    host_path: str = "/proc/1/ns/net"
+
+    def __init__(self, host_netns: str | None = None) -> None:
+        #: The namespace the driver manages as its host, when it is not its own.
+        self.host_netns = host_netns
+        self._forbidden: dict[tuple[int, int], str] | None = None
+
+    def _forbidden_namespaces(self) -> dict[tuple[int, int], str]:
+        if self._forbidden is None:
+            found: dict[tuple[int, int], str] = {}
+            # /proc/<pid>, not /proc/self: the calling thread may be in another
+            # namespace (run_in_netns); the main thread never leaves the daemon's.
+            candidates = [
+                (self.host_path, "the host's network namespace (that of pid 1)"),
+                (f"/proc/{os.getpid()}/ns/net", "overlayd's own network namespace"),
+            ]
+            if self.host_netns is not None:
+                candidates.append(
+                    (self.host_netns, "the namespace this driver manages as the host")
+                )
+            for path, what in candidates:
+                try:
+                    st = os.stat(path)
+                except OSError:
+                    continue
+                found[(st.st_dev, st.st_ino)] = what
+            self._forbidden = found
+        return self._forbidden
 
     @contextlib.contextmanager
     def open(self, path: str) -> Iterator[PinnedNamespace]:
+        from overlayd_linux_bridge.netns import open_network_namespace  # POSIX only
+
+        fd = open_network_namespace(path)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            if exc.errno in (errno.ENOENT, errno.ESRCH):
-                raise FileNotFoundError(
-                    exc.errno, f"network namespace {path} does not exist"
-                ) from exc
-            raise
-        try:
-            yield PinnedNamespace(fd, os.fstat(fd).st_ino)
+            st = os.fstat(fd)
+            what = self._forbidden_namespaces().get((st.st_dev, st.st_ino))
+            if what is not None:
+                raise InvalidRequest(
+                    f"{quote(path, 200)} is {what}; attaching it would put eth0 and a "
+                    "default route into the host. Give the workload's own namespace."
+                )
+            yield PinnedNamespace(fd, st.st_ino)
         finally:
             os.close(fd)
 
@@ -219,6 +264,9 @@ class LinuxBridgeDriver:
         self._nft_unavailable: str | None = None
         #: Whether table ``bridge overlayd`` (the MLD filter) was applied.
         self._mld_filter_applied = False
+        #: Tables found missing (a firewall reload) and created again since the
+        #: last reconcile, which reports them.
+        self._tables_recreated: list[str] = []
         #: IP versions whose forwarding sysctl this driver has turned on.
         self._forwarding: set[int] = set()
         #: Desired NAT state: masquerade rules by subnet, port mappings by key.
@@ -304,6 +352,8 @@ class LinuxBridgeDriver:
                 f"[drivers.{self.name}] host_netns must be a path such as /run/netns/x."
             )
         self._host_netns = host_netns
+        if isinstance(self._namespaces, ProcNamespaceResolver):
+            self._namespaces.host_netns = host_netns
 
     @hookimpl
     def overlayd_startup(self, context: Any) -> None:
@@ -577,11 +627,23 @@ class LinuxBridgeDriver:
             self._pushed = state
             return state
 
+    def _recreate_nat(self) -> None:
+        """Apply the whole NAT table, which is missing; note it when it had existed."""
+        existed = self._pushed is not None
+        self.apply_nat()
+        if existed:
+            self._note_recreated(f"nft table inet {NFT_TABLE}")
+
+    def _note_recreated(self, what: str) -> None:
+        log.warning("%s had vanished (a firewall reload?); created it again", what)
+        if what not in self._tables_recreated:
+            self._tables_recreated.append(what)
+
     def _sync_sets(self) -> None:
         """Bring the masquerade/exempt sets to the desired state with one transaction."""
         nft = self._table()
         if not nft.table_exists():
-            self.apply_nat()
+            self._recreate_nat()
             return
         if self._pushed is None:
             # First change since start: learn what a previous run left in the table.
@@ -638,7 +700,7 @@ class LinuxBridgeDriver:
                     )
                 self._mappings[key] = mapping
                 if not nft.table_exists():
-                    self.apply_nat()
+                    self._recreate_nat()
                     return True
                 try:
                     nft.add_port_mapping(
@@ -655,7 +717,7 @@ class LinuxBridgeDriver:
                 return True
             self._mappings.pop(key, None)
             if not nft.table_exists():
-                self.apply_nat()
+                self._recreate_nat()
                 return True
             nft.remove_port_mapping(
                 mapping.protocol, mapping.host_port, mapping.container_ip, mapping.host_ip
@@ -672,6 +734,16 @@ class LinuxBridgeDriver:
         gone: list[str] = []
         errors: list[str] = []
         links = self._nl().list_links()
+        if any(is_tombstone(lk.name) for lk in links):
+            # Veths a previous run was deleting (it crashed first) still hold
+            # their container ends (eth0 in the workload): delete them before
+            # any attachment is plumbed again, or eth0 "already exists".
+            try:
+                self._nl().sweep_tombstones()
+                self._nl().flush_deletions()
+            except OverlaydError as exc:
+                errors.append(f"sweeping tombstones: {exc}")
+            links = self._nl().list_links()
         by_name = {link.name: link for link in links}
         bridges = {
             lk.name: lk
@@ -757,6 +829,8 @@ class LinuxBridgeDriver:
                 errors.append(f"sweeping tombstones: {exc}")
 
         self._reconcile_nat(request, errors)
+        recreated.extend(self._tables_recreated)
+        self._tables_recreated = []
         return ReconcileReport(
             driver=self.name,
             adopted=tuple(adopted),
@@ -776,18 +850,30 @@ class LinuxBridgeDriver:
             wanted_masq = {r.subnet: r for r in request.masquerades if r.uplink is None}
             wanted_maps = {_mapping_key(m): m for m in request.port_mappings}
             try:
+                missing = not self._nft.table_exists()
                 if (
                     request.startup
+                    or missing
                     or wanted_masq != self._masq
                     or wanted_maps != self._mappings
-                    or not self._nft.table_exists()
                 ):
+                    existed = self._pushed is not None
                     self._masq, self._mappings = wanted_masq, wanted_maps
                     self.apply_nat()
-                    # A firewall reload that wiped one table wiped the other.
-                    self._ensure_mld_filter(again=True)
+                    if missing and existed:
+                        self._note_recreated(f"nft table inet {NFT_TABLE}")
             except OverlaydError as exc:
                 errors.append(f"NAT table: {exc}")
+            # Checked on its own: the engine re-applies recorded masquerades
+            # before this pass, which recreates a wiped NAT table (and hides
+            # the reload from the check above), but not this one.
+            try:
+                if self._mld_filter_applied and not self._nft.mld_filter_exists():
+                    self._ensure_mld_filter(again=True)
+                    if self._nft.mld_filter_exists():
+                        self._note_recreated(f"nft table bridge {NFT_TABLE}")
+            except OverlaydError as exc:
+                errors.append(f"MLD filter table: {exc}")
 
     def _ensure_mld_filter(self, *, again: bool = False) -> None:
         """Create table ``bridge overlayd`` once (``again``: recreate it).

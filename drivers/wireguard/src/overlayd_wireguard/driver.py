@@ -242,7 +242,7 @@ def _split_host_port(endpoint: str) -> tuple[str, int]:
         host, sep, port = endpoint.rpartition(":")
         if ":" in host:
             sep = ""
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise InvalidRequest(f"endpoint {endpoint!r} must be host:port, [IPv6]:port or IP:port")
     return host, int(port)
 
