@@ -446,6 +446,9 @@ class AttachmentInfo(_Wire):
     interfaces: list[StrictStr]
     driver: StrictStr
     created_unix_secs: I64
+    #: ``true`` while a detach is recorded as under way (a crash or a failed
+    #: store write interrupted it); the next detach, reconcile or start finishes it.
+    detaching: StrictBool | None = None
 
 
 class LeaseInfo(_Wire):

@@ -817,6 +817,7 @@ async def _list_attachments(s: Server, r: p.ListAttachmentsRequest) -> p.AnyResp
                     "interfaces": list(a.interfaces),
                     "driver": a.driver,
                     "created_unix_secs": a.created_unix_secs,
+                    "detaching": True if a.key in s.engine.detaching else None,
                 }
             )
             for a in s.engine.list_attachments(r.service)
