@@ -45,12 +45,14 @@ from typing import Any
 from typing import Final
 
 from overlayd import protocol as p
+from overlayd.errors import clip
 from overlayd.transport import FramingError
 from overlayd.transport import read_frame
 from overlayd.transport import write_frame
 
 __all__ = [
     "LOG_INTERVAL",
+    "MAX_ERR_MESSAGE",
     "Connection",
     "Limits",
     "PeerCredentials",
@@ -64,6 +66,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: Longest ``err`` message sent to a client; longer ones are cut.
+MAX_ERR_MESSAGE: Final = 8192
 #: Seconds between two log lines about the same refused or failed accept.
 LOG_INTERVAL: Final = 10.0
 #: Descriptors kept for everything that is not a client connection (store,
@@ -358,7 +362,8 @@ class Connection:
             try:
                 frame = await self._decode(body)
             except p.ProtocolError as exc:
-                await self.send_quietly(p.ResponseFrame.err(exc.request_id or 0, str(exc)))
+                message = clip(str(exc), MAX_ERR_MESSAGE)
+                await self.send_quietly(p.ResponseFrame.err(exc.request_id or 0, message))
                 continue
             except Exception as exc:
                 log.exception("could not decode a frame from %s", self.peer)

@@ -57,6 +57,7 @@ from overlayd.errors import NotSupported
 from overlayd.errors import OverlaydError
 from overlayd.errors import StateError
 from overlayd.errors import TeardownError
+from overlayd.errors import clip
 from overlayd.errors import quote
 from overlayd.ipam import PortBand
 from overlayd.ipam import SubnetCarver
@@ -600,7 +601,7 @@ class Engine:
     def _check_name(what: str, value: object) -> str:
         if not isinstance(value, str) or not _NAME_RE.match(value):
             raise InvalidRequest(
-                f"invalid {what} {value!r}: use 1-63 letters, digits, '-', '_' or '.', "
+                f"invalid {what} {quote(value)}: use 1-63 letters, digits, '-', '_' or '.', "
                 "starting and ending with a letter or digit"
             )
         return value
@@ -612,7 +613,7 @@ class Engine:
         try:
             return ipaddress.ip_network(str(value).strip(), strict=True)
         except ValueError as exc:
-            raise InvalidRequest(f"invalid {what} {value!r}: {exc}") from None
+            raise InvalidRequest(f"invalid {what} {quote(value)}: {clip(str(exc), 200)}") from None
 
     @staticmethod
     def _parse_ip(what: str, value: str | IPAddress) -> IPAddress:
@@ -621,13 +622,16 @@ class Engine:
         try:
             return ipaddress.ip_address(str(value).strip())
         except ValueError:
-            raise InvalidRequest(f"invalid {what} {value!r}: not an IPv4 or IPv6 address") from None
+            raise InvalidRequest(
+                f"invalid {what} {quote(value)}: not an IPv4 or IPv6 address"
+            ) from None
 
     def _service(self, service: str) -> ServiceOverlay:
         svc = self.services.get(service)
         if svc is None:
             raise NotFound(
-                f"service {service!r} has no overlay on this node; call setup_service_overlay first"
+                f"service {quote(service)} has no overlay on this node; "
+                "call setup_service_overlay first"
             )
         return svc
 
@@ -865,7 +869,7 @@ class Engine:
             resolved = OverlayMode(mode).resolve()
         except ValueError:
             raise InvalidRequest(
-                f"invalid overlay mode {mode!r}: use auto, shared or dedicated"
+                f"invalid overlay mode {quote(mode)}: use auto, shared or dedicated"
             ) from None
         async with self._locks.hold(("global", False), (f"service:{service}", True)):
             self._global()
@@ -873,7 +877,7 @@ class Engine:
             if existing is not None:
                 if existing.mode != resolved:
                     raise Conflict(
-                        f"service {service!r} is already set up in {existing.mode} mode; "
+                        f"service {quote(service)} is already set up in {existing.mode} mode; "
                         "tear it down before changing the mode"
                     )
                 return existing
@@ -1150,7 +1154,7 @@ class Engine:
         self._check_name("service name", service)
         dns_ip = self._parse_ip("dns_server", dns_server) if dns_server else None
         if dns_domain is not None and not _DNS_NAME_RE.match(dns_domain):
-            raise InvalidRequest(f"invalid dns_domain {dns_domain!r}")
+            raise InvalidRequest(f"invalid dns_domain {quote(dns_domain)}")
         key = handle_key(handle)
         if key in self.detaching:
             # Its detach is recorded as under way: finish it, then attach anew.
@@ -1162,7 +1166,7 @@ class Engine:
             if existing is not None:
                 if existing.service != service:
                     raise Conflict(
-                        f"{key} is already attached to service {existing.service!r}; "
+                        f"{key} is already attached to service {quote(existing.service)}; "
                         "detach it first"
                     )
                 return existing
@@ -1397,7 +1401,7 @@ class Engine:
         svc = self._service(scope.service)
         if svc.dedicated is None:
             raise InvalidRequest(
-                f"service {scope.service!r} runs in shared mode and has no dedicated "
+                f"service {quote(scope.service)} runs in shared mode and has no dedicated "
                 "device; address its peers with the global scope"
             )
         return svc.dedicated
@@ -1534,7 +1538,7 @@ class Engine:
         if lower.endswith("." + zone):
             return name[: -len(zone) - 1]
         raise InvalidRequest(
-            f"DNS name {name!r} is outside the overlay zone {zone}; "
+            f"DNS name {quote(name)} is outside the overlay zone {zone}; "
             "give it relative to the zone (without a trailing dot)"
         )
 

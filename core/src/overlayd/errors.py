@@ -47,6 +47,7 @@ __all__ = [
     "PoolExhausted",
     "StateError",
     "TeardownError",
+    "clip",
     "quote",
 ]
 
@@ -164,6 +165,13 @@ class TeardownError(OverlaydError):
 
 #: How many characters of a client's value an error message quotes.
 QUOTE_LIMIT = 64
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, saying how long it was."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
 
 
 def quote(value: object, limit: int = QUOTE_LIMIT) -> str:

@@ -59,6 +59,7 @@ from pydantic import StrictStr
 from pydantic import ValidationError
 
 from overlayd.errors import InvalidRequest
+from overlayd.errors import clip
 from overlayd.errors import quote
 
 __all__ = [
@@ -1055,6 +1056,10 @@ def _format_loc(loc: tuple[int | str, ...]) -> str:
     return out
 
 
+#: Longest description of one validation problem in an ``err`` message.
+_MAX_PART: Final = 300
+
+
 def _describe(exc: ValidationError, what: str) -> str:
     """Turn pydantic's errors into one sentence per problem."""
     parts: list[str] = []
@@ -1065,6 +1070,8 @@ def _describe(exc: ValidationError, what: str) -> str:
             continue
         ctx = error.get("ctx") or {}
         message = str(ctx["error"]) if "error" in ctx else error["msg"]
+        # Some of pydantic's messages quote the input (a union's tag).
+        message = clip(message, _MAX_PART)
         parts.append(f"{what} field '{loc}': {message}" if loc else f"{what}: {message}")
     return "; ".join(parts)
 

@@ -37,6 +37,7 @@ from pydantic import ValidationError
 from overlayd import __version__
 from overlayd import protocol as p
 from overlayd.config import DaemonConfig
+from overlayd.connections import MAX_ERR_MESSAGE
 from overlayd.connections import Connection
 from overlayd.connections import Limits
 from overlayd.connections import RateLimitedLog
@@ -49,6 +50,7 @@ from overlayd.engine import Engine
 from overlayd.errors import ConfigError
 from overlayd.errors import InvalidRequest
 from overlayd.errors import OverlaydError
+from overlayd.errors import clip
 from overlayd.model import Event
 from overlayd.model import GuestManagedHandle
 from overlayd.model import LinuxPidHandle
@@ -68,8 +70,6 @@ __all__ = ["Server", "SocketInUse", "run_daemon"]
 
 log = logging.getLogger(__name__)
 
-#: Longest ``err`` message made from an exception; longer ones are cut.
-MAX_ERR_MESSAGE = 8192
 #: Mode of a socket directory the daemon creates (group members may reach the socket).
 SOCKET_DIR_MODE = 0o750
 
@@ -460,7 +460,7 @@ class Server:
         try:
             response = await self.dispatch(request)
         except OverlaydError as exc:
-            response = p.ErrResponse(message=_clip_message(str(exc)))
+            response = p.ErrResponse(message=clip(str(exc), MAX_ERR_MESSAGE))
         except asyncio.CancelledError:
             response = p.ErrResponse(
                 message=f"overlayd is shutting down and cancelled {request.op}; "
@@ -469,9 +469,10 @@ class Server:
         except Exception as exc:  # the daemon must survive any bug
             log.exception("internal error in %s", request.op)
             response = p.ErrResponse(
-                message=_clip_message(
+                message=clip(
                     f"internal error in {request.op}: {type(exc).__name__}: {exc}; "
-                    "this is a bug in overlayd, please report it with the daemon's log"
+                    "this is a bug in overlayd, please report it with the daemon's log",
+                    MAX_ERR_MESSAGE,
                 )
             )
         self.requests_served += 1
@@ -518,12 +519,6 @@ class Server:
         if handler is None:
             return p.ErrResponse(message=f"op {request.op!r} is not supported by this overlayd")
         return await handler(self, request)
-
-
-def _clip_message(message: str) -> str:
-    if len(message) <= MAX_ERR_MESSAGE:
-        return message
-    return message[:MAX_ERR_MESSAGE] + f"... (message cut, {len(message)} characters)"
 
 
 def _max_connections(config: DaemonConfig) -> int:
