@@ -189,6 +189,21 @@ def test_netns_handles_that_are_not_a_workloads_namespace_are_refused(
         )
         assert out.returncode != 0, out.stdout
         assert message in out.stderr, out.stderr
+    # A pid handle whose process lives in the daemon's or the host's namespace.
+    for handle_pid, message in ((pid, "overlayd's own network namespace"), (1, "")):
+        answer = node.call(
+            {
+                "op": "attach_container",
+                "handle": {"platform": "linux_pid", "pid": handle_pid},
+                "service": "web",
+                "join_global": False,
+            }
+        )
+        assert answer["result"] == "err", (handle_pid, answer)
+        assert message in answer["message"], answer
+        assert (
+            "network namespace" in answer["message"] or "permission denied" in answer["message"]
+        ), answer
     assert node.call({"op": "list_attachments"})["attachments"] == []
     assert node.call({"op": "list_leases"})["leases"] == []
     assert " eth0" not in node.links()
