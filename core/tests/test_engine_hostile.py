@@ -243,9 +243,9 @@ async def test_the_key_of_a_dedicated_device_and_the_announced_key_are_refused(
     [
         ("0.0.0.0/0", "all traffic of this host"),
         ("::/0", "all traffic of this host"),
-        ("10.200.0.0/20", "inside this node's own slice"),
-        ("10.200.4.0/22", "inside this node's own slice"),
-        ("10.201.0.0/24,10.200.0.1/32", "inside this node's own slice"),
+        ("10.200.0.0/20", "inside 10.200.0.0/20, which this node serves"),
+        ("10.200.4.0/22", "inside 10.200.0.0/20, which this node serves"),
+        ("10.201.0.0/24,10.200.0.1/32", "inside 10.200.0.0/20, which this node serves"),
     ],
 )
 async def test_allowed_ips_that_take_the_nodes_traffic_are_refused(
@@ -261,12 +261,31 @@ async def test_add_allowed_ip_into_the_slice_is_refused_and_other_peers_work(
 ) -> None:
     await engine.add_peer(PEER, "192.0.2.7:51820", "10.201.0.0/24")
     await engine.add_peer(public_key(generate_private_key()), None, "10.0.0.0/8")
-    with pytest.raises(InvalidRequest, match="own slice"):
+    with pytest.raises(InvalidRequest, match="which this node serves"):
         await engine.add_allowed_ip(PEER, "10.200.8.0/24")
     with pytest.raises(InvalidRequest, match="all traffic"):
         await engine.add_allowed_ip(PEER, "0.0.0.0/0")
     await engine.add_allowed_ip(PEER, "10.202.0.0/24")
     await engine.remove_peer(PEER)
+
+
+async def test_without_a_slice_only_the_nodes_own_subnets_are_refused(
+    engine_config: EngineConfig, fake_driver: FakeDriver
+) -> None:
+    """ZLayer may set up the overlay without slice_cidr (the slice is then the whole
+    cluster): peers inside the cluster are normal, the node's own subnets are not."""
+    engine = Engine(engine_config, drivers=[fake_driver])
+    await engine.start()
+    try:
+        await engine.setup_global_overlay(**{**GLOBAL, "slice_cidr": None})
+        web = await engine.setup_service_overlay("web", "shared")
+        await engine.add_peer(PEER, "192.0.2.7:51820", "10.200.77.0/24,10.200.200.9/32")
+        await engine.add_peer(public_key(generate_private_key()), None, "10.200.0.0/16")
+        for own in (str(web.subnet), "10.200.0.1/32", "10.200.0.0/22"):
+            with pytest.raises(InvalidRequest, match="which this node serves"):
+                await engine.add_allowed_ip(PEER, own)
+    finally:
+        await engine.stop()
 
 
 # -- port mappings and DNS names -------------------------------------------------------

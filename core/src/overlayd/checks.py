@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from collections.abc import Mapping
+from collections.abc import Sequence
 
 from overlayd.errors import InvalidRequest
 from overlayd.errors import quote
@@ -23,15 +24,15 @@ __all__ = ["MAX_DNS_NAME", "check_dns_name_fits", "check_peer_changes", "check_p
 MAX_DNS_NAME = 254
 
 
-def _overlaps_slice(net: IPNetwork, slice_cidr: IPNetwork) -> bool:
-    return net.version == slice_cidr.version and net.subnet_of(slice_cidr)  # type: ignore[arg-type]
+def _inside(net: IPNetwork, other: IPNetwork) -> bool:
+    return net.version == other.version and net.subnet_of(other)  # type: ignore[arg-type]
 
 
 def check_peer_changes(
     changes: Iterable[PeerChange],
     *,
     own_keys: Mapping[str, str],
-    slice_cidr: IPNetwork | None,
+    own_nets: Sequence[IPNetwork],
 ) -> None:
     """Refuse peers that would point the node at itself or take its traffic.
 
@@ -40,8 +41,10 @@ def check_peer_changes(
       route its allowed IPs nowhere;
     * allowed IPs ``0.0.0.0/0`` or ``::/0``: the driver would route the
       host's default route through the overlay;
-    * allowed IPs inside the node's own slice (the node, its containers and
-      guests): only this node serves those addresses.
+    * allowed IPs inside ``own_nets``, the addresses only this node serves
+      (its slice; the node, its containers and guests): a peer would take
+      their traffic. A prefix that merely contains them (a hub's whole
+      cluster CIDR) is fine: the node's own routes are more specific.
 
     Removals are never refused.
     """
@@ -61,10 +64,11 @@ def check_peer_changes(
                     f"allowed IP {net} of peer {change.public_key} would send all "
                     "traffic of this host into the overlay; give the peer's own subnets"
                 )
-            if slice_cidr is not None and _overlaps_slice(net, slice_cidr):
+            own = next((o for o in own_nets if _inside(net, o)), None)
+            if own is not None:
                 raise InvalidRequest(
-                    f"allowed IP {net} of peer {change.public_key} is inside this node's "
-                    f"own slice {slice_cidr}; those addresses are served by this node"
+                    f"allowed IP {net} of peer {change.public_key} is inside {own}, which "
+                    "this node serves itself; give the peer's own subnets"
                 )
 
 

@@ -1417,13 +1417,22 @@ class Engine:
             locks.append((f"service:{scope.service}", False))
         async with self._locks.hold(*locks):
             device = self._device_for(scope)
-            check_peer_changes(
-                changes,
-                own_keys=self._own_keys(),
-                slice_cidr=self.global_.slice_cidr if self.global_ else None,
-            )
+            check_peer_changes(changes, own_keys=self._own_keys(), own_nets=self._own_nets())
             async with self._locks.hold((f"device:{device.name}", True)):
                 await self._run(self._apply_peers, device, list(changes))
+
+    def _own_nets(self) -> list[IPNetwork]:
+        """The addresses only this node serves: its slice, or, when the slice is
+        the whole cluster (no ``slice_cidr`` given), its address, node pool and
+        service subnets."""
+        with self._mem:
+            g = self.global_
+            if g is None:
+                return []
+            if g.slice_cidr != g.cluster_cidr:
+                return [g.slice_cidr]
+            nets = [self._node_pool().cidr, ipaddress.ip_network(g.node_ip)]
+            return nets + [svc.subnet for svc in self.services.values()]
 
     def _own_keys(self) -> dict[str, str]:
         """Public keys of this node's own WireGuard devices (and the one ZLayer set)."""

@@ -923,8 +923,13 @@ async def run_daemon(config: DaemonConfig, *, engine: Engine | None = None) -> i
     # Claim the socket before touching the host: a second daemon must not
     # reconcile (and so disturb) what the first one owns.
     server.claim()
+    loop = asyncio.get_running_loop()
     try:
         await engine.start()
+        # From the moment the socket accepts, a client may see the daemon and
+        # a SIGTERM must be a graceful stop, so the handlers come first.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, server.request_stop)
         try:
             await server.start()
         except BaseException:
@@ -933,9 +938,6 @@ async def run_daemon(config: DaemonConfig, *, engine: Engine | None = None) -> i
     except BaseException:
         server._release_lock()
         raise
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, server.request_stop)
     _sd_notify(f"READY=1\nSTATUS=serving on {config.socket}\nMAINPID={os.getpid()}")
     log.info(
         "overlayd %s ready (drivers: %s, data_dir: %s)",
