@@ -45,6 +45,7 @@ from typing import Any
 from typing import Final
 
 from overlayd import protocol as p
+from overlayd.errors import ConfigError
 from overlayd.errors import clip
 from overlayd.transport import FramingError
 from overlayd.transport import read_frame
@@ -60,6 +61,7 @@ __all__ = [
     "accept_connections",
     "default_max_connections",
     "file_limit",
+    "max_connections",
     "peer_credentials",
     "refuse_socket",
 ]
@@ -103,6 +105,23 @@ def default_max_connections(nofile: int | None) -> int:
         return _DEFAULT_CAP
     reserve = min(_RESERVED_FDS_MAX, max(_RESERVED_FDS_MIN, nofile // 4))
     return max(1, min(_DEFAULT_CAP, nofile - reserve))
+
+
+def max_connections(configured: int | None) -> int:
+    """The connection cap: ``configured``, or the default for this process's file limit.
+
+    :raises ConfigError: ``configured`` does not leave the daemon 32 descriptors.
+    """
+    nofile = file_limit()
+    if configured is None:
+        return default_max_connections(nofile)
+    if nofile is not None and configured > nofile - _RESERVED_FDS_MIN:
+        raise ConfigError(
+            f"max_connections = {configured} needs more open files than this process may "
+            f"have (RLIMIT_NOFILE {nofile}, of which overlayd keeps some for itself); raise "
+            "the limit (systemd: LimitNOFILE=) or lower max_connections"
+        )
+    return configured
 
 
 @dataclass(frozen=True)

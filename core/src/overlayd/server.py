@@ -16,15 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
-import fcntl
-import grp
 import ipaddress
 import logging
 import os
 import signal
 import socket
-import stat
 import sys
 import time
 from collections.abc import Awaitable
@@ -36,14 +32,14 @@ from pydantic import ValidationError
 
 from overlayd import __version__
 from overlayd import protocol as p
+from overlayd import socketfile
 from overlayd.config import DaemonConfig
 from overlayd.connections import MAX_ERR_MESSAGE
 from overlayd.connections import Connection
 from overlayd.connections import Limits
 from overlayd.connections import RateLimitedLog
 from overlayd.connections import accept_connections
-from overlayd.connections import default_max_connections
-from overlayd.connections import file_limit
+from overlayd.connections import max_connections
 from overlayd.connections import peer_credentials
 from overlayd.connections import refuse_socket
 from overlayd.engine import Engine
@@ -66,16 +62,11 @@ from overlayd.model import parse_cidr_list
 # not supported yet. (This assert also makes mypy --platform win32 skip the rest.)
 assert sys.platform != "win32", "overlayd serve is not supported on Windows yet"
 
+SocketInUse = socketfile.SocketInUse
+
 __all__ = ["Server", "SocketInUse", "run_daemon"]
 
 log = logging.getLogger(__name__)
-
-#: Mode of a socket directory the daemon creates (group members may reach the socket).
-SOCKET_DIR_MODE = 0o750
-
-
-class SocketInUse(ConfigError):
-    """Another live daemon answers on the socket path."""
 
 
 def _cidrs(value: str | None) -> tuple[Any, ...]:
@@ -142,7 +133,7 @@ class Server:
         self.engine = engine
         self.config = config
         self.path = Path(config.socket)
-        self.limits = Limits(max_connections=_max_connections(config))
+        self.limits = Limits(max_connections=max_connections(config.max_connections))
         self._listener: socket.socket | None = None
         self._accept_task: asyncio.Task[None] | None = None
         #: One task per accepted client (authorising, serving or refusing it).
@@ -156,7 +147,7 @@ class Server:
         self._allowed_gids = set(config.allowed_gids)
         self._allowed_uids = {0, os.getuid(), *config.allowed_uids}
         self._group_gid: int | None = None
-        self._lock_fd: int | None = None
+        self._socket_file = socketfile.SocketFile(self.path, config.socket_group)
         self._listening = False
         self.requests_served = 0
 
@@ -165,136 +156,23 @@ class Server:
     @property
     def lock_path(self) -> Path:
         """``<socket>.lock``: held (flock) for the daemon's whole life."""
-        return self.path.with_name(self.path.name + ".lock")
+        return self._socket_file.lock_path
 
     def claim(self) -> None:
-        """Make the socket path ours, or raise :class:`SocketInUse`.
-
-        Two checks: an exclusive ``flock`` on ``<socket>.lock`` (closes the race
-        of two daemons starting at once) and a connect to an existing socket
-        file (a live daemon without the lock, e.g. ZLayer's own). A socket file
-        nobody answers on is stale and removed. Idempotent.
-        """
-        if self._lock_fd is not None:
-            return
-        self._make_socket_dir(self.path.parent)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise SocketInUse(
-                f"another overlayd is serving on {self.path} (it holds {self.lock_path}); "
-                "stop it first or choose another --socket"
-            ) from None
-        except OSError:
-            os.close(fd)
-            raise
-        try:
-            self._claim_path()
-        except BaseException:
-            os.close(fd)
-            raise
-        self._lock_fd = fd
-
-    def _make_socket_dir(self, directory: Path) -> None:
-        """Create the socket's directory (and missing parents) mode 0750, in the socket group.
-
-        Mode 0750 whatever the umask (0777 under umask 000 would let any user
-        replace the socket), and the socket group owns it so that its members
-        can reach the socket. Directories that exist are left as they are.
-        """
-        missing: list[Path] = []
-        while not directory.exists():
-            missing.append(directory)
-            directory = directory.parent
-        if not missing:
-            return
-        gid = self._socket_group()
-        for path in reversed(missing):
-            try:
-                path.mkdir(mode=SOCKET_DIR_MODE)
-            except FileExistsError:
-                continue
-            os.chmod(path, SOCKET_DIR_MODE)
-            if gid is not None:
-                try:
-                    os.chown(path, -1, gid)
-                except PermissionError as exc:
-                    log.warning("cannot give %s to group %d: %s", path, gid, exc)
+        """Make the socket path ours, or raise :class:`SocketInUse` (see
+        :meth:`overlayd.socketfile.SocketFile.claim`). Idempotent."""
+        self._socket_file.claim()
 
     def _release_lock(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
-
-    def _claim_path(self) -> None:
-        """Refuse a live daemon on the path; replace a stale socket file."""
-        if not (self.path.exists() or self.path.is_symlink()):
-            return
-        mode = self.path.lstat().st_mode
-        if not stat.S_ISSOCK(mode):
-            raise ConfigError(
-                f"{self.path} exists and is not a socket; refusing to replace it "
-                "(remove it or choose another --socket)"
-            )
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        probe.settimeout(1.0)
-        try:
-            probe.connect(str(self.path))
-        except (ConnectionRefusedError, FileNotFoundError):
-            log.info("removing stale socket %s", self.path, extra={"socket": str(self.path)})
-            self.path.unlink(missing_ok=True)
-            return
-        except OSError as exc:
-            if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
-                raise ConfigError(
-                    f"cannot probe the existing socket {self.path}: {exc}; "
-                    "remove it if no daemon uses it"
-                ) from exc
-            self.path.unlink(missing_ok=True)
-            return
-        finally:
-            probe.close()
-        raise SocketInUse(
-            f"another daemon is serving on {self.path}; stop it first or choose another --socket"
-        )
-
-    def _socket_group(self) -> int | None:
-        name = self.config.socket_group
-        try:
-            return grp.getgrnam(name or "zlayer").gr_gid
-        except KeyError:
-            if name:
-                raise ConfigError(
-                    f"socket_group {name!r} does not exist; create it or change socket_group"
-                ) from None
-            return None
+        self._socket_file.release()
 
     async def start(self) -> None:
         """Listen on the socket (mode 0660, group ``socket_group``/``zlayer``)."""
         self.claim()
-        self._group_gid = self._socket_group()
+        self._group_gid = self._socket_file.group_gid()
         if self._group_gid is not None:
             self._allowed_gids.add(self._group_gid)
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o117)
-        try:
-            listener.bind(str(self.path))
-            listener.listen(256)
-            listener.setblocking(False)
-        except BaseException:
-            listener.close()
-            raise
-        finally:
-            os.umask(old)
-        self._listener = listener
-        os.chmod(self.path, 0o660)
-        if self._group_gid is not None:
-            try:
-                os.chown(self.path, -1, self._group_gid)
-            except PermissionError as exc:
-                log.warning("cannot give %s to group %d: %s", self.path, self._group_gid, exc)
+        self._listener = self._socket_file.listen()
         self._listening = True
         self._accept_task = asyncio.create_task(self._accept_loop(), name="overlayd-accept")
         self._events_task = asyncio.create_task(self._pump_events(), name="overlayd-events")
@@ -519,20 +397,6 @@ class Server:
         if handler is None:
             return p.ErrResponse(message=f"op {request.op!r} is not supported by this overlayd")
         return await handler(self, request)
-
-
-def _max_connections(config: DaemonConfig) -> int:
-    """The configured connection cap, or the default for this process's file limit."""
-    nofile = file_limit()
-    if config.max_connections is None:
-        return default_max_connections(nofile)
-    if nofile is not None and config.max_connections > nofile - 32:
-        raise ConfigError(
-            f"max_connections = {config.max_connections} needs more open files than this "
-            f"process may have (RLIMIT_NOFILE {nofile}, of which overlayd keeps some for "
-            "itself); raise the limit (systemd: LimitNOFILE=) or lower max_connections"
-        )
-    return config.max_connections
 
 
 def _user_name(uid: int) -> str:

@@ -20,8 +20,8 @@ import json
 import re
 from collections.abc import Iterator
 
-from overlayd_linux_bridge.driver import PinnedNamespace
 from overlayd_linux_bridge.fakenetlink import FakeNetlink
+from overlayd_linux_bridge.namespaces import PinnedNamespace
 from overlayd_linux_bridge.nft import NftCommandError
 
 __all__ = ["FakeNamespaces", "FakeNft"]

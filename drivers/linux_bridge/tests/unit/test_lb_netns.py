@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from overlayd.errors import InvalidRequest
-from overlayd_linux_bridge.driver import ProcNamespaceResolver
+from overlayd_linux_bridge.namespaces import ProcNamespaceResolver
 from overlayd_linux_bridge.netns import NotANetworkNamespace
 from overlayd_linux_bridge.netns import open_netns
 from overlayd_linux_bridge.netns import open_network_namespace
