@@ -256,10 +256,11 @@ async def accept_connections(
         except (BlockingIOError, InterruptedError, ConnectionAbortedError):
             continue
         except OSError as exc:
-            if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                raise
-            # The pending client stays in the backlog; retrying at once would
-            # spin on a listener that stays readable.
+            if exc.errno in (errno.EBADF, errno.EINVAL):
+                return  # the listener was closed: the daemon is stopping
+            # Out of descriptors or memory (or a stranger error): the pending
+            # client stays in the backlog, and retrying at once would spin on
+            # a listener that stays readable.
             limiter.warning(
                 "accept",
                 "cannot accept connections: %s; retrying in %.2f s (lower "
