@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from overlayd.errors import InvalidRequest
 from overlayd.errors import StateError
 from overlayd.keys import generate_private_key
 from overlayd.keys import public_key
+from overlayd.model import DnsRecord
 from overlayd.model import PeerScope
 from overlayd.model import PortMapping
 from overlayd.state import MemoryStore
@@ -331,3 +333,67 @@ async def test_register_dns_of_a_name_that_does_not_fit_the_zone_is_refused(
     await engine.register_dns("api", "10.200.4.9")
     await engine.register_dns("api.prod.local.", "10.200.4.10")
     assert len(engine.dns) == 2
+
+
+# -- the in-memory view, read while worker threads change it ---------------------------
+
+
+class _RacingDict(dict[Any, Any]):
+    """A dictionary whose iteration lets another thread change it half-way, the way an
+    attach or detach committing on a worker thread changes the engine's view."""
+
+    def __init__(self, data: dict[Any, Any], change: Any) -> None:
+        super().__init__(data)
+        self.change = change
+        self.workers: list[threading.Thread] = []
+
+    def items(self) -> Any:  # type: ignore[override]
+        return self._racing(dict.items(self))
+
+    def values(self) -> Any:  # type: ignore[override]
+        return self._racing(dict.values(self))
+
+    def _racing(self, view: Any) -> Any:
+        it = iter(view)
+        for item in it:
+            yield item
+            worker = threading.Thread(target=self.change)
+            self.workers.append(worker)
+            worker.start()
+            worker.join(0.5)  # a worker may run now, unless the reader holds the view's lock
+            yield from it
+            return
+
+
+async def test_unregister_dns_reads_a_consistent_view_of_the_records(engine: Engine) -> None:
+    """The soak found ``dictionary changed size during iteration`` in unregister_dns."""
+    await engine.register_dns("api", "10.200.4.9")
+    await engine.register_dns("db", "10.200.4.10")
+    late = DnsRecord(name="late", ip="10.200.4.11")  # type: ignore[arg-type]
+
+    def commit_elsewhere() -> None:
+        with engine._mem:  # what a commit's in-memory changes hold
+            engine.dns[("late", "10.200.4.11")] = late
+
+    racing = _RacingDict(engine.dns, commit_elsewhere)
+    engine.dns = racing
+    await engine.unregister_dns("api")
+    for worker in racing.workers:
+        worker.join(5)
+    assert {name for name, _ in engine.dns} == {"db", "late"}
+
+
+async def test_release_ip_reads_a_consistent_view_of_the_services(engine: Engine) -> None:
+    db = await engine.setup_service_overlay("db", "shared")
+    other = engine.services["web"].model_copy(update={"service": "other"})
+
+    def commit_elsewhere() -> None:
+        with engine._mem:
+            engine.services["other"] = other
+
+    racing = _RacingDict(engine.services, commit_elsewhere)
+    engine.services = racing
+    await engine.release_ip(db.subnet.network_address + 77)  # db's, not leased: fine
+    for worker in racing.workers:
+        worker.join(5)
+    assert set(engine.services) == {"web", "db", "other"}

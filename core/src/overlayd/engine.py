@@ -1090,7 +1090,9 @@ class Engine:
             node = self._node_pool()
             if ip in node.cidr:
                 return node
-        for svc in self.services.values():
+        with self._mem:
+            services = list(self.services.values())
+        for svc in services:
             if ip in svc.subnet:
                 return self._pool_for(svc)
         return None
@@ -1567,7 +1569,12 @@ class Engine:
         self._require_started()
         lname = self._dns_name(name).lower()
         async with self._locks.hold((f"dns:{lname}", True)):
-            removed = [r for (n, _), r in self.dns.items() if n == lname and r.source == "manual"]
+            # Attaches and detaches change self.dns from worker threads (under
+            # _mem): iterate a consistent view, not a dictionary that may change.
+            with self._mem:
+                removed = [
+                    r for (n, _), r in self.dns.items() if n == lname and r.source == "manual"
+                ]
             if removed:
                 await self._run(self._dns_change, [], removed)
 
@@ -1847,9 +1854,9 @@ class Engine:
         self._require_started()
         # Detaches recorded as under way (a crash or a failed write cut them
         # short) are finished first, so that no driver repairs them.
-        finished, errors = await self._detach_keys(
-            sorted(self.detaching), "finishing the detach of"
-        )
+        with self._mem:
+            pending = sorted(self.detaching)
+        finished, errors = await self._detach_keys(pending, "finishing the detach of")
         async with self._locks.hold(("global", True)):
             recreated, ensure_errors = await self._run(self._ensure_recorded)
             errors.extend(ensure_errors)
