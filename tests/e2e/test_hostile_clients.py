@@ -239,12 +239,13 @@ def test_a_large_frame_is_decoded_while_others_are_served(daemon: DaemonProcess)
             "endpoint": f"10.9.{i % 250}.{i % 200 + 1}:51820",
             "allowed_ips": f"10.{i % 250}.{i % 200}.0/24,fd00:{i:x}::/64",
         }
-        for i in range(30_000)
+        for i in range(50_000)  # about 7 MiB, just under the frame limit
     ]
     changes.append({"public_key": "not a key"})
     body = json.dumps(
         {"frame": "request", "id": 5, "request": {"op": "apply_peers", "changes": changes}}
     ).encode()
+    assert len(body) < 8 * 2**20
     order: list[str] = []
     with raw_connect(daemon.socket, timeout=60) as big:
         big.sendall(frame_bytes(body))
