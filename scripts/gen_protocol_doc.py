@@ -209,6 +209,40 @@ keeps all of it in memory (and makes a new node key at each start).
      - closes the connection
      - answered ``err`` naming the problem; the connection stays usable
 
+An attachment in a ``list_attachments`` answer carries ``"detaching":true``
+while its detach is recorded as under way: a crash or a store that refused the
+write cut it short after the host side was removed. Its addresses stay
+reserved until the next ``detach_container``, ``reconcile`` or start finishes
+it. The field is absent otherwise.
+
+"""
+
+
+LIMITS = """\
+Limits
+------
+
+What one client may cost the daemon is bounded, whatever it sends:
+
+* **Connections.** At most ``max_connections`` clients are served at once
+  (see the configuration reference). The connection over the cap is answered
+  one ``err`` with id 0 (*overlayd serves at most N connections at once…*)
+  and closed.
+* **Work in flight.** At most 64 requests of one connection (and 16 MiB of
+  their bodies) are read and not yet answered; beyond that the daemon reads
+  nothing more from the connection until answers have gone out. Answers go out
+  one at a time, each once the previous one left the daemon's buffer, so a
+  client that sends without reading stalls itself, not the daemon or other
+  clients. Nothing read is dropped.
+* **Large frames.** A body over 64 KiB is decoded and checked off the daemon's
+  event loop; other clients are served meanwhile. A connection's frames are
+  still taken in the order they arrived.
+* **Bodies the decoder refuses.** JSON nested too deeply to decode and numbers
+  of thousands of digits are answered ``err`` like any other invalid frame.
+* **Echoed values.** An ``err`` quotes the offending value cut to 64
+  characters (with its length), and no ``err`` message is longer than 8,192
+  characters.
+
 """
 
 
@@ -223,7 +257,7 @@ def block(body: str) -> str:
 
 def render() -> str:
     golden = load_golden()
-    out = [INTRO]
+    out = [INTRO, LIMITS]
     for title, items in (
         ("Requests", golden.REQUESTS),
         ("Responses", golden.RESPONSES),

@@ -713,6 +713,7 @@ def test_registered_names_are_served_by_the_daemon_dns(root: Path) -> None:
 def test_port_mapping_ops_reach_the_driver(daemon: Daemon) -> None:
     """The map_port / unmap_port extension ops program the NAT driver."""
     with Client(str(daemon.socket)) as client:
+        _setup(client)  # a port maps to an overlay address
         client.map_port("tcp", 18080, "10.200.4.2", 80)
         client.map_port("tcp", 18080, "10.200.4.2", 80)  # idempotent
         with pytest.raises(RemoteError, match="already mapped"):

@@ -356,6 +356,7 @@ def test_overlayd_version_and_drivers() -> None:
 
 def test_ports_map_and_unmap(sock: Path) -> None:
     """`overlayctl ports` drives the map_port / unmap_port ops."""
+    assert ctl(sock, "call", _SETUP).returncode == 0  # ports map to overlay addresses
     out = ctl(sock, "ports", "map", "18080", "10.200.4.2:80")
     assert out.returncode == 0, out.stderr
     assert "tcp/18080 -> 10.200.4.2:80" in out.stdout

@@ -383,7 +383,7 @@ def _parse_handle_spec(spec: str) -> p.AnyHandle:
             f"handle {spec!r} is not KIND:VALUE (pid:N, netns:PATH, container:ID, guest:ID)"
         )
     if kind == "pid":
-        if not value.isdigit():
+        if not (value.isascii() and value.isdigit()):
             raise _UsageError(f"handle {spec!r}: the pid must be a positive integer")
         return p.LinuxPidHandle(pid=int(value))
     if kind == "netns":
@@ -671,7 +671,7 @@ def _cmd_dns(c: Client, args: argparse.Namespace) -> int:
 
 def _cmd_ports(c: Client, args: argparse.Namespace) -> int:
     ip, sep, port = args.container.rpartition(":")
-    if not sep or not port.isdigit():
+    if not sep or not (port.isascii() and port.isdigit()):
         _err(f"overlayctl: {args.container!r} is not CONTAINER_IP:PORT")
         return EXIT_USAGE
     ip = ip.strip("[]")

@@ -2,9 +2,9 @@
 
 The file has top-level keys ``socket``, ``data_dir``, ``in_memory``,
 ``drivers``, ``socket_group``, ``allowed_uids``, ``allowed_gids``,
-``log_format`` and the tables ``[dns]``, ``[ipam]``, ``[engine]``, ``[nat]``,
-``[drivers.<name>]`` and ``[cluster]`` (cluster mode,
-:mod:`overlayd.cluster.config`).
+``max_connections``, ``log_format``, ``log_level`` and the tables ``[dns]``,
+``[ipam]``, ``[engine]``, ``[nat]``, ``[drivers.<name>]`` and ``[cluster]``
+(cluster mode, :mod:`overlayd.cluster.config`).
 
 The daemon's defaults are a real data plane with durable state: without
 ``drivers`` it loads the platform's drivers (:func:`platform_drivers`; it
@@ -193,6 +193,9 @@ class DaemonConfig(EngineConfig):
     #: Peers (SO_PEERCRED) allowed besides root.
     allowed_uids: list[int] = Field(default_factory=list)
     allowed_gids: list[int] = Field(default_factory=list)
+    #: Client connections served at once; ``None``: derived from RLIMIT_NOFILE
+    #: (see :func:`overlayd.connections.default_max_connections`).
+    max_connections: int | None = Field(default=None, ge=1)
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     #: ``[cluster]``: join a cluster through etcd (``None``: orchestrated mode).
@@ -219,6 +222,7 @@ _TOP_KEYS = {
     "socket_group",
     "allowed_uids",
     "allowed_gids",
+    "max_connections",
     "log_format",
     "log_level",
     "dns",

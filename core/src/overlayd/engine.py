@@ -43,6 +43,9 @@ from pydantic import ConfigDict
 from pydantic import TypeAdapter
 
 from overlayd import keys
+from overlayd.checks import check_dns_name_fits
+from overlayd.checks import check_peer_changes
+from overlayd.checks import check_port_target
 from overlayd.config import EngineConfig
 from overlayd.errors import AllocationError
 from overlayd.errors import Conflict
@@ -52,6 +55,8 @@ from overlayd.errors import NotSupported
 from overlayd.errors import OverlaydError
 from overlayd.errors import StateError
 from overlayd.errors import TeardownError
+from overlayd.errors import clip
+from overlayd.errors import quote
 from overlayd.ipam import PortBand
 from overlayd.ipam import usable_range
 from overlayd.layout import SliceLayout
@@ -144,6 +149,8 @@ def leases_from_records(values: Iterable[Any]) -> list[Lease]:
 
 GLOBAL_KEY = "wg-global"
 NODE_POOL = "node"
+#: Store kind of a detach under way (keyed by handle key), written before the host changes.
+DETACH_INTENT = "detaching"
 
 
 def _service_pool(service: str) -> str:
@@ -307,6 +314,8 @@ class Engine:
         self.attachments: dict[str, Attachment] = {}
         #: Windows: namespace GUID -> attachment key (detach by namespace GUID).
         self._by_namespace: dict[str, str] = {}
+        #: Keys of attachments whose detach is recorded as under way (DETACH_INTENT).
+        self.detaching: set[str] = set()
         self.manual_leases: dict[str, Lease] = {}
         #: device name -> its peers as recorded (see overlayd.peers for the merge rules).
         self.peers: dict[str, PeerTable] = {}
@@ -497,6 +506,15 @@ class Engine:
             for fn in tx.after:
                 fn()
 
+    def _scrub_store(self) -> None:
+        """Ask the store to drop copies of deleted records (a secret was deleted)."""
+        scrub = getattr(self._store, "scrub", None)
+        if callable(scrub):
+            try:
+                scrub()
+            except OverlaydError as exc:
+                log.warning("deleted records may linger in the state store: %s", exc)
+
     def _load(self) -> None:
         """Rebuild the in-memory view and IPAM pools from the store."""
         # Tens of thousands of long-lived records are built here; left on, the
@@ -524,6 +542,7 @@ class Engine:
         self._by_namespace = {
             a.namespace_guid.lower(): k for k, a in self.attachments.items() if a.namespace_guid
         }
+        self.detaching = set(data.get(DETACH_INTENT, {})) & self.attachments.keys()
         leases = leases_from_records(data.get("lease", {}).values())
         self.manual_leases = {
             f"{lease.pool}|{lease.ip}": lease for lease in leases if lease.owner == "manual"
@@ -624,7 +643,7 @@ class Engine:
     def _check_name(what: str, value: object) -> str:
         if not isinstance(value, str) or not _NAME_RE.match(value):
             raise InvalidRequest(
-                f"invalid {what} {value!r}: use 1-63 letters, digits, '-', '_' or '.', "
+                f"invalid {what} {quote(value)}: use 1-63 letters, digits, '-', '_' or '.', "
                 "starting and ending with a letter or digit"
             )
         return value
@@ -636,7 +655,7 @@ class Engine:
         try:
             return ipaddress.ip_network(str(value).strip(), strict=True)
         except ValueError as exc:
-            raise InvalidRequest(f"invalid {what} {value!r}: {exc}") from None
+            raise InvalidRequest(f"invalid {what} {quote(value)}: {clip(str(exc), 200)}") from None
 
     @staticmethod
     def _parse_ip(what: str, value: str | IPAddress) -> IPAddress:
@@ -645,13 +664,16 @@ class Engine:
         try:
             return ipaddress.ip_address(str(value).strip())
         except ValueError:
-            raise InvalidRequest(f"invalid {what} {value!r}: not an IPv4 or IPv6 address") from None
+            raise InvalidRequest(
+                f"invalid {what} {quote(value)}: not an IPv4 or IPv6 address"
+            ) from None
 
     def _service(self, service: str) -> ServiceOverlay:
         svc = self.services.get(service)
         if svc is None:
             raise NotFound(
-                f"service {service!r} has no overlay on this node; call setup_service_overlay first"
+                f"service {quote(service)} has no overlay on this node; "
+                "call setup_service_overlay first"
             )
         return svc
 
@@ -1027,7 +1049,7 @@ class Engine:
             resolved = OverlayMode(mode).resolve()
         except ValueError:
             raise InvalidRequest(
-                f"invalid overlay mode {mode!r}: use auto, shared or dedicated"
+                f"invalid overlay mode {quote(mode)}: use auto, shared or dedicated"
             ) from None
         async with self._locks.hold(("global", False), (f"service:{service}", True)):
             self._global()
@@ -1035,7 +1057,7 @@ class Engine:
             if existing is not None:
                 if existing.mode != resolved:
                     raise Conflict(
-                        f"service {service!r} is already set up in {existing.mode} mode; "
+                        f"service {quote(service)} is already set up in {existing.mode} mode; "
                         "tear it down before changing the mode"
                     )
                 return existing
@@ -1263,7 +1285,9 @@ class Engine:
             node = self._node_pool()
             if ip in node.cidr:
                 return node
-        for svc in self.services.values():
+        with self._mem:
+            services = list(self.services.values())
+        for svc in services:
             if ip in svc.subnet:
                 return self._pool_for(svc)
         return None
@@ -1327,8 +1351,11 @@ class Engine:
         self._check_name("service name", service)
         dns_ip = self._parse_ip("dns_server", dns_server) if dns_server else None
         if dns_domain is not None and not _DNS_NAME_RE.match(dns_domain):
-            raise InvalidRequest(f"invalid dns_domain {dns_domain!r}")
+            raise InvalidRequest(f"invalid dns_domain {quote(dns_domain)}")
         key = handle_key(handle)
+        if key in self.detaching:
+            # Its detach is recorded as under way: finish it, then attach anew.
+            await self.detach(handle)
         async with self._locks.hold(
             ("global", False), (f"service:{service}", False), (f"handle:{key}", True)
         ):
@@ -1336,7 +1363,7 @@ class Engine:
             if existing is not None:
                 if existing.service != service:
                     raise Conflict(
-                        f"{key} is already attached to service {existing.service!r}; "
+                        f"{key} is already attached to service {quote(existing.service)}; "
                         "detach it first"
                     )
                 return existing
@@ -1509,8 +1536,19 @@ class Engine:
 
     def _detach_locked(self, key: str) -> None:
         att = self.attachments[key]
-        # The driver step first: if the host objects cannot be removed, keep the
-        # record (and the addresses) so a retry can finish.
+        if key not in self.detaching:
+            # The intent is durable before the host changes: whatever happens
+            # next (a crash, a driver error, a store that stops accepting
+            # writes), the record says the detach is under way, and the next
+            # detach, reconcile or start finishes it. If even this write fails,
+            # nothing was touched.
+            intent = _Tx()
+            intent.put(DETACH_INTENT, key, {"since_unix_secs": int(time.time())})
+            intent.after.append(functools.partial(self.detaching.add, key))
+            try:
+                self._commit(intent)
+            except StateError as exc:
+                raise StateError(f"detach of {key} changed nothing: {exc}") from exc
         self.hooks.detach(att)
         errors: list[BaseException] = []
         tx = _Tx()
@@ -1550,12 +1588,25 @@ class Engine:
         for pool, ip in releases:
             tx.delete("lease", f"{pool.name}|{ip}")
         tx.delete("attachment", key)
+        tx.delete(DETACH_INTENT, key)
         tx.after.append(lambda: self.attachments.pop(key, None))
         if att.namespace_guid:
             tx.after.append(
                 functools.partial(self._by_namespace.pop, att.namespace_guid.lower(), None)
             )
-        self._commit(tx)
+        tx.after.append(functools.partial(self.detaching.discard, key))
+        try:
+            self._commit(tx)
+        except StateError as exc:
+            raise StateError(
+                f"detach of {key}: the host side is removed, but the store could not "
+                f"record it ({exc}); the attachment stays recorded as detaching and its "
+                "addresses stay reserved until the next detach, reconcile or start finishes it"
+            ) from exc
+        if att.guest is not None:
+            # The guest's private key was in the attachment record: do not leave
+            # it in the database's free pages or its write-ahead log.
+            self._scrub_store()
         for pool, ip in releases:
             try:
                 self.hooks.ipam_release(pool, ip)
@@ -1573,7 +1624,7 @@ class Engine:
         svc = self._service(scope.service)
         if svc.dedicated is None:
             raise InvalidRequest(
-                f"service {scope.service!r} runs in shared mode and has no dedicated "
+                f"service {quote(scope.service)} runs in shared mode and has no dedicated "
                 "device; address its peers with the global scope"
             )
         return svc.dedicated
@@ -1589,6 +1640,7 @@ class Engine:
             locks.append((f"service:{scope.service}", False))
         async with self._locks.hold(*locks):
             device = self._device_for(scope)
+            check_peer_changes(changes, own_keys=self._own_keys(), own_nets=self._own_nets())
             async with self._locks.hold((f"device:{device.name}", True)):
                 await self._run(self._apply_peers, device, list(changes))
 
@@ -1606,6 +1658,26 @@ class Engine:
             else:
                 tx.put("peer", f"{table.name}|{pub}", cfg)
         tx.after.append(functools.partial(table.commit, merged))
+
+    def _own_nets(self) -> list[IPNetwork]:
+        """The addresses only this node serves: its slice, or, when the slice is
+        the whole cluster (no ``slice_cidr`` given), its address, node pool and
+        service subnets."""
+        with self._mem:
+            g = self.global_
+            if g is None:
+                return []
+            if g.slice_cidr != g.cluster_cidr:
+                return [g.slice_cidr]
+            nets = [self._node_pool().cidr, ipaddress.ip_network(g.node_ip)]
+            return nets + [svc.subnet for svc in self.services.values()]
+
+    def _own_keys(self) -> dict[str, str]:
+        """Public keys of this node's own WireGuard devices (and the one ZLayer set)."""
+        out = {d.public_key: d.name for d in self._wg_devices() if d.public_key}
+        if self.local_wg_pubkey:
+            out.setdefault(self.local_wg_pubkey, "set with set_local_wg_pubkey")
+        return out
 
     def _apply_peers(self, device: Device, changes: list[PeerChange]) -> None:
         # The same merge the drivers apply (overlayd.peers): what is recorded is
@@ -1673,15 +1745,16 @@ class Engine:
     def _dns_name(self, name: object) -> str:
         """A record name relative to the overlay zone (absolute names must be inside it)."""
         if not isinstance(name, str) or not _DNS_NAME_RE.match(name):
-            raise InvalidRequest(f"invalid DNS name {name!r}")
+            raise InvalidRequest(f"invalid DNS name {quote(name)}")
         if not name.endswith("."):
+            check_dns_name_fits(name, self._zone())
             return name
         zone = self._zone().lower()
         lower = name.lower()
         if lower.endswith("." + zone):
             return name[: -len(zone) - 1]
         raise InvalidRequest(
-            f"DNS name {name!r} is outside the overlay zone {zone}; "
+            f"DNS name {quote(name)} is outside the overlay zone {zone}; "
             "give it relative to the zone (without a trailing dot)"
         )
 
@@ -1701,7 +1774,12 @@ class Engine:
         self._require_started()
         lname = self._dns_name(name).lower()
         async with self._locks.hold((f"dns:{lname}", True)):
-            removed = [r for (n, _), r in self.dns.items() if n == lname and r.source == "manual"]
+            # Attaches and detaches change self.dns from worker threads (under
+            # _mem): iterate a consistent view, not a dictionary that may change.
+            with self._mem:
+                removed = [
+                    r for (n, _), r in self.dns.items() if n == lname and r.source == "manual"
+                ]
             if removed:
                 await self._run(self._dns_change, [], removed)
 
@@ -1740,6 +1818,7 @@ class Engine:
 
     async def add_port_mapping(self, mapping: PortMapping) -> None:
         self._require_started()
+        check_port_target(mapping.container_ip, self.global_.cluster_cidr if self.global_ else None)
         key = f"{mapping.protocol}/{mapping.host_ip or '*'}/{mapping.host_port}"
         async with self._locks.hold((f"portmap:{key}", True)):
             existing = self.port_mappings.get(key)
@@ -2014,32 +2093,37 @@ class Engine:
         return GcReport(released=tuple(released), kept=kept)
 
     async def reconcile(self, startup: bool = False) -> ReconcileSummary:
-        """Re-ensure recorded devices and peers, then let drivers compare with the host."""
+        """Finish recorded detaches, re-ensure recorded devices and peers, then let
+        drivers compare with the host. At start, a summary is logged."""
         self._require_started()
+        # Detaches recorded as under way (a crash or a failed write cut them
+        # short) are finished first, so that no driver repairs them.
+        with self._mem:
+            pending = sorted(self.detaching)
+        finished, errors = await self._detach_keys(pending, "finishing the detach of")
         async with self._locks.hold(("global", True)):
-            recreated, errors = await self._run(self._ensure_recorded)
+            recreated, ensure_errors = await self._run(self._ensure_recorded)
+            errors.extend(ensure_errors)
             with self._mem:
+                # A detach under way is finished, not repaired: its interfaces
+                # are left for the drivers to sweep as unrecorded.
                 request = ReconcileRequest(
                     devices=tuple(self._recorded_devices()),
-                    attachments=tuple(self.attachments.values()),
+                    attachments=tuple(
+                        a for k, a in self.attachments.items() if k not in self.detaching
+                    ),
                     masquerades=tuple(self.masquerades.values()),
                     port_mappings=tuple(self.port_mappings.values()),
                     startup=startup,
                 )
             reports = await self._run(self.hooks.reconcile, request)
-        released = 0
+        released = finished
         for report in reports:
             errors.extend(report.errors)
-            for key in report.gone:
-                att = self.attachments.get(key)
-                if att is None:
-                    continue
-                try:
-                    if await self.detach(att.handle):
-                        released += 1
-                except OverlaydError as exc:
-                    errors.append(f"releasing {key}: {exc}")
-        return ReconcileSummary(
+            count, failed = await self._detach_keys(report.gone, "releasing")
+            released += count
+            errors.extend(failed)
+        summary = ReconcileSummary(
             adopted=sum(len(r.adopted) for r in reports),
             recreated=recreated + sum(len(r.recreated) for r in reports),
             removed=sum(len(r.removed) for r in reports),
@@ -2047,6 +2131,24 @@ class Engine:
             errors=tuple(errors),
             reports=tuple(reports),
         )
+        if startup or summary.errors or summary.recreated or summary.removed or released:
+            _log_reconcile(summary, "startup" if startup else "reconcile")
+        return summary
+
+    async def _detach_keys(self, keys: Iterable[str], what: str) -> tuple[int, list[str]]:
+        """Detach the attachments of ``keys``; how many went, and what failed."""
+        done = 0
+        errors: list[str] = []
+        for key in keys:
+            att = self.attachments.get(key)
+            if att is None:
+                continue
+            try:
+                if await self.detach(att.handle):
+                    done += 1
+            except OverlaydError as exc:
+                errors.append(f"{what} {key}: {exc}")
+        return done, errors
 
     def _recorded_devices(self) -> list[Device]:
         out = [self.global_.device] if self.global_ else []
@@ -2149,6 +2251,22 @@ class Engine:
 # ---------------------------------------------------------------------------
 
 
+def _log_reconcile(summary: ReconcileSummary, what: str) -> None:
+    """One line saying what a reconcile pass did; a warning when something failed."""
+    level = logging.WARNING if summary.errors else logging.INFO
+    log.log(
+        level,
+        "%s reconcile: %d adopted, %d recreated, %d removed, %d released, %d error(s)%s",
+        what,
+        summary.adopted,
+        summary.recreated,
+        summary.removed,
+        summary.released,
+        len(summary.errors),
+        "".join(f"\n  {e}" for e in summary.errors[:20]),
+    )
+
+
 def _short_name(handle: AnyHandle) -> str:
     """The per-container DNS label of a handle."""
     if isinstance(handle, LinuxPidHandle):
@@ -2190,8 +2308,8 @@ def _as_cidr_strings(value: Any) -> str | list[str]:
 
 def _check_endpoint(endpoint: str) -> None:
     host, sep, port = endpoint.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"endpoint {endpoint!r} must be host:port (port 1-65535)")
+    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
+        raise ValueError(f"endpoint {quote(endpoint)} must be host:port (port 1-65535)")
     if host.startswith("[") and host.endswith("]"):
         ipaddress.IPv6Address(host[1:-1])
 

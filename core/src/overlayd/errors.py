@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 __all__ = [
+    "QUOTE_LIMIT",
     "AllocationError",
     "AttachError",
     "ConfigError",
@@ -46,6 +47,8 @@ __all__ = [
     "PoolExhausted",
     "StateError",
     "TeardownError",
+    "clip",
+    "quote",
 ]
 
 
@@ -173,3 +176,29 @@ class TeardownError(OverlaydError):
         self.errors = list(errors)
         detail = "; ".join(str(e) for e in self.errors)
         super().__init__(f"{what} finished with {len(self.errors)} error(s): {detail}")
+
+
+#: How many characters of a client's value an error message quotes.
+QUOTE_LIMIT = 64
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, saying how long it was."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
+
+
+def quote(value: object, limit: int = QUOTE_LIMIT) -> str:
+    """``repr(value)`` for an error message, cut to ``limit`` characters.
+
+    Messages quote what the client sent so that it can see the problem, but a
+    megabyte-long op name or address must not come back whole in the answer
+    (nor fill the log): longer values are cut and their length is given.
+    """
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit]!r}... ({len(value)} characters)"
+    text = repr(value)
+    if len(text) > limit:
+        return f"{text[:limit]}... ({len(text)} characters)"
+    return text

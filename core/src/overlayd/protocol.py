@@ -59,6 +59,8 @@ from pydantic import StrictStr
 from pydantic import ValidationError
 
 from overlayd.errors import InvalidRequest
+from overlayd.errors import clip
+from overlayd.errors import quote
 
 __all__ = [
     "ALL_OPS",
@@ -184,7 +186,7 @@ def _check_ip(value: str) -> str:
             return str(ipaddress.ip_address(value))
         except ValueError:
             pass
-    raise ValueError(f"{value!r} is not an IPv4 or IPv6 address")
+    raise ValueError(f"{quote(value)} is not an IPv4 or IPv6 address")
 
 
 def _check_cidr(value: str) -> str:
@@ -196,7 +198,7 @@ def _check_cidr(value: str) -> str:
             pass
         else:
             return value
-    raise ValueError(f"{value!r} is not a CIDR such as '10.200.0.0/16' or 'fd00::/64'")
+    raise ValueError(f"{quote(value)} is not a CIDR such as '10.200.0.0/16' or 'fd00::/64'")
 
 
 def _check_cidr_list(value: str) -> str:
@@ -207,7 +209,7 @@ def _check_cidr_list(value: str) -> str:
                 _check_cidr(item)
             except ValueError:
                 raise ValueError(
-                    f"{item.strip()!r} in {value!r} is not a CIDR; allowed_ips is a "
+                    f"{quote(item.strip())} in {quote(value)} is not a CIDR; allowed_ips is a "
                     "comma-separated list such as '10.200.0.5/32,10.200.1.0/28'"
                 ) from None
     return value
@@ -224,22 +226,23 @@ def _check_endpoint(value: str) -> str:
     problem = ""
     if not sep or not host:
         problem = "it has no ':port'"
-    elif not port.isdigit() or not 0 < int(port) < 65536:
-        problem = f"port {port!r} is not in 1..65535"
+    elif not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
+        # isdigit() alone accepts '٣' (which int() reads as 3) and '¹' (which it refuses).
+        problem = f"port {quote(port)} is not a number in 1..65535"
     elif host.startswith("["):
         if not host.endswith("]"):
-            problem = f"{host!r} lacks the closing ']'"
+            problem = f"{quote(host)} lacks the closing ']'"
         else:
             try:
                 ipaddress.IPv6Address(host[1:-1])
             except ValueError:
-                problem = f"{host!r} is not a bracketed IPv6 address"
+                problem = f"{quote(host)} is not a bracketed IPv6 address"
     elif ":" in host:
         problem = "an IPv6 host must be bracketed, like '[fd00::1]:51820'"
     elif not _HOSTNAME.match(host):
-        problem = f"{host!r} is not a hostname or IPv4 address"
+        problem = f"{quote(host)} is not a hostname or IPv4 address"
     if problem:
-        raise ValueError(f"endpoint {value!r} is not 'host:port': {problem}")
+        raise ValueError(f"endpoint {quote(value)} is not 'host:port': {problem}")
     return value
 
 
@@ -267,7 +270,7 @@ _GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{1
 def _check_guid(value: str) -> str:
     if not _GUID.match(value):
         raise ValueError(
-            f"{value!r} is not a bare lowercase GUID like "
+            f"{quote(value)} is not a bare lowercase GUID like "
             "'aabbccdd-eeff-0011-2233-445566778899' (no braces)"
         )
     return value
@@ -464,6 +467,9 @@ class AttachmentInfo(_Wire):
     interfaces: list[StrictStr]
     driver: StrictStr
     created_unix_secs: I64
+    #: ``true`` while a detach is recorded as under way (a crash or a failed
+    #: store write interrupted it); the next detach, reconcile or start finishes it.
+    detaching: StrictBool | None = None
 
 
 class LeaseInfo(_Wire):
@@ -1185,6 +1191,10 @@ def _format_loc(loc: tuple[int | str, ...]) -> str:
     return out
 
 
+#: Longest description of one validation problem in an ``err`` message.
+_MAX_PART: Final = 300
+
+
 def _describe(exc: ValidationError, what: str) -> str:
     """Turn pydantic's errors into one sentence per problem."""
     parts: list[str] = []
@@ -1195,6 +1205,8 @@ def _describe(exc: ValidationError, what: str) -> str:
             continue
         ctx = error.get("ctx") or {}
         message = str(ctx["error"]) if "error" in ctx else error["msg"]
+        # Some of pydantic's messages quote the input (a union's tag).
+        message = clip(message, _MAX_PART)
         parts.append(f"{what} field '{loc}': {message}" if loc else f"{what}: {message}")
     return "; ".join(parts)
 
@@ -1222,7 +1234,7 @@ def _tag(data: Mapping[str, Any], tag: str, where: str, fid: int | None) -> str:
     if value is None:
         raise ProtocolError(f"{where}: missing the '{tag}' tag", fid)
     if not isinstance(value, str):
-        raise ProtocolError(f"{where}: '{tag}' must be a string, not {value!r}", fid)
+        raise ProtocolError(f"{where}: '{tag}' must be a string, not {quote(value)}", fid)
     return value
 
 
@@ -1241,6 +1253,18 @@ def decode_frame(body: bytes) -> Frame:
         ) from None
     except json.JSONDecodeError as exc:
         raise ProtocolError(f"frame body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ProtocolError(
+            "frame body nests arrays or objects too deeply to decode; frames of the "
+            "contract nest a few levels only"
+        ) from None
+    except ValueError:
+        # The only other ValueError of json.loads: Python refuses to convert
+        # integers of more than 4,300 digits (its int_max_str_digits guard).
+        raise ProtocolError(
+            "frame body holds a number with thousands of digits; no field of the "
+            "contract is larger than an unsigned 64-bit integer"
+        ) from None
     if not isinstance(data, dict):
         raise ProtocolError(f"a frame must be a JSON object, not {type(data).__name__}")
     raw_id = data.get("id")
@@ -1254,28 +1278,28 @@ def decode_frame(body: bytes) -> Frame:
         name = _tag(data, "event", "event frame", None)
         event_type = EVENT_TYPES.get(name)
         if event_type is None:
-            raise ProtocolError(f"event frame: unknown event {name!r}")
+            raise ProtocolError(f"event frame: unknown event {quote(name)}")
         event = _validate(event_type, data, name, "event frame", None)
         return EventFrame(event=event)
     if kind not in ("request", "response"):
         raise ProtocolError(
-            f"unknown frame kind {kind!r}; expected request, response or event", fid
+            f"unknown frame kind {quote(kind)}; expected request, response or event", fid
         )
     where = f"{kind} {fid}" if fid is not None else kind
     if fid is None:
-        problem = "is missing" if raw_id is None else f"is {raw_id!r}"
+        problem = "is missing" if raw_id is None else f"is {quote(raw_id)}"
         raise ProtocolError(f"{kind} frame: 'id' {problem}; it must be an unsigned 64-bit integer")
     payload = _object(data.get(kind), where, kind, fid)
     if kind == "request":
         op = _tag(payload, "op", where, fid)
         request_type = REQUEST_TYPES.get(op)
         if request_type is None:
-            raise ProtocolError(f"{where}: unknown op {op!r}", fid)
+            raise ProtocolError(f"{where}: unknown op {quote(op)}", fid)
         request = _validate(request_type, payload, op, where, fid)
         return RequestFrame(id=fid, request=request)
     result = _tag(payload, "result", where, fid)
     response_type = RESPONSE_TYPES.get(result)
     if response_type is None:
-        raise ProtocolError(f"{where}: unknown result {result!r}", fid)
+        raise ProtocolError(f"{where}: unknown result {quote(result)}", fid)
     response = _validate(response_type, payload, result, where, fid)
     return ResponseFrame(id=fid, response=response)

@@ -8,23 +8,20 @@ subscribed (``hello`` with ``events``; see :mod:`overlayd.subscriptions`).
 A frame that is valid JSON but not a valid request gets ``err`` (with its
 ``id`` when readable, else 0) and the connection stays open; a framing error
 (oversize length, truncated body) closes the connection. Nothing a client
-sends can stop the daemon.
+sends can stop the daemon. How connections are accepted, bounded and read
+(the connection cap, back-pressure, large frames off the event loop) is in
+:mod:`overlayd.connections`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
-import fcntl
-import grp
 import ipaddress
 import logging
 import os
 import signal
 import socket
-import stat
-import struct
 import sys
 import time
 from collections.abc import Awaitable
@@ -32,12 +29,25 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from overlayd import __version__
 from overlayd import protocol as p
+from overlayd import socketfile
 from overlayd.config import DaemonConfig
+from overlayd.connections import MAX_ERR_MESSAGE
+from overlayd.connections import Connection
+from overlayd.connections import Limits
+from overlayd.connections import RateLimitedLog
+from overlayd.connections import accept_connections
+from overlayd.connections import max_connections
+from overlayd.connections import peer_credentials
+from overlayd.connections import refuse_socket
 from overlayd.engine import Engine
 from overlayd.errors import ConfigError
+from overlayd.errors import InvalidRequest
 from overlayd.errors import OverlaydError
+from overlayd.errors import clip
 from overlayd.model import Event
 from overlayd.model import GuestManagedHandle
 from overlayd.model import LinuxPidHandle
@@ -50,23 +60,16 @@ from overlayd.model import PortMapping
 from overlayd.model import WindowsContainerHandle
 from overlayd.model import parse_cidr_list
 from overlayd.subscriptions import Subscription
-from overlayd.transport import FramingError
-from overlayd.transport import read_frame
-from overlayd.transport import write_frame
 
 # POSIX only: the daemon serves a Unix socket; serving the Windows named pipe is
 # not supported yet. (This assert also makes mypy --platform win32 skip the rest.)
 assert sys.platform != "win32", "overlayd serve is not supported on Windows yet"
 
+SocketInUse = socketfile.SocketInUse
+
 __all__ = ["Server", "SocketInUse", "run_daemon"]
 
 log = logging.getLogger(__name__)
-
-_UCRED = struct.Struct("3i")
-
-
-class SocketInUse(ConfigError):
-    """Another live daemon answers on the socket path."""
 
 
 def _cidrs(value: str | None) -> tuple[Any, ...]:
@@ -74,13 +77,33 @@ def _cidrs(value: str | None) -> tuple[Any, ...]:
 
 
 def _engine_handle(handle: p.AnyHandle) -> Any:
+    """The engine's handle for a wire handle; values the wire allows but no
+    workload can have (a pid of 2^22 or more, an empty id) are bad input."""
+    try:
+        if isinstance(handle, p.LinuxPidHandle):
+            return LinuxPidHandle(pid=handle.pid)
+        if isinstance(handle, p.WindowsContainerHandle):
+            return WindowsContainerHandle.model_validate(handle.model_dump(exclude_none=True))
+        if isinstance(handle, p.GuestManagedHandle):
+            return GuestManagedHandle(id=handle.id)
+        return NetnsHandle(path=handle.path)
+    except ValidationError as exc:
+        raise InvalidRequest(_handle_problem(handle, exc)) from None
+
+
+def _handle_problem(handle: p.AnyHandle, exc: ValidationError) -> str:
+    error = exc.errors(include_url=False)[0]
+    field = ".".join(str(part) for part in error["loc"]) or "handle"
     if isinstance(handle, p.LinuxPidHandle):
-        return LinuxPidHandle(pid=handle.pid)
-    if isinstance(handle, p.WindowsContainerHandle):
-        return WindowsContainerHandle.model_validate(handle.model_dump(exclude_none=True))
-    if isinstance(handle, p.GuestManagedHandle):
-        return GuestManagedHandle(id=handle.id)
-    return NetnsHandle(path=handle.path)
+        what = f"pid {handle.pid} is not a Linux process id (1 to {2**22 - 1})"
+    elif error["type"] == "string_too_short":
+        what = f"'{field}' is empty"
+    elif error["type"] == "string_too_long":
+        limit = (error.get("ctx") or {}).get("max_length")
+        what = f"'{field}' is longer than {limit} characters"
+    else:
+        what = f"'{field}': {error['msg']}"
+    return f"invalid {handle.platform} handle: {what}"
 
 
 def _wire_handle(handle: Any) -> dict[str, Any]:
@@ -97,22 +120,6 @@ def _endpoint(value: str | None) -> str | None:
     return value or None
 
 
-class _Conn:
-    """One client connection: its streams and the request tasks in flight on it."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.tasks: set[asyncio.Task[None]] = set()
-        self.peer = "?"
-        self.subscription: Subscription | None = None
-
-    async def send(self, frame: p.Frame) -> None:
-        # One write() per frame never interleaves with another task's frame, and
-        # StreamWriter.drain() accepts concurrent waiters (Python >= 3.10), so no lock.
-        await write_frame(self.writer, p.encode_body(frame))
-
-
 class Server:
     """Serve ``engine`` on ``config.socket``.
 
@@ -126,15 +133,21 @@ class Server:
         self.engine = engine
         self.config = config
         self.path = Path(config.socket)
-        self._server: asyncio.AbstractServer | None = None
-        self._conns: set[_Conn] = set()
+        self.limits = Limits(max_connections=max_connections(config.max_connections))
+        self._listener: socket.socket | None = None
+        self._accept_task: asyncio.Task[None] | None = None
+        #: One task per accepted client (authorising, serving or refusing it).
+        self._clients: set[asyncio.Task[None]] = set()
+        self._conns: set[Connection] = set()
+        self._offload = asyncio.Semaphore(self.limits.offload_threads)
+        self._limited_log = RateLimitedLog(log)
         self._closing = asyncio.Event()
         self._stopped = asyncio.Event()
         self._events_task: asyncio.Task[None] | None = None
         self._allowed_gids = set(config.allowed_gids)
         self._allowed_uids = {0, os.getuid(), *config.allowed_uids}
         self._group_gid: int | None = None
-        self._lock_fd: int | None = None
+        self._socket_file = socketfile.SocketFile(self.path, config.socket_group)
         self._listening = False
         self.requests_served = 0
 
@@ -143,108 +156,32 @@ class Server:
     @property
     def lock_path(self) -> Path:
         """``<socket>.lock``: held (flock) for the daemon's whole life."""
-        return self.path.with_name(self.path.name + ".lock")
+        return self._socket_file.lock_path
 
     def claim(self) -> None:
-        """Make the socket path ours, or raise :class:`SocketInUse`.
-
-        Two checks: an exclusive ``flock`` on ``<socket>.lock`` (closes the race
-        of two daemons starting at once) and a connect to an existing socket
-        file (a live daemon without the lock, e.g. ZLayer's own). A socket file
-        nobody answers on is stale and removed. Idempotent.
-        """
-        if self._lock_fd is not None:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise SocketInUse(
-                f"another overlayd is serving on {self.path} (it holds {self.lock_path}); "
-                "stop it first or choose another --socket"
-            ) from None
-        except OSError:
-            os.close(fd)
-            raise
-        try:
-            self._claim_path()
-        except BaseException:
-            os.close(fd)
-            raise
-        self._lock_fd = fd
+        """Make the socket path ours, or raise :class:`SocketInUse` (see
+        :meth:`overlayd.socketfile.SocketFile.claim`). Idempotent."""
+        self._socket_file.claim()
 
     def _release_lock(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
-
-    def _claim_path(self) -> None:
-        """Refuse a live daemon on the path; replace a stale socket file."""
-        if not (self.path.exists() or self.path.is_symlink()):
-            return
-        mode = self.path.lstat().st_mode
-        if not stat.S_ISSOCK(mode):
-            raise ConfigError(
-                f"{self.path} exists and is not a socket; refusing to replace it "
-                "(remove it or choose another --socket)"
-            )
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        probe.settimeout(1.0)
-        try:
-            probe.connect(str(self.path))
-        except (ConnectionRefusedError, FileNotFoundError):
-            log.info("removing stale socket %s", self.path, extra={"socket": str(self.path)})
-            self.path.unlink(missing_ok=True)
-            return
-        except OSError as exc:
-            if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
-                raise ConfigError(
-                    f"cannot probe the existing socket {self.path}: {exc}; "
-                    "remove it if no daemon uses it"
-                ) from exc
-            self.path.unlink(missing_ok=True)
-            return
-        finally:
-            probe.close()
-        raise SocketInUse(
-            f"another daemon is serving on {self.path}; stop it first or choose another --socket"
-        )
-
-    def _socket_group(self) -> int | None:
-        name = self.config.socket_group
-        try:
-            return grp.getgrnam(name or "zlayer").gr_gid
-        except KeyError:
-            if name:
-                raise ConfigError(
-                    f"socket_group {name!r} does not exist; create it or change socket_group"
-                ) from None
-            return None
+        self._socket_file.release()
 
     async def start(self) -> None:
         """Listen on the socket (mode 0660, group ``socket_group``/``zlayer``)."""
         self.claim()
-        self._group_gid = self._socket_group()
+        self._group_gid = self._socket_file.group_gid()
         if self._group_gid is not None:
             self._allowed_gids.add(self._group_gid)
-        old = os.umask(0o117)
-        try:
-            self._server = await asyncio.start_unix_server(
-                self._on_connect, path=str(self.path), limit=2**16, backlog=256
-            )
-        finally:
-            os.umask(old)
-        os.chmod(self.path, 0o660)
-        if self._group_gid is not None:
-            try:
-                os.chown(self.path, -1, self._group_gid)
-            except PermissionError as exc:
-                log.warning("cannot give %s to group %d: %s", self.path, self._group_gid, exc)
+        self._listener = self._socket_file.listen()
         self._listening = True
+        self._accept_task = asyncio.create_task(self._accept_loop(), name="overlayd-accept")
         self._events_task = asyncio.create_task(self._pump_events(), name="overlayd-events")
-        log.info("serving on %s", self.path, extra={"socket": str(self.path)})
+        log.info(
+            "serving on %s (at most %d connections)",
+            self.path,
+            self.limits.max_connections,
+            extra={"socket": str(self.path)},
+        )
 
     async def serve_until_stopped(self) -> None:
         await self._closing.wait()
@@ -270,8 +207,12 @@ class Server:
         if self._stopped.is_set():
             return
         self._closing.set()
-        if self._server is not None:
-            self._server.close()
+        if self._accept_task is not None:
+            self._accept_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._accept_task
+        if self._listener is not None:
+            self._listener.close()
         # Remove the path now: new clients get ENOENT/ECONNREFUSED at once.
         if self._listening:
             with contextlib.suppress(FileNotFoundError):
@@ -300,129 +241,106 @@ class Server:
                 await self._events_task
         for conn in list(self._conns):
             conn.writer.close()
-        if self._server is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._server.wait_closed(), 2)
+        if self._clients:
+            await asyncio.wait(list(self._clients), timeout=2)
         self._release_lock()
         self._stopped.set()
 
     # -- connections --------------------------------------------------------
 
-    def _authorised(self, writer: asyncio.StreamWriter) -> tuple[bool, str]:
-        sock = writer.get_extra_info("socket")
+    def _authorised(self, sock: socket.socket) -> tuple[bool, str]:
+        """Whether the peer may use the daemon, and who it is (for logs)."""
         try:
-            raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+            creds = peer_credentials(sock)
         except OSError as exc:
             return False, f"a peer whose credentials are unreadable ({exc})"
-        pid, uid, gid = _UCRED.unpack(raw)
-        who = f"pid {pid} uid {uid} gid {gid}"
-        if uid in self._allowed_uids or gid in self._allowed_gids:
+        who = str(creds)
+        if creds.uid in self._allowed_uids or creds.gid in self._allowed_gids:
             return True, who
         if not self._allowed_gids:
             return False, who
-        try:
-            groups = set(os.getgrouplist(_user_name(uid), gid))
-        except (KeyError, OSError):
-            groups = set()
+        groups = creds.groups
+        if groups is None:
+            # Neither SO_PEERGROUPS nor /proc answered: what /etc/group says.
+            try:
+                groups = frozenset(os.getgrouplist(_user_name(creds.uid), creds.gid))
+            except (KeyError, OSError):
+                groups = frozenset()
         return bool(groups & self._allowed_gids), who
 
-    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = _Conn(reader, writer)
-        ok, who = self._authorised(writer)
-        conn.peer = who
+    async def _accept_loop(self) -> None:
+        assert self._listener is not None
+        async for sock in accept_connections(self._listener, self._limited_log):
+            if self._closing.is_set():
+                sock.close()
+                continue
+            cap = self.limits.max_connections
+            if len(self._clients) >= cap:
+                self._limited_log.warning(
+                    "cap",
+                    "refusing a connection: %d clients are connected (max_connections = %d)",
+                    len(self._clients),
+                    cap,
+                )
+                refuse_socket(
+                    sock,
+                    f"overlayd serves at most {cap} connections at once and all are in "
+                    "use; close idle connections or raise max_connections, then retry",
+                )
+                continue
+            task = asyncio.create_task(self._serve(sock))
+            self._clients.add(task)
+            task.add_done_callback(self._clients.discard)
+
+    async def _serve(self, sock: socket.socket) -> None:
+        ok, who = self._authorised(sock)
         if not ok:
-            log.warning(
+            self._limited_log.warning(
+                f"refused {who}",
                 "refused connection from %s: not root, the daemon's user, nor an allowed uid/gid",
                 who,
-                extra={"peer": who},
+                peer=who,
             )
-            with contextlib.suppress(OSError, asyncio.TimeoutError):
-                await asyncio.wait_for(
-                    conn.send(
-                        p.ResponseFrame.err(
-                            0,
-                            f"permission denied: {who} may not use this overlayd; add the "
-                            "uid to allowed_uids or the user to the socket's group",
-                        )
-                    ),
-                    2.0,
-                )
-            writer.close()
+            refuse_socket(
+                sock,
+                f"permission denied: {who} may not use this overlayd; add the "
+                "uid to allowed_uids or the user to the socket's group",
+            )
             return
-        if self._closing.is_set():
-            writer.close()
+        try:
+            conn = await Connection.from_socket(sock, who, self.limits, self._offload)
+        except OSError as exc:
+            log.debug("connection from %s failed at once: %s", who, exc)
+            sock.close()
             return
         self._conns.add(conn)
         log.debug("connection from %s", who)
         try:
-            await self._read_loop(conn)
+            async for frame, size in conn.requests():
+                if self._closing.is_set():
+                    await conn.send_quietly(
+                        p.ResponseFrame.err(
+                            frame.id,
+                            f"overlayd is shutting down and did not run {frame.request.op}; "
+                            "retry once it is back",
+                        )
+                    )
+                    continue
+                conn.spawn(self._answer(conn, frame), size)
         finally:
             if conn.tasks:
                 await asyncio.wait(list(conn.tasks))
             self._conns.discard(conn)
             if conn.subscription is not None:
                 await conn.subscription.close()
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
+            await conn.close()
 
-    async def _read_loop(self, conn: _Conn) -> None:
-        while True:
-            try:
-                body = await read_frame(conn.reader)
-            except FramingError as exc:
-                log.warning("closing connection from %s: %s", conn.peer, exc)
-                return
-            except OSError:
-                return
-            if body is None:
-                return
-            try:
-                frame = p.decode_frame(body)
-            except p.ProtocolError as exc:
-                await self._safe_send(conn, p.ResponseFrame.err(exc.request_id or 0, str(exc)))
-                continue
-            if not isinstance(frame, p.RequestFrame):
-                frame_id = frame.id if isinstance(frame, p.ResponseFrame) else 0
-                await self._safe_send(
-                    conn,
-                    p.ResponseFrame.err(
-                        frame_id,
-                        f"clients may only send request frames, not {frame.frame} frames",
-                    ),
-                )
-                continue
-            if self._closing.is_set():
-                await self._safe_send(
-                    conn,
-                    p.ResponseFrame.err(
-                        frame.id,
-                        f"overlayd is shutting down and did not run {frame.request.op}; "
-                        "retry once it is back",
-                    ),
-                )
-                continue
-            task = asyncio.create_task(self._answer(conn, frame))
-            conn.tasks.add(task)
-            task.add_done_callback(conn.tasks.discard)
-
-    async def _safe_send(self, conn: _Conn, frame: p.Frame) -> None:
-        try:
-            await conn.send(frame)
-        except (ConnectionError, OSError) as exc:
-            log.debug("could not answer %s: %s", conn.peer, exc)
-        except p.ProtocolError as exc:
-            # The answer itself cannot be encoded (e.g. over 8 MiB): say so instead.
-            if isinstance(frame, p.ResponseFrame):
-                with contextlib.suppress(ConnectionError, OSError):
-                    await conn.send(p.ResponseFrame.err(frame.id, str(exc)))
-
-    async def _answer(self, conn: _Conn, frame: p.RequestFrame) -> None:
+    async def _answer(self, conn: Connection, frame: p.RequestFrame) -> None:
         request = frame.request
         try:
             response = await self.dispatch(request)
         except OverlaydError as exc:
-            response = p.ErrResponse(message=str(exc))
+            response = p.ErrResponse(message=clip(str(exc), MAX_ERR_MESSAGE))
         except asyncio.CancelledError:
             response = p.ErrResponse(
                 message=f"overlayd is shutting down and cancelled {request.op}; "
@@ -431,20 +349,23 @@ class Server:
         except Exception as exc:  # the daemon must survive any bug
             log.exception("internal error in %s", request.op)
             response = p.ErrResponse(
-                message=f"internal error in {request.op}: {type(exc).__name__}: {exc}; "
-                "this is a bug in overlayd, please report it with the daemon's log"
+                message=clip(
+                    f"internal error in {request.op}: {type(exc).__name__}: {exc}; "
+                    "this is a bug in overlayd, please report it with the daemon's log",
+                    MAX_ERR_MESSAGE,
+                )
             )
         if isinstance(request, p.HelloRequest) and isinstance(response, p.HelloResponse):
             response = self._subscribe(conn, request, response)
         self.requests_served += 1
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s -> %s", request.op, response.result, extra={"peer": conn.peer})
-        await self._safe_send(conn, p.ResponseFrame(id=frame.id, response=response))
+        await conn.send_quietly(p.ResponseFrame(id=frame.id, response=response))
         if isinstance(request, p.ShutdownRequest):
             self.request_stop()
 
     def _subscribe(
-        self, conn: _Conn, request: p.HelloRequest, response: p.HelloResponse
+        self, conn: Connection, request: p.HelloRequest, response: p.HelloResponse
     ) -> p.HelloResponse:
         """Apply ``hello``'s ``events`` to the connection; report its subscription."""
         if request.events is not None:
@@ -820,6 +741,7 @@ async def _list_attachments(s: Server, r: p.ListAttachmentsRequest) -> p.AnyResp
                     "interfaces": list(a.interfaces),
                     "driver": a.driver,
                     "created_unix_secs": a.created_unix_secs,
+                    "detaching": True if a.key in s.engine.detaching else None,
                 }
             )
             for a in s.engine.list_attachments(r.service)
@@ -948,8 +870,13 @@ async def run_daemon(config: DaemonConfig, *, engine: Engine | None = None) -> i
     # Claim the socket before touching the host: a second daemon must not
     # reconcile (and so disturb) what the first one owns.
     server.claim()
+    loop = asyncio.get_running_loop()
     try:
         await engine.start()
+        # From the moment the socket accepts, a client may see the daemon and
+        # a SIGTERM must be a graceful stop, so the handlers come first.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, server.request_stop)
         try:
             if cluster is not None:  # [cluster]: join in the background
                 await cluster.start(engine)
@@ -963,9 +890,6 @@ async def run_daemon(config: DaemonConfig, *, engine: Engine | None = None) -> i
     except BaseException:
         server._release_lock()
         raise
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, server.request_stop)
     _sd_notify(f"READY=1\nSTATUS=serving on {config.socket}\nMAINPID={os.getpid()}")
     log.info(
         "overlayd %s ready (drivers: %s, data_dir: %s)",

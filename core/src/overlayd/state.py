@@ -454,6 +454,9 @@ class SqliteStore:
                 "filesystems)? Use a local directory."
             )
         conn.execute(f"PRAGMA synchronous={synchronous}")
+        # Deleted records are overwritten with zeros, not left in free pages:
+        # a guest's private key lives in its attachment record until detach.
+        conn.execute("PRAGMA secure_delete=ON")
         conn.execute("PRAGMA foreign_keys=ON")
         # A reader such as the sqlite3 CLI may hold the lock for a moment.
         conn.execute("PRAGMA busy_timeout=5000")
@@ -596,6 +599,25 @@ class SqliteStore:
             return json.loads(row[0])
         except json.JSONDecodeError as exc:
             raise StateError(_corrupt_message(self.path, exc)) from None
+
+    def scrub(self) -> None:
+        """Leave no copy of deleted records in the write-ahead log.
+
+        Deleted records are zeroed in their pages (``secure_delete``), but the
+        WAL still holds the page images written before the delete. A
+        ``TRUNCATE`` checkpoint copies the current pages into the database and
+        empties the WAL file. Costs one checkpoint; called after a delete that
+        removed a secret.
+
+        :raises StateError: the checkpoint failed (e.g. the disk is full).
+        """
+        with self._locked() as conn:
+            try:
+                row = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            except sqlite3.Error as exc:
+                raise StateError(f"checkpointing {self.path} failed ({exc})") from exc
+        if row is not None and row[0]:
+            raise StateError(f"checkpointing {self.path} was blocked by a reader; retry later")
 
     def close(self) -> None:
         """Checkpoint and close the database; idempotent."""

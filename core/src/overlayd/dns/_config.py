@@ -71,7 +71,7 @@ def parse_hostport(text: str, default_port: int = 53) -> HostPort:
 
 
 def _parse_port(text: str, port_text: str) -> int:
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 <= int(port_text) <= 65535:
         raise InvalidRequest(f"DNS address {text!r} has an invalid port; use a number 0-65535.")
     return int(port_text)
 

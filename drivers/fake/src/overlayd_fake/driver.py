@@ -4,9 +4,10 @@ It models the kernel's rules rather than only the happy path: interface names
 are at most 15 bytes, creating a device whose name is taken by another kind
 fails like ``EEXIST``, peers are per device, a handle holds at most one set of
 interfaces, and a workload can die (``kill``) so reconcile and GC have
-something to find. Every hook call is recorded in ``calls``, and faults can be
-injected (``fail_next``, ``fail_when``, ``latency``) to test the engine's
-rollback and concurrency without privileges.
+something to find. The latest hook calls are recorded in ``calls`` (a ring of
+``call_log_size`` entries, so a long-running daemon on the fake driver does
+not grow), and faults can be injected (``fail_next``, ``fail_when``,
+``latency``) to test the engine's rollback and concurrency without privileges.
 
 With ``[drivers.fake] state_file = "..."`` the fake host survives a daemon
 restart (written atomically after each change), as real host objects do.
@@ -17,6 +18,7 @@ restart (written atomically after each change), as real host objects do.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import ipaddress
 import json
@@ -156,9 +158,15 @@ class FakeDriver:
 
     name: Final = "fake"
 
-    def __init__(self, state_file: Path | str | None = None) -> None:
+    #: How many hook calls :attr:`calls` keeps (the oldest are dropped).
+    CALL_LOG_SIZE: Final = 4096
+
+    def __init__(
+        self, state_file: Path | str | None = None, *, call_log_size: int = CALL_LOG_SIZE
+    ) -> None:
         self.host = FakeHost()
-        self.calls: list[Call] = []
+        #: The latest hook calls, oldest first (at most ``call_log_size``).
+        self.calls: collections.deque[Call] = collections.deque(maxlen=call_log_size)
         self.latency: dict[str, float] = {}
         self._faults: list[_Fault] = []
         self._lock = threading.RLock()

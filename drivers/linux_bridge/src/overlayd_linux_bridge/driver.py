@@ -50,20 +50,14 @@ would be replaced on the next container restart and race with the runtime.
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import ipaddress
 import logging
-import os
 import sys
 import threading
-from collections.abc import Iterator
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from typing import Any
 from typing import Final
-from typing import Protocol
 
 from overlayd import DRIVER_API
 from overlayd import hookimpl
@@ -92,7 +86,11 @@ from overlayd.names import is_overlayd_veth
 from overlayd.names import is_tombstone
 from overlayd.names import veth_host_name
 from overlayd_linux_bridge import __version__
+from overlayd_linux_bridge.namespaces import NamespaceResolver
+from overlayd_linux_bridge.namespaces import PinnedNamespace
+from overlayd_linux_bridge.namespaces import ProcNamespaceResolver
 from overlayd_linux_bridge.nft import PORT_GROUP
+from overlayd_linux_bridge.nft import TABLE as NFT_TABLE
 from overlayd_linux_bridge.nft import NatState
 from overlayd_linux_bridge.nft import Nftables
 from overlayd_linux_bridge.nft import NftBackend
@@ -118,53 +116,6 @@ CONTAINER_IFNAMES: Final = ("eth0", "eth1")
 GLOBAL_NEXT_HOP6: Final = ipaddress.IPv6Interface("fe80::1/64")
 _NAT_BACKENDS: Final = ("auto", "library", "cli")
 _KNOWN_OPTIONS: Final = ("nat_backend", "host_netns")
-
-
-@dataclass(frozen=True)
-class PinnedNamespace:
-    """An open network namespace, pinned for the duration of one operation."""
-
-    #: Descriptor handed to the netlink adapter.
-    fd: int
-    #: Inode of the namespace (identifies it; a reused pid has another one).
-    inode: int
-
-
-class NamespaceResolver(Protocol):
-    """How the driver opens and identifies workload namespaces (a seam for tests)."""
-
-    def open(self, path: str) -> contextlib.AbstractContextManager[PinnedNamespace]:
-        """Open and pin ``path``; raise ``FileNotFoundError`` when it is gone."""
-        ...
-
-    def inode(self, path: str) -> int | None:
-        """Inode of the namespace at ``path``; ``None`` when it does not exist."""
-        ...
-
-
-class ProcNamespaceResolver:
-    """The real resolver: ``open(2)`` + ``fstat(2)`` on nsfs files."""
-
-    @contextlib.contextmanager
-    def open(self, path: str) -> Iterator[PinnedNamespace]:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            if exc.errno in (errno.ENOENT, errno.ESRCH):
-                raise FileNotFoundError(
-                    exc.errno, f"network namespace {path} does not exist"
-                ) from exc
-            raise
-        try:
-            yield PinnedNamespace(fd, os.fstat(fd).st_ino)
-        finally:
-            os.close(fd)
-
-    def inode(self, path: str) -> int | None:
-        try:
-            return os.stat(path).st_ino
-        except (FileNotFoundError, ProcessLookupError):
-            return None
 
 
 def _namespace_path(handle: LinuxPidHandle | NetnsHandle) -> str:
@@ -219,6 +170,9 @@ class LinuxBridgeDriver:
         self._nft_unavailable: str | None = None
         #: Whether table ``bridge overlayd`` (the MLD filter) was applied.
         self._mld_filter_applied = False
+        #: Tables found missing (a firewall reload) and created again since the
+        #: last reconcile, which reports them.
+        self._tables_recreated: list[str] = []
         #: IP versions whose forwarding sysctl this driver has turned on.
         self._forwarding: set[int] = set()
         #: Desired NAT state: masquerade rules by subnet, port mappings by key.
@@ -304,6 +258,8 @@ class LinuxBridgeDriver:
                 f"[drivers.{self.name}] host_netns must be a path such as /run/netns/x."
             )
         self._host_netns = host_netns
+        if isinstance(self._namespaces, ProcNamespaceResolver):
+            self._namespaces.host_netns = host_netns
 
     @hookimpl
     def overlayd_startup(self, context: Any) -> None:
@@ -577,11 +533,23 @@ class LinuxBridgeDriver:
             self._pushed = state
             return state
 
+    def _recreate_nat(self) -> None:
+        """Apply the whole NAT table, which is missing; note it when it had existed."""
+        existed = self._pushed is not None
+        self.apply_nat()
+        if existed:
+            self._note_recreated(f"nft table inet {NFT_TABLE}")
+
+    def _note_recreated(self, what: str) -> None:
+        log.warning("%s had vanished (a firewall reload?); created it again", what)
+        if what not in self._tables_recreated:
+            self._tables_recreated.append(what)
+
     def _sync_sets(self) -> None:
         """Bring the masquerade/exempt sets to the desired state with one transaction."""
         nft = self._table()
         if not nft.table_exists():
-            self.apply_nat()
+            self._recreate_nat()
             return
         if self._pushed is None:
             # First change since start: learn what a previous run left in the table.
@@ -638,7 +606,7 @@ class LinuxBridgeDriver:
                     )
                 self._mappings[key] = mapping
                 if not nft.table_exists():
-                    self.apply_nat()
+                    self._recreate_nat()
                     return True
                 try:
                     nft.add_port_mapping(
@@ -655,7 +623,7 @@ class LinuxBridgeDriver:
                 return True
             self._mappings.pop(key, None)
             if not nft.table_exists():
-                self.apply_nat()
+                self._recreate_nat()
                 return True
             nft.remove_port_mapping(
                 mapping.protocol, mapping.host_port, mapping.container_ip, mapping.host_ip
@@ -672,6 +640,16 @@ class LinuxBridgeDriver:
         gone: list[str] = []
         errors: list[str] = []
         links = self._nl().list_links()
+        if any(is_tombstone(lk.name) for lk in links):
+            # Veths a previous run was deleting (it crashed first) still hold
+            # their container ends (eth0 in the workload): delete them before
+            # any attachment is plumbed again, or eth0 "already exists".
+            try:
+                self._nl().sweep_tombstones()
+                self._nl().flush_deletions()
+            except OverlaydError as exc:
+                errors.append(f"sweeping tombstones: {exc}")
+            links = self._nl().list_links()
         by_name = {link.name: link for link in links}
         bridges = {
             lk.name: lk
@@ -757,6 +735,8 @@ class LinuxBridgeDriver:
                 errors.append(f"sweeping tombstones: {exc}")
 
         self._reconcile_nat(request, errors)
+        recreated.extend(self._tables_recreated)
+        self._tables_recreated = []
         return ReconcileReport(
             driver=self.name,
             adopted=tuple(adopted),
@@ -776,18 +756,30 @@ class LinuxBridgeDriver:
             wanted_masq = {r.subnet: r for r in request.masquerades if r.uplink is None}
             wanted_maps = {_mapping_key(m): m for m in request.port_mappings}
             try:
+                missing = not self._nft.table_exists()
                 if (
                     request.startup
+                    or missing
                     or wanted_masq != self._masq
                     or wanted_maps != self._mappings
-                    or not self._nft.table_exists()
                 ):
+                    existed = self._pushed is not None
                     self._masq, self._mappings = wanted_masq, wanted_maps
                     self.apply_nat()
-                    # A firewall reload that wiped one table wiped the other.
-                    self._ensure_mld_filter(again=True)
+                    if missing and existed:
+                        self._note_recreated(f"nft table inet {NFT_TABLE}")
             except OverlaydError as exc:
                 errors.append(f"NAT table: {exc}")
+            # Checked on its own: the engine re-applies recorded masquerades
+            # before this pass, which recreates a wiped NAT table (and hides
+            # the reload from the check above), but not this one.
+            try:
+                if self._mld_filter_applied and not self._nft.mld_filter_exists():
+                    self._ensure_mld_filter(again=True)
+                    if self._nft.mld_filter_exists():
+                        self._note_recreated(f"nft table bridge {NFT_TABLE}")
+            except OverlaydError as exc:
+                errors.append(f"MLD filter table: {exc}")
 
     def _ensure_mld_filter(self, *, again: bool = False) -> None:
         """Create table ``bridge overlayd`` once (``again``: recreate it).

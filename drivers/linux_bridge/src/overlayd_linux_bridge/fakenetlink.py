@@ -117,6 +117,9 @@ class FakeNetlink:
         self.auto_flush = auto_flush
         #: Number of batched deletions performed.
         self.deleter_batches = 0
+        #: Whether deletions were queued since the last batch (like the real
+        #: deleter, a flush with nothing queued deletes nothing).
+        self._queued = False
         self._fail: dict[str, OverlaydError] = {}
         self._fds = itertools.count(1000)
         self._tokens = itertools.count(1)
@@ -258,6 +261,7 @@ class FakeNetlink:
             master = br.index
         if container_ifname in ns.links:
             # Like the real adapter: a pending tombstone may hold the peer name.
+            self.sweep_tombstones()
             self.flush_deletions()
             if container_ifname in ns.links:
                 raise LinkExistsError(
@@ -315,11 +319,15 @@ class FakeNetlink:
             link.group = TOMBSTONE_GROUP
             self.host.links[link.name] = link
             count += 1
+        self._queued = self._queued or count > 0
         if self.auto_flush:
             self.flush_deletions()
         return count
 
     def flush_deletions(self, timeout: float = 10.0) -> None:
+        if not self._queued:
+            return
+        self._queued = False
         doomed = [lk for lk in self.host.links.values() if lk.group == TOMBSTONE_GROUP]
         if doomed:
             self.deleter_batches += 1
@@ -343,9 +351,18 @@ class FakeNetlink:
         ]
         for link in doomed:
             link.group = TOMBSTONE_GROUP
+        self._queued = self._queued or bool(doomed)
         if self.auto_flush:
             self.flush_deletions()
         return len(doomed)
+
+    def crash(self) -> None:
+        """Forget the queued deletions, as a killed daemon's deleter thread does.
+
+        The tombstones stay on the (fake) host, still holding their container
+        ends, until something sweeps them again.
+        """
+        self._queued = False
 
     def link_exists(self, name: str) -> bool:
         return name in self.host.links

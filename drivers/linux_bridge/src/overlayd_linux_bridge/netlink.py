@@ -811,7 +811,10 @@ class PyrouteNetlink:
                     ) from exc
                 if retry_after_flush:
                     # The name may belong to the peer of a tombstoned veth that
-                    # the background deleter has not reached yet.
+                    # the background deleter has not reached yet, or that a
+                    # previous run left behind (nothing is scheduled for those:
+                    # sweep them into the batch first).
+                    self.sweep_tombstones()
                     self._deleter.flush(10.0)
                     return self._create_veth(
                         host_name=host_name,

@@ -14,6 +14,12 @@ Things that resolve the namespace per call rather than per socket must run in
 the thread itself: ``/proc/sys/net/*`` writes (sysctl uses the writer's
 namespace) and libnftables (its netlink socket is opened by ``nft_ctx_new``
 and on each command).
+
+A namespace path comes from a client, so :func:`open_network_namespace` opens
+it the careful way: it refuses anything that is not a regular file before
+opening it (``open(2)`` of a FIFO blocks until a writer appears, and opening a
+device node runs its driver), opens with ``O_NONBLOCK``, and asks the kernel
+(``NS_GET_NSTYPE``) whether the file is a *network* namespace.
 """
 
 from __future__ import annotations
@@ -21,7 +27,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import fcntl
 import os
+import stat
 import threading
 from collections.abc import Callable
 from collections.abc import Iterator
@@ -29,16 +37,100 @@ from contextlib import contextmanager
 from typing import Final
 from typing import TypeVar
 
+from overlayd.errors import InvalidRequest
+from overlayd.errors import quote
+
 __all__ = [
     "CLONE_NEWNET",
+    "NS_GET_NSTYPE",
     "NetnsHandle",
+    "NotANetworkNamespace",
     "open_netns",
+    "open_network_namespace",
     "run_in_netns",
     "setns_current_thread",
 ]
 
 #: ``CLONE_NEWNET`` from ``<sched.h>``.
 CLONE_NEWNET: Final = 0x40000000
+#: ``NS_GET_NSTYPE`` from ``<linux/nsfs.h>`` (``_IO(0xb7, 0x3)``, Linux >= 4.11):
+#: the ``CLONE_NEW*`` type of the namespace a descriptor refers to.
+NS_GET_NSTYPE: Final = 0xB703
+_NS_TYPES: Final = {
+    0x00000080: "time",
+    0x00020000: "mount",
+    0x02000000: "cgroup",
+    0x04000000: "UTS",
+    0x08000000: "IPC",
+    0x10000000: "user",
+    0x20000000: "PID",
+    CLONE_NEWNET: "network",
+}
+
+
+class NotANetworkNamespace(InvalidRequest):
+    """A namespace path given by a client is not a network namespace file."""
+
+
+def _not_a_namespace(path: str, what: str) -> NotANetworkNamespace:
+    return NotANetworkNamespace(
+        f"{quote(path, 200)} is {what}, not a network namespace; give /proc/<pid>/ns/net or a "
+        "namespace bind-mounted by `ip netns add` (/run/netns/<name>)"
+    )
+
+
+def open_network_namespace(path: str) -> int:
+    """Open ``path`` if it is a network namespace file; return the descriptor.
+
+    Never blocks: a FIFO, a device node, a directory or a socket is refused
+    from its ``stat`` without being opened, the open itself is
+    ``O_NONBLOCK``, and the descriptor must answer ``NS_GET_NSTYPE`` with
+    ``CLONE_NEWNET``.
+
+    :raises FileNotFoundError: the path (or the process) does not exist.
+    :raises NotANetworkNamespace: it exists but is not a network namespace.
+    :raises PermissionError: the daemon may not open it.
+    """
+    try:
+        mode = os.stat(path).st_mode
+        if not stat.S_ISREG(mode):
+            raise _not_a_namespace(path, _file_kind(mode))
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ESRCH, errno.ENOTDIR):
+            raise FileNotFoundError(
+                exc.errno, f"network namespace {path} does not exist (workload gone?)"
+            ) from exc
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # replaced since the stat
+            raise _not_a_namespace(path, "no longer a regular file")
+        try:
+            kind = fcntl.ioctl(fd, NS_GET_NSTYPE)
+        except OSError as exc:
+            if exc.errno in (errno.ENOTTY, errno.EINVAL):
+                raise _not_a_namespace(path, "a regular file") from None
+            raise
+        if kind != CLONE_NEWNET:
+            name = _NS_TYPES.get(kind, f"type {kind:#x}")
+            raise _not_a_namespace(path, f"a {name} namespace")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _file_kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "not a regular file"
+
 
 T = TypeVar("T")
 
@@ -86,7 +178,7 @@ class NetnsHandle:
     def __init__(self, path: str) -> None:
         self.path = path
         #: The descriptor keeps the namespace alive while it is held.
-        self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        self.fd = open_network_namespace(path)
 
     def close(self) -> None:
         """Release the descriptor (idempotent)."""
@@ -105,17 +197,11 @@ class NetnsHandle:
 def open_netns(path: str) -> Iterator[NetnsHandle]:
     """Open and pin a namespace for the duration of one operation.
 
-    Raises ``FileNotFoundError`` / ``ProcessLookupError``-like ``OSError`` when
-    the workload is already gone (``ENOENT``/``ESRCH``).
+    Raises ``FileNotFoundError`` when the workload is already gone
+    (``ENOENT``/``ESRCH``) and :class:`NotANetworkNamespace` when ``path`` is
+    not a network namespace (:func:`open_network_namespace`).
     """
-    try:
-        handle = NetnsHandle(path)
-    except OSError as exc:
-        if exc.errno in (errno.ENOENT, errno.ESRCH):
-            raise FileNotFoundError(
-                exc.errno, f"network namespace {path} does not exist (workload gone?)"
-            ) from exc
-        raise
+    handle = NetnsHandle(path)
     try:
         yield handle
     finally:

@@ -480,8 +480,15 @@ class Nftables:
 
     def table_exists(self) -> bool:
         """Whether the table is present (it vanishes on a host firewall reload)."""
+        return self._exists(_FAMILY)
+
+    def mld_filter_exists(self) -> bool:
+        """Whether table ``bridge overlayd`` is present (a firewall reload removes it too)."""
+        return self._exists(_MLD_FAMILY)
+
+    def _exists(self, family: str) -> bool:
         try:
-            self.backend.run(f"list table {_FAMILY} {TABLE}\n", json_output=True)
+            self.backend.run(f"list table {family} {TABLE}\n", json_output=True)
         except NftCommandError as exc:
             if exc.missing:
                 return False

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
-import json
-import re
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -30,140 +26,20 @@ from overlayd.model import ReconcileRequest
 from overlayd.model import WindowsContainerHandle
 from overlayd.model import handle_key
 from overlayd.names import veth_host_name
+from overlayd_linux_bridge.doubles import FakeNamespaces
+from overlayd_linux_bridge.doubles import FakeNft
 from overlayd_linux_bridge.driver import ALIAS_PREFIX
 from overlayd_linux_bridge.driver import LinuxBridgeDriver
-from overlayd_linux_bridge.driver import PinnedNamespace
 from overlayd_linux_bridge.fakenetlink import FakeLink
 from overlayd_linux_bridge.fakenetlink import FakeNetlink
 from overlayd_linux_bridge.netlink import FORWARDING_SYSCTLS
-from overlayd_linux_bridge.netlink import TOMBSTONE_GROUP
 from overlayd_linux_bridge.netlink import RouteSpec
 from overlayd_linux_bridge.nft import PORT_GROUP
 from overlayd_linux_bridge.nft import Nftables
-from overlayd_linux_bridge.nft import NftCommandError
 from overlayd_linux_bridge.nft import mld_filter_ruleset
 
 NET = ipaddress.ip_network("10.50.0.0/24")
 GW = ipaddress.ip_interface("10.50.0.1/24")
-
-
-class FakeNft:
-    """nft backend modelling table ``inet overlayd`` (existence, sets and map keys)
-    and table ``bridge overlayd`` (its last definition)."""
-
-    name = "fake"
-
-    def __init__(self) -> None:
-        self.exists = False
-        self.elements: dict[str, dict[str, str]] = {}
-        self.commands: list[str] = []
-        self.full_applies = 0
-        #: The commands that last defined table ``bridge overlayd``.
-        self.bridge_table: str | None = None
-        #: Set to make the next ``bridge overlayd`` definition fail.
-        self.refuse_bridge_table = False
-
-    def run(self, commands: str, *, json_output: bool = False) -> str:
-        self.commands.append(commands)
-        if commands.startswith("add table bridge overlayd"):
-            if self.refuse_bridge_table:
-                raise NftCommandError("refused", nft_message="Operation not supported")
-            self.bridge_table = commands
-            return ""
-        if commands.startswith("add table inet overlayd"):
-            self.exists = True
-            self.full_applies += 1
-            self.elements = {}
-            for _kind, name, body in re.findall(r"(set|map) (\w+) \{([^\n]*)\}", commands):
-                found = re.search(r"elements = \{ (.*) \};", body)
-                items = found.group(1).split(", ") if found else []
-                self.elements[name] = dict(_split(item) for item in items)
-            return ""
-        if commands.startswith("list table"):
-            if not self.exists:
-                raise NftCommandError("missing", nft_message="No such file or directory")
-            sets = [
-                {"set": {"name": name, "elem": sorted(items)}}
-                for name, items in self.elements.items()
-                if name.startswith(("masq", "exempt")) and items
-            ]
-            return json.dumps({"nftables": sets})
-        if commands.startswith("delete table"):
-            if not self.exists:
-                raise NftCommandError("missing", nft_message="No such file or directory")
-            self.exists = False
-            return ""
-        if not self.exists:
-            raise NftCommandError("missing", nft_message="No such file or directory")
-        staged = {name: dict(items) for name, items in self.elements.items()}
-        for line in commands.strip().splitlines():  # one transaction: all or nothing
-            verb, _, _, _, name, rest = line.split(" ", 5)
-            bucket = staged.setdefault(name, {})
-            key, value = _split(rest.strip().strip("{}").strip())
-            if verb == "add":
-                if key in bucket and bucket[key] != value:
-                    raise NftCommandError("exists", nft_message="File exists")
-                if name.startswith(("masq", "exempt")) and any(
-                    key != other and _overlap(key, other) for other in bucket
-                ):
-                    raise NftCommandError("overlap", nft_message="interval overlaps")
-                bucket[key] = value
-            elif key in bucket:
-                del bucket[key]
-            else:
-                raise NftCommandError("missing", nft_message="No such file or directory")
-        self.elements = staged
-        return ""
-
-    def close(self) -> None:
-        return None
-
-    def wipe(self) -> None:
-        """What ``nft flush ruleset`` (a firewall reload) does to our tables."""
-        self.exists = False
-        self.elements = {}
-        self.bridge_table = None
-
-
-def _overlap(a: str, b: str) -> bool:
-    return ipaddress.ip_network(a).overlaps(ipaddress.ip_network(b))
-
-
-def _split(item: str) -> tuple[str, str]:
-    key, _, value = item.partition(" : ")
-    return key.strip(), value.strip()
-
-
-class FakeNamespaces:
-    """Paths of live namespaces -> (fake fd, inode)."""
-
-    def __init__(self, netlink: FakeNetlink) -> None:
-        self.netlink = netlink
-        self.paths: dict[str, tuple[int, int]] = {}
-        self.opened: list[str] = []
-        self._inode = 4026531000
-
-    def add(self, path: str) -> int:
-        fd = self.netlink.new_netns()
-        self._inode += 1
-        self.paths[path] = (fd, self._inode)
-        return fd
-
-    def kill(self, path: str) -> None:
-        fd, _ = self.paths.pop(path)
-        self.netlink.remove_netns(fd)
-
-    @contextlib.contextmanager
-    def open(self, path: str) -> Iterator[PinnedNamespace]:
-        self.opened.append(path)
-        if path not in self.paths:
-            raise FileNotFoundError(2, f"network namespace {path} does not exist")
-        fd, inode = self.paths[path]
-        yield PinnedNamespace(fd, inode)
-
-    def inode(self, path: str) -> int | None:
-        entry = self.paths.get(path)
-        return entry[1] if entry else None
 
 
 @pytest.fixture
@@ -310,6 +186,25 @@ def test_reconcile_after_firewall_reload_recreates_the_mld_filter(
     report = driver.overlayd_reconcile(request=ReconcileRequest(devices=(bridge,)))
     assert report is not None and not report.errors
     assert backend.bridge_table == mld_filter_ruleset(PORT_GROUP)
+
+
+def test_reconcile_after_flush_ruleset_recreates_and_reports_both_tables(
+    driver: LinuxBridgeDriver, backend: FakeNft, bridge: Device
+) -> None:
+    """The engine re-applies recorded masquerades before the driver's pass, which
+    recreates ``inet overlayd`` on the way: ``bridge overlayd`` must still be
+    noticed, and both reported."""
+    rule = MasqueradeRule(subnet=NET, exempt=(ipaddress.ip_network("10.0.0.0/8"),))
+    assert driver.overlayd_nat_masquerade(rule=rule, enable=True)
+    backend.wipe()
+    assert driver.overlayd_nat_masquerade(rule=rule, enable=True)  # the engine's re-ensure
+    request = ReconcileRequest(devices=(bridge,), masquerades=(rule,))
+    report = driver.overlayd_reconcile(request=request)
+    assert report is not None and not report.errors
+    assert backend.bridge_table == mld_filter_ruleset(PORT_GROUP)
+    assert {"nft table inet overlayd", "nft table bridge overlayd"} <= set(report.recreated)
+    again = driver.overlayd_reconcile(request=request)
+    assert again is not None and not again.recreated
 
 
 def test_only_bridge_ports_join_the_port_group(
@@ -605,7 +500,8 @@ def test_reconcile_adopts_reports_gone_and_removes_only_ours(
     assert not report.errors
     assert "zl-zlayer-b" in netlink.host.links
     assert "zvforeign00000" in netlink.host.links  # wrong shape: not ours
-    assert netlink.host.links["zx00000000000ff"].group == TOMBSTONE_GROUP
+    # A tombstone left by an earlier run is deleted before anything is replumbed.
+    assert "zx00000000000ff" not in netlink.host.links
     assert live.interfaces[0] in netlink.host.links
 
     netlink.flush_deletions()
@@ -613,6 +509,26 @@ def test_reconcile_adopts_reports_gone_and_removes_only_ours(
     assert second is not None
     assert not second.removed
     assert not second.recreated
+
+
+def test_reconcile_after_a_crash_mid_detach_replumbs_at_the_first_pass(
+    driver: LinuxBridgeDriver, netlink: FakeNetlink, namespaces: FakeNamespaces, bridge: Device
+) -> None:
+    """A detach cut short by a crash left the host end a tombstone that still holds
+    eth0 in the workload, and the record attached: the first (startup) reconcile
+    repairs it, not only a later manual one."""
+    att = _attached(driver, namespaces, bridge, "/run/netns/c1")
+    assert driver.overlayd_detach(attachment=att) is True
+    netlink.crash()  # the daemon died before its deleter ran
+    assert "eth0" in ns_of(netlink, namespaces, "/run/netns/c1").links
+    request = ReconcileRequest(devices=(bridge,), attachments=(att,), startup=True)
+    report = driver.overlayd_reconcile(request=request)
+    assert report is not None
+    assert not report.errors
+    assert att.key in report.recreated
+    assert netlink.link_exists(att.interfaces[0])
+    assert "eth0" in ns_of(netlink, namespaces, "/run/netns/c1").links
+    assert not any(name.startswith("zx") for name in netlink.host.links)
 
 
 def test_reconcile_recreates_missing_bridge_and_veth_of_live_workload(

@@ -32,6 +32,7 @@ from collections.abc import Mapping
 from collections.abc import Sequence
 from dataclasses import dataclass
 from dataclasses import field
+from pathlib import Path
 from typing import Any
 from typing import Final
 
@@ -251,7 +252,7 @@ def _split_host_port(endpoint: str) -> tuple[str, int]:
         host, sep, port = endpoint.rpartition(":")
         if ":" in host:
             sep = ""
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise InvalidRequest(f"endpoint {endpoint!r} must be host:port, [IPv6]:port or IP:port")
     return host, int(port)
 
@@ -443,7 +444,22 @@ class WireGuardDriver(NatHooks):
 
     @hookimpl
     def overlayd_configure(self, config: Any) -> None:
-        self.options = _parse_options(config.driver_options(self.name))
+        options = _parse_options(config.driver_options(self.name))
+        if (
+            self._injected is None
+            and Path(options.socket_dir).resolve() != Path(DEFAULT_SOCKET_DIR).resolve()
+            and any(Path(arg).name.startswith("wireguard-go") for arg in options.command)
+        ):
+            # wireguard-go (0.0.2022x) creates its UAPI socket in a compiled-in
+            # directory and checks that path even when handed a socket (WG_UAPI_FD),
+            # so there is no way to move it; waiting for it elsewhere only times out.
+            raise ConfigError(
+                f"[drivers.wireguard] socket_dir = {options.socket_dir!r} cannot be used: "
+                f"wireguard-go always creates its UAPI sockets in {DEFAULT_SOCKET_DIR} and "
+                "has no option to move them. Remove socket_dir (or set userspace_command "
+                "to a program that creates its sockets there)."
+            )
+        self.options = options
 
     @hookimpl
     def overlayd_startup(self, context: Any) -> None:

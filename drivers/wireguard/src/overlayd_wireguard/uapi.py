@@ -223,7 +223,7 @@ def normalize_endpoint(text: str) -> str:
         port_no = int(port, 10)
     except ValueError as exc:
         raise bad from exc
-    if not port.isdigit() or not 0 < port_no <= _U16:
+    if not (port.isascii() and port.isdigit()) or not 0 < port_no <= _U16:
         raise bad
     if isinstance(addr, ipaddress.IPv6Address):
         return f"[{addr}]:{port_no}"

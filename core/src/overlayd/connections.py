@@ -1,0 +1,416 @@
+"""The daemon's client connections: accept, identify, read with back-pressure, answer.
+
+This is the layer between the socket and the request handlers of
+:mod:`overlayd.server` (aiohttp keeps its connection flow control apart from
+routing the same way). What it guarantees, whatever a client does:
+
+* **A bounded number of connections.** The listener accepts in its own loop;
+  a connection over :attr:`Limits.max_connections` is answered one ``err``
+  (id 0) and closed at once. When the process runs out of descriptors
+  anyway (``EMFILE``), accepting pauses with a growing delay instead of
+  spinning, and both conditions are logged at most once per
+  :data:`LOG_INTERVAL` seconds with a count.
+* **A bounded amount of work per connection.** At most
+  :attr:`Limits.max_inflight` requests (and :attr:`Limits.max_inflight_bytes`
+  of request bodies) of one connection are in flight; beyond that the
+  connection is not read until answers have gone out, so a client that sends
+  without reading fills its own socket buffer, not the daemon's memory.
+  Answers go out one at a time, each after the previous one left the
+  transport's buffer, so the answers queued for a client that does not read
+  are bounded too. Other connections are not affected.
+* **Large frames off the event loop.** A body of more than
+  :attr:`Limits.offload_bytes` is decoded and validated in a worker thread
+  (at most :attr:`Limits.offload_threads` at once), so other clients keep
+  being served while a multi-megabyte ``apply_peers`` is checked. A
+  connection's frames are still decoded in the order they arrived.
+* **Nothing a client sends ends the loop with an exception.** A body that
+  cannot be decoded is answered ``err`` and the connection stays usable; a
+  framing error closes only that connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import socket
+import struct
+import sys
+import time
+from collections.abc import AsyncIterator
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any
+from typing import Final
+
+from overlayd import protocol as p
+from overlayd.errors import ConfigError
+from overlayd.errors import clip
+from overlayd.subscriptions import Subscription
+from overlayd.transport import FramingError
+from overlayd.transport import read_frame
+from overlayd.transport import write_frame
+
+__all__ = [
+    "LOG_INTERVAL",
+    "MAX_ERR_MESSAGE",
+    "Connection",
+    "Limits",
+    "PeerCredentials",
+    "RateLimitedLog",
+    "accept_connections",
+    "default_max_connections",
+    "file_limit",
+    "max_connections",
+    "peer_credentials",
+    "refuse_socket",
+]
+
+log = logging.getLogger(__name__)
+
+#: Longest ``err`` message sent to a client; longer ones are cut.
+MAX_ERR_MESSAGE: Final = 8192
+#: Seconds between two log lines about the same refused or failed accept.
+LOG_INTERVAL: Final = 10.0
+#: Descriptors kept for everything that is not a client connection (store,
+#: netlink sockets, worker threads, DNS listeners, helper processes).
+_RESERVED_FDS_MIN: Final = 32
+_RESERVED_FDS_MAX: Final = 256
+#: The default cap never exceeds this, however many descriptors are allowed.
+_DEFAULT_CAP: Final = 1024
+_UCRED: Final = struct.Struct("3i")
+#: ``SO_PEERGROUPS`` (Linux >= 4.13); Python's socket module does not name it.
+_SO_PEERGROUPS: Final = getattr(socket, "SO_PEERGROUPS", 59)
+_ACCEPT_BACKOFF: Final = (0.05, 1.0)
+
+
+def file_limit() -> int | None:
+    """The soft ``RLIMIT_NOFILE`` of this process (``None`` when unlimited or unknown)."""
+    if sys.platform == "win32":
+        return None
+    else:
+        import resource
+
+        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        return None if soft == resource.RLIM_INFINITY else int(soft)
+
+
+def default_max_connections(nofile: int | None) -> int:
+    """The default connection cap for a soft descriptor limit of ``nofile``.
+
+    A quarter of the limit (between 32 and 256 descriptors) stays for the
+    daemon's own files; the cap is the rest, at most 1,024.
+    """
+    if nofile is None:
+        return _DEFAULT_CAP
+    reserve = min(_RESERVED_FDS_MAX, max(_RESERVED_FDS_MIN, nofile // 4))
+    return max(1, min(_DEFAULT_CAP, nofile - reserve))
+
+
+def max_connections(configured: int | None) -> int:
+    """The connection cap: ``configured``, or the default for this process's file limit.
+
+    :raises ConfigError: ``configured`` does not leave the daemon 32 descriptors.
+    """
+    nofile = file_limit()
+    if configured is None:
+        return default_max_connections(nofile)
+    if nofile is not None and configured > nofile - _RESERVED_FDS_MIN:
+        raise ConfigError(
+            f"max_connections = {configured} needs more open files than this process may "
+            f"have (RLIMIT_NOFILE {nofile}, of which overlayd keeps some for itself); raise "
+            "the limit (systemd: LimitNOFILE=) or lower max_connections"
+        )
+    return configured
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one daemon allows its clients."""
+
+    #: Connections served at once; the next one is answered ``err`` and closed.
+    max_connections: int = _DEFAULT_CAP
+    #: Requests of one connection read and not yet answered.
+    max_inflight: int = 64
+    #: Request body bytes of one connection read and not yet answered (one
+    #: request is always admitted, whatever its size).
+    max_inflight_bytes: int = 16 * 1024 * 1024
+    #: Bodies larger than this are decoded in a worker thread.
+    offload_bytes: int = 64 * 1024
+    #: Worker threads decoding large bodies at once (all connections together).
+    offload_threads: int = 2
+
+
+class RateLimitedLog:
+    """Log a recurring condition at most once per ``interval``, with a count."""
+
+    def __init__(self, logger: logging.Logger, interval: float = LOG_INTERVAL) -> None:
+        self._log = logger
+        self._interval = interval
+        #: key -> (monotonic time of the last line, occurrences since then)
+        self._state: dict[str, tuple[float, int]] = {}
+
+    def warning(self, key: str, message: str, *args: object, **extra: Any) -> bool:
+        """Log ``message % args`` unless ``key`` was logged less than ``interval`` ago.
+
+        Returns whether a line was written; the line after a quiet period says
+        how many occurrences were not logged.
+        """
+        now = time.monotonic()
+        last, suppressed = self._state.get(key, (float("-inf"), 0))
+        if now - last < self._interval:
+            self._state[key] = (last, suppressed + 1)
+            return False
+        self._state[key] = (now, 0)
+        if suppressed:
+            message += " (%d more since the last report)"
+            args = (*args, suppressed)
+        self._log.warning(message, *args, extra=extra or None)
+        return True
+
+
+@dataclass(frozen=True)
+class PeerCredentials:
+    """Who is on the other end of a Unix socket, as the kernel recorded it at connect."""
+
+    pid: int
+    uid: int
+    gid: int
+    #: Supplementary groups of the connecting process (``None``: unknown).
+    groups: frozenset[int] | None
+
+    def __str__(self) -> str:
+        return f"pid {self.pid} uid {self.uid} gid {self.gid}"
+
+
+def _groups_from_proc(pid: int) -> frozenset[int] | None:
+    """The ``Groups:`` line of ``/proc/<pid>/status`` (a fallback for old kernels)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Groups:"):
+                    return frozenset(int(g) for g in line.split()[1:])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def peer_credentials(sock: socket.socket) -> PeerCredentials:
+    """``SO_PEERCRED`` and the peer's supplementary groups (``SO_PEERGROUPS``).
+
+    The groups are those of the process that connected, taken by the kernel
+    at ``connect()``, not what ``/etc/group`` says about the user: a process
+    started with ``setgroups`` (systemd's ``SupplementaryGroups=``, ``sg``,
+    ``setpriv``) has groups ``/etc/group`` does not list. Kernels before 4.13
+    lack ``SO_PEERGROUPS``; then ``/proc/<pid>/status`` is read.
+
+    :raises OSError: the credentials cannot be read (always on Windows).
+    """
+    if sys.platform == "win32":
+        raise OSError("peer credentials of a Unix socket are not available on Windows")
+    else:
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+        pid, uid, gid = _UCRED.unpack(raw)
+        groups: frozenset[int] | None = None
+        size = 64 * 4
+        for _ in range(4):
+            try:
+                data = sock.getsockopt(socket.SOL_SOCKET, _SO_PEERGROUPS, size)
+            except OSError as exc:
+                if exc.errno == errno.ERANGE and size < 65536 * 4:
+                    size *= 8  # more groups than the buffer holds
+                    continue
+                break
+            count = len(data) // 4
+            groups = frozenset(struct.unpack(f"{count}I", data[: 4 * count]))
+            break
+        if groups is None:
+            groups = _groups_from_proc(pid)
+        return PeerCredentials(pid, uid, gid, groups)
+
+
+def refuse_socket(sock: socket.socket, message: str) -> None:
+    """Answer ``err`` (id 0) on a fresh connection without waiting, then close it.
+
+    A new Unix socket's send buffer holds the short frame; if it does not,
+    the client simply sees the connection close.
+    """
+    try:
+        sock.setblocking(False)
+        sock.send(p.encode_frame(p.ResponseFrame.err(0, message)))
+    except OSError:
+        pass
+    finally:
+        sock.close()
+
+
+async def accept_connections(
+    listener: socket.socket, limiter: RateLimitedLog
+) -> AsyncIterator[socket.socket]:
+    """Accept clients forever, pausing (never spinning) while descriptors run out."""
+    loop = asyncio.get_running_loop()
+    delay = _ACCEPT_BACKOFF[0]
+    while True:
+        try:
+            client, _ = await loop.sock_accept(listener)
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            continue
+        except OSError as exc:
+            if exc.errno in (errno.EBADF, errno.EINVAL):
+                return  # the listener was closed: the daemon is stopping
+            # Out of descriptors or memory (or a stranger error): the pending
+            # client stays in the backlog, and retrying at once would spin on
+            # a listener that stays readable.
+            limiter.warning(
+                "accept",
+                "cannot accept connections: %s; retrying in %.2f s (lower "
+                "max_connections or raise the open-files limit)",
+                exc.strerror or exc,
+                delay,
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _ACCEPT_BACKOFF[1])
+            continue
+        delay = _ACCEPT_BACKOFF[0]
+        yield client
+
+
+class Connection:
+    """One client connection: its streams, its answers and the requests in flight."""
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        peer: str,
+        limits: Limits,
+        offload: asyncio.Semaphore,
+    ) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.peer = peer
+        self.limits = limits
+        self.tasks: set[asyncio.Task[None]] = set()
+        self._offload = offload
+        self._send_lock = asyncio.Lock()
+        self._inflight_bytes = 0
+        #: Its event subscription (``hello`` with ``events``), if it asked for one.
+        self.subscription: Subscription | None = None
+
+    @classmethod
+    async def from_socket(
+        cls, sock: socket.socket, peer: str, limits: Limits, offload: asyncio.Semaphore
+    ) -> Connection:
+        """Wrap an accepted socket in asyncio streams."""
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=2**16)
+        protocol = asyncio.StreamReaderProtocol(reader)
+        transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock)
+        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+        return cls(reader, writer, peer, limits, offload)
+
+    # -- answers ------------------------------------------------------------
+
+    async def send(self, frame: p.Frame) -> None:
+        """Send one frame once the previous one has left the transport's buffer.
+
+        The lock makes the buffer hold at most one frame beyond the
+        transport's high-water mark: answers for a client that does not read
+        wait here (and keep their request in flight) instead of piling up.
+        """
+        body = p.encode_body(frame)
+        async with self._send_lock:
+            await write_frame(self.writer, body)
+
+    async def send_quietly(self, frame: p.Frame) -> None:
+        """:meth:`send`, where a gone client or an unencodable answer is not an error."""
+        try:
+            await self.send(frame)
+        except (ConnectionError, OSError) as exc:
+            log.debug("could not answer %s: %s", self.peer, exc)
+        except p.ProtocolError as exc:
+            # The answer itself cannot be encoded (e.g. over 8 MiB): say so instead.
+            if isinstance(frame, p.ResponseFrame):
+                with contextlib.suppress(ConnectionError, OSError):
+                    await self.send(p.ResponseFrame.err(frame.id, str(exc)))
+
+    # -- requests -----------------------------------------------------------
+
+    def spawn(self, coro: Coroutine[Any, Any, None], size: int) -> None:
+        """Run ``coro`` (the answer to a request of ``size`` bytes) as a tracked task."""
+        task = asyncio.create_task(coro)
+        self.tasks.add(task)
+        self._inflight_bytes += size
+
+        def done(t: asyncio.Task[None]) -> None:
+            self.tasks.discard(t)
+            self._inflight_bytes -= size
+
+        task.add_done_callback(done)
+
+    async def _room(self) -> None:
+        """Wait until another request of this connection may be read."""
+        limits = self.limits
+        while self.tasks and (
+            len(self.tasks) >= limits.max_inflight
+            or self._inflight_bytes >= limits.max_inflight_bytes
+        ):
+            await asyncio.wait(list(self.tasks), return_when=asyncio.FIRST_COMPLETED)
+
+    async def _decode(self, body: bytes) -> p.Frame:
+        if len(body) <= self.limits.offload_bytes:
+            return p.decode_frame(body)
+        async with self._offload:
+            return await asyncio.to_thread(p.decode_frame, body)
+
+    async def requests(self) -> AsyncIterator[tuple[p.RequestFrame, int]]:
+        """Yield ``(request frame, body size)`` until the client leaves or breaks the framing.
+
+        Frames that are not valid requests are answered ``err`` here. The
+        caller must hand each request to :meth:`spawn` before asking for the
+        next one, so that the in-flight bounds see it.
+        """
+        while True:
+            await self._room()
+            try:
+                body = await read_frame(self.reader)
+            except FramingError as exc:
+                log.warning("closing connection from %s: %s", self.peer, exc)
+                return
+            except OSError:
+                return
+            if body is None:
+                return
+            try:
+                frame = await self._decode(body)
+            except p.ProtocolError as exc:
+                message = clip(str(exc), MAX_ERR_MESSAGE)
+                await self.send_quietly(p.ResponseFrame.err(exc.request_id or 0, message))
+                continue
+            except Exception as exc:
+                log.exception("could not decode a frame from %s", self.peer)
+                await self.send_quietly(
+                    p.ResponseFrame.err(
+                        0,
+                        f"internal error decoding the frame: {type(exc).__name__}; "
+                        "this is a bug in overlayd, please report it with the daemon's log",
+                    )
+                )
+                continue
+            if not isinstance(frame, p.RequestFrame):
+                frame_id = frame.id if isinstance(frame, p.ResponseFrame) else 0
+                await self.send_quietly(
+                    p.ResponseFrame.err(
+                        frame_id,
+                        f"clients may only send request frames, not {frame.frame} frames",
+                    )
+                )
+                continue
+            yield frame, len(body)
+
+    async def close(self) -> None:
+        """Close the streams (idempotent)."""
+        self.writer.close()
+        with contextlib.suppress(OSError):
+            await self.writer.wait_closed()

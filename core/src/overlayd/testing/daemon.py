@@ -1,0 +1,198 @@
+"""``overlayd serve`` as a subprocess, and raw frames to and from it (POSIX).
+
+For end-to-end tests that need what a client library hides: pipelined or
+malformed frames, clients that never read, the daemon's memory and CPU time.
+
+Example::
+
+    daemon = start_daemon(tmp_path)
+    try:
+        with raw_connect(daemon.socket) as sock:
+            send_request(sock, 1, {"op": "hello"})
+            assert recv_frame(sock)["response"]["result"] == "hello"
+    finally:
+        assert daemon.stop() == 0
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from collections.abc import Mapping
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+assert sys.platform != "win32", "the daemon test helpers need Unix sockets"
+
+__all__ = [
+    "DaemonProcess",
+    "frame_bytes",
+    "raw_connect",
+    "recv_frame",
+    "send_request",
+    "start_daemon",
+]
+
+_HDR = struct.Struct("<I")
+
+
+@dataclass
+class DaemonProcess:
+    """A running ``overlayd serve`` and the files it uses."""
+
+    proc: subprocess.Popen[bytes]
+    socket: Path
+    root: Path
+    log: Path
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """SIGTERM, wait, and return the exit code (kill after ``timeout``)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+            raise
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the daemon (``VmRSS``)."""
+        with open(f"/proc/{self.proc.pid}/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        raise AssertionError("no VmRSS in /proc/<pid>/status")
+
+    def cpu_seconds(self) -> float:
+        """User plus system CPU time the daemon has used."""
+        with open(f"/proc/{self.proc.pid}/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        ticks = os.sysconf("SC_CLK_TCK")
+        return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def start_daemon(
+    root: Path,
+    config: str = "",
+    *,
+    args: Sequence[str] = (),
+    socket_path: Path | None = None,
+    prefix: Sequence[str] = (),
+    preexec_fn: Callable[[], Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 30.0,
+) -> DaemonProcess:
+    """Start ``overlayd serve`` with socket ``root/s.sock`` (or ``socket_path``) and
+    data in ``root/data``.
+
+    ``config`` is TOML for ``--config`` (default: the fake driver, no DNS, no
+    periodic health checks); ``prefix`` runs the daemon under another command
+    (``ip netns exec NS``). Returns once the socket accepts connections.
+    """
+    sock = socket_path or root / "s.sock"
+    cfg = root / "overlayd.toml"
+    cfg.write_text(
+        config
+        or '[drivers]\nenabled = ["fake"]\n[dns]\nenabled = false\n[engine]\n'
+        "health_interval_secs = 0\n"
+    )
+    log = root / "daemon.log"
+    command = [
+        *prefix,
+        sys.executable,
+        "-m",
+        "overlayd",
+        "serve",
+        "--config",
+        str(cfg),
+        "--socket",
+        str(sock),
+        "--data-dir",
+        str(root / "data"),
+        *args,
+    ]
+    with log.open("ab") as out:
+        proc = subprocess.Popen(  # noqa: S603 - the test's own command line
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=preexec_fn,  # noqa: PLW1509 - single-threaded test helpers
+            env=None if env is None else dict(env),
+        )
+    daemon = DaemonProcess(proc, sock, root, log)
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise AssertionError(f"overlayd exited {proc.returncode}:\n{daemon.log_text()}")
+        try:
+            with raw_connect(sock, timeout=1.0):
+                return daemon
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            proc.wait(5)
+            raise AssertionError(f"overlayd did not listen on {sock}:\n{daemon.log_text()}")
+        time.sleep(0.05)
+
+
+def raw_connect(path: Path | str, timeout: float = 10.0) -> socket.socket:
+    """A connected Unix socket with a timeout."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(str(path))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def frame_bytes(body: bytes) -> bytes:
+    """``body`` with its 4-byte little-endian length prefix."""
+    return _HDR.pack(len(body)) + body
+
+
+def send_request(sock: socket.socket, request_id: int, request: Mapping[str, Any]) -> None:
+    """Send one request frame."""
+    body = json.dumps({"frame": "request", "id": request_id, "request": request}).encode()
+    sock.sendall(frame_bytes(body))
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
+    buf = bytearray()
+    while len(buf) < n:
+        try:
+            chunk = sock.recv(n - len(buf))
+        except ConnectionResetError:
+            return None  # a closed Unix socket with unread input reports ECONNRESET
+        if not chunk:
+            return None
+        buf += chunk
+    return bytes(buf)
+
+
+def recv_frame(sock: socket.socket) -> dict[str, Any] | None:
+    """The next frame as a JSON object; ``None`` when the daemon closed the connection."""
+    head = _recv_exact(sock, 4)
+    if head is None:
+        return None
+    (n,) = _HDR.unpack(head)
+    body = _recv_exact(sock, n)
+    if body is None:
+        raise AssertionError("the daemon closed the connection inside a frame")
+    data: dict[str, Any] = json.loads(body)
+    return data
