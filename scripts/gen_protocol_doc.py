@@ -71,12 +71,22 @@ their API versions and capabilities, supported ops, and the event
 subscription), ``apply_peers`` (a batch of peer changes applied as one
 transaction), ``list_attachments``, ``list_leases``, ``gc`` (detach everything
 not in the caller's live set, race-safe), ``reconcile``, ``map_port`` and
-``unmap_port``, ``nat_peer_candidates`` (hand a peer's NAT-traversal
+``unmap_port``, ``attach_interface`` (attach, answered with the attachment's
+interface details), ``nat_peer_candidates`` (hand a peer's NAT-traversal
 candidates, read from its ``status``, to this node; see :doc:`nat`) and
 ``cluster_status`` (the nodes of the cluster, in cluster mode; see
 :doc:`cluster`). ``status`` carries a ``nat`` object (this node's candidates,
 each peer's path, warnings) while NAT traversal runs; ZLayer's frames never
 carry it and its decoder ignores it. Their frames are among the examples above.
+
+The ``netns`` handle is an extension too. Besides ``path`` it may carry a CNI
+attachment identity: ``container_id``, and with it ``ifname`` (the
+interface name inside the namespace, default ``eth0``) and ``network`` (the
+CNI network name). With ``container_id`` the attachment is keyed by
+``(network, container_id, ifname)``, so ``detach_container`` and ``gc`` need
+no path and work after the namespace is gone; ``gc`` with ``network`` only
+considers that network's attachments. ``list_attachments`` with ``handle``
+answers with that one attachment (or none). See docs/cni.rst.
 
 Event subscription
 ~~~~~~~~~~~~~~~~~~

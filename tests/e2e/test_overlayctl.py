@@ -146,6 +146,15 @@ def test_call_drives_every_op(sock: Path) -> None:
         ({"op": "reconcile"}, "reconcile_report"),
         (
             {
+                "op": "attach_interface",
+                "handle": {"platform": "netns", "path": "/run/netns/c1", "container_id": "c1"},
+                "service": "web",
+            },
+            "attachment",
+        ),
+        ({"op": "detach_container", "handle": {"platform": "netns", "container_id": "c1"}}, "ok"),
+        (
+            {
                 "op": "map_port",
                 "protocol": "tcp",
                 "host_port": 18080,

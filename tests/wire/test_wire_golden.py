@@ -42,6 +42,15 @@ def rs(frame_id: int, body: str) -> str:
 
 PID = p.LinuxPidHandle(pid=4242)
 PID_JSON = '{"platform":"linux_pid","pid":4242}'
+# A CNI attachment: identity (network, container_id, ifname); the path is only
+# needed to attach.
+CNI = p.NetnsHandle(path="/run/netns/c1", container_id="c0ffee", ifname="net1", network="ovl")
+CNI_JSON = (
+    '{"platform":"netns","path":"/run/netns/c1","container_id":"c0ffee",'
+    '"ifname":"net1","network":"ovl"}'
+)
+CNI_DEL = p.NetnsHandle(container_id="c0ffee", ifname="net1", network="ovl")
+CNI_DEL_JSON = '{"platform":"netns","container_id":"c0ffee","ifname":"net1","network":"ovl"}'
 
 REQUESTS: list[tuple[str, p.Frame, str]] = [
     (
@@ -380,6 +389,39 @@ REQUESTS: list[tuple[str, p.Frame, str]] = [
         ),
     ),
     ("cluster_status", req(42, p.ClusterStatusRequest()), rq(42, '{"op":"cluster_status"}')),
+    (
+        "attach_interface",
+        req(42, p.AttachInterfaceRequest(handle=CNI, service="web", create_mode="shared")),
+        rq(
+            42,
+            f'{{"op":"attach_interface","handle":{CNI_JSON},"service":"web",'
+            '"create_mode":"shared"}',
+        ),
+    ),
+    (
+        "attach_interface-no-default-route",
+        req(
+            43,
+            p.AttachInterfaceRequest(
+                handle=CNI, service="web", default_route=False, dns_domain="prod.local"
+            ),
+        ),
+        rq(
+            43,
+            f'{{"op":"attach_interface","handle":{CNI_JSON},"service":"web",'
+            '"dns_domain":"prod.local","default_route":false}',
+        ),
+    ),
+    (
+        "list_attachments-handle",
+        req(44, p.ListAttachmentsRequest(handle=CNI_DEL)),
+        rq(44, f'{{"op":"list_attachments","handle":{CNI_DEL_JSON}}}'),
+    ),
+    (
+        "gc-network",
+        req(45, p.GcRequest(live=[CNI_DEL], network="ovl")),
+        rq(45, f'{{"op":"gc","live":[{CNI_DEL_JSON}],"network":"ovl"}}'),
+    ),
 ]
 
 PEER_JSON = (
@@ -693,6 +735,39 @@ RESPONSES: list[tuple[str, p.Frame, str]] = [
         ),
     ),
     (
+        "attachment",
+        resp(
+            18,
+            p.AttachmentResponse(
+                attachment=p.AttachmentInfo(
+                    handle=CNI,
+                    service="web",
+                    ip="10.200.0.5",
+                    interfaces=["zv0123456789abc"],
+                    driver="linux_bridge",
+                    created_unix_secs=1700000000,
+                    ifname="net1",
+                    mac="02:42:0a:c8:00:05",
+                    prefix_len=22,
+                    gateway="10.200.0.1",
+                    routes=["0.0.0.0/0"],
+                    mtu=1420,
+                    dns_servers=["10.200.0.1"],
+                    dns_domain="prod.local",
+                )
+            ),
+        ),
+        rs(
+            18,
+            f'{{"result":"attachment","attachment":{{"handle":{CNI_JSON},'
+            '"service":"web","ip":"10.200.0.5","interfaces":["zv0123456789abc"],'
+            '"driver":"linux_bridge","created_unix_secs":1700000000,"ifname":"net1",'
+            '"mac":"02:42:0a:c8:00:05","prefix_len":22,"gateway":"10.200.0.1",'
+            '"routes":["0.0.0.0/0"],"mtu":1420,"dns_servers":["10.200.0.1"],'
+            '"dns_domain":"prod.local"}}',
+        ),
+    ),
+    (
         "reconcile_report",
         resp(
             17,
@@ -862,6 +937,34 @@ def test_wire_scopeless_add_peer_decodes_as_global() -> None:
 
 
 REJECTED = [
+    (
+        "netns-without-path-or-container-id",
+        '{"frame":"request","id":9,"request":{"op":"detach_container",'
+        '"handle":{"platform":"netns"}}}',
+        9,
+        "a netns handle needs a path (or a CNI container_id)",
+    ),
+    (
+        "netns-ifname-without-container-id",
+        '{"frame":"request","id":9,"request":{"op":"detach_container",'
+        '"handle":{"platform":"netns","path":"/run/netns/x","ifname":"eth1"}}}',
+        9,
+        "ifname and network need container_id",
+    ),
+    (
+        "netns-bad-container-id",
+        '{"frame":"request","id":9,"request":{"op":"detach_container",'
+        '"handle":{"platform":"netns","container_id":"-x:y"}}}',
+        9,
+        "container_id '-x:y' is invalid",
+    ),
+    (
+        "netns-bad-ifname",
+        '{"frame":"request","id":9,"request":{"op":"detach_container",'
+        '"handle":{"platform":"netns","container_id":"c1","ifname":"a/b"}}}',
+        9,
+        "'a/b' is not a valid interface name",
+    ),
     (
         "bare-string-scope",
         f'{{"frame":"request","id":3,"request":{{"op":"remove_peer","pubkey":"{K1}",'
@@ -1048,14 +1151,22 @@ endpoints = st.one_of(
 text = st.text(max_size=20)
 u64 = st.integers(0, 2**64 - 1)
 u16 = st.integers(0, 65535)
+opt = st.none
+cni_ids = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,30}", fullmatch=True)
 scopes = st.one_of(st.builds(p.GlobalScope), st.builds(p.ServiceScope, service=text.filter(bool)))
 handles = st.one_of(
     st.builds(p.LinuxPidHandle, pid=st.integers(1, 2**32 - 1)),
     st.builds(p.WindowsContainerHandle, container_id=text, ip=st.none() | ips),
     st.builds(p.GuestManagedHandle, id=text),
     st.builds(p.NetnsHandle, path=text.filter(bool)),
+    st.builds(
+        p.NetnsHandle,
+        path=opt() | text.filter(bool),
+        container_id=cni_ids,
+        ifname=opt() | st.from_regex(r"[a-z][a-z0-9]{0,14}", fullmatch=True),
+        network=opt() | cni_ids,
+    ),
 )
-opt = st.none
 changes = st.builds(
     p.PeerChange,
     public_key=keys,
@@ -1122,12 +1233,25 @@ REQUEST_STRATEGIES: dict[str, st.SearchStrategy[p.Request]] = {
     "apply_peers": st.builds(
         p.ApplyPeersRequest, changes=st.lists(changes, max_size=4), scope=scopes
     ),
-    "list_attachments": st.builds(p.ListAttachmentsRequest, service=opt() | text),
+    "list_attachments": st.builds(
+        p.ListAttachmentsRequest, service=opt() | text, handle=opt() | handles
+    ),
     "list_leases": st.builds(p.ListLeasesRequest, pool=opt() | text),
     "gc": st.builds(
         p.GcRequest,
         live=st.lists(handles, max_size=4),
         dry_run=opt() | st.booleans(),
+        network=opt() | cni_ids,
+    ),
+    "attach_interface": st.builds(
+        p.AttachInterfaceRequest,
+        handle=handles,
+        service=text,
+        join_global=opt() | st.booleans(),
+        dns_server=opt() | ips,
+        dns_domain=opt() | text,
+        default_route=opt() | st.booleans(),
+        create_mode=opt() | st.sampled_from(["auto", "shared", "dedicated"]),
     ),
     "reconcile": st.builds(p.ReconcileRequest),
     "nat_peer_candidates": st.builds(

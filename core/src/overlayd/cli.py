@@ -324,6 +324,9 @@ def _handle_label(handle: p.AnyHandle) -> str:
         return f"container:{handle.container_id}"
     if isinstance(handle, p.GuestManagedHandle):
         return f"guest:{handle.id}"
+    if handle.container_id is not None:
+        ifname = handle.ifname or "eth0"
+        return f"cni:{handle.network or '-'}/{handle.container_id}/{ifname}"
     return f"netns:{handle.path}"
 
 

@@ -20,6 +20,10 @@ effect) and the next call reconnects.
 
     with Client() as client:                  # same methods, blocking
         client.add_peer(key, "node2:51820", "10.200.1.0/28")
+
+:class:`~overlayd.rawclient.RawClient` (re-exported here) is the blocking,
+standard-library-only client for short-lived processes: plain dicts in and
+out, a few milliseconds to import.
 """
 
 from __future__ import annotations
@@ -56,7 +60,9 @@ from overlayd.protocol import AnyScope
 from overlayd.protocol import ApplyPeersRequest
 from overlayd.protocol import AttachContainerRequest
 from overlayd.protocol import AttachedResponse
+from overlayd.protocol import AttachInterfaceRequest
 from overlayd.protocol import AttachmentInfo
+from overlayd.protocol import AttachmentResponse
 from overlayd.protocol import AttachmentsResponse
 from overlayd.protocol import BridgeNameResponse
 from overlayd.protocol import ClusterStatusRequest
@@ -106,6 +112,13 @@ from overlayd.protocol import UnmapPortRequest
 from overlayd.protocol import UnregisterDnsRequest
 from overlayd.protocol import decode_frame
 from overlayd.protocol import encode_body
+from overlayd.rawclient import ClientClosed
+from overlayd.rawclient import ConnectError
+from overlayd.rawclient import ConnectionLost
+from overlayd.rawclient import RawClient
+from overlayd.rawclient import RemoteError
+from overlayd.rawclient import RequestTimeout
+from overlayd.rawclient import UnexpectedResponse
 from overlayd.transport import DEFAULT_SOCKET
 from overlayd.transport import FramingError
 from overlayd.transport import open_connection
@@ -119,6 +132,7 @@ __all__ = [
     "ConnectError",
     "ConnectionLost",
     "EventStream",
+    "RawClient",
     "RemoteError",
     "RequestTimeout",
     "SyncEventStream",
@@ -132,50 +146,6 @@ _T = TypeVar("_T")
 
 #: Connect errors that mean "the daemon is not there yet": retried with backoff.
 _RETRYABLE: Final = (FileNotFoundError, ConnectionError, BlockingIOError)
-
-
-class RemoteError(OverlaydError):
-    """The daemon answered ``err``; ``str(exc)`` is its message."""
-
-    code = "remote"
-
-    def __init__(
-        self, message: str, *, op: str | None = None, request_id: int | None = None
-    ) -> None:
-        self.message = message
-        self.op = op
-        self.request_id = request_id
-        super().__init__(message)
-
-
-class ConnectError(OverlaydError):
-    """The daemon's socket could not be reached, even after retrying."""
-
-    code = "connect"
-
-
-class ConnectionLost(OverlaydError):
-    """The connection broke; a call in flight may or may not have taken effect."""
-
-    code = "connection_lost"
-
-
-class ClientClosed(OverlaydError):
-    """The client was closed; create a new one."""
-
-    code = "closed"
-
-
-class RequestTimeout(OverlaydError, TimeoutError):
-    """The daemon did not answer within the call's timeout."""
-
-    code = "timeout"
-
-
-class UnexpectedResponse(OverlaydError):
-    """The daemon answered with a result kind the op never returns."""
-
-    code = "unexpected_response"
 
 
 class _Unset:
@@ -633,17 +603,52 @@ class AsyncClient:
         request = ApplyPeersRequest(changes=list(changes), scope=_scope(service))
         await self._expect(request, OkResponse)
 
-    async def list_attachments(self, service: str | None = None) -> list[AttachmentInfo]:
-        request = ListAttachmentsRequest(service=service)
+    async def list_attachments(
+        self, service: str | None = None, *, handle: AnyHandle | None = None
+    ) -> list[AttachmentInfo]:
+        """Attachments: all, one service's, or the one of ``handle`` (empty if none)."""
+        request = ListAttachmentsRequest(service=service, handle=handle)
         return (await self._expect(request, AttachmentsResponse)).attachments
+
+    async def attach_interface(
+        self,
+        handle: AnyHandle,
+        service: str,
+        *,
+        join_global: bool = False,
+        dns_server: str | None = None,
+        dns_domain: str | None = None,
+        default_route: bool = True,
+        create_mode: OverlayModeName | None = None,
+    ) -> AttachmentInfo:
+        """Attach a workload and return its interface's details (``attach_interface``).
+
+        ``default_route=False`` routes only the cluster CIDR via the gateway;
+        ``create_mode`` creates the service overlay first when it is missing.
+        """
+        request = AttachInterfaceRequest(
+            handle=handle,
+            service=service,
+            join_global=join_global or None,
+            dns_server=dns_server,
+            dns_domain=dns_domain,
+            default_route=None if default_route else False,
+            create_mode=create_mode,
+        )
+        return (await self._expect(request, AttachmentResponse)).attachment
 
     async def list_leases(self, pool: str | None = None) -> list[LeaseInfo]:
         request = ListLeasesRequest(pool=pool)
         return (await self._expect(request, LeasesResponse)).leases
 
-    async def gc(self, live: Iterable[AnyHandle], *, dry_run: bool = False) -> GcReportResponse:
-        """Detach every attachment whose handle is not in ``live``."""
-        request = GcRequest(live=list(live), dry_run=dry_run or None)
+    async def gc(
+        self, live: Iterable[AnyHandle], *, dry_run: bool = False, network: str | None = None
+    ) -> GcReportResponse:
+        """Detach every attachment whose handle is not in ``live``.
+
+        ``network`` limits the candidates to the attachments of that CNI network.
+        """
+        request = GcRequest(live=list(live), dry_run=dry_run or None, network=network)
         return await self._expect(request, GcReportResponse)
 
     async def map_port(
@@ -904,14 +909,41 @@ class Client:
     def apply_peers(self, changes: Iterable[PeerChange], *, service: str | None = None) -> None:
         self._run(self._async.apply_peers(list(changes), service=service))
 
-    def list_attachments(self, service: str | None = None) -> list[AttachmentInfo]:
-        return self._run(self._async.list_attachments(service))
+    def list_attachments(
+        self, service: str | None = None, *, handle: AnyHandle | None = None
+    ) -> list[AttachmentInfo]:
+        return self._run(self._async.list_attachments(service, handle=handle))
+
+    def attach_interface(
+        self,
+        handle: AnyHandle,
+        service: str,
+        *,
+        join_global: bool = False,
+        dns_server: str | None = None,
+        dns_domain: str | None = None,
+        default_route: bool = True,
+        create_mode: OverlayModeName | None = None,
+    ) -> AttachmentInfo:
+        return self._run(
+            self._async.attach_interface(
+                handle,
+                service,
+                join_global=join_global,
+                dns_server=dns_server,
+                dns_domain=dns_domain,
+                default_route=default_route,
+                create_mode=create_mode,
+            )
+        )
 
     def list_leases(self, pool: str | None = None) -> list[LeaseInfo]:
         return self._run(self._async.list_leases(pool))
 
-    def gc(self, live: Iterable[AnyHandle], *, dry_run: bool = False) -> GcReportResponse:
-        return self._run(self._async.gc(list(live), dry_run=dry_run))
+    def gc(
+        self, live: Iterable[AnyHandle], *, dry_run: bool = False, network: str | None = None
+    ) -> GcReportResponse:
+        return self._run(self._async.gc(list(live), dry_run=dry_run, network=network))
 
     def reconcile(self) -> ReconcileReportResponse:
         return self._run(self._async.reconcile())

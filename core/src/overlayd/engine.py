@@ -631,6 +631,18 @@ class Engine:
                     out.append(address)
         return out
 
+    def resolver(self, service: str) -> tuple[list[IPAddress], str]:
+        """The nameservers and search domain for a workload on ``service``.
+
+        The nameserver is the service gateway when overlayd's DNS server
+        listens there on port 53 (none otherwise); the domain is the overlay
+        zone without its final dot. Raises :class:`NotFound` for an unknown service.
+        """
+        svc = self._service(service)
+        dns = self.config.dns
+        serving = dns.enabled and dns.listen_on_gateways and dns.gateway_port == 53
+        return ([svc.gateway] if serving else []), self._zone().rstrip(".")
+
     def _sync_dns_serve(self) -> None:
         try:
             self.hooks.dns_serve(self._zone(), self._dns_addresses())
@@ -1340,14 +1352,23 @@ class Engine:
         join_global: bool = False,
         dns_server: str | IPAddress | None = None,
         dns_domain: str | None = None,
+        default_route: bool = True,
     ) -> Attachment:
-        """Attach a workload to ``service``. Idempotent per handle."""
+        """Attach a workload to ``service``. Idempotent per handle.
+
+        ``default_route=False`` routes only the cluster CIDR via the service
+        gateway (for a workload whose default route comes from another network).
+        """
         self._require_started()
         if isinstance(handle, dict):
             try:
                 handle = _HANDLE_ADAPTER.validate_python(handle)
             except ValueError as exc:
                 raise InvalidRequest(f"invalid attach handle: {exc}") from None
+        if isinstance(handle, NetnsHandle) and handle.path is None:
+            raise InvalidRequest(
+                "attaching a netns handle needs its path (the namespace to attach)"
+            )
         self._check_name("service name", service)
         dns_ip = self._parse_ip("dns_server", dns_server) if dns_server else None
         if dns_domain is not None and not _DNS_NAME_RE.match(dns_domain):
@@ -1369,7 +1390,9 @@ class Engine:
                 return existing
             self._global()
             svc = self._service(service)
-            return await self._run(self._attach, handle, svc, join_global, dns_ip, dns_domain)
+            return await self._run(
+                self._attach, handle, svc, join_global, dns_ip, dns_domain, default_route
+            )
 
     def _attach(
         self,
@@ -1378,6 +1401,7 @@ class Engine:
         join_global: bool,
         dns_server: IPAddress | None,
         dns_domain: str | None,
+        default_route: bool = True,
     ) -> Attachment:
         g = self._global()
         key = handle_key(handle)
@@ -1424,6 +1448,7 @@ class Engine:
                 dns_server=dns_server,
                 dns_domain=dns_domain,
                 mtu=self.config.engine.mtu,
+                default_route=default_route,
             )
             att = self.hooks.attach(request)
             undo.push("detach", lambda: self.hooks.detach(att))
@@ -2066,13 +2091,19 @@ class Engine:
         return self.hooks.describe()
 
     async def gc(
-        self, live: Iterable[AnyHandle | dict[str, Any]], *, dry_run: bool = False
+        self,
+        live: Iterable[AnyHandle | dict[str, Any]],
+        *,
+        dry_run: bool = False,
+        network: str | None = None,
     ) -> GcReport:
         """Detach every attachment whose handle is not in ``live``.
 
         Race-safe without stopping the world: only attachments that existed when
         the call started are candidates, and each is re-checked under its
-        handle lock, so an attach in flight is never collected.
+        handle lock, so an attach in flight is never collected. With
+        ``network``, only the ``netns`` attachments of that CNI network are
+        candidates, and ``kept`` counts that network's attachments.
         """
         self._require_started()
         live_keys = set()
@@ -2080,16 +2111,18 @@ class Engine:
             handle = _HANDLE_ADAPTER.validate_python(h) if isinstance(h, dict) else h
             live_keys.add(handle_key(handle))
         started = int(time.time())
-        candidates = [
-            a
-            for a in self.list_attachments()
-            if a.key not in live_keys and a.created_unix_secs <= started
-        ]
+        scope = [a for a in self.list_attachments() if _in_network(a, network)]
+        candidates = [a for a in scope if a.key not in live_keys and a.created_unix_secs <= started]
         released: list[AnyHandle] = []
         for att in candidates:
             if dry_run or await self.detach(att.handle):
                 released.append(att.handle)
-        kept = len(self.attachments) - (len(released) if dry_run else 0)
+        total = (
+            len(self.attachments)
+            if network is None
+            else sum(1 for a in self.list_attachments() if _in_network(a, network))
+        )
+        kept = total - (len(released) if dry_run else 0)
         return GcReport(released=tuple(released), kept=kept)
 
     async def reconcile(self, startup: bool = False) -> ReconcileSummary:
@@ -2276,8 +2309,25 @@ def _short_name(handle: AnyHandle) -> str:
     if isinstance(handle, GuestManagedHandle):
         return re.sub(r"[^a-z0-9-]", "-", handle.id.lower())[:32].strip("-") or "guest"
     assert isinstance(handle, NetnsHandle)
-    base = handle.path.rstrip("/").rsplit("/", 1)[-1]
+    if handle.container_id is not None:
+        base = handle.container_id[:12]
+        if handle.container_ifname != "eth0":
+            base += f"-{handle.container_ifname}"
+    else:
+        base = (handle.path or "").rstrip("/").rsplit("/", 1)[-1]
     return re.sub(r"[^a-z0-9-]", "-", base.lower())[:32].strip("-") or "netns"
+
+
+def _in_network(att: Attachment, network: str | None) -> bool:
+    """Whether ``att`` is a candidate of a GC limited to CNI network ``network``."""
+    if network is None:
+        return True
+    handle = att.handle
+    return (
+        isinstance(handle, NetnsHandle)
+        and handle.container_id is not None
+        and (handle.network or "") == network
+    )
 
 
 def _build_change(**kwargs: Any) -> PeerChange:

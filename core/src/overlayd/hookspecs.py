@@ -607,6 +607,15 @@ def overlayd_attach(request: AttachRequest) -> Attachment | None:
     guest's keypair and returns it in ``attachment.guest``; the engine registers
     the guest as a peer of the node's device.
 
+    A ``netns`` handle with a CNI identity names the workload's interface
+    (``handle.container_ifname``, default ``eth0``). With
+    ``request.default_route`` false the workload gets no default route; the
+    cluster CIDR (``request.node.cluster_cidr``) is routed via the gateway
+    instead. A driver that creates the workload's interface reports its name,
+    MAC, MTU and the destinations routed via the gateway in
+    ``attachment.ifname``, ``mac``, ``mtu`` and ``routes`` (the CNI plugin's
+    result is built from them).
+
     :param request: Handle, service, segment, addresses, gateway, DNS, MTU.
     :returns: The attachment; ``attachment.driver`` is this driver's name and
         ``attachment.interfaces`` lists every host object detach must remove.
@@ -618,6 +627,9 @@ def overlayd_attach(request: AttachRequest) -> Attachment | None:
     half-created; the engine then releases the leases it took.
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.1
+       ``netns`` handles may name the interface; ``request.default_route``;
+       ``attachment.ifname``, ``mac``, ``mtu`` and ``routes``.
     """
 
 

@@ -25,6 +25,10 @@ from pydantic import BaseModel
 from pydantic import ConfigDict
 from pydantic import Field
 from pydantic import field_validator
+from pydantic import model_validator
+
+from overlayd.names import check_attachment_id
+from overlayd.names import check_workload_ifname
 
 __all__ = [
     "DRIVER_API",
@@ -63,6 +67,7 @@ __all__ = [
     "ReconcileRequest",
     "ServiceOverlay",
     "WindowsContainerHandle",
+    "check_netns_identity",
     "handle_key",
     "parse_cidr_list",
     "validate_wg_key",
@@ -349,10 +354,33 @@ class GuestManagedHandle(_Model):
 
 
 class NetnsHandle(_Model):
-    """A network namespace given by path (``/run/netns/x``); an overlayd extension."""
+    """A network namespace given by path (``/run/netns/x``); an overlayd extension.
+
+    Without ``container_id`` the path is the handle's identity and the
+    workload's interface is ``eth0``. With ``container_id`` (a CNI attachment)
+    the identity is ``(network, container_id, ifname)``: the workload's
+    interface is ``ifname`` (default ``eth0``), and ``path`` is needed to
+    attach but not to detach, so a detach works after the namespace is gone.
+    """
 
     platform: Literal["netns"] = "netns"
-    path: str = Field(min_length=1, max_length=4096)
+    path: str | None = Field(default=None, min_length=1, max_length=4096)
+    #: CNI ``CNI_CONTAINERID``: makes ``(network, container_id, ifname)`` the identity.
+    container_id: str | None = None
+    #: Interface name inside the namespace (CNI ``CNI_IFNAME``); needs ``container_id``.
+    ifname: str | None = None
+    #: CNI network name (``name`` of the network configuration); needs ``container_id``.
+    network: str | None = None
+
+    @model_validator(mode="after")
+    def _identity(self) -> NetnsHandle:
+        check_netns_identity(self.path, self.container_id, self.ifname, self.network)
+        return self
+
+    @property
+    def container_ifname(self) -> str:
+        """The interface name inside the namespace."""
+        return self.ifname or "eth0"
 
 
 AnyHandle: TypeAlias = LinuxPidHandle | WindowsContainerHandle | GuestManagedHandle | NetnsHandle
@@ -367,7 +395,34 @@ def handle_key(handle: AnyHandle) -> str:
         return f"windows_container:{handle.container_id}"
     if isinstance(handle, GuestManagedHandle):
         return f"guest_managed:{handle.id}"
+    if handle.container_id is not None:
+        return f"cni:{handle.network or ''}:{handle.container_id}:{handle.container_ifname}"
     return f"netns:{handle.path}"
+
+
+def check_netns_identity(
+    path: str | None, container_id: str | None, ifname: str | None, network: str | None
+) -> None:
+    """Raise ``ValueError`` unless these fields make a valid ``netns`` handle.
+
+    A handle needs ``path`` or ``container_id``; ``ifname`` and ``network``
+    only come with ``container_id``, whose values must be valid CNI names.
+    Shared by the wire model (:class:`overlayd.protocol.NetnsHandle`).
+    """
+    if container_id is None:
+        if ifname is not None or network is not None:
+            raise ValueError(
+                "ifname and network need container_id: with them the attachment's "
+                "identity is (network, container_id, ifname) instead of the path"
+            )
+        if path is None:
+            raise ValueError("a netns handle needs a path (or a CNI container_id)")
+        return
+    check_attachment_id("container_id", container_id)
+    if network is not None:
+        check_attachment_id("network", network)
+    if ifname is not None:
+        check_workload_ifname(ifname)
 
 
 class NodeInfo(_Model):
@@ -400,6 +455,9 @@ class AttachRequest(_Model):
     mtu: int | None = None
     #: Interface names the engine chose (host-side veth names etc.); drivers may ignore.
     names: Mapping[str, str] = Field(default_factory=dict)
+    #: ``False``: no default route in the workload (it has one from another
+    #: network); the cluster CIDR (``node.cluster_cidr``) is routed via ``gateway``.
+    default_route: bool = True
 
 
 class GuestConfig(_Model):
@@ -434,6 +492,15 @@ class Attachment(_Model):
     namespace_guid: str | None = None
     #: Windows: the HCN endpoint GUID.
     endpoint_id: str | None = None
+    #: The workload-side name of the service interface (``eth0``, CNI ``CNI_IFNAME``).
+    ifname: str | None = None
+    #: MAC address of that interface (``02:42:…``), when the driver knows it.
+    mac: str | None = None
+    #: MTU of that interface, when the driver set it.
+    mtu: int | None = None
+    #: Destinations routed via the service gateway in the workload
+    #: (``0.0.0.0/0`` for the default route).
+    routes: tuple[IPNetwork, ...] = ()
     guest: GuestConfig | None = None
     created_unix_secs: int = 0
     #: Driver-specific facts detach or reconcile need (e.g. netns inode).

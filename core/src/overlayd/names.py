@@ -27,6 +27,7 @@ created directly inside the workload's namespace with its final name
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Final
 
@@ -34,6 +35,8 @@ __all__ = [
     "MAX_IFNAME",
     "TOMBSTONE_PREFIX",
     "VETH_HOST_PREFIX",
+    "check_attachment_id",
+    "check_workload_ifname",
     "dedicated_device_name",
     "global_device_name",
     "interface_name",
@@ -195,3 +198,41 @@ def is_overlayd_veth(name: str) -> bool:
 def is_tombstone(name: str) -> bool:
     """Whether ``name`` is a link overlayd renamed for deferred deletion."""
     return _has_shape(name, TOMBSTONE_PREFIX)
+
+
+#: A CNI container id or network name: an alphanumeric first character, then
+#: alphanumerics, ``_``, ``.`` and ``-`` (the CNI specification's rule).
+_ATTACHMENT_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def check_workload_ifname(name: str) -> str:
+    """Return ``name`` if Linux accepts it as an interface name, else raise ``ValueError``.
+
+    At most :data:`MAX_IFNAME` bytes, not empty, not ``.`` or ``..``, and no
+    ``/``, ``:`` or whitespace (the kernel's ``dev_valid_name`` plus the CNI
+    specification's ban on ``:``).
+    """
+    problem = ""
+    if not name or name in (".", ".."):
+        problem = "it is empty, '.' or '..'"
+    elif len(name.encode()) > MAX_IFNAME:
+        problem = f"it is longer than {MAX_IFNAME} bytes"
+    elif any(c in "/:" or c.isspace() for c in name):
+        problem = "it contains '/', ':' or whitespace"
+    if problem:
+        raise ValueError(f"{name!r} is not a valid interface name: {problem}")
+    return name
+
+
+def check_attachment_id(kind: str, value: str) -> str:
+    """Return ``value`` if it is a valid CNI container id or network name (``kind``).
+
+    Raises ``ValueError`` naming ``kind`` otherwise. The rule keeps attachment
+    keys built from these values unambiguous (no ``:`` inside).
+    """
+    if len(value) > 1024 or not _ATTACHMENT_ID.fullmatch(value):
+        raise ValueError(
+            f"{kind} {value!r} is invalid: it must start with a letter or digit, "
+            "continue with letters, digits, '_', '.' or '-', and be at most 1024 characters"
+        )
+    return value

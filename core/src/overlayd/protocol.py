@@ -57,10 +57,12 @@ from pydantic import StrictBool
 from pydantic import StrictInt
 from pydantic import StrictStr
 from pydantic import ValidationError
+from pydantic import model_validator
 
 from overlayd.errors import InvalidRequest
 from overlayd.errors import clip
 from overlayd.errors import quote
+from overlayd.model import check_netns_identity
 
 __all__ = [
     "ALL_OPS",
@@ -80,8 +82,10 @@ __all__ = [
     "AnyScope",
     "ApplyPeersRequest",
     "AttachContainerRequest",
+    "AttachInterfaceRequest",
     "AttachedResponse",
     "AttachmentInfo",
+    "AttachmentResponse",
     "AttachmentsResponse",
     "BridgeNameResponse",
     "ClusterNodeInfo",
@@ -348,10 +352,23 @@ class GuestManagedHandle(_Wire):
 
 
 class NetnsHandle(_Wire):
-    """``netns {path}``: overlayd extension, attach a network namespace by path."""
+    """``netns {path, container_id?, ifname?, network?}``: overlayd extension.
+
+    A network namespace by path. With ``container_id`` (a CNI attachment) the
+    handle's identity is ``(network, container_id, ifname)`` and the path is
+    only needed to attach (see :class:`overlayd.model.NetnsHandle`).
+    """
 
     platform: Literal["netns"] = "netns"
-    path: NonEmptyStr
+    path: NonEmptyStr | None = None
+    container_id: StrictStr | None = None
+    ifname: StrictStr | None = None
+    network: StrictStr | None = None
+
+    @model_validator(mode="after")
+    def _identity(self) -> NetnsHandle:
+        check_netns_identity(self.path, self.container_id, self.ifname, self.network)
+        return self
 
 
 AnyHandle: TypeAlias = LinuxPidHandle | WindowsContainerHandle | GuestManagedHandle | NetnsHandle
@@ -457,7 +474,14 @@ class DriverDescription(_Wire):
 
 
 class AttachmentInfo(_Wire):
-    """An attachment as ``list_attachments`` reports it (overlayd extension)."""
+    """An attachment as ``list_attachments`` and ``attach_interface`` report it.
+
+    (overlayd extension.) The fields after ``created_unix_secs`` describe the
+    workload's view of its service interface, as far as the daemon knows it:
+    its name and MAC, the prefix length and gateway of its address, the
+    destinations routed via the gateway, the MTU, and the resolver the
+    workload should use (overlayd's DNS server on the gateway, and its zone).
+    """
 
     handle: Handle
     service: StrictStr
@@ -470,6 +494,14 @@ class AttachmentInfo(_Wire):
     #: ``true`` while a detach is recorded as under way (a crash or a failed
     #: store write interrupted it); the next detach, reconcile or start finishes it.
     detaching: StrictBool | None = None
+    ifname: StrictStr | None = None
+    mac: StrictStr | None = None
+    prefix_len: U8Prefix | None = None
+    gateway: IpStr | None = None
+    routes: list[CidrStr] | None = None
+    mtu: U32 | None = None
+    dns_servers: list[IpStr] | None = None
+    dns_domain: StrictStr | None = None
 
 
 class LeaseInfo(_Wire):
@@ -713,8 +745,11 @@ class ApplyPeersRequest(Request):
 
 
 class ListAttachmentsRequest(Request):
+    """Answered with ``attachments``: all, one service's, or the one of ``handle``."""
+
     op: Literal["list_attachments"] = "list_attachments"
     service: StrictStr | None = None
+    handle: Handle | None = None
 
 
 class ListLeasesRequest(Request):
@@ -723,11 +758,36 @@ class ListLeasesRequest(Request):
 
 
 class GcRequest(Request):
-    """Detach every attachment whose handle is not in ``live``; ``gc_report``."""
+    """Detach every attachment whose handle is not in ``live``; ``gc_report``.
+
+    With ``network``, only the ``netns`` attachments of that CNI network are
+    candidates (a CNI ``GC`` lists the live attachments of one network).
+    """
 
     op: Literal["gc"] = "gc"
     live: list[Handle]
     dry_run: StrictBool | None = None
+    network: StrictStr | None = None
+
+
+class AttachInterfaceRequest(Request):
+    """Attach a workload and answer with its interface's details (``attachment``).
+
+    For callers that report the workload's network configuration themselves
+    (the CNI plugin). ``default_route`` false routes only the cluster CIDR via
+    the gateway (the workload has its default route from another network);
+    ``create_mode`` creates the service overlay in that mode first when it
+    does not exist yet. ``guest_managed`` handles use ``attach_container``.
+    """
+
+    op: Literal["attach_interface"] = "attach_interface"
+    handle: Handle
+    service: StrictStr
+    join_global: StrictBool | None = None
+    dns_server: IpStr | None = None
+    dns_domain: StrictStr | None = None
+    default_route: StrictBool | None = None
+    create_mode: OverlayModeName | None = None
 
 
 class ReconcileRequest(Request):
@@ -806,6 +866,7 @@ AnyRequest: TypeAlias = (
     | UnmapPortRequest
     | NatPeerCandidatesRequest
     | ClusterStatusRequest
+    | AttachInterfaceRequest
 )
 
 # ---------------------------------------------------------------------------
@@ -917,6 +978,13 @@ class AttachmentsResponse(Response):
     attachments: list[AttachmentInfo]
 
 
+class AttachmentResponse(Response):
+    """The attachment an ``attach_interface`` made (or found)."""
+
+    result: Literal["attachment"] = "attachment"
+    attachment: AttachmentInfo
+
+
 class LeasesResponse(Response):
     result: Literal["leases"] = "leases"
     leases: list[LeaseInfo]
@@ -966,6 +1034,7 @@ AnyResponse: TypeAlias = (
     | GcReportResponse
     | ReconcileReportResponse
     | ClusterStatusResponse
+    | AttachmentResponse
 )
 
 # ---------------------------------------------------------------------------
@@ -1079,6 +1148,7 @@ _EXTENSION_REQUESTS: Final = _requests(
     UnmapPortRequest,
     NatPeerCandidatesRequest,
     ClusterStatusRequest,
+    AttachInterfaceRequest,
 )
 #: The 19 ops of ZLayer's contract, in PROTOCOL.md order.
 ZLAYER_OPS: Final[tuple[str, ...]] = tuple(_ZLAYER_REQUESTS)
@@ -1107,6 +1177,7 @@ RESPONSE_TYPES: Final[Mapping[str, type[Response]]] = {
         GcReportResponse,
         ReconcileReportResponse,
         ClusterStatusResponse,
+        AttachmentResponse,
     )
 }
 EVENT_TYPES: Final[Mapping[str, type[Event]]] = {
@@ -1129,6 +1200,7 @@ EXPECTED_RESULTS: Final[Mapping[str, tuple[str, ...]]] = {
     "gc": ("gc_report",),
     "reconcile": ("reconcile_report",),
     "cluster_status": ("cluster_status",),
+    "attach_interface": ("attachment",),
 }
 
 # ---------------------------------------------------------------------------

@@ -48,6 +48,7 @@ from overlayd.errors import ConfigError
 from overlayd.errors import InvalidRequest
 from overlayd.errors import OverlaydError
 from overlayd.errors import clip
+from overlayd.model import Attachment
 from overlayd.model import Event
 from overlayd.model import GuestManagedHandle
 from overlayd.model import LinuxPidHandle
@@ -58,6 +59,7 @@ from overlayd.model import PeerChange
 from overlayd.model import PeerScope
 from overlayd.model import PortMapping
 from overlayd.model import WindowsContainerHandle
+from overlayd.model import handle_key
 from overlayd.model import parse_cidr_list
 from overlayd.subscriptions import Subscription
 
@@ -86,7 +88,12 @@ def _engine_handle(handle: p.AnyHandle) -> Any:
             return WindowsContainerHandle.model_validate(handle.model_dump(exclude_none=True))
         if isinstance(handle, p.GuestManagedHandle):
             return GuestManagedHandle(id=handle.id)
-        return NetnsHandle(path=handle.path)
+        return NetnsHandle(
+            path=handle.path,
+            container_id=handle.container_id,
+            ifname=handle.ifname,
+            network=handle.network,
+        )
     except ValidationError as exc:
         raise InvalidRequest(_handle_problem(handle, exc)) from None
 
@@ -727,26 +734,60 @@ async def _apply_peers(s: Server, r: p.ApplyPeersRequest) -> p.AnyResponse:
     return p.OkResponse()
 
 
+def _attachment_info(s: Server, a: Attachment) -> p.AttachmentInfo:
+    svc = s.engine.services.get(a.service)
+    nameservers, domain = s.engine.resolver(a.service) if svc is not None else ([], None)
+    return p.AttachmentInfo.model_validate(
+        {
+            "handle": _wire_handle(a.handle),
+            "service": a.service,
+            "ip": str(a.ip),
+            "global_ip": str(a.global_ip) if a.global_ip else None,
+            "namespace_guid": a.namespace_guid,
+            "interfaces": list(a.interfaces),
+            "driver": a.driver,
+            "created_unix_secs": a.created_unix_secs,
+            "detaching": True if a.key in s.engine.detaching else None,
+            "ifname": a.ifname,
+            "mac": a.mac,
+            "prefix_len": svc.subnet.prefixlen if svc is not None else None,
+            "gateway": str(svc.gateway) if svc is not None else None,
+            "routes": [str(n) for n in a.routes] or None,
+            "mtu": a.mtu,
+            "dns_servers": [str(n) for n in nameservers] or None,
+            "dns_domain": domain,
+        }
+    )
+
+
 @_handles(p.ListAttachmentsRequest)
 async def _list_attachments(s: Server, r: p.ListAttachmentsRequest) -> p.AnyResponse:
-    return p.AttachmentsResponse(
-        attachments=[
-            p.AttachmentInfo.model_validate(
-                {
-                    "handle": _wire_handle(a.handle),
-                    "service": a.service,
-                    "ip": str(a.ip),
-                    "global_ip": str(a.global_ip) if a.global_ip else None,
-                    "namespace_guid": a.namespace_guid,
-                    "interfaces": list(a.interfaces),
-                    "driver": a.driver,
-                    "created_unix_secs": a.created_unix_secs,
-                    "detaching": True if a.key in s.engine.detaching else None,
-                }
-            )
-            for a in s.engine.list_attachments(r.service)
-        ]
+    if r.handle is not None:
+        one = s.engine.attachments.get(handle_key(_engine_handle(r.handle)))
+        found = [one] if one is not None and r.service in (None, one.service) else []
+    else:
+        found = s.engine.list_attachments(r.service)
+    return p.AttachmentsResponse(attachments=[_attachment_info(s, a) for a in found])
+
+
+@_handles(p.AttachInterfaceRequest)
+async def _attach_interface(s: Server, r: p.AttachInterfaceRequest) -> p.AnyResponse:
+    if isinstance(r.handle, p.GuestManagedHandle):
+        raise InvalidRequest(
+            "attach_interface cannot attach a guest_managed handle (its answer would "
+            "lose the guest's keys); use attach_container"
+        )
+    if r.create_mode is not None and r.service not in s.engine.services:
+        await s.engine.setup_service_overlay(r.service, r.create_mode)
+    att = await s.engine.attach(
+        _engine_handle(r.handle),
+        r.service,
+        join_global=bool(r.join_global),
+        dns_server=r.dns_server,
+        dns_domain=r.dns_domain,
+        default_route=r.default_route is not False,
     )
+    return p.AttachmentResponse(attachment=_attachment_info(s, att))
 
 
 @_handles(p.ListLeasesRequest)
@@ -766,7 +807,9 @@ async def _list_leases(s: Server, r: p.ListLeasesRequest) -> p.AnyResponse:
 
 @_handles(p.GcRequest)
 async def _gc(s: Server, r: p.GcRequest) -> p.AnyResponse:
-    report = await s.engine.gc([_engine_handle(h) for h in r.live], dry_run=bool(r.dry_run))
+    report = await s.engine.gc(
+        [_engine_handle(h) for h in r.live], dry_run=bool(r.dry_run), network=r.network
+    )
     return p.GcReportResponse.model_validate(
         {"released": [_wire_handle(h) for h in report.released], "kept": report.kept}
     )

@@ -69,6 +69,32 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         pytest.fail("--run-privileged given but this process lacks CAP_NET_ADMIN")
 
 
+@pytest.fixture(autouse=True)
+def _host_state_untouched() -> Iterator[None]:
+    """Fail a test that leaves state in the host's default data directory.
+
+    ``overlayd serve`` and :class:`~overlayd.config.DaemonConfig` keep durable
+    state in ``/var/lib/overlayd`` unless told otherwise; a test that forgets
+    ``data_dir``/``in_memory`` would share state with every other test (and
+    with a real daemon on the machine). The directory is removed again when
+    the test created it.
+    """
+    import shutil
+    from pathlib import Path
+
+    from overlayd.config import DEFAULT_DATA_DIR
+
+    default = Path(DEFAULT_DATA_DIR)
+    existed = default.exists()
+    yield
+    if not existed and default.exists():
+        shutil.rmtree(default, ignore_errors=True)
+        pytest.fail(
+            f"this test wrote overlayd state to the host's {default}: give the daemon "
+            "a data_dir under the test's temporary directory, or in_memory=True"
+        )
+
+
 # ---------------------------------------------------------------------------
 # fixtures
 # ---------------------------------------------------------------------------

@@ -56,6 +56,7 @@ from overlayd.model import GuestManagedHandle
 from overlayd.model import IPNetwork
 from overlayd.model import MasqueradeRule
 from overlayd.model import NatCandidate
+from overlayd.model import NetnsHandle
 from overlayd.model import PeerChange
 from overlayd.model import PeerConfig
 from overlayd.model import PeerStatus
@@ -624,6 +625,8 @@ class FakeDriver:
             interfaces: tuple[str, ...] = ()
             namespace_guid = None
             endpoint_id = None
+            ifname = mac = mtu = None
+            routes: tuple[IPNetwork, ...] = ()
             if isinstance(request.handle, GuestManagedHandle):
                 node = request.node
                 if node is None or node.public_key is None:
@@ -658,6 +661,11 @@ class FakeDriver:
                 interfaces = (_veth_name(key, 0),)
                 if request.global_address is not None:
                     interfaces += (_veth_name(key, 1),)
+                handle = request.handle
+                ifname = handle.container_ifname if isinstance(handle, NetnsHandle) else "eth0"
+                mac = _mac(key)
+                mtu = request.mtu
+                routes = _routes(request)
             att = Attachment(
                 handle=request.handle,
                 service=request.service,
@@ -668,6 +676,10 @@ class FakeDriver:
                 namespace_guid=namespace_guid,
                 endpoint_id=endpoint_id,
                 guest=guest,
+                ifname=ifname,
+                mac=mac,
+                mtu=mtu,
+                routes=routes,
             )
             self.host.attachments[key] = att
             self._save()
@@ -698,6 +710,22 @@ class FakeDriver:
 
 def _same(net: IPNetwork) -> IPNetwork:
     return net
+
+
+def _mac(key: str) -> str:
+    """A stable, locally administered unicast MAC for the workload end of ``key``."""
+    raw = bytearray(hashlib.sha256(f"mac:{key}".encode()).digest()[:6])
+    raw[0] = (raw[0] & 0xFC) | 0x02
+    return ":".join(f"{b:02x}" for b in raw)
+
+
+def _routes(request: AttachRequest) -> tuple[IPNetwork, ...]:
+    """What a real driver routes via the gateway: default, or the cluster CIDR."""
+    if request.default_route:
+        return (ipaddress.ip_network("0.0.0.0/0" if request.gateway.version == 4 else "::/0"),)
+    if request.node is None:
+        raise AttachError("an attach without a default route needs request.node", op="attach")
+    return (request.node.cluster_cidr,)
 
 
 def _guid(seed: str) -> str:

@@ -78,6 +78,7 @@ from overlayd.model import HandleKind
 from overlayd.model import LinuxPidHandle
 from overlayd.model import MasqueradeRule
 from overlayd.model import NetnsHandle
+from overlayd.model import NodeInfo
 from overlayd.model import PortMapping
 from overlayd.model import ReconcileReport
 from overlayd.model import ReconcileRequest
@@ -100,6 +101,7 @@ if TYPE_CHECKING:
     # netlink imports pyroute2 (Linux only); this module stays importable anywhere.
     from overlayd_linux_bridge.netlink import LinkInfo
     from overlayd_linux_bridge.netlink import Netlink
+    from overlayd_linux_bridge.netlink import VethResult
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -121,7 +123,31 @@ _KNOWN_OPTIONS: Final = ("nat_backend", "host_netns")
 def _namespace_path(handle: LinuxPidHandle | NetnsHandle) -> str:
     if isinstance(handle, LinuxPidHandle):
         return f"/proc/{handle.pid}/ns/net"
+    if handle.path is None:
+        # The engine refuses to attach such a handle; a record always has a path.
+        raise AttachError(f"netns handle {handle_key(handle)} has no namespace path.")
     return handle.path
+
+
+def _service_ifname(handle: LinuxPidHandle | NetnsHandle) -> str:
+    """The workload-side name of the service interface (CNI ``CNI_IFNAME``)."""
+    return handle.container_ifname if isinstance(handle, NetnsHandle) else CONTAINER_IFNAMES[0]
+
+
+def _service_routes(request: AttachRequest) -> tuple[IPNetwork, ...]:
+    """What the workload routes via the service gateway.
+
+    The default route, or with ``request.default_route`` false (the workload
+    has its default route from another network) the cluster CIDR.
+    """
+    if request.default_route:
+        return (ipaddress.ip_network("0.0.0.0/0" if request.gateway.version == 4 else "::/0"),)
+    if request.node is None:
+        raise AttachError(
+            "an attach without a default route needs the cluster CIDR (request.node).",
+            op="attach",
+        )
+    return (request.node.cluster_cidr,)
 
 
 def _host_route(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> IPNetwork:
@@ -383,9 +409,10 @@ class LinuxBridgeDriver:
         if request.segment.driver != self.name:
             return None
         path = _namespace_path(handle)
+        routes = _service_routes(request)
         try:
             with self._namespaces.open(path) as ns:
-                interfaces = self._plumb(request, ns, handle_key(handle))
+                interfaces, mac = self._plumb(request, ns, handle_key(handle))
                 inode = ns.inode
         except FileNotFoundError as exc:
             if isinstance(handle, LinuxPidHandle):
@@ -415,6 +442,10 @@ class LinuxBridgeDriver:
         }
         if request.global_address is not None:
             extra["global_address"] = str(request.global_address)
+        if not request.default_route:
+            extra["default_route"] = False
+            if request.node is not None:
+                extra["cluster_cidr"] = str(request.node.cluster_cidr)
         return Attachment(
             handle=handle,
             service=request.service,
@@ -422,20 +453,35 @@ class LinuxBridgeDriver:
             ip=request.address.ip,
             global_ip=request.global_address.ip if request.global_address else None,
             interfaces=tuple(interfaces),
+            ifname=_service_ifname(handle),
+            mac=mac,
+            mtu=request.mtu,
+            routes=routes,
             extra=extra,
         )
 
-    def _plumb(self, request: AttachRequest, ns: PinnedNamespace, key: str) -> list[str]:
-        """Create eth0 (and eth1); on failure remove what was created, then raise."""
+    def _plumb(
+        self, request: AttachRequest, ns: PinnedNamespace, key: str
+    ) -> tuple[list[str], str]:
+        """Create the service interface (and eth1); on failure remove what was created.
+
+        Returns the host ends created and the MAC of the service interface.
+        """
+        from overlayd_linux_bridge.netlink import RouteSpec
+
+        assert isinstance(request.handle, LinuxPidHandle | NetnsHandle)
         created: list[str] = []
         try:
             name = veth_host_name(key, 0)
-            self._create_veth(
+            routes = [RouteSpec(dst, request.gateway) for dst in _service_routes(request)]
+            default = request.default_route
+            veth = self._create_veth(
                 host_name=name,
                 netns_fd=ns.fd,
-                container_ifname=CONTAINER_IFNAMES[0],
+                container_ifname=_service_ifname(request.handle),
                 addresses=[request.address],
-                gateways=[request.gateway],
+                gateways=[request.gateway] if default else [],
+                routes=[] if default else routes,
                 mtu=request.mtu,
                 bridge=request.segment.name,
             )
@@ -459,21 +505,21 @@ class LinuxBridgeDriver:
                 except OverlaydError as undo:
                     log.warning("attach rollback could not remove %s: %s", created, undo)
             raise
-        return created
+        return created, veth.container_mac
 
-    def _create_veth(self, **kwargs: Any) -> None:
+    def _create_veth(self, **kwargs: Any) -> VethResult:
         """Create one veth; a leftover host end of a crashed attempt is replaced once."""
         from overlayd_linux_bridge.netlink import LinkExistsError
 
         try:
-            self._nl().create_veth_into_netns(**kwargs)
+            return self._nl().create_veth_into_netns(**kwargs)
         except LinkExistsError:
             host_name = kwargs["host_name"]
             if not self._nl().link_exists(host_name):
                 raise  # the container-side name is taken: not ours to remove
             log.info("replacing leftover veth %s of an earlier attach", host_name)
             self._nl().delete_links_batch([host_name])
-            self._nl().create_veth_into_netns(**kwargs)
+            return self._nl().create_veth_into_netns(**kwargs)
 
     @hookimpl
     def overlayd_detach(self, attachment: Attachment) -> bool | None:
@@ -813,6 +859,7 @@ class LinuxBridgeDriver:
         handle = att.handle
         assert isinstance(handle, LinuxPidHandle | NetnsHandle)
         global_address = extra.get("global_address")
+        cluster = extra.get("cluster_cidr")
         request = AttachRequest(
             handle=handle,
             service=att.service,
@@ -823,11 +870,26 @@ class LinuxBridgeDriver:
             gateway=ipaddress.ip_address(extra["gateway"]),
             global_address=ipaddress.ip_interface(global_address) if global_address else None,
             mtu=extra.get("mtu"),
+            default_route=extra.get("default_route", True),
+            node=_route_only_node(cluster) if cluster else None,
         )
         # Leftover halves (one of two veths) are removed first: names are per key.
         self._nl().delete_links_batch(list(att.interfaces))
         with self._namespaces.open(_namespace_path(handle)) as ns:
             self._plumb(request, ns, att.key)
+
+
+def _route_only_node(cluster_cidr: str) -> NodeInfo:
+    """A :class:`NodeInfo` carrying only what a replumb without default route reads."""
+    cluster = ipaddress.ip_network(cluster_cidr)
+    return NodeInfo(
+        interface="",
+        public_key=None,
+        node_ip=cluster.network_address,
+        cluster_cidr=cluster,
+        slice_cidr=cluster,
+        listen_port=0,
+    )
 
 
 def _cover(nets: Any) -> frozenset[IPNetwork]:

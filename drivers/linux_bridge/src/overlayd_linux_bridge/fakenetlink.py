@@ -67,6 +67,8 @@ class FakeLink:
     addresses: list[IPInterface] = field(default_factory=list)
     #: For a veth: the namespace key (``None`` = host) and index of the peer.
     peer: tuple[int | None, int] | None = None
+    #: MAC address, where the fake assigns one (the container end of a veth).
+    mac: str | None = None
     #: ``IFLA_IFALIAS``.
     alias: str | None = None
     #: Host-namespace routes pointing on-link at this link.
@@ -299,14 +301,14 @@ class FakeNetlink:
             up=True,
             addresses=list(addresses),
             peer=(None, h_index),
+            mac=f"02:00:00:00:{(c_index >> 8) & 0xFF:02x}:{c_index & 0xFF:02x}",
         )
         ns.links["lo"].up = True
         for gw in gateways:
             default = "0.0.0.0/0" if gw.version == 4 else "::/0"
             ns.routes.append((container_ifname, RouteSpec(ip_network(default), gw)))
         ns.routes.extend((container_ifname, r) for r in routes)
-        mac = f"02:00:00:00:{(c_index >> 8) & 0xFF:02x}:{c_index & 0xFF:02x}"
-        return VethResult(h_index, c_index, mac)
+        return VethResult(h_index, c_index, ns.links[container_ifname].mac or "")
 
     def delete_links_batch(self, names: Sequence[str]) -> int:
         self._record("delete_links_batch", names=list(names))

@@ -21,6 +21,7 @@ from overlayd.model import DeviceSpec
 from overlayd.model import LinuxPidHandle
 from overlayd.model import MasqueradeRule
 from overlayd.model import NetnsHandle
+from overlayd.model import NodeInfo
 from overlayd.model import PortMapping
 from overlayd.model import ReconcileRequest
 from overlayd.model import WindowsContainerHandle
@@ -292,6 +293,54 @@ def test_attach_netns_plumbs_eth0_on_bridge(
     assert ns.links["eth0"].addresses == [ipaddress.ip_interface("10.50.0.2/24")]
     assert ns.links["lo"].up
     assert ns.routes == [("eth0", RouteSpec(ipaddress.ip_network("0.0.0.0/0"), GW.ip))]
+
+
+def test_cni_attach_names_the_interface_and_records_mac_mtu_routes(
+    driver: LinuxBridgeDriver, netlink: FakeNetlink, namespaces: FakeNamespaces, bridge: Device
+) -> None:
+    namespaces.add("/run/netns/c1")
+    handle = NetnsHandle(path="/run/netns/c1", container_id="abc", ifname="net1", network="n")
+    att = driver.overlayd_attach(request=make_request(bridge, handle))
+    assert att is not None
+    ns = ns_of(netlink, namespaces, "/run/netns/c1")
+    assert "eth0" not in ns.links
+    assert ns.links["net1"].addresses == [ipaddress.ip_interface("10.50.0.2/24")]
+    assert ns.routes == [("net1", RouteSpec(ipaddress.ip_network("0.0.0.0/0"), GW.ip))]
+    assert att.ifname == "net1"
+    assert att.mac == ns.links["net1"].mac
+    assert att.mtu == 1420
+    assert att.routes == (ipaddress.ip_network("0.0.0.0/0"),)
+    # The host end is named after the CNI identity, not the path.
+    assert att.interfaces == (veth_host_name("cni:n:abc:net1", 0),)
+
+
+def test_attach_without_default_route_routes_the_cluster_via_the_gateway(
+    driver: LinuxBridgeDriver, netlink: FakeNetlink, namespaces: FakeNamespaces, bridge: Device
+) -> None:
+    namespaces.add("/run/netns/c1")
+    handle = NetnsHandle(path="/run/netns/c1", container_id="abc", ifname="net1")
+    node = NodeInfo(
+        interface="zl-g",
+        public_key=None,
+        node_ip=ipaddress.ip_address("10.50.0.1"),
+        cluster_cidr=ipaddress.ip_network("10.48.0.0/14"),
+        slice_cidr=ipaddress.ip_network("10.50.0.0/20"),
+        listen_port=51820,
+    )
+    request = make_request(bridge, handle).model_copy(update={"default_route": False, "node": node})
+    att = driver.overlayd_attach(request=request)
+    assert att is not None
+    cluster = RouteSpec(ipaddress.ip_network("10.48.0.0/14"), GW.ip)
+    assert ns_of(netlink, namespaces, "/run/netns/c1").routes == [("net1", cluster)]
+    assert att.routes == (cluster.dst,)
+    # Reconcile recreates it the same way when the host end vanished.
+    netlink.delete_link(att.interfaces[0])  # takes its peer and the peer's routes along
+    assert ns_of(netlink, namespaces, "/run/netns/c1").routes == []
+    report = driver.overlayd_reconcile(
+        request=ReconcileRequest(devices=(bridge,), attachments=(att,))
+    )
+    assert report is not None and att.key in report.recreated
+    assert ns_of(netlink, namespaces, "/run/netns/c1").routes == [("net1", cluster)]
 
 
 def test_attach_with_global_address_adds_routed_eth1(

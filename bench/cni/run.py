@@ -1,0 +1,321 @@
+"""ADD and DEL per container: overlayd-cni against the reference ``bridge`` + ``host-local``.
+
+Run as root::
+
+    python bench/cni/run.py --n 1 200
+
+For each N and each method, a fresh throwaway "host" namespace and N
+container namespaces are made (not timed); then N ``ADD`` and N ``DEL`` are
+timed one by one, each a complete exec of the plugin with the CNI
+environment and the configuration on standard input, run in the host
+namespace as a runtime runs it:
+
+* ``cni``: ``bridge`` with ``host-local`` IPAM (the bridge plugin execs
+  host-local itself), the configuration ``bench/attach`` uses;
+* ``overlayd-cni``: the console script pip installed, against the real daemon
+  (``linux_bridge`` + ``fake`` for the WireGuard device) in the host
+  namespace, set up with service ``web`` beforehand (not timed);
+* ``launcher``: the same plugin through the launcher ``overlayd-cni install``
+  writes (``python -IS``, no ``site``), the executable the docs recommend for
+  a runtime's plugin directory.
+
+The methods are timed interleaved: the ADD of container i with each method
+in turn, then container i+1, and the same for DEL, so that all see the same
+machine (on the shared development VM the speed drifts by more than the
+differences measured). Before the timed loops the bench waits until the
+machine is idle (as ``bench/attach`` does). It then prints, per method, the median and p90 of
+ADD and DEL in milliseconds and the ratio to ``cni``; the target is ADD
+<= 0.5x the reference bridge plugin.
+
+``--breakdown`` also times where an overlayd-cni ADD goes (medians of 30
+runs each, no namespaces involved except one attach): starting the
+interpreter (``python -IS -c pass``, and with ``site``), starting it and
+importing the plugin, and the daemon's own ``attach_interface`` through an
+open connection. Nothing outside the namespaces it creates is touched;
+everything is removed at the end, also on failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from overlayd.rawclient import RawClient
+from overlayd_cni.launcher import install
+from overlayd_cni.testing import PLUGIN
+from overlayd_cni.testing import reference_plugin
+
+_SPEC = importlib.util.spec_from_file_location(
+    "attach_bench", Path(__file__).resolve().parent.parent / "attach" / "run.py"
+)
+assert _SPEC is not None and _SPEC.loader is not None
+attach_bench = importlib.util.module_from_spec(_SPEC)
+sys.modules["attach_bench"] = attach_bench  # its dataclasses look their module up
+_SPEC.loader.exec_module(attach_bench)
+
+
+@dataclass
+class Result:
+    method: str
+    n: int
+    add_ms: list[float]
+    del_ms: list[float]
+
+
+def _exec(argv: list[str], host_fd: int, command: str, conf: str, cid: str, netns: str) -> float:
+    env = {
+        "CNI_COMMAND": command,
+        "CNI_CONTAINERID": cid,
+        "CNI_NETNS": netns,
+        "CNI_IFNAME": "eth0",
+        "CNI_PATH": str(Path(argv[0]).parent),
+        "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+    }
+    start = time.perf_counter()
+    proc = subprocess.run(
+        argv,
+        input=conf,
+        env=env,
+        capture_output=True,
+        text=True,
+        preexec_fn=attach_bench._enter(host_fd),
+        check=False,
+    )
+    elapsed = (time.perf_counter() - start) * 1000.0
+    if proc.returncode != 0:
+        raise RuntimeError(f"{argv[0]} {command} failed: {proc.stdout} {proc.stderr}")
+    return elapsed
+
+
+@dataclass
+class Setup:
+    """One method ready to be timed: its executable, configuration and namespaces."""
+
+    method: str
+    argv: list[str]
+    conf: str
+    host_fd: int
+    ctrs: list[str]
+
+    def run(self, command: str, i: int) -> float:
+        return _exec(
+            self.argv, self.host_fd, command, self.conf, f"bench{i}", f"/run/netns/{self.ctrs[i]}"
+        )
+
+
+def _host(stack: contextlib.ExitStack, n: int) -> tuple[str, int, list[str]]:
+    """A throwaway host namespace (opened) and ``n`` container namespaces."""
+    (host,) = stack.enter_context(attach_bench.namespaces("host", 1))
+    ctrs = stack.enter_context(attach_bench.namespaces("ctr", n))
+    attach_bench._ip(host, "link", "set", "lo", "up")
+    fd = os.open(f"/run/netns/{host}", os.O_RDONLY | os.O_CLOEXEC)
+    stack.callback(os.close, fd)
+    return host, fd, ctrs
+
+
+def setup_reference(stack: contextlib.ExitStack, n: int) -> Setup:
+    bridge = reference_plugin("bridge")
+    if bridge is None or reference_plugin("host-local") is None:
+        raise RuntimeError("install containernetworking-plugins (bridge, host-local)")
+    _, fd, ctrs = _host(stack, n)
+    tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="ovb-cni-"))
+    conf = json.dumps(
+        {
+            "cniVersion": "1.0.0",
+            "name": "benchnet",
+            "type": "bridge",
+            "bridge": "cnibench0",
+            "isGateway": True,
+            "ipMasq": False,
+            "mtu": 1420,
+            "ipam": {
+                "type": "host-local",
+                "subnet": "10.77.0.0/16",
+                "dataDir": str(Path(tmp) / "ipam"),
+            },
+        }
+    )
+    return Setup("cni", [bridge], conf, fd, ctrs)
+
+
+def setup_overlayd(stack: contextlib.ExitStack, n: int, argv: list[str], method: str) -> Setup:
+    host, fd, ctrs = _host(stack, n)
+    tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="ovb-ocni-"))
+    stack.enter_context(attach_bench.daemon(host, Path(tmp)))
+    conf = json.dumps(
+        {
+            "cniVersion": "1.0.0",
+            "name": "benchnet",
+            "type": "overlayd-cni",
+            "socket": str(Path(tmp) / "s.sock"),
+            "service": "web",
+        }
+    )
+    return Setup(method, argv, conf, fd, ctrs)
+
+
+def bench(n: int, makers: dict[str, Callable[[contextlib.ExitStack, int], Setup]]) -> list[Result]:
+    """Every method for ``n`` containers, interleaved: container i of each method in turn.
+
+    On a shared VM whose speed drifts, timing the methods side by side (ADD
+    of container i with each method, then the next i; the same for DEL)
+    makes every method see the same conditions; a method run alone minutes
+    later may see a different machine.
+    """
+    with contextlib.ExitStack() as stack:
+        setups = [make(stack, n) for make in makers.values()]
+        attach_bench.settle()
+        adds: dict[str, list[float]] = {s.method: [] for s in setups}
+        dels: dict[str, list[float]] = {s.method: [] for s in setups}
+        for i in range(n):
+            for s in setups:
+                adds[s.method].append(s.run("ADD", i))
+        for i in range(n):
+            for s in setups:
+                dels[s.method].append(s.run("DEL", i))
+    return [Result(s.method, n, adds[s.method], dels[s.method]) for s in setups]
+
+
+def _median_run(argv: list[str], runs: int = 30, **kwargs: Any) -> float:
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        subprocess.run(argv, capture_output=True, check=True, **kwargs)
+        samples.append((time.perf_counter() - start) * 1000.0)
+    return statistics.median(samples)
+
+
+def breakdown(launcher: Path) -> list[str]:
+    """Where an overlayd-cni ADD goes, as medians of separate measurements."""
+    py = sys.executable
+    paths = json.dumps(sorted({str(Path(p)) for p in _package_roots()}))
+    importer = f"import sys; sys.path[:0] = {paths}; import overlayd_cni.main"
+    lines = ["where an ADD of overlayd-cni goes (medians of 30 runs, ms):"]
+    rows: list[tuple[str, Callable[[], float]]] = [
+        ("python -IS -c pass (interpreter start)", lambda: _median_run([py, "-IS", "-c", "pass"])),
+        ("python -c pass (start with site)", lambda: _median_run([py, "-c", "pass"])),
+        ("python -IS + import overlayd_cni.main", lambda: _median_run([py, "-IS", "-c", importer])),
+        (
+            "launcher, VERSION (start + import + stdin/stdout)",
+            lambda: _median_run([str(launcher)], env={"CNI_COMMAND": "VERSION"}, input=b"{}"),
+        ),
+        (
+            "console script, VERSION",
+            lambda: _median_run([str(PLUGIN)], env={"CNI_COMMAND": "VERSION"}, input=b"{}"),
+        ),
+    ]
+    for label, measure in rows:
+        lines.append(f"  {label:<52} {measure():7.2f}")
+    lines.append(
+        f"  {'daemon attach_interface over an open connection':<52} {_daemon_attach():7.2f}"
+    )
+    return lines
+
+
+def _package_roots() -> list[str]:
+    from overlayd_cni.launcher import package_roots
+
+    return package_roots()
+
+
+def _daemon_attach(runs: int = 30) -> float:
+    """Median of the daemon's own attach_interface + detach cost, seen by a client."""
+    with (
+        attach_bench.namespaces("host", 1) as (host,),
+        attach_bench.namespaces("ctr", runs) as ctrs,
+        tempfile.TemporaryDirectory(prefix="ovb-ocni-") as tmp,
+        attach_bench.daemon(host, Path(tmp)),
+        RawClient(str(Path(tmp) / "s.sock"), timeout=60) as client,
+    ):
+        samples = []
+        for i, ctr in enumerate(ctrs):
+            handle = {
+                "platform": "netns",
+                "path": f"/run/netns/{ctr}",
+                "container_id": f"b{i}",
+                "network": "benchnet",
+            }
+            start = time.perf_counter()
+            client.call({"op": "attach_interface", "handle": handle, "service": "web"})
+            samples.append((time.perf_counter() - start) * 1000.0)
+            client.call({"op": "detach_container", "handle": handle})
+        return statistics.median(samples)
+
+
+def _stats(values: list[float]) -> tuple[float, float]:
+    if len(values) == 1:
+        return values[0], values[0]
+    return statistics.median(values), statistics.quantiles(values, n=10)[8]
+
+
+def report(results: list[Result]) -> str:
+    lines = [
+        f"{'method':<13} {'N':>4} {'ADD med':>9} {'ADD p90':>9} {'DEL med':>9} "
+        f"{'DEL p90':>9} {'ADD/cni':>8} {'DEL/cni':>8}"
+    ]
+    refs = {r.n: r for r in results if r.method == "cni"}
+    for r in sorted(results, key=lambda r: (r.n, r.method)):
+        am, ap = _stats(r.add_ms)
+        dm, dp = _stats(r.del_ms)
+        ref = refs.get(r.n)
+        ra = f"{am / _stats(ref.add_ms)[0]:.2f}x" if ref else "-"
+        rd = f"{dm / _stats(ref.del_ms)[0]:.2f}x" if ref else "-"
+        lines.append(
+            f"{r.method:<13} {r.n:>4} {am:>7.2f}ms {ap:>7.2f}ms {dm:>7.2f}ms {dp:>7.2f}ms "
+            f"{ra:>8} {rd:>8}"
+        )
+    lines.append("")
+    lines.append("target: ADD <= 0.5x cni (the reference bridge + host-local plugins)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    methods = ["cni", "overlayd-cni", "launcher"]
+    parser.add_argument("--n", type=int, nargs="+", default=[1, 200])
+    parser.add_argument("--methods", nargs="+", default=methods, choices=methods)
+    parser.add_argument("--breakdown", action="store_true", help="also time the ADD's parts")
+    parser.add_argument("--json", type=Path, help="also write the raw samples here")
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        print("run as root (network namespaces)", file=sys.stderr)
+        return 2
+    if not PLUGIN.exists():
+        print(f"{PLUGIN} is missing: pip install -e cni", file=sys.stderr)
+        return 2
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory(prefix="ovb-launcher-") as tmp:
+        launcher = install(Path(tmp))
+        makers: dict[str, Callable[[contextlib.ExitStack, int], Setup]] = {
+            "cni": setup_reference,
+            "overlayd-cni": lambda st, n: setup_overlayd(st, n, [str(PLUGIN)], "overlayd-cni"),
+            "launcher": lambda st, n: setup_overlayd(st, n, [str(launcher)], "launcher"),
+        }
+        chosen = {m: makers[m] for m in args.methods}
+        for n in args.n:
+            start = time.monotonic()
+            results.extend(bench(n, chosen))
+            print(f"# N={n} done in {time.monotonic() - start:.1f} s", flush=True)
+        print(report(results))
+        if args.breakdown:
+            print()
+            print("\n".join(breakdown(launcher)))
+    if args.json is not None:
+        args.json.write_text(json.dumps([r.__dict__ for r in results], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""The ``overlayd-cni`` executable.
+
+With ``CNI_COMMAND`` in the environment it is a CNI plugin: it reads the
+network configuration from standard input, runs the operation, prints the
+result (``ADD``, ``VERSION``) or nothing, and exits 0; on failure it prints
+the specification's error object on standard output and exits 1. Notes for
+people go to standard error.
+
+Without ``CNI_COMMAND`` it is a small tool: ``overlayd-cni --version``, and
+``overlayd-cni install DIR`` (see :mod:`overlayd_cni.launcher`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from overlayd_cni import SUPPORTED_VERSIONS
+from overlayd_cni import commands
+from overlayd_cni.errors import INTERNAL
+from overlayd_cni.errors import IO_FAILURE
+from overlayd_cni.errors import CniError
+from overlayd_cni.invocation import command_of
+from overlayd_cni.invocation import decode
+from overlayd_cni.invocation import parse
+
+# ``typing`` is not imported at run time: a CNI plugin pays for every import.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import IO
+    from typing import Any
+
+
+_LATEST = SUPPORTED_VERSIONS[-1]
+
+
+def run(env: dict[str, str], stdin: IO[bytes], stdout: IO[str]) -> int:
+    """Run one CNI invocation; returns the exit status."""
+    version = _LATEST
+    try:
+        command = command_of(env)
+        try:
+            raw = stdin.read()
+        except OSError as exc:
+            raise CniError(IO_FAILURE, "cannot read the network configuration", str(exc)) from None
+        if command == "VERSION":
+            _emit(stdout, _version(raw))
+            return 0
+        config = decode(raw)
+        if isinstance(config.get("cniVersion"), str):
+            version = config["cniVersion"]
+        inv = parse(command, env, config)
+        if command == "ADD":
+            _emit(stdout, commands.add(inv))
+        elif command == "DEL":
+            commands.delete(inv)
+        elif command == "CHECK":
+            commands.check(inv)
+        elif command == "GC":
+            commands.gc(inv)
+        else:
+            commands.status(inv)
+        return 0
+    except CniError as exc:
+        _emit(stdout, exc.to_json(version))
+        return 1
+    except Exception as exc:  # noqa: BLE001 - a runtime must get an error object, even for a bug
+        error = CniError(
+            INTERNAL,
+            "internal error in overlayd-cni",
+            f"{type(exc).__name__}: {exc} (this is a bug; please report it)",
+        )
+        _emit(stdout, error.to_json(version))
+        return 1
+
+
+def _version(raw: bytes) -> dict[str, Any]:
+    try:
+        asked = json.loads(raw).get("cniVersion") if raw.strip() else None
+    except (ValueError, AttributeError):
+        asked = None
+    return {
+        "cniVersion": asked if isinstance(asked, str) else _LATEST,
+        "supportedVersions": list(SUPPORTED_VERSIONS),
+    }
+
+
+def _emit(stdout: IO[str], obj: dict[str, Any]) -> None:
+    stdout.write(json.dumps(obj))
+    stdout.write("\n")
+    stdout.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``overlayd-cni`` console script."""
+    if "CNI_COMMAND" in os.environ:
+        return run(dict(os.environ), sys.stdin.buffer, sys.stdout)
+    from overlayd_cni.launcher import cli
+
+    return cli(sys.argv[1:] if argv is None else argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
