@@ -8,6 +8,10 @@ batch of events as peer differences and refreshing the lease every ``ttl/3``
 seconds. Any failure to reach etcd ends the session: the data plane keeps the
 peers it has, and the next session starts after a backoff (0.2 s doubling up
 to ``ttl/3``) and again changes only what differs.
+
+NAT candidates ride in the node records (:mod:`overlayd.cluster.exchange`):
+the record is written again when this node's candidates change, and every
+peer difference applied also hands the NAT agent the touched peers' candidates.
 """
 
 from __future__ import annotations
@@ -18,8 +22,11 @@ import functools
 import logging
 import sys
 import time
+from collections import deque
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from dataclasses import replace
 from typing import Any
 from typing import TypeVar
 
@@ -32,6 +39,7 @@ from overlayd.cluster.engine_api import ClusterEngine
 from overlayd.cluster.errors import ClusterConflict
 from overlayd.cluster.errors import ClusterError
 from overlayd.cluster.errors import StoreUnavailable
+from overlayd.cluster.exchange import ClusterExchange
 from overlayd.cluster.membership import Membership
 from overlayd.cluster.membership import is_cluster_peer
 from overlayd.cluster.membership import peer_changes
@@ -44,6 +52,7 @@ from overlayd.cluster.store import WatchEvent
 from overlayd.cluster.store import WatchHandle
 from overlayd.errors import OverlaydError
 from overlayd.model import DnsRecord
+from overlayd.model import PeerConfig
 
 __all__ = ["ClusterAgent", "ClusterStats"]
 
@@ -55,6 +64,7 @@ _END = object()
 _LOCAL_DNS = object()
 _LEASE_LOST = object()
 _EVENT = object()
+_CANDIDATES = object()
 
 
 class _LeaseLost(ClusterError):
@@ -74,6 +84,8 @@ class ClusterStats:
     peers_removed: int = 0
     #: Watch events received.
     events: int = 0
+    #: Writes of this node's record because its NAT candidates changed.
+    candidate_updates: int = 0
 
 
 class _Backoff:
@@ -130,6 +142,10 @@ class ClusterAgent:
         #: Why the last session ended (or the join failed), for ``overlayctl cluster``.
         self.last_error: str | None = None
         self.joined = asyncio.Event()
+        #: NAT candidates: this node's go into its record, the peers' come from theirs.
+        self.exchange = ClusterExchange(self._candidates_published)
+        #: Values this node wrote to its own record lately (their watch echoes are expected).
+        self._written: deque[bytes] = deque(maxlen=8)
         self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="overlayd-etcd")
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -151,6 +167,9 @@ class ClusterAgent:
         """Start following the cluster in the background (returns at once)."""
         self._loop = asyncio.get_running_loop()
         self.local.on_change = self._local_dns_changed
+        from overlayd.nat.host import use_exchange
+
+        use_exchange(self.engine, self.exchange)
         self._task = asyncio.create_task(self._supervise(), name="overlayd-cluster")
 
     async def stop(self) -> None:
@@ -243,8 +262,7 @@ class ClusterAgent:
         else:
             for net in self.record.slices:  # etcd may have lost its data meanwhile
                 await self._io(ensure_claim, self.store, self.keys, net, self.name)
-        record = self.record
-        await self._io(self.store.put, self.keys.node(self.name), record.to_json(), lease)
+        await self._write_record(lease)
         revision, kvs = await self._io(self.store.range_prefix, self.keys.root)
         self._drain_queue()
         await self._load(kvs, lease)
@@ -290,8 +308,13 @@ class ClusterAgent:
                     raise item[1]
                 raise _LeaseLost(str(item[1]))
             if item is _LOCAL_DNS:
-                self._drain_local_markers()
+                self._drain_markers(_LOCAL_DNS)
                 await self._publish_dns(lease)
+                continue
+            if item is _CANDIDATES:
+                self._drain_markers(_CANDIDATES)
+                if await self._write_record(lease, always=False):
+                    self.stats.candidate_updates += 1
                 continue
             batch: list[WatchEvent] = [item[2]]
             while not self._queue.empty():
@@ -362,6 +385,7 @@ class ClusterAgent:
             endpoint=format_endpoint(advertise, s.wg_port),
             slices=tuple(slices),
             node_ip=g.node_ip,
+            candidates=self.exchange.local(),
         )
         log.info(
             "cluster: node %s joined with slice %s, endpoint %s",
@@ -413,7 +437,7 @@ class ClusterAgent:
             if ev.key == own_key:
                 if ev.value is None:
                     raise _LeaseLost("this node's record was deleted; registering again")
-                if self.record is not None and ev.value != self.record.to_json():
+                if self.record is not None and ev.value not in self._written:
                     self.membership._warn(
                         ev.key, ev.value, "another writer changed this node's own record"
                     )
@@ -446,6 +470,17 @@ class ClusterAgent:
             touched = {k for k, p in programmed.items() if is_cluster_peer(p, cluster, own)}
             touched |= self.membership.all_peer_keys()
             self._dirty = False
+        if full:
+            touched |= set(self.exchange.known_peers())
+        try:
+            await self._apply_changes(touched, programmed, full)
+        finally:
+            # The peers' NAT candidates follow their records, once they are programmed.
+            self.exchange.sync(touched, self.membership, self.engine.peers.get(g.device.name, {}))
+
+    async def _apply_changes(
+        self, touched: set[str], programmed: Mapping[str, PeerConfig], full: bool
+    ) -> None:
         current = {k: programmed[k] for k in touched if k in programmed}
         changes = peer_changes(touched, self.membership, current)
         if full:
@@ -481,21 +516,50 @@ class ClusterAgent:
         if added or removed:
             await self.engine.serve_remote_dns(added, removed)
 
+    # -- own NAT candidates ---------------------------------------------------
+
+    def _candidates_published(self) -> None:
+        """The NAT agent published new candidates (any thread): write the record again."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._queue.put_nowait, _CANDIDATES)
+
+    async def _write_record(self, lease: int, *, always: bool = True) -> bool:
+        """Write this node's record with its current candidates; True when they changed.
+
+        With ``always`` false the record is written only when they changed.
+        """
+        assert self.record is not None
+        candidates = self.exchange.local()
+        fresh = self.record.candidates != candidates
+        if not fresh and not always:
+            return False
+        if fresh:
+            self.record = replace(self.record, candidates=candidates)
+            log.info(
+                "cluster: publishing NAT candidates %s",
+                ", ".join(c.endpoint for c in candidates) or "none",
+            )
+        value = self.record.to_json()
+        self._written.append(value)
+        await self._io(self.store.put, self.keys.node(self.name), value, lease)
+        return fresh
+
+    def _drain_markers(self, marker: object) -> None:
+        keep = []
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if item is not marker:
+                keep.append(item)
+        for item in keep:
+            self._queue.put_nowait(item)
+
     # -- own DNS names --------------------------------------------------------
 
     def _local_dns_changed(self) -> None:
         loop = self._loop
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(self._queue.put_nowait, _LOCAL_DNS)
-
-    def _drain_local_markers(self) -> None:
-        keep = []
-        while not self._queue.empty():
-            item = self._queue.get_nowait()
-            if item is not _LOCAL_DNS:
-                keep.append(item)
-        for item in keep:
-            self._queue.put_nowait(item)
 
     async def _publish_dns(self, lease: int) -> None:
         local = self.local.snapshot()
@@ -533,7 +597,9 @@ class ClusterAgent:
         keep = []
         while not self._queue.empty():
             item = self._queue.get_nowait()
-            if item is _LOCAL_DNS or (isinstance(item, tuple) and item[0] is _LEASE_LOST):
+            if item in (_LOCAL_DNS, _CANDIDATES) or (
+                isinstance(item, tuple) and item[0] is _LEASE_LOST
+            ):
                 keep.append(item)
         for item in keep:
             self._queue.put_nowait(item)

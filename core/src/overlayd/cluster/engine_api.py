@@ -1,9 +1,11 @@
 """The engine as cluster mode sees it: the only engine surface ``overlayd.cluster`` uses.
 
 Cluster mode drives the engine exactly as an orchestrator would (set up the
-global overlay, apply peer differences, read ``status`` for handshakes) plus one call the IPC
-does not offer: serving DNS records that other nodes own without storing or
-re-publishing them (:meth:`ClusterEngine.serve_remote_dns`). Anything the
+global overlay, apply peer differences, read ``status`` for handshakes) plus
+two things the IPC does not offer: carrying NAT candidates through the store
+(``nat_exchange``, see :func:`overlayd.nat.host.use_exchange`), and serving
+DNS records that other nodes own without storing or re-publishing them
+(:meth:`ClusterEngine.serve_remote_dns`). Anything the
 engine offers beyond this protocol is off limits to the cluster package, so
 the engine can change shape freely behind it.
 """
@@ -24,12 +26,19 @@ from overlayd.model import PeerScope
 
 if TYPE_CHECKING:
     from overlayd.engine import Status
+    from overlayd.nat.agent import NatAgent
+    from overlayd.nat.candidates import CandidateExchange
 
 __all__ = ["ClusterEngine"]
 
 
 class ClusterEngine(Protocol):
     """What :class:`overlayd.engine.Engine` provides to cluster mode."""
+
+    #: The NAT agent of the global device, when it runs (see :mod:`overlayd.nat.host`).
+    nat: NatAgent | None
+    #: How NAT candidates travel; cluster mode puts its own exchange here.
+    nat_exchange: CandidateExchange
 
     @property
     def global_(self) -> GlobalOverlay | None:

@@ -56,6 +56,8 @@ class Membership:
     warned: dict[str, bytes] = field(default_factory=dict)
     #: records ignored so far (each bad value counted once).
     bad_records: int = 0
+    #: key → the value whose NAT candidates were last warned about.
+    warned_candidates: dict[str, bytes] = field(default_factory=dict)
 
     # -- input ----------------------------------------------------------------
 
@@ -117,6 +119,7 @@ class Membership:
         self.leases.pop(name, None)
         self.invalid.discard(name)
         self.warned.pop(key, None)
+        self.warned_candidates.pop(key, None)
         touched = self._drop(name)
         return touched | self._recheck_invalid() if touched else touched
 
@@ -157,6 +160,16 @@ class Membership:
             return set()
         self.invalid.discard(name)
         self.warned.pop(key, None)
+        if rec.dropped and self.warned_candidates.get(key) != value:
+            self.warned_candidates[key] = value
+            self.bad_records += 1
+            log.warning(
+                "cluster: ignoring %d NAT candidate(s) of record %s: %s",
+                len(rec.dropped),
+                key,
+                "; ".join(rec.dropped[:3]),
+                extra={"key": key},
+            )
         if old == rec:
             return set()
         touched: set[str] = set()

@@ -19,11 +19,13 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from dataclasses import field
 from typing import Any
 
 from overlayd.cluster.config import NODE_NAME_RE
 from overlayd.model import IPAddress
 from overlayd.model import IPNetwork
+from overlayd.model import NatCandidate
 from overlayd.model import validate_wg_key
 
 __all__ = [
@@ -32,7 +34,9 @@ __all__ = [
     "DnsEntry",
     "Keys",
     "NodeRecord",
+    "candidates_json",
     "format_endpoint",
+    "parse_candidates",
     "parse_claim",
     "parse_dns",
     "parse_node",
@@ -60,8 +64,10 @@ class NodeRecord:
     endpoint: str
     slices: tuple[IPNetwork, ...]
     node_ip: IPAddress
-    #: NAT-traversal candidates (``host:port``), validated, not used yet.
-    candidates: tuple[str, ...] = ()
+    #: The node's NAT-traversal candidates (what its NAT agent gathered), checked.
+    candidates: tuple[NatCandidate, ...] = ()
+    #: Why candidates of the stored record were dropped (empty when none were).
+    dropped: tuple[str, ...] = field(default=(), compare=False)
 
     def to_json(self) -> bytes:
         return json.dumps(
@@ -72,7 +78,7 @@ class NodeRecord:
                 "endpoint": self.endpoint,
                 "slices": [str(s) for s in self.slices],
                 "node_ip": str(self.node_ip),
-                "candidates": list(self.candidates),
+                "candidates": candidates_json(self.candidates),
             },
             separators=(",", ":"),
         ).encode()
@@ -127,9 +133,13 @@ class Keys:
 def _endpoint(value: object) -> str:
     if not isinstance(value, str):
         raise BadRecord("endpoint must be a 'host:port' string")
+    shown = value[:80]  # a hostile record may hold megabytes: log a bounded part
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise BadRecord(f"endpoint {value!r} is not 'address:port'")
+    # ASCII digits only, at most 5 (int() takes other digits and refuses huge ones).
+    if not sep or not (port.isascii() and port.isdigit() and len(port) <= 5):
+        raise BadRecord(f"endpoint {shown!r} is not 'address:port'")
+    if not 0 < int(port) < 65536:
+        raise BadRecord(f"endpoint {shown!r} is not 'address:port'")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
         want = 6
@@ -138,11 +148,11 @@ def _endpoint(value: object) -> str:
     try:
         addr = ipaddress.ip_address(host)
     except ValueError:
-        raise BadRecord(f"endpoint {value!r} does not hold an IP address") from None
+        raise BadRecord(f"endpoint {shown!r} does not hold an IP address") from None
     if addr.version != want:
-        raise BadRecord(f"endpoint {value!r}: an IPv6 address goes in brackets")
+        raise BadRecord(f"endpoint {shown!r}: an IPv6 address goes in brackets")
     if addr.is_unspecified or addr.is_multicast:
-        raise BadRecord(f"endpoint {value!r} is not a unicast address")
+        raise BadRecord(f"endpoint {shown!r} is not a unicast address")
     return value
 
 
@@ -221,10 +231,7 @@ def parse_node(
         raise BadRecord(f"node_ip {data.get('node_ip')!r} is not an IP address") from None
     if not any(node_ip in s for s in slices):
         raise BadRecord(f"node_ip {node_ip} is outside the node's slices")
-    raw_candidates = data.get("candidates", [])
-    if not isinstance(raw_candidates, list) or len(raw_candidates) > MAX_CANDIDATES:
-        raise BadRecord(f"candidates must be a list of at most {MAX_CANDIDATES} endpoints")
-    candidates = tuple(_endpoint(c) for c in raw_candidates)
+    candidates, dropped = parse_candidates(data.get("candidates", []))
     return NodeRecord(
         name=name,
         public_key=public_key,
@@ -232,7 +239,67 @@ def parse_node(
         slices=tuple(slices),
         node_ip=node_ip,
         candidates=candidates,
+        dropped=tuple(dropped),
     )
+
+
+_KINDS = ("host", "reflexive", "relay")
+
+
+def candidates_json(candidates: tuple[NatCandidate, ...]) -> list[dict[str, Any]]:
+    """The ``candidates`` field of a node record."""
+    out: list[dict[str, Any]] = []
+    for cand in candidates[:MAX_CANDIDATES]:
+        item: dict[str, Any] = {
+            "kind": cand.kind,
+            "endpoint": cand.endpoint,
+            "priority": cand.priority,
+        }
+        if cand.guessed:
+            item["guessed"] = True
+        out.append(item)
+    return out
+
+
+def _candidate(item: object) -> NatCandidate:
+    if not isinstance(item, dict):
+        raise BadRecord(f"candidate {item!r} is not an object")
+    kind = item.get("kind")
+    if kind not in _KINDS:
+        raise BadRecord(f"candidate kind {kind!r} is not one of {', '.join(_KINDS)}")
+    endpoint = _endpoint(item.get("endpoint"))
+    addr = ipaddress.ip_address(endpoint.rpartition(":")[0].strip("[]"))
+    mapped = getattr(addr, "ipv4_mapped", None)
+    if addr.is_loopback or (mapped is not None and mapped.is_loopback):
+        raise BadRecord(f"candidate endpoint {endpoint!r} is a loopback address")
+    priority = item.get("priority", 0)
+    if type(priority) is not int or not 0 <= priority < 2**32:
+        raise BadRecord(f"candidate priority {priority!r} is not an integer in [0, 2^32)")
+    guessed = item.get("guessed", False)
+    if type(guessed) is not bool:
+        raise BadRecord(f"candidate 'guessed' {guessed!r} is not true or false")
+    return NatCandidate(kind=kind, endpoint=endpoint, priority=priority, guessed=guessed)
+
+
+def parse_candidates(value: object) -> tuple[tuple[NatCandidate, ...], list[str]]:
+    """The valid candidates of a record's ``candidates`` field, and why others were dropped.
+
+    Candidates are advisory: a bad one is dropped (the reason returned for one
+    warning), the rest of the record still applies, as for a record without
+    candidates (an older node, or NAT traversal off).
+    """
+    if not isinstance(value, list):
+        return (), [f"candidates is not a list ({type(value).__name__})"]
+    if len(value) > MAX_CANDIDATES:
+        return (), [f"{len(value)} candidates, at most {MAX_CANDIDATES} allowed"]
+    good: list[NatCandidate] = []
+    dropped: list[str] = []
+    for item in value:
+        try:
+            good.append(_candidate(item))
+        except BadRecord as exc:
+            dropped.append(str(exc))
+    return tuple(good), dropped
 
 
 def claim_value(name: str) -> bytes:

@@ -270,6 +270,20 @@ class NatAgent:
         peer.valid.clear()
         self._start_selection(peer, reason="new candidates")
 
+    def use_exchange(self, exchange: CandidateExchange) -> None:
+        """Exchange candidates through ``exchange`` from now on (cluster mode plugs in).
+
+        This node's candidates are published there at once; peers whose
+        candidates only the old exchange knew are left alone until the new one
+        says something about them.
+        """
+        self.exchange = exchange
+        if self._loop is None:
+            return  # start() registers the listener
+        exchange.on_change(self._candidates_changed)
+        if self.local:
+            exchange.publish(self.keys.public_key, self.local)
+
     def forget(self, public_key: str) -> None:
         peer = self.peers.pop(public_key, None)
         if peer is None:

@@ -5,9 +5,10 @@ to find a path. How they travel is not the agent's business: it talks to a
 :class:`CandidateExchange`. :class:`IpcExchange` is the one used without
 cluster mode: ``status`` publishes this node's candidates and the
 orchestrator hands a peer's candidates back with the ``nat_peer_candidates``
-op. A cluster store plugs in by implementing the same four methods (publish
-into the node record's ``candidates``, call the listener when another node's
-record changes).
+op. In cluster mode :class:`overlayd.cluster.exchange.ClusterExchange` takes
+its place: it publishes into the node record's ``candidates`` and feeds the
+candidates of the other nodes' records in (both build on
+:class:`MemoryExchange`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from overlayd.nat.config import split_host_port
 __all__ = [
     "CandidateExchange",
     "IpcExchange",
+    "MemoryExchange",
     "endpoint_of",
     "parse_endpoint",
     "priority",
@@ -110,11 +112,11 @@ class CandidateExchange(Protocol):
         ...
 
 
-class IpcExchange:
-    """Candidates exchanged through the orchestrator over IPC.
+class MemoryExchange:
+    """A :class:`CandidateExchange` that keeps everything in memory.
 
-    ``status`` reads :meth:`local`; the ``nat_peer_candidates`` op calls
-    :meth:`set_peer_candidates`.
+    Something outside feeds the peers' candidates in with
+    :meth:`set_peer_candidates`; subclasses say where this node's go.
     """
 
     def __init__(self) -> None:
@@ -137,7 +139,8 @@ class IpcExchange:
 
     def on_change(self, listener: Callable[[str], None]) -> None:
         with self._lock:
-            self._listeners.append(listener)
+            if listener not in self._listeners:
+                self._listeners.append(listener)
 
     def set_peer_candidates(self, public_key: str, candidates: Sequence[NatCandidate]) -> bool:
         """Record a peer's candidates (an empty list forgets them); True when they changed."""
@@ -162,3 +165,11 @@ class IpcExchange:
     def forget(self, public_key: str) -> None:
         with self._lock:
             self._peers.pop(public_key, None)
+
+
+class IpcExchange(MemoryExchange):
+    """Candidates exchanged through the orchestrator over IPC.
+
+    ``status`` reads :meth:`local`; the ``nat_peer_candidates`` op calls
+    :meth:`set_peer_candidates`.
+    """

@@ -1,7 +1,8 @@
 """The engine's side of NAT traversal: one agent for the global device.
 
 The engine calls four functions from here (start, stop, status, peer
-candidates), so NAT traversal stays out of the engine's module.
+candidates), so NAT traversal stays out of the engine's module; cluster mode
+calls :func:`use_exchange` to carry candidates through the store.
 """
 
 from __future__ import annotations
@@ -10,13 +11,16 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+from typing import Protocol
 
 from overlayd.errors import InvalidRequest
 from overlayd.errors import NotFound
 from overlayd.model import NatCandidate
 from overlayd.model import validate_wg_key
 from overlayd.nat.agent import NatAgent
+from overlayd.nat.candidates import CandidateExchange
 from overlayd.nat.candidates import IpcExchange
+from overlayd.nat.candidates import MemoryExchange
 from overlayd.nat.candidates import parse_endpoint
 from overlayd.nat.checks import CheckKeys
 
@@ -30,6 +34,7 @@ __all__ = [
     "set_peer_candidates",
     "start_nat",
     "stop_nat",
+    "use_exchange",
 ]
 
 log = logging.getLogger(__name__)
@@ -89,10 +94,34 @@ async def start_nat(engine: Engine) -> None:
     )
     engine.nat = agent
     await agent.start()
-    # Peers whose candidates arrived before the agent existed.
-    if isinstance(exchange, IpcExchange):
+    _known_peers(agent, exchange)
+
+
+def _known_peers(agent: NatAgent, exchange: CandidateExchange) -> None:
+    """Peers whose candidates arrived before the agent (or the exchange) was in place."""
+    if isinstance(exchange, MemoryExchange):
         for key in exchange.known_peers():
             agent._on_candidates(key)
+
+
+class ExchangeHolder(Protocol):
+    """The engine as :func:`use_exchange` sees it."""
+
+    nat: NatAgent | None
+    nat_exchange: CandidateExchange
+
+
+def use_exchange(engine: ExchangeHolder, exchange: CandidateExchange) -> None:
+    """Carry NAT candidates through ``exchange`` instead of the IPC (cluster mode).
+
+    Takes effect at once when the agent already runs (a global overlay
+    restored at start-up); otherwise the agent uses it when it starts.
+    """
+    engine.nat_exchange = exchange
+    agent = engine.nat
+    if agent is not None and agent.exchange is not exchange:
+        agent.use_exchange(exchange)
+        _known_peers(agent, exchange)
 
 
 async def stop_nat(engine: Engine) -> None:
