@@ -39,7 +39,6 @@ import pytest
 pytest.importorskip("etcd3gw", reason="cluster mode needs the `cluster` extra (etcd3gw)")
 
 from overlayd.errors import OverlaydError
-from overlayd.model import NatCandidate
 from overlayd.testing.etcd import EtcdServer
 from overlayd.testing.etcd import etcd_binary
 
@@ -153,8 +152,8 @@ def clab() -> Iterator[ClusterLab]:
     try:
         yield the_lab
     finally:
+        lab.close()  # the daemons first, then etcd (its namespace goes too)
         the_lab.close()
-        lab.close()
 
 
 def _peer(node: Any, other: Any) -> Any:
@@ -202,10 +201,10 @@ def test_cluster_nodes_behind_nats_find_a_direct_path_through_etcd(clab: Cluster
             ev.endpoint.startswith(f"10.240.0.{10 + other.index}:") for _, ev in node.events
         )
     # The IPC path is closed in cluster mode: candidates come only from the store.
+    st_b = b.status()
+    assert st_b.nat is not None and st_b.public_key
     with a.client() as c, pytest.raises(OverlaydError, match="cluster store"):
-        c.nat_peer_candidates(
-            b.public_key, [NatCandidate(kind="host", endpoint="10.241.2.2:51820")]
-        )
+        c.nat_peer_candidates(st_b.public_key, st_b.nat.candidates)
 
 
 def test_changed_mapping_is_republished_and_followed(clab: ClusterLab) -> None:
