@@ -99,8 +99,8 @@ HOSTILE: list[tuple[object, str]] = [
     ({"kind": "host", "endpoint": "fd00::1:51820"}, "brackets"),
     ({"kind": "host", "endpoint": "0.0.0.0:51820"}, "unicast"),
     ({"kind": "host", "endpoint": "224.0.0.1:51820"}, "unicast"),
-    ({"kind": "host", "endpoint": "127.0.0.1:51820"}, "loopback"),
-    ({"kind": "host", "endpoint": "[::1]:51820"}, "loopback"),
+    ({"kind": "host", "endpoint": "[ff02::1]:51820"}, "unicast"),
+    ({"kind": "host", "endpoint": "[::]:51820"}, "unicast"),
     ({"kind": "host", "endpoint": 51820}, "endpoint"),
     ({"kind": "host", "endpoint": "10.0.0.1:1", "priority": -1}, "priority"),
     ({"kind": "host", "endpoint": "10.0.0.1:1", "priority": 2**32}, "priority"),
@@ -149,7 +149,7 @@ def test_membership_applies_a_record_with_bad_candidates_and_warns_once(
     m = Membership(keys=K, self_name="me", cluster=CLUSTER, slice_lengths=LENGTHS)
     net = ipaddress.ip_network("10.240.3.0/24")
     m.put(K.slice(net), claim_value("n1"), 0)
-    bad = record(candidates=[{"kind": "host", "endpoint": "127.0.0.1:1"}, HOST.model_dump()])
+    bad = record(candidates=[{"kind": "host", "endpoint": "224.0.0.9:1"}, HOST.model_dump()])
     touched = m.put(K.node("n1"), bad, 7)
     (key,) = touched
     assert m.nodes["n1"].candidates == (HOST,)
@@ -157,7 +157,7 @@ def test_membership_applies_a_record_with_bad_candidates_and_warns_once(
     m.load([(K.slice(net), claim_value("n1"), 0), (K.node("n1"), bad, 7)])
     warned = [r for r in caplog.records if K.node("n1") in r.getMessage()]
     assert len(warned) == 1, [r.getMessage() for r in warned]
-    assert "loopback" in warned[0].getMessage()
+    assert "unicast" in warned[0].getMessage()
     assert m.bad_records == 1
 
 
@@ -274,7 +274,7 @@ async def test_hostile_candidates_in_etcd_never_stop_the_watch(
             [{"kind": "host", "endpoint": "10.0.0.1:1", "priority": 10**40}],
             [[[[[]]]]] * 16,
             [{"kind": {"nested": True}, "endpoint": ["a"]}],
-            [{"kind": "relay", "endpoint": "[::ffff:127.0.0.1]:1"}],
+            [{"kind": "relay", "endpoint": "[ff02::1]:1"}],
             [{"kind": "host", "endpoint": "10.241.7.2:51820"}] * 17,
         ]
         keys: dict[str, str] = {}
@@ -303,3 +303,32 @@ async def test_hostile_candidates_in_etcd_never_stop_the_watch(
         assert len(warned) == 1, (name, [r.getMessage() for r in warned])
     assert a.agent.connected
     assert a.agent.last_error is None
+
+
+async def test_nat_agent_publishes_into_the_record_also_after_a_restart(
+    etcd_server: Any, make_node: Any, tmp_path: Any
+) -> None:
+    """``nat = true``: the agent's candidates land in the record, also when the
+    agent already ran (overlay restored at start-up) before cluster mode began."""
+    store = EtcdStore(settings(etcd_server.url, "reader"))
+
+    def stored(name: str) -> list[str]:
+        kv = store.get(K.node(name))
+        return [] if kv is None else [c["endpoint"] for c in json.loads(kv.value)["candidates"]]
+
+    try:
+        a = await make_node(etcd_server.url, "a", data_dir=tmp_path / "a", nat=True)
+        await wait_for(lambda: a.engine.nat is not None, 10, "a's NAT agent")
+        assert a.engine.nat.exchange is a.agent.exchange
+        await wait_for(lambda: bool(a.engine.nat.local), 10, "a's candidates")
+        want = [c.endpoint for c in a.engine.nat.local]
+        await wait_for(lambda: stored("a") == want, 10, "a's candidates in etcd")
+        await a.stop()
+
+        store.delete(K.node("a"))  # as if its lease had expired meanwhile
+        again = await make_node(etcd_server.url, "a", data_dir=tmp_path / "a", nat=True)
+        assert again.engine.nat is not None  # restored before the cluster agent started
+        assert again.engine.nat.exchange is again.agent.exchange
+        await wait_for(lambda: stored("a") == want, 10, "a's candidates in etcd again")
+    finally:
+        store.close()

@@ -268,10 +268,6 @@ def _candidate(item: object) -> NatCandidate:
     if kind not in _KINDS:
         raise BadRecord(f"candidate kind {kind!r} is not one of {', '.join(_KINDS)}")
     endpoint = _endpoint(item.get("endpoint"))
-    addr = ipaddress.ip_address(endpoint.rpartition(":")[0].strip("[]"))
-    mapped = getattr(addr, "ipv4_mapped", None)
-    if addr.is_loopback or (mapped is not None and mapped.is_loopback):
-        raise BadRecord(f"candidate endpoint {endpoint!r} is a loopback address")
     priority = item.get("priority", 0)
     if type(priority) is not int or not 0 <= priority < 2**32:
         raise BadRecord(f"candidate priority {priority!r} is not an integer in [0, 2^32)")
