@@ -14,6 +14,7 @@ Modules:
 * :mod:`~overlayd.cluster.claim` — slice claims by transaction;
 * :mod:`~overlayd.cluster.membership` — live nodes and the peer differences;
 * :mod:`~overlayd.cluster.dns` — cluster DNS (publish and serve);
+* :mod:`~overlayd.cluster.exchange` — NAT candidates through the node records;
 * :mod:`~overlayd.cluster.agent` — the session loop tying it together;
 * :mod:`~overlayd.cluster.view` — ``cluster_status`` and ``overlayctl cluster``;
 * :mod:`~overlayd.cluster.daemon` — the hooks ``overlayd serve`` calls.

@@ -84,7 +84,8 @@ class ClusterStats:
     peers_removed: int = 0
     #: Watch events received.
     events: int = 0
-    #: Writes of this node's record because its NAT candidates changed.
+    #: Writes of this node's record because its NAT candidates changed
+    #: (kept here for tests and logs; not part of ``cluster_status``).
     candidate_updates: int = 0
 
 

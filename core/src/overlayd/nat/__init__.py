@@ -5,7 +5,8 @@ The modules, from the bottom up:
 * :mod:`overlayd.nat.config` -- the ``[nat]`` table;
 * :mod:`overlayd.nat.candidates` -- candidate priorities and the
   :class:`~overlayd.nat.candidates.CandidateExchange` interface through which
-  candidates reach other nodes (IPC now, a cluster store later);
+  candidates reach other nodes (the IPC; in cluster mode the etcd node
+  records, :mod:`overlayd.cluster.exchange`);
 * :mod:`overlayd.nat.rawport` -- sending and catching STUN messages on the
   WireGuard listen port itself (raw sockets with a kernel filter);
 * :mod:`overlayd.nat.stun` -- server-reflexive candidates and the NAT's
