@@ -67,7 +67,8 @@ class ClusterSettings(BaseModel):
     #: ``persistent_keepalive`` of the peers the cluster programs (0: off).
     keepalive_secs: int = Field(default=25, ge=0, le=65535)
     #: Outbound NAT (masquerade) for the node's slice, as ``nat_enabled`` of
-    #: ``setup_global_overlay``.
+    #: ``setup_global_overlay``; with ``[nat] enabled`` also NAT traversal, its
+    #: candidates carried in the node record (``overlayd.cluster.exchange``).
     nat: bool = False
     #: CA bundle that signs the etcd servers' certificates (``https`` endpoints).
     ca_file: Path | None = None
