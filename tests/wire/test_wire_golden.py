@@ -1,7 +1,7 @@
-"""Golden frames of the IPC contract (PROTOCOL.md): exact bytes and decoding.
+"""Golden frames of the IPC contract (docs/reference/zlayer.rst): exact bytes and decoding.
 
-Every JSON literal below is written by hand from PROTOCOL.md (tag first, fields
-in the order the page lists them, ``None`` omitted, ``scope`` always present
+Every JSON literal below is written by hand from docs/reference/zlayer.rst (tag first,
+fields in ZLayer's declaration order, ``None`` omitted, ``scope`` always present
 as ZLayer's serde emits it). The encoder must produce exactly these bytes and
 the decoder must read them back into the same models.
 """

@@ -77,8 +77,8 @@ __all__ = [
 
 #: Where the heavier public names live; imported on first use (PEP 562), so
 #: that ``import overlayd.rawclient`` (the CNI plugin) does not pay for
-#: pydantic, pluggy and the engine (about 0.3 s on a small machine). The
-#: errors import only the standard library and are imported at once.
+#: pydantic, pluggy and the engine (docs/design-notes.rst, "Measured choices
+#: in core"). The errors import only the standard library and are imported at once.
 _LAZY: dict[str, str] = {
     "DaemonConfig": "overlayd.config",
     "EngineConfig": "overlayd.config",

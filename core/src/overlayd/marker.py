@@ -3,8 +3,8 @@
 ZLayer records the host-level networks it provisions (the Windows HCN overlay
 network, dedicated per-service WireGuard transports) in this file so that they
 are reused across daemon restarts and deleted only on a purge. overlayd reads
-and writes the same file, byte-compatible with ZLayer (PROTOCOL.md, "The
-host-level network marker")::
+and writes the same file, byte-compatible with ZLayer (docs/reference/zlayer.rst
+§6)::
 
     {"version": 1, "networks": [{"owner": "base", "kind": "hcn-internal",
       "name": ..., "id": ..., "subnet": ..., "wg_port"?: ...,

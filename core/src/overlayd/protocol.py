@@ -1,10 +1,11 @@
 """The IPC wire contract: frames, requests, responses and events.
 
 This module is the single source of truth for what crosses the overlayd socket.
-It follows ``/work/shared/PROTOCOL.md`` (ZLayer's ``zlayer_types::overlayd``,
-PROTOCOL_VERSION 1) byte for byte; the sections cited below are that page's.
+It follows ZLayer's ``zlayer_types::overlayd`` (PROTOCOL_VERSION 1) byte for
+byte, as ``docs/reference/zlayer.rst`` states it; the sections cited below
+are that page's, and ``docs/protocol.rst`` shows every frame.
 
-Shapes (PROTOCOL.md "Tags")::
+Shapes (docs/reference/zlayer.rst §2)::
 
     {"frame":"request","id":1,"request":{"op":"status"}}
     {"frame":"response","id":1,"response":{"result":"ip","ip":"10.0.0.5"}}
@@ -14,7 +15,7 @@ Encoding rules, chosen to produce the same bytes as ZLayer's serde types:
 
 * compact JSON (``separators=(",", ":")``), UTF-8 without ``\\u`` escapes for
   non-ASCII text (serde_json's behaviour);
-* the tag first, then the fields in the order PROTOCOL.md lists them (serde emits
+* the tag first, then the fields in ZLayer's declaration order (serde emits
   internally tagged enums as tag + fields in declaration order);
 * optional fields that are ``None`` are omitted; ``status`` also omits its empty
   lists (serde ``skip_serializing_if = "Vec::is_empty"``);
@@ -23,8 +24,8 @@ Encoding rules, chosen to produce the same bytes as ZLayer's serde types:
 
 Decoding ignores unknown fields and field order. A body that is not a valid frame
 raises :class:`ProtocolError`, which carries the frame's ``id`` whenever the JSON
-has one, so the server can answer ``err`` and keep the connection (PROTOCOL.md
-"Where overlayd must be better").
+has one, so the server can answer ``err`` and keep the connection (docs/reference/zlayer.rst
+§8).
 
 Value checks (overlayd is stricter than the Rust types, where that cannot reject
 anything ZLayer sends): IPs are IPv4/IPv6 text (normalised to the canonical form,
@@ -158,7 +159,7 @@ __all__ = [
 
 #: Wire protocol version (ZLayer ``PROTOCOL_VERSION``); ``hello`` reports it.
 PROTOCOL_VERSION: Final = 1
-#: Largest frame body in bytes (PROTOCOL.md "Framing"); checked before allocating.
+#: Largest frame body in bytes (docs/reference/zlayer.rst §1); checked before allocating.
 MAX_FRAME: Final = 8 * 1024 * 1024
 
 _HEADER: Final = struct.Struct("<I")
@@ -303,7 +304,7 @@ U16 = Annotated[StrictInt, Field(ge=0, le=65535)]
 U32 = Annotated[StrictInt, Field(ge=0, le=2**32 - 1)]
 U64 = Annotated[StrictInt, Field(ge=0, le=_U64_MAX)]
 I64 = Annotated[StrictInt, Field(ge=-(2**63), le=2**63 - 1)]
-#: ``OverlayMode`` (PROTOCOL.md "Tags"): ``auto`` resolves to ``shared``.
+#: ``OverlayMode`` (docs/reference/zlayer.rst §2): ``auto`` resolves to ``shared``.
 OverlayModeName: TypeAlias = Literal["auto", "shared", "dedicated"]
 
 
@@ -389,7 +390,7 @@ class ServiceScope(_Wire):
 
 
 def _scope_not_string(value: object) -> object:
-    # PROTOCOL.md "Tags": the scope is a nested object; a bare string is invalid.
+    # docs/reference/zlayer.rst §2: the scope is a nested object; a bare string is invalid.
     if isinstance(value, str):
         raise ValueError('scope must be an object like {"scope":"global"}, not a string')
     return value
@@ -576,7 +577,7 @@ class ClusterStats(_Wire):
 
 
 # ---------------------------------------------------------------------------
-# Requests (PROTOCOL.md "Requests")
+# Requests (docs/reference/zlayer.rst §3)
 # ---------------------------------------------------------------------------
 
 
@@ -597,7 +598,7 @@ class SetLocalWgPubkeyRequest(Request):
 
 
 class SetupGlobalOverlayRequest(Request):
-    """Answered with ``bridge_name``; idempotent (PROTOCOL.md "Semantics")."""
+    """Answered with ``bridge_name``; idempotent (docs/reference/zlayer.rst §4)."""
 
     op: Literal["setup_global_overlay"] = "setup_global_overlay"
     deployment: StrictStr
@@ -911,7 +912,7 @@ class GuestConfigResponse(Response):
     dns_domain: StrictStr | None = None
 
     def __repr_args__(self) -> Any:
-        # Never print the guest's private key (DESIGN.md "State").
+        # Never print the guest's private key (docs/security.rst, "Where keys live").
         for key, value in super().__repr_args__():
             yield key, ("<redacted>" if key == "private_key" else value)
 
@@ -1150,7 +1151,7 @@ _EXTENSION_REQUESTS: Final = _requests(
     ClusterStatusRequest,
     AttachInterfaceRequest,
 )
-#: The 19 ops of ZLayer's contract, in PROTOCOL.md order.
+#: The 19 ops of ZLayer's contract, in the order of docs/reference/zlayer.rst §3.
 ZLAYER_OPS: Final[tuple[str, ...]] = tuple(_ZLAYER_REQUESTS)
 #: overlayd's own ops (new names only; existing ops never change shape).
 EXTENSION_OPS: Final[tuple[str, ...]] = tuple(_EXTENSION_REQUESTS)

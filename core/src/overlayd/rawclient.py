@@ -25,9 +25,9 @@ The exceptions are the ones :mod:`overlayd.client` raises (it re-exports them).
 from __future__ import annotations
 
 # The C module under ``socket``: socket.py's enum conversion of every constant
-# and its ``selectors`` import were the largest items (about 5 ms of 37, by
-# ``-X importtime``) of the CNI plugin's imports. ``_socket.socket`` has all
-# this client uses (connect, sendall, recv_into, settimeout, close).
+# and its ``selectors`` import were the largest items of the CNI plugin's
+# imports (docs/design-notes.rst, "Measured choices in core"). ``_socket.socket``
+# has all this client uses (connect, sendall, recv_into, settimeout, close).
 import _socket
 import json
 import struct

@@ -329,10 +329,10 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (_migrate_0_to_1, _migrate_1_to_2)
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 
-# One JSON object per kind, assembled by SQLite: json.loads of one 8 MB document
-# is about twice as fast as 65,536 json.loads calls of one record each (measured
-# 70 ms against 155 ms). Concatenating the stored text is sound because v2 only
-# admits valid JSON (CHECK json_valid) and (kind, key) is the primary key.
+# One JSON object per kind, assembled by SQLite: one json.loads of the whole
+# document is faster than one call per record (figures in docs/design-notes.rst,
+# "Measured choices in core"). Concatenating the stored text is sound because v2
+# only admits valid JSON (CHECK json_valid) and (kind, key) is the primary key.
 _LOAD_BY_KIND: Final = (
     "SELECT kind, '{' || group_concat(json_quote(key) || ':' || value, ',') || '}' "
     "FROM records GROUP BY kind"
@@ -360,8 +360,8 @@ class SqliteStore:
     answers the client, so a lost commit would be a lease or a WireGuard
     identity the host and the orchestrator rely on but overlayd forgot. FULL
     makes every acknowledged commit durable for the price of one fsync of the
-    WAL per commit: for a 3-record commit, p50 150 us / p99 320 us with FULL
-    against 30 us / 90 us with NORMAL (ext4 on a virtio disk). Operations cost
+    WAL per commit (a few hundred microseconds; figures in
+    ``docs/design-notes.rst``, "Measured choices in core"). Operations cost
     netlink round trips of the same order, and ``batch`` operations commit once.
 
     Threads: one connection guarded by a lock. SQLite admits one writer at a time

@@ -1,7 +1,7 @@
 """Length-prefixed framing over Unix domain sockets and Windows named pipes.
 
 A frame is a 4-byte unsigned little-endian length followed by that many bytes
-of body (PROTOCOL.md "Framing"). The reader checks the length against
+of body (docs/reference/zlayer.rst §1). The reader checks the length against
 :data:`~overlayd.protocol.MAX_FRAME` *before* reading or allocating the body.
 EOF at a header boundary is a clean close (``None``); EOF anywhere after the
 first header byte is :class:`TruncatedFrame`. A framing error leaves the stream
@@ -47,7 +47,7 @@ __all__ = [
     "write_frame_sync",
 ]
 
-#: Default socket on Linux (PROTOCOL.md "Semantics": Socket).
+#: Default socket on Linux (docs/reference/zlayer.rst §7).
 DEFAULT_SOCKET: Final = "/var/run/zlayer-overlayd.sock"
 #: Default named pipe on Windows.
 DEFAULT_PIPE: Final = r"\\.\pipe\zlayer-overlayd"

@@ -1,10 +1,11 @@
 """Byte-level pieces of the DNS wire format (RFC 1035 §4, RFC 6891 for OPT).
 
-dnspython parses, builds and renders a plain A query in about 75 µs
-(``bench/dns/micro.py``): that is most of the per-query cost of the server. The
-fast path here parses only the shape nearly every stub sends (one question, no
-compression, optionally one OPT record) and renders the answer from bytes
-prepared at record-update time. Anything else returns ``None`` and goes to the
+dnspython's parsing, building and rendering of a plain A query is most of the
+per-query cost of the server (``bench/dns/micro.py``; figures in
+``docs/design-notes.rst``, "Measured choices in core"). The fast path here
+parses only the shape nearly every stub sends (one question, no compression,
+optionally one OPT record) and renders the answer from bytes prepared at
+record-update time. Anything else returns ``None`` and goes to the
 dnspython path, which gives the same answers (checked by a differential test).
 """
 

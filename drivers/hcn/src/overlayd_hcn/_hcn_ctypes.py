@@ -5,9 +5,9 @@ Import-safe everywhere: nothing is loaded at import time. :func:`load` (Windows
 only) opens ``computenetwork.dll`` and ``ole32.dll`` and returns an
 :class:`HcnLibrary`. :meth:`HcnLibrary.from_dll` accepts any object with the
 21 exports as attributes, so the same marshalling code runs on Linux against
-``ctypes.CFUNCTYPE`` callbacks (HCN.md §6).
+``ctypes.CFUNCTYPE`` callbacks (docs/reference/hcn.rst §6).
 
-Binding rules (HCN.md §1 "ctypes binding recipe"):
+Binding rules (docs/reference/hcn.rst §1, "The ctypes binding recipe"):
 
 * every function returns ``HRESULT``; declared ``restype = c_int32`` (never
   ``ctypes.HRESULT`` or ``OleDLL``, which raise ``OSError`` themselves and leak
@@ -63,7 +63,7 @@ __all__ = [
 
 
 class GUID(Structure):
-    """16-byte Win32 GUID; Data1..3 little-endian: ``uuid.bytes_le`` (HCN.md §1)."""
+    """16-byte Win32 GUID; Data1..3 little-endian: ``uuid.bytes_le`` (docs/reference/hcn.rst §1)."""
 
     _fields_ = (
         ("Data1", c_uint32),
@@ -82,7 +82,7 @@ class GUID(Structure):
         return UUID(bytes_le=bytes(self))
 
 
-# Fixed-width types: ctypes.wintypes' DWORD/LONG are 8 bytes on Linux (HCN.md §1).
+# Fixed-width types: ctypes.wintypes' DWORD/LONG are 8 bytes on Linux (docs/reference/hcn.rst §1).
 HRESULT: Final = c_int32
 REFGUID: Final = POINTER(GUID)
 PCWSTR: Final = c_wchar_p
@@ -93,7 +93,7 @@ HANDLE_OUT: Final = POINTER(c_void_p)  # PHCN_NETWORK / ...
 _Signature = tuple["type[_CDataType]", tuple["type[_CDataType]", ...]]
 
 #: restype and argtypes of every computenetwork.dll export used, exactly as the C
-#: prototypes in HCN.md §1 (MSDOC ``Reference/<name>.md``).
+#: prototypes in docs/reference/hcn.rst §1 (MSDOC ``Reference/<name>.md``).
 PROTOTYPES: Final[dict[str, _Signature]] = {
     # networks
     "HcnEnumerateNetworks": (HRESULT, (PCWSTR, PWSTR_OUT, PWSTR_OUT)),
@@ -130,7 +130,7 @@ PROTOTYPES: Final[dict[str, _Signature]] = {
 #: Names of the computenetwork.dll exports the binding resolves.
 HCN_FUNCTIONS: Final = tuple(PROTOTYPES)
 
-#: ``void CoTaskMemFree(LPVOID pv)`` (ole32; HCN.md §1 memory rules).
+#: ``void CoTaskMemFree(LPVOID pv)`` (ole32; docs/reference/hcn.rst §1 memory rules).
 FREE_PROTOTYPE: Final[tuple[None, tuple[type[c_void_p]]]] = (None, (c_void_p,))
 
 
@@ -138,7 +138,7 @@ def prototype(name: str) -> type[ctypes._CFunctionType]:
     """The ctypes function type of export ``name`` (``CFUNCTYPE``; no DLL needed).
 
     On x64 Windows there is one calling convention, so this equals the
-    ``WINFUNCTYPE`` prototype (HCN.md §1).
+    ``WINFUNCTYPE`` prototype (docs/reference/hcn.rst §1).
     """
     restype, argtypes = PROTOTYPES[name]
     return CFUNCTYPE(restype, *argtypes)
@@ -173,7 +173,7 @@ class HcnLibrary:
     """Typed, exception-raising wrappers over the computenetwork.dll exports.
 
     Handles are returned as plain ints (the pointer value) and must be closed with
-    the matching ``close_*`` (closing never deletes: HCN.md §1).
+    the matching ``close_*`` (closing never deletes: docs/reference/hcn.rst §1).
     """
 
     def __init__(self, functions: dict[str, _RawFunction], free: _RawFunction) -> None:
@@ -242,7 +242,7 @@ class HcnLibrary:
         try:
             hresult = int(self._fn[name](*full))
         finally:
-            # Free both buffers before raising, whatever happened (HCN.md §1).
+            # Free both buffers before raising, whatever happened (docs/reference/hcn.rst §1).
             try:
                 if out is not None and string:
                     text = self._take_string(out)

@@ -48,7 +48,8 @@ __all__ = [
     "NativeHcn",
 ]
 
-#: HcnCreate* with the zero GUID lets the service pick the ID (hcsshim does; HCN.md §1).
+#: HcnCreate* with the zero GUID lets the service pick the ID (hcsshim does;
+#: docs/reference/hcn.rst §1).
 ZERO_GUID = UUID(int=0)
 
 _T = TypeVar("_T")
@@ -56,7 +57,7 @@ _M = TypeVar("_M", bound=HcnModel)
 
 
 class HcnFunctions(Protocol):
-    """The raw computenetwork.dll surface (HCN.md §1), one method per export."""
+    """The raw computenetwork.dll surface (docs/reference/hcn.rst §1), one method per export."""
 
     def enumerate_networks(self, query: str) -> str: ...
     def create_network(self, id: UUID, settings: str) -> int: ...
@@ -88,7 +89,7 @@ class HcnApi(Protocol):
 
     ``create_*`` with ``id=None`` lets the service choose the GUID; the returned
     document is always read back from the service, so its ``id`` is authoritative
-    (HCN.md §2: HostDefault namespaces ignore the requested GUID). ``open_*``
+    (docs/reference/hcn.rst §2: HostDefault namespaces ignore the requested GUID). ``open_*``
     returns the current document or raises ``HcnNotFoundError``.
     """
 
@@ -202,7 +203,7 @@ class HcnClient:
 
     @staticmethod
     def _query_text(query: HostComputeQuery | None) -> str:
-        # hcsshim defaultQuery(): SchemaVersion 2.0, Flags None (HCN.md §2).
+        # hcsshim defaultQuery(): SchemaVersion 2.0, Flags None (docs/reference/hcn.rst §2).
         return (query or HostComputeQuery()).to_json()
 
     # -- networks ------------------------------------------------------------------

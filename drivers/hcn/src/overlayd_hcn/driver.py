@@ -120,7 +120,7 @@ ENDPOINT_PREFIX: Final = f"{OWNER_TAG}-"
 DEFAULT_NETWORK_NAME: Final = "zlayer-overlay"
 #: Which segments use which network, inside the data directory.
 SEGMENTS_FILE: Final = "hcn-segments.json"
-#: ACL priority ZLayer gives its cluster allow rule (HCN.md §2).
+#: ACL priority ZLayer gives its cluster allow rule (docs/reference/hcn.rst §2).
 ACL_PRIORITY: Final = 65500
 
 _KNOWN_OPTIONS: Final = (

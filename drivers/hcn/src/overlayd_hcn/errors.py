@@ -1,6 +1,6 @@
 """HRESULT codes returned by HCN and the typed exceptions they turn into.
 
-Every code and its meaning comes from shared/HCN.md §3 (MSDOC ``HCNHResult.md``,
+Every code and its meaning comes from docs/reference/hcn.rst §3 (MSDOC ``HCNHResult.md``,
 the Windows SDK ``winerror.h`` port, and the generic Win32 codes seen in the issues
 listed there). Each exception carries the HRESULT (``hresult``, ``hresult_hex``),
 the symbolic name, the HCN function that failed and the raw ErrorRecord text.
@@ -85,16 +85,16 @@ __all__ = [
 
 
 def hresult_from_win32(code: int) -> int:
-    """``HRESULT_FROM_WIN32``: facility 7 with the failure bit (HCN.md §3)."""
+    """``HRESULT_FROM_WIN32``: facility 7 with the failure bit (docs/reference/hcn.rst §3)."""
     return 0x80070000 | (code & 0xFFFF)
 
 
 def hresult_failed(hresult: int) -> bool:
-    """True when bit 31 (severity) is set (HCN.md §3: "Failure = bit 31 set")."""
+    """True when bit 31 (severity) is set (docs/reference/hcn.rst §3)."""
     return bool(hresult & 0x80000000)
 
 
-# HCN facility 0x3B codes (HCN.md §3 table; MSDOC HCNHResult.md).
+# HCN facility 0x3B codes (docs/reference/hcn.rst §3 table; MSDOC HCNHResult.md).
 HCN_E_NETWORK_NOT_FOUND: Final = 0x803B0001
 HCN_E_ENDPOINT_NOT_FOUND: Final = 0x803B0002
 HCN_E_INVALID_NETWORK: Final = 0x803B000A
@@ -118,7 +118,7 @@ HCN_E_INVALID_SUBNET: Final = 0x803B0032
 HCN_E_INVALID_IP_SUBNET: Final = 0x803B0033
 HCN_E_ENDPOINT_NOT_ATTACHED: Final = 0x803B0034
 
-# Generic codes seen from HCN (HCN.md §3 second table).
+# Generic codes seen from HCN (docs/reference/hcn.rst §3 second table).
 ERROR_NOT_FOUND: Final = hresult_from_win32(1168)  # 0x80070490 "Element not found."
 ERROR_ALREADY_EXISTS: Final = hresult_from_win32(183)  # 0x800700B7
 ERROR_TIMEOUT: Final = hresult_from_win32(1460)  # 0x800705B4, used for our own deadline
@@ -130,7 +130,7 @@ E_FAIL: Final = 0x80004005
 RPC_S_SERVER_UNAVAILABLE: Final = 0x800706BA
 EPT_S_NOT_REGISTERED: Final = 0x800706D9
 
-#: Symbolic name and Microsoft's description of every code we name (HCN.md §3).
+#: Symbolic name and Microsoft's description of every code we name (docs/reference/hcn.rst §3).
 HRESULT_NAMES: Final[dict[int, tuple[str, str]]] = {
     HCN_E_NETWORK_NOT_FOUND: ("HCN_E_NETWORK_NOT_FOUND", "The network was not found."),
     HCN_E_ENDPOINT_NOT_FOUND: (
@@ -248,7 +248,7 @@ HRESULT_NAMES: Final[dict[int, tuple[str, str]]] = {
 
 
 def error_record(hresult: int, message: str | None = None) -> str:
-    """The ErrorRecord JSON HCN writes on failure (HCN.md §3, MSSCN "ErrorSchema").
+    """The ErrorRecord JSON HCN writes on failure (docs/reference/hcn.rst §3, MSSCN "ErrorSchema").
 
     ``{"Success":false,"Error":"<message> ","ErrorCode":<unsigned decimal>}``; the
     service's message carries a trailing space (sig-windows-tools#249).
@@ -312,7 +312,7 @@ class HcnAlreadyExistsError(HcnError):
 
 
 class HcnAccessDeniedError(HcnError):
-    """The caller is not an Administrator / Hyper-V Administrator (HCN.md §3)."""
+    """The caller is not an Administrator / Hyper-V Administrator (docs/reference/hcn.rst §3)."""
 
 
 class HcnInvalidJsonError(HcnError):
@@ -352,7 +352,7 @@ class HcnOtherError(HcnError):
 
 
 _CLASSES: Final[dict[int, type[HcnError]]] = {
-    # HCN.md §3: "Treat all three as absent".
+    # docs/reference/hcn.rst §3, "Not found in practice": all three mean absent.
     HCN_E_NETWORK_NOT_FOUND: HcnNotFoundError,
     HCN_E_ENDPOINT_NOT_FOUND: HcnNotFoundError,
     ERROR_NOT_FOUND: HcnNotFoundError,

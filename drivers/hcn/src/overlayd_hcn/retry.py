@@ -2,7 +2,7 @@
 
 HCN is known to answer transiently right after a change: an endpoint created
 just after its network can fail with ``HCN_E_ADDR_INVALID_OR_RESERVED`` (ZL
-sleeps a fixed 2 s; HCN.md §4), an object can read as not found right after a
+sleeps a fixed 2 s; docs/reference/hcn.rst §4), an object can read as not found right after a
 create or delete (hcsshim#95), and a delete can fail while references are still
 being released (``HCN_E_ENTITY_HAS_REFERENCES``). Retry those few codes a bounded
 number of times instead of sleeping a fixed time; everything else fails at once.
@@ -27,7 +27,7 @@ _log = logging.getLogger(__name__)
 
 
 def settling_after_create(exc: HcnError) -> bool:
-    """Not found, or the network's static IPAM is not ready yet (HCN.md §4)."""
+    """Not found, or the network's static IPAM is not ready yet (docs/reference/hcn.rst §4)."""
     return isinstance(exc, HcnNotFoundError) or exc.hresult == HCN_E_ADDR_INVALID_OR_RESERVED
 
 

@@ -1,11 +1,11 @@
 """Pydantic models of the HCN schema v2 documents overlayd sends and reads.
 
-Field names and casing follow HCN.md §2: PascalCase as hcsshim emits them
+Field names and casing follow docs/reference/hcn.rst §2: PascalCase as hcsshim emits them
 (``IpConfigurations``, ``IpAddress``), enums as strings, GUIDs bare lowercase.
 Documents serialize by alias with ``None`` omitted (:meth:`HcnModel.to_json`).
 
 Parsing is tolerant, because query results come from the service and from other
-tools (HCN.md §2): keys match case-insensitively, unknown keys are ignored,
+tools (docs/reference/hcn.rst §2): keys match case-insensitively, unknown keys are ignored,
 missing fields stay ``None``, enum values are accepted as strings in any case or
 as numbers, a missing network ``Type`` means ``NAT`` (hcsshim hcnnetwork.go), and
 GUIDs may carry braces or upper case.
@@ -79,7 +79,7 @@ __all__ = [
 
 
 class NetworkType(StrEnum):
-    """NetworkMode (MSDOC; HCN.md §2). Numeric form = position in this list."""
+    """NetworkMode (MSDOC; docs/reference/hcn.rst §2). Numeric form = position in this list."""
 
     NAT = "NAT"
     ICS = "ICS"
@@ -95,7 +95,7 @@ class NetworkType(StrEnum):
 
 
 class NetworkFlags:
-    """NetworkFlags bits as hcsshim defines them (HCN.md §2 "trust SHIM")."""
+    """NetworkFlags bits as hcsshim defines them (docs/reference/hcn.rst §2)."""
 
     NONE: ClassVar[int] = 0
     ENABLE_NON_PERSISTENT: ClassVar[int] = 8
@@ -104,7 +104,7 @@ class NetworkFlags:
 
 
 class EndpointPolicyType(StrEnum):
-    """EndpointPolicyType (MSDOC; HCN.md §2)."""
+    """EndpointPolicyType (MSDOC; docs/reference/hcn.rst §2)."""
 
     PORT_MAPPING = "PortMapping"
     ACL = "ACL"
@@ -126,7 +126,7 @@ class EndpointPolicyType(StrEnum):
 
 
 class NetworkPolicyType(StrEnum):
-    """NetworkPolicyType (MSDOC / hcsshim hcnpolicy.go; HCN.md §2)."""
+    """NetworkPolicyType (MSDOC / hcsshim hcnpolicy.go; docs/reference/hcn.rst §2)."""
 
     SOURCE_MAC_ADDRESS = "SourceMacAddress"
     NET_ADAPTER_NAME = "NetAdapterName"
@@ -145,7 +145,7 @@ class NetworkPolicyType(StrEnum):
 
 
 class NamespaceType(StrEnum):
-    """Namespace Type (MSDOC; HCN.md §2). Per-container namespaces are ``Host``."""
+    """Namespace Type (MSDOC; docs/reference/hcn.rst §2). Per-container namespaces are ``Host``."""
 
     HOST = "Host"
     HOST_DEFAULT = "HostDefault"
@@ -154,7 +154,7 @@ class NamespaceType(StrEnum):
 
 
 class ModifyRequestType(StrEnum):
-    """ModifyRequestType (MSDOC; HCN.md §2). Numeric form = position."""
+    """ModifyRequestType (MSDOC; docs/reference/hcn.rst §2). Numeric form = position."""
 
     ADD = "Add"
     REMOVE = "Remove"
@@ -194,12 +194,12 @@ def _canon(choices: type[StrEnum] | tuple[str, ...]) -> BeforeValidator:
 
 def _parse_guid(value: object) -> object:
     if isinstance(value, str):
-        # HCN.md §1: the service returns upper case; ZL saw braces. Compare bare.
+        # docs/reference/hcn.rst §1: the service returns upper case; ZL saw braces. Compare bare.
         return UUID(value.strip().strip("{}"))
     return value
 
 
-#: A GUID in JSON: bare, lowercase, no braces (HCN.md §1 "GUID formats").
+#: A GUID in JSON: bare, lowercase, no braces (docs/reference/hcn.rst §1, "GUID formats").
 HcnGuid = Annotated[
     UUID,
     BeforeValidator(_parse_guid),
@@ -300,7 +300,7 @@ class Subnet(HcnModel):
 
 
 class Ipam(HcnModel):
-    """``{"Type": "Static"|"Dhcp", "Subnets": [...]}`` (HCN.md §2)."""
+    """``{"Type": "Static"|"Dhcp", "Subnets": [...]}`` (docs/reference/hcn.rst §2)."""
 
     type: Annotated[str, _canon(("Static", "Dhcp"))] = Field(default="Static", alias="Type")
     subnets: list[Subnet] | None = Field(default=None, alias="Subnets")
@@ -354,12 +354,12 @@ NetworkPolicy = Annotated[
 
 
 class HostComputeNetwork(HcnModel):
-    """A HostComputeNetwork document (MSDOC; HCN.md §2), field order as hcsshim."""
+    """A HostComputeNetwork document (MSDOC; docs/reference/hcn.rst §2), field order as hcsshim."""
 
     id: HcnGuid | None = Field(default=None, alias="ID")
     name: str | None = Field(default=None, alias="Name")
     owner: str | None = Field(default=None, alias="Owner")
-    # HCN.md §2: the service omits Type for NAT networks; parse that as NAT.
+    # docs/reference/hcn.rst §2: the service omits Type for NAT networks; parse that as NAT.
     type: Annotated[str, _canon(NetworkType)] = Field(default=NetworkType.NAT, alias="Type")
     policies: list[NetworkPolicy] | None = Field(default=None, alias="Policies")
     mac_pool: MacPool | None = Field(default=None, alias="MacPool")
@@ -497,7 +497,7 @@ EndpointPolicy = Annotated[
 
 
 class HostComputeEndpoint(HcnModel):
-    """A HostComputeEndpoint document (MSDOC; HCN.md §2), field order as hcsshim.
+    """A HostComputeEndpoint document (MSDOC; docs/reference/hcn.rst §2), field order as hcsshim.
 
     ``HostComputeNamespace`` is read-only: the service fills it after a namespace
     ``Add``; never send it (hcsshim refuses to).
@@ -548,7 +548,7 @@ class NamespaceResource(HcnModel):
 
 
 class HostComputeNamespace(HcnModel):
-    """A HostComputeNamespace document (MSDOC; HCN.md §2).
+    """A HostComputeNamespace document (MSDOC; docs/reference/hcn.rst §2).
 
     Create body (hcsshim ``NewNamespace``): ``{"Type":"Host","SchemaVersion":{...}}``.
     """
@@ -630,7 +630,7 @@ class ModifySettingRequest(HcnModel):
 
 
 class HostComputeQuery(HcnModel):
-    """``{"SchemaVersion", "Flags": 0|1, "Filter": "<JSON string>"}`` (HCN.md §2).
+    """``{"SchemaVersion", "Flags": 0|1, "Filter": "<JSON string>"}`` (docs/reference/hcn.rst §2).
 
     ``Filter`` is a JSON document serialized into a string.
     """

@@ -2,19 +2,19 @@
 
 :class:`SimulatedService` implements the raw :class:`~overlayd_hcn.api.HcnFunctions`
 surface: JSON strings in, JSON strings out, handles as ints, and the same
-HRESULT-typed errors real HCN returns (HCN.md §3, simulator semantics §6).
+HRESULT-typed errors real HCN returns (docs/reference/hcn.rst §3, simulator semantics §6).
 :class:`SimulatedHcn` is the :class:`~overlayd_hcn.api.HcnClient` over it, so the
 driver's documents go through exactly the serialization and parsing they get
 against the real service.
 
-What it models (source in HCN.md §6 unless said otherwise):
+What it models (source in docs/reference/hcn.rst §6 unless said otherwise):
 
 * documents validated against :mod:`overlayd_hcn.schema`; not-JSON settings or
   queries → ``HCN_E_INVALID_JSON``; missing ``SchemaVersion`` → ``E_INVALIDARG``;
 * networks: unknown ``Type`` → ``HCN_E_INVALID_NETWORK_TYPE``, duplicate name →
   ``HCN_E_NETWORK_ALREADY_EXISTS``, duplicate GUID → ``ERROR_ALREADY_EXISTS``, bad
   prefix → ``HCN_E_INVALID_PREFIX``, a subnet overlapping another network's →
-  ``HCN_E_INVALID_SUBNET`` (a choice: HCN.md names no dedicated overlap code);
+  ``HCN_E_INVALID_SUBNET`` (a choice: HCN has no dedicated overlap code, docs/reference/hcn.rst §3);
 * endpoints: static IPs checked against the subnets (``HCN_E_INVALID_IP``) and
   against reserved or used addresses (``HCN_E_ADDR_INVALID_OR_RESERVED``), also
   during a configurable settle window after the network was created (ZL);
@@ -135,7 +135,7 @@ class _Fault:
 
 
 def _get(data: Mapping[str, Any], key: str) -> Any:
-    """``data[key]`` matching the key case-insensitively (HCN.md §2)."""
+    """``data[key]`` matching the key case-insensitively (docs/reference/hcn.rst §2)."""
     lowered = key.lower()
     for name, value in data.items():
         if name.lower() == lowered:
@@ -296,7 +296,8 @@ class SimulatedService:
         code = {
             "network": HCN_E_NETWORK_NOT_FOUND,
             "endpoint": HCN_E_ENDPOINT_NOT_FOUND,
-            "namespace": ERROR_NOT_FOUND,  # HCN.md §3: there is no NAMESPACE_NOT_FOUND
+            # no NAMESPACE_NOT_FOUND exists (docs/reference/hcn.rst §3)
+            "namespace": ERROR_NOT_FOUND,
         }[kind]
         if self.v1_not_found:
             code = ERROR_NOT_FOUND
@@ -314,7 +315,8 @@ class SimulatedService:
         return parsed
 
     def _require_schema(self, function: str, raw: Mapping[str, Any]) -> None:
-        # Choice (HCN.md §6): "Schema version should be present in all objects" (MSDOC).
+        # Choice (docs/reference/hcn.rst §6): "Schema version should be present in all
+        # objects" (MSDOC).
         if _get(raw, "SchemaVersion") is None:
             self._fail(function, E_INVALIDARG, "The SchemaVersion field is missing.")
 
@@ -379,7 +381,7 @@ class SimulatedService:
             del self._handles[handle]
 
     def _render(self, doc: HostComputeNetwork | HostComputeEndpoint | HostComputeNamespace) -> str:
-        """The document as the service returns it: GUIDs upper case (HCN.md §1)."""
+        """The document as the service returns it: GUIDs upper case (docs/reference/hcn.rst §1)."""
         data = doc.to_dict()
         for key in ("ID", "HostComputeNetwork", "HostComputeNamespace"):
             if key in data:
@@ -423,7 +425,7 @@ class SimulatedService:
             filter_text = _get(raw, "Filter")
             wanted: dict[str, Any] = {}
             if filter_text not in (None, ""):
-                # HCN.md §2: Filter is a JSON document serialized into a string.
+                # docs/reference/hcn.rst §2: Filter is a JSON document serialized into a string.
                 if not isinstance(filter_text, str):
                     self._fail(function, HCN_E_INVALID_JSON, "Filter must be a JSON string.")
                 wanted = self._parse_object(function, filter_text)
@@ -458,7 +460,7 @@ class SimulatedService:
                     return False
                 if str(value).strip("{}").lower() != str(doc.host_compute_network).lower():
                     return False
-            # other keys: ignored, as the service ignores unknown keys (HCN.md §6)
+            # other keys: ignored, as the service ignores unknown keys (docs/reference/hcn.rst §6)
         return True
 
     # -- persistence ---------------------------------------------------------------
@@ -655,7 +657,8 @@ class SimulatedService:
             endpoints = [eid for eid, e in self._endpoints.items() if e.host_compute_network == id]
             if endpoints and self.strict_delete:
                 self._fail(fn, HCN_E_ENTITY_HAS_REFERENCES)
-            # HCN.md §6: endpoints go with the network; namespaces keep dangling refs.
+            # docs/reference/hcn.rst §6: endpoints go with the network; namespaces keep
+            # dangling refs.
             for eid in endpoints:
                 del self._endpoints[eid]
             del self._networks[id]
@@ -877,7 +880,7 @@ class SimulatedService:
         return self._open("HcnOpenNamespace", id, "namespace")
 
     def modify_namespace(self, handle: int, settings: str) -> None:
-        """``HcnModifyNamespace``: Endpoint Add/Remove (HCN.md §2, §6)."""
+        """``HcnModifyNamespace``: Endpoint Add/Remove (docs/reference/hcn.rst §2, §6)."""
         fn = "HcnModifyNamespace"
         self._enter(fn, handle=handle, document=settings)
         with self._lock:
@@ -933,7 +936,7 @@ class SimulatedService:
         return self._query("HcnQueryNamespaceProperties", handle, query, "namespace")
 
     def delete_namespace(self, id: UUID) -> None:
-        """``HcnDeleteNamespace``: detaches its endpoints (a choice, HCN.md §6)."""
+        """``HcnDeleteNamespace``: detaches its endpoints (a choice, docs/reference/hcn.rst §6)."""
         fn = "HcnDeleteNamespace"
         self._enter(fn, id=id)
         with self._lock:

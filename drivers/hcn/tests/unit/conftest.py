@@ -1,6 +1,6 @@
 """Fixtures for the hcn mechanism tests.
 
-``FakeComputeNetworkDll`` is the HCN.md §6 proposal: for each of the 21 exports a
+``FakeComputeNetworkDll`` is the docs/reference/hcn.rst §6 proposal: for each of the 21 exports a
 ``ctypes.CFUNCTYPE`` callback with the exact C prototype, backed by the simulator,
 so the real :class:`~overlayd_hcn._hcn_ctypes.HcnLibrary` marshalling (GUID
 structs, out-pointers, ``wstring_at``, ``CoTaskMemFree``) runs on Linux.

@@ -35,7 +35,7 @@ from overlayd_hcn.schema import IpConfig
 from overlayd_hcn.schema import Subnet
 from overlayd_hcn.simulator import SimulatedService
 
-# HCN.md §1 C prototypes, translated by the recipe: REFGUID -> POINTER(GUID),
+# docs/reference/hcn.rst §1 C prototypes, translated by the recipe: REFGUID -> POINTER(GUID),
 # PCWSTR -> c_wchar_p, PWSTR* and PHCN_* -> POINTER(c_void_p), HCN_* -> c_void_p.
 G, W, OUT, H = "REFGUID", "PCWSTR", "OUT", "HANDLE"
 EXPECTED = {
@@ -70,7 +70,7 @@ def test_binding_declares_exactly_the_21_exports() -> None:
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_prototype_matches_the_c_declaration(name: str) -> None:
-    """Built without loading any DLL: restype HRESULT as c_int32, argtypes per HCN.md §1."""
+    """Built without loading any DLL: restype c_int32, argtypes per docs/reference/hcn.rst §1."""
     fn_type = prototype(name)
     assert fn_type._restype_ is c_int32
     assert list(fn_type._argtypes_) == [CTYPE[kind] for kind in EXPECTED[name]]

@@ -1,4 +1,4 @@
-"""Bounded retry with backoff for HCN settling (HCN.md §4)."""
+"""Bounded retry with backoff for HCN settling (docs/reference/hcn.rst §4)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Golden JSON of every HCN document overlayd sends, and tolerant parsing of replies.
 
-The expected strings follow HCN.md §2 (hcsshim spelling, string enums, bare
+The expected strings follow docs/reference/hcn.rst §2 (hcsshim spelling, string enums, bare
 lowercase GUIDs, None omitted, SchemaVersion 2.0).
 """
 

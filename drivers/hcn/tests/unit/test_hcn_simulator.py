@@ -1,4 +1,4 @@
-"""Semantics of the HCN simulator (HCN.md §6) through the typed client."""
+"""Semantics of the HCN simulator (docs/reference/hcn.rst §6) through the typed client."""
 
 from __future__ import annotations
 
