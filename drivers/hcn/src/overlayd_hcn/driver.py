@@ -45,8 +45,8 @@ from uuid import UUID
 from overlayd import DRIVER_API
 from overlayd import hookimpl
 from overlayd import marker as marker_file
+from overlayd.driver_options import parse_driver_options
 from overlayd.errors import AttachError
-from overlayd.errors import ConfigError
 from overlayd.errors import DeviceError
 from overlayd.errors import NotSupported
 from overlayd.errors import StateError
@@ -75,6 +75,8 @@ from overlayd_hcn.errors import HcnAlreadyExistsError
 from overlayd_hcn.errors import HcnError
 from overlayd_hcn.errors import HcnNotFoundError
 from overlayd_hcn.errors import HcnSubnetConflictError
+from overlayd_hcn.options import DEFAULT_NETWORK_NAME
+from overlayd_hcn.options import HcnOptions
 from overlayd_hcn.retry import in_use
 from overlayd_hcn.retry import retry_hcn
 from overlayd_hcn.retry import settling
@@ -116,21 +118,11 @@ log = logging.getLogger(__name__)
 OWNER_TAG: Final = "overlayd"
 #: Name prefix of overlayd's endpoints and namespaces (ZLayer's ``<owner>-`` form).
 ENDPOINT_PREFIX: Final = f"{OWNER_TAG}-"
-#: ZLayer's base network name (``overlay_network_name("zlayer")``).
-DEFAULT_NETWORK_NAME: Final = "zlayer-overlay"
 #: Which segments use which network, inside the data directory.
 SEGMENTS_FILE: Final = "hcn-segments.json"
 #: ACL priority ZLayer gives its cluster allow rule (HCN.md §2).
 ACL_PRIORITY: Final = 65500
 
-_KNOWN_OPTIONS: Final = (
-    "backend",
-    "state_dir",
-    "network_type",
-    "uplink_adapter",
-    "network_name",
-    "call_timeout",
-)
 _ROLE_BASE: Final = "base"
 _ROLE_DEDICATED: Final = "dedicated"
 
@@ -278,47 +270,13 @@ class HcnDriver:
 
     @hookimpl
     def overlayd_configure(self, config: Any) -> None:
-        options: dict[str, Any] = dict(config.driver_options(self.name))
-        unknown = sorted(set(options) - set(_KNOWN_OPTIONS))
-        if unknown:
-            raise ConfigError(
-                f"unknown key(s) in [drivers.hcn]: {', '.join(unknown)} "
-                f"(known: {', '.join(_KNOWN_OPTIONS)})"
-            )
-        backend = options.get("backend", "native")
-        if backend not in ("native", "simulator"):
-            raise ConfigError(
-                f'[drivers.hcn] backend = {backend!r} is invalid: use "native" or "simulator"'
-            )
-        network_type = options.get("network_type", NetworkType.INTERNAL.value)
-        if network_type not in (NetworkType.INTERNAL.value, NetworkType.TRANSPARENT.value):
-            raise ConfigError(
-                f"[drivers.hcn] network_type = {network_type!r} is invalid: use "
-                '"Internal" or "Transparent"'
-            )
-        uplink = options.get("uplink_adapter")
-        if uplink is not None and (not isinstance(uplink, str) or not uplink):
-            raise ConfigError("[drivers.hcn] uplink_adapter must be a non-empty adapter name")
-        if network_type == NetworkType.TRANSPARENT.value and uplink is None:
-            raise ConfigError(
-                '[drivers.hcn] network_type = "Transparent" needs uplink_adapter, the name '
-                'of the host network adapter to bridge (e.g. "Ethernet 2")'
-            )
-        name = options.get("network_name", DEFAULT_NETWORK_NAME)
-        if not isinstance(name, str) or not name:
-            raise ConfigError("[drivers.hcn] network_name must be a non-empty string")
-        timeout = options.get("call_timeout", 60.0)
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
-            raise ConfigError("[drivers.hcn] call_timeout must be a positive number of seconds")
-        state_dir = options.get("state_dir")
-        if state_dir is not None and (not isinstance(state_dir, str) or not state_dir):
-            raise ConfigError("[drivers.hcn] state_dir must be a directory path")
-        self.backend = backend
-        self.network_type = network_type
-        self.uplink_adapter = uplink
-        self.network_name = name
-        self.call_timeout = float(timeout)
-        self.state_dir = Path(state_dir) if state_dir else None
+        options = parse_driver_options(HcnOptions, self.name, config.driver_options(self.name))
+        self.backend = options.backend
+        self.network_type = options.network_type
+        self.uplink_adapter = options.uplink_adapter
+        self.network_name = options.network_name
+        self.call_timeout = float(options.call_timeout)
+        self.state_dir = Path(options.state_dir) if options.state_dir else None
         if self._data_dir is None and getattr(config, "data_dir", None) is not None:
             self._data_dir = Path(config.data_dir)
 
@@ -610,8 +568,6 @@ class HcnDriver:
 
     @hookimpl
     def overlayd_device_delete(self, device: Device) -> bool | None:
-        if device.driver != self.name:
-            return None
         if device.kind != DeviceKind.HCN_NETWORK:
             return False
         with self._lock:
@@ -739,8 +695,6 @@ class HcnDriver:
         handle = request.handle
         if not isinstance(handle, WindowsContainerHandle):
             return None
-        if request.segment.driver != self.name:
-            return None
         segment = self._segment_for(request.segment)
         if not segment.id:
             raise AttachError(
@@ -866,8 +820,6 @@ class HcnDriver:
 
     @hookimpl
     def overlayd_detach(self, attachment: Attachment) -> bool | None:
-        if attachment.driver != self.name:
-            return None
         try:
             endpoint = UUID(attachment.endpoint_id) if attachment.endpoint_id else None
             namespace = UUID(attachment.namespace_guid) if attachment.namespace_guid else None
@@ -900,8 +852,6 @@ class HcnDriver:
 
     @hookimpl
     def overlayd_attachment_alive(self, attachment: Attachment) -> bool | None:
-        if attachment.driver != self.name:
-            return None
         if not attachment.endpoint_id:
             return False
         try:
@@ -955,8 +905,6 @@ class HcnDriver:
         endpoints: set[UUID] = set()
         namespaces: set[UUID] = set()
         for att in request.attachments:
-            if att.driver != self.name:
-                continue
             try:
                 if att.endpoint_id:
                     endpoints.add(UUID(att.endpoint_id))

@@ -21,14 +21,12 @@ import contextlib
 import functools
 import ipaddress
 import logging
-import shlex
 import shutil
 import socket
 import threading
 import time
 from collections.abc import Callable
 from collections.abc import Iterable
-from collections.abc import Mapping
 from collections.abc import Sequence
 from dataclasses import dataclass
 from dataclasses import field
@@ -38,6 +36,7 @@ from typing import Final
 
 from overlayd import DRIVER_API
 from overlayd import hookimpl
+from overlayd.driver_options import parse_driver_options
 from overlayd.errors import AttachError
 from overlayd.errors import ConfigError
 from overlayd.errors import DeviceError
@@ -72,10 +71,8 @@ from overlayd_wireguard.keys import PrivateKey
 from overlayd_wireguard.keys import generate_keypair
 from overlayd_wireguard.keys import validate_key
 from overlayd_wireguard.nat import NatHooks
-from overlayd_wireguard.tuning import DEFAULT_TUNING
-from overlayd_wireguard.tuning import TUNING_OPTIONS
-from overlayd_wireguard.tuning import Tuning
-from overlayd_wireguard.tuning import tuning_from_options
+from overlayd_wireguard.options import WireGuardOptions
+from overlayd_wireguard.options import split_host_port
 from overlayd_wireguard.uapi import DEFAULT_SOCKET_DIR
 from overlayd_wireguard.uapi import DeviceState
 from overlayd_wireguard.uapi import PeerConfig
@@ -102,19 +99,6 @@ RERESOLVE_AFTER_SECS: Final = 135
 RERESOLVE_EVERY_SECS: Final = 30
 #: Below this, a handshake "time" is boringtun's elapsed seconds, not a Unix time.
 _UNIX_TIME_FLOOR: Final = 1_000_000_000
-_KNOWN_OPTIONS: Final = (
-    frozenset({"backend", "userspace_command", "socket_dir", "netns", "endpoint"}) | TUNING_OPTIONS
-)
-
-
-@dataclass(frozen=True)
-class _Options:
-    backend: str = "auto"
-    command: tuple[str, ...] = ("wireguard-go",)
-    socket_dir: str = DEFAULT_SOCKET_DIR
-    netns: str | None = None
-    endpoint: str | None = None
-    tuning: Tuning = DEFAULT_TUNING
 
 
 @dataclass
@@ -195,68 +179,6 @@ def _prefix_bits(prefix: str) -> tuple[int, int, int] | None:
     return version, value, plen
 
 
-def _parse_options(raw: Mapping[str, Any]) -> _Options:
-    unknown = sorted(set(raw) - _KNOWN_OPTIONS)
-    if unknown:
-        raise ConfigError(
-            f"unknown key(s) in [drivers.wireguard]: {', '.join(unknown)} "
-            f"(known: {', '.join(sorted(_KNOWN_OPTIONS))})"
-        )
-    backend = raw.get("backend", "auto")
-    if backend not in {"auto", "kernel", "userspace"}:
-        raise ConfigError(
-            f"[drivers.wireguard] backend = {backend!r} is invalid; use 'auto', 'kernel' "
-            "or 'userspace'"
-        )
-    cmd_raw = raw.get("userspace_command", "wireguard-go")
-    if isinstance(cmd_raw, str):
-        command = tuple(shlex.split(cmd_raw))
-    elif isinstance(cmd_raw, list) and all(isinstance(x, str) for x in cmd_raw):
-        command = tuple(cmd_raw)
-    else:
-        raise ConfigError(
-            "[drivers.wireguard] userspace_command must be a string or a list of strings"
-        )
-    if not command:
-        raise ConfigError("[drivers.wireguard] userspace_command must not be empty")
-    socket_dir = raw.get("socket_dir", DEFAULT_SOCKET_DIR)
-    if not isinstance(socket_dir, str) or not socket_dir:
-        raise ConfigError("[drivers.wireguard] socket_dir must be a directory path")
-    netns = raw.get("netns")
-    if netns is not None and (not isinstance(netns, str) or not netns or "/" in netns):
-        raise ConfigError(
-            "[drivers.wireguard] netns must be the name of a namespace under /var/run/netns"
-        )
-    endpoint = raw.get("endpoint")
-    if endpoint is not None:
-        if not isinstance(endpoint, str):
-            raise ConfigError("[drivers.wireguard] endpoint must be a 'host:port' string")
-        try:
-            _split_host_port(endpoint)
-        except InvalidRequest as exc:
-            raise ConfigError(f"[drivers.wireguard] endpoint: {exc}") from None
-    return _Options(
-        backend=backend,
-        command=command,
-        socket_dir=socket_dir,
-        netns=netns,
-        endpoint=endpoint,
-        tuning=tuning_from_options(raw),
-    )
-
-
-def _split_host_port(endpoint: str) -> tuple[str, int]:
-    if endpoint.startswith("["):
-        host, sep, port = endpoint[1:].partition("]:")
-    else:
-        host, sep, port = endpoint.rpartition(":")
-        if ":" in host:
-            sep = ""
-    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
-        raise InvalidRequest(f"endpoint {endpoint!r} must be host:port, [IPv6]:port or IP:port")
-    return host, int(port)
-
-
 @functools.lru_cache(maxsize=65536)
 def _is_ip(host: str) -> bool:
     try:
@@ -268,7 +190,7 @@ def _is_ip(host: str) -> bool:
 
 def _resolve(endpoint: str, attempts: int = 2) -> str:
     """``host:port`` -> numeric ``IP:port`` (IPv4 preferred); retried once on failure."""
-    host, port = _split_host_port(endpoint)
+    host, port = split_host_port(endpoint)
     if _is_ip(host):
         return normalize_endpoint(endpoint)
     last: OSError | None = None
@@ -301,7 +223,7 @@ def _numeric_endpoint(endpoint: str) -> str | None:
 
     Raises ``InvalidRequest`` for a malformed endpoint, as :func:`_resolve` does.
     """
-    host, _ = _split_host_port(endpoint)
+    host, _ = split_host_port(endpoint)
     return normalize_endpoint(endpoint) if _is_ip(host) else None
 
 
@@ -421,7 +343,7 @@ class WireGuardDriver(NatHooks):
         self._injected = backend
         self.backend: WgBackend | None = backend
         self.hostnet: HostNet = hostnet if hostnet is not None else PyRoute2HostNet()
-        self.options = _Options()
+        self.options = WireGuardOptions()
         self._devices: dict[str, _DevState] = {}
         self._guests: set[str] = set()
         self._lock = threading.RLock()
@@ -444,7 +366,9 @@ class WireGuardDriver(NatHooks):
 
     @hookimpl
     def overlayd_configure(self, config: Any) -> None:
-        options = _parse_options(config.driver_options(self.name))
+        options = parse_driver_options(
+            WireGuardOptions, self.name, config.driver_options(self.name)
+        )
         if (
             self._injected is None
             and Path(options.socket_dir).resolve() != Path(DEFAULT_SOCKET_DIR).resolve()
@@ -585,8 +509,6 @@ class WireGuardDriver(NatHooks):
 
     @hookimpl
     def overlayd_device_delete(self, device: Device) -> bool | None:
-        if device.driver != self.name:
-            return None
         backend = self._backend()
         existed = backend.delete_device(device.name)
         self._forget(device.name)
@@ -697,8 +619,6 @@ class WireGuardDriver(NatHooks):
 
     @hookimpl
     def overlayd_peer_apply(self, device: Device, changes: Sequence[PeerChange]) -> bool | None:
-        if device.driver != self.name:
-            return None
         if not changes:
             return True
         try:
@@ -824,8 +744,6 @@ class WireGuardDriver(NatHooks):
 
     @hookimpl
     def overlayd_peer_status(self, device: Device) -> list[PeerStatus] | None:
-        if device.driver != self.name:
-            return None
         try:
             state = self._backend().get(device.name)
         except DeviceError as exc:
@@ -951,8 +869,6 @@ class WireGuardDriver(NatHooks):
 
     @hookimpl
     def overlayd_detach(self, attachment: Attachment) -> bool | None:
-        if attachment.driver != self.name:
-            return None
         # Nothing on the host: the engine removes the guest's peer.
         with self._lock:
             if attachment.key in self._guests:
@@ -962,8 +878,6 @@ class WireGuardDriver(NatHooks):
 
     @hookimpl
     def overlayd_attachment_alive(self, attachment: Attachment) -> bool | None:
-        if attachment.driver != self.name:
-            return None
         return True  # a guest runs its own WireGuard: unknowable here, so presumed alive
 
     # ------------------------------------------------------------------ reconcile

@@ -40,7 +40,7 @@ from overlayd_wireguard.uapi import normalize_endpoint
 if TYPE_CHECKING:
     from overlayd_wireguard.backend import WgBackend
     from overlayd_wireguard.driver import _DevState
-    from overlayd_wireguard.driver import _Options
+    from overlayd_wireguard.options import WireGuardOptions
 
 __all__ = ["NatHooks", "host_candidates", "open_in_netns"]
 
@@ -117,7 +117,7 @@ class NatHooks:
 
     if TYPE_CHECKING:  # provided by the driver class
         name: str
-        options: _Options
+        options: WireGuardOptions
 
         def _adopt(self, device: Device) -> _DevState: ...
 
