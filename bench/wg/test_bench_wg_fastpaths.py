@@ -9,8 +9,8 @@ import pytest
 
 from overlayd.model import Device
 from overlayd.model import PeerStatus
-from overlayd_wireguard.driver import _build_status
-from overlayd_wireguard.driver import _DevState
+from overlayd_wireguard.devstate import DevState
+from overlayd_wireguard.devstate import build_status
 from overlayd_wireguard.uapi import _complete
 from overlayd_wireguard.uapi import _fast_get
 from overlayd_wireguard.uapi import parse_answer
@@ -86,7 +86,7 @@ def test_status_builder_matches_model_construct() -> None:
         10,
         20,
     )
-    built = _build_status(values)
+    built = build_status(values)
     ref = PeerStatus.model_construct(
         public_key=values[0],
         endpoint=values[1],
@@ -103,7 +103,7 @@ def test_status_builder_matches_model_construct() -> None:
 
 def test_needs_route_matches_ipaddress() -> None:
     connected = (ipaddress.ip_network("10.242.0.0/16"), ipaddress.ip_network("fd00::/64"))
-    dev = _DevState(
+    dev = DevState(
         device=Device(kind="wireguard", name="wgx", owner="base", driver="wireguard"),
         connected=connected,
     )

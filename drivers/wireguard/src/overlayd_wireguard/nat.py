@@ -39,7 +39,7 @@ from overlayd_wireguard.uapi import normalize_endpoint
 
 if TYPE_CHECKING:
     from overlayd_wireguard.backend import WgBackend
-    from overlayd_wireguard.driver import _DevState
+    from overlayd_wireguard.devstate import DevState
     from overlayd_wireguard.options import WireGuardOptions
 
 __all__ = ["NatHooks", "host_candidates", "open_in_netns"]
@@ -119,11 +119,11 @@ class NatHooks:
         name: str
         options: WireGuardOptions
 
-        def _adopt(self, device: Device) -> _DevState: ...
+        def _adopt(self, device: Device) -> DevState: ...
 
         def _backend(self) -> WgBackend: ...
 
-        def _reload(self, dev: _DevState) -> None: ...
+        def _reload(self, dev: DevState) -> None: ...
 
     def _own(self, device: Device) -> bool:
         return device.driver == self.name and device.kind == DeviceKind.WIREGUARD
