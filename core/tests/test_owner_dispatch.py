@@ -86,10 +86,10 @@ def drivers() -> tuple[Owner, Owner]:
 
 
 @pytest.fixture
-def hooks(drivers: tuple[Owner, Owner]) -> Iterator[Hooks]:
+def hooks(drivers: tuple[Owner, Owner]) -> Hooks:
     pm = make_plugin_manager(include_core_defaults=False)
     register_drivers(pm, list(drivers))
-    yield Hooks(pm)
+    return Hooks(pm)
 
 
 def _device(driver: str) -> Device:

@@ -67,7 +67,7 @@ _T = TypeVar("_T")
 OWNER_TAG: Final = "overlayd"
 #: Name prefix of overlayd's endpoints and namespaces (ZLayer's ``<owner>-`` form).
 ENDPOINT_PREFIX: Final = f"{OWNER_TAG}-"
-#: ACL priority ZLayer gives its cluster allow rule (HCN.md §2).
+#: ACL priority ZLayer gives its cluster allow rule (docs/reference/hcn.rst §2).
 ACL_PRIORITY: Final = 65500
 
 

@@ -88,7 +88,7 @@ class _Fault:
 
 
 def _get(data: Mapping[str, Any], key: str) -> Any:
-    """``data[key]`` matching the key case-insensitively (HCN.md §2)."""
+    """``data[key]`` matching the key case-insensitively (docs/reference/hcn.rst §2)."""
     lowered = key.lower()
     for name, value in data.items():
         if name.lower() == lowered:
@@ -241,7 +241,8 @@ class ServiceState:
         code = {
             "network": HCN_E_NETWORK_NOT_FOUND,
             "endpoint": HCN_E_ENDPOINT_NOT_FOUND,
-            "namespace": ERROR_NOT_FOUND,  # HCN.md §3: there is no NAMESPACE_NOT_FOUND
+            # no NAMESPACE_NOT_FOUND exists (docs/reference/hcn.rst §3)
+            "namespace": ERROR_NOT_FOUND,
         }[kind]
         if self.v1_not_found:
             code = ERROR_NOT_FOUND
@@ -259,7 +260,8 @@ class ServiceState:
         return parsed
 
     def _require_schema(self, function: str, raw: Mapping[str, Any]) -> None:
-        # Choice (HCN.md §6): "Schema version should be present in all objects" (MSDOC).
+        # Choice (docs/reference/hcn.rst §6): "Schema version should be present in all
+        # objects" (MSDOC).
         if _get(raw, "SchemaVersion") is None:
             self._fail(function, E_INVALIDARG, "The SchemaVersion field is missing.")
 
@@ -324,7 +326,7 @@ class ServiceState:
             del self._handles[handle]
 
     def _render(self, doc: HostComputeNetwork | HostComputeEndpoint | HostComputeNamespace) -> str:
-        """The document as the service returns it: GUIDs upper case (HCN.md §1)."""
+        """The document as the service returns it: GUIDs upper case (docs/reference/hcn.rst §1)."""
         data = doc.to_dict()
         for key in ("ID", "HostComputeNetwork", "HostComputeNamespace"):
             if key in data:
@@ -368,7 +370,7 @@ class ServiceState:
             filter_text = _get(raw, "Filter")
             wanted: dict[str, Any] = {}
             if filter_text not in (None, ""):
-                # HCN.md §2: Filter is a JSON document serialized into a string.
+                # docs/reference/hcn.rst §2: Filter is a JSON document serialized into a string.
                 if not isinstance(filter_text, str):
                     self._fail(function, HCN_E_INVALID_JSON, "Filter must be a JSON string.")
                 wanted = self._parse_object(function, filter_text)
@@ -403,7 +405,7 @@ class ServiceState:
                     return False
                 if str(value).strip("{}").lower() != str(doc.host_compute_network).lower():
                     return False
-            # other keys: ignored, as the service ignores unknown keys (HCN.md §6)
+            # other keys: ignored, as the service ignores unknown keys (docs/reference/hcn.rst §6)
         return True
 
     # -- persistence ---------------------------------------------------------------

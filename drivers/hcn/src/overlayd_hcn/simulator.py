@@ -2,19 +2,19 @@
 
 :class:`SimulatedService` implements the raw :class:`~overlayd_hcn.api.HcnFunctions`
 surface: JSON strings in, JSON strings out, handles as ints, and the same
-HRESULT-typed errors real HCN returns (HCN.md §3, simulator semantics §6).
+HRESULT-typed errors real HCN returns (docs/reference/hcn.rst §3, simulator semantics §6).
 :class:`SimulatedHcn` is the :class:`~overlayd_hcn.api.HcnClient` over it, so the
 driver's documents go through exactly the serialization and parsing they get
 against the real service.
 
-What it models (source in HCN.md §6 unless said otherwise):
+What it models (source in docs/reference/hcn.rst §6 unless said otherwise):
 
 * documents validated against :mod:`overlayd_hcn.schema`; not-JSON settings or
   queries → ``HCN_E_INVALID_JSON``; missing ``SchemaVersion`` → ``E_INVALIDARG``;
 * networks: unknown ``Type`` → ``HCN_E_INVALID_NETWORK_TYPE``, duplicate name →
   ``HCN_E_NETWORK_ALREADY_EXISTS``, duplicate GUID → ``ERROR_ALREADY_EXISTS``, bad
   prefix → ``HCN_E_INVALID_PREFIX``, a subnet overlapping another network's →
-  ``HCN_E_INVALID_SUBNET`` (a choice: HCN.md names no dedicated overlap code);
+  ``HCN_E_INVALID_SUBNET`` (a choice: HCN has no dedicated overlap code, docs/reference/hcn.rst §3);
 * endpoints: static IPs checked against the subnets (``HCN_E_INVALID_IP``) and
   against reserved or used addresses (``HCN_E_ADDR_INVALID_OR_RESERVED``), also
   during a configurable settle window after the network was created (ZL);
@@ -222,7 +222,8 @@ class SimulatedService(ServiceState):
             endpoints = [eid for eid, e in self._endpoints.items() if e.host_compute_network == id]
             if endpoints and self.strict_delete:
                 self._fail(fn, HCN_E_ENTITY_HAS_REFERENCES)
-            # HCN.md §6: endpoints go with the network; namespaces keep dangling refs.
+            # docs/reference/hcn.rst §6: endpoints go with the network; namespaces keep
+            # dangling refs.
             for eid in endpoints:
                 del self._endpoints[eid]
             del self._networks[id]
@@ -444,7 +445,7 @@ class SimulatedService(ServiceState):
         return self._open("HcnOpenNamespace", id, "namespace")
 
     def modify_namespace(self, handle: int, settings: str) -> None:
-        """``HcnModifyNamespace``: Endpoint Add/Remove (HCN.md §2, §6)."""
+        """``HcnModifyNamespace``: Endpoint Add/Remove (docs/reference/hcn.rst §2, §6)."""
         fn = "HcnModifyNamespace"
         self._enter(fn, handle=handle, document=settings)
         with self._lock:
@@ -500,7 +501,7 @@ class SimulatedService(ServiceState):
         return self._query("HcnQueryNamespaceProperties", handle, query, "namespace")
 
     def delete_namespace(self, id: UUID) -> None:
-        """``HcnDeleteNamespace``: detaches its endpoints (a choice, HCN.md §6)."""
+        """``HcnDeleteNamespace``: detaches its endpoints (a choice, docs/reference/hcn.rst §6)."""
         fn = "HcnDeleteNamespace"
         self._enter(fn, id=id)
         with self._lock:

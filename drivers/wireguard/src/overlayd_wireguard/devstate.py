@@ -276,5 +276,5 @@ build_status: Final = status_builder()
 def handshake_unix(peer: PeerState, now: float) -> int:
     sec = peer.last_handshake_time_sec
     if 0 < sec < _UNIX_TIME_FLOOR:
-        return int(now) - sec  # boringtun reports elapsed time (WIREGUARD.md §5)
+        return int(now) - sec  # boringtun reports elapsed time (docs/reference/wireguard.rst §5)
     return sec

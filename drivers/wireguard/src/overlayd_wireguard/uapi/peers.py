@@ -104,7 +104,8 @@ def diff_peers(
     Removals come first, then updates of existing peers (``update_only``), then new
     peers. Unchanged peers produce nothing. A changed allowed-IP list is sent as an
     append when only prefixes were added, else as ``replace_allowed_ips`` plus the
-    full list (single-prefix removal is not available on Debian 12, WIREGUARD.md §1).
+    full list (single-prefix removal is not available on Debian 12,
+    docs/reference/wireguard.rst §1).
     Pass ``update_only=False`` for boringtun, which rejects that key.
     """
     want = list(desired)

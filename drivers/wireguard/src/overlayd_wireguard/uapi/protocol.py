@@ -1,11 +1,11 @@
 """The WireGuard cross-platform userspace API (UAPI) on the wire: values, ``set``, ``get``.
 
-Protocol facts (WIREGUARD.md §1, https://www.wireguard.com/xplatform/): a unix
+Protocol facts (docs/reference/wireguard.rst §1, https://www.wireguard.com/xplatform/): a unix
 stream socket ``<dir>/<ifname>.sock``; ``key=value`` lines; a request ends with an
 empty line and every answer ends with ``errno=N`` and an empty line. Keys are
 lowercase hex on the socket (base64 everywhere else in overlayd).
 
-Rules overlayd's client follows, each learnt the hard way (WIREGUARD.md §6):
+Rules overlayd's client follows, each learnt the hard way (docs/reference/wireguard.rst §6):
 
 * one transaction per connection (wireguard-go drops pipelined requests and
   boringtun answers one command per connection);
@@ -246,7 +246,7 @@ class PeerState:
     #: Seconds; 0 = off.
     persistent_keepalive_interval: int = 0
     #: wireguard-go/kernel: Unix time of the last handshake; boringtun: elapsed
-    #: time since it (WIREGUARD.md §5). 0/0 = never.
+    #: time since it (docs/reference/wireguard.rst §5). 0/0 = never.
     last_handshake_time_sec: int = 0
     last_handshake_time_nsec: int = 0
     rx_bytes: int = 0
