@@ -248,10 +248,10 @@ class Hooks:
     never asked about another driver's object. An object with no owner stamped
     (``Pool.driver`` left ``None``, a guest attach) goes to every driver with
     ``firstresult`` semantics as before. Hook wrappers of other plugins
-    (``wrapper=True``) still wrap an owner-dispatched call. An owner that is not loaded raises
-    :class:`~overlayd.errors.NoDriverError` naming it, where the hook has no
-    documented fallback. ``overlayd_reconcile`` is given, per driver, only the
-    devices and attachments that driver owns.
+    (``wrapper=True``) still wrap an owner-dispatched call. An owner that is
+    not loaded raises :class:`~overlayd.errors.NoDriverError` naming it, where
+    the hook has no documented fallback. ``overlayd_reconcile`` is given, per
+    driver, only the devices and attachments that driver owns.
     """
 
     def __init__(self, pm: pluggy.PluginManager) -> None:
@@ -331,6 +331,8 @@ class Hooks:
         reports: list[ReconcileReport] = []
         # pluggy calls the last implementation in this list first.
         for impl in reversed(self._hook.overlayd_reconcile.get_hookimpls()):
+            if impl.wrapper or impl.hookwrapper:
+                continue  # wraps each driver's call below
             owner = impl.plugin_name
             mine = request.model_copy(
                 update={
