@@ -257,7 +257,7 @@ class Hooks:
     def __init__(self, pm: pluggy.PluginManager) -> None:
         self.pm = pm
         self._hook = pm.hook
-        self._callers: dict[tuple[str, str], tuple[set[object], Any]] = {}
+        self._callers: dict[tuple[str, str], tuple[object, list[Any], Any]] = {}
 
     def _first(self, op: str, kind: str, result: T | None) -> T:
         if result is None:
@@ -272,23 +272,25 @@ class Hooks:
 
         Without an owner the full hook (every driver, ``firstresult``).
         """
+        hook = getattr(self._hook, name)
         if not owner:
-            return getattr(self._hook, name)
-        plugins = self.pm.get_plugins()
-        cached = self._callers.get((name, owner))
-        if cached is not None and cached[0] == plugins:
-            return cached[1]
+            return hook
+        # Valid while the owner and the hook's implementations stay the same.
+        impls = hook.get_hookimpls()
         plugin = self.pm.get_plugin(owner)
+        cached = self._callers.get((name, owner))
+        if cached is not None and cached[0] is plugin and cached[1] == impls:
+            return cached[2]
         caller = None
         if plugin is not None:
             # Other plugins' wrappers still wrap the call (they observe, not answer).
             others = [
                 impl.plugin
-                for impl in getattr(self._hook, name).get_hookimpls()
+                for impl in impls
                 if impl.plugin is not plugin and not (impl.wrapper or impl.hookwrapper)
             ]
             caller = self.pm.subset_hook_caller(name, others)
-        self._callers[(name, owner)] = (plugins, caller)
+        self._callers[(name, owner)] = (plugin, impls, caller)
         return caller
 
     def _owned(self, name: str, driver: str | None, /, **kwargs: Any) -> Any:
