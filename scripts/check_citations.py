@@ -32,14 +32,8 @@ PENDING: frozenset[str] = frozenset(
         "drivers/linux_bridge/src/overlayd_linux_bridge/fakenetlink.py",
         "drivers/linux_bridge/src/overlayd_linux_bridge/netlink.py",
         "drivers/linux_bridge/src/overlayd_linux_bridge/nft.py",
-        "drivers/wireguard/src/overlayd_wireguard/driver.py",
-        "drivers/wireguard/src/overlayd_wireguard/fakeuapi.py",
         "drivers/wireguard/src/overlayd_wireguard/hostnet.py",
-        "drivers/wireguard/src/overlayd_wireguard/kernel.py",
-        "drivers/wireguard/src/overlayd_wireguard/keys.py",
         "drivers/wireguard/src/overlayd_wireguard/links.py",
-        "drivers/wireguard/src/overlayd_wireguard/uapi.py",
-        "drivers/wireguard/src/overlayd_wireguard/userspace.py",
     }
 )
 #: This script holds the pattern itself.

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from overlayd import hookspecs
+from overlayd.plugins import OWNER_DISPATCHED
 from overlayd.plugins import make_plugin_manager
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,6 +47,19 @@ def test_hook_is_in_the_reference(name: str) -> None:
     args = ", ".join(inspect.signature(getattr(hookspecs, name)).parameters)
     assert f"``{name}({args})``" in text
     assert f".. autofunction:: overlayd.hookspecs.{name}" in text
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_owner_dispatch_is_documented(name: str) -> None:
+    """The hook docstrings and the reference list exactly the facade's owner-dispatched hooks."""
+    doc = inspect.getdoc(getattr(hookspecs, name)) or ""
+    text = (ROOT / "docs" / "hooks.rst").read_text()
+    listed = text.split(".. owner-dispatched-start")[1].split(".. owner-dispatched-end")[0]
+    owned = name in OWNER_DISPATCHED
+    assert ("Owner-dispatched" in doc) == owned, f"{name}: docstring and facade disagree"
+    assert (f"``{name}``" in listed) == owned, f"{name}: docs/hooks.rst and facade disagree"
+    if owned:
+        assert "is not this driver" not in doc, f"{name}: drivers no longer check the owner"
 
 
 def test_writing_a_driver_includes_tested_example() -> None:

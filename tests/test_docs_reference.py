@@ -70,6 +70,44 @@ def _known_keys(name: str) -> list[str]:
     return [k.strip() for k in match.group(1).split(",")]
 
 
+OPTIONS = {
+    "fake": "overlayd_fake.options:FakeOptions",
+    "linux_bridge": "overlayd_linux_bridge.options:LinuxBridgeOptions",
+    "wireguard": "overlayd_wireguard.options:WireGuardOptions",
+    "hcn": "overlayd_hcn.options:HcnOptions",
+}
+
+
+def _options_model(name: str) -> type[BaseModel]:
+    import importlib
+
+    module, cls = OPTIONS[name].split(":")
+    model: type[BaseModel] = getattr(importlib.import_module(module), cls)
+    return model
+
+
+def _shown(default: object) -> str:
+    """A default as the reference writes it."""
+    return f"{default:g}" if isinstance(default, float) else str(default)
+
+
+@pytest.mark.parametrize("name", sorted(OPTIONS))
+def test_driver_options_reference_is_the_model(name: str) -> None:
+    """The reference lists exactly the options model's fields, each with its default."""
+    import re
+
+    model = _options_model(name)
+    section = REFERENCE.split(f"``[drivers.{name}]``", 1)[1].split("\n``[", 1)[0]
+    documented = re.findall(r"^``(\w+)``$", section, re.MULTILINE)
+    assert sorted(documented) == sorted(model.model_fields), f"[drivers.{name}]"
+    assert sorted(_known_keys(name)) == sorted(model.model_fields)
+    for key, field in model.model_fields.items():
+        assert field.description, f"[drivers.{name}] {key} has no description in the model"
+        entry = section.split(f"``{key}``\n", 1)[1].split("\n``", 1)[0]
+        if field.default is not None:
+            assert _shown(field.default) in entry, f"[drivers.{name}] {key}: default not shown"
+
+
 @pytest.mark.parametrize("name", sorted(DRIVERS))
 def test_driver_keys_documented(name: str) -> None:
     keys = _known_keys(name)

@@ -9,12 +9,12 @@ import pytest
 
 from overlayd.model import Device
 from overlayd.model import PeerStatus
-from overlayd_wireguard.driver import _build_status
-from overlayd_wireguard.driver import _DevState
-from overlayd_wireguard.uapi import _complete
-from overlayd_wireguard.uapi import _fast_get
+from overlayd_wireguard.devstate import DevState
+from overlayd_wireguard.devstate import build_status
 from overlayd_wireguard.uapi import parse_answer
 from overlayd_wireguard.uapi import parse_get
+from overlayd_wireguard.uapi.client import answer_complete
+from overlayd_wireguard.uapi.protocol import fast_get
 
 
 def _answer(peers: int) -> bytes:
@@ -44,7 +44,7 @@ def _slow(data: bytes) -> object:
 
 def test_fast_get_equals_slow_parser() -> None:
     data = _answer(300)
-    fast = _fast_get(data)
+    fast = fast_get(data)
     assert fast is not None
     assert fast == _slow(data)
     assert len(fast.peers) == 300
@@ -61,19 +61,19 @@ def test_fast_get_equals_slow_parser() -> None:
     ],
 )
 def test_fast_get_leaves_unusual_answers_to_the_slow_parser(data: bytes) -> None:
-    assert _fast_get(data) is None
+    assert fast_get(data) is None
 
 
 def test_fast_get_of_device_without_peers() -> None:
     data = b"listen_port=51820\nerrno=0\n\n"
-    assert _fast_get(data) == _slow(data)
+    assert fast_get(data) == _slow(data)
 
 
 def test_complete_looks_at_the_last_line_only() -> None:
-    assert _complete(bytearray(b"a=1\nerrno=0\n\n"))
-    assert _complete(bytearray(b"errno=-2\n\n"))
-    assert not _complete(bytearray(b"a=1\n\n"))
-    assert not _complete(bytearray(b"errno=0\na=1\n\n"))
+    assert answer_complete(bytearray(b"a=1\nerrno=0\n\n"))
+    assert answer_complete(bytearray(b"errno=-2\n\n"))
+    assert not answer_complete(bytearray(b"a=1\n\n"))
+    assert not answer_complete(bytearray(b"errno=0\na=1\n\n"))
 
 
 def test_status_builder_matches_model_construct() -> None:
@@ -86,7 +86,7 @@ def test_status_builder_matches_model_construct() -> None:
         10,
         20,
     )
-    built = _build_status(values)
+    built = build_status(values)
     ref = PeerStatus.model_construct(
         public_key=values[0],
         endpoint=values[1],
@@ -103,7 +103,7 @@ def test_status_builder_matches_model_construct() -> None:
 
 def test_needs_route_matches_ipaddress() -> None:
     connected = (ipaddress.ip_network("10.242.0.0/16"), ipaddress.ip_network("fd00::/64"))
-    dev = _DevState(
+    dev = DevState(
         device=Device(kind="wireguard", name="wgx", owner="base", driver="wireguard"),
         connected=connected,
     )

@@ -39,8 +39,6 @@ class TypedDriver:
 
     @hookimpl
     def overlayd_device_delete(self, device: Device) -> bool | None:
-        if device.driver != self.name:
-            return None
         return self.devices.pop(device.name, None) is not None
 
     @hookimpl

@@ -103,13 +103,18 @@ class NoDriverError(NotSupported):
 
     code = "no_driver"
 
-    def __init__(self, op: str, kind: str) -> None:
+    def __init__(self, op: str, kind: str, *, loaded: tuple[str, ...] | None = None) -> None:
         self.op = op
         self.kind = kind
-        super().__init__(
-            f"no loaded driver handles {op} for {kind!r}; "
-            "check the `drivers` list in the configuration"
-        )
+        if loaded is None:
+            what = f"no loaded driver handles {op} for {kind!r}"
+        else:
+            # Owner dispatch: the object names its driver and that driver is absent.
+            have = ", ".join(loaded) or "none"
+            what = (
+                f"{op}: the object belongs to driver {kind!r}, which is not loaded (loaded: {have})"
+            )
+        super().__init__(f"{what}; check the `drivers` list in the configuration")
 
 
 class ConfigError(OverlaydError):

@@ -10,13 +10,23 @@ Conventions that hold for every hook:
 
 * Call-by-keyword only; a driver may accept fewer arguments than the spec lists
   (pluggy's opt-in arguments), which is how new arguments stay compatible.
-* *Dispatching* hooks are ``firstresult``: the driver that owns the kind (device
-  kind, handle platform, pool, the ``driver`` stamped on an object) answers and
-  the others return ``None``. If every driver returns ``None`` the engine raises
+* *Dispatching* hooks are ``firstresult``: the driver that handles the kind
+  (device kind, handle platform) answers and the others return ``None``. If
+  every driver returns ``None`` the engine raises
   :class:`~overlayd.errors.NoDriverError` (or, where documented, skips the step).
 * Results are stamped with the driver's entry-point name (``Device.driver``,
-  ``Attachment.driver``); delete and detach hooks return ``None`` for objects
-  another driver owns.
+  ``Attachment.driver``).
+* *Owner-dispatched* hooks (:data:`overlayd.plugins.OWNER_DISPATCHED`) take an
+  object that names its driver: ``device.driver``, ``attachment.driver``,
+  ``pool.driver``, ``request.segment.driver``. The engine's hook facade
+  (:class:`overlayd.plugins.Hooks`) calls only that driver, so an
+  implementation never checks the stamp. An object with no driver named
+  (a pool the built-in allocator keeps, a guest attach) goes to every driver
+  as a dispatching hook. A named driver that is not loaded is a
+  :class:`~overlayd.errors.NoDriverError` naming it, except where the hook
+  documents a fallback.
+* ``overlayd_reconcile`` is given, per driver, only the devices and
+  attachments stamped with that driver's name.
 * A driver raises :class:`~overlayd.errors.DriverError` subclasses for failures
   of its mechanism; anything else is wrapped by the engine with the cause kept.
   A hook that raises must first undo what it half-created.
@@ -143,8 +153,9 @@ def overlayd_shutdown() -> None:
 def overlayd_reconcile(request: ReconcileRequest) -> ReconcileReport | None:
     """Compare what the engine recorded with what the host really has, and repair.
 
-    ``request`` lists every recorded device and attachment (all drivers'); a
-    driver looks only at objects stamped with its own name. For each it owns:
+    ``request`` lists the recorded devices and attachments stamped with this
+    driver's name (the facade filters them per driver) and every recorded NAT
+    rule. For each device and attachment:
     adopt what exists, recreate what is recorded but missing (devices, with
     their recorded keys and ports), report in ``gone`` the attachments whose
     workload no longer exists (the engine releases their leases), and remove
@@ -198,7 +209,9 @@ def overlayd_device_create(spec: DeviceSpec) -> Device | None:
 def overlayd_device_delete(device: Device) -> bool | None:
     """Delete ``device`` from the host.
 
-    Return ``None`` when ``device.driver`` is not this driver.
+    Owner-dispatched on ``device.driver``: only ever called for this driver's
+    own devices; returning ``None`` makes the engine raise
+    :class:`~overlayd.errors.NoDriverError`.
 
     :param device: A device previously returned by ``overlayd_device_create``.
     :returns: ``True`` if it existed and was deleted, ``False`` if it was already gone.
@@ -239,9 +252,11 @@ def overlayd_device_list(kind: str) -> list[Device]:
 def overlayd_peer_apply(device: Device, changes: Sequence[PeerChange]) -> bool | None:
     """Apply a batch of peer changes to a WireGuard ``device`` in one transaction.
 
-    Return ``None`` when ``device.driver`` is not this driver. Changes apply as
-    differences: unchanged peers are not re-sent, allowed IPs are replaced only
-    when ``change.allowed_ips`` is given. Endpoints may be ``host:port`` with a
+    Owner-dispatched on ``device.driver``: only ever called for this driver's
+    own devices; returning ``None`` makes the engine raise
+    :class:`~overlayd.errors.NoDriverError`. Changes apply as differences:
+    unchanged peers are not re-sent, allowed IPs are replaced only when
+    ``change.allowed_ips`` is given. Endpoints may be ``host:port`` with a
     host name; the driver resolves it (and re-resolves on failure).
 
     The resulting peer set must be the one :func:`overlayd.peers.merge` computes
@@ -268,7 +283,9 @@ def overlayd_peer_apply(device: Device, changes: Sequence[PeerChange]) -> bool |
 def overlayd_peer_status(device: Device) -> list[PeerStatus] | None:
     """Read the peers of ``device`` as the device reports them.
 
-    Return ``None`` when ``device.driver`` is not this driver.
+    Owner-dispatched on ``device.driver``: only ever called for this driver's
+    own devices; returning ``None`` makes the engine raise
+    :class:`~overlayd.errors.NoDriverError`.
 
     :param device: A WireGuard device.
     :returns: Every peer with endpoint, allowed IPs, last handshake (Unix
@@ -294,8 +311,9 @@ def overlayd_ipam_pool_create(pool: Pool, leases: Sequence[Lease]) -> bool | Non
     The built-in allocator answers for every pool (``trylast``); a driver that
     takes over a pool (e.g. HCN-managed addressing) answers first for the
     pools it wants and must then answer the other IPAM hooks for them.
-    Return ``None`` for pools this plugin does not manage (``pool.driver`` set
-    to another plugin's name).
+    Owner-dispatched on ``pool.driver`` when it is set; a pool with no driver
+    goes to every plugin, a plugin that does not want it returns ``None`` and
+    the built-in allocator answers last.
 
     :param pool: The pool: name, CIDR and reserved addresses.
     :param leases: Leases already held in this pool (from the state store).
@@ -314,8 +332,10 @@ def overlayd_ipam_pool_create(pool: Pool, leases: Sequence[Lease]) -> bool | Non
 def overlayd_ipam_pool_delete(pool: Pool) -> bool | None:
     """Stop managing ``pool`` and forget its leases.
 
-    Return ``None`` when ``pool.driver`` names another plugin; the built-in
-    allocator answers last (``trylast``) for every pool no driver took over.
+    Owner-dispatched on ``pool.driver`` when it is set (``None`` from that
+    plugin makes the engine raise :class:`~overlayd.errors.NoDriverError`);
+    the built-in allocator answers last (``trylast``) for every pool no
+    driver took over.
 
     :param pool: A pool previously created.
     :returns: ``True`` if it existed, ``False`` if not; ``None`` if not ours.
@@ -332,8 +352,10 @@ def overlayd_ipam_pool_delete(pool: Pool) -> bool | None:
 def overlayd_ipam_allocate(pool: Pool, owner: str) -> Lease | None:
     """Lease a free address from ``pool`` to ``owner``.
 
-    Return ``None`` when ``pool.driver`` names another plugin; the built-in
-    allocator answers last (``trylast``) for every pool no driver took over.
+    Owner-dispatched on ``pool.driver`` when it is set (``None`` from that
+    plugin makes the engine raise :class:`~overlayd.errors.NoDriverError`);
+    the built-in allocator answers last (``trylast``) for every pool no
+    driver took over.
 
     Never hands out the network, broadcast (IPv4), reserved or already
     leased addresses. The built-in allocator prefers never-used addresses and
@@ -358,8 +380,10 @@ def overlayd_ipam_allocate(pool: Pool, owner: str) -> Lease | None:
 def overlayd_ipam_reserve(pool: Pool, ip: IPAddress, owner: str) -> Lease | None:
     """Lease the specific address ``ip`` from ``pool`` to ``owner``.
 
-    Return ``None`` when ``pool.driver`` names another plugin; the built-in
-    allocator answers last (``trylast``) for every pool no driver took over.
+    Owner-dispatched on ``pool.driver`` when it is set (``None`` from that
+    plugin makes the engine raise :class:`~overlayd.errors.NoDriverError`);
+    the built-in allocator answers last (``trylast``) for every pool no
+    driver took over.
 
     :param pool: The pool holding ``ip``.
     :param ip: The requested address.
@@ -380,8 +404,10 @@ def overlayd_ipam_reserve(pool: Pool, ip: IPAddress, owner: str) -> Lease | None
 def overlayd_ipam_release(pool: Pool, ip: IPAddress) -> bool | None:
     """Return ``ip`` to ``pool``.
 
-    Return ``None`` when ``pool.driver`` names another plugin; the built-in
-    allocator answers last (``trylast``) for every pool no driver took over.
+    Owner-dispatched on ``pool.driver`` when it is set (``None`` from that
+    plugin makes the engine raise :class:`~overlayd.errors.NoDriverError`);
+    the built-in allocator answers last (``trylast``) for every pool no
+    driver took over.
 
     :param pool: The pool holding ``ip``.
     :param ip: A leased address.
@@ -444,9 +470,10 @@ def overlayd_dns_endpoint_configure(
 ) -> bool | None:
     """Point an attached workload's resolver at ``servers`` with search ``domain``.
 
-    Return ``None`` when ``attachment.driver`` is not this driver or the
+    Owner-dispatched on ``attachment.driver``. Return ``None`` when the
     driver has no way to configure the workload's resolver (the engine then
-    leaves resolver configuration to the orchestrator).
+    leaves resolver configuration to the orchestrator; so it does when the
+    owner is not loaded).
 
     :param attachment: The attached workload.
     :param servers: Resolver addresses, usually the service gateway.
@@ -506,8 +533,9 @@ def overlayd_nat_port_mapping(mapping: PortMapping, enable: bool) -> bool | None
 def overlayd_nat_candidates(device: Device) -> list[NatCandidate] | None:
     """Gather NAT-traversal candidates (host, reflexive, relay) for ``device``.
 
-    Called on ``nat_tick`` when NAT traversal is enabled. Return ``None`` when
-    ``device.driver`` is not this driver or traversal is not supported.
+    Called on ``nat_tick`` when NAT traversal is enabled. Owner-dispatched on
+    ``device.driver``; return ``None`` when traversal is not supported (an
+    owner that is not loaded gathers no candidates either).
 
     Host candidates are the node's own addresses (IPv4 and IPv6, not
     link-local, not on overlay devices, not inside ``device.subnet``) with
@@ -539,7 +567,8 @@ def overlayd_nat_socket(device: Device, family: int, type: int, proto: int) -> s
     where the device's UDP socket lives. A driver that keeps devices in the
     daemon's own namespace returns ``socket.socket(family, type, proto)``.
 
-    Return ``None`` when ``device.driver`` is not this driver.
+    Owner-dispatched on ``device.driver``; when the owner returns ``None`` or
+    is not loaded the engine opens a plain socket in its own namespace.
 
     :param device: A WireGuard device.
     :param family: ``AF_INET`` or ``AF_INET6``.
@@ -570,7 +599,9 @@ def overlayd_nat_set_endpoint(
     persistent keepalive becomes ``keepalive`` seconds, short enough to keep
     NAT mappings open. The endpoint the orchestrator recorded is unchanged.
 
-    Return ``None`` when ``device.driver`` is not this driver.
+    Owner-dispatched on ``device.driver``: only ever called for this driver's
+    own devices; returning ``None`` makes the engine raise
+    :class:`~overlayd.errors.NoDriverError`.
 
     :param device: The WireGuard device.
     :param public_key: The peer (base64); it must exist on the device.
@@ -596,14 +627,15 @@ def overlayd_nat_set_endpoint(
 def overlayd_attach(request: AttachRequest) -> Attachment | None:
     """Connect a workload to its service segment and return the attachment.
 
-    Return ``None`` when ``request.handle.platform`` is a kind this driver does
-    not attach, or (for handles attached to the segment itself: ``linux_pid``,
-    ``netns``, ``windows_container``) ``request.segment.driver`` is another
-    driver. The engine has already leased ``request.address`` (and
+    Owner-dispatched on ``request.segment.driver`` for handles attached to the
+    segment itself (``linux_pid``, ``netns``, ``windows_container``); return
+    ``None`` when ``request.handle.platform`` is a kind this driver does not
+    attach. The engine has already leased ``request.address`` (and
     ``request.global_address``).
 
-    A ``guest_managed`` handle does not touch the segment: the driver that
-    handles guests answers whatever driver owns the segment. It generates the
+    A ``guest_managed`` handle does not touch the segment: it goes to every
+    driver, and the one that handles guests answers whatever driver owns the
+    segment. It generates the
     guest's keypair and returns it in ``attachment.guest``; the engine registers
     the guest as a peer of the node's device.
 
@@ -637,7 +669,9 @@ def overlayd_attach(request: AttachRequest) -> Attachment | None:
 def overlayd_detach(attachment: Attachment) -> bool | None:
     """Remove everything the attach of ``attachment`` created on the host.
 
-    Return ``None`` when ``attachment.driver`` is not this driver.
+    Owner-dispatched on ``attachment.driver``: only ever called for this driver's
+    own attachments; returning ``None`` makes the engine raise
+    :class:`~overlayd.errors.NoDriverError`.
 
     :param attachment: The recorded attachment.
     :returns: ``True`` when host objects were removed, ``False`` when they were
@@ -658,10 +692,11 @@ def overlayd_attachment_alive(attachment: Attachment) -> bool | None:
     """Tell whether the workload behind ``attachment`` still exists.
 
     Used by garbage collection and reconcile (a ``linux_pid`` whose process is
-    gone, an HCN endpoint deleted behind our back).
+    gone, an HCN endpoint deleted behind our back). Owner-dispatched on
+    ``attachment.driver``; an owner that is not loaded counts as ``True``.
 
     :param attachment: A recorded attachment.
-    :returns: ``True``/``False``; ``None`` when this driver does not own it.
+    :returns: ``True``/``False``; ``None`` when the driver cannot tell (counts as ``True``).
 
     Idempotent: yes, read-only.
     Blocking: briefly.

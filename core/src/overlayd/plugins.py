@@ -42,6 +42,7 @@ from overlayd.model import DeviceSpec
 from overlayd.model import DnsRecord
 from overlayd.model import DriverInfo
 from overlayd.model import Event
+from overlayd.model import GuestManagedHandle
 from overlayd.model import IPAddress
 from overlayd.model import Lease
 from overlayd.model import MasqueradeRule
@@ -55,6 +56,7 @@ from overlayd.model import ReconcileRequest
 
 __all__ = [
     "DRIVER_NAMESPACE",
+    "OWNER_DISPATCHED",
     "DriverContext",
     "Hooks",
     "driver_name",
@@ -214,17 +216,100 @@ def driver_errors(op: str) -> Iterator[None]:
         raise DriverError(f"{op} failed in a driver: {type(exc).__name__}: {exc}", op=op) from exc
 
 
+#: Hooks the facade sends only to the driver named on the object they are given
+#: (``Device.driver``, ``Attachment.driver``, ``Pool.driver``, the segment's
+#: ``driver`` for attach). :data:`OWNER_DISPATCHED` is what the docs and the
+#: conformance kit check against.
+OWNER_DISPATCHED: Final = (
+    "overlayd_device_delete",
+    "overlayd_peer_apply",
+    "overlayd_peer_status",
+    "overlayd_ipam_pool_create",
+    "overlayd_ipam_pool_delete",
+    "overlayd_ipam_allocate",
+    "overlayd_ipam_reserve",
+    "overlayd_ipam_release",
+    "overlayd_dns_endpoint_configure",
+    "overlayd_nat_candidates",
+    "overlayd_nat_socket",
+    "overlayd_nat_set_endpoint",
+    "overlayd_attach",
+    "overlayd_detach",
+    "overlayd_attachment_alive",
+)
+
+
 class Hooks:
-    """Typed, keyword-only calls into the drivers. Nothing else touches ``pm.hook``."""
+    """Typed, keyword-only calls into the drivers. Nothing else touches ``pm.hook``.
+
+    Owner dispatch: a hook in :data:`OWNER_DISPATCHED` is given an object that
+    names the driver owning it. The facade calls that driver's implementation
+    alone (a pluggy subset caller, cached per hook and owner), so a driver is
+    never asked about another driver's object. An object with no owner stamped
+    (``Pool.driver`` left ``None``, a guest attach) goes to every driver with
+    ``firstresult`` semantics as before. Hook wrappers of other plugins
+    (``wrapper=True``) still wrap an owner-dispatched call. An owner that is
+    not loaded raises :class:`~overlayd.errors.NoDriverError` naming it, where
+    the hook has no documented fallback. ``overlayd_reconcile`` is given, per
+    driver, only the devices and attachments that driver owns.
+    """
 
     def __init__(self, pm: pluggy.PluginManager) -> None:
         self.pm = pm
         self._hook = pm.hook
+        self._callers: dict[tuple[str, str], tuple[object, list[Any], Any]] = {}
 
     def _first(self, op: str, kind: str, result: T | None) -> T:
         if result is None:
             raise NoDriverError(op=op, kind=kind)
         return result
+
+    def _loaded(self) -> tuple[str, ...]:
+        return tuple(sorted(name for name, plugin in self.pm.list_name_plugin() if plugin))
+
+    def _owner_caller(self, name: str, owner: str | None) -> Any:
+        """The caller of hook ``name`` reaching only ``owner``; ``None`` if it is not loaded.
+
+        Without an owner the full hook (every driver, ``firstresult``).
+        """
+        hook = getattr(self._hook, name)
+        if not owner:
+            return hook
+        # Valid while the owner and the hook's implementations stay the same.
+        impls = hook.get_hookimpls()
+        plugin = self.pm.get_plugin(owner)
+        cached = self._callers.get((name, owner))
+        if cached is not None and cached[0] is plugin and cached[1] == impls:
+            return cached[2]
+        caller = None
+        if plugin is not None:
+            # Other plugins' wrappers still wrap the call (they observe, not answer).
+            others = [
+                impl.plugin
+                for impl in impls
+                if impl.plugin is not plugin and not (impl.wrapper or impl.hookwrapper)
+            ]
+            caller = self.pm.subset_hook_caller(name, others)
+        self._callers[(name, owner)] = (plugin, impls, caller)
+        return caller
+
+    def _owned(self, name: str, driver: str | None, /, **kwargs: Any) -> Any:
+        """Call ``name`` on ``driver`` alone; a driver that is not loaded is an error."""
+        caller = self._owner_caller(name, driver)
+        if caller is None:
+            raise NoDriverError(
+                op=name.removeprefix("overlayd_"), kind=str(driver), loaded=self._loaded()
+            )
+        with driver_errors(name.removeprefix("overlayd_")):
+            return caller(**kwargs)
+
+    def _owned_or_none(self, name: str, driver: str | None, /, **kwargs: Any) -> Any:
+        """Like :meth:`_owned`, but a driver that is not loaded answers ``None``."""
+        caller = self._owner_caller(name, driver)
+        if caller is None:
+            return None
+        with driver_errors(name.removeprefix("overlayd_")):
+            return caller(**kwargs)
 
     # lifecycle
     def describe(self) -> list[DriverInfo]:
@@ -244,8 +329,23 @@ class Hooks:
             self._hook.overlayd_shutdown()
 
     def reconcile(self, request: ReconcileRequest) -> list[ReconcileReport]:
-        with driver_errors("reconcile"):
-            return list(self._hook.overlayd_reconcile(request=request))
+        """Every driver, in the configured order, each given only the objects it owns."""
+        reports: list[ReconcileReport] = []
+        # pluggy calls the last implementation in this list first.
+        for impl in reversed(self._hook.overlayd_reconcile.get_hookimpls()):
+            if impl.wrapper or impl.hookwrapper:
+                continue  # wraps each driver's call below
+            owner = impl.plugin_name
+            mine = request.model_copy(
+                update={
+                    "devices": tuple(d for d in request.devices if d.driver == owner),
+                    "attachments": tuple(a for a in request.attachments if a.driver == owner),
+                }
+            )
+            with driver_errors("reconcile"):
+                result = self._owner_caller("overlayd_reconcile", owner)(request=mine)
+            reports.extend(result)
+        return reports
 
     # device
     def device_create(self, spec: DeviceSpec) -> Device:
@@ -254,8 +354,7 @@ class Hooks:
         return cast(Device, self._first("device_create", spec.kind, result))
 
     def device_delete(self, device: Device) -> bool:
-        with driver_errors("device_delete"):
-            result = self._hook.overlayd_device_delete(device=device)
+        result = self._owned("overlayd_device_delete", device.driver, device=device)
         return bool(self._first("device_delete", device.driver, result))
 
     def device_list(self, kind: str) -> list[Device]:
@@ -265,38 +364,35 @@ class Hooks:
 
     # peer
     def peer_apply(self, device: Device, changes: Sequence[PeerChange]) -> None:
-        with driver_errors("peer_apply"):
-            result = self._hook.overlayd_peer_apply(device=device, changes=list(changes))
+        result = self._owned(
+            "overlayd_peer_apply", device.driver, device=device, changes=list(changes)
+        )
         self._first("peer_apply", device.driver, result)
 
     def peer_status(self, device: Device) -> list[PeerStatus]:
-        with driver_errors("peer_status"):
-            result = self._hook.overlayd_peer_status(device=device)
+        result = self._owned("overlayd_peer_status", device.driver, device=device)
         return cast(list[PeerStatus], self._first("peer_status", device.driver, result))
 
     # ipam
     def ipam_pool_create(self, pool: Pool, leases: Sequence[Lease]) -> None:
-        with driver_errors("ipam_pool_create"):
-            result = self._hook.overlayd_ipam_pool_create(pool=pool, leases=list(leases))
+        result = self._owned(
+            "overlayd_ipam_pool_create", pool.driver, pool=pool, leases=list(leases)
+        )
         self._first("ipam_pool_create", pool.name, result)
 
     def ipam_pool_delete(self, pool: Pool) -> bool:
-        with driver_errors("ipam_pool_delete"):
-            return bool(self._hook.overlayd_ipam_pool_delete(pool=pool))
+        return bool(self._owned("overlayd_ipam_pool_delete", pool.driver, pool=pool))
 
     def ipam_allocate(self, pool: Pool, owner: str) -> Lease:
-        with driver_errors("ipam_allocate"):
-            result = self._hook.overlayd_ipam_allocate(pool=pool, owner=owner)
+        result = self._owned("overlayd_ipam_allocate", pool.driver, pool=pool, owner=owner)
         return cast(Lease, self._first("ipam_allocate", pool.name, result))
 
     def ipam_reserve(self, pool: Pool, ip: IPAddress, owner: str) -> Lease:
-        with driver_errors("ipam_reserve"):
-            result = self._hook.overlayd_ipam_reserve(pool=pool, ip=ip, owner=owner)
+        result = self._owned("overlayd_ipam_reserve", pool.driver, pool=pool, ip=ip, owner=owner)
         return cast(Lease, self._first("ipam_reserve", pool.name, result))
 
     def ipam_release(self, pool: Pool, ip: IPAddress) -> bool:
-        with driver_errors("ipam_release"):
-            result = self._hook.overlayd_ipam_release(pool=pool, ip=ip)
+        result = self._owned("overlayd_ipam_release", pool.driver, pool=pool, ip=ip)
         return bool(self._first("ipam_release", pool.name, result))
 
     # dns
@@ -313,10 +409,14 @@ class Hooks:
     def dns_endpoint_configure(
         self, attachment: Attachment, servers: Sequence[IPAddress], domain: str | None
     ) -> bool:
-        with driver_errors("dns_endpoint_configure"):
-            result = self._hook.overlayd_dns_endpoint_configure(
-                attachment=attachment, servers=list(servers), domain=domain
-            )
+        """False when the owner cannot configure the workload's resolver (or is not loaded)."""
+        result = self._owned_or_none(
+            "overlayd_dns_endpoint_configure",
+            attachment.driver,
+            attachment=attachment,
+            servers=list(servers),
+            domain=domain,
+        )
         return bool(result)
 
     # nat
@@ -331,8 +431,8 @@ class Hooks:
         self._first("nat_port_mapping", "port mappings", result)
 
     def nat_candidates(self, device: Device) -> list[NatCandidate]:
-        with driver_errors("nat_candidates"):
-            result = self._hook.overlayd_nat_candidates(device=device)
+        """Empty when the owner gathers no candidates (or is not loaded)."""
+        result = self._owned_or_none("overlayd_nat_candidates", device.driver, device=device)
         return list(result or [])
 
     def nat_socket(self, device: Device, family: int, type: int, proto: int) -> socket.socket:
@@ -340,14 +440,15 @@ class Hooks:
 
         ``OSError`` (no ``CAP_NET_RAW``, say) passes through unwrapped.
         """
-        try:
-            result = self._hook.overlayd_nat_socket(
-                device=device, family=family, type=type, proto=proto
-            )
-        except (OSError, OverlaydError):
-            raise
-        except Exception as exc:
-            raise DriverError(f"nat_socket failed in a driver: {exc}", op="nat_socket") from exc
+        caller = self._owner_caller("overlayd_nat_socket", device.driver)
+        result = None
+        if caller is not None:
+            try:
+                result = caller(device=device, family=family, type=type, proto=proto)
+            except (OSError, OverlaydError):
+                raise
+            except Exception as exc:
+                raise DriverError(f"nat_socket failed in a driver: {exc}", op="nat_socket") from exc
         if result is None:
             return socket.socket(family, type, proto)
         return cast(socket.socket, result)
@@ -355,24 +456,30 @@ class Hooks:
     def nat_set_endpoint(
         self, device: Device, public_key: str, endpoint: str, keepalive: int
     ) -> None:
-        with driver_errors("nat_set_endpoint"):
-            result = self._hook.overlayd_nat_set_endpoint(
-                device=device, public_key=public_key, endpoint=endpoint, keepalive=keepalive
-            )
+        result = self._owned(
+            "overlayd_nat_set_endpoint",
+            device.driver,
+            device=device,
+            public_key=public_key,
+            endpoint=endpoint,
+            keepalive=keepalive,
+        )
         self._first("nat_set_endpoint", device.driver, result)
 
     # attach
     def attach(self, request: AttachRequest) -> Attachment:
-        with driver_errors("attach"):
-            result = self._hook.overlayd_attach(request=request)
+        """The segment's driver attaches; a guest goes to whichever driver handles guests."""
+        owner = None if isinstance(request.handle, GuestManagedHandle) else request.segment.driver
+        result = self._owned("overlayd_attach", owner, request=request)
         return cast(Attachment, self._first("attach", request.handle.platform, result))
 
     def detach(self, attachment: Attachment) -> bool:
-        with driver_errors("detach"):
-            result = self._hook.overlayd_detach(attachment=attachment)
+        result = self._owned("overlayd_detach", attachment.driver, attachment=attachment)
         return bool(self._first("detach", attachment.driver, result))
 
     def attachment_alive(self, attachment: Attachment) -> bool:
-        with driver_errors("attachment_alive"):
-            result = self._hook.overlayd_attachment_alive(attachment=attachment)
+        """``True`` when unsure: the owner did not answer or is not loaded."""
+        result = self._owned_or_none(
+            "overlayd_attachment_alive", attachment.driver, attachment=attachment
+        )
         return True if result is None else bool(result)

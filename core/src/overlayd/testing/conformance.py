@@ -30,6 +30,7 @@ left, in reverse order, even when the test fails.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import random
 from collections.abc import Iterator
@@ -38,6 +39,9 @@ from typing import Any
 import pytest
 
 from overlayd.config import EngineConfig
+from overlayd.errors import NoDriverError
+from overlayd.errors import OverlaydError
+from overlayd.hookspecs import hookimpl
 from overlayd.model import DRIVER_API
 from overlayd.model import Attachment
 from overlayd.model import AttachRequest
@@ -103,6 +107,71 @@ class _Tracker:
             except Exception as exc:  # noqa: BLE001
                 errors.append(exc)
         return errors
+
+
+#: The name of the other driver the kit registers beside the one under test.
+STRANGER = "someone-else"
+
+
+class _Stranger:
+    """Another loaded driver that owns the kit's foreign objects."""
+
+    name = STRANGER
+
+    @hookimpl
+    def overlayd_device_delete(self, device: Device) -> bool | None:
+        return True
+
+    @hookimpl
+    def overlayd_peer_apply(self, device: Device, changes: Any) -> bool | None:
+        return True
+
+    @hookimpl
+    def overlayd_peer_status(self, device: Device) -> list[Any] | None:
+        return []
+
+    @hookimpl
+    def overlayd_detach(self, attachment: Attachment) -> bool | None:
+        return True
+
+    @hookimpl
+    def overlayd_attachment_alive(self, attachment: Attachment) -> bool | None:
+        return False
+
+
+@contextlib.contextmanager
+def _beside_a_stranger(hooks: Hooks) -> Iterator[list[tuple[str, str]]]:
+    """Register :class:`_Stranger` and record every (hook, driver) pair the facade calls."""
+    calls: list[tuple[str, str]] = []
+
+    def before(name: str, impls: Any, kwargs: Any) -> None:
+        calls.extend((name, impl.plugin_name) for impl in impls)
+
+    def after(outcome: Any, name: str, impls: Any, kwargs: Any) -> None:
+        pass
+
+    stranger = _Stranger()
+    hooks.pm.register(stranger, name=STRANGER)
+    undo = hooks.pm.add_hookcall_monitoring(before, after)
+    try:
+        yield calls
+    finally:
+        undo()
+        hooks.pm.unregister(stranger)
+
+
+def _never_asked(calls: list[tuple[str, str]], driver: object) -> None:
+    """The driver under test was not called about the stranger's objects."""
+    name = driver_name(driver)
+    asked = [hook for hook, plugin in calls if plugin == name]
+    assert not asked, f"the facade asked {name} about another driver's object: {asked}"
+    assert calls, "the facade called nobody: the stranger's hooks were not reached"
+
+
+def _tolerates(call: Any, **kwargs: Any) -> None:
+    """A direct call with another driver's object returns, or raises an OverlaydError."""
+    with contextlib.suppress(OverlaydError):
+        call(**kwargs)
 
 
 class DriverConformance:
@@ -284,20 +353,33 @@ class DeviceConformance(DriverConformance):
         assert device.public_key == public_key(DEVICE_KEY)
         assert device.listen_port == wireguard_spec.listen_port
 
-    def test_ignores_devices_owned_by_another_driver(
+    def test_never_asked_about_devices_of_another_driver(
+        self,
+        capabilities: frozenset[Capability],
+        hooks: Hooks,
+        driver: object,
+        device_spec: DeviceSpec,
+    ) -> None:
+        _require(capabilities, Capability.DEVICES)
+        foreign = Device(
+            kind=device_spec.kind, name=device_spec.name, owner="base", driver=STRANGER
+        )
+        with _beside_a_stranger(hooks) as calls:
+            assert hooks.device_delete(foreign) is True
+        _never_asked(calls, driver)
+        # Called directly (not through the facade) the driver must still cope.
+        _tolerates(driver.overlayd_device_delete, device=foreign)  # type: ignore[attr-defined]
+
+    def test_owner_not_loaded_is_a_clear_error(
         self,
         capabilities: frozenset[Capability],
         hooks: Hooks,
         device_spec: DeviceSpec,
     ) -> None:
         _require(capabilities, Capability.DEVICES)
-        foreign = Device(
-            kind=device_spec.kind,
-            name=device_spec.name,
-            owner="base",
-            driver="someone-else",
-        )
-        assert hooks.pm.hook.overlayd_device_delete(device=foreign) is None
+        orphan = Device(kind=device_spec.kind, name=device_spec.name, owner="base", driver="gone")
+        with pytest.raises(NoDriverError, match="'gone', which is not loaded"):
+            hooks.device_delete(orphan)
 
 
 class PeerConformance(DeviceConformance):
@@ -438,10 +520,17 @@ class PeerConformance(DeviceConformance):
             }
             assert device == recorded, f"after batch {round_}: {batch}"
 
-    def test_ignores_foreign_device(self, hooks: Hooks, wg_device: Device) -> None:
-        foreign = wg_device.model_copy(update={"driver": "someone-else"})
-        assert hooks.pm.hook.overlayd_peer_apply(device=foreign, changes=[]) is None
-        assert hooks.pm.hook.overlayd_peer_status(device=foreign) is None
+    def test_never_asked_about_foreign_device(
+        self, hooks: Hooks, driver: object, wg_device: Device
+    ) -> None:
+        foreign = wg_device.model_copy(update={"driver": STRANGER})
+        change = PeerChange(public_key=PEER_KEYS[0], allowed_ips=())
+        with _beside_a_stranger(hooks) as calls:
+            hooks.peer_apply(foreign, [change])
+            assert hooks.peer_status(foreign) == []
+        _never_asked(calls, driver)
+        _tolerates(driver.overlayd_peer_status, device=foreign)  # type: ignore[attr-defined]
+        assert self._peers(hooks, wg_device) == {}
 
 
 class IpamConformance(DriverConformance):
@@ -577,13 +666,17 @@ class AttachConformance(DeviceConformance):
         created.attachments.append(second)
         assert second.ip == first.ip
 
-    def test_ignores_foreign_attachment(
-        self, hooks: Hooks, created: _Tracker, attach_request: AttachRequest
+    def test_never_asked_about_foreign_attachment(
+        self, hooks: Hooks, driver: object, created: _Tracker, attach_request: AttachRequest
     ) -> None:
         att = hooks.attach(attach_request)
         created.attachments.append(att)
-        foreign = att.model_copy(update={"driver": "someone-else"})
-        assert hooks.pm.hook.overlayd_detach(attachment=foreign) is None
+        foreign = att.model_copy(update={"driver": STRANGER})
+        with _beside_a_stranger(hooks) as calls:
+            assert hooks.detach(foreign) is True
+            assert hooks.attachment_alive(foreign) is False
+        _never_asked(calls, driver)
+        assert hooks.attachment_alive(att) is True
 
 
 class NatConformance(DriverConformance):
@@ -680,9 +773,11 @@ def check_driver(driver: object) -> list[str]:
     except Exception as exc:  # noqa: BLE001 - report, do not raise
         return [*problems, f"registration failed: {exc}"]
     hooks = Hooks(pm)
-    foreign = Device(kind="bridge", name="zl-x-b", owner="base", driver="someone-else")
-    if pm.hook.overlayd_device_delete(device=foreign) is not None:
-        problems.append("overlayd_device_delete answered for another driver's device")
+    foreign = Device(kind="bridge", name="zl-x-b", owner="base", driver=STRANGER)
+    with _beside_a_stranger(hooks) as calls:
+        hooks.device_delete(foreign)
+    if any(plugin == driver_name(driver) for _, plugin in calls):
+        problems.append("the facade asked the driver about another driver's device")
     if Capability.DEVICES in info.capabilities:
         for kind in info.device_kinds:
             try:

@@ -37,6 +37,7 @@ from typing import Final
 
 from overlayd import DRIVER_API
 from overlayd import hookimpl
+from overlayd.driver_options import parse_driver_options
 from overlayd.errors import AttachError
 from overlayd.errors import ConfigError
 from overlayd.errors import DeviceError
@@ -67,12 +68,12 @@ from overlayd.model import WindowsContainerHandle
 from overlayd.model import handle_key
 from overlayd.peers import Peer
 from overlayd.peers import merge
+from overlayd_fake.options import UNDERLAY_ADDRESS
+from overlayd_fake.options import FakeOptions
 
 __all__ = ["Call", "FakeDriver", "FakeHost"]
 
 IFNAMSIZ: Final = 15
-#: The fake host's underlay address unless configured (TEST-NET-1, never routed).
-UNDERLAY_ADDRESS: Final = "192.0.2.1"
 
 
 @dataclass(frozen=True)
@@ -300,21 +301,9 @@ class FakeDriver:
 
     @hookimpl
     def overlayd_configure(self, config: Any) -> None:
-        options = dict(config.driver_options(self.name))
-        state_file = options.pop("state_file", None)
-        underlay = options.pop("underlay_address", None)
-        if options:
-            raise ConfigError(
-                f"unknown key(s) in [drivers.fake]: {', '.join(sorted(options))} "
-                "(known: state_file, underlay_address)"
-            )
-        if underlay is not None:
-            try:
-                self.underlay_address = str(ipaddress.ip_address(str(underlay)))
-            except ValueError:
-                raise ConfigError(
-                    f"[drivers.fake] underlay_address {underlay!r} is not an IP address"
-                ) from None
+        options = parse_driver_options(FakeOptions, self.name, config.driver_options(self.name))
+        self.underlay_address = options.underlay_address
+        state_file = options.state_file
         if state_file and self._state_file is None:
             self._state_file = Path(state_file)
             self._load()
@@ -348,8 +337,6 @@ class FakeDriver:
                     removed.append(name)
             recorded_atts = {a.key for a in request.attachments if a.driver == self.name}
             for att in request.attachments:
-                if att.driver != self.name:
-                    continue
                 if att.key in self.host.dead or att.key not in self.host.attachments:
                     gone.append(att.key)
                 else:
@@ -430,8 +417,6 @@ class FakeDriver:
 
     @hookimpl
     def overlayd_device_delete(self, device: Device) -> bool | None:
-        if device.driver != self.name:
-            return None
         self._enter("overlayd_device_delete", device=device)
         with self._lock:
             existed = self.host.devices.pop(device.name, None) is not None
@@ -458,8 +443,6 @@ class FakeDriver:
 
     @hookimpl
     def overlayd_peer_apply(self, device: Device, changes: Sequence[PeerChange]) -> bool | None:
-        if device.driver != self.name:
-            return None
         self._enter("overlayd_peer_apply", device=device, changes=list(changes))
         with self._lock:
             current = self._device_peers(device, "peer_apply")
@@ -504,8 +487,6 @@ class FakeDriver:
 
     @hookimpl
     def overlayd_peer_status(self, device: Device) -> list[PeerStatus] | None:
-        if device.driver != self.name:
-            return None
         self._enter("overlayd_peer_status", device=device)
         with self._lock:
             return list(self._device_peers(device, "peer_status").values())
@@ -544,8 +525,6 @@ class FakeDriver:
 
     @hookimpl
     def overlayd_nat_candidates(self, device: Device) -> list[NatCandidate] | None:
-        if device.driver != self.name:
-            return None
         self._enter("overlayd_nat_candidates", device=device)
         port = device.listen_port or 51820
         return [NatCandidate(kind="host", endpoint=f"127.0.0.1:{port}")]
@@ -554,8 +533,6 @@ class FakeDriver:
     def overlayd_nat_socket(
         self, device: Device, family: int, type: int, proto: int
     ) -> socket.socket | None:
-        if device.driver != self.name:
-            return None
         self._enter("overlayd_nat_socket", device=device)
         raise NatError(
             f"the fake driver's device {device.name} has no real UDP port; STUN and "
@@ -568,8 +545,6 @@ class FakeDriver:
     def overlayd_nat_set_endpoint(
         self, device: Device, public_key: str, endpoint: str, keepalive: int
     ) -> bool | None:
-        if device.driver != self.name:
-            return None
         self._enter(
             "overlayd_nat_set_endpoint",
             device=device,
@@ -601,8 +576,6 @@ class FakeDriver:
     @hookimpl
     def overlayd_attach(self, request: AttachRequest) -> Attachment | None:
         is_guest = isinstance(request.handle, GuestManagedHandle)
-        if request.segment.driver != self.name and not is_guest:
-            return None
         self._enter("overlayd_attach", request=request)
         key = handle_key(request.handle)
         with self._lock:
@@ -691,8 +664,6 @@ class FakeDriver:
 
     @hookimpl
     def overlayd_detach(self, attachment: Attachment) -> bool | None:
-        if attachment.driver != self.name:
-            return None
         self._enter("overlayd_detach", attachment=attachment)
         with self._lock:
             existed = self.host.attachments.pop(attachment.key, None) is not None
@@ -702,8 +673,6 @@ class FakeDriver:
 
     @hookimpl
     def overlayd_attachment_alive(self, attachment: Attachment) -> bool | None:
-        if attachment.driver != self.name:
-            return None
         with self._lock:
             return attachment.key in self.host.attachments and attachment.key not in self.host.dead
 

@@ -45,8 +45,7 @@ from uuid import UUID
 from overlayd import DRIVER_API
 from overlayd import hookimpl
 from overlayd import marker as marker_file
-from overlayd.errors import AttachError
-from overlayd.errors import ConfigError
+from overlayd.driver_options import parse_driver_options
 from overlayd.errors import DeviceError
 from overlayd.errors import NotSupported
 from overlayd.errors import StateError
@@ -54,8 +53,6 @@ from overlayd.marker import OWNER_BASE
 from overlayd.marker import ManagedNetwork
 from overlayd.marker import MarkerKind
 from overlayd.marker import NetworkMarker
-from overlayd.model import Attachment
-from overlayd.model import AttachRequest
 from overlayd.model import Capability
 from overlayd.model import Device
 from overlayd.model import DeviceKind
@@ -65,40 +62,33 @@ from overlayd.model import IPAddress
 from overlayd.model import IPNetwork
 from overlayd.model import ReconcileReport
 from overlayd.model import ReconcileRequest
-from overlayd.model import WindowsContainerHandle
 from overlayd.state import ensure_private_dir
 from overlayd.state import write_file_atomic
 from overlayd_hcn import __version__
 from overlayd_hcn.api import HcnApi
-from overlayd_hcn.errors import HCN_E_ENDPOINT_NOT_ATTACHED
+from overlayd_hcn.attach import ENDPOINT_PREFIX
+from overlayd_hcn.attach import OWNER_TAG
+from overlayd_hcn.attach import AttachHooks
+from overlayd_hcn.attach import default_route
+from overlayd_hcn.attach import endpoint_name
+from overlayd_hcn.attach import is_ours
 from overlayd_hcn.errors import HcnAlreadyExistsError
 from overlayd_hcn.errors import HcnError
 from overlayd_hcn.errors import HcnNotFoundError
 from overlayd_hcn.errors import HcnSubnetConflictError
+from overlayd_hcn.options import DEFAULT_NETWORK_NAME
+from overlayd_hcn.options import HcnOptions
 from overlayd_hcn.retry import in_use
 from overlayd_hcn.retry import retry_hcn
-from overlayd_hcn.retry import settling
-from overlayd_hcn.retry import settling_after_create
-from overlayd_hcn.schema import AclPolicy
-from overlayd_hcn.schema import AclSettings
-from overlayd_hcn.schema import Dns
-from overlayd_hcn.schema import EndpointPolicy
-from overlayd_hcn.schema import HostComputeEndpoint
-from overlayd_hcn.schema import HostComputeNamespace
 from overlayd_hcn.schema import HostComputeNetwork
 from overlayd_hcn.schema import HostComputeQuery
 from overlayd_hcn.schema import Ipam
-from overlayd_hcn.schema import IpConfig
 from overlayd_hcn.schema import NamespaceType
 from overlayd_hcn.schema import NetAdapterNamePolicy
 from overlayd_hcn.schema import NetAdapterNameSettings
 from overlayd_hcn.schema import NetworkPolicy
 from overlayd_hcn.schema import NetworkType
-from overlayd_hcn.schema import OutBoundNatPolicy
-from overlayd_hcn.schema import OutBoundNatSettings
 from overlayd_hcn.schema import Route
-from overlayd_hcn.schema import SdnRoutePolicy
-from overlayd_hcn.schema import SdnRouteSettings
 from overlayd_hcn.schema import Subnet
 
 __all__ = [
@@ -112,50 +102,20 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: ``Owner`` written on every endpoint and namespace overlayd creates.
-OWNER_TAG: Final = "overlayd"
-#: Name prefix of overlayd's endpoints and namespaces (ZLayer's ``<owner>-`` form).
-ENDPOINT_PREFIX: Final = f"{OWNER_TAG}-"
-#: ZLayer's base network name (``overlay_network_name("zlayer")``).
-DEFAULT_NETWORK_NAME: Final = "zlayer-overlay"
 #: Which segments use which network, inside the data directory.
 SEGMENTS_FILE: Final = "hcn-segments.json"
-#: ACL priority ZLayer gives its cluster allow rule (docs/reference/hcn.rst §2).
-ACL_PRIORITY: Final = 65500
 
-_KNOWN_OPTIONS: Final = (
-    "backend",
-    "state_dir",
-    "network_type",
-    "uplink_adapter",
-    "network_name",
-    "call_timeout",
-)
 _ROLE_BASE: Final = "base"
 _ROLE_DEDICATED: Final = "dedicated"
 
 _T = TypeVar("_T")
 
 
-def endpoint_name(container_id: str) -> str:
-    """The HCN name of a container's endpoint (and namespace): ``overlayd-<container>``."""
-    return f"{ENDPOINT_PREFIX}{container_id}"
-
-
-def _ours(name: str | None, owner: str | None) -> bool:
-    """Unmistakably overlayd's: our name prefix, and our Owner tag when HCN reports one."""
-    return bool(name and name.startswith(ENDPOINT_PREFIX)) and owner in (None, OWNER_TAG)
-
-
-def _default_route(net: IPNetwork) -> str:
-    return "0.0.0.0/0" if net.version == 4 else "::/0"
-
-
 def _first_address(net: IPNetwork) -> IPAddress:
     return net.network_address + 1
 
 
-class HcnDriver:
+class HcnDriver(AttachHooks):
     """overlayd driver for Windows HCN (native) or its simulator.
 
     :param api: an :class:`~overlayd_hcn.api.HcnApi` to use instead of building
@@ -278,47 +238,13 @@ class HcnDriver:
 
     @hookimpl
     def overlayd_configure(self, config: Any) -> None:
-        options: dict[str, Any] = dict(config.driver_options(self.name))
-        unknown = sorted(set(options) - set(_KNOWN_OPTIONS))
-        if unknown:
-            raise ConfigError(
-                f"unknown key(s) in [drivers.hcn]: {', '.join(unknown)} "
-                f"(known: {', '.join(_KNOWN_OPTIONS)})"
-            )
-        backend = options.get("backend", "native")
-        if backend not in ("native", "simulator"):
-            raise ConfigError(
-                f'[drivers.hcn] backend = {backend!r} is invalid: use "native" or "simulator"'
-            )
-        network_type = options.get("network_type", NetworkType.INTERNAL.value)
-        if network_type not in (NetworkType.INTERNAL.value, NetworkType.TRANSPARENT.value):
-            raise ConfigError(
-                f"[drivers.hcn] network_type = {network_type!r} is invalid: use "
-                '"Internal" or "Transparent"'
-            )
-        uplink = options.get("uplink_adapter")
-        if uplink is not None and (not isinstance(uplink, str) or not uplink):
-            raise ConfigError("[drivers.hcn] uplink_adapter must be a non-empty adapter name")
-        if network_type == NetworkType.TRANSPARENT.value and uplink is None:
-            raise ConfigError(
-                '[drivers.hcn] network_type = "Transparent" needs uplink_adapter, the name '
-                'of the host network adapter to bridge (e.g. "Ethernet 2")'
-            )
-        name = options.get("network_name", DEFAULT_NETWORK_NAME)
-        if not isinstance(name, str) or not name:
-            raise ConfigError("[drivers.hcn] network_name must be a non-empty string")
-        timeout = options.get("call_timeout", 60.0)
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
-            raise ConfigError("[drivers.hcn] call_timeout must be a positive number of seconds")
-        state_dir = options.get("state_dir")
-        if state_dir is not None and (not isinstance(state_dir, str) or not state_dir):
-            raise ConfigError("[drivers.hcn] state_dir must be a directory path")
-        self.backend = backend
-        self.network_type = network_type
-        self.uplink_adapter = uplink
-        self.network_name = name
-        self.call_timeout = float(timeout)
-        self.state_dir = Path(state_dir) if state_dir else None
+        options = parse_driver_options(HcnOptions, self.name, config.driver_options(self.name))
+        self.backend = options.backend
+        self.network_type = options.network_type
+        self.uplink_adapter = options.uplink_adapter
+        self.network_name = options.network_name
+        self.call_timeout = float(options.call_timeout)
+        self.state_dir = Path(options.state_dir) if options.state_dir else None
         if self._data_dir is None and getattr(config, "data_dir", None) is not None:
             self._data_dir = Path(config.data_dir)
 
@@ -598,7 +524,7 @@ class HcnDriver:
                             routes=[
                                 Route(
                                     next_hop=str(gateway),
-                                    destination_prefix=_default_route(subnet),
+                                    destination_prefix=default_route(subnet),
                                 )
                             ],
                         )
@@ -610,8 +536,6 @@ class HcnDriver:
 
     @hookimpl
     def overlayd_device_delete(self, device: Device) -> bool | None:
-        if device.driver != self.name:
-            return None
         if device.kind != DeviceKind.HCN_NETWORK:
             return False
         with self._lock:
@@ -669,250 +593,6 @@ class HcnDriver:
         with self._lock:
             return [d for d in self._segments.values() if d.id and UUID(d.id) in existing]
 
-    # -- attach --------------------------------------------------------------------
-
-    def _segment_for(self, segment: Device) -> Device:
-        with self._lock:
-            return self._segments.get(segment.name, segment)
-
-    def endpoint_document(self, request: AttachRequest, network: UUID) -> HostComputeEndpoint:
-        """The HostComputeEndpoint overlayd sends for ``request`` (ZLayer's shape)."""
-        assert isinstance(request.handle, WindowsContainerHandle)
-        segment = self._segment_for(request.segment)
-        options = segment.options
-        net_subnet = ipaddress.ip_network(
-            str(options.get("network_subnet") or request.address.network)
-        )
-        gateway = str(options.get("network_gateway") or request.gateway)
-        cluster_raw = (
-            str(request.node.cluster_cidr)
-            if request.node is not None
-            else str(options.get("cluster_cidr") or net_subnet)
-        )
-        cluster = str(ipaddress.ip_network(cluster_raw))
-        configs = [IpConfig(ip_address=str(request.address.ip), prefix_length=net_subnet.prefixlen)]
-        if request.global_address is not None:
-            if request.global_address.ip not in net_subnet:
-                raise NotSupported(
-                    f"join_global on HCN network {segment.name}: the global address "
-                    f"{request.global_address.ip} is outside the network's subnet {net_subnet} "
-                    "(dedicated HCN networks cannot carry node-pool addresses)"
-                )
-            configs.append(
-                IpConfig(
-                    ip_address=str(request.global_address.ip),
-                    prefix_length=net_subnet.prefixlen,
-                )
-            )
-        dns: Dns | None = None
-        if request.dns_server is not None or request.dns_domain:
-            dns = Dns(
-                domain=request.dns_domain,
-                search=[request.dns_domain] if request.dns_domain else None,
-                server_list=[str(request.dns_server)] if request.dns_server else None,
-            )
-        policies: list[EndpointPolicy] = [
-            OutBoundNatPolicy(settings=OutBoundNatSettings(exceptions=[cluster])),
-            SdnRoutePolicy(settings=SdnRouteSettings(destination_prefix=cluster, need_encap=False)),
-            AclPolicy(
-                settings=AclSettings(
-                    action="Allow",
-                    direction="In",
-                    remote_addresses=cluster,
-                    rule_type="Switch",
-                    priority=ACL_PRIORITY,
-                )
-            ),
-        ]
-        return HostComputeEndpoint(
-            name=endpoint_name(request.handle.container_id),
-            owner=OWNER_TAG,
-            host_compute_network=network,
-            policies=policies,
-            ip_configurations=configs,
-            dns=dns,
-            routes=[Route(next_hop=gateway, destination_prefix=_default_route(net_subnet))],
-        )
-
-    @hookimpl
-    def overlayd_attach(self, request: AttachRequest) -> Attachment | None:
-        handle = request.handle
-        if not isinstance(handle, WindowsContainerHandle):
-            return None
-        if request.segment.driver != self.name:
-            return None
-        segment = self._segment_for(request.segment)
-        if not segment.id:
-            raise AttachError(
-                f"segment {segment.name} has no HCN network GUID; set the service up again",
-                op="attach",
-                driver=self.name,
-            )
-        network = UUID(segment.id)
-        name = endpoint_name(handle.container_id)
-        document = self.endpoint_document(request, network)
-        api = self.hcn()
-        endpoint_id: UUID | None = None
-        namespace_id: UUID | None = None
-        try:
-            self._remove_leftovers(network, name)
-            namespace = api.create_namespace(
-                HostComputeNamespace(name=name, owner=OWNER_TAG, type=NamespaceType.HOST)
-            )
-            namespace_id = namespace.id
-            assert namespace_id is not None
-            endpoint = self._retry(
-                lambda: api.create_endpoint(network, document),
-                retry_if=settling,
-                what=f"creating HCN endpoint {name}",
-            )
-            endpoint_id = endpoint.id
-            assert endpoint_id is not None
-            ns, ep = namespace_id, endpoint_id
-            self._retry(
-                lambda: api.add_namespace_endpoint(ns, ep),
-                retry_if=settling_after_create,
-                what=f"adding endpoint {ep} to namespace {ns}",
-            )
-        except (HcnError, NotSupported) as exc:
-            self._rollback(endpoint_id, namespace_id)
-            if isinstance(exc, NotSupported):
-                raise
-            raise AttachError(
-                f"attaching container {handle.container_id} to HCN network {network} failed: {exc}",
-                op="attach",
-                driver=self.name,
-            ) from exc
-        except BaseException:
-            self._rollback(endpoint_id, namespace_id)
-            raise
-        return Attachment(
-            handle=handle,
-            service=request.service,
-            driver=self.name,
-            ip=request.address.ip,
-            global_ip=request.global_address.ip if request.global_address else None,
-            interfaces=(str(endpoint_id),),
-            namespace_guid=str(namespace_id).lower(),
-            endpoint_id=str(endpoint_id).lower(),
-            extra={"network_id": str(network), "endpoint_name": name},
-        )
-
-    def _rollback(self, endpoint_id: UUID | None, namespace_id: UUID | None) -> None:
-        api = self.hcn()
-        if endpoint_id is not None:
-            try:
-                api.delete_endpoint(endpoint_id)
-            except HcnNotFoundError:
-                pass
-            except HcnError as exc:
-                log.error("rollback: cannot delete HCN endpoint %s: %s", endpoint_id, exc)
-        if namespace_id is not None:
-            try:
-                api.delete_namespace(namespace_id)
-            except HcnNotFoundError:
-                pass
-            except HcnError as exc:
-                log.error("rollback: cannot delete HCN namespace %s: %s", namespace_id, exc)
-
-    def _remove_leftovers(self, network: UUID, name: str) -> None:
-        """Delete endpoints of a crashed earlier attempt with the same name."""
-        for endpoint in self.hcn().enumerate_endpoints(
-            HostComputeQuery.filtered(name=name, network=network)
-        ):
-            log.warning("removing leftover HCN endpoint %s named %s", endpoint, name)
-            self._delete_endpoint_and_namespace(endpoint, None)
-
-    def _delete_endpoint_and_namespace(self, endpoint: UUID, namespace: UUID | None) -> bool:
-        """Delete one of our endpoints and its namespace; False if neither existed.
-
-        Foreign endpoints (not our name prefix / Owner) are left alone.
-        """
-        api = self.hcn()
-        existed = False
-        try:
-            doc = api.open_endpoint(endpoint)
-        except HcnNotFoundError:
-            doc = None
-        if doc is not None:
-            if not _ours(doc.name, doc.owner):
-                return False
-            namespace = namespace or doc.host_compute_namespace
-            if namespace is not None and doc.host_compute_namespace == namespace:
-                try:
-                    api.remove_namespace_endpoint(namespace, endpoint)
-                except HcnNotFoundError:
-                    pass
-                except HcnError as exc:
-                    if exc.hresult != HCN_E_ENDPOINT_NOT_ATTACHED:
-                        raise
-            try:
-                api.delete_endpoint(endpoint)
-                existed = True
-            except HcnNotFoundError:
-                pass
-        if namespace is not None:
-            ns = namespace
-            try:
-                self._retry(
-                    lambda: api.delete_namespace(ns),
-                    retry_if=in_use,
-                    what=f"deleting HCN namespace {ns}",
-                )
-                existed = True
-            except HcnNotFoundError:
-                pass
-        return existed
-
-    @hookimpl
-    def overlayd_detach(self, attachment: Attachment) -> bool | None:
-        if attachment.driver != self.name:
-            return None
-        try:
-            endpoint = UUID(attachment.endpoint_id) if attachment.endpoint_id else None
-            namespace = UUID(attachment.namespace_guid) if attachment.namespace_guid else None
-        except ValueError as exc:
-            raise AttachError(
-                f"the recorded attachment of {attachment.key} has an invalid HCN GUID: {exc}",
-                op="detach",
-                driver=self.name,
-            ) from exc
-        try:
-            if endpoint is None:
-                if namespace is None:
-                    return False
-                return self._delete_namespace_only(namespace)
-            return self._delete_endpoint_and_namespace(endpoint, namespace)
-        except HcnError as exc:
-            raise AttachError(
-                f"detaching {attachment.key} (HCN endpoint {endpoint}, namespace "
-                f"{namespace}) failed: {exc}",
-                op="detach",
-                driver=self.name,
-            ) from exc
-
-    def _delete_namespace_only(self, namespace: UUID) -> bool:
-        try:
-            self.hcn().delete_namespace(namespace)
-        except HcnNotFoundError:
-            return False
-        return True
-
-    @hookimpl
-    def overlayd_attachment_alive(self, attachment: Attachment) -> bool | None:
-        if attachment.driver != self.name:
-            return None
-        if not attachment.endpoint_id:
-            return False
-        try:
-            self.hcn().open_endpoint(UUID(attachment.endpoint_id))
-        except HcnNotFoundError:
-            return False
-        except (HcnError, ValueError) as exc:
-            log.warning("cannot tell whether %s is alive: %s", attachment.key, exc)
-            return True
-        return True
-
     # -- reconcile -----------------------------------------------------------------
 
     @hookimpl
@@ -955,8 +635,6 @@ class HcnDriver:
         endpoints: set[UUID] = set()
         namespaces: set[UUID] = set()
         for att in request.attachments:
-            if att.driver != self.name:
-                continue
             try:
                 if att.endpoint_id:
                     endpoints.add(UUID(att.endpoint_id))
@@ -1001,7 +679,7 @@ class HcnDriver:
                     doc = api.open_endpoint(endpoint)
                 except HcnNotFoundError:
                     continue
-                if not _ours(doc.name, doc.owner):
+                if not is_ours(doc.name, doc.owner):
                     continue
                 if doc.host_compute_namespace in namespaces:
                     continue
@@ -1017,7 +695,7 @@ class HcnDriver:
                 ns = api.open_namespace(namespace)
             except HcnNotFoundError:
                 continue
-            if ns.type != NamespaceType.HOST or not _ours(ns.name, ns.owner):
+            if ns.type != NamespaceType.HOST or not is_ours(ns.name, ns.owner):
                 continue
             if ns.endpoint_ids():
                 continue

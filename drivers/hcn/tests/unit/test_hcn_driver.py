@@ -15,6 +15,7 @@ from overlayd.config import EngineConfig
 from overlayd.errors import AttachError
 from overlayd.errors import ConfigError
 from overlayd.errors import DeviceError
+from overlayd.errors import NoDriverError
 from overlayd.errors import NotSupported
 from overlayd.model import Attachment
 from overlayd.model import AttachRequest
@@ -24,6 +25,9 @@ from overlayd.model import NodeInfo
 from overlayd.model import ReconcileRequest
 from overlayd.model import WindowsContainerHandle
 from overlayd.plugins import DriverContext
+from overlayd.plugins import Hooks
+from overlayd.plugins import make_plugin_manager
+from overlayd.plugins import register_drivers
 from overlayd_hcn.driver import HcnDriver
 from overlayd_hcn.errors import E_ACCESSDENIED
 from overlayd_hcn.errors import HCN_E_ADDR_INVALID_OR_RESERVED
@@ -362,11 +366,19 @@ def test_attach_without_dns_omits_the_dns_block(host: Host) -> None:
     ]
 
 
-def test_attach_ignores_other_platforms_and_foreign_segments(host: Host) -> None:
+def _facade(driver: object) -> Hooks:
+    """The engine's hook facade with only ``driver`` loaded."""
+    pm = make_plugin_manager(include_core_defaults=False)
+    register_drivers(pm, [driver])
+    return Hooks(pm)
+
+
+def test_attach_of_foreign_segments_never_reaches_the_driver(host: Host) -> None:
     web = host.driver.overlayd_device_create(spec=seg_spec("web", "10.200.4.0/22"))
     assert web is not None
     foreign = web.model_copy(update={"driver": "fake"})
-    assert host.driver.overlayd_attach(request=attach_request(foreign, "c1", "10.200.4.2")) is None
+    with pytest.raises(NoDriverError, match="'fake', which is not loaded"):
+        _facade(host.driver).attach(attach_request(foreign, "c1", "10.200.4.2"))
     assert host.docs("HcnCreateEndpoint") == []
 
 
@@ -591,12 +603,20 @@ def test_simulator_backend_persists_under_data_dir(tmp_path: Path) -> None:
     assert (tmp_path / "hcn-segments.json").exists()
 
 
-def test_detach_of_foreign_attachment_is_not_answered(host: Host) -> None:
+def test_detach_of_foreign_attachment_never_reaches_the_driver(host: Host) -> None:
     foreign = Attachment(
         handle=WindowsContainerHandle(container_id="x"),
         service="web",
         driver="fake",
         ip=ipaddress.ip_address("10.200.4.2"),
     )
-    assert host.driver.overlayd_detach(attachment=foreign) is None
-    assert host.driver.overlayd_attachment_alive(attachment=foreign) is None
+    hooks = _facade(host.driver)
+    calls: list[str] = []
+    hooks.pm.add_hookcall_monitoring(
+        lambda name, impls, kwargs: calls.extend(i.plugin_name for i in impls),
+        lambda outcome, name, impls, kwargs: None,
+    )
+    with pytest.raises(NoDriverError, match="'fake', which is not loaded"):
+        hooks.detach(foreign)
+    assert hooks.attachment_alive(foreign) is True  # unsure: GC keeps it
+    assert calls == []

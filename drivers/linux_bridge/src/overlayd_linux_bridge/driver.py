@@ -54,15 +54,14 @@ import ipaddress
 import logging
 import sys
 import threading
-from collections.abc import Mapping
 from typing import TYPE_CHECKING
 from typing import Any
 from typing import Final
 
 from overlayd import DRIVER_API
 from overlayd import hookimpl
+from overlayd.driver_options import parse_driver_options
 from overlayd.errors import AttachError
-from overlayd.errors import ConfigError
 from overlayd.errors import DeviceError
 from overlayd.errors import NatError
 from overlayd.errors import NotSupported
@@ -96,6 +95,7 @@ from overlayd_linux_bridge.nft import NatState
 from overlayd_linux_bridge.nft import Nftables
 from overlayd_linux_bridge.nft import NftBackend
 from overlayd_linux_bridge.nft import PortMapping as NftPortMapping
+from overlayd_linux_bridge.options import LinuxBridgeOptions
 
 if TYPE_CHECKING:
     # netlink imports pyroute2 (Linux only); this module stays importable anywhere.
@@ -116,8 +116,6 @@ CONTAINER_IFNAMES: Final = ("eth0", "eth1")
 #: Link-local address of every IPv6 ``eth1``'s host end: the next hop of the
 #: cluster prefix inside the workload (each host end is a link of its own).
 GLOBAL_NEXT_HOP6: Final = ipaddress.IPv6Interface("fe80::1/64")
-_NAT_BACKENDS: Final = ("auto", "library", "cli")
-_KNOWN_OPTIONS: Final = ("nat_backend", "host_netns")
 
 
 def _namespace_path(handle: LinuxPidHandle | NetnsHandle) -> str:
@@ -264,25 +262,11 @@ class LinuxBridgeDriver:
 
     @hookimpl
     def overlayd_configure(self, config: Any) -> None:
-        options: Mapping[str, Any] = config.driver_options(self.name)
-        unknown = sorted(set(options) - set(_KNOWN_OPTIONS))
-        if unknown:
-            raise ConfigError(
-                f"Unknown key(s) in [drivers.{self.name}]: {', '.join(unknown)} "
-                f"(known: {', '.join(_KNOWN_OPTIONS)})."
-            )
-        backend = options.get("nat_backend", "auto")
-        if backend not in _NAT_BACKENDS:
-            raise ConfigError(
-                f"[drivers.{self.name}] nat_backend = {backend!r} is invalid; "
-                f"use one of {', '.join(_NAT_BACKENDS)}."
-            )
-        self._nat_backend = str(backend)
-        host_netns = options.get("host_netns")
-        if host_netns is not None and not isinstance(host_netns, str):
-            raise ConfigError(
-                f"[drivers.{self.name}] host_netns must be a path such as /run/netns/x."
-            )
+        options = parse_driver_options(
+            LinuxBridgeOptions, self.name, config.driver_options(self.name)
+        )
+        self._nat_backend = options.nat_backend
+        host_netns = options.host_netns
         self._host_netns = host_netns
         if isinstance(self._namespaces, ProcNamespaceResolver):
             self._namespaces.host_netns = host_netns
@@ -367,7 +351,7 @@ class LinuxBridgeDriver:
 
     @hookimpl
     def overlayd_device_delete(self, device: Device) -> bool | None:
-        if device.driver != self.name or device.kind != DeviceKind.BRIDGE:
+        if device.kind != DeviceKind.BRIDGE:
             return None
         link = next(
             (lk for lk in self._nl().list_links(device.name) if lk.name == device.name), None
@@ -405,8 +389,6 @@ class LinuxBridgeDriver:
     def overlayd_attach(self, request: AttachRequest) -> Attachment | None:
         handle = request.handle
         if not isinstance(handle, LinuxPidHandle | NetnsHandle):
-            return None
-        if request.segment.driver != self.name:
             return None
         path = _namespace_path(handle)
         routes = _service_routes(request)
@@ -523,8 +505,6 @@ class LinuxBridgeDriver:
 
     @hookimpl
     def overlayd_detach(self, attachment: Attachment) -> bool | None:
-        if attachment.driver != self.name:
-            return None
         names = [n for n in attachment.interfaces if is_overlayd_veth(n)]
         if not names:
             return False
@@ -532,8 +512,6 @@ class LinuxBridgeDriver:
 
     @hookimpl
     def overlayd_attachment_alive(self, attachment: Attachment) -> bool | None:
-        if attachment.driver != self.name:
-            return None
         handle = attachment.handle
         if not isinstance(handle, LinuxPidHandle | NetnsHandle):
             return True
@@ -737,8 +715,6 @@ class LinuxBridgeDriver:
 
         recorded_ifaces: set[str] = set()
         for att in request.attachments:
-            if att.driver != self.name:
-                continue
             recorded_ifaces.update(att.interfaces)
             if not self.overlayd_attachment_alive(att):
                 gone.append(att.key)

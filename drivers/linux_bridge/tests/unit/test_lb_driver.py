@@ -12,6 +12,7 @@ from overlayd.errors import AttachError
 from overlayd.errors import ConfigError
 from overlayd.errors import DeviceError
 from overlayd.errors import NatError
+from overlayd.errors import NoDriverError
 from overlayd.errors import NotSupported
 from overlayd.model import Attachment
 from overlayd.model import AttachRequest
@@ -27,6 +28,9 @@ from overlayd.model import ReconcileRequest
 from overlayd.model import WindowsContainerHandle
 from overlayd.model import handle_key
 from overlayd.names import veth_host_name
+from overlayd.plugins import Hooks
+from overlayd.plugins import make_plugin_manager
+from overlayd.plugins import register_drivers
 from overlayd_linux_bridge.doubles import FakeNamespaces
 from overlayd_linux_bridge.doubles import FakeNft
 from overlayd_linux_bridge.driver import ALIAS_PREFIX
@@ -267,7 +271,9 @@ def test_device_delete_ours_then_absent_and_refuses_untagged(
         driver.overlayd_device_delete(device=bridge)
     assert "zl-t-web-b" in netlink.host.links
     foreign = bridge.model_copy(update={"driver": "other"})
-    assert driver.overlayd_device_delete(device=foreign) is None
+    with pytest.raises(NoDriverError, match="'other', which is not loaded"):
+        _facade(driver).device_delete(foreign)
+    assert "zl-t-web-b" in netlink.host.links
 
 
 # -- attach --------------------------------------------------------------------
@@ -459,11 +465,21 @@ def test_attach_refuses_taken_container_name_without_touching_it(
     assert "eth0" in ns.links
 
 
+def _facade(driver: object) -> Hooks:
+    """The engine's hook facade with only ``driver`` loaded."""
+    pm = make_plugin_manager(include_core_defaults=False)
+    register_drivers(pm, [driver])
+    return Hooks(pm)
+
+
 def test_attach_declines_foreign_segment_and_windows_handles(
-    driver: LinuxBridgeDriver, bridge: Device
+    driver: LinuxBridgeDriver, netlink: FakeNetlink, bridge: Device
 ) -> None:
     foreign = bridge.model_copy(update={"driver": "other"})
-    assert driver.overlayd_attach(request=make_request(foreign, LinuxPidHandle(pid=1))) is None
+    links = set(netlink.host.links)
+    with pytest.raises(NoDriverError, match="'other', which is not loaded"):
+        _facade(driver).attach(make_request(foreign, LinuxPidHandle(pid=1)))
+    assert set(netlink.host.links) == links
     win = WindowsContainerHandle(container_id="abc")
     assert driver.overlayd_attach(request=make_request(bridge, win)) is None
 
@@ -499,7 +515,6 @@ def test_detach_after_namespace_died_succeeds_with_false(
     att = _attached(driver, namespaces, bridge, "/run/netns/c1")
     namespaces.kill("/run/netns/c1")
     assert driver.overlayd_detach(attachment=att) is False
-    assert driver.overlayd_detach(attachment=att.model_copy(update={"driver": "x"})) is None
 
 
 def test_alive_checks_namespace_identity(

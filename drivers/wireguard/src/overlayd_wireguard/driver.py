@@ -18,26 +18,19 @@ to the device's peer count runs on that path, so changing one peer of a
 from __future__ import annotations
 
 import contextlib
-import functools
-import ipaddress
 import logging
-import shlex
 import shutil
-import socket
 import threading
 import time
-from collections.abc import Callable
 from collections.abc import Iterable
-from collections.abc import Mapping
 from collections.abc import Sequence
-from dataclasses import dataclass
-from dataclasses import field
 from pathlib import Path
 from typing import Any
 from typing import Final
 
 from overlayd import DRIVER_API
 from overlayd import hookimpl
+from overlayd.driver_options import parse_driver_options
 from overlayd.errors import AttachError
 from overlayd.errors import ConfigError
 from overlayd.errors import DeviceError
@@ -66,25 +59,27 @@ from overlayd_wireguard import __version__
 from overlayd_wireguard import kernel
 from overlayd_wireguard.backend import WgBackend
 from overlayd_wireguard.backend import select_backend
+from overlayd_wireguard.devstate import DevState
+from overlayd_wireguard.devstate import allowed_ip
+from overlayd_wireguard.devstate import build_status
+from overlayd_wireguard.devstate import handshake_unix
+from overlayd_wireguard.devstate import networks
+from overlayd_wireguard.devstate import numeric_endpoint
+from overlayd_wireguard.devstate import resolve_endpoint
+from overlayd_wireguard.devstate import state_of
 from overlayd_wireguard.hostnet import HostNet
 from overlayd_wireguard.hostnet import PyRoute2HostNet
 from overlayd_wireguard.keys import PrivateKey
 from overlayd_wireguard.keys import generate_keypair
 from overlayd_wireguard.keys import validate_key
 from overlayd_wireguard.nat import NatHooks
-from overlayd_wireguard.tuning import DEFAULT_TUNING
-from overlayd_wireguard.tuning import TUNING_OPTIONS
-from overlayd_wireguard.tuning import Tuning
-from overlayd_wireguard.tuning import tuning_from_options
+from overlayd_wireguard.options import WireGuardOptions
 from overlayd_wireguard.uapi import DEFAULT_SOCKET_DIR
 from overlayd_wireguard.uapi import DeviceState
 from overlayd_wireguard.uapi import PeerConfig
-from overlayd_wireguard.uapi import PeerState
 from overlayd_wireguard.uapi import SetRequest
 from overlayd_wireguard.uapi import UapiClient
 from overlayd_wireguard.uapi import diff_peers
-from overlayd_wireguard.uapi import normalize_allowed_ip
-from overlayd_wireguard.uapi import normalize_endpoint
 from overlayd_wireguard.userspace import UserspaceBackend
 
 __all__ = ["GUEST_KEEPALIVE_SECS", "WireGuardDriver"]
@@ -100,311 +95,6 @@ OWN_PREFIX: Final = "zl-"
 #: this (wireguard-tools' reresolve-dns.sh uses 135 s = REKEY_AFTER_TIME + 15).
 RERESOLVE_AFTER_SECS: Final = 135
 RERESOLVE_EVERY_SECS: Final = 30
-#: Below this, a handshake "time" is boringtun's elapsed seconds, not a Unix time.
-_UNIX_TIME_FLOOR: Final = 1_000_000_000
-_KNOWN_OPTIONS: Final = (
-    frozenset({"backend", "userspace_command", "socket_dir", "netns", "endpoint"}) | TUNING_OPTIONS
-)
-
-
-@dataclass(frozen=True)
-class _Options:
-    backend: str = "auto"
-    command: tuple[str, ...] = ("wireguard-go",)
-    socket_dir: str = DEFAULT_SOCKET_DIR
-    netns: str | None = None
-    endpoint: str | None = None
-    tuning: Tuning = DEFAULT_TUNING
-
-
-@dataclass
-class _DevState:
-    """What the driver knows about one device it manages."""
-
-    device: Device
-    #: Connected prefixes (the device's addresses' networks): no route needed.
-    connected: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
-    #: public key -> desired configuration (numeric endpoints).
-    peers: dict[str, PeerConfig] = field(default_factory=dict)
-    #: allowed IP -> public key of the peer that holds it.
-    owner: dict[str, str] = field(default_factory=dict)
-    #: public key -> ``host:port`` as given, for peers configured by host name.
-    hostnames: dict[str, str] = field(default_factory=dict)
-    #: public key -> monotonic time of the last re-resolution attempt.
-    resolved_at: dict[str, float] = field(default_factory=dict)
-    #: prefixes routed through the device (outside ``connected``).
-    routes: set[str] = field(default_factory=set)
-    lock: threading.RLock = field(default_factory=threading.RLock)
-    #: prefix -> needs_route answer, valid for ``_route_cache_for``.
-    _route_cache: dict[str, bool] = field(default_factory=dict)
-    _route_cache_for: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
-
-    def set_peers(self, peers: Iterable[PeerConfig]) -> None:
-        self.peers = {p.public_key: p for p in peers}
-        self.owner = {a: p.public_key for p in self.peers.values() for a in p.allowed_ips}
-
-    def needs_route(self, prefix: str) -> bool:
-        cache = self._route_cache
-        if self._route_cache_for is not self.connected:
-            cache.clear()
-            self._route_cache_for = self.connected
-        hit = cache.get(prefix)
-        if hit is None:
-            fast = _prefix_bits(prefix)
-            if fast is not None:
-                version, value, length = fast
-                hit = not any(
-                    version == c.version
-                    and length >= c.prefixlen
-                    and value >> (c.max_prefixlen - c.prefixlen)
-                    == int(c.network_address) >> (c.max_prefixlen - c.prefixlen)
-                    for c in self.connected
-                )
-            else:
-                net = ipaddress.ip_network(prefix)
-                hit = not any(
-                    net.version == c.version and net.subnet_of(c)  # type: ignore[arg-type]
-                    for c in self.connected
-                )
-            if len(cache) >= 1 << 16:
-                cache.clear()
-            cache[prefix] = hit
-        return hit
-
-
-def _prefix_bits(prefix: str) -> tuple[int, int, int] | None:
-    """``(version, address as int, length)`` of a masked ``address/length``, or None.
-
-    The cheap form of ``ipaddress.ip_network(prefix)`` for the normalized
-    prefixes the driver stores; anything else (host bits set, odd text) is
-    left to :mod:`ipaddress`.
-    """
-    addr, _, length = prefix.partition("/")
-    if not (length.isascii() and length.isdigit()):
-        return None
-    family, version = (socket.AF_INET6, 6) if ":" in addr else (socket.AF_INET, 4)
-    try:
-        packed = socket.inet_pton(family, addr)
-    except OSError:
-        return None
-    bits = 8 * len(packed)
-    plen = int(length)
-    value = int.from_bytes(packed, "big")
-    if plen > bits or value & ((1 << (bits - plen)) - 1):
-        return None
-    return version, value, plen
-
-
-def _parse_options(raw: Mapping[str, Any]) -> _Options:
-    unknown = sorted(set(raw) - _KNOWN_OPTIONS)
-    if unknown:
-        raise ConfigError(
-            f"unknown key(s) in [drivers.wireguard]: {', '.join(unknown)} "
-            f"(known: {', '.join(sorted(_KNOWN_OPTIONS))})"
-        )
-    backend = raw.get("backend", "auto")
-    if backend not in {"auto", "kernel", "userspace"}:
-        raise ConfigError(
-            f"[drivers.wireguard] backend = {backend!r} is invalid; use 'auto', 'kernel' "
-            "or 'userspace'"
-        )
-    cmd_raw = raw.get("userspace_command", "wireguard-go")
-    if isinstance(cmd_raw, str):
-        command = tuple(shlex.split(cmd_raw))
-    elif isinstance(cmd_raw, list) and all(isinstance(x, str) for x in cmd_raw):
-        command = tuple(cmd_raw)
-    else:
-        raise ConfigError(
-            "[drivers.wireguard] userspace_command must be a string or a list of strings"
-        )
-    if not command:
-        raise ConfigError("[drivers.wireguard] userspace_command must not be empty")
-    socket_dir = raw.get("socket_dir", DEFAULT_SOCKET_DIR)
-    if not isinstance(socket_dir, str) or not socket_dir:
-        raise ConfigError("[drivers.wireguard] socket_dir must be a directory path")
-    netns = raw.get("netns")
-    if netns is not None and (not isinstance(netns, str) or not netns or "/" in netns):
-        raise ConfigError(
-            "[drivers.wireguard] netns must be the name of a namespace under /var/run/netns"
-        )
-    endpoint = raw.get("endpoint")
-    if endpoint is not None:
-        if not isinstance(endpoint, str):
-            raise ConfigError("[drivers.wireguard] endpoint must be a 'host:port' string")
-        try:
-            _split_host_port(endpoint)
-        except InvalidRequest as exc:
-            raise ConfigError(f"[drivers.wireguard] endpoint: {exc}") from None
-    return _Options(
-        backend=backend,
-        command=command,
-        socket_dir=socket_dir,
-        netns=netns,
-        endpoint=endpoint,
-        tuning=tuning_from_options(raw),
-    )
-
-
-def _split_host_port(endpoint: str) -> tuple[str, int]:
-    if endpoint.startswith("["):
-        host, sep, port = endpoint[1:].partition("]:")
-    else:
-        host, sep, port = endpoint.rpartition(":")
-        if ":" in host:
-            sep = ""
-    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
-        raise InvalidRequest(f"endpoint {endpoint!r} must be host:port, [IPv6]:port or IP:port")
-    return host, int(port)
-
-
-@functools.lru_cache(maxsize=65536)
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
-def _resolve(endpoint: str, attempts: int = 2) -> str:
-    """``host:port`` -> numeric ``IP:port`` (IPv4 preferred); retried once on failure."""
-    host, port = _split_host_port(endpoint)
-    if _is_ip(host):
-        return normalize_endpoint(endpoint)
-    last: OSError | None = None
-    for attempt in range(attempts):
-        try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-        except OSError as exc:
-            last = exc
-            if attempt + 1 < attempts:
-                time.sleep(0.2)
-            continue
-        infos.sort(key=lambda i: 0 if i[0] == socket.AF_INET else 1)
-        for family, _, _, _, sockaddr in infos:
-            addr = str(sockaddr[0])
-            if family == socket.AF_INET6:
-                return normalize_endpoint(f"[{addr}]:{port}")
-            if family == socket.AF_INET:
-                return normalize_endpoint(f"{addr}:{port}")
-    raise PeerError(
-        f"cannot resolve the host name in peer endpoint {endpoint!r}: {last}; "
-        "check the name or give a numeric IP:port",
-        op="peer_apply",
-        driver="wireguard",
-    )
-
-
-@functools.lru_cache(maxsize=65536)
-def _numeric_endpoint(endpoint: str) -> str | None:
-    """The normalized endpoint when its host is an IP address, else None (a name).
-
-    Raises ``InvalidRequest`` for a malformed endpoint, as :func:`_resolve` does.
-    """
-    host, _ = _split_host_port(endpoint)
-    return normalize_endpoint(endpoint) if _is_ip(host) else None
-
-
-def _allowed_ip(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> str:
-    """A change's allowed IP as this driver spells it (the UAPI normal form)."""
-    return normalize_allowed_ip(str(net))
-
-
-def _state_of(cfg: PeerConfig) -> PeerState:
-    return PeerState(
-        public_key=cfg.public_key,
-        preshared_key=cfg.preshared_key,
-        endpoint=cfg.endpoint,
-        allowed_ips=cfg.allowed_ips,
-        persistent_keepalive_interval=cfg.persistent_keepalive_interval or 0,
-    )
-
-
-@functools.lru_cache(maxsize=65536)
-def _network(prefix: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    return ipaddress.ip_network(prefix)
-
-
-@functools.lru_cache(maxsize=65536)
-def _networks(
-    prefixes: tuple[str, ...],
-) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-    """A peer's allowed IPs (already normalized strings) as networks, cached per tuple."""
-    return tuple(_network(a) for a in prefixes)
-
-
-_STATUS_FIELDS: Final = (
-    "public_key",
-    "endpoint",
-    "allowed_ips",
-    "persistent_keepalive_secs",
-    "last_handshake_unix_secs",
-    "rx_bytes",
-    "tx_bytes",
-)
-
-
-def _status_builder() -> Callable[[tuple[Any, ...]], PeerStatus]:
-    """The cheapest way to build a :class:`PeerStatus` from trusted values.
-
-    ``model_construct`` walks the model's fields for every object (about 4 µs);
-    a 10,000-peer status builds 10,000 of them. The fast path sets the same
-    instance attributes ``model_construct`` sets and is used only if a probe
-    object built both ways compares equal with the same fields set, so a
-    pydantic that stores instances differently falls back to ``model_construct``.
-    """
-    fields = _STATUS_FIELDS
-    new = PeerStatus.__new__
-    setattr_ = object.__setattr__
-
-    def fast(values: tuple[Any, ...]) -> PeerStatus:
-        obj = new(PeerStatus)
-        key, endpoint, allowed, keepalive, handshake, rx, tx = values
-        setattr_(
-            obj,
-            "__dict__",
-            {
-                "public_key": key,
-                "endpoint": endpoint,
-                "allowed_ips": allowed,
-                "persistent_keepalive_secs": keepalive,
-                "last_handshake_unix_secs": handshake,
-                "rx_bytes": rx,
-                "tx_bytes": tx,
-            },
-        )
-        setattr_(obj, "__pydantic_fields_set__", set(fields))
-        setattr_(obj, "__pydantic_extra__", None)
-        setattr_(obj, "__pydantic_private__", None)
-        return obj
-
-    def slow(values: tuple[Any, ...]) -> PeerStatus:
-        return PeerStatus.model_construct(**dict(zip(fields, values, strict=True)))
-
-    probe = ("A" * 43 + "=", "192.0.2.1:1", (_network("10.0.0.0/8"),), 1, 2, 3, 4)
-    try:
-        a, b = fast(probe), slow(probe)
-        same = (
-            a == b
-            and a.model_fields_set == b.model_fields_set
-            and a.__dict__ == b.__dict__
-            and a.model_dump() == b.model_dump()
-            and not PeerStatus.__pydantic_post_init__
-        )
-    except (AttributeError, TypeError) as exc:
-        log.debug("PeerStatus fast construction unavailable: %s", exc)
-        same = False
-    return fast if same else slow
-
-
-_build_status: Final = _status_builder()
-
-
-def _handshake_unix(peer: PeerState, now: float) -> int:
-    sec = peer.last_handshake_time_sec
-    if 0 < sec < _UNIX_TIME_FLOOR:
-        return int(now) - sec  # boringtun reports elapsed time (WIREGUARD.md §5)
-    return sec
 
 
 class WireGuardDriver(NatHooks):
@@ -421,8 +111,8 @@ class WireGuardDriver(NatHooks):
         self._injected = backend
         self.backend: WgBackend | None = backend
         self.hostnet: HostNet = hostnet if hostnet is not None else PyRoute2HostNet()
-        self.options = _Options()
-        self._devices: dict[str, _DevState] = {}
+        self.options = WireGuardOptions()
+        self._devices: dict[str, DevState] = {}
         self._guests: set[str] = set()
         self._lock = threading.RLock()
 
@@ -444,7 +134,9 @@ class WireGuardDriver(NatHooks):
 
     @hookimpl
     def overlayd_configure(self, config: Any) -> None:
-        options = _parse_options(config.driver_options(self.name))
+        options = parse_driver_options(
+            WireGuardOptions, self.name, config.driver_options(self.name)
+        )
         if (
             self._injected is None
             and Path(options.socket_dir).resolve() != Path(DEFAULT_SOCKET_DIR).resolve()
@@ -564,11 +256,11 @@ class WireGuardDriver(NatHooks):
             and device.owner == spec.owner
         )
 
-    def _track(self, device: Device, state: DeviceState) -> _DevState:
+    def _track(self, device: Device, state: DeviceState) -> DevState:
         with self._lock:
             dev = self._devices.get(device.name)
             if dev is None:
-                dev = _DevState(
+                dev = DevState(
                     device=device,
                     connected=tuple(a.network for a in device.addresses),
                 )
@@ -585,8 +277,6 @@ class WireGuardDriver(NatHooks):
 
     @hookimpl
     def overlayd_device_delete(self, device: Device) -> bool | None:
-        if device.driver != self.name:
-            return None
         backend = self._backend()
         existed = backend.delete_device(device.name)
         self._forget(device.name)
@@ -638,7 +328,7 @@ class WireGuardDriver(NatHooks):
             public_key=state.public_key,
         )
 
-    def _adopt(self, device: Device) -> _DevState:
+    def _adopt(self, device: Device) -> DevState:
         """The state of ``device``, adopting a running device recorded by the engine."""
         with self._lock:
             dev = self._devices.get(device.name)
@@ -668,10 +358,10 @@ class WireGuardDriver(NatHooks):
 
     # ------------------------------------------------------------------ routes
 
-    def _routed(self, dev: _DevState, prefixes: Iterable[str]) -> set[str]:
+    def _routed(self, dev: DevState, prefixes: Iterable[str]) -> set[str]:
         return {p for p in prefixes if dev.needs_route(p)}
 
-    def _sync_routes(self, dev: _DevState, want: set[str]) -> None:
+    def _sync_routes(self, dev: DevState, want: set[str]) -> None:
         netns = self.options.netns
         add = want - dev.routes
         drop = dev.routes - want
@@ -697,8 +387,6 @@ class WireGuardDriver(NatHooks):
 
     @hookimpl
     def overlayd_peer_apply(self, device: Device, changes: Sequence[PeerChange]) -> bool | None:
-        if device.driver != self.name:
-            return None
         if not changes:
             return True
         try:
@@ -709,7 +397,7 @@ class WireGuardDriver(NatHooks):
             self._apply(dev, changes)
         return True
 
-    def _apply(self, dev: _DevState, changes: Sequence[PeerChange]) -> None:
+    def _apply(self, dev: DevState, changes: Sequence[PeerChange]) -> None:
         for ch in changes:
             if not ch.remove and ch.public_key not in dev.peers:
                 validate_key(ch.public_key, "peer public key")
@@ -728,7 +416,7 @@ class WireGuardDriver(NatHooks):
         # The merge every overlayd component uses (overlayd.peers), so the
         # engine's records and this cache agree with the device on every prefix.
         merged = merge(
-            changes, current, dev.owner.get, _allowed_ip, device=f"device {dev.device.name}"
+            changes, current, dev.owner.get, allowed_ip, device=f"device {dev.device.name}"
         )
         given: dict[str, str] = {}
         for ch in changes:
@@ -746,12 +434,12 @@ class WireGuardDriver(NatHooks):
             old = dev.peers.get(pk)
             endpoint = old.endpoint if old is not None and peer.endpoint is not None else None
             if pk in given:
-                numeric = _numeric_endpoint(given[pk])
+                numeric = numeric_endpoint(given[pk])
                 if numeric is not None:
                     endpoint = numeric
                     hostnames[pk] = None
                 else:
-                    endpoint = _resolve(given[pk])
+                    endpoint = resolve_endpoint(given[pk])
                     hostnames[pk] = given[pk]
             try:
                 touched[pk] = PeerConfig(
@@ -769,7 +457,7 @@ class WireGuardDriver(NatHooks):
                     driver=self.name,
                 ) from exc
         desired = [p for p in touched.values() if p is not None]
-        current_states = [_state_of(dev.peers[k]) for k in touched if k in dev.peers]
+        current_states = [state_of(dev.peers[k]) for k in touched if k in dev.peers]
         try:
             ops = diff_peers(desired, current_states)
         except InvalidRequest as exc:
@@ -813,7 +501,7 @@ class WireGuardDriver(NatHooks):
             want = (dev.routes - merged.lost) | self._routed(dev, merged.gained)
             self._sync_routes(dev, want)
 
-    def _reload(self, dev: _DevState) -> None:
+    def _reload(self, dev: DevState) -> None:
         """Re-read the device after a failed set (it may be partially applied)."""
         try:
             state = self._backend().get(dev.device.name)
@@ -824,8 +512,6 @@ class WireGuardDriver(NatHooks):
 
     @hookimpl
     def overlayd_peer_status(self, device: Device) -> list[PeerStatus] | None:
-        if device.driver != self.name:
-            return None
         try:
             state = self._backend().get(device.name)
         except DeviceError as exc:
@@ -833,15 +519,15 @@ class WireGuardDriver(NatHooks):
         now = time.time()
         # Every value was validated by the UAPI parser: construct without
         # re-validating (10,000 peers are read on every health check).
-        build = _build_status
+        build = build_status
         out = [
             build(
                 (
                     p.public_key,
                     p.endpoint,
-                    _networks(p.allowed_ips),
+                    networks(p.allowed_ips),
                     p.persistent_keepalive_interval,
-                    _handshake_unix(p, now),
+                    handshake_unix(p, now),
                     p.rx_bytes,
                     p.tx_bytes,
                 )
@@ -872,7 +558,7 @@ class WireGuardDriver(NatHooks):
                 continue
             dev.resolved_at[p.public_key] = mono
             try:
-                fresh = _resolve(hostname, attempts=1)
+                fresh = resolve_endpoint(hostname, attempts=1)
             except PeerError as exc:
                 log.warning("re-resolving %s failed: %s", hostname, exc)
                 continue
@@ -951,8 +637,6 @@ class WireGuardDriver(NatHooks):
 
     @hookimpl
     def overlayd_detach(self, attachment: Attachment) -> bool | None:
-        if attachment.driver != self.name:
-            return None
         # Nothing on the host: the engine removes the guest's peer.
         with self._lock:
             if attachment.key in self._guests:
@@ -962,8 +646,6 @@ class WireGuardDriver(NatHooks):
 
     @hookimpl
     def overlayd_attachment_alive(self, attachment: Attachment) -> bool | None:
-        if attachment.driver != self.name:
-            return None
         return True  # a guest runs its own WireGuard: unknowable here, so presumed alive
 
     # ------------------------------------------------------------------ reconcile

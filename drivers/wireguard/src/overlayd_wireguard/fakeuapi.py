@@ -1,7 +1,7 @@
 """An in-process WireGuard UAPI server that models wireguard-go, for tests.
 
 It speaks the text protocol on a unix socket and keeps device state in memory
-with wireguard-go's rules (WIREGUARD.md §1, verified against 0.0.20220316):
+with wireguard-go's rules (docs/reference/wireguard.rst §1, verified against 0.0.20220316):
 
 * lines are applied as they are read; the first invalid line stops the
   transaction with a negative errno and leaves earlier lines applied;

@@ -1,6 +1,6 @@
 """Kernel WireGuard backend over generic netlink (pyroute2 ``WireGuard``).
 
-pyroute2 facts (WIREGUARD.md §3): ``WireGuard`` has only ``set(interface,
+pyroute2 facts (docs/reference/wireguard.rst §3): ``WireGuard`` has only ``set(interface,
 listen_port, fwmark, private_key, peer)`` -- one peer per call, keys in base64 --
 and ``info(interface)``, a dump returning a *list* of messages in which one peer
 may be split over several messages (coalesced here, as wg(8) does). There is no

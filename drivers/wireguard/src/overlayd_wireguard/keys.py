@@ -128,7 +128,7 @@ def hex_to_b64(text: str, what: str = "key") -> str:
 
 def _clamp(raw: bytes) -> bytes:
     # Curve25519 clamping; wireguard-go clamps on set and `get` returns the
-    # clamped key, so store clamped keys to compare equal (WIREGUARD.md §4).
+    # clamped key, so store clamped keys to compare equal (docs/reference/wireguard.rst §4).
     b = bytearray(raw)
     b[0] &= 248
     b[31] &= 127

@@ -39,8 +39,8 @@ from overlayd_wireguard.uapi import normalize_endpoint
 
 if TYPE_CHECKING:
     from overlayd_wireguard.backend import WgBackend
-    from overlayd_wireguard.driver import _DevState
-    from overlayd_wireguard.driver import _Options
+    from overlayd_wireguard.devstate import DevState
+    from overlayd_wireguard.options import WireGuardOptions
 
 __all__ = ["NatHooks", "host_candidates", "open_in_netns"]
 
@@ -117,13 +117,13 @@ class NatHooks:
 
     if TYPE_CHECKING:  # provided by the driver class
         name: str
-        options: _Options
+        options: WireGuardOptions
 
-        def _adopt(self, device: Device) -> _DevState: ...
+        def _adopt(self, device: Device) -> DevState: ...
 
         def _backend(self) -> WgBackend: ...
 
-        def _reload(self, dev: _DevState) -> None: ...
+        def _reload(self, dev: DevState) -> None: ...
 
     def _own(self, device: Device) -> bool:
         return device.driver == self.name and device.kind == DeviceKind.WIREGUARD

@@ -37,28 +37,23 @@ import os
 import socket
 import struct
 from collections.abc import Callable
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from typing import Final
 from typing import Protocol
 
-from overlayd.errors import ConfigError
 from overlayd.errors import InvalidRequest
 
 __all__ = [
     "DEFAULT_NICE",
     "DEFAULT_SOCKET_BUFFER",
     "DEFAULT_TUNING",
-    "TUNING_OPTIONS",
     "LinuxProcessTuner",
     "ProcessTuner",
     "TuneReport",
     "Tuning",
     "UdpSocket",
     "socket_server_pid",
-    "tuning_from_options",
 ]
 
 log = logging.getLogger(__name__)
@@ -114,24 +109,6 @@ class Tuning:
 
 #: What the userspace backend applies unless told otherwise.
 DEFAULT_TUNING: Final = Tuning()
-
-
-#: The ``[drivers.wireguard]`` keys :func:`tuning_from_options` reads.
-TUNING_OPTIONS: Final = frozenset({"userspace_socket_buffer", "userspace_nice"})
-
-
-def tuning_from_options(raw: Mapping[str, Any]) -> Tuning:
-    """The :class:`Tuning` configured in ``[drivers.wireguard]`` (defaults if absent).
-
-    ``userspace_nice`` absent leaves the nice value alone (TOML has no null).
-    """
-    try:
-        return Tuning(
-            socket_buffer=raw.get("userspace_socket_buffer", DEFAULT_TUNING.socket_buffer),
-            nice=raw.get("userspace_nice", DEFAULT_TUNING.nice),
-        )
-    except InvalidRequest as exc:
-        raise ConfigError(f"[drivers.wireguard] {exc}") from None
 
 
 def socket_server_pid(path: Path, timeout: float = 1.0) -> int | None:

@@ -1,6 +1,6 @@
 """Userspace WireGuard backend: supervised ``wireguard-go`` processes over UAPI.
 
-Facts this relies on (WIREGUARD.md §2): ``wireguard-go -f IFNAME`` creates the
+Facts this relies on (docs/reference/wireguard.rst §2): ``wireguard-go -f IFNAME`` creates the
 TUN in the network namespace of the *process*, then listens on
 ``/var/run/wireguard/IFNAME.sock`` (a directory shared by every namespace, so
 names are unique per host). It exits on SIGTERM, when its TUN is deleted, or
@@ -245,7 +245,7 @@ class UserspaceBackend:
                 return existed
             if self.uapi.alive(name):
                 # Not ours (or from an earlier run): wireguard-go exits when its
-                # socket file disappears (inotify watch, WIREGUARD.md §2).
+                # socket file disappears (inotify watch, docs/reference/wireguard.rst §2).
                 self._stop_by_socket(name)
                 return True
             with contextlib.suppress(FileNotFoundError):
@@ -586,7 +586,7 @@ class UserspaceBackend:
 
     def _stop_by_socket(self, name: str, netns: str | None = None) -> None:
         # No pid for a process we did not start: wireguard-go exits when its
-        # socket file or its TUN disappears (WIREGUARD.md §2), so remove both.
+        # socket file or its TUN disappears (docs/reference/wireguard.rst §2), so remove both.
         with contextlib.suppress(FileNotFoundError):
             self.uapi.socket_path(name).unlink()
         try:

@@ -26,18 +26,19 @@ from typing import Any
 import pytest
 
 from overlayd.config import EngineConfig
+from overlayd.driver_options import parse_driver_options
 from overlayd.errors import ConfigError
 from overlayd.errors import InvalidRequest
 from overlayd.plugins import DriverContext
 from overlayd_wireguard.driver import WireGuardDriver
 from overlayd_wireguard.keys import PrivateKey
+from overlayd_wireguard.options import WireGuardOptions
 from overlayd_wireguard.tuning import DEFAULT_TUNING
 from overlayd_wireguard.tuning import LinuxProcessTuner
 from overlayd_wireguard.tuning import TuneReport
 from overlayd_wireguard.tuning import Tuning
 from overlayd_wireguard.tuning import UdpSocket
 from overlayd_wireguard.tuning import socket_server_pid
-from overlayd_wireguard.tuning import tuning_from_options
 from overlayd_wireguard.uapi import SetRequest
 from overlayd_wireguard.userspace import UserspaceBackend
 
@@ -73,15 +74,21 @@ def test_invalid_tuning_is_rejected(kwargs: dict[str, Any]) -> None:
         Tuning(**kwargs)
 
 
+def _tuning(raw: dict[str, Any]) -> Tuning:
+    return parse_driver_options(WireGuardOptions, "wireguard", raw).tuning
+
+
 def test_options_name_the_bad_key() -> None:
-    assert tuning_from_options({}) == DEFAULT_TUNING
-    assert tuning_from_options({"userspace_socket_buffer": 0, "userspace_nice": -5}) == Tuning(
+    assert _tuning({}) == DEFAULT_TUNING
+    assert _tuning({"userspace_socket_buffer": 0, "userspace_nice": -5}) == Tuning(
         socket_buffer=0, nice=-5
     )
     with pytest.raises(ConfigError, match=r"\[drivers.wireguard\] userspace_nice = 42"):
-        tuning_from_options({"userspace_nice": 42})
+        _tuning({"userspace_nice": 42})
     with pytest.raises(ConfigError, match=r"userspace_socket_buffer = 'big'"):
-        tuning_from_options({"userspace_socket_buffer": "big"})
+        _tuning({"userspace_socket_buffer": "big"})
+    with pytest.raises(ConfigError, match=r"userspace_nice = True"):
+        _tuning({"userspace_nice": True})
 
 
 def _config(sock_dir: Path, **options: Any) -> EngineConfig:

@@ -59,8 +59,6 @@ class ExampleDriver:
 
     @hookimpl
     def overlayd_device_delete(self, device: Device) -> bool | None:
-        if device.driver != self.name:
-            return None
         return self.devices.pop(device.name, None) is not None
 
     @hookimpl
@@ -85,8 +83,6 @@ class ExampleDriver:
 
     @hookimpl
     def overlayd_detach(self, attachment: Attachment) -> bool | None:
-        if attachment.driver != self.name:
-            return None
         return self.attached.pop(attachment.key, None) is not None
 
     @hookimpl

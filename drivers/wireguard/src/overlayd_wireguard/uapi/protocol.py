@@ -1,11 +1,11 @@
-"""overlayd's own client for the WireGuard cross-platform userspace API (UAPI).
+"""The WireGuard cross-platform userspace API (UAPI) on the wire: values, ``set``, ``get``.
 
-Protocol facts (WIREGUARD.md §1, https://www.wireguard.com/xplatform/): a unix
+Protocol facts (docs/reference/wireguard.rst §1, https://www.wireguard.com/xplatform/): a unix
 stream socket ``<dir>/<ifname>.sock``; ``key=value`` lines; a request ends with an
 empty line and every answer ends with ``errno=N`` and an empty line. Keys are
 lowercase hex on the socket (base64 everywhere else in overlayd).
 
-Rules this client follows, each learnt the hard way (WIREGUARD.md §6):
+Rules overlayd's client follows, each learnt the hard way (docs/reference/wireguard.rst §6):
 
 * one transaction per connection (wireguard-go drops pipelined requests and
   boringtun answers one command per connection);
@@ -19,23 +19,18 @@ Rules this client follows, each learnt the hard way (WIREGUARD.md §6):
 from __future__ import annotations
 
 import binascii
-import errno as errno_mod
 import functools
 import ipaddress
 import logging
-import os
 import re
 import socket
-from collections.abc import Iterable
 from collections.abc import Sequence
 from dataclasses import dataclass
 from dataclasses import field
-from pathlib import Path
 from typing import Any
 from typing import Final
 from typing import cast
 
-from overlayd.errors import Conflict
 from overlayd.errors import DeviceError
 from overlayd.errors import InvalidRequest
 from overlayd.errors import PeerError
@@ -48,16 +43,13 @@ from overlayd_wireguard.keys import validate_key
 __all__ = [
     "DEFAULT_SOCKET_DIR",
     "DeviceState",
-    "PeerConfig",
     "PeerOp",
     "PeerState",
     "SetRequest",
-    "UapiClient",
     "UapiDeviceError",
     "UapiPeerError",
     "UapiProtocolError",
     "UapiUnavailableError",
-    "diff_peers",
     "encode_set",
     "normalize_allowed_ip",
     "normalize_endpoint",
@@ -70,10 +62,10 @@ log = logging.getLogger(__name__)
 
 #: Where wireguard-go and boringtun put their sockets (hard-coded in both).
 DEFAULT_SOCKET_DIR: Final = "/var/run/wireguard"
-_MAX_ANSWER: Final = 64 * 1024 * 1024
+MAX_ANSWER: Final = 64 * 1024 * 1024
 _IFNAME_RE: Final = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
-_U16: Final = 0xFFFF
-_U32: Final = 0xFFFFFFFF
+U16: Final = 0xFFFF
+U32: Final = 0xFFFFFFFF
 #: A zero preshared key as ``get`` reports it ("no preshared key").
 _ZERO_KEY_HEX: Final = "0" * 64
 #: Peer keys of a ``get`` answer whose values are non-negative integers.
@@ -205,7 +197,7 @@ def normalize_endpoint(text: str) -> str:
         if not sep or ":" in host:
             raise bad
         family = socket.AF_INET
-    if port.isascii() and port.isdigit() and 0 < int(port, 10) <= _U16:
+    if port.isascii() and port.isdigit() and 0 < int(port, 10) <= U16:
         # Fast path (C calls) for what wireguard-go reports; the rest below.
         try:
             canonical = _canonical_ip(family, socket.inet_pton(family, host))
@@ -223,14 +215,14 @@ def normalize_endpoint(text: str) -> str:
         port_no = int(port, 10)
     except ValueError as exc:
         raise bad from exc
-    if not (port.isascii() and port.isdigit()) or not 0 < port_no <= _U16:
+    if not (port.isascii() and port.isdigit()) or not 0 < port_no <= U16:
         raise bad
     if isinstance(addr, ipaddress.IPv6Address):
         return f"[{addr}]:{port_no}"
     return f"{addr}:{port_no}"
 
 
-def _check_range(value: object, high: int, what: str) -> int:
+def check_range(value: object, high: int, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= high:
         raise InvalidRequest(f"{what} must be an integer from 0 to {high}, got {value!r}")
     return value
@@ -254,7 +246,7 @@ class PeerState:
     #: Seconds; 0 = off.
     persistent_keepalive_interval: int = 0
     #: wireguard-go/kernel: Unix time of the last handshake; boringtun: elapsed
-    #: time since it (WIREGUARD.md §5). 0/0 = never.
+    #: time since it (docs/reference/wireguard.rst §5). 0/0 = never.
     last_handshake_time_sec: int = 0
     last_handshake_time_nsec: int = 0
     rx_bytes: int = 0
@@ -329,7 +321,7 @@ class PeerOp:
         if self.endpoint is not None:
             object.__setattr__(self, "endpoint", normalize_endpoint(self.endpoint))
         if self.persistent_keepalive_interval is not None:
-            _check_range(self.persistent_keepalive_interval, _U16, "persistent keepalive")
+            check_range(self.persistent_keepalive_interval, U16, "persistent keepalive")
         if isinstance(cast("object", self.allowed_ips), str):
             raise InvalidRequest("allowed_ips must be a sequence of CIDRs, not a str")
         object.__setattr__(
@@ -361,9 +353,9 @@ class SetRequest:
         if self.private_key is not None and self.clear_private_key:
             raise InvalidRequest("set a private key or clear it, not both")
         if self.listen_port is not None:
-            _check_range(self.listen_port, _U16, "listen port")
+            check_range(self.listen_port, U16, "listen port")
         if self.fwmark is not None:
-            _check_range(self.fwmark, _U32, "fwmark")
+            check_range(self.fwmark, U32, "fwmark")
         object.__setattr__(self, "peers", tuple(self.peers))
         seen: set[str] = set()
         for p in self.peers:
@@ -598,7 +590,7 @@ def _fast_hex_key(value: str) -> str:
     return key
 
 
-def _fast_get(data: bytes) -> DeviceState | None:
+def fast_get(data: bytes) -> DeviceState | None:
     """:func:`parse_get` for the usual successful answer, or ``None`` for the slow path.
 
     A 10,000-peer ``get`` has about 100,000 lines; parsing them one by one costs
@@ -688,286 +680,3 @@ def parse_answer(data: bytes) -> tuple[int, list[tuple[str, str]]]:
     except ValueError as exc:
         raise UapiProtocolError("the UAPI answer has a non-numeric errno") from exc
     return err, pairs[:-1]
-
-
-# --------------------------------------------------------------------------- client
-
-
-def _strerror(err: int) -> str:
-    name = errno_mod.errorcode.get(err, f"E{err}")
-    return f"{name}: {os.strerror(err)}"
-
-
-class UapiClient:
-    """Synchronous UAPI client: one connection per transaction."""
-
-    def __init__(
-        self,
-        socket_dir: str | os.PathLike[str] = DEFAULT_SOCKET_DIR,
-        timeout: float = 5.0,
-    ) -> None:
-        self.socket_dir = Path(socket_dir)
-        self.timeout = timeout
-
-    def socket_path(self, ifname: str) -> Path:
-        """Path of the device's UAPI socket."""
-        return self.socket_dir / f"{validate_ifname(ifname)}.sock"
-
-    def alive(self, ifname: str, timeout: float | None = None) -> bool:
-        """True if a process answers ``get`` on the device's socket."""
-        try:
-            self._exchange(ifname, b"get=1\n\n", "get", timeout)
-        except (UapiUnavailableError, UapiProtocolError):
-            return False
-        return True
-
-    def transact(
-        self, ifname: str, request: str, op: str, timeout: float | None = None
-    ) -> tuple[int, list[tuple[str, str]]]:
-        """Send one request and return ``(errno, pairs)`` without judging errno."""
-        return parse_answer(self._exchange(ifname, request.encode(), op, timeout))
-
-    def get(self, ifname: str) -> DeviceState:
-        """Read the device's whole state."""
-        data = self._exchange(ifname, b"get=1\n\n", "get", None)
-        fast = _fast_get(data)
-        if fast is not None:
-            return fast
-        err, pairs = parse_answer(data)
-        if err != 0:
-            n = abs(err)
-            raise UapiDeviceError(
-                f"reading WireGuard device {ifname} over UAPI failed with errno "
-                f"{n} ({_strerror(n)})",
-                errno=n,
-                op="get",
-            )
-        return parse_get(pairs)
-
-    def set(self, ifname: str, request: SetRequest) -> None:
-        """Apply ``request`` in one transaction; raise on any non-zero errno."""
-        if request.is_empty():
-            return
-        text = encode_set(request)
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("UAPI set on %s:\n%s", ifname, redact(text))
-        err, _ = self.transact(ifname, text, "set")
-        if err == 0:
-            return
-        n = abs(err)
-        msg = (
-            f"configuring WireGuard device {ifname} over UAPI "
-            f"({request.describe()}) failed with errno {n} ({_strerror(n)}); "
-            "lines before the failing one may already be applied, so read the "
-            "device back and reconcile"
-        )
-        if n == errno_mod.EADDRINUSE:
-            raise UapiDeviceError(
-                msg + f"; the listen port {request.listen_port} is already in use",
-                errno=n,
-                op="set",
-            )
-        if request.peers:
-            raise UapiPeerError(msg, errno=n, op="set")
-        raise UapiDeviceError(msg, errno=n, op="set")
-
-    def _exchange(self, ifname: str, request: bytes, op: str, timeout: float | None) -> bytes:
-        path = self.socket_path(ifname)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout if timeout is None else timeout)
-        try:
-            try:
-                sock.connect(str(path))
-            except (FileNotFoundError, ConnectionRefusedError) as exc:
-                raise UapiUnavailableError(
-                    f"WireGuard device {ifname} is not running: nothing answers on "
-                    f"its UAPI socket {path} ({exc.strerror})",
-                    errno=exc.errno or 0,
-                    op=op,
-                ) from exc
-            try:
-                sock.sendall(request)
-                buf = bytearray()
-                while not _complete(buf):
-                    chunk = sock.recv(65536)
-                    if not chunk:
-                        break
-                    buf += chunk
-                    if len(buf) > _MAX_ANSWER:
-                        raise UapiProtocolError(
-                            f"the UAPI answer from {ifname} exceeds {_MAX_ANSWER} bytes",
-                            op=op,
-                        )
-            except TimeoutError as exc:
-                raise UapiDeviceError(
-                    f"WireGuard device {ifname} did not answer the UAPI {op} within "
-                    f"{sock.gettimeout()} s; the process may be hung",
-                    errno=errno_mod.ETIMEDOUT,
-                    op=op,
-                ) from exc
-            except OSError as exc:
-                raise UapiDeviceError(
-                    f"UAPI {op} on WireGuard device {ifname} failed: {exc}",
-                    errno=exc.errno or 0,
-                    op=op,
-                ) from exc
-        finally:
-            sock.close()
-        if not _complete(buf):
-            raise UapiProtocolError(
-                f"WireGuard device {ifname} closed the UAPI connection before "
-                f"answering the {op} request completely",
-                op=op,
-            )
-        return bytes(buf)
-
-
-def _complete(buf: bytearray) -> bool:
-    if not buf.endswith(b"\n\n"):
-        return False
-    # The answer is complete when its last line is errno=N. Look at the tail
-    # only: copying a multi-megabyte answer on every recv is quadratic.
-    start = buf.rfind(b"\n", 0, len(buf) - 2) + 1
-    return buf.startswith(b"errno=", start)
-
-
-# --------------------------------------------------------------------------- diff
-
-
-@dataclass(frozen=True)
-class PeerConfig:
-    """The desired configuration of one peer (input of :func:`diff_peers`)."""
-
-    public_key: str
-    allowed_ips: tuple[str, ...] = ()
-    #: None = leave whatever the device has (UAPI cannot clear an endpoint).
-    endpoint: str | None = None
-    #: None = leave; 0 = off.
-    persistent_keepalive_interval: int | None = None
-    #: None = no preshared key.
-    preshared_key: PresharedKey | None = None
-
-    def __post_init__(self) -> None:
-        validate_key(self.public_key, "peer public key")
-        if isinstance(cast("object", self.allowed_ips), str):
-            raise InvalidRequest("allowed_ips must be a sequence of CIDRs, not a str")
-        norm: list[str] = []
-        for a in self.allowed_ips:
-            n = normalize_allowed_ip(a)
-            if n not in norm:
-                norm.append(n)
-        object.__setattr__(self, "allowed_ips", tuple(norm))
-        if self.endpoint is not None:
-            object.__setattr__(self, "endpoint", normalize_endpoint(self.endpoint))
-        if self.persistent_keepalive_interval is not None:
-            _check_range(self.persistent_keepalive_interval, _U16, "persistent keepalive")
-        if self.preshared_key is not None and self.preshared_key.is_zero():
-            object.__setattr__(self, "preshared_key", None)
-
-    @classmethod
-    def from_state(cls, state: PeerState) -> PeerConfig:
-        """The configuration reproducing ``state`` (to re-apply after a restart)."""
-        return cls(
-            public_key=state.public_key,
-            allowed_ips=state.allowed_ips,
-            endpoint=state.endpoint,
-            persistent_keepalive_interval=state.persistent_keepalive_interval,
-            preshared_key=state.preshared_key,
-        )
-
-    def create_op(self) -> PeerOp:
-        """The operation that creates (or fully overwrites) this peer."""
-        return PeerOp(
-            public_key=self.public_key,
-            preshared_key=self.preshared_key,
-            endpoint=self.endpoint,
-            persistent_keepalive_interval=self.persistent_keepalive_interval,
-            replace_allowed_ips=True,
-            allowed_ips=self.allowed_ips,
-        )
-
-
-def _check_desired(desired: Sequence[PeerConfig]) -> None:
-    keys: set[str] = set()
-    owners: dict[str, str] = {}
-    for p in desired:
-        if p.public_key in keys:
-            raise InvalidRequest(f"peer {p.public_key} is listed twice")
-        keys.add(p.public_key)
-        for a in p.allowed_ips:
-            other = owners.setdefault(a, p.public_key)
-            if other != p.public_key:
-                raise Conflict(
-                    f"allowed IP {a} is claimed by peers {other} and {p.public_key}; "
-                    "a prefix can route to one peer only"
-                )
-
-
-def diff_peers(
-    desired: Iterable[PeerConfig],
-    current: Iterable[PeerState],
-    *,
-    update_only: bool = True,
-) -> tuple[PeerOp, ...]:
-    """The minimal peer operations turning ``current`` into ``desired``.
-
-    Removals come first, then updates of existing peers (``update_only``), then new
-    peers. Unchanged peers produce nothing. A changed allowed-IP list is sent as an
-    append when only prefixes were added, else as ``replace_allowed_ips`` plus the
-    full list (single-prefix removal is not available on Debian 12, WIREGUARD.md §1).
-    Pass ``update_only=False`` for boringtun, which rejects that key.
-    """
-    want = list(desired)
-    _check_desired(want)
-    have = {p.public_key: p for p in current}
-    want_keys = {p.public_key for p in want}
-    removes = [PeerOp(public_key=k, remove=True) for k in sorted(have.keys() - want_keys)]
-    updates: list[PeerOp] = []
-    adds: list[PeerOp] = []
-    for p in want:
-        cur = have.get(p.public_key)
-        if cur is None:
-            # A new peer has no allowed IPs to replace (otherwise create_op()).
-            adds.append(
-                PeerOp(
-                    public_key=p.public_key,
-                    preshared_key=p.preshared_key,
-                    endpoint=p.endpoint,
-                    persistent_keepalive_interval=p.persistent_keepalive_interval,
-                    allowed_ips=p.allowed_ips,
-                )
-            )
-            continue
-        psk: PresharedKey | None = None
-        if p.preshared_key != cur.preshared_key:
-            psk = p.preshared_key or PresharedKey.none()
-        endpoint = p.endpoint if p.endpoint not in (None, cur.endpoint) else None
-        keepalive = (
-            p.persistent_keepalive_interval
-            if p.persistent_keepalive_interval not in (None, cur.persistent_keepalive_interval)
-            else None
-        )
-        cur_ips = set(cur.allowed_ips)
-        want_ips = set(p.allowed_ips)
-        replace = False
-        add_ips: tuple[str, ...] = ()
-        if want_ips != cur_ips:
-            if cur_ips <= want_ips:
-                add_ips = tuple(a for a in p.allowed_ips if a not in cur_ips)
-            else:
-                replace = True
-                add_ips = p.allowed_ips
-        if psk is None and endpoint is None and keepalive is None and not (replace or add_ips):
-            continue
-        updates.append(
-            PeerOp(
-                public_key=p.public_key,
-                update_only=update_only,
-                preshared_key=psk,
-                endpoint=endpoint,
-                persistent_keepalive_interval=keepalive,
-                replace_allowed_ips=replace,
-                allowed_ips=add_ips,
-            )
-        )
-    return (*removes, *updates, *adds)
