@@ -64,7 +64,7 @@ def _force_cleanup(output: str) -> None:
     tag = _tag(output)
     if tag is None:
         return
-    from overlayd.demo import cleanup
+    from overlayd_demo.cleanup import cleanup
 
     cleanup(f"ovd-demo-{tag}", quiet=True)
 

@@ -12,7 +12,9 @@ Three things, all scoped to the driver's network namespace:
 * the node's underlay address (:meth:`HostNet.underlay_address`), which a
   guest-managed workload is told to reach the node at.
 
-One ``IPRoute`` per call (STYLE.md §7).
+Each call opens one ``IPRoute`` in the namespace and closes it when it
+returns (:func:`overlayd_linux.netlink.iproute_in`: a socket made by a
+thread inside the namespace, not pyroute2's forked helper).
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from typing import Any
 from typing import Protocol
 
 from overlayd.errors import DeviceError
-from overlayd_wireguard.links import NETLINK_ERRORS
-from overlayd_wireguard.links import error_code
+from overlayd_linux.netlink import NETLINK_ERRORS
+from overlayd_linux.netlink import error_code
+from overlayd_linux.netlink import iproute_in
 
 __all__ = ["HostNet", "PyRoute2HostNet"]
 
@@ -59,12 +62,6 @@ class HostNet(Protocol):
         ...
 
 
-def _iproute(netns: str | None) -> Any:
-    from pyroute2 import IPRoute
-
-    return IPRoute(netns=netns) if netns else IPRoute()
-
-
 class PyRoute2HostNet:
     """:class:`HostNet` over pyroute2 ``IPRoute``."""
 
@@ -77,7 +74,7 @@ class PyRoute2HostNet:
         if not todo:
             return
         try:
-            with _iproute(netns) as ipr:
+            with iproute_in(netns) as ipr:
                 idx = self._index(ipr, ifname)
                 if idx is None:
                     raise DeviceError(
@@ -107,7 +104,7 @@ class PyRoute2HostNet:
         if not todo:
             return
         try:
-            with _iproute(netns) as ipr:
+            with iproute_in(netns) as ipr:
                 idx = self._index(ipr, ifname)
                 if idx is None:
                     return  # the link's routes went with it
@@ -134,7 +131,7 @@ class PyRoute2HostNet:
     def wireguard_links(self, *, netns: str | None) -> dict[str, str]:
         out: dict[str, str] = {}
         try:
-            with _iproute(netns) as ipr:
+            with iproute_in(netns) as ipr:
                 for msg in ipr.get_links():
                     name = msg.get_attr("IFLA_IFNAME")
                     info = msg.get_attr("IFLA_LINKINFO")
@@ -152,7 +149,7 @@ class PyRoute2HostNet:
 
     def underlay_address(self, *, netns: str | None) -> str | None:
         try:
-            with _iproute(netns) as ipr:
+            with iproute_in(netns) as ipr:
                 return _underlay(ipr)
         except NETLINK_ERRORS:
             return None

@@ -1,8 +1,11 @@
 """Link mechanism for WireGuard devices: MTU, addresses, state, creation (pyroute2).
 
 Addresses and link state are set over rtnetlink with pyroute2, never by running
-``ip``. One ``IPRoute`` per call (STYLE.md §7); ``netns`` names a namespace under
-``/var/run/netns`` (pyroute2 enters it for the socket only).
+``ip``. Each call opens one ``IPRoute`` and closes it when it returns;
+``netns`` names a namespace under ``/var/run/netns``, whose socket is opened by
+a thread that entered it (:func:`overlayd_linux.netlink.iproute_in`), not by
+pyroute2's forked helper. The netlink error helpers come from
+:mod:`overlayd_linux.netlink` and are re-exported here for the driver's modules.
 """
 
 from __future__ import annotations
@@ -12,12 +15,16 @@ import ipaddress
 import time
 from collections.abc import Iterator
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from contextlib import contextmanager
 from typing import Any
 from typing import Protocol
 
 from overlayd.errors import DeviceError
 from overlayd.errors import NotSupported
+from overlayd_linux.netlink import NETLINK_ERRORS
+from overlayd_linux.netlink import error_code
+from overlayd_linux.netlink import iproute_in
 
 __all__ = [
     "NETLINK_ERRORS",
@@ -26,27 +33,6 @@ __all__ = [
     "error_code",
     "netlink_errors",
 ]
-
-
-def _netlink_error_types() -> tuple[type[Exception], ...]:
-    # NOTE: pyroute2 0.9.7's NetlinkError derives from Exception, not OSError.
-    try:
-        from pyroute2 import NetlinkError
-    except ImportError:  # not Linux: only OSError can occur
-        return (OSError,)
-    return (OSError, NetlinkError)
-
-
-#: Exceptions a pyroute2 call raises for kernel/socket errors.
-NETLINK_ERRORS: tuple[type[Exception], ...] = _netlink_error_types()
-
-
-def error_code(exc: BaseException) -> int | None:
-    """The errno of a ``NetlinkError`` (``.code``) or ``OSError`` (``.errno``)."""
-    code = getattr(exc, "code", None)
-    if isinstance(code, int):
-        return code
-    return exc.errno if isinstance(exc, OSError) else None
 
 
 class LinkAdapter(Protocol):
@@ -89,11 +75,8 @@ def netlink_errors(action: str, name: str) -> Iterator[None]:
         ) from exc
 
 
-def _iproute(netns: str | None) -> Any:
-    # Imported lazily: pyroute2 is Linux-only and this module must import anywhere.
-    from pyroute2 import IPRoute
-
-    return IPRoute(netns=netns) if netns else IPRoute()
+def _iproute(netns: str | None) -> AbstractContextManager[Any]:
+    return iproute_in(netns)
 
 
 class PyRoute2Links:

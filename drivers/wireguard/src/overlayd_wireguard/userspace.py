@@ -1,6 +1,7 @@
 """Userspace WireGuard backend: supervised ``wireguard-go`` processes over UAPI.
 
-Facts this relies on (WIREGUARD.md §2): ``wireguard-go -f IFNAME`` creates the
+Facts this relies on (docs/reference/wireguard.rst, §2 "Userspace daemons:
+start, socket, lifecycle"): ``wireguard-go -f IFNAME`` creates the
 TUN in the network namespace of the *process*, then listens on
 ``/var/run/wireguard/IFNAME.sock`` (a directory shared by every namespace, so
 names are unique per host). It exits on SIGTERM, when its TUN is deleted, or
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import ctypes
 import logging
 import os
 import signal
@@ -38,6 +38,7 @@ from overlayd.errors import Conflict
 from overlayd.errors import DeviceError
 from overlayd.errors import InvalidRequest
 from overlayd.errors import NotFound
+from overlayd_linux.netns import preexec_setns
 from overlayd_wireguard.keys import PrivateKey
 from overlayd_wireguard.links import LinkAdapter
 from overlayd_wireguard.links import PyRoute2Links
@@ -60,31 +61,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_COMMAND: Final = ("wireguard-go",)
 NETNS_DIR: Final = Path("/var/run/netns")
-_CLONE_NEWNET: Final = 0x40000000
 _OUTPUT_LINES: Final = 20
-
-
-def _setns_function() -> Callable[[int], None]:
-    """Return ``setns(fd)`` for network namespaces (os.setns on 3.12+, else libc)."""
-    os_setns = getattr(os, "setns", None)
-    if os_setns is not None:
-
-        def enter(fd: int) -> None:
-            os_setns(fd, _CLONE_NEWNET)
-
-        return enter
-    # Load libc in the parent: the child runs this between fork and exec.
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc_setns = libc.setns
-    libc_setns.argtypes = [ctypes.c_int, ctypes.c_int]
-    libc_setns.restype = ctypes.c_int
-
-    def enter_libc(fd: int) -> None:
-        if libc_setns(fd, _CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns: {os.strerror(err)}")
-
-    return enter_libc
 
 
 @dataclass
@@ -166,7 +143,6 @@ class UserspaceBackend:
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
-        self._setns: Callable[[int], None] | None = None
 
     # ------------------------------------------------------------------ public API
 
@@ -245,7 +221,7 @@ class UserspaceBackend:
                 return existed
             if self.uapi.alive(name):
                 # Not ours (or from an earlier run): wireguard-go exits when its
-                # socket file disappears (inotify watch, WIREGUARD.md §2).
+                # socket file disappears (inotify watch; docs/reference/wireguard.rst, §2).
                 self._stop_by_socket(name)
                 return True
             with contextlib.suppress(FileNotFoundError):
@@ -342,9 +318,6 @@ class UserspaceBackend:
             # Failure (no CAP_SYS_NICE) is reported by the tuning after start.
             preexec = _nice_function(nice)
         if dev.netns is not None:
-            if self._setns is None:
-                self._setns = _setns_function()
-            setns = self._setns
             try:
                 ns_fd = os.open(NETNS_DIR / dev.netns, os.O_RDONLY)
             except OSError as exc:
@@ -354,11 +327,11 @@ class UserspaceBackend:
                     op="ensure_device",
                     driver="wireguard",
                 ) from exc
-            fd = ns_fd
+            setns = preexec_setns(ns_fd)
             then = preexec
 
             def preexec() -> None:
-                setns(fd)
+                setns()
                 if then is not None:
                     then()
 
@@ -586,7 +559,7 @@ class UserspaceBackend:
 
     def _stop_by_socket(self, name: str, netns: str | None = None) -> None:
         # No pid for a process we did not start: wireguard-go exits when its
-        # socket file or its TUN disappears (WIREGUARD.md §2), so remove both.
+        # socket file or its TUN disappears (docs/reference/wireguard.rst, §2), so remove both.
         with contextlib.suppress(FileNotFoundError):
             self.uapi.socket_path(name).unlink()
         try:
