@@ -11,9 +11,10 @@ pings it across the tunnel. Everything is torn down at the end, also on Ctrl-C
 (SIGINT) or SIGTERM, unless ``--keep`` is given; ``--cleanup PREFIX`` removes
 what ``--keep`` left.
 
-Without root (or with ``--fake``) it runs the same scenario on two in-process
-engines with the fake driver, says so, and shows what it can without a data
-plane: keys, addresses, peers and real DNS answers from overlayd's DNS server.
+Without root (or with ``--fake``) it runs the same scenario on two ``overlayd
+serve`` daemons with the fake driver, says so, and shows what it can without a
+data plane: keys, addresses, peers and real DNS answers from overlayd's DNS
+server.
 
 The demo installs nothing; when something is missing it names it and how to get it.
 

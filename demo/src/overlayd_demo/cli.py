@@ -10,7 +10,6 @@ installed it runs :class:`overlayd_demo.real.RealDemo`; otherwise (or with
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib.util
 import os
 import shutil
@@ -124,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
                 say(f"- {item}")
             if args.keep:
                 say("(--keep has no effect on the fake driver)")
-        return asyncio.run(fake_demo())
+        return fake_demo()
     from overlayd_demo.real import RealDemo  # Linux only
 
     clear_interrupted()

@@ -13,10 +13,8 @@ from __future__ import annotations
 import errno
 import ipaddress
 import time
-from collections.abc import Iterator
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from contextlib import contextmanager
 from typing import Any
 from typing import Protocol
 
@@ -25,6 +23,7 @@ from overlayd.errors import NotSupported
 from overlayd_linux.netlink import NETLINK_ERRORS
 from overlayd_linux.netlink import error_code
 from overlayd_linux.netlink import iproute_in
+from overlayd_linux.netlink import mapped_errors
 
 __all__ = [
     "NETLINK_ERRORS",
@@ -62,17 +61,15 @@ class LinkAdapter(Protocol):
         ...
 
 
-@contextmanager
-def netlink_errors(action: str, name: str) -> Iterator[None]:
+def netlink_errors(action: str, name: str) -> AbstractContextManager[None]:
     """Map pyroute2/OS errors to ``DeviceError`` keeping the cause."""
-    try:
-        yield
-    except NETLINK_ERRORS as exc:
-        raise DeviceError(
+    return mapped_errors(
+        lambda exc: DeviceError(
             f"{action} for WireGuard device {name} failed: {exc}",
             op=action,
             driver="wireguard",
-        ) from exc
+        )
+    )
 
 
 def _iproute(netns: str | None) -> AbstractContextManager[Any]:
