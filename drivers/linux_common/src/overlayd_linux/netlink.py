@@ -26,6 +26,7 @@ import this one must stay importable anywhere.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from collections.abc import Callable
@@ -42,9 +43,11 @@ __all__ = [
     "NETNS_DIR",
     "error_code",
     "iproute_in",
+    "link_index",
     "mapped_errors",
     "netns_path",
     "open_iproute",
+    "route_fields",
     "socket_in",
     "strerror",
 ]
@@ -116,6 +119,23 @@ def open_iproute(netns_fd: int | None) -> Any:
         return IPRoute()
     sock = socket_in(netns_fd, socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_ROUTE)
     return IPRoute(fileno=sock.detach())
+
+
+def link_index(ipr: Any, name: str) -> int | None:
+    """Index of link ``name`` in the namespace of ``ipr`` (an ``IPRoute``), ``None`` if absent."""
+    found = ipr.link_lookup(ifname=name)
+    return int(found[0]) if found else None
+
+
+def route_fields(prefix: str, oif: int) -> dict[str, Any]:
+    """``IPRoute.route`` arguments for an on-link route to ``prefix`` through link ``oif``."""
+    net = ipaddress.ip_network(prefix)
+    return {
+        "dst": str(net.network_address),
+        "dst_len": net.prefixlen,
+        "oif": oif,
+        "family": socket.AF_INET6 if net.version == 6 else socket.AF_INET,
+    }
 
 
 @contextmanager

@@ -20,7 +20,6 @@ thread inside the namespace, not pyroute2's forked helper).
 from __future__ import annotations
 
 import errno
-import ipaddress
 from collections.abc import Iterable
 from typing import Any
 from typing import Protocol
@@ -29,6 +28,8 @@ from overlayd.errors import DeviceError
 from overlayd_linux.netlink import NETLINK_ERRORS
 from overlayd_linux.netlink import error_code
 from overlayd_linux.netlink import iproute_in
+from overlayd_linux.netlink import link_index
+from overlayd_linux.netlink import route_fields
 
 __all__ = ["HostNet", "PyRoute2HostNet"]
 
@@ -65,17 +66,13 @@ class HostNet(Protocol):
 class PyRoute2HostNet:
     """:class:`HostNet` over pyroute2 ``IPRoute``."""
 
-    def _index(self, ipr: Any, ifname: str) -> int | None:
-        found = ipr.link_lookup(ifname=ifname)
-        return int(found[0]) if found else None
-
     def add_routes(self, ifname: str, prefixes: Iterable[str], *, netns: str | None) -> None:
         todo = list(prefixes)
         if not todo:
             return
         try:
             with iproute_in(netns) as ipr:
-                idx = self._index(ipr, ifname)
+                idx = link_index(ipr, ifname)
                 if idx is None:
                     raise DeviceError(
                         f"cannot add routes through {ifname}: the link does not exist; "
@@ -84,14 +81,7 @@ class PyRoute2HostNet:
                         driver="wireguard",
                     )
                 for prefix in todo:
-                    net = ipaddress.ip_network(prefix)
-                    ipr.route(
-                        "replace",
-                        dst=str(net.network_address),
-                        dst_len=net.prefixlen,
-                        oif=idx,
-                        family=10 if net.version == 6 else 2,
-                    )
+                    ipr.route("replace", **route_fields(prefix, idx))
         except NETLINK_ERRORS as exc:
             raise DeviceError(
                 f"adding routes through WireGuard device {ifname} failed: {exc}",
@@ -105,19 +95,12 @@ class PyRoute2HostNet:
             return
         try:
             with iproute_in(netns) as ipr:
-                idx = self._index(ipr, ifname)
+                idx = link_index(ipr, ifname)
                 if idx is None:
                     return  # the link's routes went with it
                 for prefix in todo:
-                    net = ipaddress.ip_network(prefix)
                     try:
-                        ipr.route(
-                            "del",
-                            dst=str(net.network_address),
-                            dst_len=net.prefixlen,
-                            oif=idx,
-                            family=10 if net.version == 6 else 2,
-                        )
+                        ipr.route("del", **route_fields(prefix, idx))
                     except NETLINK_ERRORS as exc:
                         if error_code(exc) not in {errno.ESRCH, errno.ENOENT}:
                             raise

@@ -23,6 +23,7 @@ from overlayd.errors import NotSupported
 from overlayd_linux.netlink import NETLINK_ERRORS
 from overlayd_linux.netlink import error_code
 from overlayd_linux.netlink import iproute_in
+from overlayd_linux.netlink import link_index
 from overlayd_linux.netlink import mapped_errors
 
 __all__ = [
@@ -79,15 +80,11 @@ def _iproute(netns: str | None) -> AbstractContextManager[Any]:
 class PyRoute2Links:
     """:class:`LinkAdapter` over pyroute2 ``IPRoute``."""
 
-    def _index(self, ipr: Any, name: str) -> int | None:
-        found = ipr.link_lookup(ifname=name)
-        return int(found[0]) if found else None
-
     def wait_link(self, name: str, *, netns: str | None, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         delay = 0.01
         with netlink_errors("looking up the link", name), _iproute(netns) as ipr:
-            while self._index(ipr, name) is None:
+            while link_index(ipr, name) is None:
                 if time.monotonic() > deadline:
                     raise DeviceError(
                         f"link {name} did not appear in "
@@ -109,7 +106,7 @@ class PyRoute2Links:
     ) -> None:
         want = [ipaddress.ip_interface(a) for a in addresses]
         with netlink_errors("configuring the link", name), _iproute(netns) as ipr:
-            idx = self._index(ipr, name)
+            idx = link_index(ipr, name)
             if idx is None:
                 raise DeviceError(
                     f"link {name} does not exist, so it cannot be configured; "
@@ -149,7 +146,7 @@ class PyRoute2Links:
 
     def ensure_wireguard_link(self, name: str, *, netns: str | None) -> None:
         with _iproute(netns) as ipr:
-            if self._index(ipr, name) is not None:
+            if link_index(ipr, name) is not None:
                 return
             try:
                 ipr.link("add", ifname=name, kind="wireguard")
@@ -169,7 +166,7 @@ class PyRoute2Links:
 
     def delete_link(self, name: str, *, netns: str | None) -> bool:
         with netlink_errors("deleting the link", name), _iproute(netns) as ipr:
-            idx = self._index(ipr, name)
+            idx = link_index(ipr, name)
             if idx is None:
                 return False
             try:
