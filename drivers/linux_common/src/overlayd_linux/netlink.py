@@ -5,9 +5,8 @@ thread uses it later. :func:`open_iproute` therefore creates the netlink
 socket in a thread moved into the namespace (:func:`overlayd_linux.netns.run_in_netns`)
 and hands it to ``IPRoute(fileno=...)``. ``IPRoute(netns=...)`` reaches the
 same result through a helper process that pyroute2 forks for every socket,
-which costs about 8 ms per socket against 0.4 ms this way
-(docs/design-notes.rst, "One home for Linux mechanism"). overlayd never uses
-that forked path.
+which is many times slower (docs/design-notes.rst, "One home for Linux
+mechanism"). overlayd never uses that forked path.
 
 Namespaces are named three ways in overlayd: an open descriptor pinned by
 the caller (linux_bridge workload namespaces), a path (``/proc/<pid>/ns/net``,

@@ -8,7 +8,7 @@ Sockets keep the namespace they were created in, so a netlink socket opened by
 such a thread keeps operating on that namespace from any other thread: that is
 how :mod:`overlayd_linux.netlink` binds raw netlink sockets and pyroute2
 ``IPRoute`` objects to a namespace without pyroute2's fork-based helper
-(0.4 ms instead of 8 ms, measured on the development machine).
+(docs/design-notes.rst, "One home for Linux mechanism", has the figures).
 
 Things that resolve the namespace per call rather than per socket must run in
 the thread itself: ``/proc/sys/net/*`` writes (sysctl uses the writer's

@@ -126,9 +126,22 @@ def test_setns_path_moves_only_the_calling_thread(ns: str) -> None:
     assert os.stat("/proc/thread-self/ns/net").st_ino != seen[0]
 
 
-def test_wireguard_genl_socket_in_a_namespace_resolves_like_the_hosts(ns: str) -> None:
-    """The kernel backend's pinned genl socket answers as a host one does (no module here)."""
+def test_wireguard_genl_socket_in_a_namespace_resolves_like_the_hosts(
+    ns: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kernel backend's genl socket in a namespace answers as a host one does.
+
+    It is made by a pinned thread: pyroute2's forked helper (``ChildProcess``)
+    is never reached. (No WireGuard module here: both fail alike.)
+    """
+    import pyroute2.netns
+
     from overlayd_wireguard.kernel import _open_genl
+
+    def forked(*args: object, **kwargs: object) -> None:
+        raise AssertionError("pyroute2's forked namespace helper was used")
+
+    monkeypatch.setattr(pyroute2.netns, "ChildProcess", forked)
 
     outcomes = []
     for where in (None, ns):
