@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from typing import Any
 from typing import Protocol
 
@@ -29,6 +30,7 @@ from overlayd_linux.netlink import NETLINK_ERRORS
 from overlayd_linux.netlink import error_code
 from overlayd_linux.netlink import iproute_in
 from overlayd_linux.netlink import link_index
+from overlayd_linux.netlink import mapped_errors
 from overlayd_linux.netlink import route_fields
 
 __all__ = ["HostNet", "PyRoute2HostNet"]
@@ -63,6 +65,16 @@ class HostNet(Protocol):
         ...
 
 
+def _route_errors(doing: str, ifname: str, op: str) -> AbstractContextManager[None]:
+    return mapped_errors(
+        lambda exc: DeviceError(
+            f"{doing} routes through WireGuard device {ifname} failed: {exc}",
+            op=op,
+            driver="wireguard",
+        )
+    )
+
+
 class PyRoute2HostNet:
     """:class:`HostNet` over pyroute2 ``IPRoute``."""
 
@@ -70,46 +82,32 @@ class PyRoute2HostNet:
         todo = list(prefixes)
         if not todo:
             return
-        try:
-            with iproute_in(netns) as ipr:
-                idx = link_index(ipr, ifname)
-                if idx is None:
-                    raise DeviceError(
-                        f"cannot add routes through {ifname}: the link does not exist; "
-                        "the WireGuard process may have exited",
-                        op="add_routes",
-                        driver="wireguard",
-                    )
-                for prefix in todo:
-                    ipr.route("replace", **route_fields(prefix, idx))
-        except NETLINK_ERRORS as exc:
-            raise DeviceError(
-                f"adding routes through WireGuard device {ifname} failed: {exc}",
-                op="add_routes",
-                driver="wireguard",
-            ) from exc
+        with _route_errors("adding", ifname, "add_routes"), iproute_in(netns) as ipr:
+            idx = link_index(ipr, ifname)
+            if idx is None:
+                raise DeviceError(
+                    f"cannot add routes through {ifname}: the link does not exist; "
+                    "the WireGuard process may have exited",
+                    op="add_routes",
+                    driver="wireguard",
+                )
+            for prefix in todo:
+                ipr.route("replace", **route_fields(prefix, idx))
 
     def delete_routes(self, ifname: str, prefixes: Iterable[str], *, netns: str | None) -> None:
         todo = list(prefixes)
         if not todo:
             return
-        try:
-            with iproute_in(netns) as ipr:
-                idx = link_index(ipr, ifname)
-                if idx is None:
-                    return  # the link's routes went with it
-                for prefix in todo:
-                    try:
-                        ipr.route("del", **route_fields(prefix, idx))
-                    except NETLINK_ERRORS as exc:
-                        if error_code(exc) not in {errno.ESRCH, errno.ENOENT}:
-                            raise
-        except NETLINK_ERRORS as exc:
-            raise DeviceError(
-                f"removing routes through WireGuard device {ifname} failed: {exc}",
-                op="delete_routes",
-                driver="wireguard",
-            ) from exc
+        with _route_errors("removing", ifname, "delete_routes"), iproute_in(netns) as ipr:
+            idx = link_index(ipr, ifname)
+            if idx is None:
+                return  # the link's routes went with it
+            for prefix in todo:
+                try:
+                    ipr.route("del", **route_fields(prefix, idx))
+                except NETLINK_ERRORS as exc:
+                    if error_code(exc) not in {errno.ESRCH, errno.ENOENT}:
+                        raise
 
     def wireguard_links(self, *, netns: str | None) -> dict[str, str]:
         out: dict[str, str] = {}
