@@ -29,11 +29,6 @@ PATTERN = re.compile(
 PENDING: frozenset[str] = frozenset(
     {
         "core/src/overlayd/client.py",
-        "drivers/linux_bridge/src/overlayd_linux_bridge/fakenetlink.py",
-        "drivers/linux_bridge/src/overlayd_linux_bridge/netlink.py",
-        "drivers/linux_bridge/src/overlayd_linux_bridge/nft.py",
-        "drivers/wireguard/src/overlayd_wireguard/hostnet.py",
-        "drivers/wireguard/src/overlayd_wireguard/links.py",
     }
 )
 #: This script holds the pattern itself.

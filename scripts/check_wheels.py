@@ -25,6 +25,8 @@ for ep in eps:
     assert info.name == ep.name, (info.name, ep.name)
     print(f"entry point {ep.name}: {ep.value} -> API {info.api}")
 import overlayd.cli  # console scripts import
+import overlayd_linux.netlink, overlayd_linux.rtnl  # the drivers' Linux mechanism
+import overlayd_demo.cli, overlayd_demo.real  # what `overlayd demo` imports
 import json, os, subprocess, sys
 plugin = os.path.join(os.path.dirname(sys.executable), "overlayd-cni")
 out = subprocess.run([plugin], input=b'{"cniVersion":"1.0.0"}', capture_output=True,
@@ -36,8 +38,8 @@ print(f"console script overlayd-cni: VERSION {out.decode().strip()}")
 
 def main(dist: Path) -> int:
     wheels = sorted(dist.glob("*.whl"))
-    if len(wheels) < 6:
-        print(f"expected 6 wheels in {dist}, found {len(wheels)}", file=sys.stderr)
+    if len(wheels) < 8:
+        print(f"expected 8 wheels in {dist}, found {len(wheels)}", file=sys.stderr)
         return 1
     for wheel in wheels:
         with zipfile.ZipFile(wheel) as zf:

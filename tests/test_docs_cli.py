@@ -2,7 +2,7 @@
 
 ``docs/cli.rst`` documents each program with a ``.. program:: overlayctl peers
 add`` block holding one ``.. option::`` per flag or positional; these tests walk
-the argparse parsers built by :mod:`overlayd.cli` (and :mod:`overlayd.demo` for
+the argparse parsers built by :mod:`overlayd.cli` (and :mod:`overlayd_demo.cli` for
 ``overlayd demo``, which parses its own arguments) and compare both ways.
 
 The ``overlayd``/``overlayctl`` commands of ``docs/getting-started.rst``
@@ -25,8 +25,8 @@ from pathlib import Path
 import pytest
 
 from overlayd import cli
-from overlayd import demo
 from overlayd.config import load_config
+from overlayd_demo import cli as demo
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI_RST = (ROOT / "docs" / "cli.rst").read_text()

@@ -92,9 +92,9 @@ from pyroute2 import IPRoute
 
 from overlayd.client import Client
 from overlayd.protocol import NetnsHandle
+from overlayd_linux.netns import run_in_netns
+from overlayd_linux.netns import setns_current_thread
 from overlayd_linux_bridge.netlink import bridge_mac
-from overlayd_linux_bridge.netns import run_in_netns
-from overlayd_linux_bridge.netns import setns_current_thread
 
 CNI_DIR = "/usr/lib/cni"
 #: What overlayd's driver sends with "link up" for IPv4-only interfaces (no

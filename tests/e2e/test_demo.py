@@ -64,7 +64,7 @@ def _force_cleanup(output: str) -> None:
     tag = _tag(output)
     if tag is None:
         return
-    from overlayd.demo import cleanup
+    from overlayd_demo.cleanup import cleanup
 
     cleanup(f"ovd-demo-{tag}", quiet=True)
 
@@ -236,3 +236,16 @@ def test_demo_cleanup_refuses_foreign_names() -> None:
     else:
         assert result.returncode == 2
         assert "refusing to clean up 'eth0'" in result.stdout
+
+
+def test_demo_without_the_demo_distribution_says_how_to_get_it() -> None:
+    code = (
+        "import sys; sys.modules['overlayd_demo'] = None\n"
+        "from overlayd.cli import overlayd_main\n"
+        "sys.exit(overlayd_main(['demo', '--fake']))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "the demo is not installed (pip install overlayd-demo" in result.stderr

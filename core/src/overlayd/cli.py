@@ -259,11 +259,15 @@ def _demo(args: argparse.Namespace) -> int:
     import importlib
 
     try:
-        module = importlib.import_module("overlayd.demo")
+        # An optional distribution outside core (overlayd-demo), imported lazily.
+        module = importlib.import_module("overlayd_demo.cli")
     except ModuleNotFoundError as exc:
-        if exc.name not in ("overlayd.demo", "overlayd"):
+        if exc.name not in ("overlayd_demo.cli", "overlayd_demo"):
             raise
-        _err("overlayd: the demo is not installed in this build (module overlayd.demo is missing)")
+        _err(
+            "overlayd: the demo is not installed (pip install overlayd-demo, "
+            "or pip install -e demo in a checkout)"
+        )
         return EXIT_USAGE
     main: Callable[[list[str]], int | None] = module.main
     result = main(list(args.args))

@@ -1,7 +1,7 @@
 """In-memory :class:`~overlayd_linux_bridge.netlink.Netlink` for unit tests.
 
 It models the kernel rules the driver policy depends on, so that policy bugs
-fail against the fake the way they would against Linux (STYLE.md §8):
+fail against the fake the way they would against Linux:
 
 * names longer than 15 bytes are refused (``EINVAL``);
 * creating a link whose name is taken raises, in the host namespace or in the
@@ -31,15 +31,15 @@ from overlayd.errors import OverlaydError
 from overlayd.names import MAX_IFNAME
 from overlayd.names import is_tombstone
 from overlayd.names import tombstone_name
-from overlayd_linux_bridge.netlink import FORWARDING_SYSCTLS
-from overlayd_linux_bridge.netlink import TOMBSTONE_GROUP
-from overlayd_linux_bridge.netlink import IPAddress
-from overlayd_linux_bridge.netlink import IPInterface
-from overlayd_linux_bridge.netlink import IPNetwork
-from overlayd_linux_bridge.netlink import LinkExistsError
-from overlayd_linux_bridge.netlink import LinkInfo
-from overlayd_linux_bridge.netlink import RouteSpec
-from overlayd_linux_bridge.netlink import VethResult
+from overlayd_linux_bridge.linkapi import FORWARDING_SYSCTLS
+from overlayd_linux_bridge.linkapi import TOMBSTONE_GROUP
+from overlayd_linux_bridge.linkapi import IPAddress
+from overlayd_linux_bridge.linkapi import IPInterface
+from overlayd_linux_bridge.linkapi import IPNetwork
+from overlayd_linux_bridge.linkapi import LinkExistsError
+from overlayd_linux_bridge.linkapi import LinkInfo
+from overlayd_linux_bridge.linkapi import RouteSpec
+from overlayd_linux_bridge.linkapi import VethResult
 from overlayd_linux_bridge.nft import PORT_GROUP
 
 __all__ = ["FakeLink", "FakeNamespace", "FakeNetlink"]

@@ -3,7 +3,7 @@
 :class:`NamespaceResolver` is the seam (unit tests inject
 :class:`overlayd_linux_bridge.doubles.FakeNamespaces`); :class:`ProcNamespaceResolver`
 is the real one. It stays importable on any platform: the POSIX-only opening
-(:func:`overlayd_linux_bridge.netns.open_network_namespace`) is imported when
+(:func:`overlayd_linux.netns.open_network_namespace`) is imported when
 a namespace is opened.
 """
 
@@ -46,7 +46,7 @@ class NamespaceResolver(Protocol):
 class ProcNamespaceResolver:
     """The real resolver: nsfs files, opened without blocking, never the host's.
 
-    Besides what :func:`~overlayd_linux_bridge.netns.open_network_namespace`
+    Besides what :func:`~overlayd_linux.netns.open_network_namespace`
     refuses (anything that is not a network namespace file), it refuses the
     namespaces whose interfaces are the host's: the daemon's own, pid 1's and
     the one configured as ``host_netns``. Attaching one of them would put
@@ -89,7 +89,7 @@ class ProcNamespaceResolver:
 
     @contextlib.contextmanager
     def open(self, path: str) -> Iterator[PinnedNamespace]:
-        from overlayd_linux_bridge.netns import open_network_namespace  # POSIX only
+        from overlayd_linux.netns import open_network_namespace  # POSIX only
 
         fd = open_network_namespace(path)
         try:

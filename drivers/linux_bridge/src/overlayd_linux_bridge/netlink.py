@@ -1,17 +1,22 @@
 """Netlink mechanisms of the linux_bridge driver: bridges, veths, routes, sysctls.
 
-:class:`Netlink` is the seam the driver policy is written against; the real
-implementation is :class:`PyrouteNetlink` (pyroute2), the in-memory one is
-:class:`overlayd_linux_bridge.fakenetlink.FakeNetlink`.
+:class:`PyrouteNetlink` implements the driver's seam
+(:class:`overlayd_linux_bridge.linkapi.Netlink`, re-exported here with its
+value types) with pyroute2 and the lean requests of :mod:`overlayd_linux.rtnl`;
+the in-memory implementation is :class:`overlayd_linux_bridge.fakenetlink.FakeNetlink`.
+Its helpers live beside it: :mod:`~overlayd_linux_bridge.nsprobe` (what an
+attach reads inside the workload namespace), :mod:`~overlayd_linux_bridge.sysctl`
+and :mod:`~overlayd_linux_bridge.deleter` (batched deletion).
 
-Rules this module follows (STYLE.md §5, §7):
+Rules this module follows (docs/design-notes.rst, "A lean netlink path for attach"):
 
 * the attach and detach hot path sends its requests through
-  :mod:`overlayd_linux_bridge.rtnl` (encoded here, ACK read back, no event
+  :mod:`overlayd_linux.rtnl` (encoded there, ACK read back, no event
   loop): host-namespace sockets are pooled per adapter, the workload
   namespace's socket lives for one attach;
 * everything else (dumps, bridges, reconcile) opens one pyroute2 ``IPRoute``
-  per adapter call, closed when the call returns;
+  per adapter call (:func:`overlayd_linux.netlink.open_iproute`), closed
+  when the call returns;
 * names are resolved once (``SIOCGIFINDEX`` in our own namespace, one
   ``RTM_GETLINK`` elsewhere; absent = ``None``);
 * tolerated errnos are named where they are tolerated;
@@ -22,16 +27,17 @@ Namespaces. The adapter acts on a *host* namespace, which is the daemon's own
 unless ``host_netns`` (a path such as ``/run/netns/x``) is given: tests run the
 adapter inside a throwaway namespace that way and never touch the real host.
 Workload namespaces are passed as open descriptors that the caller pins for
-the whole operation (see :mod:`overlayd_linux_bridge.netns`).
+the whole operation (see :mod:`overlayd_linux.netns`).
 
 Deferred deletion. Deleting a veth costs the kernel 15-25 ms (the unregister
 path waits for RCU grace periods and the netdev refcount drain), and the cost
 is per ``RTM_DELLINK``, not per link. :meth:`PyrouteNetlink.delete_links_batch`
 therefore renames each link to a ``zx…`` tombstone and puts it in link group
 :data:`TOMBSTONE_GROUP` (one ``RTM_NEWLINK`` each, under 1 ms), which frees its
-name at once, then wakes a background thread that deletes the whole group with
-one ``RTM_DELLINK`` (``ifi_index = 0`` + ``IFLA_GROUP``, the kernel's
-``rtnl_group_dellink``), i.e. one unregister batch for all links that
+name at once, then wakes a background thread
+(:class:`~overlayd_linux_bridge.deleter.DeferredDeleter`) that deletes the
+whole group with one ``RTM_DELLINK`` (``ifi_index = 0`` + ``IFLA_GROUP``, the
+kernel's ``rtnl_group_dellink``), i.e. one unregister batch for all links that
 accumulated. Tombstones left by a crash are swept by
 :meth:`PyrouteNetlink.sweep_tombstones`.
 """
@@ -39,27 +45,19 @@ accumulated. Tombstones left by a crash are swept by
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
 import logging
 import os
 import secrets
 import socket
-import struct
 import threading
-import time
-from collections.abc import Callable
-from collections.abc import Iterator
 from collections.abc import Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import AbstractContextManager
 from ipaddress import IPv4Network
 from ipaddress import IPv6Network
 from typing import Any
 from typing import Final
-from typing import Protocol
 
-from pyroute2 import IPRoute
 from pyroute2 import NetlinkError
 
 from overlayd.errors import AttachError
@@ -67,12 +65,30 @@ from overlayd.errors import DeviceError
 from overlayd.errors import DriverError
 from overlayd.names import is_tombstone
 from overlayd.names import tombstone_name
-from overlayd_linux_bridge import rtnl
-from overlayd_linux_bridge.netns import run_in_netns
+from overlayd_linux import rtnl
+from overlayd_linux.netlink import NETLINK_ERRORS
+from overlayd_linux.netlink import error_code
+from overlayd_linux.netlink import mapped_errors
+from overlayd_linux.netlink import open_iproute
+from overlayd_linux.netlink import strerror
+from overlayd_linux.netns import run_in_netns
+from overlayd_linux_bridge.deleter import DeferredDeleter
+from overlayd_linux_bridge.linkapi import FORWARDING_SYSCTLS
+from overlayd_linux_bridge.linkapi import STATIC_IPV6_SYSCTLS
+from overlayd_linux_bridge.linkapi import TOMBSTONE_GROUP
+from overlayd_linux_bridge.linkapi import IPAddress
+from overlayd_linux_bridge.linkapi import IPInterface
+from overlayd_linux_bridge.linkapi import IPNetwork
+from overlayd_linux_bridge.linkapi import LinkExistsError
+from overlayd_linux_bridge.linkapi import LinkInfo
+from overlayd_linux_bridge.linkapi import Netlink
+from overlayd_linux_bridge.linkapi import RouteSpec
+from overlayd_linux_bridge.linkapi import VethResult
 from overlayd_linux_bridge.nft import PORT_GROUP
-from overlayd_linux_bridge.rtnl import IPAddress
-from overlayd_linux_bridge.rtnl import IPInterface
-from overlayd_linux_bridge.rtnl import IPNetwork
+from overlayd_linux_bridge.nsprobe import if_index
+from overlayd_linux_bridge.nsprobe import open_raw_socket
+from overlayd_linux_bridge.nsprobe import probe_netns
+from overlayd_linux_bridge.sysctl import write_sysctl
 
 __all__ = [
     "FORWARDING_SYSCTLS",
@@ -87,210 +103,27 @@ __all__ = [
     "PyrouteNetlink",
     "RouteSpec",
     "VethResult",
+    "bridge_mac",
+    "netlink_errors",
 ]
-
-log = logging.getLogger(__name__)
-
-
-#: Link group of links waiting for batched deletion ("ovld" in ASCII). Link
-#: groups are a u32 the kernel only uses for matching (``ip link ... group``).
-TOMBSTONE_GROUP: Final = 0x6F766C64
-#: The forwarding sysctls, per family.
-FORWARDING_SYSCTLS: Final = {
-    4: "/proc/sys/net/ipv4/ip_forward",
-    6: "/proc/sys/net/ipv6/conf/all/forwarding",
-}
 
 # <linux/if_addr.h>: skip duplicate address detection, so an IPv6 address is
 # usable at once (a fresh veth cannot have a duplicate we would detect).
 _IFA_F_NODAD: Final = 0x02
-_NETLINK_ROUTE: Final = 0
 _DEFAULT_ROUTES: Final[dict[int, IPNetwork]] = {
     4: IPv4Network("0.0.0.0/0"),
     6: IPv6Network("::/0"),
 }
 _DEFAULT_LINGER: Final = 0.05
-#: ``SIOCGIFHWADDR`` from ``<linux/sockios.h>``: read a link's MAC address.
-_SIOCGIFHWADDR: Final = 0x8927
+
+log = logging.getLogger(__name__)
 
 
-#: Written under ``/proc/sys/net/ipv6/conf/<ifname>/`` for a workload interface
-#: with IPv6 addresses, before it comes up. Its addresses and routes are
-#: static, so it neither solicits nor accepts router advertisements (a rogue
-#: RA from another container could otherwise redirect its traffic), and its
-#: addresses are unique by allocation, so no duplicate address detection,
-#: whose probes the bridge would flood to every port.
-STATIC_IPV6_SYSCTLS: Final = {"accept_ra": "0", "router_solicitations": "0", "accept_dad": "0"}
-
-
-class LinkExistsError(AttachError):
-    """A link the operation must create already exists."""
-
-    code = "conflict"
-
-
-@dataclass(frozen=True)
-class RouteSpec:
-    """A route inside a workload namespace."""
-
-    #: Destination (``0.0.0.0/0`` / ``::/0`` for a default route).
-    dst: IPNetwork
-    #: Next hop; ``None`` makes an on-link route (the ``join_global`` host route).
-    gateway: IPAddress | None = None
-
-
-@dataclass(frozen=True)
-class LinkInfo:
-    """What a link listing reports."""
-
-    #: Interface name.
-    name: str
-    #: Interface index in its namespace.
-    index: int
-    #: ``IFLA_INFO_KIND`` (``bridge``, ``veth``...) or ``None`` for plain devices.
-    kind: str | None
-    #: Index of the master (bridge) or ``None``.
-    master: int | None
-    #: Link group (``0`` by default, :data:`TOMBSTONE_GROUP` when pending deletion).
-    group: int
-    #: Administratively up.
-    up: bool
-    #: MTU in bytes.
-    mtu: int
-    #: ``IFLA_IFALIAS`` (``ip link set ... alias``), the ownership tag of bridges.
-    alias: str | None = None
-
-
-@dataclass(frozen=True)
-class VethResult:
-    """The two ends of a veth created by :meth:`Netlink.create_veth_into_netns`."""
-
-    #: Index of the host end in the host namespace.
-    host_index: int
-    #: Index of the container end inside the workload namespace.
-    container_index: int
-    #: MAC address of the container end.
-    container_mac: str
-
-
-class Netlink(Protocol):
-    """The netlink mechanisms the linux_bridge driver needs."""
-
-    def ensure_bridge(
-        self,
-        name: str,
-        addresses: Sequence[IPInterface],
-        mtu: int | None = None,
-        alias: str | None = None,
-    ) -> int:
-        """Create or adopt bridge ``name`` (STP off, up, ``addresses`` present).
-
-        Idempotent: an existing bridge is kept (never deleted and recreated), the
-        missing addresses are added and foreign ones left alone; ``alias`` (when
-        given) is set as ``IFLA_IFALIAS``. Returns the ifindex. Raises
-        :class:`DeviceError` when ``name`` exists but is not a bridge, or the
-        kernel refuses.
-        """
-        ...
-
-    def delete_link(self, name: str) -> bool:
-        """Delete link ``name`` now; ``False`` when it did not exist."""
-        ...
-
-    def create_veth_into_netns(
-        self,
-        *,
-        host_name: str,
-        netns_fd: int,
-        container_ifname: str,
-        addresses: Sequence[IPInterface],
-        gateways: Sequence[IPAddress] = (),
-        routes: Sequence[RouteSpec] = (),
-        mtu: int | None = None,
-        bridge: str | None = None,
-        host_routes: Sequence[IPNetwork] = (),
-        proxy_arp: bool = False,
-        host_addresses: Sequence[IPInterface] = (),
-    ) -> VethResult:
-        """Create a veth whose peer lives in ``netns_fd`` as ``container_ifname``.
-
-        Inside the namespace: the addresses, ``lo`` and the interface up, one
-        default route per gateway, then ``routes``. On the host: the end is
-        enslaved to ``bridge`` (if given) and set up, ``host_routes`` point
-        on-link at it, ``proxy_arp`` turns on IPv4 proxy ARP on it (a
-        routed, unbridged end answering ARP for the addresses it routes) and
-        ``host_addresses`` are added to it (e.g. ``fe80::1/64``, a next hop
-        that routes inside the namespace can name). Interfaces without an
-        IPv6 address (the host end unless ``host_addresses`` has one) get no
-        IPv6 link-local address: nothing is flooded to other bridge ports; a
-        container end with IPv6 addresses gets :data:`STATIC_IPV6_SYSCTLS`. All
-        or nothing: on failure the pair is deleted. Raises
-        :class:`LinkExistsError` when ``host_name`` or ``container_ifname`` is
-        taken, :class:`AttachError` otherwise.
-        """
-        ...
-
-    def delete_links_batch(self, names: Sequence[str]) -> int:
-        """Free ``names`` now and delete the links in the background.
-
-        Returns how many existed. The names are reusable on return.
-        """
-        ...
-
-    def flush_deletions(self, timeout: float = 10.0) -> None:
-        """Wait until every deferred deletion has been done."""
-        ...
-
-    def sweep_tombstones(self) -> int:
-        """Queue the deletion of tombstones a previous run left behind; return how many."""
-        ...
-
-    def list_links(self, prefix: str = "") -> list[LinkInfo]:
-        """Links of the host namespace whose name starts with ``prefix``."""
-        ...
-
-    def link_exists(self, name: str) -> bool:
-        """Whether link ``name`` exists in the host namespace."""
-        ...
-
-    def enable_forwarding(self, *, ipv4: bool = True, ipv6: bool = False) -> dict[str, str]:
-        """Turn the forwarding sysctls on; return the previous value of each written.
-
-        Never turns them off again: other software may rely on them.
-        """
-        ...
-
-    def close(self) -> None:
-        """Finish deferred deletions and release resources."""
-        ...
-
-
-def _strerror(exc: BaseException) -> str:
-    code = getattr(exc, "code", None)
-    if not isinstance(code, int):
-        code = getattr(exc, "errno", None)
-    if isinstance(code, int) and code > 0:
-        reason = f"{os.strerror(code)} (errno {code})"
-        extack = getattr(exc, "extack", None)
-        return f"{reason}: {extack}" if extack else reason
-    return str(exc)
-
-
-def _errno(exc: BaseException) -> int | None:
-    if isinstance(exc, NetlinkError):
-        return int(exc.code)
-    if isinstance(exc, OSError):
-        return exc.errno
-    return None
-
-
-@contextmanager
-def netlink_errors(action: str, error: type[DriverError] = DeviceError) -> Iterator[None]:
-    """Map ``NetlinkError``/``OSError`` raised in the block to ``error``."""
-    try:
-        yield
-    except (NetlinkError, OSError) as exc:
-        raise error(f"Could not {action}: {_strerror(exc)}.") from exc
+def netlink_errors(
+    action: str, error: type[DriverError] = DeviceError
+) -> AbstractContextManager[None]:
+    """Map netlink and OS errors raised in the block to ``error`` naming ``action``."""
+    return mapped_errors(lambda exc: error(f"Could not {action}: {strerror(exc)}."))
 
 
 def _kind(msg: Any) -> str | None:
@@ -322,8 +155,8 @@ def _link_up(
                 rtnl.RTM_NEWLINK, rtnl.link_change(index, up=True, master=master, quiet_ipv6=True)
             )
             return
-        except NetlinkError as exc:
-            if exc.code != errno.EAFNOSUPPORT:
+        except NETLINK_ERRORS as exc:
+            if error_code(exc) != errno.EAFNOSUPPORT:
                 raise
     sock.request(rtnl.RTM_NEWLINK, rtnl.link_change(index, up=True, master=master))
 
@@ -336,10 +169,6 @@ def _add_address(sock: rtnl.RtnlSocket, index: int, iface: IPInterface) -> None:
     except NetlinkError as exc:
         if exc.code != errno.EEXIST:  # already there: the goal is reached
             raise
-
-
-def _open_raw_socket() -> socket.socket:
-    return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_ROUTE)
 
 
 def bridge_mac(name: str) -> str:
@@ -368,201 +197,6 @@ def _link_info(msg: Any) -> LinkInfo:
     )
 
 
-def _open_iproute(netns_fd: int | None) -> Any:
-    """An ``IPRoute`` bound to ``netns_fd`` (``None``: the caller's namespace).
-
-    The netlink socket is created by a thread moved into the namespace and then
-    handed to ``IPRoute(fileno=...)``: a socket keeps its namespace for life.
-    ``IPRoute(netns=fd)`` does the same through a forked helper process, which
-    costs about 8 ms per socket here instead of 0.4 ms.
-    """
-    if netns_fd is None:
-        return IPRoute()
-    sock = run_in_netns(
-        netns_fd,
-        lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_ROUTE),
-    )
-    return IPRoute(fileno=sock.detach())
-
-
-def _if_index(name: str) -> int | None:
-    """Index of link ``name`` in the calling thread's namespace, or ``None``.
-
-    One ``SIOCGIFINDEX`` ioctl (about 7 µs) instead of an ``RTM_GETLINK``
-    round trip whose answer pyroute2 decodes in full (about 0.4 ms).
-    """
-    try:
-        return socket.if_nametoindex(name)
-    except OSError:
-        return None
-
-
-def _if_mac(sock: socket.socket, name: str) -> str:
-    """MAC address of link ``name`` (``aa:bb:...``), read with ``SIOCGIFHWADDR``."""
-    request = struct.pack("16s16s", name.encode(), b"")
-    answer = fcntl.ioctl(sock.fileno(), _SIOCGIFHWADDR, request)
-    return ":".join(f"{b:02x}" for b in answer[18:24])
-
-
-@dataclass(frozen=True)
-class _NetnsProbe:
-    """What the container end needs, gathered by one thread inside the namespace."""
-
-    sock: socket.socket
-    index: int | None
-    loopback: int | None
-    mac: str
-
-
-def _probe_netns(ifname: str, ipv6: bool) -> _NetnsProbe:
-    """Open a netlink socket and look up ``ifname`` and ``lo``; runs inside the namespace.
-
-    With ``ipv6`` the interface's :data:`STATIC_IPV6_SYSCTLS` are written too
-    (``/proc/sys/net`` is the namespace of the writing thread).
-    """
-    sock = _open_raw_socket()
-    try:
-        index = _if_index(ifname)
-        mac = _if_mac(sock, ifname) if index is not None else ""
-        if ipv6 and index is not None:
-            _write_static_ipv6_sysctls(ifname)
-        return _NetnsProbe(sock, index, _if_index("lo"), mac)
-    except BaseException:
-        sock.close()
-        raise
-
-
-def _write_sysctl(
-    path: str, value: str, *, required: bool = False, dir_fd: int | None = None
-) -> None:
-    """Write ``value`` to ``path`` under ``/proc/sys`` (the calling thread's namespace).
-
-    ``path`` is relative to ``dir_fd`` when given. A failed optional write is
-    logged (none when the file does not exist: no IPv6 in this namespace,
-    nothing to quiet); a required one raises.
-    """
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC, dir_fd=dir_fd)
-        try:
-            os.write(fd, value.encode("ascii"))
-        finally:
-            os.close(fd)
-    except OSError as exc:  # e.g. /proc/sys mounted read-only
-        if required:
-            raise
-        if not isinstance(exc, FileNotFoundError):
-            log.warning("could not set %s to %s: %s", path, value, exc)
-
-
-def _write_static_ipv6_sysctls(ifname: str) -> None:
-    # The directory is looked up once, not once per key: the "conf" entries of
-    # all namespaces share one dentry hash chain, and each lookup of a path
-    # through it walks the entries of every namespace that has used it.
-    directory = f"/proc/sys/net/ipv6/conf/{ifname}"
-    try:
-        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError as exc:
-        if not isinstance(exc, FileNotFoundError):  # no IPv6 here: nothing to quiet
-            log.warning("could not open %s: %s", directory, exc)
-        return
-    try:
-        for key, value in STATIC_IPV6_SYSCTLS.items():
-            _write_sysctl(key, value, dir_fd=dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-class _DeferredDeleter:
-    """Background thread deleting the tombstone group whenever work accumulates."""
-
-    def __init__(self, open_ipr: Callable[[], Any], group: int, linger: float) -> None:
-        self._open_ipr = open_ipr
-        self._group = group
-        self._linger = linger
-        self._cond = threading.Condition()
-        self._pending = 0
-        self._busy = False
-        self._closed = False
-        self._thread: threading.Thread | None = None
-        #: Last failure of a batch, reported by :meth:`flush` (then cleared).
-        self.last_error: BaseException | None = None
-        #: Number of ``RTM_DELLINK`` batches sent, for tests and metrics.
-        self.batches = 0
-
-    def schedule(self, count: int) -> None:
-        with self._cond:
-            if self._closed:
-                raise DeviceError("The netlink adapter is closed; it cannot delete links any more.")
-            self._pending += count
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(
-                    target=self._run, name="overlayd-link-deleter", daemon=True
-                )
-                self._thread.start()
-            self._cond.notify_all()
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while self._pending == 0 and not self._closed:
-                    self._cond.wait()
-                if self._pending == 0 and self._closed:
-                    return
-            # Let more detaches pile up so that one kernel batch covers them.
-            time.sleep(self._linger)
-            with self._cond:
-                taken = self._pending
-                self._pending = 0
-                self._busy = True
-            try:
-                self._delete_group()
-            except (NetlinkError, OSError) as exc:
-                log.warning("deferred deletion of %d link(s) failed: %s", taken, exc)
-                with self._cond:
-                    self.last_error = exc
-            finally:
-                with self._cond:
-                    self._busy = False
-                    self.batches += 1
-                    self._cond.notify_all()
-
-    def _delete_group(self) -> None:
-        with self._open_ipr() as ipr:
-            try:
-                ipr.link("del", index=0, group=self._group)
-            except NetlinkError as exc:
-                # ENODEV: nothing left in the group (an earlier batch took it).
-                if exc.code != errno.ENODEV:
-                    raise
-
-    def flush(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while self._pending or self._busy:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise DeviceError(
-                        f"Deferred link deletion did not finish within {timeout} s; "
-                        "the kernel may be stuck releasing a device."
-                    )
-                self._cond.wait(left)
-            error, self.last_error = self.last_error, None
-        if error is not None:
-            raise DeviceError(
-                f"Deferred link deletion failed: {_strerror(error)}; "
-                "the links stay in the tombstone group and are retried by "
-                "sweep_tombstones()."
-            ) from error
-
-    def close(self, timeout: float) -> None:
-        try:
-            self.flush(timeout)
-        finally:
-            with self._cond:
-                self._closed = True
-                self._cond.notify_all()
-
-
 class PyrouteNetlink:
     """:class:`Netlink` implemented with pyroute2."""
 
@@ -579,7 +213,7 @@ class PyrouteNetlink:
         if host_netns is not None:
             self._host_fd = os.open(host_netns, os.O_RDONLY | os.O_CLOEXEC)
         self._group = tombstone_group
-        self._deleter = _DeferredDeleter(self._host_ipr, tombstone_group, linger)
+        self._deleter = DeferredDeleter(self._host_ipr, tombstone_group, linger)
         #: Raw netlink sockets of the host namespace for the hot path.
         self._host_sockets = rtnl.SocketPool(self._open_host_socket)
         #: Previous values of the sysctls :meth:`enable_forwarding` changed.
@@ -597,12 +231,12 @@ class PyrouteNetlink:
         return self._deleter.batches
 
     def _host_ipr(self) -> Any:
-        return _open_iproute(self._host_fd)
+        return open_iproute(self._host_fd)
 
     def _open_host_socket(self) -> socket.socket:
         if self._host_fd is None:
-            return _open_raw_socket()
-        return run_in_netns(self._host_fd, _open_raw_socket)
+            return open_raw_socket()
+        return run_in_netns(self._host_fd, open_raw_socket)
 
     def close(self, timeout: float = 10.0) -> None:
         try:
@@ -746,9 +380,9 @@ class PyrouteNetlink:
                 host_addresses=host_addresses,
                 retry_after_flush=True,
             )
-        except (NetlinkError, OSError) as exc:
+        except NETLINK_ERRORS as exc:
             raise AttachError(
-                f"Could not attach {container_ifname} (host end {host_name}): {_strerror(exc)}."
+                f"Could not attach {container_ifname} (host end {host_name}): {strerror(exc)}."
             ) from exc
 
     def _create_veth(
@@ -863,7 +497,7 @@ class PyrouteNetlink:
     def _host_index(self, host: rtnl.RtnlSocket, name: str) -> int | None:
         """Index of host link ``name``; ``host`` is a socket in the host namespace."""
         if self._host_fd is None:
-            return _if_index(name)  # the host namespace is this thread's own
+            return if_index(name)  # the host namespace is this thread's own
         return host.link_index(name)
 
     def _write_host_sysctls(self, ifname: str, *, proxy_arp: bool, ipv6: bool) -> None:
@@ -882,7 +516,7 @@ class PyrouteNetlink:
             if not ipv6:
                 conf6 = self._conf_dir("ipv6")
                 if conf6 is not None:  # else no IPv6 on this host: nothing to turn off
-                    _write_sysctl(f"{ifname}/disable_ipv6", "1", dir_fd=conf6)
+                    write_sysctl(f"{ifname}/disable_ipv6", "1", dir_fd=conf6)
             if proxy_arp:
                 conf4 = self._conf_dir("ipv4")
                 path = (
@@ -890,7 +524,7 @@ class PyrouteNetlink:
                     if conf4 is not None
                     else f"/proc/sys/net/ipv4/conf/{ifname}/proxy_arp"
                 )
-                _write_sysctl(path, "1", required=True, dir_fd=conf4)
+                write_sysctl(path, "1", required=True, dir_fd=conf4)
 
         # /proc/sys/net resolves the namespace of the writing thread.
         run_in_netns(self._host_fd, write)
@@ -922,7 +556,7 @@ class PyrouteNetlink:
             index = self._host_index(host, host_name)
             if index is not None:
                 host.request(rtnl.RTM_DELLINK, rtnl.link_change(index))
-        except (NetlinkError, OSError) as exc:
+        except NETLINK_ERRORS as exc:
             # The original failure is what the caller needs to see; this one is
             # logged so that the leftover link can be found.
             log.warning("rollback: could not delete veth %s: %s", host_name, exc)
@@ -938,7 +572,7 @@ class PyrouteNetlink:
         # One thread in the namespace opens the socket and reads the indexes
         # and the MAC with ioctls: no RTM_GETLINK round trips.
         ipv6 = any(a.version == 6 for a in addresses)
-        probe = run_in_netns(netns_fd, lambda: _probe_netns(ifname, ipv6))
+        probe = run_in_netns(netns_fd, lambda: probe_netns(ifname, ipv6))
         if probe.index is None:
             probe.sock.close()
             raise AttachError(

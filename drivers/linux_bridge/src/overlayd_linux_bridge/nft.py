@@ -4,7 +4,7 @@ in ``bridge overlayd``. No other table is touched.
 The table holds a fixed set of chains whose rules never change; everything
 that varies is an element of a named set or map, so adding or removing a
 subnet or a port mapping is one element update in one transaction, and the
-cost of an attach does not grow with the number of containers (LESSONS.md §7).
+cost of an attach does not grow with the number of containers.
 
 ::
 
@@ -77,7 +77,7 @@ from typing import Protocol
 
 from overlayd.errors import NatError
 from overlayd.errors import NotSupported
-from overlayd_linux_bridge.netns import setns_current_thread
+from overlayd_linux.netns import setns_current_thread
 
 __all__ = [
     "PORT_GROUP",

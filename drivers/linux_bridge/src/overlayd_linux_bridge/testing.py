@@ -13,14 +13,14 @@ import os
 import secrets
 import select
 import socket
-import struct
 import subprocess
 from collections.abc import Callable
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from overlayd_linux_bridge.netns import run_in_netns
+from overlayd_linux import icmp
+from overlayd_linux.netns import run_in_netns
 
 __all__ = ["NETNS_DIR", "Netns", "ping", "throwaway_netns", "udp_probe"]
 
@@ -83,42 +83,13 @@ def throwaway_netns() -> Iterator[Callable[[str], Netns]]:
             )
 
 
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = int(sum(struct.unpack(f"!{len(data) // 2}H", data)))
-    total = (total >> 16) + (total & 0xFFFF)
-    total += total >> 16
-    return ~total & 0xFFFF
-
-
 def ping(ns: Netns, dst: str, timeout: float = 2.0) -> bool:
     """Send one ICMP(v6) echo request from ``ns`` and wait for the reply.
 
     Uses a raw socket created inside ``ns``, so no ``ping`` binary is needed.
     """
-    v6 = ":" in dst
-    family = socket.AF_INET6 if v6 else socket.AF_INET
-    proto = socket.IPPROTO_ICMPV6 if v6 else socket.IPPROTO_ICMP
-    ident = secrets.randbits(16)
-    payload = secrets.token_bytes(16)
-    req_type, reply_type = (128, 129) if v6 else (8, 0)
-    header = struct.pack("!BBHHH", req_type, 0, 0, ident, 1)
-    # The kernel fills the ICMPv6 checksum of raw sockets itself.
-    csum = 0 if v6 else _checksum(header + payload)
-    packet = struct.pack("!BBHHH", req_type, 0, csum, ident, 1) + payload
-    with ns.socket(family, socket.SOCK_RAW, proto) as sock:
-        sock.sendto(packet, (dst, 0))
-        while True:
-            ready, _, _ = select.select([sock], [], [], timeout)
-            if not ready:
-                return False
-            data, _ = sock.recvfrom(2048)
-            if not v6:
-                data = data[(data[0] & 0x0F) * 4 :]  # strip the IPv4 header
-            rtype, _, _, rid, _ = struct.unpack("!BBHHH", data[:8])
-            if rtype == reply_type and rid == ident and data[8:] == payload:
-                return True
+    with run_in_netns(ns.fd, lambda: icmp.echo_socket(icmp.family_of(dst))) as sock:
+        return icmp.echo(sock, dst, timeout=timeout) is not None
 
 
 def udp_probe(

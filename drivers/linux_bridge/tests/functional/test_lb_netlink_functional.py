@@ -19,6 +19,11 @@ from overlayd.errors import AttachError
 from overlayd.errors import DeviceError
 from overlayd.names import is_tombstone
 from overlayd.names import veth_host_name
+from overlayd_linux.netns import run_in_netns
+from overlayd_linux.rtnl import RTM_NEWLINK
+from overlayd_linux.rtnl import RtnlError
+from overlayd_linux.rtnl import RtnlSocket
+from overlayd_linux.rtnl import link_change
 from overlayd_linux_bridge.netlink import STATIC_IPV6_SYSCTLS
 from overlayd_linux_bridge.netlink import TOMBSTONE_GROUP
 from overlayd_linux_bridge.netlink import LinkExistsError
@@ -26,12 +31,7 @@ from overlayd_linux_bridge.netlink import Netlink
 from overlayd_linux_bridge.netlink import PyrouteNetlink
 from overlayd_linux_bridge.netlink import RouteSpec
 from overlayd_linux_bridge.netlink import bridge_mac
-from overlayd_linux_bridge.netns import run_in_netns
 from overlayd_linux_bridge.nft import PORT_GROUP
-from overlayd_linux_bridge.rtnl import RTM_NEWLINK
-from overlayd_linux_bridge.rtnl import RtnlError
-from overlayd_linux_bridge.rtnl import RtnlSocket
-from overlayd_linux_bridge.rtnl import link_change
 from overlayd_linux_bridge.testing import Netns
 from overlayd_linux_bridge.testing import ping
 

@@ -10,7 +10,7 @@ import pytest
 from pyroute2 import NetlinkError
 
 from overlayd.errors import DeviceError
-from overlayd_linux_bridge.netlink import _DeferredDeleter
+from overlayd_linux_bridge.deleter import DeferredDeleter
 
 
 class RecordingIPRoute:
@@ -36,9 +36,9 @@ def _deleter(
     log: list[dict[str, Any]],
     fail: list[BaseException] | None = None,
     linger: float = 0.05,
-) -> _DeferredDeleter:
+) -> DeferredDeleter:
     failures = fail if fail is not None else []
-    return _DeferredDeleter(lambda: RecordingIPRoute(log, failures), 0x1234, linger)
+    return DeferredDeleter(lambda: RecordingIPRoute(log, failures), 0x1234, linger)
 
 
 def test_requests_accumulated_during_linger_share_one_batch() -> None:

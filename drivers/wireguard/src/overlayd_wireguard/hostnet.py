@@ -12,20 +12,26 @@ Three things, all scoped to the driver's network namespace:
 * the node's underlay address (:meth:`HostNet.underlay_address`), which a
   guest-managed workload is told to reach the node at.
 
-One ``IPRoute`` per call (STYLE.md §7).
+Each call opens one ``IPRoute`` in the namespace and closes it when it
+returns (:func:`overlayd_linux.netlink.iproute_in`: a socket made by a
+thread inside the namespace, not pyroute2's forked helper).
 """
 
 from __future__ import annotations
 
 import errno
-import ipaddress
 from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from typing import Any
 from typing import Protocol
 
 from overlayd.errors import DeviceError
-from overlayd_wireguard.links import NETLINK_ERRORS
-from overlayd_wireguard.links import error_code
+from overlayd_linux.netlink import NETLINK_ERRORS
+from overlayd_linux.netlink import error_code
+from overlayd_linux.netlink import iproute_in
+from overlayd_linux.netlink import link_index
+from overlayd_linux.netlink import mapped_errors
+from overlayd_linux.netlink import route_fields
 
 __all__ = ["HostNet", "PyRoute2HostNet"]
 
@@ -59,82 +65,54 @@ class HostNet(Protocol):
         ...
 
 
-def _iproute(netns: str | None) -> Any:
-    from pyroute2 import IPRoute
-
-    return IPRoute(netns=netns) if netns else IPRoute()
+def _route_errors(doing: str, ifname: str, op: str) -> AbstractContextManager[None]:
+    return mapped_errors(
+        lambda exc: DeviceError(
+            f"{doing} routes through WireGuard device {ifname} failed: {exc}",
+            op=op,
+            driver="wireguard",
+        )
+    )
 
 
 class PyRoute2HostNet:
     """:class:`HostNet` over pyroute2 ``IPRoute``."""
 
-    def _index(self, ipr: Any, ifname: str) -> int | None:
-        found = ipr.link_lookup(ifname=ifname)
-        return int(found[0]) if found else None
-
     def add_routes(self, ifname: str, prefixes: Iterable[str], *, netns: str | None) -> None:
         todo = list(prefixes)
         if not todo:
             return
-        try:
-            with _iproute(netns) as ipr:
-                idx = self._index(ipr, ifname)
-                if idx is None:
-                    raise DeviceError(
-                        f"cannot add routes through {ifname}: the link does not exist; "
-                        "the WireGuard process may have exited",
-                        op="add_routes",
-                        driver="wireguard",
-                    )
-                for prefix in todo:
-                    net = ipaddress.ip_network(prefix)
-                    ipr.route(
-                        "replace",
-                        dst=str(net.network_address),
-                        dst_len=net.prefixlen,
-                        oif=idx,
-                        family=10 if net.version == 6 else 2,
-                    )
-        except NETLINK_ERRORS as exc:
-            raise DeviceError(
-                f"adding routes through WireGuard device {ifname} failed: {exc}",
-                op="add_routes",
-                driver="wireguard",
-            ) from exc
+        with _route_errors("adding", ifname, "add_routes"), iproute_in(netns) as ipr:
+            idx = link_index(ipr, ifname)
+            if idx is None:
+                raise DeviceError(
+                    f"cannot add routes through {ifname}: the link does not exist; "
+                    "the WireGuard process may have exited",
+                    op="add_routes",
+                    driver="wireguard",
+                )
+            for prefix in todo:
+                ipr.route("replace", **route_fields(prefix, idx))
 
     def delete_routes(self, ifname: str, prefixes: Iterable[str], *, netns: str | None) -> None:
         todo = list(prefixes)
         if not todo:
             return
-        try:
-            with _iproute(netns) as ipr:
-                idx = self._index(ipr, ifname)
-                if idx is None:
-                    return  # the link's routes went with it
-                for prefix in todo:
-                    net = ipaddress.ip_network(prefix)
-                    try:
-                        ipr.route(
-                            "del",
-                            dst=str(net.network_address),
-                            dst_len=net.prefixlen,
-                            oif=idx,
-                            family=10 if net.version == 6 else 2,
-                        )
-                    except NETLINK_ERRORS as exc:
-                        if error_code(exc) not in {errno.ESRCH, errno.ENOENT}:
-                            raise
-        except NETLINK_ERRORS as exc:
-            raise DeviceError(
-                f"removing routes through WireGuard device {ifname} failed: {exc}",
-                op="delete_routes",
-                driver="wireguard",
-            ) from exc
+        with _route_errors("removing", ifname, "delete_routes"), iproute_in(netns) as ipr:
+            idx = link_index(ipr, ifname)
+            if idx is None:
+                return  # the link's routes went with it
+            for prefix in todo:
+                try:
+                    ipr.route("del", **route_fields(prefix, idx))
+                except NETLINK_ERRORS as exc:
+                    if error_code(exc) not in {errno.ESRCH, errno.ENOENT}:
+                        raise
 
     def wireguard_links(self, *, netns: str | None) -> dict[str, str]:
         out: dict[str, str] = {}
         try:
-            with _iproute(netns) as ipr:
+            with iproute_in(netns) as ipr:
                 for msg in ipr.get_links():
                     name = msg.get_attr("IFLA_IFNAME")
                     info = msg.get_attr("IFLA_LINKINFO")
@@ -152,7 +130,7 @@ class PyRoute2HostNet:
 
     def underlay_address(self, *, netns: str | None) -> str | None:
         try:
-            with _iproute(netns) as ipr:
+            with iproute_in(netns) as ipr:
                 return _underlay(ipr)
         except NETLINK_ERRORS:
             return None

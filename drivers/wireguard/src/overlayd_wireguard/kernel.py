@@ -17,6 +17,8 @@ from __future__ import annotations
 import base64
 import errno
 import logging
+import os
+import socket
 from collections.abc import Callable
 from collections.abc import Iterable
 from collections.abc import Iterator
@@ -29,12 +31,15 @@ from typing import Protocol
 from overlayd.errors import DeviceError
 from overlayd.errors import NotFound
 from overlayd.errors import PeerError
+from overlayd_linux.netlink import NETLINK_ERRORS
+from overlayd_linux.netlink import error_code
+from overlayd_linux.netlink import netns_path
+from overlayd_linux.netlink import socket_in
+from overlayd_linux.netns import open_network_namespace
 from overlayd_wireguard.keys import PresharedKey
 from overlayd_wireguard.keys import PrivateKey
-from overlayd_wireguard.links import NETLINK_ERRORS
 from overlayd_wireguard.links import LinkAdapter
 from overlayd_wireguard.links import PyRoute2Links
-from overlayd_wireguard.links import error_code
 from overlayd_wireguard.uapi import DeviceState
 from overlayd_wireguard.uapi import PeerConfig
 from overlayd_wireguard.uapi import PeerOp
@@ -57,6 +62,8 @@ log = logging.getLogger(__name__)
 #: Allowed IPs per netlink message; wg(8) fills a buffer of min(page, 8 KiB) and
 #: one IPv6 allowed IP costs 36 bytes, so 64 per message stays well inside it.
 ALLOWED_IPS_PER_MESSAGE: Final = 64
+#: ``NETLINK_GENERIC`` from ``<linux/netlink.h>``.
+_NETLINK_GENERIC: Final = 16
 _ZERO_KEY_B64: Final = base64.b64encode(bytes(32)).decode("ascii")
 
 
@@ -84,9 +91,22 @@ class GenlWireGuard(Protocol):
 
 
 def _open_genl(netns: str | None) -> GenlWireGuard:
+    """A ``WireGuard`` socket in ``netns`` (a name under /var/run/netns; ``None``: ours).
+
+    The socket is made by a thread inside the namespace
+    (:func:`overlayd_linux.netlink.socket_in`), not by pyroute2's forked helper.
+    """
     from pyroute2 import WireGuard
 
-    genl: GenlWireGuard = WireGuard(netns=netns) if netns else WireGuard()
+    if not netns:
+        genl: GenlWireGuard = WireGuard()
+        return genl
+    fd = open_network_namespace(netns_path(netns))
+    try:
+        sock = socket_in(fd, socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_GENERIC)
+    finally:
+        os.close(fd)
+    genl = WireGuard(fileno=sock.detach())
     return genl
 
 

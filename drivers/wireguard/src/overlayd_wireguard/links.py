@@ -1,8 +1,11 @@
 """Link mechanism for WireGuard devices: MTU, addresses, state, creation (pyroute2).
 
 Addresses and link state are set over rtnetlink with pyroute2, never by running
-``ip``. One ``IPRoute`` per call (STYLE.md §7); ``netns`` names a namespace under
-``/var/run/netns`` (pyroute2 enters it for the socket only).
+``ip``. Each call opens one ``IPRoute`` and closes it when it returns;
+``netns`` names a namespace under ``/var/run/netns``, whose socket is opened by
+a thread that entered it (:func:`overlayd_linux.netlink.iproute_in`), not by
+pyroute2's forked helper. The netlink error helpers come from
+:mod:`overlayd_linux.netlink` and are re-exported here for the driver's modules.
 """
 
 from __future__ import annotations
@@ -10,14 +13,18 @@ from __future__ import annotations
 import errno
 import ipaddress
 import time
-from collections.abc import Iterator
 from collections.abc import Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from typing import Any
 from typing import Protocol
 
 from overlayd.errors import DeviceError
 from overlayd.errors import NotSupported
+from overlayd_linux.netlink import NETLINK_ERRORS
+from overlayd_linux.netlink import error_code
+from overlayd_linux.netlink import iproute_in
+from overlayd_linux.netlink import link_index
+from overlayd_linux.netlink import mapped_errors
 
 __all__ = [
     "NETLINK_ERRORS",
@@ -26,27 +33,6 @@ __all__ = [
     "error_code",
     "netlink_errors",
 ]
-
-
-def _netlink_error_types() -> tuple[type[Exception], ...]:
-    # NOTE: pyroute2 0.9.7's NetlinkError derives from Exception, not OSError.
-    try:
-        from pyroute2 import NetlinkError
-    except ImportError:  # not Linux: only OSError can occur
-        return (OSError,)
-    return (OSError, NetlinkError)
-
-
-#: Exceptions a pyroute2 call raises for kernel/socket errors.
-NETLINK_ERRORS: tuple[type[Exception], ...] = _netlink_error_types()
-
-
-def error_code(exc: BaseException) -> int | None:
-    """The errno of a ``NetlinkError`` (``.code``) or ``OSError`` (``.errno``)."""
-    code = getattr(exc, "code", None)
-    if isinstance(code, int):
-        return code
-    return exc.errno if isinstance(exc, OSError) else None
 
 
 class LinkAdapter(Protocol):
@@ -76,38 +62,29 @@ class LinkAdapter(Protocol):
         ...
 
 
-@contextmanager
-def netlink_errors(action: str, name: str) -> Iterator[None]:
+def netlink_errors(action: str, name: str) -> AbstractContextManager[None]:
     """Map pyroute2/OS errors to ``DeviceError`` keeping the cause."""
-    try:
-        yield
-    except NETLINK_ERRORS as exc:
-        raise DeviceError(
+    return mapped_errors(
+        lambda exc: DeviceError(
             f"{action} for WireGuard device {name} failed: {exc}",
             op=action,
             driver="wireguard",
-        ) from exc
+        )
+    )
 
 
-def _iproute(netns: str | None) -> Any:
-    # Imported lazily: pyroute2 is Linux-only and this module must import anywhere.
-    from pyroute2 import IPRoute
-
-    return IPRoute(netns=netns) if netns else IPRoute()
+def _iproute(netns: str | None) -> AbstractContextManager[Any]:
+    return iproute_in(netns)
 
 
 class PyRoute2Links:
     """:class:`LinkAdapter` over pyroute2 ``IPRoute``."""
 
-    def _index(self, ipr: Any, name: str) -> int | None:
-        found = ipr.link_lookup(ifname=name)
-        return int(found[0]) if found else None
-
     def wait_link(self, name: str, *, netns: str | None, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         delay = 0.01
         with netlink_errors("looking up the link", name), _iproute(netns) as ipr:
-            while self._index(ipr, name) is None:
+            while link_index(ipr, name) is None:
                 if time.monotonic() > deadline:
                     raise DeviceError(
                         f"link {name} did not appear in "
@@ -129,7 +106,7 @@ class PyRoute2Links:
     ) -> None:
         want = [ipaddress.ip_interface(a) for a in addresses]
         with netlink_errors("configuring the link", name), _iproute(netns) as ipr:
-            idx = self._index(ipr, name)
+            idx = link_index(ipr, name)
             if idx is None:
                 raise DeviceError(
                     f"link {name} does not exist, so it cannot be configured; "
@@ -169,7 +146,7 @@ class PyRoute2Links:
 
     def ensure_wireguard_link(self, name: str, *, netns: str | None) -> None:
         with _iproute(netns) as ipr:
-            if self._index(ipr, name) is not None:
+            if link_index(ipr, name) is not None:
                 return
             try:
                 ipr.link("add", ifname=name, kind="wireguard")
@@ -189,7 +166,7 @@ class PyRoute2Links:
 
     def delete_link(self, name: str, *, netns: str | None) -> bool:
         with netlink_errors("deleting the link", name), _iproute(netns) as ipr:
-            idx = self._index(ipr, name)
+            idx = link_index(ipr, name)
             if idx is None:
                 return False
             try:

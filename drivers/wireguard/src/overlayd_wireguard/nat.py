@@ -19,8 +19,8 @@ driver supplies what only it knows:
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
-import threading
 from typing import TYPE_CHECKING
 from typing import Any
 
@@ -31,7 +31,11 @@ from overlayd.errors import PeerError
 from overlayd.model import Device
 from overlayd.model import DeviceKind
 from overlayd.model import NatCandidate
-from overlayd_wireguard.links import NETLINK_ERRORS
+from overlayd_linux.netlink import NETLINK_ERRORS
+from overlayd_linux.netlink import iproute_in
+from overlayd_linux.netlink import netns_path
+from overlayd_linux.netlink import socket_in
+from overlayd_linux.netns import open_network_namespace
 from overlayd_wireguard.uapi import PeerConfig
 from overlayd_wireguard.uapi import PeerOp
 from overlayd_wireguard.uapi import SetRequest
@@ -52,41 +56,25 @@ def open_in_netns(netns: str | None, family: int, type_: int, proto: int) -> soc
     """A socket created inside ``netns`` (a name under /var/run/netns), or here."""
     if not netns:
         return socket.socket(family, type_, proto)
-    result: list[socket.socket] = []
-    errors: list[BaseException] = []
-
-    def inside() -> None:
-        # setns(2) changes only the calling thread: do it in a thread of our own.
-        from pyroute2 import netns as pr_netns
-
-        try:
-            pr_netns.setns(netns)
-            result.append(socket.socket(family, type_, proto))
-        except Exception as exc:  # noqa: BLE001 - handed to the caller
-            errors.append(exc)
-
-    thread = threading.Thread(target=inside, name="overlayd-wg-netns")
-    thread.start()
-    thread.join()
-    if errors:
-        exc = errors[0]
-        if isinstance(exc, OSError):
-            raise exc
+    try:
+        fd = open_network_namespace(netns_path(netns))
+    except OverlaydError as exc:
         raise NatError(f"cannot open a socket in netns {netns}: {exc}", op="nat_socket") from exc
-    return result[0]
+    try:
+        return socket_in(fd, family, type_, proto)
+    finally:
+        os.close(fd)
 
 
 def host_candidates(netns: str | None, device: Device) -> list[NatCandidate]:
     """The namespace's own addresses with the device's port, IPv4 first."""
-    from pyroute2 import IPRoute
-
     port = device.listen_port
     if not port:
         return []
     overlay = device.subnet
     out: list[NatCandidate] = []
     try:
-        with IPRoute(netns=netns) if netns else IPRoute() as ipr:
+        with iproute_in(netns) as ipr:
             names = {
                 int(link["index"]): str(link.get_attr("IFLA_IFNAME") or "")
                 for link in ipr.get_links()

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import ctypes
 import logging
 import os
 import signal
@@ -38,6 +37,7 @@ from overlayd.errors import Conflict
 from overlayd.errors import DeviceError
 from overlayd.errors import InvalidRequest
 from overlayd.errors import NotFound
+from overlayd_linux.netns import preexec_setns
 from overlayd_wireguard.keys import PrivateKey
 from overlayd_wireguard.links import LinkAdapter
 from overlayd_wireguard.links import PyRoute2Links
@@ -60,31 +60,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_COMMAND: Final = ("wireguard-go",)
 NETNS_DIR: Final = Path("/var/run/netns")
-_CLONE_NEWNET: Final = 0x40000000
 _OUTPUT_LINES: Final = 20
-
-
-def _setns_function() -> Callable[[int], None]:
-    """Return ``setns(fd)`` for network namespaces (os.setns on 3.12+, else libc)."""
-    os_setns = getattr(os, "setns", None)
-    if os_setns is not None:
-
-        def enter(fd: int) -> None:
-            os_setns(fd, _CLONE_NEWNET)
-
-        return enter
-    # Load libc in the parent: the child runs this between fork and exec.
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc_setns = libc.setns
-    libc_setns.argtypes = [ctypes.c_int, ctypes.c_int]
-    libc_setns.restype = ctypes.c_int
-
-    def enter_libc(fd: int) -> None:
-        if libc_setns(fd, _CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns: {os.strerror(err)}")
-
-    return enter_libc
 
 
 @dataclass
@@ -166,7 +142,6 @@ class UserspaceBackend:
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
-        self._setns: Callable[[int], None] | None = None
 
     # ------------------------------------------------------------------ public API
 
@@ -342,9 +317,6 @@ class UserspaceBackend:
             # Failure (no CAP_SYS_NICE) is reported by the tuning after start.
             preexec = _nice_function(nice)
         if dev.netns is not None:
-            if self._setns is None:
-                self._setns = _setns_function()
-            setns = self._setns
             try:
                 ns_fd = os.open(NETNS_DIR / dev.netns, os.O_RDONLY)
             except OSError as exc:
@@ -354,11 +326,11 @@ class UserspaceBackend:
                     op="ensure_device",
                     driver="wireguard",
                 ) from exc
-            fd = ns_fd
+            setns = preexec_setns(ns_fd)
             then = preexec
 
             def preexec() -> None:
-                setns(fd)
+                setns()
                 if then is not None:
                     then()
 

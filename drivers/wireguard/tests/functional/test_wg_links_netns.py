@@ -99,3 +99,50 @@ def test_underlay_address_is_the_default_route_source_then_a_global_address(ns: 
         ipr.route("replace", dst="0.0.0.0", dst_len=0, gateway="10.97.1.1", oif=up1,
                   prefsrc="10.97.0.2")  # fmt: skip
     assert hostnet.underlay_address(netns=ns) == "10.97.0.2"
+
+
+def test_namespace_calls_never_fork_pyroute2s_helper(
+    ns: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Links, routes, host candidates and NAT sockets open their sockets from a pinned thread.
+
+    ``IPRoute(netns=...)`` makes its socket in a helper process that
+    ``pyroute2.netns.create_socket`` forks (a ``ChildProcess``) for every socket;
+    the driver must not reach it.
+    """
+    import socket
+
+    import pyroute2.netns
+
+    from overlayd.model import Device
+    from overlayd.model import DeviceKind
+    from overlayd_linux.netlink import iproute_in
+    from overlayd_wireguard.hostnet import PyRoute2HostNet
+    from overlayd_wireguard.nat import host_candidates
+    from overlayd_wireguard.nat import open_in_netns
+
+    with iproute_in(ns) as ipr:
+        ipr.link("add", ifname="owgfk0", kind="veth", peer={"ifname": "owgfk1"})
+
+    def forked(*args: object, **kwargs: object) -> None:
+        raise AssertionError("pyroute2's forked namespace helper was used")
+
+    monkeypatch.setattr(pyroute2.netns, "ChildProcess", forked)
+    links, hostnet = PyRoute2Links(), PyRoute2HostNet()
+    links.wait_link("owgfk0", netns=ns, timeout=2)
+    links.configure("owgfk0", mtu=1400, addresses=["10.96.0.1/24"], netns=ns)
+    hostnet.add_routes("owgfk0", ["10.95.0.0/16"], netns=ns)
+    hostnet.delete_routes("owgfk0", ["10.95.0.0/16"], netns=ns)
+    assert hostnet.wireguard_links(netns=ns) == {}
+    assert hostnet.underlay_address(netns=ns) == "10.96.0.1"
+    device = Device(
+        name="owgfk0",
+        kind=DeviceKind.WIREGUARD,
+        owner="global",
+        driver="wireguard",
+        listen_port=51999,
+    )
+    assert [c.endpoint for c in host_candidates(ns, device)] == ["10.96.0.1:51999"]
+    with open_in_netns(ns, socket.AF_INET, socket.SOCK_DGRAM, 0) as sock:
+        sock.bind(("10.96.0.1", 0))  # the address exists only inside the namespace
+    assert links.delete_link("owgfk0", netns=ns) is True

@@ -1,6 +1,6 @@
 """The hand-encoded rtnetlink messages, decoded by pyroute2's own parsers.
 
-pyroute2 is the oracle here: every message :mod:`overlayd_linux_bridge.rtnl`
+pyroute2 is the oracle here: every message :mod:`overlayd_linux.rtnl`
 builds must decode, with pyroute2's ``ifinfmsg``/``ifaddrmsg``/``rtmsg``
 classes, to exactly the fields the driver means to send. The socket tests
 use requests any process may make (a lookup) or that the kernel refuses for
@@ -23,7 +23,7 @@ from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
-from overlayd_linux_bridge import rtnl
+from overlayd_linux import rtnl
 
 UNUSED_INDEX = 0x7FFF_FFF0
 

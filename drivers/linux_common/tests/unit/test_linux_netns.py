@@ -1,23 +1,19 @@
-"""Namespace helpers that need no privileges."""
+"""Opening network namespaces and running code in them (no privileges needed)."""
 
 from __future__ import annotations
 
 import errno
 import os
-import subprocess
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from overlayd.errors import InvalidRequest
-from overlayd_linux_bridge.namespaces import ProcNamespaceResolver
-from overlayd_linux_bridge.netns import NotANetworkNamespace
-from overlayd_linux_bridge.netns import open_netns
-from overlayd_linux_bridge.netns import open_network_namespace
-from overlayd_linux_bridge.netns import run_in_netns
+from overlayd_linux.netns import NotANetworkNamespace
+from overlayd_linux.netns import open_netns
+from overlayd_linux.netns import open_network_namespace
+from overlayd_linux.netns import run_in_netns
 
 
 def test_run_in_netns_without_namespace_runs_inline() -> None:
@@ -106,58 +102,3 @@ def test_a_network_namespace_opens() -> None:
 def test_a_missing_path_is_file_not_found() -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
         open_network_namespace("/proc/999999999/ns/net")
-
-
-@pytest.mark.parametrize(
-    "path", ["/proc/self/ns/net", f"/proc/{os.getpid()}/ns/net"], ids=["self", "own-pid"]
-)
-def test_the_resolver_refuses_the_daemons_own_namespace(path: str) -> None:
-    resolver = ProcNamespaceResolver()
-    resolver.host_path = "/nonexistent"  # whatever pid 1's is, this test is about our own
-    with (
-        pytest.raises(InvalidRequest, match="overlayd's own network namespace"),
-        resolver.open(path),
-    ):
-        pass
-
-
-@pytest.mark.privileged
-def test_the_resolver_refuses_the_hosts_namespace_by_identity() -> None:
-    """pid 1's namespace is refused whatever path reaches it (here: another pid in it)."""
-    init = subprocess.Popen(["unshare", "--net", "sleep", "30"])
-    other = None
-    try:
-        own = os.stat("/proc/self/ns/net").st_ino
-        deadline = time.monotonic() + 5
-        while os.stat(f"/proc/{init.pid}/ns/net").st_ino == own:
-            assert time.monotonic() < deadline, "unshare did not enter a new namespace"
-            time.sleep(0.01)
-        # A second process in the same namespace as our stand-in for pid 1.
-        other = subprocess.Popen(["nsenter", f"--net=/proc/{init.pid}/ns/net", "sleep", "30"])
-        while (
-            os.stat(f"/proc/{other.pid}/ns/net").st_ino
-            != os.stat(f"/proc/{init.pid}/ns/net").st_ino
-        ):
-            assert time.monotonic() < deadline, "nsenter did not enter the namespace"
-            time.sleep(0.01)
-        resolver = ProcNamespaceResolver()
-        resolver.host_path = f"/proc/{init.pid}/ns/net"
-        with (
-            pytest.raises(InvalidRequest, match="the host's network namespace"),
-            resolver.open(f"/proc/{other.pid}/ns/net"),
-        ):
-            pass
-    finally:
-        for proc in (init, other):
-            if proc is not None:
-                proc.kill()
-                proc.wait()
-
-
-def test_the_resolver_refuses_the_configured_host_namespace(tmp_path: Path) -> None:
-    link = tmp_path / "host"
-    link.symlink_to("/proc/self/ns/net")
-    resolver = ProcNamespaceResolver(host_netns=str(link))
-    resolver.host_path = "/nonexistent"
-    with pytest.raises(InvalidRequest, match="manages as the host"), resolver.open(str(link)):
-        pass

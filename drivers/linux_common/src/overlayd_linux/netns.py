@@ -6,14 +6,18 @@ switches the daemon's own threads; it starts a short-lived thread, moves that
 thread into the target namespace, runs the work there and lets the thread end.
 Sockets keep the namespace they were created in, so a netlink socket opened by
 such a thread keeps operating on that namespace from any other thread: that is
-how :mod:`overlayd_linux_bridge.netlink` binds its raw netlink sockets and
-pyroute2 ``IPRoute`` objects to a namespace without pyroute2's fork-based
-helper (0.4 ms instead of 8 ms, measured on the development machine).
+how :mod:`overlayd_linux.netlink` binds raw netlink sockets and pyroute2
+``IPRoute`` objects to a namespace without pyroute2's fork-based helper
+(docs/design-notes.rst, "One home for Linux mechanism", has the figures).
 
 Things that resolve the namespace per call rather than per socket must run in
 the thread itself: ``/proc/sys/net/*`` writes (sysctl uses the writer's
 namespace) and libnftables (its netlink socket is opened by ``nft_ctx_new``
 and on each command).
+
+A child process enters a namespace between ``fork`` and ``exec``:
+:func:`preexec_setns` returns the function to run there, with everything it
+needs loaded in the parent.
 
 A namespace path comes from a client, so :func:`open_network_namespace` opens
 it the careful way: it refuses anything that is not a regular file before
@@ -47,8 +51,10 @@ __all__ = [
     "NotANetworkNamespace",
     "open_netns",
     "open_network_namespace",
+    "preexec_setns",
     "run_in_netns",
     "setns_current_thread",
+    "setns_path",
 ]
 
 #: ``CLONE_NEWNET`` from ``<sched.h>``.
@@ -137,14 +143,46 @@ T = TypeVar("T")
 _libc: ctypes.CDLL | None = None
 
 
-def setns_current_thread(fd: int) -> None:
-    """Move the calling thread (only) into the network namespace ``fd``."""
+def _libc_setns() -> Callable[[int, int], int]:
     global _libc
     if _libc is None:
         _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
+    func = _libc.setns
+    func.argtypes = [ctypes.c_int, ctypes.c_int]
+    func.restype = ctypes.c_int
+    return func
+
+
+def setns_current_thread(fd: int) -> None:
+    """Move the calling thread (only) into the network namespace ``fd``."""
+    if _libc_setns()(fd, CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"setns(CLONE_NEWNET) failed: {os.strerror(err)}")
+
+
+def setns_path(path: str) -> None:
+    """Move the calling thread into the network namespace at ``path``."""
+    fd = open_network_namespace(path)
+    try:
+        setns_current_thread(fd)
+    finally:
+        os.close(fd)
+
+
+def preexec_setns(fd: int) -> Callable[[], None]:
+    """A ``preexec_fn`` that moves a child process into namespace ``fd`` before ``exec``.
+
+    libc is loaded here, in the parent: the child may only call what is
+    already loaded. The caller keeps ``fd`` open until the child has started.
+    """
+    setns = _libc_setns()
+
+    def enter() -> None:
+        if setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns(CLONE_NEWNET) failed: {os.strerror(err)}")
+
+    return enter
 
 
 def run_in_netns(netns_fd: int | None, func: Callable[[], T]) -> T:

@@ -310,7 +310,6 @@ async def fake_cluster_demo() -> int:
     from overlayd.config import EngineSettings
     from overlayd.engine import Engine
     from overlayd.testing.etcd import EtcdServer
-    from overlayd_fake.driver import FakeDriver
 
     say("fake driver: three in-process engines, a real etcd on loopback, no packets", step=True)
     tmp = Path(tempfile.mkdtemp(prefix="ovdc-fake-"))
@@ -325,11 +324,10 @@ async def fake_cluster_demo() -> int:
             engine = Engine(
                 EngineConfig(
                     data_dir=tmp / name,
-                    drivers=[],
+                    drivers=["fake"],
                     dns=DnsSettings(enabled=False, listen_on_gateways=False),
                     engine=EngineSettings(health_interval_secs=0),
                 ),
-                drivers=[FakeDriver()],
                 plugins=[local],
             )
             await engine.start()
@@ -345,11 +343,13 @@ async def fake_cluster_demo() -> int:
             nodes.append((engine, agent))
             say(f"node {name} started with only [cluster] settings")
 
-        def peers(engine: Engine) -> int:
-            g = engine.global_
-            return len(engine.peers.get(g.device.name, {})) if g else 0
+        async def full_mesh() -> bool:
+            for engine, _ in nodes:
+                if (await engine.status()).peer_count != len(NODES) - 1:
+                    return False
+            return True
 
-        while not all(peers(e) == len(NODES) - 1 for e, _ in nodes):
+        while not await full_mesh():
             if time.monotonic() - start > 30:
                 say("the mesh did not form within 30 s")
                 return 1

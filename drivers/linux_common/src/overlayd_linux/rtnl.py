@@ -1,11 +1,8 @@
 """Lean synchronous rtnetlink requests for the attach and detach hot path.
 
 pyroute2 0.9's synchronous ``IPRoute`` runs every request through an asyncio
-event loop of its own: on the development machine a ``link set up`` costs
-about 280 µs in Python against 7 µs for the same ``RTM_NEWLINK`` written to a
-netlink socket and its ACK read back, and building an ``IPRoute`` costs
-another 0.5-0.8 ms. An attach sends about eight requests through two sockets,
-so that overhead was a third of overlayd's attach latency (see
+event loop of its own, which costs far more than writing the message to a
+netlink socket and reading its ACK back (the figures are in
 docs/design-notes.rst, "A lean netlink path for attach").
 
 This module therefore encodes the few messages the hot path sends (veth

@@ -1,0 +1,93 @@
+"""What every part of ``overlayd demo`` shares: its constants, output and interruption.
+
+The demo prints each step as ``==> what`` and the details indented under it;
+a Ctrl-C (SIGINT) or SIGTERM sets a flag the real demo checks between steps,
+so that its teardown always runs (:mod:`overlayd_demo.cli`).
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Final
+
+from overlayd.errors import OverlaydError
+
+__all__ = [
+    "DemoFailed",
+    "attempt",
+    "check_interrupted",
+    "clear_interrupted",
+    "interrupt",
+    "say",
+    "step",
+    "tail",
+]
+
+CLUSTER: Final = "10.200.0.0/16"
+SLICES: Final = {"a": "10.200.0.0/20", "b": "10.200.16.0/20"}
+SERVICES: Final = {"a": "web", "b": "api"}
+ZONE: Final = "demo.local."
+WG_PORT: Final = 51820
+PINGS: Final = 5
+PREFIX_ROOT: Final = "ovd-demo-"
+MANIFEST: Final = "demo.json"
+#: Where wireguard-go puts its UAPI sockets (fixed by wireguard-go itself).
+WG_SOCKET_DIR: Final = "/var/run/wireguard"
+#: SIGKILL (the module imports on Windows too, where the demo only runs --fake).
+HARD_KILL: Final[int] = getattr(signal, "SIGKILL", signal.SIGTERM)
+
+
+class DemoFailed(OverlaydError):
+    """The real demo could not complete a step."""
+
+
+def say(msg: str, *, step: bool = False) -> None:
+    prefix = "==> " if step else "    "
+    print(prefix + msg, flush=True)
+
+
+def step(msg: str) -> None:
+    """Start a step of the real demo (a pending Ctrl-C stops it here at the latest)."""
+    check_interrupted()
+    say(msg, step=True)
+
+
+_interrupted = threading.Event()
+
+
+def interrupt(signum: int, frame: FrameType | None) -> None:
+    """Signal handler of the real demo: stop at the next step, then tear down."""
+    # Raising here can be swallowed (a handler that runs inside a fork hook is
+    # "ignored"), so the flag is also checked between the demo's steps.
+    _interrupted.set()
+    raise KeyboardInterrupt
+
+
+def check_interrupted() -> None:
+    """Raise ``KeyboardInterrupt`` if a signal asked the demo to stop."""
+    if _interrupted.is_set():
+        raise KeyboardInterrupt
+
+
+def clear_interrupted() -> None:
+    """Forget an earlier interruption (a new run starts)."""
+    _interrupted.clear()
+
+
+def attempt(what: str, fn: Callable[[], object]) -> None:
+    """Best-effort teardown step: a failure is reported, and the teardown goes on."""
+    try:
+        fn()
+    except (OverlaydError, OSError) as exc:
+        say(f"warning: could not {what}: {exc}")
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError as exc:
+        return f"(cannot read {path}: {exc})"
