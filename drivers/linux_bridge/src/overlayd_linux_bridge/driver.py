@@ -508,7 +508,9 @@ class LinuxBridgeDriver:
         names = [n for n in attachment.interfaces if is_overlayd_veth(n)]
         if not names:
             return False
-        return self._nl().delete_links_batch(names) > 0
+        # Waits for the kernel: the container end goes only with the host end,
+        # and a CNI runtime may reuse the interface name as soon as DEL returns.
+        return self._nl().delete_links(names) > 0
 
     @hookimpl
     def overlayd_attachment_alive(self, attachment: Attachment) -> bool | None:

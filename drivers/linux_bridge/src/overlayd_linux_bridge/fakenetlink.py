@@ -326,6 +326,11 @@ class FakeNetlink:
             self.flush_deletions()
         return count
 
+    def delete_links(self, names: Sequence[str], timeout: float = 10.0) -> int:
+        count = self.delete_links_batch(names)
+        self.flush_deletions(timeout)
+        return count
+
     def flush_deletions(self, timeout: float = 10.0) -> None:
         if not self._queued:
             return

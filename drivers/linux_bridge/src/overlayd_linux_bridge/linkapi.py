@@ -172,6 +172,17 @@ class Netlink(Protocol):
         """
         ...
 
+    def delete_links(self, names: Sequence[str], timeout: float = 10.0) -> int:
+        """Delete ``names`` and return once the kernel has removed them.
+
+        Returns how many existed. Like :meth:`delete_links_batch`, but waits
+        for the batch that takes these links (concurrent callers share it), so
+        the container end of a deleted veth is gone on return too. Raises
+        :class:`~overlayd.errors.DeviceError` when the deletion fails or takes
+        longer than ``timeout`` (the names are free all the same).
+        """
+        ...
+
     def flush_deletions(self, timeout: float = 10.0) -> None:
         """Wait until every deferred deletion has been done."""
         ...

@@ -598,6 +598,19 @@ class PyrouteNetlink:
     # -- deferred deletion -----------------------------------------------------
 
     def delete_links_batch(self, names: Sequence[str]) -> int:
+        count = self._tombstone_names(names)
+        if count:
+            self._deleter.schedule(count)
+        return count
+
+    def delete_links(self, names: Sequence[str], timeout: float = 10.0) -> int:
+        count = self._tombstone_names(names)
+        if count:
+            self._deleter.wait(self._deleter.schedule(count), timeout)
+        return count
+
+    def _tombstone_names(self, names: Sequence[str]) -> int:
+        """Tombstone each existing link of ``names``; return how many existed."""
         count = 0
         with netlink_errors("queue links for deletion"), self._host_sockets.socket() as host:
             for name in names:
@@ -606,8 +619,6 @@ class PyrouteNetlink:
                     continue
                 if self._tombstone(host, index):
                     count += 1
-        if count:
-            self._deleter.schedule(count)
         return count
 
     def _tombstone(self, host: rtnl.RtnlSocket, index: int) -> bool:

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from ipaddress import ip_address
 from ipaddress import ip_interface
 from ipaddress import ip_network
@@ -374,6 +375,28 @@ def test_batched_delete_uses_few_kernel_batches(
         netlink.flush_deletions()
         assert 1 <= netlink.deleter_batches < len(hosts)
         assert not [lk for lk in netlink.list_links() if lk.group == TOMBSTONE_GROUP]
+    finally:
+        netlink.close()
+
+
+def test_waited_delete_removes_the_container_end_before_returning(
+    host_ns: Netns, make_netns: Callable[[str], Netns]
+) -> None:
+    # A long linger: a waited delete must not sit it out.
+    netlink = PyrouteNetlink(host_ns.path, linger=5.0)
+    try:
+        netlink.ensure_bridge(BRIDGE, [GW4])
+        containers = [make_netns(f"c{i}") for i in range(4)]
+        hosts = [_attach(netlink, c, 10 + i) for i, c in enumerate(containers)]
+        assert netlink.delete_links([hosts[0], "zvnotthere00000"], timeout=4.0) == 1
+        assert "eth0" not in containers[0].ip("-o", "link")
+        assert not [lk for lk in netlink.list_links() if lk.group == TOMBSTONE_GROUP]
+        # Concurrent waited deletes all return with their links gone.
+        with ThreadPoolExecutor(3) as pool:
+            counts = list(pool.map(lambda h: netlink.delete_links([h], timeout=4.0), hosts[1:]))
+        assert counts == [1, 1, 1]
+        assert all("eth0" not in c.ip("-o", "link") for c in containers)
+        assert netlink.delete_links([hosts[1]]) == 0  # already gone: nothing to wait for
     finally:
         netlink.close()
 

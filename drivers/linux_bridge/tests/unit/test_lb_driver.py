@@ -575,6 +575,17 @@ def test_reconcile_adopts_reports_gone_and_removes_only_ours(
     assert not second.recreated
 
 
+def test_detach_returns_with_the_workload_interface_gone(
+    driver: LinuxBridgeDriver, netlink: FakeNetlink, namespaces: FakeNamespaces, bridge: Device
+) -> None:
+    """A CNI runtime may reuse the interface name as soon as DEL returns."""
+    att = _attached(driver, namespaces, bridge, "/run/netns/c1")
+    assert "eth0" in ns_of(netlink, namespaces, "/run/netns/c1").links
+    assert driver.overlayd_detach(attachment=att) is True
+    assert "eth0" not in ns_of(netlink, namespaces, "/run/netns/c1").links
+    assert not any(name.startswith("zx") for name in netlink.host.links)
+
+
 def test_reconcile_after_a_crash_mid_detach_replumbs_at_the_first_pass(
     driver: LinuxBridgeDriver, netlink: FakeNetlink, namespaces: FakeNamespaces, bridge: Device
 ) -> None:
@@ -582,8 +593,10 @@ def test_reconcile_after_a_crash_mid_detach_replumbs_at_the_first_pass(
     eth0 in the workload, and the record attached: the first (startup) reconcile
     repairs it, not only a later manual one."""
     att = _attached(driver, namespaces, bridge, "/run/netns/c1")
-    assert driver.overlayd_detach(attachment=att) is True
-    netlink.crash()  # the daemon died before its deleter ran
+    # The detach's first step (tombstoning the host end) ran, then the daemon
+    # died before the kernel deleted the link.
+    assert netlink.delete_links_batch(list(att.interfaces)) == 1
+    netlink.crash()
     assert "eth0" in ns_of(netlink, namespaces, "/run/netns/c1").links
     request = ReconcileRequest(devices=(bridge,), attachments=(att,), startup=True)
     report = driver.overlayd_reconcile(request=request)
