@@ -44,10 +44,13 @@ from overlayd.ipam import PortBand
 from overlayd.locks import LockTable
 from overlayd.model import Attachment
 from overlayd.model import Device
+from overlayd.model import DeviceKind
+from overlayd.model import DeviceSpec
 from overlayd.model import DnsRecord
 from overlayd.model import Event
 from overlayd.model import GlobalOverlay
 from overlayd.model import IPAddress
+from overlayd.model import IPInterface
 from overlayd.model import IPNetwork
 from overlayd.model import Lease
 from overlayd.model import MasqueradeRule
@@ -478,6 +481,32 @@ class EngineBase:
             else:
                 tx.put("peer", f"{table.name}|{pub}", cfg)
         tx.after.append(functools.partial(table.commit, merged))
+
+    def _wg_spec(
+        self, name: str, owner: str, address: IPInterface, port: int, key: str, subnet: IPNetwork
+    ) -> DeviceSpec:
+        """The spec of a WireGuard device the engine creates (key: its secret's name)."""
+        return DeviceSpec(
+            kind=DeviceKind.WIREGUARD,
+            name=name,
+            owner=owner,
+            addresses=(address,),
+            mtu=self.config.engine.mtu,
+            listen_port=port,
+            private_key=self._identity_key(key),
+            subnet=subnet,
+        )
+
+    async def _read_peers(self, device: Device, what: str) -> list[PeerStatus] | None:
+        """The device's peers as the driver reports them; ``None`` (logged) when it cannot."""
+        return await self._run(self._read_peers_blocking, device, what)
+
+    def _read_peers_blocking(self, device: Device, what: str) -> list[PeerStatus] | None:
+        try:
+            return self.hooks.peer_status(device)
+        except OverlaydError as exc:
+            log.warning("%s could not read the peers of %s: %s", what, device.name, exc)
+            return None
 
     def _wg_devices(self) -> list[Device]:
         with self._mem:

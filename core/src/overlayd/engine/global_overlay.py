@@ -19,8 +19,6 @@ from overlayd.errors import InvalidRequest
 from overlayd.errors import OverlaydError
 from overlayd.errors import TeardownError
 from overlayd.ipam import usable_range
-from overlayd.model import DeviceKind
-from overlayd.model import DeviceSpec
 from overlayd.model import GlobalOverlay
 from overlayd.model import IPNetwork
 from overlayd.model import MasqueradeRule
@@ -182,16 +180,8 @@ class GlobalOverlayMixin(EngineBase):
                 cluster, slice_net, self.config.ipam, self.config.engine.segment_kind
             )
         name = global_device_name(deployment, instance_id)
-        spec = DeviceSpec(
-            kind=DeviceKind.WIREGUARD,
-            name=name,
-            owner="base",
-            addresses=(ipaddress.ip_interface(f"{node_ip}/{cluster.prefixlen}"),),
-            mtu=self.config.engine.mtu,
-            listen_port=wg_port,
-            private_key=self._identity_key(GLOBAL_KEY),
-            subnet=cluster,
-        )
+        address = ipaddress.ip_interface(f"{node_ip}/{cluster.prefixlen}")
+        spec = self._wg_spec(name, "base", address, wg_port, GLOBAL_KEY, cluster)
         undo = Undo()
         try:
             device = self.hooks.device_create(spec)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import time
 
-from overlayd.errors import OverlaydError
 from overlayd.model import Device
 from overlayd.model import Event
 from overlayd.model import PeerStatus
@@ -96,10 +95,8 @@ class HealthMixin(EngineBase):
             and cached.configs == configs
         ):
             return cached.peers
-        try:
-            peers = await self._run(self.hooks.peer_status, device)
-        except OverlaydError as exc:
-            log.warning("could not read peers of %s: %s", device.name, exc)
+        peers = await self._read_peers(device, "status")
+        if peers is None:
             return []
         self._status_cache = PeerStatusCache(now, device, configs, peers)
         return peers
@@ -118,10 +115,8 @@ class HealthMixin(EngineBase):
         events: list[Event] = []
         now = time.time()
         for device in self._wg_devices():
-            try:
-                peers = await self._run(self.hooks.peer_status, device)
-            except OverlaydError as exc:
-                log.warning("health check could not read %s: %s", device.name, exc)
+            peers = await self._read_peers(device, "the health check")
+            if peers is None:
                 continue
             for peer in peers:
                 key = (device.name, peer.public_key)

@@ -98,10 +98,8 @@ class NatMixin(EngineBase):
                     await self._run(self.hooks.nat_candidates, device)
                 except OverlaydError as exc:
                     log.warning("NAT candidates for %s failed: %s", device.name, exc)
-            try:
-                peers = await self._run(self.hooks.peer_status, device)
-            except OverlaydError as exc:
-                log.warning("NAT tick could not read %s: %s", device.name, exc)
+            peers = await self._read_peers(device, "the NAT tick")
+            if peers is None:
                 continue
             for peer in peers:
                 key = (device.name, peer.public_key)

@@ -39,6 +39,10 @@ __all__ = ["ReconcileMixin"]
 log = logging.getLogger(__name__)
 
 
+#: What a recorded device carries over into the spec that re-ensures it.
+_SPEC_FIELDS = ("kind", "name", "owner", "addresses", "mtu", "listen_port", "subnet", "options")
+
+
 class ReconcileMixin(EngineBase):
     """Listings, ``gc`` and ``reconcile``."""
 
@@ -232,17 +236,9 @@ class ReconcileMixin(EngineBase):
             self.hooks.peer_apply(device, changes)
 
     def _spec_of(self, device: Device, key_name: str | None) -> DeviceSpec:
-        return DeviceSpec(
-            kind=device.kind,
-            name=device.name,
-            owner=device.owner,
-            addresses=device.addresses,
-            mtu=device.mtu,
-            listen_port=device.listen_port,
-            private_key=self._identity_key(key_name) if key_name else None,
-            subnet=device.subnet,
-            options=device.options,
-        )
+        recorded = {field: getattr(device, field) for field in _SPEC_FIELDS}
+        key = self._identity_key(key_name) if key_name else None
+        return DeviceSpec(**recorded, private_key=key)
 
     # -- convenience for embedders ------------------------------------------
 

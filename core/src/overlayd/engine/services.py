@@ -19,7 +19,6 @@ from overlayd.errors import TeardownError
 from overlayd.errors import quote
 from overlayd.ipam import usable_range
 from overlayd.model import Device
-from overlayd.model import DeviceKind
 from overlayd.model import DeviceSpec
 from overlayd.model import MasqueradeRule
 from overlayd.model import OverlayMode
@@ -118,17 +117,11 @@ class ServicesMixin(EngineBase):
                     lambda: self._ports.release(port) if self._ports else None,
                 )
                 host_bits = 32 if overlay_ip.version == 4 else 128
+                name = dedicated_device_name(g.deployment, g.instance_id, service)
+                address = ipaddress.ip_interface(f"{overlay_ip}/{host_bits}")
+                key = f"wg-service-{service}"
                 dedicated = self.hooks.device_create(
-                    DeviceSpec(
-                        kind=DeviceKind.WIREGUARD,
-                        name=dedicated_device_name(g.deployment, g.instance_id, service),
-                        owner=f"service:{service}",
-                        addresses=(ipaddress.ip_interface(f"{overlay_ip}/{host_bits}"),),
-                        mtu=self.config.engine.mtu,
-                        listen_port=port,
-                        private_key=self._identity_key(f"wg-service-{service}"),
-                        subnet=subnet,
-                    )
+                    self._wg_spec(name, f"service:{service}", address, port, key, subnet)
                 )
                 ded = dedicated
                 undo.push("delete dedicated device", lambda: self.hooks.device_delete(ded))
