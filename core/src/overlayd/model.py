@@ -593,7 +593,7 @@ class GlobalOverlay(_Model):
     #: Whether the request gave ``slice_cidr`` (``status`` reports only a given
     #: slice). ``None`` in older records: given when it differs from the cluster.
     slice_given: bool | None = None
-    #: The address layout (:mod:`overlayd.layout`); ``None`` in older records: ``carved``.
+    #: The address layout (:mod:`overlayd.engine.layout`); ``None`` in older records: ``carved``.
     layout: Literal["carved", "local", "base-network"] | None = None
 
     @property

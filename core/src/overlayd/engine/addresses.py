@@ -13,7 +13,9 @@ from overlayd.errors import StateError
 from overlayd.model import IPAddress
 from overlayd.model import Pool
 
+from .base import NODE_POOL
 from .base import EngineBase
+from .base import owner_of
 from .work import Tx
 
 __all__ = ["AddressesMixin"]
@@ -79,13 +81,19 @@ class AddressesMixin(EngineBase):
             await self._run(self._release_manual, pool, addr, key)
 
     def _lease_owner(self, pool: Pool, addr: IPAddress) -> str | None:
-        """Who holds ``addr`` according to the built-in allocator (None if free or unknown)."""
-        builtin = self.pm.get_plugin("builtin_ipam")
-        alloc = builtin.pool(pool.name) if builtin is not None else None
-        if alloc is None:
-            return None
-        owner: str | None = alloc.owner_of(addr)
-        return owner
+        """The attachment holding ``addr`` in ``pool`` by the engine's records, if any.
+
+        The records, not the allocator, are asked: whichever plugin answers
+        IPAM for the pool, an attachment's address is the attachment's.
+        """
+        with self._mem:
+            for key, att in self.attachments.items():
+                if att.global_ip == addr and pool.name == NODE_POOL:
+                    return owner_of(key)
+                svc = self.services.get(att.service)
+                if att.ip == addr and svc is not None and self._pool_for(svc).name == pool.name:
+                    return owner_of(key)
+        return None
 
     def _release_manual(self, pool: Pool, addr: IPAddress, key: str) -> None:
         tx = Tx()

@@ -35,6 +35,7 @@ import pluggy
 
 from overlayd import keys
 from overlayd.config import EngineConfig
+from overlayd.errors import ConfigError
 from overlayd.errors import InvalidRequest
 from overlayd.errors import NotFound
 from overlayd.errors import OverlaydError
@@ -43,6 +44,7 @@ from overlayd.errors import quote
 from overlayd.ipam import PortBand
 from overlayd.locks import LockTable
 from overlayd.model import Attachment
+from overlayd.model import Capability
 from overlayd.model import Device
 from overlayd.model import DeviceKind
 from overlayd.model import DeviceSpec
@@ -147,6 +149,7 @@ class EngineBase:
             self.drivers = list(drivers)
             register_drivers(self.pm, self.drivers)
         self.hooks = Hooks(self.pm)
+        self._check_ipam_driver()
         self._store: Store | None = store
         self._secrets: Secrets = MemorySecrets()
         self._locks = LockTable()
@@ -188,6 +191,22 @@ class EngineBase:
         self.nat: NatAgent | None = None
         #: How NAT candidates travel between nodes (IPC unless a cluster store plugs in).
         self.nat_exchange: CandidateExchange = IpcExchange()
+
+    def _check_ipam_driver(self) -> None:
+        """Refuse an ``ipam.driver`` that is not loaded or does no IPAM."""
+        name = self.config.ipam.driver
+        if name is None:
+            return
+        infos = {info.name: info for info in self.hooks.describe()}
+        info = infos.get(name)
+        if info is None or self.pm.get_plugin(name) is None:
+            loaded = ", ".join(sorted(infos)) or "none"
+            raise ConfigError(f"ipam.driver {name!r} is not a loaded driver (loaded: {loaded})")
+        if Capability.IPAM not in info.capabilities:
+            raise ConfigError(
+                f"ipam.driver {name!r} does not declare the ipam capability; "
+                "it cannot own the node's address pools"
+            )
 
     # -- what the concerns provide each other (implemented by the mixins) ---
 
@@ -411,10 +430,15 @@ class EngineBase:
         )
         self._ports = PortBand(g.wg_port)
 
+    def _owned(self, pool: Pool) -> Pool:
+        """``pool`` stamped with the driver that answers IPAM for it (``ipam.driver``)."""
+        owner = self.config.ipam.driver
+        return pool if owner is None else pool.model_copy(update={"driver": owner})
+
     def _node_pool(self) -> Pool:
         g = self._addressing()
         assert g is not None and self._layout is not None
-        return self._layout.node_pool(g.node_ip)
+        return self._owned(self._layout.node_pool(g.node_ip))
 
     def _flat(self, svc: ServiceOverlay) -> bool:
         """A service without a pool of its own: it uses the node pool (Windows, shared)."""
@@ -426,7 +450,9 @@ class EngineBase:
         reserved: tuple[IPAddress, ...] = (svc.gateway,)
         if svc.overlay_ip is not None:
             reserved += (svc.overlay_ip,)
-        return Pool(name=service_pool(svc.service), cidr=svc.subnet, reserved=reserved)
+        return self._owned(
+            Pool(name=service_pool(svc.service), cidr=svc.subnet, reserved=reserved)
+        )
 
     # -- lookups and validation ---------------------------------------------
 

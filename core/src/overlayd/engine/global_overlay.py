@@ -202,7 +202,7 @@ class GlobalOverlayMixin(EngineBase):
                 self._init_layout(g)
                 undo.push("forget the layout", lambda: setattr(self, "_layout", None))
             assert self._layout is not None
-            pool = self._layout.node_pool(node_ip)
+            pool = self._owned(self._layout.node_pool(node_ip))
             if base is None:
                 self.hooks.ipam_pool_create(pool, [])
                 undo.push("delete node pool", lambda: self.hooks.ipam_pool_delete(pool))
