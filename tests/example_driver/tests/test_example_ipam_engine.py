@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from overlayd_example.ipam import ExampleIpam
 
+from overlayd import hookimpl
 from overlayd.config import DnsSettings
 from overlayd.config import EngineConfig
 from overlayd.config import EngineSettings
@@ -23,6 +24,9 @@ from overlayd.config import IpamSettings
 from overlayd.engine import Engine
 from overlayd.errors import ConfigError
 from overlayd.errors import Conflict
+from overlayd.errors import DriverError
+from overlayd.model import IPNetwork
+from overlayd.model import SubnetRequest
 from overlayd_fake.driver import FakeDriver
 
 PID = {"platform": "linux_pid", "pid": 4242}
@@ -67,18 +71,20 @@ async def test_the_ipam_driver_answers_for_every_pool(
 ) -> None:
     eng, ipam = engine
     svc = eng.services["web"]
-    assert svc.subnet == ipaddress.ip_network("10.200.4.0/22")
+    # Carved by the driver from the top of the slice (the built-in: 10.200.4.0/22).
+    assert svc.subnet == ipaddress.ip_network("10.200.15.0/24")
+    assert ipam.subnets == {svc.subnet}
     att = await eng.attach(PID, "web", join_global=True)
-    # Highest free first: the built-in allocator would have answered 10.200.4.2.
-    assert att.ip == ip("10.200.7.254")
+    # Highest free first: the built-in allocator would have answered the lowest.
+    assert att.ip == ip("10.200.15.254")
     assert att.global_ip == ip("10.200.3.254")
     assert set(ipam.pools) == {"node", "service:web"}
-    assert ip("10.200.7.254") in ipam.pools["service:web"].leases
+    assert ip("10.200.15.254") in ipam.pools["service:web"].leases
     builtin = eng.pm.get_plugin("builtin_ipam")
     assert builtin.pool("node") is None and builtin.pool("service:web") is None
 
     manual = await eng.allocate_ip("web")
-    assert manual == ip("10.200.7.253")
+    assert manual == ip("10.200.15.253")
     # The attachment's address is the attachment's, whoever allocates the pool.
     with pytest.raises(Conflict, match="belongs to the attachment"):
         await eng.release_ip(att.ip)
@@ -102,9 +108,29 @@ async def test_leases_come_back_to_the_driver_after_a_restart(tmp_path: Path) ->
         held = second.pools["service:web"].leases
         assert set(held) == {att.ip, kept}
         assert held[att.ip].owner == f"handle:{att.key}"
-        assert await eng.allocate_ip("web") == ip("10.200.7.252")
+        assert await eng.allocate_ip("web") == ip("10.200.15.252")
+        # The driver learnt the subnet in use from the service's pool at start.
+        assert second.subnets == {ipaddress.ip_network("10.200.15.0/24")}
         await eng.teardown_service_overlay("web")
         assert "service:web" not in second.pools
+        assert second.subnets == set()
+
+
+class OverlappingIpam(ExampleIpam):
+    """Answers the node pool's block: a subnet the node already uses."""
+
+    @hookimpl
+    def overlayd_ipam_subnet_allocate(self, request: SubnetRequest) -> IPNetwork | None:
+        return request.taken[0]
+
+
+async def test_a_subnet_the_node_uses_is_refused_and_nothing_changes() -> None:
+    ipam = OverlappingIpam()
+    async with Engine(_config(None), drivers=[FakeDriver(), ipam]) as eng:
+        with pytest.raises(DriverError, match=r"overlaps 10\.200\.0\.0/22"):
+            await _set_up(eng)
+        assert eng.services == {}
+        assert set(ipam.pools) == {"node"}
 
 
 @pytest.mark.parametrize(

@@ -77,6 +77,7 @@ from overlayd.secrets import Secrets
 from overlayd.state import Store
 
 from .layout import NODE_POOL
+from .layout import BuiltinSubnets
 from .layout import SliceLayout
 from .results import ReconcileSummary
 from .validation import check_name
@@ -148,6 +149,7 @@ class EngineBase:
         else:
             self.drivers = list(drivers)
             register_drivers(self.pm, self.drivers)
+        self.pm.register(BuiltinSubnets(lambda: self._layout), name=BuiltinSubnets.name)
         self.hooks = Hooks(self.pm)
         self._check_ipam_driver()
         self._store: Store | None = store
@@ -181,6 +183,8 @@ class EngineBase:
         self._retired: GlobalOverlay | None = None
         self._layout: SliceLayout | None = None
         self._ports: PortBand | None = None
+        #: Service subnets handed out by the subnet hooks and not yet recorded.
+        self._carving: set[IPNetwork] = set()
         # health and NAT tick: what the last pass saw of each (device, peer)
         self._health: dict[tuple[str, str], bool] = {}
         self._tx_seen: dict[tuple[str, str], tuple[int, int]] = {}
@@ -450,9 +454,7 @@ class EngineBase:
         reserved: tuple[IPAddress, ...] = (svc.gateway,)
         if svc.overlay_ip is not None:
             reserved += (svc.overlay_ip,)
-        return self._owned(
-            Pool(name=service_pool(svc.service), cidr=svc.subnet, reserved=reserved)
-        )
+        return self._owned(Pool(name=service_pool(svc.service), cidr=svc.subnet, reserved=reserved))
 
     # -- lookups and validation ---------------------------------------------
 

@@ -13,6 +13,7 @@ import ipaddress
 import logging
 
 from overlayd.errors import Conflict
+from overlayd.errors import DriverError
 from overlayd.errors import InvalidRequest
 from overlayd.errors import OverlaydError
 from overlayd.errors import TeardownError
@@ -20,13 +21,18 @@ from overlayd.errors import quote
 from overlayd.ipam import usable_range
 from overlayd.model import Device
 from overlayd.model import DeviceSpec
+from overlayd.model import GlobalOverlay
+from overlayd.model import IPNetwork
 from overlayd.model import MasqueradeRule
 from overlayd.model import OverlayMode
+from overlayd.model import Pool
 from overlayd.model import ServiceOverlay
+from overlayd.model import SubnetRequest
 from overlayd.names import dedicated_device_name
 from overlayd.names import service_bridge_name
 
 from .base import EngineBase
+from .base import service_pool
 from .work import Tx
 from .work import Undo
 
@@ -67,12 +73,12 @@ class ServicesMixin(EngineBase):
         assert self._ports is not None
         flat = layout.flat(mode)
         undo = Undo()
+        subnet = layout.slice
         try:
-            with self._mem:
-                in_use = [s.subnet for s in self.services.values()]
-                subnet = layout.allocate(service, mode, in_use)
             if not flat:
-                undo.push("release subnet", functools.partial(layout.release, subnet))
+                subnet = self._carve(service, mode, g)
+                own = self._owned(Pool(name=service_pool(service), cidr=subnet))
+                undo.push("release subnet", functools.partial(self._give_back, own))
             first, _ = usable_range(subnet)
             # On the base network the node address is every container's gateway.
             gateway = (
@@ -154,8 +160,51 @@ class ServicesMixin(EngineBase):
         except BaseException as exc:
             undo.rollback(exc)
             raise
+        finally:
+            with self._mem:
+                self._carving.discard(subnet)
         self._sync_dns_serve()
         return svc
+
+    def _carve(self, service: str, mode: OverlayMode, g: GlobalOverlay) -> IPNetwork:
+        """A new subnet for ``service`` from the subnet hooks, checked (see the hookspec)."""
+        layout = self._layout
+        assert layout is not None
+        with self._mem:
+            busy = [s.subnet for s in self.services.values()] + list(self._carving)
+        request = SubnetRequest(
+            service=service,
+            mode=mode,
+            cluster_cidr=g.cluster_cidr,
+            slice_cidr=g.slice_cidr,
+            layout=layout.kind,
+            taken=(layout.node_block, *busy),
+            driver=self.config.ipam.driver,
+        )
+        subnet = self.hooks.ipam_subnet_allocate(request)
+        problem = _subnet_problem(subnet, g.cluster_cidr)
+        with self._mem:
+            taken = [layout.node_block, *(s.subnet for s in self.services.values())]
+            clash = next((t for t in [*taken, *self._carving] if t.overlaps(subnet)), None)
+            if problem is None and clash is not None:
+                problem = f"it overlaps {clash}, which this node uses"
+            if problem is None:
+                self._carving.add(subnet)
+        if problem is not None:
+            self._give_back(self._owned(Pool(name=service_pool(service), cidr=subnet)))
+            raise DriverError(
+                f"the IPAM driver answered subnet {subnet} for service {quote(service)}: {problem}",
+                op="ipam_subnet_allocate",
+                driver=self.config.ipam.driver or "",
+            )
+        return subnet
+
+    def _give_back(self, pool: Pool) -> None:
+        """Release a service subnet through the subnet hooks; a failure is only logged."""
+        try:
+            self.hooks.ipam_subnet_release(pool)
+        except OverlaydError as exc:
+            log.warning("could not release subnet %s of %s: %s", pool.cidr, pool.name, exc)
 
     def _import_zlayer_identity(self, service: str) -> int | None:
         """Adopt a dedicated identity ZLayer's daemon left in ``agent_network.json``.
@@ -234,8 +283,6 @@ class ServicesMixin(EngineBase):
 
         def apply() -> None:
             self.services.pop(service, None)
-            if self._layout is not None and not flat:
-                self._layout.release(svc.subnet)
             if svc.dedicated is not None:
                 self.peers.pop(svc.dedicated.name, None)
                 if self._ports is not None and svc.dedicated.listen_port:
@@ -243,6 +290,19 @@ class ServicesMixin(EngineBase):
 
         tx.after.append(apply)
         self._commit(tx)
+        if not flat:
+            self._give_back(self._pool_for(svc))
         if svc.dedicated is not None:
             self._secrets.delete(f"wg-service-{service}")
         self._sync_dns_serve()
+
+
+def _subnet_problem(subnet: object, cluster: IPNetwork) -> str | None:
+    """Why an answered subnet cannot be a service subnet of ``cluster`` (``None``: it can)."""
+    if not isinstance(subnet, ipaddress.IPv4Network | ipaddress.IPv6Network):
+        return f"{type(subnet).__name__} is not an IP network"
+    if subnet.version != cluster.version or not subnet.subnet_of(cluster):  # type: ignore[arg-type]
+        return f"it is not inside the cluster CIDR {cluster}"
+    if subnet.num_addresses < 4:
+        return "it holds fewer than four addresses"
+    return None

@@ -504,6 +504,43 @@ class IpamConformance(DriverConformance):
         with pytest.raises(NotFound):
             hooks.ipam_allocate(pool, "o")
 
+    @pytest.fixture
+    def subnet_request(self, driver: object) -> Any:
+        from overlayd.model import OverlayMode
+        from overlayd.model import SubnetRequest
+
+        return SubnetRequest(
+            service="conf",
+            mode=OverlayMode.SHARED,
+            cluster_cidr=ipaddress.ip_network("10.240.0.0/16"),
+            slice_cidr=ipaddress.ip_network("10.240.16.0/20"),
+            layout="carved",
+            taken=(ipaddress.ip_network("10.240.16.0/22"),),
+            driver=driver_name(driver),
+        )
+
+    def test_subnets_avoid_what_the_node_uses_until_released(
+        self, hooks: Hooks, pool: Any, subnet_request: Any
+    ) -> None:
+        first = hooks.ipam_subnet_allocate(subnet_request)
+        assert first.subnet_of(subnet_request.cluster_cidr)
+        assert first.num_addresses >= 4
+        assert not first.overlaps(subnet_request.taken[0])
+        second = hooks.ipam_subnet_allocate(subnet_request)
+        assert not second.overlaps(first)
+        for subnet in (first, second):
+            owned = pool.model_copy(update={"cidr": subnet})
+            assert hooks.ipam_subnet_release(owned) is True
+            assert hooks.ipam_subnet_release(owned) is False
+
+    def test_ignores_foreign_subnet_request(
+        self, driver: object, pool: Any, subnet_request: Any
+    ) -> None:
+        foreign = subnet_request.model_copy(update={"driver": "someone-else"})
+        assert driver.overlayd_ipam_subnet_allocate(request=foreign) is None  # type: ignore[attr-defined]
+        foreign_pool = pool.model_copy(update={"driver": "someone-else"})
+        assert driver.overlayd_ipam_subnet_release(pool=foreign_pool) is None  # type: ignore[attr-defined]
+
     def test_allocates_every_usable_address_once_then_exhausts(
         self, hooks: Hooks, pool: Any
     ) -> None:

@@ -3,8 +3,10 @@
 Name it in ``[ipam] driver = "example_ipam"`` (with ``example_ipam`` among the
 loaded drivers) and the engine stamps every pool with it: this driver then
 answers every IPAM hook for them and the built-in allocator none. Its policy is
-visibly not the built-in one: the highest free address first. Pools stamped
-for another driver are not its business (``None``).
+visibly not the built-in one: the highest free address first, and service
+subnets (blocks of a sixteenth of the node slice) from the top of the slice
+down. Pools and requests stamped for another driver are not its business
+(``None``).
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ from overlayd.errors import PoolExhausted
 from overlayd.model import Capability
 from overlayd.model import DriverInfo
 from overlayd.model import IPAddress
+from overlayd.model import IPNetwork
 from overlayd.model import Lease
 from overlayd.model import Pool
+from overlayd.model import SubnetRequest
 
 
 class _Pool:
@@ -63,12 +67,14 @@ class ExampleIpam:
 
     def __init__(self) -> None:
         self.pools: dict[str, _Pool] = {}
+        self.subnets: set[IPNetwork] = set()
         self._lock = threading.Lock()
 
     def _mine(self, pool: Pool) -> bool:
         return pool.driver == self.name
 
     def _get(self, pool: Pool) -> _Pool:
+        """The pool's state; NotFound when it was never created (or was deleted)."""
         held = self.pools.get(pool.name)
         if held is None:
             raise NotFound(f"address pool {pool.name!r} does not exist")
@@ -88,6 +94,8 @@ class ExampleIpam:
                 raise InvalidRequest(f"pool {pool.name} exists with {held.pool.cidr}")
             if held is None:
                 self.pools[pool.name] = _Pool(pool, leases)
+            if pool.name.startswith("service:"):
+                self.subnets.add(pool.cidr)  # a service subnet in use (also after a restart)
         return True
 
     @hookimpl
@@ -130,3 +138,26 @@ class ExampleIpam:
             held = self._get(pool)
             held.check(ip)
             return held.leases.pop(ip, None) is not None
+
+    @hookimpl
+    def overlayd_ipam_subnet_allocate(self, request: SubnetRequest) -> IPNetwork | None:
+        if request.driver != self.name:
+            return None
+        blocks = list(request.slice_cidr.subnets(prefixlen_diff=4))
+        with self._lock:
+            for block in reversed(blocks):
+                busy = [*request.taken, *self.subnets]
+                if not any(block.overlaps(other) for other in busy):
+                    self.subnets.add(block)
+                    return block
+        raise PoolExhausted(f"no free block of {request.slice_cidr} for {request.service}")
+
+    @hookimpl
+    def overlayd_ipam_subnet_release(self, pool: Pool) -> bool | None:
+        if not self._mine(pool):
+            return None
+        with self._lock:
+            if pool.cidr not in self.subnets:
+                return False
+            self.subnets.discard(pool.cidr)
+            return True
