@@ -293,11 +293,11 @@ def overlayd_peer_status(device: Device) -> list[PeerStatus] | None:
 def overlayd_ipam_pool_create(pool: Pool, leases: Sequence[Lease]) -> bool | None:
     """Start managing ``pool``, rehydrated with the ``leases`` the engine recorded.
 
-    The built-in allocator answers for every pool (``trylast``); a driver that
-    takes over a pool (e.g. HCN-managed addressing) answers first for the
-    pools it wants and must then answer the other IPAM hooks for them.
-    Return ``None`` for pools this plugin does not manage (``pool.driver`` set
-    to another plugin's name).
+    The built-in allocator answers last (``trylast``) for every pool no driver
+    owns. A driver owns the pools stamped with its name (``pool.driver``, set
+    by the engine from ``[ipam] driver``) and must then answer every IPAM hook
+    for them. Return ``None`` for pools this plugin does not manage
+    (``pool.driver`` set to another plugin's name).
 
     :param pool: The pool: name, CIDR and reserved addresses.
     :param leases: Leases already held in this pool (from the state store).

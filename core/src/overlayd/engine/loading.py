@@ -55,8 +55,8 @@ class LoadingMixin(EngineBase):
     def _load(self) -> None:
         """Rebuild the in-memory view and IPAM pools from the store."""
         # Tens of thousands of long-lived records are built here; left on, the
-        # cyclic GC rescans them again and again while they are created (about
-        # a third of the time of a 65,536-lease load).
+        # cyclic GC rescans them again and again while they are created
+        # (docs/design-notes.rst, "The engine package").
         with gc_paused():
             self._load_records()
 
