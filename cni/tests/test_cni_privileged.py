@@ -274,10 +274,14 @@ def test_portmap_after_overlayd_reaches_the_container(
     assert out.rc == 0, (out, daemon.log())
     assert out.out["ips"][0]["address"].startswith("10.241.")
     # From the node's network (PREROUTING) and from the host itself (OUTPUT).
-    _serve_tcp(ns, 8080)
+    # Each listener is closed (its thread joined) before the next one binds
+    # the same port: a listener still open makes the next bind fail.
+    server = _serve_tcp(ns, 8080)
     assert _fetch(daemon.outside, "192.168.79.1", 18080) == b"hello from 8080"
-    _serve_tcp(ns, 8080)
+    server.join(5)
+    server = _serve_tcp(ns, 8080)
     assert _fetch(daemon.host, "192.168.79.1", 18080) == b"hello from 8080"
+    server.join(5)
     # CHECK with the chain's final result. portmap 1.1.1's own CHECK fails on
     # IPv4-only containers (it looks for ip6tables chains it never made:
     # containernetworking/plugins issue 819), so it is left out.

@@ -35,7 +35,9 @@ from overlayd.protocol import NatStatusInfo
 
 def _write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "overlayd.toml"
-    path.write_text(text)
+    # Drivers are named so the table under test loads wherever the real
+    # platform drivers are not installed (the tox `core` env has none).
+    path.write_text('drivers = ["fake"]\n' + text)
     return path
 
 
