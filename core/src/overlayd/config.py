@@ -112,8 +112,13 @@ class IpamSettings(_Settings):
     ZLayer gives each service a /28 per node (13 containers); overlayd defaults
     to /22 (1,021 containers), and shrinks the blocks when the slice is too
     small to hold at least four of them. Small slices and Windows use other
-    layouts (:mod:`overlayd.layout`).
+    layouts (:mod:`overlayd.engine.layout`).
     """
+
+    #: The driver that owns the node's address pools and service subnets: it
+    #: answers the IPAM hooks for them (``Pool.driver``). ``None``: the built-in
+    #: allocator and carving.
+    driver: str | None = None
 
     #: Prefix length of a service subnet (IPv4).
     service_prefix_v4: int = Field(default=22, ge=8, le=30)

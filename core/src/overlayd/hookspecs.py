@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from overlayd.model import DnsRecord
     from overlayd.model import DriverInfo
     from overlayd.model import IPAddress
+    from overlayd.model import IPNetwork
     from overlayd.model import Lease
     from overlayd.model import MasqueradeRule
     from overlayd.model import NatCandidate
@@ -60,6 +61,7 @@ if TYPE_CHECKING:
     from overlayd.model import PortMapping
     from overlayd.model import ReconcileReport
     from overlayd.model import ReconcileRequest
+    from overlayd.model import SubnetRequest
     from overlayd.plugins import DriverContext
 
 PROJECT = "overlayd"
@@ -308,12 +310,12 @@ def overlayd_peer_status(device: Device) -> list[PeerStatus] | None:
 def overlayd_ipam_pool_create(pool: Pool, leases: Sequence[Lease]) -> bool | None:
     """Start managing ``pool``, rehydrated with the ``leases`` the engine recorded.
 
-    The built-in allocator answers for every pool (``trylast``); a driver that
-    takes over a pool (e.g. HCN-managed addressing) answers first for the
-    pools it wants and must then answer the other IPAM hooks for them.
-    Owner-dispatched on ``pool.driver`` when it is set; a pool with no driver
-    goes to every plugin, a plugin that does not want it returns ``None`` and
-    the built-in allocator answers last.
+    The built-in allocator answers last (``trylast``) for every pool no driver
+    owns. A driver owns the pools stamped with its name (``pool.driver``, set
+    by the engine from ``[ipam] driver``) and must then answer every IPAM hook
+    for them. Owner-dispatched on ``pool.driver`` when it is set; a pool with
+    no driver goes to every plugin: one that does not manage it returns
+    ``None`` and the built-in allocator answers last.
 
     :param pool: The pool: name, CIDR and reserved addresses.
     :param leases: Leases already held in this pool (from the state store).
@@ -418,6 +420,59 @@ def overlayd_ipam_release(pool: Pool, ip: IPAddress) -> bool | None:
     Raising: :class:`~overlayd.errors.AllocationError` when ``ip`` is outside the pool.
 
     .. versionadded:: 0.1
+    """
+
+
+@hookspec(firstresult=True)
+def overlayd_ipam_subnet_allocate(request: SubnetRequest) -> IPNetwork | None:
+    """Choose the subnet of a service being set up on this node.
+
+    The built-in carving answers last (``trylast``) when ``request.driver`` is
+    ``None``: it follows the node's layout (``[ipam]`` in the configuration
+    docs). Return ``None`` when ``request.driver`` names another plugin. A
+    service on the Windows base network (``base-network`` layout, shared
+    mode) has no subnet of its own and is never asked for.
+
+    The engine checks the answer before using it: the same address family as
+    ``request.cluster_cidr`` and inside it, at least four addresses (the
+    gateway and, for a dedicated service, the device's address come first),
+    and no overlap with ``request.taken`` or a subnet being set up at the same
+    time. An answer that breaks a rule is given back with
+    :func:`overlayd_ipam_subnet_release` and the set-up fails with a
+    :class:`~overlayd.errors.DriverError`, changing nothing.
+
+    :param request: The service, its mode, the cluster CIDR, the node slice,
+        the layout, what the node already uses, and the owning driver.
+    :returns: The service's subnet.
+
+    Idempotent: no; each call hands out another subnet until it is released.
+    Blocking: yes (a driver may ask an external IPAM).
+    Raising: :class:`~overlayd.errors.PoolExhausted` when no subnet is free;
+    :class:`~overlayd.errors.Conflict` when the layout has no room for the mode.
+
+    .. versionadded:: 0.2
+    """
+
+
+@hookspec(firstresult=True)
+def overlayd_ipam_subnet_release(pool: Pool) -> bool | None:
+    """Give back the subnet ``pool.cidr`` of a service torn down (or not set up after all).
+
+    Called after the service's records are gone and its address pool deleted.
+    Return ``None`` when ``pool.driver`` names another plugin; the built-in
+    carving answers last (``trylast``) for pools no driver owns. A driver
+    learns the subnets in use at start from the ``overlayd_ipam_pool_create``
+    of each service pool (``pool.cidr``).
+
+    :param pool: The service's pool: ``service:<name>``, its subnet, its owner.
+    :returns: ``True`` when the subnet was held, ``False`` if it was free.
+
+    Idempotent: yes.
+    Blocking: yes.
+    Raising: never for an unknown subnet; a failure is logged by the engine
+    (the service is gone either way).
+
+    .. versionadded:: 0.2
     """
 
 

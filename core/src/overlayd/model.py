@@ -66,6 +66,7 @@ __all__ = [
     "ReconcileReport",
     "ReconcileRequest",
     "ServiceOverlay",
+    "SubnetRequest",
     "WindowsContainerHandle",
     "check_netns_identity",
     "handle_key",
@@ -593,7 +594,7 @@ class GlobalOverlay(_Model):
     #: Whether the request gave ``slice_cidr`` (``status`` reports only a given
     #: slice). ``None`` in older records: given when it differs from the cluster.
     slice_given: bool | None = None
-    #: The address layout (:mod:`overlayd.layout`); ``None`` in older records: ``carved``.
+    #: The address layout (:mod:`overlayd.engine.layout`); ``None`` in older records: ``carved``.
     layout: Literal["carved", "local", "base-network"] | None = None
 
     @property
@@ -616,6 +617,27 @@ class ServiceOverlay(_Model):
     #: Dedicated mode: the service's own WireGuard device.
     dedicated: Device | None = None
     overlay_ip: IPAddress | None = None
+
+
+class SubnetRequest(_Model):
+    """A new service's subnet, as the subnet hook is asked for it.
+
+    See :func:`~overlayd.hookspecs.overlayd_ipam_subnet_allocate`.
+    """
+
+    service: str
+    #: ``shared`` or ``dedicated`` (never ``auto``: resolved before).
+    mode: OverlayMode
+    cluster_cidr: IPNetwork
+    slice_cidr: IPNetwork
+    #: The node's address layout: ``carved``, ``local`` or ``base-network``.
+    layout: str
+    #: What this node already uses (the node pool's block and every service
+    #: subnet, set up or being set up): the answer must overlap none of them.
+    taken: tuple[IPNetwork, ...] = ()
+    #: The driver that owns the node's address pools (``[ipam] driver``);
+    #: ``None`` for the built-in carving.
+    driver: str | None = None
 
 
 class Event(_Model):

@@ -10,6 +10,7 @@ Escape hatches: ``OVERLAYD_DISABLE_DRIVERS=a,b`` blocks drivers by name, and
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib.metadata
 import logging
@@ -44,6 +45,7 @@ from overlayd.model import DriverInfo
 from overlayd.model import Event
 from overlayd.model import GuestManagedHandle
 from overlayd.model import IPAddress
+from overlayd.model import IPNetwork
 from overlayd.model import Lease
 from overlayd.model import MasqueradeRule
 from overlayd.model import NatCandidate
@@ -53,6 +55,8 @@ from overlayd.model import Pool
 from overlayd.model import PortMapping
 from overlayd.model import ReconcileReport
 from overlayd.model import ReconcileRequest
+from overlayd.model import SubnetRequest
+from overlayd.secrets import Secrets
 
 __all__ = [
     "DRIVER_NAMESPACE",
@@ -80,10 +84,10 @@ class DriverContext:
     data_dir: Path | None
     #: Push an event to subscribed clients; thread-safe.
     emit: Callable[[Event], None]
-    #: Read and write private keys (mode 0600 files); ``None`` when in memory.
-    secrets: Any = None
+    #: Read and write private keys (mode 0600 files, or memory without a data directory).
+    secrets: Secrets | None = None
     #: The engine's event loop (for plugins that run asyncio servers).
-    loop: Any = None
+    loop: asyncio.AbstractEventLoop | None = None
     #: Free-form extras for embedders.
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -394,6 +398,15 @@ class Hooks:
     def ipam_release(self, pool: Pool, ip: IPAddress) -> bool:
         result = self._owned("overlayd_ipam_release", pool.driver, pool=pool, ip=ip)
         return bool(self._first("ipam_release", pool.name, result))
+
+    def ipam_subnet_allocate(self, request: SubnetRequest) -> IPNetwork:
+        with driver_errors("ipam_subnet_allocate"):
+            result = self._hook.overlayd_ipam_subnet_allocate(request=request)
+        return cast(IPNetwork, self._first("ipam_subnet_allocate", request.service, result))
+
+    def ipam_subnet_release(self, pool: Pool) -> bool:
+        with driver_errors("ipam_subnet_release"):
+            return bool(self._hook.overlayd_ipam_subnet_release(pool=pool))
 
     # dns
     def dns_records_changed(self, added: Sequence[DnsRecord], removed: Sequence[DnsRecord]) -> None:

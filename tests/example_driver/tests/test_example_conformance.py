@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 from overlayd_example.driver import ExampleDriver
+from overlayd_example.ipam import ExampleIpam
 
 from overlayd.testing.conformance import AttachConformance
+from overlayd.testing.conformance import IpamConformance
 from overlayd.testing.conformance import LifecycleConformance
 
 
@@ -13,3 +15,11 @@ class TestExampleDriver(AttachConformance, LifecycleConformance):
     @pytest.fixture
     def driver(self) -> ExampleDriver:
         return ExampleDriver()
+
+
+class TestExampleIpam(IpamConformance):
+    """The IPAM driver takes over the kit's pool and passes the IPAM part."""
+
+    @pytest.fixture
+    def driver(self) -> ExampleIpam:
+        return ExampleIpam()

@@ -25,7 +25,7 @@ from overlayd.nat.candidates import parse_endpoint
 from overlayd.nat.checks import CheckKeys
 
 if TYPE_CHECKING:
-    from overlayd.engine import Engine
+    from overlayd.engine.base import EngineBase
 
 __all__ = [
     "NatPeerStatus",
@@ -61,7 +61,7 @@ class NatStatus:
     warnings: tuple[str, ...]
 
 
-def _keepalive(engine: Engine, public_key: str) -> int:
+def _keepalive(engine: EngineBase, public_key: str) -> int:
     """The peer's recorded keepalive, at most the refresh period (NAT mappings time out)."""
     refresh = max(1, int(engine.config.nat.refresh))
     g = engine.global_
@@ -71,7 +71,7 @@ def _keepalive(engine: Engine, public_key: str) -> int:
     return min(wanted, refresh) if wanted > 0 else refresh
 
 
-async def start_nat(engine: Engine) -> None:
+async def start_nat(engine: EngineBase) -> None:
     """Start the agent when the global overlay asks for NAT traversal and ``[nat]`` allows it."""
     g = engine.global_
     if engine.nat is not None or g is None or not g.nat_enabled or not engine.config.nat.enabled:
@@ -124,13 +124,13 @@ def use_exchange(engine: ExchangeHolder, exchange: CandidateExchange) -> None:
         _known_peers(agent, exchange)
 
 
-async def stop_nat(engine: Engine) -> None:
+async def stop_nat(engine: EngineBase) -> None:
     agent, engine.nat = engine.nat, None
     if agent is not None:
         await agent.close()
 
 
-def nat_status(engine: Engine) -> NatStatus | None:
+def nat_status(engine: EngineBase) -> NatStatus | None:
     agent = engine.nat
     if agent is None:
         return None
@@ -146,7 +146,7 @@ def nat_status(engine: Engine) -> NatStatus | None:
 
 
 async def set_peer_candidates(
-    engine: Engine, public_key: str, candidates: Sequence[NatCandidate]
+    engine: EngineBase, public_key: str, candidates: Sequence[NatCandidate]
 ) -> None:
     """Record a peer's candidates (the ``nat_peer_candidates`` op)."""
     try:

@@ -42,6 +42,8 @@ node's slice or on a subnet this node already uses.
 from __future__ import annotations
 
 import ipaddress
+import threading
+from collections.abc import Callable
 from collections.abc import Iterable
 from typing import Final
 from typing import Literal
@@ -50,16 +52,20 @@ from typing import cast
 
 from overlayd.config import IpamSettings
 from overlayd.errors import Conflict
+from overlayd.errors import InvalidRequest
 from overlayd.errors import PoolExhausted
+from overlayd.hookspecs import hookimpl
 from overlayd.ipam import SubnetCarver
 from overlayd.model import DeviceKind
 from overlayd.model import GlobalOverlay
 from overlayd.model import IPNetwork
 from overlayd.model import OverlayMode
 from overlayd.model import Pool
+from overlayd.model import SubnetRequest
 
 __all__ = [
     "NODE_POOL",
+    "BuiltinSubnets",
     "LayoutKind",
     "SliceLayout",
     "choose_layout",
@@ -226,3 +232,38 @@ class SliceLayout:
             f"no free /{self._outside_prefix} subnet left in {self.cluster} outside the "
             f"node slice {self.slice}"
         )
+
+
+class BuiltinSubnets:
+    """The built-in carving on the subnet hooks, over the engine's current layout.
+
+    Registered by the engine; answers last (``trylast``) and only for pools
+    and requests no driver owns (see ``[ipam] driver``).
+    """
+
+    name = "builtin_subnets"
+
+    def __init__(self, layout: Callable[[], SliceLayout | None]) -> None:
+        self._layout = layout
+        self._lock = threading.Lock()
+
+    @hookimpl(trylast=True)
+    def overlayd_ipam_subnet_allocate(self, request: SubnetRequest) -> IPNetwork | None:
+        if request.driver not in (None, self.name):
+            return None
+        layout = self._layout()
+        if layout is None:
+            raise InvalidRequest("no address layout: the global overlay is not set up")
+        with self._lock:
+            return layout.allocate(request.service, request.mode, request.taken)
+
+    @hookimpl(trylast=True)
+    def overlayd_ipam_subnet_release(self, pool: Pool) -> bool | None:
+        if pool.driver not in (None, self.name):
+            return None
+        layout = self._layout()
+        if layout is None:
+            return False
+        with self._lock:
+            layout.release(pool.cidr)
+        return True

@@ -18,6 +18,10 @@ keep that safe:
 a later step fails it runs them in reverse and attaches the ones that failed to
 the error raised (:attr:`overlayd.errors.OverlaydError.rollback_failures`), so
 the client's ``err`` message says what may have been left behind.
+
+:class:`Tx` gathers the durable records an operation writes, and the
+in-memory changes to make once they are written: the engine commits it in one
+store transaction (:meth:`overlayd.engine.base.EngineBase._commit`).
 """
 
 from __future__ import annotations
@@ -29,12 +33,15 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from dataclasses import field
 from typing import Any
 from typing import TypeVar
 
+from pydantic import BaseModel
+
 from overlayd.errors import OverlaydError
 
-__all__ = ["InFlight", "Undo", "WorkerPool"]
+__all__ = ["InFlight", "Tx", "Undo", "WorkerPool"]
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +78,24 @@ class Undo:
             exc.rollback_failures = (*exc.rollback_failures, *failures)
         else:
             exc.add_note("rolling back also failed: " + "; ".join(failures))
+
+
+@dataclass
+class Tx:
+    """Records to write in one store transaction, and the in-memory changes to apply after."""
+
+    puts: dict[tuple[str, str], Any] = field(default_factory=dict)
+    deletes: set[tuple[str, str]] = field(default_factory=set)
+    after: list[Callable[[], object]] = field(default_factory=list)
+
+    def put(self, kind: str, key: str, value: BaseModel | dict[str, Any]) -> None:
+        data = value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+        self.deletes.discard((kind, key))
+        self.puts[(kind, key)] = data
+
+    def delete(self, kind: str, key: str) -> None:
+        self.puts.pop((kind, key), None)
+        self.deletes.add((kind, key))
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,145 @@
+"""Status and health: what ``status`` answers, and peer health transitions.
+
+``status`` takes no lock, so it never waits behind an operation; the peers it
+reports are read from the device at most every ``STATUS_PEERS_MAX_AGE``
+seconds (a cached read is reused only while the recorded peers are unchanged).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from overlayd.model import Device
+from overlayd.model import Event
+from overlayd.model import PeerStatus
+from overlayd.nat import host as nat_host
+
+from .base import EngineBase
+from .base import PeerStatusCache
+from .results import DedicatedStatus
+from .results import Status
+
+__all__ = ["HealthMixin"]
+
+log = logging.getLogger(__name__)
+
+
+class HealthMixin(EngineBase):
+    """``status`` and ``check_health``."""
+
+    #: How old (seconds) the peers ``status`` reports may be: traffic counters
+    #: and handshake times lag by at most this much; peer changes never do.
+    STATUS_PEERS_MAX_AGE: float = 1.0
+
+    async def status(self) -> Status:
+        """The node's overlay status. Takes no lock: never waits behind an operation.
+
+        ``slice_cidr`` is reported only when ``setup_global_overlay`` gave one
+        (ZLayer's agent caches what it reads here, and its leader registers it
+        as the node's slice). After ``teardown_global_overlay`` the addressing
+        (node address, cluster and slice) is still reported, without a device.
+        """
+        self._require_started()
+        with self._mem:
+            up = self.global_
+            g = up or self._retired
+            services = list(self.services.values())
+            peer_counts = {name: len(p) for name, p in self.peers.items()}
+        if g is None:
+            return Status(service_count=len(services))
+        peers = await self._status_peers(up.device) if up is not None else []
+        dedicated = tuple(
+            DedicatedStatus(
+                service=s.service,
+                interface=s.dedicated.name,
+                public_key=s.dedicated.public_key or "",
+                listen_port=s.dedicated.listen_port or 0,
+                overlay_ip=s.overlay_ip or s.gateway,
+                subnet=s.subnet,
+                peer_count=peer_counts.get(s.dedicated.name, 0),
+            )
+            for s in services
+            if s.dedicated is not None
+        )
+        return Status(
+            interface=up.device.name if up is not None else None,
+            node_ip=g.node_ip,
+            public_key=up.device.public_key if up is not None else None,
+            overlay_cidr=g.cluster_cidr,
+            slice_cidr=g.reported_slice,
+            peer_count=len(peers) if peers else peer_counts.get(up.device.name, 0) if up else 0,
+            service_count=len(services),
+            peers=tuple(peers),
+            dedicated_services=dedicated,
+            nat=nat_host.nat_status(self),
+        )
+
+    async def _status_peers(self, device: Device) -> list[PeerStatus]:
+        """The device's peers for ``status``, read at most every ``STATUS_PEERS_MAX_AGE`` s.
+
+        Reading them costs a hop to a worker thread and a device query, which
+        was most of a ``status`` round trip. The cached answer is used only
+        while it is younger than the bound and the recorded peer set of the
+        device is the one it was read under (compared by value), so ``status``
+        right after any peer change reads the device again.
+        """
+        with self._mem:
+            configs = tuple(self.peers.get(device.name, {}).values())
+        cached = self._status_cache
+        now = time.monotonic()
+        if (
+            cached is not None
+            and now - cached.read_at < self.STATUS_PEERS_MAX_AGE
+            and cached.device == device
+            and cached.configs == configs
+        ):
+            return cached.peers
+        peers = await self._read_peers(device, "status")
+        if peers is None:
+            return []
+        self._status_cache = PeerStatusCache(now, device, configs, peers)
+        return peers
+
+    async def check_health(self) -> list[Event]:
+        """Read every WireGuard device's peers and emit health transitions.
+
+        A peer is unhealthy when its last handshake is older than
+        ``engine.peer_stale_secs`` while traffic is expected (it has a persistent
+        keepalive, or it sent bytes since the last check, or it had a handshake
+        before). Peers start out presumed healthy, so the first event for a peer
+        is its first failure.
+        """
+        self._require_started()
+        stale = self.config.engine.peer_stale_secs
+        events: list[Event] = []
+        now = time.time()
+        for device in self._wg_devices():
+            peers = await self._read_peers(device, "the health check")
+            if peers is None:
+                continue
+            for peer in peers:
+                key = (device.name, peer.public_key)
+                prev_tx, prev_rx = self._tx_seen.get(key, (0, 0))
+                sent = peer.tx_bytes > prev_tx
+                received = peer.rx_bytes > prev_rx
+                self._tx_seen[key] = (peer.tx_bytes, peer.rx_bytes)
+                expected = (
+                    peer.persistent_keepalive_secs > 0 or sent or peer.last_handshake_unix_secs > 0
+                )
+                age = now - peer.last_handshake_unix_secs
+                # WireGuard re-handshakes only every ~2 minutes; bytes received
+                # since the last check prove the peer alive in between.
+                healthy = received or not (expected and age > stale)
+                if self._health.get(key, True) != healthy:
+                    events.append(
+                        Event(
+                            event="peer_health_changed",
+                            pubkey=peer.public_key,
+                            healthy=healthy,
+                        )
+                    )
+                self._health[key] = healthy
+        for event in events:
+            self.emit(event)
+        return events

@@ -1,0 +1,121 @@
+"""Loading state: the in-memory view and the IPAM pools rebuilt from the store at start."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+from collections.abc import Iterable
+from collections.abc import Iterator
+from typing import Any
+
+from pydantic import TypeAdapter
+
+from overlayd.errors import StateError
+from overlayd.model import Attachment
+from overlayd.model import DnsRecord
+from overlayd.model import GlobalOverlay
+from overlayd.model import Lease
+from overlayd.model import MasqueradeRule
+from overlayd.model import PeerConfig
+from overlayd.model import PortMapping
+from overlayd.model import ServiceOverlay
+
+from .base import DETACH_INTENT
+from .base import NODE_POOL
+from .base import EngineBase
+
+__all__ = ["LoadingMixin", "gc_paused", "leases_from_records"]
+
+# Whole lists of stored records are validated in one pydantic-core call each.
+_LEASES_ADAPTER: TypeAdapter[list[Lease]] = TypeAdapter(list[Lease])
+_ATTACHMENTS_ADAPTER: TypeAdapter[list[Attachment]] = TypeAdapter(list[Attachment])
+_DNS_ADAPTER: TypeAdapter[list[DnsRecord]] = TypeAdapter(list[DnsRecord])
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a bulk of long-lived objects is built."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def leases_from_records(values: Iterable[Any]) -> list[Lease]:
+    """Validate stored lease records (the ``lease`` kind of :meth:`Store.load`) in one batch."""
+    return _LEASES_ADAPTER.validate_python(list(values))
+
+
+class LoadingMixin(EngineBase):
+    """Rebuilds the in-memory view from the store."""
+
+    def _load(self) -> None:
+        """Rebuild the in-memory view and IPAM pools from the store."""
+        # Tens of thousands of long-lived records are built here; left on, the
+        # cyclic GC rescans them again and again while they are created
+        # (docs/design-notes.rst, "The engine package").
+        with gc_paused():
+            self._load_records()
+
+    def _load_records(self) -> None:
+        if self._store is None:
+            raise StateError("the state store is not open; start the engine first")
+        data = self._store.load()
+        meta = data.get("meta", {})
+        self.node_id = meta.get("node_id")
+        self.local_wg_pubkey = meta.get("local_wg_pubkey")
+        g = data.get("global", {}).get("global")
+        self.global_ = GlobalOverlay.model_validate(g) if g else None
+        retired = data.get("global", {}).get("retired")
+        self._retired = GlobalOverlay.model_validate(retired) if retired else None
+        self.services = {
+            k: ServiceOverlay.model_validate(v) for k, v in data.get("service", {}).items()
+        }
+        records = data.get("attachment", {})
+        self.attachments = dict(
+            zip(records, _ATTACHMENTS_ADAPTER.validate_python(list(records.values())), strict=True)
+        )
+        self._by_namespace = {
+            a.namespace_guid.lower(): k for k, a in self.attachments.items() if a.namespace_guid
+        }
+        self.detaching = set(data.get(DETACH_INTENT, {})) & self.attachments.keys()
+        leases = leases_from_records(data.get("lease", {}).values())
+        self.manual_leases = {
+            f"{lease.pool}|{lease.ip}": lease for lease in leases if lease.owner == "manual"
+        }
+        self.peers = {}
+        for key, value in data.get("peer", {}).items():
+            device, _, _ = key.partition("|")
+            self._peer_table(device).put(PeerConfig.model_validate(value))
+        self.dns = {
+            (rec.name.lower(), str(rec.ip)): rec
+            for rec in _DNS_ADAPTER.validate_python(list(data.get("dns", {}).values()))
+        }
+        self.masquerades = {
+            k: MasqueradeRule.model_validate(v) for k, v in data.get("masquerade", {}).items()
+        }
+        self.port_mappings = {
+            k: PortMapping.model_validate(v) for k, v in data.get("portmap", {}).items()
+        }
+        by_pool: dict[str, list[Lease]] = {}
+        for lease in leases:
+            by_pool.setdefault(lease.pool, []).append(lease)
+        addressing = self._addressing()
+        if addressing is not None:
+            self._init_layout(addressing)
+            self.hooks.ipam_pool_create(self._node_pool(), by_pool.get(NODE_POOL, []))
+        for svc in self.services.values():
+            assert self._layout is not None
+            if not self._layout.flat(svc.mode):
+                self._layout.mark_used(svc.subnet)
+            if svc.dedicated is not None and svc.dedicated.listen_port and self._ports:
+                self._ports.reserve(svc.dedicated.listen_port)
+            pool = self._pool_for(svc)
+            self.hooks.ipam_pool_create(pool, by_pool.get(pool.name, []))
+        if self.dns:
+            self.hooks.dns_records_changed(list(self.dns.values()), [])
+
+    # -- addressing helpers -------------------------------------------------
