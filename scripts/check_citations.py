@@ -26,11 +26,7 @@ PATTERN = re.compile(
 #: Files that still carry such citations because the issue 17 restructuring
 #: moves them and replaces the citations as it does. Remove each entry when
 #: its file is fixed; the test fails on an entry whose file no longer cites.
-PENDING: frozenset[str] = frozenset(
-    {
-        "core/src/overlayd/client.py",
-    }
-)
+PENDING: frozenset[str] = frozenset()
 #: This script holds the pattern itself.
 SELF = "scripts/check_citations.py"
 

@@ -444,7 +444,7 @@ class AsyncClient:
             )
         return response
 
-    # -- typed ops (PROTOCOL.md "Requests") -----------------------------------
+    # -- typed ops (docs/reference/zlayer.rst §3) -----------------------------------
 
     async def hello(self, client: str = "overlayd.client") -> HelloResponse:
         """Version handshake: the daemon's protocol version, drivers and ops."""
