@@ -249,3 +249,24 @@ def test_demo_without_the_demo_distribution_says_how_to_get_it() -> None:
     )
     assert result.returncode == 2, result.stdout + result.stderr
     assert "the demo is not installed (pip install overlayd-demo" in result.stderr
+
+
+def test_the_demo_signal_handler_only_sets_a_flag() -> None:
+    """Ctrl-C must not raise inside whatever the main thread is doing.
+
+    The blocking client waits on a ``threading.Condition``; a ``KeyboardInterrupt``
+    raised there by the handler broke the lock ("cannot release un-acquired
+    lock") and the demo exited 1 with a traceback instead of tearing down.
+    The handler sets a flag, and the demo raises at its next check.
+    """
+    from overlayd_demo.common import check_interrupted
+    from overlayd_demo.common import clear_interrupted
+    from overlayd_demo.common import interrupt
+
+    clear_interrupted()
+    check_interrupted()  # nothing pending: returns
+    interrupt(signal.SIGINT, None)  # must not raise
+    with pytest.raises(KeyboardInterrupt):
+        check_interrupted()
+    clear_interrupted()
+    check_interrupted()

@@ -34,6 +34,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from overlayd_demo.common import check_interrupted
+from overlayd_demo.common import clear_interrupted
+from overlayd_demo.common import interrupt
+from overlayd_demo.common import say
+from overlayd_demo.common import step
+
 # POSIX only (mypy --platform win32 skips the rest).
 assert sys.platform != "win32", "overlayd demo --cluster runs on Linux only"
 
@@ -43,10 +49,6 @@ CLUSTER = "10.210.0.0/16"
 UNDERLAY = "10.209.0"
 TTL = 5
 NODES = ("n1", "n2", "n3")
-
-
-def say(msg: str, *, step: bool = False) -> None:
-    print(("==> " if step else "    ") + msg, flush=True)
 
 
 def missing_prerequisites(fake: bool) -> list[str]:
@@ -87,6 +89,7 @@ def _wait(pred: Callable[[], bool], timeout: float, what: str) -> float:
     while not pred():
         if time.monotonic() - start > timeout:
             raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
+        check_interrupted()
         time.sleep(0.2)
     return time.monotonic() - start
 
@@ -145,7 +148,7 @@ class RealClusterDemo:
         from overlayd.cluster.view import print_cluster
         from overlayd.testing.etcd import EtcdServer
 
-        say("an underlay switch with etcd, and three nodes, in network namespaces", step=True)
+        step("an underlay switch with etcd, and three nodes, in network namespaces")
         self._netns(self.switch)
         _ip("-n", self.switch, "link", "add", "br0", "type", "bridge")
         _ip("-n", self.switch, "addr", "add", f"{UNDERLAY}.254/24", "dev", "br0")
@@ -162,7 +165,7 @@ class RealClusterDemo:
         self.etcd.start()
         say(f"etcd {self.etcd.url} in {self.switch}")
 
-        say("starting overlayd on each node with only a [cluster] table", step=True)
+        step("starting overlayd on each node with only a [cluster] table")
         for i, node in enumerate(NODES, 1):
             workdir = self.tmp / node
             workdir.mkdir()
@@ -196,7 +199,7 @@ class RealClusterDemo:
         for line in (self.tmp / "n1" / "overlayd.toml").read_text().splitlines()[-8:]:
             say(f"  {line}")
 
-        say("the mesh forms by itself (no setup_global_overlay, no add_peer)", step=True)
+        step("the mesh forms by itself (no setup_global_overlay, no add_peer)")
         start = time.monotonic()
         seen: set[tuple[str, str]] = set()
         while True:
@@ -223,7 +226,7 @@ class RealClusterDemo:
         with self.client("n1") as c:
             print_cluster(c.cluster_status())
 
-        say("one container per node (netns + sleep) in service web", step=True)
+        step("one container per node (netns + sleep) in service web")
         for node in NODES:
             cns = f"{self.prefix}-c{node}"
             self._netns(cns)
@@ -244,7 +247,7 @@ class RealClusterDemo:
         source_ns, source_ip = self.containers["n1"]
         gateway = _ip("-n", source_ns, "route", "show", "default").stdout.split()[2]
         name = f"web.{self.prefix}.local"
-        say(f"n1's container resolves {name} via its gateway {gateway}", step=True)
+        step(f"n1's container resolves {name} via its gateway {gateway}")
         answer = subprocess.run(  # noqa: S603 - our interpreter, a fixed script
             ["ip", "netns", "exec", source_ns, sys.executable, "-c", _RESOLVE, gateway, name],  # noqa: S607
             capture_output=True,
@@ -257,7 +260,7 @@ class RealClusterDemo:
         ok = True
         for node in ("n2", "n3"):
             target_ip = self.containers[node][1]
-            say(f"n1's container ({source_ip}) pings {node}'s ({target_ip})", step=True)
+            step(f"n1's container ({source_ip}) pings {node}'s ({target_ip})")
             out = subprocess.run(  # noqa: S603
                 ["ip", "netns", "exec", source_ns, "ping", "-c", "3", "-W", "2", target_ip],  # noqa: S607
                 capture_output=True,
@@ -381,7 +384,8 @@ def main(fake: bool = False) -> int:
     if fake:
         return asyncio.run(fake_cluster_demo())
     demo = RealClusterDemo()
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    clear_interrupted()
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         return demo.run()
     except KeyboardInterrupt:
@@ -397,9 +401,11 @@ def main(fake: bool = False) -> int:
                     say(f"  {line}")
         return 1
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # The teardown must finish: a second Ctrl-C would leave half of it behind.
+        for sig in previous:
+            signal.signal(sig, signal.SIG_IGN)
         try:
             demo.teardown()
         finally:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            signal.signal(signal.SIGTERM, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)

@@ -60,11 +60,16 @@ _interrupted = threading.Event()
 
 
 def interrupt(signum: int, frame: FrameType | None) -> None:
-    """Signal handler of the real demo: stop at the next step, then tear down."""
-    # Raising here can be swallowed (a handler that runs inside a fork hook is
-    # "ignored"), so the flag is also checked between the demo's steps.
+    """Signal handler of the real demo: stop at the next check, then tear down.
+
+    It only sets a flag. Raising ``KeyboardInterrupt`` from a signal handler
+    lands wherever the main thread happens to be, and inside a
+    ``threading.Condition`` (the blocking client waits on one) that corrupts
+    the lock: "cannot release un-acquired lock" instead of a teardown. The
+    demo's calls are short, so it checks the flag between steps, between
+    containers and in its waits, and raises there (:func:`check_interrupted`).
+    """
     _interrupted.set()
-    raise KeyboardInterrupt
 
 
 def check_interrupted() -> None:

@@ -226,6 +226,7 @@ class RealDemo:
                     f"overlayd on node {node.key} did not start; its log ({node.log}) ends with:\n"
                     + tail(node.log)
                 )
+            check_interrupted()
             time.sleep(0.05)
         node.client = Client(str(node.socket), timeout=10.0)
 
