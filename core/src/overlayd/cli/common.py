@@ -9,15 +9,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Any
 from typing import Final
+from typing import Protocol
 from typing import TextIO
+from typing import TypeVar
 
+from overlayd import __version__
 from overlayd import protocol as p
-
-if TYPE_CHECKING:
-    pass
-
 
 __all__ = [
     "EXIT_CONNECT",
@@ -29,10 +29,12 @@ __all__ = [
     "ago",
     "err",
     "handle_label",
+    "new_parser",
     "ok",
     "print_json",
     "print_pairs",
     "print_table",
+    "show",
 ]
 
 EXIT_OK: Final = 0
@@ -108,4 +110,34 @@ def ok(args: argparse.Namespace, text: str) -> int:
         print_json({"result": "ok"})
     else:
         print(text)
+    return EXIT_OK
+
+
+class _WireModel(Protocol):
+    """A protocol model (its wire form is what ``--json`` prints)."""
+
+    def to_wire(self) -> dict[str, Any]: ...
+
+
+_M = TypeVar("_M", bound=_WireModel)
+
+
+def new_parser(prog: str, description: str, epilog: str) -> argparse.ArgumentParser:
+    """A program's parser: ``--version``, and ``epilog`` (its exit codes) kept as written."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"{prog} {__version__}")
+    return parser
+
+
+def show(args: argparse.Namespace, response: _M, render: Callable[[_M], None]) -> int:
+    """Print ``response`` as JSON with ``--json``, else ``render(response)``; exit 0."""
+    if args.json:
+        print_json(response.to_wire())
+    else:
+        render(response)
     return EXIT_OK

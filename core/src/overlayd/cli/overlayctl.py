@@ -12,24 +12,12 @@ import json
 import os
 from collections.abc import Callable
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from functools import partial
 from typing import Final
 
 from pydantic import ValidationError
 
-from overlayd import __version__
 from overlayd import protocol as p
-from overlayd.client import Client
-from overlayd.client import ConnectError
-from overlayd.client import ConnectionLost
-from overlayd.client import RemoteError
-from overlayd.client import RequestTimeout
-from overlayd.errors import OverlaydError
-from overlayd.transport import DEFAULT_SOCKET
-
-if TYPE_CHECKING:
-    pass
-
 from overlayd.cli.common import EXIT_CONNECT
 from overlayd.cli.common import EXIT_ERR
 from overlayd.cli.common import EXIT_OK
@@ -39,10 +27,19 @@ from overlayd.cli.common import UsageError
 from overlayd.cli.common import ago
 from overlayd.cli.common import err
 from overlayd.cli.common import handle_label
+from overlayd.cli.common import new_parser
 from overlayd.cli.common import ok
 from overlayd.cli.common import print_json
 from overlayd.cli.common import print_pairs
 from overlayd.cli.common import print_table
+from overlayd.cli.common import show
+from overlayd.client import Client
+from overlayd.client import ConnectError
+from overlayd.client import ConnectionLost
+from overlayd.client import RemoteError
+from overlayd.client import RequestTimeout
+from overlayd.errors import OverlaydError
+from overlayd.transport import DEFAULT_SOCKET
 
 __all__ = ["build_overlayctl_parser", "overlayctl_main"]
 
@@ -134,13 +131,9 @@ def _decode_request(data: object) -> p.AnyRequest:
 
 
 def build_overlayctl_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="overlayctl",
-        description="Control a running overlayd over its socket.",
-        epilog=_OVERLAYCTL_EXIT_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = new_parser(
+        "overlayctl", "Control a running overlayd over its socket.", _OVERLAYCTL_EXIT_HELP
     )
-    parser.add_argument("--version", action="version", version=f"overlayctl {__version__}")
     parser.add_argument(
         "--socket",
         metavar="PATH",
@@ -240,10 +233,10 @@ def build_overlayctl_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_status(c: Client, args: argparse.Namespace) -> int:
-    st = c.status()
-    if args.json:
-        print_json(st.to_wire())
-        return EXIT_OK
+    return show(args, c.status(), _print_status)
+
+
+def _print_status(st: p.StatusResponse) -> None:
     print_pairs(
         [
             ("interface", st.interface or "(no global overlay)"),
@@ -280,7 +273,6 @@ def _cmd_status(c: Client, args: argparse.Namespace) -> int:
 
         print()
         print("\n".join(render_nat(st.nat)))
-    return EXIT_OK
 
 
 def _peer_table(st: p.StatusResponse) -> None:
@@ -307,38 +299,41 @@ def _cmd_attach(c: Client, args: argparse.Namespace) -> int:
         dns_server=args.dns_server,
         dns_domain=args.dns_domain,
     )
-    if args.json:
-        print_json(response.to_wire())
-    elif isinstance(response, p.AttachedResponse):
+    return show(args, response, partial(_print_attached, handle_label(handle), args.service))
+
+
+def _print_attached(
+    label: str, service: str, response: p.AttachedResponse | p.GuestConfigResponse
+) -> None:
+    if isinstance(response, p.AttachedResponse):
         print_pairs(
             [
-                ("handle", handle_label(handle)),
-                ("service", args.service),
+                ("handle", label),
+                ("service", service),
                 ("ip", response.ip),
                 ("namespace guid", response.namespace_guid),
             ]
         )
-    else:
-        print_pairs(
-            [
-                ("handle", handle_label(handle)),
-                ("overlay ip", f"{response.overlay_ip}/{response.prefix_len}"),
-                ("public key", response.public_key),
-                ("private key", response.private_key),
-                ("listen port", response.listen_port),
-                ("dns server", response.dns_server),
-                ("dns domain", response.dns_domain),
-            ]
-        )
-        print()
-        print_table(
-            ["PEER PUBLIC KEY", "ENDPOINT", "ALLOWED IPS", "KEEPALIVE"],
-            [
-                [s.public_key, s.endpoint or "-", s.allowed_ips, str(s.persistent_keepalive_secs)]
-                for s in response.peers
-            ],
-        )
-    return EXIT_OK
+        return
+    print_pairs(
+        [
+            ("handle", label),
+            ("overlay ip", f"{response.overlay_ip}/{response.prefix_len}"),
+            ("public key", response.public_key),
+            ("private key", response.private_key),
+            ("listen port", response.listen_port),
+            ("dns server", response.dns_server),
+            ("dns domain", response.dns_domain),
+        ]
+    )
+    print()
+    print_table(
+        ["PEER PUBLIC KEY", "ENDPOINT", "ALLOWED IPS", "KEEPALIVE"],
+        [
+            [s.public_key, s.endpoint or "-", s.allowed_ips, str(s.persistent_keepalive_secs)]
+            for s in response.peers
+        ],
+    )
 
 
 def _cmd_detach(c: Client, args: argparse.Namespace) -> int:
@@ -396,10 +391,10 @@ def _cmd_ports(c: Client, args: argparse.Namespace) -> int:
 
 
 def _cmd_drivers(c: Client, args: argparse.Namespace) -> int:
-    hello = c.hello("overlayctl")
-    if args.json:
-        print_json(hello.to_wire())
-        return EXIT_OK
+    return show(args, c.hello("overlayctl"), _print_hello)
+
+
+def _print_hello(hello: p.HelloResponse) -> None:
     print_pairs(
         [
             ("server version", hello.server_version),
@@ -415,7 +410,6 @@ def _cmd_drivers(c: Client, args: argparse.Namespace) -> int:
             for d in hello.drivers
         ],
     )
-    return EXIT_OK
 
 
 def _cmd_state(c: Client, args: argparse.Namespace) -> int:
@@ -456,21 +450,21 @@ def _cmd_state(c: Client, args: argparse.Namespace) -> int:
 def _cmd_gc(c: Client, args: argparse.Namespace) -> int:
     live = [_parse_handle_spec(spec) for spec in args.live]
     report = c.gc(live, dry_run=args.dry_run)
-    if args.json:
-        print_json(report.to_wire())
-        return EXIT_OK
-    verb = "would release" if args.dry_run else "released"
+    return show(args, report, partial(_print_gc, args.dry_run))
+
+
+def _print_gc(dry_run: bool, report: p.GcReportResponse) -> None:
+    verb = "would release" if dry_run else "released"
     print(f"{verb} {len(report.released)} attachment(s); {report.kept} kept")
     for handle in report.released:
         print(f"  {handle_label(handle)}")
-    return EXIT_OK
 
 
 def _cmd_reconcile(c: Client, args: argparse.Namespace) -> int:
-    report = c.reconcile()
-    if args.json:
-        print_json(report.to_wire())
-        return EXIT_OK
+    return show(args, c.reconcile(), _print_reconcile)
+
+
+def _print_reconcile(report: p.ReconcileReportResponse) -> None:
     print_pairs(
         [
             ("adopted", report.adopted),
@@ -482,18 +476,12 @@ def _cmd_reconcile(c: Client, args: argparse.Namespace) -> int:
     )
     for error in report.errors:
         print(f"  {error}")
-    return EXIT_OK
 
 
 def _cmd_cluster(c: Client, args: argparse.Namespace) -> int:
     from overlayd.cluster.view import print_cluster
 
-    resp = c.cluster_status()
-    if args.json:
-        print_json(resp.to_wire())
-    else:
-        print_cluster(resp)
-    return EXIT_OK
+    return show(args, c.cluster_status(), print_cluster)
 
 
 def _cmd_nat_tick(c: Client, args: argparse.Namespace) -> int:

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING
 from typing import Any
 from typing import Final
 
-from overlayd import __version__
 from overlayd.errors import ConfigError
 from overlayd.errors import OverlaydError
 
@@ -27,6 +26,7 @@ from overlayd.cli.common import EXIT_ERR
 from overlayd.cli.common import EXIT_OK
 from overlayd.cli.common import EXIT_USAGE
 from overlayd.cli.common import err
+from overlayd.cli.common import new_parser
 from overlayd.cli.common import print_table
 
 __all__ = ["build_overlayd_parser", "overlayd_main"]
@@ -41,13 +41,11 @@ exit codes (serve):
 
 
 def build_overlayd_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="overlayd",
-        description="overlayd: the node's overlay network plane daemon (ZLayer-compatible IPC).",
-        epilog=_OVERLAYD_EXIT_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = new_parser(
+        "overlayd",
+        "overlayd: the node's overlay network plane daemon (ZLayer-compatible IPC).",
+        _OVERLAYD_EXIT_HELP,
     )
-    parser.add_argument("--version", action="version", version=f"overlayd {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     serve = sub.add_parser(
@@ -156,10 +154,7 @@ def _serve_posix(
     except ConfigError as exc:
         err(f"overlayd: {exc}")
         return EXIT_USAGE
-    except OverlaydError as exc:
-        err(f"overlayd: cannot run: {exc}")
-        return EXIT_ERR
-    except OSError as exc:
+    except (OverlaydError, OSError) as exc:
         err(f"overlayd: cannot run: {exc}")
         return EXIT_ERR
     except KeyboardInterrupt:
