@@ -19,6 +19,8 @@ one function per op), :mod:`~overlayd.server.convert` (wire models to engine
 models), :mod:`~overlayd.server.daemon` (:func:`run_daemon`: start, signals, stop).
 """
 
+# ruff: noqa: E402  (the package's own imports follow the POSIX assert)
+
 from __future__ import annotations
 
 import sys
@@ -26,11 +28,12 @@ import sys
 from overlayd import socketfile
 
 # POSIX only: the daemon serves a Unix socket; serving the Windows named pipe is
-# not supported yet. (This assert also makes mypy --platform win32 skip the rest.)
+# not supported yet. (This assert also makes mypy --platform win32 skip the rest,
+# so the server's own modules are imported after it.)
 assert sys.platform != "win32", "overlayd serve is not supported on Windows yet"
 
-from overlayd.server.core import Server  # noqa: E402
-from overlayd.server.daemon import run_daemon  # noqa: E402
+from overlayd.server.core import Server
+from overlayd.server.daemon import run_daemon
 
 SocketInUse = socketfile.SocketInUse
 

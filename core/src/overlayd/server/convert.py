@@ -6,6 +6,7 @@ Values the wire allows but no workload can have are :class:`InvalidRequest`.
 from __future__ import annotations
 
 import ipaddress
+import sys
 from typing import TYPE_CHECKING
 from typing import Any
 
@@ -22,6 +23,10 @@ from overlayd.model import PeerScope
 from overlayd.model import PortMapping
 from overlayd.model import WindowsContainerHandle
 from overlayd.model import parse_cidr_list
+
+# POSIX only: the daemon serves a Unix socket; serving the Windows named pipe is
+# not supported yet. (This assert also makes mypy --platform win32 skip the rest.)
+assert sys.platform != "win32", "overlayd serve is not supported on Windows yet"
 
 if TYPE_CHECKING:
     from overlayd.server.core import Server

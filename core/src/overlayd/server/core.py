@@ -9,6 +9,8 @@ who may connect, in :mod:`overlayd.server.access`; what each op does, in
 :mod:`overlayd.server.handlers`.
 """
 
+# ruff: noqa: E402  (the package's own imports follow the POSIX assert)
+
 from __future__ import annotations
 
 import asyncio
@@ -35,13 +37,15 @@ from overlayd.engine import Engine
 from overlayd.errors import OverlaydError
 from overlayd.errors import clip
 from overlayd.model import Event
-from overlayd.server.access import authorise
-from overlayd.server.handlers import HANDLERS
 from overlayd.subscriptions import Subscription
 
 # POSIX only: the daemon serves a Unix socket; serving the Windows named pipe is
-# not supported yet. (This assert also makes mypy --platform win32 skip the rest.)
+# not supported yet. (This assert also makes mypy --platform win32 skip the rest,
+# so the server's own modules are imported after it.)
 assert sys.platform != "win32", "overlayd serve is not supported on Windows yet"
+
+from overlayd.server.access import authorise
+from overlayd.server.handlers import HANDLERS
 
 __all__ = ["Server"]
 

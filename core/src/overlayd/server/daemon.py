@@ -5,6 +5,8 @@ and the ``shutdown`` op begin a graceful stop; systemd is told when the daemon
 is ready and when it stops.
 """
 
+# ruff: noqa: E402  (the package's own imports follow the POSIX assert)
+
 from __future__ import annotations
 
 import asyncio
@@ -18,11 +20,13 @@ from overlayd import __version__
 from overlayd.config import DaemonConfig
 from overlayd.engine import Engine
 from overlayd.errors import ConfigError
-from overlayd.server.core import Server
 
 # POSIX only: the daemon serves a Unix socket; serving the Windows named pipe is
-# not supported yet. (This assert also makes mypy --platform win32 skip the rest.)
+# not supported yet. (This assert also makes mypy --platform win32 skip the rest,
+# so the server's own modules are imported after it.)
 assert sys.platform != "win32", "overlayd serve is not supported on Windows yet"
+
+from overlayd.server.core import Server
 
 __all__ = ["run_daemon"]
 

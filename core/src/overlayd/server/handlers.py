@@ -5,8 +5,11 @@ and one function here decorated with :func:`handles`; :meth:`Server.dispatch
 <overlayd.server.core.Server.dispatch>` finds it by the request's type.
 """
 
+# ruff: noqa: E402  (the package's own imports follow the POSIX assert)
+
 from __future__ import annotations
 
+import sys
 from collections.abc import Awaitable
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -19,6 +22,16 @@ from overlayd.model import NatCandidate
 from overlayd.model import OverlayMode
 from overlayd.model import PeerChange
 from overlayd.model import handle_key
+
+# POSIX only: the daemon serves a Unix socket; serving the Windows named pipe is
+# not supported yet. (This assert also makes mypy --platform win32 skip the rest,
+# so the server's own modules are imported after it.)
+assert sys.platform != "win32", "overlayd serve is not supported on Windows yet"
+
+if TYPE_CHECKING:
+    from overlayd.server.core import Server
+
+
 from overlayd.server.convert import attachment_info
 from overlayd.server.convert import cidrs
 from overlayd.server.convert import endpoint
@@ -27,9 +40,6 @@ from overlayd.server.convert import nat_status
 from overlayd.server.convert import peer_scope
 from overlayd.server.convert import port_mapping
 from overlayd.server.convert import wire_handle
-
-if TYPE_CHECKING:
-    from overlayd.server.core import Server
 
 __all__ = ["HANDLERS", "Handler", "handles"]
 
