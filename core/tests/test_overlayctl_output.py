@@ -13,9 +13,20 @@ from typing import Any
 import pytest
 
 from overlayd import protocol as p
+from overlayd.cli import EXIT_CONNECT
+from overlayd.cli import EXIT_ERR
 from overlayd.cli import EXIT_OK
+from overlayd.cli import EXIT_TIMEOUT
+from overlayd.cli import EXIT_USAGE
 from overlayd.cli import overlayctl as ctl_module
 from overlayd.cli import overlayctl_main
+from overlayd.cli.common import UsageError
+from overlayd.client import ConnectError
+from overlayd.client import ConnectionLost
+from overlayd.client import RemoteError
+from overlayd.client import RequestTimeout
+from overlayd.errors import InvalidRequest
+from overlayd.errors import OverlaydError
 
 KEY = "A" * 43 + "="
 
@@ -139,3 +150,30 @@ def test_json_prints_the_wire_form(
 ) -> None:
     data = json.loads("\n".join(_run(capsys, "--json", *argv)))
     assert data["result"] == result
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (RequestTimeout("overlayd did not answer reconcile"), EXIT_TIMEOUT),
+        (ConnectionLost("the connection to overlayd broke"), EXIT_CONNECT),
+        (ConnectError("cannot connect to overlayd"), EXIT_CONNECT),
+        (RemoteError("no such service"), EXIT_ERR),
+        (p.ProtocolError("not a request"), EXIT_USAGE),
+        (InvalidRequest("not a ProtocolError"), EXIT_ERR),
+        (UsageError("--ip only goes with --container"), EXIT_USAGE),
+        (OverlaydError("something else"), EXIT_ERR),
+    ],
+)
+def test_errors_map_to_exit_codes(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    error: Exception,
+    code: int,
+) -> None:
+    def fail(self: _StubClient) -> p.ReconcileReportResponse:
+        raise error
+
+    monkeypatch.setattr(_StubClient, "reconcile", fail)
+    assert overlayctl_main(["--socket", "/nonexistent.sock", "reconcile"]) == code
+    assert capsys.readouterr().err.startswith("overlayctl: ")

@@ -19,24 +19,6 @@ from typing import TypeVar
 from overlayd import __version__
 from overlayd import protocol as p
 
-__all__ = [
-    "EXIT_CONNECT",
-    "EXIT_ERR",
-    "EXIT_OK",
-    "EXIT_TIMEOUT",
-    "EXIT_USAGE",
-    "UsageError",
-    "ago",
-    "err",
-    "handle_label",
-    "new_parser",
-    "ok",
-    "print_json",
-    "print_pairs",
-    "print_table",
-    "show",
-]
-
 EXIT_OK: Final = 0
 #: overlayctl: the daemon answered ``err``; overlayd: it failed to start or run.
 EXIT_ERR: Final = 1

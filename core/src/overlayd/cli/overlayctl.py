@@ -550,9 +550,6 @@ def overlayctl_main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONNECT
     try:
         return command(client, args)
-    except UsageError as exc:
-        err(f"overlayctl: {exc}")
-        return EXIT_USAGE
     except ValidationError as exc:
         err(f"overlayctl: invalid argument: {_describe_validation(exc)}")
         return EXIT_USAGE
@@ -562,14 +559,19 @@ def overlayctl_main(argv: Sequence[str] | None = None) -> int:
     except RemoteError as exc:
         err(f"overlayctl: {args.command}: {exc.message}")
         return EXIT_ERR
-    except RequestTimeout as exc:
+    except (UsageError, OverlaydError) as exc:
         err(f"overlayctl: {exc}")
-        return EXIT_TIMEOUT
-    except (ConnectError, ConnectionLost) as exc:
-        err(f"overlayctl: {exc}")
-        return EXIT_CONNECT
-    except OverlaydError as exc:
-        err(f"overlayctl: {exc}")
-        return EXIT_ERR
+        return _exit_code(exc)
     finally:
         client.close()
+
+
+def _exit_code(exc: UsageError | OverlaydError) -> int:
+    """The exit code for an error whose message is printed as it is."""
+    if isinstance(exc, UsageError):
+        return EXIT_USAGE
+    if isinstance(exc, RequestTimeout):
+        return EXIT_TIMEOUT
+    if isinstance(exc, ConnectError | ConnectionLost):
+        return EXIT_CONNECT
+    return EXIT_ERR
