@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -55,13 +53,8 @@ def _start(root: Path, *extra: str, config: str | None = None, dns: bool = False
 
 
 @pytest.fixture
-def root() -> Iterator[Path]:
-    # Short paths: a Unix socket path must fit in 108 bytes.
-    path = Path(tempfile.mkdtemp(prefix="od-", dir="/tmp"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
+def root(short_tmp_path: Path) -> Path:
+    return short_tmp_path
 
 
 @pytest.fixture
