@@ -29,7 +29,7 @@ from overlayd.cli.common import err
 from overlayd.cli.common import new_parser
 from overlayd.cli.common import print_table
 
-__all__ = ["build_overlayd_parser", "overlayd_main"]
+__all__ = ["build_overlayd_parser", "overlayd_main", "serve_config"]
 
 _OVERLAYD_EXIT_HELP: Final = """\
 exit codes (serve):
@@ -119,32 +119,42 @@ def _serve(args: argparse.Namespace) -> int:
         return _serve_posix(args, run_daemon, SocketInUse)
 
 
+def serve_config(args: argparse.Namespace) -> DaemonConfig:
+    """The daemon's configuration from ``serve``'s flags: the file, then the flags over it.
+
+    :raises ConfigError: the file or a flag is invalid.
+    """
+    from overlayd.config import load_config
+
+    config = load_config(
+        args.config,
+        socket=args.socket,
+        data_dir=args.data_dir,
+        in_memory=args.in_memory,
+        drivers=args.drivers,
+        socket_group=args.socket_group,
+        allowed_uids=args.allowed_uids,
+        allowed_gids=args.allowed_gids,
+        log_format=args.log_format,
+        log_level=args.log_level,
+    )
+    if args.no_dns:
+        config = config.model_copy(update={"dns": config.dns.model_copy(update={"enabled": False})})
+    return config
+
+
 def _serve_posix(
     args: argparse.Namespace,
     run_daemon: Callable[[DaemonConfig], Coroutine[Any, Any, int]],
     SocketInUse: type[Exception],
 ) -> int:
-    from overlayd.config import load_config
     from overlayd.logging import configure_logging
 
     try:
-        config = load_config(
-            args.config,
-            socket=args.socket,
-            data_dir=args.data_dir,
-            in_memory=args.in_memory,
-            drivers=args.drivers,
-            socket_group=args.socket_group,
-            allowed_uids=args.allowed_uids,
-            allowed_gids=args.allowed_gids,
-            log_format=args.log_format,
-            log_level=args.log_level,
-        )
+        config = serve_config(args)
     except ConfigError as exc:
         err(f"overlayd: {exc}")
         return EXIT_USAGE
-    if args.no_dns:
-        config = config.model_copy(update={"dns": config.dns.model_copy(update={"enabled": False})})
     configure_logging(config.log_format, config.log_level)
     try:
         return asyncio.run(run_daemon(config))
