@@ -67,3 +67,28 @@ def test_writing_a_driver_includes_tested_example() -> None:
     for include in text.split(".. literalinclude:: ")[1:]:
         target = (ROOT / "docs" / include.split()[0]).resolve()
         assert target.is_file(), target
+
+
+def _architecture_paths() -> list[str]:
+    """Every repository path ``docs/architecture.rst`` names as a literal."""
+    import re
+
+    text = (ROOT / "docs" / "architecture.rst").read_text()
+    literals = re.findall(r"``([^`\s]+)``", text)
+    return sorted(
+        {lit for lit in literals if "/" in lit or lit.endswith((".py", ".rst", ".md", ".toml"))}
+    )
+
+
+def test_architecture_page_names_paths() -> None:
+    # Guard against the pattern silently matching nothing.
+    assert "core/src/overlayd/server/handlers.py" in _architecture_paths()
+
+
+@pytest.mark.parametrize("path", _architecture_paths())
+def test_architecture_path_exists(path: str) -> None:
+    """A file or folder the architecture page sends a contributor to is in the tree."""
+    if "*" in path:
+        assert list(ROOT.glob(path)), f"docs/architecture.rst: nothing matches {path}"
+    else:
+        assert (ROOT / path).exists(), f"docs/architecture.rst names {path}, which is not there"

@@ -18,7 +18,6 @@ import re
 import shlex
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -156,41 +155,13 @@ def test_getting_started_covers_overlayctl() -> None:
 
 @pytest.fixture
 def fake_daemon(tmp_path: Path) -> Iterator[Path]:
-    sock = tmp_path / "overlayd.sock"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "overlayd",
-            "serve",
-            "--driver",
-            "fake",
-            "--socket",
-            str(sock),
-            "--data-dir",
-            str(tmp_path / "data"),
-            "--no-dns",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    from overlayd.testing.daemon import start_daemon  # POSIX only
+
+    daemon = start_daemon(tmp_path, args=["--driver", "fake", "--no-dns"])
     try:
-        deadline = time.monotonic() + 30
-        while not sock.exists():
-            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-            assert time.monotonic() < deadline, "the daemon did not start within 30 s"
-            time.sleep(0.05)
-        yield sock
+        yield daemon.socket
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if proc.stderr is not None:
-            proc.stderr.close()
+        daemon.stop()
 
 
 def test_getting_started_commands_run_in_order(fake_daemon: Path) -> None:

@@ -8,10 +8,7 @@ typed client, as the CNI plugin's daemon sees it (the plugin itself uses
 from __future__ import annotations
 
 import ipaddress
-import shutil
-import tempfile
 from collections.abc import AsyncIterator
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +39,8 @@ def cni(cid: str, ifname: str = "eth0", network: str = "ovl", *, path: bool = Tr
 
 
 @pytest.fixture
-def root() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="osv-", dir="/tmp"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
+def root(short_tmp_path: Path) -> Path:
+    return short_tmp_path
 
 
 async def _serve(root: Path, dns: DnsSettings) -> AsyncIterator[AsyncClient]:

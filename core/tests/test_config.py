@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from overlayd.cli import build_overlayd_parser
+from overlayd.cli.overlayd import serve_config
 from overlayd.config import DEFAULT_SOCKET
 from overlayd.config import load_config
 from overlayd.errors import ConfigError
@@ -185,17 +186,7 @@ def test_flags_override_the_file(tmp_path: Path) -> None:
             "7",
         ]
     )
-    config = load_config(
-        args.config,
-        socket=args.socket,
-        data_dir=args.data_dir,
-        drivers=args.drivers,
-        socket_group=args.socket_group,
-        allowed_uids=args.allowed_uids,
-        allowed_gids=args.allowed_gids,
-        log_format=args.log_format,
-        log_level=args.log_level,
-    )
+    config = serve_config(args)
     assert config.socket == Path("/tmp/flag.sock")
     assert config.data_dir == Path("/tmp/flagdata")
     assert config.drivers == ["fake", "example"]  # repeated --driver, in order
@@ -219,3 +210,11 @@ def test_serve_reports_config_errors_with_exit_2(
     err = capsys.readouterr().err
     assert "unknown key `bogus`" in err
     assert str(path) in err
+
+
+def test_no_dns_flag_turns_the_dns_server_off(tmp_path: Path) -> None:
+    path = _write(tmp_path, "[dns]\nenabled = true\n")
+    parser = build_overlayd_parser()
+    assert serve_config(parser.parse_args(["serve", "--config", str(path)])).dns.enabled
+    args = parser.parse_args(["serve", "--config", str(path), "--no-dns"])
+    assert serve_config(args).dns.enabled is False

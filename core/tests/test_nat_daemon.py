@@ -8,11 +8,8 @@ errors. Real traversal is ``tests/e2e/test_nat_traversal.py``.
 from __future__ import annotations
 
 import asyncio
-import shutil
 import struct
-import tempfile
 from collections.abc import AsyncIterator
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,12 +28,8 @@ PEER = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
 
 
 @pytest.fixture
-def root() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="onatd-", dir="/tmp"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
+def root(short_tmp_path: Path) -> Path:
+    return short_tmp_path
 
 
 async def _raw(path: Path, body: bytes) -> p.Frame:

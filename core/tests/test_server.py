@@ -6,11 +6,8 @@ import asyncio
 import io
 import json
 import logging
-import shutil
 import socket
-import tempfile
 from collections.abc import AsyncIterator
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,12 +27,8 @@ from overlayd_fake.driver import FakeDriver
 
 
 @pytest.fixture
-def root() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="osv-", dir="/tmp"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
+def root(short_tmp_path: Path) -> Path:
+    return short_tmp_path
 
 
 def _config(root: Path) -> DaemonConfig:

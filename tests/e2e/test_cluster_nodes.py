@@ -41,6 +41,7 @@ pytest.importorskip("etcd3gw", reason="cluster mode needs the `cluster` extra (e
 
 from overlayd.client import Client
 from overlayd.names import global_device_name
+from overlayd.testing.daemon import terminate
 from overlayd.testing.etcd import EtcdServer
 from overlayd.testing.etcd import etcd_binary
 
@@ -137,13 +138,9 @@ class Node:
         self.proc = None
 
     def stop_daemon(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        if self.proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                terminate(self.proc, 20)
         self.proc = None
 
     def call(self, fn: Callable[[Client], Any]) -> Any:

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,93 +22,44 @@ from overlayd.client import Client
 from overlayd.client import RemoteError
 from overlayd.keys import generate_private_key
 from overlayd.keys import public_key
+from overlayd.testing.daemon import DaemonProcess
+from overlayd.testing.daemon import frame_bytes
+from overlayd.testing.daemon import raw_connect
+from overlayd.testing.daemon import recv_frame
+from overlayd.testing.daemon import start_daemon
 
 _HDR = struct.Struct("<I")
 
 
-@dataclass
-class Daemon:
-    proc: subprocess.Popen[bytes]
-    socket: Path
-    data_dir: Path
-    log: Path
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def stop(self, timeout: float = 15.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-            raise
+#: ``overlayd serve`` with the fake driver and no DNS, as these tests run it.
+_SERVE = (sys.executable, "-m", "overlayd", "serve", "--driver", "fake", "--no-dns")
 
 
-def _serve_cmd(sock: Path, data: Path, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "overlayd",
-        "serve",
-        "--driver",
-        "fake",
-        "--socket",
-        str(sock),
-        "--data-dir",
-        str(data),
-        "--no-dns",
-        *extra,
-    ]
+def _serve_cmd(sock: Path, data: Path) -> list[str]:
+    """The command line of a daemon run to completion (one that must refuse to start)."""
+    return [*_SERVE, "--socket", str(sock), "--data-dir", str(data)]
 
 
-def _wait_ready(sock: Path, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"overlayd exited {proc.returncode}:\n{log.read_text()}")
-        if sock.exists():
-            with socket.socket(socket.AF_UNIX) as s:
-                try:
-                    s.connect(str(sock))
-                    return
-                except OSError:
-                    pass
-        time.sleep(0.05)
-    proc.kill()
-    raise AssertionError(f"overlayd did not listen on {sock}:\n{log.read_text()}")
-
-
-def start_daemon(root: Path, *extra: str, config: str | None = None) -> Daemon:
-    sock = root / "overlayd.sock"
-    data = root / "data"
-    log = root / "daemon.log"
-    args = list(extra)
-    if config is not None:
-        cfg = root / "overlayd.toml"
-        cfg.write_text(config)
-        args += ["--config", str(cfg)]
-    with log.open("ab") as out:
-        proc = subprocess.Popen(_serve_cmd(sock, data, *args), stdout=out, stderr=subprocess.STDOUT)
-    _wait_ready(sock, proc, log)
-    return Daemon(proc, sock, data, log)
+def _start(root: Path, *extra: str, config: str | None = None, dns: bool = False) -> DaemonProcess:
+    """``overlayd serve --driver fake`` on ``root/overlayd.sock``; ``config`` is TOML for
+    ``--config`` (flags win over it); ``dns`` keeps the built-in DNS server on."""
+    flags = ["--driver", "fake", *([] if dns else ["--no-dns"]), *extra]
+    return start_daemon(
+        root,
+        config or '[drivers]\nenabled = ["fake"]\n',
+        args=flags,
+        socket_path=root / "overlayd.sock",
+    )
 
 
 @pytest.fixture
-def root() -> Iterator[Path]:
-    # Short paths: a Unix socket path must fit in 108 bytes.
-    path = Path(tempfile.mkdtemp(prefix="od-", dir="/tmp"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
+def root(short_tmp_path: Path) -> Path:
+    return short_tmp_path
 
 
 @pytest.fixture
-def daemon(root: Path) -> Iterator[Daemon]:
-    d = start_daemon(root)
+def daemon(root: Path) -> Iterator[DaemonProcess]:
+    d = _start(root)
     try:
         yield d
     finally:
@@ -137,42 +86,17 @@ def _setup(c: Client) -> None:
 # -- raw socket helpers -------------------------------------------------------
 
 
-def _raw(sock: Path) -> socket.socket:
-    s = socket.socket(socket.AF_UNIX)
-    s.settimeout(10)
-    s.connect(str(sock))
-    return s
-
-
 def _send(s: socket.socket, body: bytes) -> None:
-    s.sendall(_HDR.pack(len(body)) + body)
+    s.sendall(frame_bytes(body))
 
 
-def _recv_exact(s: socket.socket, n: int) -> bytes | None:
-    buf = b""
-    while len(buf) < n:
-        try:
-            chunk = s.recv(n - len(buf))
-        except ConnectionResetError:
-            # A closed Unix socket with unread input reports ECONNRESET: also a close.
-            return None
-        if not chunk:
-            return None
-        buf += chunk
-    return buf
-
-
-def _recv(s: socket.socket) -> dict[str, object] | None:
-    head = _recv_exact(s, 4)
-    if head is None:
-        return None
-    (n,) = _HDR.unpack(head)
-    body = _recv_exact(s, n)
-    assert body is not None, "truncated frame from the daemon"
-    frame = p.decode_frame(body)  # every answer must be a well-formed frame
-    assert isinstance(frame, p.ResponseFrame | p.EventFrame)
-    data: dict[str, object] = json.loads(body)
-    return data
+def _recv(s: socket.socket) -> dict[str, Any] | None:
+    """The next frame, which must be a well-formed response or event frame."""
+    frame = recv_frame(s)
+    if frame is not None:
+        decoded = p.decode_frame(json.dumps(frame).encode())
+        assert isinstance(decoded, p.ResponseFrame | p.EventFrame)
+    return frame
 
 
 def _request(id_: int, request: dict[str, object]) -> bytes:
@@ -182,7 +106,7 @@ def _request(id_: int, request: dict[str, object]) -> bytes:
 # -- every op -----------------------------------------------------------------
 
 
-def test_every_op_through_the_client(daemon: Daemon) -> None:
+def test_every_op_through_the_client(daemon: DaemonProcess) -> None:
     with Client(str(daemon.socket), timeout=10) as c:
         hello = c.hello("e2e")
         assert hello.protocol_version == 1
@@ -295,7 +219,7 @@ def test_every_op_through_the_client(daemon: Daemon) -> None:
 def test_state_survives_a_restart(root: Path) -> None:
     fake_state = root / "fake-host.json"
     config = f'[drivers]\nenabled = ["fake"]\n[drivers.fake]\nstate_file = "{fake_state}"\n'
-    d = start_daemon(root, config=config)
+    d = _start(root, config=config)
     with Client(str(d.socket), timeout=10) as c:
         _setup(c)
         c.setup_service_overlay("web", "shared")
@@ -303,7 +227,7 @@ def test_state_survives_a_restart(root: Path) -> None:
         assert isinstance(ip, p.AttachedResponse)
         key = c.status().public_key
     assert d.stop() == 0
-    d = start_daemon(root, config=config)
+    d = _start(root, config=config)
     try:
         with Client(str(d.socket), timeout=10) as c:
             assert c.status().public_key == key
@@ -316,8 +240,8 @@ def test_state_survives_a_restart(root: Path) -> None:
 # -- malformed input ------------------------------------------------------------
 
 
-def test_bad_requests_get_err_and_the_connection_stays_open(daemon: Daemon) -> None:
-    with _raw(daemon.socket) as s:
+def test_bad_requests_get_err_and_the_connection_stays_open(daemon: DaemonProcess) -> None:
+    with raw_connect(daemon.socket) as s:
         _send(s, _request(5, {"op": "frobnicate"}))
         answer = _recv(s)
         assert answer is not None
@@ -356,15 +280,15 @@ def test_bad_requests_get_err_and_the_connection_stays_open(daemon: Daemon) -> N
         }
 
 
-def test_framing_errors_close_only_that_connection(daemon: Daemon) -> None:
-    with _raw(daemon.socket) as s:
+def test_framing_errors_close_only_that_connection(daemon: DaemonProcess) -> None:
+    with raw_connect(daemon.socket) as s:
         s.sendall(_HDR.pack(p.MAX_FRAME + 1))
         assert _recv(s) is None  # closed without an answer
-    with _raw(daemon.socket) as s:
+    with raw_connect(daemon.socket) as s:
         s.sendall(_HDR.pack(100) + b'{"frame":')
         s.shutdown(socket.SHUT_WR)
         assert _recv(s) is None
-    with _raw(daemon.socket) as s:
+    with raw_connect(daemon.socket) as s:
         s.sendall(b"\x01\x00")  # half a header
         s.shutdown(socket.SHUT_WR)
         assert _recv(s) is None
@@ -376,7 +300,7 @@ def test_framing_errors_close_only_that_connection(daemon: Daemon) -> None:
 # -- concurrency ------------------------------------------------------------------
 
 
-def test_concurrent_clients(daemon: Daemon) -> None:
+def test_concurrent_clients(daemon: DaemonProcess) -> None:
     with Client(str(daemon.socket), timeout=10) as c:
         _setup(c)
         c.setup_service_overlay("web", "shared")
@@ -409,7 +333,7 @@ def test_concurrent_clients(daemon: Daemon) -> None:
         assert len(c.list_attachments("web")) == 48
 
 
-def test_pipelined_requests_answered_by_id(daemon: Daemon) -> None:
+def test_pipelined_requests_answered_by_id(daemon: DaemonProcess) -> None:
     with Client(str(daemon.socket), timeout=10) as c:
         _setup(c)
         c.setup_service_overlay("web", "shared")
@@ -423,7 +347,7 @@ def test_pipelined_requests_answered_by_id(daemon: Daemon) -> None:
             req = {"op": "hello"}
         body = _request(i, req)
         requests.append(_HDR.pack(len(body)) + body)
-    with _raw(daemon.socket) as s:
+    with raw_connect(daemon.socket) as s:
         s.sendall(b"".join(requests))  # all 60 in flight at once
         answers: dict[int, dict[str, object]] = {}
         for _ in range(60):
@@ -446,7 +370,7 @@ def test_pipelined_requests_answered_by_id(daemon: Daemon) -> None:
 
 def test_health_events_reach_every_listening_client(root: Path) -> None:
     config = "[engine]\nhealth_interval_secs = 0.2\npeer_stale_secs = 1\n"
-    d = start_daemon(root, config=config)
+    d = _start(root, config=config)
     try:
         received: dict[int, list[p.AnyEvent]] = {0: [], 1: []}
         ready = threading.Barrier(3)
@@ -504,7 +428,7 @@ print(json.dumps({"frame": frame, "eof": rest == b""}))
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to uid 65534")
-def test_unauthorised_uid_is_refused(daemon: Daemon) -> None:
+def test_unauthorised_uid_is_refused(daemon: DaemonProcess) -> None:
     # Make the socket reachable so only SO_PEERCRED refuses.
     os.chmod(daemon.socket.parent, 0o755)
     os.chmod(daemon.socket, 0o666)
@@ -526,7 +450,7 @@ def test_unauthorised_uid_is_refused(daemon: Daemon) -> None:
         assert c.status().service_count == 0
 
 
-def test_socket_mode_is_0660(daemon: Daemon) -> None:
+def test_socket_mode_is_0660(daemon: DaemonProcess) -> None:
     mode = daemon.socket.stat().st_mode & 0o777
     assert mode == 0o660
 
@@ -535,7 +459,7 @@ def test_socket_mode_is_0660(daemon: Daemon) -> None:
 
 
 def test_sigterm_during_load_answers_every_request(root: Path) -> None:
-    d = start_daemon(root)
+    d = _start(root)
     with Client(str(d.socket), timeout=10) as c:
         _setup(c)
         c.setup_service_overlay("web", "shared")
@@ -547,7 +471,7 @@ def test_sigterm_during_load_answers_every_request(root: Path) -> None:
     def client(n: int) -> None:
         # Bursts of 4 pipelined requests (attach, status, list_leases, hello): at
         # the SIGTERM some are running, some are queued, some unread.
-        s = _raw(d.socket)
+        s = raw_connect(d.socket)
         try:
             go.wait(10)
             i = 0
@@ -601,7 +525,7 @@ def test_sigterm_during_load_answers_every_request(root: Path) -> None:
     assert "overlayd stopped after" in d.log_text()
 
 
-def test_second_daemon_refuses_a_live_socket(daemon: Daemon, root: Path) -> None:
+def test_second_daemon_refuses_a_live_socket(daemon: DaemonProcess, root: Path) -> None:
     out = subprocess.run(
         _serve_cmd(daemon.socket, root / "data2"), capture_output=True, text=True, timeout=60
     )
@@ -634,7 +558,7 @@ def test_stale_socket_file_is_replaced(root: Path) -> None:
     stale.bind(str(sock))
     stale.close()  # the file stays, nobody listens
     assert sock.exists()
-    d = start_daemon(root)
+    d = _start(root)
     try:
         with Client(str(d.socket), timeout=10) as c:
             assert c.status().peer_count == 0
@@ -656,7 +580,7 @@ def test_a_regular_file_on_the_socket_path_is_refused(root: Path) -> None:
 
 
 def test_json_logs(root: Path) -> None:
-    d = start_daemon(root, "--log-format", "json")
+    d = _start(root, "--log-format", "json")
     try:
         with Client(str(d.socket), timeout=10) as c:
             c.status()
@@ -684,15 +608,8 @@ def test_registered_names_are_served_by_the_daemon_dns(root: Path) -> None:
         f'[dns]\nenabled = true\nlisten = ["127.0.0.1:{port}"]\n'
         "listen_on_gateways = false\nforward = false\n"
     )
-    sock = root / "overlayd.sock"
-    log = root / "daemon.log"
-    cfg = root / "overlayd.toml"
-    cfg.write_text(config)
-    cmd = [c for c in _serve_cmd(sock, root / "data", "--config", str(cfg)) if c != "--no-dns"]
-    with log.open("ab") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-    _wait_ready(sock, proc, log)
-    d = Daemon(proc, sock, root / "data", log)
+    d = _start(root, config=config, dns=True)
+    sock = d.socket
     try:
         with Client(str(sock), timeout=10) as c:
             _setup(c)  # zone: e2e.local.
@@ -710,7 +627,7 @@ def test_registered_names_are_served_by_the_daemon_dns(root: Path) -> None:
         assert d.stop() == 0, d.log_text()
 
 
-def test_port_mapping_ops_reach_the_driver(daemon: Daemon) -> None:
+def test_port_mapping_ops_reach_the_driver(daemon: DaemonProcess) -> None:
     """The map_port / unmap_port extension ops program the NAT driver."""
     with Client(str(daemon.socket)) as client:
         _setup(client)  # a port maps to an overlay address

@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import socket
 import struct
 import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +26,7 @@ from hypothesis import strategies as st
 
 from overlayd import protocol as p
 from overlayd.client import Client
+from overlayd.testing.daemon import start_daemon
 
 _HDR = struct.Struct("<I")
 
@@ -47,40 +45,12 @@ _OPS = [
 
 @pytest.fixture
 def daemon() -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
-    root = Path(tempfile.mkdtemp(prefix="ofz-", dir="/tmp"))
-    sock = root / "overlayd.sock"
-    log = root / "daemon.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "overlayd",
-                "serve",
-                "--driver",
-                "fake",
-                "--socket",
-                str(sock),
-                "--data-dir",
-                str(root / "data"),
-                "--no-dns",
-                "--log-level",
-                "warning",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    root = Path(tempfile.mkdtemp(prefix="ofz-", dir="/tmp"))  # socket paths stay short
+    running = start_daemon(root, args=["--driver", "fake", "--no-dns", "--log-level", "warning"])
     try:
-        deadline = time.monotonic() + 30
-        while not sock.exists():
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        yield proc, sock
+        yield running.proc, running.socket
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        assert proc.wait(20) == 0, log.read_text()
+        assert running.stop() == 0, running.log_text()
         shutil.rmtree(root, ignore_errors=True)
 
 

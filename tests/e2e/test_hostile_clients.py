@@ -10,11 +10,9 @@ from __future__ import annotations
 import json
 import os
 import resource
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -43,12 +41,8 @@ SETUP = {
 
 
 @pytest.fixture
-def root() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="ohc-", dir="/tmp"))  # socket paths stay short
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
+def root(short_tmp_path: Path) -> Path:
+    return short_tmp_path
 
 
 @pytest.fixture

@@ -47,6 +47,7 @@ from overlayd.client import Client
 from overlayd.protocol import NatEndpointChangedEvent
 from overlayd.protocol import NetnsHandle
 from overlayd.protocol import StatusResponse
+from overlayd.testing.daemon import terminate
 
 pytestmark = [pytest.mark.privileged, pytest.mark.timeout(300)]
 
@@ -199,13 +200,9 @@ class Node:
             with contextlib.suppress(Exception):
                 self._listener.close()
             self._listener = None
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        if self.proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                terminate(self.proc, 15)
         self.proc = None
 
     def ping(self, ip: str, *, wait: float = 0.3) -> bool:

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,44 +17,19 @@ import pytest
 from overlayd import protocol as p
 from overlayd.keys import generate_private_key
 from overlayd.keys import public_key
+from overlayd.testing.daemon import start_daemon
 
 _CTL = "import sys; from overlayd.cli import overlayctl_main; sys.exit(overlayctl_main())"
 
 
 @pytest.fixture
 def sock() -> Iterator[Path]:
-    root = Path(tempfile.mkdtemp(prefix="octl-", dir="/tmp"))
-    path = root / "overlayd.sock"
-    log = root / "daemon.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "overlayd",
-                "serve",
-                "--driver",
-                "fake",
-                "--socket",
-                str(path),
-                "--data-dir",
-                str(root / "data"),
-                "--no-dns",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    root = Path(tempfile.mkdtemp(prefix="octl-", dir="/tmp"))  # socket paths stay short
+    daemon = start_daemon(root, args=["--driver", "fake", "--no-dns"])
     try:
-        deadline = time.monotonic() + 30
-        while not path.exists():
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
-        yield path
+        yield daemon.socket
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        assert proc.wait(20) == 0, log.read_text()
+        assert daemon.stop() == 0, daemon.log_text()
         shutil.rmtree(root, ignore_errors=True)
 
 

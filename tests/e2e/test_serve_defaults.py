@@ -6,14 +6,10 @@ the links of the namespace they run in), with a temporary data directory.
 
 from __future__ import annotations
 
-import secrets
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,23 +20,14 @@ pytestmark = pytest.mark.privileged
 
 
 @pytest.fixture
-def netns() -> Iterator[str]:
-    name = f"od15-{secrets.token_hex(3)}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
+def netns(nsname: str) -> str:
+    """A named namespace with ``lo`` up, removed afterwards (pyroute2's ``nsname``)."""
+    return nsname
 
 
 @pytest.fixture
-def root() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="od15-", dir="/tmp"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
+def root(short_tmp_path: Path) -> Path:
+    return short_tmp_path
 
 
 def test_serve_without_drivers_loads_the_platform_drivers(netns: str, root: Path) -> None:

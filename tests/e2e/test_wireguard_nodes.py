@@ -33,6 +33,7 @@ import pytest
 from overlayd.client import Client
 from overlayd.names import global_device_name
 from overlayd.protocol import PeerHealthChangedEvent
+from overlayd.testing.daemon import terminate
 
 pytestmark = [pytest.mark.privileged, pytest.mark.timeout(240)]
 
@@ -163,13 +164,9 @@ class Node:
             with contextlib.suppress(Exception):
                 self._event_client.close()
             self._event_client = None
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        if self.proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                terminate(self.proc, 15)
         self.proc = None
 
     def wireguard_go_pids(self) -> list[int]:

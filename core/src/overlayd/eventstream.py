@@ -14,8 +14,8 @@ from overlayd.protocol import EVENT_KINDS
 from overlayd.protocol import AnyEvent
 
 if TYPE_CHECKING:
-    from overlayd.client import AsyncClient
     from overlayd.client import Client
+    from overlayd.client.base import BaseAsyncClient
 
 __all__ = ["DISCONNECTED", "EVENT_BUFFER", "EventStream", "SyncEventStream", "event_kinds"]
 
@@ -50,7 +50,7 @@ class EventStream:
     :attr:`dropped`.
     """
 
-    def __init__(self, client: AsyncClient, kinds: frozenset[str]) -> None:
+    def __init__(self, client: BaseAsyncClient, kinds: frozenset[str]) -> None:
         self._client = client
         self.kinds = kinds
         self.dropped = 0

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,13 +10,9 @@ from overlayd_wireguard.uapi import UapiClient
 
 
 @pytest.fixture
-def sock_dir() -> Iterator[Path]:
+def sock_dir(short_tmp_path: Path) -> Path:
     """A short private directory for UAPI sockets (sun_path is 108 bytes)."""
-    path = Path(tempfile.mkdtemp(prefix="owg", dir="/tmp"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
+    return short_tmp_path
 
 
 @pytest.fixture

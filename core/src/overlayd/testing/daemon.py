@@ -40,6 +40,7 @@ __all__ = [
     "recv_frame",
     "send_request",
     "start_daemon",
+    "terminate",
 ]
 
 _HDR = struct.Struct("<I")
@@ -59,14 +60,7 @@ class DaemonProcess:
 
     def stop(self, timeout: float = 20.0) -> int:
         """SIGTERM, wait, and return the exit code (kill after ``timeout``)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-            raise
+        return terminate(self.proc, timeout)
 
     def rss_bytes(self) -> int:
         """Resident memory of the daemon (``VmRSS``)."""
@@ -82,6 +76,22 @@ class DaemonProcess:
             fields = f.read().rsplit(")", 1)[1].split()
         ticks = os.sysconf("SC_CLK_TCK")
         return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def terminate(proc: subprocess.Popen[Any], timeout: float = 20.0) -> int:
+    """SIGTERM ``proc`` if it still runs and return its exit code.
+
+    :raises subprocess.TimeoutExpired: it had not exited after ``timeout``
+        seconds, and was killed.
+    """
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+        raise
 
 
 def start_daemon(

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from collections.abc import Callable
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -223,6 +224,29 @@ def make_hooks(engine_config: Any) -> Callable[..., Any]:
         return hooks
 
     return build
+
+
+@pytest.fixture
+def short_tmp_path() -> Iterator[Path]:
+    """A new, empty directory with a short path, removed after the test.
+
+    * Name: ``short_tmp_path``
+    * Scope: function
+    * Depends: nothing
+
+    For Unix sockets: a socket's path must fit in 108 bytes, which a path under
+    pytest's ``tmp_path`` can exceed. On Linux it is under ``/tmp``.
+    """
+    import shutil
+    import tempfile
+
+    # mkdtemp makes a new private (0700) directory; /tmp only keeps the path short.
+    short = None if sys.platform == "win32" else "/tmp"  # noqa: S108
+    path = Path(tempfile.mkdtemp(prefix="od-", dir=short))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

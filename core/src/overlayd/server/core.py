@@ -1,0 +1,343 @@
+"""The :class:`Server`: the listening socket, its connections and the dispatch.
+
+One task reads each connection; every request runs in its own task, so
+requests on one connection are in flight together and answered by ``id`` as
+they finish. Events from the engine are pushed only to connections that
+subscribed (``hello`` with ``events``; see :mod:`overlayd.subscriptions`).
+How connections are accepted, bounded and read is in :mod:`overlayd.connections`;
+who may connect, in :mod:`overlayd.server.access`; what each op does, in
+:mod:`overlayd.server.handlers`.
+"""
+
+# ruff: noqa: E402  (the package's own imports follow the POSIX assert)
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from overlayd import protocol as p
+from overlayd import socketfile
+from overlayd.config import DaemonConfig
+from overlayd.connections import MAX_ERR_MESSAGE
+from overlayd.connections import Connection
+from overlayd.connections import Limits
+from overlayd.connections import RateLimitedLog
+from overlayd.connections import accept_connections
+from overlayd.connections import max_connections
+from overlayd.connections import refuse_socket
+from overlayd.engine import Engine
+from overlayd.errors import OverlaydError
+from overlayd.errors import clip
+from overlayd.model import Event
+from overlayd.subscriptions import Subscription
+
+# POSIX only: the daemon serves a Unix socket; serving the Windows named pipe is
+# not supported yet. (This assert also makes mypy --platform win32 skip the rest,
+# so the server's own modules are imported after it.)
+assert sys.platform != "win32", "overlayd serve is not supported on Windows yet"
+
+from overlayd.server.access import authorise
+from overlayd.server.handlers import HANDLERS
+
+__all__ = ["Server"]
+
+# One logger for the whole server package, as when it was one module.
+log = logging.getLogger("overlayd.server")
+
+
+class Server:
+    """Serve ``engine`` on ``config.socket``.
+
+    Lifecycle: :meth:`claim` (refuse a live daemon, replace a stale socket,
+    hold ``<socket>.lock``), :meth:`start` (listen), then
+    :meth:`serve_until_stopped`, which returns after :meth:`request_stop`
+    (signals, the ``shutdown`` op) and a graceful :meth:`close`.
+    """
+
+    def __init__(self, engine: Engine, config: DaemonConfig) -> None:
+        self.engine = engine
+        self.config = config
+        self.path = Path(config.socket)
+        self.limits = Limits(max_connections=max_connections(config.max_connections))
+        self._listener: socket.socket | None = None
+        self._accept_task: asyncio.Task[None] | None = None
+        #: One task per accepted client (authorising, serving or refusing it).
+        self._clients: set[asyncio.Task[None]] = set()
+        self._conns: set[Connection] = set()
+        self._offload = asyncio.Semaphore(self.limits.offload_threads)
+        self._limited_log = RateLimitedLog(log)
+        self._closing = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._events_task: asyncio.Task[None] | None = None
+        self._allowed_gids = set(config.allowed_gids)
+        self._allowed_uids = {0, os.getuid(), *config.allowed_uids}
+        self._group_gid: int | None = None
+        self._socket_file = socketfile.SocketFile(self.path, config.socket_group)
+        self._listening = False
+        self.requests_served = 0
+
+    # -- socket -------------------------------------------------------------
+
+    @property
+    def lock_path(self) -> Path:
+        """``<socket>.lock``: held (flock) for the daemon's whole life."""
+        return self._socket_file.lock_path
+
+    def claim(self) -> None:
+        """Make the socket path ours, or raise :class:`SocketInUse` (see
+        :meth:`overlayd.socketfile.SocketFile.claim`). Idempotent."""
+        self._socket_file.claim()
+
+    def _release_lock(self) -> None:
+        self._socket_file.release()
+
+    async def start(self) -> None:
+        """Listen on the socket (mode 0660, group ``socket_group``/``zlayer``)."""
+        self.claim()
+        self._group_gid = self._socket_file.group_gid()
+        if self._group_gid is not None:
+            self._allowed_gids.add(self._group_gid)
+        self._listener = self._socket_file.listen()
+        self._listening = True
+        self._accept_task = asyncio.create_task(self._accept_loop(), name="overlayd-accept")
+        self._events_task = asyncio.create_task(self._pump_events(), name="overlayd-events")
+        log.info(
+            "serving on %s (at most %d connections)",
+            self.path,
+            self.limits.max_connections,
+            extra={"socket": str(self.path)},
+        )
+
+    async def serve_until_stopped(self) -> None:
+        await self._closing.wait()
+        await self.close()
+
+    def request_stop(self) -> None:
+        """Begin a graceful shutdown (signal handlers and the ``shutdown`` op call this)."""
+        if not self._closing.is_set():
+            log.info("shutting down")
+        self._closing.set()
+
+    @property
+    def closing(self) -> bool:
+        return self._closing.is_set()
+
+    async def close(self, grace: float = 10.0) -> None:
+        """Stop accepting, answer every request already read, close everything.
+
+        Requests read after the stop began are answered ``err`` (retry later);
+        requests in flight get ``grace`` seconds to finish, then are cancelled
+        and answered ``err``. The socket file and the lock are removed last.
+        """
+        if self._stopped.is_set():
+            return
+        self._closing.set()
+        if self._accept_task is not None:
+            self._accept_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._accept_task
+        if self._listener is not None:
+            self._listener.close()
+        # Remove the path now: new clients get ENOENT/ECONNREFUSED at once.
+        if self._listening:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+        # Let readers pick up frames that were already sent before the stop.
+        await asyncio.sleep(0.05)
+        deadline = time.monotonic() + grace
+        while True:
+            pending = [t for c in self._conns for t in c.tasks]
+            if not pending:
+                break
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                log.warning(
+                    "cancelling %d request(s) still running after %.0fs", len(pending), grace
+                )
+                for task in pending:
+                    task.cancel()
+                await asyncio.wait(pending, timeout=2.0)
+                break
+            log.info("waiting for %d in-flight request(s)", len(pending))
+            await asyncio.wait(pending, timeout=remaining)
+        if self._events_task is not None:
+            self._events_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._events_task
+        for conn in list(self._conns):
+            conn.writer.close()
+        if self._clients:
+            await asyncio.wait(list(self._clients), timeout=2)
+        self._release_lock()
+        self._stopped.set()
+
+    # -- connections --------------------------------------------------------
+
+    async def _accept_loop(self) -> None:
+        assert self._listener is not None
+        async for sock in accept_connections(self._listener, self._limited_log):
+            if self._closing.is_set():
+                sock.close()
+                continue
+            cap = self.limits.max_connections
+            if len(self._clients) >= cap:
+                self._limited_log.warning(
+                    "cap",
+                    "refusing a connection: %d clients are connected (max_connections = %d)",
+                    len(self._clients),
+                    cap,
+                )
+                refuse_socket(
+                    sock,
+                    f"overlayd serves at most {cap} connections at once and all are in "
+                    "use; close idle connections or raise max_connections, then retry",
+                )
+                continue
+            task = asyncio.create_task(self._serve(sock))
+            self._clients.add(task)
+            task.add_done_callback(self._clients.discard)
+
+    async def _serve(self, sock: socket.socket) -> None:
+        ok, who = authorise(sock, self._allowed_uids, self._allowed_gids)
+        if not ok:
+            self._limited_log.warning(
+                f"refused {who}",
+                "refused connection from %s: not root, the daemon's user, nor an allowed uid/gid",
+                who,
+                peer=who,
+            )
+            refuse_socket(
+                sock,
+                f"permission denied: {who} may not use this overlayd; add the "
+                "uid to allowed_uids or the user to the socket's group",
+            )
+            return
+        try:
+            conn = await Connection.from_socket(sock, who, self.limits, self._offload)
+        except OSError as exc:
+            log.debug("connection from %s failed at once: %s", who, exc)
+            sock.close()
+            return
+        self._conns.add(conn)
+        log.debug("connection from %s", who)
+        try:
+            async for frame, size in conn.requests():
+                if self._closing.is_set():
+                    await conn.send_quietly(
+                        p.ResponseFrame.err(
+                            frame.id,
+                            f"overlayd is shutting down and did not run {frame.request.op}; "
+                            "retry once it is back",
+                        )
+                    )
+                    continue
+                conn.spawn(self._answer(conn, frame), size)
+        finally:
+            if conn.tasks:
+                await asyncio.wait(list(conn.tasks))
+            self._conns.discard(conn)
+            if conn.subscription is not None:
+                await conn.subscription.close()
+            await conn.close()
+
+    async def _answer(self, conn: Connection, frame: p.RequestFrame) -> None:
+        request = frame.request
+        try:
+            response = await self.dispatch(request)
+        except OverlaydError as exc:
+            response = p.ErrResponse(message=clip(str(exc), MAX_ERR_MESSAGE))
+        except asyncio.CancelledError:
+            response = p.ErrResponse(
+                message=f"overlayd is shutting down and cancelled {request.op}; "
+                "it may have been partly applied, check with status and retry"
+            )
+        except Exception as exc:  # the daemon must survive any bug
+            log.exception("internal error in %s", request.op)
+            response = p.ErrResponse(
+                message=clip(
+                    f"internal error in {request.op}: {type(exc).__name__}: {exc}; "
+                    "this is a bug in overlayd, please report it with the daemon's log",
+                    MAX_ERR_MESSAGE,
+                )
+            )
+        if isinstance(request, p.HelloRequest) and isinstance(response, p.HelloResponse):
+            response = self._subscribe(conn, request, response)
+        self.requests_served += 1
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s -> %s", request.op, response.result, extra={"peer": conn.peer})
+        await conn.send_quietly(p.ResponseFrame(id=frame.id, response=response))
+        if isinstance(request, p.ShutdownRequest):
+            self.request_stop()
+
+    def _subscribe(
+        self, conn: Connection, request: p.HelloRequest, response: p.HelloResponse
+    ) -> p.HelloResponse:
+        """Apply ``hello``'s ``events`` to the connection; report its subscription."""
+        if request.events is not None:
+            if conn.subscription is None and request.events:
+                conn.subscription = Subscription(conn.peer, conn.send)
+                conn.subscription.start()
+            if conn.subscription is not None:
+                conn.subscription.kinds = frozenset(request.events)
+        sub = conn.subscription
+        if request.events is None and sub is None:
+            return response
+        return response.model_copy(
+            update={
+                "events": sorted(sub.kinds) if sub is not None else [],
+                "events_dropped": sub.dropped if sub is not None else 0,
+            }
+        )
+
+    async def _pump_events(self) -> None:
+        # Unbounded: this pump never waits for a client, it only hands events on.
+        queue = self.engine.subscribe(maxsize=0)
+        try:
+            while True:
+                event = await queue.get()
+                frame = _event_frame(event)
+                if frame is None:
+                    continue
+                log.info(
+                    "event %s",
+                    event.event,
+                    extra={"pubkey": event.pubkey, "clients": len(self._conns)},
+                )
+                # Offer, never wait: a subscriber that does not read loses
+                # events, not its connection, and holds up no one else.
+                for conn in list(self._conns):
+                    if conn.subscription is not None:
+                        conn.subscription.offer(frame)
+        finally:
+            self.engine.unsubscribe(queue)
+
+    # -- dispatch -----------------------------------------------------------
+
+    #: Cluster mode of this daemon (``[cluster]``), set by :func:`run_daemon`.
+    cluster: Any = None
+
+    async def dispatch(self, request: p.AnyRequest) -> p.AnyResponse:
+        handler = HANDLERS.get(type(request))
+        if handler is None:
+            return p.ErrResponse(message=f"op {request.op!r} is not supported by this overlayd")
+        return await handler(self, request)
+
+
+def _event_frame(event: Event) -> p.EventFrame | None:
+    if event.event == "peer_health_changed" and event.healthy is not None:
+        return p.EventFrame(
+            event=p.PeerHealthChangedEvent(pubkey=event.pubkey, healthy=event.healthy)
+        )
+    if event.event == "nat_endpoint_changed" and event.endpoint:
+        return p.EventFrame(
+            event=p.NatEndpointChangedEvent(pubkey=event.pubkey, endpoint=event.endpoint)
+        )
+    return None
