@@ -25,6 +25,7 @@ from typing import TextIO
 from pydantic import ValidationError
 
 from overlayd import __version__
+from overlayd import cli_observe
 from overlayd import protocol as p
 from overlayd.client import Client
 from overlayd.client import ConnectError
@@ -158,6 +159,7 @@ def build_overlayd_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-format", choices=["text", "json"])
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--no-dns", action="store_true", help="do not run the built-in DNS server")
+    cli_observe.add_serve_flags(serve)  # --metrics (overlayd.cli_observe)
 
     drivers = sub.add_parser("drivers", help="list the installed drivers")
     drivers.add_argument("--json", action="store_true", help="print JSON")
@@ -204,6 +206,7 @@ def _serve_posix(
         return EXIT_USAGE
     if args.no_dns:
         config = config.model_copy(update={"dns": config.dns.model_copy(update={"enabled": False})})
+    config = cli_observe.apply_serve_flags(args, config)  # --metrics
     configure_logging(config.log_format, config.log_level)
     try:
         return asyncio.run(run_daemon(config))
@@ -508,6 +511,7 @@ def build_overlayctl_parser() -> argparse.ArgumentParser:
     sub.add_parser("cluster", help="cluster mode: the nodes this node sees through etcd")
     sub.add_parser("nat-tick", help="refresh NAT traversal now")
     sub.add_parser("shutdown", help="stop the daemon gracefully (the data plane stays up)")
+    cli_observe.add_overlayctl_commands(sub)  # events, topology (overlayd.cli_observe)
 
     call = sub.add_parser(
         "call",
@@ -830,6 +834,7 @@ _COMMANDS: Final[dict[str, Callable[[Client, argparse.Namespace], int]]] = {
     "nat-tick": _cmd_nat_tick,
     "shutdown": _cmd_shutdown,
     "call": _cmd_call,
+    **cli_observe.OVERLAYCTL_COMMANDS,  # events, topology
 }
 
 

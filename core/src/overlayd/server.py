@@ -48,6 +48,7 @@ from overlayd.errors import ConfigError
 from overlayd.errors import InvalidRequest
 from overlayd.errors import OverlaydError
 from overlayd.errors import clip
+from overlayd.metrics import start_metrics
 from overlayd.model import Attachment
 from overlayd.model import Event
 from overlayd.model import GuestManagedHandle
@@ -61,6 +62,7 @@ from overlayd.model import PortMapping
 from overlayd.model import WindowsContainerHandle
 from overlayd.model import handle_key
 from overlayd.model import parse_cidr_list
+from overlayd.observe import event_frame as observe_event_frame
 from overlayd.subscriptions import Subscription
 
 # POSIX only: the daemon serves a Unix socket; serving the Windows named pipe is
@@ -344,6 +346,7 @@ class Server:
 
     async def _answer(self, conn: Connection, frame: p.RequestFrame) -> None:
         request = frame.request
+        started = time.perf_counter()  # for overlayd_ipc_* metrics (overlayd.stats)
         try:
             response = await self.dispatch(request)
         except OverlaydError as exc:
@@ -365,6 +368,7 @@ class Server:
         if isinstance(request, p.HelloRequest) and isinstance(response, p.HelloResponse):
             response = self._subscribe(conn, request, response)
         self.requests_served += 1
+        self.engine.stats.request_done(request.op, response.result, time.perf_counter() - started)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s -> %s", request.op, response.result, extra={"peer": conn.peer})
         await conn.send_quietly(p.ResponseFrame(id=frame.id, response=response))
@@ -440,7 +444,7 @@ def _event_frame(event: Event) -> p.EventFrame | None:
         return p.EventFrame(
             event=p.NatEndpointChangedEvent(pubkey=event.pubkey, endpoint=event.endpoint)
         )
-    return None
+    return observe_event_frame(event)  # attach/detach/reconcile events (overlayd.observe)
 
 
 # ---------------------------------------------------------------------------
@@ -619,6 +623,8 @@ async def _status(s: Server, r: p.StatusRequest) -> p.AnyResponse:
                 endpoint=peer.endpoint or "",
                 allowed_ips=",".join(str(n) for n in peer.allowed_ips),
                 last_handshake_unix_secs=peer.last_handshake_unix_secs,
+                rx_bytes=peer.rx_bytes,  # extension: traffic, for overlayctl topology
+                tx_bytes=peer.tx_bytes,
             )
             for peer in st.peers
         ],
@@ -925,7 +931,9 @@ async def run_daemon(config: DaemonConfig, *, engine: Engine | None = None) -> i
                 await cluster.start(engine)
                 server.cluster = cluster
             await server.start()
+            metrics = start_metrics(config.metrics, engine)  # [metrics] (overlayd.metrics)
         except BaseException:
+            await server.close()
             if cluster is not None:
                 await cluster.stop()
             await engine.stop()
@@ -945,6 +953,8 @@ async def run_daemon(config: DaemonConfig, *, engine: Engine | None = None) -> i
         await server.serve_until_stopped()
     finally:
         _sd_notify("STOPPING=1")
+        if metrics is not None:  # [metrics]
+            metrics.stop()
         try:
             await server.close()
         finally:
