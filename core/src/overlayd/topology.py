@@ -101,8 +101,10 @@ def _age(unix: int, now: float) -> str:
     return f"handshake {secs // 3600}h ago"
 
 
-def _quote(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+def _quote(lines: Sequence[str]) -> str:
+    """A DOT string of ``lines`` (centred, one per line)."""
+    escaped = [line.replace("\\", "\\\\").replace('"', '\\"') for line in lines]
+    return '"' + "\\n".join(escaped) + '"'
 
 
 def to_dot(mesh: Mesh, *, now: float | None = None) -> str:
@@ -120,7 +122,7 @@ def to_dot(mesh: Mesh, *, now: float | None = None) -> str:
     ]
     for key, lines in mesh.nodes.items():
         style = ', style="rounded,bold", penwidth=2' if key in mesh.local else ""
-        out.append(f"  {ids[key]} [label={_quote(chr(10).join(lines))}{style}];")
+        out.append(f"  {ids[key]} [label={_quote(lines)}{style}];")
     pairs: dict[frozenset[str], list[Link]] = {}
     for link in mesh.links:
         pairs.setdefault(frozenset((link.a, link.b)), []).append(link)
@@ -130,11 +132,10 @@ def to_dot(mesh: Mesh, *, now: float | None = None) -> str:
         label = [_age(handshake, now)]
         for link in links:
             a = mesh.nodes[link.a][0]
-            b = mesh.nodes[link.b][0]
-            label.append(f"{a}→{b} {_bytes(link.sent)}, {b}→{a} {_bytes(link.received)}")
+            label.append(f"{a}: sent {_bytes(link.sent)}, received {_bytes(link.received)}")
         style = "" if handshake > 0 else ", style=dashed"
         out.append(
-            f"  {ids[first.a]} -- {ids[first.b]} [label={_quote(chr(10).join(label))}{style}];"
+            f"  {ids[first.a]} -- {ids[first.b]} [label={_quote(label)}{style}];"
         )
     out.append("}")
     return "\n".join(out) + "\n"
