@@ -252,7 +252,10 @@ async def test_reconcile_repairs_are_events_and_counted() -> None:
         events = [queue.get_nowait() for _ in range(queue.qsize())]
         engine.unsubscribe(queue)
     kinds = [(e.event, e.kind, e.handle or e.object) for e in events]
-    assert kinds == [("detached", None, "linux_pid:4401"), ("reconcile_repaired", "released", "linux_pid:4401")]
+    assert kinds == [
+        ("detached", None, "linux_pid:4401"),
+        ("reconcile_repaired", "released", "linux_pid:4401"),
+    ]
     assert engine.stats.reconcile_repairs.get("released") == 1
     assert engine.stats.reconcile_runs.get("ok") == 2  # the startup pass and this one
     assert engine.stats.detach_seconds.snapshot().count == 1

@@ -850,13 +850,17 @@ EVENTS: list[tuple[str, p.Frame, str]] = [
     ),
     (
         "attached",
-        p.EventFrame(event=p.AttachedEvent(handle="linux_pid:4101", service="web", ip="10.200.1.2")),
+        p.EventFrame(
+            event=p.AttachedEvent(handle="linux_pid:4101", service="web", ip="10.200.1.2")
+        ),
         '{"frame":"event","event":"attached","handle":"linux_pid:4101","service":"web",'
         '"ip":"10.200.1.2"}',
     ),
     (
         "detached",
-        p.EventFrame(event=p.DetachedEvent(handle="linux_pid:4101", service="web", ip="10.200.1.2")),
+        p.EventFrame(
+            event=p.DetachedEvent(handle="linux_pid:4101", service="web", ip="10.200.1.2")
+        ),
         '{"frame":"event","event":"detached","handle":"linux_pid:4101","service":"web",'
         '"ip":"10.200.1.2"}',
     ),

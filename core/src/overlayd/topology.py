@@ -134,9 +134,7 @@ def to_dot(mesh: Mesh, *, now: float | None = None) -> str:
             a = mesh.nodes[link.a][0]
             label.append(f"{a}: sent {_bytes(link.sent)}, received {_bytes(link.received)}")
         style = "" if handshake > 0 else ", style=dashed"
-        out.append(
-            f"  {ids[first.a]} -- {ids[first.b]} [label={_quote(label)}{style}];"
-        )
+        out.append(f"  {ids[first.a]} -- {ids[first.b]} [label={_quote(label)}{style}];")
     out.append("}")
     return "\n".join(out) + "\n"
 
