@@ -26,6 +26,7 @@ from overlayd.model import PeerChange
 from overlayd.model import ReconcileRequest
 from overlayd.model import handle_key
 from overlayd.peers import change_from
+from overlayd.progress import log_progress
 
 from .base import GLOBAL_KEY
 from .base import NODE_POOL
@@ -180,7 +181,10 @@ class ReconcileMixin(EngineBase):
         """Detach the attachments of ``keys``; the keys that went, and what failed."""
         done: list[str] = []
         errors: list[str] = []
+        keys = list(keys)
+        progress = log_progress(f"reconcile, {what} attachments", len(keys), log)
         for key in keys:
+            progress.step()
             att = self.attachments.get(key)
             if att is None:
                 continue
@@ -189,6 +193,7 @@ class ReconcileMixin(EngineBase):
                     done.append(key)
             except OverlaydError as exc:
                 errors.append(f"{what} {key}: {exc}")
+        progress.done()
         return done, errors
 
     def _recorded_devices(self) -> list[Device]:
@@ -222,7 +227,9 @@ class ReconcileMixin(EngineBase):
             for kind in {s.kind for _, s in specs}
             for d in self.hooks.device_list(kind)
         }
+        progress = log_progress("reconcile, re-ensuring recorded devices", len(specs), log)
         for recorded, spec in specs:
+            progress.step()
             try:
                 # Always create-or-adopt: drivers learn the recorded key and port
                 # this way even when the device survived the restart.
@@ -234,6 +241,7 @@ class ReconcileMixin(EngineBase):
             except OverlaydError as exc:
                 log.warning("could not re-ensure recorded device %s: %s", spec.name, exc)
                 errors.append(f"{spec.name}: {exc}")
+        progress.done()
         for rule in self.masquerades.values():
             try:
                 self.hooks.nat_masquerade(rule, True)
