@@ -27,12 +27,14 @@ def _load() -> ModuleType:  # type: ignore[unreachable,unused-ignore]
     return module
 
 
-def test_a_small_run_reports_both_phases(capsys: pytest.CaptureFixture[str]) -> None:
-    figures = _load().run(attaches=40, rounds=2)
+def test_a_small_run_reports_every_phase(capsys: pytest.CaptureFixture[str]) -> None:
+    figures = _load().run(attaches=30, rounds=3, interval=0.05)
     assert figures["exit_code"] == 0
-    assert figures["quiet"]["samples"] == figures["scraped"]["samples"] == 80
-    assert figures["quiet"]["scrapes"] == 0
-    assert figures["scraped"]["scrapes"] > 0
-    assert figures["scraped"]["p99_ms"] >= figures["scraped"]["p50_ms"] > 0
+    for name in ("quiet", "scraped", "flood"):
+        assert figures[name]["all"]["n"] == 90
+        assert figures[name]["all"]["max_ms"] >= figures[name]["all"]["p50_ms"] > 0
+    assert figures["quiet"]["scrapes"] == 0 and figures["quiet"]["overlapping"] is None
+    assert figures["flood"]["scrapes"] > figures["scraped"]["scrapes"] > 0
+    assert figures["flood"]["overlapping"]["n"] > 0
     out = capsys.readouterr().out
-    assert "scraping adds" in out and "p99" in out
+    assert "overlapping a scrape" in out and "quiet" in out

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import Counter
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -29,6 +30,7 @@ from typing import Any
 from typing import Final
 
 from overlayd import __version__
+from overlayd.engine.layout import NODE_POOL
 from overlayd.errors import ConfigError
 from overlayd.ipam import usable_range
 from overlayd.model import Device
@@ -180,18 +182,27 @@ class OverlaydCollector:
     def _ipam(self, mf: Any) -> Iterator[Any]:
         engine = self.engine
         pools: dict[str, Pool] = {}
+        # What engine.list_leases() reports, counted without building a Lease
+        # per attachment (a scrape stays cheap with thousands of them).
         with engine._mem:
             services = list(engine.services.values())
             has_node_pool = engine._addressing() is not None and engine._layout is not None
+            per_service = Counter(a.service for a in engine.attachments.values())
+            global_ips = sum(1 for a in engine.attachments.values() if a.global_ip is not None)
+            manual = Counter(lease.pool for lease in engine.manual_leases.values())
+        counts: Counter[str] = Counter(manual)
         if has_node_pool:
             node = engine._node_pool()
             pools[node.name] = node
+        counts[NODE_POOL] += global_ips
         for svc in services:
             pool = engine._pool_for(svc)
             pools.setdefault(pool.name, pool)
-        counts = dict.fromkeys(pools, 0)
-        for lease in engine.list_leases():
-            counts[lease.pool] = counts.get(lease.pool, 0) + 1
+            counts[pool.name] += per_service.get(svc.service, 0)
+        for name in pools:
+            counts.setdefault(name, 0)
+        if not counts[NODE_POOL] and NODE_POOL not in pools:
+            del counts[NODE_POOL]
         leases = mf.GaugeMetricFamily(
             "overlayd_ipam_leases", "Addresses leased, per pool", labels=["pool"]
         )
