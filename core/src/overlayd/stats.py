@@ -14,12 +14,13 @@ import bisect
 import functools
 import threading
 import time
-from collections.abc import Awaitable
 from collections.abc import Callable
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from dataclasses import field
 from typing import Any
 from typing import Final
+from typing import ParamSpec
 from typing import TypeVar
 
 __all__ = [
@@ -163,21 +164,22 @@ class EngineStats:
 
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 
 def timed(
     kind: str,
-) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., Awaitable[T]]]:
+) -> Callable[[Callable[P, Coroutine[Any, Any, T]]], Callable[P, Coroutine[Any, Any, T]]]:
     """Time an engine coroutine method into ``stats.<kind>_seconds``, and count
     its failures by error class in ``stats.<kind>_failures``."""
 
-    def decorate(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    def decorate(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
         @functools.wraps(fn)
-        async def wrapper(self: Any, *args: Any, **kwargs: Any) -> T:
-            stats: EngineStats = self.stats
+        async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+            stats: EngineStats = getattr(args[0], "stats")  # noqa: B009 - self of a method
             start = time.perf_counter()
             try:
-                result = await fn(self, *args, **kwargs)
+                result = await fn(*args, **kwargs)
             except Exception as exc:
                 getattr(stats, f"{kind}_failures").inc(type(exc).__name__)
                 raise
