@@ -31,7 +31,6 @@ import argparse
 import contextlib
 import json
 import random
-import re
 import shutil
 import socket
 import sys
@@ -41,6 +40,7 @@ import time
 import urllib.request
 from collections import defaultdict
 from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 
 import dns.message
@@ -50,6 +50,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from overlayd.client import Client
 from overlayd.client import RemoteError
 from overlayd.protocol import LinuxPidHandle
+from overlayd.testing.daemon import setup_node
 from overlayd.testing.daemon import start_daemon
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -115,23 +116,9 @@ def record(seconds: float, interval: float) -> list[Scrape]:
     daemon = start_daemon(root, config)
     scrapes: list[Scrape] = []
     try:
-        url = ""
-        for _ in range(200):
-            found = re.search(r"serving metrics on (http://\S+/metrics)", daemon.log_text())
-            if found:
-                url = found.group(1)
-                break
-            time.sleep(0.05)
+        url = daemon.metrics_url()
         with Client(str(daemon.socket), timeout=30) as c:
-            c.set_local_node_id(1)
-            c.setup_global_overlay(
-                deployment="dash",
-                instance_id="n1",
-                cluster_cidr="10.91.0.0/16",
-                wg_port=51820,
-                nat_enabled=False,
-            )
-            c.setup_service_overlay("web")
+            setup_node(c, 1, deployment="dash", cluster_cidr="10.91.0.0/16")
             c.add_peer(
                 "hOtkL3YkBGRWhJ8dLs7a9N5lAiHpLKKNmlTvmC0b1Fo=",
                 "192.0.2.7:51820",
@@ -159,12 +146,14 @@ def record(seconds: float, interval: float) -> list[Scrape]:
 # -- the PromQL of the panels, in Python ----------------------------------------------
 
 
-def _at(scrapes: list[Scrape], i: int) -> tuple[Scrape, Scrape] | None:
-    t = scrapes[i][0]
-    for j in range(i, -1, -1):
-        if t - scrapes[j][0] >= WINDOW:
-            return scrapes[j], scrapes[i]
-    return None
+def _windows(scrapes: list[Scrape]) -> Iterator[tuple[float, float, Scrape, Scrape]]:
+    """(window seconds, end time, first, last scrape) of each full 10 s window."""
+    for i in range(len(scrapes)):
+        t = scrapes[i][0]
+        for j in range(i, -1, -1):
+            if t - scrapes[j][0] >= WINDOW:
+                yield t - scrapes[j][0], t, scrapes[j], scrapes[i]
+                break
 
 
 def _rate(
@@ -172,17 +161,13 @@ def _rate(
 ) -> dict[str, list[tuple[float, float]]]:
     """``sum by (by) (rate(name[10s]))`` per scrape."""
     out: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    for i in range(len(scrapes)):
-        pair = _at(scrapes, i)
-        if pair is None:
-            continue
-        (t0, a), (t1, b) = pair
+    for span, t1, (_, a), (_, b) in _windows(scrapes):
         sums: dict[str, float] = defaultdict(float)
         for (n, labels), v in b.items():
             if n != name:
                 continue
             key = " ".join(dict(labels).get(k, "") for k in by) or name
-            sums[key] += (v - a.get((n, labels), 0.0)) / (t1 - t0)
+            sums[key] += (v - a.get((n, labels), 0.0)) / span
         for key, v in sums.items():
             out[key].append((t1, v))
     return out
@@ -210,11 +195,7 @@ def _hq(
 ) -> dict[str, list[tuple[float, float]]]:
     """``histogram_quantile(q, sum by (by, le) (rate(name_bucket[10s])))``."""
     out: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    for i in range(len(scrapes)):
-        pair = _at(scrapes, i)
-        if pair is None:
-            continue
-        (_t0, a), (t1, b) = pair
+    for _, t1, (_, a), (_, b) in _windows(scrapes):
         groups: dict[str, dict[float, float]] = defaultdict(lambda: defaultdict(float))
         for (n, labels), v in b.items():
             if n != f"{name}_bucket":

@@ -36,7 +36,6 @@ with a thousand attachments.
 from __future__ import annotations
 
 import argparse
-import re
 import shutil
 import statistics
 import sys
@@ -52,7 +51,7 @@ from typing import Any
 from overlayd.client import Client
 from overlayd.progress import print_progress
 from overlayd.protocol import LinuxPidHandle
-from overlayd.testing.daemon import DaemonProcess
+from overlayd.testing.daemon import setup_node
 from overlayd.testing.daemon import start_daemon
 
 CONFIG = (
@@ -69,16 +68,6 @@ class Phase:
     attaches: list[tuple[float, float]] = field(default_factory=list)
     #: (start, end) of each scrape
     scrapes: list[tuple[float, float]] = field(default_factory=list)
-
-
-def metrics_url(daemon: DaemonProcess, timeout: float = 10.0) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = re.search(r"serving metrics on (http://\S+/metrics)", daemon.log_text())
-        if found:
-            return found.group(1)
-        time.sleep(0.05)
-    raise RuntimeError(f"the daemon logged no metrics URL:\n{daemon.log_text()}")
 
 
 def _scrape_loop(url: str, interval: float, stop: threading.Event, phase: Phase) -> None:
@@ -139,17 +128,9 @@ def run(attaches: int = 1000, rounds: int = 3, interval: float = 1.0) -> dict[st
     daemon = start_daemon(root, CONFIG)
     phases = {name: Phase() for name in PHASES}
     try:
-        url = metrics_url(daemon)
+        url = daemon.metrics_url()
         with Client(str(daemon.socket), timeout=30) as c:
-            c.set_local_node_id(1)
-            c.setup_global_overlay(
-                deployment="bench",
-                instance_id="n1",
-                cluster_cidr="10.90.0.0/16",
-                wg_port=51820,
-                nat_enabled=False,
-            )
-            c.setup_service_overlay("web")
+            setup_node(c, 1, deployment="bench", cluster_cidr="10.90.0.0/16")
             base = 10_000
             for r in range(rounds):
                 order = PHASES[r % 3 :] + PHASES[: r % 3]

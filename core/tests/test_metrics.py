@@ -3,13 +3,11 @@ and ``promtool check metrics`` on a scrape."""
 
 from __future__ import annotations
 
-import re
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +20,7 @@ from overlayd import protocol as p
 from overlayd.client import Client
 from overlayd.client import RemoteError
 from overlayd.testing.daemon import DaemonProcess
+from overlayd.testing.daemon import setup_node
 from overlayd.testing.daemon import start_daemon
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="the daemon serves Unix sockets")
@@ -34,17 +33,6 @@ def _free_port(kind: int) -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-def metrics_url(daemon: DaemonProcess, timeout: float = 10.0) -> str:
-    """The daemon's metrics URL, from its log line (the port was 0)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = re.search(r"serving metrics on (http://\S+/metrics)", daemon.log_text())
-        if found:
-            return found.group(1)
-        time.sleep(0.05)
-    raise AssertionError(f"no metrics URL in the log:\n{daemon.log_text()}")
 
 
 def scrape(url: str) -> str:
@@ -89,20 +77,12 @@ def daemon() -> Iterator[tuple[DaemonProcess, int]]:
 
 
 def _setup(c: Client) -> None:
-    c.set_local_node_id(1)
-    c.setup_global_overlay(
-        deployment="mx",
-        instance_id="n1",
-        cluster_cidr="10.77.0.0/16",
-        wg_port=51820,
-        nat_enabled=False,
-    )
-    c.setup_service_overlay("web")
+    setup_node(c, 1, deployment="mx", cluster_cidr="10.77.0.0/16")
 
 
 def test_a_scrape_counts_exactly_the_sequence(daemon: tuple[DaemonProcess, int]) -> None:
     proc, dns_port = daemon
-    url = metrics_url(proc)
+    url = proc.metrics_url()
     with Client(str(proc.socket), timeout=10) as c:
         _setup(c)
         for pid in (4101, 4102, 4103):
@@ -146,7 +126,7 @@ def test_scrape_passes_promtool(daemon: tuple[DaemonProcess, int]) -> None:
     if promtool is None:
         pytest.skip("promtool is not installed (Debian package prometheus)")
     proc, _ = daemon
-    url = metrics_url(proc)
+    url = proc.metrics_url()
     with Client(str(proc.socket), timeout=10) as c:
         _setup(c)
         c.attach_container(p.LinuxPidHandle(pid=4201), "web")

@@ -24,6 +24,7 @@ from overlayd.engine import Engine
 from overlayd.model import LinuxPidHandle
 from overlayd.model import OverlayMode
 from overlayd.testing.daemon import DaemonProcess
+from overlayd.testing.daemon import setup_node
 from overlayd.testing.daemon import start_daemon
 from overlayd.topology import build_mesh
 from overlayd.topology import to_dot
@@ -56,17 +57,9 @@ def two_daemons() -> Iterator[list[DaemonProcess]]:
 
 
 def _setup(c: Client, node: int) -> str:
-    c.set_local_node_id(node)
-    c.setup_global_overlay(
-        deployment="ev",
-        instance_id=f"n{node}",
-        cluster_cidr="10.78.0.0/16",
-        slice_cidr=f"10.78.{node}.0/24",
-        wg_port=51820 + node,
-        nat_enabled=False,
+    key = setup_node(
+        c, node, deployment="ev", cluster_cidr="10.78.0.0/16", slice_cidr=f"10.78.{node}.0/24"
     )
-    c.setup_service_overlay("web")
-    key = c.status().public_key
     assert key is not None
     return key
 
