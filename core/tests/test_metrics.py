@@ -142,3 +142,54 @@ def test_scrape_passes_promtool(daemon: tuple[DaemonProcess, int]) -> None:
     )
     assert done.returncode == 0, done.stdout.decode() + done.stderr.decode()
     assert done.stdout.decode().strip() == "" and done.stderr.decode().strip() == ""
+
+
+def test_a_bad_listen_address_is_a_config_error() -> None:
+    from overlayd.config import load_config
+    from overlayd.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"`metrics.listen`: .*'9464' is not host:port"):
+        load_config(None, drivers=["fake"], metrics={"listen": "9464"})
+
+
+def test_metrics_without_prometheus_client_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from overlayd.config import MetricsSettings
+    from overlayd.errors import ConfigError
+    from overlayd.metrics import start_metrics
+
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)
+    engine: object = object()  # never reached: the library check comes first
+    with pytest.raises(ConfigError, match=r"pip install 'overlayd\[metrics\]'"):
+        start_metrics(MetricsSettings(listen="127.0.0.1:0"), engine)  # type: ignore[arg-type]
+    assert start_metrics(MetricsSettings(), engine) is None  # type: ignore[arg-type]
+
+
+def test_serve_refuses_a_metrics_port_in_use(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "overlayd",
+                "serve",
+                "--driver",
+                "fake",
+                "--in-memory",
+                "--no-dns",
+                "--socket",
+                str(tmp_path / "s.sock"),
+                "--metrics",
+                f"127.0.0.1:{port}",
+            ],
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+    assert done.returncode == 2, done.stderr.decode()
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in done.stderr.decode()
+    assert not (tmp_path / "s.sock").exists()

@@ -61,6 +61,7 @@ __all__ = [
     "NatSettings",
     "load_config",
     "platform_drivers",
+    "split_listen",
 ]
 
 DEFAULT_SOCKET = "/var/run/zlayer-overlayd.sock"
@@ -141,6 +142,21 @@ class MetricsSettings(_Settings):
     #: Most per-peer series (handshake age, bytes) in one scrape; peers beyond
     #: it are counted in ``overlayd_peer_series_dropped``.
     max_peer_series: int = Field(default=1024, ge=0)
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str | None) -> str | None:
+        if value is not None:
+            split_listen(value)
+        return value
+
+
+def split_listen(value: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` -> (host, port); ``ValueError`` otherwise."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{value!r} is not host:port (e.g. 127.0.0.1:9464 or [::1]:9464)")
+    return host.removeprefix("[").removesuffix("]"), int(port)
 
 
 class EngineSettings(_Settings):

@@ -30,6 +30,7 @@ from typing import Any
 from typing import Final
 
 from overlayd import __version__
+from overlayd.config import split_listen
 from overlayd.engine.layout import NODE_POOL
 from overlayd.errors import ConfigError
 from overlayd.ipam import usable_range
@@ -62,13 +63,11 @@ def _require_client() -> Any:
 
 
 def parse_listen(value: str) -> tuple[str, int]:
-    """``host:port`` or ``[v6]:port`` -> (host, port); a clear error otherwise."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise ConfigError(
-            f"[metrics] listen {value!r} is not host:port (e.g. 127.0.0.1:9464 or [::1]:9464)"
-        )
-    return host.removeprefix("[").removesuffix("]"), int(port)
+    """``host:port`` or ``[v6]:port`` -> (host, port); :class:`ConfigError` otherwise."""
+    try:
+        return split_listen(value)
+    except ValueError as exc:
+        raise ConfigError(f"[metrics] listen: {exc}") from None
 
 
 def pool_size(pool: Pool) -> int:
