@@ -213,7 +213,7 @@ def test_serve_reports_config_errors_with_exit_2(
 
 
 def test_no_dns_flag_turns_the_dns_server_off(tmp_path: Path) -> None:
-    path = _write(tmp_path, "[dns]\nenabled = true\n")
+    path = _write(tmp_path, 'drivers = ["fake"]\n\n[dns]\nenabled = true\n')
     parser = build_overlayd_parser()
     assert serve_config(parser.parse_args(["serve", "--config", str(path)])).dns.enabled
     args = parser.parse_args(["serve", "--config", str(path), "--no-dns"])
