@@ -92,8 +92,10 @@ Event subscription
 ~~~~~~~~~~~~~~~~~~
 
 A connection receives **no** event frame until it asks for them: ``hello``
-with ``events`` (a list of event kinds, ``peer_health_changed`` and
-``nat_endpoint_changed``) subscribes it to those kinds from then on; ``[]``
+with ``events`` (a list of event kinds: ``peer_health_changed``,
+``nat_endpoint_changed``, and the observability events ``attached``,
+``detached`` and ``reconcile_repaired``, see ``docs/observability.rst``)
+subscribes it to those kinds from then on; ``[]``
 stops them; a ``hello`` without ``events`` leaves the subscription as it is.
 The answer then carries ``events`` (the kinds now subscribed) and
 ``events_dropped``. ZLayer's client never subscribes: it keeps one connection

@@ -12,6 +12,7 @@ from overlayd.config import DaemonConfig
 from overlayd.config import DnsSettings
 from overlayd.config import EngineSettings
 from overlayd.config import IpamSettings
+from overlayd.config import MetricsSettings
 from overlayd.config import NatSettings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -20,7 +21,7 @@ REFERENCE = (ROOT / "docs" / "configuration.rst").read_text()
 TOP = [
     k
     for k in DaemonConfig.model_fields
-    if k not in {"driver_settings", "dns", "ipam", "engine", "nat", "cluster"}
+    if k not in {"driver_settings", "dns", "ipam", "engine", "nat", "cluster", "metrics"}
 ]
 TABLES: list[tuple[str, type[BaseModel]]] = [
     ("dns", DnsSettings),
@@ -28,6 +29,7 @@ TABLES: list[tuple[str, type[BaseModel]]] = [
     ("engine", EngineSettings),
     ("nat", NatSettings),
     ("cluster", ClusterSettings),
+    ("metrics", MetricsSettings),
 ]
 
 

@@ -82,19 +82,24 @@ import tempfile
 import time
 from collections.abc import Callable
 from collections.abc import Iterator
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
+from typing import TypeVar
 
 from pyroute2 import IPRoute
 
 from overlayd.client import Client
+from overlayd.progress import track
 from overlayd.protocol import NetnsHandle
 from overlayd_linux.netns import run_in_netns
 from overlayd_linux.netns import setns_current_thread
 from overlayd_linux_bridge.netlink import bridge_mac
+
+T = TypeVar("T")
 
 CNI_DIR = "/usr/lib/cni"
 #: What overlayd's driver sends with "link up" for IPv4-only interfaces (no
@@ -163,6 +168,11 @@ def settle(timeout: float = 120.0) -> None:
 
 def _ip(ns: str, *args: str) -> None:
     subprocess.run(["ip", "-n", ns, *args], check=True)
+
+
+def _track(items: Sequence[T], what: str) -> Iterator[T]:
+    """Progress of a long loop on stderr (stdout carries the report)."""
+    return track(items, what, len(items), out=sys.stderr)
 
 
 def _timed(fn: Callable[[], Any]) -> float:
@@ -258,8 +268,14 @@ def bench_overlayd(n: int, nat: bool = False, ipv6: bool = False) -> Result:
     ):
         handles = [NetnsHandle(path=f"/run/netns/{c}") for c in ctrs]
         settle()
-        attach = [_timed(partial(client.attach_container, h, "web")) for h in handles]
-        detach = [_timed(partial(client.detach_container, h)) for h in handles]
+        attach = [
+            _timed(partial(client.attach_container, h, "web"))
+            for h in _track(handles, "overlayd attaches")
+        ]
+        detach = [
+            _timed(partial(client.detach_container, h))
+            for h in _track(handles, "overlayd detaches")
+        ]
     method = "overlayd6" if ipv6 else "overlayd+nat" if nat else "overlayd"
     return Result(method, n, attach, detach)
 
@@ -385,8 +401,8 @@ def bench_cni(n: int, masq: bool) -> Result:
                     raise RuntimeError(f"CNI {command} failed: {proc.stdout} {proc.stderr}")
 
             settle()
-            attach = [_timed(partial(run, "ADD", i)) for i in range(n)]
-            detach = [_timed(partial(run, "DEL", i)) for i in range(n)]
+            attach = [_timed(partial(run, "ADD", i)) for i in _track(range(n), "CNI ADDs")]
+            detach = [_timed(partial(run, "DEL", i)) for i in _track(range(n), "CNI DELs")]
         finally:
             os.close(host_fd)
         return Result("cni+masq" if masq else "cni", n, attach, detach)
@@ -488,8 +504,13 @@ def _pyroute2_loop(ctrs: list[str]) -> Result:
     floor = Floor("rawbr0", "10.78.0.0/16")
     try:
         settle()
-        attach = [_timed(partial(floor.attach, i, c)) for i, c in enumerate(ctrs)]
-        detach = [_timed(partial(floor.detach, i)) for i in range(len(ctrs))]
+        attach = [
+            _timed(partial(floor.attach, i, c))
+            for i, c in _track(list(enumerate(ctrs)), "pyroute2 attaches")
+        ]
+        detach = [
+            _timed(partial(floor.detach, i)) for i in _track(range(len(ctrs)), "pyroute2 detaches")
+        ]
     finally:
         floor.close()
     return Result("pyroute2", len(ctrs), attach, detach)

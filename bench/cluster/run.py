@@ -34,6 +34,7 @@ import ipaddress
 import json
 import shutil
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -53,6 +54,7 @@ from overlayd.config import DnsSettings
 from overlayd.config import EngineConfig
 from overlayd.config import EngineSettings
 from overlayd.engine import Engine
+from overlayd.progress import print_progress
 from overlayd.testing.etcd import EtcdServer
 
 CLUSTER = ipaddress.ip_network("10.0.0.0/8")
@@ -196,9 +198,13 @@ async def one_size(url: str, size: int, joins: int, idle: float) -> dict[str, An
 
     t = time.perf_counter()
     await agent.start()
-    while peer_count() < size - 1:  # noqa: ASYNC110 - polling is the measurement
+    progress = print_progress(f"{size} nodes: peers configured", size - 1, out=sys.stderr)
+    while (seen := peer_count()) < size - 1:
+        progress.step(seen - progress.count)
         await asyncio.sleep(0.01)
     converge = time.perf_counter() - t
+    progress.step(size - 1 - progress.count)
+    progress.done()
     join_requests = agent.store.requests
 
     latencies: list[float] = []

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -14,19 +14,10 @@ if sys.platform == "win32":
     pytest.skip("the echo floor uses Unix domain sockets", allow_module_level=True)
 
 
-def _load() -> ModuleType:  # type: ignore[unreachable,unused-ignore]
-    path = Path(__file__).with_name("echo_floor.py")
-    spec = importlib.util.spec_from_file_location("echo_floor", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("echo_floor", module)  # dataclasses look the module up
-    spec.loader.exec_module(module)
-    return module
-
-
-async def test_bench_measure_counts_round_trips(tmp_path: Path) -> None:
-    echo_floor = _load()
+async def test_bench_measure_counts_round_trips(
+    load_bench: Callable[[str], ModuleType], tmp_path: Path
+) -> None:
+    echo_floor = load_bench("echo_floor.py")
     path = str(tmp_path / "echo.sock")
     ready = asyncio.Event()
     server = asyncio.create_task(echo_floor.serve_echo(path, ready))

@@ -266,7 +266,7 @@ async def test_client_events_are_delivered(client: AsyncClient, server: FakeServ
     assert server.requests[0] == p.HelloRequest(
         client=server.requests[0].client,  # type: ignore[union-attr]
         protocol_version=1,
-        events=["nat_endpoint_changed", "peer_health_changed"],
+        events=sorted(p.EVENT_KINDS),
     )
 
 

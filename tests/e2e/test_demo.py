@@ -126,6 +126,12 @@ def test_demo_resolves_and_pings_across_wireguard(demo_output: list[str]) -> Non
     assert all(int(age) < 60 and int(rx) > 0 for age, rx in handshakes)
     assert "done" in out.splitlines()[-1]
     assert time.monotonic() - started < 60
+    # the steps say how far the demo is: 1/9 to 9/9, in order, with a growing time
+    steps = re.findall(r"^==> \[(\d+)/(\d+), ([\d.]+)s\] ", out, re.M)
+    assert [(int(i), int(n)) for i, n, _ in steps] == [(i, 9) for i in range(1, 10)], out
+    times = [float(t) for _, _, t in steps]
+    assert times == sorted(times)
+    assert re.search(r"^==> \[9/9, [\d.]+s\] summary$", out, re.M)
 
     tag = _tag(out)
     assert tag is not None
@@ -160,7 +166,7 @@ def test_demo_torn_down_on_ctrl_c(demo_output: list[str]) -> None:
     assert proc.returncode == 130, out
     assert "==> interrupted" in out
     assert "==> tearing everything down" in out
-    assert "==> summary" not in out
+    assert "] summary" not in out
     assert out.rstrip().endswith("done")
     tag = _tag(out)
     assert tag is not None
@@ -190,6 +196,25 @@ def test_demo_keep_then_cleanup(demo_output: list[str]) -> None:
     assert status.returncode == 0, status.stderr
     assert f'"interface": "{global_device_name(f"demo{tag}", "a")}"' in status.stdout
     assert '"peer_count": 1' in status.stdout
+
+    # the topology of the demo's two nodes: both nodes, and their one link with
+    # a recent handshake and traffic seen from each end
+    topology = subprocess.run(
+        ["overlayctl", "--socket", sockets[0], "topology", "--node", sockets[1]],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert topology.returncode == 0, topology.stderr
+    dot = topology.stdout
+    devices = [global_device_name(f"demo{tag}", node) for node in ("a", "b")]
+    nodes = re.findall(r'^  (n\d) \[label="([^"]*)"', dot, re.M)
+    assert [label.split("\\n")[0] for _, label in nodes] == devices, dot
+    edges = re.findall(r"^  n0 -- n1 \[label=\"handshake (\d+)s ago(.*)\"\];$", dot, re.M)
+    assert len(edges) == 1 and int(edges[0][0]) < 60, dot
+    for device in devices:
+        sent = re.search(rf"{device}: sent ([\d.]+) (?:K?i?B), received ([\d.]+) ", edges[0][1])
+        assert sent is not None and float(sent.group(1)) > 0 and float(sent.group(2)) > 0, dot
     assert _leftovers(tag) != []
 
     cleaned = _run(["--cleanup", f"ovd-demo-{tag}"])
@@ -270,3 +295,22 @@ def test_the_demo_signal_handler_only_sets_a_flag() -> None:
         check_interrupted()
     clear_interrupted()
     check_interrupted()
+
+
+def test_demo_steps_are_numbered_with_the_time_since_the_start(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from overlayd_demo.common import plan
+    from overlayd_demo.common import step
+
+    try:
+        plan(2)
+        step("first")
+        step("second")
+    finally:
+        plan(0)  # unnumbered again for whatever runs next in this process
+    step("after")
+    lines = capsys.readouterr().out.splitlines()
+    assert re.fullmatch(r"==> \[1/2, \d+\.\ds\] first", lines[0]), lines
+    assert re.fullmatch(r"==> \[2/2, \d+\.\ds\] second", lines[1]), lines
+    assert lines[2] == "==> after"

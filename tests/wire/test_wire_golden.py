@@ -848,6 +848,27 @@ EVENTS: list[tuple[str, p.Frame, str]] = [
         f'{{"frame":"event","event":"nat_endpoint_changed","pubkey":"{K1}",'
         '"endpoint":"10.1.2.3:40000"}',
     ),
+    (
+        "attached",
+        p.EventFrame(
+            event=p.AttachedEvent(handle="linux_pid:4101", service="web", ip="10.200.1.2")
+        ),
+        '{"frame":"event","event":"attached","handle":"linux_pid:4101","service":"web",'
+        '"ip":"10.200.1.2"}',
+    ),
+    (
+        "detached",
+        p.EventFrame(
+            event=p.DetachedEvent(handle="linux_pid:4101", service="web", ip="10.200.1.2")
+        ),
+        '{"frame":"event","event":"detached","handle":"linux_pid:4101","service":"web",'
+        '"ip":"10.200.1.2"}',
+    ),
+    (
+        "reconcile_repaired",
+        p.EventFrame(event=p.ReconcileRepairedEvent(kind="recreated", object="zl-web-b")),
+        '{"frame":"event","event":"reconcile_repaired","kind":"recreated","object":"zl-web-b"}',
+    ),
 ]
 
 GOLDEN = REQUESTS + RESPONSES + EVENTS

@@ -3,8 +3,9 @@
 The file has top-level keys ``socket``, ``data_dir``, ``in_memory``,
 ``drivers``, ``socket_group``, ``allowed_uids``, ``allowed_gids``,
 ``max_connections``, ``log_format``, ``log_level`` and the tables ``[dns]``,
-``[ipam]``, ``[engine]``, ``[nat]``, ``[drivers.<name>]`` and ``[cluster]``
-(cluster mode, :mod:`overlayd.cluster.config`).
+``[ipam]``, ``[engine]``, ``[nat]``, ``[drivers.<name>]``, ``[cluster]``
+(cluster mode, :mod:`overlayd.cluster.config`) and ``[metrics]``
+(:mod:`overlayd.metrics`).
 
 The daemon's defaults are a real data plane with durable state: without
 ``drivers`` it loads the platform's drivers (:func:`platform_drivers`; it
@@ -56,9 +57,11 @@ __all__ = [
     "EngineConfig",
     "EngineSettings",
     "IpamSettings",
+    "MetricsSettings",
     "NatSettings",
     "load_config",
     "platform_drivers",
+    "split_listen",
 ]
 
 DEFAULT_SOCKET = "/var/run/zlayer-overlayd.sock"
@@ -129,6 +132,31 @@ class IpamSettings(_Settings):
     outside_prefix_v4: int = Field(default=28, ge=8, le=30)
     #: The same for IPv6 (ZLayer's /120).
     outside_prefix_v6: int = Field(default=120, ge=64, le=126)
+
+
+class MetricsSettings(_Settings):
+    """The ``[metrics]`` table: Prometheus metrics (:mod:`overlayd.metrics`)."""
+
+    #: ``host:port`` to serve ``/metrics`` on (e.g. ``127.0.0.1:9464``); ``None``: off.
+    listen: str | None = None
+    #: Most per-peer series (handshake age, bytes) in one scrape; peers beyond
+    #: it are counted in ``overlayd_peer_series_dropped``.
+    max_peer_series: int = Field(default=1024, ge=0)
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str | None) -> str | None:
+        if value is not None:
+            split_listen(value)
+        return value
+
+
+def split_listen(value: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` -> (host, port); ``ValueError`` otherwise."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{value!r} is not host:port (e.g. 127.0.0.1:9464 or [::1]:9464)")
+    return host.removeprefix("[").removesuffix("]"), int(port)
 
 
 class EngineSettings(_Settings):
@@ -205,6 +233,8 @@ class DaemonConfig(EngineConfig):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     #: ``[cluster]``: join a cluster through etcd (``None``: orchestrated mode).
     cluster: ClusterSettings | None = None
+    #: ``[metrics]``: Prometheus metrics (off unless ``listen`` is set).
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
 
     @model_validator(mode="before")
     @classmethod
@@ -235,6 +265,7 @@ _TOP_KEYS = {
     "engine",
     "nat",
     "cluster",
+    "metrics",
 }
 
 

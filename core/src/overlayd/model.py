@@ -643,10 +643,19 @@ class SubnetRequest(_Model):
 class Event(_Model):
     """An event the engine pushes to subscribed clients."""
 
-    event: Literal["peer_health_changed", "nat_endpoint_changed"]
-    pubkey: str
+    event: Literal[
+        "peer_health_changed", "nat_endpoint_changed", "attached", "detached", "reconcile_repaired"
+    ]
+    pubkey: str = ""
     healthy: bool | None = None
     endpoint: str | None = None
+    #: ``attached``/``detached``: the attachment's handle key, service and address.
+    handle: str | None = None
+    service: str | None = None
+    ip: str | None = None
+    #: ``reconcile_repaired``: ``recreated``, ``removed`` or ``released``, and what.
+    kind: str | None = None
+    object: str | None = None
 
 
 class ReconcileRequest(_Model):

@@ -84,6 +84,7 @@ __all__ = [
     "ApplyPeersRequest",
     "AttachContainerRequest",
     "AttachInterfaceRequest",
+    "AttachedEvent",
     "AttachedResponse",
     "AttachmentInfo",
     "AttachmentResponse",
@@ -95,6 +96,7 @@ __all__ = [
     "ClusterStatusResponse",
     "DedicatedServiceStatus",
     "DetachContainerRequest",
+    "DetachedEvent",
     "DriverDescription",
     "ErrResponse",
     "Event",
@@ -128,6 +130,7 @@ __all__ = [
     "PeerSpec",
     "PeerStatus",
     "ProtocolError",
+    "ReconcileRepairedEvent",
     "ReconcileReportResponse",
     "ReconcileRequest",
     "RegisterDnsRequest",
@@ -282,7 +285,13 @@ def _check_guid(value: str) -> str:
 
 
 #: Event kinds a connection may subscribe to with ``hello`` ``events`` (an extension).
-EVENT_KINDS: Final[tuple[str, ...]] = ("peer_health_changed", "nat_endpoint_changed")
+EVENT_KINDS: Final[tuple[str, ...]] = (
+    "peer_health_changed",
+    "nat_endpoint_changed",
+    "attached",
+    "detached",
+    "reconcile_repaired",
+)
 
 
 def _check_event_kind(value: str) -> str:
@@ -451,6 +460,9 @@ class PeerStatus(_Wire):
     endpoint: EndpointStr
     allowed_ips: CidrListStr
     last_handshake_unix_secs: I64
+    #: overlayd extension (ZLayer ignores them): bytes received from and sent to the peer.
+    rx_bytes: U64 | None = None
+    tx_bytes: U64 | None = None
 
 
 class DedicatedServiceStatus(_Wire):
@@ -1061,7 +1073,40 @@ class NatEndpointChangedEvent(Event):
     endpoint: EndpointStr
 
 
-AnyEvent: TypeAlias = PeerHealthChangedEvent | NatEndpointChangedEvent
+class AttachedEvent(Event):
+    """A workload was attached: its attachment key, service and address."""
+
+    event: Literal["attached"] = "attached"
+    handle: NonEmptyStr
+    service: StrictStr
+    ip: IpStr
+
+
+class DetachedEvent(Event):
+    """A workload was detached (by a request, a GC or a reconcile)."""
+
+    event: Literal["detached"] = "detached"
+    handle: NonEmptyStr
+    service: StrictStr
+    ip: IpStr
+
+
+class ReconcileRepairedEvent(Event):
+    """Reconcile repaired one object: a device or interface ``recreated``, a stray
+    host object ``removed``, or an attachment whose workload is gone ``released``."""
+
+    event: Literal["reconcile_repaired"] = "reconcile_repaired"
+    kind: Literal["recreated", "removed", "released"]
+    object: StrictStr
+
+
+AnyEvent: TypeAlias = (
+    PeerHealthChangedEvent
+    | NatEndpointChangedEvent
+    | AttachedEvent
+    | DetachedEvent
+    | ReconcileRepairedEvent
+)
 
 # ---------------------------------------------------------------------------
 # Frames
@@ -1184,6 +1229,9 @@ RESPONSE_TYPES: Final[Mapping[str, type[Response]]] = {
 EVENT_TYPES: Final[Mapping[str, type[Event]]] = {
     "peer_health_changed": PeerHealthChangedEvent,
     "nat_endpoint_changed": NatEndpointChangedEvent,
+    "attached": AttachedEvent,
+    "detached": DetachedEvent,
+    "reconcile_repaired": ReconcileRepairedEvent,
 }
 assert tuple(EVENT_TYPES) == EVENT_KINDS
 #: The successful ``result`` kinds each op may be answered with (``err`` always may).

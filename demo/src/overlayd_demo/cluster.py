@@ -37,6 +37,7 @@ from typing import Any
 from overlayd_demo.common import check_interrupted
 from overlayd_demo.common import clear_interrupted
 from overlayd_demo.common import interrupt
+from overlayd_demo.common import plan
 from overlayd_demo.common import say
 from overlayd_demo.common import step
 
@@ -162,6 +163,7 @@ class RealClusterDemo:
         from overlayd.cluster.view import print_cluster
         from overlayd.testing.etcd import EtcdServer
 
+        plan(5 + len(NODES) - 1)  # the step() calls below: a ping step per other node
         step("an underlay switch with etcd, and three nodes, in network namespaces")
         self._netns(self.switch)
         _ip("-n", self.switch, "link", "add", "br0", "type", "bridge")

@@ -1,6 +1,7 @@
 """What every part of ``overlayd demo`` shares: its constants, output and interruption.
 
-The demo prints each step as ``==> what`` and the details indented under it;
+The demo prints each step as ``==> [i/n, elapsed] what`` (its progress, see
+:func:`plan`) and the details indented under it;
 a Ctrl-C (SIGINT) or SIGTERM sets a flag the real demo checks between steps,
 so that its teardown always runs (:mod:`overlayd_demo.cli`).
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
@@ -22,6 +24,7 @@ __all__ = [
     "check_interrupted",
     "clear_interrupted",
     "interrupt",
+    "plan",
     "say",
     "step",
     "tail",
@@ -50,9 +53,28 @@ def say(msg: str, *, step: bool = False) -> None:
     print(prefix + msg, flush=True)
 
 
+class _Plan:
+    total = 0
+    done = 0
+    started = 0.0
+
+
+def plan(total: int) -> None:
+    """The demo has ``total`` steps: number them from here on, with the time since now."""
+    _Plan.total, _Plan.done, _Plan.started = total, 0, time.monotonic()
+
+
 def step(msg: str) -> None:
-    """Start a step of the real demo (a pending Ctrl-C stops it here at the latest)."""
+    """Start a step of the real demo (a pending Ctrl-C stops it here at the latest).
+
+    With a :func:`plan`, the line says how far the demo is and how long it has
+    run: ``==> [3/9, 1.2s] what``.
+    """
     check_interrupted()
+    if _Plan.total:
+        _Plan.done += 1
+        elapsed = time.monotonic() - _Plan.started
+        msg = f"[{_Plan.done}/{_Plan.total}, {elapsed:.1f}s] {msg}"
     say(msg, step=True)
 
 

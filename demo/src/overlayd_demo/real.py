@@ -41,6 +41,7 @@ from overlayd_demo.common import ZONE
 from overlayd_demo.common import DemoFailed
 from overlayd_demo.common import attempt
 from overlayd_demo.common import check_interrupted
+from overlayd_demo.common import plan
 from overlayd_demo.common import say
 from overlayd_demo.common import step
 from overlayd_demo.common import tail
@@ -243,6 +244,7 @@ class RealDemo:
         return cont
 
     def run(self) -> int:
+        plan(9)  # the step() calls below
         step("building two nodes in network namespaces")
         for node in self.nodes.values():
             self._netns_create(node.netns)

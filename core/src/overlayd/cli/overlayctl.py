@@ -33,6 +33,8 @@ from overlayd.cli.common import print_json
 from overlayd.cli.common import print_pairs
 from overlayd.cli.common import print_table
 from overlayd.cli.common import show
+from overlayd.cli.observe import OVERLAYCTL_COMMANDS as OBSERVE_COMMANDS
+from overlayd.cli.observe import add_overlayctl_commands
 from overlayd.client import Client
 from overlayd.client import ConnectError
 from overlayd.client import ConnectionLost
@@ -216,6 +218,7 @@ def build_overlayctl_parser() -> argparse.ArgumentParser:
     sub.add_parser("cluster", help="cluster mode: the nodes this node sees through etcd")
     sub.add_parser("nat-tick", help="refresh NAT traversal now")
     sub.add_parser("shutdown", help="stop the daemon gracefully (the data plane stays up)")
+    add_overlayctl_commands(sub)  # events, topology (overlayd.cli.observe)
 
     call = sub.add_parser(
         "call",
@@ -525,6 +528,7 @@ _COMMANDS: Final[dict[str, Callable[[Client, argparse.Namespace], int]]] = {
     "nat-tick": _cmd_nat_tick,
     "shutdown": _cmd_shutdown,
     "call": _cmd_call,
+    **OBSERVE_COMMANDS,  # events, topology
 }
 
 

@@ -28,6 +28,8 @@ from overlayd.cli.common import EXIT_USAGE
 from overlayd.cli.common import err
 from overlayd.cli.common import new_parser
 from overlayd.cli.common import print_table
+from overlayd.cli.observe import add_serve_flags
+from overlayd.cli.observe import apply_serve_flags
 
 __all__ = ["build_overlayd_parser", "overlayd_main", "serve_config"]
 
@@ -99,6 +101,7 @@ def build_overlayd_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-format", choices=["text", "json"])
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--no-dns", action="store_true", help="do not run the built-in DNS server")
+    add_serve_flags(serve)  # --metrics
 
     drivers = sub.add_parser("drivers", help="list the installed drivers")
     drivers.add_argument("--json", action="store_true", help="print JSON")
@@ -140,7 +143,7 @@ def serve_config(args: argparse.Namespace) -> DaemonConfig:
     )
     if args.no_dns:
         config = config.model_copy(update={"dns": config.dns.model_copy(update={"enabled": False})})
-    return config
+    return apply_serve_flags(args, config)
 
 
 def _serve_posix(

@@ -10,11 +10,11 @@ import logging
 import secrets
 import socket
 import struct
+import time
 from collections.abc import Callable
 from collections.abc import Coroutine
 from collections.abc import Iterable
 from collections.abc import Mapping
-from dataclasses import asdict
 from dataclasses import dataclass
 from dataclasses import field
 from typing import Any
@@ -44,6 +44,8 @@ from overlayd.dns._records import RecordStore
 from overlayd.dns._records import name_wire
 from overlayd.errors import DnsError
 from overlayd.errors import InvalidRequest
+from overlayd.stats import Histogram
+from overlayd.stats import LabelledCounter
 
 __all__ = ["DnsServer", "DnsStats"]
 
@@ -87,9 +89,13 @@ class DnsStats:
     servfail: int = 0
     notimp: int = 0
     truncated: int = 0
+    #: ``(type, result)`` -> queries; result is the answer's rcode or ``dropped``.
+    by_query: LabelledCounter = field(default_factory=LabelledCounter, repr=False)
+    #: Seconds to an upstream's answer (or to giving up), per forwarded query.
+    forward_seconds: Histogram = field(default_factory=Histogram, repr=False)
 
     def as_dict(self) -> dict[str, int]:
-        return asdict(self)
+        return {k: v for k, v in vars(self).items() if isinstance(v, int)}
 
 
 @dataclass(frozen=True)
@@ -666,7 +672,10 @@ class DnsServer:
         task.add_done_callback(self._tasks.discard)
 
     async def _forward_and_send(self, job: _Forward, send: Callable[[bytes], None]) -> None:
+        started = time.perf_counter()
         reply = await self._forward(job)
+        self.stats.forward_seconds.observe(time.perf_counter() - started)
+        self.stats.by_query.inc(_wire.qtype_name(job.query), _wire.rcode_name(reply))
         try:
             send(reply)
         except (OSError, RuntimeError) as exc:
@@ -786,11 +795,15 @@ class DnsServer:
 
     def _guarded(self, data: bytes, local: str | None, tcp: bool) -> bytes | _Forward | None:
         try:
-            return self._handle(data, local, tcp)
+            result = self._handle(data, local, tcp)
         except Exception:  # boundary: one bad packet must not stop the listener
             logger.exception("DNS query handling failed; the query is dropped")
             self.stats.dropped += 1
-            return None
+            result = None
+        if not isinstance(result, _Forward):  # a forwarded query counts when answered
+            outcome = "dropped" if result is None else _wire.rcode_name(result)
+            self.stats.by_query.inc(_wire.qtype_name(data), outcome)
+        return result
 
 
 class _UdpProtocol(asyncio.DatagramProtocol):

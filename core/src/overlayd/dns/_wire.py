@@ -26,6 +26,8 @@ __all__ = [
     "header_only",
     "opt_rr",
     "parse_fast",
+    "qtype_name",
+    "rcode_name",
     "soa_rdata",
     "truncated",
 ]
@@ -158,3 +160,52 @@ def truncated(response: bytes, question_end: int, opt: bytes = b"") -> bytes:
     qid, flags = _TYPECLASS.unpack_from(response, 0)
     ar = 1 if opt else 0
     return _HEADER.pack(qid, flags | TC, 1, 0, 0, ar) + response[12:question_end] + opt
+
+
+#: Query types named in metrics; any other counts as ``other`` (a bounded label).
+_QTYPE_NAMES: Final = {
+    1: "A",
+    2: "NS",
+    5: "CNAME",
+    6: "SOA",
+    12: "PTR",
+    15: "MX",
+    16: "TXT",
+    28: "AAAA",
+    33: "SRV",
+    64: "SVCB",
+    65: "HTTPS",
+    255: "ANY",
+}
+_RCODE_NAMES: Final = ("noerror", "formerr", "servfail", "nxdomain", "notimp", "refused")
+
+
+def qtype_name(data: bytes) -> str:
+    """The type of the first question of ``data`` for metrics (``invalid`` when unreadable)."""
+    pos = 12
+    if len(data) <= pos:
+        return "invalid"
+    for _ in range(128):
+        if pos >= len(data):
+            return "invalid"
+        length = data[pos]
+        if length == 0:
+            pos += 1
+            break
+        if length & 0xC0:
+            pos += 2
+            break
+        pos += 1 + length
+    else:
+        return "invalid"
+    if pos + 2 > len(data):
+        return "invalid"
+    return _QTYPE_NAMES.get(struct.unpack_from("!H", data, pos)[0], "other")
+
+
+def rcode_name(reply: bytes) -> str:
+    """The response code of ``reply`` in lower case, for metrics."""
+    if len(reply) < 4:
+        return "invalid"
+    code = reply[3] & 0xF
+    return _RCODE_NAMES[code] if code < len(_RCODE_NAMES) else "other"

@@ -15,6 +15,7 @@ import ipaddress
 import re
 import time
 from typing import Any
+from typing import Literal
 
 from overlayd.errors import Conflict
 from overlayd.errors import InvalidRequest
@@ -26,6 +27,7 @@ from overlayd.model import AnyHandle
 from overlayd.model import Attachment
 from overlayd.model import AttachRequest
 from overlayd.model import DnsRecord
+from overlayd.model import Event
 from overlayd.model import GuestManagedHandle
 from overlayd.model import IPAddress
 from overlayd.model import Lease
@@ -37,6 +39,7 @@ from overlayd.model import Pool
 from overlayd.model import ServiceOverlay
 from overlayd.model import WindowsContainerHandle
 from overlayd.model import handle_key
+from overlayd.stats import timed
 
 from .base import DETACH_INTENT
 from .base import EngineBase
@@ -52,6 +55,7 @@ __all__ = ["AttachMixin", "short_name"]
 class AttachMixin(EngineBase):
     """Attach and detach workloads."""
 
+    @timed("attach")
     async def attach(
         self,
         handle: AnyHandle | dict[str, Any],
@@ -94,9 +98,11 @@ class AttachMixin(EngineBase):
                 return existing
             self._global()
             svc = self._service(service)
-            return await self._run(
+            att = await self._run(
                 self._attach, handle, svc, join_global, dns_ip, dns_domain, default_route
             )
+        self.emit(_attachment_event("attached", att))
+        return att
 
     def _attach(
         self,
@@ -217,6 +223,7 @@ class AttachMixin(EngineBase):
             mtu=self.config.engine.mtu,
         )
 
+    @timed("detach")
     async def detach(self, handle: AnyHandle | dict[str, Any]) -> bool:
         """Remove everything the attach of ``handle`` created. Unknown handles succeed.
 
@@ -243,7 +250,8 @@ class AttachMixin(EngineBase):
                 if held.service != att.service:
                     continue
                 await self._run(self._detach_locked, key)
-                return True
+            self.emit(_attachment_event("detached", held))
+            return True
 
     def _attachment_key(self, handle: AnyHandle) -> str:
         """The key of the attachment ``handle`` names.
@@ -341,6 +349,10 @@ class AttachMixin(EngineBase):
             raise TeardownError(f"detach of {key}", errors)
 
     # -- peers --------------------------------------------------------------
+
+
+def _attachment_event(kind: Literal["attached", "detached"], att: Attachment) -> Event:
+    return Event(event=kind, handle=att.key, service=att.service, ip=str(att.ip))
 
 
 def short_name(handle: AnyHandle) -> str:

@@ -75,6 +75,7 @@ from overlayd.plugins import register_drivers
 from overlayd.secrets import MemorySecrets
 from overlayd.secrets import Secrets
 from overlayd.state import Store
+from overlayd.stats import EngineStats
 
 from .layout import NODE_POOL
 from .layout import BuiltinSubnets
@@ -162,6 +163,8 @@ class EngineBase:
         self._subscribers: set[asyncio.Queue[Event]] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
+        #: Counters and latencies for metrics (overlayd.metrics reads them).
+        self.stats = EngineStats()
         # in-memory view (rebuilt from the store at start)
         self.node_id: int | None = None
         self.local_wg_pubkey: str | None = None

@@ -19,12 +19,14 @@ from overlayd.model import Attachment
 from overlayd.model import Device
 from overlayd.model import DeviceKind
 from overlayd.model import DeviceSpec
+from overlayd.model import Event
 from overlayd.model import Lease
 from overlayd.model import NetnsHandle
 from overlayd.model import PeerChange
 from overlayd.model import ReconcileRequest
 from overlayd.model import handle_key
 from overlayd.peers import change_from
+from overlayd.progress import log_progress
 
 from .base import GLOBAL_KEY
 from .base import NODE_POOL
@@ -117,6 +119,7 @@ class ReconcileMixin(EngineBase):
         """Finish recorded detaches, re-ensure recorded devices and peers, then let
         drivers compare with the host. At start, a summary is logged."""
         self._require_started()
+        started = time.perf_counter()
         # Detaches recorded as under way (a crash or a failed write cut them
         # short) are finished first, so that no driver repairs them.
         with self._mem:
@@ -138,37 +141,59 @@ class ReconcileMixin(EngineBase):
                     startup=startup,
                 )
             reports = await self._run(self.hooks.reconcile, request)
-        released = finished
+        released = list(finished)
         for report in reports:
             errors.extend(report.errors)
-            count, failed = await self._detach_keys(report.gone, "releasing")
-            released += count
+            done, failed = await self._detach_keys(report.gone, "releasing")
+            released += done
             errors.extend(failed)
         summary = ReconcileSummary(
             adopted=sum(len(r.adopted) for r in reports),
-            recreated=recreated + sum(len(r.recreated) for r in reports),
+            recreated=len(recreated) + sum(len(r.recreated) for r in reports),
             removed=sum(len(r.removed) for r in reports),
-            released=released,
+            released=len(released),
             errors=tuple(errors),
             reports=tuple(reports),
         )
         if startup or summary.errors or summary.recreated or summary.removed or released:
             _log_reconcile(summary, "startup" if startup else "reconcile")
+        repairs = {
+            "recreated": [*recreated, *(o for r in reports for o in r.recreated)],
+            "removed": [o for r in reports for o in r.removed],
+            "released": released,
+        }
+        self._count_reconcile(summary, repairs, time.perf_counter() - started)
         return summary
 
-    async def _detach_keys(self, keys: Iterable[str], what: str) -> tuple[int, list[str]]:
-        """Detach the attachments of ``keys``; how many went, and what failed."""
-        done = 0
+    def _count_reconcile(
+        self, summary: ReconcileSummary, repairs: dict[str, list[str]], seconds: float
+    ) -> None:
+        """Record a pass in :attr:`stats` and emit one ``reconcile_repaired`` per repair."""
+        self.stats.reconcile_runs.inc("error" if summary.errors else "ok")
+        self.stats.reconcile_seconds.observe(seconds)
+        for kind, objects in repairs.items():
+            if objects:
+                self.stats.reconcile_repairs.inc(kind, amount=len(objects))
+            for name in objects:
+                self.emit(Event(event="reconcile_repaired", kind=kind, object=name))
+
+    async def _detach_keys(self, keys: Iterable[str], what: str) -> tuple[list[str], list[str]]:
+        """Detach the attachments of ``keys``; the keys that went, and what failed."""
+        done: list[str] = []
         errors: list[str] = []
+        keys = list(keys)
+        progress = log_progress(f"reconcile, {what} attachments", len(keys), log)
         for key in keys:
+            progress.step()
             att = self.attachments.get(key)
             if att is None:
                 continue
             try:
                 if await self.detach(att.handle):
-                    done += 1
+                    done.append(key)
             except OverlaydError as exc:
                 errors.append(f"{what} {key}: {exc}")
+        progress.done()
         return done, errors
 
     def _recorded_devices(self) -> list[Device]:
@@ -179,10 +204,11 @@ class ReconcileMixin(EngineBase):
                 out.append(svc.dedicated)
         return out
 
-    def _ensure_recorded(self) -> tuple[int, list[str]]:
-        """Create-or-adopt every recorded device (idempotent) and re-apply its peers."""
+    def _ensure_recorded(self) -> tuple[list[str], list[str]]:
+        """Create-or-adopt every recorded device (idempotent) and re-apply its peers;
+        the names of the devices that were missing, and what failed."""
         errors: list[str] = []
-        recreated = 0
+        recreated: list[str] = []
         specs: list[tuple[Device, DeviceSpec]] = []
         g = self.global_
         if g is not None:
@@ -201,18 +227,21 @@ class ReconcileMixin(EngineBase):
             for kind in {s.kind for _, s in specs}
             for d in self.hooks.device_list(kind)
         }
+        progress = log_progress("reconcile, re-ensuring recorded devices", len(specs), log)
         for recorded, spec in specs:
+            progress.step()
             try:
                 # Always create-or-adopt: drivers learn the recorded key and port
                 # this way even when the device survived the restart.
                 if (spec.kind, spec.name) not in present:
-                    recreated += 1
+                    recreated.append(spec.name)
                 self.hooks.device_create(spec)
                 if recorded.kind == DeviceKind.WIREGUARD:
                     self._reconcile_peers(recorded)
             except OverlaydError as exc:
                 log.warning("could not re-ensure recorded device %s: %s", spec.name, exc)
                 errors.append(f"{spec.name}: {exc}")
+        progress.done()
         for rule in self.masquerades.values():
             try:
                 self.hooks.nat_masquerade(rule, True)

@@ -37,6 +37,7 @@ from overlayd.engine import Engine
 from overlayd.errors import OverlaydError
 from overlayd.errors import clip
 from overlayd.model import Event
+from overlayd.observe import event_frame as observe_event_frame
 from overlayd.subscriptions import Subscription
 
 # POSIX only: the daemon serves a Unix socket; serving the Windows named pipe is
@@ -250,6 +251,7 @@ class Server:
 
     async def _answer(self, conn: Connection, frame: p.RequestFrame) -> None:
         request = frame.request
+        started = time.perf_counter()  # for overlayd_ipc_* metrics (overlayd.stats)
         try:
             response = await self.dispatch(request)
         except OverlaydError as exc:
@@ -271,6 +273,7 @@ class Server:
         if isinstance(request, p.HelloRequest) and isinstance(response, p.HelloResponse):
             response = self._subscribe(conn, request, response)
         self.requests_served += 1
+        self.engine.stats.request_done(request.op, response.result, time.perf_counter() - started)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s -> %s", request.op, response.result, extra={"peer": conn.peer})
         await conn.send_quietly(p.ResponseFrame(id=frame.id, response=response))
@@ -340,4 +343,4 @@ def _event_frame(event: Event) -> p.EventFrame | None:
         return p.EventFrame(
             event=p.NatEndpointChangedEvent(pubkey=event.pubkey, endpoint=event.endpoint)
         )
-    return None
+    return observe_event_frame(event)  # attach/detach/reconcile events (overlayd.observe)

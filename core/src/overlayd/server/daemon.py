@@ -20,6 +20,7 @@ from overlayd import __version__
 from overlayd.config import DaemonConfig
 from overlayd.engine import Engine
 from overlayd.errors import ConfigError
+from overlayd.metrics import start_metrics
 
 # POSIX only: the daemon serves a Unix socket; serving the Windows named pipe is
 # not supported yet. (This assert also makes mypy --platform win32 skip the rest,
@@ -93,7 +94,9 @@ async def run_daemon(config: DaemonConfig, *, engine: Engine | None = None) -> i
                 await cluster.start(engine)
                 server.cluster = cluster
             await server.start()
+            metrics = start_metrics(config.metrics, engine)  # [metrics] (overlayd.metrics)
         except BaseException:
+            await server.close()
             if cluster is not None:
                 await cluster.stop()
             await engine.stop()
@@ -113,6 +116,8 @@ async def run_daemon(config: DaemonConfig, *, engine: Engine | None = None) -> i
         await server.serve_until_stopped()
     finally:
         _sd_notify("STOPPING=1")
+        if metrics is not None:  # [metrics]
+            metrics.stop()
         try:
             await server.close()
         finally:

@@ -218,6 +218,8 @@ async def _status(s: Server, r: p.StatusRequest) -> p.AnyResponse:
                 endpoint=peer.endpoint or "",
                 allowed_ips=",".join(str(n) for n in peer.allowed_ips),
                 last_handshake_unix_secs=peer.last_handshake_unix_secs,
+                rx_bytes=peer.rx_bytes,  # extension: traffic, for overlayctl topology
+                tx_bytes=peer.tx_bytes,
             )
             for peer in st.peers
         ],

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import struct
@@ -39,6 +40,7 @@ __all__ = [
     "raw_connect",
     "recv_frame",
     "send_request",
+    "setup_node",
     "start_daemon",
     "terminate",
 ]
@@ -61,6 +63,17 @@ class DaemonProcess:
     def stop(self, timeout: float = 20.0) -> int:
         """SIGTERM, wait, and return the exit code (kill after ``timeout``)."""
         return terminate(self.proc, timeout)
+
+    def metrics_url(self, timeout: float = 10.0) -> str:
+        """The ``/metrics`` URL the daemon logged (``[metrics] listen``; port 0 works)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = re.search(r"serving metrics on (http://\S+/metrics)", self.log_text())
+            if found:
+                return found.group(1)
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the daemon logged no metrics URL:\n{self.log_text()}")
+            time.sleep(0.05)
 
     def rss_bytes(self) -> int:
         """Resident memory of the daemon (``VmRSS``)."""
@@ -206,3 +219,31 @@ def recv_frame(sock: socket.socket) -> dict[str, Any] | None:
         raise AssertionError("the daemon closed the connection inside a frame")
     data: dict[str, Any] = json.loads(body)
     return data
+
+
+def setup_node(
+    client: Any,
+    node_id: int,
+    *,
+    deployment: str,
+    cluster_cidr: str,
+    slice_cidr: str | None = None,
+    services: Sequence[str] = ("web",),
+) -> str | None:
+    """The set-up ZLayer's agent makes on a node, through a sync
+    :class:`overlayd.client.Client`: node id, global overlay (WireGuard port
+    ``51820 + node_id``, no NAT) and a shared overlay per service. Returns the
+    node's public key."""
+    client.set_local_node_id(node_id)
+    client.setup_global_overlay(
+        deployment=deployment,
+        instance_id=f"n{node_id}",
+        cluster_cidr=cluster_cidr,
+        slice_cidr=slice_cidr,
+        wg_port=51820 + node_id,
+        nat_enabled=False,
+    )
+    for service in services:
+        client.setup_service_overlay(service)
+    key: str | None = client.status().public_key
+    return key
