@@ -21,6 +21,7 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from overlayd.transport import open_unix
@@ -67,27 +68,42 @@ def _serve_echo_process(path: str) -> None:
     asyncio.run(serve_echo(path))
 
 
-async def _client(path: str, payload: bytes, deadline: float, samples: list[float]) -> None:
+#: A fixed request body, or one per (client, round trip) index.
+Payload = bytes | Callable[[int, int], bytes]
+
+
+async def _client(
+    path: str, payload: Payload, index: int, deadline: float, samples: list[float]
+) -> None:
     reader, writer = await open_unix(path)
     clock = time.perf_counter
+    n = 0
     try:
         while clock() < deadline:
+            body = payload if isinstance(payload, bytes) else payload(index, n)
+            n += 1
             start = clock()
-            await write_frame(writer, payload)
+            await write_frame(writer, body)
             reply = await read_frame(reader)
             if reply is None:
                 raise ConnectionError(f"{path} closed the connection mid-benchmark")
             samples.append(clock() - start)
+            if b'"result":"err"' in reply:
+                raise RuntimeError(f"{body!r} was answered {reply!r}")
     finally:
         writer.close()
 
 
-async def measure_async(connect_path: str, payload: bytes, clients: int, seconds: float) -> Result:
+async def measure_async(
+    connect_path: str, payload: Payload, clients: int, seconds: float
+) -> Result:
     """Run ``clients`` concurrent connections for ``seconds``; see :func:`measure`."""
     samples: list[list[float]] = [[] for _ in range(clients)]
     start = time.perf_counter()
     deadline = start + seconds
-    await asyncio.gather(*(_client(connect_path, payload, deadline, s) for s in samples))
+    await asyncio.gather(
+        *(_client(connect_path, payload, i, deadline, s) for i, s in enumerate(samples))
+    )
     elapsed = time.perf_counter() - start
     flat = sorted(x for s in samples for x in s)
     if len(flat) < 2:
@@ -95,7 +111,7 @@ async def measure_async(connect_path: str, payload: bytes, clients: int, seconds
     cuts = statistics.quantiles(flat, n=100, method="inclusive")
     return Result(
         clients=clients,
-        payload_bytes=len(payload),
+        payload_bytes=len(payload) if isinstance(payload, bytes) else 0,
         round_trips=len(flat),
         seconds=elapsed,
         p50_us=cuts[49] * 1e6,
@@ -103,11 +119,13 @@ async def measure_async(connect_path: str, payload: bytes, clients: int, seconds
     )
 
 
-def measure(connect_path: str, payload: bytes, clients: int, seconds: float) -> Result:
+def measure(connect_path: str, payload: Payload, clients: int, seconds: float) -> Result:
     """Round trips/s and latency percentiles of length-prefixed frames.
 
     :param connect_path: Unix socket of a server that answers each frame once.
-    :param payload: The frame body sent (without the length prefix).
+    :param payload: The frame body sent (without the length prefix), or a
+        function of (client index, round trip index) giving it; an ``err``
+        answer stops the run.
     :param clients: Concurrent connections, each with one frame in flight.
     :param seconds: How long to run.
     """

@@ -884,6 +884,22 @@ def test_wire_encodes_exact_bytes(frame: p.Frame, text: str) -> None:
     assert p.encode_frame(frame) == struct.pack("<I", len(body)) + body
 
 
+@pytest.mark.parametrize(
+    ("frame", "text"),
+    [(f, t) for _, f, t in RESPONSES],
+    ids=[i for i, _, _ in RESPONSES],
+)
+def test_wire_cached_response_encoding_gives_the_exact_bytes(frame: p.Frame, text: str) -> None:
+    """The server's fast path (encode the answer once, frame it per request) is
+    byte for byte the same as encoding the whole frame."""
+    assert isinstance(frame, p.ResponseFrame)
+    encoded = p.encode_response(frame.response)
+    assert p.response_body(frame.id, encoded) == text.encode("utf-8")
+    assert p.response_body(2**64 - 1, encoded) == p.encode_body(
+        p.ResponseFrame(id=2**64 - 1, response=frame.response)
+    )
+
+
 @golden
 def test_wire_decodes_golden(frame: p.Frame, text: str) -> None:
     assert p.decode_frame(text.encode("utf-8")) == frame
@@ -1143,6 +1159,13 @@ def test_wire_oversize_body_is_refused_when_encoding() -> None:
     with pytest.raises(p.ProtocolError, match="limit") as info:
         p.encode_body(huge)
     assert info.value.request_id == 1
+
+
+def test_wire_oversize_cached_response_is_refused_when_framing() -> None:
+    encoded = p.encode_response(p.ErrResponse(message="x" * p.MAX_FRAME))
+    with pytest.raises(p.ProtocolError, match="limit") as info:
+        p.response_body(7, encoded)
+    assert info.value.request_id == 7
 
 
 def test_wire_expected_results_cover_every_op() -> None:

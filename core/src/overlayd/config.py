@@ -231,6 +231,9 @@ class DaemonConfig(EngineConfig):
     max_connections: int | None = Field(default=None, ge=1)
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    #: The daemon's event loop: the standard library's, or uvloop's (the
+    #: ``uvloop`` extra; docs/configuration.rst says what it measured).
+    event_loop: Literal["asyncio", "uvloop"] = "asyncio"
     #: ``[cluster]``: join a cluster through etcd (``None``: orchestrated mode).
     cluster: ClusterSettings | None = None
     #: ``[metrics]``: Prometheus metrics (off unless ``listen`` is set).
@@ -260,6 +263,7 @@ _TOP_KEYS = {
     "max_connections",
     "log_format",
     "log_level",
+    "event_loop",
     "dns",
     "ipam",
     "engine",

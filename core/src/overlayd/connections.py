@@ -39,6 +39,7 @@ import struct
 import sys
 import time
 from collections.abc import AsyncIterator
+from collections.abc import Callable
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -334,6 +335,29 @@ class Connection:
             if isinstance(frame, p.ResponseFrame):
                 with contextlib.suppress(ConnectionError, OSError):
                     await self.send(p.ResponseFrame.err(frame.id, str(exc)))
+
+    async def answer(
+        self,
+        frame_id: int,
+        response: p.AnyResponse,
+        encode: Callable[[p.AnyResponse], bytes] = p.encode_response,
+    ) -> None:
+        """Answer request ``frame_id`` with ``response``, encoded by ``encode``.
+
+        ``encode`` may return a cached encoding (the server encodes an
+        unchanged answer once); the frame around it is built here. An answer
+        that cannot be encoded is replaced by an ``err`` saying why; a gone
+        client is not an error.
+        """
+        try:
+            body = p.response_body(frame_id, encode(response))
+        except p.ProtocolError as exc:
+            body = p.encode_body(p.ResponseFrame.err(frame_id, str(exc)))
+        try:
+            async with self._send_lock:
+                await write_frame(self.writer, body)
+        except (ConnectionError, OSError) as exc:
+            log.debug("could not answer %s: %s", self.peer, exc)
 
     # -- requests -----------------------------------------------------------
 

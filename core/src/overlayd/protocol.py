@@ -158,6 +158,8 @@ __all__ = [
     "decode_frame",
     "encode_body",
     "encode_frame",
+    "encode_response",
+    "response_body",
 ]
 
 #: Wire protocol version (ZLayer ``PROTOCOL_VERSION``); ``hello`` reports it.
@@ -1257,29 +1259,61 @@ EXPECTED_RESULTS: Final[Mapping[str, tuple[str, ...]]] = {
 # ---------------------------------------------------------------------------
 
 
+def _utf8_json(data: object, what: str, frame_id: int | None) -> bytes:
+    """``data`` as compact UTF-8 JSON, or :class:`ProtocolError` for text that is not Unicode."""
+    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ProtocolError(
+            f"cannot encode the {what} frame: it holds text that is not valid "
+            f"Unicode ({exc.reason} at character {exc.start})",
+            frame_id,
+        ) from None
+
+
+def _check_body(body: bytes, what: str, frame_id: int | None) -> bytes:
+    if len(body) > MAX_FRAME:
+        raise ProtocolError(
+            f"the {what} frame is {len(body)} bytes, more than the "
+            f"{MAX_FRAME}-byte limit; split the request (e.g. several apply_peers)",
+            frame_id,
+        )
+    return body
+
+
 def encode_body(frame: Frame) -> bytes:
     """The compact UTF-8 JSON body of ``frame`` (no length prefix).
 
     Raises :class:`ProtocolError` when the body would exceed :data:`MAX_FRAME`
     (a sender never sends more) or holds text that is not valid Unicode.
     """
-    text = json.dumps(frame.to_wire(), separators=(",", ":"), ensure_ascii=False)
     frame_id = None if isinstance(frame, EventFrame) else frame.id
-    try:
-        body = text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise ProtocolError(
-            f"cannot encode the {frame.frame} frame: it holds text that is not valid "
-            f"Unicode ({exc.reason} at character {exc.start})",
-            frame_id,
-        ) from None
-    if len(body) > MAX_FRAME:
-        raise ProtocolError(
-            f"the {frame.frame} frame is {len(body)} bytes, more than the "
-            f"{MAX_FRAME}-byte limit; split the request (e.g. several apply_peers)",
-            frame_id,
-        )
-    return body
+    return _check_body(_utf8_json(frame.to_wire(), frame.frame, frame_id), frame.frame, frame_id)
+
+
+def encode_response(response: AnyResponse) -> bytes:
+    """The compact UTF-8 JSON of ``response`` alone, for :func:`response_body`.
+
+    A server that answers many requests with the same response object (an
+    unchanged ``status``) encodes it once and frames it per request.
+
+    :raises ProtocolError: text that is not valid Unicode.
+    """
+    return _utf8_json(response.to_wire(), "response", None)
+
+
+def response_body(frame_id: int, encoded: bytes) -> bytes:
+    """The body of the response frame ``frame_id`` around ``encoded`` (:func:`encode_response`).
+
+    Byte for byte what :func:`encode_body` gives for
+    ``ResponseFrame(id=frame_id, response=...)``: the frame's keys are always
+    ``frame``, ``id``, ``response`` in that order.
+
+    :raises ProtocolError: the body would exceed :data:`MAX_FRAME`.
+    """
+    body = b'{"frame":"response","id":%d,"response":%b}' % (frame_id, encoded)
+    return _check_body(body, "response", frame_id)
 
 
 def encode_frame(frame: Frame) -> bytes:
@@ -1330,6 +1364,16 @@ def _describe(exc: ValidationError, what: str) -> str:
         message = clip(message, _MAX_PART)
         parts.append(f"{what} field '{loc}': {message}" if loc else f"{what}: {message}")
     return "; ".join(parts)
+
+
+#: One shared instance of each request that has no field but ``op`` (``status``,
+#: ``nat_tick``, ...); the models are frozen, so sharing them is safe, and a
+#: poller's ``status`` is decoded without running validation.
+_BARE: Final[dict[str, Any]] = {
+    op: model.model_validate({"op": op})
+    for op, model in REQUEST_TYPES.items()
+    if set(model.model_fields) == {"op"}
+}
 
 
 def _validate(
@@ -1416,11 +1460,15 @@ def decode_frame(body: bytes) -> Frame:
         request_type = REQUEST_TYPES.get(op)
         if request_type is None:
             raise ProtocolError(f"{where}: unknown op {quote(op)}", fid)
-        request = _validate(request_type, payload, op, where, fid)
-        return RequestFrame(id=fid, request=request)
+        if len(payload) == 1 and op in _BARE:
+            request = _BARE[op]  # ``{"op": "status"}``: nothing to validate
+        else:
+            request = _validate(request_type, payload, op, where, fid)
+        # The parts are validated: building the frame must not validate them again.
+        return RequestFrame.model_construct(id=fid, request=request)
     result = _tag(payload, "result", where, fid)
     response_type = RESPONSE_TYPES.get(result)
     if response_type is None:
         raise ProtocolError(f"{where}: unknown result {quote(result)}", fid)
     response = _validate(response_type, payload, result, where, fid)
-    return ResponseFrame(id=fid, response=response)
+    return ResponseFrame.model_construct(id=fid, response=response)

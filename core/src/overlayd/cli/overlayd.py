@@ -31,7 +31,7 @@ from overlayd.cli.common import print_table
 from overlayd.cli.observe import add_serve_flags
 from overlayd.cli.observe import apply_serve_flags
 
-__all__ = ["build_overlayd_parser", "overlayd_main", "serve_config"]
+__all__ = ["build_overlayd_parser", "event_loop_factory", "overlayd_main", "serve_config"]
 
 _OVERLAYD_EXIT_HELP: Final = """\
 exit codes (serve):
@@ -100,6 +100,11 @@ def build_overlayd_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--log-format", choices=["text", "json"])
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--event-loop",
+        choices=["asyncio", "uvloop"],
+        help="the daemon's event loop (uvloop: pip install 'overlayd[uvloop]')",
+    )
     serve.add_argument("--no-dns", action="store_true", help="do not run the built-in DNS server")
     add_serve_flags(serve)  # --metrics
 
@@ -140,6 +145,7 @@ def serve_config(args: argparse.Namespace) -> DaemonConfig:
         allowed_gids=args.allowed_gids,
         log_format=args.log_format,
         log_level=args.log_level,
+        event_loop=args.event_loop,
     )
     if args.no_dns:
         config = config.model_copy(update={"dns": config.dns.model_copy(update={"enabled": False})})
@@ -160,7 +166,13 @@ def _serve_posix(
         return EXIT_USAGE
     configure_logging(config.log_format, config.log_level)
     try:
-        return asyncio.run(run_daemon(config))
+        loop_factory = event_loop_factory(config.event_loop)
+    except ConfigError as exc:
+        err(f"overlayd: {exc}")
+        return EXIT_USAGE
+    try:
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            return runner.run(run_daemon(config))
     except SocketInUse as exc:
         err(f"overlayd: {exc}")
         return EXIT_CONNECT
@@ -177,6 +189,24 @@ def _serve_posix(
         # exit into death by signal while the interpreter winds down.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def event_loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The loop factory of ``event_loop`` (``None``: the standard library's loop).
+
+    :raises ConfigError: uvloop was asked for and is not installed.
+    """
+    if name == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        raise ConfigError(
+            "event_loop = uvloop needs uvloop, which is not installed "
+            "(pip install 'overlayd[uvloop]'), or use event_loop = asyncio"
+        ) from None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
 
 
 def _drivers(args: argparse.Namespace) -> int:

@@ -49,8 +49,10 @@ class HealthMixin(EngineBase):
         if g is None:
             return Status(service_count=len(services))
         peers = await self._status_peers(up.device) if up is not None else []
+        # model_construct: every value below is already typed by the engine's own
+        # models, so validating them again on each ``status`` is pure cost.
         dedicated = tuple(
-            DedicatedStatus(
+            DedicatedStatus.model_construct(
                 service=s.service,
                 interface=s.dedicated.name,
                 public_key=s.dedicated.public_key or "",
@@ -62,7 +64,7 @@ class HealthMixin(EngineBase):
             for s in services
             if s.dedicated is not None
         )
-        return Status(
+        return Status.model_construct(
             interface=up.device.name if up is not None else None,
             node_ip=g.node_ip,
             public_key=up.device.public_key if up is not None else None,

@@ -84,6 +84,10 @@ class Server:
         self._socket_file = socketfile.SocketFile(self.path, config.socket_group)
         self._listening = False
         self.requests_served = 0
+        #: The last answer encoded and its bytes (:meth:`_encode`).
+        self._last_encoded: tuple[p.AnyResponse, bytes] | None = None
+        #: ``status`` memo: the engine's last status and the answer built from it.
+        self.status_memo: tuple[Any, p.StatusResponse] | None = None
 
     # -- socket -------------------------------------------------------------
 
@@ -276,9 +280,24 @@ class Server:
         self.engine.stats.request_done(request.op, response.result, time.perf_counter() - started)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s -> %s", request.op, response.result, extra={"peer": conn.peer})
-        await conn.send_quietly(p.ResponseFrame(id=frame.id, response=response))
+        await conn.answer(frame.id, response, self._encode)
         if isinstance(request, p.ShutdownRequest):
             self.request_stop()
+
+    def _encode(self, response: p.AnyResponse) -> bytes:
+        """``response`` encoded, once for as long as handlers return the same object.
+
+        A handler that answers from a memo (``status`` while nothing changed,
+        :mod:`overlayd.server.handlers`) returns the very object it returned
+        before, so comparing identity is enough; every other answer is a new
+        object and is encoded as before.
+        """
+        last = self._last_encoded
+        if last is not None and last[0] is response:
+            return last[1]
+        encoded = p.encode_response(response)
+        self._last_encoded = (response, encoded)
+        return encoded
 
     def _subscribe(
         self, conn: Connection, request: p.HelloRequest, response: p.HelloResponse

@@ -204,7 +204,11 @@ async def _unregister_dns(s: Server, r: p.UnregisterDnsRequest) -> p.AnyResponse
 @handles(p.StatusRequest)
 async def _status(s: Server, r: p.StatusRequest) -> p.AnyResponse:
     st = await s.engine.status()
-    return p.StatusResponse(
+    memo = s.status_memo
+    if memo is not None and memo[0] == st:
+        # Unchanged: the same answer object, which the server encodes only once.
+        return memo[1]
+    response = p.StatusResponse(
         interface=st.interface,
         node_ip=str(st.node_ip) if st.node_ip else None,
         public_key=st.public_key,
@@ -237,6 +241,8 @@ async def _status(s: Server, r: p.StatusRequest) -> p.AnyResponse:
         ],
         nat=nat_status(st.nat),
     )
+    s.status_memo = (st, response)
+    return response
 
 
 @handles(p.NatPeerCandidatesRequest)
