@@ -218,3 +218,27 @@ def test_no_dns_flag_turns_the_dns_server_off(tmp_path: Path) -> None:
     assert serve_config(parser.parse_args(["serve", "--config", str(path)])).dns.enabled
     args = parser.parse_args(["serve", "--config", str(path), "--no-dns"])
     assert serve_config(args).dns.enabled is False
+
+
+def test_event_loop_from_the_file_and_the_flag(tmp_path: Path) -> None:
+    parser = build_overlayd_parser()
+    path = _write(tmp_path, 'drivers = ["fake"]\nevent_loop = "uvloop"\n')
+    assert serve_config(parser.parse_args(["serve", "--config", str(path)])).event_loop == "uvloop"
+    args = parser.parse_args(["serve", "--config", str(path), "--event-loop", "asyncio"])
+    assert serve_config(args).event_loop == "asyncio"
+    assert load_config(None).event_loop == "asyncio"  # the default
+    with pytest.raises(ConfigError, match="event_loop"):
+        load_config(_write(tmp_path, 'event_loop = "trio"\n'))
+
+
+def test_uvloop_when_it_is_not_installed_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sys
+
+    from overlayd.cli.overlayd import event_loop_factory
+
+    assert event_loop_factory("asyncio") is None
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # import uvloop raises ImportError
+    with pytest.raises(ConfigError, match=r"pip install 'overlayd\[uvloop\]'"):
+        event_loop_factory("uvloop")

@@ -173,3 +173,48 @@ def test_text_logs_show_extras() -> None:
     line = stream.getvalue().strip()
     assert "WARNING" in line
     assert line.endswith("overlayd.test: refused peer=uid 5")
+
+
+async def test_status_is_encoded_once_while_unchanged_and_anew_after_a_change(
+    served: tuple[Server, AsyncClient],
+) -> None:
+    server, client = served
+    await client.setup_global_overlay(
+        deployment="d",
+        instance_id="n1",
+        cluster_cidr="10.77.0.0/16",
+        slice_cidr="10.77.1.0/24",
+        wg_port=51820,
+        nat_enabled=False,
+    )
+    first = await client.status()
+    memo = server.status_memo
+    assert memo is not None
+    second = await client.status()
+    assert server.status_memo is memo  # the same answer object: encoded once
+    assert second == first
+    await client.setup_service_overlay("web", "shared")
+    third = await client.status()
+    assert server.status_memo is not memo
+    assert third.service_count == first.service_count + 1
+
+
+def test_the_daemon_serves_on_uvloop(short_tmp_path: Path) -> None:
+    pytest.importorskip("uvloop")
+    from overlayd.client import Client
+    from overlayd.testing.daemon import setup_node
+    from overlayd.testing.daemon import start_daemon
+
+    daemon = start_daemon(short_tmp_path, args=["--event-loop", "uvloop"])
+    try:
+        with Client(str(daemon.socket), timeout=10) as c:
+            key = setup_node(c, 1, deployment="uv", cluster_cidr="10.78.0.0/16")
+            answer = c.attach_container({"platform": "netns", "path": "/run/netns/x"}, "web")
+            status = c.status()
+            assert status.public_key == key and status.service_count == 1
+            assert c.status() == status
+            c.detach_container({"platform": "netns", "path": "/run/netns/x"})
+            assert answer.ip
+    finally:
+        assert daemon.stop() == 0, daemon.log_text()
+    assert "event loop: uvloop" in daemon.log_text()

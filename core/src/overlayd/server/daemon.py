@@ -106,10 +106,11 @@ async def run_daemon(config: DaemonConfig, *, engine: Engine | None = None) -> i
         raise
     _sd_notify(f"READY=1\nSTATUS=serving on {config.socket}\nMAINPID={os.getpid()}")
     log.info(
-        "overlayd %s ready (drivers: %s, data_dir: %s)",
+        "overlayd %s ready (drivers: %s, data_dir: %s, event loop: %s)",
         __version__,
         ", ".join(config.drivers) or "none",
         config.data_dir or "in memory",
+        type(loop).__module__.split(".")[0],  # asyncio or uvloop
         extra={"socket": str(config.socket), "pid": os.getpid()},
     )
     try:
