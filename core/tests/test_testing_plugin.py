@@ -54,3 +54,33 @@ def test_privileged_tests_skip_without_flag_and_run_with_it(pytester: pytest.Pyt
     if plugin._has_net_admin():
         ran = pytester.runpytest_subprocess("-p", "overlayd.testing.plugin", "--run-privileged")
         ran.assert_outcomes(passed=1)
+
+
+def test_the_ipam_kit_skips_only_its_own_tests(pytester: pytest.Pytester) -> None:
+    """A driver without IPAM that takes every mixin (as the fake driver's test
+    does) still runs the device tests; only the IPAM ones skip."""
+    pytester.makepyfile(
+        """
+        import pytest
+        from overlayd.testing.conformance import DeviceConformance, IpamConformance
+        from overlayd_fake.driver import FakeDriver
+
+        class TestMixed(DeviceConformance, IpamConformance):
+            @pytest.fixture
+            def driver(self):
+                return FakeDriver()
+
+            @pytest.fixture
+            def capabilities(self, info):
+                from overlayd.model import Capability
+                return info.capabilities - {Capability.IPAM}
+        """
+    )
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    result = pytester.runpytest_subprocess("-p", "overlayd.testing.plugin", "-rs")
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("failed", 0) == 0, result.stdout.str()
+    assert outcomes["passed"] >= 5, result.stdout.str()
+    skips = [line for line in result.stdout.lines if line.startswith("SKIPPED")]
+    assert skips and all("ipam capability" in line for line in skips), skips
+    assert all("_ipam.py" in line for line in skips), skips
