@@ -40,6 +40,7 @@ from overlayd_wireguard.tuning import Tuning
 from overlayd_wireguard.tuning import UdpSocket
 from overlayd_wireguard.tuning import socket_server_pid
 from overlayd_wireguard.uapi import SetRequest
+from overlayd_wireguard.uapi.client import UapiClient
 from overlayd_wireguard.userspace import UserspaceBackend
 
 FAKE_CMD = (sys.executable, "-m", "overlayd_wireguard.fakeuapi")
@@ -334,7 +335,9 @@ def test_an_adopted_process_is_tuned_by_the_pid_behind_its_socket(
     # A wireguard-go left running by an earlier overlayd: no Popen handle.
     proc = subprocess.Popen([*FAKE_CMD, "--socket-dir", str(sock_dir), "-f", "wgt7"])
     try:
-        wait_until((sock_dir / "wgt7.sock").exists)
+        # Answering, not only bound: the socket file appears at bind(), before
+        # listen(); a backend that finds it refusing starts its own process.
+        wait_until(lambda: UapiClient(sock_dir, timeout=2.0).alive("wgt7"))
         b = make_backend(sock_dir, tuner, supervise=False)
         b.ensure_device("wgt7", private_key=PrivateKey.generate(), listen_port=51820)
         assert b.pid("wgt7") is None  # adopted, not started
