@@ -173,7 +173,11 @@ def parse(command: str, env: dict[str, str], config: dict[str, Any]) -> Invocati
     if "defaultRoute" in config:
         inv.default_route = _boolean(config, "defaultRoute", True)
     timeout = config.get("timeout", 30)
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not 0 < timeout < float("inf")  # also NaN, which json reads
+    ):
         raise CniError(
             INVALID_CONFIG, "invalid 'timeout'", f"'timeout' is {timeout!r}; give seconds > 0"
         )

@@ -116,7 +116,12 @@ def _write(directory: Path, name: str, text: str) -> Path:
 
 def find_compiler(cc: str | None = None) -> str:
     """The C compiler: ``cc``, else ``$CC``, else the first of cc, gcc, clang on PATH."""
-    for candidate in (cc, os.environ.get("CC"), "cc", "gcc", "clang"):
+    if cc:
+        found = shutil.which(cc)
+        if found is None:
+            raise InstallError(f"the C compiler {cc!r} was not found")
+        return found
+    for candidate in (os.environ.get("CC"), "cc", "gcc", "clang"):
         if candidate and (found := shutil.which(candidate)):
             return found
     raise InstallError(
