@@ -26,6 +26,7 @@ from overlayd.config import DaemonConfig
 from overlayd.config import DnsSettings
 from overlayd.engine import Engine
 from overlayd.rawclient import RawClient
+from overlayd.rawclient import RemoteError
 from overlayd.server import Server
 from overlayd.server.handlers import CNI_NOT_INSTALLED
 from overlayd_cni.launcher import InstallError
@@ -127,7 +128,7 @@ async def test_cni_exec_answers_what_the_plugin_prints(
 
 async def test_cni_exec_refuses_check(sock: str) -> None:
     request = {"op": "cni_exec", "command": "CHECK", "stdin": _conf(sock)}
-    with pytest.raises(Exception, match="does not run CHECK"):
+    with pytest.raises(RemoteError, match="does not run CHECK"):
         await _call(sock, request)
 
 
@@ -135,7 +136,7 @@ async def test_cni_exec_without_the_distribution(
     sock: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(sys.modules, "overlayd_cni.main", None)  # import fails
-    with pytest.raises(Exception) as info:
+    with pytest.raises(RemoteError) as info:
         await _call(sock, {"op": "cni_exec", "command": "ADD", "stdin": "{}"})
     assert str(info.value) == CNI_NOT_INSTALLED
     assert CNI_NOT_INSTALLED == "not supported: the overlayd-cni distribution is not installed"

@@ -763,7 +763,8 @@ RESPONSES: list[tuple[str, p.Frame, str]] = [
         resp(49, p.CniResultResponse(exit_code=1, stdout="{}\n", stderr="overlayd-cni: note\n")),
         rs(
             49,
-            '{"result":"cni_result","exit_code":1,"stdout":"{}\\n","stderr":"overlayd-cni: note\\n"}',
+            '{"result":"cni_result","exit_code":1,"stdout":"{}\\n",'
+            '"stderr":"overlayd-cni: note\\n"}',
         ),
     ),
     (
