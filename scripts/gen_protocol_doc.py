@@ -75,7 +75,12 @@ not in the caller's live set, race-safe), ``reconcile``, ``map_port`` and
 interface details), ``nat_peer_candidates`` (hand a peer's NAT-traversal
 candidates, read from its ``status``, to this node; see :doc:`nat`) and
 ``cluster_status`` (the nodes of the cluster, in cluster mode; see
-:doc:`cluster`). ``status`` carries a ``nat`` object (this node's candidates,
+:doc:`cluster`) and ``cni_exec`` (run one CNI plugin invocation in the
+daemon for the compiled ``overlayd-cni`` front end: the ``CNI_*`` values and
+the network configuration in, the plugin's exit status, standard output and
+notes out; ``err`` when the overlayd-cni distribution is not installed
+beside the daemon or for ``CHECK``, and the front end then runs the Python
+plugin; see :doc:`cni`). ``status`` carries a ``nat`` object (this node's candidates,
 each peer's path, warnings) while NAT traversal runs; ZLayer's frames never
 carry it and its decoder ignores it. Their frames are among the examples above.
 

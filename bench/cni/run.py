@@ -16,8 +16,11 @@ namespace as a runtime runs it:
   (``linux_bridge`` + ``fake`` for the WireGuard device) in the host
   namespace, set up with service ``web`` beforehand (not timed);
 * ``launcher``: the same plugin through the launcher ``overlayd-cni install``
-  writes (``python -IS``, no ``site``), the executable the docs recommend for
-  a runtime's plugin directory.
+  writes (``python -IS``, no ``site``);
+* ``native``: the compiled front end ``overlayd-cni install --native`` writes
+  (cni/src/overlayd_cni/native/overlayd-cni.c): it forwards the invocation to
+  the daemon (``cni_exec``), which runs the plugin's logic itself; skipped
+  when there is no C compiler.
 
 The methods are timed interleaved: the ADD of container i with each method
 in turn, then container i+1, and the same for DEL, so that all see the same
@@ -53,6 +56,7 @@ from pathlib import Path
 from typing import Any
 
 from overlayd.rawclient import RawClient
+from overlayd_cni.launcher import InstallError
 from overlayd_cni.launcher import install
 from overlayd_cni.testing import PLUGIN
 from overlayd_cni.testing import reference_plugin
@@ -283,7 +287,7 @@ def report(results: list[Result]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    methods = ["cni", "overlayd-cni", "launcher"]
+    methods = ["cni", "overlayd-cni", "launcher", "native"]
     parser.add_argument("--n", type=int, nargs="+", default=[1, 200])
     parser.add_argument("--methods", nargs="+", default=methods, choices=methods)
     parser.add_argument("--breakdown", action="store_true", help="also time the ADD's parts")
@@ -298,12 +302,19 @@ def main(argv: list[str] | None = None) -> int:
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="ovb-launcher-") as tmp:
         launcher = install(Path(tmp))
+        native: Path | None = None
+        if "native" in args.methods:
+            try:
+                native = install(Path(tmp) / "native", native=True)
+            except InstallError as exc:
+                print(f"# native skipped: {exc}", file=sys.stderr)
         makers: dict[str, Callable[[contextlib.ExitStack, int], Setup]] = {
             "cni": setup_reference,
             "overlayd-cni": lambda st, n: setup_overlayd(st, n, [str(PLUGIN)], "overlayd-cni"),
             "launcher": lambda st, n: setup_overlayd(st, n, [str(launcher)], "launcher"),
+            "native": lambda st, n: setup_overlayd(st, n, [str(native)], "native"),
         }
-        chosen = {m: makers[m] for m in args.methods}
+        chosen = {m: makers[m] for m in args.methods if m != "native" or native is not None}
         for n in args.n:
             start = time.monotonic()
             results.extend(bench(n, chosen))

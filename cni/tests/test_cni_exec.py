@@ -21,9 +21,9 @@ from overlayd_cni.testing import Plugin
 
 
 @pytest.fixture
-def plugin(fake_daemon: Daemon) -> Plugin:
+def plugin(fake_daemon: Daemon, argv: list[str]) -> Plugin:
     fake_daemon.setup_global()
-    return Plugin(fake_daemon.socket, service="web")
+    return Plugin(fake_daemon.socket, service="web", argv=argv)
 
 
 @pytest.fixture
@@ -179,11 +179,11 @@ def test_gc_releases_what_is_not_valid_in_this_network_only(
     assert len(fake_daemon.leases()) == 2
 
 
-def test_status_up_without_overlay_and_down(workdir: Path) -> None:
+def test_status_up_without_overlay_and_down(workdir: Path, argv: list[str]) -> None:
     daemon = Daemon(workdir)
     daemon.start()
     try:
-        plugin = Plugin(daemon.socket)
+        plugin = Plugin(daemon.socket, argv=argv)
         _error(plugin.run("STATUS", ifname=""), 50, "no global overlay", "setup_global_overlay")
         daemon.setup_global()
         up = plugin.run("STATUS", ifname="")

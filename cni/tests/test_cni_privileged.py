@@ -110,8 +110,8 @@ def make_chain(daemon: BridgeDaemon) -> Iterator[Callable[[dict[str, Any]], Chai
             chain.delete(container, "", ifname)
 
 
-def _plugin(daemon: BridgeDaemon, **conf: Any) -> Plugin:
-    return Plugin(daemon.socket, name="ovl", service="web", **conf)
+def _plugin(daemon: BridgeDaemon, argv: list[str] | None = None, **conf: Any) -> Plugin:
+    return Plugin(daemon.socket, name="ovl", service="web", argv=argv, **conf)
 
 
 def _add(daemon: BridgeDaemon, plugin: Plugin, ns: Netns, cid: str) -> dict[str, Any]:
@@ -124,8 +124,13 @@ def _ip_of(res: dict[str, Any]) -> str:
     return str(ipaddress.ip_interface(res["ips"][-1]["address"]).ip)
 
 
-def test_add_ping_check_del_gc_status(daemon: BridgeDaemon) -> None:
-    plugin = _plugin(daemon)
+@pytest.mark.parametrize("kind", ["script", "launcher", "native"])
+def test_add_ping_check_del_gc_status(daemon: BridgeDaemon, argv: list[str]) -> None:
+    """The executable a runtime is given: the console script, the launcher of
+    ``overlayd-cni install`` or the front end of ``install --native`` (its
+    ADD, DEL, GC and STATUS answered by the daemon, CHECK and the daemon-down
+    cases by the Python plugin it runs then)."""
+    plugin = _plugin(daemon, argv)
     a, b, c = daemon.make_netns("ca"), daemon.make_netns("cb"), daemon.make_netns("cc")
     res_a, res_b = _add(daemon, plugin, a, "ctr-a"), _add(daemon, plugin, b, "ctr-b")
     ip_a, ip_b = _ip_of(res_a), _ip_of(res_b)
@@ -186,8 +191,11 @@ def test_add_ping_check_del_gc_status(daemon: BridgeDaemon) -> None:
     assert (out.rc, out.out) == (0, None) and "when it starts" in out.err
 
 
-def test_del_after_the_namespace_is_gone_frees_everything(daemon: BridgeDaemon) -> None:
-    plugin = _plugin(daemon)
+@pytest.mark.parametrize("kind", ["script", "native"])
+def test_del_after_the_namespace_is_gone_frees_everything(
+    daemon: BridgeDaemon, argv: list[str]
+) -> None:
+    plugin = _plugin(daemon, argv)
     ns = daemon.make_netns("gone")
     res = _add(daemon, plugin, ns, "ctr-gone")
     subprocess.run(["ip", "netns", "del", ns.name], check=True)

@@ -422,6 +422,31 @@ REQUESTS: list[tuple[str, p.Frame, str]] = [
         req(45, p.GcRequest(live=[CNI_DEL], network="ovl")),
         rq(45, f'{{"op":"gc","live":[{CNI_DEL_JSON}],"network":"ovl"}}'),
     ),
+    (
+        "cni_exec",
+        req(
+            46,
+            p.CniExecRequest(
+                command="ADD",
+                container_id="c1",
+                netns="/run/netns/c1",
+                ifname="eth0",
+                path="/opt/cni/bin",
+                stdin='{"cniVersion":"1.0.0","name":"ovl"}\n',
+            ),
+        ),
+        rq(
+            46,
+            '{"op":"cni_exec","command":"ADD","container_id":"c1","netns":"/run/netns/c1",'
+            '"ifname":"eth0","path":"/opt/cni/bin",'
+            '"stdin":"{\\"cniVersion\\":\\"1.0.0\\",\\"name\\":\\"ovl\\"}\\n"}',
+        ),
+    ),
+    (
+        "cni_exec-status",
+        req(47, p.CniExecRequest(command="STATUS", args="K=V;A=B", stdin="{}")),
+        rq(47, '{"op":"cni_exec","command":"STATUS","args":"K=V;A=B","stdin":"{}"}'),
+    ),
 ]
 
 PEER_JSON = (
@@ -724,6 +749,22 @@ RESPONSES: list[tuple[str, p.Frame, str]] = [
             15,
             '{"result":"leases","leases":[{"ip":"10.200.0.5","pool":"service:web",'
             '"owner":"linux_pid:4242","created_unix_secs":1700000000}]}',
+        ),
+    ),
+    (
+        "cni_result",
+        resp(48, p.CniResultResponse(exit_code=0, stdout='{"cniVersion":"1.0.0"}\n')),
+        rs(
+            48, '{"result":"cni_result","exit_code":0,"stdout":"{\\"cniVersion\\":\\"1.0.0\\"}\\n"}'
+        ),
+    ),
+    (
+        "cni_result-error",
+        resp(49, p.CniResultResponse(exit_code=1, stdout="{}\n", stderr="overlayd-cni: note\n")),
+        rs(
+            49,
+            '{"result":"cni_result","exit_code":1,"stdout":"{}\\n",'
+            '"stderr":"overlayd-cni: note\\n"}',
         ),
     ),
     (
@@ -1313,6 +1354,16 @@ REQUEST_STRATEGIES: dict[str, st.SearchStrategy[p.Request]] = {
         ),
     ),
     "cluster_status": st.builds(p.ClusterStatusRequest),
+    "cni_exec": st.builds(
+        p.CniExecRequest,
+        command=st.sampled_from(["ADD", "DEL", "GC", "STATUS", "VERSION"]) | text,
+        container_id=opt() | text,
+        netns=opt() | text,
+        ifname=opt() | text,
+        args=opt() | text,
+        path=opt() | text,
+        stdin=text,
+    ),
     **{
         op: st.builds(
             cls,

@@ -12,7 +12,9 @@ Modules: :mod:`~overlayd_cni.main` (the executable), :mod:`~overlayd_cni.invocat
 (environment and configuration), :mod:`~overlayd_cni.commands` (the six
 operations), :mod:`~overlayd_cni.result` (CNI results), :mod:`~overlayd_cni.probe`
 (what ``CHECK`` reads inside the namespace), :mod:`~overlayd_cni.launcher`
-(a faster executable for a runtime's plugin directory). See docs/cni.rst.
+(a faster executable for a runtime's plugin directory, and the compiled front
+end ``native/overlayd-cni.c``), :mod:`~overlayd_cni.inprocess` (the client when
+the daemon runs the plugin, op ``cni_exec``). See docs/cni.rst.
 
 Everything imported on the way to ``ADD`` uses the standard library only:
 a runtime pays the interpreter's start and this package's import for each

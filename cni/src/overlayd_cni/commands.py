@@ -60,7 +60,17 @@ def handle(inv: Invocation, *, with_path: bool = True) -> dict[str, Any]:
 
 
 def _client(inv: Invocation, attempts: int = CONNECT_ATTEMPTS) -> RawClient:
+    if inv.dispatch is not None:
+        # Run by the daemon itself (cni_exec): requests go to it in-process.
+        from overlayd_cni.inprocess import InProcessClient
+
+        return InProcessClient(inv.dispatch, timeout=inv.timeout)
     return RawClient(inv.socket, timeout=inv.timeout, connect_attempts=attempts)
+
+
+def _note(inv: Invocation, text: str) -> None:
+    """A note for people: standard error (or what the daemon answers as such)."""
+    print(text, file=inv.notes if inv.notes is not None else sys.stderr)
 
 
 def _daemon(inv: Invocation, what: str, call: Callable[[], _T]) -> _T:
@@ -140,11 +150,11 @@ def delete(inv: Invocation) -> None:
         with _client(inv) as client:
             client.call(request, expect=("ok",))
     except ConnectError as exc:
-        print(
+        _note(
+            inv,
             f"overlayd-cni: DEL of {inv.container_id}/{inv.ifname} in {inv.name}: {exc}; "
             "the daemon releases the attachment when it starts if the namespace is gone "
             "(and GC removes it otherwise)",
-            file=sys.stderr,
         )
         return
     except (ConnectionLost, RequestTimeout) as exc:
@@ -234,10 +244,10 @@ def gc(inv: Invocation) -> None:
     report = _ask(inv, "the GC", request, "gc_report")
     released = report.get("released") or []
     if released:
-        print(
+        _note(
+            inv,
             f"overlayd-cni: GC of {inv.name} released {len(released)} attachment(s), "
             f"kept {report.get('kept')}",
-            file=sys.stderr,
         )
 
 

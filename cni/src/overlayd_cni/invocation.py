@@ -47,7 +47,12 @@ from overlayd_cni.errors import CniError
 # ``typing`` is not imported at run time: a CNI plugin pays for every import.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import IO
     from typing import Any
+
+    #: Runs one request (wire object, timeout) and returns the response's wire object.
+    Dispatch = Callable[[dict[str, Any], float | None], dict[str, Any]]
 
 
 #: Operations, and the environment variables each one needs.
@@ -82,6 +87,11 @@ class Invocation:
     prev_result: dict[str, Any] | None
     valid_attachments: list[tuple[str, str]]
     config: dict[str, Any]
+    #: Where notes for people go (``None``: this process's standard error).
+    notes: IO[str] | None
+    #: Set when the daemon runs the plugin (``cni_exec``): requests go to it
+    #: in-process instead of over ``socket``.
+    dispatch: Dispatch | None
 
     def __init__(self, command: str, cni_version: str) -> None:
         self.command = command
@@ -95,6 +105,8 @@ class Invocation:
         self.prev_result = None
         self.valid_attachments = []
         self.config = {}
+        self.notes = None
+        self.dispatch = None
 
 
 def command_of(env: dict[str, str]) -> str:
@@ -161,7 +173,11 @@ def parse(command: str, env: dict[str, str], config: dict[str, Any]) -> Invocati
     if "defaultRoute" in config:
         inv.default_route = _boolean(config, "defaultRoute", True)
     timeout = config.get("timeout", 30)
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not 0 < timeout < float("inf")  # also NaN, which json reads
+    ):
         raise CniError(
             INVALID_CONFIG, "invalid 'timeout'", f"'timeout' is {timeout!r}; give seconds > 0"
         )

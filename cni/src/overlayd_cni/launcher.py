@@ -10,7 +10,17 @@ two directories that hold ``overlayd_cni`` and ``overlayd`` on ``sys.path``
 itself. It is plain text: read it before you trust it. Write it again after
 moving or upgrading the Python environment.
 
-``bench/cni/run.py`` measures both.
+``overlayd-cni install --native DIR`` goes further: the interpreter's start
+alone costs more than the reference plugins. It compiles the small C front end
+shipped in the package (``native/overlayd-cni.c``) with the system's C
+compiler into ``DIR/overlayd-cni`` and writes the launcher above as
+``DIR/overlayd-cni-py``, whose path is compiled into the front end. The front
+end forwards each invocation to the daemon (the ``cni_exec`` op), which runs
+this package's logic itself, and execs ``overlayd-cni-py`` whenever the daemon
+cannot answer (it is down, it has no overlayd-cni installed, ``CHECK``...), so
+the behaviour is the Python plugin's in every case.
+
+``bench/cni/run.py`` measures all three.
 """
 
 from __future__ import annotations
@@ -18,6 +28,8 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -59,20 +71,98 @@ def render(python: str | None = None) -> str:
     )
 
 
-def install(directory: Path, name: str = "overlayd-cni", python: str | None = None) -> Path:
-    """Write the launcher as ``directory/name`` (mode 0755, replaced atomically)."""
+#: The C front end's source, shipped in the package.
+NATIVE_SOURCE = Path(__file__).resolve().parent / "native" / "overlayd-cni.c"
+
+
+class InstallError(Exception):
+    """``install`` cannot write the executable (no C compiler, the build failed)."""
+
+
+def install(
+    directory: Path,
+    name: str = "overlayd-cni",
+    python: str | None = None,
+    *,
+    native: bool = False,
+    cc: str | None = None,
+) -> Path:
+    """Write the launcher as ``directory/name`` (mode 0755, replaced atomically).
+
+    With ``native``, ``directory/name`` is the compiled front end and the
+    launcher is written beside it as ``directory/name-py`` (its fallback).
+    """
     directory.mkdir(parents=True, exist_ok=True)
+    if native:
+        fallback = _write(directory, f"{name}-py", render(python))
+        return build_native(directory / name, fallback, cc)
+    return _write(directory, name, render(python))
+
+
+def _write(directory: Path, name: str, text: str) -> Path:
     target = directory / name
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(render(python))
+            f.write(text)
         # An executable for the runtime (root) to run; readable, as plugins are.
         os.chmod(tmp, 0o755)  # noqa: S103
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return target
+
+
+def find_compiler(cc: str | None = None) -> str:
+    """The C compiler: ``cc``, else ``$CC``, else the first of cc, gcc, clang on PATH."""
+    if cc:
+        found = shutil.which(cc)
+        if found is None:
+            raise InstallError(f"the C compiler {cc!r} was not found")
+        return found
+    for candidate in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if candidate and (found := shutil.which(candidate)):
+            return found
+    raise InstallError(
+        "--native needs a C compiler and none was found (cc, gcc or clang on PATH, or "
+        "$CC); install one (Debian: apt-get install gcc) or install without --native"
+    )
+
+
+def _c_string(text: str) -> str:
+    """``text`` as a C string literal (for ``-D``; no shell involved)."""
+    if any(ord(c) < 0x20 for c in text):
+        raise InstallError(f"cannot compile the path {text!r} into the front end")
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def build_native(target: Path, fallback: Path, cc: str | None = None) -> Path:
+    """Compile the C front end into ``target`` (atomically), execing ``fallback``."""
+    from overlayd.rawclient import DEFAULT_SOCKET
+
+    compiler = find_compiler(cc)
+    tmp = target.with_name(f".{target.name}.build")
+    argv = [
+        compiler,
+        "-O2",
+        f"-DOVERLAYD_CNI_FALLBACK={_c_string(str(fallback.resolve()))}",
+        f"-DOVERLAYD_DEFAULT_SOCKET={_c_string(DEFAULT_SOCKET)}",
+        "-o",
+        str(tmp),
+        str(NATIVE_SOURCE),
+    ]
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False)  # noqa: S603
+        if proc.returncode != 0:
+            raise InstallError(
+                f"compiling {NATIVE_SOURCE} with {compiler} failed "
+                f"(exit {proc.returncode}):\n{proc.stderr.strip()}"
+            )
+        os.chmod(tmp, 0o755)  # noqa: S103
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
     return target
 
 
@@ -89,6 +179,12 @@ def cli(argv: list[str]) -> int:
     add.add_argument("directory", type=Path, help="e.g. /opt/cni/bin")
     add.add_argument("--name", default="overlayd-cni", help="file name (the config's 'type')")
     add.add_argument("--python", help="interpreter for the launcher (default: this one)")
+    add.add_argument(
+        "--native",
+        action="store_true",
+        help="compile the C front end (needs a C compiler); the launcher becomes NAME-py",
+    )
+    add.add_argument("--cc", help="C compiler for --native (default: $CC, cc, gcc, clang)")
     args = parser.parse_args(argv)
     if args.command != "install":
         parser.print_help(sys.stderr)
@@ -97,6 +193,12 @@ def cli(argv: list[str]) -> int:
             file=sys.stderr,
         )
         return 2
-    target = install(args.directory, args.name, args.python)
+    try:
+        target = install(args.directory, args.name, args.python, native=args.native, cc=args.cc)
+    except InstallError as exc:
+        print(f"overlayd-cni install: {exc}", file=sys.stderr)
+        return 1
     print(f"wrote {target}")
+    if args.native:
+        print(f"wrote {target.with_name(target.name + '-py')} (its fallback)")
     return 0

@@ -12,6 +12,7 @@ Without ``CNI_COMMAND`` it is a small tool: ``overlayd-cni --version``, and
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sys
@@ -31,12 +32,26 @@ if TYPE_CHECKING:
     from typing import IO
     from typing import Any
 
+    from overlayd_cni.invocation import Dispatch
+
 
 _LATEST = SUPPORTED_VERSIONS[-1]
 
 
-def run(env: dict[str, str], stdin: IO[bytes], stdout: IO[str]) -> int:
-    """Run one CNI invocation; returns the exit status."""
+def run(
+    env: dict[str, str],
+    stdin: IO[bytes],
+    stdout: IO[str],
+    *,
+    notes: IO[str] | None = None,
+    dispatch: Dispatch | None = None,
+) -> int:
+    """Run one CNI invocation; returns the exit status.
+
+    ``notes`` receives the notes for people (default: standard error);
+    ``dispatch``, when the daemon runs the plugin, carries its requests (see
+    :mod:`overlayd_cni.inprocess`).
+    """
     version = _LATEST
     try:
         command = command_of(env)
@@ -51,6 +66,8 @@ def run(env: dict[str, str], stdin: IO[bytes], stdout: IO[str]) -> int:
         if isinstance(config.get("cniVersion"), str):
             version = config["cniVersion"]
         inv = parse(command, env, config)
+        inv.notes = notes
+        inv.dispatch = dispatch
         if command == "ADD":
             _emit(stdout, commands.add(inv))
         elif command == "DEL":
@@ -73,6 +90,21 @@ def run(env: dict[str, str], stdin: IO[bytes], stdout: IO[str]) -> int:
         )
         _emit(stdout, error.to_json(version))
         return 1
+
+
+def execute(
+    env: dict[str, str], stdin: bytes, dispatch: Dispatch | None = None
+) -> tuple[int, str, str]:
+    """One invocation without the process's own streams: ``(exit status, stdout, notes)``.
+
+    ``env`` holds ``CNI_COMMAND`` and the other ``CNI_*`` variables, ``stdin``
+    the network configuration. The daemon's ``cni_exec`` op calls this (in a
+    worker thread, with ``dispatch``); the result is what :func:`main` would
+    print on standard output and standard error, and its exit status.
+    """
+    out, notes = io.StringIO(), io.StringIO()
+    code = run(env, io.BytesIO(stdin), out, notes=notes, dispatch=dispatch)
+    return code, out.getvalue(), notes.getvalue()
 
 
 def _version(raw: bytes) -> dict[str, Any]:

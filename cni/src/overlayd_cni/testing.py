@@ -30,6 +30,7 @@ __all__ = [
     "Outcome",
     "Plugin",
     "execute",
+    "native_plugin",
     "plugin_argv",
     "reference_plugin",
 ]
@@ -52,6 +53,13 @@ def reference_plugin(name: str) -> str | None:
 def plugin_argv() -> list[str]:
     """How to exec overlayd-cni: the console script, else ``python -m overlayd_cni``."""
     return [str(PLUGIN)] if PLUGIN.exists() else [sys.executable, "-m", "overlayd_cni"]
+
+
+def native_plugin(directory: Path) -> list[str]:
+    """Build the C front end into ``directory`` (``install --native``); how to exec it."""
+    from overlayd_cni.launcher import install
+
+    return [str(install(directory, native=True))]
 
 
 @dataclass
@@ -101,9 +109,16 @@ def execute(
 
 
 class Plugin:
-    """Runs ``overlayd-cni`` with a clean environment, as a container runtime does."""
+    """Runs ``overlayd-cni`` with a clean environment, as a container runtime does.
 
-    def __init__(self, socket: str, name: str = "ovl", **conf: Any) -> None:
+    ``argv`` is the executable (default :func:`plugin_argv`, the console script),
+    e.g. a launcher or the compiled front end (:func:`native_plugin`).
+    """
+
+    def __init__(
+        self, socket: str, name: str = "ovl", *, argv: list[str] | None = None, **conf: Any
+    ) -> None:
+        self.argv = argv
         self.conf: dict[str, Any] = {
             "cniVersion": "1.1.0",
             "name": name,
@@ -126,7 +141,7 @@ class Plugin:
     ) -> Outcome:
         data = stdin if stdin is not None else json.dumps(conf or self.conf).encode()
         return execute(
-            plugin_argv(),
+            self.argv or plugin_argv(),
             command,
             data,
             container=container,

@@ -94,6 +94,8 @@ __all__ = [
     "ClusterStats",
     "ClusterStatusRequest",
     "ClusterStatusResponse",
+    "CniExecRequest",
+    "CniResultResponse",
     "DedicatedServiceStatus",
     "DetachContainerRequest",
     "DetachedEvent",
@@ -851,6 +853,31 @@ class ClusterStatusRequest(Request):
     op: Literal["cluster_status"] = "cluster_status"
 
 
+class CniExecRequest(Request):
+    """Run one CNI plugin invocation inside the daemon; answered with ``cni_result``.
+
+    For the compiled ``overlayd-cni`` front end (cni/src/overlayd_cni/native/):
+    ``command`` is ``CNI_COMMAND``; ``container_id``, ``netns``, ``ifname``,
+    ``args`` and ``path`` are ``CNI_CONTAINERID``, ``CNI_NETNS``, ``CNI_IFNAME``,
+    ``CNI_ARGS`` and ``CNI_PATH`` (absent when the runtime did not set them);
+    ``stdin`` is the network configuration as the runtime wrote it. The daemon
+    runs the plugin's own logic (the overlayd-cni distribution must be
+    installed beside it) and answers what the plugin would have printed and
+    its exit status. ``CHECK`` is answered ``err`` (it reads the container's
+    namespace from inside, which the plugin process does for itself): the
+    front end runs the Python plugin for it, as for every ``err``.
+    """
+
+    op: Literal["cni_exec"] = "cni_exec"
+    command: StrictStr
+    container_id: StrictStr | None = None
+    netns: StrictStr | None = None
+    ifname: StrictStr | None = None
+    args: StrictStr | None = None
+    path: StrictStr | None = None
+    stdin: StrictStr
+
+
 AnyRequest: TypeAlias = (
     SetLocalNodeIdRequest
     | SetLocalWgPubkeyRequest
@@ -882,6 +909,7 @@ AnyRequest: TypeAlias = (
     | NatPeerCandidatesRequest
     | ClusterStatusRequest
     | AttachInterfaceRequest
+    | CniExecRequest
 )
 
 # ---------------------------------------------------------------------------
@@ -1034,6 +1062,15 @@ class ClusterStatusResponse(Response):
     last_error: StrictStr | None = None
 
 
+class CniResultResponse(Response):
+    """What the CNI plugin would have done: its exit status, standard output and error."""
+
+    result: Literal["cni_result"] = "cni_result"
+    exit_code: Annotated[StrictInt, Field(ge=0, le=255)]
+    stdout: StrictStr
+    stderr: StrictStr | None = None
+
+
 AnyResponse: TypeAlias = (
     OkResponse
     | IpResponse
@@ -1050,6 +1087,7 @@ AnyResponse: TypeAlias = (
     | ReconcileReportResponse
     | ClusterStatusResponse
     | AttachmentResponse
+    | CniResultResponse
 )
 
 # ---------------------------------------------------------------------------
@@ -1197,6 +1235,7 @@ _EXTENSION_REQUESTS: Final = _requests(
     NatPeerCandidatesRequest,
     ClusterStatusRequest,
     AttachInterfaceRequest,
+    CniExecRequest,
 )
 #: The 19 ops of ZLayer's contract, in the order of docs/reference/zlayer.rst §3.
 ZLAYER_OPS: Final[tuple[str, ...]] = tuple(_ZLAYER_REQUESTS)
@@ -1226,6 +1265,7 @@ RESPONSE_TYPES: Final[Mapping[str, type[Response]]] = {
         ReconcileReportResponse,
         ClusterStatusResponse,
         AttachmentResponse,
+        CniResultResponse,
     )
 }
 EVENT_TYPES: Final[Mapping[str, type[Event]]] = {
@@ -1252,6 +1292,7 @@ EXPECTED_RESULTS: Final[Mapping[str, tuple[str, ...]]] = {
     "reconcile": ("reconcile_report",),
     "cluster_status": ("cluster_status",),
     "attach_interface": ("attachment",),
+    "cni_exec": ("cni_result",),
 }
 
 # ---------------------------------------------------------------------------
