@@ -33,6 +33,15 @@ out = subprocess.run([plugin], input=b'{"cniVersion":"1.0.0"}', capture_output=T
                      env={"CNI_COMMAND": "VERSION"}, check=True).stdout
 assert json.loads(out)["supportedVersions"] == ["1.0.0", "1.1.0"], out
 print(f"console script overlayd-cni: VERSION {out.decode().strip()}")
+import shutil, tempfile
+if shutil.which("cc") or shutil.which("gcc"):
+    # the C front end's source ships in the wheel and builds from there
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([plugin, "install", "--native", tmp], check=True, capture_output=True)
+        out = subprocess.run([os.path.join(tmp, "overlayd-cni")], input=b"{}",
+                             capture_output=True, env={"CNI_COMMAND": "VERSION"}).stdout
+        assert json.loads(out)["supportedVersions"] == ["1.0.0", "1.1.0"], out
+        print("overlayd-cni install --native: builds and answers VERSION")
 """
 
 
