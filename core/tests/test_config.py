@@ -226,7 +226,7 @@ def test_event_loop_from_the_file_and_the_flag(tmp_path: Path) -> None:
     assert serve_config(parser.parse_args(["serve", "--config", str(path)])).event_loop == "uvloop"
     args = parser.parse_args(["serve", "--config", str(path), "--event-loop", "asyncio"])
     assert serve_config(args).event_loop == "asyncio"
-    assert load_config(None).event_loop == "asyncio"  # the default
+    assert load_config(None, drivers=["fake"]).event_loop == "asyncio"  # the default
     with pytest.raises(ConfigError, match="event_loop"):
         load_config(_write(tmp_path, 'event_loop = "trio"\n'))
 

@@ -147,6 +147,8 @@ def test_call_drives_every_op(sock: Path) -> None:
             "ok",
         ),
         ({"op": "remove_peer", "pubkey": peer}, "ok"),
+        # the CNI plugin run by the daemon (overlayd-cni is installed beside it)
+        ({"op": "cni_exec", "command": "VERSION", "stdin": '{"cniVersion":"1.0.0"}'}, "cni_result"),
         ({"op": "detach_container", "handle": {"platform": "linux_pid", "pid": 77}}, "ok"),
         ({"op": "teardown_service_overlay", "service": "web"}, "ok"),
         ({"op": "teardown_global_overlay"}, "ok"),
@@ -164,6 +166,9 @@ def test_call_drives_every_op(sock: Path) -> None:
     assert answers["status"]["peers"][0]["endpoint"] == "10.9.0.3:51820"
     assert answers["list_leases"]["leases"][0]["pool"] == "service:web"
     assert answers["gc"] == {"result": "gc_report", "released": [], "kept": 1}
+    version = answers["cni_exec"]
+    assert version["exit_code"] == 0
+    assert json.loads(version["stdout"])["supportedVersions"] == ["1.0.0", "1.1.0"]
     # cluster_status: this daemon has no [cluster] table, so the op is an error
     # (tests/e2e/test_cluster_daemon.py drives it in cluster mode)
     out = ctl(sock, "call", '{"op":"cluster_status"}')
