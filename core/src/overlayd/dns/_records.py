@@ -233,6 +233,41 @@ class RecordStore:
             self._apply(self.tables, key, remaining)
             self.serial += 1
 
+    def update(
+        self,
+        removed: Iterable[tuple[str, AddressLike]],
+        added: Iterable[tuple[str, AddressLike]],
+    ) -> None:
+        """Remove, then add, many ``(name, address)`` pairs; each name is rebuilt once.
+
+        The same as :meth:`remove_record` for each removed pair then
+        :meth:`add_record` for each added one, but a name holding thousands
+        of addresses (a service's name, one address per workload) is not
+        rebuilt once per address: loading 10,000 of them at start was
+        quadratic (``docs/design-notes.rst``, "Footprint of a large node").
+        """
+        gone = [(self.key(n), self._addresses([ip])[0]) for n, ip in removed]
+        new = [(self.key(n), self._addresses([ip])[0]) for n, ip in added]
+        with self._lock:
+            names = self.tables.names
+            staged: dict[bytes, dict[Address, None]] = {}
+            for key, _addr in [*gone, *new]:
+                if key not in staged:
+                    entry = names.get(key)
+                    staged[key] = dict.fromkeys(entry.addresses() if entry else ())
+            for key, addr in gone:
+                staged[key].pop(addr, None)
+            for key, addr in new:
+                staged[key][addr] = None
+            changed = False
+            for key, addrs in staged.items():
+                entry = names.get(key)
+                if list(addrs) != (entry.addresses() if entry else []):
+                    self._apply(self.tables, key, list(addrs))
+                    changed = True
+            if changed:
+                self.serial += 1
+
     def replace_all(self, mapping: Mapping[str, Iterable[AddressLike]]) -> None:
         """Replace every record with ``mapping`` (name → addresses) at once."""
         staged = [(self.key(n), self._addresses(ips)) for n, ips in mapping.items()]
