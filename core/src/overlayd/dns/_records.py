@@ -16,6 +16,7 @@ operations are atomic in CPython.
 from __future__ import annotations
 
 import ipaddress
+import re
 import struct
 import threading
 from collections.abc import Iterable
@@ -40,6 +41,8 @@ _CLASS_IN: Final = 1
 _V4_ARPA: Final = b"\x07in-addr\x04arpa\x00"
 _V6_ARPA: Final = b"\x03ip6\x04arpa\x00"
 _HEX: Final = b"0123456789abcdef"
+#: A relative name of plain labels (no escapes, no trailing dot): its key needs no parser.
+_PLAIN_RELATIVE: Final = re.compile(r"[A-Za-z0-9_-]{1,63}(?:\.[A-Za-z0-9_-]{1,63})*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +153,15 @@ class RecordStore:
         text = name.strip()
         if text in ("", "@"):
             return b""
+        if _PLAIN_RELATIVE.fullmatch(text):
+            # What dns.name.from_text gives for such a name, ~10x faster (a
+            # restart hands every stored name over at once).
+            key = b"".join(bytes((len(lb),)) + lb for lb in text.lower().encode().split(b"."))
+            if len(key) + len(self.zone.wire) > 255:
+                raise InvalidRequest(
+                    f"DNS name {name!r} is too long in zone {self.zone.name} (255 bytes at most)."
+                )
+            return key
         try:
             parsed = dns.name.from_text(text, origin=None)
         except dns.exception.DNSException as exc:
