@@ -197,6 +197,33 @@ async def test_removed_records_turn_into_nxdomain(server: DnsServer) -> None:
     assert (await ask(port_of(server), rev, "PTR")).rcode() == dns.rcode.REFUSED
 
 
+async def test_update_records_is_removes_then_adds_one_by_one(server: DnsServer) -> None:
+    server.set_records("web", ["10.1.0.2", "10.1.0.3"])
+    server.update_records(
+        [("web", "10.1.0.2"), ("gone", "10.1.0.9"), ("c-1.svc", "10.1.0.7")],
+        [
+            *(("web", f"10.1.1.{i}") for i in range(1, 200)),
+            ("c-1.svc", "10.1.0.7"),
+            ("web", "10.1.0.3"),
+        ],
+    )
+    port = port_of(server)
+    # (200 addresses do not fit a UDP answer: read the store)
+    web = [str(ip) for ip in server.get_records("web")]
+    assert sorted(web, key=ipaddress.ip_address) == [
+        "10.1.0.3",
+        *(f"10.1.1.{i}" for i in range(1, 200)),
+    ]
+    assert server.get_records("web")[0] == ipaddress.ip_address("10.1.0.3")  # kept its place
+    assert addresses(await ask(port, "c-1.svc.overlay.local.")) == ["10.1.0.7"]
+    rev = dns.reversename.from_address("10.1.1.5").to_text()
+    assert (await ask(port, rev, "PTR")).answer
+    server.update_records(
+        [("web", "10.1.0.3"), *(("web", f"10.1.1.{i}") for i in range(1, 200))], []
+    )
+    assert (await ask(port, "web.overlay.local.")).rcode() == dns.rcode.NXDOMAIN
+
+
 async def test_replace_all_swaps_every_record(server: DnsServer) -> None:
     server.set_records("old", ["10.1.0.1"])
     server.replace_all({"a": ["10.1.0.2"], "b.overlay.local.": ["10.1.0.3"]})

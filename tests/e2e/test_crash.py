@@ -14,7 +14,6 @@ data directory, and then:
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -31,6 +30,7 @@ import pytest
 
 from overlayd.client import Client
 from overlayd.client import RemoteError
+from overlayd_fake.driver import FakeDriver
 
 pytestmark = pytest.mark.slow
 
@@ -158,7 +158,7 @@ def verify(tmp: Path, outcomes: list[Outcome]) -> None:
     assert owners == {f"handle:linux_pid:{pid}" for pid in attachments}
     assert {a.ip for a in attachments.values()} == set(ips)
     # the fake host matches the store exactly
-    host = json.loads((tmp / "fakehost.json").read_text())
+    host = FakeDriver(state_file=tmp / "fakehost.json").host.to_json()
     assert set(host["attachments"]) == {f"linux_pid:{pid}" for pid in attachments}
     assert set(host["peers"][status.interface]) == peers
 

@@ -8,7 +8,6 @@ full disk, only the daemon's store is.
 from __future__ import annotations
 
 import errno
-import json
 import shutil
 import subprocess
 import tempfile
@@ -23,6 +22,7 @@ from overlayd.testing.daemon import raw_connect
 from overlayd.testing.daemon import recv_frame
 from overlayd.testing.daemon import send_request
 from overlayd.testing.daemon import start_daemon
+from overlayd_fake.driver import FakeDriver
 
 pytestmark = [pytest.mark.privileged]
 
@@ -63,7 +63,8 @@ def _fill(directory: Path) -> Path:
 
 
 def _host_attachments(root: Path) -> set[str]:
-    return set(json.loads((root / "fake-host.json").read_text())["attachments"])
+    # The state file and its journal, read as the driver reads them at start.
+    return set(FakeDriver(state_file=root / "fake-host.json").host.attachments)
 
 
 def test_a_detach_on_a_full_disk_leaves_old_state_or_new(root: Path) -> None:

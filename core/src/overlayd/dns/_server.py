@@ -358,6 +358,14 @@ class DnsServer:
         """Remove ``ip`` from ``name``, or the whole name when ``ip`` is None."""
         self._store.remove_record(name, ip)
 
+    def update_records(
+        self,
+        removed: Iterable[tuple[str, AddressLike]],
+        added: Iterable[tuple[str, AddressLike]],
+    ) -> None:
+        """Remove, then add, many ``(name, address)`` pairs (each name rebuilt once)."""
+        self._store.update(removed, added)
+
     def replace_all(self, mapping: Mapping[str, Iterable[AddressLike]]) -> None:
         """Replace every record at once with ``mapping`` (name → addresses)."""
         self._store.replace_all(mapping)

@@ -74,10 +74,9 @@ class DnsPlugin:
     def overlayd_dns_records_changed(
         self, added: Sequence[DnsRecord], removed: Sequence[DnsRecord]
     ) -> None:
-        for rec in removed:
-            self.server.remove_record(rec.name, rec.ip)
-        for rec in added:
-            self.server.add_record(rec.name, rec.ip)
+        self.server.update_records(
+            [(rec.name, rec.ip) for rec in removed], [(rec.name, rec.ip) for rec in added]
+        )
 
     @hookimpl
     def overlayd_dns_serve(self, zone: str, addresses: Sequence[str]) -> None:

@@ -10,7 +10,10 @@ not grow), and faults can be injected (``fail_next``, ``fail_when``,
 ``latency``) to test the engine's rollback and concurrency without privileges.
 
 With ``[drivers.fake] state_file = "..."`` the fake host survives a daemon
-restart (written atomically after each change), as real host objects do.
+restart, as real host objects do: each change is appended (and fsynced) to a
+journal beside it, ``<state_file>.journal``, which is folded into the state
+file (written atomically) once it outgrows it, so a change costs its own size
+rather than the whole host's (a host of 10,000 attachments is a few MB).
 ``underlay_address`` is the fake host's underlay address (default
 ``192.0.2.1``, a documentation address): guests are told to reach the node at
 ``<underlay_address>:<listen port>``, as the wireguard driver tells them.
@@ -19,6 +22,7 @@ restart (written atomically after each change), as real host objects do.
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import ipaddress
 import json
@@ -119,6 +123,20 @@ class FakeHost:
             "port_mappings": {k: v.model_dump(mode="json") for k, v in self.port_mappings.items()},
         }
 
+    def flat(self) -> dict[tuple[str, Any], Any]:
+        """Every object under ``(table, key)`` (the models are frozen: compare by identity)."""
+        out: dict[tuple[str, Any], Any] = {}
+        for table in _TABLES:
+            for key, value in getattr(self, table).items():
+                out[(table, key)] = value
+        for device, peers in self.peers.items():
+            out[("peer_devices", device)] = _PRESENT
+            for key, peer in peers.items():
+                out[("peers", (device, key))] = peer
+        for key in self.dead:
+            out[("dead", key)] = _PRESENT
+        return out
+
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> FakeHost:
         return cls(
@@ -138,6 +156,61 @@ class FakeHost:
                 k: PortMapping.model_validate(v) for k, v in data.get("port_mappings", {}).items()
             },
         )
+
+
+#: The tables of :class:`FakeHost` that map a key to a model.
+_TABLES: Final = ("devices", "attachments", "masquerades", "port_mappings")
+#: The value of a ``dead`` key, and of a device in ``peers`` (which may have none).
+_PRESENT: Final = True
+#: The journal is folded into the state file once larger than this and than the file.
+_JOURNAL_MIN: Final = 1 << 20
+
+
+def _journal_path(state_file: Path) -> Path:
+    return state_file.with_name(state_file.name + ".journal")
+
+
+def _dump(value: Any) -> Any:
+    return value if value is _PRESENT else value.model_dump(mode="json")
+
+
+def _json_key(key: Any) -> Any:
+    return list(key) if isinstance(key, tuple) else key
+
+
+def _key_of(key: Any) -> Any:
+    return tuple(key) if isinstance(key, list) else key
+
+
+def _flatten_json(data: dict[str, Any]) -> dict[tuple[str, Any], Any]:
+    """``FakeHost.to_json`` output keyed like :meth:`FakeHost.flat`, values as JSON."""
+    out: dict[tuple[str, Any], Any] = {}
+    for table in _TABLES:
+        for key, value in data.get(table, {}).items():
+            out[(table, key)] = value
+    for device, peers in data.get("peers", {}).items():
+        out[("peer_devices", device)] = _PRESENT
+        for key, peer in peers.items():
+            out[("peers", (device, key))] = peer
+    for key in data.get("dead", []):
+        out[("dead", key)] = _PRESENT
+    return out
+
+
+def _unflatten_json(flat: dict[tuple[str, Any], Any]) -> dict[str, Any]:
+    data: dict[str, Any] = {table: {} for table in _TABLES}
+    data["peers"] = {}
+    data["dead"] = []
+    for (table, key), value in flat.items():
+        if table == "peer_devices":
+            data["peers"].setdefault(key, {})
+        elif table == "peers":
+            data["peers"].setdefault(key[0], {})[key[1]] = value
+        elif table == "dead":
+            data["dead"].append(key)
+        else:
+            data[table][key] = value
+    return data
 
 
 def _ifname_ok(name: str) -> None:
@@ -176,6 +249,10 @@ class FakeDriver:
         self.started = False
         self.emit: Callable[[Any], None] | None = None
         self.underlay_address = UNDERLAY_ADDRESS
+        #: What the state file and its journal hold (``FakeHost.flat``).
+        self._saved: dict[tuple[str, Any], Any] = {}
+        self._journal_bytes = 0
+        self._snapshot_bytes = 0
         if self._state_file is not None:
             self._load()
 
@@ -250,31 +327,102 @@ class FakeDriver:
 
     def _load(self) -> None:
         assert self._state_file is not None
+        journal = _journal_path(self._state_file)
         try:
-            data = json.loads(self._state_file.read_text())
+            text = self._state_file.read_text()
+            data = json.loads(text)
+            self._snapshot_bytes = len(text)
         except FileNotFoundError:
-            return
+            data = {}
         except (OSError, ValueError) as exc:
             raise ConfigError(
                 f"fake driver state file {self._state_file} is unreadable: {exc}"
             ) from exc
-        self.host = FakeHost.from_json(data)
+        try:
+            lines = journal.read_text().splitlines()
+        except FileNotFoundError:
+            lines = []
+        except OSError as exc:
+            raise ConfigError(f"fake driver journal {journal} is unreadable: {exc}") from exc
+        if not data and not lines:
+            return
+        flat = _flatten_json(data)
+        for number, line in enumerate(lines):
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                if number == len(lines) - 1:
+                    # A crash while appending (the change was never acknowledged):
+                    # cut the torn line so the next change does not follow it.
+                    lines.pop()
+                    with open(journal, "r+", encoding="utf-8") as fh:
+                        fh.truncate(sum(len(kept) + 1 for kept in lines))
+                    break
+                raise ConfigError(f"fake driver journal {journal} is corrupt") from None
+            for table, key in entry.get("del", []):
+                flat.pop((table, _key_of(key)), None)
+            for table, key, value in entry.get("set", []):
+                flat[(table, _key_of(key))] = value
+        self.host = FakeHost.from_json(_unflatten_json(flat))
+        self._saved = self.host.flat()
+        self._journal_bytes = sum(len(line) + 1 for line in lines)
 
     def _save(self) -> None:
+        """Journal what changed since the last save (``host.flat()`` compared by identity)."""
         if self._state_file is None:
             return
         path = self._state_file
+        current = self.host.flat()
+        saved = self._saved
+        sets = [
+            [table, _json_key(key), _dump(value)]
+            for (table, key), value in current.items()
+            if saved.get((table, key)) is not value
+        ]
+        dels = [[table, _json_key(key)] for (table, key) in saved.keys() - current.keys()]
+        if not sets and not dels:
+            return
         path.parent.mkdir(parents=True, exist_ok=True)
+        line = json.dumps({"set": sets, "del": dels}, separators=(",", ":")) + "\n"
+        if self._journal_bytes + len(line) > max(_JOURNAL_MIN, self._snapshot_bytes):
+            self._compact(path)
+        else:
+            with open(_journal_path(path), "a", encoding="utf-8") as fh:
+                try:
+                    fh.write(line)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                except BaseException:
+                    # A full disk: drop the torn line, so later lines follow whole ones.
+                    with contextlib.suppress(OSError):
+                        fh.truncate(self._journal_bytes)
+                    raise
+            self._journal_bytes += len(line)
+        self._saved = current
+
+    def _compact(self, path: Path) -> None:
+        """Write the whole host to the state file, atomically, and empty the journal.
+
+        A crash between the two leaves a journal whose entries, replayed over
+        the new state file, end in the same state (each sets or deletes a whole
+        object, in order).
+        """
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".fake-", suffix=".tmp")
         try:
             with os.fdopen(fd, "w") as fh:
-                json.dump(self.host.to_json(), fh)
+                text = json.dumps(self.host.to_json())
+                fh.write(text)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        with open(_journal_path(path), "w", encoding="utf-8") as fh:
+            fh.flush()
+            os.fsync(fh.fileno())
+        self._snapshot_bytes = len(text)
+        self._journal_bytes = 0
 
     # -- lifecycle ----------------------------------------------------------
 
