@@ -776,6 +776,21 @@ async def test_status_never_waits_behind_a_slow_attach(
         await slow
 
 
+async def test_status_is_the_same_object_until_something_changes(engine: Engine) -> None:
+    await setup_global(engine)
+    first = await engine.status()
+    assert await engine.status() is first  # a poller's answer is built once
+    await engine.setup_service_overlay("a", "shared")
+    second = await engine.status()
+    assert second is not first and second.service_count == first.service_count + 1
+    assert await engine.status() is second
+    await engine.add_peer(KEY1, "10.99.0.2:51820", "10.200.16.0/20", 25)
+    third = await engine.status()
+    assert third is not second and third.peer_count == second.peer_count + 1
+    await engine.teardown_service_overlay("a")
+    assert (await engine.status()).service_count == first.service_count
+
+
 async def test_same_handle_concurrent_attach_allocates_once(
     engine: Engine, fake: FakeDriver
 ) -> None:

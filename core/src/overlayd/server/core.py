@@ -50,6 +50,12 @@ from overlayd.server.handlers import HANDLERS
 
 __all__ = ["Server"]
 
+#: Ops answered on the connection's own task when nothing else is in flight
+#: there: they take no lock and do not wait for a driver (``status`` reads the
+#: device at most once a second, from a worker thread), so a pipelined request
+#: behind one waits at most that long, and a poller saves a task per request.
+INLINE: frozenset[type[p.Request]] = frozenset({p.StatusRequest, p.HelloRequest})
+
 # One logger for the whole server package, as when it was one module.
 log = logging.getLogger("overlayd.server")
 
@@ -244,7 +250,12 @@ class Server:
                         )
                     )
                     continue
-                conn.spawn(self._answer(conn, frame), size)
+                if not conn.tasks and type(frame.request) in INLINE:
+                    # Nothing else in flight on this connection and an op that
+                    # takes no lock: answer it here, without a task of its own.
+                    await self._answer(conn, frame, inline=True)
+                else:
+                    conn.spawn(self._answer(conn, frame), size)
         finally:
             if conn.tasks:
                 await asyncio.wait(list(conn.tasks))
@@ -253,7 +264,9 @@ class Server:
                 await conn.subscription.close()
             await conn.close()
 
-    async def _answer(self, conn: Connection, frame: p.RequestFrame) -> None:
+    async def _answer(
+        self, conn: Connection, frame: p.RequestFrame, *, inline: bool = False
+    ) -> None:
         request = frame.request
         started = time.perf_counter()  # for overlayd_ipc_* metrics (overlayd.stats)
         try:
@@ -261,6 +274,8 @@ class Server:
         except OverlaydError as exc:
             response = p.ErrResponse(message=clip(str(exc), MAX_ERR_MESSAGE))
         except asyncio.CancelledError:
+            if inline:  # the connection's own task is being cancelled: let it end
+                raise
             response = p.ErrResponse(
                 message=f"overlayd is shutting down and cancelled {request.op}; "
                 "it may have been partly applied, check with status and retry"

@@ -214,7 +214,7 @@ async def _unregister_dns(s: Server, r: p.UnregisterDnsRequest) -> p.AnyResponse
 async def _status(s: Server, r: p.StatusRequest) -> p.AnyResponse:
     st = await s.engine.status()
     memo = s.status_memo
-    if memo is not None and memo[0] == st:
+    if memo is not None and (memo[0] is st or memo[0] == st):
         # Unchanged: the same answer object, which the server encodes only once.
         return memo[1]
     response = p.StatusResponse(
