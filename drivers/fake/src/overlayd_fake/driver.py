@@ -245,6 +245,8 @@ class FakeDriver:
         self.latency: dict[str, float] = {}
         self._faults: list[_Fault] = []
         self._lock = threading.RLock()
+        #: Per device: its peer table and which peer holds each prefix in it.
+        self._owners: dict[str, tuple[dict[str, PeerStatus], dict[IPNetwork, str]]] = {}
         self._state_file = Path(state_file) if state_file else None
         self.started = False
         self.emit: Callable[[Any], None] | None = None
@@ -594,7 +596,7 @@ class FakeDriver:
         self._enter("overlayd_peer_apply", device=device, changes=list(changes))
         with self._lock:
             current = self._device_peers(device, "peer_apply")
-            owner = {net: pk for pk, peer in current.items() for net in peer.allowed_ips}
+            owner = self._owner_index(device.name, current)
 
             def peer_of(public_key: str) -> Peer[IPNetwork] | None:
                 status = current.get(public_key)
@@ -610,28 +612,49 @@ class FakeDriver:
             # The merge every overlayd component uses (overlayd.peers): a prefix
             # given to a second peer moves to it, as in the kernel.
             merged = merge(changes, peer_of, owner.get, _same, device=f"device {device.name}")
-            after = dict(current)
-            for pk, peer in merged.peers.items():
-                if peer is None:
-                    after.pop(pk, None)
-                    continue
-                if peer.endpoint is not None and ":" not in peer.endpoint:
+            for peer in merged.peers.values():
+                if peer is not None and peer.endpoint is not None and ":" not in peer.endpoint:
                     raise PeerError(
                         f"endpoint {peer.endpoint!r} is not host:port",
                         op="peer_apply",
                         driver=self.name,
                     )
+            # Only the touched peers change, in place, with the owner index: the
+            # cost of a change does not grow with the device's peers (the kernel
+            # and wireguard-go also apply only what a request names).
+            for pk in merged.peers:
+                gone = current.get(pk)
+                for net in gone.allowed_ips if gone is not None else ():
+                    if owner.get(net) == pk:
+                        del owner[net]
+            for pk, peer in merged.peers.items():
+                if peer is None:
+                    current.pop(pk, None)
+                    continue
                 old = current.get(pk) or PeerStatus(public_key=pk)
-                after[pk] = old.model_copy(
+                current[pk] = old.model_copy(
                     update={
                         "endpoint": peer.endpoint,
                         "allowed_ips": peer.allowed_ips,
                         "persistent_keepalive_secs": peer.persistent_keepalive_secs,
                     }
                 )
-            self.host.peers[device.name] = after
+                owner.update(dict.fromkeys(peer.allowed_ips, pk))
             self._save()
         return True
+
+    def _owner_index(self, device: str, peers: dict[str, PeerStatus]) -> dict[IPNetwork, str]:
+        """Which peer holds each prefix on ``device``, kept across calls.
+
+        Built again whenever the device's peer table is another object than
+        the one it was built for (a load, a device created again).
+        """
+        entry = self._owners.get(device)
+        if entry is None or entry[0] is not peers:
+            index = {net: pk for pk, peer in peers.items() for net in peer.allowed_ips}
+            entry = (peers, index)
+            self._owners[device] = entry
+        return entry[1]
 
     @hookimpl
     def overlayd_peer_status(self, device: Device) -> list[PeerStatus] | None:
