@@ -16,6 +16,7 @@ from overlayd.config import DnsSettings
 from overlayd.config import EngineConfig
 from overlayd.config import EngineSettings
 from overlayd.engine import Engine
+from overlayd.engine.dnsview import DnsEntry
 from overlayd.errors import AllocationError
 from overlayd.errors import AttachError
 from overlayd.errors import ConfigError
@@ -809,7 +810,12 @@ async def test_records_roundtrip_through_durable_store(tmp_path: Any, fake: Fake
         assert eng2.services["db"].dedicated.public_key == ded_key  # type: ignore[union-attr]
         assert eng2.list_attachments() == [att]
         assert KEY1 in eng2.peers["zl-prod-n1-g"]
-        assert DnsRecord(name="x", ip=ipaddress.ip_address("10.200.4.77")) in eng2.dns.values()
+        assert DnsEntry("x", ipaddress.ip_address("10.200.4.77")) in eng2.dns.values()
+        assert DnsRecord(name="x", ip=ipaddress.ip_address("10.200.4.77")) in [
+            e.record() for e in eng2.dns.values()
+        ]
+        await eng2.unregister_dns("x")  # the manual-name index is rebuilt at load
+        assert not [k for k in eng2.dns if k[0] == "x"]
         nxt = await eng2.attach({"platform": "linux_pid", "pid": 7}, "db")
         assert nxt.ip != att.ip
         assert (await eng2.setup_service_overlay("db", "dedicated")).dedicated.listen_port == 51821  # type: ignore[union-attr]
