@@ -86,8 +86,30 @@ class _Entry:
         # queries (getaddrinfo) still rotate both; a race only skips a turn.
         self.turn_a, self.turn_aaaa = turns
 
+    @classmethod
+    def prepared(
+        cls,
+        a: tuple[ipaddress.IPv4Address, ...],
+        a_rr: tuple[bytes, ...],
+        aaaa: tuple[ipaddress.IPv6Address, ...],
+        aaaa_rr: tuple[bytes, ...],
+        turns: tuple[int, int],
+    ) -> _Entry:
+        """An entry from answer RRs already built (by :func:`_rr`), e.g. kept from the old one."""
+        entry = cls.__new__(cls)
+        entry.a, entry.a_rr, entry.aaaa, entry.aaaa_rr = a, a_rr, aaaa, aaaa_rr
+        entry.turn_a, entry.turn_aaaa = turns
+        return entry
+
     def addresses(self) -> list[Address]:
         return [*self.a, *self.aaaa]
+
+
+def _rr(addr: Address, ttl: int) -> bytes:
+    """The answer RR of ``addr`` as :class:`_Entry` prepares it."""
+    if addr.version == 4:
+        return b"\xc0\x0c" + struct.pack("!HHIH", _TYPE_A, _CLASS_IN, ttl, 4) + addr.packed
+    return b"\xc0\x0c" + struct.pack("!HHIH", _TYPE_AAAA, _CLASS_IN, ttl, 16) + addr.packed
 
 
 class _Tables:
@@ -260,25 +282,81 @@ class RecordStore:
         """
         gone = [(self.key(n), self._addresses([ip])[0]) for n, ip in removed]
         new = [(self.key(n), self._addresses([ip])[0]) for n, ip in added]
+        staged: dict[bytes, tuple[dict[Address, None], dict[Address, None]]] = {}
+        for key, addr in gone:
+            staged.setdefault(key, ({}, {}))[0][addr] = None
+        for key, addr in new:
+            staged.setdefault(key, ({}, {}))[1][addr] = None
         with self._lock:
-            names = self.tables.names
-            staged: dict[bytes, dict[Address, None]] = {}
-            for key, _addr in [*gone, *new]:
-                if key not in staged:
-                    entry = names.get(key)
-                    staged[key] = dict.fromkeys(entry.addresses() if entry else ())
-            for key, addr in gone:
-                staged[key].pop(addr, None)
-            for key, addr in new:
-                staged[key][addr] = None
             changed = False
-            for key, addrs in staged.items():
-                entry = names.get(key)
-                if list(addrs) != (entry.addresses() if entry else []):
-                    self._apply(self.tables, key, list(addrs))
-                    changed = True
+            for key, (drop, add) in staged.items():
+                changed = self._change(self.tables, key, drop, add) or changed
             if changed:
                 self.serial += 1
+
+    def _change(
+        self, t: _Tables, key: bytes, drop: dict[Address, None], add: dict[Address, None]
+    ) -> bool:
+        """Remove ``drop`` then append ``add`` to ``key``'s addresses; True if it changed.
+
+        The entry is rebuilt from the old one's tuples and prepared answers, and
+        membership is read from the reverse index: a name of 10,000 addresses
+        (a service's) costs a tuple copy per change, not 10,000 hashes of
+        ``ipaddress`` objects and 10,000 packed answers.
+        """
+        old = t.names.get(key)
+        revs: dict[Address, bytes] = {}
+
+        def present(addr: Address) -> bool:
+            rev = revs[addr] = reverse_wire(addr)
+            owners = t.ptr.get(rev)
+            return old is not None and owners is not None and key in owners
+
+        dropped = [x for x in drop if present(x)]
+        appended = [x for x in add if x in drop or not present(x)]
+        if not dropped and not appended:
+            return False
+        a, a_rr = (old.a, old.a_rr) if old else ((), ())
+        aaaa, aaaa_rr = (old.aaaa, old.aaaa_rr) if old else ((), ())
+        if dropped:
+            cut = {_rr(x, self._ttl) for x in dropped}
+            if any(x.version == 4 for x in dropped):
+                kept = [(x, r) for x, r in zip(a, a_rr, strict=True) if r not in cut]
+                a, a_rr = tuple(x for x, _ in kept), tuple(r for _, r in kept)
+            if any(x.version == 6 for x in dropped):
+                kept6 = [(x, r) for x, r in zip(aaaa, aaaa_rr, strict=True) if r not in cut]
+                aaaa, aaaa_rr = tuple(x for x, _ in kept6), tuple(r for _, r in kept6)
+        v4 = [x for x in appended if isinstance(x, ipaddress.IPv4Address)]
+        v6 = [x for x in appended if isinstance(x, ipaddress.IPv6Address)]
+        if v4:
+            a, a_rr = a + tuple(v4), a_rr + tuple(_rr(x, self._ttl) for x in v4)
+        if v6:
+            aaaa, aaaa_rr = aaaa + tuple(v6), aaaa_rr + tuple(_rr(x, self._ttl) for x in v6)
+        if a or aaaa:
+            turns = (old.turn_a, old.turn_aaaa) if old else (0, 0)
+            t.names[key] = _Entry.prepared(a, a_rr, aaaa, aaaa_rr, turns)
+            if old is None:
+                for anc in _ancestors(key):
+                    t.ents[anc] = t.ents.get(anc, 0) + 1
+        elif old is not None:
+            del t.names[key]
+            for anc in _ancestors(key):
+                left = t.ents.get(anc, 0) - 1
+                if left > 0:
+                    t.ents[anc] = left
+                else:
+                    t.ents.pop(anc, None)
+        for addr in dropped:
+            if addr in add:
+                continue  # moved to the end: still owned
+            owners = t.ptr.get(revs[addr])
+            if owners is not None:
+                owners.pop(key, None)
+                if not owners:
+                    del t.ptr[revs[addr]]
+        for addr in appended:
+            t.ptr.setdefault(revs[addr], {})[key] = None
+        return True
 
     def replace_all(self, mapping: Mapping[str, Iterable[AddressLike]]) -> None:
         """Replace every record with ``mapping`` (name → addresses) at once."""
