@@ -285,7 +285,7 @@ class FakeDriver:
         key = handle_or_key if isinstance(handle_or_key, str) else handle_key(handle_or_key)
         with self._lock:
             self.host.dead.add(key)
-            self._save()
+            self._save([("dead", key)])
 
     def set_handshake(
         self,
@@ -367,19 +367,44 @@ class FakeDriver:
         self._saved = self.host.flat()
         self._journal_bytes = sum(len(line) + 1 for line in lines)
 
-    def _save(self) -> None:
-        """Journal what changed since the last save (``host.flat()`` compared by identity)."""
+    def _held(self, table: str, key: Any) -> Any:
+        """The value of ``(table, key)`` in ``host.flat()``, or ``None`` (tables and ``dead``)."""
+        if table == "dead":
+            return _PRESENT if key in self.host.dead else None
+        return getattr(self.host, table).get(key)
+
+    def _save(self, touched: Sequence[tuple[str, Any]] | None = None) -> None:
+        """Journal what changed since the last save (``host.flat()`` compared by identity).
+
+        ``touched``: the only ``(table, key)`` pairs (of ``_TABLES`` or ``dead``)
+        the caller changed, so that an attach or detach compares those rather
+        than the whole host (the fill of 10,000 attachments slowed down with
+        the host's size). ``None`` compares everything.
+        """
         if self._state_file is None:
             return
         path = self._state_file
-        current = self.host.flat()
         saved = self._saved
-        sets = [
-            [table, _json_key(key), _dump(value)]
-            for (table, key), value in current.items()
-            if saved.get((table, key)) is not value
-        ]
-        dels = [[table, _json_key(key)] for (table, key) in saved.keys() - current.keys()]
+        if touched is None:
+            current = self.host.flat()
+            sets = [
+                [table, _json_key(key), _dump(value)]
+                for (table, key), value in current.items()
+                if saved.get((table, key)) is not value
+            ]
+            dels = [[table, _json_key(key)] for (table, key) in saved.keys() - current.keys()]
+        else:
+            now = {pair: self._held(*pair) for pair in dict.fromkeys(touched)}
+            sets = [
+                [table, _json_key(key), _dump(value)]
+                for (table, key), value in now.items()
+                if value is not None and saved.get((table, key)) is not value
+            ]
+            dels = [
+                [table, _json_key(key)]
+                for (table, key), value in now.items()
+                if value is None and (table, key) in saved
+            ]
         if not sets and not dels:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -398,7 +423,14 @@ class FakeDriver:
                         fh.truncate(self._journal_bytes)
                     raise
             self._journal_bytes += len(line)
-        self._saved = current
+        if touched is None:
+            self._saved = current
+        else:
+            for (table, key), value in now.items():
+                if value is None:
+                    saved.pop((table, key), None)
+                else:
+                    saved[(table, key)] = value
 
     def _compact(self, path: Path) -> None:
         """Write the whole host to the state file, atomically, and empty the journal.
@@ -803,7 +835,7 @@ class FakeDriver:
                 routes=routes,
             )
             self.host.attachments[key] = att
-            self._save()
+            self._save([("attachments", key), ("dead", key)])
         return att
 
     def _guest_endpoint(self, port: int) -> str:
@@ -816,7 +848,7 @@ class FakeDriver:
         with self._lock:
             existed = self.host.attachments.pop(attachment.key, None) is not None
             self.host.dead.discard(attachment.key)
-            self._save()
+            self._save([("attachments", attachment.key), ("dead", attachment.key)])
         return existed
 
     @hookimpl
