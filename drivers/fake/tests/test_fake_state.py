@@ -49,3 +49,20 @@ async def test_attach_and_detach_journal_their_own_objects_and_survive_a_restart
     again = FakeDriver(state_file=state)
     assert again.host.to_json() == host
     assert again._saved.keys() == saved.keys() == fake.host.flat().keys()
+
+
+async def test_reconcile_re_applying_the_same_peers_journals_no_peer(
+    engine_config: EngineConfig, tmp_path: Path
+) -> None:
+    state = tmp_path / "host.json"
+    fake = FakeDriver(state_file=state)
+    key = "A" * 43 + "="
+    async with Engine(engine_config, drivers=[fake]) as eng:
+        await eng.setup_global_overlay(**GLOBAL)
+        await eng.add_peer(key, "192.0.2.9:51820", "10.201.0.0/24", 25)
+        assert len([e for e in _journal(state) if any(s[0] == "peers" for s in e["set"])]) == 1
+        before = len(_journal(state))
+        await eng.reconcile()
+        assert not [e for e in _journal(state)[before:] if any(s[0] == "peers" for s in e["set"])]
+        host = fake.host.to_json()
+    assert FakeDriver(state_file=state).host.to_json() == host

@@ -41,6 +41,8 @@ _CLASS_IN: Final = 1
 _V4_ARPA: Final = b"\x07in-addr\x04arpa\x00"
 _V6_ARPA: Final = b"\x03ip6\x04arpa\x00"
 _HEX: Final = b"0123456789abcdef"
+#: The reverse-name label of each byte value (``\x0210`` for 10).
+_V4_LABELS: Final = tuple(bytes((len(str(b)),)) + str(b).encode() for b in range(256))
 #: A relative name of plain labels (no escapes, no trailing dot): its key needs no parser.
 _PLAIN_RELATIVE: Final = re.compile(r"[A-Za-z0-9_-]{1,63}(?:\.[A-Za-z0-9_-]{1,63})*")
 
@@ -135,8 +137,7 @@ def name_wire(name: dns.name.Name) -> bytes:
 def reverse_wire(addr: Address) -> bytes:
     """Wire form of ``addr``'s ``in-addr.arpa`` / ``ip6.arpa`` name (lower case)."""
     if addr.version == 4:
-        out = b"".join(bytes((len(s),)) + s for s in (str(b).encode() for b in addr.packed[::-1]))
-        return out + _V4_ARPA
+        return b"".join([_V4_LABELS[b] for b in addr.packed[::-1]]) + _V4_ARPA
     nibbles = bytearray()
     for byte in addr.packed[::-1]:
         nibbles += bytes((1, _HEX[byte & 0xF], 1, _HEX[byte >> 4]))
@@ -280,8 +281,16 @@ class RecordStore:
         rebuilt once per address: loading 10,000 of them at start was
         quadratic (``docs/design-notes.rst``, "Footprint of a large node").
         """
-        gone = [(self.key(n), self._addresses([ip])[0]) for n, ip in removed]
-        new = [(self.key(n), self._addresses([ip])[0]) for n, ip in added]
+        keys: dict[str, bytes] = {}  # a service's name comes once per workload
+
+        def key_of(name: str) -> bytes:
+            key = keys.get(name)
+            if key is None:
+                key = keys[name] = self.key(name)
+            return key
+
+        gone = [(key_of(n), self._addresses([ip])[0]) for n, ip in removed]
+        new = [(key_of(n), self._addresses([ip])[0]) for n, ip in added]
         staged: dict[bytes, tuple[dict[Address, None], dict[Address, None]]] = {}
         for key, addr in gone:
             staged.setdefault(key, ({}, {}))[0][addr] = None
@@ -309,8 +318,10 @@ class RecordStore:
 
         def present(addr: Address) -> bool:
             rev = revs[addr] = reverse_wire(addr)
+            if old is None:
+                return False
             owners = t.ptr.get(rev)
-            return old is not None and owners is not None and key in owners
+            return owners is not None and key in owners
 
         dropped = [x for x in drop if present(x)]
         appended = [x for x in add if x in drop or not present(x)]

@@ -106,7 +106,10 @@ class LoadingMixin(EngineBase):
         for key, value in data.get("peer", {}).items():
             device, _, _ = key.partition("|")
             self._peer_table(device).put(PeerConfig.model_validate(value))
-        self.dns = entries_from_store(data.get("dns", {}).values(), self._dns_ips)
+        # The stored documents of the largest kind go as soon as they are read,
+        # before the DNS hooks build their tables below: a lower peak, which the
+        # allocator would keep as resident (docs/design-notes.rst, "Footprint").
+        self.dns = entries_from_store(data.pop("dns", {}).values(), self._dns_ips)
         self._dns_manual = ManualNames()
         for (lname, text), entry in self.dns.items():
             if entry.source == "manual":
@@ -117,6 +120,8 @@ class LoadingMixin(EngineBase):
         self.port_mappings = {
             k: PortMapping.model_validate(v) for k, v in data.get("portmap", {}).items()
         }
+        del records
+        data.clear()  # every kind is built: the documents go before the hooks below
         by_pool: dict[str, list[Lease]] = {}
         for lease in leases:
             by_pool.setdefault(lease.pool, []).append(lease)
