@@ -66,3 +66,13 @@ def test_update_keeps_prepared_answers_and_turns_of_a_large_name() -> None:
     assert store.serial == serial
     store.update([("web", a) for a in list(after.a)], [])
     assert len(store) == 0 and not store.tables.ptr and not store.tables.ents
+
+
+def test_update_takes_addresses_as_text_from_a_generator() -> None:
+    store = RecordStore("prod.local.", 30)
+    store.update([], ((f"n{i}", str(ipaddress.ip_address("10.1.0.1") + i)) for i in range(500)))
+    assert all(store.get(f"n{i}") == [ipaddress.ip_address("10.1.0.1") + i] for i in range(500))
+    store.update(
+        ((f"n{i}", str(ipaddress.ip_address("10.1.0.1") + i)) for i in range(0, 500, 2)), []
+    )
+    assert len(store) == 250

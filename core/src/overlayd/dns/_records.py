@@ -289,13 +289,27 @@ class RecordStore:
                 key = keys[name] = self.key(name)
             return key
 
-        gone = [(key_of(n), self._addresses([ip])[0]) for n, ip in removed]
-        new = [(key_of(n), self._addresses([ip])[0]) for n, ip in added]
-        staged: dict[bytes, tuple[dict[Address, None], dict[Address, None]]] = {}
-        for key, addr in gone:
-            staged.setdefault(key, ({}, {}))[0][addr] = None
-        for key, addr in new:
-            staged.setdefault(key, ({}, {}))[1][addr] = None
+        #: id of a given address -> (its address, reverse name, itself: kept
+        #: alive so that its id is not reused by another during this call)
+        revs: dict[int, tuple[Address, bytes, AddressLike]] = {}
+
+        def rev_of(ip: AddressLike) -> tuple[Address, bytes]:
+            # Staged by reverse name (bytes hash in C), not by address
+            # (ipaddress hashes in Python); the engine shares one object per
+            # address, so most lookups are by identity.
+            held = revs.get(id(ip))
+            if held is None:
+                addr = ip if not isinstance(ip, str) else self._addresses([ip])[0]
+                held = revs[id(ip)] = (addr, reverse_wire(addr), ip)
+            return held[0], held[1]
+
+        staged: dict[bytes, tuple[dict[bytes, Address], dict[bytes, Address]]] = {}
+        for n, ip in removed:
+            addr, rev = rev_of(ip)
+            staged.setdefault(key_of(n), ({}, {}))[0][rev] = addr
+        for n, ip in added:
+            addr, rev = rev_of(ip)
+            staged.setdefault(key_of(n), ({}, {}))[1][rev] = addr
         with self._lock:
             changed = False
             for key, (drop, add) in staged.items():
@@ -304,41 +318,40 @@ class RecordStore:
                 self.serial += 1
 
     def _change(
-        self, t: _Tables, key: bytes, drop: dict[Address, None], add: dict[Address, None]
+        self, t: _Tables, key: bytes, drop: dict[bytes, Address], add: dict[bytes, Address]
     ) -> bool:
         """Remove ``drop`` then append ``add`` to ``key``'s addresses; True if it changed.
 
-        The entry is rebuilt from the old one's tuples and prepared answers, and
-        membership is read from the reverse index: a name of 10,000 addresses
-        (a service's) costs a tuple copy per change, not 10,000 hashes of
+        ``drop`` and ``add`` map reverse names to addresses. The entry is
+        rebuilt from the old one's tuples and prepared answers, and membership
+        is read from the reverse index: a name of 10,000 addresses (a
+        service's) costs a tuple copy per change, not 10,000 hashes of
         ``ipaddress`` objects and 10,000 packed answers.
         """
         old = t.names.get(key)
-        revs: dict[Address, bytes] = {}
 
-        def present(addr: Address) -> bool:
-            rev = revs[addr] = reverse_wire(addr)
+        def present(rev: bytes) -> bool:
             if old is None:
                 return False
             owners = t.ptr.get(rev)
             return owners is not None and key in owners
 
-        dropped = [x for x in drop if present(x)]
-        appended = [x for x in add if x in drop or not present(x)]
+        dropped = [(rev, x) for rev, x in drop.items() if present(rev)]
+        appended = [(rev, x) for rev, x in add.items() if rev in drop or not present(rev)]
         if not dropped and not appended:
             return False
         a, a_rr = (old.a, old.a_rr) if old else ((), ())
         aaaa, aaaa_rr = (old.aaaa, old.aaaa_rr) if old else ((), ())
         if dropped:
-            cut = {_rr(x, self._ttl) for x in dropped}
-            if any(x.version == 4 for x in dropped):
+            cut = {_rr(x, self._ttl) for _, x in dropped}
+            if any(x.version == 4 for _, x in dropped):
                 kept = [(x, r) for x, r in zip(a, a_rr, strict=True) if r not in cut]
                 a, a_rr = tuple(x for x, _ in kept), tuple(r for _, r in kept)
-            if any(x.version == 6 for x in dropped):
+            if any(x.version == 6 for _, x in dropped):
                 kept6 = [(x, r) for x, r in zip(aaaa, aaaa_rr, strict=True) if r not in cut]
                 aaaa, aaaa_rr = tuple(x for x, _ in kept6), tuple(r for _, r in kept6)
-        v4 = [x for x in appended if isinstance(x, ipaddress.IPv4Address)]
-        v6 = [x for x in appended if isinstance(x, ipaddress.IPv6Address)]
+        v4 = [x for _, x in appended if isinstance(x, ipaddress.IPv4Address)]
+        v6 = [x for _, x in appended if isinstance(x, ipaddress.IPv6Address)]
         if v4:
             a, a_rr = a + tuple(v4), a_rr + tuple(_rr(x, self._ttl) for x in v4)
         if v6:
@@ -357,16 +370,16 @@ class RecordStore:
                     t.ents[anc] = left
                 else:
                     t.ents.pop(anc, None)
-        for addr in dropped:
-            if addr in add:
+        for rev, _ in dropped:
+            if rev in add:
                 continue  # moved to the end: still owned
-            owners = t.ptr.get(revs[addr])
+            owners = t.ptr.get(rev)
             if owners is not None:
                 owners.pop(key, None)
                 if not owners:
-                    del t.ptr[revs[addr]]
-        for addr in appended:
-            t.ptr.setdefault(revs[addr], {})[key] = None
+                    del t.ptr[rev]
+        for rev, _ in appended:
+            t.ptr.setdefault(rev, {})[key] = None
         return True
 
     def replace_all(self, mapping: Mapping[str, Iterable[AddressLike]]) -> None:
