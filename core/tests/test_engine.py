@@ -858,6 +858,25 @@ async def test_reconcile_removes_unrecorded_peers(engine: Engine, fake: FakeDriv
     assert set(fake.host.peers[name]) == {KEY1}
 
 
+async def test_reconcile_re_sends_only_the_peers_not_in_place(
+    engine: Engine, fake: FakeDriver
+) -> None:
+    """Peers the device reports as recorded are not sent again; the others are repaired."""
+    name = await setup_global(engine)
+    await engine.add_peer(KEY1, "127.0.0.1:1", "10.200.16.0/20", 0)
+    await engine.add_peer(KEY2, "127.0.0.1:2", "10.200.32.0/20", 25)
+    fake.calls.clear()
+    await engine.reconcile()
+    assert not fake.calls_to("overlayd_peer_apply")
+    drifted = fake.host.peers[name][KEY2].model_copy(update={"endpoint": "127.0.0.1:9"})
+    fake.host.peers[name][KEY2] = drifted
+    await engine.reconcile()
+    (call,) = fake.calls_to("overlayd_peer_apply")
+    assert [c.public_key for c in call.kwargs["changes"]] == [KEY2]
+    assert fake.host.peers[name][KEY2].endpoint == "127.0.0.1:2"
+    assert fake.host.peers[name][KEY1].endpoint == "127.0.0.1:1"
+
+
 async def test_dedicated_identity_is_adopted_from_zlayer_marker(tmp_path: Any) -> None:
     """A node moving from ZLayer's daemon keeps its dedicated key and port."""
     from overlayd import keys

@@ -66,3 +66,36 @@ async def test_reconcile_re_applying_the_same_peers_journals_no_peer(
         assert not [e for e in _journal(state)[before:] if any(s[0] == "peers" for s in e["set"])]
         host = fake.host.to_json()
     assert FakeDriver(state_file=state).host.to_json() == host
+
+
+async def test_reconcile_journals_what_it_removed(
+    engine_config: EngineConfig, tmp_path: Path
+) -> None:
+    state = tmp_path / "host.json"
+    fake = FakeDriver(state_file=state)
+    async with Engine(engine_config, drivers=[fake]) as eng:
+        await eng.setup_global_overlay(**GLOBAL)
+        await eng.setup_service_overlay("web", "shared")
+        await eng.attach({"platform": "linux_pid", "pid": 1}, "web")
+        await eng.attach({"platform": "linux_pid", "pid": 2}, "web")
+        # Objects of ours the engine does not know (a crash between host and store).
+        stray = fake.host.attachments["linux_pid:2"]
+        del eng.attachments["linux_pid:2"]
+        bridge = next(d for d in fake.host.devices.values() if d.kind == "bridge")
+        fake.host.devices["zl-stray"] = bridge.model_copy(update={"name": "zl-stray"})
+        fake.host.peers["zl-stray"] = {}
+        fake._save()
+        before = len(_journal(state))
+        await eng.reconcile()
+        # Re-ensured devices are journaled as set (a new object each time), the
+        # reconcile's removals in one entry of deletions only.
+        (entry,) = [e for e in _journal(state)[before:] if e["del"]]
+        assert entry["set"] == []
+        assert sorted(map(tuple, entry["del"])) == [
+            ("attachments", "linux_pid:2"),
+            ("devices", "zl-stray"),
+            ("peer_devices", "zl-stray"),
+        ]
+        assert stray.key not in fake.host.attachments
+        host = fake.host.to_json()
+    assert FakeDriver(state_file=state).host.to_json() == host

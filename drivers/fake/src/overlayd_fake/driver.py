@@ -514,11 +514,14 @@ class FakeDriver:
             for name in recorded:
                 if name in self.host.devices:
                     adopted.append(name)
+            touched: list[tuple[str, Any]] = []
             for name in list(self.host.devices):
                 if name not in recorded and name.startswith("zl-"):
                     del self.host.devices[name]
-                    self.host.peers.pop(name, None)
+                    dropped = self.host.peers.pop(name, None) or {}
                     removed.append(name)
+                    touched += [("devices", name), ("peer_devices", name)]
+                    touched += [("peers", (name, pk)) for pk in dropped]
             recorded_atts = {a.key for a in request.attachments if a.driver == self.name}
             for att in request.attachments:
                 if att.key in self.host.dead or att.key not in self.host.attachments:
@@ -529,7 +532,8 @@ class FakeDriver:
                 if key not in recorded_atts:
                     del self.host.attachments[key]
                     removed.append(key)
-            self._save()
+                    touched.append(("attachments", key))
+            self._save(touched)
         return ReconcileReport(
             driver=self.name,
             adopted=tuple(adopted),
