@@ -16,6 +16,7 @@ from overlayd.config import DnsSettings
 from overlayd.config import EngineConfig
 from overlayd.config import EngineSettings
 from overlayd.engine import Engine
+from overlayd.engine.dnsview import DnsEntry
 from overlayd.errors import AllocationError
 from overlayd.errors import AttachError
 from overlayd.errors import ConfigError
@@ -824,7 +825,12 @@ async def test_records_roundtrip_through_durable_store(tmp_path: Any, fake: Fake
         assert eng2.services["db"].dedicated.public_key == ded_key  # type: ignore[union-attr]
         assert eng2.list_attachments() == [att]
         assert KEY1 in eng2.peers["zl-prod-n1-g"]
-        assert DnsRecord(name="x", ip=ipaddress.ip_address("10.200.4.77")) in eng2.dns.values()
+        assert DnsEntry("x", ipaddress.ip_address("10.200.4.77")) in eng2.dns.values()
+        assert DnsRecord(name="x", ip=ipaddress.ip_address("10.200.4.77")) in [
+            e.record() for e in eng2.dns.values()
+        ]
+        await eng2.unregister_dns("x")  # the manual-name index is rebuilt at load
+        assert not [k for k in eng2.dns if k[0] == "x"]
         nxt = await eng2.attach({"platform": "linux_pid", "pid": 7}, "db")
         assert nxt.ip != att.ip
         assert (await eng2.setup_service_overlay("db", "dedicated")).dedicated.listen_port == 51821  # type: ignore[union-attr]
@@ -865,6 +871,25 @@ async def test_reconcile_removes_unrecorded_peers(engine: Engine, fake: FakeDriv
     fake.host.peers[name][KEY2] = PeerStatus(public_key=KEY2)
     await engine.reconcile()
     assert set(fake.host.peers[name]) == {KEY1}
+
+
+async def test_reconcile_re_sends_only_the_peers_not_in_place(
+    engine: Engine, fake: FakeDriver
+) -> None:
+    """Peers the device reports as recorded are not sent again; the others are repaired."""
+    name = await setup_global(engine)
+    await engine.add_peer(KEY1, "127.0.0.1:1", "10.200.16.0/20", 0)
+    await engine.add_peer(KEY2, "127.0.0.1:2", "10.200.32.0/20", 25)
+    fake.calls.clear()
+    await engine.reconcile()
+    assert not fake.calls_to("overlayd_peer_apply")
+    drifted = fake.host.peers[name][KEY2].model_copy(update={"endpoint": "127.0.0.1:9"})
+    fake.host.peers[name][KEY2] = drifted
+    await engine.reconcile()
+    (call,) = fake.calls_to("overlayd_peer_apply")
+    assert [c.public_key for c in call.kwargs["changes"]] == [KEY2]
+    assert fake.host.peers[name][KEY2].endpoint == "127.0.0.1:2"
+    assert fake.host.peers[name][KEY1].endpoint == "127.0.0.1:1"
 
 
 async def test_dedicated_identity_is_adopted_from_zlayer_marker(tmp_path: Any) -> None:

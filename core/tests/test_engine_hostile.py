@@ -335,6 +335,31 @@ async def test_register_dns_of_a_name_that_does_not_fit_the_zone_is_refused(
     assert len(engine.dns) == 2
 
 
+async def test_unregister_dns_removes_the_manual_records_of_its_name_only(
+    engine: Engine,
+) -> None:
+    att = await engine.attach(PID, "web")
+    await engine.register_dns("web", "10.200.4.20")  # beside the attachment's record
+    await engine.register_dns("API", "10.200.4.9")
+    await engine.register_dns("api.prod.local.", "10.200.4.10")
+    await engine.register_dns("api2", "10.200.4.9")
+    await engine.register_dns("n1", str(att.ip))
+    # One address object per address, whichever path recorded it.
+    assert engine.dns[("n1", str(att.ip))].ip is engine.dns[("web", str(att.ip))].ip
+    assert engine.dns[("api", "10.200.4.9")].ip is engine.dns[("api2", "10.200.4.9")].ip
+    await engine.unregister_dns("Api")
+    assert not [k for k in engine.dns if k[0] == "api"]
+    await engine.unregister_dns("web")
+    assert {k for k in engine.dns if k[0] == "web"} == {("web", str(att.ip))}
+    assert engine.dns[("web", str(att.ip))].source.startswith("handle:")
+    await engine.unregister_dns("nothing")
+    left = {k[0] for k in engine.dns} - {"web", "api2", "n1"}
+    assert len(left) == 1 and left.pop().endswith(".web")  # the workload's own name
+    assert engine._dns_manual.get("api") == () and engine._dns_manual.get("web") == ()
+    await engine.detach(PID)
+    assert {k[0] for k in engine.dns} == {"api2", "n1"}
+
+
 # -- the in-memory view, read while worker threads change it ---------------------------
 
 
@@ -353,14 +378,23 @@ class _RacingDict(dict[Any, Any]):
     def values(self) -> Any:  # type: ignore[override]
         return self._racing(dict.values(self))
 
+    def get(self, key: Any, default: Any = None) -> Any:
+        # A lookup (unregister_dns finds its records through an index) races too.
+        value = dict.get(self, key, default)
+        self._change_meanwhile()
+        return value
+
+    def _change_meanwhile(self) -> None:
+        worker = threading.Thread(target=self.change)
+        self.workers.append(worker)
+        worker.start()
+        worker.join(0.5)  # a worker may run now, unless the reader holds the view's lock
+
     def _racing(self, view: Any) -> Any:
         it = iter(view)
         for item in it:
             yield item
-            worker = threading.Thread(target=self.change)
-            self.workers.append(worker)
-            worker.start()
-            worker.join(0.5)  # a worker may run now, unless the reader holds the view's lock
+            self._change_meanwhile()
             yield from it
             return
 

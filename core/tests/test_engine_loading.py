@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
 from pydantic import ValidationError
 
+from overlayd.engine.dnsview import AddressPool
+from overlayd.engine.dnsview import DnsEntry
+from overlayd.engine.dnsview import ManualNames
+from overlayd.engine.dnsview import entries_from_store
 from overlayd.engine.loading import dns_records_from_store
 from overlayd.model import DnsRecord
 
@@ -24,7 +30,10 @@ def test_stored_dns_records_load_as_before_and_share_addresses_and_sources() -> 
         for rec in (DnsRecord.model_validate(dict(doc)) for doc in stored)
     }
     loaded = dns_records_from_store([dict(doc) for doc in stored])
-    assert loaded == expected
+    # The engine keeps light entries: the same fields, the same model at the hooks.
+    assert {k: e.record() for k, e in loaded.items()} == expected
+    assert loaded == {k: DnsEntry.of(rec) for k, rec in expected.items()}
+    assert all(type(e) is DnsEntry for e in loaded.values())
     assert list(loaded) == list(expected)
     web = loaded[("web", "10.1.0.2")]
     n0 = loaded[("n0.svc", "10.1.0.2")]
@@ -43,3 +52,61 @@ def test_stored_dns_records_load_as_before_and_share_addresses_and_sources() -> 
 def test_a_bad_stored_dns_record_is_reported_by_validation(doc: object) -> None:
     with pytest.raises(ValidationError):
         dns_records_from_store([doc])
+
+
+def test_dns_entry_converts_to_and_from_the_model_and_dumps_like_it() -> None:
+    for rec in (
+        DnsRecord(name="web", ip="10.1.0.2"),  # type: ignore[arg-type]
+        DnsRecord(name="c-1.Web", ip="fd00::1", source="handle:linux_pid:1"),  # type: ignore[arg-type]
+    ):
+        entry = DnsEntry.of(rec)
+        assert entry.record() == rec
+        assert entry.doc() == rec.model_dump(mode="json")
+        assert DnsEntry.of(entry.record()) == entry
+        assert hash(entry) == hash(DnsEntry.of(rec))
+    with pytest.raises(AttributeError):
+        entry.name = "other"  # type: ignore[misc]
+
+
+def test_stored_dns_records_of_unusual_shape_go_through_the_model() -> None:
+    # Not the shape the store writes (an int name would be refused by the
+    # model; a missing source defaults): the loader defers to DnsRecord.
+    loaded = entries_from_store([{"name": "a", "ip": "10.1.0.9"}])
+    assert loaded == {("a", "10.1.0.9"): DnsEntry("a", ipaddress.ip_address("10.1.0.9"))}
+    with pytest.raises(ValidationError):
+        entries_from_store([{"name": "a", "ip": "10.1.0.9", "extra": 1}])
+    with pytest.raises(ValidationError):
+        entries_from_store([{"name": 5, "ip": "10.1.0.9"}])
+    with pytest.raises(ValidationError):
+        entries_from_store([{"name": "a" * 254, "ip": "10.1.0.9"}])
+
+
+def test_address_pool_shares_one_object_per_address_and_interns_the_text() -> None:
+    pool = AddressPool()
+    a = ipaddress.ip_address("10.1.0.2")
+    b = ipaddress.ip_address("10.1.0.2")
+    assert a is not b
+    assert pool.share(a) is a
+    assert pool.share(b) is a
+    assert pool.text(a) is pool.text(b)
+    loaded = entries_from_store([{"name": "x", "ip": "10.1.0.2", "source": "manual"}], pool)
+    assert loaded[("x", "10.1.0.2")].ip is a
+
+
+def test_manual_names_index() -> None:
+    index = ManualNames()
+    assert index.get("web") == ()
+    index.add("web", "10.1.0.2")
+    index.add("web", "10.1.0.2")
+    assert index.get("web") == ("10.1.0.2",)
+    index.add("web", "10.1.0.3")
+    index.add("web", "10.1.0.4")
+    assert index.get("web") == ("10.1.0.2", "10.1.0.3", "10.1.0.4")
+    index.discard("web", "10.1.0.3")
+    index.discard("web", "10.1.0.9")
+    index.discard("db", "10.1.0.2")
+    assert index.get("web") == ("10.1.0.2", "10.1.0.4")
+    index.discard("web", "10.1.0.2")
+    assert index.get("web") == ("10.1.0.4",)
+    index.discard("web", "10.1.0.4")
+    assert index.get("web") == () and len(index) == 0

@@ -41,6 +41,8 @@ _CLASS_IN: Final = 1
 _V4_ARPA: Final = b"\x07in-addr\x04arpa\x00"
 _V6_ARPA: Final = b"\x03ip6\x04arpa\x00"
 _HEX: Final = b"0123456789abcdef"
+#: The reverse-name label of each byte value (``\x0210`` for 10).
+_V4_LABELS: Final = tuple(bytes((len(str(b)),)) + str(b).encode() for b in range(256))
 #: A relative name of plain labels (no escapes, no trailing dot): its key needs no parser.
 _PLAIN_RELATIVE: Final = re.compile(r"[A-Za-z0-9_-]{1,63}(?:\.[A-Za-z0-9_-]{1,63})*")
 
@@ -86,8 +88,30 @@ class _Entry:
         # queries (getaddrinfo) still rotate both; a race only skips a turn.
         self.turn_a, self.turn_aaaa = turns
 
+    @classmethod
+    def prepared(
+        cls,
+        a: tuple[ipaddress.IPv4Address, ...],
+        a_rr: tuple[bytes, ...],
+        aaaa: tuple[ipaddress.IPv6Address, ...],
+        aaaa_rr: tuple[bytes, ...],
+        turns: tuple[int, int],
+    ) -> _Entry:
+        """An entry from answer RRs already built (by :func:`_rr`), e.g. kept from the old one."""
+        entry = cls.__new__(cls)
+        entry.a, entry.a_rr, entry.aaaa, entry.aaaa_rr = a, a_rr, aaaa, aaaa_rr
+        entry.turn_a, entry.turn_aaaa = turns
+        return entry
+
     def addresses(self) -> list[Address]:
         return [*self.a, *self.aaaa]
+
+
+def _rr(addr: Address, ttl: int) -> bytes:
+    """The answer RR of ``addr`` as :class:`_Entry` prepares it."""
+    if addr.version == 4:
+        return b"\xc0\x0c" + struct.pack("!HHIH", _TYPE_A, _CLASS_IN, ttl, 4) + addr.packed
+    return b"\xc0\x0c" + struct.pack("!HHIH", _TYPE_AAAA, _CLASS_IN, ttl, 16) + addr.packed
 
 
 class _Tables:
@@ -113,8 +137,7 @@ def name_wire(name: dns.name.Name) -> bytes:
 def reverse_wire(addr: Address) -> bytes:
     """Wire form of ``addr``'s ``in-addr.arpa`` / ``ip6.arpa`` name (lower case)."""
     if addr.version == 4:
-        out = b"".join(bytes((len(s),)) + s for s in (str(b).encode() for b in addr.packed[::-1]))
-        return out + _V4_ARPA
+        return b"".join([_V4_LABELS[b] for b in addr.packed[::-1]]) + _V4_ARPA
     nibbles = bytearray()
     for byte in addr.packed[::-1]:
         nibbles += bytes((1, _HEX[byte & 0xF], 1, _HEX[byte >> 4]))
@@ -258,27 +281,106 @@ class RecordStore:
         rebuilt once per address: loading 10,000 of them at start was
         quadratic (``docs/design-notes.rst``, "Footprint of a large node").
         """
-        gone = [(self.key(n), self._addresses([ip])[0]) for n, ip in removed]
-        new = [(self.key(n), self._addresses([ip])[0]) for n, ip in added]
+        keys: dict[str, bytes] = {}  # a service's name comes once per workload
+
+        def key_of(name: str) -> bytes:
+            key = keys.get(name)
+            if key is None:
+                key = keys[name] = self.key(name)
+            return key
+
+        #: id of a given address -> (its address, reverse name, itself: kept
+        #: alive so that its id is not reused by another during this call)
+        revs: dict[int, tuple[Address, bytes, AddressLike]] = {}
+
+        def rev_of(ip: AddressLike) -> tuple[Address, bytes]:
+            # Staged by reverse name (bytes hash in C), not by address
+            # (ipaddress hashes in Python); the engine shares one object per
+            # address, so most lookups are by identity.
+            held = revs.get(id(ip))
+            if held is None:
+                addr = ip if not isinstance(ip, str) else self._addresses([ip])[0]
+                held = revs[id(ip)] = (addr, reverse_wire(addr), ip)
+            return held[0], held[1]
+
+        staged: dict[bytes, tuple[dict[bytes, Address], dict[bytes, Address]]] = {}
+        for n, ip in removed:
+            addr, rev = rev_of(ip)
+            staged.setdefault(key_of(n), ({}, {}))[0][rev] = addr
+        for n, ip in added:
+            addr, rev = rev_of(ip)
+            staged.setdefault(key_of(n), ({}, {}))[1][rev] = addr
         with self._lock:
-            names = self.tables.names
-            staged: dict[bytes, dict[Address, None]] = {}
-            for key, _addr in [*gone, *new]:
-                if key not in staged:
-                    entry = names.get(key)
-                    staged[key] = dict.fromkeys(entry.addresses() if entry else ())
-            for key, addr in gone:
-                staged[key].pop(addr, None)
-            for key, addr in new:
-                staged[key][addr] = None
             changed = False
-            for key, addrs in staged.items():
-                entry = names.get(key)
-                if list(addrs) != (entry.addresses() if entry else []):
-                    self._apply(self.tables, key, list(addrs))
-                    changed = True
+            for key, (drop, add) in staged.items():
+                changed = self._change(self.tables, key, drop, add) or changed
             if changed:
                 self.serial += 1
+
+    def _change(
+        self, t: _Tables, key: bytes, drop: dict[bytes, Address], add: dict[bytes, Address]
+    ) -> bool:
+        """Remove ``drop`` then append ``add`` to ``key``'s addresses; True if it changed.
+
+        ``drop`` and ``add`` map reverse names to addresses. The entry is
+        rebuilt from the old one's tuples and prepared answers, and membership
+        is read from the reverse index: a name of 10,000 addresses (a
+        service's) costs a tuple copy per change, not 10,000 hashes of
+        ``ipaddress`` objects and 10,000 packed answers.
+        """
+        old = t.names.get(key)
+
+        def present(rev: bytes) -> bool:
+            if old is None:
+                return False
+            owners = t.ptr.get(rev)
+            return owners is not None and key in owners
+
+        dropped = [(rev, x) for rev, x in drop.items() if present(rev)]
+        appended = [(rev, x) for rev, x in add.items() if rev in drop or not present(rev)]
+        if not dropped and not appended:
+            return False
+        a, a_rr = (old.a, old.a_rr) if old else ((), ())
+        aaaa, aaaa_rr = (old.aaaa, old.aaaa_rr) if old else ((), ())
+        if dropped:
+            cut = {_rr(x, self._ttl) for _, x in dropped}
+            if any(x.version == 4 for _, x in dropped):
+                kept = [(x, r) for x, r in zip(a, a_rr, strict=True) if r not in cut]
+                a, a_rr = tuple(x for x, _ in kept), tuple(r for _, r in kept)
+            if any(x.version == 6 for _, x in dropped):
+                kept6 = [(x, r) for x, r in zip(aaaa, aaaa_rr, strict=True) if r not in cut]
+                aaaa, aaaa_rr = tuple(x for x, _ in kept6), tuple(r for _, r in kept6)
+        v4 = [x for _, x in appended if isinstance(x, ipaddress.IPv4Address)]
+        v6 = [x for _, x in appended if isinstance(x, ipaddress.IPv6Address)]
+        if v4:
+            a, a_rr = a + tuple(v4), a_rr + tuple(_rr(x, self._ttl) for x in v4)
+        if v6:
+            aaaa, aaaa_rr = aaaa + tuple(v6), aaaa_rr + tuple(_rr(x, self._ttl) for x in v6)
+        if a or aaaa:
+            turns = (old.turn_a, old.turn_aaaa) if old else (0, 0)
+            t.names[key] = _Entry.prepared(a, a_rr, aaaa, aaaa_rr, turns)
+            if old is None:
+                for anc in _ancestors(key):
+                    t.ents[anc] = t.ents.get(anc, 0) + 1
+        elif old is not None:
+            del t.names[key]
+            for anc in _ancestors(key):
+                left = t.ents.get(anc, 0) - 1
+                if left > 0:
+                    t.ents[anc] = left
+                else:
+                    t.ents.pop(anc, None)
+        for rev, _ in dropped:
+            if rev in add:
+                continue  # moved to the end: still owned
+            owners = t.ptr.get(rev)
+            if owners is not None:
+                owners.pop(key, None)
+                if not owners:
+                    del t.ptr[rev]
+        for rev, _ in appended:
+            t.ptr.setdefault(rev, {})[key] = None
+        return True
 
     def replace_all(self, mapping: Mapping[str, Iterable[AddressLike]]) -> None:
         """Replace every record with ``mapping`` (name → addresses) at once."""

@@ -26,7 +26,6 @@ from overlayd.errors import quote
 from overlayd.model import AnyHandle
 from overlayd.model import Attachment
 from overlayd.model import AttachRequest
-from overlayd.model import DnsRecord
 from overlayd.model import Event
 from overlayd.model import GuestManagedHandle
 from overlayd.model import IPAddress
@@ -44,6 +43,7 @@ from overlayd.stats import timed
 from .base import DETACH_INTENT
 from .base import EngineBase
 from .base import owner_of
+from .dnsview import records
 from .validation import DNS_NAME_RE
 from .validation import parse_handle
 from .work import Tx
@@ -176,26 +176,22 @@ class AttachMixin(EngineBase):
                 self.hooks.peer_apply(device, [guest])
                 undo.push("remove guest peer", lambda: self.hooks.peer_apply(device, restore))
                 self._record_peers(tx, table, merged)
-            records = [
-                DnsRecord(name=svc.service, ip=lease.ip, source=owner),
-                DnsRecord(
-                    name=f"{short_name(handle)}.{svc.service}",
-                    ip=lease.ip,
-                    source=owner,
-                ),
+            entries = [
+                self._dns_entry(svc.service, lease.ip, owner),
+                self._dns_entry(f"{short_name(handle)}.{svc.service}", lease.ip, owner),
             ]
-            self.hooks.dns_records_changed(records, [])
+            dns_added = records(entries)
+            self.hooks.dns_records_changed(dns_added, [])
             undo.push(
                 "remove DNS records",
-                lambda: self.hooks.dns_records_changed([], records),
+                lambda: self.hooks.dns_records_changed([], dns_added),
             )
             if dns_server is not None:
                 self.hooks.dns_endpoint_configure(att, [dns_server], dns_domain)
-            for rec in records:
-                tx.put("dns", f"{rec.name.lower()}|{rec.ip}", rec)
-                tx.after.append(
-                    functools.partial(self.dns.__setitem__, (rec.name.lower(), str(rec.ip)), rec)
-                )
+            for entry in entries:
+                dns_key = self._dns_key(entry)
+                tx.put("dns", f"{dns_key[0]}|{dns_key[1]}", entry.doc())
+                tx.after.append(functools.partial(self._dns_put, dns_key, entry))
             tx.put("lease", f"{lease.pool}|{lease.ip}", lease)
             if global_lease is not None:
                 tx.put("lease", f"{global_lease.pool}|{global_lease.ip}", global_lease)
@@ -288,18 +284,16 @@ class AttachMixin(EngineBase):
         owner = owner_of(key)
         # The records an attach creates are known: no scan of the whole zone.
         names = (att.service, f"{short_name(att.handle)}.{att.service}")
-        records = [
-            rec
-            for rec in (self.dns.get((n.lower(), str(att.ip))) for n in names)
-            if rec is not None and rec.source == owner
-        ]
+        keys = [(n.lower(), self._dns_ips.text(att.ip)) for n in names]
+        found = [(k, self.dns.get(k)) for k in keys]
+        gone = [(k, rec) for k, rec in found if rec is not None and rec.source == owner]
         try:
-            self.hooks.dns_records_changed([], records)
+            self.hooks.dns_records_changed([], records(rec for _, rec in gone))
         except OverlaydError as exc:
             errors.append(exc)
-        for rec in records:
-            tx.delete("dns", f"{rec.name.lower()}|{rec.ip}")
-            tx.after.append(functools.partial(self.dns.pop, (rec.name.lower(), str(rec.ip)), None))
+        for dns_key, _ in gone:
+            tx.delete("dns", f"{dns_key[0]}|{dns_key[1]}")
+            tx.after.append(functools.partial(self._dns_pop, dns_key))
         if att.guest is not None:
             svc = self.services.get(att.service)
             g = self.global_

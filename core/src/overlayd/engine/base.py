@@ -48,7 +48,6 @@ from overlayd.model import Capability
 from overlayd.model import Device
 from overlayd.model import DeviceKind
 from overlayd.model import DeviceSpec
-from overlayd.model import DnsRecord
 from overlayd.model import Event
 from overlayd.model import GlobalOverlay
 from overlayd.model import IPAddress
@@ -77,6 +76,9 @@ from overlayd.secrets import Secrets
 from overlayd.state import Store
 from overlayd.stats import EngineStats
 
+from .dnsview import AddressPool
+from .dnsview import DnsEntry
+from .dnsview import ManualNames
 from .layout import NODE_POOL
 from .layout import BuiltinSubnets
 from .layout import SliceLayout
@@ -178,7 +180,12 @@ class EngineBase:
         self.manual_leases: dict[str, Lease] = {}
         #: device name -> its peers as recorded (see overlayd.peers for the merge rules).
         self.peers: dict[str, PeerTable] = {}
-        self.dns: dict[tuple[str, str], DnsRecord] = {}
+        #: (lower-case name, address text) -> record (overlayd.engine.dnsview).
+        self.dns: dict[tuple[str, str], DnsEntry] = {}
+        #: One address object per distinct address of the records in ``dns``.
+        self._dns_ips = AddressPool()
+        #: lower-case name -> address texts of its ``manual`` records (unregister_dns).
+        self._dns_manual = ManualNames()
         self.masquerades: dict[str, MasqueradeRule] = {}
         self.port_mappings: dict[str, PortMapping] = {}
         #: The global overlay after ``teardown_global_overlay`` while services or
@@ -396,6 +403,25 @@ class EngineBase:
         self._subscribers.discard(queue)
 
     # -- store --------------------------------------------------------------
+
+    def _dns_entry(self, name: str, ip: IPAddress, source: str = "manual") -> DnsEntry:
+        """A record for ``dns`` whose address is the one shared by every record of it."""
+        return DnsEntry(name, self._dns_ips.share(ip), source)
+
+    def _dns_key(self, entry: DnsEntry) -> tuple[str, str]:
+        lower = entry.name.lower()
+        return (entry.name if lower == entry.name else lower, self._dns_ips.text(entry.ip))
+
+    def _dns_put(self, key: tuple[str, str], entry: DnsEntry) -> None:
+        """Record ``entry`` in the in-memory view (a commit's after-step, under ``_mem``)."""
+        self.dns[key] = entry
+        if entry.source == "manual":
+            self._dns_manual.add(key[0], key[1])
+
+    def _dns_pop(self, key: tuple[str, str]) -> None:
+        """Drop the record under ``key`` from the in-memory view (an after-step)."""
+        self.dns.pop(key, None)
+        self._dns_manual.discard(key[0], key[1])
 
     def _commit(self, tx: Tx) -> None:
         """Write ``tx`` in one transaction, then apply its in-memory changes."""

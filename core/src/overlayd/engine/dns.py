@@ -20,6 +20,8 @@ from overlayd.model import DnsRecord
 from overlayd.model import IPAddress
 
 from .base import EngineBase
+from .dnsview import DnsEntry
+from .dnsview import records
 from .validation import DNS_NAME_RE
 from .work import Tx
 
@@ -91,12 +93,11 @@ class DnsMixin(EngineBase):
         """Add ``ip`` to ``name`` in the overlay zone (several addresses per name rotate)."""
         self._require_started()
         clean = self._dns_name(name)
-        addr = self._parse_ip("ip", ip)
-        rec = DnsRecord(name=clean, ip=addr)
+        entry = self._dns_entry(clean, self._parse_ip("ip", ip))
         async with self._locks.hold((f"dns:{clean.lower()}", True)):
-            if (clean.lower(), str(addr)) in self.dns:
+            if self._dns_key(entry) in self.dns:
                 return
-            await self._run(self._dns_change, [rec], [])
+            await self._run(self._dns_change, [entry], [])
 
     async def unregister_dns(self, name: object) -> None:
         """Remove every address registered for ``name`` with ``register_dns``."""
@@ -104,11 +105,11 @@ class DnsMixin(EngineBase):
         lname = self._dns_name(name).lower()
         async with self._locks.hold((f"dns:{lname}", True)):
             # Attaches and detaches change self.dns from worker threads (under
-            # _mem): iterate a consistent view, not a dictionary that may change.
+            # _mem): read a consistent view. The index names the candidates;
+            # the records say which are still manual.
             with self._mem:
-                removed = [
-                    r for (n, _), r in self.dns.items() if n == lname and r.source == "manual"
-                ]
+                found = (self.dns.get((lname, text)) for text in self._dns_manual.get(lname))
+                removed = [r for r in found if r is not None and r.source == "manual"]
             if removed:
                 await self._run(self._dns_change, [], removed)
 
@@ -126,21 +127,21 @@ class DnsMixin(EngineBase):
         if added or removed:
             await self._run(self.hooks.dns_records_changed, list(added), list(removed))
 
-    def _dns_change(self, added: list[DnsRecord], removed: list[DnsRecord]) -> None:
-        self.hooks.dns_records_changed(added, removed)
+    def _dns_change(self, added: list[DnsEntry], removed: list[DnsEntry]) -> None:
+        self.hooks.dns_records_changed(records(added), records(removed))
         tx = Tx()
         for rec in removed:
-            tx.delete("dns", f"{rec.name.lower()}|{rec.ip}")
-            tx.after.append(functools.partial(self.dns.pop, (rec.name.lower(), str(rec.ip)), None))
+            key = self._dns_key(rec)
+            tx.delete("dns", f"{key[0]}|{key[1]}")
+            tx.after.append(functools.partial(self._dns_pop, key))
         for rec in added:
-            tx.put("dns", f"{rec.name.lower()}|{rec.ip}", rec)
-            tx.after.append(
-                functools.partial(self.dns.__setitem__, (rec.name.lower(), str(rec.ip)), rec)
-            )
+            key = self._dns_key(rec)
+            tx.put("dns", f"{key[0]}|{key[1]}", rec.doc())
+            tx.after.append(functools.partial(self._dns_put, key, rec))
         try:
             self._commit(tx)
         except StateError:
-            self.hooks.dns_records_changed(removed, added)
+            self.hooks.dns_records_changed(records(removed), records(added))
             raise
 
     # -- NAT port mappings (extension) --------------------------------------

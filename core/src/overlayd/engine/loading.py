@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import ipaddress
-import sys
 from collections.abc import Iterable
 from collections.abc import Iterator
 from typing import Any
@@ -14,9 +12,7 @@ from pydantic import TypeAdapter
 
 from overlayd.errors import StateError
 from overlayd.model import Attachment
-from overlayd.model import DnsRecord
 from overlayd.model import GlobalOverlay
-from overlayd.model import IPAddress
 from overlayd.model import Lease
 from overlayd.model import MasqueradeRule
 from overlayd.model import PeerConfig
@@ -26,13 +22,16 @@ from overlayd.model import ServiceOverlay
 from .base import DETACH_INTENT
 from .base import NODE_POOL
 from .base import EngineBase
+from .dnsview import DnsEntry
+from .dnsview import ManualNames
+from .dnsview import entries_from_store
+from .dnsview import records as dns_models
 
 __all__ = ["LoadingMixin", "dns_records_from_store", "gc_paused", "leases_from_records"]
 
 # Whole lists of stored records are validated in one pydantic-core call each.
 _LEASES_ADAPTER: TypeAdapter[list[Lease]] = TypeAdapter(list[Lease])
 _ATTACHMENTS_ADAPTER: TypeAdapter[list[Attachment]] = TypeAdapter(list[Attachment])
-_DNS_ADAPTER: TypeAdapter[list[DnsRecord]] = TypeAdapter(list[DnsRecord])
 
 
 @contextlib.contextmanager
@@ -52,40 +51,18 @@ def leases_from_records(values: Iterable[Any]) -> list[Lease]:
     return _LEASES_ADAPTER.validate_python(list(values))
 
 
-def dns_records_from_store(values: Iterable[Any]) -> dict[tuple[str, str], DnsRecord]:
+def dns_records_from_store(values: Iterable[Any]) -> dict[tuple[str, str], DnsEntry]:
     """Stored DNS records (the ``dns`` kind), keyed like ``Engine.dns``.
 
-    A node's names share few addresses (every workload's address is under its
-    own name and its service's) and fewer sources: each distinct address is
-    parsed once and its object and text shared by all its records, and the
-    sources are interned. For 120,000 records that is about 25 MiB less
-    resident and half the validation time (docs/design-notes.rst,
-    "Footprint of a large node").
+    See :func:`overlayd.engine.dnsview.entries_from_store`: each distinct
+    address is parsed once and shared, sources are interned, and no pydantic
+    model is built for a well-formed document.
     """
-    docs = list(values)
-    addresses: dict[str, tuple[IPAddress, str]] = {}
-    for doc in docs:
-        if not isinstance(doc, dict):
-            continue  # the validation below reports it
-        text = doc.get("ip")
-        if isinstance(text, str):
-            shared = addresses.get(text)
-            if shared is None:
-                try:
-                    ip = ipaddress.ip_address(text)
-                    shared = addresses[text] = (ip, str(ip))
-                except ValueError:
-                    continue  # the validation below reports it
-            doc["ip"] = shared[0]
-        source = doc.get("source")
-        if isinstance(source, str):
-            doc["source"] = sys.intern(source)
-    texts = dict(addresses.values())
-    out: dict[tuple[str, str], DnsRecord] = {}
-    for rec in _DNS_ADAPTER.validate_python(docs):
-        lower = rec.name.lower()
-        out[(rec.name if lower == rec.name else lower, texts.get(rec.ip) or str(rec.ip))] = rec
-    return out
+    return entries_from_store(values)
+
+
+#: Records handed to the DNS hooks per call at load: bounds the models alive at once.
+DNS_LOAD_BATCH = 10_000
 
 
 class LoadingMixin(EngineBase):
@@ -129,13 +106,22 @@ class LoadingMixin(EngineBase):
         for key, value in data.get("peer", {}).items():
             device, _, _ = key.partition("|")
             self._peer_table(device).put(PeerConfig.model_validate(value))
-        self.dns = dns_records_from_store(data.get("dns", {}).values())
+        # The stored documents of the largest kind go as soon as they are read,
+        # before the DNS hooks build their tables below: a lower peak, which the
+        # allocator would keep as resident (docs/design-notes.rst, "Footprint").
+        self.dns = entries_from_store(data.pop("dns", {}).values(), self._dns_ips)
+        self._dns_manual = ManualNames()
+        for (lname, text), entry in self.dns.items():
+            if entry.source == "manual":
+                self._dns_manual.add(lname, text)
         self.masquerades = {
             k: MasqueradeRule.model_validate(v) for k, v in data.get("masquerade", {}).items()
         }
         self.port_mappings = {
             k: PortMapping.model_validate(v) for k, v in data.get("portmap", {}).items()
         }
+        del records
+        data.clear()  # every kind is built: the documents go before the hooks below
         by_pool: dict[str, list[Lease]] = {}
         for lease in leases:
             by_pool.setdefault(lease.pool, []).append(lease)
@@ -151,7 +137,8 @@ class LoadingMixin(EngineBase):
                 self._ports.reserve(svc.dedicated.listen_port)
             pool = self._pool_for(svc)
             self.hooks.ipam_pool_create(pool, by_pool.get(pool.name, []))
-        if self.dns:
-            self.hooks.dns_records_changed(list(self.dns.values()), [])
+        entries = list(self.dns.values())
+        for start in range(0, len(entries), DNS_LOAD_BATCH):
+            self.hooks.dns_records_changed(dns_models(entries[start : start + DNS_LOAD_BATCH]), [])
 
     # -- addressing helpers -------------------------------------------------

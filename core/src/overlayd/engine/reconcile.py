@@ -23,6 +23,8 @@ from overlayd.model import Event
 from overlayd.model import Lease
 from overlayd.model import NetnsHandle
 from overlayd.model import PeerChange
+from overlayd.model import PeerConfig
+from overlayd.model import PeerStatus
 from overlayd.model import ReconcileRequest
 from overlayd.model import handle_key
 from overlayd.peers import change_from
@@ -256,11 +258,24 @@ class ReconcileMixin(EngineBase):
         return recreated, errors
 
     def _reconcile_peers(self, device: Device) -> None:
-        """Make the device's peers exactly the recorded ones (diffed by the driver)."""
+        """Make the device's peers exactly the recorded ones.
+
+        A recorded peer that the device reports with the same endpoint,
+        allowed IPs and keepalive (every field of ``PeerConfig``) is not sent
+        again: ``peer_apply`` applies differences, so re-sending it changed
+        nothing, and at start it was 10,000 changes built and merged for
+        nothing (docs/design-notes.rst, "Footprint of a large node"). An
+        endpoint recorded as a host name never matches the resolved one the
+        device reports, so such peers are re-sent (and re-resolved) as before.
+        """
         peers = self._peer_table(device.name)
-        present = {p.public_key for p in self.hooks.peer_status(device)}
-        changes = [PeerChange(public_key=k, remove=True) for k in sorted(present - peers.keys())]
-        changes += [change_from(p) for p in peers.values()]
+        status = {p.public_key: p for p in self.hooks.peer_status(device)}
+        changes = [
+            PeerChange(public_key=k, remove=True) for k in sorted(status.keys() - peers.keys())
+        ]
+        changes += [
+            change_from(p) for p in peers.values() if not _in_place(p, status.get(p.public_key))
+        ]
         if changes:
             self.hooks.peer_apply(device, changes)
 
@@ -270,6 +285,16 @@ class ReconcileMixin(EngineBase):
         return DeviceSpec(**recorded, private_key=key)
 
     # -- convenience for embedders ------------------------------------------
+
+
+def _in_place(recorded: PeerConfig, reported: PeerStatus | None) -> bool:
+    """True when the device reports ``recorded`` as it is (its every field)."""
+    return (
+        reported is not None
+        and reported.endpoint == recorded.endpoint
+        and reported.allowed_ips == recorded.allowed_ips
+        and reported.persistent_keepalive_secs == recorded.persistent_keepalive_secs
+    )
 
 
 def _log_reconcile(summary: ReconcileSummary, what: str) -> None:

@@ -1,0 +1,177 @@
+"""The engine's view of its DNS records: light entries, shared addresses, a name index.
+
+``Engine.dns`` holds one record per (name, address) of the zone: 120,000 on a
+large node. A frozen pydantic :class:`~overlayd.model.DnsRecord` per record
+(its ``__dict__``, fields-set and own address) was most of the daemon's
+resident size (docs/design-notes.rst, "Footprint of a large node"), so the
+engine keeps a slotted :class:`DnsEntry` instead and turns it into a
+``DnsRecord`` only where one leaves the engine (the DNS hooks).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import sys
+import weakref
+from collections.abc import Iterable
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from overlayd.model import DnsRecord
+from overlayd.model import IPAddress
+
+__all__ = ["AddressPool", "DnsEntry", "ManualNames", "entries_from_store", "records"]
+
+_FIELDS = frozenset(("name", "ip", "source"))
+
+
+@dataclass(frozen=True, slots=True)
+class DnsEntry:
+    """One name → address record as the engine keeps it (the fields of ``DnsRecord``)."""
+
+    name: str
+    ip: IPAddress
+    source: str = "manual"
+
+    @classmethod
+    def of(cls, rec: DnsRecord) -> DnsEntry:
+        return cls(rec.name, rec.ip, rec.source)
+
+    def record(self) -> DnsRecord:
+        """The public model of this entry (what the DNS hooks receive)."""
+        return DnsRecord(name=self.name, ip=self.ip, source=self.source)
+
+    def doc(self) -> dict[str, Any]:
+        """The stored form: what ``DnsRecord.model_dump(mode="json")`` gives."""
+        return {"name": self.name, "ip": str(self.ip), "source": self.source}
+
+
+def records(entries: Iterable[DnsEntry]) -> list[DnsRecord]:
+    return [e.record() for e in entries]
+
+
+class AddressPool:
+    """One address object (and one text) per distinct address held anywhere in the view.
+
+    Weakly held: an address no record uses any more is dropped with its last record.
+    The texts are interned strings, which CPython also frees with their last reference.
+    """
+
+    def __init__(self) -> None:
+        self._objs: weakref.WeakValueDictionary[IPAddress, IPAddress] = (
+            weakref.WeakValueDictionary()
+        )
+
+    def share(self, ip: IPAddress) -> IPAddress:
+        shared = self._objs.get(ip)
+        if shared is None:
+            self._objs[ip] = shared = ip
+        return shared
+
+    @staticmethod
+    def text(ip: IPAddress) -> str:
+        return sys.intern(str(ip))
+
+
+class ManualNames:
+    """Lower-case name → the address texts registered with ``register_dns`` for it.
+
+    ``unregister_dns`` looks its name up here instead of scanning every record.
+    A name of one address (nearly all of them) holds the text itself, not a tuple.
+    It may name records since replaced by another source: readers check the record.
+    """
+
+    def __init__(self) -> None:
+        self._by_name: dict[str, str | tuple[str, ...]] = {}
+
+    def add(self, lname: str, text: str) -> None:
+        held = self._by_name.get(lname)
+        if held is None:
+            self._by_name[lname] = text
+        elif isinstance(held, str):
+            if held != text:
+                self._by_name[lname] = (held, text)
+        elif text not in held:
+            self._by_name[lname] = (*held, text)
+
+    def discard(self, lname: str, text: str) -> None:
+        held = self._by_name.get(lname)
+        if held is None:
+            return
+        if isinstance(held, str):
+            if held == text:
+                del self._by_name[lname]
+            return
+        left = tuple(t for t in held if t != text)
+        if not left:
+            del self._by_name[lname]
+        else:
+            self._by_name[lname] = left[0] if len(left) == 1 else left
+
+    def get(self, lname: str) -> tuple[str, ...]:
+        held = self._by_name.get(lname)
+        if held is None:
+            return ()
+        return (held,) if isinstance(held, str) else held
+
+    def __len__(self) -> int:
+        return len(self._by_name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._by_name)
+
+
+def _fast_entry(doc: object, addresses: dict[str, tuple[IPAddress, str]]) -> DnsEntry | None:
+    """The entry of a stored document in the shape ``DnsRecord`` accepts, else ``None``."""
+    if type(doc) is not dict or not doc.keys() <= _FIELDS:
+        return None
+    name = doc.get("name")
+    text = doc.get("ip")
+    source = doc.get("source", "manual")
+    if (
+        type(name) is not str
+        or not 1 <= len(name) <= 253
+        or type(text) is not str
+        or type(source) is not str
+    ):
+        return None
+    shared = addresses.get(text)
+    if shared is None:
+        try:
+            ip = ipaddress.ip_address(text)
+        except ValueError:
+            return None
+        canonical = sys.intern(str(ip))
+        shared = addresses[text] = (ip, canonical)
+    return DnsEntry(name, shared[0], sys.intern(source))
+
+
+def entries_from_store(
+    values: Iterable[Any], pool: AddressPool | None = None
+) -> dict[tuple[str, str], DnsEntry]:
+    """Stored DNS records (the ``dns`` kind), keyed like ``Engine.dns``.
+
+    The documents come from our own store in the form ``DnsRecord`` dumps, so
+    each is checked by hand (the same constraints as the model) rather than
+    validated into a model: each distinct address is parsed once and its
+    object and text are shared by all its records. A document that does not
+    pass is validated with ``DnsRecord``, which reports it (``ValidationError``)
+    or accepts it.
+    """
+    addresses: dict[str, tuple[IPAddress, str]] = {}
+    out: dict[tuple[str, str], DnsEntry] = {}
+    for doc in values:
+        entry = _fast_entry(doc, addresses)
+        if entry is None:
+            rec = DnsRecord.model_validate(doc)
+            entry = DnsEntry(rec.name, rec.ip, sys.intern(rec.source))
+            text = sys.intern(str(rec.ip))
+        else:
+            text = addresses[doc["ip"]][1]
+        ip = entry.ip if pool is None else pool.share(entry.ip)
+        if ip is not entry.ip:
+            entry = DnsEntry(entry.name, ip, entry.source)
+        lower = entry.name.lower()
+        out[(entry.name if lower == entry.name else lower, text)] = entry
+    return out

@@ -1,0 +1,101 @@
+"""The fake host's state file and journal: what an attach or detach journals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from overlayd.config import EngineConfig
+from overlayd.engine import Engine
+from overlayd_fake.driver import FakeDriver
+from overlayd_fake.driver import _journal_path
+
+GLOBAL: dict[str, Any] = {
+    "deployment": "prod",
+    "instance_id": "n1",
+    "cluster_cidr": "10.200.0.0/16",
+    "slice_cidr": "10.200.0.0/20",
+    "wg_port": 51820,
+}
+
+
+def _journal(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in _journal_path(path).read_text().splitlines()]
+
+
+async def test_attach_and_detach_journal_their_own_objects_and_survive_a_restart(
+    engine_config: EngineConfig, tmp_path: Path
+) -> None:
+    state = tmp_path / "host.json"
+    fake = FakeDriver(state_file=state)
+    async with Engine(engine_config, drivers=[fake]) as eng:
+        await eng.setup_global_overlay(**GLOBAL)
+        await eng.setup_service_overlay("web", "shared")
+        for pid in range(1, 6):
+            await eng.attach({"platform": "linux_pid", "pid": pid}, "web")
+        before = len(_journal(state))
+        await eng.attach({"platform": "linux_pid", "pid": 9}, "web")
+        (entry,) = _journal(state)[before:]
+        assert entry == {"set": [["attachments", "linux_pid:9", entry["set"][0][2]]], "del": []}
+        await eng.detach({"platform": "linux_pid", "pid": 2})
+        assert _journal(state)[-1] == {"set": [], "del": [["attachments", "linux_pid:2"]]}
+        fake.kill("linux_pid:3")
+        assert _journal(state)[-1] == {"set": [["dead", "linux_pid:3", True]], "del": []}
+        # A detach of the dead workload clears both its interfaces and its death.
+        await eng.detach({"platform": "linux_pid", "pid": 3})
+        host = fake.host.to_json()
+        saved = dict(fake._saved)
+    again = FakeDriver(state_file=state)
+    assert again.host.to_json() == host
+    assert again._saved.keys() == saved.keys() == fake.host.flat().keys()
+
+
+async def test_reconcile_re_applying_the_same_peers_journals_no_peer(
+    engine_config: EngineConfig, tmp_path: Path
+) -> None:
+    state = tmp_path / "host.json"
+    fake = FakeDriver(state_file=state)
+    key = "A" * 43 + "="
+    async with Engine(engine_config, drivers=[fake]) as eng:
+        await eng.setup_global_overlay(**GLOBAL)
+        await eng.add_peer(key, "192.0.2.9:51820", "10.201.0.0/24", 25)
+        assert len([e for e in _journal(state) if any(s[0] == "peers" for s in e["set"])]) == 1
+        before = len(_journal(state))
+        await eng.reconcile()
+        assert not [e for e in _journal(state)[before:] if any(s[0] == "peers" for s in e["set"])]
+        host = fake.host.to_json()
+    assert FakeDriver(state_file=state).host.to_json() == host
+
+
+async def test_reconcile_journals_what_it_removed(
+    engine_config: EngineConfig, tmp_path: Path
+) -> None:
+    state = tmp_path / "host.json"
+    fake = FakeDriver(state_file=state)
+    async with Engine(engine_config, drivers=[fake]) as eng:
+        await eng.setup_global_overlay(**GLOBAL)
+        await eng.setup_service_overlay("web", "shared")
+        await eng.attach({"platform": "linux_pid", "pid": 1}, "web")
+        await eng.attach({"platform": "linux_pid", "pid": 2}, "web")
+        # Objects of ours the engine does not know (a crash between host and store).
+        stray = fake.host.attachments["linux_pid:2"]
+        del eng.attachments["linux_pid:2"]
+        bridge = next(d for d in fake.host.devices.values() if d.kind == "bridge")
+        fake.host.devices["zl-stray"] = bridge.model_copy(update={"name": "zl-stray"})
+        fake.host.peers["zl-stray"] = {}
+        fake._save()
+        before = len(_journal(state))
+        await eng.reconcile()
+        # Re-ensured devices are journaled as set (a new object each time), the
+        # reconcile's removals in one entry of deletions only.
+        (entry,) = [e for e in _journal(state)[before:] if e["del"]]
+        assert entry["set"] == []
+        assert sorted(map(tuple, entry["del"])) == [
+            ("attachments", "linux_pid:2"),
+            ("devices", "zl-stray"),
+            ("peer_devices", "zl-stray"),
+        ]
+        assert stray.key not in fake.host.attachments
+        host = fake.host.to_json()
+    assert FakeDriver(state_file=state).host.to_json() == host
