@@ -28,7 +28,7 @@ from overlayd.engine import Engine
 from overlayd.rawclient import RawClient
 from overlayd.rawclient import RemoteError
 from overlayd.server import Server
-from overlayd.server.handlers import CNI_NOT_INSTALLED
+from overlayd.server.cni_exec import CNI_NOT_INSTALLED
 from overlayd_cni.launcher import InstallError
 from overlayd_cni.launcher import install
 from overlayd_cni.main import execute
@@ -124,6 +124,30 @@ async def test_cni_exec_answers_what_the_plugin_prints(
         {"CNI_COMMAND": command, **{names[k]: v for k, v in env.items()}}, text.encode()
     )
     assert (answer["exit_code"], answer["stdout"]) == local[:2]
+
+
+async def test_the_worker_threads_end_with_the_server_and_come_back_for_the_next(
+    sock: str,
+) -> None:
+    import threading
+
+    from overlayd.server import cni_exec
+
+    def workers() -> int:
+        return sum(t.name.startswith("overlayd-cni") for t in threading.enumerate())
+
+    request = {"op": "cni_exec", "command": "STATUS", "stdin": _conf(sock)}
+    assert (await _call(sock, request))["exit_code"] == 0
+    assert workers() >= 1
+    cni_exec.shutdown_pool()  # what the server's close calls
+    for _ in range(100):  # the idle threads notice the shutdown and exit
+        if workers() == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert workers() == 0
+    assert (await _call(sock, request))["exit_code"] == 0  # a new pool
+    cni_exec.shutdown_pool()
+    cni_exec.shutdown_pool()  # idempotent
 
 
 async def test_cni_exec_refuses_check(sock: str) -> None:

@@ -45,6 +45,7 @@ from overlayd.subscriptions import Subscription
 # so the server's own modules are imported after it.)
 assert sys.platform != "win32", "overlayd serve is not supported on Windows yet"
 
+from overlayd.server import cni_exec
 from overlayd.server.access import authorise
 from overlayd.server.handlers import HANDLERS
 
@@ -183,6 +184,7 @@ class Server:
             self._events_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._events_task
+        cni_exec.shutdown_pool()  # the requests are answered: its threads may go
         for conn in list(self._conns):
             conn.writer.close()
         if self._clients:

@@ -9,13 +9,7 @@ and one function here decorated with :func:`handles`; :meth:`Server.dispatch
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import json
-import logging
 import sys
-import threading
-import time
 from collections.abc import Awaitable
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -23,10 +17,7 @@ from typing import Any
 
 from overlayd import __version__
 from overlayd import protocol as p
-from overlayd.connections import MAX_ERR_MESSAGE
 from overlayd.errors import InvalidRequest
-from overlayd.errors import OverlaydError
-from overlayd.errors import clip
 from overlayd.model import NatCandidate
 from overlayd.model import OverlayMode
 from overlayd.model import PeerChange
@@ -412,94 +403,5 @@ async def _cluster_status(s: Server, r: p.ClusterStatusRequest) -> p.AnyResponse
     return response
 
 
-# -- cni_exec ---------------------------------------------------------------
-
-log = logging.getLogger("overlayd.server")
-
-#: What ``cni_exec`` answers when the plugin's package cannot be imported.
-CNI_NOT_INSTALLED = "not supported: the overlayd-cni distribution is not installed"
-#: Worker threads running CNI invocations at once. Their own pool: a worker
-#: waits for requests it hands back to the event loop, so it must never take
-#: a thread the loop itself may need (the default executor decodes large frames).
-CNI_WORKERS = 4
-_cni_pool: concurrent.futures.ThreadPoolExecutor | None = None
-_cni_pool_lock = threading.Lock()
-
-
-def _cni_executor() -> concurrent.futures.ThreadPoolExecutor:
-    global _cni_pool
-    with _cni_pool_lock:
-        if _cni_pool is None:
-            _cni_pool = concurrent.futures.ThreadPoolExecutor(
-                CNI_WORKERS, thread_name_prefix="overlayd-cni"
-            )
-        return _cni_pool
-
-
-async def _dispatch_wire(s: Server, request: dict[str, Any]) -> dict[str, Any]:
-    """Run one request given as its wire object; the response's wire object.
-
-    The same checks and error messages as a request read from a socket: the
-    request is decoded as a frame, failures become ``err`` as in
-    :meth:`Server._answer <overlayd.server.core.Server._answer>`, and the op is
-    counted in the metrics.
-    """
-    started = time.perf_counter()
-    op = str(request.get("op"))
-    response: p.AnyResponse
-    try:
-        frame = p.decode_frame(
-            json.dumps({"frame": "request", "id": 0, "request": request}).encode()
-        )
-        assert isinstance(frame, p.RequestFrame)
-        if isinstance(frame.request, p.CniExecRequest | p.ShutdownRequest | p.HelloRequest):
-            raise InvalidRequest(f"{op} cannot be run from inside cni_exec")
-        response = await s.dispatch(frame.request)
-    except OverlaydError as exc:
-        response = p.ErrResponse(message=clip(str(exc), MAX_ERR_MESSAGE))
-    except Exception as exc:  # the daemon must survive any bug
-        log.exception("internal error in %s (run by cni_exec)", op)
-        response = p.ErrResponse(
-            message=f"internal error in {op}: {type(exc).__name__}: {exc}; "
-            "this is a bug in overlayd, please report it with the daemon's log"
-        )
-    s.engine.stats.request_done(op, response.result, time.perf_counter() - started)
-    return response.to_wire()
-
-
-@handles(p.CniExecRequest)
-async def _cni_exec(s: Server, r: p.CniExecRequest) -> p.AnyResponse:
-    try:
-        from overlayd_cni.main import execute
-    except ImportError:
-        return p.ErrResponse(message=CNI_NOT_INSTALLED)
-    if r.command == "CHECK":
-        return p.ErrResponse(
-            message="not supported: cni_exec does not run CHECK (it reads the container's "
-            "namespace from inside); run the overlayd-cni plugin itself"
-        )
-    loop = asyncio.get_running_loop()
-
-    def call(request: dict[str, Any], timeout: float | None) -> dict[str, Any]:
-        # Runs in the worker thread: hand the request to the event loop and wait.
-        future = asyncio.run_coroutine_threadsafe(_dispatch_wire(s, request), loop)
-        try:
-            return future.result(timeout)
-        except TimeoutError:
-            future.cancel()
-            raise
-
-    env = {"CNI_COMMAND": r.command}
-    for name, value in (
-        ("CNI_CONTAINERID", r.container_id),
-        ("CNI_NETNS", r.netns),
-        ("CNI_IFNAME", r.ifname),
-        ("CNI_ARGS", r.args),
-        ("CNI_PATH", r.path),
-    ):
-        if value is not None:
-            env[name] = value
-    code, out, err = await loop.run_in_executor(
-        _cni_executor(), execute, env, r.stdin.encode(), call
-    )
-    return p.CniResultResponse(exit_code=code, stdout=out, stderr=err or None)
+# The cni_exec op has a module of its own; importing it registers its handler.
+from overlayd.server import cni_exec as _cni_exec  # noqa: F401
