@@ -360,16 +360,10 @@ class RecordStore:
             turns = (old.turn_a, old.turn_aaaa) if old else (0, 0)
             t.names[key] = _Entry.prepared(a, a_rr, aaaa, aaaa_rr, turns)
             if old is None:
-                for anc in _ancestors(key):
-                    t.ents[anc] = t.ents.get(anc, 0) + 1
+                _count_ancestors(t, key, +1)
         elif old is not None:
             del t.names[key]
-            for anc in _ancestors(key):
-                left = t.ents.get(anc, 0) - 1
-                if left > 0:
-                    t.ents[anc] = left
-                else:
-                    t.ents.pop(anc, None)
+            _count_ancestors(t, key, -1)
         for rev, _ in dropped:
             if rev in add:
                 continue  # moved to the end: still owned
@@ -405,16 +399,10 @@ class RecordStore:
                 a, aaaa, self._ttl, (old.turn_a, old.turn_aaaa) if old else (0, 0)
             )
             if old is None:
-                for anc in _ancestors(key):
-                    t.ents[anc] = t.ents.get(anc, 0) + 1
+                _count_ancestors(t, key, +1)
         elif old is not None:
             del t.names[key]
-            for anc in _ancestors(key):
-                left = t.ents.get(anc, 0) - 1
-                if left > 0:
-                    t.ents[anc] = left
-                else:
-                    t.ents.pop(anc, None)
+            _count_ancestors(t, key, -1)
         for addr in old_addrs - new_addrs:
             rev = reverse_wire(addr)
             owners = t.ptr.get(rev)
@@ -443,3 +431,13 @@ class RecordStore:
     def exists(self, t: _Tables, key: bytes) -> bool:
         """True when ``key`` is the apex, holds records or is an empty non-terminal."""
         return key == b"" or key in t.names or key in t.ents
+
+
+def _count_ancestors(t: _Tables, key: bytes, delta: int) -> None:
+    """A name came (+1) or went (-1): count it in each ancestor's empty-non-terminal tally."""
+    for anc in _ancestors(key):
+        left = t.ents.get(anc, 0) + delta
+        if left > 0:
+            t.ents[anc] = left
+        else:
+            t.ents.pop(anc, None)
