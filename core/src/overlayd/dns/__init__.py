@@ -12,12 +12,12 @@ See :class:`DnsConfig` for the settings and :class:`DnsServer` for the behaviour
 
 from __future__ import annotations
 
+from overlayd.dns._answer import DnsStats
 from overlayd.dns._config import DnsConfig
 from overlayd.dns._config import HostPort
 from overlayd.dns._config import parse_hostport
 from overlayd.dns._config import upstreams_from_resolv_conf
 from overlayd.dns._server import DnsServer
-from overlayd.dns._server import DnsStats
 
 __all__ = [
     "DnsConfig",

@@ -1,17 +1,18 @@
-"""The asyncio DNS server: listeners, query handling, forwarding."""
+"""The asyncio DNS server: its listeners, records and TCP connections.
+
+How a query is answered is in ``_answer.py`` (:class:`QueryAnswers`), how
+one is forwarded in ``_upstream.py`` (:class:`Forwarding`); the server is
+the two together with the sockets that feed them.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import errno
-import ipaddress
 import logging
-import secrets
 import socket
 import struct
-import time
-from collections.abc import Callable
 from collections.abc import Coroutine
 from collections.abc import Iterable
 from collections.abc import Mapping
@@ -22,18 +23,8 @@ from typing import Final
 from typing import TypeVar
 from typing import cast
 
-import dns.exception
-import dns.flags
-import dns.message
-import dns.name
-import dns.opcode
-import dns.rcode
-import dns.rdata
-import dns.rdataclass
-import dns.rdatatype
-import dns.rrset
-
-from overlayd.dns import _wire
+from overlayd.dns._answer import DnsStats
+from overlayd.dns._answer import QueryAnswers
 from overlayd.dns._config import DnsConfig
 from overlayd.dns._config import HostPort
 from overlayd.dns._config import normalize_zone
@@ -41,11 +32,9 @@ from overlayd.dns._config import parse_hostport
 from overlayd.dns._records import Address
 from overlayd.dns._records import AddressLike
 from overlayd.dns._records import RecordStore
-from overlayd.dns._records import name_wire
+from overlayd.dns._upstream import Forwarding
 from overlayd.errors import DnsError
 from overlayd.errors import InvalidRequest
-from overlayd.stats import Histogram
-from overlayd.stats import LabelledCounter
 
 __all__ = ["DnsServer", "DnsStats"]
 
@@ -53,62 +42,9 @@ logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
-#: Queries longer than this are answered FORMERR unparsed (a real query is < 300 bytes).
-MAX_QUERY: Final = 4096
 #: Forwarded queries one TCP connection may have in flight before we stop reading.
 TCP_PIPELINE: Final = 16
-_NS_KEY: Final = b"\x02ns"
 _LEN: Final = struct.Struct("!H")
-
-_RCODE_NOERROR: Final = 0
-_RCODE_FORMERR: Final = 1
-_RCODE_SERVFAIL: Final = 2
-_RCODE_NXDOMAIN: Final = 3
-_RCODE_NOTIMP: Final = 4
-_RCODE_REFUSED: Final = 5
-
-
-@dataclass
-class DnsStats:
-    """Counters since start; read them from any thread.
-
-    ``queries`` counts every packet or TCP message received. Each ends as one
-    of: a response sent (``answered``; ``nxdomain``, ``refused``, ``servfail``,
-    ``formerr``, ``notimp`` and ``truncated`` count subsets of it) or
-    ``dropped`` (too short to answer, a response packet, a server error, a
-    client gone). ``forwarded`` counts queries sent to upstreams.
-    """
-
-    queries: int = 0
-    answered: int = 0
-    nxdomain: int = 0
-    forwarded: int = 0
-    formerr: int = 0
-    dropped: int = 0
-    refused: int = 0
-    servfail: int = 0
-    notimp: int = 0
-    truncated: int = 0
-    #: ``(type, result)`` -> queries; result is the answer's rcode or ``dropped``.
-    by_query: LabelledCounter = field(default_factory=LabelledCounter, repr=False)
-    #: Seconds to an upstream's answer (or to giving up), per forwarded query.
-    forward_seconds: Histogram = field(default_factory=Histogram, repr=False)
-
-    def as_dict(self) -> dict[str, int]:
-        return {k: v for k, v in vars(self).items() if isinstance(v, int)}
-
-
-@dataclass(frozen=True)
-class _Forward:
-    """A query to relay upstream; the reply is sent by a task."""
-
-    query: bytes
-    #: Lower-case question section (name, type, class) in wire form.
-    question: bytes
-    #: The same with the client's spelling, for replies we make ourselves.
-    question_orig: bytes
-    #: Largest reply the client accepts (UDP), 65535 on TCP.
-    limit: int
 
 
 @dataclass
@@ -122,11 +58,7 @@ class _Listener:
     handlers: set[asyncio.Task[Any]] = field(default_factory=set)
 
 
-class _UpstreamFailed(Exception):
-    """An upstream gave no usable answer (internal to the forwarder)."""
-
-
-class DnsServer:
+class DnsServer(QueryAnswers, Forwarding):
     """Authoritative server for one zone plus a forwarder for everything else.
 
     Records may be changed from any thread at any time (``set_records`` and
@@ -163,11 +95,6 @@ class DnsServer:
     def listeners(self) -> dict[str, HostPort]:
         """Open listeners: requested address text → bound address (real port)."""
         return {str(k): v.bound for k, v in self._listeners.items()}
-
-    @property
-    def forwarding(self) -> bool:
-        """True when names outside the zone are forwarded (enabled, with upstreams)."""
-        return self._ra
 
     def _update_upstreams(self) -> None:
         # Never forward to one of our own sockets: that would loop.
@@ -400,347 +327,6 @@ class DnsServer:
             )
         return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout)
 
-    # -- query handling ------------------------------------------------------------
-
-    def _handle(
-        self, data: bytes, local: str | None = None, tcp: bool = False
-    ) -> bytes | _Forward | None:
-        """Answer one query: the reply bytes, a forwarding job, or None to drop it."""
-        st = self.stats
-        st.queries += 1
-        if len(data) < 12:
-            st.dropped += 1
-            return None
-        flags = (data[2] << 8) | data[3]
-        if flags & _wire.QR:
-            st.dropped += 1  # a response: never answer, that is how loops start
-            return None
-        if len(data) > MAX_QUERY:
-            return self._error(data, _RCODE_FORMERR)
-        if flags & _wire.OPCODE_MASK:
-            return self._error(data, _RCODE_NOTIMP)
-        if self.config.fast_path:
-            q = _wire.parse_fast(data)
-            if q is not None:
-                reply = self._fast(q, data, tcp)
-                if reply is not None:
-                    return reply
-        return self._slow(data, local, tcp)
-
-    def _error(self, data: bytes, rcode: int) -> bytes:
-        st = self.stats
-        st.answered += 1
-        if rcode == _RCODE_FORMERR:
-            st.formerr += 1
-        elif rcode == _RCODE_NOTIMP:
-            st.notimp += 1
-        return _wire.header_only(data, rcode)
-
-    def _flags(self, qflags: int, rcode: int) -> int:
-        flags = _wire.QR | _wire.AA | (qflags & (_wire.RD | _wire.CD)) | rcode
-        if self._ra:
-            flags |= _wire.RA
-        return flags
-
-    def _fast(self, q: _wire.FastQuery, data: bytes, tcp: bool) -> bytes | None:
-        """Plain A/AAAA in the zone, from prepared bytes; None means use dnspython."""
-        if q.qclass != 1 or (q.qtype != 1 and q.qtype != 28):
-            return None
-        store = self._store
-        zone = store.zone.wire
-        cut = len(q.qname) - len(zone)
-        if cut < 0 or q.qname[cut:] != zone or (cut and cut not in q.labels):
-            return None
-        key = q.qname[:cut]
-        t = store.tables
-        entry = t.names.get(key)
-        if entry is None and key == _NS_KEY:
-            return None  # the implicit name server name: answered by _slow
-        st = self.stats
-        rrs: tuple[bytes, ...] = ()
-        if entry is not None:
-            if q.qtype == 1:
-                rrs = entry.a_rr
-                if len(rrs) > 1:
-                    i = entry.turn_a % len(rrs)
-                    entry.turn_a = i + 1
-                    rrs = rrs[i:] + rrs[:i]
-            else:
-                rrs = entry.aaaa_rr
-                if len(rrs) > 1:
-                    i = entry.turn_aaaa % len(rrs)
-                    entry.turn_aaaa = i + 1
-                    rrs = rrs[i:] + rrs[:i]
-        opt = _wire.opt_rr(self.config.edns_payload, q.do) if q.payload else b""
-        question = data[12 : q.qend]
-        if rrs:
-            reply = (
-                _wire.header(q.qid, self._flags(q.flags, 0), len(rrs), 0, 1 if opt else 0)
-                + question
-                + b"".join(rrs)
-                + opt
-            )
-        else:
-            rcode = _RCODE_NOERROR
-            if entry is None and key and key not in t.ents:
-                rcode = _RCODE_NXDOMAIN
-                st.nxdomain += 1
-            zptr = struct.pack("!H", 0xC00C + cut)
-            rdata = _wire.soa_rdata(zptr, store.serial, store.ttl)
-            soa = zptr + struct.pack("!HHIH", 6, 1, store.ttl, len(rdata)) + rdata
-            reply = (
-                _wire.header(q.qid, self._flags(q.flags, rcode), 0, 1, 1 if opt else 0)
-                + question
-                + soa
-                + opt
-            )
-        st.answered += 1
-        if not tcp:
-            limit = q.payload or 512
-            if len(reply) > limit:
-                st.truncated += 1
-                return _wire.truncated(reply, q.qend, opt)
-        return reply
-
-    def _slow(self, data: bytes, local: str | None, tcp: bool) -> bytes | _Forward | None:
-        st = self.stats
-        try:
-            msg = dns.message.from_wire(data)
-        except dns.message.ShortHeader:
-            st.dropped += 1
-            return None
-        except Exception as exc:  # noqa: BLE001 - hostile input may raise anything in the parser; answer FORMERR, never crash
-            logger.debug("FORMERR for a query dnspython cannot parse: %r", exc)
-            return self._error(data, _RCODE_FORMERR)
-        if len(msg.question) != 1:
-            return self._error(data, _RCODE_FORMERR)
-        limit = 65535 if tcp else (max(512, msg.payload) if msg.edns >= 0 else 512)
-        resp = dns.message.make_response(
-            msg,
-            recursion_available=self.forwarding,
-            our_payload=self.config.edns_payload,
-            pad=0,
-        )
-        if msg.edns >= 0:
-            resp.use_edns(0, msg.ednsflags & dns.flags.DO, self.config.edns_payload, pad=0)
-        resp.flags |= msg.flags & dns.flags.CD
-        if msg.edns > 0:
-            resp.set_rcode(dns.rcode.BADVERS)
-            return self._render(resp, limit)
-        question = msg.question[0]
-        qname = question.name
-        qtype = question.rdtype
-        zone = self._store.zone.name
-        if question.rdclass != dns.rdataclass.IN:
-            resp.set_rcode(dns.rcode.REFUSED)
-            return self._render(resp, limit)
-        if qname.is_subdomain(zone):
-            resp.flags |= dns.flags.AA
-            self._authoritative(resp, qname, qtype, local)
-            return self._render(resp, limit)
-        if qtype == dns.rdatatype.PTR:
-            owners = self._store.tables.ptr.get(name_wire(qname.canonicalize()))
-            if owners:
-                resp.flags |= dns.flags.AA
-                rrset = dns.rrset.RRset(qname, dns.rdataclass.IN, dns.rdatatype.PTR)
-                for key in list(owners):
-                    target = self._store.absolute(key)
-                    rrset.add(
-                        _rdata(dns.rdatatype.PTR, target.to_text()),
-                        self._store.ttl,
-                    )
-                resp.answer.append(rrset)
-                return self._render(resp, limit)
-        if not self.forwarding:
-            resp.set_rcode(dns.rcode.REFUSED)
-            return self._render(resp, limit)
-        if self._forwarding >= self.config.max_forwarded_inflight:
-            logger.warning("DNS forwarding overloaded; answering SERVFAIL")
-            resp.set_rcode(dns.rcode.SERVFAIL)
-            return self._render(resp, limit)
-        st.forwarded += 1
-        tail = struct.pack("!HH", qtype, question.rdclass)
-        return _Forward(
-            data,
-            name_wire(qname.canonicalize()) + tail,
-            name_wire(qname) + tail,
-            limit,
-        )
-
-    def _authoritative(
-        self,
-        resp: dns.message.Message,
-        qname: dns.name.Name,
-        qtype: int,
-        local: str | None,
-    ) -> None:
-        store = self._store
-        zone = store.zone.name
-        ttl = store.ttl
-        rel = qname.relativize(zone)
-        key = b"".join(bytes((len(lb),)) + lb.lower() for lb in rel.labels)
-        t = store.tables
-        entry = t.names.get(key)
-        a: list[Address] = []
-        aaaa: list[Address] = []
-        if entry is not None:
-            a = list(entry.a)
-            aaaa = list(entry.aaaa)
-        elif key == _NS_KEY and local is not None:
-            # Our own name server name: the address this query arrived on.
-            (a if ":" not in local else aaaa).append(_ip(local))
-        if qtype in (dns.rdatatype.AXFR, dns.rdatatype.IXFR):
-            resp.set_rcode(dns.rcode.REFUSED)
-            return
-        want_any = qtype == dns.rdatatype.ANY
-        if qtype == dns.rdatatype.A or want_any:
-            if entry is not None and len(a) > 1 and not want_any:
-                i = entry.turn_a % len(a)
-                entry.turn_a = i + 1
-                a = a[i:] + a[:i]
-            self._add_addresses(resp, qname, dns.rdatatype.A, a, ttl)
-        if qtype == dns.rdatatype.AAAA or want_any:
-            if entry is not None and len(aaaa) > 1 and not want_any:
-                i = entry.turn_aaaa % len(aaaa)
-                entry.turn_aaaa = i + 1
-                aaaa = aaaa[i:] + aaaa[:i]
-            self._add_addresses(resp, qname, dns.rdatatype.AAAA, aaaa, ttl)
-        if key == b"" and qtype in (dns.rdatatype.SOA, dns.rdatatype.ANY):
-            resp.answer.append(self._soa_rrset(qname))
-        if key == b"" and qtype in (dns.rdatatype.NS, dns.rdatatype.ANY):
-            ns_name = dns.name.Name((b"ns", *zone.labels))
-            rrset = dns.rrset.RRset(qname, dns.rdataclass.IN, dns.rdatatype.NS)
-            rrset.add(_rdata(dns.rdatatype.NS, ns_name.to_text()), ttl)
-            resp.answer.append(rrset)
-            if qtype == dns.rdatatype.NS:
-                glue = t.names.get(_NS_KEY)
-                addrs = glue.addresses() if glue else ([_ip(local)] if local else [])
-                for addr in addrs:
-                    rtype = dns.rdatatype.A if addr.version == 4 else dns.rdatatype.AAAA
-                    self._add_addresses(resp, ns_name, rtype, [addr], ttl, resp.additional)
-        if resp.answer:
-            return
-        if not (entry is not None or key == _NS_KEY or store.exists(t, key)):
-            resp.set_rcode(dns.rcode.NXDOMAIN)
-            self.stats.nxdomain += 1
-        resp.authority.append(self._soa_rrset(zone))
-
-    @staticmethod
-    def _add_addresses(
-        resp: dns.message.Message,
-        name: dns.name.Name,
-        rdtype: dns.rdatatype.RdataType,
-        addrs: list[Address],
-        ttl: int,
-        section: list[dns.rrset.RRset] | None = None,
-    ) -> None:
-        if not addrs:
-            return
-        rrset = dns.rrset.RRset(name, dns.rdataclass.IN, rdtype)
-        for addr in addrs:
-            rrset.add(_rdata(rdtype, str(addr)), ttl)
-        (resp.answer if section is None else section).append(rrset)
-
-    def _soa_rrset(self, owner: dns.name.Name) -> dns.rrset.RRset:
-        store = self._store
-        zone = store.zone.name
-        refresh, retry, expire = _wire.SOA_TIMERS
-        soa = _rdata(
-            dns.rdatatype.SOA,
-            f"ns.{zone} hostmaster.{zone} {store.serial & 0xFFFFFFFF} "
-            f"{refresh} {retry} {expire} {store.ttl}",
-        )
-        rrset = dns.rrset.RRset(owner, dns.rdataclass.IN, dns.rdatatype.SOA)
-        rrset.add(soa, store.ttl)
-        return rrset
-
-    def _render(self, resp: dns.message.Message, limit: int) -> bytes:
-        st = self.stats
-        st.answered += 1
-        rcode = resp.rcode()
-        if rcode == dns.rcode.REFUSED:
-            st.refused += 1
-        elif rcode == dns.rcode.SERVFAIL:
-            st.servfail += 1
-        try:
-            return resp.to_wire(max_size=limit, want_shuffle=False)
-        except dns.exception.TooBig:
-            st.truncated += 1
-            resp.answer.clear()
-            resp.authority.clear()
-            resp.additional.clear()
-            resp.flags |= dns.flags.TC
-            return resp.to_wire(max_size=limit)
-
-    # -- forwarding ----------------------------------------------------------------
-
-    def _spawn_forward(self, job: _Forward, send: Callable[[bytes], None]) -> None:
-        task = asyncio.get_running_loop().create_task(self._forward_and_send(job, send))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _forward_and_send(self, job: _Forward, send: Callable[[bytes], None]) -> None:
-        started = time.perf_counter()
-        reply = await self._forward(job)
-        self.stats.forward_seconds.observe(time.perf_counter() - started)
-        self.stats.by_query.inc(_wire.qtype_name(job.query), _wire.rcode_name(reply))
-        try:
-            send(reply)
-        except (OSError, RuntimeError) as exc:
-            self.stats.dropped += 1
-            logger.debug("could not send a forwarded answer: %s", exc)
-
-    async def _forward(self, job: _Forward) -> bytes:
-        """Relay ``job`` to the upstreams in order; SERVFAIL when none answers."""
-        self._forwarding += 1
-        try:
-            reply = await self._ask_upstreams(job)
-        finally:
-            self._forwarding -= 1
-        st = self.stats
-        st.answered += 1
-        if reply is None:
-            st.servfail += 1
-            qid, flags = struct.unpack_from("!HH", job.query, 0)
-            return (
-                _wire.header(
-                    qid,
-                    _wire.QR | (flags & (_wire.RD | _wire.CD)) | _wire.RA | _RCODE_SERVFAIL,
-                    0,
-                    0,
-                    0,
-                )
-                + job.question_orig
-            )
-        # Our ID back, and RA: we offer recursion even if the upstream did not.
-        reply = job.query[:2] + bytes((reply[2], reply[3] | 0x80)) + reply[4:]
-        rcode = reply[3] & 0xF
-        if rcode == _RCODE_NXDOMAIN:
-            st.nxdomain += 1
-        if len(reply) > job.limit:
-            st.truncated += 1
-            return _wire.truncated(reply, 12 + len(job.question))
-        return reply
-
-    async def _ask_upstreams(self, job: _Forward) -> bytes | None:
-        timeout = self.config.upstream_timeout
-        for up in list(self._live):
-            qid = secrets.randbits(16)
-            query = struct.pack("!H", qid) + job.query[2:]
-            try:
-                async with asyncio.timeout(timeout):
-                    reply = await _udp_exchange(up, query, qid, job.question)
-                    if reply[2] & 0x02:  # TC: ask again over TCP
-                        reply = await _tcp_exchange(up, query, qid, job.question)
-            except (TimeoutError, OSError, _UpstreamFailed) as exc:
-                logger.debug("upstream %s failed: %r", up, exc)
-                continue
-            if reply[3] & 0xF in (_RCODE_SERVFAIL, _RCODE_REFUSED):
-                logger.debug("upstream %s answered rcode %d", up, reply[3] & 0xF)
-                continue
-            return reply
-        return None
-
     # -- TCP -----------------------------------------------------------------------
 
     async def _tcp_client(
@@ -801,18 +387,6 @@ class DnsServer:
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
 
-    def _guarded(self, data: bytes, local: str | None, tcp: bool) -> bytes | _Forward | None:
-        try:
-            result = self._handle(data, local, tcp)
-        except Exception:  # boundary: one bad packet must not stop the listener
-            logger.exception("DNS query handling failed; the query is dropped")
-            self.stats.dropped += 1
-            result = None
-        if not isinstance(result, _Forward):  # a forwarded query counts when answered
-            outcome = "dropped" if result is None else _wire.rcode_name(result)
-            self.stats.by_query.inc(_wire.qtype_name(data), outcome)
-        return result
-
 
 class _UdpProtocol(asyncio.DatagramProtocol):
     def __init__(self, server: DnsServer, local: str | None) -> None:
@@ -853,14 +427,6 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         logger.debug("DNS UDP listener error: %s", exc)
 
 
-def _rdata(rdtype: dns.rdatatype.RdataType, text: str) -> dns.rdata.Rdata:
-    return dns.rdata.from_text(dns.rdataclass.IN, rdtype, text)
-
-
-def _ip(text: str) -> Address:
-    return ipaddress.ip_address(text.split("%", 1)[0])
-
-
 def _bind(family: int, kind: int, host: str, port: int) -> socket.socket:
     sock = socket.socket(family, kind)
     try:
@@ -885,74 +451,3 @@ def _bind(family: int, kind: int, host: str, port: int) -> socket.socket:
             op="dns_serve",
         ) from exc
     return sock
-
-
-# -- upstream exchanges ------------------------------------------------------------
-
-
-def _check_reply(reply: bytes, qid: int, question: bytes) -> bool:
-    """True when ``reply`` answers our query: same ID, QR set, same question."""
-    if len(reply) < 12 or _LEN.unpack_from(reply, 0)[0] != qid or not reply[2] & 0x80:
-        return False
-    if _LEN.unpack_from(reply, 4)[0] == 0:
-        # FORMERR/NOTIMP-style answers may carry no question; take them as failures.
-        raise _UpstreamFailed(f"upstream answered rcode {reply[3] & 0xF} without a question")
-    return reply[12 : 12 + len(question)].lower() == question
-
-
-class _UpstreamUdp(asyncio.DatagramProtocol):
-    def __init__(self, qid: int, question: bytes, done: asyncio.Future[bytes]) -> None:
-        self._qid = qid
-        self._question = question
-        self._done = done
-
-    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
-        if self._done.done():
-            return
-        try:
-            if _check_reply(data, self._qid, self._question):
-                self._done.set_result(data)
-        except _UpstreamFailed as exc:
-            self._done.set_exception(exc)
-
-    def error_received(self, exc: Exception) -> None:
-        if not self._done.done():
-            self._done.set_exception(exc)  # e.g. ICMP port unreachable: next upstream now
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self._done.done():
-            self._done.set_exception(exc or ConnectionError("upstream socket closed"))
-
-
-async def _udp_exchange(up: HostPort, query: bytes, qid: int, question: bytes) -> bytes:
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[bytes] = loop.create_future()
-    family = socket.AF_INET6 if up.version == 6 else socket.AF_INET
-    transport, _ = await loop.create_datagram_endpoint(
-        lambda: _UpstreamUdp(qid, question, done),
-        remote_addr=(up.host, up.port),
-        family=family,
-    )
-    try:
-        transport.sendto(query)
-        return await done
-    finally:
-        transport.close()
-
-
-async def _tcp_exchange(up: HostPort, query: bytes, qid: int, question: bytes) -> bytes:
-    reader, writer = await asyncio.open_connection(up.host, up.port)
-    try:
-        writer.write(_LEN.pack(len(query)) + query)
-        await writer.drain()
-        while True:
-            (length,) = _LEN.unpack(await reader.readexactly(2))
-            reply = await reader.readexactly(length)
-            if _check_reply(reply, qid, question):
-                return reply
-    except asyncio.IncompleteReadError as exc:
-        raise _UpstreamFailed("upstream closed the TCP connection early") from exc
-    finally:
-        writer.close()
-        with contextlib.suppress(ConnectionError):
-            await writer.wait_closed()

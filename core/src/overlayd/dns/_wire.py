@@ -43,6 +43,13 @@ DO: Final = 0x8000  # in the OPT TTL's low 16 bits
 
 TYPE_OPT: Final = 41
 
+RCODE_NOERROR: Final = 0
+RCODE_FORMERR: Final = 1
+RCODE_SERVFAIL: Final = 2
+RCODE_NXDOMAIN: Final = 3
+RCODE_NOTIMP: Final = 4
+RCODE_REFUSED: Final = 5
+
 #: SOA timers (refresh, retry, expire); the minimum is the configured TTL.
 SOA_TIMERS: Final = (3600, 600, 86400)
 
