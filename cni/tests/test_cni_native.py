@@ -21,14 +21,11 @@ from typing import Any
 
 import pytest
 
-from overlayd.client import AsyncClient
-from overlayd.config import DaemonConfig
-from overlayd.config import DnsSettings
-from overlayd.engine import Engine
 from overlayd.rawclient import RawClient
 from overlayd.rawclient import RemoteError
-from overlayd.server import Server
 from overlayd.server.cni_exec import CNI_NOT_INSTALLED
+from overlayd.testing.inproc import serving
+from overlayd.testing.inproc import setup_overlay
 from overlayd_cni.launcher import InstallError
 from overlayd_cni.launcher import install
 from overlayd_cni.main import execute
@@ -41,28 +38,9 @@ from overlayd_fake.driver import FakeDriver
 
 @pytest.fixture
 async def sock(short_tmp_path: Path) -> AsyncIterator[str]:
-    config = DaemonConfig(
-        socket=short_tmp_path / "s.sock", drivers=[], in_memory=True, dns=DnsSettings(enabled=False)
-    )
-    engine = Engine(config, drivers=[FakeDriver()])
-    await engine.start()
-    server = Server(engine, config)
-    await server.start()
-    client = AsyncClient(str(config.socket), timeout=5)
-    try:
-        await client.setup_global_overlay(
-            deployment="cni",
-            instance_id="n1",
-            cluster_cidr="10.240.0.0/16",
-            slice_cidr="10.240.0.0/20",
-            wg_port=51820,
-            nat_enabled=False,
-        )
-        yield str(config.socket)
-    finally:
-        await client.close()
-        await server.close()
-        await engine.stop()
+    async with serving(short_tmp_path, make_drivers=lambda: [FakeDriver()], in_memory=True) as d:
+        await setup_overlay(await d.client(), deployment="cni")
+        yield str(d.socket)
 
 
 async def _call(path: str, request: dict[str, Any]) -> dict[str, Any]:

@@ -17,13 +17,12 @@ import pytest
 from overlayd import protocol as p
 from overlayd.client import AsyncClient
 from overlayd.client import RemoteError
-from overlayd.config import DaemonConfig
 from overlayd.config import DnsSettings
-from overlayd.engine import Engine
 from overlayd.engine import _short_name
 from overlayd.model import NetnsHandle
 from overlayd.model import handle_key
-from overlayd.server import Server
+from overlayd.testing.inproc import serving
+from overlayd.testing.inproc import setup_overlay
 from overlayd_fake.driver import FakeDriver
 
 CLUSTER = "10.240.0.0/16"
@@ -44,26 +43,11 @@ def root(short_tmp_path: Path) -> Path:
 
 
 async def _serve(root: Path, dns: DnsSettings) -> AsyncIterator[AsyncClient]:
-    config = DaemonConfig(socket=root / "s.sock", drivers=[], in_memory=True, dns=dns)
-    engine = Engine(config, drivers=[FakeDriver()])
-    await engine.start()
-    server = Server(engine, config)
-    await server.start()
-    client = AsyncClient(str(config.socket), timeout=5)
-    try:
-        await client.setup_global_overlay(
-            deployment="prod",
-            instance_id="n1",
-            cluster_cidr=CLUSTER,
-            slice_cidr="10.240.0.0/20",
-            wg_port=51820,
-            nat_enabled=False,
-        )
+    fake = lambda: [FakeDriver()]  # noqa: E731 - a fresh driver per start
+    async with serving(root, make_drivers=fake, in_memory=True, dns=dns) as daemon:
+        client = await daemon.client()
+        await setup_overlay(client, cluster_cidr=CLUSTER)
         yield client
-    finally:
-        await client.close()
-        await server.close()
-        await engine.stop()
 
 
 @pytest.fixture

@@ -17,11 +17,9 @@ import pytest
 from overlayd import protocol as p
 from overlayd.client import AsyncClient
 from overlayd.client import RemoteError
-from overlayd.config import DaemonConfig
-from overlayd.config import DnsSettings
 from overlayd.config import NatSettings
 from overlayd.engine import Engine
-from overlayd.server import Server
+from overlayd.testing.inproc import serving
 from overlayd_fake.driver import FakeDriver
 
 PEER = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
@@ -44,30 +42,13 @@ async def _raw(path: Path, body: bytes) -> p.Frame:
         writer.close()
 
 
-async def _serve(root: Path, nat: NatSettings) -> tuple[Engine, Server, AsyncClient]:
-    config = DaemonConfig(
-        socket=root / "s.sock",
-        drivers=[],
-        in_memory=True,
-        dns=DnsSettings(enabled=False),
-        nat=nat,
-    )
-    engine = Engine(config, drivers=[FakeDriver()])
-    await engine.start()
-    server = Server(engine, config)
-    await server.start()
-    return engine, server, AsyncClient(str(config.socket), timeout=5)
-
-
 @pytest.fixture
 async def daemon(root: Path) -> AsyncIterator[tuple[Engine, AsyncClient]]:
-    engine, server, client = await _serve(root, NatSettings(refresh=3600))
-    try:
-        yield engine, client
-    finally:
-        await client.close()
-        await server.close()
-        await engine.stop()
+    nat = NatSettings(refresh=3600)
+    fake = lambda: [FakeDriver()]  # noqa: E731 - a fresh driver per start
+    async with serving(root, make_drivers=fake, in_memory=True, nat=nat) as served:
+        assert served.engine is not None
+        yield served.engine, await served.client()
 
 
 async def _setup(client: AsyncClient, nat_enabled: bool = True) -> None:
@@ -151,12 +132,12 @@ async def test_bad_candidates_are_refused_and_change_nothing(
         '{"frame":"request","id":9,"request":{"op":"nat_peer_candidates",'
         f'"public_key":"{PEER}","candidates":[{{"kind":"host","endpoint":"name.example:1"}}]}}}}'
     )
-    answer = await _raw(root / "s.sock", frame.encode())
+    answer = await _raw(root / "overlayd.sock", frame.encode())
     assert isinstance(answer, p.ResponseFrame)
     assert isinstance(answer.response, p.ErrResponse)
     assert "numeric IP:port" in answer.response.message
     bad_kind = frame.replace('"kind":"host"', '"kind":"teleport"')
-    answer = await _raw(root / "s.sock", bad_kind.encode())
+    answer = await _raw(root / "overlayd.sock", bad_kind.encode())
     assert isinstance(answer, p.ResponseFrame)
     assert isinstance(answer.response, p.ErrResponse)
     st = await client.status()
@@ -164,14 +145,11 @@ async def test_bad_candidates_are_refused_and_change_nothing(
 
 
 async def test_nat_disabled_in_config_runs_no_agent(root: Path) -> None:
-    engine, server, client = await _serve(root, NatSettings(enabled=False))
-    try:
+    off = NatSettings(enabled=False)
+    async with serving(root, make_drivers=lambda: [FakeDriver()], in_memory=True, nat=off) as d:
+        client = await d.client()
         await _setup(client)
-        assert engine.nat is None
+        assert d.engine is not None and d.engine.nat is None
         assert (await client.status()).nat is None
         with pytest.raises(RemoteError, match="NAT traversal is off"):
             await client.nat_peer_candidates(PEER, [])
-    finally:
-        await client.close()
-        await server.close()
-        await engine.stop()

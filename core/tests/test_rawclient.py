@@ -23,12 +23,9 @@ from overlayd.client import RawClient
 from overlayd.client import RemoteError
 from overlayd.client import RequestTimeout
 from overlayd.client import UnexpectedResponse
-from overlayd.config import DaemonConfig
-from overlayd.config import DnsSettings
-from overlayd.engine import Engine
 from overlayd.rawclient import DEFAULT_SOCKET
 from overlayd.rawclient import MAX_FRAME
-from overlayd.server import Server
+from overlayd.testing.inproc import serving
 from overlayd_fake.driver import FakeDriver
 
 
@@ -39,18 +36,8 @@ def root(short_tmp_path: Path) -> Path:
 
 @pytest.fixture
 async def daemon(root: Path) -> AsyncIterator[str]:
-    config = DaemonConfig(
-        socket=root / "s.sock", drivers=[], in_memory=True, dns=DnsSettings(enabled=False)
-    )
-    engine = Engine(config, drivers=[FakeDriver()])
-    await engine.start()
-    server = Server(engine, config)
-    await server.start()
-    try:
-        yield str(config.socket)
-    finally:
-        await server.close()
-        await engine.stop()
+    async with serving(root, make_drivers=lambda: [FakeDriver()], in_memory=True) as served:
+        yield str(served.socket)
 
 
 def _fake_daemon(

@@ -23,6 +23,7 @@ from overlayd.logging import configure_logging
 from overlayd.model import Event
 from overlayd.server import Server
 from overlayd.server import SocketInUse
+from overlayd.testing.inproc import serving
 from overlayd_fake.driver import FakeDriver
 
 
@@ -39,18 +40,9 @@ def _config(root: Path) -> DaemonConfig:
 
 @pytest.fixture
 async def served(root: Path) -> AsyncIterator[tuple[Server, AsyncClient]]:
-    config = _config(root)
-    engine = Engine(config, drivers=[FakeDriver()])
-    await engine.start()
-    server = Server(engine, config)
-    await server.start()
-    client = AsyncClient(str(config.socket), timeout=5)
-    try:
-        yield server, client
-    finally:
-        await client.close()
-        await server.close()
-        await engine.stop()
+    async with serving(root, make_drivers=lambda: [FakeDriver()], in_memory=True) as daemon:
+        assert daemon.server is not None
+        yield daemon.server, await daemon.client()
 
 
 def test_claim_refuses_a_second_server_on_the_lock(root: Path) -> None:

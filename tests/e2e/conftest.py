@@ -21,60 +21,21 @@ from typing import Any
 
 import pytest
 
-from overlayd.config import DaemonConfig
-from overlayd.engine import Engine
-from overlayd.server import Server
+from overlayd.testing import inproc as inproc_module
 from overlayd_fake.driver import FakeDriver
 
 
-class InProcDaemon:
-    """Start, stop and restart an in-process daemon over one data directory."""
+class InProcDaemon(inproc_module.InProcDaemon):
+    """The shared in-process daemon, on a fake driver the test can steer (``fake``)."""
 
     def __init__(self, root: Path, **settings: Any) -> None:
-        self.root = root
-        self.socket = root / "overlayd.sock"
-        self.data_dir = root / "data"
         self.fake_state = root / "fake-host.json"
-        self.config = self.configure(**settings)
         self.fake: FakeDriver | None = None
-        self.engine: Engine | None = None
-        self.server: Server | None = None
+        super().__init__(root, make_drivers=self._fake_driver, **settings)
 
-    def configure(self, **settings: Any) -> DaemonConfig:
-        """Set the configuration the next start uses (``engine`` merges into the defaults)."""
-        engine = {"health_interval_secs": 0, **settings.pop("engine", {})}
-        self.config = DaemonConfig.model_validate(
-            {
-                "socket": self.socket,
-                "data_dir": self.data_dir,
-                "drivers": [],
-                "dns": {"enabled": False},
-                "engine": engine,
-                **settings,
-            }
-        )
-        return self.config
-
-    async def start(self, *extra_drivers: object) -> InProcDaemon:
-        """Start (again) with a fresh driver instance over the same host and state."""
+    def _fake_driver(self) -> list[object]:
         self.fake = FakeDriver(state_file=self.fake_state)
-        self.engine = Engine(self.config, drivers=[*extra_drivers, self.fake])
-        await self.engine.start()
-        self.server = Server(self.engine, self.config)
-        await self.server.start()
-        return self
-
-    async def stop(self) -> None:
-        if self.server is not None:
-            await self.server.close(grace=5)
-            self.server = None
-        if self.engine is not None:
-            await self.engine.stop()
-            self.engine = None
-
-    async def restart(self, *extra_drivers: object) -> InProcDaemon:
-        await self.stop()
-        return await self.start(*extra_drivers)
+        return [self.fake]
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """End to end over the IPC: the daemon with the hcn driver on the HCN simulator.
 
-The daemon runs in-process (``Server(Engine(config), config)`` on a temporary
-socket) with ``drivers = ["hcn", "fake"]``: hcn owns the ``hcn-network``
+The daemon runs in-process (:class:`overlayd.testing.inproc.InProcDaemon` on a
+temporary socket) with ``drivers = ["hcn", "fake"]``: hcn owns the ``hcn-network``
 segments and ``windows_container`` attachments, the fake driver stands in for
 the node's WireGuard device (which no Windows-capable driver here creates).
 Assertions read the simulator's persisted HCN objects and the marker, i.e.
@@ -22,9 +22,8 @@ import pytest
 from overlayd import marker
 from overlayd import protocol as p
 from overlayd.client import AsyncClient
-from overlayd.config import DaemonConfig
-from overlayd.engine import Engine
-from overlayd.server import Server
+from overlayd.testing.inproc import InProcDaemon
+from overlayd.testing.inproc import setup_overlay
 from overlayd_hcn.driver import HcnDriver
 from overlayd_hcn.schema import HostComputeEndpoint
 from overlayd_hcn.schema import HostComputeNamespace
@@ -35,44 +34,21 @@ CLUSTER = "10.200.0.0/16"
 SLICE = "10.200.0.0/20"
 
 
-class Daemon:
-    """Start/stop an in-process overlayd over one data directory."""
+class Daemon(InProcDaemon):
+    """The shared in-process daemon with ``drivers = ["hcn", "fake"]`` on the simulator."""
 
     def __init__(self, root: Path) -> None:
-        self.data_dir = root / "data"
-        self.config = DaemonConfig.model_validate(
-            {
-                "socket": root / "overlayd.sock",
-                "data_dir": self.data_dir,
-                "drivers": ["hcn", "fake"],
-                "driver_settings": {"hcn": {"backend": "simulator"}},
-                "engine": {"segment_kind": "hcn-network", "health_interval_secs": 0},
-                "dns": {"enabled": False},
-            }
+        super().__init__(
+            root,
+            drivers=["hcn", "fake"],
+            driver_settings={"hcn": {"backend": "simulator"}},
+            engine={"segment_kind": "hcn-network"},
         )
-        self.engine: Engine | None = None
-        self.server: Server | None = None
-        self.client: AsyncClient | None = None
 
-    async def start(self) -> AsyncClient:
-        self.engine = Engine(self.config)
-        await self.engine.start()
-        self.server = Server(self.engine, self.config)
-        await self.server.start()
-        self.client = AsyncClient(str(self.config.socket), timeout=10)
-        await self.client.connect()
-        return self.client
-
-    async def stop(self) -> None:
-        if self.client is not None:
-            await self.client.close()
-            self.client = None
-        if self.server is not None:
-            await self.server.close(grace=2)
-            self.server = None
-        if self.engine is not None:
-            await self.engine.stop()
-            self.engine = None
+    async def serve(self) -> AsyncClient:
+        """Start (again) and return a connected client."""
+        await self.start()
+        return await self.client(request_timeout=10)
 
     @property
     def state_dir(self) -> Path:
@@ -109,18 +85,11 @@ def win(container: str) -> p.WindowsContainerHandle:
 
 
 async def setup(client: AsyncClient) -> None:
-    await client.setup_global_overlay(
-        deployment="prod",
-        instance_id="",
-        cluster_cidr=CLUSTER,
-        slice_cidr=SLICE,
-        wg_port=51820,
-        nat_enabled=False,
-    )
+    await setup_overlay(client, instance_id="", cluster_cidr=CLUSTER, slice_cidr=SLICE)
 
 
 async def test_attach_detach_reattach_over_ipc(daemon: Daemon) -> None:
-    client = await daemon.start()
+    client = await daemon.serve()
     await setup(client)
     svc = await client.setup_service_overlay("web", "shared")
     attached = await client.attach_container(
@@ -193,7 +162,7 @@ async def test_attach_detach_reattach_over_ipc(daemon: Daemon) -> None:
 
 
 async def test_dedicated_service_gets_its_own_network(daemon: Daemon) -> None:
-    client = await daemon.start()
+    client = await daemon.serve()
     await setup(client)
     svc = await client.setup_service_overlay("db", "dedicated")
     entry = daemon.marker().get("service:db")
@@ -214,7 +183,7 @@ async def test_dedicated_service_gets_its_own_network(daemon: Daemon) -> None:
 async def test_restart_reuses_network_by_marker_guid_then_sweeps_and_purges(
     daemon: Daemon,
 ) -> None:
-    client = await daemon.start()
+    client = await daemon.serve()
     await setup(client)
     await client.setup_service_overlay("web", "shared")
     kept = await client.attach_container(win("keep"), "web")
@@ -247,7 +216,7 @@ async def test_restart_reuses_network_by_marker_guid_then_sweeps_and_purges(
     lost_ep = next(eid for eid, e in daemon.endpoints().items() if e["Name"] == "overlayd-lost")
     sim.delete_endpoint(UUID(lost_ep))
 
-    client = await daemon.start()
+    client = await daemon.serve()
     # Same network, found by the marker's GUID: nothing was created.
     assert list(daemon.networks()) == [base.id]
     assert daemon.marker().get("base") == base

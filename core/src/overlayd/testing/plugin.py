@@ -153,6 +153,30 @@ async def fake_engine(engine_config: Any, fake_driver: Any) -> AsyncIterator[Any
         await engine.stop()
 
 
+@pytest.fixture
+async def inproc_daemon(short_tmp_path: Path) -> AsyncIterator[Any]:
+    """An unstarted :class:`overlayd.testing.inproc.InProcDaemon` on the fake driver.
+
+    * Name: ``inproc_daemon``
+    * Scope: function
+    * Depends: ``short_tmp_path`` (needs ``overlayd-fake``)
+
+    Call ``await inproc_daemon.start()`` (after ``configure(...)`` if the test
+    wants other settings); it is stopped after the test, even on failure.
+    Each start gets a fresh ``FakeDriver`` over a host kept in
+    ``fake-host.json`` beside the socket, so a restart finds its objects.
+    """
+    from overlayd.testing.inproc import InProcDaemon
+
+    fake = pytest.importorskip("overlayd_fake.driver", reason="needs overlayd-fake")
+    host = short_tmp_path / "fake-host.json"
+    daemon = InProcDaemon(short_tmp_path, make_drivers=lambda: [fake.FakeDriver(state_file=host)])
+    try:
+        yield daemon
+    finally:
+        await daemon.stop()
+
+
 @dataclass(frozen=True)
 class RecordedCall:
     """One hook call seen by :class:`HookRecorder`."""
