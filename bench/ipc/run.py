@@ -18,8 +18,6 @@ import argparse
 import json
 import multiprocessing
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +31,8 @@ from echo_floor import _serve_echo_process
 from echo_floor import measure
 
 from overlayd.client import Client
+from overlayd.testing.daemon import DaemonProcess
+from overlayd.testing.daemon import start_daemon
 
 STATUS = b'{"frame":"request","id":1,"request":{"op":"status"}}'
 
@@ -45,29 +45,10 @@ def _wait_for(path: str, what: str) -> None:
     raise RuntimeError(f"{what} did not start listening on {path}")
 
 
-def start_daemon(root: str, *extra: str) -> subprocess.Popen[bytes]:
-    """``overlayd serve --driver fake`` on ``root/overlayd.sock`` with warnings-only logs."""
-    sock = os.path.join(root, "overlayd.sock")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "overlayd",
-            "serve",
-            "--driver",
-            "fake",
-            "--socket",
-            sock,
-            "--data-dir",
-            os.path.join(root, "data"),
-            "--no-dns",
-            "--log-level",
-            "warning",
-            *extra,
-        ]
-    )
-    _wait_for(sock, "overlayd")
-    with Client(sock, timeout=10) as c:
+def start_bench_daemon(root: Path, loop: str) -> DaemonProcess:
+    """``overlayd serve`` on the fake driver with ``loop``, overlay and service ``web`` set up."""
+    daemon = start_daemon(root, args=("--event-loop", loop, "--log-level", "warning"))
+    with Client(str(daemon.socket), timeout=10) as c:
         c.setup_global_overlay(
             deployment="bench",
             instance_id="n1",
@@ -77,7 +58,7 @@ def start_daemon(root: str, *extra: str) -> subprocess.Popen[bytes]:
             nat_enabled=False,
         )
         c.setup_service_overlay("web", "shared")
-    return proc
+    return daemon
 
 
 def _row(name: str, r: Result) -> str:
@@ -122,19 +103,19 @@ def run(
         echo_path = os.path.join(tmp, "echo.sock")
         echo = multiprocessing.Process(target=_serve_echo_process, args=(echo_path,))
         echo.start()
-        daemons: dict[str, subprocess.Popen[bytes]] = {}
+        daemons: dict[str, DaemonProcess] = {}
         try:
             for loop in loops:
-                root = os.path.join(tmp, loop)
-                os.mkdir(root)
-                daemons[loop] = start_daemon(root, "--event-loop", loop)
+                root = Path(tmp, loop)
+                root.mkdir()
+                daemons[loop] = start_bench_daemon(root, loop)
             _wait_for(echo_path, "the echo server")
             print(f"{'server':<16} {'clients':>7} {'rt/s':>10} {'p50 µs':>9} {'p99 µs':>9}")
             for n in clients:
                 floor = measure(echo_path, STATUS, n, seconds)
                 print(_row("echo", floor))
                 for loop in loops:
-                    daemon_path = os.path.join(tmp, loop, "overlayd.sock")
+                    daemon_path = str(daemons[loop].socket)
                     real = measure(daemon_path, STATUS, n, seconds)
                     ratio = real.per_second / floor.per_second
                     print(_row(f"overlayd {loop}", real) + f"   {ratio:.2f}x the floor")
@@ -160,8 +141,7 @@ def run(
                     out.append(row)
         finally:
             for daemon in daemons.values():
-                daemon.send_signal(signal.SIGTERM)
-                daemon.wait(30)
+                daemon.stop(30)
             echo.terminate()
             echo.join()
     return out

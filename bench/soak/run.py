@@ -26,10 +26,7 @@ import argparse
 import asyncio
 import base64
 import json
-import os
 import random
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,6 +42,7 @@ from overlayd.client import AsyncClient
 from overlayd.client import RemoteError
 from overlayd.protocol import LinuxPidHandle
 from overlayd.protocol import PeerChange
+from overlayd.testing.daemon import start_daemon
 
 CLUSTER = "10.200.0.0/16"
 SLICE = "10.200.0.0/20"
@@ -221,36 +219,6 @@ def _rss(pid: int) -> int:
     return 0
 
 
-def start_daemon(root: str) -> subprocess.Popen[bytes]:
-    sock = os.path.join(root, "s.sock")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "overlayd",
-            "serve",
-            "--driver",
-            "fake",
-            "--socket",
-            sock,
-            "--data-dir",
-            os.path.join(root, "data"),
-            "--no-dns",
-            "--log-level",
-            "warning",
-        ],
-        stdout=open(os.path.join(root, "daemon.log"), "wb"),  # noqa: SIM115 - the child owns it
-        stderr=subprocess.STDOUT,
-    )
-    for _ in range(600):
-        if os.path.exists(sock):
-            return proc
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    raise RuntimeError(f"overlayd did not start: {Path(root, 'daemon.log').read_text()}")
-
-
 async def _setup(sock: str) -> None:
     client = AsyncClient(sock, timeout=30)
     try:
@@ -343,17 +311,20 @@ def report(result: dict[str, Any], seconds: float, clients: int) -> dict[str, An
     }
 
 
+#: The fake driver, no DNS; peer health checks at their default interval.
+SOAK_CONFIG = '[drivers]\nenabled = ["fake"]\n[dns]\nenabled = false\n'
+
+
 def run(clients: int, seconds: float, warmup: float, sample: float) -> dict[str, Any]:
     """Start a daemon, soak it, stop it; returns (and prints) the figures."""
     with tempfile.TemporaryDirectory(prefix="overlayd-soak-", dir="/tmp") as root:
-        proc = start_daemon(root)
+        daemon = start_daemon(Path(root), SOAK_CONFIG, args=("--log-level", "warning"))
         try:
             result = asyncio.run(
-                soak(os.path.join(root, "s.sock"), proc.pid, clients, seconds, warmup, sample)
+                soak(str(daemon.socket), daemon.proc.pid, clients, seconds, warmup, sample)
             )
         finally:
-            proc.send_signal(signal.SIGTERM)
-            code = proc.wait(60)
+            code = daemon.stop(60)
         figures = report(result, seconds, clients)
         figures["exit_code"] = code
         log = Path(root, "daemon.log").read_text(errors="replace")
