@@ -78,7 +78,7 @@ class Result:
     del_ms: list[float]
 
 
-def _exec(argv: list[str], host_fd: int, command: str, conf: str, cid: str, netns: str) -> float:
+def _exec(argv: list[str], spawner: Any, command: str, conf: str, cid: str, netns: str) -> float:
     env = {
         "CNI_COMMAND": command,
         "CNI_CONTAINERID": cid,
@@ -87,20 +87,10 @@ def _exec(argv: list[str], host_fd: int, command: str, conf: str, cid: str, netn
         "CNI_PATH": str(Path(argv[0]).parent),
         "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
     }
-    start = time.perf_counter()
-    proc = subprocess.run(
-        argv,
-        input=conf,
-        env=env,
-        capture_output=True,
-        text=True,
-        preexec_fn=attach_bench._enter(host_fd),
-        check=False,
-    )
-    elapsed = (time.perf_counter() - start) * 1000.0
+    proc, elapsed = spawner.run(argv, input=conf, env=env, capture_output=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{argv[0]} {command} failed: {proc.stdout} {proc.stderr}")
-    return elapsed
+    return float(elapsed)
 
 
 @dataclass
@@ -110,30 +100,33 @@ class Setup:
     method: str
     argv: list[str]
     conf: str
-    host_fd: int
+    #: Execs in the method's host namespace (``attach_bench.NetnsSpawner``).
+    spawner: Any
     ctrs: list[str]
 
     def run(self, command: str, i: int) -> float:
         return _exec(
-            self.argv, self.host_fd, command, self.conf, f"bench{i}", f"/run/netns/{self.ctrs[i]}"
+            self.argv, self.spawner, command, self.conf, f"bench{i}", f"/run/netns/{self.ctrs[i]}"
         )
 
 
-def _host(stack: contextlib.ExitStack, n: int) -> tuple[str, int, list[str]]:
-    """A throwaway host namespace (opened) and ``n`` container namespaces."""
+def _host(stack: contextlib.ExitStack, n: int) -> tuple[str, Any, list[str]]:
+    """A throwaway host namespace, a spawner inside it, and ``n`` container namespaces."""
     (host,) = stack.enter_context(attach_bench.namespaces("host", 1))
     ctrs = stack.enter_context(attach_bench.namespaces("ctr", n))
     attach_bench._ip(host, "link", "set", "lo", "up")
     fd = os.open(f"/run/netns/{host}", os.O_RDONLY | os.O_CLOEXEC)
     stack.callback(os.close, fd)
-    return host, fd, ctrs
+    spawner = attach_bench.NetnsSpawner(fd)
+    stack.callback(spawner.close)
+    return host, spawner, ctrs
 
 
 def setup_reference(stack: contextlib.ExitStack, n: int) -> Setup:
     bridge = reference_plugin("bridge")
     if bridge is None or reference_plugin("host-local") is None:
         raise RuntimeError("install containernetworking-plugins (bridge, host-local)")
-    _, fd, ctrs = _host(stack, n)
+    _, spawner, ctrs = _host(stack, n)
     tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="ovb-cni-"))
     conf = json.dumps(
         {
@@ -151,11 +144,11 @@ def setup_reference(stack: contextlib.ExitStack, n: int) -> Setup:
             },
         }
     )
-    return Setup("cni", [bridge], conf, fd, ctrs)
+    return Setup("cni", [bridge], conf, spawner, ctrs)
 
 
 def setup_overlayd(stack: contextlib.ExitStack, n: int, argv: list[str], method: str) -> Setup:
-    host, fd, ctrs = _host(stack, n)
+    host, spawner, ctrs = _host(stack, n)
     tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="ovb-ocni-"))
     stack.enter_context(attach_bench.daemon(host, Path(tmp)))
     conf = json.dumps(
@@ -167,7 +160,7 @@ def setup_overlayd(stack: contextlib.ExitStack, n: int, argv: list[str], method:
             "service": "web",
         }
     )
-    return Setup(method, argv, conf, fd, ctrs)
+    return Setup(method, argv, conf, spawner, ctrs)
 
 
 def bench(n: int, makers: dict[str, Callable[[contextlib.ExitStack, int], Setup]]) -> list[Result]:
