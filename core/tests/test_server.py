@@ -24,6 +24,9 @@ from overlayd.model import Event
 from overlayd.server import Server
 from overlayd.server import SocketInUse
 from overlayd.testing.inproc import serving
+from overlayd.testing.inproc import setup_overlay
+from overlayd.transport import framed
+from overlayd.transport import read_frame
 from overlayd_fake.driver import FakeDriver
 
 
@@ -210,3 +213,52 @@ def test_the_daemon_serves_on_uvloop(short_tmp_path: Path) -> None:
     finally:
         assert daemon.stop() == 0, daemon.log_text()
     assert "event loop: uvloop" in daemon.log_text()
+
+
+async def _raw_status(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ids: range
+) -> list[bytes]:
+    """Send ``status`` with each id in one write; the answer frames' bodies, in order."""
+    writer.write(
+        b"".join(
+            framed(f'{{"frame":"request","id":{i},"request":{{"op":"status"}}}}'.encode())
+            for i in ids
+        )
+    )
+    await writer.drain()
+    return [await read_frame(reader) or b"" for _ in ids]
+
+
+async def test_a_polled_status_is_answered_in_the_fast_lane_byte_for_byte(
+    served: tuple[Server, AsyncClient],
+) -> None:
+    server, client = served
+    await setup_overlay(client)
+    reader, writer = await asyncio.open_unix_connection(str(server.path))
+    try:
+        (slow,) = await _raw_status(reader, writer, range(7, 8))  # builds the memo
+        before = server.fast_answers
+        (fast,) = await _raw_status(reader, writer, range(7, 8))
+        assert server.fast_answers == before + 1
+        assert fast == slow  # the same bytes as the ordinary path's answer
+        # Pipelined in one write: every one answered, in order, from the lane.
+        bodies = await _raw_status(reader, writer, range(1, 101))
+        assert [json.loads(b)["id"] for b in bodies] == list(range(1, 101))
+        # (A read that splits a frame sends the rest down the ordinary path.)
+        assert server.fast_answers > before + 50
+        lane = server.fast_answers
+        # A change closes the lane until status is built again: never stale.
+        await client.setup_service_overlay("web", "shared")
+        (after,) = await _raw_status(reader, writer, range(8, 9))
+        assert json.loads(after)["response"]["service_count"] == 1
+        assert server.fast_answers == lane
+        # Anything else, and a frame that is not a request, takes the ordinary path.
+        writer.write(framed(b'{"frame":"request","id":3,"request":{"op":"status","x":"status"}}'))
+        writer.write(framed(b'{"frame":"event","id":4,"status":1}'))
+        await writer.drain()
+        extra = json.loads(await read_frame(reader) or b"")
+        assert extra["id"] == 3 and extra["response"]["result"] == "status"
+        refused = json.loads(await read_frame(reader) or b"")
+        assert refused["response"]["result"] == "err"
+    finally:
+        writer.close()

@@ -29,6 +29,7 @@ from overlayd.testing.daemon import send_request
 from overlayd.testing.daemon import start_daemon
 
 HELLO = frame_bytes(b'{"frame":"request","id":1,"request":{"op":"hello"}}')
+STATUS = frame_bytes(b'{"frame":"request","id":1,"request":{"op":"status"}}')
 SETUP = {
     "op": "setup_global_overlay",
     "deployment": "hc",
@@ -75,12 +76,17 @@ def _hello_seconds(path: Path) -> float:
 # -- a client that sends and never reads ---------------------------------------------------
 
 
+@pytest.mark.parametrize("op", ["hello", "status"])
 def test_a_client_that_never_reads_cannot_grow_the_daemon_or_slow_others(
-    daemon: DaemonProcess,
+    daemon: DaemonProcess, op: str
 ) -> None:
+    if op == "status":
+        # Set up, so that an unchanged status is answered in the fast lane.
+        assert _call(daemon, SETUP)["result"] == "bridge_name"
+        assert _call(daemon, {"op": "status"})["result"] == "status"
     baseline = daemon.rss_bytes()
     flood = raw_connect(daemon.socket, timeout=2.0)
-    batch = HELLO * 2000
+    batch = (HELLO if op == "hello" else STATUS) * 2000
     sent = 0
     stalled = threading.Event()
 
@@ -119,17 +125,21 @@ def test_a_client_that_never_reads_cannot_grow_the_daemon_or_slow_others(
     assert daemon.proc.poll() is None
 
 
-def test_a_flooding_client_that_reads_gets_every_answer(daemon: DaemonProcess) -> None:
+@pytest.mark.parametrize("op", ["hello", "status"])
+def test_a_flooding_client_that_reads_gets_every_answer(daemon: DaemonProcess, op: str) -> None:
     """Back-pressure only delays: nothing read is dropped."""
+    if op == "status":
+        assert _call(daemon, SETUP)["result"] == "bridge_name"
     count = 5000
     with raw_connect(daemon.socket, timeout=30) as s:
-        writer = threading.Thread(target=s.sendall, args=(HELLO * count,), daemon=True)
+        batch = (HELLO if op == "hello" else STATUS) * count
+        writer = threading.Thread(target=s.sendall, args=(batch,), daemon=True)
         writer.start()
         answers = 0
         while answers < count:
             frame = recv_frame(s)
             assert frame is not None
-            assert frame["response"]["result"] == "hello"
+            assert frame["response"]["result"] == op
             answers += 1
         writer.join(10)
 

@@ -26,6 +26,16 @@ routing the same way). What it guarantees, whatever a client does:
 * **Nothing a client sends ends the loop with an exception.** A body that
   cannot be decoded is answered ``err`` and the connection stays usable; a
   framing error closes only that connection.
+
+A poller's fast lane: while a connection is idle (its reader waits on an
+empty buffer, nothing is in flight or being written, the transport is not
+paused) the bytes that arrive are offered to :attr:`Connection.fast` first,
+in the transport's own callback. It answers the frames it can answer at once
+(``status`` while nothing changed) with the bytes to write, or ``None``, and
+then that frame and everything after it take the ordinary path. The
+guarantees above hold: an answered frame is written before the next is
+looked at, and a client that stops reading pauses the transport, which
+closes the lane.
 """
 
 from __future__ import annotations
@@ -277,8 +287,59 @@ async def accept_connections(
         yield client
 
 
+_HEADER: Final = struct.Struct("<I")
+
+
+class _FastLaneProtocol(asyncio.StreamReaderProtocol):
+    """A stream protocol that first offers complete frames to :attr:`Connection.fast`."""
+
+    conn: Connection | None = None
+
+    def data_received(self, data: bytes) -> None:
+        conn = self.conn
+        offset = 0
+        if conn is not None and conn.fast is not None and conn.idle(self):
+            fast = conn.fast
+            end = len(data)
+            transport = self._transport_or_none()
+            while transport is not None and end - offset >= 4:
+                (length,) = _HEADER.unpack_from(data, offset)
+                if length > end - offset - 4 or length > conn.limits.offload_bytes:
+                    break
+                out = fast(data[offset + 4 : offset + 4 + length])
+                if out is None:
+                    break
+                transport.write(out)
+                offset += 4 + length
+                if self.paused() or transport.is_closing():
+                    break
+        if offset < len(data):
+            super().data_received(data[offset:] if offset else data)
+
+    def _transport_or_none(self) -> asyncio.WriteTransport | None:
+        transport = getattr(self, "_transport", None)
+        return transport if isinstance(transport, asyncio.WriteTransport) else None
+
+    # asyncio's own state, which typeshed does not declare: the lane stays
+    # closed if a Python version names it differently.
+
+    def paused(self) -> bool:
+        """Whether the transport asked to stop writing (the client does not read)."""
+        return getattr(self, "_paused", True) is not False
+
+    def buffered(self) -> int:
+        """Bytes the stream reader holds unread (any, when that cannot be told)."""
+        reader = getattr(self, "_stream_reader", None)
+        buffer = getattr(reader, "_buffer", None) if reader is not None else None
+        return len(buffer) if isinstance(buffer, bytearray) else 1
+
+
 class Connection:
     """One client connection: its streams, its answers and the requests in flight."""
+
+    #: The fast lane (module docstring): a request body -> the whole frame to
+    #: write (header included), or ``None`` for the ordinary path.
+    fast: Callable[[bytes], bytes | None] | None = None
 
     def __init__(
         self,
@@ -298,6 +359,8 @@ class Connection:
         self._inflight_bytes = 0
         #: Its event subscription (``hello`` with ``events``), if it asked for one.
         self.subscription: Subscription | None = None
+        #: A request was read and its handling has not finished on the reading task.
+        self._busy = False
 
     @classmethod
     async def from_socket(
@@ -306,10 +369,22 @@ class Connection:
         """Wrap an accepted socket in asyncio streams."""
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(limit=2**16)
-        protocol = asyncio.StreamReaderProtocol(reader)
+        protocol = _FastLaneProtocol(reader)
         transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock)
         writer = asyncio.StreamWriter(transport, protocol, reader, loop)
-        return cls(reader, writer, peer, limits, offload)
+        conn = cls(reader, writer, peer, limits, offload)
+        protocol.conn = conn
+        return conn
+
+    def idle(self, protocol: _FastLaneProtocol) -> bool:
+        """Whether the fast lane may answer now (see the module docstring)."""
+        return (
+            not self._busy
+            and not self.tasks
+            and not self._send_lock.locked()
+            and not protocol.paused()
+            and protocol.buffered() == 0
+        )
 
     # -- answers ------------------------------------------------------------
 
@@ -396,6 +471,7 @@ class Connection:
         next one, so that the in-flight bounds see it.
         """
         while True:
+            self._busy = False
             await self._room()
             try:
                 body = await read_frame(self.reader)
@@ -406,6 +482,7 @@ class Connection:
                 return
             if body is None:
                 return
+            self._busy = True
             try:
                 frame = await self._decode(body)
             except p.ProtocolError as exc:

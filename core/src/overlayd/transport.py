@@ -36,6 +36,7 @@ __all__ = [
     "FramingError",
     "TruncatedFrame",
     "connect_unix_sync",
+    "framed",
     "is_pipe_address",
     "open_connection",
     "open_pipe",
@@ -90,6 +91,12 @@ def _check_length(length: int) -> None:
         raise FrameTooLarge(length)
 
 
+def framed(body: bytes) -> bytes:
+    """``body`` with its length prefix: the bytes of one frame on the wire."""
+    _check_length(len(body))
+    return _HEADER.pack(len(body)) + body
+
+
 # ---------------------------------------------------------------------------
 # asyncio streams
 # ---------------------------------------------------------------------------
@@ -117,8 +124,7 @@ async def write_frame(writer: asyncio.StreamWriter, body: bytes) -> None:
     Because the single ``write`` call does not yield, frames written by
     concurrent tasks never interleave.
     """
-    _check_length(len(body))
-    writer.write(_HEADER.pack(len(body)) + body)
+    writer.write(framed(body))
     await writer.drain()
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from overlayd.model import Device
 from overlayd.model import Event
+from overlayd.model import PeerConfig
 from overlayd.model import PeerStatus
 from overlayd.nat import host as nat_host
 
@@ -34,6 +35,15 @@ class _StatusMemo:
     peer_counts: dict[str, int]
     nat: object
     status: Status
+
+    def holds(self, parts: tuple[object, ...], peer_counts: dict[str, int], nat: object) -> bool:
+        """Whether ``status`` built from these inputs would be :attr:`status`."""
+        return (
+            len(self.parts) == len(parts)
+            and all(a is b for a, b in zip(self.parts, parts, strict=True))
+            and self.peer_counts == peer_counts
+            and self.nat == nat
+        )
 
 
 class HealthMixin(EngineBase):
@@ -69,13 +79,7 @@ class HealthMixin(EngineBase):
         # object then lets the server answer from its encoded copy too.
         parts = (up, g, peers, *services)
         memo = self._status_memo
-        if (
-            memo is not None
-            and len(memo.parts) == len(parts)
-            and all(a is b for a, b in zip(memo.parts, parts, strict=True))
-            and memo.peer_counts == peer_counts
-            and memo.nat == nat
-        ):
+        if memo is not None and memo.holds(parts, peer_counts, nat):
             return memo.status
         # model_construct: every value below is already typed by the engine's own
         # models, so validating them again on each ``status`` is pure cost.
@@ -107,6 +111,34 @@ class HealthMixin(EngineBase):
         self._status_memo = _StatusMemo(parts, peer_counts, nat, status)
         return status
 
+    def status_unchanged(self) -> Status | None:
+        """The last :meth:`status`, without awaiting, if it is still the answer.
+
+        ``None`` whenever :meth:`status` would do any work: nothing answered
+        yet, an overlay, service or peer changed, the peers' read is older than
+        ``STATUS_PEERS_MAX_AGE``, or the engine is stopping. The server answers
+        a polled ``status`` from this on the connection's own read, without a
+        task or a coroutine; anything else goes through :meth:`status`.
+        """
+        memo = self._status_memo
+        if memo is None or self._stopping or not self._started:
+            return None
+        with self._mem:
+            up = self.global_
+            g = up or self._retired
+            services = list(self.services.values())
+            peer_counts = {name: len(p) for name, p in self.peers.items()}
+            configs = tuple(self.peers.get(up.device.name, {}).values()) if up else ()
+        peers: list[PeerStatus] | None = []
+        if up is not None:
+            peers = self._fresh_peers(up.device, configs)
+            if peers is None:
+                return None
+        nat = nat_host.nat_status(self)
+        if g is None or not memo.holds((up, g, peers, *services), peer_counts, nat):
+            return None
+        return memo.status
+
     async def _status_peers(self, device: Device) -> list[PeerStatus]:
         """The device's peers for ``status``, read at most every ``STATUS_PEERS_MAX_AGE`` s.
 
@@ -118,20 +150,29 @@ class HealthMixin(EngineBase):
         """
         with self._mem:
             configs = tuple(self.peers.get(device.name, {}).values())
-        cached = self._status_cache
+        fresh = self._fresh_peers(device, configs)
+        if fresh is not None:
+            return fresh
         now = time.monotonic()
-        if (
-            cached is not None
-            and now - cached.read_at < self.STATUS_PEERS_MAX_AGE
-            and cached.device == device
-            and cached.configs == configs
-        ):
-            return cached.peers
         peers = await self._read_peers(device, "status")
         if peers is None:
             return []
         self._status_cache = PeerStatusCache(now, device, configs, peers)
         return peers
+
+    def _fresh_peers(
+        self, device: Device, configs: tuple[PeerConfig, ...]
+    ) -> list[PeerStatus] | None:
+        """The cached peers read, if young enough and read under ``configs``; else None."""
+        cached = self._status_cache
+        if (
+            cached is not None
+            and time.monotonic() - cached.read_at < self.STATUS_PEERS_MAX_AGE
+            and cached.device == device
+            and cached.configs == configs
+        ):
+            return cached.peers
+        return None
 
     async def check_health(self) -> list[Event]:
         """Read every WireGuard device's peers and emit health transitions.

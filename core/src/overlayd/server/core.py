@@ -39,6 +39,7 @@ from overlayd.errors import clip
 from overlayd.model import Event
 from overlayd.observe import event_frame as observe_event_frame
 from overlayd.subscriptions import Subscription
+from overlayd.transport import framed
 
 # POSIX only: the daemon serves a Unix socket; serving the Windows named pipe is
 # not supported yet. (This assert also makes mypy --platform win32 skip the rest,
@@ -91,6 +92,8 @@ class Server:
         self._socket_file = socketfile.SocketFile(self.path, config.socket_group)
         self._listening = False
         self.requests_served = 0
+        #: Of those, answered in the connection's fast lane (unchanged ``status``).
+        self.fast_answers = 0
         #: The last answer encoded and its bytes (:meth:`_encode`).
         self._last_encoded: tuple[p.AnyResponse, bytes] | None = None
         #: ``status`` memo: the engine's last status and the answer built from it.
@@ -240,6 +243,7 @@ class Server:
             sock.close()
             return
         self._conns.add(conn)
+        conn.fast = self._answer_unchanged_status
         log.debug("connection from %s", who)
         try:
             async for frame, size in conn.requests():
@@ -300,6 +304,39 @@ class Server:
         await conn.answer(frame.id, response, self._encode)
         if isinstance(request, p.ShutdownRequest):
             self.request_stop()
+
+    def _answer_unchanged_status(self, body: bytes) -> bytes | None:
+        """The fast lane (:mod:`overlayd.connections`): a polled ``status``, answered at once.
+
+        Only a ``status`` whose answer is the memo's (nothing changed, the
+        peers' read still fresh: :meth:`Engine.status_unchanged
+        <overlayd.engine.health.HealthMixin.status_unchanged>`) is answered
+        here, from the encoded copy, with the metrics the ordinary path
+        keeps; ``None`` hands the frame to the ordinary path, which answers
+        everything else, errors included.
+        """
+        if b'"status"' not in body or self._closing.is_set():
+            return None
+        started = time.perf_counter()
+        try:
+            frame = p.decode_frame(body)
+        except Exception:  # noqa: BLE001 - the ordinary path decodes it again and answers
+            return None
+        if not isinstance(frame, p.RequestFrame) or type(frame.request) is not p.StatusRequest:
+            return None
+        memo = self.status_memo
+        st = self.engine.status_unchanged()
+        if st is None or memo is None or memo[0] is not st:
+            return None
+        response = memo[1]
+        try:
+            out = framed(p.response_body(frame.id, self._encode(response)))
+        except OverlaydError:
+            return None
+        self.requests_served += 1
+        self.fast_answers += 1
+        self.engine.stats.request_done("status", response.result, time.perf_counter() - started)
+        return out
 
     def _encode(self, response: p.AnyResponse) -> bytes:
         """``response`` encoded, once for as long as handlers return the same object.
