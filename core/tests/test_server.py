@@ -252,6 +252,14 @@ async def test_a_polled_status_is_answered_in_the_fast_lane_byte_for_byte(
         (after,) = await _raw_status(reader, writer, range(8, 9))
         assert json.loads(after)["response"]["service_count"] == 1
         assert server.fast_answers == lane
+        # The peers' read expires (every STATUS_PEERS_MAX_AGE): read again, an equal
+        # status, and the lane takes over again from the next request on.
+        assert server.engine._status_cache is not None
+        server.engine._status_cache = None
+        await _raw_status(reader, writer, range(9, 10))
+        lane = server.fast_answers
+        await _raw_status(reader, writer, range(10, 11))
+        assert server.fast_answers == lane + 1
         # Anything else, and a frame that is not a request, takes the ordinary path.
         writer.write(framed(b'{"frame":"request","id":3,"request":{"op":"status","x":"status"}}'))
         writer.write(framed(b'{"frame":"event","id":4,"status":1}'))

@@ -207,6 +207,9 @@ async def _status(s: Server, r: p.StatusRequest) -> p.AnyResponse:
     memo = s.status_memo
     if memo is not None and (memo[0] is st or memo[0] == st):
         # Unchanged: the same answer object, which the server encodes only once.
+        # Keep the engine's newest equal object, which its fast lane compares by identity.
+        if memo[0] is not st:
+            s.status_memo = (st, memo[1])
         return memo[1]
     response = p.StatusResponse(
         interface=st.interface,
