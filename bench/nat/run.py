@@ -4,6 +4,7 @@ Not a test: it prints figures side by side. Run as root on Debian with
 ``coturn``, ``wireguard-go``, ``nebula`` and ``iperf3`` installed::
 
     sudo .venv/bin/python bench/nat/run.py [--cases eim/eim,eim/sym,sym/sym] [--seconds 5]
+        [--forwarders python,native] [--no-upgrade]
 
 The topology is the lab of ``tests/e2e/test_nat_traversal.py`` (a "public"
 switch with coturn, two NAT routers, a node and a container behind each),
@@ -101,13 +102,15 @@ def iperf(
 # -- overlayd ------------------------------------------------------------------
 
 
-def overlayd_case(nat_a: str, nat_b: str, seconds: float) -> dict[str, Any]:
+def overlayd_case(
+    nat_a: str, nat_b: str, seconds: float, forwarder: str = "auto"
+) -> dict[str, Any]:
     lab = lab_mod.Lab()
     try:
         a, b = lab.build(nat_a, nat_b)
         lab.start_coturn()
         for node in (a, b):
-            node.start(lab.nat_config())
+            node.start(lab.nat_config(extra=f'relay_forwarder = "{forwarder}"\n'))
             node.setup()
         for node in (a, b):
             lab_mod.wait_until(
@@ -125,7 +128,7 @@ def overlayd_case(nat_a: str, nat_b: str, seconds: float) -> dict[str, Any]:
         time.sleep(0.5)
         path = a.path_of(b)
         gbit = iperf_both(a.container_ns, b.container_ns, b.container_ip, seconds)
-        return {"first_ping_s": took, "path": path, "gbit_s": gbit}
+        return {"first_ping_s": took, "path": path, "gbit_s": gbit, "forwarder": forwarder}
     finally:
         lab.close()
 
@@ -271,6 +274,13 @@ def main() -> int:
     parser.add_argument("--cases", default="eim/eim,eim/sym,sym/sym")
     parser.add_argument("--seconds", type=float, default=5.0, help="iperf3 duration")
     parser.add_argument("--no-nebula", action="store_true")
+    parser.add_argument(
+        "--forwarders",
+        default="auto",
+        help="comma-separated relay_forwarder values, each run as its own overlayd case "
+        "(e.g. python,native to compare them in one run)",
+    )
+    parser.add_argument("--no-upgrade", action="store_true", help="skip the relayed -> direct case")
     args = parser.parse_args()
     for tool in ("turnserver", "wireguard-go", "iperf3"):
         if shutil.which(tool) is None:
@@ -278,39 +288,44 @@ def main() -> int:
             return 2
     nebula = not args.no_nebula and shutil.which("nebula") is not None
     rows = []
+    forwarders = args.forwarders.split(",")
     for case in args.cases.split(","):
         nat_a, nat_b = case.split("/")
-        row: dict[str, Any] = {"case": case, "overlayd": overlayd_case(nat_a, nat_b, args.seconds)}
+        row: dict[str, Any] = {
+            "case": case,
+            "overlayd": [overlayd_case(nat_a, nat_b, args.seconds, f) for f in forwarders],
+        }
         if nebula:
             row["nebula"] = nebula_case(nat_a, nat_b, False, args.seconds)
             row["nebula_relay"] = nebula_case(nat_a, nat_b, True, args.seconds)
         rows.append(row)
         print(json.dumps(row), flush=True)
-    upgrade = overlayd_upgrade()
+    upgrade = None if args.no_upgrade else overlayd_upgrade()
     print(json.dumps({"relayed_to_direct": upgrade}), flush=True)
     print()
     print("Gbit/s columns: a->b/b->a")
-    header = f"{'case':9} {'overlayd first ping':>20} {'path':>8} {'Gbit/s':>13}"
+    header = f"{'case':9} {'forwarder':>9} {'overlayd first ping':>20} {'path':>8} {'Gbit/s':>13}"
     if nebula:
         header += f" | {'nebula':>8} {'Gbit/s':>13} | {'nebula+relay':>12} {'Gbit/s':>13}"
     print(header)
     for row in rows:
-        o = row["overlayd"]
-        line = (
-            f"{row['case']:9} {_fmt(o['first_ping_s'], ' s'):>20} {_fmt(o['path']):>8} "
-            f"{_fmt(o['gbit_s']):>13}"
-        )
-        if nebula:
-            n, r = row["nebula"], row["nebula_relay"]
-            line += (
-                f" | {_fmt(n['first_ping_s'], ' s'):>8} {_fmt(n['gbit_s']):>13}"
-                f" | {_fmt(r['first_ping_s'], ' s'):>12} {_fmt(r['gbit_s']):>13}"
+        for index, o in enumerate(row["overlayd"]):
+            line = (
+                f"{row['case']:9} {o['forwarder']:>9} {_fmt(o['first_ping_s'], ' s'):>20} "
+                f"{_fmt(o['path']):>8} {_fmt(o['gbit_s']):>13}"
             )
-        print(line)
-    print(
-        f"relayed -> direct once possible: {_fmt(upgrade['to_direct_s'], ' s')} "
-        f"(refresh {upgrade['refresh_s']} s, no traffic)"
-    )
+            if nebula and index == 0:
+                n, r = row["nebula"], row["nebula_relay"]
+                line += (
+                    f" | {_fmt(n['first_ping_s'], ' s'):>8} {_fmt(n['gbit_s']):>13}"
+                    f" | {_fmt(r['first_ping_s'], ' s'):>12} {_fmt(r['gbit_s']):>13}"
+                )
+            print(line)
+    if upgrade is not None:
+        print(
+            f"relayed -> direct once possible: {_fmt(upgrade['to_direct_s'], ' s')} "
+            f"(refresh {upgrade['refresh_s']} s, no traffic)"
+        )
     return 0
 
 
