@@ -156,6 +156,23 @@ async def test_turn_to_wireguard_strips_the_header(bench: Bench) -> None:
     await _until(lambda: bench.relay.received == 300)
 
 
+@pytest.mark.parametrize("size", [1200, 60])
+async def test_equal_sized_bursts_both_ways(bench: Bench, size: int) -> None:
+    """Runs of one size (the native forwarder sends them as one GSO message), a shorter last."""
+    peer = await bench.peer()
+    sent = [b"%05d" % i + b"e" * (size - 5) for i in range(80)] + [b"short"]
+    for payload in sent:
+        bench.wg.sendto(payload, _local(peer))
+    for payload in sent:
+        data, _ = await asyncio.to_thread(_recv, bench.server)
+        assert data == struct.pack("!HH", CHANNEL, len(payload)) + payload
+    for payload in sent:
+        bench.from_turn(struct.pack("!HH", CHANNEL, len(payload)) + payload)
+    for payload in sent:
+        assert await asyncio.to_thread(_recv, bench.wg) == (payload, _local(peer))
+    await _until(lambda: (bench.relay.sent, bench.relay.received) == (81, 81))
+
+
 async def test_unknown_channel_and_short_frames_are_not_delivered(bench: Bench) -> None:
     await bench.peer()
     bench.from_turn(struct.pack("!HH", CHANNEL + 1, 3) + b"abc")  # no such channel

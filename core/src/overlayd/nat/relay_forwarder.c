@@ -11,6 +11,11 @@
  *   TURN -> WireGuard: recvmmsg() from the TURN socket, the header checked and
  *     skipped, runs of datagrams for the same peer sent with one sendmmsg().
  *
+ * Runs of equal-sized datagrams for one destination leave as one UDP GSO
+ * send (UDP_SEGMENT: one trip through the stack, cut into datagrams at the
+ * end), which the kernel may refuse (a segment over the path MTU, no
+ * checksum offload); then that destination gets one datagram per message.
+ *
  * Whatever needs Python is copied into the caller's buffer and returned:
  * a datagram on the TURN socket that is not ChannelData (STUN answers, Data
  * indications) or is for a channel the table does not know (bound since the
@@ -22,6 +27,8 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <netinet/in.h>
+#include <netinet/udp.h>
 #include <poll.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -35,6 +42,11 @@
 #define OVL_SLOT 65540 /* the largest UDP payload and a ChannelData header */
 #define OVL_CHANNEL_MIN 0x4000
 #define OVL_CHANNELS 0x4000 /* 0x4000..0x7FFF */
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
+#define OVL_GSO_SEGMENTS 64   /* UDP_MAX_SEGMENTS of older kernels */
+#define OVL_GSO_BYTES 60000   /* a GSO send is one UDP datagram before it is cut */
 #define OVL_TAG_TURN UINT64_MAX
 #define OVL_TAG_WAKE (UINT64_MAX - 1)
 
@@ -60,8 +72,15 @@ struct ovl_fwd {
     int chan_fd[OVL_CHANNELS];
     struct ovl_batch in_turn, in_peer;
     int pend_next, pend_count; /* TURN datagrams received, not yet handled */
-    struct mmsghdr out[OVL_BATCH];
+    /* datagrams to send (out_iov), grouped into messages (out, out_count each) */
     struct iovec out_iov[OVL_BATCH];
+    struct mmsghdr out[OVL_BATCH];
+    int out_count[OVL_BATCH];
+    union {
+        char buf[CMSG_SPACE(sizeof(uint16_t))];
+        struct cmsghdr align;
+    } out_cmsg[OVL_BATCH];
+    int gso_turn, gso_peer; /* whether GSO sends are still tried that way */
     uint64_t sent, received, dropped;
 };
 
@@ -99,6 +118,7 @@ struct ovl_fwd *ovl_fwd_new(int turn_fd, int wake_fd)
     if (!c)
         return NULL;
     c->epfd = -1;
+    c->gso_turn = c->gso_peer = 1;
     c->turn_fd = turn_fd;
     c->wake_fd = wake_fd;
     for (int i = 0; i < OVL_CHANNELS; i++)
@@ -165,15 +185,51 @@ void ovl_fwd_stats(const struct ovl_fwd *c, uint64_t *out)
     out[2] = c->dropped;
 }
 
-/* sendmmsg() all of msg on fd; what cannot be sent is counted as dropped. */
-static void send_all(struct ovl_fwd *c, int fd, struct mmsghdr *msg, int n, uint64_t *done_count)
+/* Group out_iov[0..n) into messages: a run of equal sizes (the last may be
+ * shorter) becomes one GSO message when *gso allows. Returns the count. */
+static int group(struct ovl_fwd *c, int n, int gso)
 {
+    int nmsg = 0;
+    for (int k = 0; k < n;) {
+        size_t seg = c->out_iov[k].iov_len, total = seg;
+        int g = 1;
+        while (gso && k + g < n && g < OVL_GSO_SEGMENTS && c->out_iov[k + g].iov_len <= seg &&
+               total + c->out_iov[k + g].iov_len <= OVL_GSO_BYTES) {
+            total += c->out_iov[k + g].iov_len;
+            if (c->out_iov[k + g++].iov_len < seg)
+                break; /* only the last segment may be shorter */
+        }
+        struct msghdr *h = &c->out[nmsg].msg_hdr;
+        memset(h, 0, sizeof(*h));
+        h->msg_iov = &c->out_iov[k];
+        h->msg_iovlen = (size_t)g;
+        if (g > 1) {
+            h->msg_control = c->out_cmsg[nmsg].buf;
+            h->msg_controllen = sizeof(c->out_cmsg[nmsg].buf);
+            struct cmsghdr *cm = CMSG_FIRSTHDR(h);
+            cm->cmsg_level = SOL_UDP;
+            cm->cmsg_type = UDP_SEGMENT;
+            cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+            uint16_t size = (uint16_t)seg;
+            memcpy(CMSG_DATA(cm), &size, sizeof(size));
+        }
+        c->out_count[nmsg++] = g;
+        k += g;
+    }
+    return nmsg;
+}
+
+/* Send out_iov[0..n) on fd; what cannot be sent is counted as dropped. */
+static void send_all(struct ovl_fwd *c, int fd, int n, int *gso, uint64_t *done_count)
+{
+    int nmsg = group(c, n, *gso);
     int done = 0, waited = 0;
-    while (done < n) {
-        int r = sendmmsg(fd, msg + done, (unsigned)(n - done), MSG_DONTWAIT);
+    while (done < nmsg) {
+        int r = sendmmsg(fd, c->out + done, (unsigned)(nmsg - done), MSG_DONTWAIT);
         if (r > 0) {
+            for (int i = done; i < done + r; i++)
+                *done_count += (uint64_t)c->out_count[i];
             done += r;
-            *done_count += (uint64_t)r;
             continue;
         }
         if (r < 0 && errno == EINTR)
@@ -185,7 +241,19 @@ static void send_all(struct ovl_fwd *c, int fd, struct mmsghdr *msg, int n, uint
             waited = 1;
             continue;
         }
-        c->dropped++; /* this datagram fails (e.g. ECONNREFUSED): skip it */
+        struct msghdr *h = &c->out[done].msg_hdr;
+        if (c->out_count[done] > 1 && errno != EAGAIN && errno != ECONNREFUSED) {
+            /* GSO refused (EINVAL, EIO, EMSGSIZE...): one datagram each, now and later */
+            *gso = 0;
+            for (size_t j = 0; j < h->msg_iovlen; j++) {
+                if (send(fd, h->msg_iov[j].iov_base, h->msg_iov[j].iov_len, MSG_DONTWAIT) >= 0)
+                    (*done_count)++;
+                else
+                    c->dropped++;
+            }
+        } else {
+            c->dropped += (uint64_t)c->out_count[done]; /* e.g. ECONNREFUSED: skip it */
+        }
         done++;
     }
 }
@@ -194,9 +262,6 @@ static void out_add(struct ovl_fwd *c, int i, void *base, size_t len)
 {
     c->out_iov[i].iov_base = base;
     c->out_iov[i].iov_len = len;
-    memset(&c->out[i].msg_hdr, 0, sizeof(c->out[i].msg_hdr));
-    c->out[i].msg_hdr.msg_iov = &c->out_iov[i];
-    c->out[i].msg_hdr.msg_iovlen = 1;
 }
 
 /* Forward the pending TURN datagrams; stop at one that Python must see. */
@@ -221,7 +286,7 @@ static int turn_pending(struct ovl_fwd *c, unsigned char *buf, size_t cap, int *
             if (fd < 0 || length > len - 4)
                 continue; /* not delivered, or cut short */
             if (fd != run_fd && nout) {
-                send_all(c, run_fd, c->out, nout, &c->received);
+                send_all(c, run_fd, nout, &c->gso_peer, &c->received);
                 nout = 0;
             }
             run_fd = fd;
@@ -229,14 +294,14 @@ static int turn_pending(struct ovl_fwd *c, unsigned char *buf, size_t cap, int *
             continue;
         }
         if (nout)
-            send_all(c, run_fd, c->out, nout, &c->received);
+            send_all(c, run_fd, nout, &c->gso_peer, &c->received);
         memcpy(buf, d, len < cap ? len : cap);
         *out_len = (int)len;
         c->pend_next++;
         return OVL_TURN;
     }
     if (nout)
-        send_all(c, run_fd, c->out, nout, &c->received);
+        send_all(c, run_fd, nout, &c->gso_peer, &c->received);
     c->pend_next = c->pend_count = 0;
     return -1;
 }
@@ -263,7 +328,7 @@ static void from_peer(struct ovl_fwd *c, int i)
         d[3] = (unsigned char)len;
         out_add(c, nout++, d, len + 4);
     }
-    send_all(c, c->turn_fd, c->out, nout, &c->sent);
+    send_all(c, c->turn_fd, nout, &c->gso_turn, &c->sent);
 }
 
 static int64_t now_ms(void)

@@ -267,6 +267,11 @@ class TurnRelay:
             await self.close(delete=False)
             raise
         self.relayed = (str(relayed[0]), int(relayed[1]))
+        log.info(
+            "TURN relay on %s: %s forwarder",
+            self.server.url,
+            "native" if self._lib is not None else "Python",
+        )
         mapped = self._control.mapped_address
         self.mapped = (str(mapped[0]), int(mapped[1])) if mapped else None
         return self.relayed
