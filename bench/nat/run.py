@@ -29,6 +29,7 @@ import argparse
 import contextlib
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -73,6 +74,32 @@ def iperf_both(client_ns: str, server_ns: str, ip: str, seconds: float) -> dict[
         "a_to_b": iperf(client_ns, server_ns, ip, seconds),
         "b_to_a": iperf(client_ns, server_ns, ip, seconds, reverse=True),
     }
+
+
+def rcvbuf_errors(ns: str) -> int:
+    """UDP datagrams the kernel of ``ns`` dropped at a full socket buffer (the relay's)."""
+    res = run("ip", "netns", "exec", ns, "nstat", "-az", "UdpRcvbufErrors", check=False)
+    fields = res.stdout.split()
+    return int(fields[fields.index("UdpRcvbufErrors") + 1]) if "UdpRcvbufErrors" in fields else 0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds of process ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measured(
+    client_ns: str, server_ns: str, ip: str, seconds: float, relay_ns: str, pids: list[int]
+) -> dict[str, Any]:
+    """:func:`iperf_both`, and per direction the relay host's drops and the CPU of ``pids``."""
+    out: dict[str, Any] = {"gbit_s": {}, "relay_drops": {}, "cpu_s": {}}
+    for key, reverse in (("a_to_b", False), ("b_to_a", True)):
+        drops, cpu = rcvbuf_errors(relay_ns), [cpu_seconds(p) for p in pids]
+        out["gbit_s"][key] = iperf(client_ns, server_ns, ip, seconds, reverse=reverse)
+        out["relay_drops"][key] = rcvbuf_errors(relay_ns) - drops
+        out["cpu_s"][key] = [round(cpu_seconds(p) - c, 2) for p, c in zip(pids, cpu, strict=True)]
+    return out
 
 
 def iperf(
@@ -127,8 +154,13 @@ def overlayd_case(
         took = first_ping(a.container_ns, b.container_ip, 15.0, t0)
         time.sleep(0.5)
         path = a.path_of(b)
-        gbit = iperf_both(a.container_ns, b.container_ns, b.container_ip, seconds)
-        return {"first_ping_s": took, "path": path, "gbit_s": gbit, "forwarder": forwarder}
+        # The relay's owner (the node whose allocation and forwarder carry the
+        # pair): the smaller public key, as overlayd.nat.agent decides.
+        owner = ("a" if a.public_key < b.public_key else "b") if path == "relayed" else None
+        pids = [n.proc.pid for n in (a, b) if n.proc is not None]
+        result = measured(a.container_ns, b.container_ns, b.container_ip, seconds, lab.pub, pids)
+        return {"first_ping_s": took, "path": path, "forwarder": forwarder, "owner": owner,
+                **result}  # fmt: skip
     finally:
         lab.close()
 
@@ -249,8 +281,13 @@ def nebula_case(nat_a: str, nat_b: str, relays: bool, seconds: float) -> dict[st
                 )
             )
         took = first_ping(a.ns, "192.168.100.3", 30.0, t0)
-        gbit = iperf_both(a.ns, b.ns, "192.168.100.3", seconds) if took is not None else None
-        return {"first_ping_s": took, "gbit_s": gbit}
+        if took is None:
+            return {"first_ping_s": None, "gbit_s": None}
+        pids = [p.pid for p in procs]
+        return {
+            "first_ping_s": took,
+            **measured(a.ns, b.ns, "192.168.100.3", seconds, lab.pub, pids),
+        }
     finally:
         for proc in procs:
             proc.kill()
@@ -304,21 +341,29 @@ def main() -> int:
     print(json.dumps({"relayed_to_direct": upgrade}), flush=True)
     print()
     print("Gbit/s columns: a->b/b->a")
-    header = f"{'case':9} {'forwarder':>9} {'overlayd first ping':>20} {'path':>8} {'Gbit/s':>13}"
+    print("drops: datagrams the relay host dropped at a full socket buffer, per direction")
+    header = (
+        f"{'case':9} {'forwarder':>9} {'owner':>5} {'1st ping':>10} {'path':>8} "
+        f"{'Gbit/s':>13} {'drops':>11}"
+    )
     if nebula:
-        header += f" | {'nebula':>8} {'Gbit/s':>13} | {'nebula+relay':>12} {'Gbit/s':>13}"
+        header += (
+            f" | {'nebula':>8} {'Gbit/s':>13} | {'nebula+relay':>12} {'Gbit/s':>13} {'drops':>11}"
+        )
     print(header)
     for row in rows:
         for index, o in enumerate(row["overlayd"]):
             line = (
-                f"{row['case']:9} {o['forwarder']:>9} {_fmt(o['first_ping_s'], ' s'):>20} "
-                f"{_fmt(o['path']):>8} {_fmt(o['gbit_s']):>13}"
+                f"{row['case']:9} {o['forwarder']:>9} {_fmt(o['owner']):>5} "
+                f"{_fmt(o['first_ping_s'], ' s'):>10} {_fmt(o['path']):>8} "
+                f"{_fmt(o['gbit_s']):>13} {_fmt(o['relay_drops']):>11}"
             )
             if nebula and index == 0:
                 n, r = row["nebula"], row["nebula_relay"]
                 line += (
                     f" | {_fmt(n['first_ping_s'], ' s'):>8} {_fmt(n['gbit_s']):>13}"
                     f" | {_fmt(r['first_ping_s'], ' s'):>12} {_fmt(r['gbit_s']):>13}"
+                    f" {_fmt(r.get('relay_drops')):>11}"
                 )
             print(line)
     if upgrade is not None:
