@@ -137,7 +137,7 @@ def overlayd_case(
         a, b = lab.build(nat_a, nat_b)
         lab.start_coturn()
         for node in (a, b):
-            node.start(lab.nat_config(extra=f'relay_forwarder = "{forwarder}"\n'))
+            node.start(lab.nat_config(forwarder=forwarder))
             node.setup()
         for node in (a, b):
             lab_mod.wait_until(
@@ -172,7 +172,7 @@ def overlayd_upgrade(seconds_limit: float = 30.0) -> dict[str, Any]:
         a, b = lab.build("eim", "sym")
         lab.start_coturn()
         for node in (a, b):
-            node.start(lab.nat_config())
+            node.start(lab.nat_config(forwarder="auto"))
             node.setup()
         lab_mod.wait_until(
             lambda: all(
