@@ -4,6 +4,7 @@ Not a test: it prints figures side by side. Run as root on Debian with
 ``coturn``, ``wireguard-go``, ``nebula`` and ``iperf3`` installed::
 
     sudo .venv/bin/python bench/nat/run.py [--cases eim/eim,eim/sym,sym/sym] [--seconds 5]
+        [--forwarders python,native] [--no-upgrade]
 
 The topology is the lab of ``tests/e2e/test_nat_traversal.py`` (a "public"
 switch with coturn, two NAT routers, a node and a container behind each),
@@ -28,6 +29,7 @@ import argparse
 import contextlib
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -74,6 +76,32 @@ def iperf_both(client_ns: str, server_ns: str, ip: str, seconds: float) -> dict[
     }
 
 
+def rcvbuf_errors(ns: str) -> int:
+    """UDP datagrams the kernel of ``ns`` dropped at a full socket buffer (the relay's)."""
+    res = run("ip", "netns", "exec", ns, "nstat", "-az", "UdpRcvbufErrors", check=False)
+    fields = res.stdout.split()
+    return int(fields[fields.index("UdpRcvbufErrors") + 1]) if "UdpRcvbufErrors" in fields else 0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds of process ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measured(
+    client_ns: str, server_ns: str, ip: str, seconds: float, relay_ns: str, pids: list[int]
+) -> dict[str, Any]:
+    """:func:`iperf_both`, and per direction the relay host's drops and the CPU of ``pids``."""
+    out: dict[str, Any] = {"gbit_s": {}, "relay_drops": {}, "cpu_s": {}}
+    for key, reverse in (("a_to_b", False), ("b_to_a", True)):
+        drops, cpu = rcvbuf_errors(relay_ns), [cpu_seconds(p) for p in pids]
+        out["gbit_s"][key] = iperf(client_ns, server_ns, ip, seconds, reverse=reverse)
+        out["relay_drops"][key] = rcvbuf_errors(relay_ns) - drops
+        out["cpu_s"][key] = [round(cpu_seconds(p) - c, 2) for p, c in zip(pids, cpu, strict=True)]
+    return out
+
+
 def iperf(
     client_ns: str, server_ns: str, ip: str, seconds: float, *, reverse: bool = False
 ) -> float | None:
@@ -101,13 +129,15 @@ def iperf(
 # -- overlayd ------------------------------------------------------------------
 
 
-def overlayd_case(nat_a: str, nat_b: str, seconds: float) -> dict[str, Any]:
+def overlayd_case(
+    nat_a: str, nat_b: str, seconds: float, forwarder: str = "auto"
+) -> dict[str, Any]:
     lab = lab_mod.Lab()
     try:
         a, b = lab.build(nat_a, nat_b)
         lab.start_coturn()
         for node in (a, b):
-            node.start(lab.nat_config())
+            node.start(lab.nat_config(forwarder=forwarder))
             node.setup()
         for node in (a, b):
             lab_mod.wait_until(
@@ -124,8 +154,13 @@ def overlayd_case(nat_a: str, nat_b: str, seconds: float) -> dict[str, Any]:
         took = first_ping(a.container_ns, b.container_ip, 15.0, t0)
         time.sleep(0.5)
         path = a.path_of(b)
-        gbit = iperf_both(a.container_ns, b.container_ns, b.container_ip, seconds)
-        return {"first_ping_s": took, "path": path, "gbit_s": gbit}
+        # The relay's owner (the node whose allocation and forwarder carry the
+        # pair): the smaller public key, as overlayd.nat.agent decides.
+        owner = ("a" if a.public_key < b.public_key else "b") if path == "relayed" else None
+        pids = [n.proc.pid for n in (a, b) if n.proc is not None]
+        result = measured(a.container_ns, b.container_ns, b.container_ip, seconds, lab.pub, pids)
+        return {"first_ping_s": took, "path": path, "forwarder": forwarder, "owner": owner,
+                **result}  # fmt: skip
     finally:
         lab.close()
 
@@ -137,7 +172,7 @@ def overlayd_upgrade(seconds_limit: float = 30.0) -> dict[str, Any]:
         a, b = lab.build("eim", "sym")
         lab.start_coturn()
         for node in (a, b):
-            node.start(lab.nat_config())
+            node.start(lab.nat_config(forwarder="auto"))
             node.setup()
         lab_mod.wait_until(
             lambda: all(
@@ -246,8 +281,13 @@ def nebula_case(nat_a: str, nat_b: str, relays: bool, seconds: float) -> dict[st
                 )
             )
         took = first_ping(a.ns, "192.168.100.3", 30.0, t0)
-        gbit = iperf_both(a.ns, b.ns, "192.168.100.3", seconds) if took is not None else None
-        return {"first_ping_s": took, "gbit_s": gbit}
+        if took is None:
+            return {"first_ping_s": None, "gbit_s": None}
+        pids = [p.pid for p in procs]
+        return {
+            "first_ping_s": took,
+            **measured(a.ns, b.ns, "192.168.100.3", seconds, lab.pub, pids),
+        }
     finally:
         for proc in procs:
             proc.kill()
@@ -271,6 +311,13 @@ def main() -> int:
     parser.add_argument("--cases", default="eim/eim,eim/sym,sym/sym")
     parser.add_argument("--seconds", type=float, default=5.0, help="iperf3 duration")
     parser.add_argument("--no-nebula", action="store_true")
+    parser.add_argument(
+        "--forwarders",
+        default="auto",
+        help="comma-separated relay_forwarder values, each run as its own overlayd case "
+        "(e.g. python,native to compare them in one run)",
+    )
+    parser.add_argument("--no-upgrade", action="store_true", help="skip the relayed -> direct case")
     args = parser.parse_args()
     for tool in ("turnserver", "wireguard-go", "iperf3"):
         if shutil.which(tool) is None:
@@ -278,39 +325,52 @@ def main() -> int:
             return 2
     nebula = not args.no_nebula and shutil.which("nebula") is not None
     rows = []
+    forwarders = args.forwarders.split(",")
     for case in args.cases.split(","):
         nat_a, nat_b = case.split("/")
-        row: dict[str, Any] = {"case": case, "overlayd": overlayd_case(nat_a, nat_b, args.seconds)}
+        row: dict[str, Any] = {
+            "case": case,
+            "overlayd": [overlayd_case(nat_a, nat_b, args.seconds, f) for f in forwarders],
+        }
         if nebula:
             row["nebula"] = nebula_case(nat_a, nat_b, False, args.seconds)
             row["nebula_relay"] = nebula_case(nat_a, nat_b, True, args.seconds)
         rows.append(row)
         print(json.dumps(row), flush=True)
-    upgrade = overlayd_upgrade()
+    upgrade = None if args.no_upgrade else overlayd_upgrade()
     print(json.dumps({"relayed_to_direct": upgrade}), flush=True)
     print()
     print("Gbit/s columns: a->b/b->a")
-    header = f"{'case':9} {'overlayd first ping':>20} {'path':>8} {'Gbit/s':>13}"
+    print("drops: datagrams the relay host dropped at a full socket buffer, per direction")
+    header = (
+        f"{'case':9} {'forwarder':>9} {'owner':>5} {'1st ping':>10} {'path':>8} "
+        f"{'Gbit/s':>13} {'drops':>11}"
+    )
     if nebula:
-        header += f" | {'nebula':>8} {'Gbit/s':>13} | {'nebula+relay':>12} {'Gbit/s':>13}"
+        header += (
+            f" | {'nebula':>8} {'Gbit/s':>13} | {'nebula+relay':>12} {'Gbit/s':>13} {'drops':>11}"
+        )
     print(header)
     for row in rows:
-        o = row["overlayd"]
-        line = (
-            f"{row['case']:9} {_fmt(o['first_ping_s'], ' s'):>20} {_fmt(o['path']):>8} "
-            f"{_fmt(o['gbit_s']):>13}"
-        )
-        if nebula:
-            n, r = row["nebula"], row["nebula_relay"]
-            line += (
-                f" | {_fmt(n['first_ping_s'], ' s'):>8} {_fmt(n['gbit_s']):>13}"
-                f" | {_fmt(r['first_ping_s'], ' s'):>12} {_fmt(r['gbit_s']):>13}"
+        for index, o in enumerate(row["overlayd"]):
+            line = (
+                f"{row['case']:9} {o['forwarder']:>9} {_fmt(o['owner']):>5} "
+                f"{_fmt(o['first_ping_s'], ' s'):>10} {_fmt(o['path']):>8} "
+                f"{_fmt(o['gbit_s']):>13} {_fmt(o['relay_drops']):>11}"
             )
-        print(line)
-    print(
-        f"relayed -> direct once possible: {_fmt(upgrade['to_direct_s'], ' s')} "
-        f"(refresh {upgrade['refresh_s']} s, no traffic)"
-    )
+            if nebula and index == 0:
+                n, r = row["nebula"], row["nebula_relay"]
+                line += (
+                    f" | {_fmt(n['first_ping_s'], ' s'):>8} {_fmt(n['gbit_s']):>13}"
+                    f" | {_fmt(r['first_ping_s'], ' s'):>12} {_fmt(r['gbit_s']):>13}"
+                    f" {_fmt(r.get('relay_drops')):>11}"
+                )
+            print(line)
+    if upgrade is not None:
+        print(
+            f"relayed -> direct once possible: {_fmt(upgrade['to_direct_s'], ' s')} "
+            f"(refresh {upgrade['refresh_s']} s, no traffic)"
+        )
     return 0
 
 

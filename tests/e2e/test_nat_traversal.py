@@ -308,8 +308,11 @@ class Lab:
             "coturn to listen",
         )
 
-    def nat_config(self, *, stun: bool = True, turn: bool = True, extra: str = "") -> str:
-        lines = ["[nat]", f"refresh = {REFRESH}"]
+    def nat_config(
+        self, *, stun: bool = True, turn: bool = True, extra: str = "", forwarder: str = "native"
+    ) -> str:
+        # "native", not "auto": a relayed case fails rather than quietly using Python.
+        lines = ["[nat]", f"refresh = {REFRESH}", f'relay_forwarder = "{forwarder}"']
         if stun:
             lines.append('stun_servers = ["10.240.0.1:3478"]')
         if turn:
@@ -460,6 +463,9 @@ def test_nat_path_and_ping(lab: Lab, nat_a: str, nat_b: str, expected: str) -> N
         }
         assert a.events[-1][1].endpoint == b.events[-1][1].endpoint
         assert a.events[-1][1].endpoint in relays
+        # The relay's data plane is the native forwarder (relay_forwarder = "native").
+        logs = "".join((n.workdir / "daemon.log").read_text() for n in (a, b))
+        assert ": native forwarder" in logs and ": Python forwarder" not in logs
 
 
 def test_mapping_change_is_relearnt(lab: Lab) -> None:

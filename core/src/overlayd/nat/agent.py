@@ -369,7 +369,7 @@ class NatAgent:
         if not port_no:
             return None
         for server in self.settings.turn_servers:
-            candidate = TurnRelay(server, self._opener, port_no)
+            candidate = TurnRelay(server, self._opener, port_no, self.settings.relay_forwarder)
             try:
                 relayed = await candidate.start(SERVER_TIMEOUT)
             except (*_SERVER_ERRORS, OverlaydError) as exc:

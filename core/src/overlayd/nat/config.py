@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from typing import Annotated
+from typing import Literal
 from urllib.parse import parse_qs
 from urllib.parse import urlsplit
 
@@ -112,3 +113,7 @@ class NatSettings(BaseModel):
     #: Seconds connectivity checks towards a peer's candidates go on before
     #: the peer is left on its relay (or without a path) until the next refresh.
     punch_timeout: float = Field(default=5.0, gt=0.0, le=120.0)
+    #: What moves relayed datagrams: ``native`` (a small C forwarder, built on
+    #: first use with the system's C compiler), ``python``, or ``auto``
+    #: (native when it builds, else Python).
+    relay_forwarder: Literal["auto", "native", "python"] = "auto"

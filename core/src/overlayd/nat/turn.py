@@ -18,19 +18,27 @@ relay is learnt from its first packet, and a channel is bound to it then.
 
 The control plane (Allocate with long-term credentials, Refresh,
 ChannelBind, which also installs the permission) is :mod:`aioice.turn`'s
-client, run on the event loop. The data plane is a thread of its own that
-moves datagrams between the sockets with ``recv_into``/``send`` on one
-preallocated buffer (the 4-byte ChannelData header is written in front of
-the payload in place), never touching the event loop: aioice's own
-``sendto`` starts a task per datagram, which a tunnel cannot afford.
+client, run on the event loop. The data plane is a thread of its own,
+never touching the event loop (aioice's own ``sendto`` starts a task per
+datagram, which a tunnel cannot afford). By default (``relay_forwarder =
+"auto"``) the thread runs the native forwarder (``relay_forwarder.c``,
+:mod:`overlayd.nat.native`): an epoll loop in C that moves ChannelData in
+batches (``recvmmsg``/``sendmmsg``, the 4-byte header written into headroom
+in front of the payload) and returns to Python only for what needs it --
+STUN answers and Data indications on the TURN socket, a peer whose channel
+is not bound yet (Send indications), a changed peer table, stop. Where it
+cannot be built, the same thread forwards in Python with ``recv_into``/``send``
+on one preallocated buffer, one datagram per system call.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import ipaddress
 import logging
+import os
 import selectors
 import socket
 import struct
@@ -40,10 +48,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from typing import Final
+from typing import Literal
 
 from aioice import stun
 from aioice import turn
 
+from overlayd.nat import native
 from overlayd.nat.candidates import endpoint_of
 from overlayd.nat.config import TurnServer
 from overlayd.nat.rawport import SocketOpener
@@ -94,6 +104,9 @@ _CHANNEL: Final = struct.Struct("!HH")
 _DATA_INDICATION: Final = 0x17
 
 Address = tuple[str, int]
+Forwarder = Literal["auto", "native", "python"]
+#: Largest datagram either side may carry, with a ChannelData header.
+_DATAGRAM: Final = 65536 + 4
 
 
 class _Shim:
@@ -160,10 +173,20 @@ class TurnRelay:
     :param opener: Opens sockets in the WireGuard port's namespace (the local
         endpoints must be reachable by WireGuard on loopback there).
     :param wg_port: The WireGuard listen port the local endpoints send to.
+    :param forwarder: ``native`` (the C forwarder; :meth:`start` fails when it
+        cannot be built), ``python``, or ``auto`` (native when it builds).
     """
 
-    def __init__(self, server: TurnServer, opener: SocketOpener, wg_port: int) -> None:
+    def __init__(
+        self,
+        server: TurnServer,
+        opener: SocketOpener,
+        wg_port: int,
+        forwarder: Forwarder = "auto",
+    ) -> None:
         self.server = server
+        self.forwarder: Forwarder = forwarder
+        self._lib: ctypes.CDLL | None = None
         self._opener = opener
         self.wg_port = wg_port
         self.relayed: Address | None = None
@@ -183,6 +206,12 @@ class TurnRelay:
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
         self._stop = False
+        #: Bumped whenever what the native forwarder's table holds changes.
+        self._generation = 0
+        #: Local sockets of removed peers, closed by the native forwarding
+        #: thread once it runs with a table (generation) without them.
+        self._retired: list[tuple[int, socket.socket]] = []
+        self._retired_lock = threading.Lock()
         #: Datagrams moved WireGuard -> TURN and TURN -> WireGuard, and dropped.
         self.sent = 0
         self.received = 0
@@ -224,6 +253,7 @@ class TurnRelay:
             raise OSError(f"TURN server {self.server.url}: {host!r} does not resolve")
         family, _, _, _, sockaddr = infos[0]
         address: Address = (str(sockaddr[0]), int(sockaddr[1]))
+        await self._load_forwarder()
         sock = self._opener(family, socket.SOCK_DGRAM, 0)
         try:
             sock.setblocking(False)
@@ -237,20 +267,40 @@ class TurnRelay:
             await self.close(delete=False)
             raise
         self.relayed = (str(relayed[0]), int(relayed[1]))
+        log.info(
+            "TURN relay on %s: %s forwarder",
+            self.server.url,
+            "native" if self._lib is not None else "Python",
+        )
         mapped = self._control.mapped_address
         self.mapped = (str(mapped[0]), int(mapped[1])) if mapped else None
         return self.relayed
+
+    async def _load_forwarder(self) -> None:
+        """Build or load the native forwarder unless ``python`` (raises when ``native`` cannot)."""
+        self._lib = None
+        if self.forwarder == "python":
+            return
+        try:
+            self._lib = await asyncio.get_running_loop().run_in_executor(None, native.load)
+        except native.NativeUnavailable as exc:
+            if self.forwarder == "native":
+                raise native.NativeUnavailable(f"relay_forwarder = 'native': {exc}") from exc
 
     def _start_thread(self) -> None:
         assert self._sock is not None
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
-        # DefaultSelector is epoll on Linux; the loop drains every ready socket.
-        self._selector = selectors.DefaultSelector()
-        self._selector.register(self._sock.fileno(), selectors.EVENT_READ)
-        self._selector.register(self._wake_r.fileno(), selectors.EVENT_READ)
+        self._wake_w.setblocking(False)
+        if self._lib is None:
+            # DefaultSelector is epoll on Linux; the loop drains every ready socket.
+            self._selector = selectors.DefaultSelector()
+            self._selector.register(self._sock.fileno(), selectors.EVENT_READ)
+            self._selector.register(self._wake_r.fileno(), selectors.EVENT_READ)
         self._thread = threading.Thread(
-            target=self._forward, name=f"overlayd-turn-{self.server.url}", daemon=True
+            target=self._forward if self._lib is None else self._forward_native,
+            name=f"overlayd-turn-{self.server.url}",
+            daemon=True,
         )
         self._thread.start()
 
@@ -308,6 +358,14 @@ class TurnRelay:
         self._by_ip = by_ip
         self._by_channel = {p.channel: p for p in self._peers.values() if p.channel is not None}
         self._by_fd = {p.sock.fileno(): p for p in self._peers.values()}
+        self._changed()
+
+    def _changed(self) -> None:
+        """Make the native forwarder reload its table (the Python one reads the dicts)."""
+        self._generation += 1
+        if self._lib is not None and self._wake_w is not None:
+            with contextlib.suppress(OSError):
+                self._wake_w.send(b"t")
 
     def _learnt(self, peer: RelayedPeer, remote: Address) -> None:
         """(loop) The peer's packets come from ``remote``: bind a channel to it."""
@@ -341,8 +399,9 @@ class TurnRelay:
 
     def set_inbound(self, public_key: str, inbound: bool) -> None:
         peer = self._peers.get(public_key)
-        if peer is not None:
+        if peer is not None and peer.inbound != inbound:
             peer.inbound = inbound
+            self._changed()
 
     def remove_peer(self, public_key: str) -> None:
         peer = self._peers.pop(public_key, None)
@@ -353,6 +412,12 @@ class TurnRelay:
         if self._selector is not None:
             with contextlib.suppress(OSError, ValueError, KeyError):
                 self._selector.unregister(fd)
+        if self._lib is not None and self._thread is not None and self._thread.is_alive():
+            # The C loop may be reading it right now: it is closed once the
+            # thread has loaded a table without it (its fd is not reused before).
+            with self._retired_lock:
+                self._retired.append((self._generation, peer.sock))
+            return
         peer.sock.close()
 
     def peers(self) -> list[RelayedPeer]:
@@ -399,10 +464,8 @@ class TurnRelay:
                                 self.received += 1
                             except OSError:
                                 self.dropped += 1
-                        elif n >= 20 and buf[0] == 0x00 and buf[1] == _DATA_INDICATION:
-                            self._data_indication(bytes(view[:n]))
                         else:
-                            self._to_control(bytes(view[:n]))
+                            self._from_turn(bytes(view[:n]))
                 elif fd == wake_fd:
                     with contextlib.suppress(OSError):
                         self._wake_r.recv(512)
@@ -419,18 +482,118 @@ class TurnRelay:
                         except OSError:
                             break
                         channel = peer.channel
+                        if channel is None:
+                            self._from_wireguard(peer, bytes(payload[:n]))
+                            continue
                         try:
-                            if channel is not None:
-                                pack_into(buf, 0, channel, n)
-                                send(view[: 4 + n])
-                            elif peer.remote is not None:
-                                send(_send_indication(peer.remote, bytes(payload[:n])))
-                            else:
-                                self.dropped += 1
-                                continue
+                            pack_into(buf, 0, channel, n)
+                            send(view[: 4 + n])
                             self.sent += 1
                         except OSError:
                             self.dropped += 1
+
+    def _forward_native(self) -> None:
+        """The C forwarder's loop; Python sees only what it returns (see relay_forwarder.c)."""
+        lib, sock, wake = self._lib, self._sock, self._wake_r
+        assert lib is not None and sock is not None and wake is not None
+        ctx = lib.ovl_fwd_new(sock.fileno(), wake.fileno())
+        if not ctx:
+            log.error("the native relay forwarder could not start (out of memory)")
+            return
+        buf = ctypes.create_string_buffer(_DATAGRAM)
+        out_len, out_fd = ctypes.c_int(), ctypes.c_int()
+        stats = (ctypes.c_uint64 * 3)()
+        counted = (0, 0, 0)
+        loaded = -1
+        try:
+            while not self._stop:
+                if loaded != self._generation:
+                    loaded = self._load_table(lib, ctx)
+                code = lib.ovl_fwd_run(
+                    ctx, 1000, buf, _DATAGRAM, ctypes.byref(out_len), ctypes.byref(out_fd)
+                )
+                lib.ovl_fwd_stats(ctx, stats)
+                self.sent += stats[0] - counted[0]
+                self.received += stats[1] - counted[1]
+                self.dropped += stats[2] - counted[2]
+                counted = (stats[0], stats[1], stats[2])
+                n = min(out_len.value, _DATAGRAM)
+                if code == native.TURN:
+                    self._from_turn(buf.raw[:n])
+                elif code == native.PEER:
+                    peer = self._by_fd.get(out_fd.value)
+                    if peer is not None:
+                        self._from_wireguard(peer, buf.raw[:n])
+                elif code == native.WAKE:
+                    with contextlib.suppress(OSError):
+                        wake.recv(4096)
+                elif code < 0:
+                    log.error("the native relay forwarder failed: %s", os.strerror(-code))
+                    return
+        finally:
+            lib.ovl_fwd_free(ctx)
+
+    def _load_table(self, lib: ctypes.CDLL, ctx: int) -> int:
+        """(forwarding thread) Hand the C loop the current peers; close retired sockets."""
+        generation = self._generation
+        peers = list(self._by_fd.items())
+        count = len(peers)
+        fds = (ctypes.c_int * max(count, 1))(*(fd for fd, _ in peers))
+        channels = (ctypes.c_uint16 * max(count, 1))(*(p.channel or 0 for _, p in peers))
+        inbound = (ctypes.c_uint8 * max(count, 1))(*(int(p.inbound) for _, p in peers))
+        err = lib.ovl_fwd_table(ctx, count, fds, channels, inbound)
+        if err < 0:
+            log.warning("the native relay forwarder kept its old peer table: %s", os.strerror(-err))
+            return -1
+        with self._retired_lock:
+            done = [s for g, s in self._retired if g <= generation]
+            self._retired = [(g, s) for g, s in self._retired if g > generation]
+        for retired in done:
+            retired.close()
+        return generation
+
+    def _from_turn(self, data: bytes) -> None:
+        """(forwarding thread) A datagram from the TURN socket that the native loop passed up.
+
+        STUN (answers, Data indications), or ChannelData of a channel bound
+        after the native loop loaded its table.
+        """
+        if len(data) >= 4 and data[0] & 0xC0 == 0x40:
+            channel, length = _CHANNEL.unpack_from(data)
+            peer = self._by_channel.get(channel)
+            if peer is not None and peer.inbound and length <= len(data) - 4:
+                self._deliver(peer, data[4 : 4 + length])
+        elif len(data) >= 20 and data[0] == 0x00 and data[1] == _DATA_INDICATION:
+            self._data_indication(data)
+        else:
+            self._to_control(data)
+
+    def _deliver(self, peer: RelayedPeer, data: bytes) -> None:
+        try:
+            peer.sock.send(data)
+            self.received += 1
+        except OSError:
+            self.dropped += 1
+
+    def _from_wireguard(self, peer: RelayedPeer, data: bytes) -> None:
+        """(forwarding thread) WireGuard's datagram for a peer off the fast path.
+
+        A Send indication while no channel is bound; ChannelData when one was
+        bound after the native loop loaded its table.
+        """
+        sock = self._sock
+        if sock is None or (peer.channel is None and peer.remote is None):
+            self.dropped += 1
+            return
+        try:
+            if peer.channel is not None:
+                sock.send(_CHANNEL.pack(peer.channel, len(data)) + data)
+            else:
+                assert peer.remote is not None
+                sock.send(_send_indication(peer.remote, data))
+            self.sent += 1
+        except OSError:
+            self.dropped += 1
 
     def _to_control(self, data: bytes) -> None:
         loop, control = self._loop, self._control
@@ -456,15 +619,12 @@ class TurnRelay:
             # Set here, so WireGuard's answer to this very packet finds its way
             # (as a Send indication); the loop then binds a channel.
             peer.remote, peer.channel = remote, None
+            self._generation += 1  # the native table loses the channel (same thread)
             if self._loop is not None:
                 with contextlib.suppress(RuntimeError):
                     self._loop.call_soon_threadsafe(self._learnt, peer, remote)
         if peer.inbound:
-            try:
-                peer.sock.send(content)
-                self.received += 1
-            except OSError:
-                self.dropped += 1
+            self._deliver(peer, content)
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -493,6 +653,10 @@ class TurnRelay:
             if wake is not None:
                 wake.close()
         self._wake_r = self._wake_w = None
+        with self._retired_lock:
+            retired, self._retired = self._retired, []
+        for _, leftover in retired:
+            leftover.close()
         if self._sock is not None:
             self._sock.close()
             self._sock = None
