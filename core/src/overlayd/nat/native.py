@@ -58,7 +58,15 @@ def cache_dir() -> Path:
     override = os.environ.get("OVERLAYD_NATIVE_CACHE")
     if override:
         return Path(override)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    base = os.environ.get("XDG_CACHE_HOME")
+    if not base:
+        try:
+            base = str(Path.home() / ".cache")
+        except (RuntimeError, KeyError) as exc:  # no $HOME and no passwd entry
+            raise NativeUnavailable(
+                f"no cache directory for the native relay forwarder ({exc}); "
+                "set OVERLAYD_NATIVE_CACHE"
+            ) from None
     return Path(base) / "overlayd"
 
 
@@ -87,7 +95,7 @@ def _private(directory: Path) -> None:
 def build(directory: Path | None = None) -> Path:
     """The compiled forwarder's path, compiling it first unless cached. Raises NativeUnavailable."""
     if sys.platform == "linux":
-        return _build(directory or cache_dir())
+        return _build(directory if directory is not None else cache_dir())
     else:  # an else, not a fall-through: mypy's win32 run understands it
         raise NativeUnavailable("the native relay forwarder is Linux only")
 
