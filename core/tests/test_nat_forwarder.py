@@ -311,3 +311,12 @@ async def test_failed_compile_falls_back(
     relay = TurnRelay(SERVER, socket.socket, 51820, forwarder="auto")
     await relay._load_forwarder()
     assert relay._lib is None
+
+
+def test_the_cache_follows_systemds_cache_directory(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OVERLAYD_NATIVE_CACHE", raising=False)
+    monkeypatch.setenv("CACHE_DIRECTORY", "/var/cache/overlayd")
+    assert native.cache_dir() == Path("/var/cache/overlayd")
+    monkeypatch.delenv("CACHE_DIRECTORY")
+    monkeypatch.setenv("XDG_CACHE_HOME", "/x")
+    assert native.cache_dir() == Path("/x/overlayd")

@@ -8,9 +8,11 @@ half-visible (it is written beside the target and renamed into place).
 When there is no compiler or the build fails, :func:`load` says why once
 and returns None; the relay then forwards in Python.
 
-The cache is ``$OVERLAYD_NATIVE_CACHE``, else ``$XDG_CACHE_HOME/overlayd``,
-else ``~/.cache/overlayd``; it must belong to this user and be writable by
-no one else, since the daemon loads code from it.
+The cache is ``$OVERLAYD_NATIVE_CACHE``, else systemd's ``$CACHE_DIRECTORY``
+(the shipped unit sets ``CacheDirectory=overlayd``: ``/var/cache/overlayd``),
+else ``$XDG_CACHE_HOME/overlayd``, else ``~/.cache/overlayd``; it must belong
+to this user and be writable by no one else, since the daemon loads code from
+it.
 """
 
 from __future__ import annotations
@@ -58,6 +60,9 @@ def cache_dir() -> Path:
     override = os.environ.get("OVERLAYD_NATIVE_CACHE")
     if override:
         return Path(override)
+    systemd = os.environ.get("CACHE_DIRECTORY")  # the unit's CacheDirectory=
+    if systemd:
+        return Path(systemd.split(":")[0])
     base = os.environ.get("XDG_CACHE_HOME")
     if not base:
         try:
