@@ -40,6 +40,7 @@ __all__ = [
     "raw_connect",
     "recv_frame",
     "send_request",
+    "setup_lone_node",
     "setup_node",
     "start_daemon",
     "terminate",
@@ -219,6 +220,21 @@ def recv_frame(sock: socket.socket) -> dict[str, Any] | None:
         raise AssertionError("the daemon closed the connection inside a frame")
     data: dict[str, Any] = json.loads(body)
     return data
+
+
+def setup_lone_node(client: Any, deployment: str, slice_cidr: str = "10.200.0.0/20") -> str:
+    """The global overlay of a node with no peers, through a sync
+    :class:`overlayd.client.Client`: instance ``n1`` on cluster
+    ``10.200.0.0/16``, WireGuard port 51820, no NAT. Returns the interface name."""
+    name: str = client.setup_global_overlay(
+        deployment=deployment,
+        instance_id="n1",
+        cluster_cidr="10.200.0.0/16",
+        slice_cidr=slice_cidr,
+        wg_port=51820,
+        nat_enabled=False,
+    )
+    return name
 
 
 def setup_node(
