@@ -16,6 +16,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from collections.abc import Iterator
 from collections.abc import Mapping
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,6 +41,7 @@ __all__ = [
     "frame_bytes",
     "raw_connect",
     "recv_frame",
+    "running_daemon",
     "send_request",
     "setup_lone_node",
     "setup_node",
@@ -171,6 +174,17 @@ def start_daemon(
             proc.wait(5)
             raise AssertionError(f"overlayd did not listen on {sock}:\n{daemon.log_text()}")
         time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def running_daemon(root: Path, config: str = "", **options: Any) -> Iterator[DaemonProcess]:
+    """:func:`start_daemon` for a ``with`` block, at whose end the daemon must exit 0."""
+    daemon = start_daemon(root, config, **options)
+    try:
+        yield daemon
+    finally:
+        code = daemon.stop()
+        assert code == 0, daemon.log_text()[-3000:]
 
 
 def raw_connect(path: Path | str, timeout: float = 10.0) -> socket.socket:
