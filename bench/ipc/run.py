@@ -32,6 +32,7 @@ from echo_floor import measure
 
 from overlayd.client import Client
 from overlayd.testing.daemon import DaemonProcess
+from overlayd.testing.daemon import setup_lone_node
 from overlayd.testing.daemon import start_daemon
 
 STATUS = b'{"frame":"request","id":1,"request":{"op":"status"}}'
@@ -49,14 +50,7 @@ def start_bench_daemon(root: Path, loop: str) -> DaemonProcess:
     """``overlayd serve`` on the fake driver with ``loop``, overlay and service ``web`` set up."""
     daemon = start_daemon(root, args=("--event-loop", loop, "--log-level", "warning"))
     with Client(str(daemon.socket), timeout=10) as c:
-        c.setup_global_overlay(
-            deployment="bench",
-            instance_id="n1",
-            cluster_cidr="10.200.0.0/16",
-            slice_cidr="10.200.1.0/24",
-            wg_port=51820,
-            nat_enabled=False,
-        )
+        setup_lone_node(c, "bench", "10.200.1.0/24")
         c.setup_service_overlay("web", "shared")
     return daemon
 

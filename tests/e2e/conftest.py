@@ -39,6 +39,12 @@ class InProcDaemon(inproc_module.InProcDaemon):
 
 
 @pytest.fixture
+def root(short_tmp_path: Path) -> Path:
+    """Name: root. Scope: function. A directory short enough for a daemon's socket."""
+    return short_tmp_path
+
+
+@pytest.fixture
 async def inproc() -> AsyncIterator[InProcDaemon]:
     """Name: inproc. Scope: function. An unstarted daemon; stopped even on failure."""
     # A short path: a Unix socket path must fit in 108 bytes.

@@ -30,6 +30,7 @@ import pytest
 
 from overlayd.client import Client
 from overlayd.client import RemoteError
+from overlayd.testing.daemon import setup_lone_node
 from overlayd_fake.driver import FakeDriver
 
 pytestmark = pytest.mark.slow
@@ -168,14 +169,7 @@ def test_sigkill_under_load_loses_nothing_answered(tmp_path: Path) -> None:
     proc = start_daemon(tmp_path)
     try:
         with Client(str(tmp_path / "s.sock")) as client:
-            client.setup_global_overlay(
-                deployment="crash",
-                instance_id="n1",
-                cluster_cidr="10.200.0.0/16",
-                slice_cidr="10.200.0.0/20",
-                wg_port=51820,
-                nat_enabled=False,
-            )
+            setup_lone_node(client, "crash")
             client.setup_service_overlay(SERVICE, "shared")
         outcomes = [Outcome() for _ in range(4)]
         total = 0

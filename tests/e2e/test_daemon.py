@@ -53,11 +53,6 @@ def _start(root: Path, *extra: str, config: str | None = None, dns: bool = False
 
 
 @pytest.fixture
-def root(short_tmp_path: Path) -> Path:
-    return short_tmp_path
-
-
-@pytest.fixture
 def daemon(root: Path) -> Iterator[DaemonProcess]:
     d = _start(root)
     try:

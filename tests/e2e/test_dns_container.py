@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from overlayd.client import Client
+from overlayd.testing.daemon import setup_lone_node
 
 pytestmark = [
     pytest.mark.privileged,
@@ -102,14 +103,7 @@ def world(tmp_path: Path) -> Iterator[dict[str, object]]:
 
 def test_container_resolves_overlay_names_via_gateway(world: dict[str, object]) -> None:
     with Client(str(world["sock"])) as client:
-        client.setup_global_overlay(
-            deployment="prod",
-            instance_id="n1",
-            cluster_cidr="10.200.0.0/16",
-            slice_cidr="10.200.0.0/20",
-            wg_port=51820,
-            nat_enabled=False,
-        )
+        setup_lone_node(client, "prod")
         client.setup_service_overlay("web", "shared")
         att = client.attach_container({"platform": "linux_pid", "pid": world["pid"]}, "web")
         client.register_dns("db", "10.200.4.77")

@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 
 from overlayd import protocol as p
 from overlayd.client import Client
+from overlayd.testing.daemon import setup_lone_node
 from overlayd.testing.daemon import start_daemon
 
 _HDR = struct.Struct("<I")
@@ -194,14 +195,7 @@ def test_fuzz_daemon(daemon: tuple[subprocess.Popen[bytes], Path]) -> None:
     proc, sock = daemon
     observer = Client(str(sock), timeout=10)
     try:
-        observer.setup_global_overlay(
-            deployment="fz",
-            instance_id="n1",
-            cluster_cidr="10.200.0.0/16",
-            slice_cidr="10.200.1.0/24",
-            wg_port=51820,
-            nat_enabled=False,
-        )
+        setup_lone_node(observer, "fz", "10.200.1.0/24")
         observer.setup_service_overlay("web", "shared")
         observer.setup_service_overlay("db", "dedicated")
         stats = {"valid": 0, "invalid": 0, "closed": 0}

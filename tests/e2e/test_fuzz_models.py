@@ -45,6 +45,7 @@ from overlayd.testing.daemon import DaemonProcess
 from overlayd.testing.daemon import frame_bytes
 from overlayd.testing.daemon import raw_connect
 from overlayd.testing.daemon import recv_frame
+from overlayd.testing.daemon import setup_lone_node
 from overlayd.testing.daemon import start_daemon
 
 pytestmark = pytest.mark.slow
@@ -309,14 +310,7 @@ def test_fuzz_with_mutated_model_frames(daemon: DaemonProcess) -> None:
     in_body = 0.0
     started = time.monotonic()
     try:
-        observer.setup_global_overlay(
-            deployment="fz",
-            instance_id="n1",
-            cluster_cidr="10.200.0.0/16",
-            slice_cidr="10.200.0.0/20",
-            wg_port=51820,
-            nat_enabled=False,
-        )
+        setup_lone_node(observer, "fz")
         observer.setup_service_overlay("web", "shared")
         observer.setup_service_overlay("db", "dedicated")
 

@@ -25,6 +25,7 @@ from overlayd.testing.daemon import DaemonProcess
 from overlayd.testing.daemon import frame_bytes
 from overlayd.testing.daemon import raw_connect
 from overlayd.testing.daemon import recv_frame
+from overlayd.testing.daemon import running_daemon
 from overlayd.testing.daemon import send_request
 from overlayd.testing.daemon import start_daemon
 
@@ -42,17 +43,9 @@ SETUP = {
 
 
 @pytest.fixture
-def root(short_tmp_path: Path) -> Path:
-    return short_tmp_path
-
-
-@pytest.fixture
 def daemon(root: Path) -> Iterator[DaemonProcess]:
-    d = start_daemon(root)
-    try:
+    with running_daemon(root) as d:
         yield d
-    finally:
-        assert d.stop() == 0, d.log_text()[-3000:]
 
 
 def _call(daemon: DaemonProcess, request: dict[str, Any], request_id: int = 1) -> dict[str, Any]:

@@ -25,11 +25,6 @@ def netns(nsname: str) -> str:
     return nsname
 
 
-@pytest.fixture
-def root(short_tmp_path: Path) -> Path:
-    return short_tmp_path
-
-
 def test_serve_without_drivers_loads_the_platform_drivers(netns: str, root: Path) -> None:
     sock = root / "s.sock"
     log = root / "daemon.log"

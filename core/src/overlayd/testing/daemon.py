@@ -16,6 +16,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from collections.abc import Iterator
 from collections.abc import Mapping
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,7 +41,9 @@ __all__ = [
     "frame_bytes",
     "raw_connect",
     "recv_frame",
+    "running_daemon",
     "send_request",
+    "setup_lone_node",
     "setup_node",
     "start_daemon",
     "terminate",
@@ -172,6 +176,17 @@ def start_daemon(
         time.sleep(0.05)
 
 
+@contextlib.contextmanager
+def running_daemon(root: Path, config: str = "", **options: Any) -> Iterator[DaemonProcess]:
+    """:func:`start_daemon` for a ``with`` block, at whose end the daemon must exit 0."""
+    daemon = start_daemon(root, config, **options)
+    try:
+        yield daemon
+    finally:
+        code = daemon.stop()
+        assert code == 0, daemon.log_text()[-3000:]
+
+
 def raw_connect(path: Path | str, timeout: float = 10.0) -> socket.socket:
     """A connected Unix socket with a timeout."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -219,6 +234,21 @@ def recv_frame(sock: socket.socket) -> dict[str, Any] | None:
         raise AssertionError("the daemon closed the connection inside a frame")
     data: dict[str, Any] = json.loads(body)
     return data
+
+
+def setup_lone_node(client: Any, deployment: str, slice_cidr: str = "10.200.0.0/20") -> str:
+    """The global overlay of a node with no peers, through a sync
+    :class:`overlayd.client.Client`: instance ``n1`` on cluster
+    ``10.200.0.0/16``, WireGuard port 51820, no NAT. Returns the interface name."""
+    name: str = client.setup_global_overlay(
+        deployment=deployment,
+        instance_id="n1",
+        cluster_cidr="10.200.0.0/16",
+        slice_cidr=slice_cidr,
+        wg_port=51820,
+        nat_enabled=False,
+    )
+    return name
 
 
 def setup_node(

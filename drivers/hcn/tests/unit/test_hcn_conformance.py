@@ -15,6 +15,23 @@ from overlayd.testing.conformance import LifecycleConformance
 from overlayd_hcn.driver import HcnDriver
 from overlayd_hcn.simulator import SimulatedHcn
 
+#: The cluster CIDR both segments are carved from.
+CLUSTER = "10.252.0.0/16"
+
+
+def _segment(name: str, owner: str, cidr: str, options: dict[str, str]) -> DeviceSpec:
+    """An HCN network on ``cidr``, its gateway the first address."""
+    subnet = ipaddress.ip_network(cidr)
+    return DeviceSpec(
+        kind=DeviceKind.HCN_NETWORK,
+        name=name,
+        owner=owner,
+        addresses=(ipaddress.ip_interface(f"{subnet.network_address + 1}/{subnet.prefixlen}"),),
+        mtu=1420,
+        subnet=subnet,
+        options=options,
+    )
+
 
 class TestHcnConformance(AttachConformance, LifecycleConformance):
     """DeviceConformance comes in through both mixins."""
@@ -27,22 +44,15 @@ class TestHcnConformance(AttachConformance, LifecycleConformance):
 
     @pytest.fixture
     def device_spec(self) -> DeviceSpec:
-        return DeviceSpec(
-            kind=DeviceKind.HCN_NETWORK,
-            name="zl-conf-b",
-            owner="service:conf",
-            addresses=(ipaddress.ip_interface("10.252.4.1/22"),),
-            mtu=1420,
-            subnet=ipaddress.ip_network("10.252.4.0/22"),
-            options={
-                "mode": "shared",
-                "deployment": "conf",
-                "instance_id": "",
-                "cluster_cidr": "10.252.0.0/16",
-                "slice_cidr": "10.252.0.0/20",
-                "node_ip": "10.252.0.1",
-            },
-        )
+        options = {
+            "mode": "shared",
+            "deployment": "conf",
+            "instance_id": "",
+            "cluster_cidr": CLUSTER,
+            "slice_cidr": "10.252.0.0/20",
+            "node_ip": "10.252.0.1",
+        }
+        return _segment("zl-conf-b", "service:conf", "10.252.4.0/22", options)
 
     @pytest.fixture
     def attach_handle(self) -> WindowsContainerHandle:
@@ -54,12 +64,5 @@ class TestHcnDedicatedConformance(TestHcnConformance):
 
     @pytest.fixture
     def device_spec(self) -> DeviceSpec:
-        return DeviceSpec(
-            kind=DeviceKind.HCN_NETWORK,
-            name="zl-conf-d",
-            owner="service:confd",
-            addresses=(ipaddress.ip_interface("10.252.8.1/22"),),
-            mtu=1420,
-            subnet=ipaddress.ip_network("10.252.8.0/22"),
-            options={"mode": "dedicated", "cluster_cidr": "10.252.0.0/16"},
-        )
+        options = {"mode": "dedicated", "cluster_cidr": CLUSTER}
+        return _segment("zl-conf-d", "service:confd", "10.252.8.0/22", options)

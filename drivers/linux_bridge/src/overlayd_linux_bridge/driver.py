@@ -54,7 +54,6 @@ import ipaddress
 import logging
 import sys
 import threading
-from typing import TYPE_CHECKING
 from typing import Any
 from typing import Final
 
@@ -85,6 +84,12 @@ from overlayd.names import is_overlayd_veth
 from overlayd.names import is_tombstone
 from overlayd.names import veth_host_name
 from overlayd_linux_bridge import __version__
+from overlayd_linux_bridge.linkapi import LinkExistsError
+from overlayd_linux_bridge.linkapi import LinkInfo
+from overlayd_linux_bridge.linkapi import Netlink
+from overlayd_linux_bridge.linkapi import RouteSpec
+from overlayd_linux_bridge.linkapi import VethResult
+from overlayd_linux_bridge.linkapi import VethSpec
 from overlayd_linux_bridge.namespaces import NamespaceResolver
 from overlayd_linux_bridge.namespaces import PinnedNamespace
 from overlayd_linux_bridge.namespaces import ProcNamespaceResolver
@@ -93,12 +98,6 @@ from overlayd_linux_bridge.nft import NatState
 from overlayd_linux_bridge.nft import Nftables
 from overlayd_linux_bridge.nft import NftBackend
 from overlayd_linux_bridge.options import LinuxBridgeOptions
-
-if TYPE_CHECKING:
-    # netlink imports pyroute2 (Linux only); this module stays importable anywhere.
-    from overlayd_linux_bridge.netlink import LinkInfo
-    from overlayd_linux_bridge.netlink import Netlink
-    from overlayd_linux_bridge.netlink import VethResult
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -158,8 +157,6 @@ def _global_plumbing(address: ipaddress.IPv4Interface | ipaddress.IPv6Interface)
     addresses only), so the address is a /128 and the cluster prefix is routed
     via :data:`GLOBAL_NEXT_HOP6`, which the host end holds.
     """
-    from overlayd_linux_bridge.netlink import RouteSpec
-
     if address.version == 4:
         return {"addresses": [address], "proxy_arp": True}
     host_ip = ipaddress.ip_interface(f"{address.ip}/128")
@@ -440,8 +437,6 @@ class LinuxBridgeDriver(NatPolicy):
 
         Returns the host ends created and the MAC of the service interface.
         """
-        from overlayd_linux_bridge.netlink import RouteSpec
-
         assert isinstance(request.handle, LinuxPidHandle | NetnsHandle)
         created: list[str] = []
         try:
@@ -449,26 +444,30 @@ class LinuxBridgeDriver(NatPolicy):
             routes = [RouteSpec(dst, request.gateway) for dst in _service_routes(request)]
             default = request.default_route
             veth = self._create_veth(
-                host_name=name,
-                netns_fd=ns.fd,
-                container_ifname=_service_ifname(request.handle),
-                addresses=[request.address],
-                gateways=[request.gateway] if default else [],
-                routes=[] if default else routes,
-                mtu=request.mtu,
-                bridge=request.segment.name,
+                VethSpec(
+                    host_name=name,
+                    netns_fd=ns.fd,
+                    container_ifname=_service_ifname(request.handle),
+                    addresses=[request.address],
+                    gateways=[request.gateway] if default else [],
+                    routes=[] if default else routes,
+                    mtu=request.mtu,
+                    bridge=request.segment.name,
+                )
             )
             created.append(name)
             if request.global_address is not None:
                 gname = veth_host_name(key, 1)
                 self._ensure_forwarding(request.global_address.version)
                 self._create_veth(
-                    host_name=gname,
-                    netns_fd=ns.fd,
-                    container_ifname=CONTAINER_IFNAMES[1],
-                    mtu=request.mtu,
-                    host_routes=[_host_route(request.global_address.ip)],
-                    **_global_plumbing(request.global_address),
+                    VethSpec(
+                        host_name=gname,
+                        netns_fd=ns.fd,
+                        container_ifname=CONTAINER_IFNAMES[1],
+                        mtu=request.mtu,
+                        host_routes=[_host_route(request.global_address.ip)],
+                        **_global_plumbing(request.global_address),
+                    )
                 )
                 created.append(gname)
         except BaseException:
@@ -480,19 +479,16 @@ class LinuxBridgeDriver(NatPolicy):
             raise
         return created, veth.container_mac
 
-    def _create_veth(self, **kwargs: Any) -> VethResult:
+    def _create_veth(self, spec: VethSpec) -> VethResult:
         """Create one veth; a leftover host end of a crashed attempt is replaced once."""
-        from overlayd_linux_bridge.netlink import LinkExistsError
-
         try:
-            return self._nl().create_veth_into_netns(**kwargs)
+            return self._nl().create_veth_into_netns(spec)
         except LinkExistsError:
-            host_name = kwargs["host_name"]
-            if not self._nl().link_exists(host_name):
+            if not self._nl().link_exists(spec.host_name):
                 raise  # the container-side name is taken: not ours to remove
-            log.info("replacing leftover veth %s of an earlier attach", host_name)
-            self._nl().delete_links_batch([host_name])
-            return self._nl().create_veth_into_netns(**kwargs)
+            log.info("replacing leftover veth %s of an earlier attach", spec.host_name)
+            self._nl().delete_links_batch([spec.host_name])
+            return self._nl().create_veth_into_netns(spec)
 
     @hookimpl
     def overlayd_detach(self, attachment: Attachment) -> bool | None:

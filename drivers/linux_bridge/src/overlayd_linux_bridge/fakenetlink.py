@@ -33,13 +33,13 @@ from overlayd.names import is_tombstone
 from overlayd.names import tombstone_name
 from overlayd_linux_bridge.linkapi import FORWARDING_SYSCTLS
 from overlayd_linux_bridge.linkapi import TOMBSTONE_GROUP
-from overlayd_linux_bridge.linkapi import IPAddress
 from overlayd_linux_bridge.linkapi import IPInterface
 from overlayd_linux_bridge.linkapi import IPNetwork
 from overlayd_linux_bridge.linkapi import LinkExistsError
 from overlayd_linux_bridge.linkapi import LinkInfo
 from overlayd_linux_bridge.linkapi import RouteSpec
 from overlayd_linux_bridge.linkapi import VethResult
+from overlayd_linux_bridge.linkapi import VethSpec
 from overlayd_linux_bridge.nft import PORT_GROUP
 
 __all__ = ["FakeLink", "FakeNamespace", "FakeNetlink"]
@@ -215,100 +215,73 @@ class FakeNetlink:
                     del ns.links[peer.name]
                     ns.routes = [r for r in ns.routes if r[0] != peer.name]
 
-    def create_veth_into_netns(
-        self,
-        *,
-        host_name: str,
-        netns_fd: int,
-        container_ifname: str,
-        addresses: Sequence[IPInterface],
-        gateways: Sequence[IPAddress] = (),
-        routes: Sequence[RouteSpec] = (),
-        mtu: int | None = None,
-        bridge: str | None = None,
-        host_routes: Sequence[IPNetwork] = (),
-        proxy_arp: bool = False,
-        host_addresses: Sequence[IPInterface] = (),
-    ) -> VethResult:
-        self._record(
-            "create_veth_into_netns",
-            host_name=host_name,
-            netns_fd=netns_fd,
-            container_ifname=container_ifname,
-            addresses=list(addresses),
-            gateways=list(gateways),
-            routes=list(routes),
-            mtu=mtu,
-            bridge=bridge,
-            host_routes=list(host_routes),
-            proxy_arp=proxy_arp,
-            host_addresses=list(host_addresses),
-        )
-        _check_name(host_name)
-        _check_name(container_ifname)
-        ns = self._ns(netns_fd)
-        if host_name in self.host.links:
+    def create_veth_into_netns(self, spec: VethSpec) -> VethResult:
+        self._record("create_veth_into_netns", spec=spec)
+        _check_name(spec.host_name)
+        _check_name(spec.container_ifname)
+        ns = self._ns(spec.netns_fd)
+        if spec.host_name in self.host.links:
             raise LinkExistsError(
-                f"Host-side veth {host_name} already exists; detach the "
+                f"Host-side veth {spec.host_name} already exists; detach the "
                 "previous attachment (or let reconcile sweep it) first."
             )
         master: int | None = None
-        if bridge is not None:
-            br = self.host.links.get(bridge)
+        if spec.bridge is not None:
+            br = self.host.links.get(spec.bridge)
             if br is None:
                 raise AttachError(
-                    f"Bridge {bridge} does not exist; create the network "
+                    f"Bridge {spec.bridge} does not exist; create the network "
                     "before attaching workloads to it."
                 )
             master = br.index
-        if container_ifname in ns.links:
+        if spec.container_ifname in ns.links:
             # Like the real adapter: a pending tombstone may hold the peer name.
             self.sweep_tombstones()
             self.flush_deletions()
-            if container_ifname in ns.links:
+            if spec.container_ifname in ns.links:
                 raise LinkExistsError(
-                    f"Interface {container_ifname} already exists in the "
+                    f"Interface {spec.container_ifname} already exists in the "
                     "workload's network namespace; pick another interface name "
                     "or detach first."
                 )
-        for gw in gateways:
-            if not any(gw in a.network for a in addresses):
+        for gw in spec.gateways:
+            if not any(gw in a.network for a in spec.addresses):
                 raise AttachError(
-                    f"Could not attach {container_ifname} (host end {host_name}): "
+                    f"Could not attach {spec.container_ifname} (host end {spec.host_name}): "
                     "Network is unreachable (errno 101)."
                 )
         h_index = self.host.next_index()
         c_index = ns.next_index()
-        size = mtu if mtu is not None else 1500
-        self.host.links[host_name] = FakeLink(
-            host_name,
+        size = spec.mtu if spec.mtu is not None else 1500
+        self.host.links[spec.host_name] = FakeLink(
+            spec.host_name,
             h_index,
             "veth",
             mtu=size,
             up=True,
             master=master,
             group=PORT_GROUP if master is not None else 0,
-            peer=(netns_fd, c_index),
-            host_routes=list(host_routes),
-            proxy_arp=proxy_arp,
-            addresses=list(host_addresses),
+            peer=(spec.netns_fd, c_index),
+            host_routes=list(spec.host_routes),
+            proxy_arp=spec.proxy_arp,
+            addresses=list(spec.host_addresses),
         )
-        ns.links[container_ifname] = FakeLink(
-            container_ifname,
+        ns.links[spec.container_ifname] = FakeLink(
+            spec.container_ifname,
             c_index,
             "veth",
             mtu=size,
             up=True,
-            addresses=list(addresses),
+            addresses=list(spec.addresses),
             peer=(None, h_index),
             mac=f"02:00:00:00:{(c_index >> 8) & 0xFF:02x}:{c_index & 0xFF:02x}",
         )
         ns.links["lo"].up = True
-        for gw in gateways:
+        for gw in spec.gateways:
             default = "0.0.0.0/0" if gw.version == 4 else "::/0"
-            ns.routes.append((container_ifname, RouteSpec(ip_network(default), gw)))
-        ns.routes.extend((container_ifname, r) for r in routes)
-        return VethResult(h_index, c_index, ns.links[container_ifname].mac or "")
+            ns.routes.append((spec.container_ifname, RouteSpec(ip_network(default), gw)))
+        ns.routes.extend((spec.container_ifname, r) for r in spec.routes)
+        return VethResult(h_index, c_index, ns.links[spec.container_ifname].mac or "")
 
     def delete_links_batch(self, names: Sequence[str]) -> int:
         self._record("delete_links_batch", names=list(names))

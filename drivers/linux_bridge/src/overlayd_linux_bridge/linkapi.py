@@ -34,6 +34,7 @@ __all__ = [
     "Netlink",
     "RouteSpec",
     "VethResult",
+    "VethSpec",
 ]
 
 IPInterface = IPv4Interface | IPv6Interface
@@ -97,6 +98,38 @@ class LinkInfo:
 
 
 @dataclass(frozen=True)
+class VethSpec:
+    """A veth to create: a host end and its peer inside a workload namespace.
+
+    What :meth:`Netlink.create_veth_into_netns` does with each field is in its
+    docstring.
+    """
+
+    #: Name of the host end.
+    host_name: str
+    #: Descriptor of the workload's network namespace, where the peer is created.
+    netns_fd: int
+    #: Name of the peer inside the namespace (``eth0``...).
+    container_ifname: str
+    #: Addresses of the container end.
+    addresses: Sequence[IPInterface]
+    #: One default route inside the namespace per gateway.
+    gateways: Sequence[IPAddress] = ()
+    #: Further routes inside the namespace.
+    routes: Sequence[RouteSpec] = ()
+    #: MTU of both ends; ``None`` keeps the kernel's default.
+    mtu: int | None = None
+    #: Bridge the host end is enslaved to, if any.
+    bridge: str | None = None
+    #: On-link routes on the host pointing at the host end.
+    host_routes: Sequence[IPNetwork] = ()
+    #: IPv4 proxy ARP on the host end.
+    proxy_arp: bool = False
+    #: Addresses of the host end.
+    host_addresses: Sequence[IPInterface] = ()
+
+
+@dataclass(frozen=True)
 class VethResult:
     """The two ends of a veth created by :meth:`Netlink.create_veth_into_netns`."""
 
@@ -132,22 +165,8 @@ class Netlink(Protocol):
         """Delete link ``name`` now; ``False`` when it did not exist."""
         ...
 
-    def create_veth_into_netns(
-        self,
-        *,
-        host_name: str,
-        netns_fd: int,
-        container_ifname: str,
-        addresses: Sequence[IPInterface],
-        gateways: Sequence[IPAddress] = (),
-        routes: Sequence[RouteSpec] = (),
-        mtu: int | None = None,
-        bridge: str | None = None,
-        host_routes: Sequence[IPNetwork] = (),
-        proxy_arp: bool = False,
-        host_addresses: Sequence[IPInterface] = (),
-    ) -> VethResult:
-        """Create a veth whose peer lives in ``netns_fd`` as ``container_ifname``.
+    def create_veth_into_netns(self, spec: VethSpec) -> VethResult:
+        """Create the veth ``spec`` describes, its peer directly in the workload namespace.
 
         Inside the namespace: the addresses, ``lo`` and the interface up, one
         default route per gateway, then ``routes``. On the host: the end is

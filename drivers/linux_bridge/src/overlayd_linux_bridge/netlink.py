@@ -74,38 +74,22 @@ from overlayd_linux.netlink import strerror
 from overlayd_linux.netns import run_in_netns
 from overlayd_linux_bridge.deleter import DeferredDeleter
 from overlayd_linux_bridge.linkapi import FORWARDING_SYSCTLS
-from overlayd_linux_bridge.linkapi import STATIC_IPV6_SYSCTLS
 from overlayd_linux_bridge.linkapi import TOMBSTONE_GROUP
 from overlayd_linux_bridge.linkapi import IPAddress
 from overlayd_linux_bridge.linkapi import IPInterface
 from overlayd_linux_bridge.linkapi import IPNetwork
 from overlayd_linux_bridge.linkapi import LinkExistsError
 from overlayd_linux_bridge.linkapi import LinkInfo
-from overlayd_linux_bridge.linkapi import Netlink
 from overlayd_linux_bridge.linkapi import RouteSpec
 from overlayd_linux_bridge.linkapi import VethResult
+from overlayd_linux_bridge.linkapi import VethSpec
 from overlayd_linux_bridge.nft import PORT_GROUP
 from overlayd_linux_bridge.nsprobe import if_index
 from overlayd_linux_bridge.nsprobe import open_raw_socket
 from overlayd_linux_bridge.nsprobe import probe_netns
 from overlayd_linux_bridge.sysctl import write_sysctl
 
-__all__ = [
-    "FORWARDING_SYSCTLS",
-    "STATIC_IPV6_SYSCTLS",
-    "TOMBSTONE_GROUP",
-    "IPAddress",
-    "IPInterface",
-    "IPNetwork",
-    "LinkExistsError",
-    "LinkInfo",
-    "Netlink",
-    "PyrouteNetlink",
-    "RouteSpec",
-    "VethResult",
-    "bridge_mac",
-    "netlink_errors",
-]
+__all__ = ["PyrouteNetlink", "bridge_mac", "netlink_errors"]
 
 # <linux/if_addr.h>: skip duplicate address detection, so an IPv6 address is
 # usable at once (a fresh veth cannot have a duplicate we would detect).
@@ -350,69 +334,28 @@ class PyrouteNetlink:
 
     # -- veth ------------------------------------------------------------------
 
-    def create_veth_into_netns(
-        self,
-        *,
-        host_name: str,
-        netns_fd: int,
-        container_ifname: str,
-        addresses: Sequence[IPInterface],
-        gateways: Sequence[IPAddress] = (),
-        routes: Sequence[RouteSpec] = (),
-        mtu: int | None = None,
-        bridge: str | None = None,
-        host_routes: Sequence[IPNetwork] = (),
-        proxy_arp: bool = False,
-        host_addresses: Sequence[IPInterface] = (),
-    ) -> VethResult:
+    def create_veth_into_netns(self, spec: VethSpec) -> VethResult:
         try:
-            return self._create_veth(
-                host_name=host_name,
-                netns_fd=netns_fd,
-                container_ifname=container_ifname,
-                addresses=addresses,
-                gateways=gateways,
-                routes=routes,
-                mtu=mtu,
-                bridge=bridge,
-                host_routes=host_routes,
-                proxy_arp=proxy_arp,
-                host_addresses=host_addresses,
-                retry_after_flush=True,
-            )
+            return self._create_veth(spec, retry_after_flush=True)
         except NETLINK_ERRORS as exc:
             raise AttachError(
-                f"Could not attach {container_ifname} (host end {host_name}): {strerror(exc)}."
+                f"Could not attach {spec.container_ifname} (host end {spec.host_name}): "
+                f"{strerror(exc)}."
             ) from exc
 
-    def _create_veth(
-        self,
-        *,
-        host_name: str,
-        netns_fd: int,
-        container_ifname: str,
-        addresses: Sequence[IPInterface],
-        gateways: Sequence[IPAddress],
-        routes: Sequence[RouteSpec],
-        mtu: int | None,
-        bridge: str | None,
-        host_routes: Sequence[IPNetwork],
-        proxy_arp: bool,
-        host_addresses: Sequence[IPInterface],
-        retry_after_flush: bool,
-    ) -> VethResult:
+    def _create_veth(self, spec: VethSpec, *, retry_after_flush: bool) -> VethResult:
         with self._host_sockets.socket() as host:
-            if self._host_index(host, host_name) is not None:
+            if self._host_index(host, spec.host_name) is not None:
                 raise LinkExistsError(
-                    f"Host-side veth {host_name} already exists; detach the "
+                    f"Host-side veth {spec.host_name} already exists; detach the "
                     "previous attachment (or let reconcile sweep it) first."
                 )
             bridge_index: int | None = None
-            if bridge is not None:
-                bridge_index = self._host_index(host, bridge)
+            if spec.bridge is not None:
+                bridge_index = self._host_index(host, spec.bridge)
                 if bridge_index is None:
                     raise AttachError(
-                        f"Bridge {bridge} does not exist; create the network "
+                        f"Bridge {spec.bridge} does not exist; create the network "
                         "before attaching workloads to it."
                     )
             try:
@@ -428,20 +371,21 @@ class PyrouteNetlink:
                 host.create(
                     rtnl.RTM_NEWLINK,
                     rtnl.veth_with_peer(
-                        host_name,
-                        container_ifname,
-                        netns_fd,
-                        mtu,
-                        address=bridge_mac(bridge) if bridge is not None else None,
-                        group=PORT_GROUP if bridge in self._quiet_bridges else None,
+                        spec.host_name,
+                        spec.container_ifname,
+                        spec.netns_fd,
+                        spec.mtu,
+                        address=bridge_mac(spec.bridge) if spec.bridge is not None else None,
+                        group=PORT_GROUP if spec.bridge in self._quiet_bridges else None,
                     ),
                 )
             except NetlinkError as exc:
                 if exc.code != errno.EEXIST:
                     raise
-                if self._host_index(host, host_name) is not None:
+                if self._host_index(host, spec.host_name) is not None:
                     raise LinkExistsError(
-                        f"Host-side veth {host_name} was created concurrently by another operation."
+                        f"Host-side veth {spec.host_name} was created concurrently by another "
+                        "operation."
                     ) from exc
                 if retry_after_flush:
                     # The name may belong to the peer of a tombstoned veth that
@@ -450,47 +394,34 @@ class PyrouteNetlink:
                     # sweep them into the batch first).
                     self.sweep_tombstones()
                     self._deleter.flush(10.0)
-                    return self._create_veth(
-                        host_name=host_name,
-                        netns_fd=netns_fd,
-                        container_ifname=container_ifname,
-                        addresses=addresses,
-                        gateways=gateways,
-                        routes=routes,
-                        mtu=mtu,
-                        bridge=bridge,
-                        host_routes=host_routes,
-                        proxy_arp=proxy_arp,
-                        host_addresses=host_addresses,
-                        retry_after_flush=False,
-                    )
+                    return self._create_veth(spec, retry_after_flush=False)
                 raise LinkExistsError(
-                    f"Interface {container_ifname} already exists in the workload's "
+                    f"Interface {spec.container_ifname} already exists in the workload's "
                     "network namespace; pick another interface name or detach "
                     "first."
                 ) from exc
             try:
-                found_index = self._host_index(host, host_name)
+                found_index = self._host_index(host, spec.host_name)
                 if found_index is None:
                     raise AttachError(
-                        f"Host-side veth {host_name} disappeared right after its creation."
+                        f"Host-side veth {spec.host_name} disappeared right after its creation."
                     )
                 host_index = found_index
                 container_index, mac = self._configure_container_end(
-                    netns_fd, container_ifname, addresses, gateways, routes
+                    spec.netns_fd, spec.container_ifname, spec.addresses, spec.gateways, spec.routes
                 )
                 # The host end needs no IPv6 of its own: the bridge (or a host
                 # route) carries the gateway addresses, and a next hop for the
                 # namespace comes in host_addresses.
-                ipv6 = any(iface.version == 6 for iface in host_addresses)
-                self._write_host_sysctls(host_name, proxy_arp=proxy_arp, ipv6=ipv6)
+                ipv6 = any(iface.version == 6 for iface in spec.host_addresses)
+                self._write_host_sysctls(spec.host_name, proxy_arp=spec.proxy_arp, ipv6=ipv6)
                 _link_up(host, host_index, quiet_ipv6=True, master=bridge_index)
-                for iface in host_addresses:
+                for iface in spec.host_addresses:
                     _add_address(host, host_index, iface)
-                for dst in host_routes:
+                for dst in spec.host_routes:
                     host.create(rtnl.RTM_NEWROUTE, rtnl.route(dst, host_index))
             except BaseException:
-                self._rollback_veth(host, host_name)
+                self._rollback_veth(host, spec.host_name)
                 raise
         return VethResult(host_index, container_index, mac)
 

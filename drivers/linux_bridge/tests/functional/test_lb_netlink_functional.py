@@ -25,12 +25,13 @@ from overlayd_linux.rtnl import RTM_NEWLINK
 from overlayd_linux.rtnl import RtnlError
 from overlayd_linux.rtnl import RtnlSocket
 from overlayd_linux.rtnl import link_change
-from overlayd_linux_bridge.netlink import STATIC_IPV6_SYSCTLS
-from overlayd_linux_bridge.netlink import TOMBSTONE_GROUP
-from overlayd_linux_bridge.netlink import LinkExistsError
-from overlayd_linux_bridge.netlink import Netlink
+from overlayd_linux_bridge.linkapi import STATIC_IPV6_SYSCTLS
+from overlayd_linux_bridge.linkapi import TOMBSTONE_GROUP
+from overlayd_linux_bridge.linkapi import LinkExistsError
+from overlayd_linux_bridge.linkapi import Netlink
+from overlayd_linux_bridge.linkapi import RouteSpec
+from overlayd_linux_bridge.linkapi import VethSpec
 from overlayd_linux_bridge.netlink import PyrouteNetlink
-from overlayd_linux_bridge.netlink import RouteSpec
 from overlayd_linux_bridge.netlink import bridge_mac
 from overlayd_linux_bridge.nft import PORT_GROUP
 from overlayd_linux_bridge.testing import Netns
@@ -46,13 +47,15 @@ GW6 = ip_interface("fd77::1/64")
 def _attach(nl: Netlink, ns: Netns, n: int, *, bridge: str = BRIDGE, ifname: str = "eth0") -> str:
     host = veth_host_name(f"test:{ns.name}", 0 if ifname == "eth0" else 1)
     nl.create_veth_into_netns(
-        host_name=host,
-        netns_fd=ns.fd,
-        container_ifname=ifname,
-        addresses=[ip_interface(f"10.77.0.{n}/24"), ip_interface(f"fd77::{n}/64")],
-        gateways=[GW4.ip, GW6.ip],
-        mtu=1400,
-        bridge=bridge,
+        VethSpec(
+            host_name=host,
+            netns_fd=ns.fd,
+            container_ifname=ifname,
+            addresses=[ip_interface(f"10.77.0.{n}/24"), ip_interface(f"fd77::{n}/64")],
+            gateways=[GW4.ip, GW6.ip],
+            mtu=1400,
+            bridge=bridge,
+        )
     )
     return host
 
@@ -197,12 +200,14 @@ def test_ipv4_only_interfaces_are_silent_on_ipv6_dual_stack_keeps_link_local(
     quiet, dual = make_netns("q"), make_netns("d")
     quiet_host = veth_host_name(f"test:{quiet.name}", 0)
     netlink.create_veth_into_netns(
-        host_name=quiet_host,
-        netns_fd=quiet.fd,
-        container_ifname="eth0",
-        addresses=[ip_interface("10.77.0.11/24")],
-        gateways=[GW4.ip],
-        bridge=BRIDGE,
+        VethSpec(
+            host_name=quiet_host,
+            netns_fd=quiet.fd,
+            container_ifname="eth0",
+            addresses=[ip_interface("10.77.0.11/24")],
+            gateways=[GW4.ip],
+            bridge=BRIDGE,
+        )
     )
     dual_host = _attach(netlink, dual, 12)
     deadline = time.monotonic() + 5.0
@@ -235,13 +240,15 @@ def test_mtu_below_ipv6_minimum_still_attaches(
     c1, c2 = make_netns("c1"), make_netns("c2")
     for ns, n in ((c1, 10), (c2, 11)):
         netlink.create_veth_into_netns(
-            host_name=veth_host_name(f"test:{ns.name}", 0),
-            netns_fd=ns.fd,
-            container_ifname="eth0",
-            addresses=[ip_interface(f"10.77.0.{n}/24")],
-            gateways=[GW4.ip],
-            mtu=1200,
-            bridge=BRIDGE,
+            VethSpec(
+                host_name=veth_host_name(f"test:{ns.name}", 0),
+                netns_fd=ns.fd,
+                container_ifname="eth0",
+                addresses=[ip_interface(f"10.77.0.{n}/24")],
+                gateways=[GW4.ip],
+                mtu=1200,
+                bridge=BRIDGE,
+            )
         )
     assert "mtu 1200" in c1.ip("link", "show", "eth0")
     assert ping(c1, "10.77.0.11")
@@ -255,15 +262,17 @@ def test_join_global_second_interface_gets_host_route(
     c1 = make_netns("c1")
     _attach(netlink, c1, 10)
     netlink.create_veth_into_netns(
-        host_name=veth_host_name(f"test:{c1.name}", 1),
-        netns_fd=c1.fd,
-        container_ifname="eth1",
-        addresses=[ip_interface("10.78.0.10/32")],
-        routes=[
-            RouteSpec(ip_network("10.78.0.1/32")),
-            RouteSpec(ip_network("10.78.0.0/16"), ip_address("10.78.0.1")),
-        ],
-        bridge="zl-glob-g",
+        VethSpec(
+            host_name=veth_host_name(f"test:{c1.name}", 1),
+            netns_fd=c1.fd,
+            container_ifname="eth1",
+            addresses=[ip_interface("10.78.0.10/32")],
+            routes=[
+                RouteSpec(ip_network("10.78.0.1/32")),
+                RouteSpec(ip_network("10.78.0.0/16"), ip_address("10.78.0.1")),
+            ],
+            bridge="zl-glob-g",
+        )
     )
     routes = c1.ip("route")
     host_route = next(r for r in routes.splitlines() if r.startswith("10.78.0.1 "))
@@ -282,10 +291,12 @@ def test_existing_host_name_raises_and_changes_nothing(
     host = _attach(netlink, c1, 10)
     with pytest.raises(LinkExistsError, match=host):
         netlink.create_veth_into_netns(
-            host_name=host,
-            netns_fd=c2.fd,
-            container_ifname="eth0",
-            addresses=[ip_interface("10.77.0.11/24")],
+            VethSpec(
+                host_name=host,
+                netns_fd=c2.fd,
+                container_ifname="eth0",
+                addresses=[ip_interface("10.77.0.11/24")],
+            )
         )
     assert "eth0" not in c2.ip("link")
 
@@ -298,12 +309,14 @@ def test_failed_configuration_rolls_back_the_pair(
     host = veth_host_name("test:rollback", 0)
     with pytest.raises(AttachError, match="unreachable"):
         netlink.create_veth_into_netns(
-            host_name=host,
-            netns_fd=c1.fd,
-            container_ifname="eth0",
-            addresses=[ip_interface("10.77.0.10/24")],
-            gateways=[ip_address("10.99.0.1")],  # not on-link: ENETUNREACH
-            bridge=BRIDGE,
+            VethSpec(
+                host_name=host,
+                netns_fd=c1.fd,
+                container_ifname="eth0",
+                addresses=[ip_interface("10.77.0.10/24")],
+                gateways=[ip_address("10.99.0.1")],  # not on-link: ENETUNREACH
+                bridge=BRIDGE,
+            )
         )
     assert not netlink.link_exists(host)
     assert "eth0" not in c1.ip("link")
@@ -448,9 +461,11 @@ def test_veth_into_gone_namespace_fails_cleanly(
     netlink.ensure_bridge(BRIDGE, [GW4])
     with pytest.raises(AttachError):
         netlink.create_veth_into_netns(
-            host_name="zvbadfd00000000",
-            netns_fd=987654,  # not an open descriptor
-            container_ifname="eth0",
-            addresses=[ip_interface("10.77.0.10/24")],
+            VethSpec(
+                host_name="zvbadfd00000000",
+                netns_fd=987654,  # not an open descriptor
+                container_ifname="eth0",
+                addresses=[ip_interface("10.77.0.10/24")],
+            )
         )
     assert not netlink.link_exists("zvbadfd00000000")

@@ -23,6 +23,7 @@ from ipaddress import ip_network
 import pytest
 
 from overlayd.errors import NatError
+from overlayd_linux_bridge.linkapi import VethSpec
 from overlayd_linux_bridge.netlink import PyrouteNetlink
 from overlayd_linux_bridge.nft import PORT_GROUP
 from overlayd_linux_bridge.nft import LibNftables
@@ -89,12 +90,14 @@ def _two_containers(
     c1, c2 = make_netns("c1"), make_netns("c2")
     for n, c in ((10, c1), (11, c2)):
         netlink.create_veth_into_netns(
-            host_name=f"zv{bridge.split('-')[1]}{n}",
-            netns_fd=c.fd,
-            container_ifname="eth0",
-            addresses=[ip_interface(template.format(n))],
-            gateways=[gateway.ip],
-            bridge=bridge,
+            VethSpec(
+                host_name=f"zv{bridge.split('-')[1]}{n}",
+                netns_fd=c.fd,
+                container_ifname="eth0",
+                addresses=[ip_interface(template.format(n))],
+                gateways=[gateway.ip],
+                bridge=bridge,
+            )
         )
     return c1, c2
 

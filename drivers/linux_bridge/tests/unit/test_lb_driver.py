@@ -37,8 +37,9 @@ from overlayd_linux_bridge.driver import ALIAS_PREFIX
 from overlayd_linux_bridge.driver import LinuxBridgeDriver
 from overlayd_linux_bridge.fakenetlink import FakeLink
 from overlayd_linux_bridge.fakenetlink import FakeNetlink
-from overlayd_linux_bridge.netlink import FORWARDING_SYSCTLS
-from overlayd_linux_bridge.netlink import RouteSpec
+from overlayd_linux_bridge.linkapi import FORWARDING_SYSCTLS
+from overlayd_linux_bridge.linkapi import RouteSpec
+from overlayd_linux_bridge.linkapi import VethSpec
 from overlayd_linux_bridge.nft import PORT_GROUP
 from overlayd_linux_bridge.nft import Nftables
 from overlayd_linux_bridge.nft import mld_filter_ruleset
@@ -419,12 +420,12 @@ def test_attach_rolls_back_eth0_when_eth1_fails(
     real = netlink.create_veth_into_netns
     calls = 0
 
-    def flaky(**kwargs: Any) -> Any:
+    def flaky(spec: VethSpec) -> Any:
         nonlocal calls
         calls += 1
         if calls == 2:
             raise AttachError("injected failure on eth1")
-        return real(**kwargs)
+        return real(spec)
 
     netlink.create_veth_into_netns = flaky  # type: ignore[method-assign]
     with pytest.raises(AttachError, match="injected"):
@@ -442,10 +443,12 @@ def test_attach_replaces_leftover_of_crashed_attempt(
     name = veth_host_name(handle_key(handle), 0)
     # A crashed attach left the host end (and its peer) behind.
     netlink.create_veth_into_netns(
-        host_name=name,
-        netns_fd=fd,
-        container_ifname="eth0",
-        addresses=[ipaddress.ip_interface("10.50.0.77/24")],
+        VethSpec(
+            host_name=name,
+            netns_fd=fd,
+            container_ifname="eth0",
+            addresses=[ipaddress.ip_interface("10.50.0.77/24")],
+        )
     )
     att = driver.overlayd_attach(request=make_request(bridge, handle))
     assert att is not None

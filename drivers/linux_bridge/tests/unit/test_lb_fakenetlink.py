@@ -12,9 +12,10 @@ from overlayd.errors import DeviceError
 from overlayd.names import is_tombstone
 from overlayd.names import veth_host_name
 from overlayd_linux_bridge.fakenetlink import FakeNetlink
-from overlayd_linux_bridge.netlink import TOMBSTONE_GROUP
-from overlayd_linux_bridge.netlink import LinkExistsError
-from overlayd_linux_bridge.netlink import Netlink
+from overlayd_linux_bridge.linkapi import TOMBSTONE_GROUP
+from overlayd_linux_bridge.linkapi import LinkExistsError
+from overlayd_linux_bridge.linkapi import Netlink
+from overlayd_linux_bridge.linkapi import VethSpec
 
 GW = ip_interface("10.77.0.1/24")
 
@@ -27,12 +28,14 @@ def fake() -> FakeNetlink:
 def _attach(fake: FakeNetlink, fd: int, n: int, ifname: str = "eth0") -> str:
     host = veth_host_name(f"k{fd}", 0 if ifname == "eth0" else 1)
     fake.create_veth_into_netns(
-        host_name=host,
-        netns_fd=fd,
-        container_ifname=ifname,
-        addresses=[ip_interface(f"10.77.0.{n}/24")],
-        gateways=[GW.ip],
-        bridge="zl-t-b",
+        VethSpec(
+            host_name=host,
+            netns_fd=fd,
+            container_ifname=ifname,
+            addresses=[ip_interface(f"10.77.0.{n}/24")],
+            gateways=[GW.ip],
+            bridge="zl-t-b",
+        )
     )
     return host
 
@@ -76,17 +79,19 @@ def test_duplicate_host_name_raises(fake: FakeNetlink) -> None:
     other = fake.new_netns()
     with pytest.raises(LinkExistsError, match=host):
         fake.create_veth_into_netns(
-            host_name=host, netns_fd=other, container_ifname="eth0", addresses=[]
+            VethSpec(host_name=host, netns_fd=other, container_ifname="eth0", addresses=[])
         )
 
 
 def test_unknown_namespace_fails_like_ebadf(fake: FakeNetlink) -> None:
     with pytest.raises(AttachError, match="Bad file descriptor"):
         fake.create_veth_into_netns(
-            host_name="zv0000000000000",
-            netns_fd=4242,
-            container_ifname="eth0",
-            addresses=[],
+            VethSpec(
+                host_name="zv0000000000000",
+                netns_fd=4242,
+                container_ifname="eth0",
+                addresses=[],
+            )
         )
 
 
@@ -94,11 +99,13 @@ def test_gateway_off_subnet_is_unreachable(fake: FakeNetlink) -> None:
     fd = fake.new_netns()
     with pytest.raises(AttachError, match="unreachable"):
         fake.create_veth_into_netns(
-            host_name="zv0000000000000",
-            netns_fd=fd,
-            container_ifname="eth0",
-            addresses=[ip_interface("10.77.0.10/24")],
-            gateways=[ip_address("10.99.0.1")],
+            VethSpec(
+                host_name="zv0000000000000",
+                netns_fd=fd,
+                container_ifname="eth0",
+                addresses=[ip_interface("10.77.0.10/24")],
+                gateways=[ip_address("10.99.0.1")],
+            )
         )
     assert not fake.link_exists("zv0000000000000")
 

@@ -15,6 +15,7 @@ from overlayd.errors import OverlaydError
 from overlayd.hookspecs import hookimpl
 from overlayd.model import DRIVER_API
 from overlayd.model import Attachment
+from overlayd.model import AttachRequest
 from overlayd.model import Capability
 from overlayd.model import Device
 from overlayd.model import DeviceKind
@@ -42,6 +43,18 @@ class _Tracker:
         self.hooks = hooks
         self.devices: list[Device] = []
         self.attachments: list[Attachment] = []
+
+    def device_create(self, spec: DeviceSpec) -> Device:
+        """Create a device through the hooks; it is removed after the test."""
+        device = self.hooks.device_create(spec)
+        self.devices.append(device)
+        return device
+
+    def attach(self, request: AttachRequest) -> Attachment:
+        """Attach through the hooks; the attachment is detached after the test."""
+        attachment = self.hooks.attach(request)
+        self.attachments.append(attachment)
+        return attachment
 
     def cleanup(self) -> list[BaseException]:
         errors: list[BaseException] = []
@@ -191,7 +204,6 @@ def _create_wireguard(
     capabilities: frozenset[Capability],
     needed: Capability,
     info: DriverInfo,
-    hooks: Hooks,
     created: _Tracker,
     spec: DeviceSpec,
 ) -> Device:
@@ -199,6 +211,4 @@ def _create_wireguard(
     _require(capabilities, needed)
     if DeviceKind.WIREGUARD not in info.device_kinds:
         pytest.skip("driver creates no WireGuard devices")
-    device = hooks.device_create(spec)
-    created.devices.append(device)
-    return device
+    return created.device_create(spec)

@@ -78,14 +78,12 @@ class DeviceConformance(DriverConformance):
     def test_create_returns_stamped_device(
         self,
         capabilities: frozenset[Capability],
-        hooks: Hooks,
         created: _Tracker,
         device_spec: DeviceSpec,
         info: DriverInfo,
     ) -> None:
         _require(capabilities, Capability.DEVICES)
-        device = hooks.device_create(device_spec)
-        created.devices.append(device)
+        device = created.device_create(device_spec)
         assert device.driver == info.name
         assert device.name == device_spec.name
         assert device.kind == device_spec.kind
@@ -99,8 +97,7 @@ class DeviceConformance(DriverConformance):
         device_spec: DeviceSpec,
     ) -> None:
         _require(capabilities, Capability.DEVICES)
-        first = hooks.device_create(device_spec)
-        created.devices.append(first)
+        first = created.device_create(device_spec)
         second = hooks.device_create(device_spec)
         assert second.name == first.name
         assert second.public_key == first.public_key
@@ -124,13 +121,10 @@ class DeviceConformance(DriverConformance):
         self,
         capabilities: frozenset[Capability],
         info: DriverInfo,
-        hooks: Hooks,
         created: _Tracker,
         wireguard_spec: DeviceSpec,
     ) -> None:
-        device = _create_wireguard(
-            capabilities, Capability.DEVICES, info, hooks, created, wireguard_spec
-        )
+        device = _create_wireguard(capabilities, Capability.DEVICES, info, created, wireguard_spec)
         from overlayd.keys import public_key
 
         assert device.public_key == public_key(DEVICE_KEY)
@@ -173,13 +167,10 @@ class PeerConformance(DeviceConformance):
         self,
         capabilities: frozenset[Capability],
         info: DriverInfo,
-        hooks: Hooks,
         created: _Tracker,
         wireguard_spec: DeviceSpec,
     ) -> Device:
-        return _create_wireguard(
-            capabilities, Capability.PEERS, info, hooks, created, wireguard_spec
-        )
+        return _create_wireguard(capabilities, Capability.PEERS, info, created, wireguard_spec)
 
     @staticmethod
     def _peers(hooks: Hooks, device: Device) -> dict[str, Any]:
@@ -334,16 +325,10 @@ class AttachConformance(DeviceConformance):
 
     @pytest.fixture
     def segment(
-        self,
-        capabilities: frozenset[Capability],
-        hooks: Hooks,
-        created: _Tracker,
-        device_spec: DeviceSpec,
+        self, capabilities: frozenset[Capability], created: _Tracker, device_spec: DeviceSpec
     ) -> Device:
         _require(capabilities, Capability.ATTACH)
-        device = hooks.device_create(device_spec)
-        created.devices.append(device)
-        return device
+        return created.device_create(device_spec)
 
     @pytest.fixture
     def attach_request(self, attach_handle: Any, segment: Device) -> AttachRequest:
@@ -373,8 +358,7 @@ class AttachConformance(DeviceConformance):
         attach_request: AttachRequest,
         info: DriverInfo,
     ) -> None:
-        att = hooks.attach(attach_request)
-        created.attachments.append(att)
+        att = created.attach(attach_request)
         assert att.driver == info.name
         assert att.ip == attach_request.address.ip
         assert att.service == attach_request.service
@@ -391,15 +375,13 @@ class AttachConformance(DeviceConformance):
     ) -> None:
         first = hooks.attach(attach_request)
         hooks.detach(first)
-        second = hooks.attach(attach_request)
-        created.attachments.append(second)
+        second = created.attach(attach_request)
         assert second.ip == first.ip
 
     def test_never_asked_about_foreign_attachment(
         self, hooks: Hooks, driver: object, created: _Tracker, attach_request: AttachRequest
     ) -> None:
-        att = hooks.attach(attach_request)
-        created.attachments.append(att)
+        att = created.attach(attach_request)
         foreign = att.model_copy(update={"driver": STRANGER})
         with _beside_a_stranger(hooks) as calls:
             assert hooks.detach(foreign) is True
@@ -451,8 +433,7 @@ class LifecycleConformance(DeviceConformance):
         device_spec: DeviceSpec,
     ) -> None:
         _require(capabilities, Capability.RECONCILE)
-        device = hooks.device_create(device_spec)
-        created.devices.append(device)
+        device = created.device_create(device_spec)
         reports = hooks.reconcile(ReconcileRequest(devices=(device,)))
         mine = [r for r in reports if r.driver == device.driver]
         assert mine
