@@ -17,8 +17,11 @@ The ``inproc_daemon`` fixture of the overlayd pytest plugin gives one that
 is stopped, and its directory removed, even when the test fails.
 """
 
+# ruff: noqa: E402  (the server's import follows the POSIX assert)
+
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator
 from collections.abc import Callable
 from collections.abc import Sequence
@@ -29,6 +32,11 @@ from typing import Any
 from overlayd.client import AsyncClient
 from overlayd.config import DaemonConfig
 from overlayd.engine import Engine
+
+# The daemon serves a Unix socket: POSIX only, as overlayd.server itself (the
+# assert also makes mypy --platform win32 skip the rest of the module).
+assert sys.platform != "win32", "the in-process daemon is not supported on Windows yet"
+
 from overlayd.server import Server
 
 __all__ = ["OVERLAY", "InProcDaemon", "serving", "setup_overlay"]
