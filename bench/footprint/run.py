@@ -26,6 +26,11 @@ Beside it, where it can be measured honestly, a peer system: Nebula
 RSS once it has loaded its configuration (Nebula has no attachments nor a
 zone of DNS names of that size, so only the peer column compares).
 
+To time start-ups alone, fill once with ``--keep DIR``, then restart the
+daemon on that state as often as needed with ``--restart DIR [--repeat N]``
+(each restart is timed, measured and checked like the one after the fill;
+``--names`` gives the number of names to sample, as at the fill).
+
 This is a benchmark, not a test: ``pytest bench/footprint`` runs it small.
 """
 
@@ -39,6 +44,7 @@ import hashlib
 import ipaddress
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -383,6 +389,48 @@ def run(
     return figures
 
 
+def restart(root: str, names: int, repeat: int = 1) -> list[dict[str, Any]]:
+    """Start the daemon on the state a ``keep`` run left in ``root``, ``repeat`` times.
+
+    Each start is timed (spawn to the first ``status`` answered), its RSS read
+    and its state checked (attachments, peers, a sample of the names); returns
+    and prints one line of figures per start.
+    """
+    match = re.search(r'listen = \["127\.0\.0\.1:(\d+)"\]', Path(root, "overlayd.toml").read_text())
+    if match is None:
+        raise SystemExit(f"{root} holds no footprint state (run with --keep {root} first)")
+    port = int(match.group(1))
+    sock = os.path.join(root, "s.sock")
+    runs = []
+    for i in range(repeat):
+        log = Path(root, "daemon.log")
+        logged = log.stat().st_size if log.exists() else 0
+        proc = spawn(root)
+        figures: dict[str, Any] = {}
+        try:
+            spawned = time.monotonic()
+            wait_first_status(proc, root)
+            figures["startup_s"] = time.monotonic() - spawned
+            mem = _status_kib(proc.pid)
+            figures["rss_restarted"] = mem["VmRSS"]
+            figures["hwm_restarted"] = mem["VmHWM"]
+            figures.update(verify(sock))
+            figures["dns_sample"] = dns_sample(port, names)
+        finally:
+            figures["exit_code_restarted"] = stop(proc)
+        with open(log, "rb") as f:
+            f.seek(logged)
+            figures["tracebacks"] = f.read().count(b"Traceback")
+        print(
+            f"restart {i + 1}: start-up {figures['startup_s']:.2f} s, "
+            f"RSS {_mib(figures['rss_restarted'])}, VmHWM {_mib(figures['hwm_restarted'])}, "
+            f"{figures['attachments_after']} attachments, {figures['peers_after']} peers, "
+            f"DNS sample {figures['dns_sample']}, tracebacks {figures['tracebacks']}"
+        )
+        runs.append(figures)
+    return runs
+
+
 def _mib(value: int | None) -> str:
     return "-" if value is None else f"{value / 2**20:.1f} MiB"
 
@@ -432,7 +480,16 @@ def main() -> None:
     parser.add_argument("--no-nebula", action="store_true", help="skip the Nebula column")
     parser.add_argument("--json", action="store_true", help="also print the figures as JSON")
     parser.add_argument("--keep", metavar="DIR", help="work in DIR and leave the state there")
+    parser.add_argument(
+        "--restart", metavar="DIR", help="only restart on the state a --keep run left in DIR"
+    )
+    parser.add_argument("--repeat", type=int, default=1, help="restarts with --restart")
     args = parser.parse_args()
+    if args.restart:
+        runs = restart(args.restart, args.names, args.repeat)
+        if args.json:
+            print(json.dumps(runs, indent=2))
+        sys.exit(0 if all(r["dns_sample"] >= 0 and not r["tracebacks"] for r in runs) else 1)
     figures = run(
         args.attachments,
         args.peers,
