@@ -19,6 +19,7 @@ from enum import StrEnum
 from typing import Annotated
 from typing import Any
 from typing import Literal
+from typing import Protocol
 from typing import TypeAlias
 
 from pydantic import BaseModel
@@ -40,6 +41,7 @@ __all__ = [
     "DeviceKind",
     "DeviceSpec",
     "DnsRecord",
+    "DnsRecordLike",
     "DriverInfo",
     "Event",
     "GlobalOverlay",
@@ -525,6 +527,24 @@ class DnsRecord(_Model):
     ip: IPAddress
     #: ``manual`` (register_dns) or ``handle:<key>`` (from an attachment).
     source: str = "manual"
+
+
+class DnsRecordLike(Protocol):
+    """The read-only fields of a :class:`DnsRecord`, without the model.
+
+    What ``overlayd_dns_records_loaded`` hands over: the engine's own light
+    records (a large node holds 120,000), valid by construction. A
+    ``DnsRecord`` is one too.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def ip(self) -> IPAddress: ...
+
+    @property
+    def source(self) -> str: ...
 
 
 class MasqueradeRule(_Model):

@@ -43,6 +43,8 @@ _V6_ARPA: Final = b"\x03ip6\x04arpa\x00"
 _HEX: Final = b"0123456789abcdef"
 #: The reverse-name label of each byte value (``\x0210`` for 10).
 _V4_LABELS: Final = tuple(bytes((len(str(b)),)) + str(b).encode() for b in range(256))
+#: The length byte of a label of each length.
+_LENGTH: Final = tuple(bytes((n,)) for n in range(64))
 #: A relative name of plain labels (no escapes, no trailing dot): its key needs no parser.
 _PLAIN_RELATIVE: Final = re.compile(r"[A-Za-z0-9_-]{1,63}(?:\.[A-Za-z0-9_-]{1,63})*")
 
@@ -114,6 +116,31 @@ def _rr(addr: Address, ttl: int) -> bytes:
     return b"\xc0\x0c" + struct.pack("!HHIH", _TYPE_AAAA, _CLASS_IN, ttl, 16) + addr.packed
 
 
+class _Prepared:
+    """One address as :meth:`RecordStore.replace_all` stages it: reverse name, answer RR."""
+
+    __slots__ = ("a", "aaaa", "addr", "rev", "rr", "rrs")
+
+    def __init__(self, rev: bytes, addr: Address, rr: bytes) -> None:
+        self.rev = rev
+        self.addr = addr
+        self.rr = rr
+        # The tuples of a name holding this address alone, shared by all such names.
+        self.rrs = (rr,)
+        self.a: tuple[ipaddress.IPv4Address, ...] = ()
+        self.aaaa: tuple[ipaddress.IPv6Address, ...] = ()
+        if isinstance(addr, ipaddress.IPv4Address):
+            self.a = (addr,)
+        else:
+            self.aaaa = (addr,)
+
+    def entry(self) -> _Entry:
+        """The entry of a name whose only address this is."""
+        if self.a:
+            return _Entry.prepared(self.a, self.rrs, (), (), (0, 0))
+        return _Entry.prepared((), (), self.aaaa, self.rrs, (0, 0))
+
+
 class _Tables:
     __slots__ = ("ents", "names", "ptr")
 
@@ -173,18 +200,18 @@ class RecordStore:
 
     def key(self, name: str) -> bytes:
         """Relative lower-case wire key of ``name`` (relative, or absolute in zone)."""
-        text = name.strip()
-        if text in ("", "@"):
-            return b""
-        if _PLAIN_RELATIVE.fullmatch(text):
-            # What dns.name.from_text gives for such a name, ~10x faster (a
+        if _PLAIN_RELATIVE.fullmatch(name):
+            # What dns.name.from_text gives for such a name, ~20x faster (a
             # restart hands every stored name over at once).
-            key = b"".join(bytes((len(lb),)) + lb for lb in text.lower().encode().split(b"."))
+            key = b"".join([_LENGTH[len(lb)] + lb for lb in name.lower().encode().split(b".")])
             if len(key) + len(self.zone.wire) > 255:
                 raise InvalidRequest(
                     f"DNS name {name!r} is too long in zone {self.zone.name} (255 bytes at most)."
                 )
             return key
+        text = name.strip()
+        if text in ("", "@"):
+            return b""
         try:
             parsed = dns.name.from_text(text, origin=None)
         except dns.exception.DNSException as exc:
@@ -377,13 +404,61 @@ class RecordStore:
         return True
 
     def replace_all(self, mapping: Mapping[str, Iterable[AddressLike]]) -> None:
-        """Replace every record with ``mapping`` (name → addresses) at once."""
-        staged = [(self.key(n), self._addresses(ips)) for n, ips in mapping.items()]
+        """Replace every record with ``mapping`` (name → addresses) at once.
+
+        Built for a whole zone (the engine hands over its 120,000 records at
+        start, ``docs/design-notes.rst``, "Footprint of a large node"): each
+        distinct address is parsed, reversed and packed once, by identity of
+        the object given (the engine shares one per address), and the answers
+        of a name of one address (nearly all) share that address's tuples.
+        """
+        ttl = self._ttl
+        by_id: dict[int, _Prepared] = {}
+        by_rev: dict[bytes, _Prepared] = {}
+        alive: list[AddressLike] = []  # the ids in by_id stay theirs during this call
+        staged: dict[bytes, dict[bytes, _Prepared]] = {}
+        for name, ips in mapping.items():
+            key = self.key(name)
+            held = staged.get(key)
+            if held is None:
+                held = staged[key] = {}
+            for ip in ips:
+                prep = by_id.get(id(ip))
+                if prep is None:
+                    (addr,) = self._addresses([ip])
+                    rev = reverse_wire(addr)
+                    prep = by_rev.get(rev)
+                    if prep is None:
+                        prep = by_rev[rev] = _Prepared(rev, addr, _rr(addr, ttl))
+                    by_id[id(ip)] = prep
+                    alive.append(ip)
+                if prep.rev not in held:
+                    held[prep.rev] = prep
         fresh = _Tables()
-        for key, addrs in staged:
-            entry = fresh.names.get(key)
-            merged = [*(entry.addresses() if entry else []), *addrs]
-            self._apply(fresh, key, list(dict.fromkeys(merged)))
+        names, ptr = fresh.names, fresh.ptr
+        for key, held in staged.items():
+            if not held:
+                continue
+            if len(held) == 1:
+                (prep,) = held.values()
+                names[key] = prep.entry()
+            else:
+                v4 = [x for x in held.values() if x.a]
+                v6 = [x for x in held.values() if x.aaaa]
+                names[key] = _Entry.prepared(
+                    tuple(x.a[0] for x in v4),
+                    tuple(x.rr for x in v4),
+                    tuple(x.aaaa[0] for x in v6),
+                    tuple(x.rr for x in v6),
+                    (0, 0),
+                )
+            _count_ancestors(fresh, key, +1)
+            for rev in held:
+                owners = ptr.get(rev)
+                if owners is None:
+                    ptr[rev] = {key: None}
+                else:
+                    owners[key] = None
         with self._lock:
             self.tables = fresh
             self.serial += 1

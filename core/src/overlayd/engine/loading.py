@@ -25,7 +25,6 @@ from .base import EngineBase
 from .dnsview import DnsEntry
 from .dnsview import ManualNames
 from .dnsview import entries_from_store
-from .dnsview import records as dns_models
 
 __all__ = ["LoadingMixin", "dns_records_from_store", "gc_paused", "leases_from_records"]
 
@@ -59,10 +58,6 @@ def dns_records_from_store(values: Iterable[Any]) -> dict[tuple[str, str], DnsEn
     model is built for a well-formed document.
     """
     return entries_from_store(values)
-
-
-#: Records handed to the DNS hooks per call at load: bounds the models alive at once.
-DNS_LOAD_BATCH = 10_000
 
 
 class LoadingMixin(EngineBase):
@@ -137,8 +132,8 @@ class LoadingMixin(EngineBase):
                 self._ports.reserve(svc.dedicated.listen_port)
             pool = self._pool_for(svc)
             self.hooks.ipam_pool_create(pool, by_pool.get(pool.name, []))
-        entries = list(self.dns.values())
-        for start in range(0, len(entries), DNS_LOAD_BATCH):
-            self.hooks.dns_records_changed(dns_models(entries[start : start + DNS_LOAD_BATCH]), [])
+        # The engine's light entries as they are: the built-in DNS server takes
+        # them in bulk; only a plugin without the bulk hook is given models.
+        self.hooks.dns_records_loaded(list(self.dns.values()))
 
     # -- addressing helpers -------------------------------------------------
