@@ -199,6 +199,42 @@ async def test_status_is_encoded_once_while_unchanged_and_anew_after_a_change(
     assert third.service_count == first.service_count + 1
 
 
+async def test_status_peers_encode_as_the_validated_wire_model(
+    served: tuple[Server, AsyncClient],
+) -> None:
+    """The handler builds the peers without re-validating them: the bytes are unchanged."""
+    server, client = served
+    await client.setup_global_overlay(
+        deployment="d",
+        instance_id="n1",
+        cluster_cidr="10.77.0.0/16",
+        slice_cidr="10.77.1.0/24",
+        wg_port=51820,
+        nat_enabled=False,
+    )
+    await client.apply_peers(
+        [
+            p.PeerChange(
+                public_key="A" * 43 + "=",
+                endpoint="192.0.2.1:51820",
+                allowed_ips="10.77.2.0/24,fd00::/64",
+            ),
+            p.PeerChange(public_key="B" * 43 + "=", allowed_ips="10.77.3.5/32"),
+        ]
+    )
+    await client.status()
+    memo = server.status_memo
+    assert memo is not None
+    sent = memo[1]
+    assert isinstance(sent, p.StatusResponse) and len(sent.peers) == 2
+    validated = p.StatusResponse.model_validate(sent.model_dump())
+    assert p.encode_response(sent) == p.encode_response(validated)
+    assert {peer.allowed_ips for peer in validated.peers} == {
+        "10.77.2.0/24,fd00::/64",
+        "10.77.3.5/32",
+    }
+
+
 def test_the_daemon_serves_on_uvloop(short_tmp_path: Path) -> None:
     pytest.importorskip("uvloop")
     from overlayd.client import Client
