@@ -175,10 +175,7 @@ def test_text_logs_show_extras() -> None:
     assert line.endswith("overlayd.test: refused peer=uid 5")
 
 
-async def test_status_is_encoded_once_while_unchanged_and_anew_after_a_change(
-    served: tuple[Server, AsyncClient],
-) -> None:
-    server, client = served
+async def _setup_node(client: AsyncClient) -> None:
     await client.setup_global_overlay(
         deployment="d",
         instance_id="n1",
@@ -187,6 +184,13 @@ async def test_status_is_encoded_once_while_unchanged_and_anew_after_a_change(
         wg_port=51820,
         nat_enabled=False,
     )
+
+
+async def test_status_is_encoded_once_while_unchanged_and_anew_after_a_change(
+    served: tuple[Server, AsyncClient],
+) -> None:
+    server, client = served
+    await _setup_node(client)
     first = await client.status()
     memo = server.status_memo
     assert memo is not None
@@ -204,14 +208,7 @@ async def test_status_peers_encode_as_the_validated_wire_model(
 ) -> None:
     """The handler builds the peers without re-validating them: the bytes are unchanged."""
     server, client = served
-    await client.setup_global_overlay(
-        deployment="d",
-        instance_id="n1",
-        cluster_cidr="10.77.0.0/16",
-        slice_cidr="10.77.1.0/24",
-        wg_port=51820,
-        nat_enabled=False,
-    )
+    await _setup_node(client)
     await client.apply_peers(
         [
             p.PeerChange(
