@@ -13,6 +13,7 @@ from overlayd.engine.dnsview import ManualNames
 from overlayd.engine.dnsview import entries_from_store
 from overlayd.engine.loading import dns_records_from_store
 from overlayd.model import DnsRecord
+from overlayd.model import PeerConfig
 
 
 def test_stored_dns_records_load_as_before_and_share_addresses_and_sources() -> None:
@@ -110,3 +111,26 @@ def test_manual_names_index() -> None:
     assert index.get("web") == ("10.1.0.4",)
     index.discard("web", "10.1.0.4")
     assert index.get("web") == () and len(index) == 0
+
+
+@pytest.mark.parametrize(
+    ("ip", "route", "family"),
+    [("10.1.0.2", "0.0.0.0/0", 4), ("fd00::2", "::/0", 6), (167837698, "10.0.0.0/8", 4)],
+)
+def test_addresses_and_networks_validate_to_their_family(
+    ip: object, route: str, family: int
+) -> None:
+    """The address unions are validated left to right: the same result as before, either family."""
+    peer = PeerConfig.model_validate(
+        {"public_key": "A" * 43 + "=", "allowed_ips": [route], "endpoint": None}
+    )
+    assert peer.allowed_ips[0].version == family
+    rec = DnsRecord.model_validate({"name": "web", "ip": ip})
+    assert rec.ip.version == family
+    for bad in ("10.0.0.1/8", "fd00::1/64", "nope"):  # host bits set, or not a network
+        with pytest.raises(ValidationError):
+            PeerConfig.model_validate({"public_key": "A" * 43 + "=", "allowed_ips": [bad]})
+    with pytest.raises(
+        ValidationError, match=r"(?s)not a valid IPv4 address.*not a valid IPv6 address"
+    ):
+        DnsRecord.model_validate({"name": "web", "ip": "10.0.0.256"})

@@ -81,9 +81,20 @@ __all__ = [
 #: refuses a driver whose major version differs.
 DRIVER_API = 1
 
-IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
-IPInterface: TypeAlias = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+# Validated left to right: the first family that parses wins, as the default
+# ("smart") union mode would choose too, but without also trying the other
+# family on every value (an IPv6 parse failing on each IPv4 address and
+# network was most of validating a stored attachment; docs/design-notes.rst,
+# "Footprint of a large node").
+IPAddress: TypeAlias = Annotated[
+    ipaddress.IPv4Address | ipaddress.IPv6Address, Field(union_mode="left_to_right")
+]
+IPNetwork: TypeAlias = Annotated[
+    ipaddress.IPv4Network | ipaddress.IPv6Network, Field(union_mode="left_to_right")
+]
+IPInterface: TypeAlias = Annotated[
+    ipaddress.IPv4Interface | ipaddress.IPv6Interface, Field(union_mode="left_to_right")
+]
 
 
 class _Model(BaseModel):
