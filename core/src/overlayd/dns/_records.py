@@ -416,12 +416,11 @@ class RecordStore:
         by_id: dict[int, _Prepared] = {}
         by_rev: dict[bytes, _Prepared] = {}
         alive: list[AddressLike] = []  # the ids in by_id stay theirs during this call
-        staged: dict[bytes, dict[bytes, _Prepared]] = {}
+        # key -> its address, or its addresses by reverse name once it has two
+        # (a dict per name of one address was most of the peak of a load).
+        staged: dict[bytes, _Prepared | dict[bytes, _Prepared]] = {}
         for name, ips in mapping.items():
             key = self.key(name)
-            held = staged.get(key)
-            if held is None:
-                held = staged[key] = {}
             for ip in ips:
                 prep = by_id.get(id(ip))
                 if prep is None:
@@ -432,16 +431,19 @@ class RecordStore:
                         prep = by_rev[rev] = _Prepared(rev, addr, _rr(addr, ttl))
                     by_id[id(ip)] = prep
                     alive.append(ip)
-                if prep.rev not in held:
-                    held[prep.rev] = prep
+                held = staged.get(key)
+                if held is None:
+                    staged[key] = prep
+                elif not isinstance(held, _Prepared):
+                    held.setdefault(prep.rev, prep)
+                elif held is not prep:
+                    staged[key] = {held.rev: held, prep.rev: prep}
         fresh = _Tables()
         names, ptr = fresh.names, fresh.ptr
         for key, held in staged.items():
-            if not held:
-                continue
-            if len(held) == 1:
-                (prep,) = held.values()
-                names[key] = prep.entry()
+            if isinstance(held, _Prepared):
+                names[key] = held.entry()
+                revs: Iterable[bytes] = (held.rev,)
             else:
                 v4 = [x for x in held.values() if x.a]
                 v6 = [x for x in held.values() if x.aaaa]
@@ -452,8 +454,9 @@ class RecordStore:
                     tuple(x.rr for x in v6),
                     (0, 0),
                 )
+                revs = held
             _count_ancestors(fresh, key, +1)
-            for rev in held:
+            for rev in revs:
                 owners = ptr.get(rev)
                 if owners is None:
                     ptr[rev] = {key: None}
