@@ -22,8 +22,10 @@ import threading
 from collections.abc import Iterable
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 from typing import Final
 from typing import TypeAlias
+from typing import cast
 
 import dns.exception
 import dns.name
@@ -307,7 +309,16 @@ class RecordStore:
         of addresses (a service's name, one address per workload) is not
         rebuilt once per address: loading 10,000 of them at start was
         quadratic (``docs/design-notes.rst``, "Footprint of a large node").
+        Adding to an empty table (the load) builds it in one pass (:meth:`_build`).
         """
+        removed = list(removed)
+        if not removed and not self.tables.names:
+            # A load (the engine's records at start): built in one pass.
+            with self._lock:
+                if not self.tables.names:
+                    self.tables = self._build(added)
+                    self.serial += 1
+                    return
         keys: dict[str, bytes] = {}  # a service's name comes once per workload
 
         def key_of(name: str) -> bytes:
@@ -404,50 +415,64 @@ class RecordStore:
         return True
 
     def replace_all(self, mapping: Mapping[str, Iterable[AddressLike]]) -> None:
-        """Replace every record with ``mapping`` (name → addresses) at once.
+        """Replace every record with ``mapping`` (name → addresses) at once."""
+        fresh = self._build((name, ip) for name, ips in mapping.items() for ip in ips)
+        with self._lock:
+            self.tables = fresh
+            self.serial += 1
 
-        Built for a whole zone (the engine hands over its 120,000 records at
-        start, ``docs/design-notes.rst``, "Footprint of a large node"): each
-        distinct address is parsed, reversed and packed once, by identity of
-        the object given (the engine shares one per address), and the answers
-        of a name of one address (nearly all) share that address's tuples.
+    def _build(self, pairs: Iterable[tuple[str, AddressLike]]) -> _Tables:
+        """Tables holding ``pairs`` (name, address), built in one pass.
+
+        For a whole zone (the engine hands over its 120,000 records at start,
+        ``docs/design-notes.rst``, "Footprint of a large node"): each distinct
+        address is parsed, reversed and packed once, by identity of the object
+        given (the engine shares one per address); the answers of a name of
+        one address (nearly all) share that address's tuples; and no table as
+        large as the zone is built besides the result (the peak of a load is
+        what stays resident).
         """
         ttl = self._ttl
         by_id: dict[int, _Prepared] = {}
         by_rev: dict[bytes, _Prepared] = {}
         alive: list[AddressLike] = []  # the ids in by_id stay theirs during this call
-        # key -> its address, or its addresses by reverse name once it has two
-        # (a dict per name of one address was most of the peak of a load).
-        staged: dict[bytes, _Prepared | dict[bytes, _Prepared]] = {}
-        for name, ips in mapping.items():
-            key = self.key(name)
-            for ip in ips:
-                prep = by_id.get(id(ip))
-                if prep is None:
-                    (addr,) = self._addresses([ip])
-                    rev = reverse_wire(addr)
-                    prep = by_rev.get(rev)
-                    if prep is None:
-                        prep = by_rev[rev] = _Prepared(rev, addr, _rr(addr, ttl))
-                    by_id[id(ip)] = prep
-                    alive.append(ip)
-                held = staged.get(key)
-                if held is None:
-                    staged[key] = prep
-                elif not isinstance(held, _Prepared):
-                    held.setdefault(prep.rev, prep)
-                elif held is not prep:
-                    staged[key] = {held.rev: held, prep.rev: prep}
         fresh = _Tables()
-        names, ptr = fresh.names, fresh.ptr
-        for key, held in staged.items():
-            if isinstance(held, _Prepared):
-                names[key] = held.entry()
-                revs: Iterable[bytes] = (held.rev,)
+        # key -> its first address until the entries are made below
+        firsts = cast(dict[bytes, Any], fresh.names)
+        more: dict[bytes, dict[bytes, _Prepared]] = {}  # names of two addresses or more
+        last: tuple[str, bytes] | None = None  # a service's records come in a row
+        for name, ip in pairs:
+            if last is None or last[0] != name:
+                last = (name, self.key(name))
+            key = last[1]
+            prep = by_id.get(id(ip))
+            if prep is None:
+                (addr,) = self._addresses([ip])
+                rev = reverse_wire(addr)
+                prep = by_rev.get(rev)
+                if prep is None:
+                    prep = by_rev[rev] = _Prepared(rev, addr, _rr(addr, ttl))
+                by_id[id(ip)] = prep
+                alive.append(ip)
+            first = firsts.get(key)
+            if first is None:
+                firsts[key] = prep
+            elif first is not prep:
+                held = more.get(key)
+                if held is None:
+                    more[key] = {first.rev: first, prep.rev: prep}
+                else:
+                    held.setdefault(prep.rev, prep)
+        ptr = fresh.ptr
+        for key, first in firsts.items():  # values replaced in place: no resize
+            held = more.get(key)
+            if held is None:
+                firsts[key] = first.entry()
+                revs: Iterable[bytes] = (first.rev,)
             else:
                 v4 = [x for x in held.values() if x.a]
                 v6 = [x for x in held.values() if x.aaaa]
-                names[key] = _Entry.prepared(
+                firsts[key] = _Entry.prepared(
                     tuple(x.a[0] for x in v4),
                     tuple(x.rr for x in v4),
                     tuple(x.aaaa[0] for x in v6),
@@ -462,9 +487,7 @@ class RecordStore:
                     ptr[rev] = {key: None}
                 else:
                     owners[key] = None
-        with self._lock:
-            self.tables = fresh
-            self.serial += 1
+        return fresh
 
     def _apply(self, t: _Tables, key: bytes, addrs: list[Address]) -> None:
         old = t.names.get(key)

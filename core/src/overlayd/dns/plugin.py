@@ -14,9 +14,6 @@ record updates (thread-safe, in memory) are applied directly.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
-from collections.abc import Iterator
-from collections.abc import Mapping
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,41 +24,10 @@ from overlayd.errors import DnsError
 from overlayd.hookspecs import hookimpl
 from overlayd.model import DnsRecord
 from overlayd.model import DnsRecordLike
-from overlayd.model import IPAddress
 
 __all__ = ["DnsPlugin"]
 
 log = logging.getLogger(__name__)
-
-
-class _Zone(Mapping[str, Sequence[IPAddress]]):
-    """Name → addresses of records, without a list held per name of one address.
-
-    Nearly every name of a large zone has one address: a list each, all alive
-    at once, raised the peak (and so the resident size) of a load by ~10 MiB.
-    """
-
-    def __init__(self, records: Iterable[DnsRecordLike]) -> None:
-        self._names: dict[str, IPAddress | list[IPAddress]] = {}
-        names = self._names
-        for rec in records:
-            held = names.get(rec.name)
-            if held is None:
-                names[rec.name] = rec.ip
-            elif isinstance(held, list):
-                held.append(rec.ip)
-            else:
-                names[rec.name] = [held, rec.ip]
-
-    def __getitem__(self, name: str) -> Sequence[IPAddress]:
-        held = self._names[name]
-        return held if isinstance(held, list) else (held,)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._names)
-
-    def __len__(self) -> int:
-        return len(self._names)
 
 
 class DnsPlugin:
@@ -116,9 +82,10 @@ class DnsPlugin:
 
     @hookimpl
     def overlayd_dns_records_loaded(self, records: Sequence[DnsRecordLike]) -> None:
-        # One table build for the whole zone; the engine shares one address
-        # object per address, which the store's build relies on for speed.
-        self.server.replace_all(_Zone(records))
+        # Added as changes are; on the empty table of a start the store builds
+        # the whole zone in one pass, once per address (the engine shares one
+        # object per address).
+        self.server.update_records((), ((rec.name, rec.ip) for rec in records))
 
     @hookimpl
     def overlayd_dns_serve(self, zone: str, addresses: Sequence[str]) -> None:
