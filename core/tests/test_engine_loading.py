@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 
 import pytest
 from pydantic import ValidationError
 
+from overlayd.config import EngineConfig
+from overlayd.config import EngineSettings
+from overlayd.engine import Engine
 from overlayd.engine.dnsview import AddressPool
 from overlayd.engine.dnsview import DnsEntry
 from overlayd.engine.dnsview import ManualNames
@@ -14,6 +18,7 @@ from overlayd.engine.dnsview import entries_from_store
 from overlayd.engine.loading import dns_records_from_store
 from overlayd.model import DnsRecord
 from overlayd.model import PeerConfig
+from overlayd_fake.driver import FakeDriver
 
 
 def test_stored_dns_records_load_as_before_and_share_addresses_and_sources() -> None:
@@ -134,3 +139,12 @@ def test_addresses_and_networks_validate_to_their_family(
         ValidationError, match=r"(?s)not a valid IPv4 address.*not a valid IPv6 address"
     ):
         DnsRecord.model_validate({"name": "web", "ip": "10.0.0.256"})
+
+
+async def test_start_freezes_what_it_loaded_with_the_gc_on_and_stop_unfreezes_it() -> None:
+    cfg = EngineConfig(drivers=[], engine=EngineSettings(health_interval_secs=0))
+    assert gc.isenabled()
+    async with Engine(cfg, drivers=[FakeDriver()]):
+        assert gc.isenabled()  # paused while loading only
+        assert gc.get_freeze_count() > 0
+    assert gc.get_freeze_count() == 0

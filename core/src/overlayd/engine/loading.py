@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-import gc
 from collections.abc import Iterable
-from collections.abc import Iterator
 from typing import Any
 
 from pydantic import TypeAdapter
@@ -22,6 +19,7 @@ from overlayd.model import ServiceOverlay
 from .base import DETACH_INTENT
 from .base import NODE_POOL
 from .base import EngineBase
+from .base import gc_paused
 from .dnsview import DnsEntry
 from .dnsview import ManualNames
 from .dnsview import entries_from_store
@@ -31,18 +29,6 @@ __all__ = ["LoadingMixin", "dns_records_from_store", "gc_paused", "leases_from_r
 # Whole lists of stored records are validated in one pydantic-core call each.
 _LEASES_ADAPTER: TypeAdapter[list[Lease]] = TypeAdapter(list[Lease])
 _ATTACHMENTS_ADAPTER: TypeAdapter[list[Attachment]] = TypeAdapter(list[Attachment])
-
-
-@contextlib.contextmanager
-def gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector while a bulk of long-lived objects is built."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def leases_from_records(values: Iterable[Any]) -> list[Lease]:
@@ -64,12 +50,14 @@ class LoadingMixin(EngineBase):
     """Rebuilds the in-memory view from the store."""
 
     def _load(self) -> None:
-        """Rebuild the in-memory view and IPAM pools from the store."""
-        # Tens of thousands of long-lived records are built here; left on, the
-        # cyclic GC rescans them again and again while they are created
-        # (docs/design-notes.rst, "The engine package").
-        with gc_paused():
-            self._load_records()
+        """Rebuild the in-memory view and IPAM pools from the store.
+
+        Run with the cyclic GC paused (:meth:`EngineBase.start`): tens of
+        thousands of long-lived records are built here; left on, the GC
+        rescans them again and again while they are created
+        (docs/design-notes.rst, "The engine package").
+        """
+        self._load_records()
 
     def _load_records(self) -> None:
         if self._store is None:
