@@ -28,6 +28,7 @@ from collections.abc import Callable
 from collections.abc import Iterator
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from typing import Any
 from typing import Final
 from typing import Self
@@ -62,8 +63,6 @@ from overlayd.model import PeerStatus
 from overlayd.model import Pool
 from overlayd.model import PortMapping
 from overlayd.model import ServiceOverlay
-from overlayd.nat import host as nat_host
-from overlayd.nat.agent import NatAgent
 from overlayd.nat.candidates import CandidateExchange
 from overlayd.nat.candidates import IpcExchange
 from overlayd.peers import Merge
@@ -90,6 +89,10 @@ from .validation import parse_ip
 from .validation import parse_net
 from .work import Tx
 from .work import WorkerPool
+
+if TYPE_CHECKING:
+    from overlayd.nat.agent import NatAgent
+    from overlayd.nat.host import NatStatus
 
 __all__ = [
     "DETACH_INTENT",
@@ -312,7 +315,7 @@ class EngineBase:
             gc.freeze()
         self._started = True
         await self.reconcile(startup=True)
-        await nat_host.start_nat(self)
+        await self._start_nat()
         interval = self.config.engine.health_interval_secs
         if interval > 0:
             self._tasks.append(asyncio.create_task(self._periodic(interval, self.check_health)))
@@ -351,7 +354,7 @@ class EngineBase:
                 with contextlib.suppress(Exception):
                     task.result()
         self._tasks.clear()
-        await nat_host.stop_nat(self)
+        await self._stop_nat()
         self._started = False
         try:
             await self._run(self.hooks.shutdown)
@@ -362,6 +365,35 @@ class EngineBase:
         self._work.shutdown(wait=not left)
         self._stopping = False
         gc.unfreeze()  # what start() froze is collected as usual again
+
+    # NAT traversal (overlayd.nat.host) is imported only on a node that runs it:
+    # its modules (aioice and STUN) were ~5 % of a large node's start-up.
+
+    async def _start_nat(self) -> None:
+        """Start the NAT agent when the global overlay and ``[nat]`` ask for it.
+
+        The conditions of :func:`overlayd.nat.host.start_nat`, checked before
+        importing it.
+        """
+        g = self.global_
+        if self.nat is not None or g is None or not g.nat_enabled or not self.config.nat.enabled:
+            return
+        from overlayd.nat import host
+
+        await host.start_nat(self)
+
+    async def _stop_nat(self) -> None:
+        if self.nat is not None:
+            from overlayd.nat import host
+
+            await host.stop_nat(self)
+
+    def _nat_status(self) -> NatStatus | None:
+        if self.nat is None:
+            return None
+        from overlayd.nat import host
+
+        return host.nat_status(self)
 
     async def _periodic(self, interval: float, fn: Callable[[], Any]) -> None:
         while True:
