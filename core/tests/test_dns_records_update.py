@@ -112,7 +112,7 @@ def test_replace_all_shares_the_answers_of_an_address_between_names() -> None:
     ip = ipaddress.ip_address("10.1.0.5")
     store.replace_all({"a": [ip], "b": [ip], "web": [ip, "10.1.0.6"]})
     a, b, web = (store.tables.names[store.key(n)] for n in ("a", "b", "web"))
-    assert a.a is b.a and a.a_rr is b.a_rr
+    assert a is b  # one entry for the names of one address alone (never changed in place)
     assert web.a_rr[0] is a.a_rr[0]
     assert set(store.tables.ptr[reverse_wire(ip)]) == {store.key(n) for n in ("a", "b", "web")}
     store.update([("a", ip)], [("b", "10.1.0.7")])  # later changes build on the shared tuples

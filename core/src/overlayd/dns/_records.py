@@ -119,28 +119,31 @@ def _rr(addr: Address, ttl: int) -> bytes:
 
 
 class _Prepared:
-    """One address as :meth:`RecordStore.replace_all` stages it: reverse name, answer RR."""
+    """One address as :meth:`RecordStore._build` stages it: reverse name, answer RR."""
 
-    __slots__ = ("a", "aaaa", "addr", "rev", "rr", "rrs")
+    __slots__ = ("addr", "alone", "rev", "rr")
 
     def __init__(self, rev: bytes, addr: Address, rr: bytes) -> None:
         self.rev = rev
         self.addr = addr
         self.rr = rr
-        # The tuples of a name holding this address alone, shared by all such names.
-        self.rrs = (rr,)
-        self.a: tuple[ipaddress.IPv4Address, ...] = ()
-        self.aaaa: tuple[ipaddress.IPv6Address, ...] = ()
-        if isinstance(addr, ipaddress.IPv4Address):
-            self.a = (addr,)
-        else:
-            self.aaaa = (addr,)
+        self.alone: _Entry | None = None
 
     def entry(self) -> _Entry:
-        """The entry of a name whose only address this is."""
-        if self.a:
-            return _Entry.prepared(self.a, self.rrs, (), (), (0, 0))
-        return _Entry.prepared((), (), self.aaaa, self.rrs, (0, 0))
+        """The entry of a name whose only address this is, one for all such names.
+
+        Shared safely: an entry is replaced whole, never changed, except the
+        round-robin turns of a name of several addresses.
+        """
+        entry = self.alone
+        if entry is None:
+            addr = self.addr
+            if isinstance(addr, ipaddress.IPv4Address):
+                entry = _Entry.prepared((addr,), (self.rr,), (), (), (0, 0))
+            else:
+                entry = _Entry.prepared((), (), (addr,), (self.rr,), (0, 0))
+            self.alone = entry
+        return entry
 
 
 class _Tables:
@@ -440,11 +443,11 @@ class RecordStore:
         # key -> its first address until the entries are made below
         firsts = cast(dict[bytes, Any], fresh.names)
         more: dict[bytes, dict[bytes, _Prepared]] = {}  # names of two addresses or more
-        last: tuple[str, bytes] | None = None  # a service's records come in a row
+        last_name, last_key = None, b""  # a service's records come in a row
         for name, ip in pairs:
-            if last is None or last[0] != name:
-                last = (name, self.key(name))
-            key = last[1]
+            if name != last_name:
+                last_name, last_key = name, self.key(name)
+            key = last_key
             prep = by_id.get(id(ip))
             if prep is None:
                 (addr,) = self._addresses([ip])
@@ -464,29 +467,39 @@ class RecordStore:
                 else:
                     held.setdefault(prep.rev, prep)
         ptr = fresh.ptr
+        #: parent key -> (a name's key below it, how many names are below it)
+        below: dict[bytes, list[Any]] = {}
         for key, first in firsts.items():  # values replaced in place: no resize
             held = more.get(key)
             if held is None:
                 firsts[key] = first.entry()
                 revs: Iterable[bytes] = (first.rev,)
             else:
-                v4 = [x for x in held.values() if x.a]
-                v6 = [x for x in held.values() if x.aaaa]
+                preps = held.values()
                 firsts[key] = _Entry.prepared(
-                    tuple(x.a[0] for x in v4),
-                    tuple(x.rr for x in v4),
-                    tuple(x.aaaa[0] for x in v6),
-                    tuple(x.rr for x in v6),
+                    tuple(a for x in preps if isinstance(a := x.addr, ipaddress.IPv4Address)),
+                    tuple(x.rr for x in preps if isinstance(x.addr, ipaddress.IPv4Address)),
+                    tuple(a for x in preps if isinstance(a := x.addr, ipaddress.IPv6Address)),
+                    tuple(x.rr for x in preps if isinstance(x.addr, ipaddress.IPv6Address)),
                     (0, 0),
                 )
                 revs = held
-            _count_ancestors(fresh, key, +1)
             for rev in revs:
                 owners = ptr.get(rev)
                 if owners is None:
                     ptr[rev] = {key: None}
                 else:
                     owners[key] = None
+            parent = key[key[0] + 1 :]
+            if parent:
+                count = below.get(parent)
+                if count is None:
+                    below[parent] = [key, 1]
+                else:
+                    count[1] += 1
+        # Names with the same parent have the same ancestors: counted once per parent.
+        for key, count in below.values():
+            _count_ancestors(fresh, key, count)
         return fresh
 
     def _apply(self, t: _Tables, key: bytes, addrs: list[Address]) -> None:
