@@ -125,13 +125,16 @@ def test_manual_names_index() -> None:
 def test_addresses_and_networks_validate_to_their_family(
     ip: object, route: str, family: int
 ) -> None:
-    """The address unions are validated left to right: the same result as before, either family."""
+    """Addresses parse once per text and validate left to right: the same results as before."""
     peer = PeerConfig.model_validate(
         {"public_key": "A" * 43 + "=", "allowed_ips": [route], "endpoint": None}
     )
     assert peer.allowed_ips[0].version == family
     rec = DnsRecord.model_validate({"name": "web", "ip": ip})
     assert rec.ip.version == family
+    again = PeerConfig.model_validate({"public_key": "B" * 43 + "=", "allowed_ips": [route]})
+    assert again.allowed_ips[0] is peer.allowed_ips[0]  # one shared (immutable) object per text
+    assert PeerConfig.model_validate(peer.model_dump()) == peer
     for bad in ("10.0.0.1/8", "fd00::1/64", "nope"):  # host bits set, or not a network
         with pytest.raises(ValidationError):
             PeerConfig.model_validate({"public_key": "A" * 43 + "=", "allowed_ips": [bad]})

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import ipaddress
+from collections.abc import Callable
 from collections.abc import Mapping
 from enum import StrEnum
 from typing import Annotated
@@ -23,6 +25,7 @@ from typing import Protocol
 from typing import TypeAlias
 
 from pydantic import BaseModel
+from pydantic import BeforeValidator
 from pydantic import ConfigDict
 from pydantic import Field
 from pydantic import field_validator
@@ -81,19 +84,42 @@ __all__ = [
 #: refuses a driver whose major version differs.
 DRIVER_API = 1
 
-# Validated left to right: the first family that parses wins, as the default
-# ("smart") union mode would choose too, but without also trying the other
-# family on every value (an IPv6 parse failing on each IPv4 address and
-# network was most of validating a stored attachment; docs/design-notes.rst,
-# "Footprint of a large node").
+
+@functools.lru_cache(maxsize=1 << 16)
+def _parsed(parse: Callable[[str], Any], text: str) -> Any:
+    try:
+        return parse(text)
+    except ValueError:
+        return text  # left to the union's validators, which report it as before
+
+
+def _cached(parse: Callable[[str], Any]) -> Callable[[Any], Any]:
+    def before(value: Any) -> Any:
+        return _parsed(parse, value) if type(value) is str else value
+
+    return before
+
+
+# Text is parsed once per distinct value (a bounded cache; the objects are
+# immutable and shared), and the union is validated left to right: the first
+# family that parses wins, as the default ("smart") mode would choose too,
+# without trying the other family on every value. Both were most of
+# validating stored attachments and peers at start (docs/design-notes.rst,
+# "Footprint of a large node"); invalid text still gets the union's errors.
 IPAddress: TypeAlias = Annotated[
-    ipaddress.IPv4Address | ipaddress.IPv6Address, Field(union_mode="left_to_right")
+    ipaddress.IPv4Address | ipaddress.IPv6Address,
+    Field(union_mode="left_to_right"),
+    BeforeValidator(_cached(ipaddress.ip_address)),
 ]
 IPNetwork: TypeAlias = Annotated[
-    ipaddress.IPv4Network | ipaddress.IPv6Network, Field(union_mode="left_to_right")
+    ipaddress.IPv4Network | ipaddress.IPv6Network,
+    Field(union_mode="left_to_right"),
+    BeforeValidator(_cached(ipaddress.ip_network)),
 ]
 IPInterface: TypeAlias = Annotated[
-    ipaddress.IPv4Interface | ipaddress.IPv6Interface, Field(union_mode="left_to_right")
+    ipaddress.IPv4Interface | ipaddress.IPv6Interface,
+    Field(union_mode="left_to_right"),
+    BeforeValidator(_cached(ipaddress.ip_interface)),
 ]
 
 
