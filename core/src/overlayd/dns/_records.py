@@ -470,26 +470,12 @@ class RecordStore:
         #: parent key -> (a name's key below it, how many names are below it)
         below: dict[bytes, list[Any]] = {}
         for key, first in firsts.items():  # values replaced in place: no resize
-            held = more.get(key)
-            if held is None:
-                firsts[key] = first.entry()
-                revs: Iterable[bytes] = (first.rev,)
+            firsts[key] = first.alone or first.entry()
+            owners = ptr.get(first.rev)
+            if owners is None:
+                ptr[first.rev] = {key: None}
             else:
-                preps = held.values()
-                firsts[key] = _Entry.prepared(
-                    tuple(a for x in preps if isinstance(a := x.addr, ipaddress.IPv4Address)),
-                    tuple(x.rr for x in preps if isinstance(x.addr, ipaddress.IPv4Address)),
-                    tuple(a for x in preps if isinstance(a := x.addr, ipaddress.IPv6Address)),
-                    tuple(x.rr for x in preps if isinstance(x.addr, ipaddress.IPv6Address)),
-                    (0, 0),
-                )
-                revs = held
-            for rev in revs:
-                owners = ptr.get(rev)
-                if owners is None:
-                    ptr[rev] = {key: None}
-                else:
-                    owners[key] = None
+                owners[key] = None
             parent = key[key[0] + 1 :]
             if parent:
                 count = below.get(parent)
@@ -497,6 +483,17 @@ class RecordStore:
                     below[parent] = [key, 1]
                 else:
                     count[1] += 1
+        for key, held in more.items():  # the few names of several addresses
+            preps = held.values()
+            firsts[key] = _Entry.prepared(
+                tuple(a for x in preps if isinstance(a := x.addr, ipaddress.IPv4Address)),
+                tuple(x.rr for x in preps if isinstance(x.addr, ipaddress.IPv4Address)),
+                tuple(a for x in preps if isinstance(a := x.addr, ipaddress.IPv6Address)),
+                tuple(x.rr for x in preps if isinstance(x.addr, ipaddress.IPv6Address)),
+                (0, 0),
+            )
+            for rev in held:
+                ptr.setdefault(rev, {})[key] = None
         # Names with the same parent have the same ancestors: counted once per parent.
         for key, count in below.values():
             _count_ancestors(fresh, key, count)
