@@ -18,6 +18,7 @@ from overlayd.engine.dnsview import entries_from_store
 from overlayd.engine.loading import dns_records_from_store
 from overlayd.model import DnsRecord
 from overlayd.model import PeerConfig
+from overlayd.model import shared_address
 from overlayd_fake.driver import FakeDriver
 
 
@@ -135,6 +136,10 @@ def test_addresses_and_networks_validate_to_their_family(
     again = PeerConfig.model_validate({"public_key": "B" * 43 + "=", "allowed_ips": [route]})
     assert again.allowed_ips[0] is peer.allowed_ips[0]  # one shared (immutable) object per text
     assert PeerConfig.model_validate(peer.model_dump()) == peer
+    text = str(rec.ip)
+    assert shared_address(text) is DnsRecord.model_validate({"name": "db", "ip": text}).ip
+    with pytest.raises(ValueError, match="not-an-ip"):
+        shared_address("not-an-ip")
     for bad in ("10.0.0.1/8", "fd00::1/64", "nope"):  # host bits set, or not a network
         with pytest.raises(ValidationError):
             PeerConfig.model_validate({"public_key": "A" * 43 + "=", "allowed_ips": [bad]})

@@ -23,6 +23,7 @@ from typing import Any
 from typing import Literal
 from typing import Protocol
 from typing import TypeAlias
+from typing import cast
 
 from pydantic import BaseModel
 from pydantic import BeforeValidator
@@ -76,6 +77,7 @@ __all__ = [
     "check_netns_identity",
     "handle_key",
     "parse_cidr_list",
+    "shared_address",
     "validate_wg_key",
 ]
 
@@ -91,6 +93,17 @@ def _parsed(parse: Callable[[str], Any], text: str) -> Any:
         return parse(text)
     except ValueError:
         return text  # left to the union's validators, which report it as before
+
+
+def shared_address(text: str) -> IPAddress:
+    """``ipaddress.ip_address(text)``, the object the models' validation shares for ``text``.
+
+    :raises ValueError: ``text`` is not an address.
+    """
+    parsed = _parsed(ipaddress.ip_address, text)
+    if type(parsed) is str:
+        raise ValueError(f"{text!r} does not appear to be an IPv4 or IPv6 address")
+    return cast(IPAddress, parsed)
 
 
 def _cached(parse: Callable[[str], Any]) -> Callable[[Any], Any]:

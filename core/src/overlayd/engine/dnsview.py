@@ -10,7 +10,6 @@ engine keeps a slotted :class:`DnsEntry` instead and turns it into a
 
 from __future__ import annotations
 
-import ipaddress
 import sys
 import weakref
 from collections.abc import Iterable
@@ -20,6 +19,7 @@ from typing import Any
 
 from overlayd.model import DnsRecord
 from overlayd.model import IPAddress
+from overlayd.model import shared_address
 
 __all__ = ["AddressPool", "DnsEntry", "ManualNames", "entries_from_store", "records"]
 
@@ -125,7 +125,7 @@ def _address(
 ) -> tuple[IPAddress, str] | None:
     """The shared address and canonical text of ``text``; ``None`` when it is not one."""
     try:
-        ip = ipaddress.ip_address(text)
+        ip = shared_address(text)  # parsed already for an attachment or a lease, usually
     except ValueError:
         return None
     shared = addresses[text] = (ip if pool is None else pool.share(ip), sys.intern(str(ip)))
@@ -141,13 +141,13 @@ def entries_from_store(
     each is checked by hand (the same constraints as the model) rather than
     validated into a model: each distinct address is parsed (and shared
     through ``pool``) once and its object and text are shared by all its
-    records, and each source is interned once. A document of any other shape
+    records, and the sources are interned. A document of any other shape
     is validated with ``DnsRecord``, which reports it (``ValidationError``)
     or accepts it.
     """
     addresses: dict[str, tuple[IPAddress, str]] = {}
-    sources: dict[str, str] = {}
     out: dict[tuple[str, str], DnsEntry] = {}
+    intern = sys.intern
     name: str
     source: str
     for doc in values:
@@ -170,9 +170,8 @@ def entries_from_store(
             name, source = rec.name, rec.source
             ip = rec.ip if pool is None else pool.share(rec.ip)
             shared = (ip, sys.intern(str(ip)))
-        held = sources.get(source)
-        if held is None:
-            held = sources[source] = sys.intern(source)
         lower = name.lower()
-        out[(name if lower == name else lower, shared[1])] = DnsEntry(name, shared[0], held)
+        out[(name if lower == name else lower, shared[1])] = DnsEntry(
+            name, shared[0], intern(source)
+        )
     return out
