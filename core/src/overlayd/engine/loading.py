@@ -29,6 +29,7 @@ __all__ = ["LoadingMixin", "dns_records_from_store", "gc_paused", "leases_from_r
 # Whole lists of stored records are validated in one pydantic-core call each.
 _LEASES_ADAPTER: TypeAdapter[list[Lease]] = TypeAdapter(list[Lease])
 _ATTACHMENTS_ADAPTER: TypeAdapter[list[Attachment]] = TypeAdapter(list[Attachment])
+_PEERS_ADAPTER: TypeAdapter[list[PeerConfig]] = TypeAdapter(list[PeerConfig])
 
 
 def leases_from_records(values: Iterable[Any]) -> list[Lease]:
@@ -86,9 +87,11 @@ class LoadingMixin(EngineBase):
             f"{lease.pool}|{lease.ip}": lease for lease in leases if lease.owner == "manual"
         }
         self.peers = {}
-        for key, value in data.get("peer", {}).items():
+        stored = data.get("peer", {})
+        peers = _PEERS_ADAPTER.validate_python(list(stored.values()))
+        for key, peer in zip(stored, peers, strict=True):
             device, _, _ = key.partition("|")
-            self._peer_table(device).put(PeerConfig.model_validate(value))
+            self._peer_table(device).put(peer)
         # The stored documents of the largest kind go as soon as they are read,
         # before the DNS hooks build their tables below: a lower peak, which the
         # allocator would keep as resident (docs/design-notes.rst, "Footprint").
