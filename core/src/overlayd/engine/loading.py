@@ -63,7 +63,7 @@ class LoadingMixin(EngineBase):
     def _load_records(self) -> None:
         if self._store is None:
             raise StateError("the state store is not open; start the engine first")
-        data = self._store.load()
+        data = self._store.load(values_only=("dns",))  # their keys are not needed
         meta = data.get("meta", {})
         self.node_id = meta.get("node_id")
         self.local_wg_pubkey = meta.get("local_wg_pubkey")
@@ -95,7 +95,7 @@ class LoadingMixin(EngineBase):
         # The stored documents of the largest kind go as soon as they are read,
         # before the DNS hooks build their tables below: a lower peak, which the
         # allocator would keep as resident (docs/design-notes.rst, "Footprint").
-        self.dns = entries_from_store(data.pop("dns", {}).values(), self._dns_ips)
+        self.dns = entries_from_store(data.pop("dns", ()), self._dns_ips)
         self._dns_manual = ManualNames()
         for (lname, text), entry in self.dns.items():
             if entry.source == "manual":
