@@ -28,6 +28,8 @@ def test_a_small_footprint_fills_restarts_and_reports(
         assert 10 * 2**20 < figures[key] < 2**30, key
     assert figures["hwm_filled"] >= figures["rss_filled"]
     assert 0 < figures["startup_s"] < 60
+    assert 0 < figures["startup_answer_s"] <= figures["startup_s"]
+    assert 0 < figures["startup_cpu_s"] < 60
     assert figures["fill_attach_per_s"] > 0
     assert figures["fill_names_per_s"] > 0
     out = capsys.readouterr().out

@@ -76,3 +76,45 @@ def test_update_takes_addresses_as_text_from_a_generator() -> None:
         ((f"n{i}", str(ipaddress.ip_address("10.1.0.1") + i)) for i in range(0, 500, 2)), []
     )
     assert len(store) == 250
+
+
+def test_replace_all_and_a_load_build_what_adding_each_record_builds() -> None:
+    rng = random.Random(21)
+    names = ["web", "Web", "db", "a.b.svc", "c.b.svc", "x", "db.prod.local.", " y "]
+    ips = [f"10.1.0.{i}" for i in range(1, 8)] + ["fd00::1", "fd00::2"]
+    shared = {ip: ipaddress.ip_address(ip) for ip in ips[::2]}  # objects and texts mixed
+    mapping: dict[str, list[object]] = {}
+    for _ in range(60):
+        ip = rng.choice(ips)
+        mapping.setdefault(rng.choice(names), []).append(shared.get(ip, ip))
+    pairs = [(n, ip) for n, group in mapping.items() for ip in group]
+    bulk, slow = RecordStore("prod.local.", 30), RecordStore("prod.local.", 30)
+    bulk.add_record("gone", "10.9.9.9")  # replaced, not kept
+    bulk.replace_all(mapping)  # type: ignore[arg-type]
+    _reference(slow, [], [(n, str(ip)) for n, ip in pairs])
+    assert _state(bulk) == _state(slow)
+    for key, entry in slow.tables.names.items():  # the same order of addresses too
+        assert bulk.tables.names[key].addresses() == entry.addresses()
+    rng.shuffle(pairs)
+    loaded, slow = RecordStore("prod.local.", 30), RecordStore("prod.local.", 30)
+    loaded.update([], pairs)  # type: ignore[arg-type]  # an empty table: built in one pass
+    _reference(slow, [], [(n, str(ip)) for n, ip in pairs])
+    assert _state(loaded) == _state(slow)
+    for key, entry in slow.tables.names.items():
+        assert loaded.tables.names[key].addresses() == entry.addresses()
+    loaded.update([], [("web", "10.1.0.1"), ("new", "10.1.0.9")])  # not empty: changes
+    slow.update([], [("web", "10.1.0.1"), ("new", "10.1.0.9")])
+    assert _state(loaded) == _state(slow)
+
+
+def test_replace_all_shares_the_answers_of_an_address_between_names() -> None:
+    store = RecordStore("prod.local.", 30)
+    ip = ipaddress.ip_address("10.1.0.5")
+    store.replace_all({"a": [ip], "b": [ip], "web": [ip, "10.1.0.6"]})
+    a, b, web = (store.tables.names[store.key(n)] for n in ("a", "b", "web"))
+    assert a is b  # one entry for the names of one address alone (never changed in place)
+    assert web.a_rr[0] is a.a_rr[0]
+    assert set(store.tables.ptr[reverse_wire(ip)]) == {store.key(n) for n in ("a", "b", "web")}
+    store.update([("a", ip)], [("b", "10.1.0.7")])  # later changes build on the shared tuples
+    assert store.get("a") == [] and store.get("b") == [ip, ipaddress.ip_address("10.1.0.7")]
+    assert store.get("web") == [ip, ipaddress.ip_address("10.1.0.6")]

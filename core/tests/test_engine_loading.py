@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 
 import pytest
 from pydantic import ValidationError
 
+from overlayd.config import EngineConfig
+from overlayd.config import EngineSettings
+from overlayd.engine import Engine
 from overlayd.engine.dnsview import AddressPool
 from overlayd.engine.dnsview import DnsEntry
 from overlayd.engine.dnsview import ManualNames
 from overlayd.engine.dnsview import entries_from_store
 from overlayd.engine.loading import dns_records_from_store
 from overlayd.model import DnsRecord
+from overlayd.model import PeerConfig
+from overlayd.model import shared_address
+from overlayd_fake.driver import FakeDriver
 
 
 def test_stored_dns_records_load_as_before_and_share_addresses_and_sources() -> None:
@@ -110,3 +117,42 @@ def test_manual_names_index() -> None:
     assert index.get("web") == ("10.1.0.4",)
     index.discard("web", "10.1.0.4")
     assert index.get("web") == () and len(index) == 0
+
+
+@pytest.mark.parametrize(
+    ("ip", "route", "family"),
+    [("10.1.0.2", "0.0.0.0/0", 4), ("fd00::2", "::/0", 6), (167837698, "10.0.0.0/8", 4)],
+)
+def test_addresses_and_networks_validate_to_their_family(
+    ip: object, route: str, family: int
+) -> None:
+    """Addresses parse once per text and validate left to right: the same results as before."""
+    peer = PeerConfig.model_validate(
+        {"public_key": "A" * 43 + "=", "allowed_ips": [route], "endpoint": None}
+    )
+    assert peer.allowed_ips[0].version == family
+    rec = DnsRecord.model_validate({"name": "web", "ip": ip})
+    assert rec.ip.version == family
+    again = PeerConfig.model_validate({"public_key": "B" * 43 + "=", "allowed_ips": [route]})
+    assert again.allowed_ips[0] is peer.allowed_ips[0]  # one shared (immutable) object per text
+    assert PeerConfig.model_validate(peer.model_dump()) == peer
+    text = str(rec.ip)
+    assert shared_address(text) is DnsRecord.model_validate({"name": "db", "ip": text}).ip
+    with pytest.raises(ValueError, match="not-an-ip"):
+        shared_address("not-an-ip")
+    for bad in ("10.0.0.1/8", "fd00::1/64", "nope"):  # host bits set, or not a network
+        with pytest.raises(ValidationError):
+            PeerConfig.model_validate({"public_key": "A" * 43 + "=", "allowed_ips": [bad]})
+    with pytest.raises(
+        ValidationError, match=r"(?s)not a valid IPv4 address.*not a valid IPv6 address"
+    ):
+        DnsRecord.model_validate({"name": "web", "ip": "10.0.0.256"})
+
+
+async def test_start_freezes_what_it_loaded_with_the_gc_on_and_stop_unfreezes_it() -> None:
+    cfg = EngineConfig(drivers=[], engine=EngineSettings(health_interval_secs=0))
+    assert gc.isenabled()
+    async with Engine(cfg, drivers=[FakeDriver()]):
+        assert gc.isenabled()  # paused while loading only
+        assert gc.get_freeze_count() > 0
+    assert gc.get_freeze_count() == 0

@@ -170,10 +170,7 @@ def test_text_logs_show_extras() -> None:
     assert line.endswith("overlayd.test: refused peer=uid 5")
 
 
-async def test_status_is_encoded_once_while_unchanged_and_anew_after_a_change(
-    served: tuple[Server, AsyncClient],
-) -> None:
-    server, client = served
+async def _setup_node(client: AsyncClient) -> None:
     await client.setup_global_overlay(
         deployment="d",
         instance_id="n1",
@@ -182,6 +179,13 @@ async def test_status_is_encoded_once_while_unchanged_and_anew_after_a_change(
         wg_port=51820,
         nat_enabled=False,
     )
+
+
+async def test_status_is_encoded_once_while_unchanged_and_anew_after_a_change(
+    served: tuple[Server, AsyncClient],
+) -> None:
+    server, client = served
+    await _setup_node(client)
     first = await client.status()
     memo = server.status_memo
     assert memo is not None
@@ -192,6 +196,35 @@ async def test_status_is_encoded_once_while_unchanged_and_anew_after_a_change(
     third = await client.status()
     assert server.status_memo is not memo
     assert third.service_count == first.service_count + 1
+
+
+async def test_status_peers_encode_as_the_validated_wire_model(
+    served: tuple[Server, AsyncClient],
+) -> None:
+    """The handler builds the peers without re-validating them: the bytes are unchanged."""
+    server, client = served
+    await _setup_node(client)
+    await client.apply_peers(
+        [
+            p.PeerChange(
+                public_key="A" * 43 + "=",
+                endpoint="192.0.2.1:51820",
+                allowed_ips="10.77.2.0/24,fd00::/64",
+            ),
+            p.PeerChange(public_key="B" * 43 + "=", allowed_ips="10.77.3.5/32"),
+        ]
+    )
+    await client.status()
+    memo = server.status_memo
+    assert memo is not None
+    sent = memo[1]
+    assert isinstance(sent, p.StatusResponse) and len(sent.peers) == 2
+    validated = p.StatusResponse.model_validate(sent.model_dump())
+    assert p.encode_response(sent) == p.encode_response(validated)
+    assert {peer.allowed_ips for peer in validated.peers} == {
+        "10.77.2.0/24,fd00::/64",
+        "10.77.3.5/32",
+    }
 
 
 def test_the_daemon_serves_on_uvloop(short_tmp_path: Path) -> None:

@@ -52,6 +52,11 @@ def test_commit_then_load_and_get(store: Store) -> None:
     assert store.get("lease", "10.0.0.3") == {"owner": "c2", "pool": "base"}
     assert store.get("lease", "10.0.0.9") is None
     assert store.get("nokind", "x") is None
+    # the kinds asked for as values come as a list of them, in key order
+    assert store.load(values_only=("lease", "absent")) == {
+        "lease": [{"owner": "c1", "pool": "base"}, {"owner": "c2", "pool": "base"}],
+        "identity": {"node": "pubkey"},
+    }
 
 
 def test_commit_replaces_and_deletes(store: Store) -> None:

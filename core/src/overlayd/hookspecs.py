@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from overlayd.model import Device
     from overlayd.model import DeviceSpec
     from overlayd.model import DnsRecord
+    from overlayd.model import DnsRecordLike
     from overlayd.model import DriverInfo
     from overlayd.model import IPAddress
     from overlayd.model import IPNetwork
@@ -495,6 +496,31 @@ def overlayd_dns_records_changed(added: Sequence[DnsRecord], removed: Sequence[D
     Raising: :class:`~overlayd.errors.DnsError`; the engine rolls the operation back.
 
     .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def overlayd_dns_records_loaded(records: Sequence[DnsRecordLike]) -> None:
+    """Take every DNS record at once when the engine has loaded its state (a bulk path).
+
+    Called once per engine start, after the state is loaded and before any
+    ``overlayd_dns_records_changed``, with every record that exists: the
+    same as being given them all as ``added``. A plugin that does not
+    implement this hook is given them that way, through
+    ``overlayd_dns_records_changed`` in batches of
+    :class:`~overlayd.model.DnsRecord` models, so implementing it is
+    optional: it spares a large zone a model per record (120,000 of them on
+    a large node, docs/design-notes.rst, "Footprint of a large node").
+
+    :param records: Every record, as read-only objects with the fields of
+        ``DnsRecord`` (:class:`~overlayd.model.DnsRecordLike`: ``name``,
+        ``ip``, ``source``), not models; each is immutable and may be kept.
+
+    Idempotent: yes; adding a record the plugin holds already is a no-op.
+    Blocking: must be fast (in-memory tables); never open sockets here.
+    Raising: :class:`~overlayd.errors.DnsError`; the engine's start fails.
+
+    .. versionadded:: 0.2
     """
 
 

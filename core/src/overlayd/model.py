@@ -13,15 +13,20 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import ipaddress
+from collections.abc import Callable
 from collections.abc import Mapping
 from enum import StrEnum
 from typing import Annotated
 from typing import Any
 from typing import Literal
+from typing import Protocol
 from typing import TypeAlias
+from typing import cast
 
 from pydantic import BaseModel
+from pydantic import BeforeValidator
 from pydantic import ConfigDict
 from pydantic import Field
 from pydantic import field_validator
@@ -40,6 +45,7 @@ __all__ = [
     "DeviceKind",
     "DeviceSpec",
     "DnsRecord",
+    "DnsRecordLike",
     "DriverInfo",
     "Event",
     "GlobalOverlay",
@@ -71,6 +77,7 @@ __all__ = [
     "check_netns_identity",
     "handle_key",
     "parse_cidr_list",
+    "shared_address",
     "validate_wg_key",
 ]
 
@@ -79,9 +86,54 @@ __all__ = [
 #: refuses a driver whose major version differs.
 DRIVER_API = 1
 
-IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
-IPInterface: TypeAlias = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+@functools.lru_cache(maxsize=1 << 16)
+def _parsed(parse: Callable[[str], Any], text: str) -> Any:
+    try:
+        return parse(text)
+    except ValueError:
+        return text  # left to the union's validators, which report it as before
+
+
+def shared_address(text: str) -> IPAddress:
+    """``ipaddress.ip_address(text)``, the object the models' validation shares for ``text``.
+
+    :raises ValueError: ``text`` is not an address.
+    """
+    parsed = _parsed(ipaddress.ip_address, text)
+    if type(parsed) is str:
+        raise ValueError(f"{text!r} does not appear to be an IPv4 or IPv6 address")
+    return cast(IPAddress, parsed)
+
+
+def _cached(parse: Callable[[str], Any]) -> Callable[[Any], Any]:
+    def before(value: Any) -> Any:
+        return _parsed(parse, value) if type(value) is str else value
+
+    return before
+
+
+# Text is parsed once per distinct value (a bounded cache; the objects are
+# immutable and shared), and the union is validated left to right: the first
+# family that parses wins, as the default ("smart") mode would choose too,
+# without trying the other family on every value. Both were most of
+# validating stored attachments and peers at start (docs/design-notes.rst,
+# "Footprint of a large node"); invalid text still gets the union's errors.
+IPAddress: TypeAlias = Annotated[
+    ipaddress.IPv4Address | ipaddress.IPv6Address,
+    Field(union_mode="left_to_right"),
+    BeforeValidator(_cached(ipaddress.ip_address)),
+]
+IPNetwork: TypeAlias = Annotated[
+    ipaddress.IPv4Network | ipaddress.IPv6Network,
+    Field(union_mode="left_to_right"),
+    BeforeValidator(_cached(ipaddress.ip_network)),
+]
+IPInterface: TypeAlias = Annotated[
+    ipaddress.IPv4Interface | ipaddress.IPv6Interface,
+    Field(union_mode="left_to_right"),
+    BeforeValidator(_cached(ipaddress.ip_interface)),
+]
 
 
 class _Model(BaseModel):
@@ -525,6 +577,24 @@ class DnsRecord(_Model):
     ip: IPAddress
     #: ``manual`` (register_dns) or ``handle:<key>`` (from an attachment).
     source: str = "manual"
+
+
+class DnsRecordLike(Protocol):
+    """The read-only fields of a :class:`DnsRecord`, without the model.
+
+    What ``overlayd_dns_records_loaded`` hands over: the engine's own light
+    records (a large node holds 120,000), valid by construction. A
+    ``DnsRecord`` is one too.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def ip(self) -> IPAddress: ...
+
+    @property
+    def source(self) -> str: ...
 
 
 class MasqueradeRule(_Model):

@@ -41,6 +41,7 @@ from overlayd.model import AttachRequest
 from overlayd.model import Device
 from overlayd.model import DeviceSpec
 from overlayd.model import DnsRecord
+from overlayd.model import DnsRecordLike
 from overlayd.model import DriverInfo
 from overlayd.model import Event
 from overlayd.model import GuestManagedHandle
@@ -243,6 +244,22 @@ OWNER_DISPATCHED: Final = (
 )
 
 
+#: Records per ``overlayd_dns_records_changed`` call when the load is handed to
+#: plugins without the bulk hook: bounds the models alive at once.
+DNS_LOAD_BATCH: Final = 10_000
+
+
+def _wraps(impl: Any) -> bool:
+    """True for a hook wrapper (it observes a call, it does not answer it)."""
+    return bool(impl.wrapper or impl.hookwrapper)
+
+
+def _dns_record(rec: DnsRecordLike) -> DnsRecord:
+    if isinstance(rec, DnsRecord):
+        return rec
+    return DnsRecord(name=rec.name, ip=rec.ip, source=rec.source)
+
+
 class Hooks:
     """Typed, keyword-only calls into the drivers. Nothing else touches ``pm.hook``.
 
@@ -289,9 +306,7 @@ class Hooks:
         if plugin is not None:
             # Other plugins' wrappers still wrap the call (they observe, not answer).
             others = [
-                impl.plugin
-                for impl in impls
-                if impl.plugin is not plugin and not (impl.wrapper or impl.hookwrapper)
+                impl.plugin for impl in impls if impl.plugin is not plugin and not _wraps(impl)
             ]
             caller = self.pm.subset_hook_caller(name, others)
         self._callers[(name, owner)] = (plugin, impls, caller)
@@ -337,7 +352,7 @@ class Hooks:
         reports: list[ReconcileReport] = []
         # pluggy calls the last implementation in this list first.
         for impl in reversed(self._hook.overlayd_reconcile.get_hookimpls()):
-            if impl.wrapper or impl.hookwrapper:
+            if _wraps(impl):
                 continue  # wraps each driver's call below
             owner = impl.plugin_name
             mine = request.model_copy(
@@ -414,6 +429,25 @@ class Hooks:
             return
         with driver_errors("dns_records_changed"):
             self._hook.overlayd_dns_records_changed(added=list(added), removed=list(removed))
+
+    def dns_records_loaded(self, records: Sequence[DnsRecordLike]) -> None:
+        """Every record at start: the bulk hook to its implementers, models to the others.
+
+        A plugin implementing only ``overlayd_dns_records_changed`` is given
+        the records as ``added``, in batches of :data:`DNS_LOAD_BATCH` models
+        (fewer models alive at once); no model is built when none does.
+        """
+        bulk = self._hook.overlayd_dns_records_loaded
+        takers = [impl.plugin for impl in bulk.get_hookimpls() if not _wraps(impl)]
+        with driver_errors("dns_records_loaded"):
+            if takers:
+                bulk(records=records)
+            rest = self.pm.subset_hook_caller("overlayd_dns_records_changed", takers)
+            if all(_wraps(impl) for impl in rest.get_hookimpls()):
+                return
+            for start in range(0, len(records), DNS_LOAD_BATCH):
+                batch = records[start : start + DNS_LOAD_BATCH]
+                rest(added=[_dns_record(r) for r in batch], removed=[])
 
     def dns_serve(self, zone: str, addresses: Sequence[str]) -> None:
         with driver_errors("dns_serve"):

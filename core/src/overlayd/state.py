@@ -30,6 +30,7 @@ import stat
 import sys
 import threading
 from collections.abc import Callable
+from collections.abc import Collection
 from collections.abc import Iterable
 from collections.abc import Iterator
 from collections.abc import Mapping
@@ -79,8 +80,13 @@ _O_CLOEXEC: Final = getattr(os, "O_CLOEXEC", 0)
 class Store(Protocol):
     """A durable (or not) map of ``kind -> key -> JSON-compatible value``."""
 
-    def load(self) -> dict[str, dict[str, Any]]:
-        """All records: kind -> key -> JSON-compatible value (dict/list/str/int...)."""
+    def load(self, *, values_only: Collection[str] = ()) -> dict[str, Any]:
+        """All records: kind -> key -> JSON-compatible value (dict/list/str/int...).
+
+        ``values_only``: kinds whose records come as a list of their values,
+        without the keys (the engine reads its DNS records so: their 120,000
+        keys, parsed for nothing, were ~5 % of a large node's start-up).
+        """
         ...
 
     def commit(
@@ -246,12 +252,14 @@ class MemoryStore:
         if self._closed:
             raise StateError("the in-memory state store is closed.")
 
-    def load(self) -> dict[str, dict[str, Any]]:
-        """All records, decoded into fresh objects."""
+    def load(self, *, values_only: Collection[str] = ()) -> dict[str, Any]:
+        """All records, decoded into fresh objects (see :meth:`Store.load`)."""
         with self._lock:
             self._check_open()
             return {
-                kind: {key: json.loads(text) for key, text in records.items()}
+                kind: [json.loads(text) for text in records.values()]
+                if kind in values_only
+                else {key: json.loads(text) for key, text in records.items()}
                 for kind, records in self._records.items()
                 if records
             }
@@ -333,8 +341,11 @@ SCHEMA_VERSION: Final = len(MIGRATIONS)
 # document is faster than one call per record (figures in docs/design-notes.rst,
 # "Measured choices in core"). Concatenating the stored text is sound because v2
 # only admits valid JSON (CHECK json_valid) and (kind, key) is the primary key.
+# The kinds in the JSON array parameter come as one array of their values.
 _LOAD_BY_KIND: Final = (
-    "SELECT kind, '{' || group_concat(json_quote(key) || ':' || value, ',') || '}' "
+    "SELECT kind, CASE WHEN kind IN (SELECT value FROM json_each(?)) "
+    "THEN '[' || group_concat(value, ',') || ']' "
+    "ELSE '{' || group_concat(json_quote(key) || ':' || value, ',') || '}' END "
     "FROM records GROUP BY kind"
 )
 
@@ -530,14 +541,14 @@ class SqliteStore:
                 raise StateError(f"the state database {self.path} is closed.")
             yield self._conn
 
-    def load(self) -> dict[str, dict[str, Any]]:
-        """All records, read in one snapshot."""
+    def load(self, *, values_only: Collection[str] = ()) -> dict[str, Any]:
+        """All records, read in one snapshot (see :meth:`Store.load`)."""
         with self._locked() as conn:
             try:
-                rows = conn.execute(_LOAD_BY_KIND).fetchall()
+                rows = conn.execute(_LOAD_BY_KIND, (json.dumps(list(values_only)),)).fetchall()
             except sqlite3.DatabaseError as exc:
                 raise StateError(_corrupt_message(self.path, exc)) from exc
-        out: dict[str, dict[str, Any]] = {}
+        out: dict[str, Any] = {}
         for kind, document in rows:
             try:
                 out[kind] = json.loads(document)

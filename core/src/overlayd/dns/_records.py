@@ -22,8 +22,10 @@ import threading
 from collections.abc import Iterable
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 from typing import Final
 from typing import TypeAlias
+from typing import cast
 
 import dns.exception
 import dns.name
@@ -43,6 +45,8 @@ _V6_ARPA: Final = b"\x03ip6\x04arpa\x00"
 _HEX: Final = b"0123456789abcdef"
 #: The reverse-name label of each byte value (``\x0210`` for 10).
 _V4_LABELS: Final = tuple(bytes((len(str(b)),)) + str(b).encode() for b in range(256))
+#: The length byte of a label of each length.
+_LENGTH: Final = tuple(bytes((n,)) for n in range(64))
 #: A relative name of plain labels (no escapes, no trailing dot): its key needs no parser.
 _PLAIN_RELATIVE: Final = re.compile(r"[A-Za-z0-9_-]{1,63}(?:\.[A-Za-z0-9_-]{1,63})*")
 
@@ -114,6 +118,34 @@ def _rr(addr: Address, ttl: int) -> bytes:
     return b"\xc0\x0c" + struct.pack("!HHIH", _TYPE_AAAA, _CLASS_IN, ttl, 16) + addr.packed
 
 
+class _Prepared:
+    """One address as :meth:`RecordStore._build` stages it: reverse name, answer RR."""
+
+    __slots__ = ("addr", "alone", "rev", "rr")
+
+    def __init__(self, rev: bytes, addr: Address, rr: bytes) -> None:
+        self.rev = rev
+        self.addr = addr
+        self.rr = rr
+        self.alone: _Entry | None = None
+
+    def entry(self) -> _Entry:
+        """The entry of a name whose only address this is, one for all such names.
+
+        Shared safely: an entry is replaced whole, never changed, except the
+        round-robin turns of a name of several addresses.
+        """
+        entry = self.alone
+        if entry is None:
+            addr = self.addr
+            if isinstance(addr, ipaddress.IPv4Address):
+                entry = _Entry.prepared((addr,), (self.rr,), (), (), (0, 0))
+            else:
+                entry = _Entry.prepared((), (), (addr,), (self.rr,), (0, 0))
+            self.alone = entry
+        return entry
+
+
 class _Tables:
     __slots__ = ("ents", "names", "ptr")
 
@@ -173,18 +205,18 @@ class RecordStore:
 
     def key(self, name: str) -> bytes:
         """Relative lower-case wire key of ``name`` (relative, or absolute in zone)."""
-        text = name.strip()
-        if text in ("", "@"):
-            return b""
-        if _PLAIN_RELATIVE.fullmatch(text):
-            # What dns.name.from_text gives for such a name, ~10x faster (a
+        if _PLAIN_RELATIVE.fullmatch(name):
+            # What dns.name.from_text gives for such a name, ~20x faster (a
             # restart hands every stored name over at once).
-            key = b"".join(bytes((len(lb),)) + lb for lb in text.lower().encode().split(b"."))
+            key = b"".join([_LENGTH[len(lb)] + lb for lb in name.lower().encode().split(b".")])
             if len(key) + len(self.zone.wire) > 255:
                 raise InvalidRequest(
                     f"DNS name {name!r} is too long in zone {self.zone.name} (255 bytes at most)."
                 )
             return key
+        text = name.strip()
+        if text in ("", "@"):
+            return b""
         try:
             parsed = dns.name.from_text(text, origin=None)
         except dns.exception.DNSException as exc:
@@ -280,7 +312,16 @@ class RecordStore:
         of addresses (a service's name, one address per workload) is not
         rebuilt once per address: loading 10,000 of them at start was
         quadratic (``docs/design-notes.rst``, "Footprint of a large node").
+        Adding to an empty table (the load) builds it in one pass (:meth:`_build`).
         """
+        removed = list(removed)
+        if not removed and not self.tables.names:
+            # A load (the engine's records at start): built in one pass.
+            with self._lock:
+                if not self.tables.names:
+                    self.tables = self._build(added)
+                    self.serial += 1
+                    return
         keys: dict[str, bytes] = {}  # a service's name comes once per workload
 
         def key_of(name: str) -> bytes:
@@ -378,15 +419,85 @@ class RecordStore:
 
     def replace_all(self, mapping: Mapping[str, Iterable[AddressLike]]) -> None:
         """Replace every record with ``mapping`` (name → addresses) at once."""
-        staged = [(self.key(n), self._addresses(ips)) for n, ips in mapping.items()]
-        fresh = _Tables()
-        for key, addrs in staged:
-            entry = fresh.names.get(key)
-            merged = [*(entry.addresses() if entry else []), *addrs]
-            self._apply(fresh, key, list(dict.fromkeys(merged)))
+        fresh = self._build((name, ip) for name, ips in mapping.items() for ip in ips)
         with self._lock:
             self.tables = fresh
             self.serial += 1
+
+    def _build(self, pairs: Iterable[tuple[str, AddressLike]]) -> _Tables:
+        """Tables holding ``pairs`` (name, address), built in one pass.
+
+        For a whole zone (the engine hands over its 120,000 records at start,
+        ``docs/design-notes.rst``, "Footprint of a large node"): each distinct
+        address is parsed, reversed and packed once, by identity of the object
+        given (the engine shares one per address); the answers of a name of
+        one address (nearly all) share that address's tuples; and no table as
+        large as the zone is built besides the result (the peak of a load is
+        what stays resident).
+        """
+        ttl = self._ttl
+        by_id: dict[int, _Prepared] = {}
+        by_rev: dict[bytes, _Prepared] = {}
+        alive: list[AddressLike] = []  # the ids in by_id stay theirs during this call
+        fresh = _Tables()
+        # key -> its first address until the entries are made below
+        firsts = cast(dict[bytes, Any], fresh.names)
+        more: dict[bytes, dict[bytes, _Prepared]] = {}  # names of two addresses or more
+        last_name, last_key = None, b""  # a service's records come in a row
+        for name, ip in pairs:
+            if name != last_name:
+                last_name, last_key = name, self.key(name)
+            key = last_key
+            prep = by_id.get(id(ip))
+            if prep is None:
+                (addr,) = self._addresses([ip])
+                rev = reverse_wire(addr)
+                prep = by_rev.get(rev)
+                if prep is None:
+                    prep = by_rev[rev] = _Prepared(rev, addr, _rr(addr, ttl))
+                by_id[id(ip)] = prep
+                alive.append(ip)
+            first = firsts.get(key)
+            if first is None:
+                firsts[key] = prep
+            elif first is not prep:
+                held = more.get(key)
+                if held is None:
+                    more[key] = {first.rev: first, prep.rev: prep}
+                else:
+                    held.setdefault(prep.rev, prep)
+        ptr = fresh.ptr
+        #: parent key -> (a name's key below it, how many names are below it)
+        below: dict[bytes, list[Any]] = {}
+        for key, first in firsts.items():  # values replaced in place: no resize
+            firsts[key] = first.alone or first.entry()
+            owners = ptr.get(first.rev)
+            if owners is None:
+                ptr[first.rev] = {key: None}
+            else:
+                owners[key] = None
+            parent = key[key[0] + 1 :]
+            if parent:
+                count = below.get(parent)
+                if count is None:
+                    below[parent] = [key, 1]
+                else:
+                    count[1] += 1
+        for key, held in more.items():  # the few names of several addresses
+            preps = held.values()
+            firsts[key] = _Entry.prepared(
+                tuple(a for x in preps if isinstance(a := x.addr, ipaddress.IPv4Address)),
+                tuple(x.rr for x in preps if isinstance(x.addr, ipaddress.IPv4Address)),
+                tuple(a for x in preps if isinstance(a := x.addr, ipaddress.IPv6Address)),
+                tuple(x.rr for x in preps if isinstance(x.addr, ipaddress.IPv6Address)),
+                (0, 0),
+            )
+            for rev in held:
+                ptr.setdefault(rev, {})[key] = None
+        # Names with the same parent have the same ancestors: counted once per parent.
+        for key, count in below.values():
+            _count_ancestors(fresh, key, count)
+        return fresh
 
     def _apply(self, t: _Tables, key: bytes, addrs: list[Address]) -> None:
         old = t.names.get(key)

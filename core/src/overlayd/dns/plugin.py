@@ -1,9 +1,10 @@
 """The built-in DNS server as an engine plugin on the ``dns`` hooks.
 
-The engine tells it which records exist (``overlayd_dns_records_changed``) and
-which zone and addresses to serve (``overlayd_dns_serve``); a driver that wants
-to take over DNS implements the same hooks and the daemon leaves this plugin
-out (``[dns] enabled = false``).
+The engine tells it which records exist (all of them at start with
+``overlayd_dns_records_loaded``, then each change with
+``overlayd_dns_records_changed``) and which zone and addresses to serve
+(``overlayd_dns_serve``); a driver that wants to take over DNS implements the
+same hooks and the daemon leaves this plugin out (``[dns] enabled = false``).
 
 Hooks run in the engine's worker threads; the server lives on the engine's
 event loop, so listener changes are handed over with ``call_threadsafe`` and
@@ -22,6 +23,7 @@ from overlayd.dns._server import DnsServer
 from overlayd.errors import DnsError
 from overlayd.hookspecs import hookimpl
 from overlayd.model import DnsRecord
+from overlayd.model import DnsRecordLike
 
 __all__ = ["DnsPlugin"]
 
@@ -77,6 +79,13 @@ class DnsPlugin:
         self.server.update_records(
             [(rec.name, rec.ip) for rec in removed], [(rec.name, rec.ip) for rec in added]
         )
+
+    @hookimpl
+    def overlayd_dns_records_loaded(self, records: Sequence[DnsRecordLike]) -> None:
+        # Added as changes are; on the empty table of a start the store builds
+        # the whole zone in one pass, once per address (the engine shares one
+        # object per address).
+        self.server.update_records((), ((rec.name, rec.ip) for rec in records))
 
     @hookimpl
     def overlayd_dns_serve(self, zone: str, addresses: Sequence[str]) -> None:

@@ -10,7 +10,6 @@ engine keeps a slotted :class:`DnsEntry` instead and turns it into a
 
 from __future__ import annotations
 
-import ipaddress
 import sys
 import weakref
 from collections.abc import Iterable
@@ -20,10 +19,9 @@ from typing import Any
 
 from overlayd.model import DnsRecord
 from overlayd.model import IPAddress
+from overlayd.model import shared_address
 
 __all__ = ["AddressPool", "DnsEntry", "ManualNames", "entries_from_store", "records"]
-
-_FIELDS = frozenset(("name", "ip", "source"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,29 +120,16 @@ class ManualNames:
         return iter(self._by_name)
 
 
-def _fast_entry(doc: object, addresses: dict[str, tuple[IPAddress, str]]) -> DnsEntry | None:
-    """The entry of a stored document in the shape ``DnsRecord`` accepts, else ``None``."""
-    if type(doc) is not dict or not doc.keys() <= _FIELDS:
+def _address(
+    text: str, addresses: dict[str, tuple[IPAddress, str]], pool: AddressPool | None
+) -> tuple[IPAddress, str] | None:
+    """The shared address and canonical text of ``text``; ``None`` when it is not one."""
+    try:
+        ip = shared_address(text)  # parsed already for an attachment or a lease, usually
+    except ValueError:
         return None
-    name = doc.get("name")
-    text = doc.get("ip")
-    source = doc.get("source", "manual")
-    if (
-        type(name) is not str
-        or not 1 <= len(name) <= 253
-        or type(text) is not str
-        or type(source) is not str
-    ):
-        return None
-    shared = addresses.get(text)
-    if shared is None:
-        try:
-            ip = ipaddress.ip_address(text)
-        except ValueError:
-            return None
-        canonical = sys.intern(str(ip))
-        shared = addresses[text] = (ip, canonical)
-    return DnsEntry(name, shared[0], sys.intern(source))
+    shared = addresses[text] = (ip if pool is None else pool.share(ip), sys.intern(str(ip)))
+    return shared
 
 
 def entries_from_store(
@@ -154,24 +139,39 @@ def entries_from_store(
 
     The documents come from our own store in the form ``DnsRecord`` dumps, so
     each is checked by hand (the same constraints as the model) rather than
-    validated into a model: each distinct address is parsed once and its
-    object and text are shared by all its records. A document that does not
-    pass is validated with ``DnsRecord``, which reports it (``ValidationError``)
+    validated into a model: each distinct address is parsed (and shared
+    through ``pool``) once and its object and text are shared by all its
+    records, and the sources are interned. A document of any other shape
+    is validated with ``DnsRecord``, which reports it (``ValidationError``)
     or accepts it.
     """
     addresses: dict[str, tuple[IPAddress, str]] = {}
     out: dict[tuple[str, str], DnsEntry] = {}
+    intern = sys.intern
+    name: str
+    source: str
     for doc in values:
-        entry = _fast_entry(doc, addresses)
-        if entry is None:
+        shared = None
+        # The stored shape: exactly name, ip and source, all text (3 keys, all present).
+        if type(doc) is dict and len(doc) == 3:
+            fields: Any = doc  # checked field by field below
+            name, text, source = fields.get("name"), fields.get("ip"), fields.get("source")
+            if (
+                type(name) is str
+                and type(text) is str
+                and type(source) is str
+                and 0 < len(name) <= 253
+            ):
+                shared = addresses.get(text)
+                if shared is None:
+                    shared = _address(text, addresses, pool)
+        if shared is None:
             rec = DnsRecord.model_validate(doc)
-            entry = DnsEntry(rec.name, rec.ip, sys.intern(rec.source))
-            text = sys.intern(str(rec.ip))
-        else:
-            text = addresses[doc["ip"]][1]
-        ip = entry.ip if pool is None else pool.share(entry.ip)
-        if ip is not entry.ip:
-            entry = DnsEntry(entry.name, ip, entry.source)
-        lower = entry.name.lower()
-        out[(entry.name if lower == entry.name else lower, text)] = entry
+            name, source = rec.name, rec.source
+            ip = rec.ip if pool is None else pool.share(rec.ip)
+            shared = (ip, sys.intern(str(ip)))
+        lower = name.lower()
+        out[(name if lower == name else lower, shared[1])] = DnsEntry(
+            name, shared[0], intern(source)
+        )
     return out

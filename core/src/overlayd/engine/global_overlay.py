@@ -25,7 +25,6 @@ from overlayd.model import MasqueradeRule
 from overlayd.model import PeerChange
 from overlayd.model import PeerConfig
 from overlayd.names import global_device_name
-from overlayd.nat import host as nat_host
 from overlayd.peers import change_from
 
 from .base import GLOBAL_KEY
@@ -145,7 +144,7 @@ class GlobalOverlayMixin(EngineBase):
                 wg_port,
                 nat_enabled,
             )
-            await nat_host.start_nat(self)
+            await self._start_nat()
             return name
 
     def _slice_in_use(self) -> bool:
@@ -296,7 +295,7 @@ class GlobalOverlayMixin(EngineBase):
         """
         self._require_started()
         async with self._locks.hold(("global", True)):
-            await nat_host.stop_nat(self)
+            await self._stop_nat()
             if self.global_ is not None:
                 await self._run(self._teardown_global)
 

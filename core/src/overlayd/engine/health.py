@@ -15,7 +15,6 @@ from overlayd.model import Device
 from overlayd.model import Event
 from overlayd.model import PeerConfig
 from overlayd.model import PeerStatus
-from overlayd.nat import host as nat_host
 
 from .base import EngineBase
 from .base import PeerStatusCache
@@ -72,7 +71,7 @@ class HealthMixin(EngineBase):
         if g is None:
             return Status(service_count=len(services))
         peers = await self._status_peers(up.device) if up is not None else []
-        nat = nat_host.nat_status(self)
+        nat = self._nat_status()
         # A poller asks many times between changes. The overlays are frozen
         # models replaced on every change, and the peers list is the cached
         # read's own object, so identity says "unchanged"; the same Status

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-import gc
 from collections.abc import Iterable
-from collections.abc import Iterator
 from typing import Any
 
 from pydantic import TypeAdapter
@@ -22,28 +19,17 @@ from overlayd.model import ServiceOverlay
 from .base import DETACH_INTENT
 from .base import NODE_POOL
 from .base import EngineBase
+from .base import gc_paused
 from .dnsview import DnsEntry
 from .dnsview import ManualNames
 from .dnsview import entries_from_store
-from .dnsview import records as dns_models
 
 __all__ = ["LoadingMixin", "dns_records_from_store", "gc_paused", "leases_from_records"]
 
 # Whole lists of stored records are validated in one pydantic-core call each.
 _LEASES_ADAPTER: TypeAdapter[list[Lease]] = TypeAdapter(list[Lease])
 _ATTACHMENTS_ADAPTER: TypeAdapter[list[Attachment]] = TypeAdapter(list[Attachment])
-
-
-@contextlib.contextmanager
-def gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector while a bulk of long-lived objects is built."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
+_PEERS_ADAPTER: TypeAdapter[list[PeerConfig]] = TypeAdapter(list[PeerConfig])
 
 
 def leases_from_records(values: Iterable[Any]) -> list[Lease]:
@@ -61,25 +47,23 @@ def dns_records_from_store(values: Iterable[Any]) -> dict[tuple[str, str], DnsEn
     return entries_from_store(values)
 
 
-#: Records handed to the DNS hooks per call at load: bounds the models alive at once.
-DNS_LOAD_BATCH = 10_000
-
-
 class LoadingMixin(EngineBase):
     """Rebuilds the in-memory view from the store."""
 
     def _load(self) -> None:
-        """Rebuild the in-memory view and IPAM pools from the store."""
-        # Tens of thousands of long-lived records are built here; left on, the
-        # cyclic GC rescans them again and again while they are created
-        # (docs/design-notes.rst, "The engine package").
-        with gc_paused():
-            self._load_records()
+        """Rebuild the in-memory view and IPAM pools from the store.
+
+        Run with the cyclic GC paused (:meth:`EngineBase.start`): tens of
+        thousands of long-lived records are built here; left on, the GC
+        rescans them again and again while they are created
+        (docs/design-notes.rst, "The engine package").
+        """
+        self._load_records()
 
     def _load_records(self) -> None:
         if self._store is None:
             raise StateError("the state store is not open; start the engine first")
-        data = self._store.load()
+        data = self._store.load(values_only=("dns",))  # their keys are not needed
         meta = data.get("meta", {})
         self.node_id = meta.get("node_id")
         self.local_wg_pubkey = meta.get("local_wg_pubkey")
@@ -103,13 +87,15 @@ class LoadingMixin(EngineBase):
             f"{lease.pool}|{lease.ip}": lease for lease in leases if lease.owner == "manual"
         }
         self.peers = {}
-        for key, value in data.get("peer", {}).items():
+        stored = data.get("peer", {})
+        peers = _PEERS_ADAPTER.validate_python(list(stored.values()))
+        for key, peer in zip(stored, peers, strict=True):
             device, _, _ = key.partition("|")
-            self._peer_table(device).put(PeerConfig.model_validate(value))
+            self._peer_table(device).put(peer)
         # The stored documents of the largest kind go as soon as they are read,
         # before the DNS hooks build their tables below: a lower peak, which the
         # allocator would keep as resident (docs/design-notes.rst, "Footprint").
-        self.dns = entries_from_store(data.pop("dns", {}).values(), self._dns_ips)
+        self.dns = entries_from_store(data.pop("dns", ()), self._dns_ips)
         self._dns_manual = ManualNames()
         for (lname, text), entry in self.dns.items():
             if entry.source == "manual":
@@ -137,8 +123,8 @@ class LoadingMixin(EngineBase):
                 self._ports.reserve(svc.dedicated.listen_port)
             pool = self._pool_for(svc)
             self.hooks.ipam_pool_create(pool, by_pool.get(pool.name, []))
-        entries = list(self.dns.values())
-        for start in range(0, len(entries), DNS_LOAD_BATCH):
-            self.hooks.dns_records_changed(dns_models(entries[start : start + DNS_LOAD_BATCH]), [])
+        # The engine's light entries as they are: the built-in DNS server takes
+        # them in bulk; only a plugin without the bulk hook is given models.
+        self.hooks.dns_records_loaded(list(self.dns.values()))
 
     # -- addressing helpers -------------------------------------------------

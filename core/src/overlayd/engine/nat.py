@@ -18,7 +18,6 @@ from overlayd.errors import OverlaydError
 from overlayd.errors import StateError
 from overlayd.model import Event
 from overlayd.model import PortMapping
-from overlayd.nat import host as nat_host
 
 from .base import EngineBase
 from .work import Tx
@@ -73,7 +72,9 @@ class NatMixin(EngineBase):
     async def nat_peer_candidates(self, public_key: str, candidates: Sequence[Any]) -> None:
         """Pass a peer's NAT candidates (from its ``status``) to this node."""
         self._require_started()
-        await nat_host.set_peer_candidates(self, public_key, candidates)
+        from overlayd.nat import host  # only where NAT is used (EngineBase._start_nat)
+
+        await host.set_peer_candidates(self, public_key, candidates)
 
     async def nat_tick(self) -> list[Event]:
         """Refresh NAT traversal: gather candidates, notice peers whose endpoint moved.
