@@ -133,7 +133,7 @@ class HealthMixin(EngineBase):
             peers = self._fresh_peers(up.device, configs)
             if peers is None:
                 return None
-        nat = nat_host.nat_status(self)
+        nat = self._nat_status()
         if g is None or not memo.holds((up, g, peers, *services), peer_counts, nat):
             return None
         return memo.status
