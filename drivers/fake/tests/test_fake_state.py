@@ -9,7 +9,7 @@ from typing import Any
 from overlayd.config import EngineConfig
 from overlayd.engine import Engine
 from overlayd_fake.driver import FakeDriver
-from overlayd_fake.driver import _journal_path
+from overlayd_fake.host import journal_path as _journal_path
 
 GLOBAL: dict[str, Any] = {
     "deployment": "prod",
@@ -45,10 +45,10 @@ async def test_attach_and_detach_journal_their_own_objects_and_survive_a_restart
         # A detach of the dead workload clears both its interfaces and its death.
         await eng.detach({"platform": "linux_pid", "pid": 3})
         host = fake.host.to_json()
-        saved = dict(fake._saved)
+        saved = dict(fake._journal.saved)
     again = FakeDriver(state_file=state)
     assert again.host.to_json() == host
-    assert again._saved.keys() == saved.keys() == fake.host.flat().keys()
+    assert again._journal.saved.keys() == saved.keys() == fake.host.flat().keys()
 
 
 async def test_reconcile_re_applying_the_same_peers_journals_no_peer(

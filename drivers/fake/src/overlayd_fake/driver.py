@@ -10,10 +10,8 @@ not grow), and faults can be injected (``fail_next``, ``fail_when``,
 ``latency``) to test the engine's rollback and concurrency without privileges.
 
 With ``[drivers.fake] state_file = "..."`` the fake host survives a daemon
-restart, as real host objects do: each change is appended (and fsynced) to a
-journal beside it, ``<state_file>.journal``, which is folded into the state
-file (written atomically) once it outgrows it, so a change costs its own size
-rather than the whole host's (a host of 10,000 attachments is a few MB).
+restart, as real host objects do (:mod:`overlayd_fake.host`: a journal of
+changes beside the state file).
 ``underlay_address`` is the fake host's underlay address (default
 ``192.0.2.1``, a documentation address): guests are told to reach the node at
 ``<underlay_address>:<listen port>``, as the wireguard driver tells them.
@@ -22,30 +20,22 @@ rather than the whole host's (a host of 10,000 attachments is a few MB).
 from __future__ import annotations
 
 import collections
-import contextlib
 import hashlib
 import ipaddress
-import json
-import os
 import socket
-import tempfile
 import threading
 import time
 from collections.abc import Callable
 from collections.abc import Sequence
 from dataclasses import dataclass
-from dataclasses import field
 from pathlib import Path
 from typing import Any
 from typing import Final
-
-from pydantic import TypeAdapter
 
 from overlayd import DRIVER_API
 from overlayd import hookimpl
 from overlayd.driver_options import parse_driver_options
 from overlayd.errors import AttachError
-from overlayd.errors import ConfigError
 from overlayd.errors import DeviceError
 from overlayd.errors import NatError
 from overlayd.errors import PeerError
@@ -74,6 +64,8 @@ from overlayd.model import WindowsContainerHandle
 from overlayd.model import handle_key
 from overlayd.peers import Peer
 from overlayd.peers import merge
+from overlayd_fake.host import FakeHost
+from overlayd_fake.host import HostJournal
 from overlayd_fake.options import UNDERLAY_ADDRESS
 from overlayd_fake.options import FakeOptions
 
@@ -96,121 +88,6 @@ class _Fault:
     exc: BaseException
     predicate: Callable[[dict[str, Any]], bool] | None = None
     once: bool = True
-
-
-@dataclass
-class FakeHost:
-    """The fake host's objects: what a real host would have in the kernel."""
-
-    devices: dict[str, Device] = field(default_factory=dict)
-    #: device name -> public key -> peer
-    peers: dict[str, dict[str, PeerStatus]] = field(default_factory=dict)
-    #: handle key -> interfaces the attach created
-    attachments: dict[str, Attachment] = field(default_factory=dict)
-    #: handle keys whose workload has died
-    dead: set[str] = field(default_factory=set)
-    masquerades: dict[str, MasqueradeRule] = field(default_factory=dict)
-    port_mappings: dict[str, PortMapping] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "devices": {k: v.model_dump(mode="json") for k, v in self.devices.items()},
-            "peers": {
-                d: {k: p.model_dump(mode="json") for k, p in ps.items()}
-                for d, ps in self.peers.items()
-            },
-            "attachments": {k: v.model_dump(mode="json") for k, v in self.attachments.items()},
-            "dead": sorted(self.dead),
-            "masquerades": {k: v.model_dump(mode="json") for k, v in self.masquerades.items()},
-            "port_mappings": {k: v.model_dump(mode="json") for k, v in self.port_mappings.items()},
-        }
-
-    def flat(self) -> dict[tuple[str, Any], Any]:
-        """Every object under ``(table, key)`` (the models are frozen: compare by identity)."""
-        out: dict[tuple[str, Any], Any] = {}
-        for table in _TABLES:
-            for key, value in getattr(self, table).items():
-                out[(table, key)] = value
-        for device, peers in self.peers.items():
-            out[("peer_devices", device)] = _PRESENT
-            for key, peer in peers.items():
-                out[("peers", (device, key))] = peer
-        for key in self.dead:
-            out[("dead", key)] = _PRESENT
-        return out
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> FakeHost:
-        return cls(
-            devices={k: Device.model_validate(v) for k, v in data.get("devices", {}).items()},
-            peers={d: _PEERS.validate_python(ps) for d, ps in data.get("peers", {}).items()},
-            attachments=_ATTACHMENTS.validate_python(data.get("attachments", {})),
-            dead=set(data.get("dead", [])),
-            masquerades={
-                k: MasqueradeRule.model_validate(v) for k, v in data.get("masquerades", {}).items()
-            },
-            port_mappings={
-                k: PortMapping.model_validate(v) for k, v in data.get("port_mappings", {}).items()
-            },
-        )
-
-
-#: A whole table validated in one pydantic-core call (a host of 10,000 of each at start).
-_PEERS: Final = TypeAdapter(dict[str, PeerStatus])
-_ATTACHMENTS: Final = TypeAdapter(dict[str, Attachment])
-#: The tables of :class:`FakeHost` that map a key to a model.
-_TABLES: Final = ("devices", "attachments", "masquerades", "port_mappings")
-#: The value of a ``dead`` key, and of a device in ``peers`` (which may have none).
-_PRESENT: Final = True
-#: The journal is folded into the state file once larger than this and than the file.
-_JOURNAL_MIN: Final = 1 << 20
-
-
-def _journal_path(state_file: Path) -> Path:
-    return state_file.with_name(state_file.name + ".journal")
-
-
-def _dump(value: Any) -> Any:
-    return value if value is _PRESENT else value.model_dump(mode="json")
-
-
-def _json_key(key: Any) -> Any:
-    return list(key) if isinstance(key, tuple) else key
-
-
-def _key_of(key: Any) -> Any:
-    return tuple(key) if isinstance(key, list) else key
-
-
-def _flatten_json(data: dict[str, Any]) -> dict[tuple[str, Any], Any]:
-    """``FakeHost.to_json`` output keyed like :meth:`FakeHost.flat`, values as JSON."""
-    out: dict[tuple[str, Any], Any] = {}
-    for table in _TABLES:
-        for key, value in data.get(table, {}).items():
-            out[(table, key)] = value
-    for device, peers in data.get("peers", {}).items():
-        out[("peer_devices", device)] = _PRESENT
-        for key, peer in peers.items():
-            out[("peers", (device, key))] = peer
-    for key in data.get("dead", []):
-        out[("dead", key)] = _PRESENT
-    return out
-
-
-def _unflatten_json(flat: dict[tuple[str, Any], Any]) -> dict[str, Any]:
-    data: dict[str, Any] = {table: {} for table in _TABLES}
-    data["peers"] = {}
-    data["dead"] = []
-    for (table, key), value in flat.items():
-        if table == "peer_devices":
-            data["peers"].setdefault(key, {})
-        elif table == "peers":
-            data["peers"].setdefault(key[0], {})[key[1]] = value
-        elif table == "dead":
-            data["dead"].append(key)
-        else:
-            data[table][key] = value
-    return data
 
 
 def _ifname_ok(name: str) -> None:
@@ -247,16 +124,12 @@ class FakeDriver:
         self._lock = threading.RLock()
         #: Per device: its peer table and which peer holds each prefix in it.
         self._owners: dict[str, tuple[dict[str, PeerStatus], dict[IPNetwork, str]]] = {}
-        self._state_file = Path(state_file) if state_file else None
+        self._journal = HostJournal(Path(state_file)) if state_file else None
         self.started = False
         self.emit: Callable[[Any], None] | None = None
         self.underlay_address = UNDERLAY_ADDRESS
-        #: What the state file and its journal hold (``FakeHost.flat``).
-        self._saved: dict[tuple[str, Any], Any] = {}
-        self._journal_bytes = 0
-        self._snapshot_bytes = 0
-        if self._state_file is not None:
-            self._load()
+        if self._journal is not None:
+            self.host = self._journal.load()
 
     # -- test controls ------------------------------------------------------
 
@@ -327,140 +200,10 @@ class FakeDriver:
 
     # -- persistence --------------------------------------------------------
 
-    def _load(self) -> None:
-        assert self._state_file is not None
-        journal = _journal_path(self._state_file)
-        try:
-            text = self._state_file.read_text()
-            data = json.loads(text)
-            self._snapshot_bytes = len(text)
-        except FileNotFoundError:
-            data = {}
-        except (OSError, ValueError) as exc:
-            raise ConfigError(
-                f"fake driver state file {self._state_file} is unreadable: {exc}"
-            ) from exc
-        try:
-            lines = journal.read_text().splitlines()
-        except FileNotFoundError:
-            lines = []
-        except OSError as exc:
-            raise ConfigError(f"fake driver journal {journal} is unreadable: {exc}") from exc
-        if not data and not lines:
-            return
-        flat = _flatten_json(data)
-        for number, line in enumerate(lines):
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                if number == len(lines) - 1:
-                    # A crash while appending (the change was never acknowledged):
-                    # cut the torn line so the next change does not follow it.
-                    lines.pop()
-                    with open(journal, "r+", encoding="utf-8") as fh:
-                        fh.truncate(sum(len(kept) + 1 for kept in lines))
-                    break
-                raise ConfigError(f"fake driver journal {journal} is corrupt") from None
-            for table, key in entry.get("del", []):
-                flat.pop((table, _key_of(key)), None)
-            for table, key, value in entry.get("set", []):
-                flat[(table, _key_of(key))] = value
-        self.host = FakeHost.from_json(_unflatten_json(flat))
-        self._saved = self.host.flat()
-        self._journal_bytes = sum(len(line) + 1 for line in lines)
-
-    def _held(self, table: str, key: Any) -> Any:
-        """The value of ``(table, key)`` in ``host.flat()``, or ``None``."""
-        if table == "dead":
-            return _PRESENT if key in self.host.dead else None
-        if table == "peer_devices":
-            return _PRESENT if key in self.host.peers else None
-        if table == "peers":
-            return self.host.peers.get(key[0], {}).get(key[1])
-        return getattr(self.host, table).get(key)
-
     def _save(self, touched: Sequence[tuple[str, Any]] | None = None) -> None:
-        """Journal what changed since the last save (``host.flat()`` compared by identity).
-
-        ``touched``: the only ``(table, key)`` pairs (keys of ``host.flat()``)
-        the caller changed, so that an attach or detach compares those rather
-        than the whole host (the fill of 10,000 attachments slowed down with
-        the host's size). ``None`` compares everything.
-        """
-        if self._state_file is None:
-            return
-        path = self._state_file
-        saved = self._saved
-        if touched is None:
-            current = self.host.flat()
-            sets = [
-                [table, _json_key(key), _dump(value)]
-                for (table, key), value in current.items()
-                if saved.get((table, key)) is not value
-            ]
-            dels = [[table, _json_key(key)] for (table, key) in saved.keys() - current.keys()]
-        else:
-            now = {pair: self._held(*pair) for pair in dict.fromkeys(touched)}
-            sets = [
-                [table, _json_key(key), _dump(value)]
-                for (table, key), value in now.items()
-                if value is not None and saved.get((table, key)) is not value
-            ]
-            dels = [
-                [table, _json_key(key)]
-                for (table, key), value in now.items()
-                if value is None and (table, key) in saved
-            ]
-        if not sets and not dels:
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        line = json.dumps({"set": sets, "del": dels}, separators=(",", ":")) + "\n"
-        if self._journal_bytes + len(line) > max(_JOURNAL_MIN, self._snapshot_bytes):
-            self._compact(path)
-        else:
-            with open(_journal_path(path), "a", encoding="utf-8") as fh:
-                try:
-                    fh.write(line)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                except BaseException:
-                    # A full disk: drop the torn line, so later lines follow whole ones.
-                    with contextlib.suppress(OSError):
-                        fh.truncate(self._journal_bytes)
-                    raise
-            self._journal_bytes += len(line)
-        if touched is None:
-            self._saved = current
-        else:
-            for (table, key), value in now.items():
-                if value is None:
-                    saved.pop((table, key), None)
-                else:
-                    saved[(table, key)] = value
-
-    def _compact(self, path: Path) -> None:
-        """Write the whole host to the state file, atomically, and empty the journal.
-
-        A crash between the two leaves a journal whose entries, replayed over
-        the new state file, end in the same state (each sets or deletes a whole
-        object, in order).
-        """
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".fake-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as fh:
-                text = json.dumps(self.host.to_json())
-                fh.write(text)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        with open(_journal_path(path), "w", encoding="utf-8") as fh:
-            fh.flush()
-            os.fsync(fh.fileno())
-        self._snapshot_bytes = len(text)
-        self._journal_bytes = 0
+        """Journal the change (``touched``: the ``(table, key)`` pairs it made, or all)."""
+        if self._journal is not None:
+            self._journal.save(self.host, touched)
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -490,9 +233,9 @@ class FakeDriver:
         options = parse_driver_options(FakeOptions, self.name, config.driver_options(self.name))
         self.underlay_address = options.underlay_address
         state_file = options.state_file
-        if state_file and self._state_file is None:
-            self._state_file = Path(state_file)
-            self._load()
+        if state_file and self._journal is None:
+            self._journal = HostJournal(Path(state_file))
+            self.host = self._journal.load()
 
     @hookimpl
     def overlayd_startup(self, context: Any) -> None:
