@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from overlayd.cli import overlayd_main
+from overlayd.cli.overlayd import overlayd_main
 
 if __name__ == "__main__":
     sys.exit(overlayd_main())

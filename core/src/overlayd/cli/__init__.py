@@ -12,15 +12,21 @@ The package: :mod:`~overlayd.cli.overlayd` (the daemon's command line),
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING
+from typing import Any
+
 from overlayd.cli.common import EXIT_CONNECT
 from overlayd.cli.common import EXIT_ERR
 from overlayd.cli.common import EXIT_OK
 from overlayd.cli.common import EXIT_TIMEOUT
 from overlayd.cli.common import EXIT_USAGE
-from overlayd.cli.overlayctl import build_overlayctl_parser
-from overlayd.cli.overlayctl import overlayctl_main
-from overlayd.cli.overlayd import build_overlayd_parser
-from overlayd.cli.overlayd import overlayd_main
+
+if TYPE_CHECKING:
+    from overlayd.cli.overlayctl import build_overlayctl_parser
+    from overlayd.cli.overlayctl import overlayctl_main
+    from overlayd.cli.overlayd import build_overlayd_parser
+    from overlayd.cli.overlayd import overlayd_main
 
 __all__ = [
     "EXIT_CONNECT",
@@ -33,3 +39,19 @@ __all__ = [
     "overlayctl_main",
     "overlayd_main",
 ]
+
+# Each command line is imported when it is asked for: the daemon's start does
+# not load overlayctl and the client it is built on (about 50 ms of a start).
+_LAZY = {
+    "build_overlayctl_parser": "overlayd.cli.overlayctl",
+    "overlayctl_main": "overlayd.cli.overlayctl",
+    "build_overlayd_parser": "overlayd.cli.overlayd",
+    "overlayd_main": "overlayd.cli.overlayd",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
