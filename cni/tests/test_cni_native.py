@@ -321,3 +321,15 @@ def test_install_native_without_a_compiler_says_so(
     assert "needs a C compiler" in capsys.readouterr().err
     assert cli(["install", "--native", "--cc", "no-such-cc", str(tmp_path / "bin")]) == 1
     assert "'no-such-cc' was not found" in capsys.readouterr().err
+
+
+async def test_the_daemon_loads_the_plugin_ahead_of_the_first_cni_exec(
+    short_tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delitem(sys.modules, "overlayd_cni.main")
+    async with serving(short_tmp_path, make_drivers=lambda: [FakeDriver()], in_memory=True):
+        for _ in range(100):  # the server imports it about a second after it listens
+            if "overlayd_cni.main" in sys.modules:
+                break
+            await asyncio.sleep(0.05)
+    assert "overlayd_cni.main" in sys.modules

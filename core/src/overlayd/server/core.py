@@ -86,6 +86,7 @@ class Server:
         self._closing = asyncio.Event()
         self._stopped = asyncio.Event()
         self._events_task: asyncio.Task[None] | None = None
+        self._warm: asyncio.TimerHandle | None = None
         self._allowed_gids = set(config.allowed_gids)
         self._allowed_uids = {0, os.getuid(), *config.allowed_uids}
         self._group_gid: int | None = None
@@ -124,6 +125,8 @@ class Server:
         self._listening = True
         self._accept_task = asyncio.create_task(self._accept_loop(), name="overlayd-accept")
         self._events_task = asyncio.create_task(self._pump_events(), name="overlayd-events")
+        # After the first answers, not before: the start-up is not slowed by it.
+        self._warm = asyncio.get_running_loop().call_later(1.0, cni_exec.warm_up)
         log.info(
             "serving on %s (at most %d connections)",
             self.path,
@@ -155,6 +158,8 @@ class Server:
         if self._stopped.is_set():
             return
         self._closing.set()
+        if self._warm is not None:
+            self._warm.cancel()
         if self._accept_task is not None:
             self._accept_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
