@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import json
 import os
 import statistics
@@ -56,18 +55,15 @@ from pathlib import Path
 from typing import Any
 
 from overlayd.rawclient import RawClient
+from overlayd.testing.scripts import load_script
 from overlayd_cni.launcher import InstallError
 from overlayd_cni.launcher import install
 from overlayd_cni.testing import PLUGIN
 from overlayd_cni.testing import reference_plugin
 
-_SPEC = importlib.util.spec_from_file_location(
-    "attach_bench", Path(__file__).resolve().parent.parent / "attach" / "run.py"
+attach_bench = load_script(
+    Path(__file__).resolve().parent.parent / "attach" / "run.py", "attach_bench"
 )
-assert _SPEC is not None and _SPEC.loader is not None
-attach_bench = importlib.util.module_from_spec(_SPEC)
-sys.modules["attach_bench"] = attach_bench  # its dataclasses look their module up
-_SPEC.loader.exec_module(attach_bench)
 
 
 @dataclass

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import json
 import os
 import shutil
@@ -38,21 +37,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from overlayd.testing.scripts import load_script
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _lab_module() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "nat_lab", ROOT / "tests" / "e2e" / "test_nat_traversal.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["nat_lab"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-lab_mod = _lab_module()
+lab_mod = load_script(ROOT / "tests" / "e2e" / "test_nat_traversal.py", "nat_lab")
 run = lab_mod.run
 
 NEBULA_NET = "192.168.100.0/24"

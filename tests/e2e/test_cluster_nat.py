@@ -24,7 +24,6 @@ Every namespace, process and file is the test's own and removed at the end.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import sys
 import time
@@ -41,21 +40,12 @@ pytest.importorskip("etcd3gw", reason="cluster mode needs the `cluster` extra (e
 from overlayd.errors import OverlaydError
 from overlayd.testing.etcd import EtcdServer
 from overlayd.testing.etcd import etcd_binary
+from overlayd.testing.scripts import load_script
 
 pytestmark = [pytest.mark.privileged, pytest.mark.slow, pytest.mark.timeout(300)]
 
 
-def _lab_module() -> Any:
-    path = Path(__file__).with_name("test_nat_traversal.py")
-    spec = importlib.util.spec_from_file_location("cluster_nat_lab", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["cluster_nat_lab"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-lab_mod = _lab_module()
+lab_mod = load_script(Path(__file__).with_name("test_nat_traversal.py"), "cluster_nat_lab")
 run = lab_mod.run
 wait_until = lab_mod.wait_until
 REFRESH = lab_mod.REFRESH
