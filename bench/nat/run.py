@@ -176,10 +176,7 @@ def overlayd_upgrade(seconds_limit: float = 30.0) -> dict[str, Any]:
         lab.introduce(a, b)
         lab.start_exchange(a, b)
         lab_mod.wait_until(lambda: a.path_of(b) == "relayed", 15, "a relayed path")
-        router = lab.routers["b"]
-        run("ip", "netns", "exec", router, "nft", "flush", "ruleset")
-        run("ip", "netns", "exec", router, "nft", "-f", "-", stdin=lab_mod.router_rules("eim"))
-        run("ip", "netns", "exec", router, "conntrack", "-F", check=False)
+        lab.change_router("b", lab_mod.router_rules("eim"))
         start = time.monotonic()
         with contextlib.suppress(AssertionError):
             lab_mod.wait_until(

@@ -200,17 +200,9 @@ def test_cluster_nodes_behind_nats_find_a_direct_path_through_etcd(clab: Cluster
 def test_changed_mapping_is_republished_and_followed(clab: ClusterLab) -> None:
     a, b = clab.bring_up("eim", "eim")
     wait_until(lambda: (a.path_of(b), b.path_of(a)) == ("direct", "direct"), 20, "a direct path")
-    router = clab.lab.routers["a"]
-    rules = lab_mod.router_rules("eim").replace(
-        f'oifname "wan" {lab_mod.NAT_RULES["eim"]}',
-        'oifname "wan" meta l4proto udp masquerade to :40000-40999 persistent\n'
-        f'    oifname "wan" {lab_mod.NAT_RULES["eim"]}',
-    )
-    run("ip", "netns", "exec", router, "nft", "flush", "ruleset")
-    run("ip", "netns", "exec", router, "nft", "-f", "-", stdin=rules)
     b.events.clear()
     changed_at = time.monotonic()
-    run("ip", "netns", "exec", router, "conntrack", "-F", check=False)
+    clab.lab.change_router("a", lab_mod.port_range_rules())
 
     def republished() -> bool:
         return any(
