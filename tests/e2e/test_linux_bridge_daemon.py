@@ -111,6 +111,15 @@ class Daemon:
     def links(self) -> str:
         return self.host.ip("-o", "link", "show")
 
+    def nft_table(self) -> str:
+        """The daemon's nftables table (``inet overlayd``) in the host namespace."""
+        return subprocess.run(
+            ["ip", "netns", "exec", self.host.name, "nft", "list", "table", "inet", "overlayd"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+
 
 @pytest.fixture
 def daemon(tmp_path: Path) -> Iterator[Daemon]:
@@ -212,13 +221,7 @@ def test_nat_masquerades_outbound_but_not_cluster_traffic(daemon: Daemon, client
     assert udp_probe(a.ns, "192.168.78.2", 7100, outside, 7100) == "192.168.78.1"
     # Inside the cluster CIDR addresses are kept (the exempt set).
     assert udp_probe(a.ns, ip_c, 7101, c.ns, 7101) == ip_a
-    table = subprocess.run(
-        ["ip", "netns", "exec", daemon.host.name, "nft", "list", "table", "inet", "overlayd"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    assert CLUSTER in table
+    assert CLUSTER in daemon.nft_table()
 
 
 def test_detach_and_dead_container_leave_nothing_behind(daemon: Daemon, client: Client) -> None:
@@ -245,13 +248,7 @@ def test_detach_and_dead_container_leave_nothing_behind(daemon: Daemon, client: 
     assert client.list_attachments() == []
     assert veth_b not in daemon.links()
     client.teardown_service_overlay("db")
-    nft = subprocess.run(
-        ["ip", "netns", "exec", daemon.host.name, "nft", "list", "table", "inet", "overlayd"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    assert str(db_subnet) not in nft
+    assert str(db_subnet) not in daemon.nft_table()
     # Tombstones are gone once the batched deleter has run.
     deadline = time.monotonic() + 5
     while " zx" in daemon.links() and time.monotonic() < deadline:
