@@ -165,13 +165,7 @@ def overlayd_upgrade(seconds_limit: float = 30.0) -> dict[str, Any]:
             node.start(lab.nat_config(forwarder="auto"))
             node.setup()
         lab_mod.wait_until(
-            lambda: all(
-                (st := n.status()).nat is not None
-                and any(c.kind == "relay" for c in st.nat.candidates)
-                for n in (a, b)
-            ),
-            10,
-            "candidates",
+            lambda: a.has_relay_candidate() and b.has_relay_candidate(), 10, "candidates"
         )
         lab.introduce(a, b)
         lab.start_exchange(a, b)

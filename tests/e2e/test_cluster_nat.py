@@ -103,12 +103,7 @@ class ClusterLab:
             node.start(lab.nat_config() + cluster)
         for node in (a, b):
             wait_until(
-                lambda n=node: (
-                    (st := n.status()).nat is not None
-                    and any(c.kind == "relay" for c in st.nat.candidates)
-                ),
-                20,
-                f"{node.name} to join and gather its candidates",
+                node.has_relay_candidate, 20, f"{node.name} to join and gather its candidates"
             )
         return a, b
 

@@ -221,6 +221,11 @@ class Node:
         )  # fmt: skip
         return res.returncode == 0
 
+    def has_relay_candidate(self) -> bool:
+        """Whether the node has gathered its candidates, a relayed one among them."""
+        st = self.status()
+        return st.nat is not None and any(c.kind == "relay" for c in st.nat.candidates)
+
     def path_of(self, other: Node) -> str | None:
         st = self.status()
         if st.nat is None:
@@ -427,14 +432,7 @@ def _bring_up(lab: Lab, nat_a: str | None, nat_b: str | None, **cfg: Any) -> tup
         node.setup()
     # Candidates are gathered when the overlay comes up: wait for the relay.
     for node in (a, b):
-        wait_until(
-            lambda n=node: (
-                (st := n.status()).nat is not None
-                and any(c.kind == "relay" for c in st.nat.candidates)
-            ),
-            10,
-            f"{node.name}'s candidates",
-        )
+        wait_until(node.has_relay_candidate, 10, f"{node.name}'s candidates")
     lab.introduce(a, b)
     return a, b
 
