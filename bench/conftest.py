@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from collections.abc import Callable
 from types import ModuleType
 
 import pytest
+
+from overlayd.testing.scripts import load_script
 
 
 @pytest.fixture
@@ -26,11 +27,6 @@ def load_bench(request: pytest.FixtureRequest) -> Callable[[str], ModuleType]:
         name = f"bench_{here.name}_{path.stem}"
         if str(here) not in sys.path:
             sys.path.insert(0, str(here))
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules.setdefault(name, module)
-        spec.loader.exec_module(module)
-        return module
+        return load_script(path, name)
 
     return load

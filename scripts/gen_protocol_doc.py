@@ -9,24 +9,19 @@ the golden frames.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import struct
 import sys
 from pathlib import Path
 from typing import Any
 
+from overlayd.testing.scripts import load_script
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def load_golden() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "wire_golden", ROOT / "tests" / "wire" / "test_wire_golden.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "tests" / "wire" / "test_wire_golden.py", "wire_golden")
 
 
 INTRO = """\

@@ -2,27 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
 from pathlib import Path
-from types import ModuleType
+
+from overlayd.testing.scripts import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "check_citations", ROOT / "scripts" / "check_citations.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("check_citations", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-check = _load()
+check = load_script(ROOT / "scripts" / "check_citations.py", "check_citations")
 
 
 def test_no_file_cites_an_outside_document() -> None:

@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 from pathlib import Path
 
 from overlayd import protocol as p
+from overlayd.testing.scripts import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _generator() -> object:
-    spec = importlib.util.spec_from_file_location(
-        "gen_protocol_doc", ROOT / "scripts" / "gen_protocol_doc.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "scripts" / "gen_protocol_doc.py", "gen_protocol_doc")
 
 
 def test_protocol_page_is_up_to_date() -> None:

@@ -580,10 +580,41 @@ def bench_paired_floor(n: int) -> Result:
 # -- report ------------------------------------------------------------------------
 
 
-def _stats(values: list[float]) -> tuple[float, float]:
+def median_p90(values: list[float]) -> tuple[float, float]:
+    """Median and 90th percentile (the one value, for a single sample)."""
     if len(values) == 1:
         return values[0], values[0]
     return statistics.median(values), statistics.quantiles(values, n=10)[8]
+
+
+def latency_table(
+    rows: Sequence[tuple[str, int, list[float], list[float]]],
+    reference: str,
+    headings: Sequence[str],
+) -> list[str]:
+    """A line per ``(method, N, first, second)`` row, by N then method: median
+    and p90 of the two series (ms) and each median over the ``reference``
+    method's at the same N ("-" without one); ``headings`` name the six columns."""
+    lines = [
+        f"{'method':<12} {'N':>5} "
+        + " ".join(f"{h:>11}" for h in headings[:4])
+        + " "
+        + " ".join(f"{h:>10}" for h in headings[4:])
+    ]
+    refs = {n: (first, second) for method, n, first, second in rows if method == reference}
+    for method, n, first, second in sorted(rows, key=lambda row: (row[1], row[0])):
+        fm, fp = median_p90(first)
+        sm, sp = median_p90(second)
+        ref = refs.get(n)
+        ra = rb = "-"
+        if ref is not None:
+            ra = f"{fm / median_p90(ref[0])[0]:.2f}x"
+            rb = f"{sm / median_p90(ref[1])[0]:.2f}x"
+        lines.append(
+            f"{method:<12} {n:>5} {fm:>9.2f}ms {fp:>9.2f}ms {sm:>9.2f}ms {sp:>9.2f}ms "
+            f"{ra:>10} {rb:>10}"
+        )
+    return lines
 
 
 def theil_sen(values: list[float]) -> tuple[float, float]:
@@ -614,23 +645,11 @@ def _growth(values: list[float], unit: str) -> list[str]:
 
 
 def report(results: list[Result]) -> str:
-    lines = [
-        f"{'method':<12} {'N':>5} {'attach med':>11} {'attach p90':>11} "
-        f"{'detach med':>11} {'detach p90':>11} {'att/floor':>10} {'det/floor':>10}"
-    ]
-    floors = {r.n: r for r in results if r.method == "pyroute2"}
-    for r in sorted(results, key=lambda r: (r.n, r.method)):
-        am, ap = _stats(r.attach_ms)
-        dm, dp = _stats(r.detach_ms)
-        floor = floors.get(r.n)
-        ra = rd = "-"
-        if floor is not None:
-            ra = f"{am / _stats(floor.attach_ms)[0]:.2f}x"
-            rd = f"{dm / _stats(floor.detach_ms)[0]:.2f}x"
-        lines.append(
-            f"{r.method:<12} {r.n:>5} {am:>9.2f}ms {ap:>9.2f}ms {dm:>9.2f}ms {dp:>9.2f}ms "
-            f"{ra:>10} {rd:>10}"
-        )
+    lines = latency_table(
+        [(r.method, r.n, r.attach_ms, r.detach_ms) for r in results],
+        "pyroute2",
+        ("attach med", "attach p90", "detach med", "detach p90", "att/floor", "det/floor"),
+    )
     lines.append("")
     lines.append("targets: attach <= 0.5x cni and <= 1.3x pyroute2; detach <= 0.3x cni;")
     lines.append("         overlayd+nat attach <= 0.3x cni+masq;")
@@ -648,10 +667,9 @@ def report(results: list[Result]) -> str:
         ref_name = {"overlayd": "cni", "overlayd+nat": "cni+masq"}.get(r.method)
         ref = by_key.get((ref_name, r.n)) if ref_name is not None else None
         if ref_name is not None and ref is not None:
-            parts.append(
-                f"attach/{ref_name} {_stats(r.attach_ms)[0] / _stats(ref.attach_ms)[0]:.2f}x  "
-                f"detach/{ref_name} {_stats(r.detach_ms)[0] / _stats(ref.detach_ms)[0]:.2f}x"
-            )
+            att = median_p90(r.attach_ms)[0] / median_p90(ref.attach_ms)[0]
+            det = median_p90(r.detach_ms)[0] / median_p90(ref.detach_ms)[0]
+            parts.append(f"attach/{ref_name} {att:.2f}x  detach/{ref_name} {det:.2f}x")
         if r.n >= 100:
             parts.extend(_growth(r.attach_ms, "ms"))
         if parts:

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import json
 import os
 import statistics
@@ -56,18 +55,15 @@ from pathlib import Path
 from typing import Any
 
 from overlayd.rawclient import RawClient
+from overlayd.testing.scripts import load_script
 from overlayd_cni.launcher import InstallError
 from overlayd_cni.launcher import install
 from overlayd_cni.testing import PLUGIN
 from overlayd_cni.testing import reference_plugin
 
-_SPEC = importlib.util.spec_from_file_location(
-    "attach_bench", Path(__file__).resolve().parent.parent / "attach" / "run.py"
+attach_bench = load_script(
+    Path(__file__).resolve().parent.parent / "attach" / "run.py", "attach_bench"
 )
-assert _SPEC is not None and _SPEC.loader is not None
-attach_bench = importlib.util.module_from_spec(_SPEC)
-sys.modules["attach_bench"] = attach_bench  # its dataclasses look their module up
-_SPEC.loader.exec_module(attach_bench)
 
 
 @dataclass
@@ -251,28 +247,12 @@ def _daemon_attach(runs: int = 30) -> float:
         return statistics.median(samples)
 
 
-def _stats(values: list[float]) -> tuple[float, float]:
-    if len(values) == 1:
-        return values[0], values[0]
-    return statistics.median(values), statistics.quantiles(values, n=10)[8]
-
-
 def report(results: list[Result]) -> str:
-    lines = [
-        f"{'method':<13} {'N':>4} {'ADD med':>9} {'ADD p90':>9} {'DEL med':>9} "
-        f"{'DEL p90':>9} {'ADD/cni':>8} {'DEL/cni':>8}"
-    ]
-    refs = {r.n: r for r in results if r.method == "cni"}
-    for r in sorted(results, key=lambda r: (r.n, r.method)):
-        am, ap = _stats(r.add_ms)
-        dm, dp = _stats(r.del_ms)
-        ref = refs.get(r.n)
-        ra = f"{am / _stats(ref.add_ms)[0]:.2f}x" if ref else "-"
-        rd = f"{dm / _stats(ref.del_ms)[0]:.2f}x" if ref else "-"
-        lines.append(
-            f"{r.method:<13} {r.n:>4} {am:>7.2f}ms {ap:>7.2f}ms {dm:>7.2f}ms {dp:>7.2f}ms "
-            f"{ra:>8} {rd:>8}"
-        )
+    lines = attach_bench.latency_table(
+        [(r.method, r.n, r.add_ms, r.del_ms) for r in results],
+        "cni",
+        ("ADD med", "ADD p90", "DEL med", "DEL p90", "ADD/cni", "DEL/cni"),
+    )
     lines.append("")
     lines.append("target: ADD <= 0.5x cni (the reference bridge + host-local plugins)")
     return "\n".join(lines)

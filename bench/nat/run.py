@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import json
 import os
 import shutil
@@ -38,21 +37,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from overlayd.testing.scripts import load_script
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _lab_module() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "nat_lab", ROOT / "tests" / "e2e" / "test_nat_traversal.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["nat_lab"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-lab_mod = _lab_module()
+lab_mod = load_script(ROOT / "tests" / "e2e" / "test_nat_traversal.py", "nat_lab")
 run = lab_mod.run
 
 NEBULA_NET = "192.168.100.0/24"
@@ -175,21 +165,12 @@ def overlayd_upgrade(seconds_limit: float = 30.0) -> dict[str, Any]:
             node.start(lab.nat_config(forwarder="auto"))
             node.setup()
         lab_mod.wait_until(
-            lambda: all(
-                (st := n.status()).nat is not None
-                and any(c.kind == "relay" for c in st.nat.candidates)
-                for n in (a, b)
-            ),
-            10,
-            "candidates",
+            lambda: a.has_relay_candidate() and b.has_relay_candidate(), 10, "candidates"
         )
         lab.introduce(a, b)
         lab.start_exchange(a, b)
         lab_mod.wait_until(lambda: a.path_of(b) == "relayed", 15, "a relayed path")
-        router = lab.routers["b"]
-        run("ip", "netns", "exec", router, "nft", "flush", "ruleset")
-        run("ip", "netns", "exec", router, "nft", "-f", "-", stdin=lab_mod.router_rules("eim"))
-        run("ip", "netns", "exec", router, "conntrack", "-F", check=False)
+        lab.change_router("b", lab_mod.router_rules("eim"))
         start = time.monotonic()
         with contextlib.suppress(AssertionError):
             lab_mod.wait_until(

@@ -2,30 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
+from overlayd.testing.scripts import load_script
 
-def _load() -> ModuleType:
-    here = Path(__file__).parent
-    spec = importlib.util.spec_from_file_location("wg_tunnels", here / "tunnels.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("wg_tunnels", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-tunnels = _load()
+tunnels = load_script(Path(__file__).with_name("tunnels.py"), "wg_tunnels")
 
 
 def test_sample_divides_tunnel_cpu_by_gigabits_carried() -> None:

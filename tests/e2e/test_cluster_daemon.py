@@ -8,9 +8,9 @@ claim a slice, set up its global overlay and add the other as a peer.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from overlayd.testing.daemon import running_daemon
 
 pytest.importorskip("etcd3gw", reason="cluster mode needs the `cluster` extra (etcd3gw)")
 
@@ -61,46 +63,19 @@ def wait_until(pred: Callable[[], bool], timeout: float, what: str) -> None:
 @pytest.fixture
 def daemons(etcd_server: Any) -> Iterator[Callable[[str, bool], Path]]:
     root = Path(tempfile.mkdtemp(prefix="ocl-", dir="/tmp"))
-    procs: list[tuple[subprocess.Popen[bytes], Path]] = []
+    with contextlib.ExitStack() as stack:
+        stack.callback(shutil.rmtree, root, ignore_errors=True)
 
-    def start(name: str, cluster: bool = True) -> Path:
-        workdir = root / name
-        workdir.mkdir()
-        config = workdir / "overlayd.toml"
-        text = CONFIG.format(url=etcd_server.url, name=name)
-        config.write_text(text if cluster else text.split("[cluster]")[0])
-        sock = workdir / "overlayd.sock"
-        log = workdir / "daemon.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "overlayd",
-                    "serve",
-                    "--config",
-                    str(config),
-                    "--socket",
-                    str(sock),
-                    "--data-dir",
-                    str(workdir / "data"),
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        procs.append((proc, log))
-        wait_until(lambda: sock.exists() or proc.poll() is not None, 30, f"{name} to serve")
-        assert proc.poll() is None, log.read_text()
-        return sock
+        def start(name: str, cluster: bool = True) -> Path:
+            workdir = root / name
+            workdir.mkdir()
+            text = CONFIG.format(url=etcd_server.url, name=name)
+            config = text if cluster else text.split("[cluster]")[0]
+            sock = workdir / "overlayd.sock"
+            stack.enter_context(running_daemon(workdir, config, socket_path=sock))
+            return sock
 
-    try:
         yield start
-    finally:
-        for proc, log in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-            assert proc.wait(20) == 0, log.read_text()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def cluster_json(sock: Path) -> Any:

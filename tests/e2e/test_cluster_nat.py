@@ -24,7 +24,6 @@ Every namespace, process and file is the test's own and removed at the end.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import sys
 import time
@@ -41,21 +40,12 @@ pytest.importorskip("etcd3gw", reason="cluster mode needs the `cluster` extra (e
 from overlayd.errors import OverlaydError
 from overlayd.testing.etcd import EtcdServer
 from overlayd.testing.etcd import etcd_binary
+from overlayd.testing.scripts import load_script
 
 pytestmark = [pytest.mark.privileged, pytest.mark.slow, pytest.mark.timeout(300)]
 
 
-def _lab_module() -> Any:
-    path = Path(__file__).with_name("test_nat_traversal.py")
-    spec = importlib.util.spec_from_file_location("cluster_nat_lab", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["cluster_nat_lab"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-lab_mod = _lab_module()
+lab_mod = load_script(Path(__file__).with_name("test_nat_traversal.py"), "cluster_nat_lab")
 run = lab_mod.run
 wait_until = lab_mod.wait_until
 REFRESH = lab_mod.REFRESH
@@ -113,12 +103,7 @@ class ClusterLab:
             node.start(lab.nat_config() + cluster)
         for node in (a, b):
             wait_until(
-                lambda n=node: (
-                    (st := n.status()).nat is not None
-                    and any(c.kind == "relay" for c in st.nat.candidates)
-                ),
-                20,
-                f"{node.name} to join and gather its candidates",
+                node.has_relay_candidate, 20, f"{node.name} to join and gather its candidates"
             )
         return a, b
 
@@ -210,17 +195,9 @@ def test_cluster_nodes_behind_nats_find_a_direct_path_through_etcd(clab: Cluster
 def test_changed_mapping_is_republished_and_followed(clab: ClusterLab) -> None:
     a, b = clab.bring_up("eim", "eim")
     wait_until(lambda: (a.path_of(b), b.path_of(a)) == ("direct", "direct"), 20, "a direct path")
-    router = clab.lab.routers["a"]
-    rules = lab_mod.router_rules("eim").replace(
-        f'oifname "wan" {lab_mod.NAT_RULES["eim"]}',
-        'oifname "wan" meta l4proto udp masquerade to :40000-40999 persistent\n'
-        f'    oifname "wan" {lab_mod.NAT_RULES["eim"]}',
-    )
-    run("ip", "netns", "exec", router, "nft", "flush", "ruleset")
-    run("ip", "netns", "exec", router, "nft", "-f", "-", stdin=rules)
     b.events.clear()
     changed_at = time.monotonic()
-    run("ip", "netns", "exec", router, "conntrack", "-F", check=False)
+    clab.lab.change_router("a", lab_mod.port_range_rules())
 
     def republished() -> bool:
         return any(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -26,7 +27,8 @@ from overlayd.testing.daemon import DaemonProcess
 from overlayd.testing.daemon import frame_bytes
 from overlayd.testing.daemon import raw_connect
 from overlayd.testing.daemon import recv_frame
-from overlayd.testing.daemon import start_daemon
+from overlayd.testing.daemon import request_as_nobody
+from overlayd.testing.daemon import running_daemon
 
 _HDR = struct.Struct("<I")
 
@@ -40,11 +42,14 @@ def _serve_cmd(sock: Path, data: Path) -> list[str]:
     return [*_SERVE, "--socket", str(sock), "--data-dir", str(data)]
 
 
-def _start(root: Path, *extra: str, config: str | None = None, dns: bool = False) -> DaemonProcess:
-    """``overlayd serve --driver fake`` on ``root/overlayd.sock``; ``config`` is TOML for
-    ``--config`` (flags win over it); ``dns`` keeps the built-in DNS server on."""
+def _running(
+    root: Path, *extra: str, config: str | None = None, dns: bool = False
+) -> contextlib.AbstractContextManager[DaemonProcess]:
+    """``overlayd serve --driver fake`` on ``root/overlayd.sock`` for a ``with`` block,
+    at whose end it must exit 0; ``config`` is TOML for ``--config`` (flags win
+    over it); ``dns`` keeps the built-in DNS server on."""
     flags = ["--driver", "fake", *([] if dns else ["--no-dns"]), *extra]
-    return start_daemon(
+    return running_daemon(
         root,
         config or '[drivers]\nenabled = ["fake"]\n',
         args=flags,
@@ -54,12 +59,8 @@ def _start(root: Path, *extra: str, config: str | None = None, dns: bool = False
 
 @pytest.fixture
 def daemon(root: Path) -> Iterator[DaemonProcess]:
-    d = _start(root)
-    try:
+    with _running(root) as d:
         yield d
-    finally:
-        code = d.stop()
-        assert code == 0, d.log_text()
 
 
 def _key() -> str:
@@ -214,22 +215,16 @@ def test_every_op_through_the_client(daemon: DaemonProcess) -> None:
 def test_state_survives_a_restart(root: Path) -> None:
     fake_state = root / "fake-host.json"
     config = f'[drivers]\nenabled = ["fake"]\n[drivers.fake]\nstate_file = "{fake_state}"\n'
-    d = _start(root, config=config)
-    with Client(str(d.socket), timeout=10) as c:
+    with _running(root, config=config) as d, Client(str(d.socket), timeout=10) as c:
         _setup(c)
         c.setup_service_overlay("web", "shared")
         ip = c.attach_container(p.LinuxPidHandle(pid=99), "web", join_global=False)
         assert isinstance(ip, p.AttachedResponse)
         key = c.status().public_key
-    assert d.stop() == 0
-    d = _start(root, config=config)
-    try:
-        with Client(str(d.socket), timeout=10) as c:
-            assert c.status().public_key == key
-            atts = c.list_attachments()
-            assert [(a.handle, a.ip) for a in atts] == [(p.LinuxPidHandle(pid=99), ip.ip)]
-    finally:
-        assert d.stop() == 0
+    with _running(root, config=config) as d, Client(str(d.socket), timeout=10) as c:
+        assert c.status().public_key == key
+        atts = c.list_attachments()
+        assert [(a.handle, a.ip) for a in atts] == [(p.LinuxPidHandle(pid=99), ip.ip)]
 
 
 # -- malformed input ------------------------------------------------------------
@@ -365,8 +360,7 @@ def test_pipelined_requests_answered_by_id(daemon: DaemonProcess) -> None:
 
 def test_health_events_reach_every_listening_client(root: Path) -> None:
     config = "[engine]\nhealth_interval_secs = 0.2\npeer_stale_secs = 1\n"
-    d = _start(root, config=config)
-    try:
+    with _running(root, config=config) as d:
         received: dict[int, list[p.AnyEvent]] = {0: [], 1: []}
         ready = threading.Barrier(3)
 
@@ -392,34 +386,9 @@ def test_health_events_reach_every_listening_client(root: Path) -> None:
             t.join(15)
         for n in (0, 1):
             assert received[n] == [p.PeerHealthChangedEvent(pubkey=key, healthy=False)]
-    finally:
-        assert d.stop() == 0
 
 
 # -- security ----------------------------------------------------------------------------
-
-_AS_NOBODY = """
-import json, os, socket, struct, sys
-os.setgroups([])
-os.setgid(65534)
-os.setuid(65534)
-s = socket.socket(socket.AF_UNIX)
-s.settimeout(10)
-s.connect(sys.argv[1])
-body = b'{"frame":"request","id":1,"request":{"op":"status"}}'
-try:
-    s.sendall(struct.pack("<I", len(body)) + body)
-except OSError:
-    pass
-head = s.recv(4, socket.MSG_WAITALL)
-n, = struct.unpack("<I", head)
-frame = json.loads(s.recv(n, socket.MSG_WAITALL))
-try:
-    rest = s.recv(1)
-except ConnectionResetError:
-    rest = b""
-print(json.dumps({"frame": frame, "eof": rest == b""}))
-"""
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to uid 65534")
@@ -427,18 +396,11 @@ def test_unauthorised_uid_is_refused(daemon: DaemonProcess) -> None:
     # Make the socket reachable so only SO_PEERCRED refuses.
     os.chmod(daemon.socket.parent, 0o755)
     os.chmod(daemon.socket, 0o666)
-    out = subprocess.run(
-        [sys.executable, "-c", _AS_NOBODY, str(daemon.socket)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    )
-    result = json.loads(out.stdout)
-    assert result["eof"] is True
-    assert result["frame"]["response"]["result"] == "err"
-    assert "permission denied" in result["frame"]["response"]["message"]
-    assert "uid 65534" in result["frame"]["response"]["message"]
+    response, closed = request_as_nobody(daemon.socket, "status")
+    assert closed is True
+    assert response["result"] == "err"
+    assert "permission denied" in response["message"]
+    assert "uid 65534" in response["message"]
     assert "refused connection from" in daemon.log_text()
     # root is still served
     with Client(str(daemon.socket), timeout=10) as c:
@@ -454,70 +416,70 @@ def test_socket_mode_is_0660(daemon: DaemonProcess) -> None:
 
 
 def test_sigterm_during_load_answers_every_request(root: Path) -> None:
-    d = _start(root)
-    with Client(str(d.socket), timeout=10) as c:
-        _setup(c)
-        c.setup_service_overlay("web", "shared")
-    stop_at: list[float] = []
-    results: list[tuple[int, int, float, bool]] = []  # client, id, sent at, answered
-    lock = threading.Lock()
-    go = threading.Event()
+    with _running(root) as d:
+        with Client(str(d.socket), timeout=10) as c:
+            _setup(c)
+            c.setup_service_overlay("web", "shared")
+        stop_at: list[float] = []
+        results: list[tuple[int, int, float, bool]] = []  # client, id, sent at, answered
+        lock = threading.Lock()
+        go = threading.Event()
 
-    def client(n: int) -> None:
-        # Bursts of 4 pipelined requests (attach, status, list_leases, hello): at
-        # the SIGTERM some are running, some are queued, some unread.
-        s = raw_connect(d.socket)
-        try:
-            go.wait(10)
-            i = 0
-            while i < 20000:
-                burst = []
-                for op in ("attach_container", "status", "list_leases", "hello"):
-                    i += 1
-                    req: dict[str, object] = {"op": op}
-                    if op == "attach_container":
-                        req = {
-                            "op": op,
-                            "handle": {"platform": "linux_pid", "pid": n * 100000 + i},
-                            "service": "web",
-                            "join_global": False,
-                        }
-                    body = _request(i, req)
-                    burst.append((i, _HDR.pack(len(body)) + body))
-                sent = time.monotonic()
-                answered: set[object] = set()
-                try:
-                    s.sendall(b"".join(frame for _, frame in burst))
-                    while len(answered) < len(burst):
-                        frame = _recv(s)
-                        if frame is None:
-                            break
-                        answered.add(frame["id"])
-                except OSError:
-                    pass
-                with lock:
-                    results.extend((n, rid, sent, rid in answered) for rid, _ in burst)
-                if len(answered) < len(burst):
-                    return
-        finally:
-            s.close()
+        def client(n: int) -> None:
+            # Bursts of 4 pipelined requests (attach, status, list_leases, hello): at
+            # the SIGTERM some are running, some are queued, some unread.
+            s = raw_connect(d.socket)
+            try:
+                go.wait(10)
+                i = 0
+                while i < 20000:
+                    burst = []
+                    for op in ("attach_container", "status", "list_leases", "hello"):
+                        i += 1
+                        req: dict[str, object] = {"op": op}
+                        if op == "attach_container":
+                            req = {
+                                "op": op,
+                                "handle": {"platform": "linux_pid", "pid": n * 100000 + i},
+                                "service": "web",
+                                "join_global": False,
+                            }
+                        body = _request(i, req)
+                        burst.append((i, _HDR.pack(len(body)) + body))
+                    sent = time.monotonic()
+                    answered: set[object] = set()
+                    try:
+                        s.sendall(b"".join(frame for _, frame in burst))
+                        while len(answered) < len(burst):
+                            frame = _recv(s)
+                            if frame is None:
+                                break
+                            answered.add(frame["id"])
+                    except OSError:
+                        pass
+                    with lock:
+                        results.extend((n, rid, sent, rid in answered) for rid, _ in burst)
+                    if len(answered) < len(burst):
+                        return
+            finally:
+                s.close()
 
-    threads = [threading.Thread(target=client, args=(n,)) for n in range(6)]
-    for t in threads:
-        t.start()
-    go.set()
-    time.sleep(1.0)
-    stop_at.append(time.monotonic())
-    d.proc.send_signal(signal.SIGTERM)
-    for t in threads:
-        t.join(30)
-    assert d.proc.wait(20) == 0
-    assert not d.socket.exists()
-    before = [r for r in results if r[2] < stop_at[0]]
-    assert len(before) > 50
-    lost = [r for r in before if not r[3]]
-    assert lost == [], f"requests sent before SIGTERM without an answer: {lost}"
-    assert "overlayd stopped after" in d.log_text()
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(6)]
+        for t in threads:
+            t.start()
+        go.set()
+        time.sleep(1.0)
+        stop_at.append(time.monotonic())
+        d.proc.send_signal(signal.SIGTERM)
+        for t in threads:
+            t.join(30)
+        assert d.proc.wait(20) == 0
+        assert not d.socket.exists()
+        before = [r for r in results if r[2] < stop_at[0]]
+        assert len(before) > 50
+        lost = [r for r in before if not r[3]]
+        assert lost == [], f"requests sent before SIGTERM without an answer: {lost}"
+        assert "overlayd stopped after" in d.log_text()
 
 
 def test_second_daemon_refuses_a_live_socket(daemon: DaemonProcess, root: Path) -> None:
@@ -553,13 +515,10 @@ def test_stale_socket_file_is_replaced(root: Path) -> None:
     stale.bind(str(sock))
     stale.close()  # the file stays, nobody listens
     assert sock.exists()
-    d = _start(root)
-    try:
+    with _running(root) as d:
         with Client(str(d.socket), timeout=10) as c:
             assert c.status().peer_count == 0
         assert "removing stale socket" in d.log_text()
-    finally:
-        assert d.stop() == 0
     assert not sock.exists()
 
 
@@ -575,12 +534,8 @@ def test_a_regular_file_on_the_socket_path_is_refused(root: Path) -> None:
 
 
 def test_json_logs(root: Path) -> None:
-    d = _start(root, "--log-format", "json")
-    try:
-        with Client(str(d.socket), timeout=10) as c:
-            c.status()
-    finally:
-        assert d.stop() == 0
+    with _running(root, "--log-format", "json") as d, Client(str(d.socket), timeout=10) as c:
+        c.status()
     lines = [json.loads(line) for line in d.log_text().splitlines() if line.strip()]
     assert any(x["msg"].startswith("serving on") and x["socket"] == str(d.socket) for x in lines)
     assert all({"ts", "level", "logger", "msg"} <= set(x) for x in lines)
@@ -603,23 +558,18 @@ def test_registered_names_are_served_by_the_daemon_dns(root: Path) -> None:
         f'[dns]\nenabled = true\nlisten = ["127.0.0.1:{port}"]\n'
         "listen_on_gateways = false\nforward = false\n"
     )
-    d = _start(root, config=config, dns=True)
-    sock = d.socket
-    try:
-        with Client(str(sock), timeout=10) as c:
-            _setup(c)  # zone: e2e.local.
-            c.register_dns("api", "10.200.1.50")
+    with _running(root, config=config, dns=True) as d, Client(str(d.socket), timeout=10) as c:
+        _setup(c)  # zone: e2e.local.
+        c.register_dns("api", "10.200.1.50")
 
-            def ask() -> list[str]:
-                query = dns.message.make_query("api.e2e.local.", "A")
-                answer = dns.query.udp(query, "127.0.0.1", port=port, timeout=5)
-                return [r.address for rrset in answer.answer for r in rrset]
+        def ask() -> list[str]:
+            query = dns.message.make_query("api.e2e.local.", "A")
+            answer = dns.query.udp(query, "127.0.0.1", port=port, timeout=5)
+            return [r.address for rrset in answer.answer for r in rrset]
 
-            assert ask() == ["10.200.1.50"]
-            c.unregister_dns("api")
-            assert ask() == []
-    finally:
-        assert d.stop() == 0, d.log_text()
+        assert ask() == ["10.200.1.50"]
+        c.unregister_dns("api")
+        assert ask() == []
 
 
 def test_port_mapping_ops_reach_the_driver(daemon: DaemonProcess) -> None:

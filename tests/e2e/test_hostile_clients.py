@@ -12,7 +12,6 @@ import os
 import resource
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from overlayd.testing.daemon import DaemonProcess
 from overlayd.testing.daemon import frame_bytes
 from overlayd.testing.daemon import raw_connect
 from overlayd.testing.daemon import recv_frame
+from overlayd.testing.daemon import request_as_nobody
 from overlayd.testing.daemon import running_daemon
 from overlayd.testing.daemon import send_request
 from overlayd.testing.daemon import start_daemon
@@ -368,60 +368,23 @@ def test_the_socket_directory_is_0750_whatever_the_umask(root: Path) -> None:
         os.umask(0)
 
     path = root / "run" / "sub" / "s.sock"
-    daemon = start_daemon(root, preexec_fn=no_umask, socket_path=path)
-    try:
+    with running_daemon(root, preexec_fn=no_umask, socket_path=path):
         for directory in (root / "run", root / "run" / "sub"):
             assert oct(directory.stat().st_mode & 0o777) == oct(0o750), directory
         assert oct(path.stat().st_mode & 0o777) == oct(0o660)
-    finally:
-        assert daemon.stop() == 0, daemon.log_text()[-3000:]
-
-
-_AS_NOBODY = """
-import json, os, socket, struct, sys
-os.setgroups([int(g) for g in sys.argv[2].split(",") if g])
-os.setgid(65534)
-os.setuid(65534)
-s = socket.socket(socket.AF_UNIX)
-s.settimeout(10)
-s.connect(sys.argv[1])
-body = b'{"frame":"request","id":1,"request":{"op":"hello"}}'
-try:
-    s.sendall(struct.pack("<I", len(body)) + body)
-except OSError:
-    pass  # a refused client may be closed before it has written: the answer waits
-head = s.recv(4, socket.MSG_WAITALL)
-n, = struct.unpack("<I", head)
-print(json.dumps(json.loads(s.recv(n, socket.MSG_WAITALL))["response"]))
-"""
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a client as uid 65534")
 def test_the_callers_own_supplementary_groups_are_checked(root: Path) -> None:
     """A process given the allowed group with setgroups() is served, though
     /etc/group does not list its user in that group; without it, refused."""
-    daemon = start_daemon(
-        root,
-        'allowed_gids = [4242]\n[drivers]\nenabled = ["fake"]\n[dns]\nenabled = false\n',
-    )
-    try:
+    config = 'allowed_gids = [4242]\n[drivers]\nenabled = ["fake"]\n[dns]\nenabled = false\n'
+    with running_daemon(root, config) as daemon:
         os.chmod(root, 0o755)
         os.chmod(daemon.socket, 0o666)  # so that only the daemon's check decides
 
-        def as_nobody(groups: str) -> dict[str, Any]:
-            out = subprocess.run(
-                [sys.executable, "-I", "-c", _AS_NOBODY, str(daemon.socket), groups],
-                capture_output=True,
-                text=True,
-                timeout=30,
-                check=True,
-            )
-            answer: dict[str, Any] = json.loads(out.stdout)
-            return answer
-
-        assert as_nobody("4242")["result"] == "hello"
-        refused = as_nobody("4243")
+        served, _ = request_as_nobody(daemon.socket, "hello", groups=[4242])
+        assert served["result"] == "hello"
+        refused, _ = request_as_nobody(daemon.socket, "hello", groups=[4243])
         assert refused["result"] == "err"
         assert "permission denied" in refused["message"]
-    finally:
-        assert daemon.stop() == 0, daemon.log_text()[-3000:]

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -28,6 +26,8 @@ import pytest
 from overlayd.client import Client
 from overlayd.protocol import AttachedResponse
 from overlayd.protocol import LinuxPidHandle
+from overlayd.testing.daemon import DaemonProcess
+from overlayd.testing.daemon import start_daemon
 from overlayd_linux_bridge.testing import Netns
 from overlayd_linux_bridge.testing import ping
 from overlayd_linux_bridge.testing import throwaway_netns
@@ -63,7 +63,7 @@ class Daemon:
     host: Netns
     workdir: Path
     make_netns: Callable[[str], Netns]
-    proc: subprocess.Popen[bytes] | None = None
+    process: DaemonProcess | None = None
     containers: list[Container] = field(default_factory=list)
 
     @property
@@ -71,8 +71,7 @@ class Daemon:
         return str(self.workdir / "s.sock")
 
     def start(self) -> None:
-        config = self.workdir / "overlayd.toml"
-        config.write_text(
+        config = (
             "[drivers]\n"
             'enabled = ["linux_bridge", "fake"]\n'
             "[drivers.fake]\n"
@@ -80,47 +79,17 @@ class Daemon:
             "[engine]\n"
             "health_interval_secs = 0\n"
         )
-        log = (self.workdir / "daemon.log").open("ab")
-        self.proc = subprocess.Popen(
-            [
-                "ip",
-                "netns",
-                "exec",
-                self.host.name,
-                sys.executable,
-                "-m",
-                "overlayd",
-                "serve",
-                "--config",
-                str(config),
-                "--socket",
-                self.socket,
-                "--data-dir",
-                str(self.workdir / "data"),
-                "--no-dns",
-                "--log-level",
-                "debug",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
+        self.process = start_daemon(
+            self.workdir,
+            config,
+            prefix=("ip", "netns", "exec", self.host.name),
+            args=("--no-dns", "--log-level", "debug"),
+            timeout=20,
         )
-        deadline = time.monotonic() + 20
-        while not os.path.exists(self.socket):
-            if self.proc.poll() is not None:
-                raise AssertionError(f"daemon exited: {self.log()}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"daemon did not come up: {self.log()}")
-            time.sleep(0.05)
 
     def stop(self) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise
+        assert self.process is not None
+        return self.process.stop()
 
     def log(self) -> str:
         path = self.workdir / "daemon.log"
@@ -142,6 +111,15 @@ class Daemon:
     def links(self) -> str:
         return self.host.ip("-o", "link", "show")
 
+    def nft_table(self) -> str:
+        """The daemon's nftables table (``inet overlayd``) in the host namespace."""
+        return subprocess.run(
+            ["ip", "netns", "exec", self.host.name, "nft", "list", "table", "inet", "overlayd"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+
 
 @pytest.fixture
 def daemon(tmp_path: Path) -> Iterator[Daemon]:
@@ -154,7 +132,7 @@ def daemon(tmp_path: Path) -> Iterator[Daemon]:
         finally:
             for c in d.containers:
                 c.kill()
-            if d.proc is not None and d.proc.poll() is None:
+            if d.process is not None:
                 d.stop()
 
 
@@ -243,13 +221,7 @@ def test_nat_masquerades_outbound_but_not_cluster_traffic(daemon: Daemon, client
     assert udp_probe(a.ns, "192.168.78.2", 7100, outside, 7100) == "192.168.78.1"
     # Inside the cluster CIDR addresses are kept (the exempt set).
     assert udp_probe(a.ns, ip_c, 7101, c.ns, 7101) == ip_a
-    table = subprocess.run(
-        ["ip", "netns", "exec", daemon.host.name, "nft", "list", "table", "inet", "overlayd"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    assert CLUSTER in table
+    assert CLUSTER in daemon.nft_table()
 
 
 def test_detach_and_dead_container_leave_nothing_behind(daemon: Daemon, client: Client) -> None:
@@ -276,13 +248,7 @@ def test_detach_and_dead_container_leave_nothing_behind(daemon: Daemon, client: 
     assert client.list_attachments() == []
     assert veth_b not in daemon.links()
     client.teardown_service_overlay("db")
-    nft = subprocess.run(
-        ["ip", "netns", "exec", daemon.host.name, "nft", "list", "table", "inet", "overlayd"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    assert str(db_subnet) not in nft
+    assert str(db_subnet) not in daemon.nft_table()
     # Tombstones are gone once the batched deleter has run.
     deadline = time.monotonic() + 5
     while " zx" in daemon.links() and time.monotonic() < deadline:

@@ -105,6 +105,15 @@ table inet filter {{
 """
 
 
+def port_range_rules() -> str:
+    """Endpoint-independent NAT that maps UDP to ports 40000-40999: a changed mapping."""
+    return router_rules("eim").replace(
+        f'oifname "wan" {NAT_RULES["eim"]}',
+        'oifname "wan" meta l4proto udp masquerade to :40000-40999 persistent\n'
+        f'    oifname "wan" {NAT_RULES["eim"]}',
+    )
+
+
 @dataclass
 class Node:
     """A node namespace behind a router, its daemon and its container."""
@@ -212,6 +221,11 @@ class Node:
         )  # fmt: skip
         return res.returncode == 0
 
+    def has_relay_candidate(self) -> bool:
+        """Whether the node has gathered its candidates, a relayed one among them."""
+        st = self.status()
+        return st.nat is not None and any(c.kind == "relay" for c in st.nat.candidates)
+
     def path_of(self, other: Node) -> str | None:
         st = self.status()
         if st.nat is None:
@@ -279,6 +293,14 @@ class Lab:
             self.nodes.append(node)
             nodes.append(node)
         return nodes[0], nodes[1]
+
+    def change_router(self, side: str, rules: str) -> None:
+        """Give router ``side`` (``"a"`` or ``"b"``) the nftables ``rules`` and
+        flush its conntrack table, so that every flow is mapped anew."""
+        router = self.routers[side]
+        run("ip", "netns", "exec", router, "nft", "flush", "ruleset")
+        run("ip", "netns", "exec", router, "nft", "-f", "-", stdin=rules)
+        run("ip", "netns", "exec", router, "conntrack", "-F", check=False)
 
     def _wire(self, switch_ns: str, port: str, ns: str, ifname: str, addr: str) -> None:
         run("ip", "link", "add", port, "netns", switch_ns, "type", "veth", "peer",
@@ -410,14 +432,7 @@ def _bring_up(lab: Lab, nat_a: str | None, nat_b: str | None, **cfg: Any) -> tup
         node.setup()
     # Candidates are gathered when the overlay comes up: wait for the relay.
     for node in (a, b):
-        wait_until(
-            lambda n=node: (
-                (st := n.status()).nat is not None
-                and any(c.kind == "relay" for c in st.nat.candidates)
-            ),
-            10,
-            f"{node.name}'s candidates",
-        )
+        wait_until(node.has_relay_candidate, 10, f"{node.name}'s candidates")
     lab.introduce(a, b)
     return a, b
 
@@ -474,17 +489,9 @@ def test_mapping_change_is_relearnt(lab: Lab) -> None:
     lab.start_exchange(a, b)
     lab.first_ping(a, b, FIRST_PING_WITHIN)
     wait_until(lambda: _paths(a, b) == ("direct", "direct"), 10, "a direct path")
-    router = lab.routers["a"]
-    rules = router_rules("eim").replace(
-        f'oifname "wan" {NAT_RULES["eim"]}',
-        'oifname "wan" meta l4proto udp masquerade to :40000-40999 persistent\n'
-        f'    oifname "wan" {NAT_RULES["eim"]}',
-    )
-    run("ip", "netns", "exec", router, "nft", "flush", "ruleset")
-    run("ip", "netns", "exec", router, "nft", "-f", "-", stdin=rules)
     b.events.clear()
     changed_at = time.monotonic()
-    run("ip", "netns", "exec", router, "conntrack", "-F", check=False)
+    lab.change_router("a", port_range_rules())
 
     def relearnt() -> bool:
         return any(ev.endpoint.startswith("10.240.0.11:40") for _, ev in b.events)
@@ -501,10 +508,7 @@ def test_relayed_peer_moves_to_direct_when_possible(lab: Lab) -> None:
     a, b = _bring_up(lab, "eim", "sym")
     lab.start_exchange(a, b)
     wait_until(lambda: _paths(a, b) == ("relayed", "relayed"), 10, "a relayed path")
-    router = lab.routers["b"]
-    run("ip", "netns", "exec", router, "nft", "flush", "ruleset")
-    run("ip", "netns", "exec", router, "nft", "-f", "-", stdin=router_rules("eim"))
-    run("ip", "netns", "exec", router, "conntrack", "-F", check=False)
+    lab.change_router("b", router_rules("eim"))
     took = wait_until(
         lambda: _paths(a, b) == ("direct", "direct"), 2 * REFRESH, "a direct path", 0.1
     )

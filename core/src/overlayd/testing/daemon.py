@@ -41,6 +41,7 @@ __all__ = [
     "frame_bytes",
     "raw_connect",
     "recv_frame",
+    "request_as_nobody",
     "running_daemon",
     "send_request",
     "setup_lone_node",
@@ -234,6 +235,53 @@ def recv_frame(sock: socket.socket) -> dict[str, Any] | None:
         raise AssertionError("the daemon closed the connection inside a frame")
     data: dict[str, Any] = json.loads(body)
     return data
+
+
+_AS_NOBODY = """
+import json, os, socket, struct, sys
+os.setgroups([int(g) for g in sys.argv[3].split(",") if g])
+os.setgid(65534)
+os.setuid(65534)
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(10)
+s.connect(sys.argv[1])
+body = json.dumps({"frame": "request", "id": 1, "request": {"op": sys.argv[2]}}).encode()
+try:
+    s.sendall(struct.pack("<I", len(body)) + body)
+except OSError:
+    pass  # a refused client may be closed before it has written: the answer waits
+head = s.recv(4, socket.MSG_WAITALL)
+n, = struct.unpack("<I", head)
+frame = json.loads(s.recv(n, socket.MSG_WAITALL))
+closed = False
+if frame["response"]["result"] == "err":
+    try:
+        closed = s.recv(1) == b""
+    except ConnectionResetError:
+        closed = True
+print(json.dumps({"response": frame["response"], "closed": closed}))
+"""
+
+
+def request_as_nobody(
+    path: Path | str, op: str, groups: Sequence[int] = ()
+) -> tuple[dict[str, Any], bool]:
+    """Send ``{"op": op}`` from a child process that runs as uid and gid 65534
+    with supplementary ``groups`` only (needs root).
+
+    Returns the response object and, after an ``err`` answer, whether the
+    daemon then closed the connection (``False`` after any other answer,
+    which leaves the connection open).
+    """
+    out = subprocess.run(  # noqa: S603 - the test's own command line
+        [sys.executable, "-I", "-c", _AS_NOBODY, str(path), op, ",".join(map(str, groups))],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result["response"], result["closed"]
 
 
 def setup_lone_node(client: Any, deployment: str, slice_cidr: str = "10.200.0.0/20") -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import ipaddress
 import sys
 from pathlib import Path
@@ -10,6 +9,7 @@ from types import ModuleType
 
 import pytest
 
+from overlayd.testing.scripts import load_script
 from overlayd_hcn.simulator import SimulatedHcn
 from overlayd_hcn.simulator import SimulatedService
 
@@ -17,12 +17,7 @@ SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "hcn_smoke.py"
 
 
 def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("hcn_smoke", SCRIPT)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, "hcn_smoke")
 
 
 def test_smoke_steps_pass_and_clean_up(

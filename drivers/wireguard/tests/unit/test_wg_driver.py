@@ -3,12 +3,9 @@ from __future__ import annotations
 import ipaddress
 import os
 import signal
-import sys
 import time
-from collections.abc import Callable
 from collections.abc import Iterable
 from collections.abc import Iterator
-from collections.abc import Sequence
 from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
@@ -34,29 +31,11 @@ from overlayd_wireguard.keys import generate_keypair
 from overlayd_wireguard.uapi import UapiClient
 from overlayd_wireguard.userspace import UserspaceBackend
 
-FAKE_CMD = (sys.executable, "-m", "overlayd_wireguard.fakeuapi")
+from .conftest import RecordingLinks
+from .conftest import fake_backend
+from .conftest import wait_until
+
 DEVICE_KEY = "YOnqvqXWSCdqVaX4tsnUpZ2zxJ0I+dJcuZ7Lj1gRe3Y="
-
-
-@dataclass
-class FakeLinks:
-    """LinkAdapter double: remembers configure calls."""
-
-    configured: list[tuple[str, int, tuple[str, ...]]] = field(default_factory=list)
-
-    def wait_link(self, name: str, *, netns: str | None, timeout: float) -> None:
-        return None
-
-    def configure(
-        self, name: str, *, mtu: int, addresses: Sequence[str], netns: str | None
-    ) -> None:
-        self.configured.append((name, mtu, tuple(addresses)))
-
-    def ensure_wireguard_link(self, name: str, *, netns: str | None) -> None:
-        raise AssertionError("userspace only")
-
-    def delete_link(self, name: str, *, netns: str | None) -> bool:
-        return False
 
 
 @dataclass
@@ -86,13 +65,7 @@ class FakeHostNet:
 
 
 def make_driver(sock_dir: Path) -> tuple[WireGuardDriver, UserspaceBackend, FakeHostNet]:
-    backend = UserspaceBackend(
-        command=(*FAKE_CMD, "--socket-dir", str(sock_dir)),
-        socket_dir=sock_dir,
-        links=FakeLinks(),
-        poll_interval=0.05,
-        restart_backoff=(0.1, 0.5),
-    )
+    backend = fake_backend(sock_dir)
     hostnet = FakeHostNet(sock_dir)
     return WireGuardDriver(backend=backend, hostnet=hostnet), backend, hostnet
 
@@ -175,8 +148,8 @@ def test_device_defaults_and_idempotent_adopt(
     assert dev.mtu == 1420
     assert dev.listen_port == 51820
     links = backend.links
-    assert isinstance(links, FakeLinks)
-    assert links.configured[-1] == ("zl-t-g", 1420, ("10.60.0.1/16",))
+    assert isinstance(links, RecordingLinks)
+    assert links.configured[-1] == ("zl-t-g", 1420, ("10.60.0.1/16",), None)
     n = len(links.configured)
     again = drv.overlayd_device_create(spec=spec)
     assert again == dev
@@ -481,10 +454,3 @@ def test_reconcile_never_touches_foreign_devices(
         report = drv.overlayd_reconcile(request=ReconcileRequest())
         assert report is not None and report.removed == ()
         assert UapiClient(sock_dir).alive("wg-other")
-
-
-def wait_until(pred: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable
 from collections.abc import Iterator
 from dataclasses import dataclass
 from dataclasses import field
@@ -43,8 +42,9 @@ from overlayd_wireguard.uapi import SetRequest
 from overlayd_wireguard.uapi.client import UapiClient
 from overlayd_wireguard.userspace import UserspaceBackend
 
-FAKE_CMD = (sys.executable, "-m", "overlayd_wireguard.fakeuapi")
-
+from .conftest import FAKE_CMD
+from .conftest import fake_backend
+from .conftest import wait_until
 
 # ---------------------------------------------------------------------- settings
 
@@ -165,20 +165,6 @@ class RecordingTuner:
         return [pid for pid, _ in self.calls]
 
 
-class NullLinks:
-    def wait_link(self, name: str, *, netns: str | None, timeout: float) -> None:
-        return None
-
-    def configure(self, name: str, *, mtu: int, addresses: Any, netns: str | None) -> None:
-        return None
-
-    def ensure_wireguard_link(self, name: str, *, netns: str | None) -> None:
-        raise AssertionError("userspace only")
-
-    def delete_link(self, name: str, *, netns: str | None) -> bool:
-        return False
-
-
 TUNING = Tuning(socket_buffer=1 << 20, nice=None)
 
 
@@ -190,20 +176,8 @@ def tuner() -> RecordingTuner:
 def make_backend(
     sock_dir: Path, tuner: RecordingTuner, tuning: Tuning | None = TUNING, **kw: Any
 ) -> UserspaceBackend:
-    options: dict[str, Any] = {
-        "poll_interval": 0.05,
-        "restart_backoff": (0.1, 0.5),
-        "retune_interval": 0.1,
-    }
-    options.update(kw)
-    return UserspaceBackend(
-        command=(*FAKE_CMD, "--socket-dir", str(sock_dir)),
-        socket_dir=sock_dir,
-        links=NullLinks(),
-        tuning=tuning,
-        tuner=tuner,
-        **options,
-    )
+    kw.setdefault("retune_interval", 0.1)
+    return fake_backend(sock_dir, tuning=tuning, tuner=tuner, **kw)
 
 
 @pytest.fixture
@@ -214,13 +188,6 @@ def backend(sock_dir: Path, tuner: RecordingTuner) -> Iterator[UserspaceBackend]
     finally:
         b.close()
         b.delete_all()
-
-
-def wait_until(pred: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.02)
 
 
 def test_a_started_process_is_tuned(backend: UserspaceBackend, tuner: RecordingTuner) -> None:

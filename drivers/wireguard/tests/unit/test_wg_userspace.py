@@ -4,11 +4,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
 from collections.abc import Iterator
-from collections.abc import Sequence
-from dataclasses import dataclass
-from dataclasses import field
 from pathlib import Path
 
 import pytest
@@ -23,31 +19,10 @@ from overlayd_wireguard.uapi import SetRequest
 from overlayd_wireguard.uapi import UapiClient
 from overlayd_wireguard.userspace import UserspaceBackend
 
-
-@dataclass
-class RecordingLinks:
-    """In-memory LinkAdapter: records configure/delete calls."""
-
-    configured: list[tuple[str, int, tuple[str, ...], str | None]] = field(default_factory=list)
-    deleted: list[str] = field(default_factory=list)
-
-    def wait_link(self, name: str, *, netns: str | None, timeout: float) -> None:
-        return None
-
-    def configure(
-        self, name: str, *, mtu: int, addresses: Sequence[str], netns: str | None
-    ) -> None:
-        self.configured.append((name, mtu, tuple(addresses), netns))
-
-    def ensure_wireguard_link(self, name: str, *, netns: str | None) -> None:
-        raise AssertionError("the userspace backend never creates kernel links")
-
-    def delete_link(self, name: str, *, netns: str | None) -> bool:
-        self.deleted.append(name)
-        return False
-
-
-FAKE_CMD = (sys.executable, "-m", "overlayd_wireguard.fakeuapi")
+from .conftest import FAKE_CMD
+from .conftest import RecordingLinks
+from .conftest import fake_backend
+from .conftest import wait_until
 
 
 @pytest.fixture
@@ -57,26 +32,12 @@ def links() -> RecordingLinks:
 
 @pytest.fixture
 def backend(sock_dir: Path, links: RecordingLinks) -> Iterator[UserspaceBackend]:
-    b = UserspaceBackend(
-        command=(*FAKE_CMD, "--socket-dir", str(sock_dir)),
-        socket_dir=sock_dir,
-        links=links,
-        poll_interval=0.05,
-        restart_backoff=(0.1, 0.5),
-        start_timeout=10.0,
-    )
+    b = fake_backend(sock_dir, links, start_timeout=10.0)
     try:
         yield b
     finally:
         b.close()
         b.delete_all()
-
-
-def wait_until(pred: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
 
 
 def test_ensure_device_starts_process_and_configures(
@@ -162,14 +123,7 @@ def test_supervisor_restarts_dead_process_and_reapplies_config(
     sock_dir: Path, links: RecordingLinks
 ) -> None:
     restarted: list[str] = []
-    b = UserspaceBackend(
-        command=(*FAKE_CMD, "--socket-dir", str(sock_dir)),
-        socket_dir=sock_dir,
-        links=links,
-        poll_interval=0.05,
-        restart_backoff=(0.1, 0.5),
-        on_restart=restarted.append,
-    )
+    b = fake_backend(sock_dir, links, on_restart=restarted.append)
     try:
         key = PrivateKey.generate()
         b.ensure_device("wgu2", private_key=key, listen_port=4242, addresses=["10.98.0.1/24"])
