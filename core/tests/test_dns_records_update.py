@@ -8,6 +8,7 @@ import random
 from overlayd.dns._records import RecordStore
 from overlayd.dns._records import _Entry
 from overlayd.dns._records import reverse_wire
+from overlayd.errors import InvalidRequest
 
 
 def _reference(
@@ -118,3 +119,32 @@ def test_replace_all_shares_the_answers_of_an_address_between_names() -> None:
     store.update([("a", ip)], [("b", "10.1.0.7")])  # later changes build on the shared tuples
     assert store.get("a") == [] and store.get("b") == [ip, ipaddress.ip_address("10.1.0.7")]
     assert store.get("web") == [ip, ipaddress.ip_address("10.1.0.6")]
+
+
+def test_a_load_keys_every_name_as_key_does() -> None:
+    """The bulk key of a load (a parent's key made once) is ``key``'s, errors included."""
+    store = RecordStore("prod.local.", 30)
+    names = [
+        *(f"n{i}.svc" for i in range(5)),
+        "Pid-7.Web",
+        "a.b.svc",
+        "x",
+        "a_b-c.d_e",
+        "a.b.prod.local.",
+        "a\\.b.svc",
+        "a..b",
+        "\u00e9.svc",
+        "a." + "b" * 63,
+        ".".join(["abc"] * 60),
+    ]
+    parents: dict[str, bytes] = {}
+    for name in names:
+        try:
+            expected: object = store.key(name)
+        except InvalidRequest as exc:
+            expected = str(exc)
+        try:
+            got: object = store._bulk_key(name, parents)
+        except InvalidRequest as exc:
+            got = str(exc)
+        assert got == expected, name

@@ -862,6 +862,26 @@ async def test_restart_recreates_devices_with_persisted_keys(tmp_path: Any) -> N
         assert svc.bridge.name in rebooted.host.devices
 
 
+async def test_corrupt_state_fails_the_start_before_the_drivers_start(tmp_path: Any) -> None:
+    """The store opens beside the drivers' configure; a corrupt one still stops the start."""
+    db = tmp_path / "state.db"
+    db.write_bytes(b"this is not an sqlite database" * 100)
+    db.chmod(0o600)
+    cfg = EngineConfig(
+        data_dir=tmp_path,
+        drivers=[],
+        dns=DnsSettings(enabled=False),
+        engine=EngineSettings(health_interval_secs=0),
+    )
+    fake = FakeDriver()
+    with pytest.raises(StateError, match="move the file aside") as info:
+        async with Engine(cfg, drivers=[fake]):
+            pass
+    assert f"mv {db} {db}.corrupt" in str(info.value)
+    assert not fake.started
+    assert not fake.calls_to("overlayd_startup")
+
+
 async def test_reconcile_removes_unrecorded_peers(engine: Engine, fake: FakeDriver) -> None:
     """A peer on the device that the store does not know (crash after apply) is removed."""
     name = await setup_global(engine)

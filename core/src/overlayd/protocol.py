@@ -324,7 +324,7 @@ OverlayModeName: TypeAlias = Literal["auto", "shared", "dedicated"]
 class _Wire(BaseModel):
     """Base of every wire model: ignores unknown fields, immutable, equal by value."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, defer_build=True)
 
     #: Fields omitted from the wire when they are empty lists (``status``).
     _omit_empty: ClassVar[tuple[str, ...]] = ()

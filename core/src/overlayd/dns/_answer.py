@@ -9,23 +9,18 @@ and send what it returns.
 
 from __future__ import annotations
 
+import importlib
 import ipaddress
 import logging
 import struct
 from dataclasses import dataclass
 from dataclasses import field
+from typing import TYPE_CHECKING
 from typing import Final
 from typing import TypeVar
 
 import dns.exception
-import dns.flags
-import dns.message
 import dns.name
-import dns.rcode
-import dns.rdata
-import dns.rdataclass
-import dns.rdatatype
-import dns.rrset
 
 from overlayd.dns import _wire
 from overlayd.dns._config import DnsConfig
@@ -37,6 +32,15 @@ from overlayd.dns._upstream import ForwardJob
 from overlayd.stats import Histogram
 from overlayd.stats import LabelledCounter
 
+if TYPE_CHECKING:  # imported at run time by _import_slow_path
+    import dns.flags
+    import dns.message
+    import dns.rcode
+    import dns.rdata
+    import dns.rdataclass
+    import dns.rdatatype
+    import dns.rrset
+
 __all__ = ["DnsStats", "QueryAnswers"]
 
 logger = logging.getLogger(__name__)
@@ -44,6 +48,16 @@ logger = logging.getLogger(__name__)
 #: Queries longer than this are answered FORMERR unparsed (a real query is < 300 bytes).
 MAX_QUERY: Final = 4096
 _NS_KEY: Final = b"\x02ns"
+#: dnspython's modules that only the slow path uses (:func:`_import_slow_path`).
+_SLOW_PATH_MODULES: Final = (
+    "dns.flags",
+    "dns.message",
+    "dns.rcode",
+    "dns.rdata",
+    "dns.rdataclass",
+    "dns.rdatatype",
+    "dns.rrset",
+)
 
 
 @dataclass
@@ -180,6 +194,7 @@ class QueryAnswers:
         return reply
 
     def _slow(self, data: bytes, local: str | None, tcp: bool) -> bytes | ForwardJob | None:
+        _import_slow_path()
         st = self.stats
         try:
             msg = dns.message.from_wire(data)
@@ -356,6 +371,18 @@ class QueryAnswers:
             outcome = "dropped" if result is None else _wire.rcode_name(result)
             self.stats.by_query.inc(_wire.qtype_name(data), outcome)
         return result
+
+
+def _import_slow_path() -> None:
+    """Import dnspython's message machinery, which only the slow path uses.
+
+    About 15-20 ms of the daemon's start-up (docs/design-notes.rst, "Footprint
+    of a large node"); the first query the fast path declines pays it once.
+    The submodules become attributes of the ``dns`` package, which is how the
+    methods above reach them.
+    """
+    for module in _SLOW_PATH_MODULES:
+        importlib.import_module(module)
 
 
 def _rdata(rdtype: dns.rdatatype.RdataType, text: str) -> dns.rdata.Rdata:

@@ -49,6 +49,8 @@ _V4_LABELS: Final = tuple(bytes((len(str(b)),)) + str(b).encode() for b in range
 _LENGTH: Final = tuple(bytes((n,)) for n in range(64))
 #: A relative name of plain labels (no escapes, no trailing dot): its key needs no parser.
 _PLAIN_RELATIVE: Final = re.compile(r"[A-Za-z0-9_-]{1,63}(?:\.[A-Za-z0-9_-]{1,63})*")
+#: One plain label.
+_PLAIN_LABEL: Final = re.compile(r"[A-Za-z0-9_-]{1,63}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +237,30 @@ class RecordStore:
                 f"DNS name {name!r} is too long in zone {zone} (255 bytes at most)."
             )
         return key
+
+    def _bulk_key(self, name: str, parents: dict[str, bytes]) -> bytes:
+        """:meth:`key` of ``name``, the key of its parent made once per parent in ``parents``.
+
+        A load's 110,000 names have a handful of parents (``n1.svc``,
+        ``pid-7.web``): the parent's labels are checked and packed once, the
+        first label per name. Anything but a plain first label under a plain
+        parent goes through :meth:`key`, which also reports a name too long.
+        """
+        first, dot, rest = name.partition(".")
+        if dot and _PLAIN_LABEL.fullmatch(first):
+            parent = parents.get(rest)
+            if parent is None:
+                parent = parents[rest] = (
+                    b"".join([_LENGTH[len(lb)] + lb for lb in rest.lower().encode().split(b".")])
+                    if _PLAIN_RELATIVE.fullmatch(rest)
+                    else b""
+                )
+            if parent:
+                label = first.lower().encode()
+                key = _LENGTH[len(label)] + label + parent
+                if len(key) + len(self.zone.wire) <= 255:
+                    return key
+        return self.key(name)
 
     def absolute(self, key: bytes) -> dns.name.Name:
         """The absolute name of a relative ``key`` in the current zone."""
@@ -444,9 +470,10 @@ class RecordStore:
         firsts = cast(dict[bytes, Any], fresh.names)
         more: dict[bytes, dict[bytes, _Prepared]] = {}  # names of two addresses or more
         last_name, last_key = None, b""  # a service's records come in a row
+        parents: dict[str, bytes] = {}
         for name, ip in pairs:
             if name != last_name:
-                last_name, last_key = name, self.key(name)
+                last_name, last_key = name, self._bulk_key(name, parents)
             key = last_key
             prep = by_id.get(id(ip))
             if prep is None:

@@ -97,6 +97,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DETACH_INTENT",
     "GLOBAL_KEY",
+    "LOAD_VALUES_ONLY",
     "NODE_POOL",
     "EngineBase",
     "gc_paused",
@@ -112,6 +113,8 @@ T = TypeVar("T")
 GLOBAL_KEY: Final = "wg-global"
 #: Store kind of a detach under way (keyed by handle key), written before the host changes.
 DETACH_INTENT: Final = "detaching"
+#: The kinds :meth:`EngineBase._load` reads as lists of values (their keys are not needed).
+LOAD_VALUES_ONLY: Final = ("dns",)
 
 
 def service_pool(service: str) -> str:
@@ -289,10 +292,6 @@ class EngineBase:
         self._loop = asyncio.get_running_loop()
         self._stopping = False
         self._work.start()
-        if self._store is None:
-            from overlayd.state import open_store
-
-            self._store = open_store(self.config.data_dir)
         if self.config.data_dir is not None:
             from overlayd.state import open_secrets
 
@@ -302,6 +301,12 @@ class EngineBase:
         context = DriverContext(
             data_dir=self.config.data_dir, emit=self.emit, secrets=self._secrets, loop=self._loop
         )
+        # The store opens (and checks itself, and reads its records ahead) in a
+        # worker beside the drivers' configuration: SQLite does that work
+        # without the GIL, about 0.15 s of a large node's start-up
+        # (docs/design-notes.rst, "Footprint of a large node"). A store that
+        # cannot be opened still fails the start, before the drivers start.
+        opening = None if self._store is not None else asyncio.ensure_future(self._run(self._open))
         with gc_paused():
             # The drivers' and the engine's state (a million objects on a large
             # node) is built with the cyclic GC off, then frozen: left in the
@@ -309,7 +314,11 @@ class EngineBase:
             # all of it, about 0.5 s of the first answer (docs/design-notes.rst,
             # "Footprint of a large node"). Frozen objects are still freed by
             # their reference counts; stop() unfreezes them.
-            await self._run(self.hooks.configure, self.config)
+            try:
+                await self._run(self.hooks.configure, self.config)
+            finally:
+                if opening is not None:
+                    self._store = await opening
             await self._run(self.hooks.startup, context)
             await self._run(self._load)
             gc.freeze()
@@ -322,6 +331,16 @@ class EngineBase:
         interval = self.config.engine.reconcile_interval_secs
         if interval > 0:
             self._tasks.append(asyncio.create_task(self._periodic(interval, self.reconcile)))
+
+    def _open(self) -> Store:
+        """The state store of ``config.data_dir``, its records read ahead for :meth:`_load`."""
+        from overlayd.state import SqliteStore
+        from overlayd.state import open_store
+
+        store = open_store(self.config.data_dir)
+        if isinstance(store, SqliteStore):
+            store.prefetch(values_only=LOAD_VALUES_ONLY)
+        return store
 
     async def stop(self) -> None:
         """Stop periodic work and the drivers; the data plane stays up.

@@ -17,6 +17,7 @@ from overlayd.model import PortMapping
 from overlayd.model import ServiceOverlay
 
 from .base import DETACH_INTENT
+from .base import LOAD_VALUES_ONLY
 from .base import NODE_POOL
 from .base import EngineBase
 from .base import gc_paused
@@ -63,7 +64,7 @@ class LoadingMixin(EngineBase):
     def _load_records(self) -> None:
         if self._store is None:
             raise StateError("the state store is not open; start the engine first")
-        data = self._store.load(values_only=("dns",))  # their keys are not needed
+        data = self._store.load(values_only=LOAD_VALUES_ONLY)
         meta = data.get("meta", {})
         self.node_id = meta.get("node_id")
         self.local_wg_pubkey = meta.get("local_wg_pubkey")
