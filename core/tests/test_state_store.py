@@ -255,22 +255,6 @@ def test_load_many_records(tmp_path: Path) -> None:
         s.close()
 
 
-def test_prefetch_serves_the_next_load_and_a_commit_drops_it(tmp_path: Path) -> None:
-    """What prefetch read answers one load with the same values_only, never a stale one."""
-    s = SqliteStore(tmp_path / DB_FILENAME)
-    try:
-        s.commit({("dns", "a"): {"n": 1}, ("lease", "x"): {"n": 2}})
-        s.prefetch(values_only=("dns",))
-        assert s.load(values_only=("dns",)) == {"dns": [{"n": 1}], "lease": {"x": {"n": 2}}}
-        s.prefetch(values_only=("dns",))
-        s.commit({("dns", "b"): {"n": 3}})
-        assert s.load(values_only=("dns",))["dns"] == [{"n": 1}, {"n": 3}]
-        s.prefetch(values_only=("dns",))
-        assert s.load() == {"dns": {"a": {"n": 1}, "b": {"n": 3}}, "lease": {"x": {"n": 2}}}
-    finally:
-        s.close()
-
-
 # ------------------------------------------------------------------ corruption
 
 

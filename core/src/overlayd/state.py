@@ -392,8 +392,6 @@ class SqliteStore:
         self.path = Path(path)
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
-        #: Rows read ahead by :meth:`prefetch`, with their ``values_only``.
-        self._prefetched: tuple[tuple[str, ...], list[Any]] | None = None
         self._create_file()
         try:
             with _private_umask():
@@ -549,25 +547,10 @@ class SqliteStore:
         except sqlite3.DatabaseError as exc:
             raise StateError(_corrupt_message(self.path, exc)) from exc
 
-    def prefetch(self, *, values_only: Collection[str] = ()) -> None:
-        """Read every record now for the next :meth:`load` with the same ``values_only``.
-
-        SQLite runs the query without holding the GIL, so a caller that runs
-        this in a thread of its own overlaps it with other work (the engine,
-        with the drivers' configuration at start). A :meth:`commit` before
-        that ``load`` drops what was read, so ``load`` never returns stale
-        records.
-        """
-        wanted = tuple(values_only)
-        with self._locked() as conn:
-            self._prefetched = (wanted, self._read(conn, wanted))
-
     def load(self, *, values_only: Collection[str] = ()) -> dict[str, Any]:
         """All records, read in one snapshot (see :meth:`Store.load`)."""
-        wanted = tuple(values_only)
         with self._locked() as conn:
-            held, self._prefetched = self._prefetched, None
-            rows = held[1] if held is not None and held[0] == wanted else self._read(conn, wanted)
+            rows = self._read(conn, tuple(values_only))
         out: dict[str, Any] = {}
         for kind, document in rows:
             try:
@@ -591,7 +574,6 @@ class SqliteStore:
         # path, the same one a disk error takes.
         rows = ((kind, key, _encode(kind, key, v)) for (kind, key), v in puts.items())
         with self._locked() as conn:
-            self._prefetched = None  # a later load reads what this commit leaves
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 if deletes:
@@ -655,7 +637,6 @@ class SqliteStore:
         """Checkpoint and close the database; idempotent."""
         with self._lock:
             conn, self._conn = self._conn, None
-            self._prefetched = None
         if conn is not None:
             conn.close()
 

@@ -99,3 +99,19 @@ async def test_reconcile_journals_what_it_removed(
         assert stray.key not in fake.host.attachments
         host = fake.host.to_json()
     assert FakeDriver(state_file=state).host.to_json() == host
+
+
+async def test_a_graceful_stop_folds_the_journal_into_the_state_file(
+    engine_config: EngineConfig, tmp_path: Path
+) -> None:
+    state = tmp_path / "host.json"
+    fake = FakeDriver(state_file=state)
+    async with Engine(engine_config, drivers=[fake]) as eng:
+        await eng.setup_global_overlay(**GLOBAL)
+        await eng.setup_service_overlay("web", "shared")
+        await eng.attach({"platform": "linux_pid", "pid": 7}, "web")
+        assert _journal(state)  # changes are journalled while running
+        host = fake.host.to_json()
+    assert _journal(state) == []
+    assert json.loads(state.read_text()) == host
+    assert FakeDriver(state_file=state).host.to_json() == host

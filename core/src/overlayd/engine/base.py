@@ -301,9 +301,9 @@ class EngineBase:
         context = DriverContext(
             data_dir=self.config.data_dir, emit=self.emit, secrets=self._secrets, loop=self._loop
         )
-        # The store opens (and checks itself, and reads its records ahead) in a
-        # worker beside the drivers' configuration: SQLite does that work
-        # without the GIL, about 0.15 s of a large node's start-up
+        # The store opens (and checks itself) in a worker beside the drivers'
+        # configuration: SQLite does that work without the GIL, about 55 ms of
+        # a large node's start-up
         # (docs/design-notes.rst, "Footprint of a large node"). A store that
         # cannot be opened still fails the start, before the drivers start.
         opening = None if self._store is not None else asyncio.ensure_future(self._run(self._open))
@@ -333,14 +333,10 @@ class EngineBase:
             self._tasks.append(asyncio.create_task(self._periodic(interval, self.reconcile)))
 
     def _open(self) -> Store:
-        """The state store of ``config.data_dir``, its records read ahead for :meth:`_load`."""
-        from overlayd.state import SqliteStore
+        """The state store of ``config.data_dir``, opened and checked (``quick_check``)."""
         from overlayd.state import open_store
 
-        store = open_store(self.config.data_dir)
-        if isinstance(store, SqliteStore):
-            store.prefetch(values_only=LOAD_VALUES_ONLY)
-        return store
+        return open_store(self.config.data_dir)
 
     async def stop(self) -> None:
         """Stop periodic work and the drivers; the data plane stays up.

@@ -247,6 +247,9 @@ class FakeDriver:
     def overlayd_shutdown(self) -> None:
         self._enter("overlayd_shutdown")
         self.started = False
+        if self._journal is not None:
+            with self._lock:
+                self._journal.fold(self.host)
 
     @hookimpl
     def overlayd_reconcile(self, request: ReconcileRequest) -> ReconcileReport | None:

@@ -6,7 +6,9 @@ state_file``, :class:`HostJournal` keeps it across restarts: each change is
 appended (and fsynced) to ``<state_file>.journal`` as the objects it set or
 deleted, and the journal is folded into the state file (written atomically)
 once it outgrows it, so a change costs its own size rather than the whole
-host's. A torn last line (a crash while appending) is dropped at load.
+host's, and folded at shutdown too, so a daemon stopped gracefully starts
+from one document. A torn last line (a crash while appending) is dropped at
+load.
 """
 
 from __future__ import annotations
@@ -275,6 +277,18 @@ class HostJournal:
                     saved.pop((table, key), None)
                 else:
                     saved[(table, key)] = value
+
+    def fold(self, host: FakeHost) -> None:
+        """Fold the journal into the state file now, if it holds anything.
+
+        The driver does it at shutdown: the next start then reads one JSON
+        document instead of replaying up to a state file's worth of journal
+        lines (a host of 10,000 attachments: about 0.3 s of a start-up).
+        """
+        if self._journal_bytes:
+            self.state_file.parent.mkdir(parents=True, exist_ok=True)
+            self._compact(self.state_file, host)
+            self.saved = host.flat()
 
     def _compact(self, path: Path, host: FakeHost) -> None:
         """Write the whole host to the state file, atomically, and empty the journal.
