@@ -1394,3 +1394,22 @@ def test_wire_any_valid_request_round_trips(frame_id: int, request: Any) -> None
     decoded = p.decode_frame(encoded[4:])
     assert decoded == frame
     assert p.encode_frame(decoded) == encoded
+
+
+def test_wire_models_are_built_on_first_use_or_by_build_models() -> None:
+    """``defer_build`` keeps a daemon's start short; ``build_models`` builds them all at once."""
+    import subprocess
+    import sys
+
+    script = (
+        "from overlayd import protocol as p\n"
+        "models = [p.AttachInterfaceRequest, p.ResponseFrame, p.StatusResponse]\n"
+        "assert not any(m.__pydantic_complete__ for m in models)\n"
+        "p.build_models()\n"
+        "assert all(m.__pydantic_complete__ for m in models)\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=False, timeout=60
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

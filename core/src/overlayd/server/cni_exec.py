@@ -38,7 +38,7 @@ from overlayd.server.handlers import handles
 if TYPE_CHECKING:
     from overlayd.server.core import Server
 
-__all__ = ["CNI_NOT_INSTALLED", "CNI_WORKERS", "shutdown_pool", "warm_up"]
+__all__ = ["CNI_NOT_INSTALLED", "CNI_WORKERS", "load_plugin", "shutdown_pool"]
 
 log = logging.getLogger("overlayd.server")
 
@@ -131,20 +131,10 @@ async def _cni_exec(s: Server, r: p.CniExecRequest) -> p.AnyResponse:
     return p.CniResultResponse(exit_code=code, stdout=out, stderr=err or None)
 
 
-def _import_plugin() -> None:
+def load_plugin() -> None:
+    """Import the plugin ahead of the first ``cni_exec`` (nothing without ``overlayd-cni``)."""
     with contextlib.suppress(ImportError):
         import overlayd_cni.main  # noqa: F401 - loaded ahead of the first cni_exec
-
-
-def warm_up() -> None:
-    """Import the plugin, in a worker thread, ahead of the first ``cni_exec``.
-
-    A runtime's first ``ADD`` after the daemon started otherwise pays the
-    import (a few milliseconds, as much as the rest of the ``ADD``). Called
-    once, shortly after the server listens; without ``overlayd-cni``
-    installed it does nothing.
-    """
-    asyncio.get_running_loop().run_in_executor(None, _import_plugin)
 
 
 def shutdown_pool() -> None:

@@ -126,13 +126,28 @@ class Server:
         self._accept_task = asyncio.create_task(self._accept_loop(), name="overlayd-accept")
         self._events_task = asyncio.create_task(self._pump_events(), name="overlayd-events")
         # After the first answers, not before: the start-up is not slowed by it.
-        self._warm = asyncio.get_running_loop().call_later(1.0, cni_exec.warm_up)
+        self._warm = asyncio.get_running_loop().call_later(1.0, self._warm_up)
         log.info(
             "serving on %s (at most %d connections)",
             self.path,
             self.limits.max_connections,
             extra={"socket": str(self.path)},
         )
+
+    def _warm_up(self) -> None:
+        """Build the wire models and load the CNI plugin, in a worker thread.
+
+        Both are left for first use to keep the start short (``defer_build``,
+        a lazy import); done here, a second after the socket is served, the
+        first request of each kind (a runtime's first CNI ``ADD``) does not
+        pay for them, about 50 ms all told.
+        """
+
+        def warm() -> None:
+            p.build_models()
+            cni_exec.load_plugin()
+
+        asyncio.get_running_loop().run_in_executor(None, warm)
 
     async def serve_until_stopped(self) -> None:
         await self._closing.wait()
