@@ -160,3 +160,32 @@ async def test_engine_records_what_the_device_holds(engine: tuple[Engine, FakeDr
     await eng.remove_peer(B)
     assert {k: set(p.allowed_ips) for k, p in eng.peers[device].items()} == {A: {N2}}
     assert {k: set(p.allowed_ips) for k, p in fake.host.peers[device].items()} == {A: {N2}}
+
+
+def test_every_change_bumps_the_version_and_a_preview_does_not() -> None:
+    t = table()
+    start = t.version
+    t.put(PeerConfig(public_key=A, allowed_ips=(N1,)))
+    assert t.version == start + 1
+    merged = t.preview([PeerChange(public_key=B, allowed_ips=(N2,))])
+    assert t.version == start + 1  # a preview changes nothing
+    t.commit(merged)
+    assert t.version == start + 2
+
+
+async def test_status_reads_the_device_again_after_any_peer_change(
+    engine: tuple[Engine, FakeDriver],
+) -> None:
+    eng, fake = engine
+    await eng.setup_global_overlay(
+        deployment="prod", instance_id="n1", cluster_cidr="10.200.0.0/16", wg_port=51820
+    )
+    await eng.add_peer(A, "10.0.0.1:51820", "10.9.1.0/24")
+    first = await eng.status()
+    assert eng.status_unchanged() is first  # within a second, nothing changed
+    reads = len(fake.calls_to("overlayd_peer_status"))
+    await eng.add_peer(A, "10.0.0.1:51820", "10.9.2.0/24")  # same peer, new prefix
+    assert eng.status_unchanged() is None
+    second = await eng.status()
+    assert len(fake.calls_to("overlayd_peer_status")) == reads + 1
+    assert [p.allowed_ips for p in second.peers] != [p.allowed_ips for p in first.peers]

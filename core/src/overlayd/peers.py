@@ -195,10 +195,13 @@ class PeerTable(Mapping[str, PeerConfig]):
     the result durably in between), or :meth:`put` when loading records.
     """
 
-    __slots__ = ("_owner", "_peers", "name")
+    __slots__ = ("_owner", "_peers", "name", "version")
 
     def __init__(self, name: str, peers: Iterable[PeerConfig] = ()) -> None:
         self.name = name
+        #: Bumped by every change: equal versions of one table hold the same peers,
+        #: which a reader can check without comparing them one by one.
+        self.version = 0
         self._peers: dict[str, PeerConfig] = {}
         self._owner: dict[IPNetwork, str] = {}
         for peer in peers:
@@ -227,6 +230,7 @@ class PeerTable(Mapping[str, PeerConfig]):
         self._peers[peer.public_key] = peer
         for prefix in peer.allowed_ips:
             self._owner[prefix] = peer.public_key
+        self.version += 1
 
     def preview(self, changes: Sequence[PeerChange]) -> Merge[IPNetwork]:
         """What ``changes`` would do, without changing the table."""
@@ -270,6 +274,7 @@ class PeerTable(Mapping[str, PeerConfig]):
                 self._owner.pop(prefix, None)
             else:
                 self._owner[prefix] = holder
+        self.version += 1
 
     def undo_changes(self, result: Merge[IPNetwork]) -> list[PeerChange]:
         """Changes that put a device back as this table records it, after ``result``.

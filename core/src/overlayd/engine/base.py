@@ -58,7 +58,6 @@ from overlayd.model import IPInterface
 from overlayd.model import IPNetwork
 from overlayd.model import Lease
 from overlayd.model import MasqueradeRule
-from overlayd.model import PeerConfig
 from overlayd.model import PeerStatus
 from overlayd.model import Pool
 from overlayd.model import PortMapping
@@ -146,8 +145,9 @@ class PeerStatusCache:
     #: ``time.monotonic()`` before the read started.
     read_at: float
     device: Device
-    #: The recorded peer configurations of the device when the read started.
-    configs: tuple[PeerConfig, ...]
+    #: The device's recorded peer table and its version when the read started
+    #: (``None``, 0: none recorded).
+    recorded: tuple[PeerTable | None, int]
     peers: list[PeerStatus]
 
 

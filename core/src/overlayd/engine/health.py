@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from overlayd.model import Device
 from overlayd.model import Event
-from overlayd.model import PeerConfig
 from overlayd.model import PeerStatus
+from overlayd.peers import PeerTable
 
 from .base import EngineBase
 from .base import PeerStatusCache
@@ -127,10 +127,10 @@ class HealthMixin(EngineBase):
             g = up or self._retired
             services = list(self.services.values())
             peer_counts = {name: len(p) for name, p in self.peers.items()}
-            configs = tuple(self.peers.get(up.device.name, {}).values()) if up else ()
+            recorded = self._recorded_peers(up.device.name) if up else (None, 0)
         peers: list[PeerStatus] | None = []
         if up is not None:
-            peers = self._fresh_peers(up.device, configs)
+            peers = self._fresh_peers(up.device, recorded)
             if peers is None:
                 return None
         nat = self._nat_status()
@@ -144,31 +144,37 @@ class HealthMixin(EngineBase):
         Reading them costs a hop to a worker thread and a device query, which
         was most of a ``status`` round trip. The cached answer is used only
         while it is younger than the bound and the recorded peer set of the
-        device is the one it was read under (compared by value), so ``status``
-        right after any peer change reads the device again.
+        device is the one it was read under (the table's version), so
+        ``status`` right after any peer change reads the device again.
         """
         with self._mem:
-            configs = tuple(self.peers.get(device.name, {}).values())
-        fresh = self._fresh_peers(device, configs)
+            recorded = self._recorded_peers(device.name)
+        fresh = self._fresh_peers(device, recorded)
         if fresh is not None:
             return fresh
         now = time.monotonic()
         peers = await self._read_peers(device, "status")
         if peers is None:
             return []
-        self._status_cache = PeerStatusCache(now, device, configs, peers)
+        self._status_cache = PeerStatusCache(now, device, recorded, peers)
         return peers
 
+    def _recorded_peers(self, device: str) -> tuple[PeerTable | None, int]:
+        """(under ``_mem``) The device's peer table and its version: what a read is valid for."""
+        table = self.peers.get(device)
+        return (table, table.version if table is not None else 0)
+
     def _fresh_peers(
-        self, device: Device, configs: tuple[PeerConfig, ...]
+        self, device: Device, recorded: tuple[PeerTable | None, int]
     ) -> list[PeerStatus] | None:
-        """The cached peers read, if young enough and read under ``configs``; else None."""
+        """The cached peers read, if young enough and read under ``recorded``; else None."""
         cached = self._status_cache
         if (
             cached is not None
             and time.monotonic() - cached.read_at < self.STATUS_PEERS_MAX_AGE
             and cached.device == device
-            and cached.configs == configs
+            and cached.recorded[0] is recorded[0]
+            and cached.recorded[1] == recorded[1]
         ):
             return cached.peers
         return None
