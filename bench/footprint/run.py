@@ -432,20 +432,7 @@ def run(
             figures["hwm_filled"] = mem["VmHWM"]
         finally:
             figures["exit_code"] = stop(proc)
-        proc = spawn(root)
-        try:
-            spawned = time.monotonic()
-            _, arrived = wait_first_status(proc, root)
-            figures["startup_s"] = time.monotonic() - spawned
-            figures["startup_answer_s"] = arrived - spawned
-            figures["startup_cpu_s"] = _cpu_s(proc.pid)
-            mem = _status_kib(proc.pid)
-            figures["rss_restarted"] = mem["VmRSS"]
-            figures["hwm_restarted"] = mem["VmHWM"]
-            figures.update(verify(sock))
-            figures["dns_sample"] = dns_sample(port, names)
-        finally:
-            figures["exit_code_restarted"] = stop(proc)
+        figures.update(restart_once(root, sock, port, names))
         log = Path(root, "daemon.log").read_text(errors="replace")
         figures["tracebacks"] = log.count("Traceback")
         if figures["tracebacks"]:
@@ -453,6 +440,26 @@ def run(
         figures["nebula_rss"] = nebula_rss(peers, root) if nebula else None
     figures.update(attachments=attachments, peers=peers, names=names)
     report(figures)
+    return figures
+
+
+def restart_once(root: str, sock: str, port: int, names: int) -> dict[str, Any]:
+    """Start the daemon on ``root``'s state, time its first answer, measure, check, stop."""
+    figures: dict[str, Any] = {}
+    proc = spawn(root)
+    try:
+        spawned = time.monotonic()
+        _, arrived = wait_first_status(proc, root)
+        figures["startup_s"] = time.monotonic() - spawned
+        figures["startup_answer_s"] = arrived - spawned
+        figures["startup_cpu_s"] = _cpu_s(proc.pid)
+        mem = _status_kib(proc.pid)
+        figures["rss_restarted"] = mem["VmRSS"]
+        figures["hwm_restarted"] = mem["VmHWM"]
+        figures.update(verify(sock))
+        figures["dns_sample"] = dns_sample(port, names)
+    finally:
+        figures["exit_code_restarted"] = stop(proc)
     return figures
 
 
@@ -472,21 +479,7 @@ def restart(root: str, names: int, repeat: int = 1) -> list[dict[str, Any]]:
     for i in range(repeat):
         log = Path(root, "daemon.log")
         logged = log.stat().st_size if log.exists() else 0
-        proc = spawn(root)
-        figures: dict[str, Any] = {}
-        try:
-            spawned = time.monotonic()
-            _, arrived = wait_first_status(proc, root)
-            figures["startup_s"] = time.monotonic() - spawned
-            figures["startup_answer_s"] = arrived - spawned
-            figures["startup_cpu_s"] = _cpu_s(proc.pid)
-            mem = _status_kib(proc.pid)
-            figures["rss_restarted"] = mem["VmRSS"]
-            figures["hwm_restarted"] = mem["VmHWM"]
-            figures.update(verify(sock))
-            figures["dns_sample"] = dns_sample(port, names)
-        finally:
-            figures["exit_code_restarted"] = stop(proc)
+        figures = restart_once(root, sock, port, names)
         with open(log, "rb") as f:
             f.seek(logged)
             figures["tracebacks"] = f.read().count(b"Traceback")

@@ -38,6 +38,9 @@ from overlayd.errors import TeardownError
 # Not ``typing.TYPE_CHECKING``: importing typing costs a CNI plugin's start.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
     from overlayd.config import DaemonConfig
     from overlayd.config import EngineConfig
     from overlayd.engine import Engine
@@ -89,12 +92,27 @@ _LAZY: dict[str, str] = {
 }
 
 
-def __getattr__(name: str) -> object:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'overlayd' has no attribute {name!r}")
-    import importlib
+def lazy_attributes(
+    module: str, table: dict[str, str], namespace: dict[str, Any]
+) -> Callable[[str], Any]:
+    """A module ``__getattr__`` (PEP 562) importing each name of ``table`` on first use.
 
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+    ``table`` maps a public name to the module that defines it; the value is
+    kept in ``namespace`` (the package's ``globals()``), so a name is looked
+    up once. Used by packages whose entry points must start light.
+    """
+
+    def __getattr__(name: str) -> Any:
+        source = table.get(name)
+        if source is None:
+            raise AttributeError(f"module {module!r} has no attribute {name!r}")
+        import importlib
+
+        value = getattr(importlib.import_module(source), name)
+        namespace[name] = value
+        return value
+
+    return __getattr__
+
+
+__getattr__ = lazy_attributes(__name__, _LAZY, globals())

@@ -12,10 +12,9 @@ The package: :mod:`~overlayd.cli.overlayd` (the daemon's command line),
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
-from typing import Any
 
+from overlayd import lazy_attributes
 from overlayd.cli.common import EXIT_CONNECT
 from overlayd.cli.common import EXIT_ERR
 from overlayd.cli.common import EXIT_OK
@@ -50,8 +49,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_attributes(__name__, _LAZY, globals())
