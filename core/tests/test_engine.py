@@ -804,14 +804,11 @@ async def test_same_handle_concurrent_attach_allocates_once(
     assert len(engine.list_leases()) == 1
 
 
-async def test_records_roundtrip_through_durable_store(tmp_path: Any, fake: FakeDriver) -> None:
+async def test_records_roundtrip_through_durable_store(
+    tmp_path: Any, fake: FakeDriver, config: EngineConfig
+) -> None:
     """A restart on the same data_dir keeps key, addresses, peers and records."""
-    cfg = EngineConfig(
-        data_dir=tmp_path,
-        drivers=[],
-        dns=DnsSettings(enabled=False),
-        engine=EngineSettings(health_interval_secs=0),
-    )
+    cfg = config.model_copy(update={"data_dir": tmp_path})
     async with Engine(cfg, drivers=[fake]) as eng:
         await setup_global(eng)
         await eng.setup_service_overlay("db", "dedicated")
@@ -836,14 +833,11 @@ async def test_records_roundtrip_through_durable_store(tmp_path: Any, fake: Fake
         assert (await eng2.setup_service_overlay("db", "dedicated")).dedicated.listen_port == 51821  # type: ignore[union-attr]
 
 
-async def test_restart_recreates_devices_with_persisted_keys(tmp_path: Any) -> None:
+async def test_restart_recreates_devices_with_persisted_keys(
+    tmp_path: Any, config: EngineConfig
+) -> None:
     """The host lost the devices (reboot): they come back with the same keys."""
-    cfg = EngineConfig(
-        data_dir=tmp_path,
-        drivers=[],
-        dns=DnsSettings(enabled=False),
-        engine=EngineSettings(health_interval_secs=0),
-    )
+    cfg = config.model_copy(update={"data_dir": tmp_path})
     first = FakeDriver()
     async with Engine(cfg, drivers=[first]) as eng:
         await setup_global(eng)
@@ -862,17 +856,14 @@ async def test_restart_recreates_devices_with_persisted_keys(tmp_path: Any) -> N
         assert svc.bridge.name in rebooted.host.devices
 
 
-async def test_corrupt_state_fails_the_start_before_the_drivers_start(tmp_path: Any) -> None:
+async def test_corrupt_state_fails_the_start_before_the_drivers_start(
+    tmp_path: Any, config: EngineConfig
+) -> None:
     """The store opens beside the drivers' configure; a corrupt one still stops the start."""
     db = tmp_path / "state.db"
     db.write_bytes(b"this is not an sqlite database" * 100)
     db.chmod(0o600)
-    cfg = EngineConfig(
-        data_dir=tmp_path,
-        drivers=[],
-        dns=DnsSettings(enabled=False),
-        engine=EngineSettings(health_interval_secs=0),
-    )
+    cfg = config.model_copy(update={"data_dir": tmp_path})
     fake = FakeDriver()
     with pytest.raises(StateError, match="move the file aside") as info:
         async with Engine(cfg, drivers=[fake]):
@@ -912,7 +903,9 @@ async def test_reconcile_re_sends_only_the_peers_not_in_place(
     assert fake.host.peers[name][KEY1].endpoint == "127.0.0.1:1"
 
 
-async def test_dedicated_identity_is_adopted_from_zlayer_marker(tmp_path: Any) -> None:
+async def test_dedicated_identity_is_adopted_from_zlayer_marker(
+    tmp_path: Any, config: EngineConfig
+) -> None:
     """A node moving from ZLayer's daemon keeps its dedicated key and port."""
     from overlayd import keys
     from overlayd import marker
@@ -935,12 +928,7 @@ async def test_dedicated_identity_is_adopted_from_zlayer_marker(tmp_path: Any) -
     )
     tmp_path.mkdir(exist_ok=True)
     marker.save(marker.marker_path(tmp_path), doc)
-    cfg = EngineConfig(
-        data_dir=tmp_path,
-        drivers=[],
-        dns=DnsSettings(enabled=False),
-        engine=EngineSettings(health_interval_secs=0),
-    )
+    cfg = config.model_copy(update={"data_dir": tmp_path})
     async with Engine(cfg, drivers=[FakeDriver()]) as eng:
         await setup_global(eng)
         svc = await eng.setup_service_overlay("db", "dedicated")
