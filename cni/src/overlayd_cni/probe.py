@@ -12,7 +12,6 @@ process). Only the standard library is used; it is imported by ``CHECK`` only.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import fcntl
 import ipaddress
 import os
@@ -30,7 +29,8 @@ _IFF_UP = 0x1
 
 def enter(path: str) -> None:
     """Move this process into the network namespace at ``path``."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    # The running process links libc; find_library would run ldconfig.
+    libc = ctypes.CDLL(None, use_errno=True)
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         if libc.setns(fd, _CLONE_NEWNET) != 0:

@@ -140,15 +140,25 @@ class NftBackend(Protocol):
         ...
 
 
+def _load_libnftables() -> ctypes.CDLL:
+    """The library by its soname; ``find_library`` (which runs ``ldconfig``) only if that fails."""
+    try:
+        return ctypes.CDLL("libnftables.so.1", use_errno=True)
+    except OSError:
+        path = ctypes.util.find_library("nftables")
+        if path is None:
+            raise
+        return ctypes.CDLL(path, use_errno=True)
+
+
 class LibNftables:
     """In-process backend: ``libnftables.so.1`` through ctypes."""
 
     name = "libnftables"
 
     def __init__(self, netns_path: str | None = None) -> None:
-        lib_path = ctypes.util.find_library("nftables") or "libnftables.so.1"
         try:
-            lib = ctypes.CDLL(lib_path, use_errno=True)
+            lib = _load_libnftables()
         except OSError as exc:
             raise NotSupported(
                 "libnftables is not installed (Debian package libnftables1); "

@@ -29,7 +29,6 @@ device node runs its driver), opens with ``O_NONBLOCK``, and asks the kernel
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import fcntl
 import os
@@ -140,17 +139,24 @@ def _file_kind(mode: int) -> str:
 
 T = TypeVar("T")
 
-_libc: ctypes.CDLL | None = None
+_setns: Callable[[int, int], int] | None = None
 
 
 def _libc_setns() -> Callable[[int, int], int]:
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    func = _libc.setns
-    func.argtypes = [ctypes.c_int, ctypes.c_int]
-    func.restype = ctypes.c_int
-    return func
+    """libc's ``setns``, looked up once.
+
+    The symbol is taken from the running process (``dlopen(NULL)``), which
+    links the C library already: ``ctypes.util.find_library`` would run
+    ``ldconfig -p`` in a child process, several milliseconds on the first
+    attach of a daemon.
+    """
+    global _setns
+    if _setns is None:
+        func = ctypes.CDLL(None, use_errno=True).setns
+        func.argtypes = [ctypes.c_int, ctypes.c_int]
+        func.restype = ctypes.c_int
+        _setns = func
+    return _setns
 
 
 def setns_current_thread(fd: int) -> None:
