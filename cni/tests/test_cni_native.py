@@ -104,28 +104,50 @@ async def test_cni_exec_answers_what_the_plugin_prints(
     assert (answer["exit_code"], answer["stdout"]) == local[:2]
 
 
-async def test_the_worker_threads_end_with_the_server_and_come_back_for_the_next(
-    sock: str,
+async def test_cni_exec_runs_on_the_event_loop_and_a_slow_add_blocks_nothing_else(
+    short_tmp_path: Path,
 ) -> None:
-    import threading
+    """The flow awaits its requests on the loop: no thread of its own, and while
+    an ADD waits for a slow driver, status and a second ADD are answered."""
+    driver = FakeDriver()
+    async with serving(short_tmp_path, make_drivers=lambda: [driver], in_memory=True) as d:
+        await setup_overlay(await d.client(), deployment="cni")
+        sock = str(d.socket)
+        threads_before = {t.name for t in threading.enumerate()}
+        driver.set_latency("overlayd_attach", 0.5)
+        env = {"container_id": "slow", "netns": "/proc/self/ns/net", "ifname": "eth0"}
+        slow = asyncio.ensure_future(
+            _call(sock, {"op": "cni_exec", "command": "ADD", **env, "stdin": _conf(sock)})
+        )
+        await asyncio.sleep(0.1)
+        status = await _call(sock, {"op": "cni_exec", "command": "STATUS", "stdin": _conf(sock)})
+        assert status["exit_code"] == 0 and not slow.done()
+        driver.set_latency("overlayd_attach", 0.0)
+        env2 = {**env, "container_id": "quick"}
+        quick = await _call(
+            sock, {"op": "cni_exec", "command": "ADD", **env2, "stdin": _conf(sock)}
+        )
+        assert quick["exit_code"] == 0 and not slow.done(), quick
+        assert (await slow)["exit_code"] == 0
+        new_threads = {t.name for t in threading.enumerate()} - threads_before
+        assert not [name for name in new_threads if name.startswith("overlayd-cni")]
 
-    from overlayd.server import cni_exec
 
-    def workers() -> int:
-        return sum(t.name.startswith("overlayd-cni") for t in threading.enumerate())
-
-    request = {"op": "cni_exec", "command": "STATUS", "stdin": _conf(sock)}
-    assert (await _call(sock, request))["exit_code"] == 0
-    assert workers() >= 1
-    cni_exec.shutdown_pool()  # what the server's close calls
-    for _ in range(100):  # the idle threads notice the shutdown and exit
-        if workers() == 0:
-            break
-        await asyncio.sleep(0.02)
-    assert workers() == 0
-    assert (await _call(sock, request))["exit_code"] == 0  # a new pool
-    cni_exec.shutdown_pool()
-    cni_exec.shutdown_pool()  # idempotent
+async def test_a_late_answer_in_the_daemon_is_the_plugins_try_again_later(
+    short_tmp_path: Path,
+) -> None:
+    driver = FakeDriver()
+    async with serving(short_tmp_path, make_drivers=lambda: [driver], in_memory=True) as d:
+        await setup_overlay(await d.client(), deployment="cni")
+        sock = str(d.socket)
+        driver.set_latency("overlayd_attach", 0.6)
+        env = {"container_id": "late", "netns": "/proc/self/ns/net", "ifname": "eth0"}
+        stdin = _conf(sock, timeout=0.2)
+        answer = await _call(sock, {"op": "cni_exec", "command": "ADD", **env, "stdin": stdin})
+        error = json.loads(answer["stdout"])
+        assert answer["exit_code"] == 1 and error["code"] == 11, answer
+        assert error["msg"] == "overlayd did not finish the attach"
+        assert "within 0.2 s" in error["details"]
 
 
 async def test_cni_exec_refuses_check(sock: str) -> None:
@@ -137,7 +159,7 @@ async def test_cni_exec_refuses_check(sock: str) -> None:
 async def test_cni_exec_without_the_distribution(
     sock: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setitem(sys.modules, "overlayd_cni.main", None)  # import fails
+    monkeypatch.setitem(sys.modules, "overlayd_cni.inprocess", None)  # import fails
     with pytest.raises(RemoteError) as info:
         await _call(sock, {"op": "cni_exec", "command": "ADD", "stdin": "{}"})
     assert str(info.value) == CNI_NOT_INSTALLED
@@ -326,10 +348,10 @@ def test_install_native_without_a_compiler_says_so(
 async def test_the_daemon_loads_the_plugin_ahead_of_the_first_cni_exec(
     short_tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delitem(sys.modules, "overlayd_cni.main")
+    monkeypatch.delitem(sys.modules, "overlayd_cni.inprocess")
     async with serving(short_tmp_path, make_drivers=lambda: [FakeDriver()], in_memory=True):
         for _ in range(100):  # the server imports it about a second after it listens
-            if "overlayd_cni.main" in sys.modules:
+            if "overlayd_cni.inprocess" in sys.modules:
                 break
             await asyncio.sleep(0.05)
-    assert "overlayd_cni.main" in sys.modules
+    assert "overlayd_cni.inprocess" in sys.modules

@@ -12,6 +12,15 @@ namespace, ``GC`` asks for ``gc`` limited to the network, ``STATUS`` reads
   (the daemon releases the attachment of a namespace that is gone when it
   starts, and ``GC`` collects the rest), for ``STATUS`` it is ``50``;
 * the daemon answers ``err``: ``100``, with its message in ``details``.
+
+Each operation is a *flow*: a generator that yields the requests it needs
+(:class:`Call`) and receives each answer, or has the client's failure
+(:class:`~overlayd.rawclient.ConnectError`,
+:class:`~overlayd.rawclient.RemoteError`, ...) raised at its ``yield``. It
+does no I/O itself, so the same code runs in the plugin's process, where
+:func:`drive` sends the requests over the daemon's socket, and inside the
+daemon (the ``cni_exec`` op), where :mod:`overlayd_cni.inprocess` awaits
+them on the daemon's event loop without a thread or a socket.
 """
 
 from __future__ import annotations
@@ -38,16 +47,69 @@ from overlayd_cni.invocation import Invocation
 # ``typing`` is not imported at run time: a CNI plugin pays for every import.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Generator
     from typing import Any
     from typing import TypeVar
 
     _T = TypeVar("_T")
+    #: An operation: yields requests, receives answers, returns its outcome.
+    Flow = Generator["Call", dict[str, Any], _T]
 
 
 #: Connection attempts while the daemon's socket is missing or refuses (a
 #: restarting daemon): 0.05 + 0.1 + 0.2 s of waiting at most.
 CONNECT_ATTEMPTS = 4
+#: What a client raises for a request that did not get the answer wanted.
+CLIENT_ERRORS = (ConnectError, ConnectionLost, RequestTimeout, RemoteError, UnexpectedResponse)
+
+
+class Call:
+    """One request a flow needs answered, and how to reach the daemon for it."""
+
+    __slots__ = ("attempts", "expect", "request", "socket", "timeout")
+
+    def __init__(
+        self, inv: Invocation, request: dict[str, Any], expect: str, attempts: int
+    ) -> None:
+        self.request = request
+        self.expect = (expect,)
+        self.socket = inv.socket
+        self.timeout = inv.timeout
+        self.attempts = attempts
+
+
+def ask(
+    inv: Invocation, request: dict[str, Any], expect: str, attempts: int = CONNECT_ATTEMPTS
+) -> Flow[dict[str, Any]]:
+    """The answer to ``request`` (a client failure is raised here)."""
+    return (yield Call(inv, request, expect, attempts))
+
+
+def drive(flow: Flow[_T]) -> _T:
+    """Run ``flow`` in this process: its requests go over the daemon's socket.
+
+    One connection serves the flow's requests (opened at the first, so a flow
+    that needs none opens none); a failure is raised into the flow.
+    """
+    client: RawClient | None = None
+    try:
+        step = next(flow)
+        while True:
+            try:
+                if client is None:
+                    client = RawClient(
+                        step.socket, timeout=step.timeout, connect_attempts=step.attempts
+                    )
+                answer = client.call(step.request, expect=step.expect)
+            except CLIENT_ERRORS as exc:
+                step = flow.throw(exc)
+            else:
+                step = flow.send(answer)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+    finally:
+        if client is not None:
+            client.close()
 
 
 def handle(inv: Invocation, *, with_path: bool = True) -> dict[str, Any]:
@@ -59,24 +121,15 @@ def handle(inv: Invocation, *, with_path: bool = True) -> dict[str, Any]:
     return out
 
 
-def _client(inv: Invocation, attempts: int = CONNECT_ATTEMPTS) -> RawClient:
-    if inv.dispatch is not None:
-        # Run by the daemon itself (cni_exec): requests go to it in-process.
-        from overlayd_cni.inprocess import InProcessClient
-
-        return InProcessClient(inv.dispatch, timeout=inv.timeout)
-    return RawClient(inv.socket, timeout=inv.timeout, connect_attempts=attempts)
-
-
 def _note(inv: Invocation, text: str) -> None:
     """A note for people: standard error (or what the daemon answers as such)."""
     print(text, file=inv.notes if inv.notes is not None else sys.stderr)
 
 
-def _daemon(inv: Invocation, what: str, call: Callable[[], _T]) -> _T:
-    """Run ``call``, turning the client's failures into CNI errors."""
+def _daemon(inv: Invocation, what: str, flow: Flow[_T]) -> Flow[_T]:
+    """Run ``flow``, turning the client's failures into CNI errors."""
     try:
-        return call()
+        return (yield from flow)
     except ConnectError as exc:
         raise CniError(
             TRY_AGAIN_LATER,
@@ -96,16 +149,7 @@ def _daemon(inv: Invocation, what: str, call: Callable[[], _T]) -> _T:
         ) from None
 
 
-def _ask(inv: Invocation, what: str, request: dict[str, Any], expect: str) -> dict[str, Any]:
-    """One request on a connection of its own, failures as CNI errors."""
-    client = _client(inv)
-    try:
-        return _daemon(inv, what, lambda: client.call(request, expect=(expect,)))
-    finally:
-        client.close()
-
-
-def add(inv: Invocation) -> dict[str, Any]:
+def add(inv: Invocation) -> Flow[dict[str, Any]]:
     """Attach the namespace and return the CNI result."""
     if not os.path.exists(inv.netns):
         raise CniError(
@@ -125,30 +169,26 @@ def add(inv: Invocation) -> dict[str, Any]:
         request["default_route"] = False
     if inv.mode is not None:
         request["create_mode"] = inv.mode
-    client = _client(inv)  # connects on the first call, inside _daemon
-    try:
 
-        def attach() -> dict[str, Any]:
-            answer = client.call(request, expect=("attachment",))["attachment"]
-            if answer.get("handle", {}).get("path") != inv.netns:
-                # The same identity attached to another namespace: a DEL that
-                # never reached the daemon. That attachment is stale.
-                client.call({"op": "detach_container", "handle": handle(inv)}, expect=("ok",))
-                answer = client.call(request, expect=("attachment",))["attachment"]
-            return dict(answer)
+    def attach() -> Flow[dict[str, Any]]:
+        answer = (yield from ask(inv, request, "attachment"))["attachment"]
+        if answer.get("handle", {}).get("path") != inv.netns:
+            # The same identity attached to another namespace: a DEL that
+            # never reached the daemon. That attachment is stale.
+            detach = {"op": "detach_container", "handle": handle(inv)}
+            yield from ask(inv, detach, "ok")
+            answer = (yield from ask(inv, request, "attachment"))["attachment"]
+        return dict(answer)
 
-        att = _daemon(inv, "the attach", attach)
-    finally:
-        client.close()
+    att = yield from _daemon(inv, "the attach", attach())
     return result.build(inv, att)
 
 
-def delete(inv: Invocation) -> None:
+def delete(inv: Invocation) -> Flow[None]:
     """Detach by identity; succeed when there is nothing (left) to detach."""
     request = {"op": "detach_container", "handle": handle(inv, with_path=False)}
     try:
-        with _client(inv) as client:
-            client.call(request, expect=("ok",))
+        yield from ask(inv, request, "ok")
     except ConnectError as exc:
         _note(
             inv,
@@ -163,7 +203,7 @@ def delete(inv: Invocation) -> None:
         raise CniError(DAEMON_REFUSED, "overlayd refused the detach", exc.message) from None
 
 
-def check(inv: Invocation) -> None:
+def check(inv: Invocation) -> Flow[None]:
     """Compare the daemon's record and the namespace with ``prevResult``."""
     prev = inv.prev_result
     if prev is None:
@@ -172,7 +212,7 @@ def check(inv: Invocation) -> None:
         )
     expected = _expected(inv, prev)
     request = {"op": "list_attachments", "handle": handle(inv, with_path=False)}
-    found = _ask(inv, "the lookup", request, "attachments")["attachments"]
+    found = (yield from _daemon(inv, "the lookup", ask(inv, request, "attachments")))["attachments"]
     if not found:
         raise CniError(
             CHECK_FAILED,
@@ -234,14 +274,14 @@ def _expected(inv: Invocation, prev: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def gc(inv: Invocation) -> None:
+def gc(inv: Invocation) -> Flow[None]:
     """Detach this network's attachments that are not in ``cni.dev/valid-attachments``."""
     live = [
         {"platform": "netns", "container_id": cid, "ifname": ifname, "network": inv.name}
         for cid, ifname in inv.valid_attachments
     ]
     request = {"op": "gc", "live": live, "network": inv.name}
-    report = _ask(inv, "the GC", request, "gc_report")
+    report = yield from _daemon(inv, "the GC", ask(inv, request, "gc_report"))
     released = report.get("released") or []
     if released:
         _note(
@@ -251,11 +291,10 @@ def gc(inv: Invocation) -> None:
         )
 
 
-def status(inv: Invocation) -> None:
+def status(inv: Invocation) -> Flow[None]:
     """Succeed when the daemon answers and has its global overlay (it can take an ADD)."""
     try:
-        with _client(inv, attempts=1) as client:
-            answer = client.call({"op": "status"}, expect=("status",))
+        answer = yield from ask(inv, {"op": "status"}, "status", attempts=1)
     except (ConnectError, ConnectionLost, RequestTimeout, UnexpectedResponse) as exc:
         raise CniError(NOT_AVAILABLE, "overlayd is not available", str(exc)) from None
     except RemoteError as exc:

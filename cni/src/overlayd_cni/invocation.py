@@ -47,12 +47,8 @@ from overlayd_cni.errors import CniError
 # ``typing`` is not imported at run time: a CNI plugin pays for every import.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
     from typing import IO
     from typing import Any
-
-    #: Runs one request (wire object, timeout) and returns the response's wire object.
-    Dispatch = Callable[[dict[str, Any], float | None], dict[str, Any]]
 
 
 #: Operations, and the environment variables each one needs.
@@ -89,9 +85,6 @@ class Invocation:
     config: dict[str, Any]
     #: Where notes for people go (``None``: this process's standard error).
     notes: IO[str] | None
-    #: Set when the daemon runs the plugin (``cni_exec``): requests go to it
-    #: in-process instead of over ``socket``.
-    dispatch: Dispatch | None
 
     def __init__(self, command: str, cni_version: str) -> None:
         self.command = command
@@ -106,7 +99,6 @@ class Invocation:
         self.valid_attachments = []
         self.config = {}
         self.notes = None
-        self.dispatch = None
 
 
 def command_of(env: dict[str, str]) -> str:

@@ -29,81 +29,84 @@ from overlayd_cni.invocation import parse
 # ``typing`` is not imported at run time: a CNI plugin pays for every import.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import IO
     from typing import Any
 
-    from overlayd_cni.invocation import Dispatch
+    from overlayd_cni.commands import Flow
 
 
 _LATEST = SUPPORTED_VERSIONS[-1]
 
 
-def run(
-    env: dict[str, str],
-    stdin: IO[bytes],
-    stdout: IO[str],
-    *,
-    notes: IO[str] | None = None,
-    dispatch: Dispatch | None = None,
-) -> int:
-    """Run one CNI invocation; returns the exit status.
+def invocation(
+    env: dict[str, str], read: Callable[[], bytes], notes: IO[str] | None
+) -> Flow[tuple[int, str]]:
+    """One CNI invocation as a flow (:mod:`overlayd_cni.commands`).
 
-    ``notes`` receives the notes for people (default: standard error);
-    ``dispatch``, when the daemon runs the plugin, carries its requests (see
-    :mod:`overlayd_cni.inprocess`).
+    ``read`` returns the network configuration (standard input); ``notes``
+    receives the notes for people (``None``: standard error). Returns the
+    exit status and what goes to standard output.
     """
     version = _LATEST
     try:
         command = command_of(env)
         try:
-            raw = stdin.read()
+            raw = read()
         except OSError as exc:
             raise CniError(IO_FAILURE, "cannot read the network configuration", str(exc)) from None
         if command == "VERSION":
-            _emit(stdout, _version(raw))
-            return 0
+            return 0, _dumps(_version(raw))
         config = decode(raw)
         if isinstance(config.get("cniVersion"), str):
             version = config["cniVersion"]
         inv = parse(command, env, config)
         inv.notes = notes
-        inv.dispatch = dispatch
         if command == "ADD":
-            _emit(stdout, commands.add(inv))
-        elif command == "DEL":
-            commands.delete(inv)
+            return 0, _dumps((yield from commands.add(inv)))
+        if command == "DEL":
+            yield from commands.delete(inv)
         elif command == "CHECK":
-            commands.check(inv)
+            yield from commands.check(inv)
         elif command == "GC":
-            commands.gc(inv)
+            yield from commands.gc(inv)
         else:
-            commands.status(inv)
-        return 0
+            yield from commands.status(inv)
+        return 0, ""
     except CniError as exc:
-        _emit(stdout, exc.to_json(version))
-        return 1
+        return 1, _dumps(exc.to_json(version))
     except Exception as exc:  # noqa: BLE001 - a runtime must get an error object, even for a bug
         error = CniError(
             INTERNAL,
             "internal error in overlayd-cni",
             f"{type(exc).__name__}: {exc} (this is a bug; please report it)",
         )
-        _emit(stdout, error.to_json(version))
-        return 1
+        return 1, _dumps(error.to_json(version))
 
 
-def execute(
-    env: dict[str, str], stdin: bytes, dispatch: Dispatch | None = None
-) -> tuple[int, str, str]:
+def run(
+    env: dict[str, str], stdin: IO[bytes], stdout: IO[str], *, notes: IO[str] | None = None
+) -> int:
+    """Run one CNI invocation in this process; returns the exit status.
+
+    ``notes`` receives the notes for people (default: standard error).
+    """
+    code, out = commands.drive(invocation(env, stdin.read, notes))
+    if out:
+        stdout.write(out)
+        stdout.flush()
+    return code
+
+
+def execute(env: dict[str, str], stdin: bytes) -> tuple[int, str, str]:
     """One invocation without the process's own streams: ``(exit status, stdout, notes)``.
 
     ``env`` holds ``CNI_COMMAND`` and the other ``CNI_*`` variables, ``stdin``
-    the network configuration. The daemon's ``cni_exec`` op calls this (in a
-    worker thread, with ``dispatch``); the result is what :func:`main` would
-    print on standard output and standard error, and its exit status.
+    the network configuration; the result is what :func:`main` would print
+    on standard output and standard error, and its exit status.
     """
     out, notes = io.StringIO(), io.StringIO()
-    code = run(env, io.BytesIO(stdin), out, notes=notes, dispatch=dispatch)
+    code = run(env, io.BytesIO(stdin), out, notes=notes)
     return code, out.getvalue(), notes.getvalue()
 
 
@@ -118,10 +121,8 @@ def _version(raw: bytes) -> dict[str, Any]:
     }
 
 
-def _emit(stdout: IO[str], obj: dict[str, Any]) -> None:
-    stdout.write(json.dumps(obj))
-    stdout.write("\n")
-    stdout.flush()
+def _dumps(obj: dict[str, Any]) -> str:
+    return json.dumps(obj) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:

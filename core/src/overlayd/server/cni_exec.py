@@ -2,24 +2,22 @@
 
 ``cni/src/overlayd_cni/native/overlayd-cni.c`` forwards a runtime's
 invocation (the ``CNI_*`` values and the network configuration) here; the
-daemon runs the same code as the Python plugin (``overlayd_cni.main.execute``)
-in a worker thread, and the plugin's requests come back to this event loop
-in-process (``overlayd_cni.inprocess``). Without the ``overlayd-cni``
-distribution the op answers "not supported". ``CHECK`` is refused: it reads
-the container's namespace from inside, which a pooled thread must not enter.
+daemon runs the same flow as the Python plugin on this event loop
+(``overlayd_cni.inprocess.execute``), and awaits the plugin's requests
+in-process: no worker thread and no socket between the plugin and the
+engine. Without the ``overlayd-cni`` distribution the op answers "not
+supported". ``CHECK`` is refused: it reads the container's namespace from
+inside, which the daemon must not enter.
 """
 
 # ruff: noqa: E402  (the server's own imports follow the POSIX assert)
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import contextlib
 import json
 import logging
 import sys
-import threading
 import time
 from typing import TYPE_CHECKING
 from typing import Any
@@ -38,28 +36,12 @@ from overlayd.server.handlers import handles
 if TYPE_CHECKING:
     from overlayd.server.core import Server
 
-__all__ = ["CNI_NOT_INSTALLED", "CNI_WORKERS", "load_plugin", "shutdown_pool"]
+__all__ = ["CNI_NOT_INSTALLED", "load_plugin"]
 
 log = logging.getLogger("overlayd.server")
 
 #: What ``cni_exec`` answers when the plugin's package cannot be imported.
 CNI_NOT_INSTALLED = "not supported: the overlayd-cni distribution is not installed"
-#: Worker threads running CNI invocations at once. Their own pool: a worker
-#: waits for requests it hands back to the event loop, so it must never take
-#: a thread the loop itself may need (the default executor decodes large frames).
-CNI_WORKERS = 4
-_cni_pool: concurrent.futures.ThreadPoolExecutor | None = None
-_cni_pool_lock = threading.Lock()
-
-
-def _cni_executor() -> concurrent.futures.ThreadPoolExecutor:
-    global _cni_pool
-    with _cni_pool_lock:
-        if _cni_pool is None:
-            _cni_pool = concurrent.futures.ThreadPoolExecutor(
-                CNI_WORKERS, thread_name_prefix="overlayd-cni"
-            )
-        return _cni_pool
 
 
 async def _dispatch_wire(s: Server, request: dict[str, Any]) -> dict[str, Any]:
@@ -96,7 +78,7 @@ async def _dispatch_wire(s: Server, request: dict[str, Any]) -> dict[str, Any]:
 @handles(p.CniExecRequest)
 async def _cni_exec(s: Server, r: p.CniExecRequest) -> p.AnyResponse:
     try:
-        from overlayd_cni.main import execute
+        from overlayd_cni.inprocess import execute
     except ImportError:
         return p.ErrResponse(message=CNI_NOT_INSTALLED)
     if r.command == "CHECK":
@@ -104,17 +86,6 @@ async def _cni_exec(s: Server, r: p.CniExecRequest) -> p.AnyResponse:
             message="not supported: cni_exec does not run CHECK (it reads the container's "
             "namespace from inside); run the overlayd-cni plugin itself"
         )
-    loop = asyncio.get_running_loop()
-
-    def call(request: dict[str, Any], timeout: float | None) -> dict[str, Any]:
-        # Runs in the worker thread: hand the request to the event loop and wait.
-        future = asyncio.run_coroutine_threadsafe(_dispatch_wire(s, request), loop)
-        try:
-            return future.result(timeout)
-        except TimeoutError:
-            future.cancel()
-            raise
-
     env = {"CNI_COMMAND": r.command}
     for name, value in (
         ("CNI_CONTAINERID", r.container_id),
@@ -125,8 +96,8 @@ async def _cni_exec(s: Server, r: p.CniExecRequest) -> p.AnyResponse:
     ):
         if value is not None:
             env[name] = value
-    code, out, err = await loop.run_in_executor(
-        _cni_executor(), execute, env, r.stdin.encode(), call
+    code, out, err = await execute(
+        env, r.stdin.encode(), lambda request: _dispatch_wire(s, request)
     )
     return p.CniResultResponse(exit_code=code, stdout=out, stderr=err or None)
 
@@ -134,13 +105,4 @@ async def _cni_exec(s: Server, r: p.CniExecRequest) -> p.AnyResponse:
 def load_plugin() -> None:
     """Import the plugin ahead of the first ``cni_exec`` (nothing without ``overlayd-cni``)."""
     with contextlib.suppress(ImportError):
-        import overlayd_cni.main  # noqa: F401 - loaded ahead of the first cni_exec
-
-
-def shutdown_pool() -> None:
-    """Stop the worker threads (the server's close); a later op starts them again."""
-    global _cni_pool
-    with _cni_pool_lock:
-        pool, _cni_pool = _cni_pool, None
-    if pool is not None:
-        pool.shutdown(wait=False)
+        import overlayd_cni.inprocess  # noqa: F401 - loaded ahead of the first cni_exec

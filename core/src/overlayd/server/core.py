@@ -135,7 +135,8 @@ class Server:
         )
 
     def _warm_up(self) -> None:
-        """Build the wire models and load the CNI plugin, in a worker thread.
+        """Build the wire models and load the CNI plugin, in a worker thread,
+        and have the engine start a worker of its own.
 
         Both are left for first use to keep the start short (``defer_build``,
         a lazy import); done here, a second after the socket is served, the
@@ -147,6 +148,7 @@ class Server:
             p.build_models()
             cni_exec.load_plugin()
 
+        self.engine.warm_up()
         asyncio.get_running_loop().run_in_executor(None, warm)
 
     async def serve_until_stopped(self) -> None:
@@ -207,7 +209,6 @@ class Server:
             self._events_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._events_task
-        cni_exec.shutdown_pool()  # the requests are answered: its threads may go
         for conn in list(self._conns):
             conn.writer.close()
         if self._clients:
