@@ -420,12 +420,6 @@ class EngineBase:
             except Exception:  # a bug must not end the loop for good
                 log.exception("periodic %s crashed; it will run again", getattr(fn, "__name__", fn))
 
-    def warm_up(self) -> None:
-        """Get ready for the first request: start a worker thread now (see
-        :meth:`overlayd.engine.work.WorkerPool.warm`). The server calls it
-        once it serves."""
-        self._work.warm()
-
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run blocking work (hooks) off the event loop.
 

@@ -123,16 +123,6 @@ class WorkerPool:
                 max_workers=self._workers, thread_name_prefix="overlayd-hook"
             )
 
-    def warm(self) -> None:
-        """Start a worker thread ahead of the first request that needs one.
-
-        The executor starts its threads on demand; the first hook call after
-        a start would otherwise wait for a thread to be created (a
-        millisecond on a busy machine).
-        """
-        if self._executor is not None:
-            self._executor.submit(int)
-
     def in_flight(self) -> list[InFlight]:
         return [job for work, job in self._inflight.items() if not work.done()]
 

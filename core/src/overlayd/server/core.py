@@ -135,8 +135,7 @@ class Server:
         )
 
     def _warm_up(self) -> None:
-        """Build the wire models and load the CNI plugin, in a worker thread,
-        and have the engine start a worker of its own.
+        """Build the wire models and load the CNI plugin, in a worker thread.
 
         Both are left for first use to keep the start short (``defer_build``,
         a lazy import); done here, a second after the socket is served, the
@@ -148,7 +147,6 @@ class Server:
             p.build_models()
             cni_exec.load_plugin()
 
-        self.engine.warm_up()
         asyncio.get_running_loop().run_in_executor(None, warm)
 
     async def serve_until_stopped(self) -> None:
