@@ -33,6 +33,7 @@ from overlayd.model import DnsRecord
 from overlayd.model import LinuxPidHandle
 from overlayd.model import PeerScope
 from overlayd.state import MemoryStore
+from overlayd.testing.nodes import lone_node
 from overlayd_fake.driver import FakeDriver
 
 KEY1 = "aDlk2hH3mTqJq8DVRk9f0lZ0n3Hk0Jm0bZ4rK1d3CUk="
@@ -116,14 +117,7 @@ async def engine(
 
 
 async def setup_global(engine: Engine, nat: bool = False) -> str:
-    return await engine.setup_global_overlay(
-        deployment="prod",
-        instance_id="n1",
-        cluster_cidr="10.200.0.0/16",
-        slice_cidr="10.200.0.0/20",
-        wg_port=51820,
-        nat_enabled=nat,
-    )
+    return await engine.setup_global_overlay(**lone_node(nat_enabled=nat))
 
 
 def snapshot(engine: Engine, fake: FakeDriver, store: FlakyStore, dns: DnsProbe) -> Any:
@@ -460,11 +454,9 @@ async def test_attach_rollback_when_pool_exhausted_midway(
     await eng.start()
     try:
         await eng.setup_global_overlay(
-            deployment="p",
-            instance_id="n",
-            cluster_cidr="10.210.0.0/16",
-            slice_cidr="10.210.0.0/28",
-            wg_port=51820,
+            **lone_node(
+                "p", instance_id="n", cluster_cidr="10.210.0.0/16", slice_cidr="10.210.0.0/28"
+            )
         )
         # A /28 slice is the node pool as a whole (the "local" layout): 13
         # addresses besides the node's own. Take all but one.

@@ -25,6 +25,7 @@ from overlayd.model import DeviceKind
 from overlayd.model import LinuxPidHandle
 from overlayd.model import ReconcileRequest
 from overlayd.state import MemoryStore
+from overlayd.testing.nodes import lone_node
 from overlayd_fake.driver import FakeDriver
 
 H = LinuxPidHandle(pid=4242)
@@ -96,9 +97,7 @@ def _config(**engine: Any) -> EngineConfig:
 
 
 async def _global(engine: Engine) -> None:
-    await engine.setup_global_overlay(
-        deployment="prod", instance_id="n1", cluster_cidr="10.200.0.0/16", wg_port=51820
-    )
+    await engine.setup_global_overlay(**lone_node(slice_cidr=None))
 
 
 async def test_a_cancelled_request_holds_its_lock_until_its_hook_returns() -> None:

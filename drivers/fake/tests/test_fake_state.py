@@ -8,16 +8,9 @@ from typing import Any
 
 from overlayd.config import EngineConfig
 from overlayd.engine import Engine
+from overlayd.testing.nodes import lone_node
 from overlayd_fake.driver import FakeDriver
 from overlayd_fake.host import journal_path as _journal_path
-
-GLOBAL: dict[str, Any] = {
-    "deployment": "prod",
-    "instance_id": "n1",
-    "cluster_cidr": "10.200.0.0/16",
-    "slice_cidr": "10.200.0.0/20",
-    "wg_port": 51820,
-}
 
 
 def _journal(path: Path) -> list[dict[str, Any]]:
@@ -30,7 +23,7 @@ async def test_attach_and_detach_journal_their_own_objects_and_survive_a_restart
     state = tmp_path / "host.json"
     fake = FakeDriver(state_file=state)
     async with Engine(engine_config, drivers=[fake]) as eng:
-        await eng.setup_global_overlay(**GLOBAL)
+        await eng.setup_global_overlay(**lone_node())
         await eng.setup_service_overlay("web", "shared")
         for pid in range(1, 6):
             await eng.attach({"platform": "linux_pid", "pid": pid}, "web")
@@ -58,7 +51,7 @@ async def test_reconcile_re_applying_the_same_peers_journals_no_peer(
     fake = FakeDriver(state_file=state)
     key = "A" * 43 + "="
     async with Engine(engine_config, drivers=[fake]) as eng:
-        await eng.setup_global_overlay(**GLOBAL)
+        await eng.setup_global_overlay(**lone_node())
         await eng.add_peer(key, "192.0.2.9:51820", "10.201.0.0/24", 25)
         assert len([e for e in _journal(state) if any(s[0] == "peers" for s in e["set"])]) == 1
         before = len(_journal(state))
@@ -74,7 +67,7 @@ async def test_reconcile_journals_what_it_removed(
     state = tmp_path / "host.json"
     fake = FakeDriver(state_file=state)
     async with Engine(engine_config, drivers=[fake]) as eng:
-        await eng.setup_global_overlay(**GLOBAL)
+        await eng.setup_global_overlay(**lone_node())
         await eng.setup_service_overlay("web", "shared")
         await eng.attach({"platform": "linux_pid", "pid": 1}, "web")
         await eng.attach({"platform": "linux_pid", "pid": 2}, "web")
@@ -107,7 +100,7 @@ async def test_a_graceful_stop_folds_the_journal_into_the_state_file(
     state = tmp_path / "host.json"
     fake = FakeDriver(state_file=state)
     async with Engine(engine_config, drivers=[fake]) as eng:
-        await eng.setup_global_overlay(**GLOBAL)
+        await eng.setup_global_overlay(**lone_node())
         await eng.setup_service_overlay("web", "shared")
         await eng.attach({"platform": "linux_pid", "pid": 7}, "web")
         assert _journal(state)  # changes are journalled while running

@@ -27,6 +27,7 @@ from overlayd.errors import Conflict
 from overlayd.errors import DriverError
 from overlayd.model import IPNetwork
 from overlayd.model import SubnetRequest
+from overlayd.testing.nodes import lone_node
 from overlayd_fake.driver import FakeDriver
 
 PID = {"platform": "linux_pid", "pid": 4242}
@@ -44,13 +45,7 @@ def _config(data_dir: Path | None, driver: str | None = "example_ipam") -> Engin
 
 
 async def _set_up(engine: Engine) -> None:
-    await engine.setup_global_overlay(
-        deployment="prod",
-        instance_id="n1",
-        cluster_cidr="10.200.0.0/16",
-        slice_cidr="10.200.0.0/20",
-        wg_port=51820,
-    )
+    await engine.setup_global_overlay(**lone_node())
     await engine.setup_service_overlay("web", "shared")
 
 
