@@ -1,4 +1,4 @@
-"""The global overlay of a test node: one set of ``setup_global_overlay`` arguments.
+"""A test node: its ``setup_global_overlay`` arguments and the identity attach hooks get.
 
 The engine, :class:`overlayd.client.AsyncClient` and :class:`overlayd.client.Client`
 take the same keyword arguments, so one dictionary serves all three::
@@ -9,9 +9,12 @@ take the same keyword arguments, so one dictionary serves all three::
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
-__all__ = ["lone_node"]
+from overlayd.model import NodeInfo
+
+__all__ = ["lone_node", "node_info"]
 
 
 def lone_node(
@@ -34,3 +37,24 @@ def lone_node(
         "wg_port": wg_port,
         "nat_enabled": nat_enabled,
     }
+
+
+def node_info(
+    cluster_cidr: str,
+    slice_cidr: str,
+    *,
+    public_key: str | None = None,
+    listen_port: int = 51820,
+    interface: str = "zl-t-g",
+) -> NodeInfo:
+    """The :class:`~overlayd.model.NodeInfo` of an attach request: this node is
+    the first address of ``slice_cidr`` inside ``cluster_cidr``."""
+    node_slice = ipaddress.ip_network(slice_cidr)
+    return NodeInfo(
+        interface=interface,
+        public_key=public_key,
+        node_ip=node_slice.network_address + 1,
+        cluster_cidr=ipaddress.ip_network(cluster_cidr),
+        slice_cidr=node_slice,
+        listen_port=listen_port,
+    )

@@ -22,7 +22,6 @@ from overlayd.model import DeviceSpec
 from overlayd.model import LinuxPidHandle
 from overlayd.model import MasqueradeRule
 from overlayd.model import NetnsHandle
-from overlayd.model import NodeInfo
 from overlayd.model import PortMapping
 from overlayd.model import ReconcileRequest
 from overlayd.model import WindowsContainerHandle
@@ -31,6 +30,7 @@ from overlayd.names import veth_host_name
 from overlayd.plugins import Hooks
 from overlayd.plugins import make_plugin_manager
 from overlayd.plugins import register_drivers
+from overlayd.testing.nodes import node_info
 from overlayd_linux_bridge.doubles import FakeNamespaces
 from overlayd_linux_bridge.doubles import FakeNft
 from overlayd_linux_bridge.driver import ALIAS_PREFIX
@@ -326,14 +326,7 @@ def test_attach_without_default_route_routes_the_cluster_via_the_gateway(
 ) -> None:
     namespaces.add("/run/netns/c1")
     handle = NetnsHandle(path="/run/netns/c1", container_id="abc", ifname="net1")
-    node = NodeInfo(
-        interface="zl-g",
-        public_key=None,
-        node_ip=ipaddress.ip_address("10.50.0.1"),
-        cluster_cidr=ipaddress.ip_network("10.48.0.0/14"),
-        slice_cidr=ipaddress.ip_network("10.50.0.0/20"),
-        listen_port=51820,
-    )
+    node = node_info("10.48.0.0/14", "10.50.0.0/20", interface="zl-g")
     request = make_request(bridge, handle).model_copy(update={"default_route": False, "node": node})
     att = driver.overlayd_attach(request=request)
     assert att is not None

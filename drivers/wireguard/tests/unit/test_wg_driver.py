@@ -17,6 +17,7 @@ from overlayd.config import EngineConfig
 from overlayd.errors import ConfigError
 from overlayd.errors import NotSupported
 from overlayd.errors import PeerError
+from overlayd.model import AttachRequest
 from overlayd.model import Device
 from overlayd.model import DeviceSpec
 from overlayd.model import GuestManagedHandle
@@ -26,6 +27,7 @@ from overlayd.plugins import DriverContext
 from overlayd.testing.conformance import AttachConformance
 from overlayd.testing.conformance import LifecycleConformance
 from overlayd.testing.conformance import PeerConformance
+from overlayd.testing.nodes import node_info
 from overlayd_wireguard.driver import WireGuardDriver
 from overlayd_wireguard.keys import generate_keypair
 from overlayd_wireguard.uapi import UapiClient
@@ -359,31 +361,28 @@ def test_supervisor_restart_reapplies_peers_and_routes(
     assert hostnet.routes["zl-t-d"] == {"10.60.8.0/22"}
 
 
+def guest_request(node_key: str, listen_port: int) -> AttachRequest:
+    """Guest ``vm-1`` of service ``vm`` at 10.60.16.5/22, the node's WireGuard
+    device listening on ``listen_port``."""
+    return AttachRequest(
+        handle=GuestManagedHandle(id="vm-1"),
+        service="vm",
+        segment=Device(kind="bridge", name="zl-t-b", owner="service:vm", driver="linux_bridge"),
+        address=ipaddress.ip_interface("10.60.16.5/22"),
+        gateway=ipaddress.ip_address("10.60.16.1"),
+        node=node_info(
+            "10.60.0.0/16", "10.60.0.0/18", public_key=node_key, listen_port=listen_port
+        ),
+    )
+
+
 def test_guest_attach_config(
     started: tuple[WireGuardDriver, UserspaceBackend, FakeHostNet],
 ) -> None:
-    from overlayd.model import AttachRequest
-    from overlayd.model import NodeInfo
-
     drv, _, _ = started
     (node_key,) = keys(1)
-    segment = Device(kind="bridge", name="zl-t-b", owner="service:vm", driver="linux_bridge")
-    request = AttachRequest(
-        handle=GuestManagedHandle(id="vm-1"),
-        service="vm",
-        segment=segment,
-        address=ipaddress.ip_interface("10.60.16.5/22"),
-        gateway=ipaddress.ip_address("10.60.16.1"),
-        node=NodeInfo(
-            interface="zl-t-g",
-            public_key=node_key,
-            node_ip=ipaddress.ip_address("10.60.0.1"),
-            cluster_cidr=ipaddress.ip_network("10.60.0.0/16"),
-            slice_cidr=ipaddress.ip_network("10.60.0.0/18"),
-            listen_port=51820,
-        ),
-        dns_server=ipaddress.ip_address("10.60.16.1"),
-        dns_domain="prod.local",
+    request = guest_request(node_key, 51820).model_copy(
+        update={"dns_server": ipaddress.ip_address("10.60.16.1"), "dns_domain": "prod.local"}
     )
     att = drv.overlayd_attach(request=request)
     assert att is not None and att.guest is not None
@@ -404,31 +403,13 @@ def test_guest_attach_config(
 
 
 def test_guest_endpoint_defaults_to_the_underlay_address(sock_dir: Path) -> None:
-    from overlayd.model import AttachRequest
-    from overlayd.model import NodeInfo
-
     drv, backend, hostnet = make_driver(sock_dir)
     drv.overlayd_configure(configured(sock_dir))
     drv.overlayd_startup(DriverContext(data_dir=None, emit=lambda e: None))
     (node_key,) = keys(1)
 
     def endpoint() -> str | None:
-        request = AttachRequest(
-            handle=GuestManagedHandle(id="vm-1"),
-            service="vm",
-            segment=Device(kind="bridge", name="zl-t-b", owner="service:vm", driver="x"),
-            address=ipaddress.ip_interface("10.60.16.5/22"),
-            gateway=ipaddress.ip_address("10.60.16.1"),
-            node=NodeInfo(
-                interface="zl-t-g",
-                public_key=node_key,
-                node_ip=ipaddress.ip_address("10.60.0.1"),
-                cluster_cidr=ipaddress.ip_network("10.60.0.0/16"),
-                slice_cidr=ipaddress.ip_network("10.60.0.0/18"),
-                listen_port=51900,
-            ),
-        )
-        att = drv.overlayd_attach(request=request)
+        att = drv.overlayd_attach(request=guest_request(node_key, 51900))
         assert att is not None and att.guest is not None
         return att.guest.peers[0].endpoint
 
