@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import signal
@@ -78,17 +79,31 @@ def configured(sock_dir: Path, **options: Any) -> EngineConfig:
     )
 
 
+@contextlib.contextmanager
+def driver_on(
+    sock_dir: Path, *, start: bool = True, **options: Any
+) -> Iterator[tuple[WireGuardDriver, UserspaceBackend, FakeHostNet]]:
+    """A driver on fake wireguard-go with sockets in ``sock_dir``, configured with
+    ``options`` and started (unless ``start`` is false); its devices and processes
+    are removed at the end."""
+    drv, backend, hostnet = make_driver(sock_dir)
+    try:
+        if start:
+            drv.overlayd_configure(configured(sock_dir, **options))
+            drv.overlayd_startup(DriverContext(data_dir=None, emit=lambda e: None))
+        yield drv, backend, hostnet
+    finally:
+        backend.close()
+        backend.delete_all()
+
+
 class TestWireGuardConformance(PeerConformance, AttachConformance, LifecycleConformance):
     """The conformance kit against fake wireguard-go processes (UAPI only)."""
 
     @pytest.fixture
     def driver(self, sock_dir: Path) -> Iterator[WireGuardDriver]:
-        drv, backend, _ = make_driver(sock_dir)
-        try:
+        with driver_on(sock_dir, start=False) as (drv, _, _):
             yield drv
-        finally:
-            backend.close()
-            backend.delete_all()
 
     @pytest.fixture
     def engine_config(self, sock_dir: Path) -> EngineConfig:
@@ -97,14 +112,16 @@ class TestWireGuardConformance(PeerConformance, AttachConformance, LifecycleConf
 
 @pytest.fixture
 def started(sock_dir: Path) -> Iterator[tuple[WireGuardDriver, UserspaceBackend, FakeHostNet]]:
-    drv, backend, hostnet = make_driver(sock_dir)
-    drv.overlayd_configure(configured(sock_dir, endpoint="node1.example.invalid:51820"))
-    drv.overlayd_startup(DriverContext(data_dir=None, emit=lambda e: None))
-    try:
-        yield drv, backend, hostnet
-    finally:
-        backend.close()
-        backend.delete_all()
+    with driver_on(sock_dir, endpoint="node1.example.invalid:51820") as running:
+        yield running
+
+
+@pytest.fixture
+def global_device(started: tuple[WireGuardDriver, UserspaceBackend, FakeHostNet]) -> Device:
+    """The global device ``zl-t-g`` (:func:`wg_spec`) on the started driver."""
+    dev = started[0].overlayd_device_create(spec=wg_spec())
+    assert dev is not None
+    return dev
 
 
 def wg_spec(name: str = "zl-t-g", address: str = "10.60.0.1/16", port: int = 51820) -> DeviceSpec:
@@ -161,10 +178,7 @@ def test_device_defaults_and_idempotent_adopt(
 
 
 def test_adopt_after_driver_restart_keeps_peers(sock_dir: Path) -> None:
-    drv, backend, _ = make_driver(sock_dir)
-    drv.overlayd_configure(configured(sock_dir))
-    drv.overlayd_startup(DriverContext(data_dir=None, emit=lambda e: None))
-    try:
+    with driver_on(sock_dir) as (drv, backend, _):
         dev = drv.overlayd_device_create(spec=wg_spec())
         assert dev is not None
         (pk,) = keys(1)
@@ -176,10 +190,7 @@ def test_adopt_after_driver_restart_keeps_peers(sock_dir: Path) -> None:
         )
         drv.overlayd_shutdown()  # the process keeps running
         pid = backend.pid("zl-t-g")
-        drv2, backend2, _ = make_driver(sock_dir)
-        drv2.overlayd_configure(configured(sock_dir))
-        drv2.overlayd_startup(DriverContext(data_dir=None, emit=lambda e: None))
-        try:
+        with driver_on(sock_dir) as (drv2, backend2, _):
             # The engine re-applies recorded peers to a device it lists as present.
             assert [d.name for d in drv2.overlayd_device_list(kind="wireguard")] == ["zl-t-g"]
             drv2.overlayd_peer_apply(
@@ -194,20 +205,13 @@ def test_adopt_after_driver_restart_keeps_peers(sock_dir: Path) -> None:
             assert backend2.get("zl-t-g").public_key == dev.public_key
             assert pid is not None
             os.kill(pid, 0)  # same process: adopted, not restarted
-        finally:
-            backend2.close()
-            backend2.delete_all()
-    finally:
-        backend.close()
-        backend.delete_all()
 
 
 def test_peer_apply_sends_only_differences(
-    started: tuple[WireGuardDriver, UserspaceBackend, FakeHostNet],
+    started: tuple[WireGuardDriver, UserspaceBackend, FakeHostNet], global_device: Device
 ) -> None:
     drv, backend, _ = started
-    dev = drv.overlayd_device_create(spec=wg_spec())
-    assert dev is not None
+    dev = global_device
     a, b = keys(2)
     sent: list[Any] = []
     real_set = backend.uapi.set
@@ -218,22 +222,14 @@ def test_peer_apply_sends_only_differences(
 
     backend.uapi.set = spy  # type: ignore[method-assign,assignment]
     net = ipaddress.ip_network
-    drv.overlayd_peer_apply(
-        device=dev,
-        changes=[
-            PeerChange(public_key=a, endpoint="127.0.0.1:1000", allowed_ips=(net("10.60.1.0/24"),)),
-            PeerChange(public_key=b, endpoint="127.0.0.1:1001", allowed_ips=(net("10.60.2.0/24"),)),
-        ],
-    )
+    batch = [
+        PeerChange(public_key=a, endpoint="127.0.0.1:1000", allowed_ips=(net("10.60.1.0/24"),)),
+        PeerChange(public_key=b, endpoint="127.0.0.1:1001", allowed_ips=(net("10.60.2.0/24"),)),
+    ]
+    drv.overlayd_peer_apply(device=dev, changes=batch)
     assert len(sent) == 1 and len(sent[0].peers) == 2  # one transaction for the batch
-    # Re-applying the same batch sends nothing at all.
-    drv.overlayd_peer_apply(
-        device=dev,
-        changes=[
-            PeerChange(public_key=a, endpoint="127.0.0.1:1000", allowed_ips=(net("10.60.1.0/24"),)),
-            PeerChange(public_key=b, endpoint="127.0.0.1:1001", allowed_ips=(net("10.60.2.0/24"),)),
-        ],
-    )
+    # Re-applying the same batch (equal, not the same objects) sends nothing at all.
+    drv.overlayd_peer_apply(device=dev, changes=[c.model_copy() for c in batch])
     assert len(sent) == 1
     # Adding an allowed IP is an append (no replace), on b only, update_only.
     drv.overlayd_peer_apply(
@@ -270,11 +266,10 @@ def test_peer_apply_sends_only_differences(
 
 
 def test_hostname_endpoint_is_resolved(
-    started: tuple[WireGuardDriver, UserspaceBackend, FakeHostNet],
+    started: tuple[WireGuardDriver, UserspaceBackend, FakeHostNet], global_device: Device
 ) -> None:
     drv, _, _ = started
-    dev = drv.overlayd_device_create(spec=wg_spec())
-    assert dev is not None
+    dev = global_device
     (a,) = keys(1)
     drv.overlayd_peer_apply(
         device=dev, changes=[PeerChange(public_key=a, endpoint="localhost:51900")]
@@ -403,26 +398,20 @@ def test_guest_attach_config(
 
 
 def test_guest_endpoint_defaults_to_the_underlay_address(sock_dir: Path) -> None:
-    drv, backend, hostnet = make_driver(sock_dir)
-    drv.overlayd_configure(configured(sock_dir))
-    drv.overlayd_startup(DriverContext(data_dir=None, emit=lambda e: None))
     (node_key,) = keys(1)
+    with driver_on(sock_dir) as (drv, _, hostnet):
 
-    def endpoint() -> str | None:
-        att = drv.overlayd_attach(request=guest_request(node_key, 51900))
-        assert att is not None and att.guest is not None
-        return att.guest.peers[0].endpoint
+        def endpoint() -> str | None:
+            att = drv.overlayd_attach(request=guest_request(node_key, 51900))
+            assert att is not None and att.guest is not None
+            return att.guest.peers[0].endpoint
 
-    try:
         hostnet.underlay = "10.0.9.10"
         assert endpoint() == "10.0.9.10:51900"
         hostnet.underlay = "fd00:9::10"
         assert endpoint() == "[fd00:9::10]:51900"
         hostnet.underlay = None
         assert endpoint() is None
-    finally:
-        backend.close()
-        backend.delete_all()
 
 
 def test_reconcile_never_touches_foreign_devices(
