@@ -60,6 +60,7 @@ from overlayd.model import PeerStatus
 from overlayd.model import PortMapping
 from overlayd.model import ReconcileReport
 from overlayd.model import ReconcileRequest
+from overlayd.model import ReconcileTally
 from overlayd.model import WindowsContainerHandle
 from overlayd.model import handle_key
 from overlayd.peers import Peer
@@ -255,39 +256,32 @@ class FakeDriver:
     def overlayd_reconcile(self, request: ReconcileRequest) -> ReconcileReport | None:
         self._enter("overlayd_reconcile", request=request)
         with self._lock:
-            adopted: list[str] = []
-            removed: list[str] = []
-            gone: list[str] = []
+            found = ReconcileTally()
             recorded = {d.name for d in request.devices if d.driver == self.name}
             for name in recorded:
                 if name in self.host.devices:
-                    adopted.append(name)
+                    found.adopted.append(name)
             touched: list[tuple[str, Any]] = []
             for name in list(self.host.devices):
                 if name not in recorded and name.startswith("zl-"):
                     del self.host.devices[name]
                     dropped = self.host.peers.pop(name, None) or {}
-                    removed.append(name)
+                    found.removed.append(name)
                     touched += [("devices", name), ("peer_devices", name)]
                     touched += [("peers", (name, pk)) for pk in dropped]
             recorded_atts = {a.key for a in request.attachments if a.driver == self.name}
             for att in request.attachments:
                 if att.key in self.host.dead or att.key not in self.host.attachments:
-                    gone.append(att.key)
+                    found.gone.append(att.key)
                 else:
-                    adopted.append(att.key)
+                    found.adopted.append(att.key)
             for key in list(self.host.attachments):
                 if key not in recorded_atts:
                     del self.host.attachments[key]
-                    removed.append(key)
+                    found.removed.append(key)
                     touched.append(("attachments", key))
             self._save(touched)
-        return ReconcileReport(
-            driver=self.name,
-            adopted=tuple(adopted),
-            removed=tuple(removed),
-            gone=tuple(gone),
-        )
+        return found.report(self.name)
 
     # -- devices ------------------------------------------------------------
 
@@ -332,16 +326,10 @@ class FakeDriver:
                             driver=self.name,
                         )
                 pub = public_key(spec.private_key or generate_private_key())
-            device = Device(
-                kind=spec.kind,
-                name=spec.name,
-                owner=spec.owner,
-                driver=self.name,
-                addresses=spec.addresses,
-                mtu=spec.mtu,
+            device = spec.as_device(
+                self.name,
                 listen_port=spec.listen_port,
                 public_key=pub,
-                subnet=spec.subnet,
                 id=spec.name if spec.kind != DeviceKind.HCN_NETWORK else _guid(spec.name),
                 options=dict(spec.options),
             )

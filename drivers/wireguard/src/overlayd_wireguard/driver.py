@@ -53,6 +53,7 @@ from overlayd.model import PeerConfig as ModelPeerConfig
 from overlayd.model import PeerStatus
 from overlayd.model import ReconcileReport
 from overlayd.model import ReconcileRequest
+from overlayd.model import ReconcileTally
 from overlayd.peers import Peer
 from overlayd.peers import merge
 from overlayd_wireguard import __version__
@@ -224,16 +225,11 @@ class WireGuardDriver(NatHooks):
             addresses=addresses,
             netns=self.options.netns,
         )
-        device = Device(
-            kind=DeviceKind.WIREGUARD,
-            name=spec.name,
-            owner=spec.owner,
-            driver=self.name,
-            addresses=spec.addresses,
+        device = spec.as_device(
+            self.name,
             mtu=mtu,
             listen_port=state.listen_port or spec.listen_port,
             public_key=state.public_key or private.public_key(),
-            subnet=spec.subnet,
             options=dict(spec.options),
         )
         dev = self._track(device, state)
@@ -654,9 +650,7 @@ class WireGuardDriver(NatHooks):
     def overlayd_reconcile(self, request: ReconcileRequest) -> ReconcileReport | None:
         if self.backend is None:
             return None
-        adopted: list[str] = []
-        removed: list[str] = []
-        errors: list[str] = []
+        found = ReconcileTally()
         try:
             present = set(self._host_devices())
         except DeviceError as exc:
@@ -668,31 +662,26 @@ class WireGuardDriver(NatHooks):
         }
         for name, device in recorded.items():
             if name not in present:
-                errors.append(
+                found.errors.append(
                     f"WireGuard device {name} is recorded but not running; the engine "
                     "re-creates recorded devices with their keys"
                 )
                 continue
             try:
                 self._adopt(device)
-                adopted.append(name)
+                found.adopted.append(name)
             except OverlaydError as exc:
-                errors.append(f"adopting {name}: {exc}")
+                found.errors.append(f"adopting {name}: {exc}")
         for name in sorted(present - set(recorded)):
             try:
                 self._backend().delete_device(name)
                 self._forget(name)
-                removed.append(name)
+                found.removed.append(name)
             except OverlaydError as exc:
-                errors.append(f"removing unrecorded device {name}: {exc}")
+                found.errors.append(f"removing unrecorded device {name}: {exc}")
         with self._lock:
             for att in request.attachments:
                 if att.driver == self.name:
                     self._guests.add(att.key)
-                    adopted.append(att.key)
-        return ReconcileReport(
-            driver=self.name,
-            adopted=tuple(adopted),
-            removed=tuple(removed),
-            errors=tuple(errors),
-        )
+                    found.adopted.append(att.key)
+        return found.report(self.name)
