@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import threading
 from collections.abc import AsyncIterator
@@ -35,6 +34,7 @@ from overlayd.model import LinuxPidHandle
 from overlayd.model import PeerScope
 from overlayd.model import ServiceOverlay
 from overlayd.state import MemoryStore
+from overlayd.testing.nodes import lone_engine
 from overlayd.testing.nodes import lone_node
 from overlayd_fake.driver import FakeDriver
 
@@ -654,9 +654,7 @@ async def test_exhausted_service_pool_is_a_clear_error(
     small = config.model_copy(
         update={"ipam": config.ipam.model_copy(update={"service_prefix_v4": 29})}
     )
-    async with Engine(small, drivers=[fake]) as eng:
-        await setup_global(eng)
-        await eng.setup_service_overlay("web", "shared")
+    async with lone_engine(small, [fake], "web") as eng:
         for pid in range(1, 6):  # /29: 6 usable, minus the gateway
             await eng.attach({"platform": "linux_pid", "pid": pid}, "web")
         with pytest.raises(PoolExhausted, match="no free address"):
@@ -701,23 +699,10 @@ class Rendezvous:
         return (yield)
 
 
-@contextlib.asynccontextmanager
-async def meeting(
-    config: EngineConfig, fake: FakeDriver, meet: Rendezvous, *services: str
-) -> AsyncIterator[Engine]:
-    """An engine whose attaches meet in ``meet``, with the global overlay and the
-    shared ``services`` set up."""
-    async with Engine(config, drivers=[fake], plugins=[meet]) as eng:
-        await setup_global(eng)
-        for service in services:
-            await eng.setup_service_overlay(service, "shared")
-        yield eng
-
-
 async def test_attaches_on_two_services_run_in_parallel(
     config: EngineConfig, fake: FakeDriver
 ) -> None:
-    async with meeting(config, fake, Rendezvous(2), "a", "b") as eng:
+    async with lone_engine(config, [fake], "a", "b", plugins=[Rendezvous(2)]) as eng:
         # If the engine serialised these, the barrier would time out and raise.
         await asyncio.gather(
             eng.attach({"platform": "linux_pid", "pid": 1}, "a"),
@@ -729,7 +714,7 @@ async def test_attaches_on_two_services_run_in_parallel(
 async def test_attaches_on_one_service_run_in_parallel(
     config: EngineConfig, fake: FakeDriver
 ) -> None:
-    async with meeting(config, fake, Rendezvous(3), "a") as eng:
+    async with lone_engine(config, [fake], "a", plugins=[Rendezvous(3)]) as eng:
         results = await asyncio.gather(
             *(eng.attach({"platform": "linux_pid", "pid": p}, "a") for p in (1, 2, 3))
         )
@@ -741,7 +726,7 @@ async def test_status_never_waits_behind_a_slow_attach(
 ) -> None:
     hold = Rendezvous(1)
     hold.mode = "hold"
-    async with meeting(config, fake, hold, "a") as eng:
+    async with lone_engine(config, [fake], "a", plugins=[hold]) as eng:
         slow = asyncio.create_task(eng.attach({"platform": "linux_pid", "pid": 1}, "a"))
         await asyncio.get_running_loop().run_in_executor(None, hold.entered.wait, 5)
         status = await asyncio.wait_for(eng.status(), 2)

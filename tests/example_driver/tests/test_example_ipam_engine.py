@@ -27,6 +27,7 @@ from overlayd.errors import Conflict
 from overlayd.errors import DriverError
 from overlayd.model import IPNetwork
 from overlayd.model import SubnetRequest
+from overlayd.testing.nodes import lone_engine
 from overlayd.testing.nodes import lone_node
 from overlayd_fake.driver import FakeDriver
 
@@ -52,13 +53,8 @@ async def _set_up(engine: Engine) -> None:
 @pytest.fixture
 async def engine(tmp_path: Path) -> AsyncIterator[tuple[Engine, ExampleIpam]]:
     ipam = ExampleIpam()
-    eng = Engine(_config(tmp_path / "data"), drivers=[FakeDriver(), ipam])
-    await eng.start()
-    try:
-        await _set_up(eng)
+    async with lone_engine(_config(tmp_path / "data"), [FakeDriver(), ipam], "web") as eng:
         yield eng, ipam
-    finally:
-        await eng.stop()
 
 
 async def test_the_ipam_driver_answers_for_every_pool(

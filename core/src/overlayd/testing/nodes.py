@@ -1,20 +1,32 @@
-"""A test node: its ``setup_global_overlay`` arguments and the identity attach hooks get.
+"""A test node: its ``setup_global_overlay`` arguments, an engine set up with
+them, and the identity attach hooks get.
 
 The engine, :class:`overlayd.client.AsyncClient` and :class:`overlayd.client.Client`
 take the same keyword arguments, so one dictionary serves all three::
 
     await engine.setup_global_overlay(**lone_node(nat_enabled=True))
     client.setup_global_overlay(**lone_node("e2e", slice_cidr="10.200.1.0/24"))
+
+    async with lone_engine(config, [FakeDriver()], "web") as engine:
+        await engine.attach({"platform": "linux_pid", "pid": 7}, "web")
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+from collections.abc import AsyncIterator
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 from typing import Any
 
 from overlayd.model import NodeInfo
 
-__all__ = ["lone_node", "node_info"]
+if TYPE_CHECKING:
+    from overlayd.config import EngineConfig
+    from overlayd.engine import Engine
+
+__all__ = ["lone_engine", "lone_node", "node_info"]
 
 
 def lone_node(
@@ -37,6 +49,25 @@ def lone_node(
         "wg_port": wg_port,
         "nat_enabled": nat_enabled,
     }
+
+
+@contextlib.asynccontextmanager
+async def lone_engine(
+    config: EngineConfig,
+    drivers: Sequence[object],
+    *services: str,
+    plugins: Sequence[object] = (),
+    **node: Any,
+) -> AsyncIterator[Engine]:
+    """A started engine with the global overlay of :func:`lone_node` (``node``: its
+    arguments) and the shared ``services``, stopped at the end."""
+    from overlayd.engine import Engine
+
+    async with Engine(config, drivers=drivers, plugins=plugins) as engine:
+        await engine.setup_global_overlay(**lone_node(**node))
+        for service in services:
+            await engine.setup_service_overlay(service, "shared")
+        yield engine
 
 
 def node_info(
