@@ -6,7 +6,8 @@ If this stops type-checking, a change in overlayd broke what driver authors rely
 
 from __future__ import annotations
 
-from overlayd.testing.conformance import check_driver
 from overlayd_example.driver import ExampleDriver
+
+from overlayd.testing.conformance import check_driver
 
 problems: list[str] = check_driver(ExampleDriver())

@@ -533,6 +533,19 @@ class AttachRequest(_Model):
     #: network); the cluster CIDR (``node.cluster_cidr``) is routed via ``gateway``.
     default_route: bool = True
 
+    def as_attachment(self, driver: str, **host: Any) -> Attachment:
+        """The :class:`Attachment` ``driver`` reports for this request: its handle,
+        service and addresses, and what the host gave (``interfaces``...)."""
+        global_ip = self.global_address.ip if self.global_address else None
+        return Attachment(
+            handle=self.handle,
+            service=self.service,
+            driver=driver,
+            ip=self.address.ip,
+            global_ip=global_ip,
+            **host,
+        )
+
 
 class GuestConfig(_Model):
     """What a guest-managed workload needs to configure its own WireGuard."""

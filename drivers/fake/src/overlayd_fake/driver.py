@@ -594,12 +594,8 @@ class FakeDriver:
                 mac = _mac(key)
                 mtu = request.mtu
                 routes = _routes(request)
-            att = Attachment(
-                handle=request.handle,
-                service=request.service,
-                driver=self.name,
-                ip=request.address.ip,
-                global_ip=request.global_address.ip if request.global_address else None,
+            att = request.as_attachment(
+                self.name,
                 interfaces=interfaces,
                 namespace_guid=namespace_guid,
                 endpoint_id=endpoint_id,

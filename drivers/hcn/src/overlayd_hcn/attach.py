@@ -212,12 +212,8 @@ class AttachHooks:
         except BaseException:
             self._rollback(endpoint_id, namespace_id)
             raise
-        return Attachment(
-            handle=handle,
-            service=request.service,
-            driver=self.name,
-            ip=request.address.ip,
-            global_ip=request.global_address.ip if request.global_address else None,
+        return request.as_attachment(
+            self.name,
             interfaces=(str(endpoint_id),),
             namespace_guid=str(namespace_id).lower(),
             endpoint_id=str(endpoint_id).lower(),

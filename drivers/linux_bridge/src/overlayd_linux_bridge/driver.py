@@ -54,6 +54,7 @@ import ipaddress
 import logging
 import sys
 import threading
+from collections.abc import Iterable
 from typing import Any
 from typing import Final
 
@@ -322,11 +323,7 @@ class LinuxBridgeDriver(NatPolicy):
         return spec.as_device(self.name, id=str(index), options=dict(spec.options))
 
     def _our_bridges(self) -> dict[str, LinkInfo]:
-        return {
-            link.name: link
-            for link in self._nl().list_links()
-            if link.kind == "bridge" and (link.alias or "").startswith(ALIAS_PREFIX)
-        }
+        return _bridges_of_ours(self._nl().list_links())
 
     @hookimpl
     def overlayd_device_delete(self, device: Device) -> bool | None:
@@ -407,12 +404,8 @@ class LinuxBridgeDriver(NatPolicy):
             extra["default_route"] = False
             if request.node is not None:
                 extra["cluster_cidr"] = str(request.node.cluster_cidr)
-        return Attachment(
-            handle=handle,
-            service=request.service,
-            driver=self.name,
-            ip=request.address.ip,
-            global_ip=request.global_address.ip if request.global_address else None,
+        return request.as_attachment(
+            self.name,
             interfaces=tuple(interfaces),
             ifname=_service_ifname(handle),
             mac=mac,
@@ -529,11 +522,7 @@ class LinuxBridgeDriver(NatPolicy):
                 found.errors.append(f"sweeping tombstones: {exc}")
             links = self._nl().list_links()
         by_name = {link.name: link for link in links}
-        bridges = {
-            lk.name: lk
-            for lk in links
-            if lk.kind == "bridge" and (lk.alias or "").startswith(ALIAS_PREFIX)
-        }
+        bridges = _bridges_of_ours(links)
 
         recorded_devices = [
             d for d in request.devices if d.driver == self.name and d.kind == DeviceKind.BRIDGE
@@ -551,11 +540,7 @@ class LinuxBridgeDriver(NatPolicy):
         if found.recreated:
             links = self._nl().list_links()
             by_name = {link.name: link for link in links}
-            bridges = {
-                lk.name: lk
-                for lk in links
-                if lk.kind == "bridge" and (lk.alias or "").startswith(ALIAS_PREFIX)
-            }
+            bridges = _bridges_of_ours(links)
 
         recorded_ifaces: set[str] = set()
         for att in request.attachments:
@@ -636,6 +621,15 @@ class LinuxBridgeDriver(NatPolicy):
         self._nl().delete_links_batch(list(att.interfaces))
         with self._namespaces.open(_namespace_path(handle)) as ns:
             self._plumb(request, ns, att.key)
+
+
+def _bridges_of_ours(links: Iterable[LinkInfo]) -> dict[str, LinkInfo]:
+    """The bridges among ``links`` that overlayd made (their alias says so), by name."""
+    return {
+        link.name: link
+        for link in links
+        if link.kind == "bridge" and (link.alias or "").startswith(ALIAS_PREFIX)
+    }
 
 
 def _route_only_node(cluster_cidr: str) -> NodeInfo:

@@ -600,14 +600,7 @@ class WireGuardDriver(NatHooks):
             dns_server=request.dns_server,
             dns_domain=request.dns_domain,
         )
-        att = Attachment(
-            handle=request.handle,
-            service=request.service,
-            driver=self.name,
-            ip=request.address.ip,
-            global_ip=request.global_address.ip if request.global_address else None,
-            guest=guest,
-        )
+        att = request.as_attachment(self.name, guest=guest)
         with self._lock:
             self._guests.add(att.key)
         return att
