@@ -546,6 +546,35 @@ class AttachRequest(_Model):
             **host,
         )
 
+    def guest_config(
+        self, private_key: str, public_key: str, *, endpoint: str | None, keepalive_secs: int
+    ) -> GuestConfig:
+        """The :class:`GuestConfig` of a guest with this key pair: its address, and
+        the node's WireGuard device (reached at ``endpoint``) as its one peer for
+        the whole cluster.
+
+        :raises ValueError: the request carries no node with a public key.
+        """
+        node = self.node
+        if node is None or node.public_key is None:
+            raise ValueError("a guest needs the node's WireGuard device (node.public_key)")
+        peer = PeerConfig(
+            public_key=node.public_key,
+            endpoint=endpoint,
+            allowed_ips=(node.cluster_cidr,),
+            persistent_keepalive_secs=keepalive_secs,
+        )
+        return GuestConfig(
+            overlay_ip=self.address.ip,
+            prefix_len=self.address.network.prefixlen,
+            private_key=private_key,
+            public_key=public_key,
+            listen_port=node.listen_port,
+            peers=(peer,),
+            dns_server=self.dns_server,
+            dns_domain=self.dns_domain,
+        )
+
 
 class GuestConfig(_Model):
     """What a guest-managed workload needs to configure its own WireGuard."""

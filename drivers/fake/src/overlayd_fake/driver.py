@@ -48,14 +48,12 @@ from overlayd.model import Device
 from overlayd.model import DeviceKind
 from overlayd.model import DeviceSpec
 from overlayd.model import DriverInfo
-from overlayd.model import GuestConfig
 from overlayd.model import GuestManagedHandle
 from overlayd.model import IPNetwork
 from overlayd.model import MasqueradeRule
 from overlayd.model import NatCandidate
 from overlayd.model import NetnsHandle
 from overlayd.model import PeerChange
-from overlayd.model import PeerConfig
 from overlayd.model import PeerStatus
 from overlayd.model import PortMapping
 from overlayd.model import ReconcileReport
@@ -564,22 +562,11 @@ class FakeDriver:
                         driver=self.name,
                     )
                 priv = generate_private_key()
-                guest = GuestConfig(
-                    overlay_ip=request.address.ip,
-                    prefix_len=request.address.network.prefixlen,
-                    private_key=priv,
-                    public_key=public_key(priv),
-                    listen_port=node.listen_port,
-                    peers=(
-                        PeerConfig(
-                            public_key=node.public_key,
-                            endpoint=self._guest_endpoint(node.listen_port),
-                            allowed_ips=(node.cluster_cidr,),
-                            persistent_keepalive_secs=25,
-                        ),
-                    ),
-                    dns_server=request.dns_server,
-                    dns_domain=request.dns_domain,
+                guest = request.guest_config(
+                    priv,
+                    public_key(priv),
+                    endpoint=self._guest_endpoint(node.listen_port),
+                    keepalive_secs=25,
                 )
             elif isinstance(request.handle, WindowsContainerHandle):
                 namespace_guid = _guid(f"ns:{key}")

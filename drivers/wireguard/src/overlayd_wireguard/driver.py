@@ -45,11 +45,9 @@ from overlayd.model import Device
 from overlayd.model import DeviceKind
 from overlayd.model import DeviceSpec
 from overlayd.model import DriverInfo
-from overlayd.model import GuestConfig
 from overlayd.model import GuestManagedHandle
 from overlayd.model import HandleKind
 from overlayd.model import PeerChange
-from overlayd.model import PeerConfig as ModelPeerConfig
 from overlayd.model import PeerStatus
 from overlayd.model import ReconcileReport
 from overlayd.model import ReconcileRequest
@@ -583,22 +581,11 @@ class WireGuardDriver(NatHooks):
                 driver=self.name,
             )
         private, public = generate_keypair()
-        guest = GuestConfig(
-            overlay_ip=request.address.ip,
-            prefix_len=request.address.network.prefixlen,
-            private_key=private.to_base64(),
-            public_key=public,
-            listen_port=node.listen_port,
-            peers=(
-                ModelPeerConfig(
-                    public_key=node.public_key,
-                    endpoint=self._guest_endpoint(node.listen_port),
-                    allowed_ips=(node.cluster_cidr,),
-                    persistent_keepalive_secs=GUEST_KEEPALIVE_SECS,
-                ),
-            ),
-            dns_server=request.dns_server,
-            dns_domain=request.dns_domain,
+        guest = request.guest_config(
+            private.to_base64(),
+            public,
+            endpoint=self._guest_endpoint(node.listen_port),
+            keepalive_secs=GUEST_KEEPALIVE_SECS,
         )
         att = request.as_attachment(self.name, guest=guest)
         with self._lock:
