@@ -4,6 +4,8 @@ device state both backends' parsers must produce."""
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -68,6 +70,19 @@ def wait_until(pred: Callable[[], bool], timeout: float = 10.0, step: float = 0.
     while not pred():
         assert time.monotonic() < deadline, "condition not reached in time"
         time.sleep(step)
+
+
+def killed_and_restarted(backend: UserspaceBackend, name: str) -> int:
+    """Kill the wireguard-go of device ``name`` (SIGKILL) and wait for the
+    supervisor's first restart of it; the new process's pid."""
+    old = backend.pid(name)
+    assert old is not None
+    os.kill(old, signal.SIGKILL)
+    wait_until(lambda: backend.restarts(name) == 1)
+    new = backend.pid(name)
+    assert new is not None
+    assert new != old
+    return new
 
 
 def pub() -> str:
