@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import BaseModel
@@ -54,16 +55,22 @@ DRIVERS = {
 }
 
 
+def _imported(target: str) -> Any:
+    """The object named by ``module:name``."""
+    import importlib
+
+    module, name = target.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def _known_keys(name: str) -> list[str]:
     """The keys a driver accepts, from the error it gives for an unknown one."""
-    import importlib
     import re
 
     from overlayd.config import EngineConfig
     from overlayd.errors import ConfigError
 
-    module, cls = DRIVERS[name].split(":")
-    driver = getattr(importlib.import_module(module), cls)()
+    driver = _imported(DRIVERS[name])()
     config = EngineConfig(driver_settings={name: {"no_such_key_xyz": 1}})
     with pytest.raises(ConfigError, match="no_such_key_xyz") as info:
         driver.overlayd_configure(config=config)
@@ -81,10 +88,7 @@ OPTIONS = {
 
 
 def _options_model(name: str) -> type[BaseModel]:
-    import importlib
-
-    module, cls = OPTIONS[name].split(":")
-    model: type[BaseModel] = getattr(importlib.import_module(module), cls)
+    model: type[BaseModel] = _imported(OPTIONS[name])
     return model
 
 

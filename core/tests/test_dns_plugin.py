@@ -18,6 +18,7 @@ from overlayd.dns.plugin import DnsPlugin
 from overlayd.engine import Engine
 from overlayd.hookspecs import hookimpl
 from overlayd.model import DnsRecord
+from overlayd.testing.nodes import lone_engine
 from overlayd_fake.driver import FakeDriver
 
 
@@ -55,15 +56,7 @@ async def test_engine_records_are_served_and_removed() -> None:
     port = free_port()
     settings = DnsSettings(listen=[f"127.0.0.1:{port}"], listen_on_gateways=False, forward=False)
     cfg = EngineConfig(drivers=[], dns=settings, engine=EngineSettings(health_interval_secs=0))
-    async with Engine(cfg, drivers=[FakeDriver()], plugins=[DnsPlugin(settings)]) as eng:
-        await eng.setup_global_overlay(
-            deployment="prod",
-            instance_id="n1",
-            cluster_cidr="10.200.0.0/16",
-            slice_cidr="10.200.0.0/20",
-            wg_port=51820,
-        )
-        await eng.setup_service_overlay("web", "shared")
+    async with lone_engine(cfg, [FakeDriver()], "web", plugins=[DnsPlugin(settings)]) as eng:
         att = await eng.attach({"platform": "linux_pid", "pid": 77}, "web")
         await eng.register_dns("db", "10.200.9.9")
 
@@ -95,10 +88,7 @@ async def test_records_survive_restart(tmp_path: object, restart: bool) -> None:
         engine=EngineSettings(health_interval_secs=0),
     )
     fake = FakeDriver()
-    async with Engine(cfg, drivers=[fake], plugins=[DnsPlugin(settings)]) as eng:
-        await eng.setup_global_overlay(
-            deployment="prod", instance_id="n1", cluster_cidr="10.200.0.0/16", wg_port=51820
-        )
+    async with lone_engine(cfg, [fake], plugins=[DnsPlugin(settings)], slice_cidr=None) as eng:
         await eng.register_dns("db", "10.200.9.9")
     async with Engine(cfg, drivers=[fake], plugins=[DnsPlugin(settings)]):
         answer = await query("db.prod.local.", port)
@@ -141,10 +131,7 @@ async def test_the_load_goes_in_bulk_to_the_bulk_hook_and_as_models_to_the_other
         data_dir=tmp_path, drivers=[], dns=settings, engine=EngineSettings(health_interval_secs=0)
     )
     fake = FakeDriver()
-    async with Engine(cfg, drivers=[fake]) as eng:
-        await eng.setup_global_overlay(
-            deployment="prod", instance_id="n1", cluster_cidr="10.200.0.0/16", wg_port=51820
-        )
+    async with lone_engine(cfg, [fake], slice_cidr=None) as eng:
         await eng.register_dns("db", "10.200.9.9")
         await eng.register_dns("db", "fd00::9")
         await eng.register_dns("Web", "10.200.9.10")

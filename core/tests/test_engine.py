@@ -32,12 +32,16 @@ from overlayd.errors import StateError
 from overlayd.model import DnsRecord
 from overlayd.model import LinuxPidHandle
 from overlayd.model import PeerScope
+from overlayd.model import ServiceOverlay
 from overlayd.state import MemoryStore
+from overlayd.testing.nodes import lone_engine
+from overlayd.testing.nodes import lone_node
 from overlayd_fake.driver import FakeDriver
 
 KEY1 = "aDlk2hH3mTqJq8DVRk9f0lZ0n3Hk0Jm0bZ4rK1d3CUk="
 KEY2 = "cHZ7Fq1vJdNq1PkE3XtKx8U1lWkqH4Qm2D6b1tWYn2w="
 PID = {"platform": "linux_pid", "pid": 4242}
+GUEST = {"platform": "guest_managed", "id": "vm"}
 
 
 class FlakyStore(MemoryStore):
@@ -104,6 +108,13 @@ def dns() -> DnsProbe:
 
 
 @pytest.fixture
+async def web(engine: Engine) -> ServiceOverlay:
+    """The shared service ``web`` on the engine's global overlay (set up first)."""
+    await setup_global(engine)
+    return await engine.setup_service_overlay("web", "shared")
+
+
+@pytest.fixture
 async def engine(
     config: EngineConfig, fake: FakeDriver, store: FlakyStore, dns: DnsProbe
 ) -> AsyncIterator[Engine]:
@@ -116,14 +127,7 @@ async def engine(
 
 
 async def setup_global(engine: Engine, nat: bool = False) -> str:
-    return await engine.setup_global_overlay(
-        deployment="prod",
-        instance_id="n1",
-        cluster_cidr="10.200.0.0/16",
-        slice_cidr="10.200.0.0/20",
-        wg_port=51820,
-        nat_enabled=nat,
-    )
+    return await engine.setup_global_overlay(**lone_node(nat_enabled=nat))
 
 
 def snapshot(engine: Engine, fake: FakeDriver, store: FlakyStore, dns: DnsProbe) -> Any:
@@ -142,6 +146,19 @@ def snapshot(engine: Engine, fake: FakeDriver, store: FlakyStore, dns: DnsProbe)
         sorted(dns.records),
         pools,
     )
+
+
+def fail_once(
+    step: str, exc: Exception, fake: FakeDriver, store: FlakyStore, dns: DnsProbe
+) -> None:
+    """Make the next ``step`` fail: ``commit`` (the store), ``dns`` (the DNS
+    plugin, with its own error) or a hook of the fake driver, which raises ``exc``."""
+    if step == "commit":
+        store.fail = True
+    elif step == "dns":
+        dns.fail = True
+    else:
+        fake.fail_next(step, exc)
 
 
 # ---------------------------------------------------------------------------
@@ -171,10 +188,8 @@ async def test_global_setup_with_different_cidr_conflicts(engine: Engine) -> Non
 
 
 async def test_second_attach_of_a_handle_returns_same_result_and_allocates_nothing(
-    engine: Engine, fake: FakeDriver
+    engine: Engine, fake: FakeDriver, web: ServiceOverlay
 ) -> None:
-    await setup_global(engine)
-    await engine.setup_service_overlay("web", "shared")
     first = await engine.attach(PID, "web", join_global=True)
     leases = engine.list_leases()
     calls = len(fake.calls_to("overlayd_attach"))
@@ -184,9 +199,9 @@ async def test_second_attach_of_a_handle_returns_same_result_and_allocates_nothi
     assert len(fake.calls_to("overlayd_attach")) == calls
 
 
-async def test_attach_same_handle_to_other_service_conflicts(engine: Engine) -> None:
-    await setup_global(engine)
-    await engine.setup_service_overlay("web", "shared")
+async def test_attach_same_handle_to_other_service_conflicts(
+    engine: Engine, web: ServiceOverlay
+) -> None:
     await engine.setup_service_overlay("api", "shared")
     await engine.attach(PID, "web")
     with pytest.raises(Conflict, match="already attached to service 'web'"):
@@ -203,10 +218,8 @@ async def test_detach_unknown_handle_succeeds_and_changes_nothing(
 
 
 async def test_detach_removes_everything_attach_created(
-    engine: Engine, fake: FakeDriver, store: FlakyStore, dns: DnsProbe
+    engine: Engine, fake: FakeDriver, store: FlakyStore, dns: DnsProbe, web: ServiceOverlay
 ) -> None:
-    await setup_global(engine)
-    await engine.setup_service_overlay("web", "shared")
     before = snapshot(engine, fake, store, dns)
     att = await engine.attach(PID, "web", join_global=True)
     assert ("web", str(att.ip)) in dns.records
@@ -228,19 +241,17 @@ async def test_guest_attach_registers_peer_and_detach_removes_it(
     assert att.guest.public_key not in fake.host.peers[name]
 
 
-async def test_released_addresses_are_reused_last(engine: Engine) -> None:
-    await setup_global(engine)
-    await engine.setup_service_overlay("web", "shared")
+async def test_released_addresses_are_reused_last(engine: Engine, web: ServiceOverlay) -> None:
     a = await engine.attach({"platform": "linux_pid", "pid": 1}, "web")
     await engine.detach({"platform": "linux_pid", "pid": 1})
     b = await engine.attach({"platform": "linux_pid", "pid": 2}, "web")
     assert b.ip != a.ip
 
 
-async def test_windows_requested_ip_is_validated_and_used(engine: Engine) -> None:
-    await setup_global(engine)
-    svc = await engine.setup_service_overlay("web", "shared")
-    want = svc.subnet.network_address + 10
+async def test_windows_requested_ip_is_validated_and_used(
+    engine: Engine, web: ServiceOverlay
+) -> None:
+    want = web.subnet.network_address + 10
     att = await engine.attach(
         {"platform": "windows_container", "container_id": "c1", "ip": str(want)}, "web"
     )
@@ -300,9 +311,9 @@ async def test_peers_multi_cidr_and_allowed_ip_edits(engine: Engine, fake: FakeD
     assert KEY1 not in fake.host.peers[name]
 
 
-async def test_teardown_service_detaches_and_frees_subnet(engine: Engine, fake: FakeDriver) -> None:
-    await setup_global(engine)
-    web = await engine.setup_service_overlay("web", "shared")
+async def test_teardown_service_detaches_and_frees_subnet(
+    engine: Engine, fake: FakeDriver, web: ServiceOverlay
+) -> None:
     await engine.attach(PID, "web")
     await engine.teardown_service_overlay("web")
     await engine.teardown_service_overlay("web")
@@ -343,9 +354,7 @@ async def test_nat_tick_reports_endpoint_changes(engine: Engine, fake: FakeDrive
     assert [(e.event, e.endpoint) for e in events] == [("nat_endpoint_changed", "127.0.0.9:4000")]
 
 
-async def test_gc_releases_only_dead_handles(engine: Engine) -> None:
-    await setup_global(engine)
-    await engine.setup_service_overlay("web", "shared")
+async def test_gc_releases_only_dead_handles(engine: Engine, web: ServiceOverlay) -> None:
     for pid in (1, 2, 3):
         await engine.attach({"platform": "linux_pid", "pid": pid}, "web")
     report = await engine.gc([{"platform": "linux_pid", "pid": 2}], dry_run=True)
@@ -356,10 +365,8 @@ async def test_gc_releases_only_dead_handles(engine: Engine) -> None:
 
 
 async def test_reconcile_releases_dead_workloads_and_removes_orphans(
-    engine: Engine, fake: FakeDriver
+    engine: Engine, fake: FakeDriver, web: ServiceOverlay
 ) -> None:
-    await setup_global(engine)
-    await engine.setup_service_overlay("web", "shared")
     await engine.attach(PID, "web")
     fake.kill(LinuxPidHandle(pid=4242))
     from overlayd.model import Device
@@ -401,55 +408,35 @@ async def test_dns_register_unregister(engine: Engine, dns: DnsProbe) -> None:
 # ---------------------------------------------------------------------------
 
 
-async def test_attach_rollback_when_driver_attach_fails(
-    engine: Engine, fake: FakeDriver, store: FlakyStore, dns: DnsProbe
+@pytest.mark.parametrize(
+    ("step", "handle", "join_global", "exc"),
+    [
+        ("overlayd_attach", PID, True, AttachError("veth create failed (injected)")),
+        ("dns", PID, True, DnsError("dns server refused (injected)")),
+        ("overlayd_peer_apply", GUEST, False, PeerError("uapi errno=22 (injected)")),
+        ("commit", PID, True, StateError("disk full (injected)")),
+    ],
+    ids=["driver", "dns", "guest-peer", "commit"],
+)
+async def test_attach_rollback_at_every_step(
+    engine: Engine,
+    fake: FakeDriver,
+    store: FlakyStore,
+    dns: DnsProbe,
+    web: ServiceOverlay,
+    step: str,
+    handle: dict[str, Any],
+    join_global: bool,
+    exc: Exception,
 ) -> None:
-    await setup_global(engine)
-    await engine.setup_service_overlay("web", "shared")
     before = snapshot(engine, fake, store, dns)
-    fake.fail_next("overlayd_attach", AttachError("veth create failed (injected)"))
-    with pytest.raises(AttachError, match="injected"):
-        await engine.attach(PID, "web", join_global=True)
-    assert snapshot(engine, fake, store, dns) == before
-    # and the handle can be attached afterwards
-    await engine.attach(PID, "web", join_global=True)
-
-
-async def test_attach_rollback_when_dns_fails(
-    engine: Engine, fake: FakeDriver, store: FlakyStore, dns: DnsProbe
-) -> None:
-    await setup_global(engine)
-    await engine.setup_service_overlay("web", "shared")
-    before = snapshot(engine, fake, store, dns)
-    dns.fail = True
-    with pytest.raises(DnsError):
-        await engine.attach(PID, "web", join_global=True)
-    assert snapshot(engine, fake, store, dns) == before
-
-
-async def test_attach_rollback_when_guest_peer_fails(
-    engine: Engine, fake: FakeDriver, store: FlakyStore, dns: DnsProbe
-) -> None:
-    await setup_global(engine)
-    await engine.setup_service_overlay("web", "shared")
-    before = snapshot(engine, fake, store, dns)
-    fake.fail_next("overlayd_peer_apply", PeerError("uapi errno=22 (injected)"))
-    with pytest.raises(PeerError):
-        await engine.attach({"platform": "guest_managed", "id": "vm"}, "web")
-    assert snapshot(engine, fake, store, dns) == before
-
-
-async def test_attach_rollback_when_commit_fails(
-    engine: Engine, fake: FakeDriver, store: FlakyStore, dns: DnsProbe
-) -> None:
-    await setup_global(engine)
-    await engine.setup_service_overlay("web", "shared")
-    before = snapshot(engine, fake, store, dns)
-    store.fail = True
-    with pytest.raises(StateError, match="disk full"):
-        await engine.attach(PID, "web", join_global=True)
+    fail_once(step, exc, fake, store, dns)
+    with pytest.raises(type(exc), match="injected"):
+        await engine.attach(handle, "web", join_global=join_global)
     assert snapshot(engine, fake, store, dns) == before
     assert engine.list_attachments() == []
+    # and the handle can be attached afterwards
+    await engine.attach(handle, "web", join_global=join_global)
 
 
 async def test_attach_rollback_when_pool_exhausted_midway(
@@ -460,11 +447,9 @@ async def test_attach_rollback_when_pool_exhausted_midway(
     await eng.start()
     try:
         await eng.setup_global_overlay(
-            deployment="p",
-            instance_id="n",
-            cluster_cidr="10.210.0.0/16",
-            slice_cidr="10.210.0.0/28",
-            wg_port=51820,
+            **lone_node(
+                "p", instance_id="n", cluster_cidr="10.210.0.0/16", slice_cidr="10.210.0.0/28"
+            )
         )
         # A /28 slice is the node pool as a whole (the "local" layout): 13
         # addresses besides the node's own. Take all but one.
@@ -504,10 +489,7 @@ async def test_global_setup_rollback_at_every_step(
     exc: Exception,
 ) -> None:
     before = snapshot(engine, fake, store, dns)
-    if hook == "commit":
-        store.fail = True
-    else:
-        fake.fail_next(hook, exc)
+    fail_once(hook, exc, fake, store, dns)
     with pytest.raises(type(exc)):
         await setup_global(engine, nat=True)
     assert snapshot(engine, fake, store, dns) == before
@@ -533,18 +515,12 @@ async def test_service_setup_rollback_at_every_step(
 ) -> None:
     await setup_global(engine, nat=True)
     before = snapshot(engine, fake, store, dns)
-    if step == "bridge":
+    if step in ("bridge", "dedicated"):
+        kind = "bridge" if step == "bridge" else "wireguard"
         fake.fail_when(
             "overlayd_device_create",
-            lambda kw: kw["spec"].kind == "bridge",
-            DeviceError("bridge failed (injected)"),
-            once=True,
-        )
-    elif step == "dedicated":
-        fake.fail_when(
-            "overlayd_device_create",
-            lambda kw: kw["spec"].kind == "wireguard",
-            DeviceError("wg failed (injected)"),
+            lambda kw: kw["spec"].kind == kind,
+            DeviceError(f"{kind} failed (injected)"),
             once=True,
         )
     elif step == "nat":
@@ -579,10 +555,8 @@ async def test_peer_rollback_on_driver_and_commit_failure(
 
 
 async def test_detach_keeps_record_when_driver_cannot_remove(
-    engine: Engine, fake: FakeDriver
+    engine: Engine, fake: FakeDriver, web: ServiceOverlay
 ) -> None:
-    await setup_global(engine)
-    await engine.setup_service_overlay("web", "shared")
     att = await engine.attach(PID, "web")
     fake.fail_next("overlayd_detach", AttachError("device busy (injected)"))
     with pytest.raises(AttachError):
@@ -660,9 +634,7 @@ async def test_bad_peer_input_is_rejected(engine: Engine, fake: FakeDriver) -> N
     assert fake.host.peers[name] == {}
 
 
-async def test_release_ip_rules(engine: Engine) -> None:
-    await setup_global(engine)
-    await engine.setup_service_overlay("web", "shared")
+async def test_release_ip_rules(engine: Engine, web: ServiceOverlay) -> None:
     ip = await engine.allocate_ip("web")
     with pytest.raises(AllocationError, match="not in any address pool"):
         await engine.release_ip("192.0.2.1")
@@ -682,9 +654,7 @@ async def test_exhausted_service_pool_is_a_clear_error(
     small = config.model_copy(
         update={"ipam": config.ipam.model_copy(update={"service_prefix_v4": 29})}
     )
-    async with Engine(small, drivers=[fake]) as eng:
-        await setup_global(eng)
-        await eng.setup_service_overlay("web", "shared")
+    async with lone_engine(small, [fake], "web") as eng:
         for pid in range(1, 6):  # /29: 6 usable, minus the gateway
             await eng.attach({"platform": "linux_pid", "pid": pid}, "web")
         with pytest.raises(PoolExhausted, match="no free address"):
@@ -732,11 +702,7 @@ class Rendezvous:
 async def test_attaches_on_two_services_run_in_parallel(
     config: EngineConfig, fake: FakeDriver
 ) -> None:
-    meet = Rendezvous(2)
-    async with Engine(config, drivers=[fake], plugins=[meet]) as eng:
-        await setup_global(eng)
-        await eng.setup_service_overlay("a", "shared")
-        await eng.setup_service_overlay("b", "shared")
+    async with lone_engine(config, [fake], "a", "b", plugins=[Rendezvous(2)]) as eng:
         # If the engine serialised these, the barrier would time out and raise.
         await asyncio.gather(
             eng.attach({"platform": "linux_pid", "pid": 1}, "a"),
@@ -748,10 +714,7 @@ async def test_attaches_on_two_services_run_in_parallel(
 async def test_attaches_on_one_service_run_in_parallel(
     config: EngineConfig, fake: FakeDriver
 ) -> None:
-    meet = Rendezvous(3)
-    async with Engine(config, drivers=[fake], plugins=[meet]) as eng:
-        await setup_global(eng)
-        await eng.setup_service_overlay("a", "shared")
+    async with lone_engine(config, [fake], "a", plugins=[Rendezvous(3)]) as eng:
         results = await asyncio.gather(
             *(eng.attach({"platform": "linux_pid", "pid": p}, "a") for p in (1, 2, 3))
         )
@@ -763,9 +726,7 @@ async def test_status_never_waits_behind_a_slow_attach(
 ) -> None:
     hold = Rendezvous(1)
     hold.mode = "hold"
-    async with Engine(config, drivers=[fake], plugins=[hold]) as eng:
-        await setup_global(eng)
-        await eng.setup_service_overlay("a", "shared")
+    async with lone_engine(config, [fake], "a", plugins=[hold]) as eng:
         slow = asyncio.create_task(eng.attach({"platform": "linux_pid", "pid": 1}, "a"))
         await asyncio.get_running_loop().run_in_executor(None, hold.entered.wait, 5)
         status = await asyncio.wait_for(eng.status(), 2)

@@ -20,6 +20,7 @@ from overlayd.model import DnsRecord
 from overlayd.model import PeerScope
 from overlayd.model import PortMapping
 from overlayd.state import MemoryStore
+from overlayd.testing.nodes import lone_node
 from overlayd_fake.driver import FakeDriver
 
 #: Store kind of a detach under way (``overlayd.engine.DETACH_INTENT``).
@@ -55,15 +56,6 @@ class FailingStore(MemoryStore):
         super().commit(puts, deletes)
 
 
-GLOBAL: dict[str, Any] = {
-    "deployment": "prod",
-    "instance_id": "n1",
-    "cluster_cidr": "10.200.0.0/16",
-    "slice_cidr": "10.200.0.0/20",
-    "wg_port": 51820,
-}
-
-
 @pytest.fixture
 def store() -> FailingStore:
     return FailingStore()
@@ -75,7 +67,7 @@ async def engine(
 ) -> AsyncIterator[Engine]:
     eng = Engine(engine_config, drivers=[fake_driver], store=store)
     await eng.start()
-    await eng.setup_global_overlay(**GLOBAL)
+    await eng.setup_global_overlay(**lone_node())
     await eng.setup_service_overlay("web", "shared")
     try:
         yield eng
@@ -187,7 +179,7 @@ async def test_guest_private_key_leaves_the_database_and_its_wal_on_detach(
     engine = Engine(cfg, drivers=[FakeDriver()])
     await engine.start()
     try:
-        await engine.setup_global_overlay(**GLOBAL)
+        await engine.setup_global_overlay(**lone_node())
         await engine.setup_service_overlay("web", "shared")
         guest = {"platform": "guest_managed", "id": "vm-1"}
         att = await engine.attach(guest, "web")
@@ -279,7 +271,7 @@ async def test_without_a_slice_only_the_nodes_own_subnets_are_refused(
     engine = Engine(engine_config, drivers=[fake_driver])
     await engine.start()
     try:
-        await engine.setup_global_overlay(**{**GLOBAL, "slice_cidr": None})
+        await engine.setup_global_overlay(**lone_node(slice_cidr=None))
         web = await engine.setup_service_overlay("web", "shared")
         await engine.add_peer(PEER, "192.0.2.7:51820", "10.200.77.0/24,10.200.200.9/32")
         await engine.add_peer(public_key(generate_private_key()), None, "10.200.0.0/16")

@@ -25,6 +25,7 @@ from overlayd.model import DeviceKind
 from overlayd.model import LinuxPidHandle
 from overlayd.model import ReconcileRequest
 from overlayd.state import MemoryStore
+from overlayd.testing.nodes import lone_node
 from overlayd_fake.driver import FakeDriver
 
 H = LinuxPidHandle(pid=4242)
@@ -96,9 +97,7 @@ def _config(**engine: Any) -> EngineConfig:
 
 
 async def _global(engine: Engine) -> None:
-    await engine.setup_global_overlay(
-        deployment="prod", instance_id="n1", cluster_cidr="10.200.0.0/16", wg_port=51820
-    )
+    await engine.setup_global_overlay(**lone_node(slice_cidr=None))
 
 
 async def test_a_cancelled_request_holds_its_lock_until_its_hook_returns() -> None:
@@ -118,10 +117,10 @@ async def test_a_cancelled_request_holds_its_lock_until_its_hook_returns() -> No
         assert not dns.intervals.overlapping("web"), dns.intervals.calls
 
 
-async def test_stop_drains_a_running_reconcile_before_shutting_drivers_down() -> None:
-    probe = SlowReconcile(1.0)
+async def _reconciling(probe: SlowReconcile, **settings: Any) -> Engine:
+    """A started engine reconciling every 0.05 s, once ``probe``'s first reconcile began."""
     eng = Engine(
-        _config(reconcile_interval_secs=0.05),
+        _config(reconcile_interval_secs=0.05, **settings),
         drivers=[FakeDriver()],
         store=MemoryStore(),
         plugins=[probe],
@@ -129,6 +128,12 @@ async def test_stop_drains_a_running_reconcile_before_shutting_drivers_down() ->
     await eng.start()
     while not probe.intervals.started.is_set():
         await asyncio.sleep(0.01)
+    return eng
+
+
+async def test_stop_drains_a_running_reconcile_before_shutting_drivers_down() -> None:
+    probe = SlowReconcile(1.0)
+    eng = await _reconciling(probe)
     await asyncio.sleep(0.2)
     await eng.stop()
     ((_, reconcile_end),) = probe.intervals.calls["reconcile"]
@@ -139,15 +144,7 @@ async def test_stop_is_bounded_and_names_what_it_cut_off(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     probe = SlowReconcile(2.0)
-    eng = Engine(
-        _config(reconcile_interval_secs=0.05, stop_timeout_secs=0.3),
-        drivers=[FakeDriver()],
-        store=MemoryStore(),
-        plugins=[probe],
-    )
-    await eng.start()
-    while not probe.intervals.started.is_set():
-        await asyncio.sleep(0.01)
+    eng = await _reconciling(probe, stop_timeout_secs=0.3)
     began = time.monotonic()
     with caplog.at_level(logging.ERROR, logger="overlayd.engine"):
         await eng.stop()

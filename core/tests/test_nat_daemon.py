@@ -20,6 +20,7 @@ from overlayd.client import RemoteError
 from overlayd.config import NatSettings
 from overlayd.engine import Engine
 from overlayd.testing.inproc import serving
+from overlayd.testing.nodes import lone_node
 from overlayd_fake.driver import FakeDriver
 
 PEER = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
@@ -52,14 +53,7 @@ async def daemon(root: Path) -> AsyncIterator[tuple[Engine, AsyncClient]]:
 
 
 async def _setup(client: AsyncClient, nat_enabled: bool = True) -> None:
-    await client.setup_global_overlay(
-        deployment="prod",
-        instance_id="n1",
-        cluster_cidr="10.200.0.0/16",
-        slice_cidr="10.200.0.0/20",
-        wg_port=51820,
-        nat_enabled=nat_enabled,
-    )
+    await client.setup_global_overlay(**lone_node(nat_enabled=nat_enabled))
 
 
 async def test_status_has_no_nat_without_nat_enabled(

@@ -17,13 +17,13 @@ from overlayd.model import Device
 from overlayd.model import GuestManagedHandle
 from overlayd.model import Lease
 from overlayd.model import LinuxPidHandle
-from overlayd.model import NodeInfo
 from overlayd.model import Pool
 from overlayd.model import ReconcileReport
 from overlayd.model import ReconcileRequest
 from overlayd.plugins import Hooks
 from overlayd.plugins import make_plugin_manager
 from overlayd.plugins import register_drivers
+from overlayd.testing.nodes import node_info
 
 
 class Owner:
@@ -112,13 +112,11 @@ def _request(segment_driver: str, handle: Any) -> AttachRequest:
         segment=_device(segment_driver),
         address=ipaddress.ip_interface("10.9.0.2/24"),
         gateway=ipaddress.ip_address("10.9.0.1"),
-        node=NodeInfo(
-            interface="zl-g",
+        node=node_info(
+            "10.9.0.0/16",
+            "10.9.0.0/20",
             public_key="YOnqvqXWSCdqVaX4tsnUpZ2zxJ0I+dJcuZ7Lj1gRe3Y=",
-            node_ip=ipaddress.ip_address("10.9.0.1"),
-            cluster_cidr=ipaddress.ip_network("10.9.0.0/16"),
-            slice_cidr=ipaddress.ip_network("10.9.0.0/20"),
-            listen_port=51820,
+            interface="zl-g",
         ),
     )
 

@@ -18,6 +18,7 @@ from overlayd.peers import Peer
 from overlayd.peers import PeerTable
 from overlayd.peers import merge
 from overlayd.state import MemoryStore
+from overlayd.testing.nodes import lone_node
 from overlayd_fake.driver import FakeDriver
 
 A = "aDlk2hH3mTqJq8DVRk9f0lZ0n3Hk0Jm0bZ4rK1d3CUk="
@@ -149,9 +150,7 @@ async def engine() -> AsyncIterator[tuple[Engine, FakeDriver]]:
 
 async def test_engine_records_what_the_device_holds(engine: tuple[Engine, FakeDriver]) -> None:
     eng, fake = engine
-    device = await eng.setup_global_overlay(
-        deployment="prod", instance_id="n1", cluster_cidr="10.200.0.0/16", wg_port=51820
-    )
+    device = await eng.setup_global_overlay(**lone_node(slice_cidr=None))
     await eng.add_peer(A, "10.0.0.1:51820", "10.9.1.0/24,10.9.2.0/24")
     await eng.add_peer(B, "10.0.0.2:51820", "10.9.1.0/24")
     recorded = {k: set(p.allowed_ips) for k, p in eng.peers[device].items()}
@@ -177,9 +176,7 @@ async def test_status_reads_the_device_again_after_any_peer_change(
     engine: tuple[Engine, FakeDriver],
 ) -> None:
     eng, fake = engine
-    await eng.setup_global_overlay(
-        deployment="prod", instance_id="n1", cluster_cidr="10.200.0.0/16", wg_port=51820
-    )
+    await eng.setup_global_overlay(**lone_node(slice_cidr=None))
     await eng.add_peer(A, "10.0.0.1:51820", "10.9.1.0/24")
     first = await eng.status()
     assert eng.status_unchanged() is first  # within a second, nothing changed

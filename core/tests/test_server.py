@@ -25,6 +25,7 @@ from overlayd.server import Server
 from overlayd.server import SocketInUse
 from overlayd.testing.inproc import serving
 from overlayd.testing.inproc import setup_overlay
+from overlayd.testing.nodes import lone_node
 from overlayd.transport import framed
 from overlayd.transport import read_frame
 from overlayd_fake.driver import FakeDriver
@@ -172,12 +173,7 @@ def test_text_logs_show_extras() -> None:
 
 async def _setup_node(client: AsyncClient) -> None:
     await client.setup_global_overlay(
-        deployment="d",
-        instance_id="n1",
-        cluster_cidr="10.77.0.0/16",
-        slice_cidr="10.77.1.0/24",
-        wg_port=51820,
-        nat_enabled=False,
+        **lone_node("d", cluster_cidr="10.77.0.0/16", slice_cidr="10.77.1.0/24")
     )
 
 

@@ -117,13 +117,21 @@ def test_transport_sync_round_trip_and_eof() -> None:
         assert read_frame_sync(b) is None
 
 
-def test_transport_sync_truncated_and_too_large() -> None:
+@pytest.mark.parametrize(
+    ("sent", "message"),
+    [(b"\x09\x00\x00\x00abc", "body: got 3 of 9"), (b"\x01", "header: got 1 of 4")],
+    ids=["body", "header"],
+)
+def test_transport_sync_truncated(sent: bytes, message: str) -> None:
     a, b = socket.socketpair()
     with a, b:
-        a.sendall(b"\x09\x00\x00\x00abc")
+        a.sendall(sent)
         a.shutdown(socket.SHUT_WR)
-        with pytest.raises(TruncatedFrame, match="body: got 3 of 9"):
+        with pytest.raises(TruncatedFrame, match=message):
             read_frame_sync(b)
+
+
+def test_transport_sync_too_large() -> None:
     a, b = socket.socketpair()
     with a, b:
         a.sendall(struct.pack("<I", MAX_FRAME + 1))
@@ -132,15 +140,6 @@ def test_transport_sync_truncated_and_too_large() -> None:
             read_frame_sync(b)
         with pytest.raises(FrameTooLarge):
             write_frame_sync(a, b"x" * (MAX_FRAME + 1))
-
-
-def test_transport_sync_header_truncated() -> None:
-    a, b = socket.socketpair()
-    with a, b:
-        a.sendall(b"\x01")
-        a.shutdown(socket.SHUT_WR)
-        with pytest.raises(TruncatedFrame, match="header: got 1 of 4"):
-            read_frame_sync(b)
 
 
 def test_transport_connect_unix_sync(tmp_path: Path) -> None:

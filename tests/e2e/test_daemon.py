@@ -29,6 +29,7 @@ from overlayd.testing.daemon import raw_connect
 from overlayd.testing.daemon import recv_frame
 from overlayd.testing.daemon import request_as_nobody
 from overlayd.testing.daemon import running_daemon
+from overlayd.testing.nodes import lone_node
 
 _HDR = struct.Struct("<I")
 
@@ -68,14 +69,7 @@ def _key() -> str:
 
 
 def _setup(c: Client) -> None:
-    name = c.setup_global_overlay(
-        deployment="e2e",
-        instance_id="n1",
-        cluster_cidr="10.200.0.0/16",
-        slice_cidr="10.200.1.0/24",
-        wg_port=51820,
-        nat_enabled=True,
-    )
+    name = c.setup_global_overlay(**lone_node("e2e", slice_cidr="10.200.1.0/24", nat_enabled=True))
     assert name == "zl-e2e-n1-g"
 
 

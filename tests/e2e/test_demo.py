@@ -33,6 +33,13 @@ def _tag(output: str) -> str | None:
     return match.group(2) if match else None
 
 
+def _assert_nothing_left(output: str) -> None:
+    """The run that printed ``output`` left nothing of its own on the host."""
+    tag = _tag(output)
+    assert tag is not None
+    assert _leftovers(tag) == []
+
+
 def _leftovers(tag: str) -> list[str]:
     """Everything of run ``tag`` still on the host, described."""
     prefix = f"ovd-demo-{tag}"
@@ -133,9 +140,7 @@ def test_demo_resolves_and_pings_across_wireguard(demo_output: list[str]) -> Non
     assert times == sorted(times)
     assert re.search(r"^==> \[9/9, [\d.]+s\] summary$", out, re.M)
 
-    tag = _tag(out)
-    assert tag is not None
-    assert _leftovers(tag) == []
+    _assert_nothing_left(out)
 
 
 @pytest.mark.privileged
@@ -168,9 +173,7 @@ def test_demo_torn_down_on_ctrl_c(demo_output: list[str]) -> None:
     assert "==> tearing everything down" in out
     assert "] summary" not in out
     assert out.rstrip().endswith("done")
-    tag = _tag(out)
-    assert tag is not None
-    assert _leftovers(tag) == []
+    _assert_nothing_left(out)
 
 
 @pytest.mark.privileged

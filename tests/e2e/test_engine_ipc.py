@@ -16,6 +16,7 @@ from overlayd.client import RemoteError
 from overlayd.errors import DeviceError
 from overlayd.model import DeviceKind
 from overlayd.model import ReconcileRequest
+from overlayd.testing.nodes import lone_node
 
 from .conftest import InProcDaemon
 
@@ -24,13 +25,7 @@ B = "cHZ7Fq1vJdNq1PkE3XtKx8U1lWkqH4Qm2D6b1tWYn2w="
 
 
 async def _global(client: AsyncClient) -> str:
-    return await client.setup_global_overlay(
-        deployment="prod",
-        instance_id="4242",
-        cluster_cidr="10.200.0.0/16",
-        wg_port=51820,
-        nat_enabled=False,
-    )
+    return await client.setup_global_overlay(**lone_node(instance_id="4242", slice_cidr=None))
 
 
 def _allowed(status: p.StatusResponse) -> dict[str, set[str]]:

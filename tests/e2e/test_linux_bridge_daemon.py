@@ -28,6 +28,7 @@ from overlayd.protocol import AttachedResponse
 from overlayd.protocol import LinuxPidHandle
 from overlayd.testing.daemon import DaemonProcess
 from overlayd.testing.daemon import start_daemon
+from overlayd.testing.nodes import lone_node
 from overlayd_linux_bridge.testing import Netns
 from overlayd_linux_bridge.testing import ping
 from overlayd_linux_bridge.testing import throwaway_netns
@@ -144,12 +145,7 @@ def client(daemon: Daemon) -> Iterator[Client]:
 
 def _setup(client: Client, *, nat: bool = False) -> None:
     name = client.setup_global_overlay(
-        deployment="e2e",
-        instance_id="n1",
-        cluster_cidr=CLUSTER,
-        slice_cidr=SLICE,
-        wg_port=51820,
-        nat_enabled=nat,
+        **lone_node("e2e", cluster_cidr=CLUSTER, slice_cidr=SLICE, nat_enabled=nat)
     )
     assert name.startswith("zl-")
 

@@ -73,6 +73,11 @@ class Node:
         response: dict[str, Any] = frame["response"]
         return response
 
+    def attach(self, handle: dict[str, Any]) -> dict[str, Any]:
+        """The answer to ``attach_container`` of ``handle`` to service web."""
+        request = {"op": "attach_container", "handle": handle, "service": "web"}
+        return self.call({**request, "join_global": False})
+
     def links(self) -> str:
         return self.host.ip("-o", "link", "show")
 
@@ -162,14 +167,7 @@ def test_netns_handles_that_are_not_a_workloads_namespace_are_refused(
     }
     routes_before = node.host.ip("route", "show")
     for path, message in cases.items():
-        answer = node.call(
-            {
-                "op": "attach_container",
-                "handle": {"platform": "netns", "path": path},
-                "service": "web",
-                "join_global": False,
-            }
-        )
+        answer = node.attach({"platform": "netns", "path": path})
         assert answer["result"] == "err", (path, answer)
         assert message in answer["message"], (path, answer)
         if path == "/proc/1/ns/net":
@@ -191,14 +189,7 @@ def test_netns_handles_that_are_not_a_workloads_namespace_are_refused(
         assert message in out.stderr, out.stderr
     # A pid handle whose process lives in the daemon's or the host's namespace.
     for handle_pid, message in ((pid, "overlayd's own network namespace"), (1, "")):
-        answer = node.call(
-            {
-                "op": "attach_container",
-                "handle": {"platform": "linux_pid", "pid": handle_pid},
-                "service": "web",
-                "join_global": False,
-            }
-        )
+        answer = node.attach({"platform": "linux_pid", "pid": handle_pid})
         assert answer["result"] == "err", (handle_pid, answer)
         assert message in answer["message"], answer
         assert (
@@ -243,14 +234,7 @@ def test_a_crash_mid_detach_is_repaired_by_the_startup_reconcile(
         pids = workloads.start(25)
         ips = {}
         for pid in pids:
-            answer = node.call(
-                {
-                    "op": "attach_container",
-                    "handle": {"platform": "linux_pid", "pid": pid},
-                    "service": "web",
-                    "join_global": False,
-                }
-            )
+            answer = node.attach({"platform": "linux_pid", "pid": pid})
             assert answer["result"] == "attached", answer
             ips[pid] = answer["ip"]
         detached = _pipeline_detaches_and_kill(node, pids, answers_before_kill=8)
@@ -304,13 +288,7 @@ def test_reconcile_after_flush_ruleset_recreates_both_tables_and_says_so(
     assert node.call(SETUP)["result"] == "bridge_name"
     assert node.call(WEB)["result"] == "service_overlay"
     (pid,) = workloads.start(1)
-    attach = {
-        "op": "attach_container",
-        "handle": {"platform": "linux_pid", "pid": pid},
-        "service": "web",
-        "join_global": False,
-    }
-    assert node.call(attach)["result"] == "attached"
+    assert node.attach({"platform": "linux_pid", "pid": pid})["result"] == "attached"
     assert "table inet overlayd" in _tables(node)
     assert "table bridge overlayd" in _tables(node)
     subprocess.run(["ip", "netns", "exec", node.host.name, "nft", "flush", "ruleset"], check=True)

@@ -27,6 +27,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from overlayd_hcn.driver import HcnDriver
 
 from .conftest import AgentConnection
@@ -69,6 +71,15 @@ class Agent:
         if self.slice_cidr is not None:
             request["slice_cidr"] = self.slice_cidr
         return request
+
+    @classmethod
+    async def started(cls, socket: Path, pid: int, *services: str, **options: Any) -> Agent:
+        """An agent that has set the node up and deployed the shared ``services``."""
+        agent = cls(socket, pid, **options)
+        await agent.start()
+        for service in services:
+            await agent.deploy(service)
+        return agent
 
     async def start(self) -> dict[str, Any]:
         """``OverlayManager::setup_global_overlay``: the answer to the set-up."""
@@ -179,6 +190,13 @@ async def _attachments(conn: AgentConnection) -> list[dict[str, Any]]:
 # -- Linux agent -----------------------------------------------------------------------
 
 
+@pytest.fixture
+async def first(inproc: InProcDaemon) -> Agent:
+    """The first run of the agent (pid 1000) on a started daemon, service web deployed."""
+    await inproc.start()
+    return await Agent.started(inproc.socket, 1000, "web")
+
+
 async def test_an_agent_restart_after_a_crash_adopts_the_overlay(inproc: InProcDaemon) -> None:
     await inproc.start()
     first = Agent(inproc.socket, pid=1000)
@@ -205,12 +223,8 @@ async def test_an_agent_restart_after_a_crash_adopts_the_overlay(inproc: InProcD
 
 
 async def test_an_agent_restart_after_a_daemon_restart_adopts_the_overlay(
-    inproc: InProcDaemon,
+    inproc: InProcDaemon, first: Agent
 ) -> None:
-    await inproc.start()
-    first = Agent(inproc.socket, pid=1000)
-    await first.start()
-    await first.deploy("web")
     ip = await first.attach(4242, "web")
     status = await first.call({"op": "status"})
     await first.crash()
@@ -224,26 +238,20 @@ async def test_an_agent_restart_after_a_daemon_restart_adopts_the_overlay(
 
 async def test_status_reports_only_a_slice_that_was_given(inproc: InProcDaemon) -> None:
     await inproc.start()
-    agent = Agent(inproc.socket, pid=1000)
-    await agent.start()
+    agent = await Agent.started(inproc.socket, 1000)
     # The agent never sent a slice: none is reported (not the whole /16, which
     # its leader would register as this node's slice).
     assert "slice_cidr" not in agent.status
     assert agent.status["overlay_cidr"] == CLUSTER
     await agent.shutdown()
-    sliced = Agent(inproc.socket, pid=1001, slice_cidr="10.200.32.0/20")
-    await sliced.start()
+    sliced = await Agent.started(inproc.socket, 1001, slice_cidr="10.200.32.0/20")
     assert sliced.status["slice_cidr"] == "10.200.32.0/20"
     await sliced.crash()
 
 
 async def test_graceful_shutdown_keeps_the_containers_and_the_restart_readopts(
-    inproc: InProcDaemon,
+    inproc: InProcDaemon, first: Agent
 ) -> None:
-    await inproc.start()
-    first = Agent(inproc.socket, pid=1000)
-    await first.start()
-    await first.deploy("web")
     ip = await first.attach(4242, "web")
     guest = await first.attach_guest("vm-1", "web")
     await first.add_global_peer(PEER, "10.0.0.2:51820", "10.200.16.0/20")
@@ -283,8 +291,7 @@ async def test_graceful_shutdown_keeps_the_containers_and_the_restart_readopts(
 
 async def test_what_an_agent_cannot_change_is_refused_clearly(inproc: InProcDaemon) -> None:
     await inproc.start()
-    agent = Agent(inproc.socket, pid=1000)
-    await agent.start()
+    agent = await Agent.started(inproc.socket, 1000)
     assert agent.conn is not None
     for other, reason in (
         (Agent(inproc.socket, 2, cluster="10.201.0.0/16"), "cluster_cidr 10.200.0.0/16, not"),
@@ -300,9 +307,7 @@ async def test_what_an_agent_cannot_change_is_refused_clearly(inproc: InProcDaem
 
 async def test_a_guest_is_told_the_node_underlay_endpoint(inproc: InProcDaemon) -> None:
     await inproc.start()
-    agent = Agent(inproc.socket, pid=1000)
-    await agent.start()
-    await agent.deploy("vms")
+    agent = await Agent.started(inproc.socket, 1000, "vms")
     config = await agent.attach_guest("vm-1", "vms")
     (node,) = config["peers"]
     assert node["public_key"] == agent.status["public_key"]
@@ -311,8 +316,7 @@ async def test_a_guest_is_told_the_node_underlay_endpoint(inproc: InProcDaemon) 
     await inproc.stop()
     inproc.configure(driver_settings={"fake": {"underlay_address": "10.0.0.9"}})
     await inproc.start()
-    agent = Agent(inproc.socket, pid=1001)
-    await agent.start()
+    agent = await Agent.started(inproc.socket, 1001)
     config = await agent.attach_guest("vm-2", "vms")
     assert config["peers"][0]["endpoint"] == "10.0.0.9:51820"
     await agent.crash()
@@ -322,8 +326,7 @@ async def test_a_small_slice_gives_each_service_room_for_many_containers(
     inproc: InProcDaemon,
 ) -> None:
     await inproc.start()
-    agent = Agent(inproc.socket, pid=1000, slice_cidr="10.200.0.16/28")
-    await agent.start()
+    agent = await Agent.started(inproc.socket, 1000, slice_cidr="10.200.0.16/28")
     subnets = {}
     for base, service in ((100, "web"), (200, "api")):
         await agent.deploy(service)
@@ -369,9 +372,7 @@ async def test_hcs_detach_by_namespace_guid_frees_endpoint_namespace_and_address
     inproc: InProcDaemon,
 ) -> None:
     await _windows(inproc)
-    agent = Agent(inproc.socket, pid=1000, slice_cidr="10.200.0.0/20")
-    await agent.start()
-    await agent.deploy("web")
+    agent = await Agent.started(inproc.socket, 1000, "web", slice_cidr="10.200.0.0/20")
     ip = "10.200.4.10"
     attached = await agent.hcs_attach("hcs-c1", "web", ip)
     assert attached["ip"] == ip
@@ -397,10 +398,7 @@ async def test_hcs_addresses_from_the_slice_are_accepted_and_never_given_twice(
     inproc: InProcDaemon,
 ) -> None:
     await _windows(inproc)
-    agent = Agent(inproc.socket, pid=1000, slice_cidr="10.200.0.16/28")
-    await agent.start()
-    await agent.deploy("web")
-    await agent.deploy("api")
+    agent = await Agent.started(inproc.socket, 1000, "web", "api", slice_cidr="10.200.0.16/28")
     ips = _hcs_ips("10.200.0.16/28")
     taken = []
     # A /28 slice: many containers per service, on any service, at the
@@ -447,9 +445,7 @@ async def test_hcs_addresses_from_the_slice_are_accepted_and_never_given_twice(
 
 async def test_hcs_dedicated_service_beside_the_base_network(inproc: InProcDaemon) -> None:
     await _windows(inproc)
-    agent = Agent(inproc.socket, pid=1000, slice_cidr="10.200.0.16/28")
-    await agent.start()
-    await agent.deploy("web")
+    agent = await Agent.started(inproc.socket, 1000, "web", slice_cidr="10.200.0.16/28")
     ips = _hcs_ips("10.200.0.16/28")
     await agent.hcs_attach("hcs-w1", "web", next(ips))
     dedicated = await agent.deploy("db", "dedicated")

@@ -20,8 +20,10 @@ import ipaddress
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from collections.abc import Iterable
 from collections.abc import Sequence
+from typing import TypeVar
 
 from overlayd.errors import AllocationError
 from overlayd.errors import InvalidRequest
@@ -32,6 +34,8 @@ from overlayd.model import IPAddress
 from overlayd.model import IPNetwork
 from overlayd.model import Lease
 from overlayd.model import Pool
+
+_T = TypeVar("_T")
 
 __all__ = [
     "BuiltinIpam",
@@ -196,29 +200,25 @@ class BuiltinIpam:
             self._locks.pop(pool.name, None)
             return self._pools.pop(pool.name, None) is not None
 
-    @hookimpl(trylast=True)
-    def overlayd_ipam_allocate(self, pool: Pool, owner: str) -> Lease | None:
+    def _locked(self, pool: Pool, use: Callable[[PoolAllocator], _T]) -> _T | None:
+        """``use(allocator)`` under the pool's lock; ``None`` for another driver's pool."""
         if pool.driver not in (None, self.name):
             return None
         alloc, lock = self._get(pool)
         with lock:
-            return alloc.allocate(owner)
+            return use(alloc)
+
+    @hookimpl(trylast=True)
+    def overlayd_ipam_allocate(self, pool: Pool, owner: str) -> Lease | None:
+        return self._locked(pool, lambda alloc: alloc.allocate(owner))
 
     @hookimpl(trylast=True)
     def overlayd_ipam_reserve(self, pool: Pool, ip: IPAddress, owner: str) -> Lease | None:
-        if pool.driver not in (None, self.name):
-            return None
-        alloc, lock = self._get(pool)
-        with lock:
-            return alloc.reserve(ip, owner)
+        return self._locked(pool, lambda alloc: alloc.reserve(ip, owner))
 
     @hookimpl(trylast=True)
     def overlayd_ipam_release(self, pool: Pool, ip: IPAddress) -> bool | None:
-        if pool.driver not in (None, self.name):
-            return None
-        alloc, lock = self._get(pool)
-        with lock:
-            return alloc.release(ip)
+        return self._locked(pool, lambda alloc: alloc.release(ip))
 
 
 class SubnetCarver:

@@ -17,6 +17,8 @@ import functools
 import ipaddress
 from collections.abc import Callable
 from collections.abc import Mapping
+from dataclasses import dataclass
+from dataclasses import field
 from enum import StrEnum
 from typing import Annotated
 from typing import Any
@@ -71,6 +73,7 @@ __all__ = [
     "PortMapping",
     "ReconcileReport",
     "ReconcileRequest",
+    "ReconcileTally",
     "ServiceOverlay",
     "SubnetRequest",
     "WindowsContainerHandle",
@@ -230,6 +233,10 @@ class DeviceKind(StrEnum):
     HCN_NETWORK = "hcn-network"
 
 
+#: What a device spec and the device created from it describe alike.
+_SPEC_AND_DEVICE: tuple[str, ...] = ("kind", "name", "owner", "addresses", "mtu", "subnet")
+
+
 class DeviceSpec(_Model):
     """The desired device, as the engine asks a driver to create it."""
 
@@ -253,6 +260,13 @@ class DeviceSpec(_Model):
         for key, value in super().__repr_args__():
             yield key, ("<redacted>" if key == "private_key" and value else value)
 
+    def as_device(self, driver: str, **reported: Any) -> Device:
+        """The device this spec asks for, as ``driver`` reports it once created:
+        the spec's kind, name, owner, addresses, MTU and subnet, and what the host
+        ``reported`` (``id``, ``public_key``, ``options``...) beside or over them."""
+        fields = {name: getattr(self, name) for name in _SPEC_AND_DEVICE}
+        return Device(driver=driver, **{**fields, **reported})
+
 
 class Device(_Model):
     """A device that exists on the host, as a driver reports it."""
@@ -270,6 +284,13 @@ class Device(_Model):
     #: Host identifier when there is one (ifindex as string, HCN GUID).
     id: str | None = None
     options: Mapping[str, Any] = Field(default_factory=dict)
+
+    def as_spec(self, **changes: Any) -> DeviceSpec:
+        """The spec that creates this device again (a reconcile that found it
+        missing): its kind, name, owner, addresses, MTU, subnet and options, with
+        ``changes`` over them. No key: the engine re-creates WireGuard devices."""
+        fields = {name: getattr(self, name) for name in (*_SPEC_AND_DEVICE, "options")}
+        return DeviceSpec(**{**fields, **changes})
 
 
 # ---------------------------------------------------------------------------
@@ -512,6 +533,48 @@ class AttachRequest(_Model):
     #: network); the cluster CIDR (``node.cluster_cidr``) is routed via ``gateway``.
     default_route: bool = True
 
+    def as_attachment(self, driver: str, **host: Any) -> Attachment:
+        """The :class:`Attachment` ``driver`` reports for this request: its handle,
+        service and addresses, and what the host gave (``interfaces``...)."""
+        global_ip = self.global_address.ip if self.global_address else None
+        return Attachment(
+            handle=self.handle,
+            service=self.service,
+            driver=driver,
+            ip=self.address.ip,
+            global_ip=global_ip,
+            **host,
+        )
+
+    def guest_config(
+        self, private_key: str, public_key: str, *, endpoint: str | None, keepalive_secs: int
+    ) -> GuestConfig:
+        """The :class:`GuestConfig` of a guest with this key pair: its address, and
+        the node's WireGuard device (reached at ``endpoint``) as its one peer for
+        the whole cluster.
+
+        :raises ValueError: the request carries no node with a public key.
+        """
+        node = self.node
+        if node is None or node.public_key is None:
+            raise ValueError("a guest needs the node's WireGuard device (node.public_key)")
+        peer = PeerConfig(
+            public_key=node.public_key,
+            endpoint=endpoint,
+            allowed_ips=(node.cluster_cidr,),
+            persistent_keepalive_secs=keepalive_secs,
+        )
+        return GuestConfig(
+            overlay_ip=self.address.ip,
+            prefix_len=self.address.network.prefixlen,
+            private_key=private_key,
+            public_key=public_key,
+            listen_port=node.listen_port,
+            peers=(peer,),
+            dns_server=self.dns_server,
+            dns_domain=self.dns_domain,
+        )
+
 
 class GuestConfig(_Model):
     """What a guest-managed workload needs to configure its own WireGuard."""
@@ -752,3 +815,26 @@ class ReconcileReport(_Model):
     #: Attachment keys whose workload no longer exists (the engine releases them).
     gone: tuple[str, ...] = ()
     errors: tuple[str, ...] = ()
+
+
+@dataclass
+class ReconcileTally:
+    """What a driver's reconcile pass has found so far, one list per outcome of
+    :class:`ReconcileReport`; :meth:`report` gives the report of the pass."""
+
+    adopted: list[str] = field(default_factory=list)
+    recreated: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    gone: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def report(self, driver: str) -> ReconcileReport:
+        """The :class:`ReconcileReport` of ``driver``'s pass, in the order found."""
+        return ReconcileReport(
+            driver=driver,
+            adopted=tuple(self.adopted),
+            recreated=tuple(self.recreated),
+            removed=tuple(self.removed),
+            gone=tuple(self.gone),
+            errors=tuple(self.errors),
+        )

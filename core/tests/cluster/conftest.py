@@ -88,6 +88,18 @@ async def wait_for(pred: Callable[[], bool], timeout: float, what: str) -> None:
         await asyncio.sleep(0.05)
 
 
+async def mesh(make_node: Callable[..., Any], url: str, *names: str, **kw: Any) -> list[Node]:
+    """Nodes ``names`` joined through the etcd at ``url``, each seeing all the others."""
+    nodes: list[Node] = [await make_node(url, name, **kw) for name in names]
+    for node in nodes:
+        await wait_for(
+            lambda n=node: len(n.peers()) == len(nodes) - 1,
+            10,
+            f"{node.name} to see {len(nodes) - 1} peers",
+        )
+    return nodes
+
+
 @pytest.fixture
 async def make_node(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
     nodes: list[Node] = []

@@ -25,7 +25,7 @@ def _key() -> str:
     return wgkeys.public_key(wgkeys.generate_private_key())
 
 
-def node(name: str, slice_: str, **over: Any) -> bytes:
+def node(name: str, slice_: str, /, **over: Any) -> bytes:
     data = {
         "version": 1,
         "name": name,
@@ -45,6 +45,18 @@ def claim(store: EtcdStore, slice_: str, holder: str) -> None:
     store.put(K.slice(ipaddress.ip_network(slice_)), claim_value(holder))
 
 
+def put_node(
+    store: EtcdStore, name: str, slice_: str, /, *, claimed: bool = True, **over: Any
+) -> str:
+    """Write the record of node ``name`` with ``slice_`` (claimed for it first
+    unless ``claimed`` is false; ``over``: other fields, even its name) and
+    return its key."""
+    if claimed:
+        claim(store, slice_, name)
+    store.put(K.node(name), node(name, slice_, **over))
+    return K.node(name)
+
+
 # Each case writes its records and returns the key that must be warned about.
 Case = Callable[[EtcdStore], str]
 
@@ -55,65 +67,44 @@ def malformed(store: EtcdStore) -> str:
 
 
 def slice_of_another_node(store: EtcdStore) -> str:
-    claim(store, "10.240.200.0/24", "owner")
-    store.put(K.node("owner"), node("owner", "10.240.200.0/24"))
-    store.put(K.node("thief"), node("thief", "10.240.200.0/24"))
-    return K.node("thief")
+    put_node(store, "owner", "10.240.200.0/24")
+    return put_node(store, "thief", "10.240.200.0/24", claimed=False)
 
 
 def invalid_public_key(store: EtcdStore) -> str:
-    claim(store, "10.240.201.0/24", "badkey")
-    store.put(K.node("badkey"), node("badkey", "10.240.201.0/24", public_key="not-a-key"))
-    return K.node("badkey")
+    return put_node(store, "badkey", "10.240.201.0/24", public_key="not-a-key")
 
 
 def allowed_ip_outside_cluster(store: EtcdStore) -> str:
-    claim(store, "10.99.0.0/24", "outside")
-    store.put(K.node("outside"), node("outside", "10.99.0.0/24"))
-    return K.node("outside")
+    return put_node(store, "outside", "10.99.0.0/24")
 
 
 def unclaimed_slice(store: EtcdStore) -> str:
-    store.put(K.node("squatter"), node("squatter", "10.240.202.0/24"))
-    return K.node("squatter")
+    return put_node(store, "squatter", "10.240.202.0/24", claimed=False)
 
 
 def name_differs_from_key(store: EtcdStore) -> str:
-    claim(store, "10.240.203.0/24", "alias")
-    store.put(K.node("alias"), node("someone", "10.240.203.0/24"))
-    return K.node("alias")
+    return put_node(store, "alias", "10.240.203.0/24", name="someone")
 
 
 def bad_endpoint(store: EtcdStore) -> str:
-    claim(store, "10.240.204.0/24", "noport")
-    store.put(K.node("noport"), node("noport", "10.240.204.0/24", endpoint="10.0.0.1"))
-    return K.node("noport")
+    return put_node(store, "noport", "10.240.204.0/24", endpoint="10.0.0.1")
 
 
 def huge_port(store: EtcdStore) -> str:
     # int() refuses more than 4300 digits with a ValueError that is no BadRecord.
-    claim(store, "10.240.209.0/24", "hugeport")
-    store.put(
-        K.node("hugeport"), node("hugeport", "10.240.209.0/24", endpoint="10.0.0.1:" + "9" * 5000)
-    )
-    return K.node("hugeport")
+    return put_node(store, "hugeport", "10.240.209.0/24", endpoint="10.0.0.1:" + "9" * 5000)
 
 
 def duplicate_public_key(store: EtcdStore) -> str:
-    claim(store, "10.240.205.0/24", "first")
-    claim(store, "10.240.206.0/24", "copycat")
-    first = node("first", "10.240.205.0/24")
-    store.put(K.node("first"), first)
-    key = json.loads(first)["public_key"]
-    store.put(K.node("copycat"), node("copycat", "10.240.206.0/24", public_key=key))
-    return K.node("copycat")
+    key = _key()
+    put_node(store, "first", "10.240.205.0/24", public_key=key)
+    return put_node(store, "copycat", "10.240.206.0/24", public_key=key)
 
 
 def bad_candidates(store: EtcdStore) -> str:
     # Candidates are advisory: the node is applied without them (test_candidates.py).
-    claim(store, "10.240.207.0/24", "cand")
-    store.put(K.node("cand"), node("cand", "10.240.207.0/24", candidates=["nope"]))
-    return K.node("cand")
+    return put_node(store, "cand", "10.240.207.0/24", candidates=["nope"])
 
 
 def bad_claim(store: EtcdStore) -> str:

@@ -24,6 +24,19 @@ async def answers(name: str, port: int) -> set[str]:
     return {r.address for rrset in reply.answer for r in rrset}
 
 
+async def served(port: int, want: dict[str, set[str]], tries: int) -> None:
+    """Poll every 0.05 s, at most ``tries`` times, until each name of ``want``
+    answers on ``port`` with its addresses (an empty set: not at all)."""
+    for _ in range(tries):
+        for name, addresses in want.items():
+            if await answers(name, port) != addresses:
+                break
+        else:
+            return
+        await _sleep()
+    raise AssertionError(f"{sorted(want)} not served as expected on port {port}")
+
+
 async def test_names_resolve_on_every_node_and_expire_with_their_node(
     etcd_server: Any, make_node: Any
 ) -> None:
@@ -40,36 +53,16 @@ async def test_names_resolve_on_every_node_and_expire_with_their_node(
     att = await b.engine.attach(LinuxPidHandle(pid=4242), "web")
     zone = "overlay.local."
 
-    async def resolved(name: str, port: int, want: set[str]) -> bool:
-        return await answers(name, port) == want
-
     for port in ports:
-        for _ in range(100):
-            if await resolved(f"db.{zone}", port, {"10.240.77.7"}) and await resolved(
-                f"web.{zone}", port, {str(att.ip)}
-            ):
-                break
-            await _sleep()
-        else:
-            raise AssertionError(f"names not served on port {port}")
+        await served(port, {f"db.{zone}": {"10.240.77.7"}, f"web.{zone}": {str(att.ip)}}, 100)
     # unregistering removes it everywhere
     await a.engine.unregister_dns("db")
     for port in ports:
-        for _ in range(100):
-            if await resolved(f"db.{zone}", port, set()):
-                break
-            await _sleep()
-        else:
-            raise AssertionError(f"db still served on port {port}")
+        await served(port, {f"db.{zone}": set()}, 100)
     # b dies: its names go with its lease
     await b.stop()
     for port in (ports[0], ports[2]):
-        for _ in range(200):
-            if await resolved(f"web.{zone}", port, set()):
-                break
-            await _sleep()
-        else:
-            raise AssertionError(f"web still served on port {port} after its node died")
+        await served(port, {f"web.{zone}": set()}, 200)
     # the remote names were never stored locally
     assert not [r for r in c.engine.dns.values() if r.name == "web"]
 

@@ -6,13 +6,11 @@ import ipaddress
 from typing import Any
 
 from .conftest import CLUSTER
-from .conftest import wait_for
+from .conftest import mesh
 
 
 async def test_three_nodes_form_a_full_mesh(etcd_server: Any, make_node: Any) -> None:
-    nodes = [await make_node(etcd_server.url, f"n{i}") for i in range(3)]
-    for node in nodes:
-        await wait_for(lambda n=node: len(n.peers()) == 2, 10, f"{node.name} to see 2 peers")
+    nodes = await mesh(make_node, etcd_server.url, "n0", "n1", "n2")
     slices = [n.agent.record.slices[0] for n in nodes]
     assert len(set(slices)) == 3
     for s in slices:

@@ -6,6 +6,7 @@ import asyncio
 import time
 from typing import Any
 
+from .conftest import mesh
 from .conftest import wait_for
 
 TTL = 3
@@ -14,11 +15,7 @@ TTL = 3
 async def test_dead_node_is_dropped_and_returns_with_same_slice_and_key(
     etcd_server: Any, make_node: Any
 ) -> None:
-    a = await make_node(etcd_server.url, "a", ttl=TTL)
-    b = await make_node(etcd_server.url, "b", ttl=TTL)
-    c = await make_node(etcd_server.url, "c", ttl=TTL)
-    for node in (a, b, c):
-        await wait_for(lambda n=node: len(n.peers()) == 2, 10, f"{node.name}: 2 peers")
+    a, b, c = await mesh(make_node, etcd_server.url, "a", "b", "c", ttl=TTL)
     key, slices, data_dir = c.agent.record.public_key, c.agent.record.slices, c.data_dir
     calls_a = a.peer_calls
     started = time.monotonic()
@@ -41,9 +38,7 @@ async def test_dead_node_is_dropped_and_returns_with_same_slice_and_key(
 async def test_etcd_outage_keeps_peers_and_resync_changes_nothing(
     etcd_server: Any, make_node: Any
 ) -> None:
-    nodes = [await make_node(etcd_server.url, f"n{i}", ttl=TTL) for i in range(3)]
-    for node in nodes:
-        await wait_for(lambda n=node: len(n.peers()) == 2, 10, f"{node.name}: 2 peers")
+    nodes = await mesh(make_node, etcd_server.url, "n0", "n1", "n2", ttl=TTL)
     before = {n.name: (n.peers(), n.peer_calls, n.agent.stats.sessions) for n in nodes}
     etcd_server.stop()
     # Longer than the lease TTL: nothing may expire on our side meanwhile.
@@ -66,9 +61,7 @@ async def test_etcd_outage_keeps_peers_and_resync_changes_nothing(
 
 
 async def test_etcd_killed_and_restarted_causes_no_churn(etcd_server: Any, make_node: Any) -> None:
-    nodes = [await make_node(etcd_server.url, f"k{i}", ttl=TTL) for i in range(2)]
-    for node in nodes:
-        await wait_for(lambda n=node: len(n.peers()) == 1, 10, f"{node.name}: 1 peer")
+    nodes = await mesh(make_node, etcd_server.url, "k0", "k1", ttl=TTL)
     calls = [n.peer_calls for n in nodes]
     etcd_server.kill()
     etcd_server.start()
@@ -83,9 +76,7 @@ async def test_etcd_killed_and_restarted_causes_no_churn(etcd_server: Any, make_
 async def test_etcd_that_lost_its_data_is_filled_again(etcd_server: Any, make_node: Any) -> None:
     import shutil
 
-    nodes = [await make_node(etcd_server.url, f"w{i}", ttl=TTL) for i in range(2)]
-    for node in nodes:
-        await wait_for(lambda n=node: len(n.peers()) == 1, 10, f"{node.name}: 1 peer")
+    nodes = await mesh(make_node, etcd_server.url, "w0", "w1", ttl=TTL)
     calls = [n.peer_calls for n in nodes]
     etcd_server.kill()
     shutil.rmtree(etcd_server.data_dir)  # a new, empty etcd at the same address

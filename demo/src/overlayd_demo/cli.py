@@ -13,14 +13,12 @@ import argparse
 import importlib.util
 import os
 import shutil
-import signal
 import sys
 from pathlib import Path
 
 from overlayd.errors import OverlaydError
 from overlayd_demo.common import DemoFailed
-from overlayd_demo.common import clear_interrupted
-from overlayd_demo.common import interrupt
+from overlayd_demo.common import interruptible
 from overlayd_demo.common import say
 from overlayd_demo.fake import fake_demo
 
@@ -126,28 +124,18 @@ def main(argv: list[str] | None = None) -> int:
         return fake_demo()
     from overlayd_demo.real import RealDemo  # Linux only
 
-    clear_interrupted()
     demo = RealDemo(keep=args.keep)
-    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     code = 1
-    try:
-        code = demo.run()
-    except KeyboardInterrupt:
-        say("interrupted", step=True)
-        demo.keep = False
-        code = 130
-    except (OverlaydError, OSError) as exc:
-        say(f"the demo failed: {exc}", step=True)
-        demo.print_logs()
-        demo.keep = False
-        code = 1
-    finally:
-        # The teardown must finish: a second Ctrl-C would leave half of it behind.
-        for sig in previous:
-            signal.signal(sig, signal.SIG_IGN)
+    with interruptible(demo.teardown):
         try:
-            demo.teardown()
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+            code = demo.run()
+        except KeyboardInterrupt:
+            say("interrupted", step=True)
+            demo.keep = False
+            code = 130
+        except (OverlaydError, OSError) as exc:
+            say(f"the demo failed: {exc}", step=True)
+            demo.print_logs()
+            demo.keep = False
+            code = 1
     return code

@@ -35,8 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from overlayd_demo.common import check_interrupted
-from overlayd_demo.common import clear_interrupted
-from overlayd_demo.common import interrupt
+from overlayd_demo.common import interruptible
 from overlayd_demo.common import plan
 from overlayd_demo.common import say
 from overlayd_demo.common import step
@@ -403,28 +402,18 @@ def main(fake: bool = False) -> int:
     if fake:
         return asyncio.run(fake_cluster_demo())
     demo = RealClusterDemo()
-    clear_interrupted()
-    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        return demo.run()
-    except KeyboardInterrupt:
-        say("interrupted", step=True)
-        return 130
-    except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:
-        say(f"the demo failed: {exc}", step=True)
-        for node in NODES:
-            log = demo.tmp / node / "daemon.log"
-            if log.exists():
-                say(f"log of {node}:")
-                for line in log.read_text(errors="replace").splitlines()[-15:]:
-                    say(f"  {line}")
-        return 1
-    finally:
-        # The teardown must finish: a second Ctrl-C would leave half of it behind.
-        for sig in previous:
-            signal.signal(sig, signal.SIG_IGN)
+    with interruptible(demo.teardown):
         try:
-            demo.teardown()
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+            return demo.run()
+        except KeyboardInterrupt:
+            say("interrupted", step=True)
+            return 130
+        except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:
+            say(f"the demo failed: {exc}", step=True)
+            for node in NODES:
+                log = demo.tmp / node / "daemon.log"
+                if log.exists():
+                    say(f"log of {node}:")
+                    for line in log.read_text(errors="replace").splitlines()[-15:]:
+                        say(f"  {line}")
+            return 1

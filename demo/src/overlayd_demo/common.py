@@ -8,10 +8,12 @@ so that its teardown always runs (:mod:`overlayd_demo.cli`).
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 import time
 from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Final
@@ -24,6 +26,7 @@ __all__ = [
     "check_interrupted",
     "clear_interrupted",
     "interrupt",
+    "interruptible",
     "plan",
     "say",
     "step",
@@ -103,6 +106,28 @@ def check_interrupted() -> None:
 def clear_interrupted() -> None:
     """Forget an earlier interruption (a new run starts)."""
     _interrupted.clear()
+
+
+@contextlib.contextmanager
+def interruptible(teardown: Callable[[], object]) -> Iterator[None]:
+    """Run the block with SIGINT and SIGTERM handled by :func:`interrupt`, then
+    ``teardown()`` with both ignored, and the previous handlers back at the end.
+
+    The teardown must finish: a second Ctrl-C would leave half of it behind.
+    """
+    clear_interrupted()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, interrupt) for sig in signals}
+    try:
+        yield
+    finally:
+        for sig in previous:
+            signal.signal(sig, signal.SIG_IGN)
+        try:
+            teardown()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def attempt(what: str, fn: Callable[[], object]) -> None:

@@ -6,18 +6,23 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from overlayd.config import EngineConfig
-from overlayd.engine import Engine
+from overlayd.testing.nodes import lone_engine
 from overlayd_fake.driver import FakeDriver
 from overlayd_fake.host import journal_path as _journal_path
 
-GLOBAL: dict[str, Any] = {
-    "deployment": "prod",
-    "instance_id": "n1",
-    "cluster_cidr": "10.200.0.0/16",
-    "slice_cidr": "10.200.0.0/20",
-    "wg_port": 51820,
-}
+
+@pytest.fixture
+def state(tmp_path: Path) -> Path:
+    """The fake host's state file (its journal beside it)."""
+    return tmp_path / "host.json"
+
+
+@pytest.fixture
+def fake(state: Path) -> FakeDriver:
+    return FakeDriver(state_file=state)
 
 
 def _journal(path: Path) -> list[dict[str, Any]]:
@@ -25,13 +30,9 @@ def _journal(path: Path) -> list[dict[str, Any]]:
 
 
 async def test_attach_and_detach_journal_their_own_objects_and_survive_a_restart(
-    engine_config: EngineConfig, tmp_path: Path
+    engine_config: EngineConfig, state: Path, fake: FakeDriver
 ) -> None:
-    state = tmp_path / "host.json"
-    fake = FakeDriver(state_file=state)
-    async with Engine(engine_config, drivers=[fake]) as eng:
-        await eng.setup_global_overlay(**GLOBAL)
-        await eng.setup_service_overlay("web", "shared")
+    async with lone_engine(engine_config, [fake], "web") as eng:
         for pid in range(1, 6):
             await eng.attach({"platform": "linux_pid", "pid": pid}, "web")
         before = len(_journal(state))
@@ -52,13 +53,10 @@ async def test_attach_and_detach_journal_their_own_objects_and_survive_a_restart
 
 
 async def test_reconcile_re_applying_the_same_peers_journals_no_peer(
-    engine_config: EngineConfig, tmp_path: Path
+    engine_config: EngineConfig, state: Path, fake: FakeDriver
 ) -> None:
-    state = tmp_path / "host.json"
-    fake = FakeDriver(state_file=state)
     key = "A" * 43 + "="
-    async with Engine(engine_config, drivers=[fake]) as eng:
-        await eng.setup_global_overlay(**GLOBAL)
+    async with lone_engine(engine_config, [fake]) as eng:
         await eng.add_peer(key, "192.0.2.9:51820", "10.201.0.0/24", 25)
         assert len([e for e in _journal(state) if any(s[0] == "peers" for s in e["set"])]) == 1
         before = len(_journal(state))
@@ -69,13 +67,9 @@ async def test_reconcile_re_applying_the_same_peers_journals_no_peer(
 
 
 async def test_reconcile_journals_what_it_removed(
-    engine_config: EngineConfig, tmp_path: Path
+    engine_config: EngineConfig, state: Path, fake: FakeDriver
 ) -> None:
-    state = tmp_path / "host.json"
-    fake = FakeDriver(state_file=state)
-    async with Engine(engine_config, drivers=[fake]) as eng:
-        await eng.setup_global_overlay(**GLOBAL)
-        await eng.setup_service_overlay("web", "shared")
+    async with lone_engine(engine_config, [fake], "web") as eng:
         await eng.attach({"platform": "linux_pid", "pid": 1}, "web")
         await eng.attach({"platform": "linux_pid", "pid": 2}, "web")
         # Objects of ours the engine does not know (a crash between host and store).
@@ -102,13 +96,9 @@ async def test_reconcile_journals_what_it_removed(
 
 
 async def test_a_graceful_stop_folds_the_journal_into_the_state_file(
-    engine_config: EngineConfig, tmp_path: Path
+    engine_config: EngineConfig, state: Path, fake: FakeDriver
 ) -> None:
-    state = tmp_path / "host.json"
-    fake = FakeDriver(state_file=state)
-    async with Engine(engine_config, drivers=[fake]) as eng:
-        await eng.setup_global_overlay(**GLOBAL)
-        await eng.setup_service_overlay("web", "shared")
+    async with lone_engine(engine_config, [fake], "web") as eng:
         await eng.attach({"platform": "linux_pid", "pid": 7}, "web")
         assert _journal(state)  # changes are journalled while running
         host = fake.host.to_json()

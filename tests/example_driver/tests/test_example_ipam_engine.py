@@ -27,6 +27,8 @@ from overlayd.errors import Conflict
 from overlayd.errors import DriverError
 from overlayd.model import IPNetwork
 from overlayd.model import SubnetRequest
+from overlayd.testing.nodes import lone_engine
+from overlayd.testing.nodes import lone_node
 from overlayd_fake.driver import FakeDriver
 
 PID = {"platform": "linux_pid", "pid": 4242}
@@ -44,26 +46,15 @@ def _config(data_dir: Path | None, driver: str | None = "example_ipam") -> Engin
 
 
 async def _set_up(engine: Engine) -> None:
-    await engine.setup_global_overlay(
-        deployment="prod",
-        instance_id="n1",
-        cluster_cidr="10.200.0.0/16",
-        slice_cidr="10.200.0.0/20",
-        wg_port=51820,
-    )
+    await engine.setup_global_overlay(**lone_node())
     await engine.setup_service_overlay("web", "shared")
 
 
 @pytest.fixture
 async def engine(tmp_path: Path) -> AsyncIterator[tuple[Engine, ExampleIpam]]:
     ipam = ExampleIpam()
-    eng = Engine(_config(tmp_path / "data"), drivers=[FakeDriver(), ipam])
-    await eng.start()
-    try:
-        await _set_up(eng)
+    async with lone_engine(_config(tmp_path / "data"), [FakeDriver(), ipam], "web") as eng:
         yield eng, ipam
-    finally:
-        await eng.stop()
 
 
 async def test_the_ipam_driver_answers_for_every_pool(

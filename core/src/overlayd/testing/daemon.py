@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from overlayd.testing.nodes import lone_node
+
 assert sys.platform != "win32", "the daemon test helpers need Unix sockets"
 
 __all__ = [
@@ -288,14 +290,7 @@ def setup_lone_node(client: Any, deployment: str, slice_cidr: str = "10.200.0.0/
     """The global overlay of a node with no peers, through a sync
     :class:`overlayd.client.Client`: instance ``n1`` on cluster
     ``10.200.0.0/16``, WireGuard port 51820, no NAT. Returns the interface name."""
-    name: str = client.setup_global_overlay(
-        deployment=deployment,
-        instance_id="n1",
-        cluster_cidr="10.200.0.0/16",
-        slice_cidr=slice_cidr,
-        wg_port=51820,
-        nat_enabled=False,
-    )
+    name: str = client.setup_global_overlay(**lone_node(deployment, slice_cidr=slice_cidr))
     return name
 
 

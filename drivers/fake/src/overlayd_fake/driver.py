@@ -48,18 +48,17 @@ from overlayd.model import Device
 from overlayd.model import DeviceKind
 from overlayd.model import DeviceSpec
 from overlayd.model import DriverInfo
-from overlayd.model import GuestConfig
 from overlayd.model import GuestManagedHandle
 from overlayd.model import IPNetwork
 from overlayd.model import MasqueradeRule
 from overlayd.model import NatCandidate
 from overlayd.model import NetnsHandle
 from overlayd.model import PeerChange
-from overlayd.model import PeerConfig
 from overlayd.model import PeerStatus
 from overlayd.model import PortMapping
 from overlayd.model import ReconcileReport
 from overlayd.model import ReconcileRequest
+from overlayd.model import ReconcileTally
 from overlayd.model import WindowsContainerHandle
 from overlayd.model import handle_key
 from overlayd.peers import Peer
@@ -255,39 +254,32 @@ class FakeDriver:
     def overlayd_reconcile(self, request: ReconcileRequest) -> ReconcileReport | None:
         self._enter("overlayd_reconcile", request=request)
         with self._lock:
-            adopted: list[str] = []
-            removed: list[str] = []
-            gone: list[str] = []
+            found = ReconcileTally()
             recorded = {d.name for d in request.devices if d.driver == self.name}
             for name in recorded:
                 if name in self.host.devices:
-                    adopted.append(name)
+                    found.adopted.append(name)
             touched: list[tuple[str, Any]] = []
             for name in list(self.host.devices):
                 if name not in recorded and name.startswith("zl-"):
                     del self.host.devices[name]
                     dropped = self.host.peers.pop(name, None) or {}
-                    removed.append(name)
+                    found.removed.append(name)
                     touched += [("devices", name), ("peer_devices", name)]
                     touched += [("peers", (name, pk)) for pk in dropped]
             recorded_atts = {a.key for a in request.attachments if a.driver == self.name}
             for att in request.attachments:
                 if att.key in self.host.dead or att.key not in self.host.attachments:
-                    gone.append(att.key)
+                    found.gone.append(att.key)
                 else:
-                    adopted.append(att.key)
+                    found.adopted.append(att.key)
             for key in list(self.host.attachments):
                 if key not in recorded_atts:
                     del self.host.attachments[key]
-                    removed.append(key)
+                    found.removed.append(key)
                     touched.append(("attachments", key))
             self._save(touched)
-        return ReconcileReport(
-            driver=self.name,
-            adopted=tuple(adopted),
-            removed=tuple(removed),
-            gone=tuple(gone),
-        )
+        return found.report(self.name)
 
     # -- devices ------------------------------------------------------------
 
@@ -332,16 +324,10 @@ class FakeDriver:
                             driver=self.name,
                         )
                 pub = public_key(spec.private_key or generate_private_key())
-            device = Device(
-                kind=spec.kind,
-                name=spec.name,
-                owner=spec.owner,
-                driver=self.name,
-                addresses=spec.addresses,
-                mtu=spec.mtu,
+            device = spec.as_device(
+                self.name,
                 listen_port=spec.listen_port,
                 public_key=pub,
-                subnet=spec.subnet,
                 id=spec.name if spec.kind != DeviceKind.HCN_NETWORK else _guid(spec.name),
                 options=dict(spec.options),
             )
@@ -576,22 +562,11 @@ class FakeDriver:
                         driver=self.name,
                     )
                 priv = generate_private_key()
-                guest = GuestConfig(
-                    overlay_ip=request.address.ip,
-                    prefix_len=request.address.network.prefixlen,
-                    private_key=priv,
-                    public_key=public_key(priv),
-                    listen_port=node.listen_port,
-                    peers=(
-                        PeerConfig(
-                            public_key=node.public_key,
-                            endpoint=self._guest_endpoint(node.listen_port),
-                            allowed_ips=(node.cluster_cidr,),
-                            persistent_keepalive_secs=25,
-                        ),
-                    ),
-                    dns_server=request.dns_server,
-                    dns_domain=request.dns_domain,
+                guest = request.guest_config(
+                    priv,
+                    public_key(priv),
+                    endpoint=self._guest_endpoint(node.listen_port),
+                    keepalive_secs=25,
                 )
             elif isinstance(request.handle, WindowsContainerHandle):
                 namespace_guid = _guid(f"ns:{key}")
@@ -606,12 +581,8 @@ class FakeDriver:
                 mac = _mac(key)
                 mtu = request.mtu
                 routes = _routes(request)
-            att = Attachment(
-                handle=request.handle,
-                service=request.service,
-                driver=self.name,
-                ip=request.address.ip,
-                global_ip=request.global_address.ip if request.global_address else None,
+            att = request.as_attachment(
+                self.name,
                 interfaces=interfaces,
                 namespace_guid=namespace_guid,
                 endpoint_id=endpoint_id,

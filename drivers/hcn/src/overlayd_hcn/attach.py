@@ -212,12 +212,8 @@ class AttachHooks:
         except BaseException:
             self._rollback(endpoint_id, namespace_id)
             raise
-        return Attachment(
-            handle=handle,
-            service=request.service,
-            driver=self.name,
-            ip=request.address.ip,
-            global_ip=request.global_address.ip if request.global_address else None,
+        return request.as_attachment(
+            self.name,
             interfaces=(str(endpoint_id),),
             namespace_guid=str(namespace_id).lower(),
             endpoint_id=str(endpoint_id).lower(),
@@ -226,20 +222,19 @@ class AttachHooks:
 
     def _rollback(self, endpoint_id: UUID | None, namespace_id: UUID | None) -> None:
         api = self.hcn()
-        if endpoint_id is not None:
+        steps = (
+            ("endpoint", endpoint_id, api.delete_endpoint),
+            ("namespace", namespace_id, api.delete_namespace),
+        )
+        for what, guid, delete in steps:
+            if guid is None:
+                continue
             try:
-                api.delete_endpoint(endpoint_id)
+                delete(guid)
             except HcnNotFoundError:
                 pass
             except HcnError as exc:
-                log.error("rollback: cannot delete HCN endpoint %s: %s", endpoint_id, exc)
-        if namespace_id is not None:
-            try:
-                api.delete_namespace(namespace_id)
-            except HcnNotFoundError:
-                pass
-            except HcnError as exc:
-                log.error("rollback: cannot delete HCN namespace %s: %s", namespace_id, exc)
+                log.error("rollback: cannot delete HCN %s %s: %s", what, guid, exc)
 
     def _remove_leftovers(self, network: UUID, name: str) -> None:
         """Delete endpoints of a crashed earlier attempt with the same name."""

@@ -62,6 +62,7 @@ from overlayd.model import IPAddress
 from overlayd.model import IPNetwork
 from overlayd.model import ReconcileReport
 from overlayd.model import ReconcileRequest
+from overlayd.model import ReconcileTally
 from overlayd.state import ensure_private_dir
 from overlayd.state import write_file_atomic
 from overlayd_hcn import __version__
@@ -315,14 +316,8 @@ class HcnDriver(AttachHooks):
                 ) from exc
             entry = self._marker.get(owner)
             assert entry is not None
-            device = Device(
-                kind=DeviceKind.HCN_NETWORK,
-                name=spec.name,
-                owner=spec.owner,
-                driver=self.name,
-                addresses=spec.addresses,
-                mtu=spec.mtu,
-                subnet=spec.subnet,
+            device = spec.as_device(
+                self.name,
                 id=str(network),
                 options={
                     **dict(spec.options),
@@ -597,11 +592,7 @@ class HcnDriver(AttachHooks):
 
     @hookimpl
     def overlayd_reconcile(self, request: ReconcileRequest) -> ReconcileReport | None:
-        adopted: list[str] = []
-        recreated: list[str] = []
-        removed: list[str] = []
-        gone: list[str] = []
-        errors: list[str] = []
+        found = ReconcileTally()
         api = self.hcn()
         recorded = {d.name: d for d in request.devices if d.driver == self.name}
         with self._lock:
@@ -610,9 +601,9 @@ class HcnDriver(AttachHooks):
                 seg = self._segments[name]
                 try:
                     self.overlayd_device_delete(device=seg)
-                    removed.append(name)
+                    found.removed.append(name)
                 except DeviceError as exc:
-                    errors.append(f"{name}: {exc}")
+                    found.errors.append(f"{name}: {exc}")
             # Recorded segments: adopt by GUID, recreate what vanished.
             for name, device in recorded.items():
                 try:
@@ -625,12 +616,12 @@ class HcnDriver(AttachHooks):
                             exists = False
                     known = self._segments.get(name)
                     if exists and known is not None and known.id == device.id:
-                        adopted.append(name)
+                        found.adopted.append(name)
                         continue
                     self.overlayd_device_create(spec=_spec_from(device))
-                    (adopted if exists else recreated).append(name)
+                    (found.adopted if exists else found.recreated).append(name)
                 except (HcnError, DeviceError, ValueError) as exc:
-                    errors.append(f"{name}: {exc}")
+                    found.errors.append(f"{name}: {exc}")
         # Attachments: alive or gone.
         endpoints: set[UUID] = set()
         namespaces: set[UUID] = set()
@@ -641,25 +632,18 @@ class HcnDriver(AttachHooks):
                 if att.namespace_guid:
                     namespaces.add(UUID(att.namespace_guid))
             except ValueError:
-                errors.append(f"{att.key}: invalid HCN GUID in the recorded attachment")
+                found.errors.append(f"{att.key}: invalid HCN GUID in the recorded attachment")
                 continue
             if self.overlayd_attachment_alive(attachment=att):
-                adopted.append(att.key)
+                found.adopted.append(att.key)
             else:
-                gone.append(att.key)
+                found.gone.append(att.key)
         # Crash-recovery sweep: our endpoints and namespaces nobody recorded.
         try:
-            removed.extend(self._sweep(endpoints, namespaces, errors))
+            found.removed.extend(self._sweep(endpoints, namespaces, found.errors))
         except HcnError as exc:
-            errors.append(f"sweep: {exc}")
-        return ReconcileReport(
-            driver=self.name,
-            adopted=tuple(adopted),
-            recreated=tuple(recreated),
-            removed=tuple(removed),
-            gone=tuple(gone),
-            errors=tuple(errors),
-        )
+            found.errors.append(f"sweep: {exc}")
+        return found.report(self.name)
 
     def _sweep(self, endpoints: set[UUID], namespaces: set[UUID], errors: list[str]) -> list[str]:
         api = self.hcn()
@@ -745,12 +729,4 @@ def _spec_from(device: Device) -> DeviceSpec:
         for k, v in device.options.items()
         if k not in ("network_role", "network_name", "network_subnet", "network_gateway")
     }
-    return DeviceSpec(
-        kind=device.kind,
-        name=device.name,
-        owner=device.owner,
-        addresses=device.addresses,
-        mtu=device.mtu,
-        subnet=device.subnet,
-        options=options,
-    )
+    return device.as_spec(options=options)

@@ -21,13 +21,13 @@ from overlayd.model import Attachment
 from overlayd.model import AttachRequest
 from overlayd.model import Device
 from overlayd.model import DeviceSpec
-from overlayd.model import NodeInfo
 from overlayd.model import ReconcileRequest
 from overlayd.model import WindowsContainerHandle
 from overlayd.plugins import DriverContext
 from overlayd.plugins import Hooks
 from overlayd.plugins import make_plugin_manager
 from overlayd.plugins import register_drivers
+from overlayd.testing.nodes import node_info
 from overlayd_hcn.driver import HcnDriver
 from overlayd_hcn.errors import E_ACCESSDENIED
 from overlayd_hcn.errors import HCN_E_ADDR_INVALID_OR_RESERVED
@@ -145,14 +145,7 @@ def attach_request(
         segment=segment,
         address=ipaddress.ip_interface(f"{ip}/{segment.subnet.prefixlen}"),
         gateway=segment.subnet.network_address + 1,
-        node=NodeInfo(
-            interface="zl-t-g",
-            public_key=None,
-            node_ip=ipaddress.ip_address(NODE_IP),
-            cluster_cidr=ipaddress.ip_network(CLUSTER),
-            slice_cidr=ipaddress.ip_network(SLICE),
-            listen_port=51820,
-        ),
+        node=node_info(CLUSTER, SLICE),
         dns_server=ipaddress.ip_address(dns_server) if dns_server else None,
         dns_domain=dns_domain,
     )

@@ -54,6 +54,7 @@ import ipaddress
 import logging
 import sys
 import threading
+from collections.abc import Iterable
 from typing import Any
 from typing import Final
 
@@ -79,6 +80,7 @@ from overlayd.model import NodeInfo
 from overlayd.model import PortMapping
 from overlayd.model import ReconcileReport
 from overlayd.model import ReconcileRequest
+from overlayd.model import ReconcileTally
 from overlayd.model import handle_key
 from overlayd.names import is_overlayd_veth
 from overlayd.names import is_tombstone
@@ -318,24 +320,10 @@ class LinuxBridgeDriver(NatPolicy):
             spec.name, spec.addresses, spec.mtu, alias=f"{ALIAS_PREFIX}{spec.owner}"
         )
         self._ensure_mld_filter()
-        return Device(
-            kind=DeviceKind.BRIDGE,
-            name=spec.name,
-            owner=spec.owner,
-            driver=self.name,
-            addresses=spec.addresses,
-            mtu=spec.mtu,
-            subnet=spec.subnet,
-            id=str(index),
-            options=dict(spec.options),
-        )
+        return spec.as_device(self.name, id=str(index), options=dict(spec.options))
 
     def _our_bridges(self) -> dict[str, LinkInfo]:
-        return {
-            link.name: link
-            for link in self._nl().list_links()
-            if link.kind == "bridge" and (link.alias or "").startswith(ALIAS_PREFIX)
-        }
+        return _bridges_of_ours(self._nl().list_links())
 
     @hookimpl
     def overlayd_device_delete(self, device: Device) -> bool | None:
@@ -416,12 +404,8 @@ class LinuxBridgeDriver(NatPolicy):
             extra["default_route"] = False
             if request.node is not None:
                 extra["cluster_cidr"] = str(request.node.cluster_cidr)
-        return Attachment(
-            handle=handle,
-            service=request.service,
-            driver=self.name,
-            ip=request.address.ip,
-            global_ip=request.global_address.ip if request.global_address else None,
+        return request.as_attachment(
+            self.name,
             interfaces=tuple(interfaces),
             ifname=_service_ifname(handle),
             mac=mac,
@@ -525,11 +509,7 @@ class LinuxBridgeDriver(NatPolicy):
 
     @hookimpl
     def overlayd_reconcile(self, request: ReconcileRequest) -> ReconcileReport | None:
-        adopted: list[str] = []
-        recreated: list[str] = []
-        removed: list[str] = []
-        gone: list[str] = []
-        errors: list[str] = []
+        found = ReconcileTally()
         links = self._nl().list_links()
         if any(is_tombstone(lk.name) for lk in links):
             # Veths a previous run was deleting (it crashed first) still hold
@@ -539,14 +519,10 @@ class LinuxBridgeDriver(NatPolicy):
                 self._nl().sweep_tombstones()
                 self._nl().flush_deletions()
             except OverlaydError as exc:
-                errors.append(f"sweeping tombstones: {exc}")
+                found.errors.append(f"sweeping tombstones: {exc}")
             links = self._nl().list_links()
         by_name = {link.name: link for link in links}
-        bridges = {
-            lk.name: lk
-            for lk in links
-            if lk.kind == "bridge" and (lk.alias or "").startswith(ALIAS_PREFIX)
-        }
+        bridges = _bridges_of_ours(links)
 
         recorded_devices = [
             d for d in request.devices if d.driver == self.name and d.kind == DeviceKind.BRIDGE
@@ -554,50 +530,36 @@ class LinuxBridgeDriver(NatPolicy):
         for device in recorded_devices:
             try:
                 if device.name in bridges:
-                    adopted.append(device.name)
+                    found.adopted.append(device.name)
                 else:
-                    self.overlayd_device_create(
-                        DeviceSpec(
-                            kind=device.kind,
-                            name=device.name,
-                            owner=device.owner,
-                            addresses=device.addresses,
-                            mtu=device.mtu,
-                            subnet=device.subnet,
-                            options=device.options,
-                        )
-                    )
-                    recreated.append(device.name)
+                    self.overlayd_device_create(device.as_spec())
+                    found.recreated.append(device.name)
             except OverlaydError as exc:
-                errors.append(f"bridge {device.name}: {exc}")
+                found.errors.append(f"bridge {device.name}: {exc}")
 
-        if recreated:
+        if found.recreated:
             links = self._nl().list_links()
             by_name = {link.name: link for link in links}
-            bridges = {
-                lk.name: lk
-                for lk in links
-                if lk.kind == "bridge" and (lk.alias or "").startswith(ALIAS_PREFIX)
-            }
+            bridges = _bridges_of_ours(links)
 
         recorded_ifaces: set[str] = set()
         for att in request.attachments:
             recorded_ifaces.update(att.interfaces)
             if not self.overlayd_attachment_alive(att):
-                gone.append(att.key)
+                found.gone.append(att.key)
                 continue
             missing = [n for n in att.interfaces if n not in by_name]
             bridge = bridges.get(str(att.extra.get("bridge", "")))
             first = by_name.get(att.interfaces[0]) if att.interfaces else None
             detached = bridge is not None and first is not None and first.master != bridge.index
             if not missing and not detached:
-                adopted.append(att.key)
+                found.adopted.append(att.key)
                 continue
             try:
                 self._replumb(att)
-                recreated.append(att.key)
+                found.recreated.append(att.key)
             except OverlaydError as exc:
-                errors.append(f"attachment {att.key}: {exc}")
+                found.errors.append(f"attachment {att.key}: {exc}")
 
         stale = [
             lk.name
@@ -607,33 +569,26 @@ class LinuxBridgeDriver(NatPolicy):
         if stale:
             try:
                 self._nl().delete_links_batch(stale)
-                removed.extend(stale)
+                found.removed.extend(stale)
             except OverlaydError as exc:
-                errors.append(f"removing unrecorded veths: {exc}")
+                found.errors.append(f"removing unrecorded veths: {exc}")
         recorded_names = {d.name for d in recorded_devices}
         for name in sorted(set(bridges) - recorded_names):
             try:
                 if self._nl().delete_link(name):
-                    removed.append(name)
+                    found.removed.append(name)
             except OverlaydError as exc:
-                errors.append(f"removing unrecorded bridge {name}: {exc}")
+                found.errors.append(f"removing unrecorded bridge {name}: {exc}")
         if any(is_tombstone(lk.name) for lk in links):
             try:
                 self._nl().sweep_tombstones()
             except OverlaydError as exc:
-                errors.append(f"sweeping tombstones: {exc}")
+                found.errors.append(f"sweeping tombstones: {exc}")
 
-        self._reconcile_nat(request, errors)
-        recreated.extend(self._tables_recreated)
+        self._reconcile_nat(request, found.errors)
+        found.recreated.extend(self._tables_recreated)
         self._tables_recreated = []
-        return ReconcileReport(
-            driver=self.name,
-            adopted=tuple(adopted),
-            recreated=tuple(recreated),
-            removed=tuple(removed),
-            gone=tuple(gone),
-            errors=tuple(errors),
-        )
+        return found.report(self.name)
 
     def _replumb(self, att: Attachment) -> None:
         """Recreate the veths of a live attachment whose host ends vanished."""
@@ -666,6 +621,15 @@ class LinuxBridgeDriver(NatPolicy):
         self._nl().delete_links_batch(list(att.interfaces))
         with self._namespaces.open(_namespace_path(handle)) as ns:
             self._plumb(request, ns, att.key)
+
+
+def _bridges_of_ours(links: Iterable[LinkInfo]) -> dict[str, LinkInfo]:
+    """The bridges among ``links`` that overlayd made (their alias says so), by name."""
+    return {
+        link.name: link
+        for link in links
+        if link.kind == "bridge" and (link.alias or "").startswith(ALIAS_PREFIX)
+    }
 
 
 def _route_only_node(cluster_cidr: str) -> NodeInfo:

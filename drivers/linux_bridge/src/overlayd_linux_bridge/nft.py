@@ -480,13 +480,7 @@ class Nftables:
 
     def delete_table(self) -> bool:
         """Remove the table; ``False`` when it did not exist."""
-        try:
-            self.backend.run(f"delete table {_FAMILY} {TABLE}\n")
-        except NftCommandError as exc:
-            if exc.missing:
-                return False
-            raise
-        return True
+        return self._on_table(f"delete table {_FAMILY} {TABLE}\n")
 
     def table_exists(self) -> bool:
         """Whether the table is present (it vanishes on a host firewall reload)."""
@@ -497,8 +491,12 @@ class Nftables:
         return self._exists(_MLD_FAMILY)
 
     def _exists(self, family: str) -> bool:
+        return self._on_table(f"list table {family} {TABLE}\n", json_output=True)
+
+    def _on_table(self, command: str, *, json_output: bool = False) -> bool:
+        """Run ``command`` on a table; ``False`` when nft says the table does not exist."""
         try:
-            self.backend.run(f"list table {family} {TABLE}\n", json_output=True)
+            self.backend.run(command, json_output=json_output)
         except NftCommandError as exc:
             if exc.missing:
                 return False

@@ -22,7 +22,6 @@ from overlayd.model import DeviceSpec
 from overlayd.model import LinuxPidHandle
 from overlayd.model import MasqueradeRule
 from overlayd.model import NetnsHandle
-from overlayd.model import NodeInfo
 from overlayd.model import PortMapping
 from overlayd.model import ReconcileRequest
 from overlayd.model import WindowsContainerHandle
@@ -31,6 +30,7 @@ from overlayd.names import veth_host_name
 from overlayd.plugins import Hooks
 from overlayd.plugins import make_plugin_manager
 from overlayd.plugins import register_drivers
+from overlayd.testing.nodes import node_info
 from overlayd_linux_bridge.doubles import FakeNamespaces
 from overlayd_linux_bridge.doubles import FakeNft
 from overlayd_linux_bridge.driver import ALIAS_PREFIX
@@ -105,6 +105,22 @@ def bridge(driver: LinuxBridgeDriver) -> Device:
 
 def ns_of(netlink: FakeNetlink, namespaces: FakeNamespaces, path: str) -> Any:
     return netlink.namespaces[namespaces.paths[path][0]]
+
+
+def _attached(
+    driver: LinuxBridgeDriver,
+    namespaces: FakeNamespaces,
+    bridge: Device,
+    path: str = "/run/netns/c1",
+    n: int = 2,
+    global_address: str | None = None,
+) -> Attachment:
+    """The workload in a new namespace at ``path``, attached at 10.50.0.``n``."""
+    namespaces.add(path)
+    request = make_request(bridge, NetnsHandle(path=path), n=n, global_address=global_address)
+    att = driver.overlayd_attach(request=request)
+    assert att is not None
+    return att
 
 
 # -- describe / configure ------------------------------------------------------
@@ -216,12 +232,7 @@ def test_reconcile_after_flush_ruleset_recreates_and_reports_both_tables(
 def test_only_bridge_ports_join_the_port_group(
     driver: LinuxBridgeDriver, netlink: FakeNetlink, namespaces: FakeNamespaces, bridge: Device
 ) -> None:
-    namespaces.add("/run/netns/c1")
-    handle = NetnsHandle(path="/run/netns/c1")
-    att = driver.overlayd_attach(
-        request=make_request(bridge, handle, global_address="10.200.0.7/32")
-    )
-    assert att is not None
+    att = _attached(driver, namespaces, bridge, global_address="10.200.0.7/32")
     port, routed = (netlink.host.links[name] for name in att.interfaces)
     assert port.master is not None and port.group == PORT_GROUP
     assert routed.master is None and routed.group == 0
@@ -283,11 +294,8 @@ def test_device_delete_ours_then_absent_and_refuses_untagged(
 def test_attach_netns_plumbs_eth0_on_bridge(
     driver: LinuxBridgeDriver, netlink: FakeNetlink, namespaces: FakeNamespaces, bridge: Device
 ) -> None:
-    namespaces.add("/run/netns/c1")
-    handle = NetnsHandle(path="/run/netns/c1")
-    att = driver.overlayd_attach(request=make_request(bridge, handle))
-    assert att is not None
-    host_name = veth_host_name(handle_key(handle), 0)
+    att = _attached(driver, namespaces, bridge)
+    host_name = veth_host_name(att.key, 0)
     assert att.interfaces == (host_name,)
     assert att.driver == "linux_bridge"
     assert att.ip == ipaddress.ip_address("10.50.0.2")
@@ -326,14 +334,7 @@ def test_attach_without_default_route_routes_the_cluster_via_the_gateway(
 ) -> None:
     namespaces.add("/run/netns/c1")
     handle = NetnsHandle(path="/run/netns/c1", container_id="abc", ifname="net1")
-    node = NodeInfo(
-        interface="zl-g",
-        public_key=None,
-        node_ip=ipaddress.ip_address("10.50.0.1"),
-        cluster_cidr=ipaddress.ip_network("10.48.0.0/14"),
-        slice_cidr=ipaddress.ip_network("10.50.0.0/20"),
-        listen_port=51820,
-    )
+    node = node_info("10.48.0.0/14", "10.50.0.0/20", interface="zl-g")
     request = make_request(bridge, handle).model_copy(update={"default_route": False, "node": node})
     att = driver.overlayd_attach(request=request)
     assert att is not None
@@ -353,13 +354,8 @@ def test_attach_without_default_route_routes_the_cluster_via_the_gateway(
 def test_attach_with_global_address_adds_routed_eth1(
     driver: LinuxBridgeDriver, netlink: FakeNetlink, namespaces: FakeNamespaces, bridge: Device
 ) -> None:
-    namespaces.add("/run/netns/c1")
-    handle = NetnsHandle(path="/run/netns/c1")
-    att = driver.overlayd_attach(
-        request=make_request(bridge, handle, global_address="10.200.0.9/16")
-    )
-    assert att is not None
-    key = handle_key(handle)
+    att = _attached(driver, namespaces, bridge, global_address="10.200.0.9/16")
+    key = att.key
     assert att.interfaces == (veth_host_name(key, 0), veth_host_name(key, 1))
     assert att.global_ip == ipaddress.ip_address("10.200.0.9")
     g = netlink.host.links[veth_host_name(key, 1)]
@@ -375,12 +371,9 @@ def test_attach_with_global_address_adds_routed_eth1(
 def test_ipv6_global_address_is_a_host_route_via_the_host_end(
     driver: LinuxBridgeDriver, netlink: FakeNetlink, namespaces: FakeNamespaces, bridge: Device
 ) -> None:
-    namespaces.add("/run/netns/c1")
-    handle = NetnsHandle(path="/run/netns/c1")
-    att = driver.overlayd_attach(request=make_request(bridge, handle, global_address="fd20::9/64"))
-    assert att is not None
+    att = _attached(driver, namespaces, bridge, global_address="fd20::9/64")
     assert att.global_ip == ipaddress.ip_address("fd20::9")
-    g = netlink.host.links[veth_host_name(handle_key(handle), 1)]
+    g = netlink.host.links[veth_host_name(att.key, 1)]
     assert not g.proxy_arp
     assert g.addresses == [ipaddress.ip_interface("fe80::1/64")]
     assert g.host_routes == [ipaddress.ip_network("fd20::9/128")]
@@ -490,19 +483,10 @@ def test_attach_declines_foreign_segment_and_windows_handles(
 # -- detach / alive ------------------------------------------------------------
 
 
-def _attached(
-    driver: LinuxBridgeDriver, namespaces: FakeNamespaces, bridge: Device, path: str, n: int = 2
-) -> Attachment:
-    namespaces.add(path)
-    att = driver.overlayd_attach(request=make_request(bridge, NetnsHandle(path=path), n=n))
-    assert att is not None
-    return att
-
-
 def test_detach_frees_names_at_once_then_reports_absent(
     driver: LinuxBridgeDriver, netlink: FakeNetlink, namespaces: FakeNamespaces, bridge: Device
 ) -> None:
-    att = _attached(driver, namespaces, bridge, "/run/netns/c1")
+    att = _attached(driver, namespaces, bridge)
     assert driver.overlayd_detach(attachment=att) is True
     assert not netlink.link_exists(att.interfaces[0])  # before any flush
     assert driver.overlayd_detach(attachment=att) is False
@@ -515,7 +499,7 @@ def test_detach_frees_names_at_once_then_reports_absent(
 def test_detach_after_namespace_died_succeeds_with_false(
     driver: LinuxBridgeDriver, namespaces: FakeNamespaces, bridge: Device
 ) -> None:
-    att = _attached(driver, namespaces, bridge, "/run/netns/c1")
+    att = _attached(driver, namespaces, bridge)
     namespaces.kill("/run/netns/c1")
     assert driver.overlayd_detach(attachment=att) is False
 
@@ -523,7 +507,7 @@ def test_detach_after_namespace_died_succeeds_with_false(
 def test_alive_checks_namespace_identity(
     driver: LinuxBridgeDriver, namespaces: FakeNamespaces, bridge: Device
 ) -> None:
-    att = _attached(driver, namespaces, bridge, "/run/netns/c1")
+    att = _attached(driver, namespaces, bridge)
     assert driver.overlayd_attachment_alive(attachment=att) is True
     namespaces.kill("/run/netns/c1")
     assert driver.overlayd_attachment_alive(attachment=att) is False
@@ -534,7 +518,7 @@ def test_alive_checks_namespace_identity(
 def test_dns_endpoint_configure_is_declined(
     driver: LinuxBridgeDriver, namespaces: FakeNamespaces, bridge: Device
 ) -> None:
-    att = _attached(driver, namespaces, bridge, "/run/netns/c1")
+    att = _attached(driver, namespaces, bridge)
     result = driver.overlayd_dns_endpoint_configure(
         attachment=att, servers=[GW.ip], domain="prod.local"
     )
@@ -582,7 +566,7 @@ def test_detach_returns_with_the_workload_interface_gone(
     driver: LinuxBridgeDriver, netlink: FakeNetlink, namespaces: FakeNamespaces, bridge: Device
 ) -> None:
     """A CNI runtime may reuse the interface name as soon as DEL returns."""
-    att = _attached(driver, namespaces, bridge, "/run/netns/c1")
+    att = _attached(driver, namespaces, bridge)
     assert "eth0" in ns_of(netlink, namespaces, "/run/netns/c1").links
     assert driver.overlayd_detach(attachment=att) is True
     assert "eth0" not in ns_of(netlink, namespaces, "/run/netns/c1").links
@@ -595,7 +579,7 @@ def test_reconcile_after_a_crash_mid_detach_replumbs_at_the_first_pass(
     """A detach cut short by a crash left the host end a tombstone that still holds
     eth0 in the workload, and the record attached: the first (startup) reconcile
     repairs it, not only a later manual one."""
-    att = _attached(driver, namespaces, bridge, "/run/netns/c1")
+    att = _attached(driver, namespaces, bridge)
     # The detach's first step (tombstoning the host end) ran, then the daemon
     # died before the kernel deleted the link.
     assert netlink.delete_links_batch(list(att.interfaces)) == 1
@@ -614,7 +598,7 @@ def test_reconcile_after_a_crash_mid_detach_replumbs_at_the_first_pass(
 def test_reconcile_recreates_missing_bridge_and_veth_of_live_workload(
     driver: LinuxBridgeDriver, netlink: FakeNetlink, namespaces: FakeNamespaces, bridge: Device
 ) -> None:
-    att = _attached(driver, namespaces, bridge, "/run/netns/c1")
+    att = _attached(driver, namespaces, bridge)
     netlink.delete_link(att.interfaces[0])  # deleted behind our back
     netlink.delete_link(bridge.name)
     report = driver.overlayd_reconcile(
@@ -630,7 +614,7 @@ def test_reconcile_recreates_missing_bridge_and_veth_of_live_workload(
 def test_reconcile_replumbs_veth_left_without_its_bridge(
     driver: LinuxBridgeDriver, netlink: FakeNetlink, namespaces: FakeNamespaces, bridge: Device
 ) -> None:
-    att = _attached(driver, namespaces, bridge, "/run/netns/c1")
+    att = _attached(driver, namespaces, bridge)
     netlink.delete_link(bridge.name)  # the veth survives, but is no bridge port any more
     assert netlink.host.links[att.interfaces[0]].master is None
     report = driver.overlayd_reconcile(

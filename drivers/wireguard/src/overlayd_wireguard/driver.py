@@ -45,14 +45,13 @@ from overlayd.model import Device
 from overlayd.model import DeviceKind
 from overlayd.model import DeviceSpec
 from overlayd.model import DriverInfo
-from overlayd.model import GuestConfig
 from overlayd.model import GuestManagedHandle
 from overlayd.model import HandleKind
 from overlayd.model import PeerChange
-from overlayd.model import PeerConfig as ModelPeerConfig
 from overlayd.model import PeerStatus
 from overlayd.model import ReconcileReport
 from overlayd.model import ReconcileRequest
+from overlayd.model import ReconcileTally
 from overlayd.peers import Peer
 from overlayd.peers import merge
 from overlayd_wireguard import __version__
@@ -224,16 +223,11 @@ class WireGuardDriver(NatHooks):
             addresses=addresses,
             netns=self.options.netns,
         )
-        device = Device(
-            kind=DeviceKind.WIREGUARD,
-            name=spec.name,
-            owner=spec.owner,
-            driver=self.name,
-            addresses=spec.addresses,
+        device = spec.as_device(
+            self.name,
             mtu=mtu,
             listen_port=state.listen_port or spec.listen_port,
             public_key=state.public_key or private.public_key(),
-            subnet=spec.subnet,
             options=dict(spec.options),
         )
         dev = self._track(device, state)
@@ -587,31 +581,13 @@ class WireGuardDriver(NatHooks):
                 driver=self.name,
             )
         private, public = generate_keypair()
-        guest = GuestConfig(
-            overlay_ip=request.address.ip,
-            prefix_len=request.address.network.prefixlen,
-            private_key=private.to_base64(),
-            public_key=public,
-            listen_port=node.listen_port,
-            peers=(
-                ModelPeerConfig(
-                    public_key=node.public_key,
-                    endpoint=self._guest_endpoint(node.listen_port),
-                    allowed_ips=(node.cluster_cidr,),
-                    persistent_keepalive_secs=GUEST_KEEPALIVE_SECS,
-                ),
-            ),
-            dns_server=request.dns_server,
-            dns_domain=request.dns_domain,
+        guest = request.guest_config(
+            private.to_base64(),
+            public,
+            endpoint=self._guest_endpoint(node.listen_port),
+            keepalive_secs=GUEST_KEEPALIVE_SECS,
         )
-        att = Attachment(
-            handle=request.handle,
-            service=request.service,
-            driver=self.name,
-            ip=request.address.ip,
-            global_ip=request.global_address.ip if request.global_address else None,
-            guest=guest,
-        )
+        att = request.as_attachment(self.name, guest=guest)
         with self._lock:
             self._guests.add(att.key)
         return att
@@ -654,9 +630,7 @@ class WireGuardDriver(NatHooks):
     def overlayd_reconcile(self, request: ReconcileRequest) -> ReconcileReport | None:
         if self.backend is None:
             return None
-        adopted: list[str] = []
-        removed: list[str] = []
-        errors: list[str] = []
+        found = ReconcileTally()
         try:
             present = set(self._host_devices())
         except DeviceError as exc:
@@ -668,31 +642,26 @@ class WireGuardDriver(NatHooks):
         }
         for name, device in recorded.items():
             if name not in present:
-                errors.append(
+                found.errors.append(
                     f"WireGuard device {name} is recorded but not running; the engine "
                     "re-creates recorded devices with their keys"
                 )
                 continue
             try:
                 self._adopt(device)
-                adopted.append(name)
+                found.adopted.append(name)
             except OverlaydError as exc:
-                errors.append(f"adopting {name}: {exc}")
+                found.errors.append(f"adopting {name}: {exc}")
         for name in sorted(present - set(recorded)):
             try:
                 self._backend().delete_device(name)
                 self._forget(name)
-                removed.append(name)
+                found.removed.append(name)
             except OverlaydError as exc:
-                errors.append(f"removing unrecorded device {name}: {exc}")
+                found.errors.append(f"removing unrecorded device {name}: {exc}")
         with self._lock:
             for att in request.attachments:
                 if att.driver == self.name:
                     self._guests.add(att.key)
-                    adopted.append(att.key)
-        return ReconcileReport(
-            driver=self.name,
-            adopted=tuple(adopted),
-            removed=tuple(removed),
-            errors=tuple(errors),
-        )
+                    found.adopted.append(att.key)
+        return found.report(self.name)

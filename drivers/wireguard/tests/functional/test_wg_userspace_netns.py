@@ -149,46 +149,19 @@ def test_traffic_crosses_tunnel_and_supervisor_heals_killed_process(
     underlay: Pair, backend: UserspaceBackend
 ) -> None:
     key_a, key_b = PrivateKey.generate(), PrivateKey.generate()
-    backend.ensure_device(
-        underlay.wg_a,
-        private_key=key_a,
-        listen_port=51820,
-        addresses=["10.98.0.1/24"],
-        netns=underlay.ns_a,
-    )
-    backend.ensure_device(
-        underlay.wg_b,
-        private_key=key_b,
-        listen_port=51820,
-        addresses=["10.98.0.2/24"],
-        netns=underlay.ns_b,
-    )
-    backend.apply(
-        underlay.wg_a,
-        SetRequest(
-            peers=(
-                PeerOp(
-                    public_key=key_b.public_key(),
-                    endpoint="192.0.2.2:51820",
-                    persistent_keepalive_interval=1,
-                    allowed_ips=("10.98.0.2/32",),
-                ),
-            )
-        ),
-    )
-    backend.apply(
-        underlay.wg_b,
-        SetRequest(
-            peers=(
-                PeerOp(
-                    public_key=key_a.public_key(),
-                    endpoint="192.0.2.1:51820",
-                    persistent_keepalive_interval=1,
-                    allowed_ips=("10.98.0.1/32",),
-                ),
-            )
-        ),
-    )
+    # End n of the tunnel: device, namespace, key; 192.0.2.n on the underlay, 10.98.0.n inside.
+    ends = [(underlay.wg_a, underlay.ns_a, key_a, 1), (underlay.wg_b, underlay.ns_b, key_b, 2)]
+    for wg, ns, key, n in ends:
+        addresses = [f"10.98.0.{n}/24"]
+        backend.ensure_device(wg, private_key=key, listen_port=51820, addresses=addresses, netns=ns)
+    for (wg, _, _, _), (_, _, peer_key, n) in zip(ends, reversed(ends), strict=True):
+        peer = PeerOp(
+            public_key=peer_key.public_key(),
+            endpoint=f"192.0.2.{n}:51820",
+            persistent_keepalive_interval=1,
+            allowed_ips=(f"10.98.0.{n}/32",),
+        )
+        backend.apply(wg, SetRequest(peers=(peer,)))
     # The TUN lives in the namespace of the process, not in the host's.
     from pyroute2 import IPRoute
 

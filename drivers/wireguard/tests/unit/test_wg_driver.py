@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import signal
@@ -17,6 +18,7 @@ from overlayd.config import EngineConfig
 from overlayd.errors import ConfigError
 from overlayd.errors import NotSupported
 from overlayd.errors import PeerError
+from overlayd.model import AttachRequest
 from overlayd.model import Device
 from overlayd.model import DeviceSpec
 from overlayd.model import GuestManagedHandle
@@ -26,6 +28,7 @@ from overlayd.plugins import DriverContext
 from overlayd.testing.conformance import AttachConformance
 from overlayd.testing.conformance import LifecycleConformance
 from overlayd.testing.conformance import PeerConformance
+from overlayd.testing.nodes import node_info
 from overlayd_wireguard.driver import WireGuardDriver
 from overlayd_wireguard.keys import generate_keypair
 from overlayd_wireguard.uapi import UapiClient
@@ -76,17 +79,31 @@ def configured(sock_dir: Path, **options: Any) -> EngineConfig:
     )
 
 
+@contextlib.contextmanager
+def driver_on(
+    sock_dir: Path, *, start: bool = True, **options: Any
+) -> Iterator[tuple[WireGuardDriver, UserspaceBackend, FakeHostNet]]:
+    """A driver on fake wireguard-go with sockets in ``sock_dir``, configured with
+    ``options`` and started (unless ``start`` is false); its devices and processes
+    are removed at the end."""
+    drv, backend, hostnet = make_driver(sock_dir)
+    try:
+        if start:
+            drv.overlayd_configure(configured(sock_dir, **options))
+            drv.overlayd_startup(DriverContext(data_dir=None, emit=lambda e: None))
+        yield drv, backend, hostnet
+    finally:
+        backend.close()
+        backend.delete_all()
+
+
 class TestWireGuardConformance(PeerConformance, AttachConformance, LifecycleConformance):
     """The conformance kit against fake wireguard-go processes (UAPI only)."""
 
     @pytest.fixture
     def driver(self, sock_dir: Path) -> Iterator[WireGuardDriver]:
-        drv, backend, _ = make_driver(sock_dir)
-        try:
+        with driver_on(sock_dir, start=False) as (drv, _, _):
             yield drv
-        finally:
-            backend.close()
-            backend.delete_all()
 
     @pytest.fixture
     def engine_config(self, sock_dir: Path) -> EngineConfig:
@@ -95,14 +112,16 @@ class TestWireGuardConformance(PeerConformance, AttachConformance, LifecycleConf
 
 @pytest.fixture
 def started(sock_dir: Path) -> Iterator[tuple[WireGuardDriver, UserspaceBackend, FakeHostNet]]:
-    drv, backend, hostnet = make_driver(sock_dir)
-    drv.overlayd_configure(configured(sock_dir, endpoint="node1.example.invalid:51820"))
-    drv.overlayd_startup(DriverContext(data_dir=None, emit=lambda e: None))
-    try:
-        yield drv, backend, hostnet
-    finally:
-        backend.close()
-        backend.delete_all()
+    with driver_on(sock_dir, endpoint="node1.example.invalid:51820") as running:
+        yield running
+
+
+@pytest.fixture
+def global_device(started: tuple[WireGuardDriver, UserspaceBackend, FakeHostNet]) -> Device:
+    """The global device ``zl-t-g`` (:func:`wg_spec`) on the started driver."""
+    dev = started[0].overlayd_device_create(spec=wg_spec())
+    assert dev is not None
+    return dev
 
 
 def wg_spec(name: str = "zl-t-g", address: str = "10.60.0.1/16", port: int = 51820) -> DeviceSpec:
@@ -159,10 +178,7 @@ def test_device_defaults_and_idempotent_adopt(
 
 
 def test_adopt_after_driver_restart_keeps_peers(sock_dir: Path) -> None:
-    drv, backend, _ = make_driver(sock_dir)
-    drv.overlayd_configure(configured(sock_dir))
-    drv.overlayd_startup(DriverContext(data_dir=None, emit=lambda e: None))
-    try:
+    with driver_on(sock_dir) as (drv, backend, _):
         dev = drv.overlayd_device_create(spec=wg_spec())
         assert dev is not None
         (pk,) = keys(1)
@@ -174,10 +190,7 @@ def test_adopt_after_driver_restart_keeps_peers(sock_dir: Path) -> None:
         )
         drv.overlayd_shutdown()  # the process keeps running
         pid = backend.pid("zl-t-g")
-        drv2, backend2, _ = make_driver(sock_dir)
-        drv2.overlayd_configure(configured(sock_dir))
-        drv2.overlayd_startup(DriverContext(data_dir=None, emit=lambda e: None))
-        try:
+        with driver_on(sock_dir) as (drv2, backend2, _):
             # The engine re-applies recorded peers to a device it lists as present.
             assert [d.name for d in drv2.overlayd_device_list(kind="wireguard")] == ["zl-t-g"]
             drv2.overlayd_peer_apply(
@@ -192,20 +205,13 @@ def test_adopt_after_driver_restart_keeps_peers(sock_dir: Path) -> None:
             assert backend2.get("zl-t-g").public_key == dev.public_key
             assert pid is not None
             os.kill(pid, 0)  # same process: adopted, not restarted
-        finally:
-            backend2.close()
-            backend2.delete_all()
-    finally:
-        backend.close()
-        backend.delete_all()
 
 
 def test_peer_apply_sends_only_differences(
-    started: tuple[WireGuardDriver, UserspaceBackend, FakeHostNet],
+    started: tuple[WireGuardDriver, UserspaceBackend, FakeHostNet], global_device: Device
 ) -> None:
     drv, backend, _ = started
-    dev = drv.overlayd_device_create(spec=wg_spec())
-    assert dev is not None
+    dev = global_device
     a, b = keys(2)
     sent: list[Any] = []
     real_set = backend.uapi.set
@@ -216,22 +222,14 @@ def test_peer_apply_sends_only_differences(
 
     backend.uapi.set = spy  # type: ignore[method-assign,assignment]
     net = ipaddress.ip_network
-    drv.overlayd_peer_apply(
-        device=dev,
-        changes=[
-            PeerChange(public_key=a, endpoint="127.0.0.1:1000", allowed_ips=(net("10.60.1.0/24"),)),
-            PeerChange(public_key=b, endpoint="127.0.0.1:1001", allowed_ips=(net("10.60.2.0/24"),)),
-        ],
-    )
+    batch = [
+        PeerChange(public_key=a, endpoint="127.0.0.1:1000", allowed_ips=(net("10.60.1.0/24"),)),
+        PeerChange(public_key=b, endpoint="127.0.0.1:1001", allowed_ips=(net("10.60.2.0/24"),)),
+    ]
+    drv.overlayd_peer_apply(device=dev, changes=batch)
     assert len(sent) == 1 and len(sent[0].peers) == 2  # one transaction for the batch
-    # Re-applying the same batch sends nothing at all.
-    drv.overlayd_peer_apply(
-        device=dev,
-        changes=[
-            PeerChange(public_key=a, endpoint="127.0.0.1:1000", allowed_ips=(net("10.60.1.0/24"),)),
-            PeerChange(public_key=b, endpoint="127.0.0.1:1001", allowed_ips=(net("10.60.2.0/24"),)),
-        ],
-    )
+    # Re-applying the same batch (equal, not the same objects) sends nothing at all.
+    drv.overlayd_peer_apply(device=dev, changes=[c.model_copy() for c in batch])
     assert len(sent) == 1
     # Adding an allowed IP is an append (no replace), on b only, update_only.
     drv.overlayd_peer_apply(
@@ -268,11 +266,10 @@ def test_peer_apply_sends_only_differences(
 
 
 def test_hostname_endpoint_is_resolved(
-    started: tuple[WireGuardDriver, UserspaceBackend, FakeHostNet],
+    started: tuple[WireGuardDriver, UserspaceBackend, FakeHostNet], global_device: Device
 ) -> None:
     drv, _, _ = started
-    dev = drv.overlayd_device_create(spec=wg_spec())
-    assert dev is not None
+    dev = global_device
     (a,) = keys(1)
     drv.overlayd_peer_apply(
         device=dev, changes=[PeerChange(public_key=a, endpoint="localhost:51900")]
@@ -359,31 +356,28 @@ def test_supervisor_restart_reapplies_peers_and_routes(
     assert hostnet.routes["zl-t-d"] == {"10.60.8.0/22"}
 
 
+def guest_request(node_key: str, listen_port: int) -> AttachRequest:
+    """Guest ``vm-1`` of service ``vm`` at 10.60.16.5/22, the node's WireGuard
+    device listening on ``listen_port``."""
+    return AttachRequest(
+        handle=GuestManagedHandle(id="vm-1"),
+        service="vm",
+        segment=Device(kind="bridge", name="zl-t-b", owner="service:vm", driver="linux_bridge"),
+        address=ipaddress.ip_interface("10.60.16.5/22"),
+        gateway=ipaddress.ip_address("10.60.16.1"),
+        node=node_info(
+            "10.60.0.0/16", "10.60.0.0/18", public_key=node_key, listen_port=listen_port
+        ),
+    )
+
+
 def test_guest_attach_config(
     started: tuple[WireGuardDriver, UserspaceBackend, FakeHostNet],
 ) -> None:
-    from overlayd.model import AttachRequest
-    from overlayd.model import NodeInfo
-
     drv, _, _ = started
     (node_key,) = keys(1)
-    segment = Device(kind="bridge", name="zl-t-b", owner="service:vm", driver="linux_bridge")
-    request = AttachRequest(
-        handle=GuestManagedHandle(id="vm-1"),
-        service="vm",
-        segment=segment,
-        address=ipaddress.ip_interface("10.60.16.5/22"),
-        gateway=ipaddress.ip_address("10.60.16.1"),
-        node=NodeInfo(
-            interface="zl-t-g",
-            public_key=node_key,
-            node_ip=ipaddress.ip_address("10.60.0.1"),
-            cluster_cidr=ipaddress.ip_network("10.60.0.0/16"),
-            slice_cidr=ipaddress.ip_network("10.60.0.0/18"),
-            listen_port=51820,
-        ),
-        dns_server=ipaddress.ip_address("10.60.16.1"),
-        dns_domain="prod.local",
+    request = guest_request(node_key, 51820).model_copy(
+        update={"dns_server": ipaddress.ip_address("10.60.16.1"), "dns_domain": "prod.local"}
     )
     att = drv.overlayd_attach(request=request)
     assert att is not None and att.guest is not None
@@ -404,44 +398,20 @@ def test_guest_attach_config(
 
 
 def test_guest_endpoint_defaults_to_the_underlay_address(sock_dir: Path) -> None:
-    from overlayd.model import AttachRequest
-    from overlayd.model import NodeInfo
-
-    drv, backend, hostnet = make_driver(sock_dir)
-    drv.overlayd_configure(configured(sock_dir))
-    drv.overlayd_startup(DriverContext(data_dir=None, emit=lambda e: None))
     (node_key,) = keys(1)
+    with driver_on(sock_dir) as (drv, _, hostnet):
 
-    def endpoint() -> str | None:
-        request = AttachRequest(
-            handle=GuestManagedHandle(id="vm-1"),
-            service="vm",
-            segment=Device(kind="bridge", name="zl-t-b", owner="service:vm", driver="x"),
-            address=ipaddress.ip_interface("10.60.16.5/22"),
-            gateway=ipaddress.ip_address("10.60.16.1"),
-            node=NodeInfo(
-                interface="zl-t-g",
-                public_key=node_key,
-                node_ip=ipaddress.ip_address("10.60.0.1"),
-                cluster_cidr=ipaddress.ip_network("10.60.0.0/16"),
-                slice_cidr=ipaddress.ip_network("10.60.0.0/18"),
-                listen_port=51900,
-            ),
-        )
-        att = drv.overlayd_attach(request=request)
-        assert att is not None and att.guest is not None
-        return att.guest.peers[0].endpoint
+        def endpoint() -> str | None:
+            att = drv.overlayd_attach(request=guest_request(node_key, 51900))
+            assert att is not None and att.guest is not None
+            return att.guest.peers[0].endpoint
 
-    try:
         hostnet.underlay = "10.0.9.10"
         assert endpoint() == "10.0.9.10:51900"
         hostnet.underlay = "fd00:9::10"
         assert endpoint() == "[fd00:9::10]:51900"
         hostnet.underlay = None
         assert endpoint() is None
-    finally:
-        backend.close()
-        backend.delete_all()
 
 
 def test_reconcile_never_touches_foreign_devices(

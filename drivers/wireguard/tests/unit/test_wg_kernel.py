@@ -30,15 +30,14 @@ from overlayd_wireguard.kernel import peer_messages
 from overlayd_wireguard.kernel import probe
 from overlayd_wireguard.keys import PresharedKey
 from overlayd_wireguard.keys import PrivateKey
-from overlayd_wireguard.keys import generate_keypair
 from overlayd_wireguard.uapi import PeerOp
 from overlayd_wireguard.uapi import PeerState
 from overlayd_wireguard.uapi import SetRequest
 from overlayd_wireguard.userspace import UserspaceBackend
 
-
-def pub() -> str:
-    return generate_keypair()[1]
+from .conftest import assert_device
+from .conftest import peer_with_every_field
+from .conftest import pub
 
 
 def _allowed(cidr: str) -> dict[str, Any]:
@@ -144,25 +143,14 @@ def test_parse_info_reads_every_attribute_and_coalesces_split_peers() -> None:
             ]
         ]
     )
-    state = parse_info([first, second])
-    assert state.private_key == key
-    assert state.public_key == key.public_key()
-    assert state.listen_port == 51820
-    assert state.fwmark == 3
-    assert state.peers == (
-        PeerState(
-            public_key=p1,
-            preshared_key=psk,
-            endpoint="[fd00::2]:51820",
-            allowed_ips=("10.98.0.0/24", "fd00::/64"),
-            persistent_keepalive_interval=25,
-            last_handshake_time_sec=100,
-            last_handshake_time_nsec=5,
-            rx_bytes=10,
-            tx_bytes=20,
-            protocol_version=1,
+    assert_device(
+        parse_info([first, second]),
+        key,
+        fwmark=3,
+        peers=(
+            peer_with_every_field(p1, psk, ("10.98.0.0/24", "fd00::/64")),
+            PeerState(public_key=p2, endpoint="192.0.2.2:7"),
         ),
-        PeerState(public_key=p2, endpoint="192.0.2.2:7"),
     )
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -44,6 +43,7 @@ from overlayd_wireguard.userspace import UserspaceBackend
 
 from .conftest import FAKE_CMD
 from .conftest import fake_backend
+from .conftest import killed_and_restarted
 from .conftest import wait_until
 
 # ---------------------------------------------------------------------- settings
@@ -234,13 +234,7 @@ def test_watcher_retunes_when_the_process_replaced_its_sockets(
 
 def test_a_restarted_process_is_tuned(backend: UserspaceBackend, tuner: RecordingTuner) -> None:
     backend.ensure_device("wgt4", private_key=PrivateKey.generate(), listen_port=51820)
-    old = backend.pid("wgt4")
-    assert old is not None
-    os.kill(old, signal.SIGKILL)
-    wait_until(lambda: backend.restarts("wgt4") == 1)
-    new = backend.pid("wgt4")
-    assert new is not None
-    assert new != old
+    new = killed_and_restarted(backend, "wgt4")
     assert tuner.pids()[-1] == new
 
 

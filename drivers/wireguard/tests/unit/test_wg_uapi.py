@@ -35,10 +35,9 @@ from overlayd_wireguard.uapi import parse_get
 from overlayd_wireguard.uapi import redact
 from overlayd_wireguard.uapi import validate_ifname
 
-
-def pub() -> str:
-    return generate_keypair()[1]
-
+from .conftest import assert_device
+from .conftest import peer_with_every_field
+from .conftest import pub
 
 # ----------------------------------------------------------------- values
 
@@ -194,24 +193,22 @@ def test_parse_get_reads_every_wireguard_go_key() -> None:
         ("some_future_key", "x"),
     ]
     state = parse_get(pairs)
-    assert state.private_key == priv
-    assert state.public_key == priv.public_key()
-    assert state.listen_port == 51820
-    assert state.fwmark == 42
-    assert state.peers == (
-        PeerState(
-            public_key=p1,
-            preshared_key=psk,
-            endpoint="10.99.0.2:51820",
-            allowed_ips=("10.98.0.2/32", "fd00::/64"),
-            persistent_keepalive_interval=5,
-            last_handshake_time_sec=1795392827,
-            last_handshake_time_nsec=998743464,
-            rx_bytes=820,
-            tx_bytes=912,
-            protocol_version=1,
-        ),
-        PeerState(public_key=p2, protocol_version=1),
+    wireguard_go_peer = peer_with_every_field(
+        p1,
+        psk,
+        ("10.98.0.2/32", "fd00::/64"),
+        endpoint="10.99.0.2:51820",
+        persistent_keepalive_interval=5,
+        last_handshake_time_sec=1795392827,
+        last_handshake_time_nsec=998743464,
+        rx_bytes=820,
+        tx_bytes=912,
+    )
+    assert_device(
+        state,
+        priv,
+        fwmark=42,
+        peers=(wireguard_go_peer, PeerState(public_key=p2, protocol_version=1)),
     )
     assert state.peer(p2) == state.peers[1]
     assert state.peer(pub()) is None
@@ -280,24 +277,11 @@ def test_set_then_get_roundtrips_every_key(fake_server: FakeUapiServer, client: 
         ),
     )
     fake_server.set_peer_stats(p1, rx_bytes=10, tx_bytes=20, handshake=(100, 5))
-    state = client.get("wgt0")
-    assert state.private_key == priv
-    assert state.public_key == priv.public_key()
-    assert state.listen_port == 51820
-    assert state.fwmark == 9
-    assert state.peers == (
-        PeerState(
-            public_key=p1,
-            preshared_key=psk,
-            endpoint="[fd00::2]:51820",
-            allowed_ips=("10.98.0.0/24", "10.97.0.1/32"),
-            persistent_keepalive_interval=25,
-            last_handshake_time_sec=100,
-            last_handshake_time_nsec=5,
-            rx_bytes=10,
-            tx_bytes=20,
-            protocol_version=1,
-        ),
+    assert_device(
+        client.get("wgt0"),
+        priv,
+        fwmark=9,
+        peers=(peer_with_every_field(p1, psk, ("10.98.0.0/24", "10.97.0.1/32")),),
     )
 
 

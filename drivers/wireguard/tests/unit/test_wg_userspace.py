@@ -22,6 +22,7 @@ from overlayd_wireguard.userspace import UserspaceBackend
 from .conftest import FAKE_CMD
 from .conftest import RecordingLinks
 from .conftest import fake_backend
+from .conftest import killed_and_restarted
 from .conftest import wait_until
 
 
@@ -143,13 +144,7 @@ def test_supervisor_restarts_dead_process_and_reapplies_config(
             ),
         )
         before = b.get("wgu2")
-        old_pid = b.pid("wgu2")
-        assert old_pid is not None
-        os.kill(old_pid, signal.SIGKILL)
-        wait_until(lambda: b.restarts("wgu2") == 1)
-        new_pid = b.pid("wgu2")
-        assert new_pid is not None
-        assert new_pid != old_pid
+        killed_and_restarted(b, "wgu2")
         after = b.get("wgu2")
         assert after == before
         assert after.fwmark == 5

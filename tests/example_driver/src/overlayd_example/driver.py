@@ -45,15 +45,7 @@ class ExampleDriver:
     def overlayd_device_create(self, spec: DeviceSpec) -> Device | None:
         if spec.kind != "bridge":
             return None  # not ours: let another driver answer
-        device = Device(
-            kind=spec.kind,
-            name=spec.name,
-            owner=spec.owner,
-            driver=self.name,
-            addresses=spec.addresses,
-            mtu=spec.mtu,
-            subnet=spec.subnet,
-        )
+        device = spec.as_device(self.name)
         self.devices[spec.name] = device  # creating it again adopts it
         return device
 

@@ -19,7 +19,6 @@ from overlayd.model import GuestManagedHandle
 from overlayd.model import LinuxPidHandle
 from overlayd.model import MasqueradeRule
 from overlayd.model import NetnsHandle
-from overlayd.model import NodeInfo
 from overlayd.model import PeerChange
 from overlayd.model import PortMapping
 from overlayd.model import ReconcileRequest
@@ -36,6 +35,7 @@ from overlayd.testing.conformance._base import _never_asked
 from overlayd.testing.conformance._base import _require
 from overlayd.testing.conformance._base import _tolerates
 from overlayd.testing.conformance._base import _Tracker
+from overlayd.testing.nodes import node_info
 
 
 class DeviceConformance(DriverConformance):
@@ -340,13 +340,12 @@ class AttachConformance(DeviceConformance):
             segment=segment,
             address=ipaddress.ip_interface(f"{net.network_address + 2}/{net.prefixlen}"),
             gateway=net.network_address + 1,
-            node=NodeInfo(
-                interface="zl-conf-g",
+            node=node_info(
+                "10.252.0.0/16",
+                "10.252.0.0/20",
                 public_key=PEER_KEYS[2],
-                node_ip=ipaddress.ip_address("10.252.0.1"),
-                cluster_cidr=ipaddress.ip_network("10.252.0.0/16"),
-                slice_cidr=ipaddress.ip_network("10.252.0.0/20"),
                 listen_port=51999,
+                interface="zl-conf-g",
             ),
             mtu=1420,
         )
