@@ -127,8 +127,14 @@ def iperf(
 
 
 def relay_mode(a: Any, b: Any) -> str | None:
-    """How the pair relays, from the daemons' logs: ``both``, ``owner a`` or ``owner b``."""
+    """How the pair relays, from the daemons' logs: ``both``, ``owner a`` or ``owner b``.
+
+    An overlayd from before both relay does not log it and always relays
+    through the smaller key's allocation.
+    """
     modes = {a.relay_mode(), b.relay_mode()}
+    if modes == {None}:
+        return "owner a" if a.public_key < b.public_key else "owner b"
     if modes == {"both"}:
         return "both"
     if modes == {"own", "theirs"}:
@@ -304,6 +310,11 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=5.0, help="iperf3 duration")
     parser.add_argument("--no-nebula", action="store_true")
     parser.add_argument(
+        "--nebula-relay-only",
+        action="store_true",
+        help="run Nebula with its relay only (without, symmetric NATs wait 30 s for no path)",
+    )
+    parser.add_argument(
         "--forwarders",
         default="auto",
         help="comma-separated relay_forwarder values, each run as its own overlayd case "
@@ -335,7 +346,11 @@ def main() -> int:
             ],
         }
         if nebula:
-            row["nebula"] = nebula_case(nat_a, nat_b, False, args.seconds)
+            row["nebula"] = (
+                {"first_ping_s": None, "gbit_s": None, "skipped": True}
+                if args.nebula_relay_only
+                else nebula_case(nat_a, nat_b, False, args.seconds)
+            )
             row["nebula_relay"] = nebula_case(nat_a, nat_b, True, args.seconds)
         rows.append(row)
         print(json.dumps(row), flush=True)
