@@ -4,7 +4,7 @@ Not a test: it prints figures side by side. Run as root on Debian with
 ``coturn``, ``wireguard-go``, ``nebula`` and ``iperf3`` installed::
 
     sudo .venv/bin/python bench/nat/run.py [--cases eim/eim,eim/sym,sym/sym] [--seconds 5]
-        [--forwarders python,native] [--no-upgrade]
+        [--forwarders python,native] [--one-allocation] [--no-upgrade]
 
 The topology is the lab of ``tests/e2e/test_nat_traversal.py`` (a "public"
 switch with coturn, two NAT routers, a node and a container behind each),
@@ -21,6 +21,13 @@ built fresh for every case and removed afterwards. For each NAT case:
 * overlayd only: a relayed peer whose direct path becomes possible (router B
   switches from symmetric to endpoint-independent mapping): seconds until it
   is direct, with no traffic on the tunnel.
+
+A relayed overlayd path says how it relays (the daemons' logs): ``both``
+(each node sends through its own allocation) or ``owner a``/``owner b`` (one
+allocation, that node's, relays the pair). Both nodes have a TURN server, so
+a relayed pair relays ``both`` unless that fails; ``--one-allocation`` adds,
+per case and forwarder, a run in which only node a has one (``owner a``).
+Throughput is given per direction, a->b and b->a.
 """
 
 from __future__ import annotations
@@ -119,37 +126,47 @@ def iperf(
 # -- overlayd ------------------------------------------------------------------
 
 
+def relay_mode(a: Any, b: Any) -> str | None:
+    """How the pair relays, from the daemons' logs: ``both``, ``owner a`` or ``owner b``.
+
+    An overlayd from before both relay does not log it and always relays
+    through the smaller key's allocation.
+    """
+    modes = {a.relay_mode(), b.relay_mode()}
+    if modes == {None}:
+        return "owner a" if a.public_key < b.public_key else "owner b"
+    if modes == {"both"}:
+        return "both"
+    if modes == {"own", "theirs"}:
+        return "owner a" if a.relay_mode() == "own" else "owner b"
+    return "/".join(str(m) for m in (a.relay_mode(), b.relay_mode()))  # not agreed
+
+
 def overlayd_case(
-    nat_a: str, nat_b: str, seconds: float, forwarder: str = "auto"
+    nat_a: str, nat_b: str, seconds: float, forwarder: str = "auto", *, turn_b: bool = True
 ) -> dict[str, Any]:
+    """``turn_b`` False: only node a has a TURN server (it relays the pair alone)."""
     lab = lab_mod.Lab()
     try:
         a, b = lab.build(nat_a, nat_b)
         lab.start_coturn()
         for node in (a, b):
-            node.start(lab.nat_config(forwarder=forwarder))
+            node.start(lab.nat_config(forwarder=forwarder, turn=turn_b or node is a))
             node.setup()
-        for node in (a, b):
-            lab_mod.wait_until(
-                lambda n=node: (
-                    (st := n.status()).nat is not None
-                    and any(c.kind == "relay" for c in st.nat.candidates)
-                ),
-                10,
-                "candidates",
-            )
+        lab_mod.wait_until(a.has_relay_candidate, 10, "a's candidates")
+        lab_mod.wait_until(
+            b.has_relay_candidate if turn_b else lambda: bool(b.status().nat), 10, "b's"
+        )
         t0 = time.monotonic()
         lab.introduce(a, b)
         lab.start_exchange(a, b)
         took = first_ping(a.container_ns, b.container_ip, 15.0, t0)
         time.sleep(0.5)
         path = a.path_of(b)
-        # The relay's owner (the node whose allocation and forwarder carry the
-        # pair): the smaller public key, as overlayd.nat.agent decides.
-        owner = ("a" if a.public_key < b.public_key else "b") if path == "relayed" else None
+        mode = relay_mode(a, b) if path == "relayed" else None
         pids = [n.proc.pid for n in (a, b) if n.proc is not None]
         result = measured(a.container_ns, b.container_ns, b.container_ip, seconds, lab.pub, pids)
-        return {"first_ping_s": took, "path": path, "forwarder": forwarder, "owner": owner,
+        return {"first_ping_s": took, "path": path, "forwarder": forwarder, "mode": mode,
                 **result}  # fmt: skip
     finally:
         lab.close()
@@ -293,10 +310,20 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=5.0, help="iperf3 duration")
     parser.add_argument("--no-nebula", action="store_true")
     parser.add_argument(
+        "--nebula-relay-only",
+        action="store_true",
+        help="run Nebula with its relay only (without, symmetric NATs wait 30 s for no path)",
+    )
+    parser.add_argument(
         "--forwarders",
         default="auto",
         help="comma-separated relay_forwarder values, each run as its own overlayd case "
         "(e.g. python,native to compare them in one run)",
+    )
+    parser.add_argument(
+        "--one-allocation",
+        action="store_true",
+        help="also run each overlayd case with a TURN server on node a only (single owner)",
     )
     parser.add_argument("--no-upgrade", action="store_true", help="skip the relayed -> direct case")
     args = parser.parse_args()
@@ -309,12 +336,21 @@ def main() -> int:
     forwarders = args.forwarders.split(",")
     for case in args.cases.split(","):
         nat_a, nat_b = case.split("/")
+        runs = [(f, True) for f in forwarders]
+        if args.one_allocation:
+            runs += [(f, False) for f in forwarders]
         row: dict[str, Any] = {
             "case": case,
-            "overlayd": [overlayd_case(nat_a, nat_b, args.seconds, f) for f in forwarders],
+            "overlayd": [
+                overlayd_case(nat_a, nat_b, args.seconds, f, turn_b=turn_b) for f, turn_b in runs
+            ],
         }
         if nebula:
-            row["nebula"] = nebula_case(nat_a, nat_b, False, args.seconds)
+            row["nebula"] = (
+                {"first_ping_s": None, "gbit_s": None, "skipped": True}
+                if args.nebula_relay_only
+                else nebula_case(nat_a, nat_b, False, args.seconds)
+            )
             row["nebula_relay"] = nebula_case(nat_a, nat_b, True, args.seconds)
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -324,7 +360,7 @@ def main() -> int:
     print("Gbit/s columns: a->b/b->a")
     print("drops: datagrams the relay host dropped at a full socket buffer, per direction")
     header = (
-        f"{'case':9} {'forwarder':>9} {'owner':>5} {'1st ping':>10} {'path':>8} "
+        f"{'case':9} {'forwarder':>9} {'mode':>7} {'1st ping':>10} {'path':>8} "
         f"{'Gbit/s':>13} {'drops':>11}"
     )
     if nebula:
@@ -335,7 +371,7 @@ def main() -> int:
     for row in rows:
         for index, o in enumerate(row["overlayd"]):
             line = (
-                f"{row['case']:9} {o['forwarder']:>9} {_fmt(o['owner']):>5} "
+                f"{row['case']:9} {o['forwarder']:>9} {_fmt(o['mode']):>7} "
                 f"{_fmt(o['first_ping_s'], ' s'):>10} {_fmt(o['path']):>8} "
                 f"{_fmt(o['gbit_s']):>13} {_fmt(o['relay_drops']):>11}"
             )

@@ -7,6 +7,7 @@ another for WireGuard's port; aioice's TURN client is replaced by a recorder.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -21,11 +22,13 @@ import pytest
 from aioice import stun
 
 from overlayd.nat import native
+from overlayd.nat import turn
 from overlayd.nat.config import TurnServer
+from overlayd.nat.forwarding import KEEPALIVE_MESSAGE
+from overlayd.nat.forwarding import _tune
 from overlayd.nat.turn import RelayedPeer
 from overlayd.nat.turn import TurnRelay
 from overlayd.nat.turn import _Shim
-from overlayd.nat.turn import _tune
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux sockets")
 
@@ -100,8 +103,9 @@ async def bench(request: pytest.FixtureRequest) -> AsyncIterator[Bench]:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setblocking(False)
     _tune(sock, socket.AF_INET)
-    sock.connect(server.getsockname())
+    sock.bind(("127.0.0.1", 0))  # not connected, as TurnRelay.start leaves it
     relay._sock = sock
+    relay._server = server.getsockname()
     relay._control = FakeControl(server.getsockname())  # type: ignore[assignment]
     relay._start_thread()
     b = Bench(relay, server, wg)
@@ -253,6 +257,158 @@ async def test_close_stops_the_thread_and_closes_the_sockets(bench: Bench) -> No
     assert not thread.is_alive()
     assert peer.sock.fileno() == -1
     assert bench.relay._sock is None
+
+
+# -- both relay: the peer sends through its own allocation -------------------------
+
+
+def _data_indication(remote: tuple[str, int], data: bytes) -> bytes:
+    message = stun.Message(message_method=stun.Method.DATA, message_class=stun.Class.INDICATION)
+    message.attributes["XOR-PEER-ADDRESS"] = remote
+    message.attributes["DATA"] = data
+    return bytes(message)
+
+
+async def _both(bench: Bench, peer_relay: socket.socket, key: str = "k1") -> RelayedPeer:
+    """A bound peer in both relay mode whose relayed address is ``peer_relay``'s."""
+    peer = await bench.peer(key=key)
+    bench.relay.set_peer_relay(key, peer_relay.getsockname())
+    data, _ = await asyncio.to_thread(_recv, peer_relay)
+    assert data == KEEPALIVE_MESSAGE  # one at once
+    return peer
+
+
+async def test_datagrams_from_the_peers_relayed_address_reach_wireguard(bench: Bench) -> None:
+    """Not TURN-framed, from the peer's relayed address: handed to WireGuard as they are."""
+    with _udp() as relayed:
+        peer = await _both(bench, relayed)
+        for burst in range(3):
+            sent = [
+                b"%05d" % i + b"r" * (i * 7 % 300) for i in range(burst * 100, burst * 100 + 100)
+            ]
+            for payload in sent:
+                relayed.sendto(payload, bench.client)
+            for payload in sent:
+                assert await asyncio.to_thread(_recv, bench.wg) == (payload, _local(peer))
+        # The first went through Python, which marked the address seen.
+        assert peer.relay_seen
+        await _until(lambda: bench.relay.received == 300)
+        # Equal sizes (one GSO send to WireGuard in the native forwarder).
+        sent = [b"%05d" % i + b"g" * 1195 for i in range(80)]
+        for payload in sent:
+            relayed.sendto(payload, bench.client)
+        for payload in sent:
+            assert await asyncio.to_thread(_recv, bench.wg) == (payload, _local(peer))
+
+
+async def test_both_directions_of_both_relay_and_the_server_in_one_batch(bench: Bench) -> None:
+    """ChannelData out to the server; raw in from the relay, server answers in the same burst."""
+    with _udp() as relayed:
+        peer = await _both(bench, relayed)
+        bench.wg.sendto(b"to the peer", _local(peer))
+        data, source = await asyncio.to_thread(_recv, bench.server)
+        assert data == struct.pack("!HH", CHANNEL, 11) + b"to the peer"
+        assert source == bench.client  # from the TURN socket, to the server
+        answer = stun.Message(message_method=stun.Method.REFRESH, message_class=stun.Class.RESPONSE)
+        relayed.sendto(b"raw 1", bench.client)
+        bench.from_turn(bytes(answer))
+        relayed.sendto(b"raw 2", bench.client)
+        bench.from_turn(struct.pack("!HH", CHANNEL, 3) + b"cd3")
+        got = [(await asyncio.to_thread(_recv, bench.wg))[0] for _ in range(3)]
+        assert sorted(got) == [b"cd3", b"raw 1", b"raw 2"]
+        await _until(lambda: len(bench.control.control) == 1)
+
+
+async def test_other_sources_and_leaving_the_relay_are_not_delivered(bench: Bench) -> None:
+    with _udp() as relayed, _udp() as stranger:
+        peer = await _both(bench, relayed)
+        relayed.sendto(b"seen", bench.client)
+        assert (await asyncio.to_thread(_recv, bench.wg))[0] == b"seen"
+        # Not the server, not a peer's relayed address: dropped, whatever it looks like.
+        stranger.sendto(b"spoof", bench.client)
+        stranger.sendto(struct.pack("!HH", CHANNEL, 5) + b"spoof", bench.client)
+        stranger.sendto(bytes(stun.Message(stun.Method.REFRESH, stun.Class.RESPONSE)), bench.client)
+        # A direct path works: what still comes through the relay is not WireGuard's.
+        relayed.sendto(b"before", bench.client)
+        assert (await asyncio.to_thread(_recv, bench.wg))[0] == b"before"
+        bench.relay.set_inbound("k1", False)
+        await asyncio.sleep(0.05)
+        relayed.sendto(b"late", bench.client)
+        await asyncio.sleep(0.05)
+        bench.relay.set_inbound("k1", True)
+        await asyncio.sleep(0.05)
+        relayed.sendto(b"again", bench.client)
+        data, addr = await asyncio.to_thread(_recv, bench.wg)
+        assert (data, addr) == (b"again", _local(peer))
+        assert bench.control.control == []
+        # No longer in both relay mode: its relayed address is a stranger too.
+        bench.relay.set_peer_relay("k1", None)
+        await asyncio.sleep(0.05)
+        relayed.sendto(b"gone", bench.client)
+        bench.from_turn(struct.pack("!HH", CHANNEL, 4) + b"next")
+        assert (await asyncio.to_thread(_recv, bench.wg))[0] == b"next"
+
+
+async def test_keepalives_are_not_delivered(bench: Bench) -> None:
+    """A peer's keepalive arrives through our allocation: it only tells where the peer is."""
+    with _udp() as relayed:
+        peer = await bench.relay.add_peer("k1", [REMOTE[0]], 1.0)
+        bench.relay.set_peer_relay("k1", relayed.getsockname())
+        assert (await asyncio.to_thread(_recv, relayed))[0] == KEEPALIVE_MESSAGE
+        bench.from_turn(_data_indication(REMOTE, KEEPALIVE_MESSAGE))
+        # Learnt: a channel is bound, and our keepalive goes at once (the peer is ready).
+        await _until(lambda: peer.channel is not None)
+        assert peer.remote == REMOTE and bench.control.bound == [(CHANNEL, REMOTE)]
+        assert (await asyncio.to_thread(_recv, relayed))[0] == KEEPALIVE_MESSAGE
+        bench.from_turn(struct.pack("!HH", CHANNEL, 20) + KEEPALIVE_MESSAGE)
+        bench.from_turn(struct.pack("!HH", CHANNEL, 4) + b"data")
+        data, _ = await asyncio.to_thread(_recv, bench.wg)
+        assert data == b"data"  # the keepalive before it was dropped
+
+
+async def test_wireguards_first_datagram_waits_for_the_peers_address(bench: Bench) -> None:
+    """Sent as soon as the peer's mapping is learnt, not after WireGuard's 5 s retry."""
+    peer = await bench.relay.add_peer("k1", [REMOTE[0]], 1.0)
+    bench.wg.sendto(b"initiation", _local(peer))
+    await _until(lambda: peer.held == b"initiation")
+    bench.from_turn(_data_indication(REMOTE, KEEPALIVE_MESSAGE))
+    data, _ = await asyncio.to_thread(_recv, bench.server)
+    message = stun.parse_message(data)
+    assert message.message_method == stun.Method.SEND
+    assert (message.attributes["XOR-PEER-ADDRESS"], message.attributes["DATA"]) == (
+        REMOTE,
+        b"initiation",
+    )
+    assert peer.held is None
+
+
+async def test_keepalives_slow_down_once_the_peer_answers(
+    bench: Bench, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(turn, "KEEPALIVE_EARLY", 0.05)
+    monkeypatch.setattr(turn, "KEEPALIVE", 0.5)
+    with _udp() as relayed:
+        relayed.settimeout(0.3)
+        peer = await _both(bench, relayed)
+        # Every KEEPALIVE_EARLY while nothing came from the peer's relayed address.
+        for _ in range(3):
+            assert (await asyncio.to_thread(_recv, relayed))[0] == KEEPALIVE_MESSAGE
+        relayed.sendto(b"hello", bench.client)
+        assert (await asyncio.to_thread(_recv, bench.wg))[0] == b"hello"
+        assert peer.relay_seen
+        await asyncio.sleep(0.1)  # one early keepalive may be in flight
+        with contextlib.suppress(TimeoutError):
+            while True:
+                await asyncio.to_thread(_recv, relayed)
+        relayed.settimeout(1.0)
+        # Then every KEEPALIVE.
+        assert (await asyncio.to_thread(_recv, relayed))[0] == KEEPALIVE_MESSAGE
+        # Leaving both relay mode ends them.
+        bench.relay.set_peer_relay("k1", None)
+        await asyncio.sleep(0.01)
+        task = bench.relay._keepalive_task
+        assert task is not None
+        await _until(task.done)
 
 
 # -- building ---------------------------------------------------------------------

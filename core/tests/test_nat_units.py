@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import socket
 import struct
+from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from aioice import stun
@@ -14,7 +19,10 @@ from overlayd.config import load_config
 from overlayd.errors import ConfigError
 from overlayd.keys import generate_private_key
 from overlayd.keys import public_key
+from overlayd.model import Device
 from overlayd.model import NatCandidate
+from overlayd.model import PeerStatus
+from overlayd.nat.agent import NatAgent
 from overlayd.nat.candidates import IpcExchange
 from overlayd.nat.candidates import priority
 from overlayd.nat.candidates import rank
@@ -25,9 +33,11 @@ from overlayd.nat.checks import verify_answer
 from overlayd.nat.config import NatSettings
 from overlayd.nat.config import TurnServer
 from overlayd.nat.config import split_host_port
+from overlayd.nat.peerpath import PeerPath
 from overlayd.nat.rawport import bpf_program
 from overlayd.nat.rawport import udp_checksum
 from overlayd.nat.report import render_nat
+from overlayd.nat.turn import relay_mode
 from overlayd.protocol import NatCandidateInfo
 from overlayd.protocol import NatPeerPathInfo
 from overlayd.protocol import NatStatusInfo
@@ -246,3 +256,164 @@ def test_turn_server_address_default_port() -> None:
         "10.0.0.1",
         3478,
     )
+
+
+# -- relay modes -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ours", [True, False])
+@pytest.mark.parametrize("theirs", [True, False])
+@pytest.mark.parametrize("single", [True, False])
+def test_both_nodes_derive_the_same_relay_mode(ours: bool, theirs: bool, single: bool) -> None:
+    """Each node, from its own side, names the same allocation(s) for the pair."""
+    ka, kb = sorted(["A" * 43 + "=", "B" * 43 + "="])
+    seen_by_a = relay_mode(ours, theirs, ka, kb, single=single)
+    seen_by_b = relay_mode(theirs, ours, kb, ka, single=single)
+    mirror = {"both": "both", "own": "theirs", "theirs": "own", None: None}
+    assert seen_by_b == mirror[seen_by_a]
+    if ours and theirs:
+        # Both have an allocation: each sends through its own unless that failed;
+        # then the smaller key's allocation relays, as when only one has one.
+        assert seen_by_a == ("own" if single else "both")
+    elif ours or theirs:
+        assert seen_by_a == ("own" if ours else "theirs")
+    else:
+        assert seen_by_a is None
+
+
+PEER_RELAYED = "198.51.100.1:50002"
+
+
+class _FakeRelay:
+    """A TurnRelay stand-in: records what the agent asks of the allocation."""
+
+    def __init__(self) -> None:
+        self.relayed = ("198.51.100.1", 50001)
+        self.alive = True
+        self.bound: dict[str, SimpleNamespace] = {}
+
+    def peer(self, key: str) -> SimpleNamespace | None:
+        return self.bound.get(key)
+
+    async def add_peer(self, key: str, permit: list[str], within: float) -> SimpleNamespace:
+        return self.bound.setdefault(
+            key,
+            SimpleNamespace(local_endpoint="127.0.0.1:40001", inbound=True, peer_relay=None),
+        )
+
+    def set_inbound(self, key: str, inbound: bool) -> None:
+        if key in self.bound:
+            self.bound[key].inbound = inbound
+
+    def set_peer_relay(self, key: str, relayed: tuple[str, int] | None) -> None:
+        if key in self.bound:
+            self.bound[key].peer_relay = relayed
+
+    def remove_peer(self, key: str) -> None:
+        self.bound.pop(key, None)
+
+
+class _FakeHooks:
+    """WireGuard that handshakes only where ``works`` says the pair can."""
+
+    def __init__(self, peer_key: str, works: Callable[[str], bool]) -> None:
+        self.peer_key, self.works = peer_key, works
+        self.pointed: list[str] = []
+
+    def nat_set_endpoint(self, device: Device, key: str, endpoint: str, keepalive: int) -> None:
+        self.pointed.append(endpoint)
+
+    def peer_status(self, device: Device) -> list[PeerStatus]:
+        endpoint = self.pointed[-1] if self.pointed else None
+        shook = endpoint is not None and self.works(endpoint)
+        return [
+            PeerStatus(
+                public_key=self.peer_key, endpoint=endpoint, last_handshake_unix_secs=int(shook)
+            )
+        ]
+
+
+def _agent(works: Callable[[_FakeRelay, str], bool], *, smaller: bool) -> tuple[Any, ...]:
+    """A NAT agent with a fake allocation, and a peer that offers a relayed candidate."""
+    ka, kb = _pair()
+    if (ka.public_key < kb.public_key) != smaller:
+        ka, kb = kb, ka
+    relay = _FakeRelay()
+    hooks = _FakeHooks(kb.public_key, lambda endpoint: works(relay, endpoint))
+
+    async def run(fn: Callable[..., Any], *args: Any) -> Any:
+        return fn(*args)
+
+    device = Device(kind="wireguard", name="zl-test", owner="base", driver="fake")
+    agent = NatAgent(
+        NatSettings(punch_timeout=0.5), device, hooks, run, lambda e: None, IpcExchange(), ka,
+        lambda key: 25,
+    )  # fmt: skip
+    agent.relay = relay  # type: ignore[assignment]
+    candidates = (
+        NatCandidate(kind="reflexive", endpoint="203.0.113.9:51820", guessed=True),
+        NatCandidate(kind="relay", endpoint=PEER_RELAYED),
+    )
+    return agent, PeerPath(kb.public_key, candidates=candidates), relay, hooks
+
+
+async def test_both_relay_when_both_have_an_allocation() -> None:
+    agent, peer, relay, hooks = _agent(lambda relay, endpoint: True, smaller=False)
+    assert await agent._prepare_relay(peer)
+    # The keepalives towards the peer's relayed address start beside the checks.
+    assert relay.bound[peer.public_key].peer_relay == ("198.51.100.1", 50002)
+    assert await agent._go_relayed(peer)
+    assert (peer.path, peer.relay_mode) == ("relayed", "both")
+    # WireGuard sends to this node's local endpoint; the peer is reached at its relayed address.
+    assert hooks.pointed[-1] == "127.0.0.1:40001" == peer.wg_endpoint
+    assert peer.endpoint == PEER_RELAYED
+    assert not agent._relay_stale(peer)
+    # A direct path is confirmed: nothing from the relay reaches WireGuard, keepalives stop.
+    agent._leave_relay(peer)
+    assert relay.bound[peer.public_key].inbound is False
+    assert relay.bound[peer.public_key].peer_relay is None
+
+
+@pytest.mark.parametrize("smaller", [True, False], ids=["owner", "not-owner"])
+async def test_both_relay_falls_back_to_one_allocation(smaller: bool) -> None:
+    """The peer relays through one allocation only (an older node, say): so does this one."""
+
+    def works(relay: _FakeRelay, endpoint: str) -> bool:
+        bound = next(iter(relay.bound.values()), None)
+        return bound is None or bound.peer_relay is None  # anything but both relay
+
+    agent, peer, relay, hooks = _agent(works, smaller=smaller)
+    assert await agent._prepare_relay(peer)
+    assert await agent._go_relayed(peer)
+    assert peer.single_relay and peer.path == "relayed"
+    if smaller:  # this node's allocation relays the pair
+        assert peer.relay_mode == "own"
+        assert hooks.pointed[-1] == "127.0.0.1:40001"
+        assert peer.endpoint == "198.51.100.1:50001"
+        assert relay.bound[peer.public_key].peer_relay is None  # no keepalives
+    else:  # the peer's does: WireGuard goes straight to it
+        assert peer.relay_mode == "theirs"
+        assert hooks.pointed[-1] == PEER_RELAYED == peer.endpoint
+        assert peer.public_key not in relay.bound
+    assert not agent._relay_stale(peer)
+    # New candidates: both relay is tried again.
+    agent.exchange.set_peer_candidates(peer.public_key, list(peer.candidates))
+    agent.peers[peer.public_key] = peer
+    agent._loop = asyncio.get_running_loop()
+    agent._on_candidates(peer.public_key)
+    assert not peer.single_relay
+    assert peer.task is not None
+    peer.task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await peer.task
+
+
+async def test_a_relayed_path_follows_the_allocations() -> None:
+    """This node's allocation is lost: the pair relays through the peer's (re-pointed)."""
+    agent, peer, relay, hooks = _agent(lambda relay, endpoint: True, smaller=True)
+    assert await agent._prepare_relay(peer) and await agent._go_relayed(peer)
+    assert peer.relay_mode == "both"
+    relay.alive = False
+    assert agent._relay_stale(peer)
+    assert await agent._go_relayed(peer)
+    assert (peer.relay_mode, hooks.pointed[-1]) == ("theirs", PEER_RELAYED)

@@ -82,6 +82,16 @@ def wait_until(pred: Callable[[], bool], timeout: float, what: str, step: float 
     return time.monotonic() - start
 
 
+#: coturn's relay ports (``min-port``/``max-port`` in :meth:`Lab.start_coturn`).
+RELAY_PORTS = "49160-49400"
+#: The daemon's log line for a relayed path, per mode (overlayd.nat.turn.MODE_TEXT).
+RELAY_MODE_LOG = {
+    "both": "relayed, each node sends through its own allocation",
+    "own": "relayed, through this node's allocation",
+    "theirs": "relayed, through the peer's allocation",
+}
+
+
 def router_rules(kind: str) -> str:
     return f"""
 table ip nat {{
@@ -233,6 +243,13 @@ class Node:
         key = other.public_key
         return next((p.path for p in st.nat.peers if p.public_key == key), None)
 
+    def relay_mode(self) -> str | None:
+        """How the last relayed path the daemon set up runs (its log): both, own, theirs."""
+        text = (self.workdir / "daemon.log").read_text(errors="replace")
+        found = [(text.rfind(line), mode) for mode, line in RELAY_MODE_LOG.items()]
+        at, mode = max(found)
+        return mode if at >= 0 else None
+
     @property
     def public_key(self) -> str:
         key = self.status().public_key
@@ -301,6 +318,13 @@ class Lab:
         run("ip", "netns", "exec", router, "nft", "flush", "ruleset")
         run("ip", "netns", "exec", router, "nft", "-f", "-", stdin=rules)
         run("ip", "netns", "exec", router, "conntrack", "-F", check=False)
+
+    def block(self, side: str, match: str) -> None:
+        """Router ``side`` drops what it would forward that ``match`` matches (nft syntax);
+        flows it already tracks keep their mappings."""
+        router = self.routers[side]
+        run("ip", "netns", "exec", router, "nft", "insert", "rule", "inet", "filter", "forward",
+            *match.split(), "drop")  # fmt: skip
 
     def _wire(self, switch_ns: str, port: str, ns: str, ifname: str, addr: str) -> None:
         run("ip", "link", "add", port, "netns", switch_ns, "type", "veth", "peer",
@@ -424,15 +448,21 @@ def lab() -> Iterator[Lab]:
         the_lab.close()
 
 
-def _bring_up(lab: Lab, nat_a: str | None, nat_b: str | None, **cfg: Any) -> tuple[Node, Node]:
+def _bring_up(
+    lab: Lab, nat_a: str | None, nat_b: str | None, *, turn_b: bool = True, **cfg: Any
+) -> tuple[Node, Node]:
+    """Both nodes up and told about each other; ``turn_b`` False: b has no TURN server."""
     a, b = lab.build(nat_a, nat_b)
     lab.start_coturn()
     for node in (a, b):
-        node.start(lab.nat_config(**cfg))
+        node.start(lab.nat_config(turn=turn_b or node is a, **cfg))
         node.setup()
     # Candidates are gathered when the overlay comes up: wait for the relay.
-    for node in (a, b):
-        wait_until(node.has_relay_candidate, 10, f"{node.name}'s candidates")
+    wait_until(a.has_relay_candidate, 10, "a's candidates")
+    if turn_b:
+        wait_until(b.has_relay_candidate, 10, "b's candidates")
+    else:
+        wait_until(lambda: (n := b.status().nat) is not None and bool(n.candidates), 10, "b's")
     lab.introduce(a, b)
     return a, b
 
@@ -442,15 +472,17 @@ def _paths(a: Node, b: Node) -> tuple[str | None, str | None]:
 
 
 @pytest.mark.parametrize(
-    ("nat_a", "nat_b", "expected"),
+    ("nat_a", "nat_b", "expected", "turn_b"),
     [
-        pytest.param("eim", "eim", "direct", id="both-endpoint-independent-direct"),
-        pytest.param("eim", "sym", "relayed", id="one-symmetric-relayed"),
-        pytest.param("sym", "sym", "relayed", id="both-symmetric-relayed"),
+        pytest.param("eim", "eim", "direct", True, id="both-endpoint-independent-direct"),
+        pytest.param("eim", "sym", "relayed", True, id="one-symmetric-relayed"),
+        pytest.param("sym", "sym", "relayed", True, id="both-symmetric-relayed"),
+        # Only a has an allocation: it relays the pair alone (single owner).
+        pytest.param("eim", "sym", "relayed", False, id="one-allocation-relayed"),
     ],
 )
-def test_nat_path_and_ping(lab: Lab, nat_a: str, nat_b: str, expected: str) -> None:
-    a, b = _bring_up(lab, nat_a, nat_b)
+def test_nat_path_and_ping(lab: Lab, nat_a: str, nat_b: str, expected: str, turn_b: bool) -> None:
+    a, b = _bring_up(lab, nat_a, nat_b, turn_b=turn_b)
     lab.start_exchange(a, b)
     took = lab.first_ping(a, b, FIRST_PING_WITHIN)
     print(f"{nat_a}/{nat_b}: first container ping after {took:.3f} s, path {expected}")
@@ -472,15 +504,47 @@ def test_nat_path_and_ping(lab: Lab, nat_a: str, nat_b: str, expected: str) -> N
             router_wan = f"10.240.0.{10 + other.index}"
             assert all(ev.endpoint.startswith(router_wan) for _, ev in node.events)
     else:
-        # One allocation relays the pair (the smaller key's): both name it.
-        relays = {
-            c.endpoint for n in (a, b) for c in n.status().nat.candidates if c.kind == "relay"
-        }
-        assert a.events[-1][1].endpoint == b.events[-1][1].endpoint
-        assert a.events[-1][1].endpoint in relays
+        relays = {n.name: _relay_endpoint(n) for n in (a, b)}
+        if turn_b:
+            # Both have an allocation: each sends through its own, and names the
+            # peer's relayed address (where the peer's datagrams come from).
+            assert (a.relay_mode(), b.relay_mode()) == ("both", "both")
+            assert a.events[-1][1].endpoint == relays["b"]
+            assert b.events[-1][1].endpoint == relays["a"]
+        else:
+            # Only a's allocation: it relays the pair, and both name it.
+            assert (a.relay_mode(), b.relay_mode()) == ("own", "theirs")
+            assert relays["b"] is None
+            assert a.events[-1][1].endpoint == b.events[-1][1].endpoint == relays["a"]
         # The relay's data plane is the native forwarder (relay_forwarder = "native").
         logs = "".join((n.workdir / "daemon.log").read_text() for n in (a, b))
         assert ": native forwarder" in logs and ": Python forwarder" not in logs
+
+
+def _relay_endpoint(node: Node) -> str | None:
+    nat = node.status().nat
+    assert nat is not None
+    return next((c.endpoint for c in nat.candidates if c.kind == "relay"), None)
+
+
+def test_both_relay_falls_back_to_one_allocation(lab: Lab) -> None:
+    """Both relay cannot work (the owner's router drops what goes to relay ports): one
+    allocation, the owner's, relays the pair instead."""
+    a, b = _bring_up(lab, "sym", "sym")
+    owner, other = (a, b) if a.public_key < b.public_key else (b, a)
+    # The owner's keepalives to the other's relayed address never arrive; the
+    # single-owner scheme sends nothing from the owner's side to a relay port.
+    lab.block(owner.name, f"ip daddr 10.240.0.1 udp dport {RELAY_PORTS}")
+    start = time.monotonic()
+    lab.start_exchange(a, b)
+    wait_until(lambda: _paths(a, b) == ("relayed", "relayed"), 20, "a relayed path")
+    took = time.monotonic() - start
+    print(f"both relay -> one allocation: relayed after {took:.2f} s")
+    assert (owner.relay_mode(), other.relay_mode()) == ("own", "theirs")
+    logs = "".join((n.workdir / "daemon.log").read_text() for n in (a, b))
+    assert logs.count("no handshake with each node sending through its own allocation") == 2
+    wait_until(lambda: a.ping(b.container_ip, wait=0.3), 5, "a ping through the owner", 0.0)
+    assert b.ping(a.container_ip, wait=1)
 
 
 def test_mapping_change_is_relearnt(lab: Lab) -> None:
@@ -508,6 +572,7 @@ def test_relayed_peer_moves_to_direct_when_possible(lab: Lab) -> None:
     a, b = _bring_up(lab, "eim", "sym")
     lab.start_exchange(a, b)
     wait_until(lambda: _paths(a, b) == ("relayed", "relayed"), 10, "a relayed path")
+    assert (a.relay_mode(), b.relay_mode()) == ("both", "both")
     lab.change_router("b", router_rules("eim"))
     took = wait_until(
         lambda: _paths(a, b) == ("direct", "direct"), 2 * REFRESH, "a direct path", 0.1

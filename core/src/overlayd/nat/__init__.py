@@ -12,7 +12,11 @@ The modules, from the bottom up:
 * :mod:`overlayd.nat.stun` -- server-reflexive candidates and the NAT's
   mapping behaviour, from that port;
 * :mod:`overlayd.nat.checks` -- connectivity checks between two nodes' WireGuard ports;
-* :mod:`overlayd.nat.turn` -- a TURN allocation and local UDP relay endpoints;
+* :mod:`overlayd.nat.forwarding` -- the relay's data plane, a forwarding
+  thread (native, :mod:`overlayd.nat.native`, or Python);
+* :mod:`overlayd.nat.turn` -- a TURN allocation, local UDP relay endpoints,
+  keepalives and the relay modes (both relay, single owner);
+* :mod:`overlayd.nat.peerpath` -- what the agent knows about one peer;
 * :mod:`overlayd.nat.agent` -- per-peer path selection, the refresh loop and
   ``nat_endpoint_changed`` events.
 

@@ -17,7 +17,10 @@ change) the agent
    :data:`DIRECT_HEAD_START` and a relay is available, the peer is relayed
    at once (through the allocation of the node with the smaller key, see
    :mod:`overlayd.nat.turn`) while the checks go on for ``punch_timeout``,
-   and moves to the direct path as soon as one answers.
+   and moves to the direct path as soon as one answers. When both nodes have
+   an allocation, each sends through its own ("both relay"); when only one
+   has, or both relay does not confirm, the pair relays through one
+   allocation (see :mod:`overlayd.nat.turn`).
 
 When the endpoint a peer is reached at changes (including WireGuard roaming
 to a new mapping of the peer), ``nat_endpoint_changed`` is emitted.
@@ -34,11 +37,8 @@ import time
 from collections.abc import Awaitable
 from collections.abc import Callable
 from collections.abc import Sequence
-from dataclasses import dataclass
-from dataclasses import field
 from typing import Any
 from typing import Final
-from typing import Literal
 from typing import Protocol
 
 from aioice import stun
@@ -57,10 +57,15 @@ from overlayd.nat.checks import answer
 from overlayd.nat.checks import check_request
 from overlayd.nat.checks import verify_answer
 from overlayd.nat.config import NatSettings
+from overlayd.nat.peerpath import PathKind
+from overlayd.nat.peerpath import PeerPath
 from overlayd.nat.rawport import WgPort
 from overlayd.nat.stun import StunPort
 from overlayd.nat.stun import gather_reflexive
+from overlayd.nat.turn import MODE_TEXT
+from overlayd.nat.turn import RelayMode
 from overlayd.nat.turn import TurnRelay
+from overlayd.nat.turn import relay_mode
 
 __all__ = ["DIRECT_HEAD_START", "NatAgent", "NatHooks", "PathKind", "PeerPath"]
 
@@ -82,7 +87,6 @@ SERVER_TIMEOUT: Final = 2.0
 
 _SERVER_ERRORS: Final = (TimeoutError, OSError, ConnectionError, ValueError, stun.TransactionError)
 
-PathKind = Literal["pending", "direct", "guessed", "relayed"]
 Address = tuple[str, int]
 
 
@@ -101,35 +105,6 @@ class NatHooks(Protocol):
 
 
 Runner = Callable[..., Awaitable[Any]]
-
-
-@dataclass
-class PeerPath:
-    """What the agent knows and decided about one peer."""
-
-    public_key: str
-    candidates: tuple[NatCandidate, ...] = ()
-    path: PathKind = "pending"
-    #: The peer's endpoint as the orchestrator sees it (the relayed address when relayed).
-    endpoint: str | None = None
-    #: What WireGuard is pointed at (the local relay endpoint when relayed).
-    wg_endpoint: str | None = None
-    #: Direct candidates that answered a check: endpoint -> monotonic time.
-    valid: dict[str, float] = field(default_factory=dict)
-    rx_bytes: int = -1
-    quiet_since: float | None = None
-    task: asyncio.Task[None] | None = None
-    #: Monotonic time of the last path change.
-    changed_at: float = 0.0
-    #: Check transactions in flight: transaction id -> candidate endpoint.
-    pending_checks: dict[bytes, str] = field(default_factory=dict)
-    success: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def direct_candidates(self) -> list[NatCandidate]:
-        return [c for c in self.candidates if c.kind != "relay"]
-
-    def relay_candidate(self) -> NatCandidate | None:
-        return next((c for c in self.candidates if c.kind == "relay"), None)
 
 
 class NatAgent:
@@ -262,6 +237,7 @@ class NatAgent:
             "peer %s: candidates %s", public_key, ", ".join(c.endpoint for c in cands) or "none"
         )
         peer.candidates = tuple(cands)
+        peer.single_relay = False
         if peer.task is not None and not peer.task.done():
             # A selection on the old candidates would wait out its timeouts
             # before the new ones are tried: start over now.
@@ -412,20 +388,20 @@ class NatAgent:
 
     def _roamed(self, peer: PeerPath, endpoint: str) -> None:
         relay = self.relay.peer(peer.public_key) if self.relay else None
-        if relay is not None and endpoint == relay.local_endpoint and self.relay is not None:
-            assert self.relay.relayed is not None
-            self._set_path(peer, "relayed", endpoint_of(*self.relay.relayed), endpoint)
-            return
-        theirs = peer.relay_candidate()
-        if theirs is not None and endpoint == theirs.endpoint:
-            self._set_path(peer, "relayed", endpoint, endpoint)
-            return
+        modes: list[RelayMode] = ["theirs"]
+        if relay is not None:
+            modes.insert(0, "both" if relay.peer_relay is not None else "own")
+        for mode in modes:
+            target = self._relay_target(peer, mode)
+            if target is not None and endpoint == target[0]:
+                peer.relay_mode = mode
+                self._set_path(peer, "relayed", target[1], endpoint)
+                return
         kind: PathKind = "direct"
         known = next((c for c in peer.candidates if c.endpoint == endpoint), None)
         if known is not None and known.guessed:
             kind = "guessed"
-        if relay is not None:
-            relay.inbound = False
+        self._leave_relay(peer)
         self._set_path(peer, kind, endpoint, endpoint)
 
     def _set_path(self, peer: PeerPath, kind: PathKind, endpoint: str, wg_endpoint: str) -> None:
@@ -474,7 +450,10 @@ class NatAgent:
             if peer.success.is_set() and await self._go_direct(peer):
                 return
             relay_ok = await relay_task
-            if relay_ok and peer.path != "relayed" and not upgrade:
+            if relay_ok and (
+                (peer.path != "relayed" and not upgrade)
+                or (peer.path == "relayed" and self._relay_stale(peer))
+            ):
                 await self._go_relayed(peer)
             if checker is not None:
                 window = min(UPGRADE_WINDOW, self.settings.punch_timeout) if upgrade else None
@@ -502,36 +481,84 @@ class NatAgent:
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
 
-    def _relay_owner(self, peer: PeerPath) -> str | None:
-        """Whose allocation relays this pair: ``"own"``, ``"theirs"`` or None (no relay).
+    def _relay_mode(self, peer: PeerPath) -> RelayMode | None:
+        """How this pair relays (None: it cannot); the peer derives the same."""
+        return relay_mode(
+            self.relay is not None and self.relay.relayed is not None and self.relay.alive,
+            peer.relay_candidate() is not None,
+            self.keys.public_key,
+            peer.public_key,
+            single=peer.single_relay,
+        )
 
-        Both nodes compute the same answer: the node with the smaller public
-        key among those that offer a relayed candidate.
+    def _relay_target(self, peer: PeerPath, mode: RelayMode) -> tuple[str, str] | None:
+        """Where WireGuard points in ``mode`` and the endpoint shown for the peer."""
+        theirs = peer.relay_candidate()
+        if mode == "theirs":
+            return (theirs.endpoint, theirs.endpoint) if theirs is not None else None
+        relay = self.relay
+        bound = relay.peer(peer.public_key) if relay is not None else None
+        if relay is None or relay.relayed is None or bound is None:
+            return None
+        if mode == "own":
+            return bound.local_endpoint, endpoint_of(*relay.relayed)
+        # Both relay: the peer's datagrams come from its relayed address.
+        return (bound.local_endpoint, theirs.endpoint) if theirs is not None else None
+
+    def _relay_stale(self, peer: PeerPath) -> bool:
+        """Whether a relayed peer's path no longer matches its mode (an allocation came or went).
+
+        A new relayed address of the peer that WireGuard does not point at
+        (both relay) is only shown.
         """
-        ours = self.relay is not None and self.relay.relayed is not None and self.relay.alive
-        theirs = peer.relay_candidate() is not None
-        if ours and (not theirs or self.keys.public_key < peer.public_key):
-            return "own"
-        return "theirs" if theirs else None
+        mode = self._relay_mode(peer)
+        target = self._relay_target(peer, mode) if mode is not None else None
+        if mode != peer.relay_mode or target is None or target[0] != peer.wg_endpoint:
+            return True
+        if target[1] != peer.endpoint:
+            self._set_path(peer, "relayed", target[1], target[0])
+        return False
 
     async def _prepare_relay(self, peer: PeerPath) -> bool:
-        """Make the relayed path ready: permit the peer on our allocation when it is ours."""
-        owner = self._relay_owner(peer)
-        if owner != "own":
-            return owner == "theirs"
+        """Make the relayed path ready: permit the peer on our allocation when it is used.
+
+        In both relay mode the keepalives to the peer's relayed address start
+        here, beside the direct checks, so that the relay is ready when they fail.
+        """
+        mode = self._relay_mode(peer)
+        if mode not in ("both", "own"):
+            return mode == "theirs"
         assert self.relay is not None
         permit = []
         for cand in peer.candidates:
             with contextlib.suppress(ValueError):
                 permit.append(str(parse_endpoint(cand.endpoint)[0]))
         try:
-            bound = await self.relay.add_peer(peer.public_key, permit, SERVER_TIMEOUT)
+            await self.relay.add_peer(peer.public_key, permit, SERVER_TIMEOUT)
         except (*_SERVER_ERRORS, OverlaydError) as exc:
             self._warn(f"cannot relay peer {peer.public_key} through this node's allocation: {exc}")
             return False
+        if mode == "both":
+            self._use_peer_relay(peer)
         if peer.path in ("direct", "guessed"):
-            bound.inbound = False
+            self.relay.set_inbound(peer.public_key, False)
         return True
+
+    def _use_peer_relay(self, peer: PeerPath) -> None:
+        """Both relay: take the peer's datagrams from its relayed address, keep our NAT open."""
+        cand = peer.relay_candidate()
+        if self.relay is None or cand is None:
+            return
+        with contextlib.suppress(ValueError):
+            ip, port = parse_endpoint(cand.endpoint)
+            self.relay.set_peer_relay(peer.public_key, (str(ip), port))
+
+    def _leave_relay(self, peer: PeerPath) -> None:
+        """A direct path works: what still arrives through a relay is not WireGuard's."""
+        peer.relay_mode = None
+        if self.relay is not None:
+            self.relay.set_inbound(peer.public_key, False)
+            self.relay.set_peer_relay(peer.public_key, None)
 
     async def _check_all(
         self, peer: PeerPath, candidates: Sequence[NatCandidate], pace: float
@@ -616,8 +643,7 @@ class NatAgent:
             if await self._confirm(peer, endpoint):
                 cand = ranking.get(endpoint)
                 kind: PathKind = "guessed" if cand is not None and cand.guessed else "direct"
-                if self.relay is not None:
-                    self.relay.set_inbound(peer.public_key, False)
+                self._leave_relay(peer)
                 self._set_path(peer, kind, endpoint, endpoint)
                 return True
             peer.valid.pop(endpoint, None)
@@ -627,24 +653,43 @@ class NatAgent:
         return False
 
     async def _go_relayed(self, peer: PeerPath) -> bool:
-        owner = self._relay_owner(peer)
-        if owner == "own":
-            relay = self.relay.peer(peer.public_key) if self.relay else None
-            if relay is None or self.relay is None or self.relay.relayed is None:
-                return False
-            relay.inbound = True
-            wg_endpoint = relay.local_endpoint
-            shown = endpoint_of(*self.relay.relayed)
-        elif owner == "theirs":
-            cand = peer.relay_candidate()
-            assert cand is not None
-            wg_endpoint = shown = cand.endpoint
-        else:
+        """Relay the pair in the mode both nodes derive; from both relay to one allocation
+        when both relay does not confirm (the peer may relay through one only)."""
+        mode = self._relay_mode(peer)
+        if mode == "both":
+            if await self._relay_via(peer, mode):
+                return True
+            if peer.success.is_set() or self._relay_mode(peer) != "both":
+                return False  # a direct path answered, or the allocations changed
+            log.info(
+                "peer %s: no handshake with each node sending through its own allocation; "
+                "relaying through one",
+                peer.public_key,
+            )
+            peer.single_relay = True
+            mode = self._relay_mode(peer)
+        return mode is not None and await self._relay_via(peer, mode)
+
+    async def _relay_via(self, peer: PeerPath, mode: RelayMode) -> bool:
+        """Point WireGuard at the relayed path of ``mode`` and confirm it with a handshake."""
+        target = self._relay_target(peer, mode)
+        if target is None:
             return False
-        if await self._confirm(peer, wg_endpoint, interrupt=peer.success):
-            self._set_path(peer, "relayed", shown, wg_endpoint)
-            return True
-        return False
+        wg_endpoint, shown = target
+        if self.relay is not None and mode == "theirs":
+            self.relay.remove_peer(peer.public_key)  # left from both relay: not used
+        elif self.relay is not None:
+            self.relay.set_inbound(peer.public_key, True)
+            if mode == "both":
+                self._use_peer_relay(peer)
+            else:  # no keepalives, and the peer's datagrams come through our allocation
+                self.relay.set_peer_relay(peer.public_key, None)
+        if not await self._confirm(peer, wg_endpoint, interrupt=peer.success):
+            return False
+        log.info("peer %s: relayed, %s", peer.public_key, MODE_TEXT[mode])
+        peer.relay_mode = mode
+        self._set_path(peer, "relayed", shown, wg_endpoint)
+        return True
 
     async def _point(self, peer: PeerPath, endpoint: str) -> None:
         await self._run(

@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import ipaddress
 import logging
 import os
 import shutil
+import socket
 import stat
+import struct
 import subprocess
 import sys
 import tempfile
@@ -32,13 +35,16 @@ from pathlib import Path
 from typing import Final
 
 __all__ = [
+    "ADDRESS_SIZE",
     "DEADLINE",
     "PEER",
+    "RAW",
     "TURN",
     "WAKE",
     "NativeUnavailable",
     "cache_dir",
     "load",
+    "sockaddr",
 ]
 
 log = logging.getLogger(__name__)
@@ -50,6 +56,29 @@ DEADLINE: Final = 0
 TURN: Final = 1
 PEER: Final = 2
 WAKE: Final = 3
+RAW: Final = 4
+#: Bytes of one address passed to the C side (a ``struct sockaddr_in`` or ``_in6``).
+ADDRESS_SIZE: Final = 28
+
+
+def sockaddr(family: int, address: tuple[str, int] | None) -> bytes:
+    """``address`` as the C ``struct sockaddr`` of a ``family`` socket, :data:`ADDRESS_SIZE` bytes.
+
+    An IPv4 address for an IPv6 socket is mapped; None, or an IPv6 address for
+    an IPv4 socket, gives zeros (no family: matches no source).
+    """
+    if address is None:
+        return bytes(ADDRESS_SIZE)
+    host, port = address
+    ip = ipaddress.ip_address(host)
+    if family == socket.AF_INET6:
+        packed = ip.packed if ip.version == 6 else b"\0" * 10 + b"\xff\xff" + ip.packed
+        data = struct.pack("=H", family) + struct.pack("!HI", port, 0) + packed
+    elif ip.version == 4:
+        data = struct.pack("=H", family) + struct.pack("!H", port) + ip.packed
+    else:
+        return bytes(ADDRESS_SIZE)
+    return data.ljust(ADDRESS_SIZE, b"\0")
 
 
 class NativeUnavailable(OSError):
@@ -148,7 +177,7 @@ def _bind(path: Path) -> ctypes.CDLL:
     """Load the library and declare its functions (CDLL calls release the GIL)."""
     lib = ctypes.CDLL(str(path))
     c_int, ptr = ctypes.c_int, ctypes.c_void_p
-    lib.ovl_fwd_new.argtypes = [c_int, c_int]
+    lib.ovl_fwd_new.argtypes = [c_int, c_int, ctypes.c_char_p]
     lib.ovl_fwd_new.restype = ptr
     lib.ovl_fwd_free.argtypes = [ptr]
     lib.ovl_fwd_free.restype = None
@@ -157,6 +186,8 @@ def _bind(path: Path) -> ctypes.CDLL:
         c_int,
         ctypes.POINTER(c_int),
         ctypes.POINTER(ctypes.c_uint16),
+        ctypes.POINTER(ctypes.c_uint8),
+        ctypes.c_char_p,
         ctypes.POINTER(ctypes.c_uint8),
     ]
     lib.ovl_fwd_table.restype = c_int

@@ -3,13 +3,20 @@
  * calls ovl_fwd_run() through ctypes, which releases the GIL for the call.
  *
  * One epoll loop over the TURN socket, the relayed peers' local sockets (the
- * endpoints WireGuard sends to) and the wake socket. The fast path stays here:
+ * endpoints WireGuard sends to) and the wake socket. The TURN socket is not
+ * connected (in "both relay" mode the peer's relayed address sends to it as
+ * well as the TURN server), so every send names the server and every receive
+ * gets its source. The fast path stays here:
  *
  *   WireGuard -> TURN: recvmmsg() from a peer's socket into slots with four
  *     bytes of headroom, the ChannelData header written into the headroom, one
- *     sendmmsg() on the TURN socket; no copy.
- *   TURN -> WireGuard: recvmmsg() from the TURN socket, the header checked and
- *     skipped, runs of datagrams for the same peer sent with one sendmmsg().
+ *     sendmmsg() to the TURN server; no copy.
+ *   TURN -> WireGuard: recvmmsg() from the TURN socket; from the server, the
+ *     ChannelData header checked and skipped; from a peer's relayed address
+ *     (the peer sends through its own allocation), the datagram as it is; runs
+ *     of datagrams for the same peer sent with one sendmmsg(). Keepalives
+ *     (STUN Binding indications a peer sends to this node's relayed address,
+ *     which arrive as ChannelData) are dropped here.
  *
  * Runs of equal-sized datagrams for one destination leave as one UDP GSO
  * send (UDP_SEGMENT: one trip through the stack, cut into datagrams at the
@@ -17,16 +24,20 @@
  * checksum offload); then that destination gets one datagram per message.
  *
  * Whatever needs Python is copied into the caller's buffer and returned:
- * a datagram on the TURN socket that is not ChannelData (STUN answers, Data
+ * a datagram from the TURN server that is not ChannelData (STUN answers, Data
  * indications) or is for a channel the table does not know (bound since the
- * table was loaded), a datagram from a peer without a bound channel in the
- * table (it goes out as a Send indication, or as ChannelData if bound since), the wake socket (the peer table changed, or stop),
- * and the deadline (so counters and the stop flag are looked at every so
- * often). A TURN batch cut short by such a datagram is resumed on the next
- * call. The peer table is replaced with ovl_fwd_table(), from the same thread.
+ * table was loaded), the first datagrams from a peer's relayed address (until
+ * the table marks that address as seen), a datagram from a peer without a
+ * bound channel in the table (it goes out as a Send indication, or as
+ * ChannelData if bound since), the wake socket (the peer table changed, or
+ * stop), and the deadline (so counters and the stop flag are looked at every
+ * so often). Datagrams from any other source are dropped. A TURN batch cut
+ * short by such a datagram is resumed on the next call. The peer table is
+ * replaced with ovl_fwd_table(), from the same thread.
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/udp.h>
 #include <poll.h>
@@ -49,25 +60,41 @@
 #define OVL_GSO_BYTES 60000   /* a GSO send is one UDP datagram before it is cut */
 #define OVL_TAG_TURN UINT64_MAX
 #define OVL_TAG_WAKE (UINT64_MAX - 1)
+#define OVL_ADDR 28 /* an address as Python passes it: a struct sockaddr_in or _in6 */
 
 enum {
     OVL_DEADLINE = 0, /* the call's time is up */
     OVL_TURN = 1,     /* a datagram from the TURN socket that is not ChannelData */
     OVL_PEER = 2,     /* a datagram from a peer without a channel (*out_fd says whose) */
     OVL_WAKE = 3,     /* the wake socket is readable (not drained) */
+    OVL_RAW = 4,      /* a datagram from a peer's relayed address not yet seen (*out_fd: whose) */
+};
+
+union ovl_addr {
+    struct sockaddr sa;
+    struct sockaddr_in in4;
+    struct sockaddr_in6 in6;
 };
 
 struct ovl_batch {
     unsigned char *data; /* OVL_BATCH slots of OVL_SLOT bytes */
     struct mmsghdr msg[OVL_BATCH];
     struct iovec iov[OVL_BATCH];
+    union ovl_addr from[OVL_BATCH]; /* sources (filled on the TURN socket only) */
 };
 
 struct ovl_fwd {
     int epfd, turn_fd, wake_fd;
+    union ovl_addr server; /* the TURN server: every TURN send goes there */
+    socklen_t server_len;
     int npeers;
     int *peer_fd;
     uint16_t *peer_channel; /* 0: not bound */
+    /* the peer's relayed address (family 0: none), what arrives from it is
+     * delivered (1), dropped (0), or handed to Python (2: not seen yet) */
+    union ovl_addr *peer_relay;
+    uint8_t *peer_raw;
+    int last_relay; /* the peer whose relayed address matched last */
     /* channel - 0x4000 -> fd of an inbound peer; -2: not delivered; -1: unknown */
     int chan_fd[OVL_CHANNELS];
     struct ovl_batch in_turn, in_peer;
@@ -109,10 +136,32 @@ void ovl_fwd_free(struct ovl_fwd *c)
     free(c->in_peer.data);
     free(c->peer_fd);
     free(c->peer_channel);
+    free(c->peer_relay);
+    free(c->peer_raw);
     free(c);
 }
 
-struct ovl_fwd *ovl_fwd_new(int turn_fd, int wake_fd)
+static socklen_t addr_len(const union ovl_addr *a)
+{
+    return a->sa.sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+}
+
+static int same_addr(const union ovl_addr *a, const union ovl_addr *b)
+{
+    if (a->sa.sa_family != b->sa.sa_family)
+        return 0;
+    if (a->sa.sa_family == AF_INET)
+        return a->in4.sin_port == b->in4.sin_port &&
+               a->in4.sin_addr.s_addr == b->in4.sin_addr.s_addr;
+    if (a->sa.sa_family == AF_INET6)
+        return a->in6.sin6_port == b->in6.sin6_port &&
+               !memcmp(&a->in6.sin6_addr, &b->in6.sin6_addr, sizeof(a->in6.sin6_addr));
+    return 0;
+}
+
+/* turn_fd: the TURN client socket (not connected); server: the TURN server's
+ * address (OVL_ADDR bytes, a struct sockaddr_in or sockaddr_in6). */
+struct ovl_fwd *ovl_fwd_new(int turn_fd, int wake_fd, const unsigned char *server)
 {
     struct ovl_fwd *c = calloc(1, sizeof(*c));
     if (!c)
@@ -121,12 +170,16 @@ struct ovl_fwd *ovl_fwd_new(int turn_fd, int wake_fd)
     c->gso_turn = c->gso_peer = 1;
     c->turn_fd = turn_fd;
     c->wake_fd = wake_fd;
+    memcpy(&c->server, server, OVL_ADDR);
+    c->server_len = addr_len(&c->server);
     for (int i = 0; i < OVL_CHANNELS; i++)
         c->chan_fd[i] = -1;
     if (batch_init(&c->in_turn, 0) < 0 || batch_init(&c->in_peer, 4) < 0) {
         ovl_fwd_free(c);
         return NULL;
     }
+    for (int i = 0; i < OVL_BATCH; i++)
+        c->in_turn.msg[i].msg_hdr.msg_name = &c->in_turn.from[i];
     return c;
 }
 
@@ -136,10 +189,12 @@ static int watch(int epfd, int fd, uint64_t tag)
     return epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev);
 }
 
-/* Replace the peer table: n peers, their fds, channels (0: not bound) and
- * whether what arrives for them is delivered. Returns 0 or -errno. */
+/* Replace the peer table: n peers, their fds, channels (0: not bound),
+ * whether what arrives for them is delivered, their relayed addresses
+ * (n * OVL_ADDR bytes; family 0: none) and what to do with a datagram from
+ * one (raw: 1 deliver, 0 drop, 2 hand to Python). Returns 0 or -errno. */
 int ovl_fwd_table(struct ovl_fwd *c, int n, const int *fds, const uint16_t *channels,
-                  const uint8_t *inbound)
+                  const uint8_t *inbound, const unsigned char *relays, const uint8_t *raw)
 {
     int epfd = epoll_create1(EPOLL_CLOEXEC);
     if (epfd < 0)
@@ -149,11 +204,16 @@ int ovl_fwd_table(struct ovl_fwd *c, int n, const int *fds, const uint16_t *chan
         close(epfd);
         return -err;
     }
-    int *peer_fd = malloc(sizeof(int) * (size_t)(n ? n : 1));
-    uint16_t *peer_channel = malloc(sizeof(uint16_t) * (size_t)(n ? n : 1));
-    if (!peer_fd || !peer_channel) {
+    size_t slots = (size_t)(n ? n : 1);
+    int *peer_fd = malloc(sizeof(int) * slots);
+    uint16_t *peer_channel = malloc(sizeof(uint16_t) * slots);
+    union ovl_addr *peer_relay = calloc(slots, sizeof(union ovl_addr));
+    uint8_t *peer_raw = malloc(slots);
+    if (!peer_fd || !peer_channel || !peer_relay || !peer_raw) {
         free(peer_fd);
         free(peer_channel);
+        free(peer_relay);
+        free(peer_raw);
         close(epfd);
         return -ENOMEM;
     }
@@ -162,6 +222,8 @@ int ovl_fwd_table(struct ovl_fwd *c, int n, const int *fds, const uint16_t *chan
     for (int i = 0; i < n; i++) {
         peer_fd[i] = fds[i];
         peer_channel[i] = channels[i];
+        memcpy(&peer_relay[i], relays + (size_t)i * OVL_ADDR, OVL_ADDR);
+        peer_raw[i] = raw[i];
         watch(epfd, fds[i], (uint64_t)i); /* a socket closed meanwhile is left out */
         unsigned slot = (unsigned)channels[i] - OVL_CHANNEL_MIN;
         if (channels[i] && slot < OVL_CHANNELS)
@@ -171,10 +233,15 @@ int ovl_fwd_table(struct ovl_fwd *c, int n, const int *fds, const uint16_t *chan
         close(c->epfd);
     free(c->peer_fd);
     free(c->peer_channel);
+    free(c->peer_relay);
+    free(c->peer_raw);
     c->epfd = epfd;
     c->npeers = n;
     c->peer_fd = peer_fd;
     c->peer_channel = peer_channel;
+    c->peer_relay = peer_relay;
+    c->peer_raw = peer_raw;
+    c->last_relay = 0;
     return 0;
 }
 
@@ -185,9 +252,10 @@ void ovl_fwd_stats(const struct ovl_fwd *c, uint64_t *out)
     out[2] = c->dropped;
 }
 
-/* Group out_iov[0..n) into messages: a run of equal sizes (the last may be
- * shorter) becomes one GSO message when *gso allows. Returns the count. */
-static int group(struct ovl_fwd *c, int n, int gso)
+/* Group out_iov[0..n) into messages to `to` (NULL: the connected peer): a run
+ * of equal sizes (the last may be shorter) becomes one GSO message when *gso
+ * allows. Returns the count. */
+static int group(struct ovl_fwd *c, int n, int gso, union ovl_addr *to, socklen_t to_len)
 {
     int nmsg = 0;
     for (int k = 0; k < n;) {
@@ -203,6 +271,8 @@ static int group(struct ovl_fwd *c, int n, int gso)
         memset(h, 0, sizeof(*h));
         h->msg_iov = &c->out_iov[k];
         h->msg_iovlen = (size_t)g;
+        h->msg_name = to;
+        h->msg_namelen = to ? to_len : 0;
         if (g > 1) {
             h->msg_control = c->out_cmsg[nmsg].buf;
             h->msg_controllen = sizeof(c->out_cmsg[nmsg].buf);
@@ -219,10 +289,12 @@ static int group(struct ovl_fwd *c, int n, int gso)
     return nmsg;
 }
 
-/* Send out_iov[0..n) on fd; what cannot be sent is counted as dropped. */
+/* Send out_iov[0..n) on fd (to the TURN server when fd is the TURN socket);
+ * what cannot be sent is counted as dropped. */
 static void send_all(struct ovl_fwd *c, int fd, int n, int *gso, uint64_t *done_count)
 {
-    int nmsg = group(c, n, *gso);
+    union ovl_addr *to = fd == c->turn_fd ? &c->server : NULL;
+    int nmsg = group(c, n, *gso, to, c->server_len);
     int done = 0, waited = 0;
     while (done < nmsg) {
         int r = sendmmsg(fd, c->out + done, (unsigned)(nmsg - done), MSG_DONTWAIT);
@@ -246,7 +318,8 @@ static void send_all(struct ovl_fwd *c, int fd, int n, int *gso, uint64_t *done_
             /* GSO refused (EINVAL, EIO, EMSGSIZE...): one datagram each, now and later */
             *gso = 0;
             for (size_t j = 0; j < h->msg_iovlen; j++) {
-                if (send(fd, h->msg_iov[j].iov_base, h->msg_iov[j].iov_len, MSG_DONTWAIT) >= 0)
+                if (sendto(fd, h->msg_iov[j].iov_base, h->msg_iov[j].iov_len, MSG_DONTWAIT,
+                           h->msg_name, h->msg_namelen) >= 0)
                     (*done_count)++;
                 else
                     c->dropped++;
@@ -264,8 +337,32 @@ static void out_add(struct ovl_fwd *c, int i, void *base, size_t len)
     c->out_iov[i].iov_len = len;
 }
 
+/* Whether a payload is a STUN Binding indication (a peer's keepalive; a
+ * WireGuard message never starts with a zero byte). */
+static int keepalive(const unsigned char *d, size_t len)
+{
+    return len >= 20 && d[0] == 0x00 && d[1] == 0x11 && d[4] == 0x21 && d[5] == 0x12 &&
+           d[6] == 0xA4 && d[7] == 0x42;
+}
+
+/* The peer whose relayed address `a` is, or -1. */
+static int relay_peer(struct ovl_fwd *c, const union ovl_addr *a)
+{
+    int last = c->last_relay;
+    if (last < c->npeers && same_addr(&c->peer_relay[last], a))
+        return last;
+    for (int i = 0; i < c->npeers; i++) {
+        if (same_addr(&c->peer_relay[i], a)) {
+            c->last_relay = i;
+            return i;
+        }
+    }
+    return -1;
+}
+
 /* Forward the pending TURN datagrams; stop at one that Python must see. */
-static int turn_pending(struct ovl_fwd *c, unsigned char *buf, size_t cap, int *out_len)
+static int turn_pending(struct ovl_fwd *c, unsigned char *buf, size_t cap, int *out_len,
+                        int *out_fd)
 {
     struct ovl_batch *b = &c->in_turn;
     int run_fd = -1, nout = 0;
@@ -278,19 +375,37 @@ static int turn_pending(struct ovl_fwd *c, unsigned char *buf, size_t cap, int *
             c->pend_next++;
             continue;
         }
-        unsigned channel = len >= 4 ? ((unsigned)d[0] << 8 | d[1]) - OVL_CHANNEL_MIN : 0;
-        int fd = len >= 4 && channel < OVL_CHANNELS ? c->chan_fd[channel] : -1;
-        if (fd != -1) { /* ChannelData for a channel in the table */
-            size_t length = (size_t)d[2] << 8 | d[3];
+        int fd, code = OVL_TURN;
+        unsigned char *payload = d;
+        size_t length = len;
+        if (same_addr(&b->from[i], &c->server)) {
+            unsigned channel = len >= 4 ? ((unsigned)d[0] << 8 | d[1]) - OVL_CHANNEL_MIN : 0;
+            fd = len >= 4 && channel < OVL_CHANNELS ? c->chan_fd[channel] : -1;
+            if (fd != -1) { /* ChannelData for a channel in the table */
+                length = (size_t)d[2] << 8 | d[3];
+                payload = d + 4;
+                if (length > len - 4 || keepalive(payload, length))
+                    fd = -2; /* cut short, or a keepalive: not delivered */
+            }
+        } else {
+            /* not the server: a peer sending through its own allocation */
+            int p = relay_peer(c, &b->from[i]);
+            fd = p < 0 || !c->peer_raw[p] ? -2 : c->peer_raw[p] == 1 ? c->peer_fd[p] : -1;
+            if (fd == -1) {
+                code = OVL_RAW; /* the first from that address: Python marks it seen */
+                *out_fd = c->peer_fd[p];
+            }
+        }
+        if (fd != -1) {
             c->pend_next++;
-            if (fd < 0 || length > len - 4)
-                continue; /* not delivered, or cut short */
+            if (fd < 0)
+                continue;
             if (fd != run_fd && nout) {
                 send_all(c, run_fd, nout, &c->gso_peer, &c->received);
                 nout = 0;
             }
             run_fd = fd;
-            out_add(c, nout++, d + 4, length);
+            out_add(c, nout++, payload, length);
             continue;
         }
         if (nout)
@@ -298,7 +413,7 @@ static int turn_pending(struct ovl_fwd *c, unsigned char *buf, size_t cap, int *
         memcpy(buf, d, len < cap ? len : cap);
         *out_len = (int)len;
         c->pend_next++;
-        return OVL_TURN;
+        return code;
     }
     if (nout)
         send_all(c, run_fd, nout, &c->gso_peer, &c->received);
@@ -351,7 +466,7 @@ int ovl_fwd_run(struct ovl_fwd *c, int timeout_ms, unsigned char *buf, size_t ca
         return -EBADF;
     for (;;) {
         if (c->pend_next < c->pend_count) {
-            int r = turn_pending(c, buf, cap, out_len);
+            int r = turn_pending(c, buf, cap, out_len, out_fd);
             if (r >= 0)
                 return r;
         }
@@ -371,12 +486,14 @@ int ovl_fwd_run(struct ovl_fwd *c, int timeout_ms, unsigned char *buf, size_t ca
             if (tag == OVL_TAG_TURN) {
                 if (c->pend_next < c->pend_count)
                     continue; /* finish the batch in hand first */
+                for (int i = 0; i < OVL_BATCH; i++)
+                    c->in_turn.msg[i].msg_hdr.msg_namelen = sizeof(union ovl_addr);
                 int got = recvmmsg(c->turn_fd, c->in_turn.msg, OVL_BATCH, MSG_DONTWAIT, NULL);
                 if (got <= 0)
                     continue;
                 c->pend_next = 0;
                 c->pend_count = got;
-                int r = turn_pending(c, buf, cap, out_len);
+                int r = turn_pending(c, buf, cap, out_len, out_fd);
                 if (r >= 0)
                     return r;
                 continue;

@@ -1,51 +1,59 @@
 """A TURN allocation (RFC 8656) and the local UDP endpoints that relay WireGuard through it.
 
-When no direct path works, one of the two nodes (the *owner*: the one with
-the smaller public key among those with an allocation) relays through its
-allocation. On the owner, WireGuard is pointed at a local endpoint
-(``127.0.0.1:<port>``, one per relayed peer): what WireGuard sends there is
-wrapped in ChannelData (Send indications until the channel is bound) and
-relayed by the TURN server from the owner's relayed address to the peer;
-what the peer sends to the relayed address arrives as ChannelData or Data
-indications and is handed to WireGuard from the same local endpoint, so
-WireGuard sees one stable address per relayed peer. The other node points
-its WireGuard straight at the owner's relayed address: each packet crosses
-the TURN server once and one relay hop of Python, not two.
+When no direct path works, a pair of nodes relays in one of two modes, which
+both nodes derive from the candidates (:mod:`overlayd.nat.agent`):
 
-The owner permits the peer's candidate IP addresses (RFC 8656 permissions
-are per IP) before the peer sends; the port the peer's NAT uses towards the
-relay is learnt from its first packet, and a channel is bound to it then.
+both relay (both nodes have an allocation)
+   Each direction leaves through the *sender's* allocation, so no data
+   datagram ever enters a relay port from outside (coturn reads its relay
+   ports through a small buffer of its own choosing and drops bursts there,
+   while its listening socket has a large one). Node A sends small
+   keepalives (STUN Binding indications) from its TURN socket straight to B's
+   relayed address RB. That opens A's NAT towards RB (even a symmetric NAT
+   with port-dependent filtering then accepts what comes from RB), and B,
+   which permitted A's addresses, learns A's mapping M_A from the first one
+   (a Data indication) and binds a channel to it. B's WireGuard sends to B's
+   local endpoint for A; B's forwarder wraps it in ChannelData to the TURN
+   server, which sends it from RB to M_A; it reaches A's TURN socket as a
+   plain datagram from RB, and A's forwarder hands it to A's WireGuard from
+   A's local endpoint for B. The other direction is the same with the roles
+   swapped: every node is sender on its own allocation and receiver of what
+   its peers' allocations send to its TURN socket.
+single owner (only one node has an allocation, or both relay did not work)
+   The *owner* (the smaller public key among the nodes with an allocation)
+   relays through its allocation. On the owner, WireGuard is pointed at a
+   local endpoint: what WireGuard sends there is wrapped in ChannelData (Send
+   indications until the channel is bound) and relayed by the TURN server
+   from the owner's relayed address to the peer; what the peer sends to the
+   relayed address arrives as ChannelData or Data indications and is handed to
+   WireGuard from the same local endpoint. The other node points its
+   WireGuard straight at the owner's relayed address.
+
+Either way WireGuard sees one stable local endpoint (``127.0.0.1:<port>``) per
+relayed peer, and each packet crosses the TURN server once and one
+forwarding thread. The node permits the peer's candidate IP addresses (RFC
+8656 permissions are per IP) before the peer sends; the port the peer's NAT
+uses towards the relay is learnt from its first packet, and a channel is
+bound to it then.
 
 The control plane (Allocate with long-term credentials, Refresh,
 ChannelBind, which also installs the permission) is :mod:`aioice.turn`'s
-client, run on the event loop. The data plane is a thread of its own,
-never touching the event loop (aioice's own ``sendto`` starts a task per
-datagram, which a tunnel cannot afford). By default (``relay_forwarder =
-"auto"``) the thread runs the native forwarder (``relay_forwarder.c``,
-:mod:`overlayd.nat.native`): an epoll loop in C that moves ChannelData in
-batches (``recvmmsg``/``sendmmsg``, the 4-byte header written into headroom
-in front of the payload) and returns to Python only for what needs it --
-STUN answers and Data indications on the TURN socket, a peer whose channel
-is not bound yet (Send indications), a changed peer table, stop. Where it
-cannot be built, the same thread forwards in Python with ``recv_into``/``send``
-on one preallocated buffer, one datagram per system call.
+client, run on the event loop, sending to the server by address on the same
+(unconnected) socket as the data plane, the forwarding thread of
+:mod:`overlayd.nat.forwarding`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import ipaddress
 import logging
-import os
 import selectors
 import socket
-import struct
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 from typing import Final
 from typing import Literal
@@ -54,11 +62,15 @@ from aioice import stun
 from aioice import turn
 
 from overlayd.nat import native
-from overlayd.nat.candidates import endpoint_of
 from overlayd.nat.config import TurnServer
+from overlayd.nat.forwarding import KEEPALIVE_MESSAGE
+from overlayd.nat.forwarding import DataPlane
+from overlayd.nat.forwarding import RelayedPeer
+from overlayd.nat.forwarding import _tune
+from overlayd.nat.forwarding import socket_address
 from overlayd.nat.rawport import SocketOpener
 
-__all__ = ["RelayedPeer", "TurnRelay"]
+__all__ = ["KEEPALIVE", "MODE_TEXT", "RelayMode", "RelayedPeer", "TurnRelay", "relay_mode"]
 
 log = logging.getLogger(__name__)
 
@@ -66,47 +78,41 @@ log = logging.getLogger(__name__)
 LIFETIME: Final = 600
 #: Channel bindings last 10 minutes (RFC 8656 §12); rebind well before.
 CHANNEL_REFRESH: Final = 240.0
-SOCKET_BUFFER: Final = 4 * 1024 * 1024
-# Linux values; Python 3.11 does not name them.
-_SO_SNDBUFFORCE: Final = 32
-_SO_RCVBUFFORCE: Final = 33
-_IP_MTU_DISCOVER: Final = 10
-_IPV6_MTU_DISCOVER: Final = 23
-_PMTUDISC_DONT: Final = 0
-
-
-def _tune(sock: socket.socket, family: int) -> None:
-    """Large buffers (a burst must not overflow them) and no DF bit.
-
-    WireGuard's datagrams fill the underlay MTU; ChannelData adds 4 bytes, so
-    the relayed datagram is a little larger than the path MTU. With path MTU
-    discovery on (the UDP default) the kernel refuses to send it
-    (``EMSGSIZE``); with it off the kernel fragments, which NATs and TURN
-    servers reassemble.
-    """
-    for force, plain in ((_SO_SNDBUFFORCE, socket.SO_SNDBUF), (_SO_RCVBUFFORCE, socket.SO_RCVBUF)):
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER)
-        except OSError:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, plain, SOCKET_BUFFER)
-    level, name = (
-        (socket.IPPROTO_IPV6, _IPV6_MTU_DISCOVER)
-        if family == socket.AF_INET6
-        else (socket.IPPROTO_IP, _IP_MTU_DISCOVER)
-    )
-    with contextlib.suppress(OSError):
-        sock.setsockopt(level, name, _PMTUDISC_DONT)
-
-
-_CHANNEL: Final = struct.Struct("!HH")
-#: Low byte of the STUN message type of a Data indication (0x0017).
-_DATA_INDICATION: Final = 0x17
+#: Keepalives to a peer's relayed address ("both relay"): this often once the
+#: peer's datagrams arrive from there (NAT mappings of UDP last 30 s or more),
+KEEPALIVE: Final = 10.0
+#: and this often until they do (the peer may not have permitted us yet).
+KEEPALIVE_EARLY: Final = 0.1
 
 Address = tuple[str, int]
 Forwarder = Literal["auto", "native", "python"]
-#: Largest datagram either side may carry, with a ChannelData header.
-_DATAGRAM: Final = 65536 + 4
+#: How a pair relays: ``both`` (each node sends through its own allocation),
+#: ``own`` or ``theirs`` (one allocation, this node's or the peer's).
+RelayMode = Literal["both", "own", "theirs"]
+#: How the log says it.
+MODE_TEXT: Final[dict[RelayMode, str]] = {
+    "both": "each node sends through its own allocation",
+    "own": "through this node's allocation",
+    "theirs": "through the peer's allocation",
+}
+
+
+def relay_mode(
+    ours: bool, theirs: bool, own_key: str, peer_key: str, *, single: bool = False
+) -> RelayMode | None:
+    """How a pair relays, seen from the node with ``own_key`` (None: it cannot).
+
+    ``ours``/``theirs``: whether this node and the peer have an allocation
+    (offer a relayed candidate). Both nodes derive the same mode from the
+    candidates: ``both`` when each has one, else the allocation of the node
+    with the smaller public key among those that have one; that too when
+    ``single`` (both relay did not confirm).
+    """
+    if ours and theirs and not single:
+        return "both"
+    if ours and (not theirs or own_key < peer_key):
+        return "own"
+    return "theirs" if theirs else None
 
 
 class _Shim:
@@ -138,35 +144,10 @@ class _Control(turn.TurnClientMixin):
 
     def _send(self, data: bytes) -> None:
         with contextlib.suppress(OSError):
-            self._sock.send(data)
+            self._sock.sendto(data, self.server)
 
 
-@dataclass
-class RelayedPeer:
-    """One peer reached through this node's allocation."""
-
-    public_key: str
-    #: Addresses the peer may send from (permissions are per IP address).
-    permitted: frozenset[str]
-    #: The local endpoint WireGuard sends to.
-    sock: socket.socket
-    #: Where the peer's packets reach the relayed address from (learnt from them).
-    remote: Address | None = None
-    #: Channel bound to ``remote``; until then Send indications carry the data.
-    channel: int | None = None
-    #: Deliver what arrives from the peer to WireGuard.
-    inbound: bool = True
-    permitted_at: float = 0.0
-    bound_at: float = 0.0
-    binding: bool = False
-
-    @property
-    def local_endpoint(self) -> str:
-        host, port = self.sock.getsockname()[:2]
-        return endpoint_of(host, port)
-
-
-class TurnRelay:
+class TurnRelay(DataPlane):
     """One allocation on ``server`` and the relayed peers that use it.
 
     :param server: The TURN server and its long-term credentials.
@@ -184,38 +165,19 @@ class TurnRelay:
         wg_port: int,
         forwarder: Forwarder = "auto",
     ) -> None:
+        super().__init__()
         self.server = server
         self.forwarder: Forwarder = forwarder
-        self._lib: ctypes.CDLL | None = None
         self._opener = opener
         self.wg_port = wg_port
         self.relayed: Address | None = None
         self.mapped: Address | None = None
-        self._sock: socket.socket | None = None
         self._control: _Control | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._peers: dict[str, RelayedPeer] = {}
-        self._by_channel: dict[int, RelayedPeer] = {}
-        self._by_fd: dict[int, RelayedPeer] = {}
-        self._by_ip: dict[str, RelayedPeer | None] = {}
         #: Address family WireGuard is reached on through loopback.
         self.wg_family = socket.AF_INET
         self._next_channel = 0x4000
-        self._thread: threading.Thread | None = None
-        self._selector: selectors.BaseSelector | None = None
-        self._wake_r: socket.socket | None = None
-        self._wake_w: socket.socket | None = None
-        self._stop = False
-        #: Bumped whenever what the native forwarder's table holds changes.
-        self._generation = 0
-        #: Local sockets of removed peers, closed by the native forwarding
-        #: thread once it runs with a table (generation) without them.
-        self._retired: list[tuple[int, socket.socket]] = []
-        self._retired_lock = threading.Lock()
-        #: Datagrams moved WireGuard -> TURN and TURN -> WireGuard, and dropped.
-        self.sent = 0
-        self.received = 0
-        self.dropped = 0
+        self._keepalive_task: asyncio.Task[None] | None = None
+        self._keepalive_wake = asyncio.Event()
 
     @property
     def alive(self) -> bool:
@@ -258,8 +220,10 @@ class TurnRelay:
         try:
             sock.setblocking(False)
             _tune(sock, family)
-            sock.connect(address)
+            # Not connected: peers' relayed addresses send to it too ("both relay").
+            sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
             self._sock = sock
+            self._server = socket_address(family, address)
             self._control = _Control(sock, address, self.server.username, self.server.credential)
             self._start_thread()
             relayed = await asyncio.wait_for(self._control.connect(), within)
@@ -286,23 +250,6 @@ class TurnRelay:
         except native.NativeUnavailable as exc:
             if self.forwarder == "native":
                 raise native.NativeUnavailable(f"relay_forwarder = 'native': {exc}") from exc
-
-    def _start_thread(self) -> None:
-        assert self._sock is not None
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
-        if self._lib is None:
-            # DefaultSelector is epoll on Linux; the loop drains every ready socket.
-            self._selector = selectors.DefaultSelector()
-            self._selector.register(self._sock.fileno(), selectors.EVENT_READ)
-            self._selector.register(self._wake_r.fileno(), selectors.EVENT_READ)
-        self._thread = threading.Thread(
-            target=self._forward if self._lib is None else self._forward_native,
-            name=f"overlayd-turn-{self.server.url}",
-            daemon=True,
-        )
-        self._thread.start()
 
     # -- peers ----------------------------------------------------------------
 
@@ -349,29 +296,17 @@ class TurnRelay:
             self._selector.register(local.fileno(), selectors.EVENT_READ)
         return peer
 
-    def _index(self) -> None:
-        """Rebuild the lookup tables the forwarding thread reads (copied, never mutated)."""
-        by_ip: dict[str, RelayedPeer | None] = {}
-        for peer in self._peers.values():
-            for ip in peer.permitted:
-                by_ip[ip] = None if ip in by_ip else peer  # None: shared, ambiguous
-        self._by_ip = by_ip
-        self._by_channel = {p.channel: p for p in self._peers.values() if p.channel is not None}
-        self._by_fd = {p.sock.fileno(): p for p in self._peers.values()}
-        self._changed()
-
-    def _changed(self) -> None:
-        """Make the native forwarder reload its table (the Python one reads the dicts)."""
-        self._generation += 1
-        if self._lib is not None and self._wake_w is not None:
-            with contextlib.suppress(OSError):
-                self._wake_w.send(b"t")
-
     def _learnt(self, peer: RelayedPeer, remote: Address) -> None:
-        """(loop) The peer's packets come from ``remote``: bind a channel to it."""
+        """(loop) The peer's packets come from ``remote``: bind a channel to it.
+
+        In "both relay" mode that is the peer's keepalive: it is now ready
+        for ours, so one goes at once (it learns where this node is from it).
+        """
         if peer.remote != remote or peer.channel is not None or peer.binding:
             return  # another address since, or bound or binding already
         self._index()
+        if peer.peer_relay is not None:
+            self._keepalive(peer)
         if self._loop is not None and not peer.binding:
             peer.binding = True
             self._loop.create_task(self._bind(peer, remote))
@@ -403,6 +338,54 @@ class TurnRelay:
             peer.inbound = inbound
             self._changed()
 
+    def set_peer_relay(self, public_key: str, relayed: Address | None) -> None:
+        """Both relay mode with the peer whose relayed address is ``relayed`` (None: not).
+
+        Datagrams from that address on the TURN socket are the peer's, and
+        keepalives go there: one at once, then every :data:`KEEPALIVE_EARLY`
+        seconds until the peer's datagrams arrive, then every :data:`KEEPALIVE`.
+        """
+        peer = self._peers.get(public_key)
+        if peer is None or peer.peer_relay == relayed:
+            return
+        peer.peer_relay, peer.relay_seen = relayed, False
+        self._index()
+        if relayed is None:
+            return
+        self._keepalive(peer)
+        self._keepalive_wake.set()
+        if self._keepalive_task is None or self._keepalive_task.done():
+            self._keepalive_task = asyncio.get_running_loop().create_task(self._keepalives())
+
+    def _keepalive(self, peer: RelayedPeer) -> None:
+        sock = self._sock
+        if sock is None or peer.peer_relay is None:
+            return
+        peer.keepalive_at = time.monotonic()
+        with contextlib.suppress(OSError, ValueError):
+            sock.sendto(KEEPALIVE_MESSAGE, socket_address(sock.family, peer.peer_relay))
+
+    async def _keepalives(self) -> None:
+        """(loop) Send the keepalives that are due; ends when no peer needs them."""
+        while not self._stop:
+            now = time.monotonic()
+            due: float | None = None
+            for peer in list(self._peers.values()):
+                if peer.peer_relay is None:
+                    continue
+                # An unseen peer is looked at every KEEPALIVE_EARLY (the
+                # forwarding thread marks it seen).
+                every = KEEPALIVE if peer.relay_seen else KEEPALIVE_EARLY
+                if now - peer.keepalive_at >= every:
+                    self._keepalive(peer)
+                left = every - (time.monotonic() - peer.keepalive_at)
+                due = left if due is None else min(due, left)
+            if due is None:
+                return
+            self._keepalive_wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._keepalive_wake.wait(), max(due, 0.01))
+
     def remove_peer(self, public_key: str) -> None:
         peer = self._peers.pop(public_key, None)
         if peer is None:
@@ -423,208 +406,12 @@ class TurnRelay:
     def peers(self) -> list[RelayedPeer]:
         return list(self._peers.values())
 
-    # -- data plane ------------------------------------------------------------
-
-    def _forward(self) -> None:
-        sock = self._sock
-        assert sock is not None
-        turn_fd = sock.fileno()
-        buf = bytearray(65536 + 4)
-        view = memoryview(buf)
-        payload = view[4:]
-        pack_into = _CHANNEL.pack_into
-        recv_into = sock.recv_into
-        send = sock.send
-        selector = self._selector
-        assert selector is not None and self._wake_r is not None
-        wake_fd = self._wake_r.fileno()
-        while not self._stop:
-            try:
-                ready = selector.select(1.0)
-            except (OSError, ValueError):
-                return
-            for key, _ in ready:
-                fd = key.fd
-                if fd == turn_fd:
-                    while True:
-                        try:
-                            n = recv_into(buf)
-                        except (BlockingIOError, InterruptedError):
-                            break
-                        except OSError as exc:
-                            log.debug("TURN socket receive failed: %s", exc)
-                            break
-                        if n >= 4 and buf[0] & 0xC0 == 0x40:
-                            channel, length = _CHANNEL.unpack_from(buf)
-                            peer = self._by_channel.get(channel)
-                            if peer is None or not peer.inbound or length > n - 4:
-                                continue
-                            try:
-                                peer.sock.send(view[4 : 4 + length])
-                                self.received += 1
-                            except OSError:
-                                self.dropped += 1
-                        else:
-                            self._from_turn(bytes(view[:n]))
-                elif fd == wake_fd:
-                    with contextlib.suppress(OSError):
-                        self._wake_r.recv(512)
-                else:
-                    peer = self._by_fd.get(fd)
-                    if peer is None:
-                        continue
-                    local_recv = peer.sock.recv_into
-                    while True:
-                        try:
-                            n = local_recv(payload)
-                        except (BlockingIOError, InterruptedError):
-                            break
-                        except OSError:
-                            break
-                        channel = peer.channel
-                        if channel is None:
-                            self._from_wireguard(peer, bytes(payload[:n]))
-                            continue
-                        try:
-                            pack_into(buf, 0, channel, n)
-                            send(view[: 4 + n])
-                            self.sent += 1
-                        except OSError:
-                            self.dropped += 1
-
-    def _forward_native(self) -> None:
-        """The C forwarder's loop; Python sees only what it returns (see relay_forwarder.c)."""
-        lib, sock, wake = self._lib, self._sock, self._wake_r
-        assert lib is not None and sock is not None and wake is not None
-        ctx = lib.ovl_fwd_new(sock.fileno(), wake.fileno())
-        if not ctx:
-            log.error("the native relay forwarder could not start (out of memory)")
-            return
-        buf = ctypes.create_string_buffer(_DATAGRAM)
-        out_len, out_fd = ctypes.c_int(), ctypes.c_int()
-        stats = (ctypes.c_uint64 * 3)()
-        counted = (0, 0, 0)
-        loaded = -1
-        try:
-            while not self._stop:
-                if loaded != self._generation:
-                    loaded = self._load_table(lib, ctx)
-                code = lib.ovl_fwd_run(
-                    ctx, 1000, buf, _DATAGRAM, ctypes.byref(out_len), ctypes.byref(out_fd)
-                )
-                lib.ovl_fwd_stats(ctx, stats)
-                self.sent += stats[0] - counted[0]
-                self.received += stats[1] - counted[1]
-                self.dropped += stats[2] - counted[2]
-                counted = (stats[0], stats[1], stats[2])
-                n = min(out_len.value, _DATAGRAM)
-                if code == native.TURN:
-                    self._from_turn(buf.raw[:n])
-                elif code == native.PEER:
-                    peer = self._by_fd.get(out_fd.value)
-                    if peer is not None:
-                        self._from_wireguard(peer, buf.raw[:n])
-                elif code == native.WAKE:
-                    with contextlib.suppress(OSError):
-                        wake.recv(4096)
-                elif code < 0:
-                    log.error("the native relay forwarder failed: %s", os.strerror(-code))
-                    return
-        finally:
-            lib.ovl_fwd_free(ctx)
-
-    def _load_table(self, lib: ctypes.CDLL, ctx: int) -> int:
-        """(forwarding thread) Hand the C loop the current peers; close retired sockets."""
-        generation = self._generation
-        peers = list(self._by_fd.items())
-        count = len(peers)
-        fds = (ctypes.c_int * max(count, 1))(*(fd for fd, _ in peers))
-        channels = (ctypes.c_uint16 * max(count, 1))(*(p.channel or 0 for _, p in peers))
-        inbound = (ctypes.c_uint8 * max(count, 1))(*(int(p.inbound) for _, p in peers))
-        err = lib.ovl_fwd_table(ctx, count, fds, channels, inbound)
-        if err < 0:
-            log.warning("the native relay forwarder kept its old peer table: %s", os.strerror(-err))
-            return -1
-        with self._retired_lock:
-            done = [s for g, s in self._retired if g <= generation]
-            self._retired = [(g, s) for g, s in self._retired if g > generation]
-        for retired in done:
-            retired.close()
-        return generation
-
-    def _from_turn(self, data: bytes) -> None:
-        """(forwarding thread) A datagram from the TURN socket that the native loop passed up.
-
-        STUN (answers, Data indications), or ChannelData of a channel bound
-        after the native loop loaded its table.
-        """
-        if len(data) >= 4 and data[0] & 0xC0 == 0x40:
-            channel, length = _CHANNEL.unpack_from(data)
-            peer = self._by_channel.get(channel)
-            if peer is not None and peer.inbound and length <= len(data) - 4:
-                self._deliver(peer, data[4 : 4 + length])
-        elif len(data) >= 20 and data[0] == 0x00 and data[1] == _DATA_INDICATION:
-            self._data_indication(data)
-        else:
-            self._to_control(data)
-
-    def _deliver(self, peer: RelayedPeer, data: bytes) -> None:
-        try:
-            peer.sock.send(data)
-            self.received += 1
-        except OSError:
-            self.dropped += 1
-
-    def _from_wireguard(self, peer: RelayedPeer, data: bytes) -> None:
-        """(forwarding thread) WireGuard's datagram for a peer off the fast path.
-
-        A Send indication while no channel is bound; ChannelData when one was
-        bound after the native loop loaded its table.
-        """
-        sock = self._sock
-        if sock is None or (peer.channel is None and peer.remote is None):
-            self.dropped += 1
-            return
-        try:
-            if peer.channel is not None:
-                sock.send(_CHANNEL.pack(peer.channel, len(data)) + data)
-            else:
-                assert peer.remote is not None
-                sock.send(_send_indication(peer.remote, data))
-            self.sent += 1
-        except OSError:
-            self.dropped += 1
-
     def _to_control(self, data: bytes) -> None:
+        """(forwarding thread) A STUN message from the server for aioice's client."""
         loop, control = self._loop, self._control
         if loop is not None and control is not None:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(control.datagram_received, data, control.server)
-
-    def _data_indication(self, data: bytes) -> None:
-        """A peer sent before its channel is bound: deliver, and bind a channel to it."""
-        try:
-            message = stun.parse_message(data)
-        except ValueError:
-            return
-        peer_address = message.attributes.get("XOR-PEER-ADDRESS")
-        content = message.attributes.get("DATA")
-        if not isinstance(peer_address, tuple) or not isinstance(content, bytes):
-            return
-        remote: Address = (str(peer_address[0]), int(peer_address[1]))
-        peer = self._by_ip.get(remote[0])
-        if peer is None:
-            return  # unknown, or several relayed peers share that address
-        if peer.remote != remote:
-            # Set here, so WireGuard's answer to this very packet finds its way
-            # (as a Send indication); the loop then binds a channel.
-            peer.remote, peer.channel = remote, None
-            self._generation += 1  # the native table loses the channel (same thread)
-            if self._loop is not None:
-                with contextlib.suppress(RuntimeError):
-                    self._loop.call_soon_threadsafe(self._learnt, peer, remote)
-        if peer.inbound:
-            self._deliver(peer, content)
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -636,6 +423,8 @@ class TurnRelay:
                 await asyncio.wait_for(control.delete(), 2.0)
         elif control is not None and control.refresh_task is not None:
             control.refresh_task.cancel()
+        if self._keepalive_task is not None:
+            self._keepalive_task.cancel()
         for key in list(self._peers):
             self.remove_peer(key)
         self._stop = True
@@ -661,15 +450,3 @@ class TurnRelay:
             self._sock.close()
             self._sock = None
         self._control = None
-
-
-def _send_indication(remote: Address, data: bytes) -> bytes:
-    message = stun.Message(message_method=stun.Method.SEND, message_class=stun.Class.INDICATION)
-    message.attributes["XOR-PEER-ADDRESS"] = remote
-    message.attributes["DATA"] = data
-    return bytes(message)
-
-
-def is_stun(data: bytes) -> bool:
-    """Whether ``data`` looks like a STUN message (magic cookie in place)."""
-    return len(data) >= 20 and data[4:8] == struct.pack("!I", stun.COOKIE)
