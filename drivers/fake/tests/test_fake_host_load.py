@@ -1,0 +1,58 @@
+"""Loading the fake host: a folded state file and one with a journal give the same host."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from overlayd.config import EngineConfig
+from overlayd.errors import ConfigError
+from overlayd.testing.nodes import lone_engine
+from overlayd_fake.driver import FakeDriver
+from overlayd_fake.host import HostJournal
+from overlayd_fake.host import journal_path
+
+
+async def test_a_folded_file_and_a_journal_load_the_same_host(
+    engine_config: EngineConfig, tmp_path: Path
+) -> None:
+    state = tmp_path / "host.json"
+    fake = FakeDriver(state_file=state)
+    async with lone_engine(engine_config, [fake], "web") as eng:
+        for pid in range(1, 4):
+            await eng.attach({"platform": "linux_pid", "pid": pid}, "web")
+        await eng.add_peer("B" * 43 + "=", "192.0.2.9:51820", "10.201.0.0/24", 25)
+        fake.kill("linux_pid:2")
+        assert journal_path(state).read_text()  # the changes are in the journal
+        from_journal = HostJournal(state)
+        journalled = from_journal.load()
+        expected = fake.host.to_json()
+    assert journalled.to_json() == expected
+    # The engine's stop folded the journal into the file: the direct parse.
+    assert not journal_path(state).exists() or not journal_path(state).read_text()
+    folded = HostJournal(state)
+    host = folded.load()
+    assert host.to_json() == expected
+    assert host.dead == {"linux_pid:2"} and len(host.attachments) == 3
+    assert folded.saved.keys() == from_journal.saved.keys() == host.flat().keys()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "{not json",
+        '{"attachments": {"x": {"handle": 5}}}',  # JSON, but not an attachment
+        '{"dead": "linux_pid:1"}',
+    ],
+)
+@pytest.mark.parametrize("journalled", [False, True])
+def test_a_bad_state_file_is_a_config_error_naming_it(
+    tmp_path: Path, text: str, journalled: bool
+) -> None:
+    state = tmp_path / "host.json"
+    state.write_text(text)
+    if journalled:  # the journal's replay path, not the folded file's
+        journal_path(state).write_text('{"set": [], "del": []}\n')
+    with pytest.raises(ConfigError, match=f"{state}.* is unreadable"):
+        HostJournal(state).load()
