@@ -19,7 +19,6 @@ import random
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ import pytest
 
 from overlayd.client import Client
 from overlayd.client import RemoteError
+from overlayd.testing.daemon import serve_command
 from overlayd.testing.daemon import setup_lone_node
 from overlayd_fake.driver import FakeDriver
 
@@ -60,7 +60,7 @@ def start_daemon(tmp: Path) -> subprocess.Popen[bytes]:
         )
     log = (tmp / "daemon.log").open("ab")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "overlayd", "serve", "--config", str(config)],
+        serve_command("--config", str(config)),
         stdout=log,
         stderr=subprocess.STDOUT,
     )
