@@ -384,55 +384,67 @@ class NetnsSpawner:
         self._pool.shutdown()
 
 
+def cni_host(stack: contextlib.ExitStack, n: int) -> tuple[str, NetnsSpawner, list[str]]:
+    """A throwaway host namespace, a spawner inside it, and ``n`` container namespaces
+    (all released by ``stack``)."""
+    (host,) = stack.enter_context(namespaces("host", 1))
+    ctrs = stack.enter_context(namespaces("ctr", n))
+    _ip(host, "link", "set", "lo", "up")
+    fd = os.open(f"/run/netns/{host}", os.O_RDONLY | os.O_CLOEXEC)
+    stack.callback(os.close, fd)
+    spawner = NetnsSpawner(fd)
+    stack.callback(spawner.close)
+    return host, spawner, ctrs
+
+
+def bridge_conf(data_dir: Path, masq: bool) -> str:
+    """The reference ``bridge`` plugin's configuration, ``host-local`` IPAM in ``data_dir``."""
+    return json.dumps(
+        {
+            "cniVersion": "1.0.0",
+            "name": "benchnet",
+            "type": "bridge",
+            "bridge": "cnibench0",
+            "isGateway": True,
+            "ipMasq": masq,
+            "mtu": 1420,
+            "ipam": {"type": "host-local", "subnet": "10.77.0.0/16", "dataDir": str(data_dir)},
+        }
+    )
+
+
+def cni_exec(
+    argv: list[str], spawner: NetnsSpawner, command: str, conf: str, cid: str, netns: str
+) -> float:
+    """Exec a CNI plugin in the spawner's namespace as a runtime does; its milliseconds."""
+    env = {
+        "CNI_COMMAND": command,
+        "CNI_CONTAINERID": cid,
+        "CNI_NETNS": netns,
+        "CNI_IFNAME": "eth0",
+        "CNI_PATH": str(Path(argv[0]).parent),
+        "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+    }
+    proc, elapsed = spawner.run(argv, input=conf, env=env, capture_output=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{argv[0]} {command} failed: {proc.stdout} {proc.stderr}")
+    return elapsed
+
+
 def bench_cni(n: int, masq: bool) -> Result:
-    with (
-        namespaces("host", 1) as (host,),
-        namespaces("ctr", n) as ctrs,
-        tempfile.TemporaryDirectory(prefix="ovb-cni-") as tmp,
-    ):
-        _ip(host, "link", "set", "lo", "up")
-        conf = json.dumps(
-            {
-                "cniVersion": "1.0.0",
-                "name": "benchnet",
-                "type": "bridge",
-                "bridge": "cnibench0",
-                "isGateway": True,
-                "ipMasq": masq,
-                "mtu": 1420,
-                "ipam": {
-                    "type": "host-local",
-                    "subnet": "10.77.0.0/16",
-                    "dataDir": str(Path(tmp) / "ipam"),
-                },
-            }
-        )
-        host_fd = os.open(f"/run/netns/{host}", os.O_RDONLY | os.O_CLOEXEC)
-        spawner = NetnsSpawner(host_fd)
-        try:
+    with contextlib.ExitStack() as stack:
+        _, spawner, ctrs = cni_host(stack, n)
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="ovb-cni-"))
+        conf = bridge_conf(Path(tmp) / "ipam", masq)
 
-            def run(command: str, i: int) -> None:
-                env = {
-                    "CNI_COMMAND": command,
-                    "CNI_CONTAINERID": f"bench{i}",
-                    "CNI_NETNS": f"/run/netns/{ctrs[i]}",
-                    "CNI_IFNAME": "eth0",
-                    "CNI_PATH": CNI_DIR,
-                    "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
-                }
-                proc, _ = spawner.run(
-                    [f"{CNI_DIR}/bridge"], input=conf, env=env, capture_output=True
-                )
-                if proc.returncode != 0:
-                    raise RuntimeError(f"CNI {command} failed: {proc.stdout} {proc.stderr}")
+        def run(command: str, i: int) -> None:
+            bridge = [f"{CNI_DIR}/bridge"]
+            cni_exec(bridge, spawner, command, conf, f"bench{i}", f"/run/netns/{ctrs[i]}")
 
-            settle()
-            attach = [_timed(partial(run, "ADD", i)) for i in _track(range(n), "CNI ADDs")]
-            detach = [_timed(partial(run, "DEL", i)) for i in _track(range(n), "CNI DELs")]
-        finally:
-            spawner.close()
-            os.close(host_fd)
-        return Result("cni+masq" if masq else "cni", n, attach, detach)
+        settle()
+        attach = [_timed(partial(run, "ADD", i)) for i in _track(range(n), "CNI ADDs")]
+        detach = [_timed(partial(run, "DEL", i)) for i in _track(range(n), "CNI DELs")]
+    return Result("cni+masq" if masq else "cni", n, attach, detach)
 
 
 # -- raw pyroute2 floor -------------------------------------------------------------

@@ -74,21 +74,6 @@ class Result:
     del_ms: list[float]
 
 
-def _exec(argv: list[str], spawner: Any, command: str, conf: str, cid: str, netns: str) -> float:
-    env = {
-        "CNI_COMMAND": command,
-        "CNI_CONTAINERID": cid,
-        "CNI_NETNS": netns,
-        "CNI_IFNAME": "eth0",
-        "CNI_PATH": str(Path(argv[0]).parent),
-        "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
-    }
-    proc, elapsed = spawner.run(argv, input=conf, env=env, capture_output=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{argv[0]} {command} failed: {proc.stdout} {proc.stderr}")
-    return float(elapsed)
-
-
 @dataclass
 class Setup:
     """One method ready to be timed: its executable, configuration and namespaces."""
@@ -101,50 +86,24 @@ class Setup:
     ctrs: list[str]
 
     def run(self, command: str, i: int) -> float:
-        return _exec(
-            self.argv, self.spawner, command, self.conf, f"bench{i}", f"/run/netns/{self.ctrs[i]}"
+        netns = f"/run/netns/{self.ctrs[i]}"
+        return float(
+            attach_bench.cni_exec(self.argv, self.spawner, command, self.conf, f"bench{i}", netns)
         )
-
-
-def _host(stack: contextlib.ExitStack, n: int) -> tuple[str, Any, list[str]]:
-    """A throwaway host namespace, a spawner inside it, and ``n`` container namespaces."""
-    (host,) = stack.enter_context(attach_bench.namespaces("host", 1))
-    ctrs = stack.enter_context(attach_bench.namespaces("ctr", n))
-    attach_bench._ip(host, "link", "set", "lo", "up")
-    fd = os.open(f"/run/netns/{host}", os.O_RDONLY | os.O_CLOEXEC)
-    stack.callback(os.close, fd)
-    spawner = attach_bench.NetnsSpawner(fd)
-    stack.callback(spawner.close)
-    return host, spawner, ctrs
 
 
 def setup_reference(stack: contextlib.ExitStack, n: int) -> Setup:
     bridge = reference_plugin("bridge")
     if bridge is None or reference_plugin("host-local") is None:
         raise RuntimeError("install containernetworking-plugins (bridge, host-local)")
-    _, spawner, ctrs = _host(stack, n)
+    _, spawner, ctrs = attach_bench.cni_host(stack, n)
     tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="ovb-cni-"))
-    conf = json.dumps(
-        {
-            "cniVersion": "1.0.0",
-            "name": "benchnet",
-            "type": "bridge",
-            "bridge": "cnibench0",
-            "isGateway": True,
-            "ipMasq": False,
-            "mtu": 1420,
-            "ipam": {
-                "type": "host-local",
-                "subnet": "10.77.0.0/16",
-                "dataDir": str(Path(tmp) / "ipam"),
-            },
-        }
-    )
+    conf = attach_bench.bridge_conf(Path(tmp) / "ipam", False)
     return Setup("cni", [bridge], conf, spawner, ctrs)
 
 
 def setup_overlayd(stack: contextlib.ExitStack, n: int, argv: list[str], method: str) -> Setup:
-    host, spawner, ctrs = _host(stack, n)
+    host, spawner, ctrs = attach_bench.cni_host(stack, n)
     tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="ovb-ocni-"))
     stack.enter_context(attach_bench.daemon(host, Path(tmp)))
     conf = json.dumps(

@@ -69,6 +69,7 @@ from overlayd.protocol import ResponseFrame
 from overlayd.protocol import StatusRequest
 from overlayd.protocol import decode_frame
 from overlayd.protocol import encode_frame
+from overlayd.testing.daemon import serve_command
 
 CLUSTER = "10.0.0.0/8"
 SLICE = "10.1.0.0/16"  # the node: its address, the node pool and the service subnets
@@ -133,11 +134,7 @@ def _daemon_env() -> dict[str, str] | None:
 def spawn(root: str) -> subprocess.Popen[bytes]:
     """``overlayd serve --driver fake`` on ``root``'s socket, data dir and config."""
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "overlayd",
-            "serve",
+        serve_command(
             "--driver",
             "fake",
             "--config",
@@ -148,7 +145,7 @@ def spawn(root: str) -> subprocess.Popen[bytes]:
             os.path.join(root, "data"),
             "--log-level",
             "warning",
-        ],
+        ),
         stdout=open(os.path.join(root, "daemon.log"), "ab"),
         stderr=subprocess.STDOUT,
         env=_daemon_env(),

@@ -36,7 +36,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from collections.abc import Iterator
 from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
@@ -136,15 +135,6 @@ class Lab:
         for sock in Path("/var/run/wireguard").glob(f"owgb{SFX}*.sock"):
             sock.unlink(missing_ok=True)
         shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def lab() -> Iterator[Lab]:
-    it = Lab()
-    try:
-        yield it
-    finally:
-        it.close()
 
 
 def make_driver(ns: str, options: dict[str, Any] | None = None) -> WireGuardDriver:
@@ -474,7 +464,7 @@ def main() -> int:
     nebula = shutil.which("nebula") is not None and shutil.which("nebula-cert") is not None
     if not nebula:
         print("nebula is not installed (apt-get install nebula): no Nebula figures")
-    with lab() as it:
+    with contextlib.closing(Lab()) as it:
         if not args.tunnels_only:
             ns = it.netns(f"owgb-{SFX}-p")
             drv = make_driver(ns)

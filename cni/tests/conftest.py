@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -12,6 +15,9 @@ from overlayd_cni.launcher import install
 from overlayd_cni.testing import Daemon
 from overlayd_cni.testing import native_plugin
 from overlayd_cni.testing import plugin_argv
+from overlayd_linux_bridge.testing import Netns
+from overlayd_linux_bridge.testing import link_outside
+from overlayd_linux_bridge.testing import throwaway_netns
 
 #: The executables a runtime may be given: the console script pip writes, the
 #: launcher of ``overlayd-cni install`` and the compiled front end of
@@ -64,3 +70,62 @@ def argv(kind: str, plugin_bin: Path) -> list[str]:
     if not path.exists():
         pytest.skip("no C compiler: the native front end was not built")
     return [str(path)]
+
+
+@dataclass
+class BridgeDaemon:
+    """The daemon (linux_bridge + fake) in a throwaway "host" namespace, that namespace,
+    and an "outside" one linked to it by a veth (the node's own network: the host
+    is 192.168.79.1 there, a client 192.168.79.2)."""
+
+    process: Daemon
+    host: Netns
+    outside: Netns
+    make_netns: Callable[[str], Netns]
+    #: The cluster's overlay, and this node's slice of it.
+    cluster: str = "10.241.0.0/16"
+    slice: str = "10.241.0.0/20"
+
+    @property
+    def socket(self) -> str:
+        return self.process.socket
+
+    @property
+    def workdir(self) -> Path:
+        return self.process.root
+
+    def stop(self) -> None:
+        self.process.stop()
+
+    def log(self) -> str:
+        return self.process.log()
+
+    def call(self, request: dict[str, Any]) -> dict[str, Any]:
+        return self.process.call(request)
+
+    def host_links(self) -> str:
+        return self.host.ip("-o", "link", "show")
+
+
+@pytest.fixture
+def daemon_dns() -> bool:
+    """Whether :func:`daemon` runs overlayd's DNS server (parametrise it to)."""
+    return False
+
+
+@pytest.fixture
+def daemon(tmp_path: Path, daemon_dns: bool) -> Iterator[BridgeDaemon]:
+    """A started :class:`BridgeDaemon` with its global overlay set up (privileged)."""
+    with throwaway_netns() as make:
+        host, outside = make("host"), make("out")
+        host.ip("link", "set", "lo", "up")
+        link_outside(host, outside, "192.168.79.0/24")
+        drivers = ("linux_bridge", "fake")
+        process = Daemon(tmp_path, drivers=drivers, netns=host.name, dns=daemon_dns)
+        daemon = BridgeDaemon(process, host, outside, make)
+        try:
+            process.start()
+            process.setup_global(daemon.cluster, daemon.slice)
+            yield daemon
+        finally:
+            process.stop()

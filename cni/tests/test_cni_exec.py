@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import ipaddress
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -216,79 +219,88 @@ def test_check_reports_a_changed_address(plugin: Plugin, netns: str) -> None:
 # -- bad input: each a spec-shaped error, nothing left behind -----------------------
 
 
+@dataclass(frozen=True)
+class _Call:
+    """One exec of the plugin: the command, its configuration or raw standard
+    input, and the runtime's ``CNI_*`` values (:meth:`Plugin.run`'s keywords)."""
+
+    conf: dict[str, Any]
+    runtime: dict[str, Any]
+    command: str = "ADD"
+    stdin: bytes | None = None
+
+
+def _conf(**changes: Any) -> Callable[[_Call], _Call]:
+    """The call with these configuration fields (``None`` removes one)."""
+    return lambda c: replace(
+        c, conf={k: v for k, v in {**c.conf, **changes}.items() if v is not None}
+    )
+
+
+def _runtime(**changes: str) -> Callable[[_Call], _Call]:
+    """The call with these ``CNI_*`` values (``container``, ``netns``, ``ifname``)."""
+    return lambda c: replace(c, runtime={**c.runtime, **changes})
+
+
 @pytest.mark.parametrize(
-    ("case", "code", "phrases"),
+    ("case", "bad", "code", "phrases"),
     [
-        ("not-json", 6, ("not JSON",)),
-        ("json-list", 6, ("not a JSON object",)),
-        ("unknown-version", 1, ("incompatible CNI version", "0.3.1")),
-        ("no-netns", 4, ("missing environment variables", "CNI_NETNS")),
-        ("no-container", 4, ("CNI_CONTAINERID",)),
-        ("bad-container", 4, ("invalid CNI_CONTAINERID",)),
-        ("bad-ifname", 4, ("invalid CNI_IFNAME", "a/b")),
-        ("relative-netns", 4, ("invalid CNI_NETNS",)),
-        ("bad-command", 4, ("invalid CNI_COMMAND", "FROB")),
-        ("no-name", 7, ("invalid network name",)),
-        ("bad-mode", 7, ("invalid 'mode'",)),
-        ("bad-timeout", 7, ("invalid 'timeout'",)),
-        ("ipam", 2, ("unsupported field 'ipam'", "host-local")),
-        ("ipmasq", 2, ("unsupported field 'ipMasq'", "true")),
-        ("gone-netns", 3, ("does not exist", "/nonexistent/ns")),
-        ("no-daemon", 11, ("overlayd is not reachable", "is the daemon running")),
-        ("service-missing", 100, ("overlayd refused the attach", "setup_service_overlay")),
-        ("bad-service", 100, ("overlayd refused the attach", "service name")),
+        ("not-json", lambda c: replace(c, stdin=b"{cniVersion: 1.0.0"), 6, ("not JSON",)),
+        (
+            "json-list",
+            lambda c: replace(c, stdin=json.dumps([c.conf]).encode()),
+            6,
+            ("not a JSON object",),
+        ),
+        ("unknown-version", _conf(cniVersion="0.3.1"), 1, ("incompatible CNI version", "0.3.1")),
+        ("no-netns", _runtime(netns=""), 4, ("missing environment variables", "CNI_NETNS")),
+        ("no-container", _runtime(container=""), 4, ("CNI_CONTAINERID",)),
+        ("bad-container", _runtime(container="-c1"), 4, ("invalid CNI_CONTAINERID",)),
+        ("bad-ifname", _runtime(ifname="a/b"), 4, ("invalid CNI_IFNAME", "a/b")),
+        ("relative-netns", _runtime(netns="run/netns/x"), 4, ("invalid CNI_NETNS",)),
+        ("bad-command", lambda c: replace(c, command="FROB"), 4, ("invalid CNI_COMMAND", "FROB")),
+        ("no-name", _conf(name=None), 7, ("invalid network name",)),
+        ("bad-mode", _conf(mode="turbo"), 7, ("invalid 'mode'",)),
+        ("bad-timeout", _conf(timeout="soon"), 7, ("invalid 'timeout'",)),
+        (
+            "ipam",
+            _conf(ipam={"type": "host-local", "subnet": "10.9.0.0/24"}),
+            2,
+            ("unsupported field 'ipam'", "host-local"),
+        ),
+        ("ipmasq", _conf(ipMasq=True), 2, ("unsupported field 'ipMasq'", "true")),
+        ("gone-netns", _runtime(netns="/nonexistent/ns"), 3, ("does not exist", "/nonexistent/ns")),
+        (
+            "no-daemon",  # a socket path beside the daemon's, where nothing listens
+            lambda c: replace(c, conf={**c.conf, "socket": c.conf["socket"] + "-gone"}),
+            11,
+            ("overlayd is not reachable", "is the daemon running"),
+        ),
+        (
+            "service-missing",
+            _conf(createService=False),
+            100,
+            ("overlayd refused the attach", "setup_service_overlay"),
+        ),
+        (
+            "bad-service",
+            _conf(service="no such service!"),
+            100,
+            ("overlayd refused the attach", "service name"),
+        ),
     ],
 )
 def test_bad_input_is_a_spec_error_and_changes_nothing(
     plugin: Plugin,
     fake_daemon: Daemon,
     netns: str,
-    workdir: Path,
     case: str,
+    bad: Callable[[_Call], _Call],
     code: int,
     phrases: tuple[str, ...],
 ) -> None:
-    conf: dict[str, Any] = dict(plugin.conf)
-    kwargs: dict[str, Any] = {"container": "c1", "netns": netns}
-    stdin = None
-    command = "ADD"
-    if case == "not-json":
-        stdin = b"{cniVersion: 1.0.0"
-    elif case == "json-list":
-        stdin = json.dumps([conf]).encode()
-    elif case == "unknown-version":
-        conf["cniVersion"] = "0.3.1"
-    elif case == "no-netns":
-        kwargs["netns"] = ""
-    elif case == "no-container":
-        kwargs["container"] = ""
-    elif case == "bad-container":
-        kwargs["container"] = "-c1"
-    elif case == "bad-ifname":
-        kwargs["ifname"] = "a/b"
-    elif case == "relative-netns":
-        kwargs["netns"] = "run/netns/x"
-    elif case == "bad-command":
-        command = "FROB"
-    elif case == "no-name":
-        del conf["name"]
-    elif case == "bad-mode":
-        conf["mode"] = "turbo"
-    elif case == "bad-timeout":
-        conf["timeout"] = "soon"
-    elif case == "ipam":
-        conf["ipam"] = {"type": "host-local", "subnet": "10.9.0.0/24"}
-    elif case == "ipmasq":
-        conf["ipMasq"] = True
-    elif case == "gone-netns":
-        kwargs["netns"] = "/nonexistent/ns"
-    elif case == "no-daemon":
-        conf["socket"] = str(workdir / "no-daemon.sock")
-    elif case == "service-missing":
-        conf["createService"] = False
-    elif case == "bad-service":
-        conf["service"] = "no such service!"
-    out = plugin.run(command, conf=conf, stdin=stdin, **kwargs)
+    call = bad(_Call(dict(plugin.conf), {"container": "c1", "netns": netns}))
+    out = plugin.run(call.command, conf=call.conf, stdin=call.stdin, **call.runtime)
     _error(out, code, *phrases)
     assert fake_daemon.attachments() == []
     assert fake_daemon.leases() == []

@@ -6,7 +6,7 @@ directories), its storage (``vfs``), and the image, imported from a root
 file system holding Debian's ``busybox-static``. Podman itself runs in a
 throwaway "host" namespace (``nsenter --net``, so the namespaces it creates
 under ``/run/netns`` are visible to the daemon), next to the daemon
-(``linux_bridge`` + ``fake``); the conflist chains ``portmap``.
+(``linux_bridge`` + ``fake``, the ``daemon`` fixture); the conflist chains ``portmap``.
 
 What this machine imposes, and how the test copes: its cgroups are in hybrid
 mode with a controller on the v2 hierarchy, which ``crun`` (podman's default
@@ -33,9 +33,9 @@ from pathlib import Path
 import pytest
 
 from overlayd_cni.launcher import install
-from overlayd_cni.testing import Daemon
 from overlayd_linux_bridge.testing import Netns
-from overlayd_linux_bridge.testing import throwaway_netns
+
+from .conftest import BridgeDaemon
 
 pytestmark = [pytest.mark.privileged, pytest.mark.slow]
 
@@ -127,85 +127,74 @@ def outside_dirs() -> Iterator[None]:
             shutil.rmtree(d, ignore_errors=True)
 
 
-def test_podman_runs_containers_on_the_overlay(tmp_path: Path, outside_dirs: None) -> None:
+def test_podman_runs_containers_on_the_overlay(
+    tmp_path: Path, outside_dirs: None, daemon: BridgeDaemon
+) -> None:
     _needs("podman", "runc", "busybox", "nsenter")
     token = secrets.token_hex(8)
-    with throwaway_netns() as make:
-        host, outside = make("phost"), make("pout")
-        host.ip("link", "set", "lo", "up")
-        host.ip("link", "add", "up0", "type", "veth", "peer", "name", "up1", "netns", outside.name)
-        host.ip("addr", "add", "192.168.80.1/24", "dev", "up0")
-        host.ip("link", "set", "up0", "up")
-        outside.ip("addr", "add", "192.168.80.2/24", "dev", "up1")
-        outside.ip("link", "set", "up1", "up")
-        daemon = Daemon(tmp_path / "daemon", drivers=("linux_bridge", "fake"), netns=host.name)
-        daemon.root.mkdir()
-        podman = Podman(tmp_path / "podman", host)
-        try:
-            daemon.start()
-            daemon.setup_global("10.243.0.0/16", "10.243.0.0/20")
-            install(podman.root / "bin")
-            (podman.root / "net.d" / "ovl.conflist").write_text(
-                json.dumps(
-                    {
-                        "cniVersion": "1.0.0",
-                        "name": "ovl",
-                        "plugins": [
-                            {"type": "overlayd-cni", "socket": daemon.socket, "service": "web"},
-                            {"type": "portmap", "capabilities": {"portMappings": True}},
-                        ],
-                    }
-                )
+    podman = Podman(tmp_path / "podman", daemon.host)
+    try:
+        install(podman.root / "bin")
+        (podman.root / "net.d" / "ovl.conflist").write_text(
+            json.dumps(
+                {
+                    "cniVersion": "1.0.0",
+                    "name": "ovl",
+                    "plugins": [
+                        {"type": "overlayd-cni", "socket": daemon.socket, "service": "web"},
+                        {"type": "portmap", "capabilities": {"portMappings": True}},
+                    ],
+                }
             )
-            tar = subprocess.run(
-                ["tar", "-C", str(_image(podman.root, token)), "-c", "."],
-                capture_output=True,
-                check=True,
-            ).stdout
-            subprocess.run(
-                ["podman", "import", "-", "localhost/ovl-busybox:test"],
-                input=tar,
-                env=podman.env,
-                capture_output=True,
-                check=True,
-            )
-            podman.run(
-                *("-d", "--name", "web1", "--network", "ovl", "-p", "18082:8080"),
-                *("localhost/ovl-busybox:test", "httpd", "-f", "-p", "8080", "-h", "/www"),
-            )
-            (att,) = daemon.attachments()
-            web_ip = att["ip"]
-            assert att["handle"]["ifname"] == "eth0" and att["service"] == "web"
-            inspect = json.loads(podman("inspect", "web1"))
-            assert inspect[0]["NetworkSettings"]["Networks"]["ovl"]["IPAddress"] == web_ip
-            # A second container reaches the first across the overlay's bridge...
-            page = ""
-            deadline = time.monotonic() + 20
-            while token not in page and time.monotonic() < deadline:
-                page = podman.run(
-                    *("--rm", "--network", "ovl", "localhost/ovl-busybox:test"),
-                    # (busybox 1.35's wget crashes on -T: no timeout option here)
-                    *("wget", "-q", "-O", "-", f"http://{web_ip}:8080/"),
-                    check=False,
-                )
-            assert token in page
-            # ...and the node's network reaches it through portmap.
-            fetched = subprocess.run(
-                [
-                    *("ip", "netns", "exec", outside.name, "busybox", "wget", "-q"),
-                    *("-O", "-", "http://192.168.80.1:18082/"),
-                ],
-                capture_output=True,
-                timeout=30,
-                text=True,
+        )
+        tar = subprocess.run(
+            ["tar", "-C", str(_image(podman.root, token)), "-c", "."],
+            capture_output=True,
+            check=True,
+        ).stdout
+        subprocess.run(
+            ["podman", "import", "-", "localhost/ovl-busybox:test"],
+            input=tar,
+            env=podman.env,
+            capture_output=True,
+            check=True,
+        )
+        podman.run(
+            *("-d", "--name", "web1", "--network", "ovl", "-p", "18082:8080"),
+            *("localhost/ovl-busybox:test", "httpd", "-f", "-p", "8080", "-h", "/www"),
+        )
+        (att,) = daemon.process.attachments()
+        web_ip = att["ip"]
+        assert att["handle"]["ifname"] == "eth0" and att["service"] == "web"
+        inspect = json.loads(podman("inspect", "web1"))
+        assert inspect[0]["NetworkSettings"]["Networks"]["ovl"]["IPAddress"] == web_ip
+        # A second container reaches the first across the overlay's bridge...
+        page = ""
+        deadline = time.monotonic() + 20
+        while token not in page and time.monotonic() < deadline:
+            page = podman.run(
+                *("--rm", "--network", "ovl", "localhost/ovl-busybox:test"),
+                # (busybox 1.35's wget crashes on -T: no timeout option here)
+                *("wget", "-q", "-O", "-", f"http://{web_ip}:8080/"),
                 check=False,
-            ).stdout
-            assert token in fetched
-            # The one-shot container's DEL ran; removing web1 runs its DEL.
-            assert len(daemon.attachments()) == 1
-            podman("rm", "--force", "--time", "0", "web1")
-            assert daemon.attachments() == []
-            assert daemon.leases() == []
-        finally:
-            podman.cleanup()
-            daemon.stop()
+            )
+        assert token in page
+        # ...and the node's network reaches it through portmap.
+        fetched = subprocess.run(
+            [
+                *("ip", "netns", "exec", daemon.outside.name, "busybox", "wget", "-q"),
+                *("-O", "-", "http://192.168.79.1:18082/"),
+            ],
+            capture_output=True,
+            timeout=30,
+            text=True,
+            check=False,
+        ).stdout
+        assert token in fetched
+        # The one-shot container's DEL ran; removing web1 runs its DEL.
+        assert len(daemon.process.attachments()) == 1
+        podman("rm", "--force", "--time", "0", "web1")
+        assert daemon.process.attachments() == []
+        assert daemon.process.leases() == []
+    finally:
+        podman.cleanup()

@@ -19,75 +19,20 @@ import threading
 import time
 from collections.abc import Callable
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from overlayd_cni.testing import Chain
-from overlayd_cni.testing import Daemon
 from overlayd_cni.testing import Plugin
 from overlayd_cni.testing import reference_plugin
 from overlayd_linux_bridge.testing import Netns
 from overlayd_linux_bridge.testing import ping
-from overlayd_linux_bridge.testing import throwaway_netns
+
+from .conftest import BridgeDaemon
 
 pytestmark = [pytest.mark.privileged, pytest.mark.slow]
-
-CLUSTER = "10.241.0.0/16"
-SLICE = "10.241.0.0/20"
-
-
-@dataclass
-class BridgeDaemon:
-    """The daemon (linux_bridge + fake) in a throwaway host namespace, and that namespace."""
-
-    process: Daemon
-    host: Netns
-    outside: Netns
-    make_netns: Callable[[str], Netns]
-
-    @property
-    def socket(self) -> str:
-        return self.process.socket
-
-    @property
-    def workdir(self) -> Path:
-        return self.process.root
-
-    def stop(self) -> None:
-        self.process.stop()
-
-    def log(self) -> str:
-        return self.process.log()
-
-    def call(self, request: dict[str, Any]) -> dict[str, Any]:
-        return self.process.call(request)
-
-    def host_links(self) -> str:
-        return self.host.ip("-o", "link", "show")
-
-
-@pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[BridgeDaemon]:
-    with throwaway_netns() as make:
-        host, outside = make("host"), make("out")
-        host.ip("link", "set", "lo", "up")
-        # The node's own network: host 192.168.79.1, a client outside at .2.
-        host.ip("link", "add", "up0", "type", "veth", "peer", "name", "up1", "netns", outside.name)
-        host.ip("addr", "add", "192.168.79.1/24", "dev", "up0")
-        host.ip("link", "set", "up0", "up")
-        outside.ip("addr", "add", "192.168.79.2/24", "dev", "up1")
-        outside.ip("link", "set", "up1", "up")
-        outside.ip("link", "set", "lo", "up")
-        process = Daemon(tmp_path, drivers=("linux_bridge", "fake"), netns=host.name)
-        try:
-            process.start()
-            process.setup_global(CLUSTER, SLICE)
-            yield BridgeDaemon(process, host, outside, make)
-        finally:
-            process.stop()
 
 
 @pytest.fixture
@@ -369,39 +314,29 @@ def test_tuning_bandwidth_firewall_accept_our_result(
     assert host_end not in daemon.host_links()
 
 
-def test_the_resolver_in_the_result_answers_for_the_service(tmp_path: Path) -> None:
+@pytest.mark.parametrize("daemon_dns", [True])
+def test_the_resolver_in_the_result_answers_for_the_service(daemon: BridgeDaemon) -> None:
     """With overlayd's DNS server on, the result names it; a real client resolves through it."""
-    with throwaway_netns() as make:
-        host = make("dnshost")
-        host.ip("link", "set", "lo", "up")
-        process = Daemon(tmp_path, drivers=("linux_bridge", "fake"), netns=host.name, dns=True)
-        try:
-            process.start()
-            process.setup_global(CLUSTER, SLICE)
-            plugin = Plugin(process.socket, name="ovl", service="web")
-            ns = make("dnsc")
-            out = plugin.run("ADD", container="ctr-dns", netns=ns.path, netns_exec=host.name)
-            assert out.rc == 0, (out, process.log())
-            dns = out.out["dns"]
-            gateway = out.out["ips"][0]["gateway"]
-            assert dns["nameservers"] == [gateway]
-            assert dns["domain"] == "cni.local" and dns["search"] == ["cni.local"]
-            ip = str(ipaddress.ip_interface(out.out["ips"][0]["address"]).ip)
-            deadline = time.monotonic() + 10
-            answer = ""
-            while ip not in answer and time.monotonic() < deadline:
-                answer = subprocess.run(
-                    [
-                        *("ip", "netns", "exec", ns.name, "dig", "+short", "+time=1"),
-                        *("+tries=1", f"@{gateway}", f"web.{dns['domain']}"),
-                    ],
-                    capture_output=True,
-                    text=True,
-                    check=False,
-                ).stdout
-            assert ip in answer.split(), answer
-        finally:
-            process.stop()
+    ns = daemon.make_netns("dnsc")
+    res = _add(daemon, _plugin(daemon), ns, "ctr-dns")
+    dns = res["dns"]
+    gateway = res["ips"][0]["gateway"]
+    assert dns["nameservers"] == [gateway]
+    assert dns["domain"] == "cni.local" and dns["search"] == ["cni.local"]
+    ip = _ip_of(res)
+    deadline = time.monotonic() + 10
+    answer = ""
+    while ip not in answer and time.monotonic() < deadline:
+        answer = subprocess.run(
+            [
+                *("ip", "netns", "exec", ns.name, "dig", "+short", "+time=1"),
+                *("+tries=1", f"@{gateway}", f"web.{dns['domain']}"),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout
+    assert ip in answer.split(), answer
 
 
 def test_a_second_network_after_bridge_keeps_the_first_default_route(
@@ -444,10 +379,10 @@ def test_a_second_network_after_bridge_keeps_the_first_default_route(
         # and routes only the cluster through it.
         assert res["interfaces"][: len(first.out["interfaces"])] == first.out["interfaces"]
         gw = res["ips"][-1]["gateway"]
-        assert {"dst": CLUSTER, "gw": gw} in res["routes"]
+        assert {"dst": daemon.cluster, "gw": gw} in res["routes"]
         routes = a.ip("route")
         assert "default via 10.78.0.1 dev eth0" in routes, routes
-        assert f"{CLUSTER} via {gw} dev net1" in routes, routes
+        assert f"{daemon.cluster} via {gw} dev net1" in routes, routes
         assert ping(a, _ip_of(peer)) and ping(b, _ip_of(res))
         check = plugin.run(
             "CHECK",

@@ -20,6 +20,7 @@ from overlayd import protocol as p
 from overlayd.client import Client
 from overlayd.client import RemoteError
 from overlayd.testing.daemon import DaemonProcess
+from overlayd.testing.daemon import serve_command
 from overlayd.testing.daemon import setup_node
 from overlayd.testing.daemon import start_daemon
 
@@ -172,11 +173,7 @@ def test_serve_refuses_a_metrics_port_in_use(tmp_path: Path) -> None:
         busy.listen()
         port = busy.getsockname()[1]
         done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "overlayd",
-                "serve",
+            serve_command(
                 "--driver",
                 "fake",
                 "--in-memory",
@@ -185,7 +182,7 @@ def test_serve_refuses_a_metrics_port_in_use(tmp_path: Path) -> None:
                 str(tmp_path / "s.sock"),
                 "--metrics",
                 f"127.0.0.1:{port}",
-            ],
+            ),
             capture_output=True,
             timeout=60,
             check=False,

@@ -17,9 +17,7 @@ from __future__ import annotations
 import os
 import random
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -31,6 +29,7 @@ import pytest
 from overlayd.client import Client
 from overlayd.client import RemoteError
 from overlayd.testing.daemon import setup_lone_node
+from overlayd.testing.daemon import start_daemon
 from overlayd_fake.driver import FakeDriver
 
 pytestmark = pytest.mark.slow
@@ -39,44 +38,18 @@ SERVICE = "web"
 KEYS = ["%s=" % (chr(65 + i) * 43) for i in range(8)]
 
 
-def start_daemon(tmp: Path) -> subprocess.Popen[bytes]:
-    config = tmp / "overlayd.toml"
-    if not config.exists():
-        config.write_text(
-            "\n".join(
-                [
-                    f'socket = "{tmp / "s.sock"}"',
-                    f'data_dir = "{tmp / "data"}"',
-                    "[drivers]",
-                    'enabled = ["fake"]',
-                    "[drivers.fake]",
-                    f'state_file = "{tmp / "fakehost.json"}"',
-                    "[dns]",
-                    "enabled = false",
-                    "[engine]",
-                    "health_interval_secs = 0",
-                ]
-            )
-        )
-    log = (tmp / "daemon.log").open("ab")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "overlayd", "serve", "--config", str(config)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
+def start(tmp: Path) -> subprocess.Popen[bytes]:
+    """The daemon on the fake driver, its host kept in ``tmp`` across restarts.
+
+    (:func:`start_daemon` returns once the socket accepts connections: a killed
+    daemon leaves its socket file behind.)
+    """
+    config = (
+        '[drivers]\nenabled = ["fake"]\n'
+        f'[drivers.fake]\nstate_file = "{tmp / "fakehost.json"}"\n'
+        "[dns]\nenabled = false\n[engine]\nhealth_interval_secs = 0\n"
     )
-    # A killed daemon leaves its socket file behind: wait until the new one
-    # accepts connections, not merely until the path exists.
-    deadline = time.monotonic() + 30
-    while True:
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise AssertionError((tmp / "daemon.log").read_text()[-3000:])
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-            try:
-                probe.connect(str(tmp / "s.sock"))
-            except OSError:
-                time.sleep(0.02)
-                continue
-        return proc
+    return start_daemon(tmp, config).proc
 
 
 @dataclass
@@ -166,7 +139,7 @@ def verify(tmp: Path, outcomes: list[Outcome]) -> None:
 
 def test_sigkill_under_load_loses_nothing_answered(tmp_path: Path) -> None:
     rng = random.Random(int(os.environ.get("OVERLAYD_CRASH_SEED", "7")))
-    proc = start_daemon(tmp_path)
+    proc = start(tmp_path)
     try:
         with Client(str(tmp_path / "s.sock")) as client:
             setup_lone_node(client, "crash")
@@ -197,7 +170,7 @@ def test_sigkill_under_load_loses_nothing_answered(tmp_path: Path) -> None:
             stop.set()
             for t in threads:
                 t.join(timeout=30)
-            proc = start_daemon(tmp_path)
+            proc = start(tmp_path)
             verify(tmp_path, outcomes)
             total = sum(o.answered for o in outcomes)
         assert total >= 200, f"only {total} operations were answered in 6 rounds"

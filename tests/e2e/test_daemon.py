@@ -9,7 +9,6 @@ import signal
 import socket
 import struct
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -29,13 +28,14 @@ from overlayd.testing.daemon import raw_connect
 from overlayd.testing.daemon import recv_frame
 from overlayd.testing.daemon import request_as_nobody
 from overlayd.testing.daemon import running_daemon
+from overlayd.testing.daemon import serve_command
 from overlayd.testing.nodes import lone_node
 
 _HDR = struct.Struct("<I")
 
 
 #: ``overlayd serve`` with the fake driver and no DNS, as these tests run it.
-_SERVE = (sys.executable, "-m", "overlayd", "serve", "--driver", "fake", "--no-dns")
+_SERVE = serve_command("--driver", "fake", "--no-dns")
 
 
 def _serve_cmd(sock: Path, data: Path) -> list[str]:

@@ -8,11 +8,11 @@ Its resolver is the service gateway, where overlayd's DNS server listens.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +21,8 @@ import pytest
 
 from overlayd.client import Client
 from overlayd.testing.daemon import setup_lone_node
+from overlayd.testing.daemon import start_daemon
+from overlayd.testing.daemon import terminate
 
 pytestmark = [
     pytest.mark.privileged,
@@ -50,52 +52,23 @@ def world(tmp_path: Path) -> Iterator[dict[str, object]]:
         ip("-n", host, "link", "set", "lo", "up")
         sleeper = subprocess.Popen(["ip", "netns", "exec", cont, "sleep", "300"])
         procs.append(sleeper)
-        sock = tmp_path / "s.sock"
-        daemon = subprocess.Popen(
-            [
-                "ip",
-                "netns",
-                "exec",
-                host,
-                sys.executable,
-                "-m",
-                "overlayd",
-                "serve",
-                "--driver",
-                "linux_bridge",
-                "--driver",
-                "fake",
-                "--socket",
-                str(sock),
-                "--data-dir",
-                str(tmp_path / "data"),
-            ],
-            stdout=(tmp_path / "daemon.log").open("wb"),
-            stderr=subprocess.STDOUT,
-        )
-        procs.append(daemon)
-        deadline = time.monotonic() + 30
-        while not sock.exists():
-            assert daemon.poll() is None, (tmp_path / "daemon.log").read_text()
-            assert time.monotonic() < deadline, "daemon did not start"
-            time.sleep(0.05)
+        # The built-in DNS server stays on (the default): the test resolves through it.
+        config = '[drivers]\nenabled = ["linux_bridge", "fake"]\n'
+        daemon = start_daemon(tmp_path, config, prefix=("ip", "netns", "exec", host))
+        procs.append(daemon.proc)
         # The sleeper's pid as seen from the root pid namespace (ip netns exec execs).
         yield {
             "host": host,
             "cont": cont,
-            "sock": sock,
+            "sock": daemon.socket,
             "pid": sleeper.pid,
             "etc": etc,
-            "log": tmp_path / "daemon.log",
+            "log": daemon.log,
         }
     finally:
         for proc in reversed(procs):
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            with contextlib.suppress(subprocess.TimeoutExpired):  # killed then
+                terminate(proc, 15)
         shutil.rmtree(etc, ignore_errors=True)
         subprocess.run(["ip", "netns", "del", cont], capture_output=True)
         subprocess.run(["ip", "netns", "del", host], capture_output=True)

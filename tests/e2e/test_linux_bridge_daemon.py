@@ -30,6 +30,7 @@ from overlayd.testing.daemon import DaemonProcess
 from overlayd.testing.daemon import start_daemon
 from overlayd.testing.nodes import lone_node
 from overlayd_linux_bridge.testing import Netns
+from overlayd_linux_bridge.testing import link_outside
 from overlayd_linux_bridge.testing import ping
 from overlayd_linux_bridge.testing import throwaway_netns
 from overlayd_linux_bridge.testing import udp_probe
@@ -201,13 +202,7 @@ def test_containers_on_a_service_talk_and_services_are_separate_segments(
 
 def test_nat_masquerades_outbound_but_not_cluster_traffic(daemon: Daemon, client: Client) -> None:
     outside = daemon.make_netns("up")
-    daemon.host.ip(
-        "link", "add", "upl0", "type", "veth", "peer", "name", "upl1", "netns", outside.name
-    )
-    daemon.host.ip("addr", "add", "192.168.78.1/24", "dev", "upl0")
-    daemon.host.ip("link", "set", "upl0", "up")
-    outside.ip("addr", "add", "192.168.78.2/24", "dev", "upl1")
-    outside.ip("link", "set", "upl1", "up")
+    link_outside(daemon.host, outside, "192.168.78.0/24")
     _setup(client, nat=True)
     client.setup_service_overlay("web")
     client.setup_service_overlay("db")

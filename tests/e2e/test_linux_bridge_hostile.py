@@ -8,6 +8,7 @@ are ``sleep`` processes in namespaces of their own (``unshare --net``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -122,11 +123,8 @@ class Workloads:
 
 @pytest.fixture
 def workloads() -> Iterator[Workloads]:
-    w = Workloads()
-    try:
+    with contextlib.closing(Workloads()) as w:
         yield w
-    finally:
-        w.close()
 
 
 def _eth0(pid: int) -> str | None:

@@ -134,12 +134,6 @@ def _encode(kind: object, key: object, value: Any) -> str:
         ) from exc
 
 
-def _check_disjoint(puts: Mapping[tuple[str, str], Any], deletes: list[tuple[str, str]]) -> None:
-    both = set(puts).intersection(deletes)
-    if both:
-        raise ValueError(f"records {sorted(both)!r} are both put and deleted in one commit")
-
-
 def ensure_private_dir(path: Path, *, tighten: bool = True) -> None:
     """Create ``path`` (and parents) with mode 0700; tighten it if it is ours.
 
@@ -231,11 +225,30 @@ def _private_umask() -> Iterator[None]:
         os.umask(old)
 
 
+class _RecordStore:
+    """What both stores' :meth:`commit` does before its own ``_apply``: the contract's checks."""
+
+    def commit(
+        self,
+        puts: Mapping[tuple[str, str], Any],
+        deletes: Iterable[tuple[str, str]] = (),
+    ) -> None:
+        """Apply puts and deletes atomically (see :meth:`Store.commit`)."""
+        deletes = list(deletes)
+        both = set(puts).intersection(deletes)
+        if both:
+            raise ValueError(f"records {sorted(both)!r} are both put and deleted in one commit")
+        self._apply(puts, deletes)
+
+    def _apply(self, puts: Mapping[tuple[str, str], Any], deletes: list[tuple[str, str]]) -> None:
+        raise NotImplementedError
+
+
 # --------------------------------------------------------------------------- memory
 
 
 @final
-class MemoryStore:
+class MemoryStore(_RecordStore):
     """A :class:`Store` in memory, with the same semantics as :class:`SqliteStore`.
 
     Values are kept as JSON text, so what goes in must be JSON-compatible (as in
@@ -264,14 +277,8 @@ class MemoryStore:
                 if records
             }
 
-    def commit(
-        self,
-        puts: Mapping[tuple[str, str], Any],
-        deletes: Iterable[tuple[str, str]] = (),
-    ) -> None:
-        """Apply puts and deletes atomically (encode everything first)."""
-        deletes = list(deletes)
-        _check_disjoint(puts, deletes)
+    def _apply(self, puts: Mapping[tuple[str, str], Any], deletes: list[tuple[str, str]]) -> None:
+        """Encode everything first, then change the dict."""
         # Encoding every value before touching the dict is what makes this atomic.
         encoded = [(kind, key, _encode(kind, key, v)) for (kind, key), v in puts.items()]
         with self._lock:
@@ -362,7 +369,7 @@ def _corrupt_message(path: Path, exc: BaseException) -> str:
 
 
 @final
-class SqliteStore:
+class SqliteStore(_RecordStore):
     """A :class:`Store` in one SQLite database file.
 
     Durability: WAL mode with ``synchronous=FULL``. In WAL mode ``NORMAL``
@@ -559,14 +566,8 @@ class SqliteStore:
                 raise StateError(_corrupt_message(self.path, exc)) from None
         return out
 
-    def commit(
-        self,
-        puts: Mapping[tuple[str, str], Any],
-        deletes: Iterable[tuple[str, str]] = (),
-    ) -> None:
+    def _apply(self, puts: Mapping[tuple[str, str], Any], deletes: list[tuple[str, str]]) -> None:
         """Apply puts and deletes in one transaction; all or nothing."""
-        deletes = list(deletes)
-        _check_disjoint(puts, deletes)
         if not puts and not deletes:
             return
         # Values are encoded while the transaction is open (the generator below

@@ -101,17 +101,23 @@ static int puts_(struct buf *b, const char *s) { return put(b, s, strlen(s)); }
 
 /* -- fallback: exec the Python plugin ----------------------------------- */
 
-static int write_all(int fd, const char *p, size_t n)
+enum io_kind { IO_READ, IO_WRITE, IO_SEND };
+
+/* Move all n bytes between p and fd: read, write, or send without SIGPIPE (the
+ * daemon may have gone), going on after EINTR; -1 on an error, or when the
+ * stream ends (or takes nothing) before all n went. */
+static int io_all(int fd, enum io_kind kind, char *p, size_t n)
 {
     while (n > 0) {
-        ssize_t w = write(fd, p, n);
-        if (w < 0) {
-            if (errno == EINTR)
-                continue;
+        ssize_t r = kind == IO_READ   ? read(fd, p, n)
+                    : kind == IO_SEND ? send(fd, p, n, MSG_NOSIGNAL)
+                                      : write(fd, p, n);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
             return -1;
-        }
-        p += w;
-        n -= (size_t)w;
+        p += r;
+        n -= (size_t)r;
     }
     return 0;
 }
@@ -132,7 +138,7 @@ static int restore_stdin(void)
         if (fd < 0)
             return -1;
     }
-    if (write_all(fd, input, input_len) != 0)
+    if (io_all(fd, IO_WRITE, input, input_len) != 0)
         return -1;
     if (input_truncated) {
         char chunk[65536];
@@ -142,7 +148,7 @@ static int restore_stdin(void)
                 continue;
             if (r <= 0)
                 break;
-            if (write_all(fd, chunk, (size_t)r) != 0)
+            if (io_all(fd, IO_WRITE, chunk, (size_t)r) != 0)
                 return -1;
         }
     }
@@ -172,7 +178,7 @@ static void fallback(void)
     json_string(&out, details, strlen(details));
     puts_(&out, "}\n");
     if (out.data != NULL)
-        write_all(1, out.data, out.len);
+        io_all(1, IO_WRITE, out.data, out.len);
     exit(1);
 }
 
@@ -427,34 +433,6 @@ static int decode_string(const char *p, const char *e, struct buf *out)
 
 /* -- the daemon ---------------------------------------------------------- */
 
-static int read_all(int fd, char *p, size_t n)
-{
-    while (n > 0) {
-        ssize_t r = read(fd, p, n);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            return -1;
-        p += r;
-        n -= (size_t)r;
-    }
-    return 0;
-}
-
-static int send_all(int fd, const char *p, size_t n)
-{
-    while (n > 0) {
-        ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            return -1;
-        p += w;
-        n -= (size_t)w;
-    }
-    return 0;
-}
-
 /* Connect to the daemon's Unix socket; -1 on any failure. */
 static int connect_daemon(const char *path, double timeout)
 {
@@ -572,16 +550,16 @@ int main(int argc, char **argv)
         req.data[i] = (char)((n >> (8 * i)) & 0xFF); /* little-endian */
 
     int fd = connect_daemon(sock.data, timeout);
-    if (fd < 0 || send_all(fd, req.data, req.len) != 0)
+    if (fd < 0 || io_all(fd, IO_SEND, req.data, req.len) != 0)
         fallback();
 
     /* The response frame (event frames are only sent to subscribers). */
     unsigned char hdr[4];
-    if (read_all(fd, (char *)hdr, 4) != 0)
+    if (io_all(fd, IO_READ, (char *)hdr, 4) != 0)
         fallback();
     uint32_t len = hdr[0] | hdr[1] << 8 | hdr[2] << 16 | (uint32_t)hdr[3] << 24;
     char *body = len <= MAX_FRAME ? malloc((size_t)len + 1) : NULL;
-    if (body == NULL || read_all(fd, body, len) != 0)
+    if (body == NULL || io_all(fd, IO_READ, body, len) != 0)
         fallback();
     close(fd);
     const char *bend = body + len;
@@ -602,8 +580,8 @@ int main(int argc, char **argv)
         (err_at != NULL && decode_string(err_at, bend, &err) != 0) || out_of_memory)
         fallback();
     if (err.len > 0)
-        write_all(2, err.data, err.len);
-    if (out.len > 0 && write_all(1, out.data, out.len) != 0)
+        io_all(2, IO_WRITE, err.data, err.len);
+    if (out.len > 0 && io_all(1, IO_WRITE, out.data, out.len) != 0)
         return 1;
     return (int)code;
 }

@@ -46,6 +46,7 @@ __all__ = [
     "request_as_nobody",
     "running_daemon",
     "send_request",
+    "serve_command",
     "setup_lone_node",
     "setup_node",
     "start_daemon",
@@ -114,6 +115,11 @@ def terminate(proc: subprocess.Popen[Any], timeout: float = 20.0) -> int:
         raise
 
 
+def serve_command(*args: str) -> list[str]:
+    """The command line of ``overlayd serve args...`` under this interpreter."""
+    return [sys.executable, "-m", "overlayd", "serve", *args]
+
+
 def start_daemon(
     root: Path,
     config: str = "",
@@ -142,16 +148,9 @@ def start_daemon(
     log = root / "daemon.log"
     command = [
         *prefix,
-        sys.executable,
-        "-m",
-        "overlayd",
-        "serve",
-        "--config",
-        str(cfg),
-        "--socket",
-        str(sock),
-        "--data-dir",
-        str(root / "data"),
+        *serve_command(
+            "--config", str(cfg), "--socket", str(sock), "--data-dir", str(root / "data")
+        ),
         *args,
     ]
     with log.open("ab") as out:

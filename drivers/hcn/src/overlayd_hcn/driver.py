@@ -28,6 +28,7 @@ Which segments use which network is kept in ``{data_dir}/hcn-segments.json``
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import logging
@@ -35,6 +36,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from collections.abc import Iterator
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -176,6 +178,14 @@ class HcnDriver(AttachHooks):
             sleep=self._sleep,
         )
 
+    @contextlib.contextmanager
+    def _device_errors(self, doing: str, op: str) -> Iterator[None]:
+        """An HCN failure in the block as a ``DeviceError``: cannot <doing>: <the failure>."""
+        try:
+            yield
+        except HcnError as exc:
+            raise DeviceError(f"cannot {doing}: {exc}", op=op, driver=self.name) from exc
+
     def _marker_path(self) -> Path | None:
         return marker_file.marker_path(self._data_dir) if self._data_dir is not None else None
 
@@ -300,20 +310,15 @@ class HcnDriver(AttachHooks):
                 op="device_create",
                 driver=self.name,
             )
+        what = f"create or adopt the HCN network for {spec.owner} ({spec.name})"
         with self._lock:
-            try:
+            with self._device_errors(what, "device_create"):
                 if mode == "dedicated":
                     network, owner = self._ensure_dedicated(spec)
                     role = _ROLE_DEDICATED
                 else:
                     network, owner = self._ensure_base(spec)
                     role = _ROLE_BASE
-            except HcnError as exc:
-                raise DeviceError(
-                    f"cannot create or adopt the HCN network for {spec.owner} ({spec.name}): {exc}",
-                    op="device_create",
-                    driver=self.name,
-                ) from exc
             entry = self._marker.get(owner)
             assert entry is not None
             device = spec.as_device(
@@ -557,34 +562,25 @@ class HcnDriver(AttachHooks):
     def _delete_network(self, network: UUID) -> bool:
         """Delete our endpoints (and namespaces) on ``network``, then the network."""
         api = self.hcn()
-        try:
-            for endpoint in api.enumerate_endpoints(HostComputeQuery.filtered(network=network)):
-                self._delete_endpoint_and_namespace(endpoint, None)
-            self._retry(
-                lambda: api.delete_network(network),
-                retry_if=in_use,
-                what=f"deleting HCN network {network}",
-            )
-        except HcnNotFoundError:
-            return False
-        except HcnError as exc:
-            raise DeviceError(
-                f"cannot delete HCN network {network}: {exc}",
-                op="device_delete",
-                driver=self.name,
-            ) from exc
+        with self._device_errors(f"delete HCN network {network}", "device_delete"):
+            try:
+                for endpoint in api.enumerate_endpoints(HostComputeQuery.filtered(network=network)):
+                    self._delete_endpoint_and_namespace(endpoint, None)
+                self._retry(
+                    lambda: api.delete_network(network),
+                    retry_if=in_use,
+                    what=f"deleting HCN network {network}",
+                )
+            except HcnNotFoundError:
+                return False
         return True
 
     @hookimpl
     def overlayd_device_list(self, kind: str) -> list[Device]:
         if kind != DeviceKind.HCN_NETWORK:
             return []
-        try:
+        with self._device_errors("list HCN networks", "device_list"):
             existing = set(self.hcn().enumerate_networks())
-        except HcnError as exc:
-            raise DeviceError(
-                f"cannot list HCN networks: {exc}", op="device_list", driver=self.name
-            ) from exc
         with self._lock:
             return [d for d in self._segments.values() if d.id and UUID(d.id) in existing]
 

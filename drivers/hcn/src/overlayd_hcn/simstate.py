@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
-import tempfile
 import threading
 import time
 import uuid
@@ -30,6 +28,7 @@ from pydantic import TypeAdapter
 from pydantic import ValidationError
 
 from overlayd.errors import StateError
+from overlayd.state import write_file_atomic
 from overlayd_hcn._hcn_ctypes import HCN_FUNCTIONS
 from overlayd_hcn.errors import E_HANDLE
 from overlayd_hcn.errors import E_INVALIDARG
@@ -458,21 +457,7 @@ class ServiceState:
         }
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{STATE_FILE}.", dir=path.parent)
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                    json.dump(payload, handle, separators=(",", ":"))
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                Path(tmp).replace(path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
-            dir_fd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            write_file_atomic(path, json.dumps(payload, separators=(",", ":")).encode())
         except OSError as exc:
             raise StateError(
                 f"The HCN simulator could not write {path} ({exc}); check that the "

@@ -39,6 +39,7 @@ import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+from typing import TypeVar
 from uuid import UUID
 
 from pydantic import TypeAdapter
@@ -86,6 +87,9 @@ from overlayd_hcn.simstate import _IpAddress
 from overlayd_hcn.simstate import _IpNetwork
 
 __all__ = ["STATE_FILE", "HcnCall", "SimulatedHcn", "SimulatedService"]
+
+#: The documents whose policies HcnModify* changes.
+_Doc = TypeVar("_Doc", HostComputeNetwork, HostComputeEndpoint)
 
 
 class SimulatedService(ServiceState):
@@ -163,19 +167,34 @@ class SimulatedService(ServiceState):
 
     def modify_network(self, handle: int, settings: str) -> None:
         """``HcnModifyNetwork``: ``Policy`` Add/Remove/Update."""
-        fn = "HcnModifyNetwork"
-        self._enter(fn, handle=handle, document=settings)
+        self._modify(
+            "HcnModifyNetwork",
+            handle,
+            settings,
+            "network",
+            self._networks,
+            NetworkPolicyType,
+            _NETWORK_POLICIES,
+        )
+
+    def _modify(
+        self,
+        function: str,
+        handle: int,
+        settings: str,
+        kind: str,
+        store: dict[UUID, _Doc],
+        kinds: Iterable[str],
+        adapter: TypeAdapter[Any],
+    ) -> None:
+        """Change the policies of the ``kind`` object behind ``handle`` in ``store``."""
+        self._enter(function, handle=handle, document=settings)
         with self._lock:
-            nid = self._target(fn, handle, "network")
-            net = self._networks[nid]
-            policies = self._modify_policies(
-                fn,
-                settings,
-                list(net.policies or []),
-                NetworkPolicyType,
-                _NETWORK_POLICIES,
-            )
-            self._networks[nid] = net.model_copy(update={"policies": policies})
+            target = self._target(function, handle, kind)
+            doc = store[target]
+            current = list(doc.policies or [])
+            policies = self._modify_policies(function, settings, current, kinds, adapter)
+            store[target] = doc.model_copy(update={"policies": policies})
             self._save()
 
     def _modify_policies(
@@ -365,20 +384,15 @@ class SimulatedService(ServiceState):
 
     def modify_endpoint(self, handle: int, settings: str) -> None:
         """``HcnModifyEndpoint``: ``Policy`` Add/Remove/Update."""
-        fn = "HcnModifyEndpoint"
-        self._enter(fn, handle=handle, document=settings)
-        with self._lock:
-            eid = self._target(fn, handle, "endpoint")
-            ep = self._endpoints[eid]
-            policies = self._modify_policies(
-                fn,
-                settings,
-                list(ep.policies or []),
-                EndpointPolicyType,
-                _ENDPOINT_POLICIES,
-            )
-            self._endpoints[eid] = ep.model_copy(update={"policies": policies})
-            self._save()
+        self._modify(
+            "HcnModifyEndpoint",
+            handle,
+            settings,
+            "endpoint",
+            self._endpoints,
+            EndpointPolicyType,
+            _ENDPOINT_POLICIES,
+        )
 
     def query_endpoint_properties(self, handle: int, query: str) -> str:
         """``HcnQueryEndpointProperties``."""

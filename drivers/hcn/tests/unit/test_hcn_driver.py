@@ -88,6 +88,12 @@ class Host:
         self.sim = SimulatedHcn(self.state_dir)
         self.driver = self._driver()
 
+    def web(self) -> Device:
+        """The shared segment of service ``web`` (``10.200.4.0/22``), created."""
+        segment = self.driver.overlayd_device_create(spec=seg_spec("web", "10.200.4.0/22"))
+        assert segment is not None
+        return segment
+
     def docs(self, function: str) -> list[str | None]:
         return [c.document for c in self.sim.service.calls_of(function)]
 
@@ -200,8 +206,8 @@ def test_transparent_network_on_the_uplink_adapter(tmp_path: Path) -> None:
 
 
 def test_restart_reuses_base_network_by_marker_guid(host: Host) -> None:
-    first = host.driver.overlayd_device_create(spec=seg_spec("web", "10.200.4.0/22"))
-    assert first is not None and first.id is not None
+    first = host.web()
+    assert first.id is not None
     host.restart()
     again = host.driver.overlayd_device_create(spec=seg_spec("api", "10.200.8.0/22"))
     assert again is not None
@@ -232,15 +238,15 @@ def test_existing_network_is_adopted_by_name_when_marker_is_missing(host: Host) 
         )
     )
     host.sim.calls.clear()
-    web = host.driver.overlayd_device_create(spec=seg_spec("web", "10.200.4.0/22"))
-    assert web is not None and web.id == str(zlayer_made.id)
+    web = host.web()
+    assert web.id == str(zlayer_made.id)
     assert host.docs("HcnCreateNetwork") == []
     entry = host.marker().get("base")
     assert entry is not None and entry.id == str(zlayer_made.id)
 
 
 def test_base_network_with_another_slice_is_refused(host: Host) -> None:
-    host.driver.overlayd_device_create(spec=seg_spec("web", "10.200.4.0/22"))
+    host.web()
     moved = seg_spec("api", "10.201.4.0/22").model_copy(
         update={
             "options": {"mode": "shared", "slice_cidr": "10.201.0.0/20", "node_ip": "10.201.0.1"}
@@ -290,7 +296,7 @@ def test_dedicated_service_gets_its_own_network_deleted_with_the_segment(host: H
 
 
 def test_dedicated_network_overlapping_the_base_is_a_clear_error(host: Host) -> None:
-    host.driver.overlayd_device_create(spec=seg_spec("web", "10.200.4.0/22"))
+    host.web()
     with pytest.raises(DeviceError, match="overlaps another HCN network"):
         host.driver.overlayd_device_create(spec=seg_spec("db", "10.200.12.0/22", "dedicated"))
     assert host.marker().get("service:db") is None
@@ -302,8 +308,8 @@ def test_dedicated_network_overlapping_the_base_is_a_clear_error(host: Host) -> 
 def test_attach_sends_exact_documents_and_detach_removes_endpoint_and_namespace(
     host: Host,
 ) -> None:
-    web = host.driver.overlayd_device_create(spec=seg_spec("web", "10.200.4.0/22"))
-    assert web is not None and web.id is not None
+    web = host.web()
+    assert web.id is not None
     host.sim.calls.clear()
     att = host.driver.overlayd_attach(request=attach_request(web, "c1", "10.200.4.2"))
     assert att is not None and att.endpoint_id is not None and att.namespace_guid is not None
@@ -349,8 +355,8 @@ def test_attach_sends_exact_documents_and_detach_removes_endpoint_and_namespace(
 
 
 def test_attach_without_dns_omits_the_dns_block(host: Host) -> None:
-    web = host.driver.overlayd_device_create(spec=seg_spec("web", "10.200.4.0/22"))
-    assert web is not None and web.id is not None
+    web = host.web()
+    assert web.id is not None
     host.driver.overlayd_attach(
         request=attach_request(web, "c2", "10.200.4.3", dns_server=None, dns_domain=None)
     )
@@ -367,8 +373,7 @@ def _facade(driver: object) -> Hooks:
 
 
 def test_attach_of_foreign_segments_never_reaches_the_driver(host: Host) -> None:
-    web = host.driver.overlayd_device_create(spec=seg_spec("web", "10.200.4.0/22"))
-    assert web is not None
+    web = host.web()
     foreign = web.model_copy(update={"driver": "fake"})
     with pytest.raises(NoDriverError, match="'fake', which is not loaded"):
         _facade(host.driver).attach(attach_request(foreign, "c1", "10.200.4.2"))
@@ -376,8 +381,8 @@ def test_attach_of_foreign_segments_never_reaches_the_driver(host: Host) -> None
 
 
 def test_attach_replaces_leftover_endpoint_of_a_crashed_attempt(host: Host) -> None:
-    web = host.driver.overlayd_device_create(spec=seg_spec("web", "10.200.4.0/22"))
-    assert web is not None and web.id is not None
+    web = host.web()
+    assert web.id is not None
     stale = host.sim.create_endpoint(
         UUID(web.id),
         HostComputeEndpoint(
@@ -392,33 +397,31 @@ def test_attach_replaces_leftover_endpoint_of_a_crashed_attempt(host: Host) -> N
     assert str(stale.id) not in host.endpoint_ids()
 
 
-def test_rollback_when_namespace_add_fails(host: Host) -> None:
-    web = host.driver.overlayd_device_create(spec=seg_spec("web", "10.200.4.0/22"))
-    assert web is not None
-    host.sim.fail_next("HcnModifyNamespace", E_ACCESSDENIED)
-    with pytest.raises(AttachError, match="0x80070005"):
+@pytest.mark.parametrize(
+    ("function", "hresult", "match", "endpoints_deleted"),
+    [
+        # The endpoint was created before the namespace step failed: deleted again.
+        ("HcnModifyNamespace", E_ACCESSDENIED, "0x80070005", 1),
+        # Not a settling error: no retry, and no endpoint to delete.
+        ("HcnCreateEndpoint", HCN_E_INVALID_POLICY, "HCN_E_INVALID_POLICY", 0),
+    ],
+)
+def test_rollback_when_an_attach_step_fails(
+    host: Host, function: str, hresult: int, match: str, endpoints_deleted: int
+) -> None:
+    web = host.web()
+    host.sim.fail_next(function, hresult)
+    with pytest.raises(AttachError, match=match):
         host.driver.overlayd_attach(request=attach_request(web, "c1", "10.200.4.2"))
-    assert len(host.sim.service.calls_of("HcnDeleteEndpoint")) == 1
+    assert len(host.sim.service.calls_of("HcnDeleteEndpoint")) == endpoints_deleted
     assert len(host.sim.service.calls_of("HcnDeleteNamespace")) == 1
     assert host.endpoint_ids() == set()
-    assert host.host_namespaces() == set()
-
-
-def test_rollback_when_endpoint_create_fails(host: Host) -> None:
-    web = host.driver.overlayd_device_create(spec=seg_spec("web", "10.200.4.0/22"))
-    assert web is not None
-    host.sim.fail_next("HcnCreateEndpoint", HCN_E_INVALID_POLICY)
-    with pytest.raises(AttachError, match="HCN_E_INVALID_POLICY"):
-        host.driver.overlayd_attach(request=attach_request(web, "c1", "10.200.4.2"))
-    assert host.sim.service.calls_of("HcnDeleteEndpoint") == []
-    assert len(host.sim.service.calls_of("HcnDeleteNamespace")) == 1
     assert host.host_namespaces() == set()
     assert host.sleeps == []
 
 
 def test_endpoint_create_retries_while_static_ipam_settles(host: Host) -> None:
-    web = host.driver.overlayd_device_create(spec=seg_spec("web", "10.200.4.0/22"))
-    assert web is not None
+    web = host.web()
     host.sim.fail_next("HcnCreateEndpoint", HCN_E_ADDR_INVALID_OR_RESERVED, times=2)
     att = host.driver.overlayd_attach(request=attach_request(web, "c1", "10.200.4.2"))
     assert att is not None
@@ -428,8 +431,7 @@ def test_endpoint_create_retries_while_static_ipam_settles(host: Host) -> None:
 
 
 def test_settling_retries_are_bounded_and_roll_back(host: Host) -> None:
-    web = host.driver.overlayd_device_create(spec=seg_spec("web", "10.200.4.0/22"))
-    assert web is not None
+    web = host.web()
     host.sim.fail_next("HcnCreateEndpoint", HCN_E_ADDR_INVALID_OR_RESERVED, times=50)
     with pytest.raises(AttachError, match="HCN_E_ADDR_INVALID_OR_RESERVED"):
         host.driver.overlayd_attach(request=attach_request(web, "c1", "10.200.4.2"))
@@ -450,8 +452,7 @@ def test_real_settle_window_is_waited_out(tmp_path: Path) -> None:
 
 
 def test_namespace_delete_retries_while_references_settle(host: Host) -> None:
-    web = host.driver.overlayd_device_create(spec=seg_spec("web", "10.200.4.0/22"))
-    assert web is not None
+    web = host.web()
     att = host.driver.overlayd_attach(request=attach_request(web, "c1", "10.200.4.2"))
     assert att is not None
     host.sim.fail_next("HcnDeleteNamespace", HCN_E_ENTITY_HAS_REFERENCES)
@@ -462,8 +463,7 @@ def test_namespace_delete_retries_while_references_settle(host: Host) -> None:
 
 
 def test_detach_failure_raises_attach_error_and_keeps_retryable(host: Host) -> None:
-    web = host.driver.overlayd_device_create(spec=seg_spec("web", "10.200.4.0/22"))
-    assert web is not None
+    web = host.web()
     att = host.driver.overlayd_attach(request=attach_request(web, "c1", "10.200.4.2"))
     assert att is not None
     host.sim.fail_next("HcnDeleteEndpoint", E_ACCESSDENIED)
@@ -477,8 +477,8 @@ def test_detach_failure_raises_attach_error_and_keeps_retryable(host: Host) -> N
 
 
 def test_reconcile_sweeps_unrecorded_own_endpoints_and_namespaces_only(host: Host) -> None:
-    web = host.driver.overlayd_device_create(spec=seg_spec("web", "10.200.4.0/22"))
-    assert web is not None and web.id is not None
+    web = host.web()
+    assert web.id is not None
     kept = host.driver.overlayd_attach(request=attach_request(web, "keep", "10.200.4.2"))
     orphan = host.driver.overlayd_attach(request=attach_request(web, "orphan", "10.200.4.3"))
     assert kept is not None and orphan is not None
@@ -510,8 +510,7 @@ def test_reconcile_sweeps_unrecorded_own_endpoints_and_namespaces_only(host: Hos
 
 
 def test_reconcile_reports_vanished_endpoints_as_gone(host: Host) -> None:
-    web = host.driver.overlayd_device_create(spec=seg_spec("web", "10.200.4.0/22"))
-    assert web is not None
+    web = host.web()
     att = host.driver.overlayd_attach(request=attach_request(web, "c1", "10.200.4.2"))
     assert att is not None and att.endpoint_id is not None
     host.sim.delete_endpoint(UUID(att.endpoint_id))
@@ -524,8 +523,8 @@ def test_reconcile_reports_vanished_endpoints_as_gone(host: Host) -> None:
 
 
 def test_reconcile_recreates_a_recorded_network_that_vanished(host: Host) -> None:
-    web = host.driver.overlayd_device_create(spec=seg_spec("web", "10.200.4.0/22"))
-    assert web is not None and web.id is not None
+    web = host.web()
+    assert web.id is not None
     host.sim.delete_network(UUID(web.id))
     host.sim.calls.clear()
     report = host.driver.overlayd_reconcile(request=ReconcileRequest(devices=(web,)))
@@ -540,8 +539,7 @@ def test_reconcile_recreates_a_recorded_network_that_vanished(host: Host) -> Non
 
 
 def test_purge_deletes_every_recorded_network_and_clears_the_marker(host: Host) -> None:
-    web = host.driver.overlayd_device_create(spec=seg_spec("web", "10.200.4.0/22"))
-    assert web is not None
+    web = host.web()
     att = host.driver.overlayd_attach(request=attach_request(web, "c1", "10.200.4.2"))
     assert att is not None
     foreign = host.sim.create_network(

@@ -9,6 +9,7 @@ made even when the block fails.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 import select
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from overlayd_linux import icmp
 from overlayd_linux.netns import run_in_netns
 
-__all__ = ["NETNS_DIR", "Netns", "ping", "throwaway_netns", "udp_probe"]
+__all__ = ["NETNS_DIR", "Netns", "link_outside", "ping", "throwaway_netns", "udp_probe"]
 
 NETNS_DIR = "/run/netns"
 
@@ -81,6 +82,23 @@ def throwaway_netns() -> Iterator[Callable[[str], Netns]]:
                 ["ip", "netns", "del", ns.name],  # noqa: S607
                 check=False,
             )
+
+
+def link_outside(host: Netns, outside: Netns, subnet: str) -> None:
+    """Link ``outside`` to ``host`` by a veth pair (``upl0`` in ``host``, ``upl1`` in
+    ``outside``), up, holding the first and the second address of ``subnet``.
+
+    ``outside`` stands for the node's own network: a client there (the second
+    address) reaches the node at the first. Its loopback is set up too.
+    """
+    net = ipaddress.ip_network(subnet)
+    first, second = (f"{net[i]}/{net.prefixlen}" for i in (1, 2))
+    host.ip("link", "add", "upl0", "type", "veth", "peer", "name", "upl1", "netns", outside.name)
+    host.ip("addr", "add", first, "dev", "upl0")
+    host.ip("link", "set", "upl0", "up")
+    outside.ip("addr", "add", second, "dev", "upl1")
+    outside.ip("link", "set", "upl1", "up")
+    outside.ip("link", "set", "lo", "up")
 
 
 def ping(ns: Netns, dst: str, timeout: float = 2.0) -> bool:

@@ -37,9 +37,15 @@ def host_ns(make_netns: Callable[[str], Netns]) -> Netns:
 
 
 @pytest.fixture
-def netlink(host_ns: Netns) -> Iterator[PyrouteNetlink]:
+def linger() -> float:
+    """Seconds the ``netlink`` adapter's deleter waits to batch deletions (parametrise it)."""
+    return 0.01
+
+
+@pytest.fixture
+def netlink(host_ns: Netns, linger: float) -> Iterator[PyrouteNetlink]:
     """A real adapter bound to ``host_ns``; closed (deletions flushed) on teardown."""
-    adapter = PyrouteNetlink(host_ns.path, linger=0.01)
+    adapter = PyrouteNetlink(host_ns.path, linger=linger)
     try:
         yield adapter
     finally:

@@ -32,6 +32,7 @@ from overlayd_linux_bridge.netlink import PyrouteNetlink
 from overlayd_linux_bridge.nft import Nftables
 from overlayd_linux_bridge.nft import default_backend
 from overlayd_linux_bridge.testing import Netns
+from overlayd_linux_bridge.testing import link_outside
 from overlayd_linux_bridge.testing import ping
 from overlayd_linux_bridge.testing import udp_probe
 
@@ -229,12 +230,7 @@ def test_attachment_alive_follows_namespace_identity(
 def uplink(host_ns: Netns, make_netns: Callable[[str], Netns]) -> Netns:
     """A namespace playing the outside world, linked to the host at 192.168.77.0/24."""
     outside = make_netns("up")
-    host_ns.ip("link", "add", "upl0", "type", "veth", "peer", "name", "upl1", "netns", outside.name)
-    host_ns.ip("addr", "add", "192.168.77.1/24", "dev", "upl0")
-    host_ns.ip("link", "set", "upl0", "up")
-    outside.ip("addr", "add", "192.168.77.2/24", "dev", "upl1")
-    outside.ip("link", "set", "upl1", "up")
-    outside.ip("link", "set", "lo", "up")
+    link_outside(host_ns, outside, "192.168.77.0/24")
     return outside
 
 

@@ -13,6 +13,7 @@ from ipaddress import ip_address
 from ipaddress import ip_interface
 from ipaddress import ip_network
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,6 +28,7 @@ from overlayd_linux.rtnl import RtnlSocket
 from overlayd_linux.rtnl import link_change
 from overlayd_linux_bridge.linkapi import STATIC_IPV6_SYSCTLS
 from overlayd_linux_bridge.linkapi import TOMBSTONE_GROUP
+from overlayd_linux_bridge.linkapi import IPInterface
 from overlayd_linux_bridge.linkapi import LinkExistsError
 from overlayd_linux_bridge.linkapi import Netlink
 from overlayd_linux_bridge.linkapi import RouteSpec
@@ -44,20 +46,35 @@ GW4 = ip_interface("10.77.0.1/24")
 GW6 = ip_interface("fd77::1/64")
 
 
-def _attach(nl: Netlink, ns: Netns, n: int, *, bridge: str = BRIDGE, ifname: str = "eth0") -> str:
-    host = veth_host_name(f"test:{ns.name}", 0 if ifname == "eth0" else 1)
-    nl.create_veth_into_netns(
-        VethSpec(
-            host_name=host,
-            netns_fd=ns.fd,
-            container_ifname=ifname,
-            addresses=[ip_interface(f"10.77.0.{n}/24"), ip_interface(f"fd77::{n}/64")],
-            gateways=[GW4.ip, GW6.ip],
-            mtu=1400,
-            bridge=bridge,
-        )
+def _veth(
+    ns: Netns, *addresses: str, ifname: str = "eth0", host: str = "", **fields: Any
+) -> VethSpec:
+    """A veth into ``ns`` holding ``addresses``; its host end named after ``ns``
+    (or ``host``). ``fields``: the spec's other fields."""
+    return VethSpec(
+        host_name=host or veth_host_name(f"test:{ns.name}", 0 if ifname == "eth0" else 1),
+        netns_fd=ns.fd,
+        container_ifname=ifname,
+        addresses=[ip_interface(a) for a in addresses],
+        **fields,
     )
-    return host
+
+
+def _attach(nl: Netlink, ns: Netns, n: int, *, bridge: str = BRIDGE, ifname: str = "eth0") -> str:
+    addresses = (f"10.77.0.{n}/24", f"fd77::{n}/64")
+    spec = _veth(ns, *addresses, ifname=ifname, gateways=[GW4.ip, GW6.ip], mtu=1400, bridge=bridge)
+    nl.create_veth_into_netns(spec)
+    return spec.host_name
+
+
+def _bridge_with_containers(
+    nl: Netlink, make_netns: Callable[[str], Netns], count: int, *addresses: IPInterface
+) -> tuple[list[Netns], list[str]]:
+    """``BRIDGE`` with ``addresses`` and ``count`` containers attached to it (from
+    10.77.0.10 on): their namespaces and their veths' host ends."""
+    nl.ensure_bridge(BRIDGE, list(addresses or (GW4,)))
+    containers = [make_netns(f"c{i}") for i in range(count)]
+    return containers, [_attach(nl, c, 10 + i) for i, c in enumerate(containers)]
 
 
 def test_adapter_satisfies_protocol(netlink: PyrouteNetlink) -> None:
@@ -198,17 +215,9 @@ def test_ipv4_only_interfaces_are_silent_on_ipv6_dual_stack_keeps_link_local(
     """
     netlink.ensure_bridge(BRIDGE, [GW4, GW6])
     quiet, dual = make_netns("q"), make_netns("d")
-    quiet_host = veth_host_name(f"test:{quiet.name}", 0)
-    netlink.create_veth_into_netns(
-        VethSpec(
-            host_name=quiet_host,
-            netns_fd=quiet.fd,
-            container_ifname="eth0",
-            addresses=[ip_interface("10.77.0.11/24")],
-            gateways=[GW4.ip],
-            bridge=BRIDGE,
-        )
-    )
+    quiet_spec = _veth(quiet, "10.77.0.11/24", gateways=[GW4.ip], bridge=BRIDGE)
+    netlink.create_veth_into_netns(quiet_spec)
+    quiet_host = quiet_spec.host_name
     dual_host = _attach(netlink, dual, 12)
     deadline = time.monotonic() + 5.0
     while _tx_packets(dual) == 0 and time.monotonic() < deadline:
@@ -240,15 +249,7 @@ def test_mtu_below_ipv6_minimum_still_attaches(
     c1, c2 = make_netns("c1"), make_netns("c2")
     for ns, n in ((c1, 10), (c2, 11)):
         netlink.create_veth_into_netns(
-            VethSpec(
-                host_name=veth_host_name(f"test:{ns.name}", 0),
-                netns_fd=ns.fd,
-                container_ifname="eth0",
-                addresses=[ip_interface(f"10.77.0.{n}/24")],
-                gateways=[GW4.ip],
-                mtu=1200,
-                bridge=BRIDGE,
-            )
+            _veth(ns, f"10.77.0.{n}/24", gateways=[GW4.ip], mtu=1200, bridge=BRIDGE)
         )
     assert "mtu 1200" in c1.ip("link", "show", "eth0")
     assert ping(c1, "10.77.0.11")
@@ -261,18 +262,12 @@ def test_join_global_second_interface_gets_host_route(
     netlink.ensure_bridge("zl-glob-g", [ip_interface("10.78.0.1/24")])
     c1 = make_netns("c1")
     _attach(netlink, c1, 10)
+    routes = [
+        RouteSpec(ip_network("10.78.0.1/32")),
+        RouteSpec(ip_network("10.78.0.0/16"), ip_address("10.78.0.1")),
+    ]
     netlink.create_veth_into_netns(
-        VethSpec(
-            host_name=veth_host_name(f"test:{c1.name}", 1),
-            netns_fd=c1.fd,
-            container_ifname="eth1",
-            addresses=[ip_interface("10.78.0.10/32")],
-            routes=[
-                RouteSpec(ip_network("10.78.0.1/32")),
-                RouteSpec(ip_network("10.78.0.0/16"), ip_address("10.78.0.1")),
-            ],
-            bridge="zl-glob-g",
-        )
+        _veth(c1, "10.78.0.10/32", ifname="eth1", routes=routes, bridge="zl-glob-g")
     )
     routes = c1.ip("route")
     host_route = next(r for r in routes.splitlines() if r.startswith("10.78.0.1 "))
@@ -290,14 +285,7 @@ def test_existing_host_name_raises_and_changes_nothing(
     c1, c2 = make_netns("c1"), make_netns("c2")
     host = _attach(netlink, c1, 10)
     with pytest.raises(LinkExistsError, match=host):
-        netlink.create_veth_into_netns(
-            VethSpec(
-                host_name=host,
-                netns_fd=c2.fd,
-                container_ifname="eth0",
-                addresses=[ip_interface("10.77.0.11/24")],
-            )
-        )
+        netlink.create_veth_into_netns(_veth(c2, "10.77.0.11/24", host=host))
     assert "eth0" not in c2.ip("link")
 
 
@@ -307,17 +295,10 @@ def test_failed_configuration_rolls_back_the_pair(
     netlink.ensure_bridge(BRIDGE, [GW4])
     c1 = make_netns("c1")
     host = veth_host_name("test:rollback", 0)
+    gateway = ip_address("10.99.0.1")  # not on-link: ENETUNREACH
+    spec = _veth(c1, "10.77.0.10/24", host=host, gateways=[gateway], bridge=BRIDGE)
     with pytest.raises(AttachError, match="unreachable"):
-        netlink.create_veth_into_netns(
-            VethSpec(
-                host_name=host,
-                netns_fd=c1.fd,
-                container_ifname="eth0",
-                addresses=[ip_interface("10.77.0.10/24")],
-                gateways=[ip_address("10.99.0.1")],  # not on-link: ENETUNREACH
-                bridge=BRIDGE,
-            )
-        )
+        netlink.create_veth_into_netns(spec)
     assert not netlink.link_exists(host)
     assert "eth0" not in c1.ip("link")
 
@@ -356,9 +337,7 @@ def test_delete_link_reports_absence(netlink: PyrouteNetlink) -> None:
 def test_batched_delete_frees_names_immediately(
     netlink: PyrouteNetlink, make_netns: Callable[[str], Netns], host_ns: Netns
 ) -> None:
-    netlink.ensure_bridge(BRIDGE, [GW4, GW6])
-    containers = [make_netns(f"c{i}") for i in range(4)]
-    hosts = [_attach(netlink, c, 10 + i) for i, c in enumerate(containers)]
+    containers, hosts = _bridge_with_containers(netlink, make_netns, 4, GW4, GW6)
     assert netlink.delete_links_batch([*hosts, "zvnotthere00000"]) == len(hosts)
     # Names are free at once, before the background deletion ran...
     assert not any(netlink.link_exists(h) for h in hosts)
@@ -374,44 +353,32 @@ def test_batched_delete_frees_names_immediately(
     assert ping(containers[0], "10.77.0.1")
 
 
+@pytest.mark.parametrize("linger", [0.5])  # long: the assertion must not depend on speed
 def test_batched_delete_uses_few_kernel_batches(
-    host_ns: Netns, make_netns: Callable[[str], Netns]
+    netlink: PyrouteNetlink, make_netns: Callable[[str], Netns]
 ) -> None:
-    # A long linger so that the assertion does not depend on machine speed.
-    netlink = PyrouteNetlink(host_ns.path, linger=0.5)
-    try:
-        netlink.ensure_bridge(BRIDGE, [GW4])
-        containers = [make_netns(f"c{i}") for i in range(6)]
-        hosts = [_attach(netlink, c, 10 + i) for i, c in enumerate(containers)]
-        for h in hosts:  # six separate detaches in quick succession
-            netlink.delete_links_batch([h])
-        netlink.flush_deletions()
-        assert 1 <= netlink.deleter_batches < len(hosts)
-        assert not [lk for lk in netlink.list_links() if lk.group == TOMBSTONE_GROUP]
-    finally:
-        netlink.close()
+    _, hosts = _bridge_with_containers(netlink, make_netns, 6)
+    for h in hosts:  # six separate detaches in quick succession
+        netlink.delete_links_batch([h])
+    netlink.flush_deletions()
+    assert 1 <= netlink.deleter_batches < len(hosts)
+    assert not [lk for lk in netlink.list_links() if lk.group == TOMBSTONE_GROUP]
 
 
+@pytest.mark.parametrize("linger", [5.0])  # long: a waited delete must not sit it out
 def test_waited_delete_removes_the_container_end_before_returning(
-    host_ns: Netns, make_netns: Callable[[str], Netns]
+    netlink: PyrouteNetlink, make_netns: Callable[[str], Netns]
 ) -> None:
-    # A long linger: a waited delete must not sit it out.
-    netlink = PyrouteNetlink(host_ns.path, linger=5.0)
-    try:
-        netlink.ensure_bridge(BRIDGE, [GW4])
-        containers = [make_netns(f"c{i}") for i in range(4)]
-        hosts = [_attach(netlink, c, 10 + i) for i, c in enumerate(containers)]
-        assert netlink.delete_links([hosts[0], "zvnotthere00000"], timeout=4.0) == 1
-        assert "eth0" not in containers[0].ip("-o", "link")
-        assert not [lk for lk in netlink.list_links() if lk.group == TOMBSTONE_GROUP]
-        # Concurrent waited deletes all return with their links gone.
-        with ThreadPoolExecutor(3) as pool:
-            counts = list(pool.map(lambda h: netlink.delete_links([h], timeout=4.0), hosts[1:]))
-        assert counts == [1, 1, 1]
-        assert all("eth0" not in c.ip("-o", "link") for c in containers)
-        assert netlink.delete_links([hosts[1]]) == 0  # already gone: nothing to wait for
-    finally:
-        netlink.close()
+    containers, hosts = _bridge_with_containers(netlink, make_netns, 4)
+    assert netlink.delete_links([hosts[0], "zvnotthere00000"], timeout=4.0) == 1
+    assert "eth0" not in containers[0].ip("-o", "link")
+    assert not [lk for lk in netlink.list_links() if lk.group == TOMBSTONE_GROUP]
+    # Concurrent waited deletes all return with their links gone.
+    with ThreadPoolExecutor(3) as pool:
+        counts = list(pool.map(lambda h: netlink.delete_links([h], timeout=4.0), hosts[1:]))
+    assert counts == [1, 1, 1]
+    assert all("eth0" not in c.ip("-o", "link") for c in containers)
+    assert netlink.delete_links([hosts[1]]) == 0  # already gone: nothing to wait for
 
 
 def test_sweep_tombstones_deletes_leftovers(netlink: PyrouteNetlink, host_ns: Netns) -> None:

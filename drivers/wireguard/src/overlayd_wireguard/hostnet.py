@@ -32,6 +32,7 @@ from overlayd_linux.netlink import iproute_in
 from overlayd_linux.netlink import link_index
 from overlayd_linux.netlink import mapped_errors
 from overlayd_linux.netlink import route_fields
+from overlayd_wireguard.links import existing_link
 
 __all__ = ["HostNet", "PyRoute2HostNet"]
 
@@ -83,14 +84,7 @@ class PyRoute2HostNet:
         if not todo:
             return
         with _route_errors("adding", ifname, "add_routes"), iproute_in(netns) as ipr:
-            idx = link_index(ipr, ifname)
-            if idx is None:
-                raise DeviceError(
-                    f"cannot add routes through {ifname}: the link does not exist; "
-                    "the WireGuard process may have exited",
-                    op="add_routes",
-                    driver="wireguard",
-                )
+            idx = existing_link(ipr, ifname, "add routes through", "add_routes")
             for prefix in todo:
                 ipr.route("replace", **route_fields(prefix, idx))
 

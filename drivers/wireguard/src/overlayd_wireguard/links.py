@@ -31,6 +31,7 @@ __all__ = [
     "LinkAdapter",
     "PyRoute2Links",
     "error_code",
+    "existing_link",
     "netlink_errors",
 ]
 
@@ -73,6 +74,20 @@ def netlink_errors(action: str, name: str) -> AbstractContextManager[None]:
     )
 
 
+def existing_link(ipr: Any, name: str, doing: str, op: str) -> int:
+    """The index of link ``name``; ``DeviceError`` (``cannot <doing> <name>``) when
+    it is gone, which for a WireGuard device means its process may have exited."""
+    idx = link_index(ipr, name)
+    if idx is None:
+        raise DeviceError(
+            f"cannot {doing} {name}: the link does not exist; "
+            "the WireGuard process may have exited",
+            op=op,
+            driver="wireguard",
+        )
+    return idx
+
+
 def _iproute(netns: str | None) -> AbstractContextManager[Any]:
     return iproute_in(netns)
 
@@ -106,14 +121,7 @@ class PyRoute2Links:
     ) -> None:
         want = [ipaddress.ip_interface(a) for a in addresses]
         with netlink_errors("configuring the link", name), _iproute(netns) as ipr:
-            idx = link_index(ipr, name)
-            if idx is None:
-                raise DeviceError(
-                    f"link {name} does not exist, so it cannot be configured; "
-                    "the WireGuard process may have exited",
-                    op="configure",
-                    driver="wireguard",
-                )
+            idx = existing_link(ipr, name, "configure", "configure")
             ipr.link("set", index=idx, mtu=mtu)
             have = set()
             for msg in ipr.get_addr(index=idx):

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from overlayd.config import EngineConfig
 from overlayd.errors import ConfigError
+from overlayd.testing.daemon import serve_command
 from overlayd_wireguard.driver import WireGuardDriver
 
 
@@ -48,17 +48,7 @@ def test_the_daemon_refuses_it_at_once_with_the_reason(tmp_path: Path) -> None:
         f'[drivers.wireguard]\nsocket_dir = "{tmp_path}"\n[dns]\nenabled = false\n'
     )
     out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "overlayd",
-            "serve",
-            "--config",
-            str(config),
-            "--socket",
-            str(tmp_path / "s.sock"),
-            "--in-memory",
-        ],
+        serve_command("--config", str(config), "--socket", str(tmp_path / "s.sock"), "--in-memory"),
         capture_output=True,
         text=True,
         timeout=60,
