@@ -30,6 +30,11 @@ machine is idle (as ``bench/attach`` does). It then prints, per method, the medi
 ADD and DEL in milliseconds and the ratio to ``cni``; the target is ADD
 <= 0.5x the reference bridge plugin.
 
+At N = 1 each method gives one sample, its first ``ADD``, which moves by
+tens of percent from run to run. ``--repeat R`` runs every N R times, each
+time on fresh namespaces and daemons, and pools the samples: the N = 1 row
+is then the median of R first ``ADD`` s.
+
 ``--breakdown`` also times where an overlayd-cni ADD goes (medians of 30
 runs each, no namespaces involved except one attach): starting the
 interpreter (``python -IS -c pass``, and with ``site``), starting it and
@@ -206,6 +211,16 @@ def _daemon_attach(runs: int = 30) -> float:
         return statistics.median(samples)
 
 
+def pooled(runs: list[list[Result]]) -> list[Result]:
+    """The samples of repeated runs of one N, per method (in the first run's order)."""
+    out = {r.method: Result(r.method, r.n, [], []) for r in runs[0]}
+    for run in runs:
+        for r in run:
+            out[r.method].add_ms.extend(r.add_ms)
+            out[r.method].del_ms.extend(r.del_ms)
+    return list(out.values())
+
+
 def report(results: list[Result]) -> str:
     lines = attach_bench.latency_table(
         [(r.method, r.n, r.add_ms, r.del_ms) for r in results],
@@ -224,7 +239,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", default=methods, choices=methods)
     parser.add_argument("--breakdown", action="store_true", help="also time the ADD's parts")
     parser.add_argument("--json", type=Path, help="also write the raw samples here")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        metavar="R",
+        help="run each N this many times, each on fresh namespaces and daemons, and pool "
+        "the samples (at N = 1 the medians are then of R first ADDs, not one)",
+    )
     args = parser.parse_args(argv)
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
     if os.geteuid() != 0:
         print("run as root (network namespaces)", file=sys.stderr)
         return 2
@@ -249,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         chosen = {m: makers[m] for m in args.methods if m != "native" or native is not None}
         for n in args.n:
             start = time.monotonic()
-            results.extend(bench(n, chosen))
+            results.extend(pooled([bench(n, chosen) for _ in range(args.repeat)]))
             print(f"# N={n} done in {time.monotonic() - start:.1f} s", flush=True)
         print(report(results))
         if args.breakdown:
