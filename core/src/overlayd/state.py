@@ -19,6 +19,7 @@ side of that: a generic record store, ``kind -> key -> JSON value``, whose
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import json
 import logging
@@ -225,7 +226,7 @@ def _private_umask() -> Iterator[None]:
         os.umask(old)
 
 
-class _RecordStore:
+class _RecordStore(abc.ABC):
     """What both stores' :meth:`commit` does before its own ``_apply``: the contract's checks."""
 
     def commit(
@@ -240,8 +241,9 @@ class _RecordStore:
             raise ValueError(f"records {sorted(both)!r} are both put and deleted in one commit")
         self._apply(puts, deletes)
 
+    @abc.abstractmethod
     def _apply(self, puts: Mapping[tuple[str, str], Any], deletes: list[tuple[str, str]]) -> None:
-        raise NotImplementedError
+        """Write the checked puts and deletes, all or nothing."""
 
 
 # --------------------------------------------------------------------------- memory

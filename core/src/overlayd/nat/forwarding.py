@@ -29,6 +29,7 @@ endpoint, so WireGuard sees one stable address per relayed peer.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import ctypes
@@ -151,7 +152,7 @@ class RelayedPeer:
         return endpoint_of(host, port)
 
 
-class DataPlane:
+class DataPlane(abc.ABC):
     """The forwarding thread of one allocation and the tables it reads.
 
     The tables are rebuilt by the event loop (:meth:`_index`), never mutated
@@ -192,9 +193,9 @@ class DataPlane:
         sock = self._sock
         return sock.family if sock is not None else socket.AF_INET
 
+    @abc.abstractmethod
     def _learnt(self, peer: RelayedPeer, remote: Address) -> None:
         """(loop) The peer's packets come from ``remote`` (the relay binds a channel)."""
-        raise NotImplementedError
 
     def _start_thread(self) -> None:
         assert self._sock is not None
@@ -442,9 +443,9 @@ class DataPlane:
         except OSError:
             self.dropped += 1
 
+    @abc.abstractmethod
     def _to_control(self, data: bytes) -> None:
         """(forwarding thread) A STUN message from the server for the control plane."""
-        raise NotImplementedError
 
     def _data_indication(self, data: bytes) -> None:
         """A peer sent before its channel is bound: deliver, and bind a channel to it.
