@@ -74,12 +74,13 @@ class GenlWireGuard(Protocol):
     def set(
         self,
         interface: str,
+        *,
         listen_port: int | None = None,
         fwmark: int | None = None,
         private_key: str | None = None,
         peer: dict[str, Any] | None = None,
     ) -> Any:
-        """One ``WG_CMD_SET_DEVICE`` message."""
+        """One ``WG_CMD_SET_DEVICE`` message (this backend passes its fields by keyword)."""
         ...
 
     def info(self, interface: str) -> Any:
