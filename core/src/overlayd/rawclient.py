@@ -29,6 +29,7 @@ from __future__ import annotations
 # imports (docs/design-notes.rst, "Measured choices in core"). ``_socket.socket``
 # has all this client uses (connect, sendall, recv_into, settimeout, close).
 import _socket
+import abc
 import json
 import struct
 import sys
@@ -40,14 +41,15 @@ from overlayd.errors import OverlaydError
 # ``typing`` is not imported at run time: a CNI plugin pays for every import.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from types import TracebackType
     from typing import Any
     from typing import Final
+    from typing import Self
 
 
 __all__ = [
     "DEFAULT_SOCKET",
     "MAX_FRAME",
+    "BlockingClient",
     "ClientClosed",
     "ConnectError",
     "ConnectionLost",
@@ -111,7 +113,29 @@ class UnexpectedResponse(OverlaydError):
     code = "unexpected_response"
 
 
-class RawClient:
+class BlockingClient(abc.ABC):
+    """A blocking client used as a context manager: ``with`` connects it and closes it.
+
+    The base of :class:`RawClient` and of :class:`overlayd.client.Client`.
+    """
+
+    @abc.abstractmethod
+    def connect(self) -> None:
+        """Open the connection now (calls do it lazily)."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Close the connection (idempotent); later calls raise :class:`ClientClosed`."""
+
+    def __enter__(self) -> Self:
+        self.connect()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class RawClient(BlockingClient):
     """Blocking client of the overlayd IPC protocol over a Unix socket, dicts in and out.
 
     :param address: The daemon's Unix socket path.
@@ -138,18 +162,6 @@ class RawClient:
         self._sock: _socket.socket | None = None
         self._next_id = 1
         self._closed = False
-
-    def __enter__(self) -> RawClient:
-        self.connect()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def connect(self) -> None:
         """Open the connection now (:meth:`call` does it lazily)."""

@@ -2,7 +2,8 @@
 
 Its op methods are not written again: :func:`_blocking` makes each from the
 async method of the same name, with the same parameters and docstring, and
-mypy sees the exact signature (``ParamSpec``).
+mypy sees the exact signature (``ParamSpec``). Its constructor takes
+:class:`AsyncClient`'s arguments the same way (:func:`_arguments_of`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from collections.abc import Callable
 from collections.abc import Coroutine
 from collections.abc import Generator
 from collections.abc import Iterable
-from types import TracebackType
 from typing import Any
 from typing import Concatenate
 from typing import ParamSpec
@@ -23,13 +23,14 @@ from typing import TypeVar
 from overlayd.client.ops import AsyncClient
 from overlayd.eventstream import SyncEventStream
 from overlayd.protocol import AnyEvent
+from overlayd.rawclient import BlockingClient
 from overlayd.rawclient import ClientClosed
-from overlayd.transport import DEFAULT_SOCKET
 
 __all__ = ["Client"]
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
+_S = TypeVar("_S")
 
 
 def _blocking(
@@ -45,34 +46,33 @@ def _blocking(
     return run
 
 
-class Client:
+def _arguments_of(
+    cls: Callable[_P, object],
+) -> Callable[[Callable[Concatenate[_S, ...], None]], Callable[Concatenate[_S, _P], None]]:
+    """Type the decorated ``__init__(self, *args, **kwargs)`` with the parameters of ``cls``."""
+
+    def decorate(init: Callable[Concatenate[_S, ...], None]) -> Callable[Concatenate[_S, _P], None]:
+        # inspect.signature (help(), editors) follows __wrapped__ to cls's own __init__.
+        return functools.update_wrapper(init, cls.__init__, assigned=(), updated=())
+
+    return decorate
+
+
+class Client(BlockingClient):
     """Blocking facade over :class:`AsyncClient` (same methods and arguments).
 
     It runs a private event loop in a daemon thread; do not call it from that
     loop's own callbacks. Close it (or use ``with``) to stop the thread.
     """
 
-    def __init__(
-        self,
-        address: str = DEFAULT_SOCKET,
-        *,
-        timeout: float | None = 30.0,
-        connect_attempts: int = 5,
-        backoff: float = 0.05,
-        max_backoff: float = 2.0,
-    ) -> None:
+    @_arguments_of(AsyncClient)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="overlayd-client", daemon=True
         )
         self._thread.start()
-        self._async = AsyncClient(
-            address,
-            timeout=timeout,
-            connect_attempts=connect_attempts,
-            backoff=backoff,
-            max_backoff=max_backoff,
-        )
+        self._async = AsyncClient(*args, **kwargs)
 
     def _run(self, coro: Coroutine[Any, Any, _T]) -> _T:
         if self._loop.is_closed():
@@ -87,18 +87,6 @@ class Client:
         except BaseException:
             future.cancel()
             raise
-
-    def __enter__(self) -> Client:
-        self.connect()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     @property
     def address(self) -> str:

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel
 from pydantic import ConfigDict
 from pydantic import Field
+from pydantic import ValidationInfo
 from pydantic import field_validator
 from pydantic import model_validator
 
@@ -28,6 +29,19 @@ __all__ = ["NODE_NAME_RE", "ClusterSettings", "default_node_name"]
 #: Node names: one DNS label (they appear in etcd keys and in ``overlayctl cluster``).
 NODE_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _PREFIX_RE = re.compile(r"^(/[A-Za-z0-9_.-]+)+$")
+#: Field -> the pattern its value must match, and what a mismatch says (``{value}``).
+_PATTERNS: dict[str, tuple[re.Pattern[str], str]] = {
+    "prefix": (
+        _PREFIX_RE,
+        "prefix {value!r} must start with '/', have no trailing '/' and use only "
+        "letters, digits, '_', '-', '.'",
+    ),
+    "name": (
+        NODE_NAME_RE,
+        "node name {value!r} must be one DNS label: 1-63 lower-case letters, "
+        "digits or '-', not starting or ending with '-'",
+    ),
+}
 
 
 def default_node_name() -> str:
@@ -92,24 +106,12 @@ class ClusterSettings(BaseModel):
                 raise ValueError(f"endpoint {url!r} must not have a path")
         return value
 
-    @field_validator("prefix")
+    @field_validator(*_PATTERNS)
     @classmethod
-    def _prefix(cls, value: str) -> str:
-        if not _PREFIX_RE.match(value):
-            raise ValueError(
-                f"prefix {value!r} must start with '/', have no trailing '/' and use only "
-                "letters, digits, '_', '-', '.'"
-            )
-        return value
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        if not NODE_NAME_RE.match(value):
-            raise ValueError(
-                f"node name {value!r} must be one DNS label: 1-63 lower-case letters, "
-                "digits or '-', not starting or ending with '-'"
-            )
+    def _matches(cls, value: str, info: ValidationInfo) -> str:
+        pattern, problem = _PATTERNS[info.field_name or ""]
+        if not pattern.match(value):
+            raise ValueError(problem.format(value=value))
         return value
 
     @field_validator("advertise")

@@ -68,19 +68,15 @@ def bpf_program(port: int, family: int) -> list[tuple[int, int, int, int]]:
     length read from the IHL field); on an IPv6 one from the UDP header.
     """
     if family == socket.AF_INET:
-        return [
-            (_LDXB_MSH, 0, 0, 0),
-            (_LDH_IND, 0, 0, 2),
-            (_JEQ_K, 0, 3, port),
-            (_LDW_IND, 0, 0, 12),
-            (_JEQ_K, 0, 1, STUN_COOKIE),
-            (_RET_K, 0, 0, 0xFFFF),
-            (_RET_K, 0, 0, 0),
-        ]
+        # X = the IP header's length; the UDP header is loaded relative to it.
+        head, load_half, load_word = [(_LDXB_MSH, 0, 0, 0)], _LDH_IND, _LDW_IND
+    else:
+        head, load_half, load_word = [], _LDH_ABS, _LDW_ABS
     return [
-        (_LDH_ABS, 0, 0, 2),
+        *head,
+        (load_half, 0, 0, 2),
         (_JEQ_K, 0, 3, port),
-        (_LDW_ABS, 0, 0, 12),
+        (load_word, 0, 0, 12),
         (_JEQ_K, 0, 1, STUN_COOKIE),
         (_RET_K, 0, 0, 0xFFFF),
         (_RET_K, 0, 0, 0),

@@ -145,12 +145,8 @@ async def fake_engine(engine_config: Any, fake_driver: Any) -> AsyncIterator[Any
     """
     from overlayd.engine import Engine
 
-    engine = Engine(engine_config, drivers=[fake_driver])
-    await engine.start()
-    try:
+    async with Engine(engine_config, drivers=[fake_driver]) as engine:
         yield engine
-    finally:
-        await engine.stop()
 
 
 @pytest.fixture

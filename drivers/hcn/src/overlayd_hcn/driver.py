@@ -68,6 +68,7 @@ from overlayd.model import ReconcileTally
 from overlayd.state import ensure_private_dir
 from overlayd.state import write_file_atomic
 from overlayd_hcn import __version__
+from overlayd_hcn import statefile
 from overlayd_hcn.api import HcnApi
 from overlayd_hcn.attach import ENDPOINT_PREFIX
 from overlayd_hcn.attach import OWNER_TAG
@@ -202,16 +203,11 @@ class HcnDriver(AttachHooks):
         seg_path = self._segments_path()
         if seg_path is None or not seg_path.exists():
             return
-        try:
-            data = json.loads(seg_path.read_text(encoding="utf-8"))
+        remedy = "and run reconcile to rebuild it from the recorded devices"
+        with statefile.reading(seg_path, "the hcn segment file", remedy) as data:
             self._segments = {
                 d.name: d for d in (Device.model_validate(item) for item in data["segments"])
             }
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise StateError(
-                f"the hcn segment file {seg_path} cannot be read ({exc}); move it away "
-                "and run reconcile to rebuild it from the recorded devices."
-            ) from exc
 
     def _save(self) -> None:
         path = self._marker_path()

@@ -29,6 +29,7 @@ from pydantic import ValidationError
 
 from overlayd.errors import StateError
 from overlayd.state import write_file_atomic
+from overlayd_hcn import statefile
 from overlayd_hcn._hcn_ctypes import HCN_FUNCTIONS
 from overlayd_hcn.errors import E_HANDLE
 from overlayd_hcn.errors import E_INVALIDARG
@@ -418,8 +419,8 @@ class ServiceState:
         path = self.state_file
         if path is None or not path.exists():
             return
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+        remedy = "to start with an empty simulated host"
+        with statefile.reading(path, "The HCN simulator state file", remedy) as data:
             self._networks = {
                 n.id: n
                 for n in (HostComputeNetwork.model_validate(d) for d in data["networks"])
@@ -437,11 +438,6 @@ class ServiceState:
             }
             self._next_namespace_id = int(data["next_namespace_id"])
             self._mac_counter = int(data["mac_counter"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise StateError(
-                f"The HCN simulator state file {path} cannot be read ({exc}); move it "
-                "away to start with an empty simulated host."
-            ) from exc
 
     def _save(self) -> None:
         path = self.state_file

@@ -38,28 +38,26 @@ from overlayd_hcn.simulator import SimulatedService
 # docs/reference/hcn.rst §1 C prototypes, translated by the recipe: REFGUID -> POINTER(GUID),
 # PCWSTR -> c_wchar_p, PWSTR* and PHCN_* -> POINTER(c_void_p), HCN_* -> c_void_p.
 G, W, OUT, H = "REFGUID", "PCWSTR", "OUT", "HANDLE"
+
+
+def _exports(kind: str, create: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+    """The seven exports of one object kind: the same prototypes but for Create's."""
+    return {
+        f"HcnEnumerate{kind}s": (W, OUT, OUT),
+        f"HcnCreate{kind}": create,
+        f"HcnOpen{kind}": (G, OUT, OUT),
+        f"HcnModify{kind}": (H, W, OUT),
+        f"HcnQuery{kind}Properties": (H, W, OUT, OUT),
+        f"HcnDelete{kind}": (G, OUT),
+        f"HcnClose{kind}": (H,),
+    }
+
+
 EXPECTED = {
-    "HcnEnumerateNetworks": (W, OUT, OUT),
-    "HcnCreateNetwork": (G, W, OUT, OUT),
-    "HcnOpenNetwork": (G, OUT, OUT),
-    "HcnModifyNetwork": (H, W, OUT),
-    "HcnQueryNetworkProperties": (H, W, OUT, OUT),
-    "HcnDeleteNetwork": (G, OUT),
-    "HcnCloseNetwork": (H,),
-    "HcnEnumerateEndpoints": (W, OUT, OUT),
-    "HcnCreateEndpoint": (H, G, W, OUT, OUT),
-    "HcnOpenEndpoint": (G, OUT, OUT),
-    "HcnModifyEndpoint": (H, W, OUT),
-    "HcnQueryEndpointProperties": (H, W, OUT, OUT),
-    "HcnDeleteEndpoint": (G, OUT),
-    "HcnCloseEndpoint": (H,),
-    "HcnEnumerateNamespaces": (W, OUT, OUT),
-    "HcnCreateNamespace": (G, W, OUT, OUT),
-    "HcnOpenNamespace": (G, OUT, OUT),
-    "HcnModifyNamespace": (H, W, OUT),
-    "HcnQueryNamespaceProperties": (H, W, OUT, OUT),
-    "HcnDeleteNamespace": (G, OUT),
-    "HcnCloseNamespace": (H,),
+    **_exports("Network", (G, W, OUT, OUT)),
+    # An endpoint is created on a network: the network's handle comes first.
+    **_exports("Endpoint", (H, G, W, OUT, OUT)),
+    **_exports("Namespace", (G, W, OUT, OUT)),
 }
 CTYPE = {G: POINTER(GUID), W: c_wchar_p, OUT: POINTER(c_void_p), H: c_void_p}
 

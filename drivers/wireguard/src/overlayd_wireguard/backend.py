@@ -15,11 +15,12 @@ not care which one runs.
 
 from __future__ import annotations
 
+import abc
 import shutil
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 from typing import Literal
-from typing import Protocol
 
 from overlayd.errors import ConfigError
 from overlayd.errors import NotSupported
@@ -27,14 +28,32 @@ from overlayd_wireguard.keys import PrivateKey
 from overlayd_wireguard.uapi import DeviceState
 from overlayd_wireguard.uapi import PeerConfig
 from overlayd_wireguard.uapi import SetRequest
+from overlayd_wireguard.uapi import validate_ifname
 
-__all__ = ["BackendName", "WgBackend", "select_backend"]
+__all__ = ["BackendName", "DeviceConfig", "WgBackend", "select_backend"]
 
 BackendName = Literal["auto", "kernel", "userspace"]
 
 
-class WgBackend(Protocol):
-    """Mechanism for one node's WireGuard devices."""
+@dataclass(frozen=True)
+class DeviceConfig:
+    """The settings :meth:`WgBackend.ensure_device` gives a device (its parameters)."""
+
+    private_key: PrivateKey
+    listen_port: int | None
+    mtu: int
+    addresses: tuple[str, ...]
+    netns: str | None
+    fwmark: int | None
+
+
+class WgBackend(abc.ABC):
+    """Mechanism for one node's WireGuard devices.
+
+    The public methods are the contract the driver uses; they check the
+    interface name and hand over to the ``_``-prefixed ones each backend
+    implements.
+    """
 
     #: "kernel" or "userspace".
     kind: str
@@ -55,11 +74,15 @@ class WgBackend(Protocol):
         Idempotent; peers already on the device are kept. Returns the state read
         back. Raises ``Conflict`` if ``name`` exists in another namespace.
         """
-        ...
+        validate_ifname(name)
+        # DeviceConfig's fields are these parameters, in this order.
+        config = DeviceConfig(private_key, listen_port, mtu, tuple(addresses), netns, fwmark)
+        return self._ensure_device(name, config)
 
     def delete_device(self, name: str) -> bool:
         """Remove the device (and its process); return whether it existed."""
-        ...
+        validate_ifname(name)
+        return self._delete_device(name)
 
     def apply(
         self,
@@ -74,15 +97,27 @@ class WgBackend(Protocol):
         the caller tracks it; a backend that records the configuration (to replay
         it after a restart) then needs no read-back of the whole device.
         """
-        ...
+        self._apply(name, request, peers)
 
+    @abc.abstractmethod
     def get(self, name: str) -> DeviceState:
         """Read the device's state."""
-        ...
 
+    @abc.abstractmethod
     def close(self) -> None:
         """Release resources (sockets, supervisor thread); devices keep running."""
-        ...
+
+    @abc.abstractmethod
+    def _ensure_device(self, name: str, config: DeviceConfig) -> DeviceState:
+        """:meth:`ensure_device` of a valid interface name."""
+
+    @abc.abstractmethod
+    def _delete_device(self, name: str) -> bool:
+        """:meth:`delete_device` of a valid interface name."""
+
+    @abc.abstractmethod
+    def _apply(self, name: str, request: SetRequest, peers: Sequence[PeerConfig] | None) -> None:
+        """:meth:`apply`."""
 
 
 def select_backend(name: BackendName = "auto", **options: Any) -> WgBackend:

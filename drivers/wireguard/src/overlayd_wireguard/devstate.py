@@ -30,6 +30,7 @@ from overlayd_wireguard.uapi import PeerConfig
 from overlayd_wireguard.uapi import PeerState
 from overlayd_wireguard.uapi import normalize_allowed_ip
 from overlayd_wireguard.uapi import normalize_endpoint
+from overlayd_wireguard.uapi import split_prefix
 
 __all__ = [
     "DevState",
@@ -114,20 +115,14 @@ def prefix_bits(prefix: str) -> tuple[int, int, int] | None:
     prefixes the driver stores; anything else (host bits set, odd text) is
     left to :mod:`ipaddress`.
     """
-    addr, _, length = prefix.partition("/")
-    if not (length.isascii() and length.isdigit()):
+    split = split_prefix(prefix)
+    if split is None:
         return None
-    family, version = (socket.AF_INET6, 6) if ":" in addr else (socket.AF_INET, 4)
-    try:
-        packed = socket.inet_pton(family, addr)
-    except OSError:
-        return None
-    bits = 8 * len(packed)
-    plen = int(length)
+    family, packed, plen = split
     value = int.from_bytes(packed, "big")
-    if plen > bits or value & ((1 << (bits - plen)) - 1):
+    if value & ((1 << (8 * len(packed) - plen)) - 1):
         return None
-    return version, value, plen
+    return (6 if family == socket.AF_INET6 else 4), value, plen
 
 
 @functools.lru_cache(maxsize=65536)

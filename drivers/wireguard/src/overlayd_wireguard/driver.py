@@ -23,6 +23,7 @@ import shutil
 import threading
 import time
 from collections.abc import Iterable
+from collections.abc import Iterator
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -435,7 +436,7 @@ class WireGuardDriver(NatHooks):
                 else:
                     endpoint = resolve_endpoint(given[pk])
                     hostnames[pk] = given[pk]
-            try:
+            with self._peer_errors(f"invalid peer {pk} for {dev.device.name}"):
                 touched[pk] = PeerConfig(
                     public_key=pk,
                     allowed_ips=peer.allowed_ips,
@@ -444,22 +445,10 @@ class WireGuardDriver(NatHooks):
                     # PeerChange has no preshared key: carry the device's.
                     preshared_key=old.preshared_key if old is not None else None,
                 )
-            except InvalidRequest as exc:
-                raise PeerError(
-                    f"invalid peer {pk} for {dev.device.name}: {exc}",
-                    op="peer_apply",
-                    driver=self.name,
-                ) from exc
         desired = [p for p in touched.values() if p is not None]
         current_states = [state_of(dev.peers[k]) for k in touched if k in dev.peers]
-        try:
+        with self._peer_errors(f"peer batch for {dev.device.name} is inconsistent"):
             ops = diff_peers(desired, current_states)
-        except InvalidRequest as exc:
-            raise PeerError(
-                f"peer batch for {dev.device.name} is inconsistent: {exc}",
-                op="peer_apply",
-                driver=self.name,
-            ) from exc
         # The device state after the batch, computed on the touched keys only.
         after = dict(dev.peers)
         for pk, cfg in touched.items():
@@ -494,6 +483,14 @@ class WireGuardDriver(NatHooks):
         if merged.gained or merged.lost:
             want = (dev.routes - merged.lost) | self._routed(dev, merged.gained)
             self._sync_routes(dev, want)
+
+    @contextlib.contextmanager
+    def _peer_errors(self, what: str) -> Iterator[None]:
+        """Raise an ``InvalidRequest`` of the block as ``PeerError`` "``what``: reason"."""
+        try:
+            yield
+        except InvalidRequest as exc:
+            raise PeerError(f"{what}: {exc}", op="peer_apply", driver=self.name) from exc
 
     def _reload(self, dev: DevState) -> None:
         """Re-read the device after a failed set (it may be partially applied)."""

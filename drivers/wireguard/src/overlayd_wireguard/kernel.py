@@ -36,6 +36,8 @@ from overlayd_linux.netlink import error_code
 from overlayd_linux.netlink import netns_path
 from overlayd_linux.netlink import socket_in
 from overlayd_linux.netns import open_network_namespace
+from overlayd_wireguard.backend import DeviceConfig
+from overlayd_wireguard.backend import WgBackend
 from overlayd_wireguard.keys import PresharedKey
 from overlayd_wireguard.keys import PrivateKey
 from overlayd_wireguard.links import LinkAdapter
@@ -47,7 +49,6 @@ from overlayd_wireguard.uapi import PeerState
 from overlayd_wireguard.uapi import SetRequest
 from overlayd_wireguard.uapi import normalize_allowed_ip
 from overlayd_wireguard.uapi import normalize_endpoint
-from overlayd_wireguard.uapi import validate_ifname
 
 __all__ = [
     "GenlWireGuard",
@@ -73,12 +74,13 @@ class GenlWireGuard(Protocol):
     def set(
         self,
         interface: str,
+        *,
         listen_port: int | None = None,
         fwmark: int | None = None,
         private_key: str | None = None,
         peer: dict[str, Any] | None = None,
     ) -> Any:
-        """One ``WG_CMD_SET_DEVICE`` message."""
+        """One ``WG_CMD_SET_DEVICE`` message (this backend passes its fields by keyword)."""
         ...
 
     def info(self, interface: str) -> Any:
@@ -268,7 +270,7 @@ def _genl_errors(name: str, op: str, *, peers: bool) -> Iterator[None]:
         ) from exc
 
 
-class KernelBackend:
+class KernelBackend(WgBackend):
     """:class:`~overlayd_wireguard.backend.WgBackend` for the Linux module."""
 
     kind = "kernel"
@@ -285,41 +287,27 @@ class KernelBackend:
         self._per_message = allowed_ips_per_message
         self._netns: dict[str, str | None] = {}
 
-    def ensure_device(
-        self,
-        name: str,
-        *,
-        private_key: PrivateKey,
-        listen_port: int | None = None,
-        mtu: int = 1420,
-        addresses: Sequence[str] = (),
-        netns: str | None = None,
-        fwmark: int | None = None,
-    ) -> DeviceState:
+    def _ensure_device(self, name: str, config: DeviceConfig) -> DeviceState:
         """Create the ``wireguard`` link if absent and configure it."""
-        validate_ifname(name)
-        self.links.ensure_wireguard_link(name, netns=netns)
-        self._netns[name] = netns
+        self.links.ensure_wireguard_link(name, netns=config.netns)
+        self._netns[name] = config.netns
         self.apply(
             name,
-            SetRequest(private_key=private_key, listen_port=listen_port, fwmark=fwmark),
+            SetRequest(
+                private_key=config.private_key,
+                listen_port=config.listen_port,
+                fwmark=config.fwmark,
+            ),
         )
-        self.links.configure(name, mtu=mtu, addresses=addresses, netns=netns)
+        self.links.configure(name, mtu=config.mtu, addresses=config.addresses, netns=config.netns)
         return self.get(name)
 
-    def delete_device(self, name: str) -> bool:
+    def _delete_device(self, name: str) -> bool:
         """Delete the link; return whether it existed."""
-        validate_ifname(name)
         netns = self._netns.pop(name, None)
         return self.links.delete_link(name, netns=netns)
 
-    def apply(
-        self,
-        name: str,
-        request: SetRequest,
-        *,
-        peers: Sequence[PeerConfig] | None = None,
-    ) -> None:
+    def _apply(self, name: str, request: SetRequest, peers: Sequence[PeerConfig] | None) -> None:
         """Send ``request`` as netlink messages (device first, then one per peer).
 
         ``peers`` is accepted for the backend protocol; the kernel keeps the

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from collections.abc import Sequence
 from dataclasses import dataclass
 from dataclasses import field
+from dataclasses import replace
 from pathlib import Path
 from typing import Final
 
@@ -38,7 +39,8 @@ from overlayd.errors import DeviceError
 from overlayd.errors import InvalidRequest
 from overlayd.errors import NotFound
 from overlayd_linux.netns import preexec_setns
-from overlayd_wireguard.keys import PrivateKey
+from overlayd_wireguard.backend import DeviceConfig
+from overlayd_wireguard.backend import WgBackend
 from overlayd_wireguard.links import LinkAdapter
 from overlayd_wireguard.links import PyRoute2Links
 from overlayd_wireguard.tuning import DEFAULT_TUNING
@@ -52,7 +54,6 @@ from overlayd_wireguard.uapi import DeviceState
 from overlayd_wireguard.uapi import PeerConfig
 from overlayd_wireguard.uapi import SetRequest
 from overlayd_wireguard.uapi import UapiClient
-from overlayd_wireguard.uapi import validate_ifname
 
 __all__ = ["DEFAULT_COMMAND", "UserspaceBackend"]
 
@@ -66,12 +67,9 @@ _OUTPUT_LINES: Final = 20
 @dataclass
 class _Device:
     name: str
-    netns: str | None
-    private_key: PrivateKey
-    listen_port: int | None
-    fwmark: int | None
-    mtu: int
-    addresses: tuple[str, ...]
+    #: The settings of the last ensure_device, with the key, port and fwmark
+    #: of later applies.
+    config: DeviceConfig
     peers: tuple[PeerConfig, ...] = ()
     proc: subprocess.Popen[bytes] | None = None
     output: collections.deque[str] = field(
@@ -86,7 +84,7 @@ class _Device:
     next_tune_check: float = 0.0
 
 
-class UserspaceBackend:
+class UserspaceBackend(WgBackend):
     """:class:`~overlayd_wireguard.backend.WgBackend` running ``wireguard-go``.
 
     :param command: program and leading arguments; ``-f IFNAME`` is appended.
@@ -145,46 +143,24 @@ class UserspaceBackend:
 
     # ------------------------------------------------------------------ public API
 
-    def ensure_device(
-        self,
-        name: str,
-        *,
-        private_key: PrivateKey,
-        listen_port: int | None = None,
-        mtu: int = 1420,
-        addresses: Sequence[str] = (),
-        netns: str | None = None,
-        fwmark: int | None = None,
-    ) -> DeviceState:
+    def _ensure_device(self, name: str, config: DeviceConfig) -> DeviceState:
         """Start (or adopt) ``wireguard-go`` for ``name`` and configure it."""
-        validate_ifname(name)
+        netns = config.netns
         if netns is not None and not (NETNS_DIR / netns).exists():
             raise NotFound(f"network namespace {netns!r} does not exist under {NETNS_DIR}")
         with self._lock:
             dev = self._devices.get(name)
-            if dev is not None and dev.netns != netns:
+            if dev is not None and dev.config.netns != netns:
                 raise Conflict(
                     f"WireGuard device {name} already runs in "
-                    f"{_ns_text(dev.netns)}, not in {_ns_text(netns)}; names are "
+                    f"{_ns_text(dev.config.netns)}, not in {_ns_text(netns)}; names are "
                     "unique per host because the UAPI socket directory is shared"
                 )
             created = dev is None
             if dev is None:
-                dev = _Device(
-                    name=name,
-                    netns=netns,
-                    private_key=private_key,
-                    listen_port=listen_port,
-                    fwmark=fwmark,
-                    mtu=mtu,
-                    addresses=tuple(addresses),
-                )
+                dev = _Device(name, config)
             else:
-                dev.private_key = private_key
-                dev.listen_port = listen_port
-                dev.fwmark = fwmark
-                dev.mtu = mtu
-                dev.addresses = tuple(addresses)
+                dev.config = config
             try:
                 if created and self.uapi.alive(name):
                     # A process from an earlier overlayd run: adopt it. It has no
@@ -209,9 +185,8 @@ class UserspaceBackend:
             self._ensure_watcher()
         return state
 
-    def delete_device(self, name: str) -> bool:
+    def _delete_device(self, name: str) -> bool:
         """Stop the process (SIGTERM, then SIGKILL) and remove its socket."""
-        validate_ifname(name)
         with self._lock:
             dev = self._devices.pop(name, None)
             if dev is not None:
@@ -227,13 +202,7 @@ class UserspaceBackend:
                 self.uapi.socket_path(name).unlink()  # stale file
             return False
 
-    def apply(
-        self,
-        name: str,
-        request: SetRequest,
-        *,
-        peers: Sequence[PeerConfig] | None = None,
-    ) -> None:
+    def _apply(self, name: str, request: SetRequest, peers: Sequence[PeerConfig] | None) -> None:
         """Apply ``request`` over UAPI and record the resulting configuration.
 
         With ``peers`` (the whole peer configuration after ``request``) the
@@ -316,12 +285,12 @@ class UserspaceBackend:
             # it before exec, so that all of wireguard-go's threads start with it.
             # Failure (no CAP_SYS_NICE) is reported by the tuning after start.
             preexec = _nice_function(nice)
-        if dev.netns is not None:
+        if dev.config.netns is not None:
             try:
-                ns_fd = os.open(NETNS_DIR / dev.netns, os.O_RDONLY)
+                ns_fd = os.open(NETNS_DIR / dev.config.netns, os.O_RDONLY)
             except OSError as exc:
                 raise DeviceError(
-                    f"cannot open network namespace {dev.netns!r} to start "
+                    f"cannot open network namespace {dev.config.netns!r} to start "
                     f"WireGuard device {dev.name}: {exc.strerror}",
                     op="ensure_device",
                     driver="wireguard",
@@ -360,7 +329,7 @@ class UserspaceBackend:
         except subprocess.SubprocessError as exc:
             raise DeviceError(
                 f"cannot start {argv[0]!r} for WireGuard device {dev.name} in "
-                f"{_ns_text(dev.netns)}: {exc}",
+                f"{_ns_text(dev.config.netns)}: {exc}",
                 op="ensure_device",
                 driver="wireguard",
             ) from exc
@@ -374,7 +343,7 @@ class UserspaceBackend:
             argv[0],
             dev.name,
             dev.proc.pid,
-            _ns_text(dev.netns),
+            _ns_text(dev.config.netns),
         )
 
     def _pump_output(self, dev: _Device, proc: subprocess.Popen[bytes]) -> None:
@@ -420,11 +389,12 @@ class UserspaceBackend:
 
     def _configure(self, dev: _Device, *, with_peers: bool) -> None:
         """Push key/port/fwmark (and recorded peers), then link settings."""
+        config = dev.config
         if with_peers:
             request = SetRequest(
-                private_key=dev.private_key,
-                listen_port=dev.listen_port,
-                fwmark=dev.fwmark,
+                private_key=config.private_key,
+                listen_port=config.listen_port,
+                fwmark=config.fwmark,
                 replace_peers=True,
                 peers=tuple(p.create_op() for p in dev.peers),
             )
@@ -434,24 +404,30 @@ class UserspaceBackend:
             # which an adopted, working device must not suffer.
             have = self.uapi.get(dev.name)
             request = SetRequest(
-                private_key=(dev.private_key if have.private_key != dev.private_key else None),
+                private_key=(
+                    config.private_key if have.private_key != config.private_key else None
+                ),
                 listen_port=(
-                    dev.listen_port
-                    if dev.listen_port is not None
-                    and have.listen_port != dev.listen_port
-                    and not (dev.listen_port == 0 and have.listen_port)
+                    config.listen_port
+                    if config.listen_port is not None
+                    and have.listen_port != config.listen_port
+                    and not (config.listen_port == 0 and have.listen_port)
                     else None
                 ),
-                fwmark=dev.fwmark if dev.fwmark is not None and have.fwmark != dev.fwmark else None,
+                fwmark=config.fwmark
+                if config.fwmark is not None and have.fwmark != config.fwmark
+                else None,
             )
         self.uapi.set(dev.name, request)
-        self.links.configure(dev.name, mtu=dev.mtu, addresses=dev.addresses, netns=dev.netns)
-        if dev.listen_port:
+        self.links.configure(
+            dev.name, mtu=config.mtu, addresses=config.addresses, netns=config.netns
+        )
+        if config.listen_port:
             port = self.uapi.get(dev.name).listen_port
-            if port != dev.listen_port:
+            if port != config.listen_port:
                 raise DeviceError(
                     f"WireGuard device {dev.name} listens on {port} instead of "
-                    f"{dev.listen_port}; another socket may hold the port",
+                    f"{config.listen_port}; another socket may hold the port",
                     op="ensure_device",
                     driver="wireguard",
                 )
@@ -466,11 +442,11 @@ class UserspaceBackend:
         peers: Sequence[PeerConfig] | None = None,
     ) -> None:
         if request.private_key is not None:
-            dev.private_key = request.private_key
+            dev.config = replace(dev.config, private_key=request.private_key)
         if request.listen_port is not None:
-            dev.listen_port = request.listen_port
+            dev.config = replace(dev.config, listen_port=request.listen_port)
         if request.fwmark is not None:
-            dev.fwmark = request.fwmark
+            dev.config = replace(dev.config, fwmark=request.fwmark)
         if peers is not None:
             dev.peers = tuple(peers)
             return
@@ -552,7 +528,7 @@ class UserspaceBackend:
                 proc.kill()
                 proc.wait(self.stop_timeout)
         elif proc is None and self.uapi.alive(dev.name):
-            self._stop_by_socket(dev.name, dev.netns)
+            self._stop_by_socket(dev.name, dev.config.netns)
         with contextlib.suppress(FileNotFoundError):
             self.uapi.socket_path(dev.name).unlink()
 

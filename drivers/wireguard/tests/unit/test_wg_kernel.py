@@ -204,25 +204,12 @@ class FakeGenl:
     fail_with: OSError | None = None
     closed: int = 0
 
-    def set(
-        self,
-        interface: str,
-        listen_port: int | None = None,
-        fwmark: int | None = None,
-        private_key: str | None = None,
-        peer: dict[str, Any] | None = None,
-    ) -> Any:
+    def set(self, interface: str, **fields: Any) -> Any:
+        """Record the message; the fields not given are recorded as None (their default)."""
         if self.fail_with is not None:
             raise self.fail_with
-        self.calls.append(
-            {
-                "interface": interface,
-                "listen_port": listen_port,
-                "fwmark": fwmark,
-                "private_key": private_key,
-                "peer": peer,
-            }
-        )
+        unset = dict.fromkeys(("listen_port", "fwmark", "private_key", "peer"))
+        self.calls.append({"interface": interface, **unset, **fields})
         return None
 
     def info(self, interface: str) -> Any:

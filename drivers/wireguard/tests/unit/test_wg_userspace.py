@@ -5,6 +5,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -74,7 +75,8 @@ def test_ensure_device_in_other_namespace_conflicts(backend: UserspaceBackend) -
     backend.ensure_device("wgu0", private_key=PrivateKey.generate())
     with pytest.raises(NotFound, match="network namespace"):
         backend.ensure_device("wgu0", private_key=PrivateKey.generate(), netns="owg-none-such")
-    backend._devices["wgu0"].netns = "other"  # simulate a device in another netns
+    dev = backend._devices["wgu0"]
+    dev.config = replace(dev.config, netns="other")  # simulate a device in another netns
     with pytest.raises(Conflict, match="already runs in netns other"):
         backend.ensure_device("wgu0", private_key=PrivateKey.generate())
 

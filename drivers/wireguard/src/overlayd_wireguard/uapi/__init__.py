@@ -30,6 +30,7 @@ from overlayd_wireguard.uapi.protocol import normalize_endpoint
 from overlayd_wireguard.uapi.protocol import parse_answer
 from overlayd_wireguard.uapi.protocol import parse_get
 from overlayd_wireguard.uapi.protocol import redact
+from overlayd_wireguard.uapi.protocol import split_prefix
 from overlayd_wireguard.uapi.protocol import validate_ifname
 
 __all__ = [
@@ -51,5 +52,6 @@ __all__ = [
     "parse_answer",
     "parse_get",
     "redact",
+    "split_prefix",
     "validate_ifname",
 ]

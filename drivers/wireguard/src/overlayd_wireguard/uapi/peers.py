@@ -65,14 +65,18 @@ class PeerConfig:
             preshared_key=state.preshared_key,
         )
 
-    def create_op(self) -> PeerOp:
-        """The operation that creates (or fully overwrites) this peer."""
+    def create_op(self, *, replace_allowed_ips: bool = True) -> PeerOp:
+        """The operation that creates (or fully overwrites) this peer.
+
+        ``replace_allowed_ips=False`` for a peer the device does not have yet:
+        it has no allowed IPs to replace.
+        """
         return PeerOp(
             public_key=self.public_key,
             preshared_key=self.preshared_key,
             endpoint=self.endpoint,
             persistent_keepalive_interval=self.persistent_keepalive_interval,
-            replace_allowed_ips=True,
+            replace_allowed_ips=replace_allowed_ips,
             allowed_ips=self.allowed_ips,
         )
 
@@ -118,16 +122,7 @@ def diff_peers(
     for p in want:
         cur = have.get(p.public_key)
         if cur is None:
-            # A new peer has no allowed IPs to replace (otherwise create_op()).
-            adds.append(
-                PeerOp(
-                    public_key=p.public_key,
-                    preshared_key=p.preshared_key,
-                    endpoint=p.endpoint,
-                    persistent_keepalive_interval=p.persistent_keepalive_interval,
-                    allowed_ips=p.allowed_ips,
-                )
-            )
+            adds.append(p.create_op(replace_allowed_ips=False))
             continue
         psk: PresharedKey | None = None
         if p.preshared_key != cur.preshared_key:

@@ -55,6 +55,7 @@ __all__ = [
     "normalize_endpoint",
     "parse_get",
     "redact",
+    "split_prefix",
     "validate_ifname",
 ]
 
@@ -135,13 +136,14 @@ def _canonical_ip(family: int, packed: bytes) -> str | None:
     return text
 
 
-def _fast_prefix(text: str) -> str | None:
-    """Masked canonical form of a plain ``address/length``, or ``None`` (slow path).
+def split_prefix(text: str) -> tuple[int, bytes, int] | None:
+    """``(family, packed address, length)`` of a plain ``address/length``, or ``None``.
 
-    About 1 µs of C calls where :func:`ipaddress.ip_network` costs about
-    10 µs; a 10,000-peer ``get`` reports thousands of distinct prefixes.
-    Anything unusual (spaces, netmask notation, leading zeros, scope ids)
-    returns ``None`` so that :mod:`ipaddress` decides, with its messages.
+    Plain: an address :func:`socket.inet_pton` reads and a decimal length
+    without leading zeros that fits it. About 1 µs of C calls where
+    :func:`ipaddress.ip_network` costs about 10 µs; anything unusual (spaces,
+    netmask notation, leading zeros, scope ids) returns ``None`` so that
+    :mod:`ipaddress` decides, with its messages.
     """
     addr, _, length = text.partition("/")
     if not (length.isascii() and length.isdigit()) or (len(length) > 1 and length[0] == "0"):
@@ -151,12 +153,21 @@ def _fast_prefix(text: str) -> str | None:
         packed = socket.inet_pton(family, addr)
     except OSError:
         return None
-    bits = 8 * len(packed)
     prefixlen = int(length)
-    if prefixlen > bits:
+    if prefixlen > 8 * len(packed):
         return None
+    return family, packed, prefixlen
+
+
+def _fast_prefix(text: str) -> str | None:
+    """Masked canonical form of a plain ``address/length`` (see :func:`split_prefix`),
+    or ``None`` (slow path): a 10,000-peer ``get`` reports thousands of distinct prefixes."""
+    split = split_prefix(text)
+    if split is None:
+        return None
+    family, packed, prefixlen = split
     value = int.from_bytes(packed, "big")
-    host_bits = bits - prefixlen
+    host_bits = 8 * len(packed) - prefixlen
     masked = (value >> host_bits) << host_bits
     if masked != value:
         packed = masked.to_bytes(len(packed), "big")
