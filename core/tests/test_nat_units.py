@@ -22,7 +22,11 @@ from overlayd.keys import public_key
 from overlayd.model import Device
 from overlayd.model import NatCandidate
 from overlayd.model import PeerStatus
+from overlayd.nat.agent import DIRECT_HEAD_START
+from overlayd.nat.agent import MAX_HEAD_START
+from overlayd.nat.agent import MIN_HEAD_START
 from overlayd.nat.agent import NatAgent
+from overlayd.nat.agent import head_start
 from overlayd.nat.candidates import IpcExchange
 from overlayd.nat.candidates import priority
 from overlayd.nat.candidates import rank
@@ -290,6 +294,7 @@ class _FakeRelay:
     def __init__(self) -> None:
         self.relayed = ("198.51.100.1", 50001)
         self.alive = True
+        self.server = SimpleNamespace(url="turn:198.51.100.1:3478")
         self.bound: dict[str, SimpleNamespace] = {}
 
     def peer(self, key: str) -> SimpleNamespace | None:
@@ -312,6 +317,13 @@ class _FakeRelay:
     def remove_peer(self, key: str) -> None:
         self.bound.pop(key, None)
 
+    async def probe(self, within: float) -> bool:
+        await asyncio.sleep(0.03)  # the server's round trip
+        return self.alive
+
+    async def close(self, delete: bool = True) -> None:
+        self.alive = False
+
 
 class _FakeHooks:
     """WireGuard that handshakes only where ``works`` says the pair can."""
@@ -322,6 +334,9 @@ class _FakeHooks:
 
     def nat_set_endpoint(self, device: Device, key: str, endpoint: str, keepalive: int) -> None:
         self.pointed.append(endpoint)
+
+    def nat_candidates(self, device: Device) -> list[NatCandidate]:
+        return [NatCandidate(kind="host", endpoint="192.0.2.7:51820")]
 
     def peer_status(self, device: Device) -> list[PeerStatus]:
         endpoint = self.pointed[-1] if self.pointed else None
@@ -417,3 +432,29 @@ async def test_a_relayed_path_follows_the_allocations() -> None:
     assert agent._relay_stale(peer)
     assert await agent._go_relayed(peer)
     assert (peer.relay_mode, hooks.pointed[-1]) == ("theirs", PEER_RELAYED)
+
+
+def test_head_start_follows_the_round_trip_to_the_servers() -> None:
+    assert head_start(None) == DIRECT_HEAD_START  # nothing measured: as before
+    assert head_start(0.0) == MIN_HEAD_START  # two check intervals at the least
+    assert head_start(0.0005) == pytest.approx(0.102)  # a LAN
+    assert head_start(0.05) == pytest.approx(0.3)  # two intervals and four round trips
+    assert head_start(0.4) == MAX_HEAD_START
+    rtts = [0.0, 0.001, 0.01, 0.03, 0.1, 0.2, 0.5]
+    starts = [head_start(r) for r in rtts]
+    assert starts == sorted(starts)
+
+
+async def test_a_refresh_measures_the_round_trip_to_its_relay() -> None:
+    """The allocation's probe is timed: the head start of the next selections follows it."""
+    agent, _, relay, _ = _agent(lambda relay, endpoint: True, smaller=True)
+    assert agent.server_rtt is None
+    await agent._gather()
+    assert agent.server_rtt is not None and 0.03 <= agent.server_rtt < 1.0
+    assert head_start(agent.server_rtt) >= 2 * 0.05 + 4 * 0.03
+    assert [c.kind for c in agent.local] == ["host", "relay"]
+    # A refresh that measures nothing (the allocation lost, no new one) keeps the last figure.
+    measured = agent.server_rtt
+    relay.alive = False
+    await agent._gather()
+    assert agent.server_rtt == measured

@@ -13,8 +13,9 @@ change) the agent
    path again;
 3. selects a path where needed: connectivity checks to every direct candidate
    at once (:mod:`overlayd.nat.checks`); the first that answers is confirmed
-   by a fresh WireGuard handshake on it; when none answers within
-   :data:`DIRECT_HEAD_START` and a relay is available, the peer is relayed
+   by a fresh WireGuard handshake on it; when none answers within the head
+   start (:func:`head_start`: two check intervals and four round trips to the
+   STUN or TURN server) and a relay is available, the peer is relayed
    at once (through the allocation of the node with the smaller key, see
    :mod:`overlayd.nat.turn`) while the checks go on for ``punch_timeout``,
    and moves to the direct path as soon as one answers. When both nodes have
@@ -67,12 +68,16 @@ from overlayd.nat.turn import RelayMode
 from overlayd.nat.turn import TurnRelay
 from overlayd.nat.turn import relay_mode
 
-__all__ = ["DIRECT_HEAD_START", "NatAgent", "NatHooks", "PathKind", "PeerPath"]
+__all__ = ["DIRECT_HEAD_START", "NatAgent", "NatHooks", "PathKind", "PeerPath", "head_start"]
 
 log = logging.getLogger(__name__)
 
-#: How long direct checks run alone before a relayed path is set up beside them.
+#: How long direct checks run alone before a relayed path is set up beside them,
+#: while no round trip to a STUN or TURN server is known (see :func:`head_start`).
 DIRECT_HEAD_START: Final = 0.2
+#: Bounds of the head start measured from the round trip to the servers.
+MIN_HEAD_START: Final = 0.1
+MAX_HEAD_START: Final = 1.0
 #: Pace of connectivity checks towards each candidate (seconds).
 CHECK_INTERVAL: Final = 0.05
 #: A relayed peer is offered a direct path at every refresh with a short,
@@ -84,6 +89,24 @@ UPGRADE_WINDOW: Final = 1.0
 RESEND: Final = 0.5
 #: Bound of one STUN gathering and one TURN control transaction (seconds).
 SERVER_TIMEOUT: Final = 2.0
+
+
+def head_start(server_rtt: float | None) -> float:
+    """Seconds the direct checks run alone before the relayed path is set up beside them.
+
+    A direct check is answered once each node has sent one towards the other
+    (each opens its own NAT for the other): a check interval plus one round
+    trip between the nodes, which seldom exceeds twice a node's round trip to
+    the STUN or TURN server both reach. The head start allows that twice
+    over, two intervals and four server round trips, within
+    :data:`MIN_HEAD_START` and :data:`MAX_HEAD_START`; with no round trip
+    measured, :data:`DIRECT_HEAD_START` (docs/design-notes.rst, "NAT
+    traversal: relay first only when direct is slow").
+    """
+    if server_rtt is None:
+        return DIRECT_HEAD_START
+    return min(MAX_HEAD_START, max(MIN_HEAD_START, 2 * CHECK_INTERVAL + 4 * server_rtt))
+
 
 _SERVER_ERRORS: Final = (TimeoutError, OSError, ConnectionError, ValueError, stun.TransactionError)
 
@@ -148,6 +171,9 @@ class NatAgent:
         #: Warnings that hold until the agent stops (the port cannot be probed).
         self._standing: list[str] = []
         self.mapping: dict[int, str] = {}
+        #: The shortest round trip to a STUN or TURN server at the last refresh
+        #: that measured one (seconds); sets the direct checks' head start.
+        self.server_rtt: float | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._refresh_lock = asyncio.Lock()
@@ -297,6 +323,7 @@ class NatAgent:
             self._warn(f"host candidates of {self.device.name} are unknown: {exc}")
             host = []
         gathered: list[NatCandidate] = [c for c in host if c.kind == "host"]
+        rtts: list[float] = []
         if self.settings.stun_servers:
             if self.port is None:
                 self._warn("STUN servers are configured but the WireGuard port cannot be probed")
@@ -317,7 +344,10 @@ class NatAgent:
                     self.port.garbage = 0
                 self.mapping = result.mapping
                 gathered.extend(result.candidates)
-        relayed = await self._ensure_relay()
+                rtts.extend(o.rtt for o in result.observations if o.rtt is not None)
+        relayed = await self._ensure_relay(rtts)
+        if rtts:
+            self.server_rtt = min(rtts)
         if relayed is not None:
             gathered.append(NatCandidate(kind="relay", endpoint=relayed))
         local = tuple(rank(gathered))
@@ -326,13 +356,16 @@ class NatAgent:
         self.local = local
         self.exchange.publish(self.keys.public_key, self.local)
 
-    async def _ensure_relay(self) -> str | None:
+    async def _ensure_relay(self, rtts: list[float]) -> str | None:
+        """The relayed candidate: the allocation probed, or a new one; each timed into ``rtts``."""
         relay = self.relay
+        started = time.monotonic()
         if (
             relay is not None
             and relay.relayed is not None
             and await relay.probe(min(SERVER_TIMEOUT, self.settings.punch_timeout))
         ):
+            rtts.append(time.monotonic() - started)  # one Refresh transaction, at most two
             return endpoint_of(*relay.relayed)
         if relay is not None:
             self._warn(f"the TURN allocation on {relay.server.url} was lost; allocating again")
@@ -346,6 +379,7 @@ class NatAgent:
             return None
         for server in self.settings.turn_servers:
             candidate = TurnRelay(server, self._opener, port_no, self.settings.relay_forwarder)
+            started = time.monotonic()
             try:
                 relayed = await candidate.start(SERVER_TIMEOUT)
             except (*_SERVER_ERRORS, OverlaydError) as exc:
@@ -353,6 +387,8 @@ class NatAgent:
                 self._warn(f"TURN server {server.url} gave no allocation: {reason}")
                 continue
             self.relay = candidate
+            # An allocation is two transactions (the server's challenge, then the request).
+            rtts.append((time.monotonic() - started) / 2)
             log.info("TURN allocation on %s: relayed address %s", server.url, relayed)
             return endpoint_of(*relayed)
         return None
@@ -443,10 +479,11 @@ class NatAgent:
         if direct and self.port is not None:
             pace = UPGRADE_INTERVAL if upgrade else CHECK_INTERVAL
             checker = asyncio.create_task(self._check_all(peer, direct, pace))
+        alone = head_start(self.server_rtt)
         try:
             if checker is not None:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(peer.success.wait(), DIRECT_HEAD_START)
+                    await asyncio.wait_for(peer.success.wait(), alone)
             if peer.success.is_set() and await self._go_direct(peer):
                 return
             relay_ok = await relay_task
@@ -457,9 +494,7 @@ class NatAgent:
                 await self._go_relayed(peer)
             if checker is not None:
                 window = min(UPGRADE_WINDOW, self.settings.punch_timeout) if upgrade else None
-                deadline = time.monotonic() + (
-                    window or self.settings.punch_timeout - DIRECT_HEAD_START
-                )
+                deadline = time.monotonic() + (window or self.settings.punch_timeout - alone)
                 while time.monotonic() < deadline:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(peer.success.wait(), deadline - time.monotonic())

@@ -146,6 +146,8 @@ class Observation:
     mapped: Address
     #: RFC 5780 alternate address of the server, when it named one.
     other: Address | None = None
+    #: Seconds from the request to its answer (retransmissions included).
+    rtt: float | None = None
 
 
 @dataclass
@@ -183,7 +185,9 @@ def _binding_request() -> stun.Message:
 
 async def _observe(port: StunPort, server: Address, within: float) -> Observation | str:
     """One Binding transaction; an Observation or a warning sentence."""
+    started = time.monotonic()
     answer = await port.transact(_binding_request(), server, within=within)
+    rtt = time.monotonic() - started
     where = endpoint_of(server[0], server[1])
     if answer is None:
         return (
@@ -204,6 +208,7 @@ async def _observe(port: StunPort, server: Address, within: float) -> Observatio
         server=server,
         mapped=(str(mapped[0]), int(mapped[1])),
         other=(str(other[0]), int(other[1])) if isinstance(other, tuple) else None,
+        rtt=rtt,
     )
 
 
