@@ -22,11 +22,7 @@ from overlayd.keys import public_key
 from overlayd.model import Device
 from overlayd.model import NatCandidate
 from overlayd.model import PeerStatus
-from overlayd.nat.agent import DIRECT_HEAD_START
-from overlayd.nat.agent import MAX_HEAD_START
-from overlayd.nat.agent import MIN_HEAD_START
 from overlayd.nat.agent import NatAgent
-from overlayd.nat.agent import head_start
 from overlayd.nat.candidates import IpcExchange
 from overlayd.nat.candidates import priority
 from overlayd.nat.candidates import rank
@@ -37,6 +33,12 @@ from overlayd.nat.checks import verify_answer
 from overlayd.nat.config import NatSettings
 from overlayd.nat.config import TurnServer
 from overlayd.nat.config import split_host_port
+from overlayd.nat.pacing import DIRECT_HEAD_START
+from overlayd.nat.pacing import MAX_HEAD_START
+from overlayd.nat.pacing import MIN_HEAD_START
+from overlayd.nat.pacing import RESEND
+from overlayd.nat.pacing import head_start
+from overlayd.nat.pacing import resend_interval
 from overlayd.nat.peerpath import PeerPath
 from overlayd.nat.rawport import bpf_program
 from overlayd.nat.rawport import udp_checksum
@@ -443,6 +445,15 @@ def test_head_start_follows_the_round_trip_to_the_servers() -> None:
     rtts = [0.0, 0.001, 0.01, 0.03, 0.1, 0.2, 0.5]
     starts = [head_start(r) for r in rtts]
     assert starts == sorted(starts)
+
+
+def test_resend_outlasts_a_handshake() -> None:
+    assert resend_interval(None) == RESEND
+    assert resend_interval(0.001) == 0.2  # a LAN: bounded below
+    assert resend_interval(0.1) == pytest.approx(0.4)  # four server round trips
+    assert resend_interval(5.0) == 2.0
+    rtts = [0.0, 0.01, 0.06, 0.1, 0.3, 1.0]
+    assert [resend_interval(r) for r in rtts] == sorted(resend_interval(r) for r in rtts)
 
 
 async def test_a_refresh_measures_the_round_trip_to_its_relay() -> None:

@@ -14,7 +14,7 @@ change) the agent
 3. selects a path where needed: connectivity checks to every direct candidate
    at once (:mod:`overlayd.nat.checks`); the first that answers is confirmed
    by a fresh WireGuard handshake on it; when none answers within the head
-   start (:func:`head_start`: two check intervals and four round trips to the
+   start (:func:`overlayd.nat.pacing.head_start`: two check intervals and four round trips to the
    STUN or TURN server) and a relay is available, the peer is relayed
    at once (through the allocation of the node with the smaller key, see
    :mod:`overlayd.nat.turn`) while the checks go on for ``punch_timeout``,
@@ -58,6 +58,11 @@ from overlayd.nat.checks import answer
 from overlayd.nat.checks import check_request
 from overlayd.nat.checks import verify_answer
 from overlayd.nat.config import NatSettings
+from overlayd.nat.pacing import CHECK_INTERVAL
+from overlayd.nat.pacing import UPGRADE_INTERVAL
+from overlayd.nat.pacing import UPGRADE_WINDOW
+from overlayd.nat.pacing import head_start
+from overlayd.nat.pacing import resend_interval
 from overlayd.nat.peerpath import PathKind
 from overlayd.nat.peerpath import PeerPath
 from overlayd.nat.rawport import WgPort
@@ -68,45 +73,12 @@ from overlayd.nat.turn import RelayMode
 from overlayd.nat.turn import TurnRelay
 from overlayd.nat.turn import relay_mode
 
-__all__ = ["DIRECT_HEAD_START", "NatAgent", "NatHooks", "PathKind", "PeerPath", "head_start"]
+__all__ = ["NatAgent", "NatHooks", "PathKind", "PeerPath"]
 
 log = logging.getLogger(__name__)
 
-#: How long direct checks run alone before a relayed path is set up beside them,
-#: while no round trip to a STUN or TURN server is known (see :func:`head_start`).
-DIRECT_HEAD_START: Final = 0.2
-#: Bounds of the head start measured from the round trip to the servers.
-MIN_HEAD_START: Final = 0.1
-MAX_HEAD_START: Final = 1.0
-#: Pace of connectivity checks towards each candidate (seconds).
-CHECK_INTERVAL: Final = 0.05
-#: A relayed peer is offered a direct path at every refresh with a short,
-#: slower burst of checks: the relay carries the traffic meanwhile, and the
-#: peer's own bursts keep the NAT entries on its side open for 30 s or more.
-UPGRADE_INTERVAL: Final = 0.2
-UPGRADE_WINDOW: Final = 1.0
-#: Seconds after which an unconfirmed path gets a new initiation (see _confirm).
-RESEND: Final = 0.5
 #: Bound of one STUN gathering and one TURN control transaction (seconds).
 SERVER_TIMEOUT: Final = 2.0
-
-
-def head_start(server_rtt: float | None) -> float:
-    """Seconds the direct checks run alone before the relayed path is set up beside them.
-
-    A direct check is answered once each node has sent one towards the other
-    (each opens its own NAT for the other): a check interval plus one round
-    trip between the nodes, which seldom exceeds twice a node's round trip to
-    the STUN or TURN server both reach. The head start allows that twice
-    over, two intervals and four server round trips, within
-    :data:`MIN_HEAD_START` and :data:`MAX_HEAD_START`; with no round trip
-    measured, :data:`DIRECT_HEAD_START` (docs/design-notes.rst, "NAT
-    traversal: relay first only when direct is slow").
-    """
-    if server_rtt is None:
-        return DIRECT_HEAD_START
-    return min(MAX_HEAD_START, max(MIN_HEAD_START, 2 * CHECK_INTERVAL + 4 * server_rtt))
-
 
 _SERVER_ERRORS: Final = (TimeoutError, OSError, ConnectionError, ValueError, stun.TransactionError)
 
@@ -743,14 +715,16 @@ class NatAgent:
         Both nodes may re-create each other at the same moment, and an
         initiation that arrives while the peer is being re-created is lost;
         WireGuard itself would retry only after 5 s. So the re-creation (which
-        sends a new initiation at once) is repeated every :data:`RESEND`
-        seconds, after a few milliseconds of jitter, until a handshake shows.
+        sends a new initiation at once) is repeated every
+        :func:`~overlayd.nat.pacing.resend_interval` (0.2 s on a LAN), after a few milliseconds of
+        jitter, until a handshake shows.
         """
+        again = resend_interval(self.server_rtt)
         await asyncio.sleep(secrets.randbelow(30) / 1000)
         await self._point(peer, endpoint)
         start = time.monotonic()
         deadline = start + self.settings.punch_timeout
-        resend = start + RESEND
+        resend = start + again
         delay = 0.005
         while time.monotonic() < deadline:
             await asyncio.sleep(delay)
@@ -759,7 +733,7 @@ class NatAgent:
                 return False  # a direct path answered: try that first
             if time.monotonic() >= resend:
                 await self._point(peer, endpoint)
-                resend = time.monotonic() + RESEND + secrets.randbelow(200) / 1000
+                resend = time.monotonic() + again + secrets.randbelow(200) / 1000
             try:
                 statuses = await self._run(self.hooks.peer_status, self.device)
             except OverlaydError:
