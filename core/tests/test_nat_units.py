@@ -297,6 +297,8 @@ class _FakeRelay:
         self.relayed = ("198.51.100.1", 50001)
         self.alive = True
         self.server = SimpleNamespace(url="turn:198.51.100.1:3478")
+        #: How long the server takes to answer a probe (seconds).
+        self.round_trip = 0.03
         self.bound: dict[str, SimpleNamespace] = {}
 
     def peer(self, key: str) -> SimpleNamespace | None:
@@ -320,7 +322,7 @@ class _FakeRelay:
         self.bound.pop(key, None)
 
     async def probe(self, within: float) -> bool:
-        await asyncio.sleep(0.03)  # the server's round trip
+        await asyncio.sleep(self.round_trip)
         return self.alive
 
     async def close(self, delete: bool = True) -> None:
@@ -457,15 +459,22 @@ def test_resend_outlasts_a_handshake() -> None:
 
 
 async def test_a_refresh_measures_the_round_trip_to_its_relay() -> None:
-    """The allocation's probe is timed: the head start of the next selections follows it."""
+    """The allocation's probe is timed at every refresh: the head start follows it."""
     agent, _, relay, _ = _agent(lambda relay, endpoint: True, smaller=True)
     assert agent.server_rtt is None
     await agent._gather()
-    assert agent.server_rtt is not None and 0.03 <= agent.server_rtt < 1.0
-    assert head_start(agent.server_rtt) >= 2 * 0.05 + 4 * 0.03
+    assert agent.server_rtt is not None and 0.03 <= agent.server_rtt < 0.3
     assert [c.kind for c in agent.local] == ["host", "relay"]
+    # The server answers more slowly: the next refresh measures it, and the
+    # direct checks get a longer head start.
+    before = head_start(agent.server_rtt)
+    relay.round_trip = 0.3
+    await agent._gather()
+    assert agent.server_rtt >= 0.3
+    assert head_start(agent.server_rtt) > before
     # A refresh that measures nothing (the allocation lost, no new one) keeps the last figure.
     measured = agent.server_rtt
     relay.alive = False
     await agent._gather()
     assert agent.server_rtt == measured
+    assert [c.kind for c in agent.local] == ["host"]

@@ -14,14 +14,13 @@ change) the agent
 3. selects a path where needed: connectivity checks to every direct candidate
    at once (:mod:`overlayd.nat.checks`); the first that answers is confirmed
    by a fresh WireGuard handshake on it; when none answers within the head
-   start (:func:`overlayd.nat.pacing.head_start`: two check intervals and four round trips to the
-   STUN or TURN server) and a relay is available, the peer is relayed
-   at once (through the allocation of the node with the smaller key, see
-   :mod:`overlayd.nat.turn`) while the checks go on for ``punch_timeout``,
-   and moves to the direct path as soon as one answers. When both nodes have
-   an allocation, each sends through its own ("both relay"); when only one
-   has, or both relay does not confirm, the pair relays through one
-   allocation (see :mod:`overlayd.nat.turn`).
+   start (:func:`overlayd.nat.pacing.head_start`, which follows the round
+   trip to the STUN or TURN server) and a relay is available, the peer is
+   relayed at once while the checks go on for ``punch_timeout``, and moves
+   to the direct path as soon as one answers. When both nodes have an
+   allocation, each sends through its own ("both relay"); when only one has,
+   or both relay does not confirm, the pair relays through one allocation,
+   the smaller key's (see :mod:`overlayd.nat.turn`).
 
 When the endpoint a peer is reached at changes (including WireGuard roaming
 to a new mapping of the peer), ``nat_endpoint_changed`` is emitted.
@@ -317,7 +316,9 @@ class NatAgent:
                 self.mapping = result.mapping
                 gathered.extend(result.candidates)
                 rtts.extend(o.rtt for o in result.observations if o.rtt is not None)
-        relayed = await self._ensure_relay(rtts)
+        relayed, relay_rtt = await self._ensure_relay()
+        if relay_rtt is not None:
+            rtts.append(relay_rtt)
         if rtts:
             self.server_rtt = min(rtts)
         if relayed is not None:
@@ -328,8 +329,9 @@ class NatAgent:
         self.local = local
         self.exchange.publish(self.keys.public_key, self.local)
 
-    async def _ensure_relay(self, rtts: list[float]) -> str | None:
-        """The relayed candidate: the allocation probed, or a new one; each timed into ``rtts``."""
+    async def _ensure_relay(self) -> tuple[str | None, float | None]:
+        """The relayed candidate (the allocation probed, or a new one) and the
+        round trip to its server that this took, when it got one."""
         relay = self.relay
         started = time.monotonic()
         if (
@@ -337,8 +339,8 @@ class NatAgent:
             and relay.relayed is not None
             and await relay.probe(min(SERVER_TIMEOUT, self.settings.punch_timeout))
         ):
-            rtts.append(time.monotonic() - started)  # one Refresh transaction, at most two
-            return endpoint_of(*relay.relayed)
+            # One Refresh transaction (two after a stale nonce).
+            return endpoint_of(*relay.relayed), time.monotonic() - started
         if relay is not None:
             self._warn(f"the TURN allocation on {relay.server.url} was lost; allocating again")
             await relay.close(delete=False)
@@ -348,7 +350,7 @@ class NatAgent:
                     self._start_selection(peer, reason="relay lost")
         port_no = self.device.listen_port
         if not port_no:
-            return None
+            return None, None
         for server in self.settings.turn_servers:
             candidate = TurnRelay(server, self._opener, port_no, self.settings.relay_forwarder)
             started = time.monotonic()
@@ -359,11 +361,10 @@ class NatAgent:
                 self._warn(f"TURN server {server.url} gave no allocation: {reason}")
                 continue
             self.relay = candidate
-            # An allocation is two transactions (the server's challenge, then the request).
-            rtts.append((time.monotonic() - started) / 2)
             log.info("TURN allocation on %s: relayed address %s", server.url, relayed)
-            return endpoint_of(*relayed)
-        return None
+            # An allocation is two transactions (the server's challenge, then the request).
+            return endpoint_of(*relayed), (time.monotonic() - started) / 2
+        return None, None
 
     def _review(self, peer: PeerPath, status: PeerStatus | None) -> None:
         """Once per refresh: is the peer's path alive, did WireGuard roam, can a relay go?"""
@@ -716,8 +717,8 @@ class NatAgent:
         initiation that arrives while the peer is being re-created is lost;
         WireGuard itself would retry only after 5 s. So the re-creation (which
         sends a new initiation at once) is repeated every
-        :func:`~overlayd.nat.pacing.resend_interval` (0.2 s on a LAN), after a few milliseconds of
-        jitter, until a handshake shows.
+        :func:`~overlayd.nat.pacing.resend_interval` (0.2 s on a LAN), after
+        a few milliseconds of jitter, until a handshake shows.
         """
         again = resend_interval(self.server_rtt)
         await asyncio.sleep(secrets.randbelow(30) / 1000)
