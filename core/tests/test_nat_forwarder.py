@@ -269,9 +269,11 @@ def _data_indication(remote: tuple[str, int], data: bytes) -> bytes:
     return bytes(message)
 
 
-async def _both(bench: Bench, peer_relay: socket.socket, key: str = "k1") -> RelayedPeer:
+async def _both(
+    bench: Bench, peer_relay: socket.socket, key: str = "k1", channel: int = CHANNEL
+) -> RelayedPeer:
     """A bound peer in both relay mode whose relayed address is ``peer_relay``'s."""
-    peer = await bench.peer(key=key)
+    peer = await bench.peer(key=key, channel=channel)
     bench.relay.set_peer_relay(key, peer_relay.getsockname())
     data, _ = await asyncio.to_thread(_recv, peer_relay)
     assert data == KEEPALIVE_MESSAGE  # one at once
@@ -299,6 +301,25 @@ async def test_datagrams_from_the_peers_relayed_address_reach_wireguard(bench: B
             relayed.sendto(payload, bench.client)
         for payload in sent:
             assert await asyncio.to_thread(_recv, bench.wg) == (payload, _local(peer))
+
+
+async def test_many_relayed_peers_each_get_their_own_datagrams(bench: Bench) -> None:
+    """Datagrams from twelve peers' relayed addresses, interleaved: each reaches WireGuard
+    from its own peer's local endpoint (the native table finds a source by binary search)."""
+    with contextlib.ExitStack() as stack:
+        relays = [stack.enter_context(_udp()) for _ in range(12)]
+        peers = [
+            await _both(bench, r, key=f"k{i}", channel=CHANNEL + i) for i, r in enumerate(relays)
+        ]
+        owner = {_local(p): i for i, p in enumerate(peers)}
+        for rounds in range(2):  # the first round also marks each address seen
+            for n in range(5):
+                for i in reversed(range(len(relays))):  # never the last one matched
+                    relays[i].sendto(b"%02d %d %d" % (i, rounds, n), bench.client)
+            for _ in range(5 * len(relays)):
+                data, source = await asyncio.to_thread(_recv, bench.wg)
+                assert int(data[:2]) == owner[source], (data, source)
+        assert all(p.relay_seen for p in peers)
 
 
 async def test_both_directions_of_both_relay_and_the_server_in_one_batch(bench: Bench) -> None:

@@ -94,6 +94,10 @@ struct ovl_fwd {
      * delivered (1), dropped (0), or handed to Python (2: not seen yet) */
     union ovl_addr *peer_relay;
     uint8_t *peer_raw;
+    /* the peers with a relayed address, ordered by it (cmp_addr): a datagram's
+     * source is looked up by binary search, not by a scan of every peer */
+    int *relay_order;
+    int nrelay;
     int last_relay; /* the peer whose relayed address matched last */
     /* channel - 0x4000 -> fd of an inbound peer; -2: not delivered; -1: unknown */
     int chan_fd[OVL_CHANNELS];
@@ -138,6 +142,7 @@ void ovl_fwd_free(struct ovl_fwd *c)
     free(c->peer_channel);
     free(c->peer_relay);
     free(c->peer_raw);
+    free(c->relay_order);
     free(c);
 }
 
@@ -146,17 +151,30 @@ static socklen_t addr_len(const union ovl_addr *a)
     return a->sa.sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
 }
 
-static int same_addr(const union ovl_addr *a, const union ovl_addr *b)
+/* Order of two addresses by family, port and address (flow and scope ignored);
+ * 0 when they are the same. Addresses of no family are all the same. */
+static int cmp_addr(const union ovl_addr *a, const union ovl_addr *b)
 {
     if (a->sa.sa_family != b->sa.sa_family)
-        return 0;
-    if (a->sa.sa_family == AF_INET)
-        return a->in4.sin_port == b->in4.sin_port &&
-               a->in4.sin_addr.s_addr == b->in4.sin_addr.s_addr;
-    if (a->sa.sa_family == AF_INET6)
-        return a->in6.sin6_port == b->in6.sin6_port &&
-               !memcmp(&a->in6.sin6_addr, &b->in6.sin6_addr, sizeof(a->in6.sin6_addr));
+        return a->sa.sa_family < b->sa.sa_family ? -1 : 1;
+    if (a->sa.sa_family == AF_INET) {
+        if (a->in4.sin_port != b->in4.sin_port)
+            return a->in4.sin_port < b->in4.sin_port ? -1 : 1;
+        return memcmp(&a->in4.sin_addr, &b->in4.sin_addr, sizeof(a->in4.sin_addr));
+    }
+    if (a->sa.sa_family == AF_INET6) {
+        if (a->in6.sin6_port != b->in6.sin6_port)
+            return a->in6.sin6_port < b->in6.sin6_port ? -1 : 1;
+        return memcmp(&a->in6.sin6_addr, &b->in6.sin6_addr, sizeof(a->in6.sin6_addr));
+    }
     return 0;
+}
+
+/* qsort_r comparator of peer indices by their relayed addresses. */
+static int cmp_relay(const void *x, const void *y, void *relays)
+{
+    const union ovl_addr *r = relays;
+    return cmp_addr(&r[*(const int *)x], &r[*(const int *)y]);
 }
 
 /* turn_fd: the TURN client socket (not connected); server: the TURN server's
@@ -209,14 +227,17 @@ int ovl_fwd_table(struct ovl_fwd *c, int n, const int *fds, const uint16_t *chan
     uint16_t *peer_channel = malloc(sizeof(uint16_t) * slots);
     union ovl_addr *peer_relay = calloc(slots, sizeof(union ovl_addr));
     uint8_t *peer_raw = malloc(slots);
-    if (!peer_fd || !peer_channel || !peer_relay || !peer_raw) {
+    int *relay_order = malloc(sizeof(int) * slots);
+    if (!peer_fd || !peer_channel || !peer_relay || !peer_raw || !relay_order) {
         free(peer_fd);
         free(peer_channel);
         free(peer_relay);
         free(peer_raw);
+        free(relay_order);
         close(epfd);
         return -ENOMEM;
     }
+    int nrelay = 0;
     for (int i = 0; i < OVL_CHANNELS; i++)
         c->chan_fd[i] = -1;
     for (int i = 0; i < n; i++) {
@@ -224,6 +245,8 @@ int ovl_fwd_table(struct ovl_fwd *c, int n, const int *fds, const uint16_t *chan
         peer_channel[i] = channels[i];
         memcpy(&peer_relay[i], relays + (size_t)i * OVL_ADDR, OVL_ADDR);
         peer_raw[i] = raw[i];
+        if (peer_relay[i].sa.sa_family == AF_INET || peer_relay[i].sa.sa_family == AF_INET6)
+            relay_order[nrelay++] = i;
         watch(epfd, fds[i], (uint64_t)i); /* a socket closed meanwhile is left out */
         unsigned slot = (unsigned)channels[i] - OVL_CHANNEL_MIN;
         if (channels[i] && slot < OVL_CHANNELS)
@@ -235,12 +258,16 @@ int ovl_fwd_table(struct ovl_fwd *c, int n, const int *fds, const uint16_t *chan
     free(c->peer_channel);
     free(c->peer_relay);
     free(c->peer_raw);
+    free(c->relay_order);
+    qsort_r(relay_order, (size_t)nrelay, sizeof(int), cmp_relay, peer_relay);
     c->epfd = epfd;
     c->npeers = n;
     c->peer_fd = peer_fd;
     c->peer_channel = peer_channel;
     c->peer_relay = peer_relay;
     c->peer_raw = peer_raw;
+    c->relay_order = relay_order;
+    c->nrelay = nrelay;
     c->last_relay = 0;
     return 0;
 }
@@ -345,17 +372,27 @@ static int keepalive(const unsigned char *d, size_t len)
            d[6] == 0xA4 && d[7] == 0x42;
 }
 
-/* The peer whose relayed address `a` is, or -1. */
+/* The peer whose relayed address `a` is, or -1: the last one matched (a
+ * bulk transfer comes from one peer), else a binary search of relay_order. */
 static int relay_peer(struct ovl_fwd *c, const union ovl_addr *a)
 {
     int last = c->last_relay;
-    if (last < c->npeers && same_addr(&c->peer_relay[last], a))
+    if (a->sa.sa_family != AF_INET && a->sa.sa_family != AF_INET6)
+        return -1;
+    if (last < c->npeers && !cmp_addr(&c->peer_relay[last], a))
         return last;
-    for (int i = 0; i < c->npeers; i++) {
-        if (same_addr(&c->peer_relay[i], a)) {
+    int lo = 0, hi = c->nrelay - 1;
+    while (lo <= hi) {
+        int mid = lo + (hi - lo) / 2, i = c->relay_order[mid];
+        int order = cmp_addr(&c->peer_relay[i], a);
+        if (!order) {
             c->last_relay = i;
             return i;
         }
+        if (order < 0)
+            lo = mid + 1;
+        else
+            hi = mid - 1;
     }
     return -1;
 }
@@ -378,7 +415,7 @@ static int turn_pending(struct ovl_fwd *c, unsigned char *buf, size_t cap, int *
         int fd, code = OVL_TURN;
         unsigned char *payload = d;
         size_t length = len;
-        if (same_addr(&b->from[i], &c->server)) {
+        if (!cmp_addr(&b->from[i], &c->server)) {
             unsigned channel = len >= 4 ? ((unsigned)d[0] << 8 | d[1]) - OVL_CHANNEL_MIN : 0;
             fd = len >= 4 && channel < OVL_CHANNELS ? c->chan_fd[channel] : -1;
             if (fd != -1) { /* ChannelData for a channel in the table */
