@@ -419,3 +419,18 @@ def test_client_sync_events(
         finally:
             timer.join()
             events.close()
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs"),
+    [((), {"bogus": 1}), (("/s.sock",), {"connect_attempts": 0})],
+    ids=["unknown-argument", "bad-value"],
+)
+def test_a_client_refused_at_construction_leaves_no_thread(
+    args: tuple[object, ...], kwargs: dict[str, object]
+) -> None:
+    before = {t for t in threading.enumerate() if t.name == "overlayd-client"}
+    with pytest.raises((TypeError, ValueError)):
+        Client(*args, **kwargs)  # type: ignore[arg-type]
+    after = {t for t in threading.enumerate() if t.name == "overlayd-client"}
+    assert after == before

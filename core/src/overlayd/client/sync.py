@@ -67,12 +67,13 @@ class Client(BlockingClient):
 
     @_arguments_of(AsyncClient)
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # The arguments are checked first: a bad one leaves no thread running.
+        self._async = AsyncClient(*args, **kwargs)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="overlayd-client", daemon=True
         )
         self._thread.start()
-        self._async = AsyncClient(*args, **kwargs)
 
     def _run(self, coro: Coroutine[Any, Any, _T]) -> _T:
         if self._loop.is_closed():
