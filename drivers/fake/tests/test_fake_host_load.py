@@ -44,6 +44,9 @@ async def test_a_folded_file_and_a_journal_load_the_same_host(
         "{not json",
         '{"attachments": {"x": {"handle": 5}}}',  # JSON, but not an attachment
         '{"dead": "linux_pid:1"}',
+        '{"dead": [1]}',  # an array, but not of handle keys
+        '{"dead": [[1]]}',
+        '{"peers": {"wg0": 5}}',  # a device whose peers are not an object
     ],
 )
 @pytest.mark.parametrize("journalled", [False, True])
@@ -55,4 +58,21 @@ def test_a_bad_state_file_is_a_config_error_naming_it(
     if journalled:  # the journal's replay path, not the folded file's
         journal_path(state).write_text('{"set": [], "del": []}\n')
     with pytest.raises(ConfigError, match=f"{state}.* is unreadable"):
+        HostJournal(state).load()
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        '{"set": [["devices"]]}',  # a change without its key and value
+        '{"del": 5}',
+        '{"set": [["peers", "wg0", {}]]}',  # a peer key that is not (device, key)
+        '{"set": [["nonsense", "k", {}]]}',  # no such table
+    ],
+)
+def test_a_bad_journal_entry_is_a_config_error(tmp_path: Path, entry: str) -> None:
+    state = tmp_path / "host.json"
+    state.write_text("{}")
+    journal_path(state).write_text(entry + "\n" + '{"set": [], "del": []}\n')
+    with pytest.raises(ConfigError, match=r"corrupt|unreadable"):
         HostJournal(state).load()

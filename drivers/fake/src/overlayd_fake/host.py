@@ -101,21 +101,6 @@ class FakeHost:
             port_mappings=doc.get("port_mappings", {}),
         )
 
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> FakeHost:
-        return cls(
-            devices={k: Device.model_validate(v) for k, v in data.get("devices", {}).items()},
-            peers={d: _PEERS.validate_python(ps) for d, ps in data.get("peers", {}).items()},
-            attachments=_ATTACHMENTS.validate_python(data.get("attachments", {})),
-            dead=set(data.get("dead", [])),
-            masquerades={
-                k: MasqueradeRule.model_validate(v) for k, v in data.get("masquerades", {}).items()
-            },
-            port_mappings={
-                k: PortMapping.model_validate(v) for k, v in data.get("port_mappings", {}).items()
-            },
-        )
-
 
 class _HostDoc(TypedDict, total=False):
     """The state file (``FakeHost.to_json``), as pydantic validates it in one call."""
@@ -130,9 +115,6 @@ class _HostDoc(TypedDict, total=False):
 
 #: The whole state file, parsed and validated by pydantic-core from its text.
 _HOST_DOC: Final = TypeAdapter(_HostDoc)
-#: A whole table validated in one pydantic-core call (a host of 10,000 of each at start).
-_PEERS: Final = TypeAdapter(dict[str, PeerStatus])
-_ATTACHMENTS: Final = TypeAdapter(dict[str, Attachment])
 #: The tables of :class:`FakeHost` that map a key to a model.
 _TABLES: Final = ("devices", "attachments", "masquerades", "port_mappings")
 #: The value of a ``dead`` key, and of a device in ``peers`` (which may have none).
@@ -180,8 +162,12 @@ def _check_shape(data: Any) -> None:
     for table in (*_TABLES, "peers"):
         if not isinstance(data.get(table, {}), dict):
             raise ValueError(f"{table!r} is not a JSON object")
-    if not isinstance(data.get("dead", []), list):
-        raise ValueError("'dead' is not a JSON array")
+    for device, peers in data.get("peers", {}).items():
+        if not isinstance(peers, dict):
+            raise ValueError(f"the peers of {device!r} are not a JSON object")
+    dead = data.get("dead", [])
+    if not isinstance(dead, list) or not all(isinstance(key, str) for key in dead):
+        raise ValueError("'dead' is not a JSON array of strings")
 
 
 def _unflatten_json(flat: dict[tuple[str, Any], Any]) -> dict[str, Any]:
@@ -264,13 +250,18 @@ class HostJournal:
                         fh.truncate(sum(len(kept) + 1 for kept in lines))
                     break
                 raise ConfigError(f"fake driver journal {journal} is corrupt") from None
-            for table, key in entry.get("del", []):
-                flat.pop((table, _key_of(key)), None)
-            for table, key, value in entry.get("set", []):
-                flat[(table, _key_of(key))] = value
+            try:
+                for table, key in entry.get("del", []):
+                    flat.pop((table, _key_of(key)), None)
+                for table, key, value in entry.get("set", []):
+                    flat[(table, _key_of(key))] = value
+            except (AttributeError, TypeError, ValueError):
+                raise ConfigError(
+                    f"fake driver journal {journal} is corrupt (line {number + 1})"
+                ) from None
         try:
-            host = FakeHost.from_json(_unflatten_json(flat))
-        except ValidationError as exc:
+            host = FakeHost.from_doc(_HOST_DOC.validate_python(_unflatten_json(flat)))
+        except (ValidationError, TypeError, KeyError) as exc:
             raise self._unreadable(exc) from exc
         self.saved = host.flat()
         self._journal_bytes = sum(len(line) + 1 for line in lines)
