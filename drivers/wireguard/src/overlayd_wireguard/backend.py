@@ -75,8 +75,14 @@ class WgBackend(abc.ABC):
         back. Raises ``Conflict`` if ``name`` exists in another namespace.
         """
         validate_ifname(name)
-        # DeviceConfig's fields are these parameters, in this order.
-        config = DeviceConfig(private_key, listen_port, mtu, tuple(addresses), netns, fwmark)
+        config = DeviceConfig(
+            private_key=private_key,
+            listen_port=listen_port,
+            mtu=mtu,
+            addresses=tuple(addresses),
+            netns=netns,
+            fwmark=fwmark,
+        )
         return self._ensure_device(name, config)
 
     def delete_device(self, name: str) -> bool:
@@ -97,6 +103,7 @@ class WgBackend(abc.ABC):
         the caller tracks it; a backend that records the configuration (to replay
         it after a restart) then needs no read-back of the whole device.
         """
+        validate_ifname(name)
         self._apply(name, request, peers)
 
     @abc.abstractmethod

@@ -20,6 +20,7 @@ from pyroute2.netlink.generic.wireguard import wgmsg
 
 from overlayd.errors import ConfigError
 from overlayd.errors import DeviceError
+from overlayd.errors import InvalidRequest
 from overlayd.errors import NotFound
 from overlayd.errors import NotSupported
 from overlayd.errors import PeerError
@@ -209,6 +210,8 @@ class FakeGenl:
         if self.fail_with is not None:
             raise self.fail_with
         unset = dict.fromkeys(("listen_port", "fwmark", "private_key", "peer"))
+        unknown = fields.keys() - unset.keys()
+        assert not unknown, f"GenlWireGuard.set takes no {sorted(unknown)}"
         self.calls.append({"interface": interface, **unset, **fields})
         return None
 
@@ -336,3 +339,23 @@ def test_kernel_backend_empty_request_opens_nothing() -> None:
 
     KernelBackend(links=RecordingLinks(), genl_factory=factory).apply("wgk0", SetRequest())
     assert opened == []
+
+
+def test_a_bad_interface_name_is_refused_before_netlink() -> None:
+    """The backend's public methods check the name once, for both backends."""
+    genl = FakeGenl()
+    opened: list[str | None] = []
+
+    def factory(netns: str | None) -> FakeGenl:
+        opened.append(netns)
+        return genl
+
+    backend = KernelBackend(links=RecordingLinks(), genl_factory=factory)
+    for call in (
+        lambda: backend.ensure_device("a/b", private_key=PrivateKey.generate()),
+        lambda: backend.delete_device("a/b"),
+        lambda: backend.apply("bad name", SetRequest()),
+    ):
+        with pytest.raises(InvalidRequest, match="interface name"):
+            call()
+    assert genl.calls == [] and opened == []

@@ -12,6 +12,7 @@ import pytest
 
 from overlayd.errors import Conflict
 from overlayd.errors import DeviceError
+from overlayd.errors import InvalidRequest
 from overlayd.errors import NotFound
 from overlayd_wireguard.keys import PrivateKey
 from overlayd_wireguard.keys import generate_keypair
@@ -241,3 +242,17 @@ def test_start_timeout_is_bounded(sock_dir: Path, links: RecordingLinks) -> None
     with pytest.raises(DeviceError, match="did not open"):
         b.ensure_device("wgu7", private_key=PrivateKey.generate())
     assert time.monotonic() - t0 < 5
+
+
+def test_a_bad_interface_name_starts_no_process(
+    backend: UserspaceBackend, links: RecordingLinks, sock_dir: Path
+) -> None:
+    for call in (
+        lambda: backend.ensure_device("a/b", private_key=PrivateKey.generate()),
+        lambda: backend.delete_device("../x"),
+        lambda: backend.apply("bad name", SetRequest()),
+    ):
+        with pytest.raises(InvalidRequest, match="interface name"):
+            call()
+    assert links.configured == [] and links.deleted == []
+    assert list(sock_dir.iterdir()) == []
