@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import gc
 import sys
 from typing import Any
 
@@ -42,3 +43,17 @@ def test_a_libc_without_malloc_trim_is_left_alone(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(sys, "platform", "linux")
     monkeypatch.setattr(ctypes, "CDLL", lambda name: object())  # musl: no such symbol
     base.trim_heap()
+
+
+async def test_the_engine_trims_the_heap_once_after_its_load(
+    monkeypatch: pytest.MonkeyPatch, engine_config: Any
+) -> None:
+    from overlayd.engine import Engine
+    from overlayd_fake.driver import FakeDriver
+
+    frozen_at_trim: list[int] = []
+    monkeypatch.setattr(base, "trim_heap", lambda: frozen_at_trim.append(gc.get_freeze_count()))
+    async with Engine(engine_config, drivers=[FakeDriver()]):
+        # Once, after the load was frozen (gc.freeze follows the load).
+        assert len(frozen_at_trim) == 1 and frozen_at_trim[0] > 0
+    assert len(frozen_at_trim) == 1
