@@ -4,7 +4,7 @@ Not a test: it prints figures side by side. Run as root on Debian with
 ``coturn``, ``wireguard-go``, ``nebula`` and ``iperf3`` installed::
 
     sudo .venv/bin/python bench/nat/run.py [--cases eim/eim,eim/sym,sym/sym] [--seconds 5]
-        [--forwarders python,native] [--one-allocation] [--no-upgrade]
+        [--forwarders python,native] [--one-allocation] [--no-upgrade] [--nebula-relay-only]
 
 The topology is the lab of ``tests/e2e/test_nat_traversal.py`` (a "public"
 switch with coturn, two NAT routers, a node and a container behind each),
@@ -14,9 +14,11 @@ built fresh for every case and removed afterwards. For each NAT case:
   time from the moment both nodes are told about each other (``add_peer`` and
   ``nat_peer_candidates``; daemons already running, as they are in
   production) to the first container-to-container ping, and the path chosen;
-* Nebula with a lighthouse on the switch (relays off), then with the
-  lighthouse as relay: time from starting both hosts' ``nebula`` (lighthouse
-  already running) to the first ping over the Nebula addresses;
+* Nebula with a lighthouse on the switch (relays off; skipped with
+  ``--nebula-relay-only``, since behind a symmetric NAT it waits 30 s for no
+  path), then with the lighthouse as relay: time from starting both hosts'
+  ``nebula`` (lighthouse already running) to the first ping over the Nebula
+  addresses;
 * throughput (iperf3, one TCP stream) over the path each found;
 * overlayd only: a relayed peer whose direct path becomes possible (router B
   switches from symmetric to endpoint-independent mapping): seconds until it
@@ -132,14 +134,14 @@ def relay_mode(a: Any, b: Any) -> str | None:
     An overlayd from before both relay does not log it and always relays
     through the smaller key's allocation.
     """
-    modes = {a.relay_mode(), b.relay_mode()}
-    if modes == {None}:
+    mode_a, mode_b = a.relay_mode(), b.relay_mode()  # each reads its daemon's log
+    if mode_a is None and mode_b is None:
         return "owner a" if a.public_key < b.public_key else "owner b"
-    if modes == {"both"}:
+    if mode_a == mode_b == "both":
         return "both"
-    if modes == {"own", "theirs"}:
-        return "owner a" if a.relay_mode() == "own" else "owner b"
-    return "/".join(str(m) for m in (a.relay_mode(), b.relay_mode()))  # not agreed
+    if {mode_a, mode_b} == {"own", "theirs"}:
+        return "owner a" if mode_a == "own" else "owner b"
+    return f"{mode_a}/{mode_b}"  # not agreed
 
 
 def overlayd_case(
@@ -148,15 +150,7 @@ def overlayd_case(
     """``turn_b`` False: only node a has a TURN server (it relays the pair alone)."""
     lab = lab_mod.Lab()
     try:
-        a, b = lab.build(nat_a, nat_b)
-        lab.start_coturn()
-        for node in (a, b):
-            node.start(lab.nat_config(forwarder=forwarder, turn=turn_b or node is a))
-            node.setup()
-        lab_mod.wait_until(a.has_relay_candidate, 10, "a's candidates")
-        lab_mod.wait_until(
-            b.has_relay_candidate if turn_b else lambda: bool(b.status().nat), 10, "b's"
-        )
+        a, b = lab.start_pair(nat_a, nat_b, turn_b=turn_b, forwarder=forwarder)
         t0 = time.monotonic()
         lab.introduce(a, b)
         lab.start_exchange(a, b)
@@ -176,14 +170,7 @@ def overlayd_upgrade(seconds_limit: float = 30.0) -> dict[str, Any]:
     """Relayed (EIM/sym), then router B becomes endpoint-independent: time until direct."""
     lab = lab_mod.Lab()
     try:
-        a, b = lab.build("eim", "sym")
-        lab.start_coturn()
-        for node in (a, b):
-            node.start(lab.nat_config(forwarder="auto"))
-            node.setup()
-        lab_mod.wait_until(
-            lambda: a.has_relay_candidate() and b.has_relay_candidate(), 10, "candidates"
-        )
+        a, b = lab.start_pair("eim", "sym", forwarder="auto")
         lab.introduce(a, b)
         lab.start_exchange(a, b)
         lab_mod.wait_until(lambda: a.path_of(b) == "relayed", 15, "a relayed path")
@@ -377,8 +364,10 @@ def main() -> int:
             )
             if nebula and index == 0:
                 n, r = row["nebula"], row["nebula_relay"]
+                n_ping = "skipped" if n.get("skipped") else _fmt(n["first_ping_s"], " s")
+                n_gbit = "skipped" if n.get("skipped") else _fmt(n["gbit_s"])
                 line += (
-                    f" | {_fmt(n['first_ping_s'], ' s'):>8} {_fmt(n['gbit_s']):>13}"
+                    f" | {n_ping:>8} {n_gbit:>13}"
                     f" | {_fmt(r['first_ping_s'], ' s'):>12} {_fmt(r['gbit_s']):>13}"
                     f" {_fmt(r.get('relay_drops')):>11}"
                 )

@@ -102,9 +102,7 @@ class ClusterLab:
             )
             node.start(lab.nat_config() + cluster)
         for node in (a, b):
-            wait_until(
-                node.has_relay_candidate, 20, f"{node.name} to join and gather its candidates"
-            )
+            wait_until(node.has_candidates, 20, f"{node.name} to join and gather its candidates")
         return a, b
 
     def record(self, node: Any) -> dict[str, Any]:

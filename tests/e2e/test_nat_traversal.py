@@ -83,7 +83,8 @@ def wait_until(pred: Callable[[], bool], timeout: float, what: str, step: float 
 
 
 #: coturn's relay ports (``min-port``/``max-port`` in :meth:`Lab.start_coturn`).
-RELAY_PORTS = "49160-49400"
+RELAY_MIN_PORT, RELAY_MAX_PORT = 49160, 49400
+RELAY_PORTS = f"{RELAY_MIN_PORT}-{RELAY_MAX_PORT}"
 #: The daemon's log line for a relayed path, per mode (overlayd.nat.turn.MODE_TEXT).
 RELAY_MODE_LOG = {
     "both": "relayed, each node sends through its own allocation",
@@ -231,10 +232,13 @@ class Node:
         )  # fmt: skip
         return res.returncode == 0
 
-    def has_relay_candidate(self) -> bool:
-        """Whether the node has gathered its candidates, a relayed one among them."""
+    def has_candidates(self, *, relay: bool = True) -> bool:
+        """Whether the node has gathered its candidates (with ``relay``, a relayed one
+        among them)."""
         st = self.status()
-        return st.nat is not None and any(c.kind == "relay" for c in st.nat.candidates)
+        if st.nat is None or not st.nat.candidates:
+            return False
+        return not relay or any(c.kind == "relay" for c in st.nat.candidates)
 
     def path_of(self, other: Node) -> str | None:
         st = self.status()
@@ -337,7 +341,8 @@ class Lab:
         conf = self.root / "turnserver.conf"
         conf.write_text(
             "listening-ip=10.240.0.1\nlistening-ip=10.240.0.2\nlistening-port=3478\n"
-            "relay-ip=10.240.0.1\nmin-port=49160\nmax-port=49400\n"
+            "relay-ip=10.240.0.1\n"
+            f"min-port={RELAY_MIN_PORT}\nmax-port={RELAY_MAX_PORT}\n"
             f"lt-cred-mech\nuser={TURN_USER}:{TURN_PASS}\nrealm=overlayd.test\n"
             "no-tls\nno-dtls\nno-cli\nno-software-attribute\nsimple-log\n"
             f"log-file={self.root / 'turn.log'}\nuserdb={self.root / 'turndb'}\n"
@@ -367,6 +372,24 @@ class Lab:
                 f'username = "{TURN_USER}", credential = "{TURN_PASS}"}}]'
             )
         return "\n".join(lines) + "\n" + extra
+
+    def start_pair(
+        self, nat_a: str | None, nat_b: str | None, *, turn_b: bool = True, **cfg: Any
+    ) -> tuple[Node, Node]:
+        """Both nodes up behind their routers, coturn running, and each node's candidates
+        gathered (``turn_b`` False: b has no TURN server); not yet told about each other.
+
+        ``cfg``: more of :meth:`nat_config`'s settings.
+        """
+        a, b = self.build(nat_a, nat_b)
+        self.start_coturn()
+        for node in (a, b):
+            node.start(self.nat_config(turn=turn_b or node is a, **cfg))
+            node.setup()
+        # Candidates are gathered when the overlay comes up: wait for them.
+        wait_until(a.has_candidates, 10, "a's candidates")
+        wait_until(lambda: b.has_candidates(relay=turn_b), 10, "b's candidates")
+        return a, b
 
     def introduce(self, a: Node, b: Node, keepalive: int = 25) -> None:
         """add_peer both ways (no endpoint: only the candidates tell where)."""
@@ -452,17 +475,7 @@ def _bring_up(
     lab: Lab, nat_a: str | None, nat_b: str | None, *, turn_b: bool = True, **cfg: Any
 ) -> tuple[Node, Node]:
     """Both nodes up and told about each other; ``turn_b`` False: b has no TURN server."""
-    a, b = lab.build(nat_a, nat_b)
-    lab.start_coturn()
-    for node in (a, b):
-        node.start(lab.nat_config(turn=turn_b or node is a, **cfg))
-        node.setup()
-    # Candidates are gathered when the overlay comes up: wait for the relay.
-    wait_until(a.has_relay_candidate, 10, "a's candidates")
-    if turn_b:
-        wait_until(b.has_relay_candidate, 10, "b's candidates")
-    else:
-        wait_until(lambda: (n := b.status().nat) is not None and bool(n.candidates), 10, "b's")
+    a, b = lab.start_pair(nat_a, nat_b, turn_b=turn_b, **cfg)
     lab.introduce(a, b)
     return a, b
 
