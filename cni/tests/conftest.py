@@ -109,7 +109,8 @@ class BridgeDaemon:
 
 @pytest.fixture
 def daemon_dns() -> bool:
-    """Whether :func:`daemon` runs overlayd's DNS server (parametrise it to)."""
+    """Whether :func:`daemon` runs overlayd's DNS server (a test module that needs
+    it overrides this fixture)."""
     return False
 
 

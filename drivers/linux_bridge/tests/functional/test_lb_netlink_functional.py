@@ -269,12 +269,12 @@ def test_join_global_second_interface_gets_host_route(
     netlink.create_veth_into_netns(
         _veth(c1, "10.78.0.10/32", ifname="eth1", routes=routes, bridge="zl-glob-g")
     )
-    routes = c1.ip("route")
-    host_route = next(r for r in routes.splitlines() if r.startswith("10.78.0.1 "))
+    table = c1.ip("route")
+    host_route = next(r for r in table.splitlines() if r.startswith("10.78.0.1 "))
     assert "dev eth1" in host_route
     assert "scope link" in host_route
-    assert "10.78.0.0/16 via 10.78.0.1 dev eth1" in routes
-    assert "default via 10.77.0.1 dev eth0" in routes
+    assert "10.78.0.0/16 via 10.78.0.1 dev eth1" in table
+    assert "default via 10.77.0.1 dev eth0" in table
     assert ping(c1, "10.78.0.1")
 
 

@@ -3,7 +3,7 @@
 Topology (all namespaces are the test's own)::
 
     c1 (10.88.0.10) ─┐                                   ┌─ outside
-    c2 (10.88.0.11) ─┴─ zl-nat-b (10.88.0.1) [host] up0 ─┴─ up1 (172.31.250.2)
+    c2 (10.88.0.11) ─┴─ zl-nat-b (10.88.0.1) [host] upl0 ─┴─ upl1 (172.31.250.2)
                                               172.31.250.1
 """
 
@@ -33,12 +33,14 @@ from overlayd_linux_bridge.nft import NftBackend
 from overlayd_linux_bridge.nft import NftCli
 from overlayd_linux_bridge.nft import PortMapping
 from overlayd_linux_bridge.testing import Netns
+from overlayd_linux_bridge.testing import link_outside
 from overlayd_linux_bridge.testing import ping
 from overlayd_linux_bridge.testing import udp_probe
 
 pytestmark = pytest.mark.privileged
 
 SUBNET = ip_network("10.88.0.0/24")
+UPLINK = "172.31.250.0/30"  # the host holds .1, the outside .2 (link_outside)
 UPLINK_HOST = "172.31.250.1"
 OUTSIDE = "172.31.250.2"
 ETH_P_ALL = 0x0003
@@ -57,22 +59,7 @@ def topology(
     make_netns: Callable[[str], Netns], host_ns: Netns, netlink: PyrouteNetlink
 ) -> Topology:
     outside = make_netns("out")
-    host_ns.ip(
-        "link",
-        "add",
-        "up0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "up1",
-        "netns",
-        outside.name,
-    )
-    host_ns.ip("addr", "add", f"{UPLINK_HOST}/30", "dev", "up0")
-    host_ns.ip("link", "set", "up0", "up")
-    outside.ip("addr", "add", f"{OUTSIDE}/30", "dev", "up1")
-    outside.ip("link", "set", "up1", "up")
+    link_outside(host_ns, outside, UPLINK)
     netlink.enable_forwarding(ipv4=True)
     c1, c2 = _two_containers(netlink, make_netns, "zl-nat-b", "10.88.0.{}/24")
     return Topology(host_ns, c1, c2, outside)
