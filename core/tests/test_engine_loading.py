@@ -156,3 +156,55 @@ async def test_start_freezes_what_it_loaded_with_the_gc_on_and_stop_unfreezes_it
         assert gc.isenabled()  # paused while loading only
         assert gc.get_freeze_count() > 0
     assert gc.get_freeze_count() == 0
+
+
+def test_manual_names_index_of_a_load_matches_one_add_at_a_time() -> None:
+    unique = [("web", "10.1.0.2"), ("db", "fd00::1")]
+    repeated = [("web", "10.1.0.2"), ("db", "fd00::1"), ("web", "10.1.0.3")]
+    for keys in (unique, repeated, []):
+        added = ManualNames()
+        for lname, text in keys:
+            added.add(lname, text)
+        built = ManualNames.of(keys)
+        assert {n: built.get(n) for n in built} == {n: added.get(n) for n in added}
+        assert len(built) == len(added)
+    assert ManualNames.of(repeated).get("web") == ("10.1.0.2", "10.1.0.3")
+
+
+def test_a_load_of_the_stored_shape_is_built_in_bulk_as_record_by_record() -> None:
+    stored = [
+        {
+            "name": f"n{i}.Svc" if i % 7 == 0 else f"n{i}.svc",
+            "ip": f"10.1.{i % 3}.{i % 5 + 1}",
+            "source": "manual" if i % 2 else f"handle:linux_pid:{i}",
+        }
+        for i in range(60)
+    ] + [
+        {"name": "n3.svc", "ip": "10.1.0.4", "source": "manual"},
+        {"name": "v6", "ip": "fd00::1", "source": "manual"},
+    ]
+    bulk_pool, each_pool = AddressPool(), AddressPool()
+    bulk = entries_from_store([dict(d) for d in stored], bulk_pool)
+    # One document of another shape sends the whole load record by record.
+    each = entries_from_store(
+        [dict(d) for d in stored] + [{"name": "z", "ip": "10.9.0.1"}], each_pool
+    )
+    assert each.pop(("z", "10.9.0.1")) == DnsEntry("z", ipaddress.ip_address("10.9.0.1"))
+    assert list(bulk.items()) == list(each.items())
+    assert all(type(e) is DnsEntry for e in bulk.values())
+    by_text = {}
+    for (lname, text), entry in bulk.items():
+        assert lname == entry.name.lower() and text == str(entry.ip)
+        assert by_text.setdefault(text, entry.ip) is entry.ip  # one object per address
+    lower = next(k for k in bulk if k[0] == "n1.svc")[0]
+    assert lower is bulk[(lower, "10.1.1.2")].name  # a lower-case name is not copied
+    assert bulk[("n1.svc", "10.1.1.2")].source is bulk[("n3.svc", "10.1.0.4")].source
+    # What no bulk check passes goes record by record, and is reported there.
+    for bad in (
+        {"name": "a", "ip": "10.1.0.300", "source": "manual"},
+        {"name": "", "ip": "10.1.0.1", "source": "manual"},
+        {"name": "a", "ip": None, "source": "manual"},
+        {"name": "a", "source": "manual", "x": "10.1.0.1"},
+    ):
+        with pytest.raises(ValidationError):
+            entries_from_store([dict(stored[0]), bad])

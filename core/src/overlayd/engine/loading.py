@@ -97,10 +97,9 @@ class LoadingMixin(EngineBase):
         # before the DNS hooks build their tables below: a lower peak, which the
         # allocator would keep as resident (docs/design-notes.rst, "Footprint").
         self.dns = entries_from_store(data.pop("dns", ()), self._dns_ips)
-        self._dns_manual = ManualNames()
-        for (lname, text), entry in self.dns.items():
-            if entry.source == "manual":
-                self._dns_manual.add(lname, text)
+        self._dns_manual = ManualNames.of(
+            [key for key, entry in self.dns.items() if entry.source == "manual"]
+        )
         self.masquerades = {
             k: MasqueradeRule.model_validate(v) for k, v in data.get("masquerade", {}).items()
         }
