@@ -478,3 +478,39 @@ async def test_a_refresh_measures_the_round_trip_to_its_relay() -> None:
     await agent._gather()
     assert agent.server_rtt == measured
     assert [c.kind for c in agent.local] == ["host"]
+
+
+async def test_paths_confirmed_at_once_share_their_reads_of_the_device() -> None:
+    """Forty peers wait on a handshake together: each read of the device serves all of them."""
+    keys = [_pair()[1].public_key for _ in range(40)]
+    loop = asyncio.get_running_loop()
+    shake_at = loop.time() + 0.15
+
+    class Hooks:
+        reads = 0
+
+        def nat_set_endpoint(self, device: Device, key: str, endpoint: str, keepalive: int) -> None:
+            pass
+
+        def peer_status(self, device: Device) -> list[PeerStatus]:
+            Hooks.reads += 1
+            shook = int(loop.time() >= shake_at)
+            return [PeerStatus(public_key=k, last_handshake_unix_secs=shook) for k in keys]
+
+    async def run(fn: Callable[..., Any], *args: Any) -> Any:
+        await asyncio.sleep(0.002)  # a dump takes a moment
+        return fn(*args)
+
+    device = Device(kind="wireguard", name="zl-test", owner="base", driver="fake")
+    agent = NatAgent(
+        NatSettings(punch_timeout=2.0), device, Hooks(), run, lambda e: None, IpcExchange(),
+        _pair()[0], lambda key: 25,
+    )  # fmt: skip
+    confirmed = await asyncio.gather(
+        *(agent._confirm(PeerPath(k), "192.0.2.9:51820") for k in keys)
+    )
+    assert all(confirmed)
+    # At most one read begins every 5 ms, however many wait: about 0.2 s of them
+    # (the jitter, then 0.15 s), where each of the forty polled for itself before.
+    assert Hooks.reads == agent.peer_poll.reads
+    assert Hooks.reads <= 0.2 / 0.005 + 2, Hooks.reads

@@ -17,6 +17,8 @@ The modules, from the bottom up:
 * :mod:`overlayd.nat.turn` -- a TURN allocation, local UDP relay endpoints,
   keepalives and the relay modes (both relay, single owner);
 * :mod:`overlayd.nat.peerpath` -- what the agent knows about one peer;
+* :mod:`overlayd.nat.peerpoll` -- one read of the device's peers shared by
+  every path waiting on a handshake;
 * :mod:`overlayd.nat.agent` -- per-peer path selection, the refresh loop and
   ``nat_endpoint_changed`` events.
 

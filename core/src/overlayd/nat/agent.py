@@ -64,6 +64,7 @@ from overlayd.nat.pacing import head_start
 from overlayd.nat.pacing import resend_interval
 from overlayd.nat.peerpath import PathKind
 from overlayd.nat.peerpath import PeerPath
+from overlayd.nat.peerpoll import PeerPoll
 from overlayd.nat.rawport import WgPort
 from overlayd.nat.stun import StunPort
 from overlayd.nat.stun import gather_reflexive
@@ -139,6 +140,8 @@ class NatAgent:
         self.local: tuple[NatCandidate, ...] = ()
         self.warnings: list[str] = []
         self._gathering: list[str] = []
+        #: The device's peers, read once for every path waiting on a handshake.
+        self.peer_poll = PeerPoll(lambda: self._run(self.hooks.peer_status, self.device))
         #: Warnings that hold until the agent stops (the port cannot be probed).
         self._standing: list[str] = []
         self.mapping: dict[int, str] = {}
@@ -278,9 +281,7 @@ class NatAgent:
                 # What status shows: the warnings of the last complete gathering.
                 self.warnings = self._gathering
             try:
-                statuses = {
-                    s.public_key: s for s in await self._run(self.hooks.peer_status, self.device)
-                }
+                statuses = await self.peer_poll.fresh()
             except OverlaydError as exc:
                 self._warn(f"cannot read the peers of {self.device.name}: {exc}")
                 return
@@ -736,10 +737,9 @@ class NatAgent:
                 await self._point(peer, endpoint)
                 resend = time.monotonic() + again + secrets.randbelow(200) / 1000
             try:
-                statuses = await self._run(self.hooks.peer_status, self.device)
+                status = (await self.peer_poll.fresh()).get(peer.public_key)
             except OverlaydError:
                 continue
-            status = next((s for s in statuses if s.public_key == peer.public_key), None)
             if status is not None and status.last_handshake_unix_secs > 0:
                 peer.rx_bytes = status.rx_bytes
                 peer.quiet_since = None
