@@ -72,7 +72,6 @@ import ipaddress
 import json
 import os
 import secrets
-import signal
 import socket
 import statistics
 import subprocess
@@ -94,6 +93,7 @@ from pyroute2 import IPRoute
 from overlayd.client import Client
 from overlayd.progress import track
 from overlayd.protocol import NetnsHandle
+from overlayd.testing.daemon import start_daemon
 from overlayd_linux.netns import run_in_netns
 from overlayd_linux.netns import setns_current_thread
 from overlayd_linux_bridge.netlink import bridge_mac
@@ -216,25 +216,14 @@ def daemon(host: str, work: Path, *, nat: bool = False, ipv6: bool = False) -> I
     _ip(host, "link", "set", "lo", "up")
     work.mkdir(parents=True, exist_ok=True)
     sock = str(work / "s.sock")
-    (work / "overlayd.toml").write_text(
-        '[drivers]\nenabled = ["linux_bridge", "fake"]\n[engine]\nhealth_interval_secs = 0\n'
-    )
-    log = (work / "daemon.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            *("ip", "netns", "exec", host, sys.executable, "-m", "overlayd", "serve"),
-            *("--config", str(work / "overlayd.toml"), "--socket", sock),
-            *("--data-dir", str(work / "data"), "--no-dns", "--log-level", "warning"),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
+    running = start_daemon(
+        work,
+        '[drivers]\nenabled = ["linux_bridge", "fake"]\n[engine]\nhealth_interval_secs = 0\n',
+        prefix=("ip", "netns", "exec", host),
+        args=("--no-dns", "--log-level", "warning"),
+        timeout=20,
     )
     try:
-        deadline = time.monotonic() + 20
-        while not os.path.exists(sock):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError((work / "daemon.log").read_text())
-            time.sleep(0.05)
         with Client(sock, timeout=60.0) as client:
             client.setup_global_overlay(
                 deployment="bench",
@@ -249,13 +238,7 @@ def daemon(host: str, work: Path, *, nat: bool = False, ipv6: bool = False) -> I
             client.setup_service_overlay("web")
             yield client
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+        running.stop(30)
 
 
 def bench_overlayd(n: int, nat: bool = False, ipv6: bool = False) -> Result:

@@ -25,7 +25,6 @@ import secrets
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -41,6 +40,7 @@ pytest.importorskip("etcd3gw", reason="cluster mode needs the `cluster` extra (e
 
 from overlayd.client import Client
 from overlayd.names import global_device_name
+from overlayd.testing.daemon import start_daemon
 from overlayd.testing.daemon import terminate
 from overlayd.testing.etcd import EtcdServer
 from overlayd.testing.etcd import etcd_binary
@@ -105,31 +105,21 @@ class Node:
         return str(self.workdir / "overlayd.sock")
 
     def start(self, etcd: str, prefix: str) -> None:
-        config = self.workdir / "overlayd.toml"
-        config.write_text(
-            CONFIG.format(
-                etcd=etcd,
-                name=self.name,
-                underlay=self.underlay,
-                cluster=CLUSTER,
-                ttl=TTL,
-                prefix=prefix,
-            )
+        config = CONFIG.format(
+            etcd=etcd,
+            name=self.name,
+            underlay=self.underlay,
+            cluster=CLUSTER,
+            ttl=TTL,
+            prefix=prefix,
         )
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.socket)
-        log = (self.workdir / "daemon.log").open("ab")
-        self.proc = subprocess.Popen(
-            [
-                "ip", "netns", "exec", self.ns, sys.executable, "-m", "overlayd", "serve",
-                "--config", str(config), "--socket", self.socket,
-                "--data-dir", str(self.workdir / "data"), "--log-level", "info",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        log.close()
-        wait_until(lambda: os.path.exists(self.socket), 30, f"the socket of {self.name}")
+        self.proc = start_daemon(
+            self.workdir,
+            config,
+            socket_path=Path(self.socket),
+            prefix=("ip", "netns", "exec", self.ns),
+            args=("--log-level", "info"),
+        ).proc
 
     def kill_daemon(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -47,6 +47,7 @@ from overlayd.client import Client
 from overlayd.protocol import NatEndpointChangedEvent
 from overlayd.protocol import NetnsHandle
 from overlayd.protocol import StatusResponse
+from overlayd.testing.daemon import start_daemon
 from overlayd.testing.daemon import terminate
 
 pytestmark = [pytest.mark.privileged, pytest.mark.timeout(300)]
@@ -166,24 +167,15 @@ class Node:
 
     def start(self, nat: str) -> None:
         self.workdir.mkdir(exist_ok=True)
-        config = self.workdir / "overlayd.toml"
-        config.write_text(
+        self.proc = start_daemon(
+            self.workdir,
             '[drivers]\nenabled = ["linux_bridge", "wireguard"]\n'
             '[drivers.wireguard]\nbackend = "userspace"\n'
-            "[engine]\nhealth_interval_secs = 0\n" + nat
-        )
-        log = (self.workdir / "daemon.log").open("ab")
-        self.proc = subprocess.Popen(
-            [
-                "ip", "netns", "exec", self.ns, sys.executable, "-m", "overlayd", "serve",
-                "--socket", str(self.socket), "--data-dir", str(self.workdir / "data"),
-                "--config", str(config), "--no-dns", "--log-level", "info",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        log.close()
-        wait_until(self.socket.exists, 30, f"the daemon socket of {self.ns}")
+            "[engine]\nhealth_interval_secs = 0\n" + nat,
+            socket_path=self.socket,
+            prefix=("ip", "netns", "exec", self.ns),
+            args=("--no-dns", "--log-level", "info"),
+        ).proc
         listener = Client(str(self.socket), timeout=None)
         listener.connect()
         self._listener = listener

@@ -33,6 +33,7 @@ import pytest
 from overlayd.client import Client
 from overlayd.names import global_device_name
 from overlayd.protocol import PeerHealthChangedEvent
+from overlayd.testing.daemon import start_daemon
 from overlayd.testing.daemon import terminate
 
 pytestmark = [pytest.mark.privileged, pytest.mark.timeout(240)]
@@ -119,21 +120,14 @@ class Node:
         return self.workdir / "overlayd.sock"
 
     def start(self) -> None:
-        config = self.workdir / "overlayd.toml"
-        config.write_text(CONFIG)
-        log = (self.workdir / "daemon.log").open("ab")
-        self.proc = subprocess.Popen(
-            [
-                "ip", "netns", "exec", self.ns, sys.executable, "-m", "overlayd", "serve",
-                "--driver", "wireguard", "--socket", str(self.socket),
-                "--data-dir", str(self.workdir / "data"), "--config", str(config),
-                "--no-dns", "--log-level", "info",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        log.close()
-        wait_until(self.socket.exists, 20, f"the daemon socket of {self.ns}")
+        self.proc = start_daemon(
+            self.workdir,
+            CONFIG,
+            socket_path=self.socket,
+            prefix=("ip", "netns", "exec", self.ns),
+            args=("--driver", "wireguard", "--no-dns", "--log-level", "info"),
+            timeout=20,
+        ).proc
         self._listen()
         if self.echo is None or self.echo.poll() is not None:
             self.start_echo()
