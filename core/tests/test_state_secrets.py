@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from overlayd.errors import StateError
-from overlayd.state import KEYS_DIRNAME
-from overlayd.state import Secret
-from overlayd.state import SecretStore
-from overlayd.state import open_secrets
+from overlayd.secrets import KEYS_DIRNAME
+from overlayd.secrets import Secret
+from overlayd.secrets import SecretStore
+from overlayd.secrets import open_secrets
 
 KEY = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk="
 

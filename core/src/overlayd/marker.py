@@ -36,8 +36,8 @@ from pydantic import ValidationError
 from pydantic import field_validator
 
 from overlayd.errors import StateError
-from overlayd.state import ensure_private_dir
-from overlayd.state import write_file_atomic
+from overlayd.files import ensure_private_dir
+from overlayd.files import write_file_atomic
 
 __all__ = [
     "MARKER_FILENAME",

@@ -1,4 +1,4 @@
-"""The durable state store, and the secret store for private keys.
+"""The durable state store.
 
 The engine keeps its working state in memory as typed models and commits once
 per operation, after the host effects succeeded. This module is the durable
@@ -10,9 +10,9 @@ side of that: a generic record store, ``kind -> key -> JSON value``, whose
   either the whole commit or none of it.
 * :class:`MemoryStore` has the same semantics without durability: for tests and
   for embedded engines that do not need to survive a restart.
-* :class:`SecretStore` keeps private keys in one ``0600`` file per key, written
-  atomically, outside the database so that a copy of the state database handed
-  to someone for debugging carries no key.
+
+Private keys are kept apart from the records, in :class:`overlayd.secrets.SecretStore`
+(re-exported here, as are the file helpers of :mod:`overlayd.files`).
 
 :func:`open_store` picks the store for a data directory (``None`` means memory).
 """
@@ -24,8 +24,6 @@ import contextlib
 import json
 import logging
 import os
-import re
-import secrets
 import sqlite3
 import stat
 import sys
@@ -44,6 +42,15 @@ from typing import final
 from typing import runtime_checkable
 
 from overlayd.errors import StateError
+from overlayd.files import O_CLOEXEC
+from overlayd.files import ensure_private_dir
+from overlayd.files import fsync_dir
+from overlayd.files import private_umask
+from overlayd.files import write_file_atomic
+from overlayd.secrets import KEYS_DIRNAME
+from overlayd.secrets import Secret
+from overlayd.secrets import SecretStore
+from overlayd.secrets import open_secrets
 
 __all__ = [
     "DB_FILENAME",
@@ -65,13 +72,8 @@ log = logging.getLogger(__name__)
 
 #: File name of the state database inside the data directory.
 DB_FILENAME: Final = "state.db"
-#: Directory (inside the data directory) that holds one file per private key.
-KEYS_DIRNAME: Final = "keys"
 
 _IS_WINDOWS: Final = sys.platform == "win32"
-# O_NOFOLLOW does not exist on Windows; there a symlink swap needs admin anyway.
-_O_NOFOLLOW: Final = getattr(os, "O_NOFOLLOW", 0)
-_O_CLOEXEC: Final = getattr(os, "O_CLOEXEC", 0)
 
 
 # --------------------------------------------------------------------------- protocol
@@ -133,97 +135,6 @@ def _encode(kind: object, key: object, value: Any) -> str:
             f"({type(exc).__name__}: {exc}); the engine must store plain "
             "dict/list/str/int/float/bool/None values."
         ) from exc
-
-
-def ensure_private_dir(path: Path, *, tighten: bool = True) -> None:
-    """Create ``path`` (and parents) with mode 0700; tighten it if it is ours.
-
-    With ``tighten`` an existing directory that group or others can access is
-    switched to 0700 (with a warning). Only pass it for directories overlayd owns.
-    """
-    try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if _IS_WINDOWS:
-            return
-        mode = stat.S_IMODE(path.stat().st_mode)
-        if mode & 0o077 and tighten:
-            log.warning(
-                "Directory %s had mode %o; setting it to 0700 because it holds "
-                "overlayd state and keys.",
-                path,
-                mode,
-            )
-            path.chmod(0o700)
-    except OSError as exc:
-        raise StateError(
-            f"cannot create the private directory {path}: {exc.strerror or exc}; "
-            "check that the parent exists and overlayd may write to it."
-        ) from exc
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename/create/unlink in ``path`` durable (no-op on Windows)."""
-    if _IS_WINDOWS:
-        # Windows cannot open a directory for fsync; NTFS journals metadata.
-        return
-    fd = os.open(path, os.O_RDONLY | _O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_file_atomic(path: Path, data: bytes, *, mode: int = 0o600) -> None:
-    """Replace ``path`` with ``data`` so a crash leaves the old or new file, whole.
-
-    Temp file in the same directory (created ``O_EXCL`` with ``mode``), write,
-    fsync, rename over ``path``, fsync the directory. Raises :class:`OSError`;
-    the temp file is removed on failure.
-    """
-    directory = path.parent
-    tmp = directory / f".{path.name}.tmp-{secrets.token_hex(6)}"
-    fd = os.open(
-        tmp,
-        os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_CLOEXEC,
-        mode,
-    )
-    try:
-        try:
-            if sys.platform != "win32":
-                # The umask may have cleared bits we asked for, or (a weird
-                # umask aside) the mode must be exact: set it on the open fd.
-                os.fchmod(fd, mode)
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    _fsync_dir(directory)
-
-
-@contextlib.contextmanager
-def _private_umask() -> Iterator[None]:
-    """Umask 077 for the duration; a no-op on Windows.
-
-    NOTE: the umask is process-wide, so another thread creating a file during
-    this window also gets a private mode. That errs on the safe side, and the
-    window is only the opening of the database.
-    """
-    if _IS_WINDOWS:
-        yield
-        return
-    old = os.umask(0o077)
-    try:
-        yield
-    finally:
-        os.umask(old)
 
 
 class _RecordStore(abc.ABC):
@@ -403,7 +314,7 @@ class SqliteStore(_RecordStore):
         self._conn: sqlite3.Connection | None = None
         self._create_file()
         try:
-            with _private_umask():
+            with private_umask():
                 conn = sqlite3.connect(
                     self.path,
                     isolation_level=None,  # we issue BEGIN/COMMIT ourselves
@@ -416,7 +327,7 @@ class SqliteStore(_RecordStore):
                 "the data directory exists and overlayd may write to it."
             ) from exc
         try:
-            with _private_umask():
+            with private_umask():
                 self._configure(conn, synchronous)
                 self._migrate(conn)
         except sqlite3.DatabaseError as exc:
@@ -432,7 +343,7 @@ class SqliteStore(_RecordStore):
         if not self.path.parent.exists():
             ensure_private_dir(self.path.parent)
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o600)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | O_CLOEXEC, 0o600)
         except FileExistsError:
             self._check_mode()
             return
@@ -443,7 +354,7 @@ class SqliteStore(_RecordStore):
             ) from exc
         os.close(fd)
         # SQLite gives the -wal and -shm files the mode of the database file.
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
 
     def _check_mode(self) -> None:
         if _IS_WINDOWS:
@@ -650,155 +561,6 @@ class SqliteStore(_RecordStore):
         self.close()
 
 
-# --------------------------------------------------------------------------- secrets
-
-
-@final
-class Secret(str):
-    """A ``str`` whose ``str()``/``repr()``/format is redacted.
-
-    It is still a string: concatenation, ``encode()`` and JSON encoding use the
-    real value. ``%s`` in a log call and f-strings print ``<redacted>``. Call
-    :meth:`reveal` for a plain ``str``.
-    """
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "Secret('<redacted>')"
-
-    def __str__(self) -> str:
-        return "<redacted>"
-
-    def __format__(self, format_spec: str) -> str:
-        return format("<redacted>", format_spec)
-
-    def reveal(self) -> str:
-        """The secret as a plain ``str``."""
-        return str.__str__(self)
-
-
-_SECRET_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}")
-_KEY_FILE_SUFFIX: Final = ".key"
-
-
-@final
-class SecretStore:
-    """Private keys, one file of mode 0600 per name, in a 0700 directory.
-
-    Names are 1-128 characters of ``A-Za-z0-9._:@+-`` starting with a letter or
-    digit, without ``..``: no path separators, so no traversal. ``:`` is stored
-    as ``%3A`` in the file name so that ``service:web`` works on Windows too.
-    Values never appear in logs or error messages.
-    """
-
-    def __init__(self, directory: Path | str) -> None:
-        self.directory = Path(directory)
-        ensure_private_dir(self.directory)
-
-    @staticmethod
-    def _filename(name: str) -> str:
-        if not _SECRET_NAME.fullmatch(name):
-            raise ValueError(
-                f"invalid secret name {name!r}: use 1-128 characters from "
-                "A-Z a-z 0-9 . _ : @ + - starting with a letter or digit"
-            )
-        if ".." in name:
-            raise ValueError(f"invalid secret name {name!r}: '..' is not allowed")
-        return name.replace(":", "%3A") + _KEY_FILE_SUFFIX
-
-    def _path(self, name: str) -> Path:
-        return self.directory / self._filename(name)
-
-    def get_bytes(self, name: str) -> bytes | None:
-        """The stored bytes, or ``None`` when the secret does not exist."""
-        path = self._path(name)
-        try:
-            fd = os.open(path, os.O_RDONLY | _O_NOFOLLOW | _O_CLOEXEC)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise StateError(
-                f"cannot read secret {name!r} from {path}: {exc.strerror or exc}; "
-                "check the owner and permissions of the keys directory."
-            ) from exc
-        try:
-            if sys.platform != "win32":
-                mode = stat.S_IMODE(os.fstat(fd).st_mode)
-                if mode & 0o077:
-                    log.warning("Secret file %s had mode %o; setting it to 0600.", path, mode)
-                    os.fchmod(fd, 0o600)
-            chunks: list[bytes] = []
-            while chunk := os.read(fd, 65536):
-                chunks.append(chunk)
-            return b"".join(chunks)
-        except OSError as exc:
-            raise StateError(
-                f"cannot read secret {name!r} from {path}: {exc.strerror or exc}."
-            ) from exc
-        finally:
-            os.close(fd)
-
-    def get(self, name: str) -> Secret | None:
-        """The secret as text (UTF-8), or ``None`` when it does not exist."""
-        data = self.get_bytes(name)
-        if data is None:
-            return None
-        try:
-            return Secret(data.decode("utf-8"))
-        except UnicodeDecodeError:
-            raise StateError(
-                f"secret {name!r} in {self.directory} is not UTF-8 text; read it "
-                "with get_bytes() or store it again."
-            ) from None  # the decode error would quote the bytes
-
-    def put(self, name: str, value: bytes | str) -> None:
-        """Store ``value`` under ``name`` atomically (replace if present)."""
-        path = self._path(name)
-        data = value.encode("utf-8") if isinstance(value, str) else bytes(value)
-        try:
-            write_file_atomic(path, data, mode=0o600)
-        except OSError as exc:
-            raise StateError(
-                f"cannot write secret {name!r} to {self.directory}: "
-                f"{exc.strerror or exc}; check free space and permissions."
-            ) from exc
-
-    def delete(self, name: str) -> None:
-        """Remove the secret; removing an absent one is not an error."""
-        path = self._path(name)
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            raise StateError(
-                f"cannot delete secret {name!r} from {self.directory}: {exc.strerror or exc}."
-            ) from exc
-        try:
-            _fsync_dir(self.directory)
-        except OSError as exc:
-            raise StateError(
-                f"deleted secret {name!r} but could not sync {self.directory}: "
-                f"{exc.strerror or exc}."
-            ) from exc
-
-    def names(self) -> list[str]:
-        """Every stored secret name, sorted (temp files are skipped)."""
-        try:
-            entries = os.listdir(self.directory)
-        except OSError as exc:
-            raise StateError(f"cannot list {self.directory}: {exc.strerror or exc}.") from exc
-        out = []
-        for entry in entries:
-            if entry.startswith(".") or not entry.endswith(_KEY_FILE_SUFFIX):
-                continue
-            name = entry[: -len(_KEY_FILE_SUFFIX)].replace("%3A", ":")
-            if _SECRET_NAME.fullmatch(name) and ".." not in name:
-                out.append(name)
-        return sorted(out)
-
-
 # --------------------------------------------------------------------------- factory
 
 
@@ -808,9 +570,3 @@ def open_store(data_dir: Path | None) -> Store:
         return MemoryStore()
     ensure_private_dir(Path(data_dir))
     return SqliteStore(Path(data_dir) / DB_FILENAME)
-
-
-def open_secrets(data_dir: Path) -> SecretStore:
-    """The secret store of a data directory: ``data_dir/keys`` (0700)."""
-    ensure_private_dir(Path(data_dir))
-    return SecretStore(Path(data_dir) / KEYS_DIRNAME)

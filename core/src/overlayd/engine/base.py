@@ -313,7 +313,7 @@ class EngineBase:
         self._stopping = False
         self._work.start()
         if self.config.data_dir is not None:
-            from overlayd.state import open_secrets
+            from overlayd.secrets import open_secrets
 
             self._secrets = open_secrets(self.config.data_dir)
         else:

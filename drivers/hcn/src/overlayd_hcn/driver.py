@@ -51,6 +51,8 @@ from overlayd.driver_options import parse_driver_options
 from overlayd.errors import DeviceError
 from overlayd.errors import NotSupported
 from overlayd.errors import StateError
+from overlayd.files import ensure_private_dir
+from overlayd.files import write_file_atomic
 from overlayd.marker import OWNER_BASE
 from overlayd.marker import ManagedNetwork
 from overlayd.marker import MarkerKind
@@ -65,8 +67,6 @@ from overlayd.model import IPNetwork
 from overlayd.model import ReconcileReport
 from overlayd.model import ReconcileRequest
 from overlayd.model import ReconcileTally
-from overlayd.state import ensure_private_dir
-from overlayd.state import write_file_atomic
 from overlayd_hcn import __version__
 from overlayd_hcn import statefile
 from overlayd_hcn.api import HcnApi

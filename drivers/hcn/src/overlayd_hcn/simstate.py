@@ -28,7 +28,7 @@ from pydantic import TypeAdapter
 from pydantic import ValidationError
 
 from overlayd.errors import StateError
-from overlayd.state import write_file_atomic
+from overlayd.files import write_file_atomic
 from overlayd_hcn import statefile
 from overlayd_hcn._hcn_ctypes import HCN_FUNCTIONS
 from overlayd_hcn.errors import E_HANDLE
