@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import struct
 import sys
 import threading
 from collections.abc import AsyncIterator
+from collections.abc import Callable
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from overlayd_cni.launcher import install
 from overlayd_cni.main import execute
 from overlayd_cni.testing import Daemon
 from overlayd_cni.testing import Plugin
+from overlayd_cni.testing import ScriptedSocket
 from overlayd_fake.driver import FakeDriver
 
 # -- the op, in-process ----------------------------------------------------------
@@ -252,45 +252,14 @@ def test_configurations_the_scan_cannot_read_get_the_plugins_answer(
         assert out.rc == 1, out
 
 
-class _ErrDaemon:
-    """A socket that answers every request ``err`` (an overlayd without overlayd-cni)."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.ops: list[str] = []
-        self._listener = socket.socket(socket.AF_UNIX)
-        self._listener.bind(path)
-        self._listener.listen()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self._listener.accept()
-            except OSError:
-                return
-            with conn:
-                while header := conn.recv(4, socket.MSG_WAITALL):
-                    (n,) = struct.unpack("<I", header)
-                    frame = json.loads(conn.recv(n, socket.MSG_WAITALL))
-                    self.ops.append(frame["request"]["op"])
-                    body = json.dumps(
-                        {
-                            "frame": "response",
-                            "id": frame["id"],
-                            "response": {"result": "err", "message": CNI_NOT_INSTALLED},
-                        }
-                    ).encode()
-                    conn.sendall(struct.pack("<I", len(body)) + body)
-
-    def close(self) -> None:
-        self._listener.close()
+def _refuse(request: dict[str, Any], send: Callable[[bytes], None]) -> None:
+    """Answer ``err`` to everything (an overlayd without overlayd-cni)."""
+    send(ScriptedSocket.frame(request, {"result": "err", "message": CNI_NOT_INSTALLED}))
 
 
 @pytest.fixture
-def err_daemon(workdir: Path) -> Iterator[_ErrDaemon]:
-    daemon = _ErrDaemon(str(workdir / "err.sock"))
+def err_daemon(workdir: Path) -> Iterator[ScriptedSocket]:
+    daemon = ScriptedSocket(str(workdir / "err.sock"), _refuse)
     try:
         yield daemon
     finally:
@@ -298,7 +267,7 @@ def err_daemon(workdir: Path) -> Iterator[_ErrDaemon]:
 
 
 def test_an_err_answer_runs_the_python_plugin(
-    native: list[str], err_daemon: _ErrDaemon, workdir: Path
+    native: list[str], err_daemon: ScriptedSocket, workdir: Path
 ) -> None:
     conf = {"cniVersion": "1.0.0", "name": "ovl", "socket": err_daemon.path}
     version = Plugin("-", argv=native).run("VERSION", conf=conf)

@@ -4,19 +4,25 @@ A runtime execs the plugin with a clean environment holding the ``CNI_*``
 variables, writes the configuration to its standard input and reads the
 result or error object from standard output; :class:`Plugin` does exactly
 that with the installed ``overlayd-cni`` executable. :class:`FakeDaemon` runs
-``overlayd serve --driver fake``. Shipped in the package (like
+``overlayd serve --driver fake``; :class:`ScriptedSocket` is a daemon socket
+that answers each request frame as a test tells it. Shipped in the package (like
 ``overlayd_linux_bridge.testing``) so the project's end-to-end tests and the
 benchmark reuse them; nothing here is imported by the plugin itself.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +35,7 @@ __all__ = [
     "Daemon",
     "Outcome",
     "Plugin",
+    "ScriptedSocket",
     "execute",
     "native_plugin",
     "plugin_argv",
@@ -322,3 +329,49 @@ class Daemon:
 
     def leases(self) -> list[dict[str, Any]]:
         return list(self.call({"op": "list_leases"})["leases"])
+
+
+class ScriptedSocket:
+    """A Unix socket that answers each request frame through ``reply``.
+
+    ``reply(request, send)`` gets the decoded request frame and a function
+    that sends the bytes it is given on the connection (the whole answer,
+    pieces of it, or a frame cut short); when it returns ``False`` the
+    connection is closed, otherwise the next request is read from it. The
+    op of each request is kept in ``ops``.
+    """
+
+    def __init__(
+        self, path: str, reply: Callable[[dict[str, Any], Callable[[bytes], None]], bool | None]
+    ) -> None:
+        self.path = path
+        self.ops: list[str] = []
+        self._reply = reply
+        self._listener = socket.socket(socket.AF_UNIX)
+        self._listener.bind(path)
+        self._listener.listen()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    @staticmethod
+    def frame(request: dict[str, Any], response: dict[str, Any]) -> bytes:
+        """The response frame answering ``request`` with ``response``, length first."""
+        body = json.dumps({"frame": "response", "id": request["id"], "response": response})
+        return struct.pack("<I", len(body.encode())) + body.encode()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            # A client that gives up early closes its end: not the server's failure.
+            with conn, contextlib.suppress(OSError):
+                while header := conn.recv(4, socket.MSG_WAITALL):
+                    (n,) = struct.unpack("<I", header)
+                    request = json.loads(conn.recv(n, socket.MSG_WAITALL))
+                    self.ops.append(request["request"]["op"])
+                    if self._reply(request, conn.sendall) is False:
+                        break
+
+    def close(self) -> None:
+        self._listener.close()
