@@ -734,6 +734,12 @@ class NatAgent:
             if interrupt is not None and interrupt.is_set():
                 return False  # a direct path answered: try that first
             if time.monotonic() >= resend:
+                log.debug(
+                    "peer %s: no handshake through %s after %.2f s; initiating again",
+                    peer.public_key,
+                    endpoint,
+                    time.monotonic() - start,
+                )
                 await self._point(peer, endpoint)
                 resend = time.monotonic() + again + secrets.randbelow(200) / 1000
             try:
