@@ -224,6 +224,17 @@ class PyrouteNetlink:
             return open_raw_socket()
         return run_in_netns(self._host_fd, open_raw_socket)
 
+    def warm_up(self) -> None:
+        """Open a host socket for the pool and the host's sysctl directories now.
+
+        The first attach would open them (the directories from a thread in
+        the host namespace when it is not the daemon's own). Reading and
+        opening only: nothing is created or changed.
+        """
+        with self._host_sockets.socket():
+            pass
+        run_in_netns(self._host_fd, lambda: [self._conf_dir(family) for family in ("ipv6", "ipv4")])
+
     def close(self, timeout: float = 10.0) -> None:
         try:
             self._deleter.close(timeout)
