@@ -25,6 +25,7 @@ from overlayd.rawclient import RemoteError
 from overlayd.server.cni_exec import CNI_NOT_INSTALLED
 from overlayd.testing.inproc import serving
 from overlayd.testing.inproc import setup_overlay
+from overlayd_cni import inprocess
 from overlayd_cni.launcher import InstallError
 from overlayd_cni.launcher import install
 from overlayd_cni.main import execute
@@ -148,6 +149,27 @@ async def test_a_late_answer_in_the_daemon_is_the_plugins_try_again_later(
         assert answer["exit_code"] == 1 and error["code"] == 11, answer
         assert error["msg"] == "overlayd did not finish the attach"
         assert "within 0.2 s" in error["details"]
+
+
+async def test_in_process_requests_run_in_the_invocations_own_task() -> None:
+    """No task per request: the answer goes out before other work woken meanwhile."""
+    tasks: list[asyncio.Task[Any] | None] = []
+    handle = {"platform": "netns", "path": "/proc/self/ns/net"}
+    attachment = {"handle": handle, "ip": "10.240.0.5", "prefix_len": 24, "ifname": "eth0"}
+
+    async def dispatch(request: dict[str, Any]) -> dict[str, Any]:
+        tasks.append(asyncio.current_task())
+        return {"result": "attachment", "attachment": attachment}
+
+    env = {
+        "CNI_COMMAND": "ADD",
+        "CNI_CONTAINERID": "c1",
+        "CNI_NETNS": "/proc/self/ns/net",
+        "CNI_IFNAME": "eth0",
+    }
+    code, out, _ = await inprocess.execute(env, _conf("/nowhere.sock").encode(), dispatch)
+    assert code == 0, out
+    assert tasks == [asyncio.current_task()]
 
 
 async def test_cni_exec_refuses_check(sock: str) -> None:

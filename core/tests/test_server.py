@@ -19,6 +19,7 @@ from overlayd.config import DaemonConfig
 from overlayd.config import DnsSettings
 from overlayd.engine import Engine
 from overlayd.errors import ConfigError
+from overlayd.hookspecs import hookimpl
 from overlayd.logging import configure_logging
 from overlayd.model import Event
 from overlayd.server import Server
@@ -299,3 +300,70 @@ async def test_a_polled_status_is_answered_in_the_fast_lane_byte_for_byte(
         assert refused["response"]["result"] == "err"
     finally:
         writer.close()
+
+
+class _WarmUpRecorder:
+    """A driver with only ``overlayd_warm_up``: counts calls, optionally fails."""
+
+    def __init__(self, name: str, fail: bool = False) -> None:
+        self.name = name
+        self.fail = fail
+        self.calls = 0
+
+    @hookimpl
+    def overlayd_warm_up(self) -> None:
+        self.calls += 1
+        if self.fail:
+            raise RuntimeError(f"{self.name} cannot warm up")
+
+
+async def test_the_warm_up_runs_a_second_after_serving_began(root: Path) -> None:
+    recorder = _WarmUpRecorder("recorder")
+    async with serving(
+        root, make_drivers=lambda: [FakeDriver(), recorder], in_memory=True
+    ) as daemon:
+        server = daemon.server
+        assert server is not None
+        client = await daemon.client()
+        await client.status()  # answered before any warm-up
+        assert recorder.calls == 0
+        assert server._warm is not None
+        assert server._warm.when() - asyncio.get_running_loop().time() > 0.5
+        await asyncio.sleep(1.1)
+        assert server._warm_task is not None
+        await server._warm_task
+        assert recorder.calls == 1
+
+
+async def test_a_failing_warm_up_is_logged_and_the_daemon_serves_on(
+    root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    broken = _WarmUpRecorder("broken", fail=True)
+    other = _WarmUpRecorder("other")
+    async with serving(
+        root, make_drivers=lambda: [FakeDriver(), broken, other], in_memory=True
+    ) as daemon:
+        server = daemon.server
+        assert server is not None
+        with caplog.at_level(logging.DEBUG, logger="overlayd.server"):
+            await server.warm_up()
+        assert (broken.calls, other.calls) == (1, 1)  # one failure does not stop the others
+        assert "broken: RuntimeError: broken cannot warm up" in caplog.text
+        assert (await (await daemon.client()).hello()).server_version
+
+
+async def test_a_warm_up_that_raises_outside_the_drivers_does_not_escape(
+    served: tuple[Server, AsyncClient],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server, client = served
+
+    def boom() -> list[str]:
+        raise OSError("no more threads")
+
+    monkeypatch.setattr(server.engine.hooks, "warm_up", boom)
+    with caplog.at_level(logging.DEBUG, logger="overlayd.server"):
+        await server.warm_up()
+    assert "warming up for the first requests failed: no more threads" in caplog.text
+    assert (await client.hello()).server_version

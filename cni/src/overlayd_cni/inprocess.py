@@ -42,7 +42,11 @@ async def _answer(dispatch: Dispatch, step: Call) -> dict[str, Any]:
     """The answer to one request, or the blocking client's exception for it."""
     op = str(step.request.get("op"))
     try:
-        response = await asyncio.wait_for(dispatch(step.request), step.timeout)
+        # Not asyncio.wait_for, which would run the request in a task of its
+        # own: one more pass of the event loop before the answer, in which
+        # other ready work (the event pump woken by an attach) runs first.
+        async with asyncio.timeout(step.timeout):
+            response = await dispatch(step.request)
     except TimeoutError:
         raise RequestTimeout(
             f"overlayd did not finish {op} within {step.timeout} s; it may still complete"

@@ -153,6 +153,26 @@ def overlayd_shutdown() -> None:
 
 
 @hookspec
+def overlayd_warm_up() -> None:
+    """Prepare what the driver would otherwise set up on its first operation.
+
+    Called once, in a worker thread, shortly after the daemon has started
+    serving (never before its first answers): a driver opens here the
+    sockets and descriptors its first attach would open lazily, so that a
+    runtime's first attach does not pay for them. It must not create or
+    change anything on the host (interfaces, routes, rules, files, sysctls),
+    and may run while requests are being served.
+
+    Idempotent: yes.
+    Blocking: yes, briefly.
+    Raising: logged at debug level and ignored; the other drivers are still
+    warmed up and the daemon serves as before.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
 def overlayd_reconcile(request: ReconcileRequest) -> ReconcileReport | None:
     """Compare what the engine recorded with what the host really has, and repair.
 

@@ -347,6 +347,20 @@ class Hooks:
         with driver_errors("shutdown"):
             self._hook.overlayd_shutdown()
 
+    def warm_up(self) -> list[str]:
+        """Call every driver's ``overlayd_warm_up``; one that fails does not stop the others.
+
+        Returns ``"<driver>: <error>"`` for each failure (best effort: the
+        caller logs them, nothing depends on a warm-up).
+        """
+        failures: list[str] = []
+        for impl in self._hook.overlayd_warm_up.get_hookimpls():
+            try:
+                impl.function()
+            except Exception as exc:  # noqa: BLE001 - a failed warm-up only costs time later
+                failures.append(f"{impl.plugin_name}: {type(exc).__name__}: {exc}")
+        return failures
+
     def reconcile(self, request: ReconcileRequest) -> list[ReconcileReport]:
         """Every driver, in the configured order, each given only the objects it owns."""
         reports: list[ReconcileReport] = []

@@ -87,6 +87,7 @@ class Server:
         self._stopped = asyncio.Event()
         self._events_task: asyncio.Task[None] | None = None
         self._warm: asyncio.TimerHandle | None = None
+        self._warm_task: asyncio.Task[None] | None = None
         self._allowed_gids = set(config.allowed_gids)
         self._allowed_uids = {0, os.getuid(), *config.allowed_uids}
         self._group_gid: int | None = None
@@ -135,19 +136,33 @@ class Server:
         )
 
     def _warm_up(self) -> None:
-        """Build the wire models and load the CNI plugin, in a worker thread.
+        self._warm_task = asyncio.create_task(self.warm_up(), name="overlayd-warm-up")
 
-        Both are left for first use to keep the start short (``defer_build``,
-        a lazy import); done here, a second after the socket is served, the
-        first request of each kind (a runtime's first CNI ``ADD``) does not
-        pay for them, about 50 ms all told.
+    async def warm_up(self) -> None:
+        """Do now what the first requests would do lazily; never fails.
+
+        Run once, a second after the socket is served (so neither the start
+        nor the first answers wait for it): the wire models are built and the
+        CNI plugin is imported in a worker thread (both left for first use to
+        keep the start short: ``defer_build``, a lazy import; about 50 ms all
+        told), then the drivers' ``overlayd_warm_up`` runs on one of the
+        engine's workers (the sockets and descriptors their first attach
+        would open). Nothing on the host is created or changed. A failure is
+        logged at debug level: it only leaves the cost to the first request.
         """
 
-        def warm() -> None:
+        def load() -> None:
             p.build_models()
             cni_exec.load_plugin()
 
-        asyncio.get_running_loop().run_in_executor(None, warm)
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, load)
+            failures = await self.engine.run_blocking(self.engine.hooks.warm_up)
+        except Exception as exc:  # noqa: BLE001 - best effort, see above
+            log.debug("warming up for the first requests failed: %s", exc)
+            return
+        for failure in failures:
+            log.debug("a driver's warm-up failed: %s", failure)
 
     async def serve_until_stopped(self) -> None:
         await self._closing.wait()
@@ -175,6 +190,10 @@ class Server:
         self._closing.set()
         if self._warm is not None:
             self._warm.cancel()
+        if self._warm_task is not None:
+            self._warm_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._warm_task
         if self._accept_task is not None:
             self._accept_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

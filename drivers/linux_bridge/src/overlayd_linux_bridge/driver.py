@@ -275,6 +275,11 @@ class LinuxBridgeDriver(NatPolicy):
                 self._nft_unavailable = str(exc)
                 log.warning("NAT is unavailable: %s", exc)
 
+    @hookimpl
+    def overlayd_warm_up(self) -> None:
+        # The host netlink socket and sysctl directories the first attach uses.
+        self._nl().warm_up()
+
     def _make_nft_backend(self) -> NftBackend:
         from overlayd_linux_bridge.nft import LibNftables
         from overlayd_linux_bridge.nft import NftCli

@@ -359,6 +359,9 @@ class FakeNetlink:
             self.previous_sysctls.setdefault(path, previous)
         return changed
 
+    def warm_up(self) -> None:
+        self._record("warm_up")
+
     def close(self) -> None:
         self.flush_deletions()
         self.closed = True

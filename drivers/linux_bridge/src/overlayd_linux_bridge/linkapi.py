@@ -225,6 +225,10 @@ class Netlink(Protocol):
         """
         ...
 
+    def warm_up(self) -> None:
+        """Open what the first attach would open lazily; create and change nothing."""
+        ...
+
     def close(self) -> None:
         """Finish deferred deletions and release resources."""
         ...

@@ -72,6 +72,7 @@ from overlayd_linux.netlink import mapped_errors
 from overlayd_linux.netlink import open_iproute
 from overlayd_linux.netlink import strerror
 from overlayd_linux.netns import run_in_netns
+from overlayd_linux_bridge import nsprobe
 from overlayd_linux_bridge.deleter import DeferredDeleter
 from overlayd_linux_bridge.linkapi import FORWARDING_SYSCTLS
 from overlayd_linux_bridge.linkapi import TOMBSTONE_GROUP
@@ -84,9 +85,10 @@ from overlayd_linux_bridge.linkapi import RouteSpec
 from overlayd_linux_bridge.linkapi import VethResult
 from overlayd_linux_bridge.linkapi import VethSpec
 from overlayd_linux_bridge.nft import PORT_GROUP
+from overlayd_linux_bridge.nsprobe import NsSocket
 from overlayd_linux_bridge.nsprobe import if_index
 from overlayd_linux_bridge.nsprobe import open_raw_socket
-from overlayd_linux_bridge.nsprobe import probe_netns
+from overlayd_linux_bridge.sysctl import write_static_ipv6_sysctls
 from overlayd_linux_bridge.sysctl import write_sysctl
 
 __all__ = ["PyrouteNetlink", "bridge_mac", "netlink_errors"]
@@ -222,6 +224,17 @@ class PyrouteNetlink:
             return open_raw_socket()
         return run_in_netns(self._host_fd, open_raw_socket)
 
+    def warm_up(self) -> None:
+        """Open a host socket for the pool and the host's sysctl directories now.
+
+        The first attach would open them (the directories from a thread in
+        the host namespace when it is not the daemon's own). Reading and
+        opening only: nothing is created or changed.
+        """
+        with self._host_sockets.socket():
+            pass
+        run_in_netns(self._host_fd, lambda: [self._conf_dir(family) for family in ("ipv6", "ipv4")])
+
     def close(self, timeout: float = 10.0) -> None:
         try:
             self._deleter.close(timeout)
@@ -335,15 +348,27 @@ class PyrouteNetlink:
     # -- veth ------------------------------------------------------------------
 
     def create_veth_into_netns(self, spec: VethSpec) -> VethResult:
+        # The container end is configured through a socket that only a thread
+        # inside its namespace can open: that thread starts now and does so
+        # while the kernel creates the veth, not after.
+        ns_socket = NsSocket(spec.netns_fd)
         try:
-            return self._create_veth(spec, retry_after_flush=True)
+            return self._create_veth(spec, ns_socket, retry_after_flush=True)
         except NETLINK_ERRORS as exc:
             raise AttachError(
                 f"Could not attach {spec.container_ifname} (host end {spec.host_name}): "
                 f"{strerror(exc)}."
             ) from exc
+        finally:
+            ns_socket.close()
 
-    def _create_veth(self, spec: VethSpec, *, retry_after_flush: bool) -> VethResult:
+    def _create_veth(
+        self,
+        spec: VethSpec,
+        ns_socket: NsSocket,
+        *,
+        retry_after_flush: bool,
+    ) -> VethResult:
         with self._host_sockets.socket() as host:
             if self._host_index(host, spec.host_name) is not None:
                 raise LinkExistsError(
@@ -394,7 +419,7 @@ class PyrouteNetlink:
                     # sweep them into the batch first).
                     self.sweep_tombstones()
                     self._deleter.flush(10.0)
-                    return self._create_veth(spec, retry_after_flush=False)
+                    return self._create_veth(spec, ns_socket, retry_after_flush=False)
                 raise LinkExistsError(
                     f"Interface {spec.container_ifname} already exists in the workload's "
                     "network namespace; pick another interface name or detach "
@@ -408,7 +433,12 @@ class PyrouteNetlink:
                     )
                 host_index = found_index
                 container_index, mac = self._configure_container_end(
-                    spec.netns_fd, spec.container_ifname, spec.addresses, spec.gateways, spec.routes
+                    ns_socket.take(),
+                    spec.netns_fd,
+                    spec.container_ifname,
+                    spec.addresses,
+                    spec.gateways,
+                    spec.routes,
                 )
                 # The host end needs no IPv6 of its own: the bridge (or a host
                 # route) carries the gateway addresses, and a next hop for the
@@ -494,24 +524,30 @@ class PyrouteNetlink:
 
     @staticmethod
     def _configure_container_end(
+        sock: socket.socket,
         netns_fd: int,
         ifname: str,
         addresses: Sequence[IPInterface],
         gateways: Sequence[IPAddress],
         routes: Sequence[RouteSpec],
     ) -> tuple[int, str]:
-        # One thread in the namespace opens the socket and reads the indexes
-        # and the MAC with ioctls: no RTM_GETLINK round trips.
-        ipv6 = any(a.version == 6 for a in addresses)
-        probe = run_in_netns(netns_fd, lambda: probe_netns(ifname, ipv6))
-        if probe.index is None:
-            probe.sock.close()
-            raise AttachError(
-                f"Interface {ifname} did not appear in the workload's network "
-                "namespace after veth creation."
-            )
-        index = probe.index
-        with rtnl.RtnlSocket(probe.sock) as ns:
+        """Configure the container end through ``sock`` (opened in its namespace; closed here).
+
+        The indexes and the MAC are read with ioctls on the socket: no
+        ``RTM_GETLINK`` round trips, and no thread in the namespace except
+        for the IPv6 sysctls (``/proc/sys/net`` is the writer's namespace).
+        """
+        with rtnl.RtnlSocket(sock) as ns:
+            ipv6 = any(a.version == 6 for a in addresses)
+            probe = nsprobe.probe(sock, ifname)
+            if probe.index is None:
+                raise AttachError(
+                    f"Interface {ifname} did not appear in the workload's network "
+                    "namespace after veth creation."
+                )
+            if ipv6:
+                run_in_netns(netns_fd, lambda: write_static_ipv6_sysctls(ifname))
+            index = probe.index
             for iface in addresses:
                 _add_address(ns, index, iface)
             # An interface without IPv6 addresses gets no link-local one

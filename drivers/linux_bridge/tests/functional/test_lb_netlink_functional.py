@@ -82,6 +82,22 @@ def test_adapter_satisfies_protocol(netlink: PyrouteNetlink) -> None:
     assert adapter.link_exists("lo")
 
 
+def test_warm_up_creates_and_changes_nothing(netlink: PyrouteNetlink, host_ns: Netns) -> None:
+    def state() -> tuple[str, ...]:
+        return tuple(
+            host_ns.ip(*args)
+            for args in (("-d", "link"), ("addr",), ("route",), ("-6", "route"), ("rule",))
+        )
+
+    before = state()
+    forwarding = host_ns.sysctl("net/ipv4/ip_forward")
+    netlink.warm_up()
+    netlink.warm_up()  # idempotent
+    assert state() == before
+    assert host_ns.sysctl("net/ipv4/ip_forward") == forwarding
+    assert netlink.ensure_bridge(BRIDGE, [GW4], mtu=1400) > 0  # the adapter works as before
+
+
 def test_ensure_bridge_creates_and_is_idempotent(netlink: PyrouteNetlink, host_ns: Netns) -> None:
     index = netlink.ensure_bridge(BRIDGE, [GW4, GW6], mtu=1400)
     again = netlink.ensure_bridge(BRIDGE, [GW4, GW6], mtu=1400)

@@ -154,6 +154,16 @@ def test_configure_rejects_unknown_nat_backend() -> None:
         drv.overlayd_configure(config=config)
 
 
+def test_warm_up_only_asks_the_adapter_to_open_its_sockets(
+    driver: LinuxBridgeDriver, netlink: FakeNetlink, backend: FakeNft
+) -> None:
+    links = dict(netlink.host.links)
+    driver.overlayd_warm_up()
+    assert netlink.calls == [("warm_up", {})]
+    assert netlink.host.links == links
+    assert backend.commands == []  # no nftables either
+
+
 # -- devices -------------------------------------------------------------------
 
 

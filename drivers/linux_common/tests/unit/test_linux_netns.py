@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from overlayd_linux import netns
+from overlayd_linux.netns import InNetns
 from overlayd_linux.netns import NotANetworkNamespace
 from overlayd_linux.netns import open_netns
 from overlayd_linux.netns import open_network_namespace
@@ -26,6 +28,31 @@ def test_run_in_netns_uses_another_thread_and_propagates_errors() -> None:
         with pytest.raises(OSError, match="setns") as info:
             run_in_netns(read_fd, threading.get_ident)
         assert info.value.errno in (errno.EINVAL, errno.EPERM)
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+
+
+def test_in_netns_returns_before_its_thread_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The caller is not held up by the thread's start: it may work meanwhile."""
+    monkeypatch.setattr(netns, "setns_current_thread", lambda fd: None)
+    release = threading.Event()
+
+    def func() -> int:
+        assert release.wait(5), "never released"
+        return threading.get_ident()
+
+    started = InNetns(0, func)
+    release.set()  # only reached if the constructor did not wait for func
+    assert started.result() != threading.get_ident()
+
+
+def test_in_netns_raises_the_threads_error_in_the_caller() -> None:
+    read_fd, write_fd = os.pipe()
+    try:
+        started = InNetns(read_fd, threading.get_ident)
+        with pytest.raises(OSError, match="setns"):
+            started.result()
     finally:
         os.close(read_fd)
         os.close(write_fd)
