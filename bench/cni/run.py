@@ -25,8 +25,11 @@ namespace as a runtime runs it:
 The methods are timed interleaved: the ADD of container i with each method
 in turn, then container i+1, and the same for DEL, so that all see the same
 machine (on the shared development VM the speed drifts by more than the
-differences measured). Before the timed loops the bench waits until the
-machine is idle (as ``bench/attach`` does). It then prints, per method, the median and p90 of
+differences measured). The method that goes first rotates from one container
+to the next and from one ``--repeat`` to the next, so that none always runs
+right after another's (a first ``ADD`` leaves kernel work behind). Before
+the timed loops the bench waits until the machine is idle (as
+``bench/attach`` does). It then prints, per method, the median and p90 of
 ADD and DEL in milliseconds and the ratio to ``cni``; the target is ADD
 <= 0.5x the reference bridge plugin.
 
@@ -123,13 +126,19 @@ def setup_overlayd(stack: contextlib.ExitStack, n: int, argv: list[str], method:
     return Setup(method, argv, conf, spawner, ctrs)
 
 
-def bench(n: int, makers: dict[str, Callable[[contextlib.ExitStack, int], Setup]]) -> list[Result]:
+def bench(
+    n: int, makers: dict[str, Callable[[contextlib.ExitStack, int], Setup]], turn: int = 0
+) -> list[Result]:
     """Every method for ``n`` containers, interleaved: container i of each method in turn.
 
     On a shared VM whose speed drifts, timing the methods side by side (ADD
     of container i with each method, then the next i; the same for DEL)
     makes every method see the same conditions; a method run alone minutes
-    later may see a different machine.
+    later may see a different machine. Which method goes first rotates with
+    the container and with ``turn`` (the repeat): an ``ADD`` timed right
+    after another method's pays for kernel work that one left behind (the
+    bridge plugin's first ``ADD`` creates its bridge), so a fixed order
+    would charge it to the same method every time.
     """
     with contextlib.ExitStack() as stack:
         setups = [make(stack, n) for make in makers.values()]
@@ -137,12 +146,18 @@ def bench(n: int, makers: dict[str, Callable[[contextlib.ExitStack, int], Setup]
         adds: dict[str, list[float]] = {s.method: [] for s in setups}
         dels: dict[str, list[float]] = {s.method: [] for s in setups}
         for i in range(n):
-            for s in setups:
+            for s in _rotated(setups, turn + i):
                 adds[s.method].append(s.run("ADD", i))
         for i in range(n):
-            for s in setups:
+            for s in _rotated(setups, turn + i):
                 dels[s.method].append(s.run("DEL", i))
     return [Result(s.method, n, adds[s.method], dels[s.method]) for s in setups]
+
+
+def _rotated(setups: list[Setup], by: int) -> list[Setup]:
+    """``setups`` starting at ``by`` (modulo their number): each goes first in turn."""
+    k = by % len(setups)
+    return setups[k:] + setups[:k]
 
 
 def _median_run(argv: list[str], runs: int = 30, **kwargs: Any) -> float:
@@ -274,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         chosen = {m: makers[m] for m in args.methods if m != "native" or native is not None}
         for n in args.n:
             start = time.monotonic()
-            results.extend(pooled([bench(n, chosen) for _ in range(args.repeat)]))
+            results.extend(pooled([bench(n, chosen, turn) for turn in range(args.repeat)]))
             print(f"# N={n} done in {time.monotonic() - start:.1f} s", flush=True)
         print(report(results))
         if args.breakdown:
