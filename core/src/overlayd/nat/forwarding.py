@@ -470,12 +470,14 @@ class DataPlane(abc.ABC):
             # (as a Send indication); the loop then binds a channel.
             peer.remote, peer.channel = remote, None
             self._generation += 1  # the native table loses the channel (same thread)
-            if self._loop is not None:
-                with contextlib.suppress(RuntimeError):
-                    self._loop.call_soon_threadsafe(self._learnt, peer, remote)
+            # WireGuard's held datagram goes first, as a Send indication: once
+            # the loop hears of the address it may bind a channel at any moment.
             held, peer.held = peer.held, None
             if held is not None:
                 self._from_wireguard(peer, held)
+            if self._loop is not None:
+                with contextlib.suppress(RuntimeError):
+                    self._loop.call_soon_threadsafe(self._learnt, peer, remote)
         if peer.inbound and not is_keepalive(content):
             self._deliver(peer, content)
 
