@@ -233,3 +233,38 @@ def test_wrappers_still_wrap_owner_dispatched_calls(
     assert hooks.detach(_attachment("second")) is True
     assert watcher.seen == ["second"]
     assert drivers[0].asked == []
+
+
+class WarmUp:
+    """A driver with a warm-up that records itself, and may fail."""
+
+    def __init__(self, name: str, calls: list[str], fail: bool = False) -> None:
+        self.name, self.calls, self.fail = name, calls, fail
+
+    @hookimpl
+    def overlayd_warm_up(self) -> None:
+        self.calls.append(self.name)
+        if self.fail:
+            raise RuntimeError("no socket")
+
+
+class WarmUpWatcher:
+    """Wraps every warm-up without being one."""
+
+    def __init__(self, calls: list[str]) -> None:
+        self.calls = calls
+
+    @hookimpl(wrapper=True)
+    def overlayd_warm_up(self) -> Iterator[Any]:
+        self.calls.append("wrapped")
+        return (yield)
+
+
+def test_warm_up_reaches_each_driver_once_through_the_wrappers(hooks: Hooks) -> None:
+    calls: list[str] = []
+    hooks.pm.register(WarmUp("a", calls, fail=True), name="a")
+    hooks.pm.register(WarmUp("b", calls), name="b")
+    hooks.pm.register(WarmUpWatcher(calls), name="watcher")
+    assert hooks.warm_up() == ["a: RuntimeError: no socket"]
+    # The wrapper wraps each driver's call and is not called as a driver itself.
+    assert sorted(calls) == ["a", "b", "wrapped", "wrapped"]

@@ -355,8 +355,10 @@ class Hooks:
         """
         failures: list[str] = []
         for impl in self._hook.overlayd_warm_up.get_hookimpls():
+            if _wraps(impl):
+                continue  # wraps each driver's call below, as in reconcile
             try:
-                impl.function()
+                self._owner_caller("overlayd_warm_up", impl.plugin_name)()
             except Exception as exc:  # noqa: BLE001 - a failed warm-up only costs time later
                 failures.append(f"{impl.plugin_name}: {type(exc).__name__}: {exc}")
         return failures
