@@ -17,7 +17,6 @@ import json
 import os
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -28,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from overlayd.rawclient import RawClient
+from overlayd.testing.daemon import frame_bytes
+from overlayd.testing.daemon import recv_frame
 
 __all__ = [
     "PLUGIN",
@@ -356,7 +357,7 @@ class ScriptedSocket:
     def frame(request: dict[str, Any], response: dict[str, Any]) -> bytes:
         """The response frame answering ``request`` with ``response``, length first."""
         body = json.dumps({"frame": "response", "id": request["id"], "response": response})
-        return struct.pack("<I", len(body.encode())) + body.encode()
+        return frame_bytes(body.encode())
 
     def _serve(self) -> None:
         while True:
@@ -366,9 +367,7 @@ class ScriptedSocket:
                 return
             # A client that gives up early closes its end: not the server's failure.
             with conn, contextlib.suppress(OSError):
-                while header := conn.recv(4, socket.MSG_WAITALL):
-                    (n,) = struct.unpack("<I", header)
-                    request = json.loads(conn.recv(n, socket.MSG_WAITALL))
+                while (request := recv_frame(conn)) is not None:
                     self.ops.append(request["request"]["op"])
                     if self._reply(request, conn.sendall) is False:
                         break
