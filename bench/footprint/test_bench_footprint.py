@@ -30,8 +30,10 @@ def test_a_small_footprint_fills_restarts_and_reports(
     assert 0 < figures["startup_s"] < 60
     assert 0 < figures["startup_answer_s"] <= figures["startup_s"]
     assert 0 < figures["startup_cpu_s"] < 60
+    assert 0 < figures["pace_s"] < 60
     assert figures["fill_attach_per_s"] > 0
     assert figures["fill_names_per_s"] > 0
     out = capsys.readouterr().out
     assert "start-up with the state" in out
     assert "< 300 MiB" in out
+    assert "machine pace (reference)" in out
