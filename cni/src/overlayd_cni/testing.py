@@ -28,6 +28,7 @@ from typing import Any
 
 from overlayd.rawclient import RawClient
 from overlayd.testing.daemon import frame_bytes
+from overlayd.testing.daemon import raw_connect
 from overlayd.testing.daemon import recv_frame
 
 __all__ = [
@@ -294,9 +295,15 @@ class Daemon:
             self.proc = subprocess.Popen(  # noqa: S603 - test helper, fixed argv
                 argv, stdout=log, stderr=subprocess.STDOUT
             )
+        # Ready once the socket accepts a connection (start_daemon's rule).
         deadline = time.monotonic() + 30
-        while not os.path.exists(self.socket):
+        while True:
             assert self.proc.poll() is None, self.log()
+            try:
+                with raw_connect(self.socket, timeout=1.0):
+                    return
+            except OSError:
+                pass
             assert time.monotonic() < deadline, self.log()
             time.sleep(0.05)
 

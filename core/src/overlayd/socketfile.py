@@ -10,6 +10,7 @@ otherwise be 0777 and anyone could replace the socket.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import grp
@@ -31,6 +32,10 @@ log = logging.getLogger(__name__)
 
 #: Mode of a socket directory the daemon creates (group members may reach the socket).
 SOCKET_DIR_MODE = 0o750
+
+
+#: The room for a path in ``sockaddr_un`` (108 bytes on Linux, the final NUL included).
+_SUN_PATH_MAX = 108
 
 
 class SocketInUse(ConfigError):
@@ -98,20 +103,40 @@ class SocketFile:
             return None
 
     def listen(self, backlog: int = 256) -> socket.socket:
-        """A non-blocking listening socket on the path: mode 0660, the socket group."""
+        """A non-blocking listening socket on the path: mode 0660, the socket group.
+
+        The socket appears at the path already listening, with its mode and
+        group: it is bound under a temporary name beside it, made ready, then
+        renamed into place. A client that connects as soon as the file shows
+        (a test helper, an orchestrator watching the directory) is never
+        refused by a socket that is bound but not yet listening, nor by one
+        whose group is not set yet. Where the temporary name would not fit in
+        a socket address, the socket is bound at the path itself, as before.
+        """
+        temporary = self.path.with_name(f".{self.path.name}.new")
+        staged = len(os.fsencode(temporary)) < _SUN_PATH_MAX
+        where = temporary if staged else self.path
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o117)
         try:
-            listener.bind(str(self.path))
+            if staged:
+                with contextlib.suppress(FileNotFoundError):
+                    temporary.unlink()  # left by a daemon killed right here
+            listener.bind(str(where))
             listener.listen(backlog)
             listener.setblocking(False)
+            os.chmod(where, 0o660)
+            self._give_to_group(where, self.group_gid())
+            if staged:
+                os.replace(temporary, self.path)
         except BaseException:
             listener.close()
+            if staged:
+                with contextlib.suppress(OSError):
+                    temporary.unlink()
             raise
         finally:
             os.umask(old)
-        os.chmod(self.path, 0o660)
-        self._give_to_group(self.path, self.group_gid())
         return listener
 
     def _make_dir(self, directory: Path) -> None:

@@ -44,6 +44,19 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def _two_free_ports(host: str) -> tuple[int, int]:
+    """Two different TCP ports free on ``host`` right now (held together while picked)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as one, socket.socket(family) as two:
+        one.bind((host, 0))
+        two.bind((host, 0))
+        return int(one.getsockname()[1]), int(two.getsockname()[1])
+
+
+class _PortTaken(RuntimeError):
+    """etcd could not bind a port picked for it: another process took it meanwhile."""
+
+
 @dataclass(frozen=True)
 class TlsFiles:
     """A CA, a server certificate for ``host`` and a client certificate, as files."""
@@ -177,11 +190,11 @@ class EtcdServer:
         self.data_dir = workdir / "data"
         self.log_path = workdir / "etcd.log"
         if netns is None:
-            self.client_port = free_port(host)
-            self.peer_port = free_port(host)
+            self.client_port, self.peer_port = _two_free_ports(host)
         else:  # a namespace of the test's own: every port is free there
             self.client_port, self.peer_port = 2379, 2380
         self.proc: subprocess.Popen[bytes] | None = None
+        self._started_once = False
         workdir.mkdir(parents=True, exist_ok=True)
 
     @property
@@ -229,7 +242,26 @@ class EtcdServer:
         return argv
 
     def start(self, timeout: float = 20.0) -> None:
-        """Start etcd (again, from the same data directory) and wait until it answers."""
+        """Start etcd (again, from the same data directory) and wait until it answers.
+
+        The ports were free when they were picked, but another process may
+        take one before etcd binds it (the machine runs other tests): a first
+        start that fails so is retried on new ports, at most three times. A
+        restart keeps its ports, which the member's data directory records.
+        """
+        for attempt in range(3):
+            try:
+                self._start(timeout)
+            except _PortTaken:
+                if self._started_once or self.netns is not None or attempt == 2:
+                    raise
+                self.client_port, self.peer_port = _two_free_ports(self.host)
+                shutil.rmtree(self.data_dir, ignore_errors=True)
+                continue
+            self._started_once = True
+            return
+
+    def _start(self, timeout: float) -> None:
         if self.proc is not None and self.proc.poll() is None:
             return
         log = self.log_path.open("ab")
@@ -242,7 +274,10 @@ class EtcdServer:
         deadline = time.monotonic() + timeout
         while not self.healthy():
             if self.proc.poll() is not None:
-                raise RuntimeError(f"etcd exited at start:\n{self.log_tail()}")
+                tail = self.log_tail()
+                if "address already in use" in tail:
+                    raise _PortTaken(f"etcd exited at start:\n{tail}")
+                raise RuntimeError(f"etcd exited at start:\n{tail}")
             if time.monotonic() > deadline:
                 self.kill()
                 raise RuntimeError(
