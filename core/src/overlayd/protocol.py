@@ -161,6 +161,7 @@ __all__ = [
     "decode_frame",
     "encode_body",
     "encode_frame",
+    "encode_json",
     "encode_response",
     "response_body",
 ]
@@ -1332,6 +1333,14 @@ def encode_body(frame: Frame) -> bytes:
     """
     frame_id = None if isinstance(frame, EventFrame) else frame.id
     return _check_body(_utf8_json(frame.to_wire(), frame.frame, frame_id), frame.frame, frame_id)
+
+
+def encode_json(data: object, what: str) -> bytes:
+    """``data`` (a wire object) as the compact UTF-8 JSON frames carry.
+
+    :raises ProtocolError: text that is not valid Unicode (``what`` names the frame).
+    """
+    return _utf8_json(data, what, None)
 
 
 def encode_response(response: AnyResponse) -> bytes:

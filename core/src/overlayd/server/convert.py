@@ -94,6 +94,19 @@ def nat_candidate_info(c: NatCandidate) -> p.NatCandidateInfo:
     )
 
 
+def dedicated_status(d: Any) -> p.DedicatedServiceStatus:
+    """A dedicated service device in ``status`` (from the engine's ``DedicatedStatus``)."""
+    return p.DedicatedServiceStatus(
+        service=d.service,
+        interface=d.interface,
+        public_key=d.public_key,
+        listen_port=d.listen_port,
+        overlay_ip=str(d.overlay_ip),
+        subnet=str(d.subnet),
+        peer_count=d.peer_count,
+    )
+
+
 def nat_status(nat: Any) -> p.NatStatusInfo | None:
     """``status.nat`` from :class:`overlayd.nat.host.NatStatus`."""
     if nat is None:

@@ -49,6 +49,7 @@ assert sys.platform != "win32", "overlayd serve is not supported on Windows yet"
 from overlayd.server import cni_exec
 from overlayd.server.access import authorise
 from overlayd.server.handlers import HANDLERS
+from overlayd.server.statuswire import StatusWire
 
 __all__ = ["Server"]
 
@@ -98,8 +99,10 @@ class Server:
         self.fast_answers = 0
         #: The last answer encoded and its bytes (:meth:`_encode`).
         self._last_encoded: tuple[p.AnyResponse, bytes] | None = None
-        #: ``status`` memo: the engine's last status and the answer built from it.
-        self.status_memo: tuple[Any, p.StatusResponse] | None = None
+        #: ``status`` memo: the engine's last status, the answer built from it and
+        #: that answer's encoding (``None``: encoded as any other answer).
+        self.status_memo: tuple[Any, p.StatusResponse, bytes | None] | None = None
+        self.status_wire = StatusWire()
 
     # -- socket -------------------------------------------------------------
 
@@ -387,6 +390,9 @@ class Server:
         last = self._last_encoded
         if last is not None and last[0] is response:
             return last[1]
+        memo = self.status_memo
+        if memo is not None and memo[1] is response and memo[2] is not None:
+            return memo[2]
         encoded = p.encode_response(response)
         self._last_encoded = (response, encoded)
         return encoded

@@ -36,7 +36,6 @@ from overlayd.server.convert import attachment_info
 from overlayd.server.convert import cidrs
 from overlayd.server.convert import endpoint
 from overlayd.server.convert import engine_handle
-from overlayd.server.convert import nat_status
 from overlayd.server.convert import peer_scope
 from overlayd.server.convert import port_mapping
 from overlayd.server.convert import wire_handle
@@ -209,45 +208,12 @@ async def _status(s: Server, r: p.StatusRequest) -> p.AnyResponse:
         # Unchanged: the same answer object, which the server encodes only once.
         # Keep the engine's newest equal object, which its fast lane compares by identity.
         if memo[0] is not st:
-            s.status_memo = (st, memo[1])
+            s.status_memo = (st, memo[1], memo[2])
         return memo[1]
-    response = p.StatusResponse(
-        interface=st.interface,
-        node_ip=str(st.node_ip) if st.node_ip else None,
-        public_key=st.public_key,
-        overlay_cidr=str(st.overlay_cidr) if st.overlay_cidr else None,
-        slice_cidr=str(st.slice_cidr) if st.slice_cidr else None,
-        peer_count=st.peer_count,
-        service_count=st.service_count,
-        # model_construct: built from the engine's own typed models (a valid
-        # CIDR list by construction), and 10,000 peers re-validated made ~10 % of
-        # a large node's start-up (docs/design-notes.rst, "Footprint").
-        peers=[
-            p.PeerStatus.model_construct(
-                public_key=peer.public_key,
-                endpoint=peer.endpoint or "",
-                allowed_ips=",".join(str(n) for n in peer.allowed_ips),
-                last_handshake_unix_secs=peer.last_handshake_unix_secs,
-                rx_bytes=peer.rx_bytes,  # extension: traffic, for overlayctl topology
-                tx_bytes=peer.tx_bytes,
-            )
-            for peer in st.peers
-        ],
-        dedicated_services=[
-            p.DedicatedServiceStatus(
-                service=d.service,
-                interface=d.interface,
-                public_key=d.public_key,
-                listen_port=d.listen_port,
-                overlay_ip=str(d.overlay_ip),
-                subnet=str(d.subnet),
-                peer_count=d.peer_count,
-            )
-            for d in st.dedicated_services
-        ],
-        nat=nat_status(st.nat),
-    )
-    s.status_memo = (st, response)
+    # Only the peers whose values changed get a new wire model and JSON
+    # (overlayd.server.statuswire); the server answers with the bytes built here.
+    response, encoded = s.status_wire.build(st)
+    s.status_memo = (st, response, encoded)
     return response
 
 
