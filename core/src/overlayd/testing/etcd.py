@@ -38,19 +38,19 @@ def etcd_binary() -> str | None:
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port free on ``host`` right now."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    return _free_ports(host, 1)[0]
 
 
-def _two_free_ports(host: str) -> tuple[int, int]:
-    """Two different TCP ports free on ``host`` right now (held together while picked)."""
+def _free_ports(host: str, count: int) -> list[int]:
+    """``count`` different TCP ports free on ``host`` right now (all held while picked)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as one, socket.socket(family) as two:
-        one.bind((host, 0))
-        two.bind((host, 0))
-        return int(one.getsockname()[1]), int(two.getsockname()[1])
+    with contextlib.ExitStack() as held:
+        socks = [
+            held.enter_context(socket.socket(family, socket.SOCK_STREAM)) for _ in range(count)
+        ]
+        for sock in socks:
+            sock.bind((host, 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
 
 
 class _PortTaken(RuntimeError):
@@ -190,7 +190,7 @@ class EtcdServer:
         self.data_dir = workdir / "data"
         self.log_path = workdir / "etcd.log"
         if netns is None:
-            self.client_port, self.peer_port = _two_free_ports(host)
+            self.client_port, self.peer_port = _free_ports(host, 2)
         else:  # a namespace of the test's own: every port is free there
             self.client_port, self.peer_port = 2379, 2380
         self.proc: subprocess.Popen[bytes] | None = None
@@ -255,7 +255,7 @@ class EtcdServer:
             except _PortTaken:
                 if self._started_once or self.netns is not None or attempt == 2:
                     raise
-                self.client_port, self.peer_port = _two_free_ports(self.host)
+                self.client_port, self.peer_port = _free_ports(self.host, 2)
                 shutil.rmtree(self.data_dir, ignore_errors=True)
                 continue
             self._started_once = True
@@ -265,6 +265,7 @@ class EtcdServer:
         if self.proc is not None and self.proc.poll() is None:
             return
         log = self.log_path.open("ab")
+        logged = log.tell()  # this start's own lines begin here
         try:
             self.proc = subprocess.Popen(  # noqa: S603 - the etcd binary with our own flags
                 self._argv(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -275,7 +276,7 @@ class EtcdServer:
         while not self.healthy():
             if self.proc.poll() is not None:
                 tail = self.log_tail()
-                if "address already in use" in tail:
+                if "address already in use" in self._log_since(logged):
                     raise _PortTaken(f"etcd exited at start:\n{tail}")
                 raise RuntimeError(f"etcd exited at start:\n{tail}")
             if time.monotonic() > deadline:
@@ -334,6 +335,14 @@ class EtcdServer:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(5)
+
+    def _log_since(self, offset: int) -> str:
+        try:
+            with self.log_path.open("rb") as log:
+                log.seek(offset)
+                return log.read().decode(errors="replace")
+        except OSError:
+            return ""
 
     def log_tail(self, lines: int = 30) -> str:
         try:
