@@ -3,9 +3,10 @@
 Unix only (the daemon's socket). :meth:`SocketFile.claim` makes sure no other
 daemon serves on the path and holds ``<socket>.lock`` for the daemon's life;
 :meth:`SocketFile.listen` creates the socket with mode 0660 in the socket
-group, listening before it takes its name. Directories of the path that do not exist are created with mode 0750,
-whatever the umask, and given to the socket group: under umask 000 they would
-otherwise be 0777 and anyone could replace the socket.
+group, listening before it takes its name. Directories of the path that do
+not exist are created with mode 0750, whatever the umask, and given to the
+socket group: under umask 000 they would otherwise be 0777 and anyone could
+replace the socket.
 """
 
 from __future__ import annotations
