@@ -163,6 +163,7 @@ __all__ = [
     "encode_frame",
     "encode_json",
     "encode_response",
+    "peek_bare_request",
     "response_body",
 ]
 
@@ -1468,6 +1469,31 @@ def build_models() -> None:
         pending.extend(model.__subclasses__())
         if not model.__pydantic_complete__:
             model.model_rebuild(force=True)
+
+
+def peek_bare_request(body: bytes) -> tuple[int, Request] | None:
+    """The id and request of a request frame whose request is its op alone (``status``).
+
+    What :func:`decode_frame` gives for such a body (the shared request
+    instance, the same id), without building the frame; ``None`` for every
+    other body, valid or not, which :func:`decode_frame` then decodes and
+    reports. For a poller's fast lane (:mod:`overlayd.connections`): building
+    the frame was about a fifth of a lane answer (docs/design-notes.rst, "The
+    IPC fast path").
+    """
+    try:
+        data = json.loads(body.decode("utf-8"))
+    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError too
+        return None
+    if type(data) is not dict or data.get("frame") != "request":
+        return None
+    fid = data.get("id")
+    payload = data.get("request")
+    if type(fid) is not int or not 0 <= fid <= _U64_MAX or type(payload) is not dict:
+        return None
+    op = payload.get("op") if len(payload) == 1 else None
+    request = _BARE.get(op) if type(op) is str else None
+    return None if request is None else (fid, request)
 
 
 def decode_frame(body: bytes) -> Frame:

@@ -8,6 +8,7 @@ seconds (a cached read is reused only while the recorded peers are unchanged).
 from __future__ import annotations
 
 import logging
+import operator
 import time
 from dataclasses import dataclass
 
@@ -39,7 +40,7 @@ class _StatusMemo:
         """Whether ``status`` built from these inputs would be :attr:`status`."""
         return (
             len(self.parts) == len(parts)
-            and all(a is b for a, b in zip(self.parts, parts, strict=True))
+            and all(map(operator.is_, self.parts, parts))
             and self.peer_counts == peer_counts
             and self.nat == nat
         )
@@ -172,7 +173,7 @@ class HealthMixin(EngineBase):
         if (
             cached is not None
             and time.monotonic() - cached.read_at < self.STATUS_PEERS_MAX_AGE
-            and cached.device == device
+            and (cached.device is device or cached.device == device)
             and cached.recorded[0] is recorded[0]
             and cached.recorded[1] == recorded[1]
         ):

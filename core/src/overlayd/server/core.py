@@ -359,11 +359,8 @@ class Server:
         if b'"status"' not in body or self._closing.is_set():
             return None
         started = time.perf_counter()
-        try:
-            frame = p.decode_frame(body)
-        except Exception:  # noqa: BLE001 - the ordinary path decodes it again and answers
-            return None
-        if not isinstance(frame, p.RequestFrame) or type(frame.request) is not p.StatusRequest:
+        peeked = p.peek_bare_request(body)
+        if peeked is None or type(peeked[1]) is not p.StatusRequest:
             return None
         memo = self.status_memo
         st = self.engine.status_unchanged()
@@ -371,7 +368,7 @@ class Server:
             return None
         response = memo[1]
         try:
-            out = framed(p.response_body(frame.id, self._encode(response)))
+            out = framed(p.response_body(peeked[0], self._encode(response)))
         except OverlaydError:
             return None
         self.requests_served += 1
