@@ -54,6 +54,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 from typing import Final
+from typing import cast
 
 from overlayd import protocol as p
 from overlayd.errors import ConfigError
@@ -318,7 +319,14 @@ class _FastLaneProtocol(asyncio.StreamReaderProtocol):
 
     def _transport_or_none(self) -> asyncio.WriteTransport | None:
         transport = getattr(self, "_transport", None)
-        return transport if isinstance(transport, asyncio.WriteTransport) else None
+        # By what it does, not its class: uvloop's transports have these
+        # methods but are not subclasses of asyncio's, and the lane stayed
+        # closed on uvloop while it checked the class.
+        if callable(getattr(transport, "write", None)) and callable(
+            getattr(transport, "is_closing", None)
+        ):
+            return cast(asyncio.WriteTransport, transport)
+        return None
 
     # asyncio's own state, which typeshed does not declare: the lane stays
     # closed if a Python version names it differently.
