@@ -1477,9 +1477,9 @@ def peek_bare_request(body: bytes) -> tuple[int, Request] | None:
     What :func:`decode_frame` gives for such a body (the shared request
     instance, the same id), without building the frame; ``None`` for every
     other body, valid or not, which :func:`decode_frame` then decodes and
-    reports. For a poller's fast lane (:mod:`overlayd.connections`): building
-    the frame was about a fifth of a lane answer (docs/design-notes.rst, "The
-    IPC fast path").
+    reports. For a poller's fast lane (:mod:`overlayd.connections`): decoding
+    the whole frame was two thirds of the lane's own work (docs/design-notes.rst,
+    "The IPC fast path").
     """
     try:
         data = json.loads(body.decode("utf-8"))
