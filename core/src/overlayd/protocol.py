@@ -1471,7 +1471,7 @@ def build_models() -> None:
             model.model_rebuild(force=True)
 
 
-def peek_bare_request(body: bytes) -> tuple[int, Request] | None:
+def peek_bare_request(body: bytes) -> tuple[int, AnyRequest] | None:
     """The id and request of a request frame whose request is its op alone (``status``).
 
     What :func:`decode_frame` gives for such a body (the shared request
@@ -1487,13 +1487,23 @@ def peek_bare_request(body: bytes) -> tuple[int, Request] | None:
         return None
     if type(data) is not dict or data.get("frame") != "request":
         return None
-    fid = data.get("id")
+    fid = _frame_id(data.get("id"))
     payload = data.get("request")
-    if type(fid) is not int or not 0 <= fid <= _U64_MAX or type(payload) is not dict:
+    if fid is None or type(payload) is not dict:
         return None
-    op = payload.get("op") if len(payload) == 1 else None
-    request = _BARE.get(op) if type(op) is str else None
+    request = _bare(payload)
     return None if request is None else (fid, request)
+
+
+def _frame_id(value: object) -> int | None:
+    """``value`` as a frame's id: an unsigned 64-bit integer that is not a boolean."""
+    return value if type(value) is int and 0 <= value <= _U64_MAX else None
+
+
+def _bare(payload: dict[str, Any]) -> AnyRequest | None:
+    """The shared instance of a request that is its op alone (``{"op": "status"}``)."""
+    op = payload.get("op") if len(payload) == 1 else None
+    return _BARE.get(op) if type(op) is str else None
 
 
 def decode_frame(body: bytes) -> Frame:
@@ -1526,11 +1536,7 @@ def decode_frame(body: bytes) -> Frame:
     if not isinstance(data, dict):
         raise ProtocolError(f"a frame must be a JSON object, not {type(data).__name__}")
     raw_id = data.get("id")
-    fid = (
-        raw_id
-        if isinstance(raw_id, int) and not isinstance(raw_id, bool) and 0 <= raw_id <= _U64_MAX
-        else None
-    )
+    fid = _frame_id(raw_id)
     kind = _tag(data, "frame", "frame", fid)
     if kind == "event":
         name = _tag(data, "event", "event frame", None)
@@ -1553,9 +1559,8 @@ def decode_frame(body: bytes) -> Frame:
         request_type = REQUEST_TYPES.get(op)
         if request_type is None:
             raise ProtocolError(f"{where}: unknown op {quote(op)}", fid)
-        if len(payload) == 1 and op in _BARE:
-            request = _BARE[op]  # ``{"op": "status"}``: nothing to validate
-        else:
+        request = _bare(payload)  # ``{"op": "status"}``: nothing to validate
+        if request is None:
             request = _validate(request_type, payload, op, where, fid)
         # The parts are validated: building the frame must not validate them again.
         return RequestFrame.model_construct(id=fid, request=request)
