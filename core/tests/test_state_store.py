@@ -255,6 +255,36 @@ def test_load_many_records(tmp_path: Path) -> None:
         s.close()
 
 
+def test_read_ahead_serves_one_load_and_a_commit_drops_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What ``read_ahead`` read is the next matching ``load``'s, once; a commit discards it."""
+    s = SqliteStore(tmp_path / DB_FILENAME)
+    try:
+        s.commit({("dns", "a"): {"name": "a"}, ("lease", "x"): {"owner": "c"}})
+        reads: list[tuple[str, ...]] = []
+        real_read = s._read
+
+        def counted(conn: sqlite3.Connection, values_only: tuple[str, ...]) -> list[Any]:
+            reads.append(values_only)
+            return real_read(conn, values_only)
+
+        monkeypatch.setattr(s, "_read", counted)
+        expected = {"dns": [{"name": "a"}], "lease": {"x": {"owner": "c"}}}
+        s.read_ahead(values_only=("dns",))
+        assert s.load(values_only=("dns",)) == expected
+        assert s.load(values_only=("dns",)) == expected  # read again: used once
+        assert reads == [("dns",), ("dns",)]
+        s.read_ahead(values_only=("dns",))
+        assert s.load() == {"dns": {"a": {"name": "a"}}, "lease": {"x": {"owner": "c"}}}
+        assert reads[-1] == ()  # other values_only: not the rows read ahead
+        s.read_ahead(values_only=("dns",))
+        s.commit({("dns", "b"): {"name": "b"}})
+        assert s.load(values_only=("dns",))["dns"] == [{"name": "a"}, {"name": "b"}]
+    finally:
+        s.close()
+
+
 # ------------------------------------------------------------------ corruption
 
 

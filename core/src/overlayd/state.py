@@ -337,6 +337,8 @@ class SqliteStore(_RecordStore):
             conn.close()
             raise
         self._conn = conn
+        #: Rows read by :meth:`read_ahead` for the next :meth:`load`, with its ``values_only``.
+        self._ahead: tuple[tuple[str, ...], list[Any]] | None = None
 
     def _create_file(self) -> None:
         """Create the parent (0700) and the database file (0600) if missing."""
@@ -467,10 +469,26 @@ class SqliteStore(_RecordStore):
         except sqlite3.DatabaseError as exc:
             raise StateError(_corrupt_message(self.path, exc)) from exc
 
+    def read_ahead(self, *, values_only: Collection[str] = ()) -> None:
+        """Read every record now, for the next :meth:`load` with the same ``values_only``.
+
+        SQLite assembles the documents without the GIL; the engine does it
+        in the worker that opened the store, beside the drivers' own start,
+        and decodes them later in :meth:`load` (docs/design-notes.rst,
+        "Footprint of a large node"). Any commit in between drops them.
+        """
+        with self._locked() as conn:
+            self._ahead = (tuple(values_only), self._read(conn, tuple(values_only)))
+
     def load(self, *, values_only: Collection[str] = ()) -> dict[str, Any]:
         """All records, read in one snapshot (see :meth:`Store.load`)."""
         with self._locked() as conn:
-            rows = self._read(conn, tuple(values_only))
+            ahead, self._ahead = self._ahead, None
+            if ahead is not None and ahead[0] == tuple(values_only):
+                rows = ahead[1]
+            else:
+                rows = self._read(conn, tuple(values_only))
+            del ahead
         out: dict[str, Any] = {}
         for kind, document in rows:
             try:
@@ -488,6 +506,7 @@ class SqliteStore(_RecordStore):
         # path, the same one a disk error takes.
         rows = ((kind, key, _encode(kind, key, v)) for (kind, key), v in puts.items())
         with self._locked() as conn:
+            self._ahead = None  # read before this commit
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 if deletes:

@@ -355,9 +355,13 @@ class EngineBase:
 
     def _open(self) -> Store:
         """The state store of ``config.data_dir``, opened and checked (``quick_check``)."""
+        from overlayd.state import SqliteStore
         from overlayd.state import open_store
 
-        return open_store(self.config.data_dir)
+        store = open_store(self.config.data_dir)
+        if isinstance(store, SqliteStore):
+            store.read_ahead(values_only=LOAD_VALUES_ONLY)
+        return store
 
     async def stop(self) -> None:
         """Stop periodic work and the drivers; the data plane stays up.

@@ -604,7 +604,10 @@ class FakeDriver:
     def overlayd_detach(self, attachment: Attachment) -> bool | None:
         self._enter("overlayd_detach", attachment=attachment)
         with self._lock:
-            existed = self.host.attachments.pop(attachment.key, None) is not None
+            # By key: a stored attachment is not validated to be removed (host.Recorded).
+            existed = attachment.key in self.host.attachments
+            if existed:
+                del self.host.attachments[attachment.key]
             self.host.dead.discard(attachment.key)
             self._save([("attachments", attachment.key), ("dead", attachment.key)])
         return existed

@@ -17,12 +17,15 @@ import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from collections.abc import MutableMapping
 from collections.abc import Sequence
 from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
 from typing import Any
 from typing import Final
+from typing import cast
 
 from pydantic import TypeAdapter
 from pydantic import ValidationError
@@ -35,7 +38,63 @@ from overlayd.model import MasqueradeRule
 from overlayd.model import PeerStatus
 from overlayd.model import PortMapping
 
-__all__ = ["FakeHost", "HostJournal", "journal_path"]
+__all__ = ["FakeHost", "HostJournal", "Recorded", "journal_path"]
+
+
+class Recorded(MutableMapping[str, Attachment]):
+    """The host's attachments by handle key; each loaded one validated when first read.
+
+    The driver itself only asks which attachments exist (attach, detach,
+    reconcile and the liveness check look at keys), so an attachment loaded
+    from the state file stays the JSON object the file holds until something
+    reads its value (a test, :meth:`FakeHost.__eq__`). Validating all of
+    them at load was a third of loading a host of 10,000 attachments, on the
+    path of the daemon's start-up (docs/design-notes.rst, "Footprint of a
+    large node"). An object that is not a valid attachment is reported when
+    it is read, as a :class:`~overlayd.errors.ConfigError` naming it.
+    """
+
+    __slots__ = ("_held",)
+
+    def __init__(self, held: dict[str, Attachment | dict[str, Any]] | None = None) -> None:
+        #: Models, and the stored JSON objects of those not read yet.
+        self._held: dict[str, Attachment | dict[str, Any]] = {} if held is None else held
+
+    def __getitem__(self, key: str) -> Attachment:
+        value = self._held[key]
+        if type(value) is dict:
+            try:
+                value = self._held[key] = Attachment.model_validate(value)
+            except ValidationError as exc:
+                raise ConfigError(
+                    f"the fake host's attachment {key!r} is not valid: {exc}"
+                ) from None
+        return cast(Attachment, value)
+
+    def __setitem__(self, key: str, value: Attachment) -> None:
+        self._held[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self._held[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._held
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._held)
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def __repr__(self) -> str:
+        return f"Recorded({len(self._held)} attachments)"
+
+    def stored(self) -> dict[str, Attachment | dict[str, Any]]:
+        """Every attachment as held: a model, or the JSON object it was loaded from.
+
+        What the journal compares (by identity) and writes; nothing is validated.
+        """
+        return self._held
 
 
 @dataclass
@@ -45,8 +104,8 @@ class FakeHost:
     devices: dict[str, Device] = field(default_factory=dict)
     #: device name -> public key -> peer
     peers: dict[str, dict[str, PeerStatus]] = field(default_factory=dict)
-    #: handle key -> interfaces the attach created
-    attachments: dict[str, Attachment] = field(default_factory=dict)
+    #: handle key -> the attachment the attach returned
+    attachments: Recorded = field(default_factory=Recorded)
     #: handle keys whose workload has died
     dead: set[str] = field(default_factory=set)
     masquerades: dict[str, MasqueradeRule] = field(default_factory=dict)
@@ -59,7 +118,7 @@ class FakeHost:
                 d: {k: p.model_dump(mode="json") for k, p in ps.items()}
                 for d, ps in self.peers.items()
             },
-            "attachments": {k: v.model_dump(mode="json") for k, v in self.attachments.items()},
+            "attachments": {k: _dump(v) for k, v in self.attachments.stored().items()},
             "dead": sorted(self.dead),
             "masquerades": {k: v.model_dump(mode="json") for k, v in self.masquerades.items()},
             "port_mappings": {k: v.model_dump(mode="json") for k, v in self.port_mappings.items()},
@@ -69,7 +128,7 @@ class FakeHost:
         """Every object under ``(table, key)`` (the models are frozen: compare by identity)."""
         out: dict[tuple[str, Any], Any] = {}
         for table in _TABLES:
-            for key, value in getattr(self, table).items():
+            for key, value in self._table(table).items():
                 out[(table, key)] = value
         for device, peers in self.peers.items():
             out[("peer_devices", device)] = _PRESENT
@@ -87,7 +146,13 @@ class FakeHost:
             return _PRESENT if key in self.peers else None
         if table == "peers":
             return self.peers.get(key[0], {}).get(key[1])
-        return getattr(self, table).get(key)
+        return self._table(table).get(key)
+
+    def _table(self, table: str) -> dict[Any, Any]:
+        """One of :data:`_TABLES` as held (attachments not read yet stay JSON objects)."""
+        if table == "attachments":
+            return self.attachments.stored()
+        return cast(dict[Any, Any], getattr(self, table))
 
     @classmethod
     def from_doc(cls, doc: _HostDoc) -> FakeHost:
@@ -95,7 +160,7 @@ class FakeHost:
         return cls(
             devices=doc.get("devices", {}),
             peers=doc.get("peers", {}),
-            attachments=doc.get("attachments", {}),
+            attachments=Recorded(cast(dict[str, Any], doc.get("attachments", {}))),
             dead=set(doc.get("dead", [])),
             masquerades=doc.get("masquerades", {}),
             port_mappings=doc.get("port_mappings", {}),
@@ -107,7 +172,8 @@ class _HostDoc(TypedDict, total=False):
 
     devices: dict[str, Device]
     peers: dict[str, dict[str, PeerStatus]]
-    attachments: dict[str, Attachment]
+    #: Left as JSON objects until read (:class:`Recorded`).
+    attachments: dict[str, dict[str, Any]]
     dead: list[str]
     masquerades: dict[str, MasqueradeRule]
     port_mappings: dict[str, PortMapping]
@@ -129,7 +195,10 @@ def journal_path(state_file: Path) -> Path:
 
 
 def _dump(value: Any) -> Any:
-    return value if value is _PRESENT else value.model_dump(mode="json")
+    """The JSON of a value of ``FakeHost.flat()``: a stored attachment not read yet is its own."""
+    if value is _PRESENT or type(value) is dict:
+        return value
+    return value.model_dump(mode="json")
 
 
 def _json_key(key: Any) -> Any:
