@@ -285,6 +285,51 @@ def test_read_ahead_serves_one_load_and_a_commit_drops_it(
         s.close()
 
 
+def test_fingerprints_follow_the_values_and_agree_between_the_stores(tmp_path: Path) -> None:
+    """Equal values in key order, equal fingerprints, in either store; any change, another."""
+    memory, sqlite = MemoryStore(), SqliteStore(tmp_path / DB_FILENAME)
+    try:
+        seen: set[str] = set()
+        steps: list[tuple[dict[tuple[str, str], Any], list[tuple[str, str]]]] = [
+            ({("dns", "b"): {"name": "b", "ip": "10.0.0.2"}, ("lease", "x"): 1}, []),
+            ({("dns", "a"): {"name": "a", "ip": "10.0.0.1"}}, []),
+            ({("dns", "a"): {"name": "a", "ip": "10.0.0.9"}}, []),  # a value changed
+            ({("lease", "y"): 2}, []),  # another kind changed: the same fingerprint
+            ({}, [("dns", "b")]),
+        ]
+        for puts, deletes in steps:
+            before = sqlite.fingerprint("dns")
+            for s in (memory, sqlite):
+                s.commit(puts, deletes)
+            fp = sqlite.fingerprint("dns")
+            assert fp is not None and memory.fingerprint("dns") == fp
+            if any(kind == "dns" for kind, _ in [*puts, *deletes]):
+                assert fp not in seen
+            else:
+                assert fp == before
+            seen.add(fp)
+        for s in (memory, sqlite):
+            s.commit({}, [("dns", "a")])
+            assert s.fingerprint("dns") is None and s.fingerprint("absent") is None
+    finally:
+        memory.close()
+        sqlite.close()
+
+
+def test_the_read_ahead_fingerprint_is_the_stored_one_until_a_commit(tmp_path: Path) -> None:
+    s = SqliteStore(tmp_path / DB_FILENAME)
+    try:
+        s.commit({("dns", f"n{i}"): {"name": f"n{i}", "ip": "10.0.0.1"} for i in range(50)})
+        fresh = s.fingerprint("dns")
+        s.read_ahead(values_only=("dns",))
+        assert s._fingerprints == {"dns": fresh}  # made from the read, the same text
+        s.commit({("dns", "n0"): {"name": "n0", "ip": "10.0.0.2"}})
+        assert not s._fingerprints
+        assert s.fingerprint("dns") != fresh
+    finally:
+        s.close()
+
+
 # ------------------------------------------------------------------ corruption
 
 

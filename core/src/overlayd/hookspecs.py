@@ -520,7 +520,7 @@ def overlayd_dns_records_changed(added: Sequence[DnsRecord], removed: Sequence[D
 
 
 @hookspec
-def overlayd_dns_records_loaded(records: Sequence[DnsRecordLike]) -> None:
+def overlayd_dns_records_loaded(records: Sequence[DnsRecordLike], fingerprint: str | None) -> None:
     """Take every DNS record at once when the engine has loaded its state (a bulk path).
 
     Called once per engine start, after the state is loaded and before any
@@ -535,10 +535,38 @@ def overlayd_dns_records_loaded(records: Sequence[DnsRecordLike]) -> None:
     :param records: Every record, as read-only objects with the fields of
         ``DnsRecord`` (:class:`~overlayd.model.DnsRecordLike`: ``name``,
         ``ip``, ``source``), not models; each is immutable and may be kept.
+    :param fingerprint: The state store's fingerprint of the stored records
+        these came from (:meth:`overlayd.state.Store.fingerprint`), or
+        ``None`` (no records). A plugin that kept what it built from the
+        records under the fingerprint given to
+        :func:`overlayd_dns_records_stored` may use it instead of building
+        again when the two are equal. A plugin may leave this argument out
+        of its signature.
 
     Idempotent: yes; adding a record the plugin holds already is a no-op.
     Blocking: must be fast (in-memory tables); never open sockets here.
     Raising: :class:`~overlayd.errors.DnsError`; the engine's start fails.
+
+    .. versionadded:: 0.2
+    """
+
+
+@hookspec
+def overlayd_dns_records_stored(fingerprint: str | None) -> None:
+    """The engine is stopping: its DNS records are stored, under ``fingerprint``.
+
+    Called once as the engine stops, after its last change to the records
+    and before ``overlayd_shutdown``. A plugin may keep what it built from
+    the records (in the data directory ``overlayd_startup`` gave it) under
+    ``fingerprint``; the next start's :func:`overlayd_dns_records_loaded`
+    gets the same fingerprint only if the stored records are still the same
+    (whatever changed them in between, a crash included).
+
+    :param fingerprint: :meth:`overlayd.state.Store.fingerprint` of the
+        stored DNS records; ``None`` when there are none.
+
+    Idempotent: yes. Blocking: may write a file. Raising: the error is
+    logged and the stop goes on.
 
     .. versionadded:: 0.2
     """

@@ -446,7 +446,9 @@ class Hooks:
         with driver_errors("dns_records_changed"):
             self._hook.overlayd_dns_records_changed(added=list(added), removed=list(removed))
 
-    def dns_records_loaded(self, records: Sequence[DnsRecordLike]) -> None:
+    def dns_records_loaded(
+        self, records: Sequence[DnsRecordLike], fingerprint: str | None = None
+    ) -> None:
         """Every record at start: the bulk hook to its implementers, models to the others.
 
         A plugin implementing only ``overlayd_dns_records_changed`` is given
@@ -457,13 +459,17 @@ class Hooks:
         takers = [impl.plugin for impl in bulk.get_hookimpls() if not _wraps(impl)]
         with driver_errors("dns_records_loaded"):
             if takers:
-                bulk(records=records)
+                bulk(records=records, fingerprint=fingerprint)
             rest = self.pm.subset_hook_caller("overlayd_dns_records_changed", takers)
             if all(_wraps(impl) for impl in rest.get_hookimpls()):
                 return
             for start in range(0, len(records), DNS_LOAD_BATCH):
                 batch = records[start : start + DNS_LOAD_BATCH]
                 rest(added=[_dns_record(r) for r in batch], removed=[])
+
+    def dns_records_stored(self, fingerprint: str | None) -> None:
+        with driver_errors("dns_records_stored"):
+            self._hook.overlayd_dns_records_stored(fingerprint=fingerprint)
 
     def dns_serve(self, zone: str, addresses: Sequence[str]) -> None:
         with driver_errors("dns_serve"):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -110,12 +111,28 @@ class Store(Protocol):
         """The value of one record, or ``None`` when it does not exist."""
         ...
 
+    def fingerprint(self, kind: str) -> str | None:
+        """A digest of the values of ``kind``'s records as stored now; ``None`` when it has none.
+
+        Equal fingerprints mean equal values in the same key order, whoever
+        wrote them (the keys themselves are not part of it): a plugin may
+        keep what it derived from the values under it and reuse that only
+        while the store gives the same fingerprint (the DNS server's tables,
+        :mod:`overlayd.dns._snapshot`).
+        """
+        ...
+
     def close(self) -> None:
         """Release the store; later calls raise :class:`StateError`."""
         ...
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _digest(document: str) -> str:
+    """The fingerprint (:meth:`Store.fingerprint`) of a kind's values joined as a JSON array."""
+    return hashlib.blake2b(document.encode(), digest_size=16).hexdigest()
 
 
 def _encode(kind: object, key: object, value: Any) -> str:
@@ -212,6 +229,15 @@ class MemoryStore(_RecordStore):
             text = self._records.get(kind, {}).get(key)
         return None if text is None else json.loads(text)
 
+    def fingerprint(self, kind: str) -> str | None:
+        """See :meth:`Store.fingerprint`."""
+        with self._lock:
+            self._check_open()
+            records = sorted(self._records.get(kind, {}).items())
+        if not records:
+            return None
+        return _digest("[" + ",".join(text for _, text in records) + "]")
+
     def close(self) -> None:
         """Forget nothing, but refuse further use (as a closed database would)."""
         with self._lock:
@@ -268,6 +294,11 @@ _LOAD_BY_KIND: Final = (
     "ELSE '{' || group_concat(json_quote(key) || ':' || value, ',') || '}' END "
     "FROM records GROUP BY kind"
 )
+
+
+#: The values of one kind as one JSON array, in key order (the table is kept in
+#: (kind, key) order): the text ``_LOAD_BY_KIND`` gives a kind read as values.
+_FINGERPRINT: Final = "SELECT '[' || group_concat(value, ',') || ']' FROM records WHERE kind = ?"
 
 
 def _corrupt_message(path: Path, exc: BaseException) -> str:
@@ -339,6 +370,8 @@ class SqliteStore(_RecordStore):
         self._conn = conn
         #: Rows read by :meth:`read_ahead` for the next :meth:`load`, with its ``values_only``.
         self._ahead: tuple[tuple[str, ...], list[Any]] | None = None
+        #: Fingerprints made from what :meth:`read_ahead` read, until a commit.
+        self._fingerprints: dict[str, str] = {}
 
     def _create_file(self) -> None:
         """Create the parent (0700) and the database file (0600) if missing."""
@@ -478,7 +511,9 @@ class SqliteStore(_RecordStore):
         "Footprint of a large node"). Any commit in between drops them.
         """
         with self._locked() as conn:
-            self._ahead = (tuple(values_only), self._read(conn, tuple(values_only)))
+            rows = self._read(conn, tuple(values_only))
+            self._ahead = (tuple(values_only), rows)
+            self._fingerprints = {kind: _digest(doc) for kind, doc in rows if kind in values_only}
 
     def load(self, *, values_only: Collection[str] = ()) -> dict[str, Any]:
         """All records, read in one snapshot (see :meth:`Store.load`)."""
@@ -507,6 +542,7 @@ class SqliteStore(_RecordStore):
         rows = ((kind, key, _encode(kind, key, v)) for (kind, key), v in puts.items())
         with self._locked() as conn:
             self._ahead = None  # read before this commit
+            self._fingerprints = {}
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 if deletes:
@@ -546,6 +582,22 @@ class SqliteStore(_RecordStore):
             return json.loads(row[0])
         except json.JSONDecodeError as exc:
             raise StateError(_corrupt_message(self.path, exc)) from None
+
+    def fingerprint(self, kind: str) -> str | None:
+        """See :meth:`Store.fingerprint`; SQLite joins the values without the GIL.
+
+        A kind :meth:`read_ahead` read as values has its fingerprint made
+        from that read, until the next commit.
+        """
+        with self._locked() as conn:
+            held = self._fingerprints.get(kind)
+            if held is not None:
+                return held
+            try:
+                row = conn.execute(_FINGERPRINT, (kind,)).fetchone()
+            except sqlite3.DatabaseError as exc:
+                raise StateError(_corrupt_message(self.path, exc)) from exc
+        return None if row is None or row[0] is None else _digest(row[0])
 
     def scrub(self) -> None:
         """Leave no copy of deleted records in the write-ahead log.

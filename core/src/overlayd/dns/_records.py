@@ -526,6 +526,19 @@ class RecordStore:
             _count_ancestors(fresh, key, count)
         return fresh
 
+    def take_tables(self, tables: _Tables) -> bool:
+        """Serve ``tables`` (read back by :mod:`overlayd.dns._snapshot`) if none is held yet.
+
+        True when taken; False when names are held already (the tables are
+        for a start, instead of its load).
+        """
+        with self._lock:
+            if self.tables.names:
+                return False
+            self.tables = tables
+            self.serial += 1
+            return True
+
     def _apply(self, t: _Tables, key: bytes, addrs: list[Address]) -> None:
         old = t.names.get(key)
         old_addrs = set(old.addresses()) if old else set()

@@ -18,11 +18,13 @@ from collections.abc import Iterable
 from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import field
+from pathlib import Path
 from typing import Any
 from typing import Final
 from typing import TypeVar
 from typing import cast
 
+from overlayd.dns import _snapshot
 from overlayd.dns._answer import DnsStats
 from overlayd.dns._answer import QueryAnswers
 from overlayd.dns._config import DnsConfig
@@ -292,6 +294,18 @@ class DnsServer(QueryAnswers, Forwarding):
     ) -> None:
         """Remove, then add, many ``(name, address)`` pairs (each name rebuilt once)."""
         self._store.update(removed, added)
+
+    def keep_tables(self, path: Path, fingerprint: str) -> None:
+        """Write the record tables to ``path`` under ``fingerprint`` (:mod:`._snapshot`)."""
+        _snapshot.write(path, self._store.tables, fingerprint, self._store.ttl)
+
+    def reuse_tables(self, path: Path, fingerprint: str) -> bool:
+        """Serve the tables kept in ``path`` if kept under ``fingerprint`` with this TTL.
+
+        False (nothing changed) when they were not, or when records are held already.
+        """
+        tables = _snapshot.read(path, fingerprint, self._store.ttl)
+        return tables is not None and self._store.take_tables(tables)
 
     def replace_all(self, mapping: Mapping[str, Iterable[AddressLike]]) -> None:
         """Replace every record at once with ``mapping`` (name → addresses)."""

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from overlayd.config import DnsSettings
+from overlayd.dns import _snapshot
 from overlayd.dns._config import DnsConfig
 from overlayd.dns._server import DnsServer
 from overlayd.errors import DnsError
@@ -50,6 +52,8 @@ class DnsPlugin:
             )
         )
         self._started = False
+        #: Where the record tables are kept across a restart (:mod:`overlayd.dns._snapshot`).
+        self._tables_file: Path | None = None
 
     @hookimpl
     def overlayd_startup(self, context: Any) -> None:
@@ -57,6 +61,8 @@ class DnsPlugin:
         if loop is None:
             raise DnsError("the DNS plugin needs the engine's event loop", op="startup")
         self._loop = loop
+        data_dir = context.data_dir
+        self._tables_file = None if data_dir is None else Path(data_dir) / _snapshot.FILENAME
         self._call(self.server.start())
         self._started = True
 
@@ -81,11 +87,31 @@ class DnsPlugin:
         )
 
     @hookimpl
-    def overlayd_dns_records_loaded(self, records: Sequence[DnsRecordLike]) -> None:
+    def overlayd_dns_records_loaded(
+        self, records: Sequence[DnsRecordLike], fingerprint: str | None
+    ) -> None:
+        path = self._tables_file
+        if (
+            fingerprint is not None
+            and path is not None
+            and self.server.reuse_tables(path, fingerprint)
+        ):
+            log.debug("DNS tables of %d records read back from %s", len(records), path)
+            return
         # Added as changes are; on the empty table of a start the store builds
         # the whole zone in one pass, once per address (the engine shares one
         # object per address).
         self.server.update_records((), ((rec.name, rec.ip) for rec in records))
+
+    @hookimpl
+    def overlayd_dns_records_stored(self, fingerprint: str | None) -> None:
+        path = self._tables_file
+        if path is None:
+            return
+        if fingerprint is None:
+            path.unlink(missing_ok=True)
+        else:
+            self.server.keep_tables(path, fingerprint)
 
     @hookimpl
     def overlayd_dns_serve(self, zone: str, addresses: Sequence[str]) -> None:

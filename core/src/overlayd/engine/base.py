@@ -35,6 +35,7 @@ from typing import Any
 from typing import Final
 from typing import Self
 from typing import TypeVar
+from typing import cast
 
 import pluggy
 
@@ -97,6 +98,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DETACH_INTENT",
+    "DNS_KIND",
     "GLOBAL_KEY",
     "LOAD_VALUES_ONLY",
     "NODE_POOL",
@@ -115,7 +117,9 @@ GLOBAL_KEY: Final = "wg-global"
 #: Store kind of a detach under way (keyed by handle key), written before the host changes.
 DETACH_INTENT: Final = "detaching"
 #: The kinds :meth:`EngineBase._load` reads as lists of values (their keys are not needed).
-LOAD_VALUES_ONLY: Final = ("dns",)
+#: The store's kind of the DNS records.
+DNS_KIND: Final = "dns"
+LOAD_VALUES_ONLY: Final = (DNS_KIND,)
 
 
 def service_pool(service: str) -> str:
@@ -353,6 +357,19 @@ class EngineBase:
         if interval > 0:
             self._tasks.append(asyncio.create_task(self._periodic(interval, self.reconcile)))
 
+    def _dns_records_stored(self) -> None:
+        """Tell the DNS plugins the fingerprint of the records left in the store."""
+        self.hooks.dns_records_stored(self._dns_fingerprint())
+
+    def _dns_fingerprint(self) -> str | None:
+        """The store's fingerprint of the DNS records (``None``: none, or a store without one).
+
+        An embedder's store written before ``Store.fingerprint`` existed has
+        none: the DNS plugins then build their tables at every start.
+        """
+        fingerprint = getattr(self._store, "fingerprint", None)
+        return None if fingerprint is None else cast("str | None", fingerprint(DNS_KIND))
+
     def _open(self) -> Store:
         """The state store of ``config.data_dir``, opened and checked (``quick_check``)."""
         from overlayd.state import SqliteStore
@@ -396,6 +413,11 @@ class EngineBase:
         self._tasks.clear()
         await self._stop_nat()
         self._started = False
+        if self._store is not None:
+            try:
+                await self._run(self._dns_records_stored)
+            except (OverlaydError, OSError) as exc:
+                log.warning("keeping what the DNS plugins built from the records failed: %s", exc)
         try:
             await self._run(self.hooks.shutdown)
         except OverlaydError as exc:

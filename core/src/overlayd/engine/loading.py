@@ -17,6 +17,7 @@ from overlayd.model import PortMapping
 from overlayd.model import ServiceOverlay
 
 from .base import DETACH_INTENT
+from .base import DNS_KIND
 from .base import LOAD_VALUES_ONLY
 from .base import NODE_POOL
 from .base import EngineBase
@@ -64,6 +65,8 @@ class LoadingMixin(EngineBase):
     def _load_records(self) -> None:
         if self._store is None:
             raise StateError("the state store is not open; start the engine first")
+        # Taken from the same read as the records (read ahead at the open).
+        dns_fingerprint = self._dns_fingerprint()
         data = self._store.load(values_only=LOAD_VALUES_ONLY)
         meta = data.get("meta", {})
         self.node_id = meta.get("node_id")
@@ -96,7 +99,7 @@ class LoadingMixin(EngineBase):
         # The stored documents of the largest kind go as soon as they are read,
         # before the DNS hooks build their tables below: a lower peak, which the
         # allocator would keep as resident (docs/design-notes.rst, "Footprint").
-        self.dns = entries_from_store(data.pop("dns", ()), self._dns_ips)
+        self.dns = entries_from_store(data.pop(DNS_KIND, ()), self._dns_ips)
         self._dns_manual = ManualNames.of(
             [key for key, entry in self.dns.items() if entry.source == "manual"]
         )
@@ -125,6 +128,6 @@ class LoadingMixin(EngineBase):
             self.hooks.ipam_pool_create(pool, by_pool.get(pool.name, []))
         # The engine's light entries as they are: the built-in DNS server takes
         # them in bulk; only a plugin without the bulk hook is given models.
-        self.hooks.dns_records_loaded(list(self.dns.values()))
+        self.hooks.dns_records_loaded(list(self.dns.values()), dns_fingerprint)
 
     # -- addressing helpers -------------------------------------------------
