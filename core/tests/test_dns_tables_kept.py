@@ -9,6 +9,7 @@ TTL are served as stored, never from a stale file.
 
 from __future__ import annotations
 
+import array
 import ipaddress
 import marshal
 import random
@@ -105,11 +106,11 @@ def _bad_files() -> Iterator[tuple[str, bytes | None]]:
     yield "keys not bytes", marshal.dumps((header, ["x", *keys[1:]], positions, entries, ents, ptr))
     yield (
         "position out of range",
-        marshal.dumps((header, keys, [len(entries), *positions[1:]], entries, ents, ptr)),
+        marshal.dumps((header, keys, _at(len(entries)) + positions[4:], entries, ents, ptr)),
     )
     yield (
-        "negative position",
-        marshal.dumps((header, keys, [-1, *positions[1:]], entries, ents, ptr)),
+        "positions not an array",
+        marshal.dumps((header, keys, list(positions), entries, ents, ptr)),
     )
     yield (
         "address of 5 bytes",
@@ -123,7 +124,13 @@ def _bad_files() -> Iterator[tuple[str, bytes | None]]:
         "counts not ints",
         marshal.dumps((header, keys, positions, entries, {b"\x03svc": "1"}, ptr)),
     )
-    yield "lengths differ", marshal.dumps((header, keys, positions[:-1], entries, ents, ptr))
+    yield "lengths differ", marshal.dumps((header, keys, positions[:-4], entries, ents, ptr))
+    yield "torn array", marshal.dumps((header, keys, positions[:-1], entries, ents, ptr))
+
+
+def _at(position: int) -> bytes:
+    """One entry position as the file packs them."""
+    return array.array("I", [position]).tobytes()
 
 
 @pytest.mark.parametrize(

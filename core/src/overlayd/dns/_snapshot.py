@@ -19,6 +19,7 @@ once, so the tables read back take the memory the built ones do.
 
 from __future__ import annotations
 
+import array
 import ipaddress
 import marshal
 import sys
@@ -39,10 +40,13 @@ FILENAME: Final = "dns-tables.bin"
 _MAGIC: Final = "overlayd-dns-tables"
 #: Bumped whenever the tables or this file change shape.
 _FORMAT: Final = 1
+#: The array type of the names' entry positions (unsigned, 32 bits here).
+_POSITION: Final = "I"
+_POSITION_SIZE: Final = array.array(_POSITION).itemsize
 
 
 def _header(fingerprint: str, ttl: int) -> tuple[Any, ...]:
-    return (_MAGIC, _FORMAT, sys.version_info[:2], fingerprint, ttl)
+    return (_MAGIC, _FORMAT, sys.version_info[:2], sys.byteorder, fingerprint, ttl)
 
 
 def dump(tables: _Tables, fingerprint: str, ttl: int) -> bytes:
@@ -57,8 +61,10 @@ def dump(tables: _Tables, fingerprint: str, ttl: int) -> bytes:
             at = index[id(entry)] = len(entries)
             entries.append((*(x.packed for x in entry.a), *(x.packed for x in entry.aaaa)))
         positions.append(at)
+    # The positions as one array, not 110,000 int objects to make and free at a read.
+    packed = array.array(_POSITION, positions).tobytes()
     return marshal.dumps(
-        (_header(fingerprint, ttl), keys, positions, entries, tables.ents, tables.ptr)
+        (_header(fingerprint, ttl), keys, packed, entries, tables.ents, tables.ptr)
     )
 
 
@@ -78,22 +84,24 @@ def read(path: Path, fingerprint: str, ttl: int) -> _Tables | None:
     except OSError:
         return None
     try:
-        return _tables(marshal.loads(data), fingerprint, ttl)  # noqa: S302 (checked by _tables)
+        loaded = marshal.loads(data)  # noqa: S302 (checked by _tables)
+        del data  # a large block: gone before the tables are made
+        return _tables(loaded, fingerprint, ttl)
     except (EOFError, ValueError, TypeError, IndexError, KeyError):
         return None
 
 
 def _tables(loaded: Any, fingerprint: str, ttl: int) -> _Tables | None:
-    header, keys, positions, entries, ents, ptr = loaded
+    header, keys, packed_positions, entries, ents, ptr = loaded
     if header != _header(fingerprint, ttl):
         return None
     if not (
         type(keys) is list
-        and type(positions) is list
+        and type(packed_positions) is bytes
         and type(entries) is list
         and type(ents) is dict
         and type(ptr) is dict
-        and len(keys) == len(positions)
+        and len(packed_positions) == len(keys) * _POSITION_SIZE
         and set(map(type, keys)) <= {bytes}
         and set(map(type, ents)) <= {bytes}
         and set(map(type, ents.values())) <= {int}
@@ -127,7 +135,8 @@ def _tables(loaded: Any, fingerprint: str, ttl: int) -> _Tables | None:
         if not a and not aaaa:
             return None
         made.append(_Entry.prepared(tuple(a), tuple(a_rr), tuple(aaaa), tuple(aaaa_rr), (0, 0)))
-    if positions and (min(positions) < 0 or max(positions) >= len(made)):
+    positions = memoryview(packed_positions).cast(_POSITION)
+    if positions and max(positions) >= len(made):
         return None
     tables = _Tables()
     tables.names = dict(zip(keys, map(made.__getitem__, positions), strict=True))
