@@ -29,6 +29,9 @@ from overlayd.dns import _snapshot
 from overlayd.dns._records import RecordStore
 from overlayd.dns.plugin import DnsPlugin
 from overlayd.engine import Engine
+from overlayd.errors import DnsError
+from overlayd.hookspecs import hookimpl
+from overlayd.model import DnsRecord
 from overlayd.state import DB_FILENAME
 from overlayd.state import SqliteStore
 from overlayd.testing.dnsquery import free_port
@@ -306,3 +309,41 @@ async def test_a_store_without_fingerprints_builds_every_time(
             assert builds == [4]
             assert await _answers(port, "web") == {"10.200.9.10"}
         assert not (tmp_path / _snapshot.FILENAME).exists()
+
+
+async def test_records_of_other_nodes_are_never_kept(tmp_path: Path, builds: list[int]) -> None:
+    """Cluster mode serves records it does not store, and sends them again after a start."""
+    port = free_port()
+    cfg = _config(tmp_path, port)
+    await _fill(cfg)
+    remote = DnsRecord(name="far", ip="10.200.99.1", source="cluster:n2")
+    async with Engine(cfg, drivers=[FakeDriver()], plugins=[DnsPlugin(cfg.dns)]) as eng:
+        await eng.serve_remote_dns([remote], [])
+        assert await _answers(port, "far") == {"10.200.99.1"}
+    assert not (tmp_path / _snapshot.FILENAME).exists()  # it held a record not stored
+    builds.clear()
+    async with Engine(cfg, drivers=[FakeDriver()], plugins=[DnsPlugin(cfg.dns)]):
+        assert builds == [4]
+        assert await _answers(port, "far") == set()  # gone with the run that served it
+
+
+class _Failing:
+    """A DNS plugin whose change hook fails for ``new`` (the built-in one applied it first)."""
+
+    name = "failing"
+
+    @hookimpl(trylast=True)
+    def overlayd_dns_records_changed(self, added: list[Any], removed: list[Any]) -> None:
+        if any(r.name == "new" for r in added):
+            raise DnsError("this plugin could not apply the change", op="dns_records_changed")
+
+
+async def test_tables_are_not_kept_after_a_change_failed(tmp_path: Path) -> None:
+    port = free_port()
+    cfg = _config(tmp_path, port)
+    await _fill(cfg)
+    plugins = [DnsPlugin(cfg.dns), _Failing()]
+    async with Engine(cfg, drivers=[FakeDriver()], plugins=plugins) as eng:
+        with pytest.raises(DnsError):
+            await eng.register_dns("new", "10.200.9.20")
+    assert not (tmp_path / _snapshot.FILENAME).exists()

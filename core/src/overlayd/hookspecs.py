@@ -563,7 +563,10 @@ def overlayd_dns_records_stored(fingerprint: str | None) -> None:
     (whatever changed them in between, a crash included).
 
     :param fingerprint: :meth:`overlayd.state.Store.fingerprint` of the
-        stored DNS records; ``None`` when there are none.
+        stored DNS records; ``None`` when there are none, and when the DNS
+        plugins may hold other records than the stored ones (records of
+        other nodes were served, cluster mode; or a change failed in one of
+        them): nothing is to be kept then.
 
     Idempotent: yes. Blocking: may write a file. Raising: the error is
     logged and the stop goes on.

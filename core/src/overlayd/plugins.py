@@ -279,6 +279,10 @@ class Hooks:
         self.pm = pm
         self._hook = pm.hook
         self._callers: dict[tuple[str, str], tuple[object, list[Any], Any]] = {}
+        #: False once the DNS hooks were given records the store does not hold
+        #: (:meth:`Engine.serve_remote_dns`) or a change of records failed in
+        #: one of them: what they built may then differ from the stored records.
+        self.dns_as_stored = True
 
     def _first(self, op: str, kind: str, result: T | None) -> T:
         if result is None:
@@ -443,8 +447,12 @@ class Hooks:
     def dns_records_changed(self, added: Sequence[DnsRecord], removed: Sequence[DnsRecord]) -> None:
         if not added and not removed:
             return
-        with driver_errors("dns_records_changed"):
-            self._hook.overlayd_dns_records_changed(added=list(added), removed=list(removed))
+        try:
+            with driver_errors("dns_records_changed"):
+                self._hook.overlayd_dns_records_changed(added=list(added), removed=list(removed))
+        except BaseException:
+            self.dns_as_stored = False
+            raise
 
     def dns_records_loaded(
         self, records: Sequence[DnsRecordLike], fingerprint: str | None = None

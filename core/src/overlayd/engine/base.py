@@ -358,8 +358,14 @@ class EngineBase:
             self._tasks.append(asyncio.create_task(self._periodic(interval, self.reconcile)))
 
     def _dns_records_stored(self) -> None:
-        """Tell the DNS plugins the fingerprint of the records left in the store."""
-        self.hooks.dns_records_stored(self._dns_fingerprint())
+        """Tell the DNS plugins the fingerprint of the records left in the store.
+
+        ``None`` (keep nothing) when what they hold may differ from the
+        stored records: records of other nodes were served, or a change
+        failed in one of them (``Hooks.dns_as_stored``).
+        """
+        as_stored = self.hooks.dns_as_stored
+        self.hooks.dns_records_stored(self._dns_fingerprint() if as_stored else None)
 
     def _dns_fingerprint(self) -> str | None:
         """The store's fingerprint of the DNS records (``None``: none, or a store without one).
