@@ -423,3 +423,26 @@ async def test_release_ip_reads_a_consistent_view_of_the_services(engine: Engine
     for worker in racing.workers:
         worker.join(5)
     assert set(engine.services) == {"web", "db", "other"}
+
+
+async def test_a_store_whose_check_fails_fails_the_start_and_is_closed(
+    engine_config: EngineConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store's check runs beside the load; its failure still fails the start."""
+    from overlayd.state import SqliteStore
+
+    checked: list[SqliteStore] = []
+
+    def failing(self: SqliteStore) -> None:
+        checked.append(self)
+        raise StateError(f"The state database {self.path} cannot be read; move the file aside")
+
+    monkeypatch.setattr(SqliteStore, "check", failing)
+    cfg = engine_config.model_copy(update={"data_dir": tmp_path})
+    eng = Engine(cfg, drivers=[FakeDriver()])
+    with pytest.raises(StateError, match="move the file aside"):
+        await eng.start()
+    assert len(checked) == 1
+    assert eng._store is None
+    with pytest.raises(StateError, match="closed"):
+        checked[0].load()

@@ -359,6 +359,28 @@ def test_corrupted_pages_raise_state_error(tmp_path: Path) -> None:
         SqliteStore(db)
 
 
+def test_a_check_left_to_the_caller_reports_corruption(tmp_path: Path) -> None:
+    """``check=False`` opens a database whose records are corrupt; ``check()`` refuses it."""
+    db = tmp_path / DB_FILENAME
+    s = SqliteStore(db)
+    s.commit({("k", f"{i:05}"): "x" * 200 for i in range(4000)})
+    s.check()  # a sound database
+    s.close()
+    raw = bytearray(db.read_bytes())
+    pages = len(raw) // 4096
+    # Trash pages of the records, far from the schema and the meta table.
+    raw[(pages - 6) * 4096 : (pages - 2) * 4096] = b"\xa5" * (4 * 4096)
+    db.write_bytes(bytes(raw))
+    opened = SqliteStore(db, check=False)
+    try:
+        with pytest.raises(StateError, match="move the file aside"):
+            opened.check()
+    finally:
+        opened.close()
+    with pytest.raises(StateError, match="move the file aside"):
+        SqliteStore(db)  # the default checks at open
+
+
 def test_foreign_sqlite_database_is_refused(tmp_path: Path) -> None:
     db = tmp_path / DB_FILENAME
     conn = sqlite3.connect(db)

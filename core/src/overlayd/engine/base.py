@@ -18,6 +18,7 @@ only for dictionary updates and snapshots, never across a hook call.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import ctypes
 import functools
@@ -208,6 +209,8 @@ class EngineBase:
         self.hooks = Hooks(self.pm)
         self._check_ipam_driver()
         self._store: Store | None = store
+        #: The store's ``quick_check``, run beside the load (:meth:`_open`).
+        self._store_check: concurrent.futures.Future[None] | None = None
         self._secrets: Secrets = MemorySecrets()
         self._locks = LockTable()
         self._mem = threading.Lock()
@@ -325,11 +328,12 @@ class EngineBase:
         context = DriverContext(
             data_dir=self.config.data_dir, emit=self.emit, secrets=self._secrets, loop=self._loop
         )
-        # The store opens (and checks itself) in a worker beside the drivers'
-        # configuration: SQLite does that work without the GIL, about 55 ms of
-        # a large node's start-up
-        # (docs/design-notes.rst, "Footprint of a large node"). A store that
-        # cannot be opened still fails the start, before the drivers start.
+        # The store opens and reads its records in a worker beside the
+        # drivers' configuration, and checks itself in a thread beside the
+        # load: SQLite does that work without the GIL (docs/design-notes.rst,
+        # "Footprint of a large node"). A store that cannot be opened still
+        # fails the start before the drivers start; one whose check fails,
+        # before anything loaded from it is used.
         opening = None if self._store is not None else asyncio.ensure_future(self._run(self._open))
         with gc_paused():
             # The drivers' and the engine's state (a million objects on a large
@@ -345,6 +349,7 @@ class EngineBase:
                     self._store = await opening
             await self._run(self.hooks.startup, context)
             await self._run(self._load)
+            await self._await_store_check()
             gc.freeze()
         trim_heap()
         self._started = True
@@ -381,10 +386,30 @@ class EngineBase:
         from overlayd.state import SqliteStore
         from overlayd.state import open_store
 
-        store = open_store(self.config.data_dir)
+        store = open_store(self.config.data_dir, check=False)
         if isinstance(store, SqliteStore):
             store.read_ahead(values_only=LOAD_VALUES_ONLY)
+            # Checked on a connection of its own while the load decodes what
+            # was read (the GIL's work): SQLite checks on the other core.
+            checking: concurrent.futures.Future[None] = concurrent.futures.Future()
+            self._store_check = checking
+            threading.Thread(
+                target=_settle, args=(checking, store.check), name="overlayd-store-check"
+            ).start()
         return store
+
+    async def _await_store_check(self) -> None:
+        """Fail the start, closing the store, if its check failed (what was read is not used)."""
+        checking, self._store_check = self._store_check, None
+        if checking is None:
+            return
+        try:
+            await asyncio.wrap_future(checking)
+        except BaseException:
+            if self._store is not None:
+                self._store.close()
+                self._store = None
+            raise
 
     async def stop(self) -> None:
         """Stop periodic work and the drivers; the data plane stays up.
@@ -704,3 +729,13 @@ class EngineBase:
 
     def _unmask(self, rule: MasqueradeRule) -> None:
         self.hooks.nat_masquerade(rule, False)
+
+
+def _settle(future: concurrent.futures.Future[None], fn: Callable[[], None]) -> None:
+    """Run ``fn`` and settle ``future`` with its outcome (a thread's target)."""
+    try:
+        fn()
+    except BaseException as exc:  # noqa: BLE001 (raised again where the future is awaited)
+        future.set_exception(exc)
+    else:
+        future.set_result(None)
