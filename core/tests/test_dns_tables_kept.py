@@ -84,6 +84,20 @@ def test_the_tables_read_back_are_the_tables_written(tmp_path: Path, seed: int) 
         if len(entry.a) + len(entry.aaaa) == 1:
             by_address.setdefault((*entry.a, *entry.aaaa)[0], set()).add(id(entry))
     assert by_address and all(len(ids) == 1 for ids in by_address.values())
+
+
+def test_names_of_one_address_share_their_entry_when_read_back(tmp_path: Path) -> None:
+    """Tables made name by name (each name its own entry) read back with shared entries."""
+    store = RecordStore(ZONE, 30)
+    for i in range(300):  # as register_dns makes them: one change per name
+        store.update([], [(f"n{i}", f"10.1.0.{i % 7 + 1}")])
+    store.update([], [("multi", "10.1.0.1"), ("multi", "10.1.0.2")])
+    assert len({id(e) for e in store.tables.names.values()}) == 301
+    path = tmp_path / _snapshot.FILENAME
+    _snapshot.write(path, store.tables, "fp", 30)
+    tables = _snapshot.read(path, "fp", 30)
+    assert tables is not None and _exact(tables) == _exact(store)
+    assert len({id(e) for e in tables.names.values()}) == 7 + 1
     # Taken only by an empty store, and then the same answers come from it.
     fresh = RecordStore(ZONE, 30)
     assert fresh.take_tables(tables) and _exact(fresh) == _exact(store)

@@ -51,20 +51,26 @@ def _header(fingerprint: str, ttl: int) -> tuple[Any, ...]:
 
 def dump(tables: _Tables, fingerprint: str, ttl: int) -> bytes:
     """The file's bytes: ``tables`` (made with ``ttl``) of the records stored as ``fingerprint``."""
-    index: dict[int, int] = {}  # id(entry) -> its position in ``entries``
+    # An entry's position, by its one address (names of one address share
+    # their entry when read back, as a bulk build makes them, even where the
+    # tables were made name by name, e.g. by 100,000 register_dns) or, for
+    # a name of several addresses (its own round-robin turns), by identity.
+    index: dict[object, int] = {}
     entries: list[tuple[bytes, ...]] = []
     keys = list(tables.names)
     positions: list[int] = []
     for entry in tables.names.values():
-        at = index.get(id(entry))
+        packed = (*(x.packed for x in entry.a), *(x.packed for x in entry.aaaa))
+        alike: object = packed if len(packed) == 1 else id(entry)
+        at = index.get(alike)
         if at is None:
-            at = index[id(entry)] = len(entries)
-            entries.append((*(x.packed for x in entry.a), *(x.packed for x in entry.aaaa)))
+            at = index[alike] = len(entries)
+            entries.append(packed)
         positions.append(at)
     # The positions as one array, not 110,000 int objects to make and free at a read.
-    packed = array.array(_POSITION, positions).tobytes()
+    at_positions = array.array(_POSITION, positions).tobytes()
     return marshal.dumps(
-        (_header(fingerprint, ttl), keys, packed, entries, tables.ents, tables.ptr)
+        (_header(fingerprint, ttl), keys, at_positions, entries, tables.ents, tables.ptr)
     )
 
 
