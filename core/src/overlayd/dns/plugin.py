@@ -5,6 +5,9 @@ The engine tells it which records exist (all of them at start with
 ``overlayd_dns_records_changed``) and which zone and addresses to serve
 (``overlayd_dns_serve``); a driver that wants to take over DNS implements the
 same hooks and the daemon leaves this plugin out (``[dns] enabled = false``).
+With a data directory, the record tables are kept there at a stop
+(``overlayd_dns_records_stored``) and read back at the next start instead of
+being built, when the stored records are unchanged (:mod:`overlayd.dns._snapshot`).
 
 Hooks run in the engine's worker threads; the server lives on the engine's
 event loop, so listener changes are handed over with ``call_threadsafe`` and
