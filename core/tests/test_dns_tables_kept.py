@@ -198,6 +198,11 @@ def builds(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return counted
 
 
+def _engine(cfg: EngineConfig, *plugins: object, store: Any = None) -> Engine:
+    """An engine on the fake driver with the built-in DNS plugin (and ``plugins``)."""
+    return Engine(cfg, drivers=[FakeDriver()], store=store, plugins=[DnsPlugin(cfg.dns), *plugins])
+
+
 async def _answers(port: int, name: str, rdtype: str = "A") -> set[str]:
     answer = await query(f"{name}.{ZONE}", port, rdtype)
     return {r.to_text() for rrset in answer.answer for r in rrset}
@@ -218,7 +223,7 @@ async def test_a_restart_reuses_the_tables_kept_at_stop(tmp_path: Path, builds: 
     await _fill(cfg)
     assert (tmp_path / _snapshot.FILENAME).is_file()
     builds.clear()
-    async with Engine(cfg, drivers=[FakeDriver()], plugins=[DnsPlugin(cfg.dns)]) as eng:
+    async with _engine(cfg) as eng:
         assert builds == []  # read back, not built
         assert await _answers(port, "db") == {"10.200.9.9"}
         assert await _answers(port, "db", "AAAA") == {"fd00::9"}
@@ -229,7 +234,7 @@ async def test_a_restart_reuses_the_tables_kept_at_stop(tmp_path: Path, builds: 
         await eng.unregister_dns("web")
         assert await _answers(port, "web") == set()
     builds.clear()
-    async with Engine(cfg, drivers=[FakeDriver()], plugins=[DnsPlugin(cfg.dns)]):
+    async with _engine(cfg):
         assert builds == []  # the changes were kept at the stop
         assert await _answers(port, "later") == {"10.200.9.11"}
         assert await _answers(port, "web") == set()
@@ -251,7 +256,7 @@ async def test_records_changed_while_stopped_are_served_not_the_kept_tables(
     finally:
         store.close()
     builds.clear()
-    async with Engine(cfg, drivers=[FakeDriver()], plugins=[DnsPlugin(cfg.dns)]):
+    async with _engine(cfg):
         assert builds == [4]
         assert await _answers(port, "new") == {"10.200.9.12"}
         assert await _answers(port, "web") == set()
@@ -266,12 +271,12 @@ async def test_a_run_that_never_stopped_leaves_a_file_that_is_not_used(
     first, crashed = tmp_path / "first", tmp_path / "crashed"
     cfg = _config(first, port)
     await _fill(cfg)
-    async with Engine(cfg, drivers=[FakeDriver()], plugins=[DnsPlugin(cfg.dns)]) as eng:
+    async with _engine(cfg) as eng:
         await eng.register_dns("late", "10.200.9.13")
         # What a crash leaves: the store as committed, the file of the last stop.
         shutil.copytree(first, crashed)
     builds.clear()
-    async with Engine(_config(crashed, port), drivers=[FakeDriver()], plugins=[DnsPlugin(cfg.dns)]):
+    async with _engine(_config(crashed, port)):
         assert builds == [5]
         assert await _answers(port, "late") == {"10.200.9.13"}
 
@@ -283,7 +288,7 @@ async def test_another_ttl_rebuilds_and_no_records_leave_no_file(
     await _fill(_config(tmp_path, port))
     builds.clear()
     cfg = _config(tmp_path, port, ttl=77)
-    async with Engine(cfg, drivers=[FakeDriver()], plugins=[DnsPlugin(cfg.dns)]) as eng:
+    async with _engine(cfg) as eng:
         assert builds == [4]
         answer = await query(f"web.{ZONE}", port)
         assert answer.answer[0].ttl == 77 and answer.answer[0].rdtype == dns.rdatatype.A
@@ -319,7 +324,7 @@ async def test_a_store_without_fingerprints_builds_every_time(
     for _ in range(2):
         builds.clear()
         store: Any = OldStore(tmp_path / DB_FILENAME)
-        async with Engine(cfg, drivers=[FakeDriver()], store=store, plugins=[DnsPlugin(cfg.dns)]):
+        async with _engine(cfg, store=store):
             assert builds == [4]
             assert await _answers(port, "web") == {"10.200.9.10"}
         assert not (tmp_path / _snapshot.FILENAME).exists()
@@ -331,12 +336,12 @@ async def test_records_of_other_nodes_are_never_kept(tmp_path: Path, builds: lis
     cfg = _config(tmp_path, port)
     await _fill(cfg)
     remote = DnsRecord(name="far", ip="10.200.99.1", source="cluster:n2")
-    async with Engine(cfg, drivers=[FakeDriver()], plugins=[DnsPlugin(cfg.dns)]) as eng:
+    async with _engine(cfg) as eng:
         await eng.serve_remote_dns([remote], [])
         assert await _answers(port, "far") == {"10.200.99.1"}
     assert not (tmp_path / _snapshot.FILENAME).exists()  # it held a record not stored
     builds.clear()
-    async with Engine(cfg, drivers=[FakeDriver()], plugins=[DnsPlugin(cfg.dns)]):
+    async with _engine(cfg):
         assert builds == [4]
         assert await _answers(port, "far") == set()  # gone with the run that served it
 
@@ -356,8 +361,7 @@ async def test_tables_are_not_kept_after_a_change_failed(tmp_path: Path) -> None
     port = free_port()
     cfg = _config(tmp_path, port)
     await _fill(cfg)
-    plugins = [DnsPlugin(cfg.dns), _Failing()]
-    async with Engine(cfg, drivers=[FakeDriver()], plugins=plugins) as eng:
+    async with _engine(cfg, _Failing()) as eng:
         with pytest.raises(DnsError):
             await eng.register_dns("new", "10.200.9.20")
     assert not (tmp_path / _snapshot.FILENAME).exists()

@@ -537,7 +537,7 @@ def overlayd_dns_records_loaded(records: Sequence[DnsRecordLike], fingerprint: s
         ``ip``, ``source``), not models; each is immutable and may be kept.
     :param fingerprint: The state store's fingerprint of the stored records
         these came from (:meth:`overlayd.state.Store.fingerprint`), or
-        ``None`` (no records). A plugin that kept what it built from the
+        ``None`` (no records, or no data directory). A plugin that kept what it built from the
         records under the fingerprint given to
         :func:`overlayd_dns_records_stored` may use it instead of building
         again when the two are equal. A plugin may leave this argument out
@@ -563,7 +563,8 @@ def overlayd_dns_records_stored(fingerprint: str | None) -> None:
     (whatever changed them in between, a crash included).
 
     :param fingerprint: :meth:`overlayd.state.Store.fingerprint` of the
-        stored DNS records; ``None`` when there are none, and when the DNS
+        stored DNS records; ``None`` when there are none, without a data
+        directory, and when the DNS
         plugins may hold other records than the stored ones (records of
         other nodes were served, cluster mode; or a change failed in one of
         them): nothing is to be kept then.

@@ -280,8 +280,8 @@ class Hooks:
         self._hook = pm.hook
         self._callers: dict[tuple[str, str], tuple[object, list[Any], Any]] = {}
         #: False once the DNS hooks were given records the store does not hold
-        #: (:meth:`Engine.serve_remote_dns`) or a change of records failed in
-        #: one of them: what they built may then differ from the stored records.
+        #: (``stored=False``) or a change of records failed in one of them:
+        #: what they built may then differ from the stored records.
         self.dns_as_stored = True
 
     def _first(self, op: str, kind: str, result: T | None) -> T:
@@ -444,9 +444,14 @@ class Hooks:
             return bool(self._hook.overlayd_ipam_subnet_release(pool=pool))
 
     # dns
-    def dns_records_changed(self, added: Sequence[DnsRecord], removed: Sequence[DnsRecord]) -> None:
+    def dns_records_changed(
+        self, added: Sequence[DnsRecord], removed: Sequence[DnsRecord], *, stored: bool = True
+    ) -> None:
+        """A change of records; ``stored=False``: records the store does not hold (cluster mode)."""
         if not added and not removed:
             return
+        if not stored:
+            self.dns_as_stored = False
         try:
             with driver_errors("dns_records_changed"):
                 self._hook.overlayd_dns_records_changed(added=list(added), removed=list(removed))

@@ -283,14 +283,19 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (_migrate_0_to_1, _migrate_1_to_2)
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 
+#: A kind's values as one JSON array, in key order (the table is kept in
+#: (kind, key) order): what a kind read as values is, and what its fingerprint digests.
+_VALUES_ARRAY: Final = "'[' || group_concat(value, ',') || ']'"
+
+
 # One JSON object per kind, assembled by SQLite: one json.loads of the whole
 # document is faster than one call per record (figures in docs/design-notes.rst,
 # "Measured choices in core"). Concatenating the stored text is sound because v2
 # only admits valid JSON (CHECK json_valid) and (kind, key) is the primary key.
 # The kinds in the JSON array parameter come as one array of their values.
 _LOAD_BY_KIND: Final = (
-    "SELECT kind, CASE WHEN kind IN (SELECT value FROM json_each(?)) "
-    "THEN '[' || group_concat(value, ',') || ']' "
+    "SELECT kind, CASE WHEN kind IN (SELECT value FROM json_each(?)) "  # noqa: S608 (constants)
+    f"THEN {_VALUES_ARRAY} "
     "ELSE '{' || group_concat(json_quote(key) || ':' || value, ',') || '}' END "
     "FROM records GROUP BY kind"
 )
@@ -307,9 +312,8 @@ def _quick_check(conn: sqlite3.Connection) -> None:
         raise sqlite3.DatabaseError(f"quick_check reported {row!r}")
 
 
-#: The values of one kind as one JSON array, in key order (the table is kept in
-#: (kind, key) order): the text ``_LOAD_BY_KIND`` gives a kind read as values.
-_FINGERPRINT: Final = "SELECT '[' || group_concat(value, ',') || ']' FROM records WHERE kind = ?"
+#: The text ``_LOAD_BY_KIND`` gives a kind read as values, for that kind alone.
+_FINGERPRINT: Final = f"SELECT {_VALUES_ARRAY} FROM records WHERE kind = ?"  # noqa: S608
 
 
 def _corrupt_message(path: Path, exc: BaseException) -> str:
@@ -452,7 +456,7 @@ class SqliteStore(_RecordStore):
         """SQLite's ``quick_check`` of the whole file, on a connection of its own.
 
         What the constructor runs unless given ``check=False``: the engine
-        runs it in a thread of its own while it decodes what it read, SQLite
+        runs it on a worker of its own while it decodes what it read, SQLite
         working without the GIL on the other core (docs/design-notes.rst,
         "Footprint of a large node"), and fails the start if it fails.
 
@@ -560,7 +564,6 @@ class SqliteStore(_RecordStore):
                 rows = ahead[1]
             else:
                 rows = self._read(conn, tuple(values_only))
-            del ahead
         out: dict[str, Any] = {}
         for kind, document in rows:
             try:

@@ -58,7 +58,8 @@ def dump(tables: _Tables, fingerprint: str, ttl: int) -> bytes:
     index: dict[object, int] = {}
     entries: list[tuple[bytes, ...]] = []
     keys = list(tables.names)
-    positions: list[int] = []
+    # One array, not 110,000 int objects to make and free at a read.
+    positions = array.array(_POSITION)
     for entry in tables.names.values():
         packed = (*(x.packed for x in entry.a), *(x.packed for x in entry.aaaa))
         alike: object = packed if len(packed) == 1 else id(entry)
@@ -67,10 +68,8 @@ def dump(tables: _Tables, fingerprint: str, ttl: int) -> bytes:
             at = index[alike] = len(entries)
             entries.append(packed)
         positions.append(at)
-    # The positions as one array, not 110,000 int objects to make and free at a read.
-    at_positions = array.array(_POSITION, positions).tobytes()
     return marshal.dumps(
-        (_header(fingerprint, ttl), keys, at_positions, entries, tables.ents, tables.ptr)
+        (_header(fingerprint, ttl), keys, positions.tobytes(), entries, tables.ents, tables.ptr)
     )
 
 

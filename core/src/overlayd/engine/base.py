@@ -18,7 +18,6 @@ only for dictionary updates and snapshots, never across a hook call.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import ctypes
 import functools
@@ -209,8 +208,6 @@ class EngineBase:
         self.hooks = Hooks(self.pm)
         self._check_ipam_driver()
         self._store: Store | None = store
-        #: The store's ``quick_check``, run beside the load (:meth:`_open`).
-        self._store_check: concurrent.futures.Future[None] | None = None
         self._secrets: Secrets = MemorySecrets()
         self._locks = LockTable()
         self._mem = threading.Lock()
@@ -335,6 +332,7 @@ class EngineBase:
         # fails the start before the drivers start; one whose check fails,
         # before anything loaded from it is used.
         opening = None if self._store is not None else asyncio.ensure_future(self._run(self._open))
+        checking: asyncio.Future[None] | None = None
         with gc_paused():
             # The drivers' and the engine's state (a million objects on a large
             # node) is built with the cyclic GC off, then frozen: left in the
@@ -347,9 +345,16 @@ class EngineBase:
             finally:
                 if opening is not None:
                     self._store = await opening
+                    checking = self._check_store()
             await self._run(self.hooks.startup, context)
-            await self._run(self._load)
-            await self._await_store_check()
+            try:
+                await self._run(self._load)
+            except BaseException:
+                if checking is not None:
+                    checking.cancel()  # the start fails anyway
+                raise
+            if checking is not None:
+                await self._store_checked(checking)
             gc.freeze()
         trim_heap()
         self._started = True
@@ -373,11 +378,15 @@ class EngineBase:
         self.hooks.dns_records_stored(self._dns_fingerprint() if as_stored else None)
 
     def _dns_fingerprint(self) -> str | None:
-        """The store's fingerprint of the DNS records (``None``: none, or a store without one).
+        """The store's fingerprint of the DNS records, for the DNS plugins.
 
-        An embedder's store written before ``Store.fingerprint`` existed has
-        none: the DNS plugins then build their tables at every start.
+        ``None`` when there are none, without a data directory (where the
+        plugins would keep what they built), and from an embedder's store
+        written before ``Store.fingerprint`` existed: the DNS plugins then
+        build their tables at every start.
         """
+        if self.config.data_dir is None:
+            return None
         fingerprint = getattr(self._store, "fingerprint", None)
         return None if fingerprint is None else cast("str | None", fingerprint(DNS_KIND))
 
@@ -389,22 +398,25 @@ class EngineBase:
         store = open_store(self.config.data_dir, check=False)
         if isinstance(store, SqliteStore):
             store.read_ahead(values_only=LOAD_VALUES_ONLY)
-            # Checked on a connection of its own while the load decodes what
-            # was read (the GIL's work): SQLite checks on the other core.
-            checking: concurrent.futures.Future[None] = concurrent.futures.Future()
-            self._store_check = checking
-            threading.Thread(
-                target=_settle, args=(checking, store.check), name="overlayd-store-check"
-            ).start()
         return store
 
-    async def _await_store_check(self) -> None:
+    def _check_store(self) -> asyncio.Future[None] | None:
+        """Start the check :meth:`_open` left out, on a worker of its own.
+
+        It runs on a connection of its own while the load decodes what was
+        read (the GIL's work): SQLite checks on the other core.
+        """
+        from overlayd.state import SqliteStore
+
+        store = self._store
+        if not isinstance(store, SqliteStore):
+            return None
+        return asyncio.ensure_future(self._run(store.check))
+
+    async def _store_checked(self, checking: asyncio.Future[None]) -> None:
         """Fail the start, closing the store, if its check failed (what was read is not used)."""
-        checking, self._store_check = self._store_check, None
-        if checking is None:
-            return
         try:
-            await asyncio.wrap_future(checking)
+            await checking
         except BaseException:
             if self._store is not None:
                 self._store.close()
@@ -729,13 +741,3 @@ class EngineBase:
 
     def _unmask(self, rule: MasqueradeRule) -> None:
         self.hooks.nat_masquerade(rule, False)
-
-
-def _settle(future: concurrent.futures.Future[None], fn: Callable[[], None]) -> None:
-    """Run ``fn`` and settle ``future`` with its outcome (a thread's target)."""
-    try:
-        fn()
-    except BaseException as exc:  # noqa: BLE001 (raised again where the future is awaited)
-        future.set_exception(exc)
-    else:
-        future.set_result(None)

@@ -125,8 +125,11 @@ class DnsMixin(EngineBase):
         """
         self._require_started()
         if added or removed:
-            self.hooks.dns_as_stored = False  # what the DNS plugins hold is not all stored
-            await self._run(self.hooks.dns_records_changed, list(added), list(removed))
+            await self._run(
+                functools.partial(self.hooks.dns_records_changed, stored=False),
+                list(added),
+                list(removed),
+            )
 
     def _dns_change(self, added: list[DnsEntry], removed: list[DnsEntry]) -> None:
         self.hooks.dns_records_changed(records(added), records(removed))
