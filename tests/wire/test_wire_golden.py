@@ -1175,6 +1175,57 @@ def test_wire_rejects_with_precise_error(body: str, frame_id: int | None, messag
     assert message in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("frame", "text"), [(f, t) for _, f, t in REQUESTS], ids=[i for i, _, _ in REQUESTS]
+)
+def test_wire_decode_request_gives_what_decode_frame_gives(frame: p.Frame, text: str) -> None:
+    """The request of every golden frame, given as its wire object (the cni_exec op)."""
+    assert isinstance(frame, p.RequestFrame)
+    data = json.loads(text)
+    assert p.decode_request(data["request"], data["id"]) == frame.request
+    assert p.decode_request(_add_junk(_reorder(data["request"])), data["id"]) == frame.request
+
+
+def _bad_request(body: str) -> bool:
+    """Whether ``body`` is a well-formed request frame whose request is what is wrong."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return False
+    return (
+        isinstance(data, dict)
+        and data.get("frame") == "request"
+        and type(data.get("id")) is int
+        and 0 <= data["id"] < 2**64
+        and "request" in data
+    )
+
+
+BAD_REQUESTS = [(n, b, i) for n, b, i, _ in REJECTED if _bad_request(b)]
+
+
+def test_wire_rejected_frames_include_bad_requests() -> None:
+    assert len(BAD_REQUESTS) >= 10
+
+
+@pytest.mark.parametrize(
+    ("body", "frame_id"), [(b, i) for _, b, i in BAD_REQUESTS], ids=[n for n, _, _ in BAD_REQUESTS]
+)
+def test_wire_decode_request_rejects_as_decode_frame_does(body: str, frame_id: int | None) -> None:
+    """A bad request given as its wire object gets decode_frame's error, word for word."""
+    data = json.loads(body)
+    with pytest.raises(p.ProtocolError) as info:
+        p.decode_request(data["request"], data["id"])
+    assert info.value.request_id == frame_id
+    assert str(info.value) == _decode_frame_error(body)
+
+
+def _decode_frame_error(body: str) -> str:
+    with pytest.raises(p.ProtocolError) as info:
+        p.decode_frame(body.encode())
+    return str(info.value)
+
+
 def test_wire_protocol_error_is_invalid_request() -> None:
     from overlayd.errors import InvalidRequest
 

@@ -67,11 +67,11 @@ from overlayd.transport import write_frame
 __all__ = [
     "LOG_INTERVAL",
     "MAX_ERR_MESSAGE",
+    "Acceptor",
     "Connection",
     "Limits",
     "PeerCredentials",
     "RateLimitedLog",
-    "accept_connections",
     "default_max_connections",
     "file_limit",
     "max_connections",
@@ -95,6 +95,8 @@ _UCRED: Final = struct.Struct("3i")
 #: ``SO_PEERGROUPS`` (Linux >= 4.13); Python's socket module does not name it.
 _SO_PEERGROUPS: Final = getattr(socket, "SO_PEERGROUPS", 59)
 _ACCEPT_BACKOFF: Final = (0.05, 1.0)
+#: Bytes read from a new connection before its transport exists (:meth:`Connection.from_socket`).
+_FIRST_READ: Final = 64 * 1024
 
 
 def file_limit() -> int | None:
@@ -257,35 +259,92 @@ def refuse_socket(sock: socket.socket, message: str) -> None:
         sock.close()
 
 
-async def accept_connections(
-    listener: socket.socket, limiter: RateLimitedLog
-) -> AsyncIterator[socket.socket]:
-    """Accept clients forever, pausing (never spinning) while descriptors run out."""
-    loop = asyncio.get_running_loop()
-    delay = _ACCEPT_BACKOFF[0]
-    while True:
-        try:
-            client, _ = await loop.sock_accept(listener)
-        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-            continue
-        except OSError as exc:
-            if exc.errno in (errno.EBADF, errno.EINVAL):
-                return  # the listener was closed: the daemon is stopping
-            # Out of descriptors or memory (or a stranger error): the pending
-            # client stays in the backlog, and retrying at once would spin on
-            # a listener that stays readable.
-            limiter.warning(
-                "accept",
-                "cannot accept connections: %s; retrying in %.2f s (lower "
-                "max_connections or raise the open-files limit)",
-                exc.strerror or exc,
-                delay,
-            )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, _ACCEPT_BACKOFF[1])
-            continue
-        delay = _ACCEPT_BACKOFF[0]
-        yield client
+class Acceptor:
+    """Accept clients whenever the listener is readable, pausing (never spinning) on errors.
+
+    The listener's readiness callback accepts every pending client at once
+    and hands each to ``on_client`` in that same pass of the event loop (as
+    asyncio's own servers do). An ``async for`` over ``loop.sock_accept``
+    took two more passes per client, and registered and removed the reader
+    each time (``docs/design-notes.rst``, "CNI plugin start-up"). When the
+    process runs out of descriptors or memory, the pending client stays in
+    the backlog and accepting pauses with a growing delay.
+    """
+
+    #: Clients accepted in one pass at most; the rest wait for the next pass.
+    batch: Final = 64
+
+    def __init__(
+        self,
+        listener: socket.socket,
+        limiter: RateLimitedLog,
+        on_client: Callable[[socket.socket], None],
+    ) -> None:
+        self._listener = listener
+        self._limiter = limiter
+        self._on_client = on_client
+        self._loop = asyncio.get_running_loop()
+        self._fd = listener.fileno()
+        self._delay = _ACCEPT_BACKOFF[0]
+        self._resume: asyncio.TimerHandle | None = None
+        self._reading = False
+        self._stopped = False
+
+    def start(self) -> None:
+        """Accept from now on (idempotent)."""
+        if not self._reading and not self._stopped:
+            self._loop.add_reader(self._fd, self._ready)
+            self._reading = True
+
+    def stop(self) -> None:
+        """Accept no more (idempotent); the listener stays open."""
+        self._stopped = True
+        if self._resume is not None:
+            self._resume.cancel()
+            self._resume = None
+        if self._reading:
+            self._loop.remove_reader(self._fd)
+            self._reading = False
+
+    def _ready(self) -> None:
+        for _ in range(self.batch):
+            if self._stopped:
+                return
+            try:
+                client, _ = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue
+            except OSError as exc:
+                if exc.errno in (errno.EBADF, errno.EINVAL):
+                    self.stop()  # the listener was closed: the daemon is stopping
+                    return
+                self._pause(exc)
+                return
+            self._delay = _ACCEPT_BACKOFF[0]
+            client.setblocking(False)
+            self._on_client(client)
+
+    def _pause(self, exc: OSError) -> None:
+        # Out of descriptors or memory (or a stranger error): retrying at once
+        # would spin on a listener that stays readable.
+        self._limiter.warning(
+            "accept",
+            "cannot accept connections: %s; retrying in %.2f s (lower "
+            "max_connections or raise the open-files limit)",
+            exc.strerror or exc,
+            self._delay,
+        )
+        if self._reading:
+            self._loop.remove_reader(self._fd)
+            self._reading = False
+        self._resume = self._loop.call_later(self._delay, self._again)
+        self._delay = min(self._delay * 2, _ACCEPT_BACKOFF[1])
+
+    def _again(self) -> None:
+        self._resume = None
+        self.start()
 
 
 _HEADER: Final = struct.Struct("<I")
@@ -377,6 +436,16 @@ class Connection:
         """Wrap an accepted socket in asyncio streams."""
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(limit=2**16)
+        # A client that connects to send one request (the CNI front end, the
+        # command line) has sent it by now: read it here, and the first
+        # request is decoded as soon as the transport is ready instead of
+        # after another pass of the event loop.
+        try:
+            first = sock.recv(_FIRST_READ)
+        except (BlockingIOError, InterruptedError):
+            first = b""
+        if first:
+            reader.feed_data(first)
         protocol = _FastLaneProtocol(reader)
         transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock)
         writer = asyncio.StreamWriter(transport, protocol, reader, loop)

@@ -48,6 +48,7 @@ from typing import ClassVar
 from typing import Final
 from typing import Literal
 from typing import TypeAlias
+from typing import cast
 
 from pydantic import AfterValidator
 from pydantic import BaseModel
@@ -159,6 +160,7 @@ __all__ = [
     "WindowsContainerHandle",
     "build_models",
     "decode_frame",
+    "decode_request",
     "encode_body",
     "encode_frame",
     "encode_json",
@@ -1506,6 +1508,29 @@ def _bare(payload: dict[str, Any]) -> AnyRequest | None:
     return _BARE.get(op) if type(op) is str else None
 
 
+def decode_request(payload: object, fid: int = 0) -> AnyRequest:
+    """A request frame's request given as its wire object, checked as in :func:`decode_frame`.
+
+    For requests made inside the daemon (the ``cni_exec`` op runs the CNI
+    plugin's requests in-process): the same checks and messages as the
+    frame ``{"frame": "request", "id": fid, "request": payload}`` would get,
+    without encoding it as JSON to decode it again.
+    """
+    where = f"request {fid}"
+    return _request(_object(payload, where, "request", fid), where, fid)
+
+
+def _request(payload: dict[str, Any], where: str, fid: int) -> AnyRequest:
+    op = _tag(payload, "op", where, fid)
+    request_type = REQUEST_TYPES.get(op)
+    if request_type is None:
+        raise ProtocolError(f"{where}: unknown op {quote(op)}", fid)
+    request = _bare(payload)  # ``{"op": "status"}``: nothing to validate
+    if request is None:
+        request = _validate(request_type, payload, op, where, fid)
+    return cast(AnyRequest, request)
+
+
 def decode_frame(body: bytes) -> Frame:
     """Decode one frame body (without its length prefix).
 
@@ -1555,15 +1580,8 @@ def decode_frame(body: bytes) -> Frame:
         raise ProtocolError(f"{kind} frame: 'id' {problem}; it must be an unsigned 64-bit integer")
     payload = _object(data.get(kind), where, kind, fid)
     if kind == "request":
-        op = _tag(payload, "op", where, fid)
-        request_type = REQUEST_TYPES.get(op)
-        if request_type is None:
-            raise ProtocolError(f"{where}: unknown op {quote(op)}", fid)
-        request = _bare(payload)  # ``{"op": "status"}``: nothing to validate
-        if request is None:
-            request = _validate(request_type, payload, op, where, fid)
         # The parts are validated: building the frame must not validate them again.
-        return RequestFrame.model_construct(id=fid, request=request)
+        return RequestFrame.model_construct(id=fid, request=_request(payload, where, fid))
     result = _tag(payload, "result", where, fid)
     response_type = RESPONSE_TYPES.get(result)
     if response_type is None:

@@ -27,6 +27,7 @@ from overlayd.model import AnyHandle
 from overlayd.model import Attachment
 from overlayd.model import AttachRequest
 from overlayd.model import Event
+from overlayd.model import GlobalOverlay
 from overlayd.model import GuestManagedHandle
 from overlayd.model import IPAddress
 from overlayd.model import Lease
@@ -147,12 +148,10 @@ class AttachMixin(EngineBase):
                 handle=handle,
                 service=svc.service,
                 segment=svc.bridge,
-                address=ipaddress.ip_interface(f"{lease.ip}/{svc.subnet.prefixlen}"),
+                address=_interface(lease.ip, svc.subnet.prefixlen),
                 gateway=svc.gateway,
                 global_address=(
-                    ipaddress.ip_interface(f"{global_lease.ip}/{g.cluster_cidr.prefixlen}")
-                    if global_lease
-                    else None
+                    _interface(global_lease.ip, g.cluster_cidr.prefixlen) if global_lease else None
                 ),
                 node=self._node_info(svc),
                 dns_server=dns_server,
@@ -206,10 +205,17 @@ class AttachMixin(EngineBase):
             raise
         return att
 
+    #: The last :meth:`_node_info`: the service and global overlay it was built
+    #: from (frozen models, replaced on every change) and the answer.
+    _node_info_memo: tuple[ServiceOverlay | None, GlobalOverlay, NodeInfo] | None = None
+
     def _node_info(self, svc: ServiceOverlay | None = None) -> NodeInfo:
         g = self._global()
+        memo = self._node_info_memo
+        if memo is not None and memo[0] is svc and memo[1] is g:
+            return memo[2]
         device = svc.dedicated if svc is not None and svc.dedicated is not None else g.device
-        return NodeInfo(
+        info = NodeInfo(
             interface=device.name,
             public_key=device.public_key,
             node_ip=(svc.overlay_ip if svc is not None and svc.dedicated else None) or g.node_ip,
@@ -218,6 +224,8 @@ class AttachMixin(EngineBase):
             listen_port=device.listen_port or g.wg_port,
             mtu=self.config.engine.mtu,
         )
+        self._node_info_memo = (svc, g, info)
+        return info
 
     @timed("detach")
     async def detach(self, handle: AnyHandle | dict[str, Any]) -> bool:
@@ -347,6 +355,13 @@ class AttachMixin(EngineBase):
 
 def _attachment_event(kind: Literal["attached", "detached"], att: Attachment) -> Event:
     return Event(event=kind, handle=att.key, service=att.service, ip=str(att.ip))
+
+
+def _interface(ip: IPAddress, prefixlen: int) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
+    """``ip/prefixlen`` as an interface, from the address's integer (no text to parse)."""
+    if ip.version == 4:
+        return ipaddress.IPv4Interface((int(ip), prefixlen))
+    return ipaddress.IPv6Interface((int(ip), prefixlen))
 
 
 def short_name(handle: AnyHandle) -> str:

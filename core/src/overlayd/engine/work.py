@@ -27,15 +27,17 @@ store transaction (:meth:`overlayd.engine.base.EngineBase._commit`).
 from __future__ import annotations
 
 import asyncio
-import functools
+import contextlib
 import logging
+import queue
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from dataclasses import field
 from typing import Any
 from typing import TypeVar
+from typing import cast
 
 from pydantic import BaseModel
 
@@ -109,56 +111,169 @@ class InFlight:
         return f"{self.what} (running for {now - self.started:.1f}s)"
 
 
+class _Job:
+    """One call handed to a worker, and how its caller learns the outcome."""
+
+    __slots__ = ("args", "done", "fn", "future", "info", "loop", "waiters")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        info: InFlight,
+    ) -> None:
+        self.loop = loop
+        self.fn = fn
+        self.args = args
+        self.info = info
+        #: What the caller awaits (cancelled with the caller).
+        self.future: asyncio.Future[Any] = loop.create_future()
+        #: The worker has returned (set on the event loop).
+        self.done = False
+        #: Futures of those waiting for the worker itself (a cancelled caller, a drain).
+        self.waiters: list[asyncio.Future[None]] = []
+
+    def finish(self, result: Any, error: BaseException | None) -> None:
+        """The worker's outcome, on the event loop's thread."""
+        self.done = True
+        if not self.future.done():
+            if error is None:
+                self.future.set_result(result)
+            else:
+                self.future.set_exception(error)
+        elif error is not None:
+            log.warning("cancelled %s then failed: %s", self.info.what, error)
+        for waiter in self.waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self.waiters.clear()
+
+    def finished(self) -> asyncio.Future[None]:
+        """A future done once the worker has returned, whatever the caller did."""
+        waiter: asyncio.Future[None] = self.loop.create_future()
+        if self.done:
+            waiter.set_result(None)
+        else:
+            self.waiters.append(waiter)
+        return waiter
+
+
+class _Crew:
+    """The threads of one start of a :class:`WorkerPool`, and their queue.
+
+    A stop retires the crew: its threads end after their current call, and a
+    later start gets a new crew, so a thread still finishing a call of the
+    previous run never takes a call of the next one.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self.threads: list[threading.Thread] = []
+        self.idle = 0
+        self.lock = threading.Lock()
+
+    def submit(self, job: _Job) -> None:
+        self.queue.put(job)
+        with self.lock:
+            if self.idle > 0:
+                self.idle -= 1  # that thread takes the call
+                return
+            if len(self.threads) >= self.size:
+                return  # all busy: the call waits in the queue
+            thread = threading.Thread(
+                target=self._work, name=f"overlayd-hook_{len(self.threads)}", daemon=True
+            )
+            self.threads.append(thread)
+        thread.start()
+
+    def _work(self) -> None:
+        get = self.queue.get
+        while True:
+            job = get()
+            if job is None:
+                return
+            try:
+                result, error = job.fn(*job.args), None
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                result, error = None, exc
+            # A closed loop (RuntimeError) has no one waiting any more.
+            with contextlib.suppress(RuntimeError):
+                job.loop.call_soon_threadsafe(job.finish, result, error)
+            del job, result, error
+            with self.lock:
+                self.idle += 1
+
+    def retire(self, *, wait: bool) -> None:
+        for _ in self.threads:
+            self.queue.put(None)
+        if wait:
+            for thread in self.threads:
+                thread.join()
+
+
 class WorkerPool:
-    """A thread pool for blocking hook calls, tracking what is in flight."""
+    """Threads for blocking hook calls, tracking what is in flight.
+
+    Not a :class:`~concurrent.futures.ThreadPoolExecutor`: ``run_in_executor``
+    wraps its future in an asyncio one and :meth:`run` shielded that again,
+    so every call crossed three futures and more passes of the event loop.
+    Here a worker takes the call from a queue and hands its outcome straight
+    to the caller's future (``docs/design-notes.rst``, "CNI plugin
+    start-up"). Threads start when a call finds none idle, up to
+    ``workers``, and are named ``overlayd-hook_<n>``.
+    """
 
     def __init__(self, workers: int) -> None:
         self._workers = workers
-        self._executor: ThreadPoolExecutor | None = None
-        self._inflight: dict[asyncio.Future[Any], InFlight] = {}
+        self._crew: _Crew | None = None
+        self._inflight: dict[_Job, InFlight] = {}
 
     def start(self) -> None:
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(
-                max_workers=self._workers, thread_name_prefix="overlayd-hook"
-            )
+        if self._crew is None:
+            self._crew = _Crew(self._workers)
 
     def in_flight(self) -> list[InFlight]:
-        return [job for work, job in self._inflight.items() if not work.done()]
+        return [job.info for job in self._inflight if not job.done]
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` in a worker; if cancelled, wait for the worker first."""
+        crew = self._crew
+        if crew is None:
+            raise RuntimeError("the worker pool is not started (or was shut down)")
         loop = asyncio.get_running_loop()
-        work: asyncio.Future[T] = loop.run_in_executor(self._executor, functools.partial(fn, *args))
-        job = InFlight(getattr(fn, "__name__", repr(fn)), time.monotonic())
-        self._inflight[work] = job
-        work.add_done_callback(self._forget)
+        job = _Job(loop, fn, args, InFlight(getattr(fn, "__name__", repr(fn)), time.monotonic()))
+        self._inflight[job] = job.info
+        crew.submit(job)
         try:
-            return await asyncio.shield(work)
+            return cast(T, await job.future)
         except asyncio.CancelledError:
-            log.info("%s was cancelled; its locks are held until its worker finishes", job.what)
-            while not work.done():
-                try:
-                    await asyncio.wait({work})
-                except asyncio.CancelledError:
-                    continue
-            if not work.cancelled() and work.exception() is not None:
-                log.warning("cancelled %s then failed: %s", job.what, work.exception())
+            if not job.done:
+                log.info(
+                    "%s was cancelled; its locks are held until its worker finishes", job.info.what
+                )
+                finished = job.finished()
+                while not finished.done():
+                    try:
+                        await asyncio.wait({finished})
+                    except asyncio.CancelledError:
+                        continue
             raise
-
-    def _forget(self, work: asyncio.Future[Any]) -> None:
-        self._inflight.pop(work, None)
+        finally:
+            self._inflight.pop(job, None)
 
     async def drain(self, bound: float) -> list[str]:
         """Wait up to ``bound`` seconds for the work in flight; describe what is left."""
-        pending = [work for work in self._inflight if not work.done()]
+        pending = [job.finished() for job in self._inflight if not job.done]
         if pending:
             log.info("waiting up to %.0fs for %d operation(s) in flight", bound, len(pending))
             await asyncio.wait(pending, timeout=bound)
         now = time.monotonic()
-        return [job.describe(now) for job in self.in_flight()]
+        return [info.describe(now) for info in self.in_flight()]
 
     def shutdown(self, *, wait: bool) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=wait, cancel_futures=True)
-            self._executor = None
+        """Retire the threads; with ``wait``, once they have finished what they run."""
+        crew, self._crew = self._crew, None
+        if crew is not None:
+            crew.retire(wait=wait)

@@ -15,7 +15,6 @@ inside, which the daemon must not enter.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import sys
 import time
@@ -47,22 +46,20 @@ CNI_NOT_INSTALLED = "not supported: the overlayd-cni distribution is not install
 async def _dispatch_wire(s: Server, request: dict[str, Any]) -> dict[str, Any]:
     """Run one request given as its wire object; the response's wire object.
 
-    The same checks and error messages as a request read from a socket: the
-    request is decoded as a frame, failures become ``err`` as in
-    :meth:`Server._answer <overlayd.server.core.Server._answer>`, and the op is
-    counted in the metrics.
+    The same checks and error messages as a request read from a socket (the
+    request is checked as a frame's would be, without a JSON round trip:
+    :func:`overlayd.protocol.decode_request`), failures become ``err`` as in
+    :meth:`Server._answer <overlayd.server.core.Server._answer>`, and the op
+    is counted in the metrics.
     """
     started = time.perf_counter()
     op = str(request.get("op"))
     response: p.AnyResponse
     try:
-        frame = p.decode_frame(
-            json.dumps({"frame": "request", "id": 0, "request": request}).encode()
-        )
-        assert isinstance(frame, p.RequestFrame)
-        if isinstance(frame.request, p.CniExecRequest | p.ShutdownRequest | p.HelloRequest):
+        decoded = p.decode_request(request)
+        if isinstance(decoded, p.CniExecRequest | p.ShutdownRequest | p.HelloRequest):
             raise InvalidRequest(f"{op} cannot be run from inside cni_exec")
-        response = await s.dispatch(frame.request)
+        response = await s.dispatch(decoded)
     except OverlaydError as exc:
         response = p.ErrResponse(message=clip(str(exc), MAX_ERR_MESSAGE))
     except Exception as exc:  # the daemon must survive any bug

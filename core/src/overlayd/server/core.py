@@ -27,10 +27,10 @@ from overlayd import protocol as p
 from overlayd import socketfile
 from overlayd.config import DaemonConfig
 from overlayd.connections import MAX_ERR_MESSAGE
+from overlayd.connections import Acceptor
 from overlayd.connections import Connection
 from overlayd.connections import Limits
 from overlayd.connections import RateLimitedLog
-from overlayd.connections import accept_connections
 from overlayd.connections import max_connections
 from overlayd.connections import refuse_socket
 from overlayd.engine import Engine
@@ -78,7 +78,7 @@ class Server:
         self.path = Path(config.socket)
         self.limits = Limits(max_connections=max_connections(config.max_connections))
         self._listener: socket.socket | None = None
-        self._accept_task: asyncio.Task[None] | None = None
+        self._acceptor: Acceptor | None = None
         #: One task per accepted client (authorising, serving or refusing it).
         self._clients: set[asyncio.Task[None]] = set()
         self._conns: set[Connection] = set()
@@ -127,7 +127,8 @@ class Server:
             self._allowed_gids.add(self._group_gid)
         self._listener = self._socket_file.listen()
         self._listening = True
-        self._accept_task = asyncio.create_task(self._accept_loop(), name="overlayd-accept")
+        self._acceptor = Acceptor(self._listener, self._limited_log, self._accept)
+        self._acceptor.start()
         self._events_task = asyncio.create_task(self._pump_events(), name="overlayd-events")
         # After the first answers, not before: the start-up is not slowed by it.
         self._warm = asyncio.get_running_loop().call_later(1.0, self._warm_up)
@@ -197,10 +198,8 @@ class Server:
             self._warm_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._warm_task
-        if self._accept_task is not None:
-            self._accept_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._accept_task
+        if self._acceptor is not None:
+            self._acceptor.stop()
         if self._listener is not None:
             self._listener.close()
         # Remove the path now: new clients get ENOENT/ECONNREFUSED at once.
@@ -238,29 +237,28 @@ class Server:
 
     # -- connections --------------------------------------------------------
 
-    async def _accept_loop(self) -> None:
-        assert self._listener is not None
-        async for sock in accept_connections(self._listener, self._limited_log):
-            if self._closing.is_set():
-                sock.close()
-                continue
-            cap = self.limits.max_connections
-            if len(self._clients) >= cap:
-                self._limited_log.warning(
-                    "cap",
-                    "refusing a connection: %d clients are connected (max_connections = %d)",
-                    len(self._clients),
-                    cap,
-                )
-                refuse_socket(
-                    sock,
-                    f"overlayd serves at most {cap} connections at once and all are in "
-                    "use; close idle connections or raise max_connections, then retry",
-                )
-                continue
-            task = asyncio.create_task(self._serve(sock))
-            self._clients.add(task)
-            task.add_done_callback(self._clients.discard)
+    def _accept(self, sock: socket.socket) -> None:
+        """Serve a client just accepted (:class:`~overlayd.connections.Acceptor`), or refuse it."""
+        if self._closing.is_set():
+            sock.close()
+            return
+        cap = self.limits.max_connections
+        if len(self._clients) >= cap:
+            self._limited_log.warning(
+                "cap",
+                "refusing a connection: %d clients are connected (max_connections = %d)",
+                len(self._clients),
+                cap,
+            )
+            refuse_socket(
+                sock,
+                f"overlayd serves at most {cap} connections at once and all are in "
+                "use; close idle connections or raise max_connections, then retry",
+            )
+            return
+        task = asyncio.create_task(self._serve(sock))
+        self._clients.add(task)
+        task.add_done_callback(self._clients.discard)
 
     async def _serve(self, sock: socket.socket) -> None:
         ok, who = authorise(sock, self._allowed_uids, self._allowed_gids)

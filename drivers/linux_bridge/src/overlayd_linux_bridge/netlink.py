@@ -157,6 +157,65 @@ def _add_address(sock: rtnl.RtnlSocket, index: int, iface: IPInterface) -> None:
             raise
 
 
+def _configure_in_one_batch(
+    ns: rtnl.RtnlSocket,
+    index: int,
+    addresses: Sequence[IPInterface],
+    gateways: Sequence[IPAddress],
+    routes: Sequence[RouteSpec],
+    ipv6: bool,
+    loopback: int | None,
+) -> None:
+    """Addresses, link up, ``lo`` up and routes of a container end, in one netlink datagram.
+
+    The kernel handles them in this order, as separate requests would be
+    (:meth:`overlayd_linux.rtnl.RtnlSocket.batch`); one ``send`` instead of
+    one round trip each saved about 0.1 ms of a first attach
+    (docs/design-notes.rst, "CNI plugin start-up"). An address already
+    present is fine, as in :func:`_add_address`. A kernel that refuses the
+    quiet IPv6 attributes (see :func:`_link_up`) has left the link down, so
+    what followed it failed too: from the link on, the steps are then
+    repeated one by one.
+    """
+    create = rtnl.NLM_F_CREATE | rtnl.NLM_F_EXCL
+    steps: list[tuple[int, bytes, int]] = [
+        (
+            rtnl.RTM_NEWADDR,
+            rtnl.address(index, iface, _IFA_F_NODAD if iface.version == 6 else 0),
+            create,
+        )
+        for iface in addresses
+    ]
+    link_at = len(steps)
+    steps.append((rtnl.RTM_NEWLINK, rtnl.link_change(index, up=True, quiet_ipv6=not ipv6), 0))
+    if loopback is not None:
+        steps.append((rtnl.RTM_NEWLINK, rtnl.link_change(loopback, up=True), 0))
+    for gw in gateways:
+        steps.append(
+            (rtnl.RTM_NEWROUTE, rtnl.route(_DEFAULT_ROUTES[gw.version], index, gw), create)
+        )
+    for spec in routes:
+        steps.append((rtnl.RTM_NEWROUTE, rtnl.route(spec.dst, index, spec.gateway), create))
+    outcomes = ns.batch(steps)
+    for error in outcomes[:link_at]:
+        if error is not None and error.code != errno.EEXIST:
+            raise error
+    refused = outcomes[link_at]
+    if refused is not None and not ipv6 and refused.code == errno.EAFNOSUPPORT:
+        _link_up(ns, index, quiet_ipv6=False)
+        for msg_type, body, flags in steps[link_at + 1 :]:
+            try:
+                ns.request(msg_type, body, flags)
+            except NetlinkError as exc:
+                # A route the batch did add after all is not a conflict.
+                if not (msg_type == rtnl.RTM_NEWROUTE and exc.code == errno.EEXIST):
+                    raise
+        return
+    for error in outcomes[link_at:]:
+        if error is not None:
+            raise error
+
+
 def bridge_mac(name: str) -> str:
     """The MAC address overlayd gives bridge ``name``: stable, locally administered.
 
@@ -548,18 +607,9 @@ class PyrouteNetlink:
             if ipv6:
                 run_in_netns(netns_fd, lambda: write_static_ipv6_sysctls(ifname))
             index = probe.index
-            for iface in addresses:
-                _add_address(ns, index, iface)
             # An interface without IPv6 addresses gets no link-local one
             # either (as Docker does on IPv4-only networks).
-            _link_up(ns, index, quiet_ipv6=not ipv6)
-            if probe.loopback is not None:
-                ns.request(rtnl.RTM_NEWLINK, rtnl.link_change(probe.loopback, up=True))
-            for gw in gateways:
-                default = _DEFAULT_ROUTES[gw.version]
-                ns.create(rtnl.RTM_NEWROUTE, rtnl.route(default, index, gw))
-            for spec in routes:
-                ns.create(rtnl.RTM_NEWROUTE, rtnl.route(spec.dst, index, spec.gateway))
+            _configure_in_one_batch(ns, index, addresses, gateways, routes, ipv6, probe.loopback)
         return index, probe.mac
 
     # -- deferred deletion -----------------------------------------------------

@@ -27,6 +27,7 @@ import struct
 import threading
 from collections.abc import Callable
 from collections.abc import Iterator
+from collections.abc import Sequence
 from contextlib import contextmanager
 from ipaddress import IPv4Address
 from ipaddress import IPv4Interface
@@ -309,6 +310,42 @@ class RtnlSocket:
     def create(self, msg_type: int, body: bytes) -> None:
         """A request that creates something that must not exist yet (``EEXIST``)."""
         self.request(msg_type, body, NLM_F_CREATE | NLM_F_EXCL)
+
+    def batch(self, requests: Sequence[tuple[int, bytes, int]]) -> list[RtnlError | None]:
+        """Send ``(type, body, flags)`` requests in one datagram; the outcome of each, in order.
+
+        The kernel handles the messages of a datagram one after the other, as
+        separate requests would be, and acknowledges each: a failed one does
+        not stop the next. ``None`` is a success, an :class:`RtnlError` the
+        refusal. One ``send`` instead of one per request, and the answers
+        are read as they come.
+        """
+        if not requests:
+            return []
+        parts: list[bytes] = []
+        first = (self._seq + 1) & 0xFFFFFFFF
+        for msg_type, body, flags in requests:
+            self._seq = (self._seq + 1) & 0xFFFFFFFF
+            parts.append(
+                _NLMSGHDR.pack(
+                    _NLMSGHDR.size + len(body),
+                    msg_type,
+                    NLM_F_REQUEST | NLM_F_ACK | flags,
+                    self._seq,
+                    0,
+                )
+            )
+            parts.append(body)
+        self._sock.send(b"".join(parts))
+        outcomes: list[RtnlError | None] = []
+        for i in range(len(requests)):
+            try:
+                self._answer((first + i) & 0xFFFFFFFF)
+            except RtnlError as exc:
+                outcomes.append(exc)
+            else:
+                outcomes.append(None)
+        return outcomes
 
     def link_index(self, name: str) -> int | None:
         """Index of link ``name`` in this socket's namespace, ``None`` when absent."""

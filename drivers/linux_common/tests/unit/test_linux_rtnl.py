@@ -155,6 +155,22 @@ def test_refused_request_raises_netlink_error_with_errno() -> None:
         assert sock.link_index("lo") == socket.if_nametoindex("lo")
 
 
+def test_batch_reports_each_request_in_order_and_keeps_the_socket_usable() -> None:
+    with rtnl.RtnlSocket() as sock:
+        assert sock.batch([]) == []
+        requests = [
+            (rtnl.RTM_NEWLINK, rtnl.link_change(UNUSED_INDEX + i, up=True), 0) for i in range(3)
+        ]
+        outcomes = sock.batch(requests)
+        # A refusal does not stop the next request: each got its own answer.
+        assert len(outcomes) == 3
+        for outcome in outcomes:
+            assert isinstance(outcome, rtnl.RtnlError)
+            assert outcome.code in (errno.ENODEV, errno.EPERM)
+        assert sock.link_index("lo") == socket.if_nametoindex("lo")
+        assert sock.batch(requests[:1])[0] is not None
+
+
 def test_pool_reuses_sockets_and_drops_broken_ones() -> None:
     opened: list[socket.socket] = []
 
