@@ -114,3 +114,54 @@ async def test_a_stopped_pool_refuses_work_and_a_restart_gets_fresh_threads() ->
     gate.set()
     assert await first is True
     pool.shutdown(wait=True)
+
+
+async def test_the_thread_idle_last_takes_the_next_call() -> None:
+    pool = WorkerPool(3)
+    pool.start()
+    gate = threading.Event()
+    try:
+        # Three threads busy at once, then released.
+        calls = [asyncio.create_task(pool.run(gate.wait, 5)) for _ in range(3)]
+        await asyncio.sleep(0.1)
+        gate.set()
+        await asyncio.gather(*calls)
+        await asyncio.sleep(0.05)
+        last = await pool.run(lambda: threading.current_thread().name)
+        # Sequential calls keep going to the thread that just ran.
+        for _ in range(5):
+            assert await pool.run(lambda: threading.current_thread().name) == last
+    finally:
+        pool.shutdown(wait=True)
+
+
+async def test_prewake_wakes_the_next_thread_and_changes_nothing_else() -> None:
+    pool = WorkerPool(2)
+    pool.prewake()  # not started: nothing to wake, no error
+    pool.start()
+    pool.prewake()  # no thread yet: nothing to wake
+    try:
+        name = await pool.run(lambda: threading.current_thread().name)
+        await asyncio.sleep(0.05)
+        for _ in range(3):
+            pool.prewake()
+            pool.prewake()  # at most one wake-up pending
+            await asyncio.sleep(0.02)
+            assert await pool.run(lambda: threading.current_thread().name) == name
+        assert pool.in_flight() == []
+    finally:
+        pool.shutdown(wait=True)
+
+
+async def test_calls_waiting_for_a_thread_fail_when_the_pool_stops() -> None:
+    pool = WorkerPool(1)
+    pool.start()
+    gate = threading.Event()
+    busy = asyncio.create_task(pool.run(gate.wait, 5))
+    waiting = asyncio.create_task(pool.run(lambda: "ran"))
+    await asyncio.sleep(0.05)
+    pool.shutdown(wait=False)
+    with pytest.raises(RuntimeError, match="stopped before"):
+        await waiting
+    gate.set()
+    assert await busy is True

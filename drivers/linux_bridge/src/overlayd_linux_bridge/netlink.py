@@ -45,6 +45,7 @@ accumulated. Tombstones left by a crash are swept by
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import logging
 import os
@@ -216,6 +217,7 @@ def _configure_in_one_batch(
             raise error
 
 
+@functools.lru_cache(maxsize=64)
 def bridge_mac(name: str) -> str:
     """The MAC address overlayd gives bridge ``name``: stable, locally administered.
 
