@@ -135,24 +135,6 @@ async def test_the_thread_idle_last_takes_the_next_call() -> None:
         pool.shutdown(wait=True)
 
 
-async def test_prewake_wakes_the_next_thread_and_changes_nothing_else() -> None:
-    pool = WorkerPool(2)
-    pool.prewake()  # not started: nothing to wake, no error
-    pool.start()
-    pool.prewake()  # no thread yet: nothing to wake
-    try:
-        name = await pool.run(lambda: threading.current_thread().name)
-        await asyncio.sleep(0.05)
-        for _ in range(3):
-            pool.prewake()
-            pool.prewake()  # at most one wake-up pending
-            await asyncio.sleep(0.02)
-            assert await pool.run(lambda: threading.current_thread().name) == name
-        assert pool.in_flight() == []
-    finally:
-        pool.shutdown(wait=True)
-
-
 async def test_calls_waiting_for_a_thread_fail_when_the_pool_stops() -> None:
     pool = WorkerPool(1)
     pool.start()

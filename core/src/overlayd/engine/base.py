@@ -521,11 +521,6 @@ class EngineBase:
     #: Run blocking work (hooks) on the engine's workers (for overlayd.nat).
     run_blocking = _run
 
-    def prewake(self) -> None:
-        """A request is likely on its way: wake an idle worker now (:meth:`WorkerPool.prewake
-        <overlayd.engine.work.WorkerPool.prewake>`). Cheap, and nothing when none is idle."""
-        self._work.prewake()
-
     def _require_started(self) -> None:
         if self._stopping:
             raise InvalidRequest("overlayd is stopping; retry once it is back")

@@ -37,7 +37,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from dataclasses import field
 from typing import Any
-from typing import Final
 from typing import TypeVar
 from typing import cast
 
@@ -161,20 +160,14 @@ class _Job:
         return waiter
 
 
-#: What :meth:`WorkerPool.prewake` hands a thread: it takes it and does nothing else.
-_WAKE: Final = object()
-
-
 class _Worker:
     """One thread of a crew and the slot its next call is handed in."""
 
-    __slots__ = ("slot", "thread", "waking")
+    __slots__ = ("slot", "thread")
 
     def __init__(self) -> None:
-        self.slot: queue.SimpleQueue[_Job | object | None] = queue.SimpleQueue()
+        self.slot: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self.thread: threading.Thread | None = None
-        #: A wake-up (:meth:`WorkerPool.prewake`) is in the slot, not yet taken.
-        self.waking = False
 
 
 class _Crew:
@@ -218,14 +211,6 @@ class _Crew:
             self.workers.append(worker)
         worker.thread.start()
 
-    def prewake(self) -> None:
-        with self.lock:
-            if not self.idle or self.idle[-1].waking:
-                return  # every thread is busy (so awake), or the next one is being woken
-            worker = self.idle[-1]
-            worker.waking = True
-        worker.slot.put(_WAKE)
-
     def _work(self, worker: _Worker, job: _Job | None) -> None:
         get = worker.slot.get
         while True:
@@ -246,15 +231,9 @@ class _Crew:
                 if self.retired:
                     return
                 self.idle.append(worker)
-            while True:
-                taken = get()
-                if taken is None:
-                    return
-                if isinstance(taken, _Job):
-                    job = taken
-                    break
-                with self.lock:  # prewake's no-op: taking it was the point
-                    worker.waking = False
+            job = get()
+            if job is None:
+                return
 
     def retire(self, *, wait: bool) -> None:
         with self.lock:
@@ -323,24 +302,6 @@ class WorkerPool:
             raise
         finally:
             self._inflight.pop(job, None)
-
-    def prewake(self) -> None:
-        """Wake an idle worker now, ahead of the call that is likely to follow.
-
-        A thread that has slept for seconds takes far longer to start
-        running than one that ran a moment ago: its CPU may be in a deep
-        idle state (on the development VM's halted virtual CPUs, 0.3 ms
-        more than after a 0.3 s pause). The server calls this when it
-        accepts a connection, so that the wake-up of the worker that will
-        run the request's hooks happens while the request is still being
-        read and checked (``docs/design-notes.rst``, "CNI plugin start-up").
-        The thread woken is the one the next call goes to (the idle one that
-        ran last); it takes a no-op and waits again. At most one such no-op
-        is pending, and none is sent when no thread is idle.
-        """
-        crew = self._crew
-        if crew is not None:
-            crew.prewake()
 
     async def drain(self, bound: float) -> list[str]:
         """Wait up to ``bound`` seconds for the work in flight; describe what is left."""

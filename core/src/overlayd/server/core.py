@@ -256,8 +256,6 @@ class Server:
                 "use; close idle connections or raise max_connections, then retry",
             )
             return
-        # Its request will most likely run hooks: the worker wakes while it is read.
-        self.engine.prewake()
         task = asyncio.create_task(self._serve(sock))
         self._clients.add(task)
         task.add_done_callback(self._clients.discard)
