@@ -4,12 +4,13 @@ This is the layer between the socket and the request handlers of
 :mod:`overlayd.server` (aiohttp keeps its connection flow control apart from
 routing the same way). What it guarantees, whatever a client does:
 
-* **A bounded number of connections.** The listener accepts in its own loop;
-  a connection over :attr:`Limits.max_connections` is answered one ``err``
-  (id 0) and closed at once. When the process runs out of descriptors
-  anyway (``EMFILE``), accepting pauses with a growing delay instead of
-  spinning, and both conditions are logged at most once per
-  :data:`LOG_INTERVAL` seconds with a count.
+* **A bounded number of connections.** The listener's readiness callback
+  accepts (:class:`Acceptor`); a connection over
+  :attr:`Limits.max_connections` is answered one ``err`` (id 0) and closed
+  at once. When the process runs out of descriptors anyway (``EMFILE``),
+  accepting pauses with a growing delay instead of spinning, and both
+  conditions are logged at most once per :data:`LOG_INTERVAL` seconds with
+  a count.
 * **A bounded amount of work per connection.** At most
   :attr:`Limits.max_inflight` requests (and :attr:`Limits.max_inflight_bytes`
   of request bodies) of one connection are in flight; beyond that the
