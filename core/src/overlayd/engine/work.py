@@ -213,27 +213,28 @@ class _Crew:
 
     def _work(self, worker: _Worker, job: _Job | None) -> None:
         get = worker.slot.get
-        while True:
-            if job is not None:
-                try:
-                    result, error = job.fn(*job.args), None
-                except BaseException as exc:  # noqa: BLE001 - handed to the caller
-                    result, error = None, exc
-                # A closed loop (RuntimeError) has no one waiting any more.
-                with contextlib.suppress(RuntimeError):
-                    job.loop.call_soon_threadsafe(job.finish, result, error)
-                del result, error
+        while job is not None:
+            try:
+                result, error = job.fn(*job.args), None
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                result, error = None, exc
+            follow: _Job | None = None
             with self.lock:
-                if self.backlog and not self.retired:
-                    job = self.backlog.popleft()
-                    continue
-                job = None
-                if self.retired:
-                    return
-                self.idle.append(worker)
-            job = get()
-            if job is None:
+                stop = self.retired
+                if not stop:
+                    if self.backlog:
+                        follow = self.backlog.popleft()
+                    else:
+                        # Idle before the outcome is handed over: a call the
+                        # caller makes once it has it finds this thread on top.
+                        self.idle.append(worker)
+            # A closed loop (RuntimeError) has no one waiting any more.
+            with contextlib.suppress(RuntimeError):
+                job.loop.call_soon_threadsafe(job.finish, result, error)
+            del result, error
+            if stop:
                 return
+            job = follow if follow is not None else get()
 
     def retire(self, *, wait: bool) -> None:
         with self.lock:
