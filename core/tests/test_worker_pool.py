@@ -3,28 +3,39 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
+from collections.abc import Iterator
 
 import pytest
 
 from overlayd.engine.work import WorkerPool
 
 
-async def test_results_and_exceptions_reach_the_caller() -> None:
-    pool = WorkerPool(2)
+@contextlib.contextmanager
+def started(size: int) -> Iterator[WorkerPool]:
+    """A started pool of ``size`` threads, shut down (waiting for them) at the end."""
+    pool = WorkerPool(size)
     pool.start()
     try:
-        assert await pool.run(lambda a, b: a + b, 2, 3) == 5
-        with pytest.raises(ZeroDivisionError):
-            await pool.run(lambda: 1 / 0)
-        assert pool.in_flight() == []
+        yield pool
     finally:
         pool.shutdown(wait=True)
 
 
+def thread_name() -> str:
+    return threading.current_thread().name
+
+
+async def test_results_and_exceptions_reach_the_caller() -> None:
+    with started(2) as pool:
+        assert await pool.run(lambda a, b: a + b, 2, 3) == 5
+        with pytest.raises(ZeroDivisionError):
+            await pool.run(lambda: 1 / 0)
+        assert pool.in_flight() == []
+
+
 async def test_calls_run_in_named_threads_never_more_than_the_cap() -> None:
-    pool = WorkerPool(3)
-    pool.start()
     gate = threading.Event()
     seen: set[str] = set()
     lock = threading.Lock()
@@ -41,22 +52,18 @@ async def test_calls_run_in_named_threads_never_more_than_the_cap() -> None:
         with lock:
             running -= 1
 
-    try:
+    with started(3) as pool:
         calls = [asyncio.create_task(pool.run(work)) for _ in range(8)]
         await asyncio.sleep(0.2)
         assert len(pool.in_flight()) == 8
         gate.set()
         await asyncio.gather(*calls)
-    finally:
-        pool.shutdown(wait=True)
     assert most == 3
     assert seen <= {"overlayd-hook_0", "overlayd-hook_1", "overlayd-hook_2"}
     assert pool.in_flight() == []
 
 
 async def test_a_cancelled_caller_returns_only_once_its_worker_has() -> None:
-    pool = WorkerPool(1)
-    pool.start()
     gate = threading.Event()
     returned = threading.Event()
 
@@ -64,7 +71,7 @@ async def test_a_cancelled_caller_returns_only_once_its_worker_has() -> None:
         gate.wait(5)
         returned.set()
 
-    try:
+    with started(1) as pool:
         call = asyncio.create_task(pool.run(work))
         await asyncio.sleep(0.05)
         call.cancel()
@@ -77,62 +84,64 @@ async def test_a_cancelled_caller_returns_only_once_its_worker_has() -> None:
             await call
         assert returned.is_set()
         assert pool.in_flight() == []
-    finally:
-        pool.shutdown(wait=True)
 
 
 async def test_drain_names_what_is_still_running() -> None:
-    pool = WorkerPool(1)
-    pool.start()
     gate = threading.Event()
 
     def stuck_hook() -> None:
         gate.wait(5)
 
-    call = asyncio.create_task(pool.run(stuck_hook))
-    await asyncio.sleep(0.05)
-    left = await pool.drain(0.1)
-    assert len(left) == 1 and left[0].startswith("stuck_hook (running for")
-    gate.set()
-    await call
-    assert await pool.drain(1.0) == []
-    pool.shutdown(wait=True)
+    with started(1) as pool:
+        call = asyncio.create_task(pool.run(stuck_hook))
+        await asyncio.sleep(0.05)
+        left = await pool.drain(0.1)
+        assert len(left) == 1 and left[0].startswith("stuck_hook (running for")
+        gate.set()
+        await call
+        assert await pool.drain(1.0) == []
 
 
 async def test_a_stopped_pool_refuses_work_and_a_restart_gets_fresh_threads() -> None:
     pool = WorkerPool(1)
     pool.start()
     gate = threading.Event()
-    first = asyncio.create_task(pool.run(gate.wait, 5))
+    retired: list[threading.Thread] = []
+
+    def hold() -> bool:
+        retired.append(threading.current_thread())
+        return gate.wait(5)
+
+    first = asyncio.create_task(pool.run(hold))
     await asyncio.sleep(0.05)
     pool.shutdown(wait=False)  # the thread still runs the first call
     with pytest.raises(RuntimeError, match="not started"):
         await pool.run(lambda: None)
     pool.start()
-    # The retired thread is busy: the new run's call goes to a thread of its own.
-    assert await asyncio.wait_for(pool.run(threading.current_thread), 2) is not None
+    # The pool has one thread at most, and the retired one is busy: the new
+    # run's call can only run at once on a thread of the new run.
+    fresh = await asyncio.wait_for(pool.run(threading.current_thread), 2)
+    assert fresh is not retired[0] and retired[0].is_alive()
     gate.set()
     assert await first is True
     pool.shutdown(wait=True)
+    retired[0].join(2)
+    assert not retired[0].is_alive()  # it ended after its call, not taking more
 
 
 async def test_the_thread_idle_last_takes_the_next_call() -> None:
-    pool = WorkerPool(3)
-    pool.start()
     gate = threading.Event()
-    try:
+    with started(3) as pool:
         # Three threads busy at once, then released.
         calls = [asyncio.create_task(pool.run(gate.wait, 5)) for _ in range(3)]
         await asyncio.sleep(0.1)
         gate.set()
         await asyncio.gather(*calls)
         await asyncio.sleep(0.05)
-        last = await pool.run(lambda: threading.current_thread().name)
+        last = await pool.run(thread_name)
         # Sequential calls keep going to the thread that just ran.
         for _ in range(5):
-            assert await pool.run(lambda: threading.current_thread().name) == last
-    finally:
-        pool.shutdown(wait=True)
+            assert await pool.run(thread_name) == last
 
 
 async def test_calls_waiting_for_a_thread_fail_when_the_pool_stops() -> None:

@@ -96,8 +96,6 @@ _UCRED: Final = struct.Struct("3i")
 #: ``SO_PEERGROUPS`` (Linux >= 4.13); Python's socket module does not name it.
 _SO_PEERGROUPS: Final = getattr(socket, "SO_PEERGROUPS", 59)
 _ACCEPT_BACKOFF: Final = (0.05, 1.0)
-#: Bytes read from a new connection before its transport exists (:meth:`Connection.from_socket`).
-_FIRST_READ: Final = 64 * 1024
 
 
 def file_limit() -> int | None:
@@ -437,16 +435,6 @@ class Connection:
         """Wrap an accepted socket in asyncio streams."""
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(limit=2**16)
-        # A client that connects to send one request (the CNI front end, the
-        # command line) has sent it by now: read it here, and the first
-        # request is decoded as soon as the transport is ready instead of
-        # after another pass of the event loop.
-        try:
-            first = sock.recv(_FIRST_READ)
-        except (BlockingIOError, InterruptedError):
-            first = b""
-        if first:
-            reader.feed_data(first)
         protocol = _FastLaneProtocol(reader)
         transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock)
         writer = asyncio.StreamWriter(transport, protocol, reader, loop)

@@ -269,7 +269,7 @@ class WorkerPool:
     def __init__(self, workers: int) -> None:
         self._workers = workers
         self._crew: _Crew | None = None
-        self._inflight: dict[_Job, InFlight] = {}
+        self._inflight: set[_Job] = set()
 
     def start(self) -> None:
         if self._crew is None:
@@ -285,7 +285,7 @@ class WorkerPool:
             raise RuntimeError("the worker pool is not started (or was shut down)")
         loop = asyncio.get_running_loop()
         job = _Job(loop, fn, args, InFlight(getattr(fn, "__name__", repr(fn)), time.monotonic()))
-        self._inflight[job] = job.info
+        self._inflight.add(job)
         crew.submit(job)
         try:
             return cast(T, await job.future)
@@ -302,7 +302,7 @@ class WorkerPool:
                         continue
             raise
         finally:
-            self._inflight.pop(job, None)
+            self._inflight.discard(job)
 
     async def drain(self, bound: float) -> list[str]:
         """Wait up to ``bound`` seconds for the work in flight; describe what is left."""

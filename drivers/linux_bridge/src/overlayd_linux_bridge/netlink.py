@@ -148,11 +148,20 @@ def _link_up(
     sock.request(rtnl.RTM_NEWLINK, rtnl.link_change(index, up=True, master=master))
 
 
+#: A request that creates something that must not exist yet (``EEXIST``).
+_CREATE: Final = rtnl.NLM_F_CREATE | rtnl.NLM_F_EXCL
+
+
+def _address_request(index: int, iface: IPInterface) -> tuple[int, bytes, int]:
+    """The request adding ``iface`` to link ``index`` (``EEXIST``: already there, fine)."""
+    flags = _IFA_F_NODAD if iface.version == 6 else 0
+    return rtnl.RTM_NEWADDR, rtnl.address(index, iface, flags), _CREATE
+
+
 def _add_address(sock: rtnl.RtnlSocket, index: int, iface: IPInterface) -> None:
     """Add ``iface`` to link ``index``; already present is fine."""
-    flags = _IFA_F_NODAD if iface.version == 6 else 0
     try:
-        sock.create(rtnl.RTM_NEWADDR, rtnl.address(index, iface, flags))
+        sock.request(*_address_request(index, iface))
     except NetlinkError as exc:
         if exc.code != errno.EEXIST:  # already there: the goal is reached
             raise
@@ -178,25 +187,17 @@ def _configure_in_one_batch(
     what followed it failed too: from the link on, the steps are then
     repeated one by one.
     """
-    create = rtnl.NLM_F_CREATE | rtnl.NLM_F_EXCL
-    steps: list[tuple[int, bytes, int]] = [
-        (
-            rtnl.RTM_NEWADDR,
-            rtnl.address(index, iface, _IFA_F_NODAD if iface.version == 6 else 0),
-            create,
-        )
-        for iface in addresses
-    ]
+    steps = [_address_request(index, iface) for iface in addresses]
     link_at = len(steps)
     steps.append((rtnl.RTM_NEWLINK, rtnl.link_change(index, up=True, quiet_ipv6=not ipv6), 0))
     if loopback is not None:
         steps.append((rtnl.RTM_NEWLINK, rtnl.link_change(loopback, up=True), 0))
     for gw in gateways:
         steps.append(
-            (rtnl.RTM_NEWROUTE, rtnl.route(_DEFAULT_ROUTES[gw.version], index, gw), create)
+            (rtnl.RTM_NEWROUTE, rtnl.route(_DEFAULT_ROUTES[gw.version], index, gw), _CREATE)
         )
     for spec in routes:
-        steps.append((rtnl.RTM_NEWROUTE, rtnl.route(spec.dst, index, spec.gateway), create))
+        steps.append((rtnl.RTM_NEWROUTE, rtnl.route(spec.dst, index, spec.gateway), _CREATE))
     outcomes = ns.batch(steps)
     for error in outcomes[:link_at]:
         if error is not None and error.code != errno.EEXIST:

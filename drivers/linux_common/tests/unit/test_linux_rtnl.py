@@ -156,19 +156,19 @@ def test_refused_request_raises_netlink_error_with_errno() -> None:
 
 
 def test_batch_reports_each_request_in_order_and_keeps_the_socket_usable() -> None:
+    lookup = (rtnl.RTM_GETLINK, rtnl.link_by_name("lo"), 0)  # any process may ask
+    refused = (rtnl.RTM_NEWLINK, rtnl.link_change(UNUSED_INDEX, up=True), 0)
     with rtnl.RtnlSocket() as sock:
         assert sock.batch([]) == []
-        requests = [
-            (rtnl.RTM_NEWLINK, rtnl.link_change(UNUSED_INDEX + i, up=True), 0) for i in range(3)
-        ]
-        outcomes = sock.batch(requests)
-        # A refusal does not stop the next request: each got its own answer.
-        assert len(outcomes) == 3
-        for outcome in outcomes:
+        outcomes = sock.batch([lookup, refused, lookup, refused])
+        # A refusal does not stop the next request, and each has its own answer.
+        assert outcomes[0] is None and outcomes[2] is None
+        for outcome in (outcomes[1], outcomes[3]):
             assert isinstance(outcome, rtnl.RtnlError)
             assert outcome.code in (errno.ENODEV, errno.EPERM)
+        assert len(outcomes) == 4
         assert sock.link_index("lo") == socket.if_nametoindex("lo")
-        assert sock.batch(requests[:1])[0] is not None
+        assert sock.batch([refused, lookup])[1] is None
 
 
 def test_pool_reuses_sockets_and_drops_broken_ones() -> None:
