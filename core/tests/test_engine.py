@@ -92,9 +92,12 @@ def config() -> EngineConfig:
     )
 
 
-@pytest.fixture
-def fake() -> FakeDriver:
-    return FakeDriver()
+@pytest.fixture(params=[False, True], ids=["attach-then-write", "planned"])
+def fake(request: pytest.FixtureRequest) -> FakeDriver:
+    """The fake driver, without and with attach plans: every test here holds
+    for both orders of an attach (the record after the host changes, or
+    written while they are made)."""
+    return FakeDriver(plan_attach=request.param)
 
 
 @pytest.fixture

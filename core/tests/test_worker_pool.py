@@ -156,3 +156,46 @@ async def test_calls_waiting_for_a_thread_fail_when_the_pool_stops() -> None:
         await waiting
     gate.set()
     assert await busy is True
+
+
+async def test_a_worker_hands_a_call_to_another_thread_and_waits_for_it() -> None:
+    both = threading.Barrier(2, timeout=5)
+
+    def side() -> str:
+        both.wait()  # only returns if the caller is running at the same time
+        return thread_name()
+
+    def caller() -> tuple[str, str]:
+        handed = pool.hand_off(side)
+        assert handed is not None
+        both.wait()
+        return thread_name(), handed.result()
+
+    with started(2) as pool:
+        mine, theirs = await pool.run(caller)
+    assert mine != theirs
+    assert theirs.startswith("overlayd-hook_")
+
+
+async def test_a_hand_off_reraises_and_never_queues() -> None:
+    def failing() -> None:
+        raise ZeroDivisionError
+
+    def caller() -> tuple[bool, bool]:
+        handed = pool.hand_off(failing)
+        assert handed is not None
+        with pytest.raises(ZeroDivisionError):
+            handed.result()
+        return True, True
+
+    with started(2) as pool:
+        assert await pool.run(caller) == (True, True)
+
+    def alone() -> object:
+        # The only thread is this one: nothing is queued for a thread that
+        # could only come free once this call (which would wait) returns.
+        return pool.hand_off(thread_name)
+
+    with started(1) as pool:
+        assert await pool.run(alone) is None
+    assert pool.hand_off(thread_name) is None, "a stopped pool hands nothing off"

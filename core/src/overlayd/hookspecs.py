@@ -779,7 +779,8 @@ def overlayd_attach(request: AttachRequest) -> Attachment | None:
     instead. A driver that creates the workload's interface reports its name,
     MAC, MTU and the destinations routed via the gateway in
     ``attachment.ifname``, ``mac``, ``mtu`` and ``routes`` (the CNI plugin's
-    result is built from them).
+    result is built from them). With ``request.planned`` set (the driver
+    answered ``overlayd_attach_plan``), the attachment returned must equal it.
 
     :param request: Handle, service, segment, addresses, gateway, DNS, MTU.
     :returns: The attachment; ``attachment.driver`` is this driver's name and
@@ -795,6 +796,44 @@ def overlayd_attach(request: AttachRequest) -> Attachment | None:
     .. versionchanged:: 0.1
        ``netns`` handles may name the interface; ``request.default_route``;
        ``attachment.ifname``, ``mac``, ``mtu`` and ``routes``.
+    .. versionchanged:: 0.2
+       ``request.planned``, from ``overlayd_attach_plan``.
+    """
+
+
+@hookspec(firstresult=True)
+def overlayd_attach_plan(request: AttachRequest) -> Attachment | None:
+    """Say, before touching the host, the attachment ``overlayd_attach`` will return.
+
+    Optional. Owner-dispatched on ``request.segment.driver``, like
+    ``overlayd_attach``; never called for ``guest_managed`` handles. A driver
+    that answers lets the engine write the attachment's record to the state
+    store while ``overlayd_attach`` plugs the workload in, instead of after
+    it: an attach then costs the longer of the two, not their sum. The
+    engine calls ``overlayd_attach`` with ``request.planned`` set to the
+    answer, and the driver must make the host match it (a MAC it chose here
+    is the one the interface gets). If ``overlayd_attach`` returns another
+    attachment, the engine records that one as well (correct, one more
+    write). If ``overlayd_attach`` fails, the engine removes the record
+    again.
+
+    A crash between the two writes can leave a record whose interfaces do
+    not exist. The driver's ``overlayd_reconcile`` must then recreate them
+    for a live workload, or report the workload gone, as it does for
+    interfaces that vanished behind its back.
+
+    :param request: As for ``overlayd_attach`` (``planned`` is ``None``).
+    :returns: The attachment ``overlayd_attach(request)`` will return, apart
+        from ``created_unix_secs``; ``None`` when the driver cannot tell up
+        front (the engine then attaches first and writes the record after).
+
+    Idempotent: yes; it reads, and changes nothing on the host.
+    Blocking: briefly (a ``stat`` of the workload's namespace).
+    Raising: an :class:`~overlayd.errors.AttachError` fails the attach
+    before anything is written; return ``None`` rather than raise when
+    unsure (``overlayd_attach`` then reports what is wrong).
+
+    .. versionadded:: 0.2
     """
 
 

@@ -532,6 +532,10 @@ class AttachRequest(_Model):
     #: ``False``: no default route in the workload (it has one from another
     #: network); the cluster CIDR (``node.cluster_cidr``) is routed via ``gateway``.
     default_route: bool = True
+    #: What the driver's ``overlayd_attach_plan`` answered for this request:
+    #: the attachment its ``overlayd_attach`` must now make true (the engine
+    #: is writing it to the store meanwhile). ``None``: no plan.
+    planned: Attachment | None = None
 
     def as_attachment(self, driver: str, **host: Any) -> Attachment:
         """The :class:`Attachment` ``driver`` reports for this request: its handle,

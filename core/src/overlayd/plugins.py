@@ -239,6 +239,7 @@ OWNER_DISPATCHED: Final = (
     "overlayd_nat_socket",
     "overlayd_nat_set_endpoint",
     "overlayd_attach",
+    "overlayd_attach_plan",
     "overlayd_detach",
     "overlayd_attachment_alive",
 )
@@ -554,6 +555,15 @@ class Hooks:
         owner = None if isinstance(request.handle, GuestManagedHandle) else request.segment.driver
         result = self._owned("overlayd_attach", owner, request=request)
         return cast(Attachment, self._first("attach", request.handle.platform, result))
+
+    def attach_plan(self, request: AttachRequest) -> Attachment | None:
+        """The attachment the segment's driver says its attach will return; ``None``: no plan."""
+        if isinstance(request.handle, GuestManagedHandle):
+            return None
+        result = self._owned_or_none(
+            "overlayd_attach_plan", request.segment.driver, request=request
+        )
+        return cast(Attachment | None, result)
 
     def detach(self, attachment: Attachment) -> bool:
         result = self._owned("overlayd_detach", attachment.driver, attachment=attachment)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import logging
 import re
 import time
 from typing import Any
@@ -47,10 +48,13 @@ from .base import owner_of
 from .dnsview import records
 from .validation import DNS_NAME_RE
 from .validation import parse_handle
+from .work import Handoff
 from .work import Tx
 from .work import Undo
 
 __all__ = ["AttachMixin", "short_name"]
+
+log = logging.getLogger(__name__)
 
 
 class AttachMixin(EngineBase):
@@ -159,10 +163,19 @@ class AttachMixin(EngineBase):
                 mtu=self.config.engine.mtu,
                 default_route=default_route,
             )
-            att = self.hooks.attach(request)
-            undo.push("detach", lambda: self.hooks.detach(att))
-            att = att.model_copy(update={"created_unix_secs": int(time.time())})
             tx = Tx()
+            entries = [
+                self._dns_entry(svc.service, lease.ip, owner),
+                self._dns_entry(f"{short_name(handle)}.{svc.service}", lease.ip, owner),
+            ]
+            for entry in entries:
+                dns_key = self._dns_key(entry)
+                tx.put("dns", f"{dns_key[0]}|{dns_key[1]}", entry.doc())
+                tx.after.append(functools.partial(self._dns_put, dns_key, entry))
+            tx.put("lease", f"{lease.pool}|{lease.ip}", lease)
+            if global_lease is not None:
+                tx.put("lease", f"{global_lease.pool}|{global_lease.ip}", global_lease)
+            att, tx = self._plug_in(request, key, tx, undo)
             if att.guest is not None:
                 device = svc.dedicated or g.device
                 guest = PeerChange(
@@ -175,10 +188,6 @@ class AttachMixin(EngineBase):
                 self.hooks.peer_apply(device, [guest])
                 undo.push("remove guest peer", lambda: self.hooks.peer_apply(device, restore))
                 self._record_peers(tx, table, merged)
-            entries = [
-                self._dns_entry(svc.service, lease.ip, owner),
-                self._dns_entry(f"{short_name(handle)}.{svc.service}", lease.ip, owner),
-            ]
             dns_added = records(entries)
             self.hooks.dns_records_changed(dns_added, [])
             undo.push(
@@ -187,23 +196,67 @@ class AttachMixin(EngineBase):
             )
             if dns_server is not None:
                 self.hooks.dns_endpoint_configure(att, [dns_server], dns_domain)
-            for entry in entries:
-                dns_key = self._dns_key(entry)
-                tx.put("dns", f"{dns_key[0]}|{dns_key[1]}", entry.doc())
-                tx.after.append(functools.partial(self._dns_put, dns_key, entry))
-            tx.put("lease", f"{lease.pool}|{lease.ip}", lease)
-            if global_lease is not None:
-                tx.put("lease", f"{global_lease.pool}|{global_lease.ip}", global_lease)
-            tx.put("attachment", key, att)
-            tx.after.append(lambda: self.attachments.__setitem__(key, att))
-            if att.namespace_guid:
-                guid = att.namespace_guid.lower()
-                tx.after.append(lambda: self._by_namespace.__setitem__(guid, key))
             self._commit(tx)
         except BaseException as exc:
             undo.rollback(exc)
             raise
         return att
+
+    def _plug_in(
+        self, request: AttachRequest, key: str, tx: Tx, undo: Undo
+    ) -> tuple[Attachment, Tx]:
+        """Have the driver attach; add the attachment's record to ``tx``.
+
+        Returns the attachment and what is left to commit. Without a plan
+        from the driver that is ``tx`` itself, written after the attach.
+        With one (``overlayd_attach_plan``), ``tx`` is written by another
+        worker while the driver plugs the workload in, and what is left is
+        its in-memory changes, plus the record again if the driver's answer
+        differs from its plan. A record written for an attach that then
+        fails is removed as part of the rollback; a crash in between leaves
+        a record whose interfaces the start-up reconcile recreates (or whose
+        workload it finds gone), as for interfaces that vanished.
+        """
+        planned = self.hooks.attach_plan(request)
+        if planned is None:
+            att = self._stamped(self.hooks.attach(request))
+            undo.push("detach", lambda: self.hooks.detach(att))
+            self._record_attachment(tx, key, att)
+            return att, tx
+        att = self._stamped(planned)
+        self._record_attachment(tx, key, att)
+        written = self._work.hand_off(self._write, tx.puts, tx.deletes)
+        if written is None:  # no worker free: the record first, then the attach
+            self._write(tx.puts, tx.deletes)
+        unwrite = functools.partial(self._write, {}, set(tx.puts))
+        try:
+            made = self.hooks.attach(request.model_copy(update={"planned": planned}))
+        except BaseException:
+            if written is None or _succeeds(written):
+                undo.push("remove the attachment's record", unwrite)
+            raise
+        undo.push("detach", lambda: self.hooks.detach(made))
+        if written is not None:
+            written.result()
+        undo.push("remove the attachment's record", unwrite)
+        rest = Tx(after=tx.after)
+        if made != planned:
+            log.info("%s: the driver attached other than it planned; recording that", key)
+            att = self._stamped(made)
+            rest.put("attachment", key, att)
+            rest.after.append(lambda: self.attachments.__setitem__(key, att))
+        return att, rest
+
+    @staticmethod
+    def _stamped(att: Attachment) -> Attachment:
+        return att.model_copy(update={"created_unix_secs": int(time.time())})
+
+    def _record_attachment(self, tx: Tx, key: str, att: Attachment) -> None:
+        tx.put("attachment", key, att)
+        tx.after.append(lambda: self.attachments.__setitem__(key, att))
+        if att.namespace_guid:
+            guid = att.namespace_guid.lower()
+            tx.after.append(lambda: self._by_namespace.__setitem__(guid, key))
 
     #: The last :meth:`_node_info`: the service and global overlay it was built
     #: from (frozen models, replaced on every change) and the answer.
@@ -351,6 +404,16 @@ class AttachMixin(EngineBase):
             raise TeardownError(f"detach of {key}", errors)
 
     # -- peers --------------------------------------------------------------
+
+
+def _succeeds(call: Handoff) -> bool:
+    """Wait for ``call``; whether it returned (an error is logged: the caller raises its own)."""
+    try:
+        call.result()
+    except Exception as exc:  # noqa: BLE001 - the attach's own error is the one raised
+        log.warning("writing the record of a failed attach failed too: %s", exc)
+        return False
+    return True
 
 
 def _attachment_event(kind: Literal["attached", "detached"], att: Attachment) -> Event:

@@ -27,7 +27,9 @@ import sys
 import threading
 from collections.abc import AsyncIterator
 from collections.abc import Callable
+from collections.abc import Iterable
 from collections.abc import Iterator
+from collections.abc import Mapping
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -594,17 +596,23 @@ class EngineBase:
     def _commit(self, tx: Tx) -> None:
         """Write ``tx`` in one transaction, then apply its in-memory changes."""
         if tx.puts or tx.deletes:
-            if self._store is None:
-                raise StateError("the state store is not open; start the engine first")
-            try:
-                self._store.commit(tx.puts, tx.deletes)
-            except OverlaydError:
-                raise
-            except Exception as exc:
-                raise StateError(f"could not write the state store: {exc}") from exc
+            self._write(tx.puts, tx.deletes)
         with self._mem:
             for fn in tx.after:
                 fn()
+
+    def _write(
+        self, puts: Mapping[tuple[str, str], Any], deletes: Iterable[tuple[str, str]]
+    ) -> None:
+        """Write records to the store in one transaction, and nothing in memory."""
+        if self._store is None:
+            raise StateError("the state store is not open; start the engine first")
+        try:
+            self._store.commit(puts, deletes)
+        except OverlaydError:
+            raise
+        except Exception as exc:
+            raise StateError(f"could not write the state store: {exc}") from exc
 
     def _scrub_store(self) -> None:
         """Ask the store to drop copies of deleted records (a secret was deleted)."""

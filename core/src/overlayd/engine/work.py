@@ -44,7 +44,7 @@ from pydantic import BaseModel
 
 from overlayd.errors import OverlaydError
 
-__all__ = ["InFlight", "Tx", "Undo", "WorkerPool"]
+__all__ = ["Handoff", "InFlight", "Tx", "Undo", "WorkerPool"]
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +135,12 @@ class _Job:
         #: Futures of those waiting for the worker itself (a cancelled caller, a drain).
         self.waiters: list[asyncio.Future[None]] = []
 
+    def deliver(self, result: Any, error: BaseException | None) -> None:
+        """Hand the worker's outcome to the event loop (called on the worker's thread)."""
+        # A closed loop (RuntimeError) has no one waiting any more.
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(self.finish, result, error)
+
     def finish(self, result: Any, error: BaseException | None) -> None:
         """The worker's outcome, on the event loop's thread."""
         self.done = True
@@ -160,13 +166,41 @@ class _Job:
         return waiter
 
 
+class Handoff:
+    """A call a worker hands to another worker, and the wait for its outcome.
+
+    :meth:`WorkerPool.hand_off` makes one; :meth:`result` blocks the calling
+    thread (a worker, never the event loop) until the call has returned.
+    """
+
+    __slots__ = ("_done", "_error", "_result", "args", "fn")
+
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        self.fn = fn
+        self.args = args
+        self._done = threading.Event()
+        self._result: Any = None
+        self._error: BaseException | None = None
+
+    def deliver(self, result: Any, error: BaseException | None) -> None:
+        self._result, self._error = result, error
+        self._done.set()
+
+    def result(self) -> Any:
+        """The call's return value; re-raises what it raised."""
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+
 class _Worker:
     """One thread of a crew and the slot its next call is handed in."""
 
     __slots__ = ("slot", "thread")
 
     def __init__(self) -> None:
-        self.slot: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self.slot: queue.SimpleQueue[_Job | Handoff | None] = queue.SimpleQueue()
         self.thread: threading.Thread | None = None
 
 
@@ -201,24 +235,50 @@ class _Crew:
             if len(self.workers) >= self.size:
                 self.backlog.append(job)  # all busy: the next thread free takes it
                 return
-            worker = _Worker()
-            worker.thread = threading.Thread(
-                target=self._work,
-                args=(worker, job),
-                name=f"overlayd-hook_{len(self.workers)}",
-                daemon=True,
-            )
-            self.workers.append(worker)
-        worker.thread.start()
+            thread = self._hire(job)
+        thread.start()
 
-    def _work(self, worker: _Worker, job: _Job | None) -> None:
+    def try_submit(self, job: Handoff) -> bool:
+        """Start ``job`` on a free thread now; ``False`` (nothing done) if every thread is busy.
+
+        Never queues: the caller is itself a worker, and a backlog of calls
+        that workers wait for could hold every thread.
+        """
+        with self.lock:
+            if self.retired:
+                return False
+            if self.idle:
+                self.idle.pop().slot.put(job)
+                return True
+            if len(self.workers) >= self.size:
+                return False
+            thread = self._hire(job)
+        thread.start()
+        return True
+
+    def _hire(self, job: _Job | Handoff) -> threading.Thread:
+        """A new worker whose first call is ``job``; its thread is for the caller to start.
+
+        Called with :attr:`lock` held.
+        """
+        worker = _Worker()
+        worker.thread = threading.Thread(
+            target=self._work,
+            args=(worker, job),
+            name=f"overlayd-hook_{len(self.workers)}",
+            daemon=True,
+        )
+        self.workers.append(worker)
+        return worker.thread
+
+    def _work(self, worker: _Worker, job: _Job | Handoff | None) -> None:
         get = worker.slot.get
         while job is not None:
             try:
                 result, error = job.fn(*job.args), None
             except BaseException as exc:  # noqa: BLE001 - handed to the caller
                 result, error = None, exc
-            follow: _Job | None = None
+            follow: _Job | Handoff | None = None
             with self.lock:
                 stop = self.retired
                 if not stop:
@@ -228,9 +288,7 @@ class _Crew:
                         # Idle before the outcome is handed over: a call the
                         # caller makes once it has it finds this thread on top.
                         self.idle.append(worker)
-            # A closed loop (RuntimeError) has no one waiting any more.
-            with contextlib.suppress(RuntimeError):
-                job.loop.call_soon_threadsafe(job.finish, result, error)
+            job.deliver(result, error)
             del result, error
             if stop:
                 return
@@ -243,9 +301,7 @@ class _Crew:
             workers = list(self.workers)
             self.idle.clear()
         for job in backlog:
-            error = RuntimeError(f"the engine stopped before {job.info.what} ran")
-            with contextlib.suppress(RuntimeError):
-                job.loop.call_soon_threadsafe(job.finish, None, error)
+            job.deliver(None, RuntimeError(f"the engine stopped before {job.info.what} ran"))
         for worker in workers:
             worker.slot.put(None)
         if wait:
@@ -274,6 +330,23 @@ class WorkerPool:
     def start(self) -> None:
         if self._crew is None:
             self._crew = _Crew(self._workers)
+
+    def hand_off(self, fn: Callable[..., Any], *args: Any) -> Handoff | None:
+        """Start ``fn(*args)`` on another worker now, from a worker thread.
+
+        For a call that can overlap the caller's own blocking work (a
+        commit while the kernel creates a veth). Returns ``None``, having
+        started nothing, when no thread is free and none may be added, or
+        the pool is stopped: the caller then makes the call itself. The
+        caller must wait for :meth:`Handoff.result` before it returns, so
+        the hand-off is part of the call that made it (the drain waits for
+        that call, and with it for this one).
+        """
+        crew = self._crew
+        if crew is None:
+            return None
+        job = Handoff(fn, args)
+        return job if crew.try_submit(job) else None
 
     def in_flight(self) -> list[InFlight]:
         return [job.info for job in self._inflight if not job.done]

@@ -113,8 +113,15 @@ class FakeDriver:
     CALL_LOG_SIZE: Final = 4096
 
     def __init__(
-        self, state_file: Path | str | None = None, *, call_log_size: int = CALL_LOG_SIZE
+        self,
+        state_file: Path | str | None = None,
+        *,
+        call_log_size: int = CALL_LOG_SIZE,
+        plan_attach: bool = False,
     ) -> None:
+        #: Answer ``overlayd_attach_plan`` (as linux_bridge does), so that the
+        #: engine writes an attachment's record while the attach runs.
+        self.plan_attach = plan_attach
         self.host = FakeHost()
         #: The latest hook calls, oldest first (at most ``call_log_size``).
         self.calls: collections.deque[Call] = collections.deque(maxlen=call_log_size)
@@ -547,12 +554,6 @@ class FakeDriver:
                     driver=self.name,
                 )
             self.host.dead.discard(key)
-            guest = None
-            interfaces: tuple[str, ...] = ()
-            namespace_guid = None
-            endpoint_id = None
-            ifname = mac = mtu = None
-            routes: tuple[IPNetwork, ...] = ()
             if isinstance(request.handle, GuestManagedHandle):
                 node = request.node
                 if node is None or node.public_key is None:
@@ -568,33 +569,19 @@ class FakeDriver:
                     endpoint=self._guest_endpoint(node.listen_port),
                     keepalive_secs=25,
                 )
-            elif isinstance(request.handle, WindowsContainerHandle):
-                namespace_guid = _guid(f"ns:{key}")
-                endpoint_id = _guid(f"ep:{key}")
-                interfaces = (endpoint_id,)
+                att = request.as_attachment(self.name, guest=guest)
             else:
-                interfaces = (_veth_name(key, 0),)
-                if request.global_address is not None:
-                    interfaces += (_veth_name(key, 1),)
-                handle = request.handle
-                ifname = handle.container_ifname if isinstance(handle, NetnsHandle) else "eth0"
-                mac = _mac(key)
-                mtu = request.mtu
-                routes = _routes(request)
-            att = request.as_attachment(
-                self.name,
-                interfaces=interfaces,
-                namespace_guid=namespace_guid,
-                endpoint_id=endpoint_id,
-                guest=guest,
-                ifname=ifname,
-                mac=mac,
-                mtu=mtu,
-                routes=routes,
-            )
+                att = _plugged(self.name, request)
             self.host.attachments[key] = att
             self._save([("attachments", key), ("dead", key)])
         return att
+
+    @hookimpl
+    def overlayd_attach_plan(self, request: AttachRequest) -> Attachment | None:
+        if not self.plan_attach or isinstance(request.handle, GuestManagedHandle):
+            return None
+        self._enter("overlayd_attach_plan", request=request)
+        return _plugged(self.name, request)
 
     def _guest_endpoint(self, port: int) -> str:
         host = self.underlay_address
@@ -627,6 +614,31 @@ def _mac(key: str) -> str:
     raw = bytearray(hashlib.sha256(f"mac:{key}".encode()).digest()[:6])
     raw[0] = (raw[0] & 0xFC) | 0x02
     return ":".join(f"{b:02x}" for b in raw)
+
+
+def _plugged(driver: str, request: AttachRequest) -> Attachment:
+    """The attachment of a workload plugged into its segment (not a guest)."""
+    key = handle_key(request.handle)
+    if isinstance(request.handle, WindowsContainerHandle):
+        endpoint_id = _guid(f"ep:{key}")
+        return request.as_attachment(
+            driver,
+            interfaces=(endpoint_id,),
+            namespace_guid=_guid(f"ns:{key}"),
+            endpoint_id=endpoint_id,
+        )
+    interfaces: tuple[str, ...] = (_veth_name(key, 0),)
+    if request.global_address is not None:
+        interfaces += (_veth_name(key, 1),)
+    handle = request.handle
+    return request.as_attachment(
+        driver,
+        interfaces=interfaces,
+        ifname=handle.container_ifname if isinstance(handle, NetnsHandle) else "eth0",
+        mac=_mac(key),
+        mtu=request.mtu,
+        routes=_routes(request),
+    )
 
 
 def _routes(request: AttachRequest) -> tuple[IPNetwork, ...]:

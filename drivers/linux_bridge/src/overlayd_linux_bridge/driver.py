@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import sys
 import threading
 from collections.abc import Iterable
@@ -367,15 +368,34 @@ class LinuxBridgeDriver(NatPolicy):
     # -- attach -----------------------------------------------------------------
 
     @hookimpl
+    def overlayd_attach_plan(self, request: AttachRequest) -> Attachment | None:
+        # Everything the attach reports is known up front except the MAC,
+        # which the plan chooses and the attach gives the container end.
+        handle = request.handle
+        if not isinstance(handle, LinuxPidHandle | NetnsHandle):
+            return None
+        try:
+            inode = self._namespaces.inode(_namespace_path(handle))
+        except OSError:
+            inode = None
+        if inode is None:
+            return None  # the attach says what is wrong with the namespace
+        key = handle_key(handle)
+        names = [veth_host_name(key, 0)]
+        if request.global_address is not None:
+            names.append(veth_host_name(key, 1))
+        return self._attachment(request, names, local_mac(), inode)
+
+    @hookimpl
     def overlayd_attach(self, request: AttachRequest) -> Attachment | None:
         handle = request.handle
         if not isinstance(handle, LinuxPidHandle | NetnsHandle):
             return None
         path = _namespace_path(handle)
-        routes = _service_routes(request)
+        planned_mac = request.planned.mac if request.planned is not None else None
         try:
             with self._namespaces.open(path) as ns:
-                interfaces, mac = self._plumb(request, ns, handle_key(handle))
+                interfaces, mac = self._plumb(request, ns, handle_key(handle), planned_mac)
                 inode = ns.inode
         except FileNotFoundError as exc:
             if isinstance(handle, LinuxPidHandle):
@@ -396,6 +416,13 @@ class LinuxBridgeDriver(NatPolicy):
                 op="attach",
                 driver=self.name,
             ) from exc
+        return self._attachment(request, interfaces, mac, inode)
+
+    def _attachment(
+        self, request: AttachRequest, interfaces: list[str], mac: str, inode: int
+    ) -> Attachment:
+        """What an attach of ``request`` reports (``overlayd_attach`` and its plan)."""
+        assert isinstance(request.handle, LinuxPidHandle | NetnsHandle)
         extra: dict[str, Any] = {
             "netns_inode": inode,
             "address": str(request.address),
@@ -412,18 +439,19 @@ class LinuxBridgeDriver(NatPolicy):
         return request.as_attachment(
             self.name,
             interfaces=tuple(interfaces),
-            ifname=_service_ifname(handle),
+            ifname=_service_ifname(request.handle),
             mac=mac,
             mtu=request.mtu,
-            routes=routes,
+            routes=_service_routes(request),
             extra=extra,
         )
 
     def _plumb(
-        self, request: AttachRequest, ns: PinnedNamespace, key: str
+        self, request: AttachRequest, ns: PinnedNamespace, key: str, mac: str | None = None
     ) -> tuple[list[str], str]:
         """Create the service interface (and eth1); on failure remove what was created.
 
+        ``mac`` is the service interface's MAC (``None``: the kernel picks).
         Returns the host ends created and the MAC of the service interface.
         """
         assert isinstance(request.handle, LinuxPidHandle | NetnsHandle)
@@ -442,6 +470,7 @@ class LinuxBridgeDriver(NatPolicy):
                     routes=[] if default else routes,
                     mtu=request.mtu,
                     bridge=request.segment.name,
+                    container_mac=mac,
                 )
             )
             created.append(name)
@@ -625,7 +654,16 @@ class LinuxBridgeDriver(NatPolicy):
         # Leftover halves (one of two veths) are removed first: names are per key.
         self._nl().delete_links_batch(list(att.interfaces))
         with self._namespaces.open(_namespace_path(handle)) as ns:
-            self._plumb(request, ns, att.key)
+            # The interface comes back with its recorded MAC: neighbours' caches
+            # and the CNI result stay right.
+            self._plumb(request, ns, att.key, att.mac)
+
+
+def local_mac() -> str:
+    """A random unicast, locally administered MAC (``"xa:…"``), as the kernel picks for a veth."""
+    octets = bytearray(os.urandom(6))
+    octets[0] = (octets[0] & 0xFE) | 0x02
+    return ":".join(f"{b:02x}" for b in octets)
 
 
 def _bridges_of_ours(links: Iterable[LinkInfo]) -> dict[str, LinkInfo]:

@@ -274,7 +274,8 @@ class FakeNetlink:
             up=True,
             addresses=list(spec.addresses),
             peer=(None, h_index),
-            mac=f"02:00:00:00:{(c_index >> 8) & 0xFF:02x}:{c_index & 0xFF:02x}",
+            mac=spec.container_mac
+            or f"02:00:00:00:{(c_index >> 8) & 0xFF:02x}:{c_index & 0xFF:02x}",
         )
         ns.links["lo"].up = True
         for gw in spec.gateways:

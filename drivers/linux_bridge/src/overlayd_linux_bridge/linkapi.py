@@ -127,6 +127,8 @@ class VethSpec:
     proxy_arp: bool = False
     #: Addresses of the host end.
     host_addresses: Sequence[IPInterface] = ()
+    #: MAC of the container end (``"02:…"``); ``None`` lets the kernel pick one.
+    container_mac: str | None = None
 
 
 @dataclass(frozen=True)

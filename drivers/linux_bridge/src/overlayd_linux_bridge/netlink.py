@@ -464,6 +464,7 @@ class PyrouteNetlink:
                         spec.mtu,
                         address=bridge_mac(spec.bridge) if spec.bridge is not None else None,
                         group=PORT_GROUP if spec.bridge in self._quiet_bridges else None,
+                        peer_address=spec.container_mac,
                     ),
                 )
             except NetlinkError as exc:

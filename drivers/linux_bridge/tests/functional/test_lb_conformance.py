@@ -149,6 +149,31 @@ def test_containers_on_one_bridge_reach_each_other_and_gateway(
     assert "default via 10.61.0.1 dev eth0" in a.ip("route")
 
 
+def test_planned_attach_gives_the_container_end_the_planned_mac(
+    started: LinuxBridgeDriver, make_netns: Callable[[str], Netns]
+) -> None:
+    """The kernel takes the MAC the plan chose (``IFLA_ADDRESS`` of the veth's
+    peer): the attach reports exactly the plan, so the engine's record written
+    beside it is the one it keeps, and the workload's eth0 carries that MAC."""
+    bridge = _bridge(started, "zl-ft-web-b", "10.61.0.0/24", "service:web")
+    assert bridge.subnet is not None
+    a = make_netns("a")
+    request = AttachRequest(
+        handle=NetnsHandle(path=a.path),
+        service="web",
+        segment=bridge,
+        address=ipaddress.ip_interface("10.61.0.2/24"),
+        gateway=ipaddress.ip_address("10.61.0.1"),
+        mtu=1420,
+    )
+    plan = started.overlayd_attach_plan(request=request)
+    assert plan is not None and plan.mac is not None
+    att = started.overlayd_attach(request=request.model_copy(update={"planned": plan}))
+    assert att == plan
+    assert f"link/ether {plan.mac} " in a.ip("link", "show", "eth0")
+    assert ping(a, "10.61.0.1")
+
+
 def test_global_address_reaches_node_address_through_eth1(
     started: LinuxBridgeDriver, host_ns: Netns, make_netns: Callable[[str], Netns]
 ) -> None:

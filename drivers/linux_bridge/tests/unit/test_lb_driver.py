@@ -605,6 +605,53 @@ def test_reconcile_after_a_crash_mid_detach_replumbs_at_the_first_pass(
     assert not any(name.startswith("zx") for name in netlink.host.links)
 
 
+def test_plan_is_what_the_attach_then_reports(
+    driver: LinuxBridgeDriver, netlink: FakeNetlink, namespaces: FakeNamespaces, bridge: Device
+) -> None:
+    namespaces.add("/run/netns/c1")
+    request = make_request(
+        bridge, NetnsHandle(path="/run/netns/c1"), global_address="10.200.0.9/16"
+    )
+    before = set(netlink.host.links)
+    plan = driver.overlayd_attach_plan(request=request)
+    assert plan is not None
+    assert set(netlink.host.links) == before, "a plan changes nothing on the host"
+    assert "eth0" not in ns_of(netlink, namespaces, "/run/netns/c1").links
+    assert plan.mac is not None
+    first = int(plan.mac.split(":")[0], 16)
+    assert first & 0x02 and not first & 0x01, "locally administered unicast"
+    att = driver.overlayd_attach(request=request.model_copy(update={"planned": plan}))
+    assert att == plan
+    assert ns_of(netlink, namespaces, "/run/netns/c1").links["eth0"].mac == plan.mac
+    assert driver.overlayd_attach_plan(request=request) != plan, "a new MAC per plan"
+
+
+def test_no_plan_for_a_missing_namespace_or_another_platform(
+    driver: LinuxBridgeDriver, bridge: Device
+) -> None:
+    gone = make_request(bridge, NetnsHandle(path="/run/netns/gone"))
+    assert driver.overlayd_attach_plan(request=gone) is None
+    win = make_request(bridge, WindowsContainerHandle(container_id="c" * 12))
+    assert driver.overlayd_attach_plan(request=win) is None
+
+
+def test_replumbed_interface_keeps_its_recorded_mac(
+    driver: LinuxBridgeDriver, netlink: FakeNetlink, namespaces: FakeNamespaces, bridge: Device
+) -> None:
+    """A record written before its veth (a crash between the two) or a veth deleted
+    behind our back: the repair gives the interface the MAC the record holds."""
+    att = _attached(driver, namespaces, bridge)
+    recorded = att.model_copy(update={"mac": "02:11:22:33:44:55"})
+    netlink.delete_link(att.interfaces[0])
+    netlink.flush_deletions()
+    assert "eth0" not in ns_of(netlink, namespaces, "/run/netns/c1").links
+    report = driver.overlayd_reconcile(
+        request=ReconcileRequest(devices=(bridge,), attachments=(recorded,), startup=True)
+    )
+    assert report is not None and recorded.key in report.recreated
+    assert ns_of(netlink, namespaces, "/run/netns/c1").links["eth0"].mac == "02:11:22:33:44:55"
+
+
 def test_reconcile_recreates_missing_bridge_and_veth_of_live_workload(
     driver: LinuxBridgeDriver, netlink: FakeNetlink, namespaces: FakeNamespaces, bridge: Device
 ) -> None:

@@ -148,18 +148,24 @@ def veth_with_peer(
     mtu: int | None,
     address: str | None = None,
     group: int | None = None,
+    peer_address: str | None = None,
 ) -> bytes:
     """``RTM_NEWLINK`` body: veth ``name`` whose peer ``peer`` is born in ``peer_netns_fd``.
 
     ``address`` (``"02:00:…"``) is the MAC of ``name`` and ``group`` its link
-    group; the peer gets a random MAC and group 0.
+    group; the peer gets ``peer_address``, else a random MAC, and group 0.
     """
     mtu_attr = _u32(IFLA_MTU, mtu) if mtu is not None else b""
-    peer_msg = _ifinfomsg() + _string(IFLA_IFNAME, peer) + _u32(IFLA_NET_NS_FD, peer_netns_fd)
+    peer_msg = (
+        _ifinfomsg()
+        + _string(IFLA_IFNAME, peer)
+        + _u32(IFLA_NET_NS_FD, peer_netns_fd)
+        + _mac(peer_address)
+    )
     linkinfo = _string(IFLA_INFO_KIND, "veth") + _attr(
         IFLA_INFO_DATA, _attr(VETH_INFO_PEER, peer_msg + mtu_attr)
     )
-    mac_attr = _attr(IFLA_ADDRESS, bytes.fromhex(address.replace(":", ""))) if address else b""
+    mac_attr = _mac(address)
     return (
         _ifinfomsg()
         + _string(IFLA_IFNAME, name)
@@ -168,6 +174,11 @@ def veth_with_peer(
         + (_u32(IFLA_GROUP, group) if group is not None else b"")
         + _attr(IFLA_LINKINFO, linkinfo)
     )
+
+
+def _mac(address: str | None) -> bytes:
+    """An ``IFLA_ADDRESS`` attribute for ``address`` (``"02:00:…"``); nothing for ``None``."""
+    return _attr(IFLA_ADDRESS, bytes.fromhex(address.replace(":", ""))) if address else b""
 
 
 def link_change(
