@@ -184,3 +184,9 @@ async def test_a_crash_between_the_write_and_the_attach_is_repaired_at_start() -
         assert (await restarted.attach(PID, "web")).ip is not None
     finally:
         await restarted.stop()
+
+
+def test_attach_request_is_built_at_import() -> None:
+    """``AttachRequest`` refers to ``Attachment``, defined after it; left to its
+    first use, building it cost a fresh daemon's first attach 3 ms."""
+    assert AttachRequest.__pydantic_complete__

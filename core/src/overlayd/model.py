@@ -631,6 +631,12 @@ class Attachment(_Model):
         return handle_key(self.handle)
 
 
+# ``AttachRequest.planned`` names ``Attachment``, defined after it: build the
+# request's validator now, at import, not on the first attach (measured in a
+# fresh daemon: 3 ms added to its first attach).
+AttachRequest.model_rebuild()
+
+
 # ---------------------------------------------------------------------------
 # DNS and NAT
 # ---------------------------------------------------------------------------
