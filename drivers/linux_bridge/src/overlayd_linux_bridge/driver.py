@@ -23,6 +23,9 @@ end is routed, not bridged: it has proxy ARP on (it answers ARP for every
 cluster address, so the container hands such packets to the host), and the
 host gets an on-link route ``<global ip>/32 dev <host end>`` for the way back.
 The host then forwards cluster traffic to the WireGuard device like its own.
+The driver chooses ``eth0``'s MAC (random, locally administered) in its
+attach plan (``overlayd_attach_plan``), so the engine can write the record
+while the veth is made; a veth that reconcile recreates gets the MAC back.
 Linux has no proxy NDP for a whole prefix, so an IPv6 ``eth1`` gets its address
 as a /128 and a route for the cluster prefix via ``fe80::1``, which its host
 end holds; the host's way back is ``<global ip>/128 dev <host end>``.
