@@ -22,3 +22,11 @@ class TestFakeDriver(
     @pytest.fixture
     def driver(self) -> FakeDriver:
         return FakeDriver()
+
+
+class TestFakeDriverPlanningAttaches(AttachConformance):
+    """With ``plan_attach`` the fake answers ``overlayd_attach_plan`` and keeps its plans."""
+
+    @pytest.fixture
+    def driver(self) -> FakeDriver:
+        return FakeDriver(plan_attach=True)

@@ -239,12 +239,11 @@ class AttachMixin(EngineBase):
         if written is not None:
             written.result()
         undo.push("remove the attachment's record", unwrite)
-        rest = Tx(after=tx.after)
+        rest = Tx(after=list(tx.after))
         if made != planned:
             log.info("%s: the driver attached other than it planned; recording that", key)
             att = self._stamped(made)
-            rest.put("attachment", key, att)
-            rest.after.append(lambda: self.attachments.__setitem__(key, att))
+            self._record_attachment(rest, key, att)
         return att, rest
 
     @staticmethod

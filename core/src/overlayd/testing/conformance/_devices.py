@@ -363,6 +363,16 @@ class AttachConformance(DeviceConformance):
         assert att.service == attach_request.service
         assert att.interfaces or att.guest is not None or att.namespace_guid
 
+    def test_attach_keeps_its_plan(
+        self, hooks: Hooks, created: _Tracker, attach_request: AttachRequest
+    ) -> None:
+        """A driver answering ``overlayd_attach_plan`` attaches exactly as it planned."""
+        plan = hooks.attach_plan(attach_request)
+        if plan is None:
+            pytest.skip("the driver makes no attach plans (overlayd_attach_plan)")
+        att = created.attach(attach_request.model_copy(update={"planned": plan}))
+        assert att == plan
+
     def test_detach_is_idempotent(self, hooks: Hooks, attach_request: AttachRequest) -> None:
         att = hooks.attach(attach_request)
         assert hooks.attachment_alive(att) is True
