@@ -419,6 +419,9 @@ class LinuxBridgeDriver(NatPolicy):
                 op="attach",
                 driver=self.name,
             ) from exc
+        planned = request.planned
+        if planned is not None and planned.mac == mac and planned.extra["netns_inode"] == inode:
+            return planned  # what the plan said, made true: no second model to build
         return self._attachment(request, interfaces, mac, inode)
 
     def _attachment(

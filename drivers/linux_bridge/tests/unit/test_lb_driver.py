@@ -626,6 +626,22 @@ def test_plan_is_what_the_attach_then_reports(
     assert driver.overlayd_attach_plan(request=request) != plan, "a new MAC per plan"
 
 
+def test_an_attach_that_finds_another_namespace_reports_it(
+    driver: LinuxBridgeDriver, namespaces: FakeNamespaces, bridge: Device
+) -> None:
+    """The namespace at the path was replaced between the plan and the attach:
+    the attach reports the namespace it plugged into, and the engine records that."""
+    namespaces.add("/run/netns/c1")
+    request = make_request(bridge, NetnsHandle(path="/run/netns/c1"))
+    plan = driver.overlayd_attach_plan(request=request)
+    assert plan is not None
+    stale = plan.model_copy(update={"extra": {**plan.extra, "netns_inode": -1}})
+    att = driver.overlayd_attach(request=request.model_copy(update={"planned": stale}))
+    assert att is not None and att != stale
+    assert att.mac == plan.mac
+    assert att.extra["netns_inode"] == plan.extra["netns_inode"]
+
+
 def test_no_plan_for_a_missing_namespace_or_another_platform(
     driver: LinuxBridgeDriver, bridge: Device
 ) -> None:
