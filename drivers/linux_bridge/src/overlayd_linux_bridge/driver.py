@@ -383,11 +383,9 @@ class LinuxBridgeDriver(NatPolicy):
             inode = None
         if inode is None:
             return None  # the attach says what is wrong with the namespace
-        key = handle_key(handle)
-        names = [veth_host_name(key, 0)]
-        if request.global_address is not None:
-            names.append(veth_host_name(key, 1))
-        return self._attachment(request, names, local_mac(), inode)
+        return self._attachment(
+            request, _host_ends(request, handle_key(handle)), local_mac(), inode
+        )
 
     @hookimpl
     def overlayd_attach(self, request: AttachRequest) -> Attachment | None:
@@ -463,7 +461,7 @@ class LinuxBridgeDriver(NatPolicy):
         assert isinstance(request.handle, LinuxPidHandle | NetnsHandle)
         created: list[str] = []
         try:
-            name = veth_host_name(key, 0)
+            name, *global_end = _host_ends(request, key)
             routes = [RouteSpec(dst, request.gateway) for dst in _service_routes(request)]
             default = request.default_route
             veth = self._create_veth(
@@ -481,7 +479,7 @@ class LinuxBridgeDriver(NatPolicy):
             )
             created.append(name)
             if request.global_address is not None:
-                gname = veth_host_name(key, 1)
+                (gname,) = global_end
                 self._ensure_forwarding(request.global_address.version)
                 self._create_veth(
                     VethSpec(
@@ -665,8 +663,16 @@ class LinuxBridgeDriver(NatPolicy):
             self._plumb(request, ns, att.key, att.mac)
 
 
+def _host_ends(request: AttachRequest, key: str) -> list[str]:
+    """The host ends an attach of ``request`` creates: the service veth's, then eth1's."""
+    names = [veth_host_name(key, 0)]
+    if request.global_address is not None:
+        names.append(veth_host_name(key, 1))
+    return names
+
+
 def local_mac() -> str:
-    """A random unicast, locally administered MAC (``"xa:…"``), as the kernel picks for a veth."""
+    """A random unicast, locally administered MAC, as the kernel picks for a veth."""
     octets = bytearray(os.urandom(6))
     octets[0] = (octets[0] & 0xFE) | 0x02
     return ":".join(f"{b:02x}" for b in octets)
