@@ -268,3 +268,20 @@ def test_warm_up_reaches_each_driver_once_through_the_wrappers(hooks: Hooks) -> 
     assert hooks.warm_up() == ["a: RuntimeError: no socket"]
     # The wrapper wraps each driver's call and is not called as a driver itself.
     assert sorted(calls) == ["a", "b", "wrapped", "wrapped"]
+
+
+def test_warm_up_builds_each_owners_callers_before_the_first_call(
+    hooks: Hooks, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hooks.warm_up()
+    built: list[str] = []
+    original = hooks.pm.subset_hook_caller
+
+    def counting(name: str, remove_plugins: Any) -> Any:
+        built.append(name)
+        return original(name, remove_plugins)
+
+    monkeypatch.setattr(hooks.pm, "subset_hook_caller", counting)
+    assert hooks.detach(_attachment("second")) is True
+    assert hooks.device_delete(_device("first")) is True
+    assert built == []  # both callers were built by the warm-up

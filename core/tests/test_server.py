@@ -389,3 +389,38 @@ async def test_a_warm_up_that_raises_outside_the_drivers_does_not_escape(
         await server.warm_up()
     assert "warming up for the first requests failed: no more threads" in caplog.text
     assert (await client.hello()).server_version
+
+
+async def test_what_a_client_sent_before_it_was_accepted_is_read_at_once() -> None:
+    """A request already waiting is in the reader when the connection is wrapped."""
+    from overlayd.connections import Connection
+    from overlayd.connections import Limits
+
+    ours, theirs = socket.socketpair()
+    try:
+        frame = framed(p.encode_body(p.RequestFrame(id=7, request=p.StatusRequest())))
+        theirs.sendall(frame)
+        ours.setblocking(False)
+        conn = await Connection.from_socket(ours, "test", Limits(), asyncio.Semaphore(1))
+        protocol = conn.writer.transport.get_protocol()
+        # No pass of the event loop was needed for the bytes to arrive.
+        assert protocol.buffered() == len(frame)  # type: ignore[attr-defined]
+        assert await read_frame(conn.reader) == frame[4:]
+        theirs.close()
+        assert await read_frame(conn.reader) is None  # the end of the stream, seen later
+        await conn.close()
+    finally:
+        theirs.close()
+        ours.close()
+
+
+async def test_a_client_that_left_before_it_was_accepted_ends_cleanly() -> None:
+    from overlayd.connections import Connection
+    from overlayd.connections import Limits
+
+    ours, theirs = socket.socketpair()
+    theirs.close()
+    ours.setblocking(False)
+    conn = await Connection.from_socket(ours, "test", Limits(), asyncio.Semaphore(1))
+    assert await read_frame(conn.reader) is None
+    await conn.close()

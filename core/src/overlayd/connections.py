@@ -347,6 +347,22 @@ class Acceptor:
 
 
 _HEADER: Final = struct.Struct("<I")
+#: Bytes :func:`_read_waiting` takes from a new connection (the transport's own read size).
+_EARLY_READ: Final = 2**16
+
+
+def _read_waiting(sock: socket.socket) -> bytes:
+    """What a new, non-blocking connection already holds (``b""``: nothing yet).
+
+    An end of stream is left for the transport to see: a socket at its
+    end keeps reading empty. So is an error (a client that reset the
+    connection): the transport's first read then finds the end of the
+    stream, and the connection closes as it would have.
+    """
+    try:
+        return sock.recv(_EARLY_READ)
+    except OSError:  # BlockingIOError (nothing yet) among them
+        return b""
 
 
 class _FastLaneProtocol(asyncio.StreamReaderProtocol):
@@ -432,14 +448,24 @@ class Connection:
     async def from_socket(
         cls, sock: socket.socket, peer: str, limits: Limits, offload: asyncio.Semaphore
     ) -> Connection:
-        """Wrap an accepted socket in asyncio streams."""
+        """Wrap an accepted socket in asyncio streams.
+
+        What the client sent before it was accepted is read here, at once:
+        a client that connects and writes its request in one go (the CNI
+        front end, a one-shot ``overlayd`` command) has it read without
+        waiting for the loop to poll the new socket first
+        (``docs/design-notes.rst``, "CNI plugin start-up").
+        """
         loop = asyncio.get_running_loop()
+        early = _read_waiting(sock)
         reader = asyncio.StreamReader(limit=2**16)
         protocol = _FastLaneProtocol(reader)
         transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock)
         writer = asyncio.StreamWriter(transport, protocol, reader, loop)
         conn = cls(reader, writer, peer, limits, offload)
         protocol.conn = conn
+        if early:
+            protocol.data_received(early)
         return conn
 
     def idle(self, protocol: _FastLaneProtocol) -> bool:

@@ -356,8 +356,14 @@ class Hooks:
         """Call every driver's ``overlayd_warm_up``; one that fails does not stop the others.
 
         Returns ``"<driver>: <error>"`` for each failure (best effort: the
-        caller logs them, nothing depends on a warm-up).
+        caller logs them, nothing depends on a warm-up). First the callers
+        that reach one driver are built for every owner-dispatched hook each
+        driver implements, which the first call of each built lazily.
         """
+        for name in OWNER_DISPATCHED:
+            for impl in getattr(self._hook, name).get_hookimpls():
+                if not _wraps(impl):
+                    self._owner_caller(name, impl.plugin_name)
         failures: list[str] = []
         for impl in self._hook.overlayd_warm_up.get_hookimpls():
             if _wraps(impl):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import sys
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 from typing import Any
 
@@ -16,11 +17,13 @@ from overlayd import protocol as p
 from overlayd.errors import InvalidRequest
 from overlayd.model import Attachment
 from overlayd.model import GuestManagedHandle
+from overlayd.model import IPAddress
 from overlayd.model import LinuxPidHandle
 from overlayd.model import NatCandidate
 from overlayd.model import NetnsHandle
 from overlayd.model import PeerScope
 from overlayd.model import PortMapping
+from overlayd.model import ServiceOverlay
 from overlayd.model import WindowsContainerHandle
 from overlayd.model import parse_cidr_list
 
@@ -129,6 +132,18 @@ def nat_status(nat: Any) -> p.NatStatusInfo | None:
 def attachment_info(s: Server, a: Attachment) -> p.AttachmentInfo:
     svc = s.engine.services.get(a.service)
     nameservers, domain = s.engine.resolver(a.service) if svc is not None else ([], None)
+    return describe_attachment(a, svc, nameservers, domain, detaching=a.key in s.engine.detaching)
+
+
+def describe_attachment(
+    a: Attachment,
+    svc: ServiceOverlay | None,
+    nameservers: Sequence[IPAddress],
+    domain: str | None,
+    *,
+    detaching: bool = False,
+) -> p.AttachmentInfo:
+    """The wire form of attachment ``a`` on service ``svc`` (``None``: not set up here)."""
     return p.AttachmentInfo.model_validate(
         {
             "handle": wire_handle(a.handle),
@@ -139,7 +154,7 @@ def attachment_info(s: Server, a: Attachment) -> p.AttachmentInfo:
             "interfaces": list(a.interfaces),
             "driver": a.driver,
             "created_unix_secs": a.created_unix_secs,
-            "detaching": True if a.key in s.engine.detaching else None,
+            "detaching": True if detaching else None,
             "ifname": a.ifname,
             "mac": a.mac,
             "prefix_len": svc.subnet.prefixlen if svc is not None else None,

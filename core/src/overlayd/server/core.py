@@ -49,6 +49,7 @@ assert sys.platform != "win32", "overlayd serve is not supported on Windows yet"
 from overlayd.server import cni_exec
 from overlayd.server.access import authorise
 from overlayd.server.handlers import HANDLERS
+from overlayd.server.rehearsal import rehearse
 from overlayd.server.statuswire import StatusWire
 
 __all__ = ["Server"]
@@ -151,8 +152,10 @@ class Server:
         keep the start short: ``defer_build``, a lazy import; about 50 ms all
         told), then the drivers' ``overlayd_warm_up`` runs on one of the
         engine's workers (the sockets and descriptors their first attach
-        would open). Nothing on the host is created or changed. A failure is
-        logged at debug level: it only leaves the cost to the first request.
+        would open), and last the attach path's pure steps are rehearsed on
+        a made-up workload (:mod:`overlayd.server.rehearsal`). Nothing on
+        the host is created or changed. A failure is logged at debug level:
+        it only leaves the cost to the first request.
         """
 
         def load() -> None:
@@ -167,6 +170,16 @@ class Server:
             return
         for failure in failures:
             log.debug("a driver's warm-up failed: %s", failure)
+        try:
+            done = await rehearse()
+        except Exception as exc:  # noqa: BLE001 - best effort, as above
+            log.debug("rehearsing the attach path failed: %s", exc)
+            return
+        log.debug(
+            "rehearsed the attach path in %.1f ms (the plugin answered %s)",
+            done.milliseconds,
+            done.exit_code,
+        )
 
     async def serve_until_stopped(self) -> None:
         await self._closing.wait()

@@ -281,8 +281,11 @@ class LinuxBridgeDriver(NatPolicy):
 
     @hookimpl
     def overlayd_warm_up(self) -> None:
-        # The host netlink socket and sysctl directories the first attach uses.
+        # The host netlink socket and sysctl directories the first attach uses,
+        # and the namespaces it refuses to attach (read, not changed).
         self._nl().warm_up()
+        if isinstance(self._namespaces, ProcNamespaceResolver):
+            self._namespaces.warm_up()
 
     def _make_nft_backend(self) -> NftBackend:
         from overlayd_linux_bridge.nft import LibNftables

@@ -61,9 +61,18 @@ class ProcNamespaceResolver:
     host_path: str = "/proc/1/ns/net"
 
     def __init__(self, host_netns: str | None = None) -> None:
-        #: The namespace the driver manages as its host, when it is not its own.
-        self.host_netns = host_netns
+        self._host_netns = host_netns
         self._forbidden: dict[tuple[int, int], str] | None = None
+
+    @property
+    def host_netns(self) -> str | None:
+        """The namespace the driver manages as its host, when it is not its own."""
+        return self._host_netns
+
+    @host_netns.setter
+    def host_netns(self, path: str | None) -> None:
+        self._host_netns = path
+        self._forbidden = None  # looked up again, with this one
 
     def _forbidden_namespaces(self) -> dict[tuple[int, int], str]:
         if self._forbidden is None:
@@ -86,6 +95,10 @@ class ProcNamespaceResolver:
                 found[(st.st_dev, st.st_ino)] = what
             self._forbidden = found
         return self._forbidden
+
+    def warm_up(self) -> None:
+        """Look up the namespaces :meth:`open` refuses now, not on the first attach."""
+        self._forbidden_namespaces()
 
     @contextlib.contextmanager
     def open(self, path: str) -> Iterator[PinnedNamespace]:

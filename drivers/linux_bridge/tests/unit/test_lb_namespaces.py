@@ -66,3 +66,15 @@ def test_the_resolver_refuses_the_configured_host_namespace(tmp_path: Path) -> N
     resolver.host_path = "/nonexistent"
     with pytest.raises(InvalidRequest, match="manages as the host"), resolver.open(str(link)):
         pass
+
+
+def test_a_host_namespace_configured_after_the_warm_up_is_refused_too(tmp_path: Path) -> None:
+    """The warm-up looks the refused namespaces up early; configuring looks again."""
+    link = tmp_path / "host"
+    link.symlink_to("/proc/self/ns/net")
+    resolver = ProcNamespaceResolver()
+    resolver.host_path = "/nonexistent"
+    resolver.warm_up()
+    resolver.host_netns = str(link)
+    with pytest.raises(InvalidRequest, match="manages as the host"), resolver.open(str(link)):
+        pass
