@@ -36,7 +36,9 @@ ADD and DEL in milliseconds and the ratio to ``cni``; the target is ADD
 At N = 1 each method gives one sample, its first ``ADD``, which moves by
 tens of percent from run to run. ``--repeat R`` runs every N R times, each
 time on fresh namespaces and daemons, and pools the samples: the N = 1 row
-is then the median of R first ``ADD`` s.
+is then the median of R first ``ADD`` s. The report then also compares the
+methods pair by pair (each sample with the reference's taken beside it):
+the median of those ratios, their range, and how many meet the target.
 
 ``--breakdown`` also times where an overlayd-cni ADD goes (medians of 30
 runs each, no namespaces involved except one attach): starting the
@@ -242,9 +244,34 @@ def report(results: list[Result]) -> str:
         "cni",
         ("ADD med", "ADD p90", "DEL med", "DEL p90", "ADD/cni", "DEL/cni"),
     )
+    lines.extend(paired(results))
     lines.append("")
     lines.append("target: ADD <= 0.5x cni (the reference bridge + host-local plugins)")
     return "\n".join(lines)
+
+
+def paired(results: list[Result], target: float = 0.5) -> list[str]:
+    """Each method's ``ADD`` over ``cni``'s, pair by pair, where both have samples.
+
+    The samples of two methods at one N were taken side by side (the same
+    container index of the same repeat, seconds apart), so their ratio is
+    free of the VM's drift between repeats, which moves both.
+    """
+    refs = {r.n: r.add_ms for r in results if r.method == "cni"}
+    lines: list[str] = []
+    for r in results:
+        ref = refs.get(r.n)
+        if r.method == "cni" or not ref or len(ref) != len(r.add_ms):
+            continue
+        ratios = sorted(a / b for a, b in zip(r.add_ms, ref, strict=True))
+        met = sum(x <= target for x in ratios)
+        lines.append(
+            f"{r.method} N={r.n}: ADD/cni pair by pair: median {statistics.median(ratios):.2f}x, "
+            f"{ratios[0]:.2f}x-{ratios[-1]:.2f}x, {met} of {len(ratios)} at {target}x or less"
+        )
+    if lines:
+        lines.insert(0, "")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
