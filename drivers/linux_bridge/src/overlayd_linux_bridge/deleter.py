@@ -37,8 +37,10 @@ log = logging.getLogger(__name__)
 class DeferredDeleter:
     """Background thread deleting the tombstone group whenever work accumulates."""
 
-    def __init__(self, open_ipr: Callable[[], Any], group: int, linger: float) -> None:
-        self._open_ipr = open_ipr
+    def __init__(self, delete_group: Callable[[int], Any], group: int, linger: float) -> None:
+        #: Sends one ``RTM_DELLINK`` for every link of a group (raising the
+        #: kernel's error, ``ENODEV`` for an empty group).
+        self._delete_links_of = delete_group
         self._group = group
         self._linger = linger
         self._cond = threading.Condition()
@@ -106,13 +108,12 @@ class DeferredDeleter:
                     self._cond.notify_all()
 
     def _delete_group(self) -> None:
-        with self._open_ipr() as ipr:
-            try:
-                ipr.link("del", index=0, group=self._group)
-            except NETLINK_ERRORS as exc:
-                # ENODEV: nothing left in the group (an earlier batch took it).
-                if error_code(exc) != errno.ENODEV:
-                    raise
+        try:
+            self._delete_links_of(self._group)
+        except NETLINK_ERRORS as exc:
+            # ENODEV: nothing left in the group (an earlier batch took it).
+            if error_code(exc) != errno.ENODEV:
+                raise
 
     def flush(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

@@ -13,23 +13,17 @@ from overlayd.errors import DeviceError
 from overlayd_linux_bridge.deleter import DeferredDeleter
 
 
-class RecordingIPRoute:
-    """Stands in for ``IPRoute``: records ``link("del", group=...)`` requests."""
+class RecordingDeletes:
+    """Stands in for the adapter's ``_delete_group``: records each group deleted."""
 
     def __init__(self, log: list[dict[str, Any]], fail: list[BaseException]) -> None:
         self.log = log
         self.fail = fail
 
-    def __enter__(self) -> RecordingIPRoute:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def link(self, command: str, **kwargs: Any) -> None:
+    def __call__(self, group: int) -> None:
         if self.fail:
             raise self.fail.pop(0)
-        self.log.append({"command": command, **kwargs})
+        self.log.append({"command": "del", "index": 0, "group": group})
 
 
 def _deleter(
@@ -38,7 +32,7 @@ def _deleter(
     linger: float = 0.05,
 ) -> DeferredDeleter:
     failures = fail if fail is not None else []
-    return DeferredDeleter(lambda: RecordingIPRoute(log, failures), 0x1234, linger)
+    return DeferredDeleter(RecordingDeletes(log, failures), 0x1234, linger)
 
 
 def test_requests_accumulated_during_linger_share_one_batch() -> None:
