@@ -20,6 +20,7 @@ import sys
 import time
 from typing import TYPE_CHECKING
 from typing import Any
+from typing import Final
 
 from overlayd import protocol as p
 from overlayd.connections import MAX_ERR_MESSAGE
@@ -35,9 +36,18 @@ from overlayd.server.handlers import handles
 if TYPE_CHECKING:
     from overlayd.server.core import Server
 
-__all__ = ["CNI_NOT_INSTALLED", "load_plugin"]
+__all__ = ["CNI_NOT_INSTALLED", "ENV_FIELDS", "load_plugin"]
 
 log = logging.getLogger("overlayd.server")
+
+#: The ``CNI_*`` variables a ``cni_exec`` request carries, and its field for each.
+ENV_FIELDS: Final = (
+    ("CNI_CONTAINERID", "container_id"),
+    ("CNI_NETNS", "netns"),
+    ("CNI_IFNAME", "ifname"),
+    ("CNI_ARGS", "args"),
+    ("CNI_PATH", "path"),
+)
 
 #: What ``cni_exec`` answers when the plugin's package cannot be imported.
 CNI_NOT_INSTALLED = "not supported: the overlayd-cni distribution is not installed"
@@ -84,13 +94,8 @@ async def _cni_exec(s: Server, r: p.CniExecRequest) -> p.AnyResponse:
             "namespace from inside); run the overlayd-cni plugin itself"
         )
     env = {"CNI_COMMAND": r.command}
-    for name, value in (
-        ("CNI_CONTAINERID", r.container_id),
-        ("CNI_NETNS", r.netns),
-        ("CNI_IFNAME", r.ifname),
-        ("CNI_ARGS", r.args),
-        ("CNI_PATH", r.path),
-    ):
+    for name, field in ENV_FIELDS:
+        value = getattr(r, field)
         if value is not None:
             env[name] = value
     code, out, err = await execute(

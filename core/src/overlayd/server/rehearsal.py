@@ -42,11 +42,13 @@ from overlayd.model import NodeInfo
 from overlayd.model import OverlayMode
 from overlayd.model import ServiceOverlay
 from overlayd.model import handle_key
+from overlayd.state import _encode as encode_record
 from overlayd.transport import framed
 
 # POSIX only, as the rest of the server (mypy --platform win32 skips the rest).
 assert sys.platform != "win32", "overlayd serve is not supported on Windows yet"
 
+from overlayd.server.cni_exec import ENV_FIELDS  # noqa: E402
 from overlayd.server.convert import describe_attachment  # noqa: E402
 from overlayd.server.convert import engine_handle  # noqa: E402
 
@@ -104,7 +106,12 @@ async def rehearse() -> Rehearsal:
     frame = {
         "frame": "request",
         "id": 1,
-        "request": {"op": "cni_exec", "command": "ADD", "stdin": conf, **_wire_env(env)},
+        "request": {
+            "op": "cni_exec",
+            "command": "ADD",
+            "stdin": conf,
+            **{field: env[name] for name, field in ENV_FIELDS if name in env},
+        },
     }
     p.decode_frame(json.dumps(frame).encode())
 
@@ -140,8 +147,8 @@ async def rehearse() -> Rehearsal:
         tx = Tx()
         tx.put("attachment", handle_key(handle), att)
         short_name(handle)  # the DNS label of the workload
-        for value in tx.puts.values():
-            json.dumps(value, separators=(",", ":"), allow_nan=False)
+        for (kind, key), value in tx.puts.items():
+            encode_record(kind, key, value)
         info = describe_attachment(att, svc, [gateway], "overlay.local")
         return p.AttachmentResponse(attachment=info).to_wire()
 
@@ -156,15 +163,3 @@ async def rehearse() -> Rehearsal:
         answer = p.CniResultResponse(exit_code=code, stdout=out, stderr=err or None)
         framed(p.response_body(1, p.encode_response(answer)))
     return Rehearsal(code, out, (time.perf_counter() - started) * 1000.0)
-
-
-def _wire_env(env: dict[str, str]) -> dict[str, str]:
-    """The ``cni_exec`` fields the front end fills from the ``CNI_*`` environment."""
-    names = {
-        "CNI_CONTAINERID": "container_id",
-        "CNI_NETNS": "netns",
-        "CNI_IFNAME": "ifname",
-        "CNI_ARGS": "args",
-        "CNI_PATH": "path",
-    }
-    return {names[k]: v for k, v in env.items() if k in names}
